@@ -1,0 +1,11 @@
+// `sshring version`: placeholder-free; prints the build version (same as --version).
+#include <iostream>
+
+#include "cli/command.h"
+
+namespace {
+const sshring::cli::Registrar kVersion{{"version", "print the version", [](const std::vector<std::string>&) {
+                                          std::cout << "sshring " << SSHRING_VERSION << "\n";
+                                          return 0;
+                                        }}};
+}  // namespace
