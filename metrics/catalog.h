@@ -18,27 +18,41 @@
 namespace sshring::metrics {
 
 // Session outcomes (label `outcome` of sshring_relay_sessions_total); mirrors relay::EndReason.
-inline constexpr const char* kSessionOutcomes[] = {"closed",  "client_reset",      "upstream_reset",
-                                                   "idle_timeout", "drained", "denied",
-                                                   "handshake_timeout", "connect_failed", "overloaded"};
+inline constexpr const char* kSessionOutcomes[] = {
+    "closed", "client_reset",      "upstream_reset", "idle_timeout", "drained",
+    "denied", "handshake_timeout", "connect_failed", "overloaded"};
 inline constexpr size_t kNumSessionOutcomes = std::size(kSessionOutcomes);
+
+// Label `tag` of the bypass families, index = policy::FlowTag - 1 (metrics depends on no other part, so
+// the names are repeated here; a test checks they match policy::flow_tag_name).
+inline constexpr const char* kFlowTagNames[] = {"proxied", "bypass_approved", "bypass_expired",
+                                                "bypass_unapproved"};
+inline constexpr size_t kNumFlowTags = std::size(kFlowTagNames);
+
+// Histogram buckets (seconds). Handshake: preamble read + signature check, sub-ms to the 10 s timeout.
+// Connect: loopback to cross-region upstreams, up to the connect timeout.
+inline constexpr double kHandshakeBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                               0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+inline constexpr double kConnectBuckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                             0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 
 // One per relay worker; written only by that worker's thread.
 struct RelayWorkerStats {
   LocalGauge sessions_active;
   std::array<LocalCounter, kNumSessionOutcomes> sessions_total;  // by outcome index
-  LocalCounter bytes_client_to_upstream;   // sshring_relay_bytes_total{direction="client_to_upstream"}
-  LocalCounter bytes_upstream_to_client;   // sshring_relay_bytes_total{direction="upstream_to_client"}
-  LocalCounter accept_errors;              // sshring_relay_accept_errors_total (EMFILE, ENFILE, ...)
-  LocalGauge pipes_in_use;                 // sshring_relay_pipes_in_use
+  LocalCounter bytes_client_to_upstream;  // sshring_relay_bytes_total{direction="client_to_upstream"}
+  LocalCounter bytes_upstream_to_client;  // sshring_relay_bytes_total{direction="upstream_to_client"}
+  LocalCounter accept_errors;             // sshring_relay_accept_errors_total (EMFILE, ENFILE, ...)
+  LocalGauge pipes_in_use;                // sshring_relay_pipes_in_use
 };
 
 // Relay-wide control-plane metrics (prometheus-cpp families, safe from any thread).
 struct RelayMetrics {
-  prometheus::Histogram* handshake_seconds = nullptr;        // sshring_relay_handshake_duration_seconds
-  prometheus::Histogram* connect_seconds = nullptr;          // sshring_relay_upstream_connect_duration_seconds
-  prometheus::Family<prometheus::Counter>* decisions = nullptr;  // sshring_policy_decisions_total{result,reason}
-  prometheus::Gauge* max_sessions = nullptr;                 // sshring_relay_sessions_max
+  prometheus::Histogram* handshake_seconds = nullptr;  // sshring_relay_handshake_duration_seconds
+  prometheus::Histogram* connect_seconds = nullptr;    // sshring_relay_upstream_connect_duration_seconds
+  prometheus::Family<prometheus::Counter>* decisions =
+      nullptr;                                // sshring_policy_decisions_total{result,reason}
+  prometheus::Gauge* max_sessions = nullptr;  // sshring_relay_sessions_max
 };
 
 // Registers relay metrics. `workers` must outlive the server (the collector reads them).
@@ -47,21 +61,21 @@ RelayMetrics register_relay(Server& server, const std::vector<const RelayWorkerS
 // Policy reloads and grants, exported by every process that holds a snapshot (relay and agent).
 struct PolicyMetrics {
   prometheus::Family<prometheus::Counter>* reloads = nullptr;  // sshring_policy_reloads_total{result}
-  prometheus::Gauge* last_success = nullptr;   // sshring_policy_last_reload_success_timestamp_seconds
-  prometheus::Gauge* grants_active = nullptr;  // sshring_grants_active
+  prometheus::Gauge* last_success = nullptr;     // sshring_policy_last_reload_success_timestamp_seconds
+  prometheus::Gauge* grants_active = nullptr;    // sshring_grants_active
   prometheus::Gauge* grants_expiring = nullptr;  // sshring_grants_expiring_within_hour
 };
 PolicyMetrics register_policy(Server& server);
 
 // One per agent; the BPF per-CPU tag counters are read at scrape time through `read_tag_counters`.
 struct AgentStats {
-  std::array<LocalCounter, 4> flows_by_tag;   // sshring_bypass_flows_total{tag}, index = FlowTag - 1
-  std::array<LocalCounter, 4> bytes_by_tag;   // sshring_bypass_bytes_total{tag}
-  LocalCounter ringbuf_drops;                 // sshring_agent_ringbuf_drops_total
-  LocalCounter map_full;                      // sshring_agent_map_full_total
-  LocalCounter flows_evicted;                 // sshring_agent_flows_evicted_total
-  LocalGauge flows_tracked;                   // sshring_agent_flows_tracked
-  LocalGauge enforce;                         // sshring_agent_enforce_mode (0/1)
+  std::array<LocalCounter, 4> flows_by_tag;  // sshring_bypass_flows_total{tag}, index = FlowTag - 1
+  std::array<LocalCounter, 4> bytes_by_tag;  // sshring_bypass_bytes_total{tag}
+  LocalCounter ringbuf_drops;                // sshring_agent_ringbuf_drops_total
+  LocalCounter map_full;                     // sshring_agent_map_full_total
+  LocalCounter flows_evicted;                // sshring_agent_flows_evicted_total
+  LocalGauge flows_tracked;                  // sshring_agent_flows_tracked
+  LocalGauge enforce;                        // sshring_agent_enforce_mode (0/1)
 };
 void register_agent(Server& server, const AgentStats* stats);
 

@@ -1,0 +1,129 @@
+// Every sshring metric family is created here; names and labels are the contract for dashboards.
+#include "metrics/catalog.h"
+
+#include <iterator>
+
+namespace sshring::metrics {
+
+namespace {
+
+prometheus::Histogram::BucketBoundaries buckets(const double* b, size_t n) {
+  return {b, b + n};
+}
+
+}  // namespace
+
+RelayMetrics register_relay(Server& server, const std::vector<const RelayWorkerStats*>& workers) {
+  auto& reg = server.registry();
+  RelayMetrics m;
+  m.handshake_seconds = &prometheus::BuildHistogram()
+                             .Name("sshring_relay_handshake_duration_seconds")
+                             .Help("Time from accept to a verified preamble and policy decision.")
+                             .Register(reg)
+                             .Add({}, buckets(kHandshakeBuckets, std::size(kHandshakeBuckets)));
+  m.connect_seconds = &prometheus::BuildHistogram()
+                           .Name("sshring_relay_upstream_connect_duration_seconds")
+                           .Help("Time to resolve and connect to the upstream SSH server.")
+                           .Register(reg)
+                           .Add({}, buckets(kConnectBuckets, std::size(kConnectBuckets)));
+  m.decisions = &prometheus::BuildCounter()
+                     .Name("sshring_policy_decisions_total")
+                     .Help("Policy decisions on sessions, by result (allow|deny) and reason.")
+                     .Register(reg);
+  m.max_sessions = &prometheus::BuildGauge()
+                        .Name("sshring_relay_sessions_max")
+                        .Help("Configured limit on concurrent sessions (all workers).")
+                        .Register(reg)
+                        .Add({});
+
+  server.add_collector([workers] {
+    auto active = gauge_family("sshring_relay_sessions_active", "Sessions currently relayed.");
+    auto total = counter_family("sshring_relay_sessions_total", "Sessions ended, by outcome.");
+    auto bytes = counter_family("sshring_relay_bytes_total", "Bytes relayed, by direction.");
+    auto accept_errors =
+        counter_family("sshring_relay_accept_errors_total", "Failed accepts (EMFILE, ENFILE, ENOBUFS, ...).");
+    auto pipes = gauge_family("sshring_relay_pipes_in_use", "Splice pipe pairs currently held by sessions.");
+
+    double sum_active = 0, c2u = 0, u2c = 0, errs = 0, sum_pipes = 0;
+    std::array<double, kNumSessionOutcomes> outcomes{};
+    for (const auto* w : workers) {
+      sum_active += static_cast<double>(w->sessions_active.value());
+      for (size_t i = 0; i < kNumSessionOutcomes; ++i)
+        outcomes[i] += static_cast<double>(w->sessions_total[i].value());
+      c2u += static_cast<double>(w->bytes_client_to_upstream.value());
+      u2c += static_cast<double>(w->bytes_upstream_to_client.value());
+      errs += static_cast<double>(w->accept_errors.value());
+      sum_pipes += static_cast<double>(w->pipes_in_use.value());
+    }
+    add_sample(active, {}, sum_active);
+    // Every outcome is exported, zero included, so rate() and dashboards see the series from the start.
+    for (size_t i = 0; i < kNumSessionOutcomes; ++i)
+      add_sample(total, {{"outcome", kSessionOutcomes[i]}}, outcomes[i]);
+    add_sample(bytes, {{"direction", "client_to_upstream"}}, c2u);
+    add_sample(bytes, {{"direction", "upstream_to_client"}}, u2c);
+    add_sample(accept_errors, {}, errs);
+    add_sample(pipes, {}, sum_pipes);
+    return std::vector<prometheus::MetricFamily>{std::move(active), std::move(total), std::move(bytes),
+                                                 std::move(accept_errors), std::move(pipes)};
+  });
+  return m;
+}
+
+PolicyMetrics register_policy(Server& server) {
+  auto& reg = server.registry();
+  PolicyMetrics m;
+  m.reloads = &prometheus::BuildCounter()
+                   .Name("sshring_policy_reloads_total")
+                   .Help("Policy and grant store reloads, by result (success|failure).")
+                   .Register(reg);
+  // Both series exist from start-up so `increase(...{result="failure"}[..])` alerts work immediately.
+  m.reloads->Add({{"result", "success"}});
+  m.reloads->Add({{"result", "failure"}});
+  m.last_success = &prometheus::BuildGauge()
+                        .Name("sshring_policy_last_reload_success_timestamp_seconds")
+                        .Help("Unix time of the last successful policy load.")
+                        .Register(reg)
+                        .Add({});
+  m.grants_active = &prometheus::BuildGauge()
+                         .Name("sshring_grants_active")
+                         .Help("Opt-out grants currently in force.")
+                         .Register(reg)
+                         .Add({});
+  m.grants_expiring = &prometheus::BuildGauge()
+                           .Name("sshring_grants_expiring_within_hour")
+                           .Help("Grants in force that expire within the next hour.")
+                           .Register(reg)
+                           .Add({});
+  return m;
+}
+
+void register_agent(Server& server, const AgentStats* stats) {
+  server.add_collector([stats] {
+    auto flows = counter_family("sshring_bypass_flows_total", "Direct SSH flows seen by the agent, by tag.");
+    auto bytes =
+        counter_family("sshring_bypass_bytes_total", "Bytes of direct SSH flows (both directions), by tag.");
+    for (size_t i = 0; i < kNumFlowTags; ++i) {
+      add_sample(flows, {{"tag", kFlowTagNames[i]}}, static_cast<double>(stats->flows_by_tag[i].value()));
+      add_sample(bytes, {{"tag", kFlowTagNames[i]}}, static_cast<double>(stats->bytes_by_tag[i].value()));
+    }
+    auto drops = counter_family("sshring_agent_ringbuf_drops_total",
+                                "Flow events the BPF programs could not reserve in the ring buffer.");
+    add_sample(drops, {}, static_cast<double>(stats->ringbuf_drops.value()));
+    auto full =
+        counter_family("sshring_agent_map_full_total", "Flow inserts refused because the flow map was full.");
+    add_sample(full, {}, static_cast<double>(stats->map_full.value()));
+    auto evicted = counter_family("sshring_agent_flows_evicted_total",
+                                  "Flows removed by the agent's idle sweep, not by a close.");
+    add_sample(evicted, {}, static_cast<double>(stats->flows_evicted.value()));
+    auto tracked = gauge_family("sshring_agent_flows_tracked", "Flows currently in the BPF flow map.");
+    add_sample(tracked, {}, static_cast<double>(stats->flows_tracked.value()));
+    auto enforce =
+        gauge_family("sshring_agent_enforce_mode", "1 when unapproved SYNs are dropped, 0 when only tagged.");
+    add_sample(enforce, {}, static_cast<double>(stats->enforce.value()));
+    return std::vector<prometheus::MetricFamily>{std::move(flows),  std::move(bytes),   std::move(drops),
+                                                 std::move(full),   std::move(evicted), std::move(tracked),
+                                                 std::move(enforce)};
+  });
+}
+
+}  // namespace sshring::metrics
