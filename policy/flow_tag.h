@@ -17,10 +17,14 @@ enum class FlowTag : uint8_t {
 
 constexpr std::string_view flow_tag_name(FlowTag t) {
   switch (t) {
-    case FlowTag::kProxied: return "proxied";
-    case FlowTag::kBypassApproved: return "bypass_approved";
-    case FlowTag::kBypassExpired: return "bypass_expired";
-    case FlowTag::kBypassUnapproved: return "bypass_unapproved";
+    case FlowTag::kProxied:
+      return "proxied";
+    case FlowTag::kBypassApproved:
+      return "bypass_approved";
+    case FlowTag::kBypassExpired:
+      return "bypass_expired";
+    case FlowTag::kBypassUnapproved:
+      return "bypass_unapproved";
   }
   return "unknown";
 }
@@ -33,7 +37,7 @@ constexpr std::optional<FlowTag> flow_tag_from_name(std::string_view s) {
   return std::nullopt;
 }
 
-inline constexpr FlowTag kAllFlowTags[] = {FlowTag::kProxied, FlowTag::kBypassApproved, FlowTag::kBypassExpired,
-                                           FlowTag::kBypassUnapproved};
+inline constexpr FlowTag kAllFlowTags[] = {FlowTag::kProxied, FlowTag::kBypassApproved,
+                                           FlowTag::kBypassExpired, FlowTag::kBypassUnapproved};
 
 }  // namespace sshring::policy

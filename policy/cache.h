@@ -1,0 +1,108 @@
+// Publishing the current Snapshot, and reloading it when the policy file or the grant store changes.
+//
+// Readers never lock on the fast path: a SnapshotReader keeps its own shared_ptr and compares the
+// cache's generation (one atomic load) between events; only when it changed does it re-fetch the
+// pointer (std::atomic<std::shared_ptr> load). A reader holding an old snapshot keeps it alive.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "common/unique_fd.h"
+#include "policy/snapshot.h"
+
+namespace sshring::metrics {
+struct PolicyMetrics;
+}
+
+namespace sshring::policy {
+
+class PolicyCache {
+ public:
+  // Publishes a new snapshot and bumps the generation (release order).
+  void publish(std::shared_ptr<const Snapshot> s);
+  [[nodiscard]] std::shared_ptr<const Snapshot> current() const {
+    return current_.load(std::memory_order_acquire);
+  }
+  [[nodiscard]] uint64_t generation() const noexcept { return generation_.load(std::memory_order_acquire); }
+
+ private:
+  std::atomic<std::shared_ptr<const Snapshot>> current_;
+  std::atomic<uint64_t> generation_{0};
+};
+
+// One per worker thread. refresh() between events; get() on the hot path (no atomics at all).
+class SnapshotReader {
+ public:
+  explicit SnapshotReader(const PolicyCache& cache) : cache_(&cache) { refresh(); }
+  // Returns true if a newer snapshot was picked up.
+  bool refresh() {
+    uint64_t g = cache_->generation();
+    if (g == seen_ && snap_) return false;
+    snap_ = cache_->current();
+    seen_ = g;
+    return true;
+  }
+  // May be null before the first publish.
+  [[nodiscard]] const Snapshot* get() const noexcept { return snap_.get(); }
+  [[nodiscard]] const std::shared_ptr<const Snapshot>& shared() const noexcept { return snap_; }
+
+ private:
+  const PolicyCache* cache_;
+  std::shared_ptr<const Snapshot> snap_;
+  uint64_t seen_ = 0;
+};
+
+struct ReloaderOptions {
+  std::string policy_path = "/etc/sshring/policy.yaml";
+  // Overrides the policy's grant_store (tests); empty = use the policy's.
+  std::string grant_store;
+  metrics::PolicyMetrics* metrics = nullptr;  // optional
+  bool watch = true;                          // inotify on the policy file's directory and the grant store
+  bool handle_sighup = true;                  // install a SIGHUP handler that requests a reload
+  int debounce_ms = 100;                      // coalesce bursts of file events
+  int gauge_interval_ms = 5000;  // refresh grant gauges (expiry needs no reload: decisions take now)
+};
+
+// Loads the policy and the grants into a Snapshot and publishes it into the cache. The background
+// thread (start()) reloads on inotify events and SIGHUP; a failed reload keeps the last good
+// snapshot, logs the error and counts sshring_policy_reloads_total{result="failure"}.
+class Reloader {
+ public:
+  Reloader(PolicyCache& cache, ReloaderOptions opts);
+  ~Reloader();  // stops the thread
+  Reloader(const Reloader&) = delete;
+  Reloader& operator=(const Reloader&) = delete;
+
+  // Synchronous reload. Returns true on success; on failure keeps the current snapshot and, if
+  // `error` is given, stores the message there. Never throws.
+  bool reload(std::string* error = nullptr);
+  // Like reload() but throws the error (for start-up, where no last good snapshot exists).
+  void reload_or_throw();
+  // Async-signal-safe: asks the thread to reload.
+  void request_reload() noexcept;
+  void start();
+  void stop();
+  [[nodiscard]] uint64_t reloads_ok() const noexcept { return ok_.load(); }
+  [[nodiscard]] uint64_t reloads_failed() const noexcept { return failed_.load(); }
+  [[nodiscard]] const std::string& last_error() const noexcept { return last_error_; }  // owner thread only
+
+ private:
+  void run();
+  void update_gauges();
+  PolicyCache& cache_;
+  ReloaderOptions opts_;
+  common::UniqueFd wake_;  // eventfd: reload requests
+  common::UniqueFd stop_;  // eventfd: stop
+  std::thread thread_;
+  std::atomic<uint64_t> ok_{0};
+  std::atomic<uint64_t> failed_{0};
+  std::string last_error_;
+  std::string watched_store_;
+  std::atomic<uint64_t> next_generation_{1};
+};
+
+}  // namespace sshring::policy

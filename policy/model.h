@@ -1,0 +1,127 @@
+// The policy model: what a parsed policy.yaml holds (docs/policy.md is the reference). Plain values;
+// Snapshot (snapshot.h) compiles a Policy plus the grants into lookup structures.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "policy/cidr.h"
+#include "policy/keys.h"
+#include "policy/timezone.h"
+
+namespace sshring::policy {
+
+using UnixSeconds = int64_t;
+
+inline constexpr std::string_view kDefaultPolicyPath = "/etc/sshring/policy.yaml";
+inline constexpr std::string_view kDefaultGrantStore = "/var/lib/sshring/grants";
+inline constexpr uint32_t kDefaultMaxSessions = 10;  // per principal, when no role sets max_sessions
+inline constexpr uint16_t kDefaultSshPort = 22;
+
+// Size limits: the policy file is operator input but may come from a repository many people edit.
+inline constexpr size_t kMaxPolicyBytes = 8u << 20;
+inline constexpr size_t kMaxPrincipals = 20000;
+inline constexpr size_t kMaxRoles = 5000;
+inline constexpr size_t kMaxOptOut = 5000;
+inline constexpr size_t kMaxHosts = 5000;
+inline constexpr size_t kMaxRelays = 1000;
+inline constexpr size_t kMaxListItems = 1000;  // cidrs, names, targets, roles of a principal, ...
+inline constexpr size_t kMaxKeysPerPrincipal = 64;
+inline constexpr size_t kMaxWindows = 32;
+inline constexpr size_t kMaxNameLength = 128;
+inline constexpr size_t kMaxTextLength = 1024;  // reasons, key lines
+
+// A weekly time window in a zone. Hours may cross midnight ("22:00-06:00"): the part after midnight
+// belongs to the day the window started (Fri 22:00-06:00 covers Sat 03:00).
+struct Window {
+  uint8_t days = 0x7f;      // bit d set = weekday d allowed (0 = Sunday ... 6 = Saturday)
+  uint16_t start_min = 0;   // minutes after local midnight, [0, 1440)
+  uint16_t end_min = 1440;  // (0, 1440]; end < start means across midnight
+  std::string days_text = "Mon-Sun";
+  std::string tz_name = "UTC";
+  std::shared_ptr<const TimeZone> tz;  // resolved from tz_name
+
+  [[nodiscard]] bool contains(UnixSeconds now) const noexcept;
+  bool operator==(const Window& o) const {
+    return days == o.days && start_min == o.start_min && end_min == o.end_min && tz_name == o.tz_name;
+  }
+};
+
+// One allowed-target entry of a role. Every constraint given must hold: a target with names and
+// cidrs needs both a matching name and a matching resolved address; one with only names accepts any
+// address the name resolves to; one with only cidrs accepts any name (or none).
+struct Target {
+  std::vector<Cidr> cidrs;
+  std::vector<std::string> names;  // globs: '*' matches any run of characters, '?' one; case-insensitive
+  PortSet ports = PortSet::single(kDefaultSshPort);
+  bool operator==(const Target&) const = default;
+};
+
+struct Role {
+  std::string name;
+  std::vector<Target> targets;
+  std::optional<uint32_t> max_sessions;  // concurrent sessions per principal
+  std::vector<Window> windows;           // empty = always; otherwise any window must contain now
+  bool operator==(const Role&) const = default;
+};
+
+struct Principal {
+  std::string name;
+  std::vector<std::string> roles;
+  std::vector<PublicKey> keys;
+  bool operator==(const Principal&) const = default;
+};
+
+struct HostGroup {
+  std::string name;
+  std::vector<Cidr> cidrs;
+  PortSet ssh_ports = PortSet::single(kDefaultSshPort);
+  bool operator==(const HostGroup&) const = default;
+};
+
+// A rule under which direct (non-relayed) SSH is allowed. Grants are issued within it; while the
+// rule itself is unexpired it also approves matching flows directly, unless require_grant is true
+// (then only live grants approve).
+struct OptOutRule {
+  std::string id;
+  std::vector<std::string> who_principals;
+  std::vector<std::string> who_roles;
+  std::vector<Cidr> from;
+  std::vector<Cidr> to_cidrs;
+  PortSet to_ports = PortSet::single(kDefaultSshPort);
+  int64_t max_ttl_seconds = 0;
+  bool require_reason = true;
+  bool require_approver = false;
+  bool require_grant = false;
+  UnixSeconds expires = 0;
+  std::string description;
+  bool operator==(const OptOutRule&) const = default;
+};
+
+struct Policy {
+  int version = 1;
+  std::string source;  // file name the policy came from (for messages)
+  std::string grant_store = std::string(kDefaultGrantStore);
+  std::vector<Cidr> relays;
+  std::vector<HostGroup> hosts;
+  std::vector<Principal> principals;
+  std::vector<Role> roles;
+  std::vector<OptOutRule> opt_out;
+
+  [[nodiscard]] const Principal* find_principal(std::string_view name) const;
+  [[nodiscard]] const Role* find_role(std::string_view name) const;
+  [[nodiscard]] const OptOutRule* find_rule(std::string_view id) const;
+  bool operator==(const Policy& o) const {
+    return version == o.version && grant_store == o.grant_store && relays == o.relays && hosts == o.hosts &&
+           principals == o.principals && roles == o.roles && opt_out == o.opt_out;
+  }
+};
+
+// Glob match used for target names ('*', '?', case-insensitive ASCII). No allocation.
+bool glob_match(std::string_view pattern, std::string_view name) noexcept;
+
+}  // namespace sshring::policy

@@ -1,0 +1,47 @@
+// policy.yaml -> Policy. Every error names the file, line and column, the key and what is expected;
+// unknown keys, duplicate keys and duplicate names are errors; the file and every list have limits.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/error.h"
+#include "policy/model.h"
+
+namespace sshring::policy {
+
+// "policy.yaml:12:5: principals[0].keys[1]: expected an ssh-ed25519 authorized_keys line (...)".
+class PolicyError : public common::UsageError {
+ public:
+  PolicyError(std::string file, int line, int column, std::string key, std::string message);
+  [[nodiscard]] const std::string& file() const noexcept { return file_; }
+  [[nodiscard]] int line() const noexcept { return line_; }      // 1-based; 0 if unknown
+  [[nodiscard]] int column() const noexcept { return column_; }  // 1-based; 0 if unknown
+  [[nodiscard]] const std::string& key() const noexcept { return key_; }
+  [[nodiscard]] const std::string& message() const noexcept { return message_; }
+
+ private:
+  std::string file_;
+  int line_;
+  int column_;
+  std::string key_;
+  std::string message_;
+};
+
+// Parses YAML text. `source` names the input in errors. Throws PolicyError.
+Policy parse_policy(std::string_view text, std::string_view source = "policy.yaml");
+// Reads and parses a file (size-limited). Throws PolicyError (or common::SystemError if unreadable).
+Policy load_policy_file(const std::string& path);
+// Emits YAML that parse_policy reads back to an equal Policy.
+std::string to_yaml(const Policy& policy);
+
+// Lints for `sshring policy check`: valid but suspicious.
+struct Lint {
+  std::string where;    // "opt_out[ci-direct]"
+  std::string message;  // "from 0.0.0.0/0 opens direct SSH to every source"
+};
+inline constexpr int64_t kSaneMaxTtlSeconds = 24 * 3600;
+std::vector<Lint> lint_policy(const Policy& policy, UnixSeconds now);
+
+}  // namespace sshring::policy
