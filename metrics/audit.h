@@ -14,12 +14,12 @@
 namespace sshring::metrics {
 
 struct AuditOptions {
-  std::string path;            // e.g. /var/log/sshring/relay.audit.jsonl
-  std::string component;       // "relay", "agent", "grant"
-  bool fsync_each = false;     // true: append() returns after the record is on disk
+  std::string path;                               // e.g. /var/log/sshring/relay.audit.jsonl
+  std::string component;                          // "relay", "agent", "grant"
+  bool fsync_each = false;                        // true: append() returns after the record is on disk
   std::chrono::milliseconds batch_interval{200};  // batched mode: bound on time to disk
   uint64_t rotate_bytes = 256ull << 20;           // rotate when the file grows past this
-  bool syslog = false;         // also send each record to syslog/journald
+  bool syslog = false;                            // also send each record to syslog/journald
 };
 
 class AuditLog {
@@ -36,6 +36,9 @@ class AuditLog {
   void append(nlohmann::json record);
   // Blocks until every record appended so far is written and fsynced.
   void flush();
+  // Writes that failed (disk full, I/O error); each is also logged. Also exported by the owner as a
+  // metric where it has one.
+  [[nodiscard]] uint64_t write_errors() const;
 
  private:
   struct Impl;

@@ -22,7 +22,9 @@ namespace sshring::metrics {
 // A counter written by exactly one thread and read by the scraper: no read-modify-write, no lock.
 class LocalCounter {
  public:
-  void add(uint64_t n = 1) noexcept { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  void add(uint64_t n = 1) noexcept {
+    v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
   [[nodiscard]] uint64_t value() const noexcept { return v_.load(std::memory_order_relaxed); }
 
  private:
@@ -33,7 +35,9 @@ class LocalCounter {
 class LocalGauge {
  public:
   void set(int64_t v) noexcept { v_.store(v, std::memory_order_relaxed); }
-  void add(int64_t d) noexcept { v_.store(v_.load(std::memory_order_relaxed) + d, std::memory_order_relaxed); }
+  void add(int64_t d) noexcept {
+    v_.store(v_.load(std::memory_order_relaxed) + d, std::memory_order_relaxed);
+  }
   [[nodiscard]] int64_t value() const noexcept { return v_.load(std::memory_order_relaxed); }
 
  private:

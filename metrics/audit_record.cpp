@@ -1,0 +1,320 @@
+#include "metrics/audit_record.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstdio>
+#include <ctime>
+
+namespace sshring::metrics {
+
+namespace {
+
+enum class Kind { kString, kUint, kObject, kArray, kStringOrNull };
+
+struct FieldSpec {
+  const char* name;
+  Kind kind;
+  bool required;
+};
+
+struct TypeSpec {
+  const char* type;
+  std::initializer_list<FieldSpec> fields;
+};
+
+// Per-type fields (docs/audit.md is the prose form of this table). Optional fields are type-checked
+// when present so the report can trust them.
+const TypeSpec kTypes[] = {
+    {"session_start",
+     {{"session_id", Kind::kString, true},
+      {"principal", Kind::kString, false},
+      {"key_fp", Kind::kString, false},
+      {"client", Kind::kString, true},
+      {"target_name", Kind::kString, false},
+      {"target_addr", Kind::kString, false},
+      {"upstream_local", Kind::kString, false}}},
+    {"session_end",
+     {{"session_id", Kind::kString, true},
+      {"principal", Kind::kString, false},
+      {"key_fp", Kind::kString, false},
+      {"client", Kind::kString, false},
+      {"target_name", Kind::kString, false},
+      {"target_addr", Kind::kString, false},
+      {"upstream_local", Kind::kString, false},
+      {"bytes_up", Kind::kUint, true},
+      {"bytes_down", Kind::kUint, true},
+      {"duration_ms", Kind::kUint, true},
+      {"reason", Kind::kString, true}}},
+    {"session_deny",
+     {{"session_id", Kind::kString, false},
+      {"principal", Kind::kString, false},
+      {"key_fp", Kind::kString, false},
+      {"client", Kind::kString, true},
+      {"target_name", Kind::kString, false},
+      {"reason", Kind::kString, true}}},
+    {"grant_add",
+     {{"grant_id", Kind::kString, true},
+      {"who", Kind::kString, true},
+      {"from", Kind::kString, false},
+      {"to", Kind::kString, true},
+      {"ports", Kind::kArray, false},
+      {"expires", Kind::kString, true},
+      {"reason", Kind::kString, true},
+      {"approver", Kind::kString, false},
+      {"actor", Kind::kString, true}}},
+    {"grant_revoke",
+     {{"grant_id", Kind::kString, true}, {"actor", Kind::kString, true}, {"reason", Kind::kString, false}}},
+    {"grant_expire", {{"grant_id", Kind::kString, true}, {"actor", Kind::kString, false}}},
+    {"flow_open",
+     {{"flow", Kind::kObject, true},
+      {"tag", Kind::kString, true},
+      {"grant_id", Kind::kStringOrNull, false},
+      {"first_seen", Kind::kString, false}}},
+    {"flow_close",
+     {{"flow", Kind::kObject, true},
+      {"tag", Kind::kString, true},
+      {"grant_id", Kind::kStringOrNull, false},
+      {"packets_in", Kind::kUint, true},
+      {"packets_out", Kind::kUint, true},
+      {"bytes_in", Kind::kUint, true},
+      {"bytes_out", Kind::kUint, true},
+      {"first_seen", Kind::kString, false},
+      {"last_seen", Kind::kString, false},
+      {"end", Kind::kString, true}}},
+    {"policy_reload",
+     {{"result", Kind::kString, true}, {"error", Kind::kString, false}, {"version", Kind::kString, false}}},
+    {"log_rotate", {{"previous_file", Kind::kString, true}}},
+    {"log_recover", {{"torn_bytes", Kind::kUint, false}, {"last_line_error", Kind::kString, false}}},
+};
+
+bool kind_ok(const nlohmann::json& v, Kind k) {
+  switch (k) {
+    case Kind::kString:
+      return v.is_string();
+    case Kind::kUint:
+      return v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
+    case Kind::kObject:
+      return v.is_object();
+    case Kind::kArray:
+      return v.is_array();
+    case Kind::kStringOrNull:
+      return v.is_string() || v.is_null();
+  }
+  return false;
+}
+
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::kString:
+      return "a string";
+    case Kind::kUint:
+      return "a non-negative integer";
+    case Kind::kObject:
+      return "an object";
+    case Kind::kArray:
+      return "an array";
+    case Kind::kStringOrNull:
+      return "a string or null";
+  }
+  return "?";
+}
+
+bool is_flow_tag(const std::string& s) {
+  return s == "proxied" || s == "bypass_approved" || s == "bypass_expired" || s == "bypass_unapproved";
+}
+
+bool fail(std::string* error, std::string msg) {
+  if (error) *error = std::move(msg);
+  return false;
+}
+
+bool check_flow(const nlohmann::json& flow, std::string* error) {
+  for (const char* f : {"src", "dst", "proto"}) {
+    if (!flow.contains(f) || !flow[f].is_string())
+      return fail(error, std::string("flow.") + f + " must be a string");
+  }
+  for (const char* f : {"sport", "dport"}) {
+    if (!flow.contains(f) || !flow[f].is_number_unsigned() || flow[f].get<uint64_t>() > 65535) {
+      return fail(error, std::string("flow.") + f + " must be a port number 0..65535");
+    }
+  }
+  return true;
+}
+
+int digits(std::string_view s, size_t pos, size_t n, bool* ok) {
+  int v = 0;
+  if (pos + n > s.size()) {
+    *ok = false;
+    return 0;
+  }
+  for (size_t i = pos; i < pos + n; ++i) {
+    if (s[i] < '0' || s[i] > '9') {
+      *ok = false;
+      return 0;
+    }
+    v = v * 10 + (s[i] - '0');
+  }
+  return v;
+}
+
+}  // namespace
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(len * 2);
+  for (unsigned i = 0; i < len; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+std::string format_rfc3339_ms(std::chrono::system_clock::time_point t) {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  std::time_t secs = static_cast<std::time_t>(ms / 1000);
+  int frac = static_cast<int>(ms % 1000);
+  if (frac < 0) {
+    frac += 1000;
+    --secs;
+  }
+  std::tm tm{};
+  ::gmtime_r(&secs, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+  return buf;
+}
+
+std::optional<int64_t> parse_rfc3339_ms(std::string_view s) {
+  bool ok = true;
+  if (s.size() < 20 || s.size() > 40 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') ||
+      s[13] != ':' || s[16] != ':') {
+    return std::nullopt;
+  }
+  int year = digits(s, 0, 4, &ok), mon = digits(s, 5, 2, &ok), day = digits(s, 8, 2, &ok);
+  int hour = digits(s, 11, 2, &ok), min = digits(s, 14, 2, &ok), sec = digits(s, 17, 2, &ok);
+  if (!ok || mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 || sec > 60)
+    return std::nullopt;
+  size_t pos = 19;
+  int64_t ms = 0;
+  if (pos < s.size() && s[pos] == '.') {
+    ++pos;
+    size_t start = pos;
+    int scale = 100;
+    while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') {
+      ms += (s[pos] - '0') * scale;
+      scale /= 10;
+      ++pos;
+    }
+    if (pos == start) return std::nullopt;
+  }
+  int64_t offset_s = 0;
+  if (pos < s.size() && (s[pos] == 'Z' || s[pos] == 'z')) {
+    ++pos;
+  } else if (pos < s.size() && (s[pos] == '+' || s[pos] == '-')) {
+    int sign = s[pos] == '+' ? 1 : -1;
+    int oh = digits(s, pos + 1, 2, &ok);
+    if (!ok || pos + 3 >= s.size() || s[pos + 3] != ':') return std::nullopt;
+    int om = digits(s, pos + 4, 2, &ok);
+    if (!ok || oh > 23 || om > 59) return std::nullopt;
+    offset_s = sign * (oh * 3600 + om * 60);
+    pos += 6;
+  } else {
+    return std::nullopt;
+  }
+  if (pos != s.size()) return std::nullopt;
+  // Days from civil (Howard Hinnant's algorithm): no timegm/TZ dependence.
+  int y = year - (mon <= 2);
+  int64_t era = (y >= 0 ? y : y - 399) / 400;
+  int64_t yoe = y - era * 400;
+  int64_t doy = (153 * (mon + (mon > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  int64_t days = era * 146097 + doe - 719468;
+  int64_t secs = days * 86400 + hour * 3600 + min * 60 + sec - offset_s;
+  return secs * 1000 + ms;
+}
+
+std::optional<AuditRecord> parse_record(std::string_view line, std::string* error) {
+  if (line.size() > kMaxRecordBytes) {
+    fail(error, "record is " + std::to_string(line.size()) + " bytes, over the " +
+                    std::to_string(kMaxRecordBytes) + " byte limit");
+    return std::nullopt;
+  }
+  AuditRecord r;
+  r.body = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (r.body.is_discarded()) {
+    fail(error, "not valid JSON");
+    return std::nullopt;
+  }
+  if (!r.body.is_object()) {
+    fail(error, "not a JSON object");
+    return std::nullopt;
+  }
+  const auto& b = r.body;
+  for (const char* f : {"ts", "type", "component", "host", "prev"}) {
+    if (!b.contains(f) || !b[f].is_string()) {
+      fail(error, std::string("field '") + f + "' missing or not a string");
+      return std::nullopt;
+    }
+  }
+  if (!b.contains("seq") || !b["seq"].is_number_unsigned() || b["seq"].get<uint64_t>() == 0) {
+    fail(error, "field 'seq' missing or not a positive integer");
+    return std::nullopt;
+  }
+  r.ts = b["ts"].get<std::string>();
+  r.type = b["type"].get<std::string>();
+  r.component = b["component"].get<std::string>();
+  r.host = b["host"].get<std::string>();
+  r.prev = b["prev"].get<std::string>();
+  r.seq = b["seq"].get<uint64_t>();
+  auto ts = parse_rfc3339_ms(r.ts);
+  if (!ts) {
+    fail(error, "field 'ts' is not an RFC 3339 time ('" + r.ts.substr(0, 40) + "')");
+    return std::nullopt;
+  }
+  r.ts_ms = *ts;
+  if (r.prev.size() != 64 || !std::all_of(r.prev.begin(), r.prev.end(), [](char c) {
+        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+      })) {
+    fail(error, "field 'prev' is not 64 lowercase hex digits");
+    return std::nullopt;
+  }
+  const TypeSpec* spec = nullptr;
+  for (const auto& t : kTypes) {
+    if (r.type == t.type) spec = &t;
+  }
+  if (!spec) {
+    fail(error, "unknown record type '" + r.type.substr(0, 40) + "'");
+    return std::nullopt;
+  }
+  for (const auto& f : spec->fields) {
+    auto it = b.find(f.name);
+    if (it == b.end()) {
+      if (f.required) {
+        fail(error, r.type + ": required field '" + f.name + "' missing");
+        return std::nullopt;
+      }
+      continue;
+    }
+    if (!kind_ok(*it, f.kind)) {
+      fail(error, r.type + ": field '" + f.name + "' must be " + kind_name(f.kind));
+      return std::nullopt;
+    }
+  }
+  if (r.type == "flow_open" || r.type == "flow_close") {
+    if (!check_flow(b["flow"], error)) return std::nullopt;
+    if (!is_flow_tag(b["tag"].get<std::string>())) {
+      fail(error, r.type + ": tag must be proxied|bypass_approved|bypass_expired|bypass_unapproved");
+      return std::nullopt;
+    }
+  }
+  return r;
+}
+
+}  // namespace sshring::metrics
