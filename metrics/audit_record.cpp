@@ -11,7 +11,7 @@ namespace sshring::metrics {
 
 namespace {
 
-enum class Kind { kString, kUint, kObject, kArray, kStringOrNull };
+enum class Kind { kString, kUint, kObject, kArray, kStringOrNull, kBool };
 
 struct FieldSpec {
   const char* name;
@@ -71,7 +71,8 @@ const TypeSpec kTypes[] = {
      {{"flow", Kind::kObject, true},
       {"tag", Kind::kString, true},
       {"grant_id", Kind::kStringOrNull, false},
-      {"first_seen", Kind::kString, false}}},
+      {"first_seen", Kind::kString, false},
+      {"enforced", Kind::kBool, false}}},
     {"flow_close",
      {{"flow", Kind::kObject, true},
       {"tag", Kind::kString, true},
@@ -82,7 +83,8 @@ const TypeSpec kTypes[] = {
       {"bytes_out", Kind::kUint, true},
       {"first_seen", Kind::kString, false},
       {"last_seen", Kind::kString, false},
-      {"end", Kind::kString, true}}},
+      {"end", Kind::kString, true},
+      {"enforced", Kind::kBool, false}}},
     {"policy_reload",
      {{"result", Kind::kString, true}, {"error", Kind::kString, false}, {"version", Kind::kString, false}}},
     {"log_rotate", {{"previous_file", Kind::kString, true}}},
@@ -101,6 +103,8 @@ bool kind_ok(const nlohmann::json& v, Kind k) {
       return v.is_array();
     case Kind::kStringOrNull:
       return v.is_string() || v.is_null();
+    case Kind::kBool:
+      return v.is_boolean();
   }
   return false;
 }
@@ -117,6 +121,8 @@ const char* kind_name(Kind k) {
       return "an array";
     case Kind::kStringOrNull:
       return "a string or null";
+    case Kind::kBool:
+      return "true or false";
   }
   return "?";
 }

@@ -1,0 +1,42 @@
+// Reading audit files back: line splitting with hard limits, chain verification across rotated files
+// (`sshring audit verify`) and the opt-out review (`sshring audit report`).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "metrics/audit_record.h"
+
+namespace sshring::metrics {
+
+// Calls `fn(line_no, line, complete)` for each line of `path` (line without its newline; `complete`
+// is false for a last line without a newline). Lines over kMaxRecordBytes are passed truncated to
+// kMaxRecordBytes + 1 bytes so the parser rejects them. Throws std::runtime_error naming the file if it
+// cannot be read.
+void for_each_line(const std::string& path,
+                   const std::function<void(uint64_t line_no, std::string_view line, bool complete)>& fn);
+
+struct AuditFinding {
+  std::string file;
+  uint64_t line = 0;
+  std::string message;
+  [[nodiscard]] std::string to_string() const { return file + ":" + std::to_string(line) + ": " + message; }
+};
+
+struct VerifyResult {
+  uint64_t records = 0;                // records checked
+  std::vector<AuditFinding> warnings;  // torn last line, chain continuing from files not given
+  std::optional<AuditFinding> error;   // the first bad record; checking stops there
+  uint64_t last_seq = 0;
+  std::string last_hash;  // SHA-256 of the last good line
+  [[nodiscard]] bool ok() const { return !error.has_value(); }
+};
+
+// Checks `files` as one chain, in the given order (rotated files first, oldest first, then the live one).
+VerifyResult verify_chain(const std::vector<std::string>& files);
+
+}  // namespace sshring::metrics

@@ -1,0 +1,379 @@
+// The audit log writer and the chain verifier: tampering, deletion, reordering, rotation, torn lines
+// and concurrent writers.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "metrics/audit.h"
+#include "metrics/audit_record.h"
+#include "metrics/audit_verify.h"
+#include "tests/support/process.h"
+
+namespace sshring::metrics {
+namespace {
+
+namespace fs = std::filesystem;
+using sshring::testing::read_file;
+using sshring::testing::TempDir;
+using sshring::testing::write_file;
+
+std::vector<std::string> lines_of(const std::string& path) {
+  std::vector<std::string> out;
+  std::istringstream in(read_file(path));
+  std::string l;
+  while (std::getline(in, l)) out.push_back(l);
+  return out;
+}
+
+void write_lines(const std::string& path, const std::vector<std::string>& lines) {
+  std::string s;
+  for (const auto& l : lines) s += l + "\n";
+  write_file(path, s);
+}
+
+nlohmann::json session_end(int i) {
+  return {{"type", "session_end"}, {"session_id", "s" + std::to_string(i)},
+          {"principal", "alice"},  {"client", "10.0.0.9:4000"},
+          {"bytes_up", 100 + i},   {"bytes_down", 200},
+          {"duration_ms", 5},      {"reason", "closed"}};
+}
+
+// Writes n records (fsync each) into a fresh log.
+std::string make_log(const TempDir& dir, int n, const std::string& name = "relay.audit.jsonl") {
+  AuditOptions o;
+  o.path = dir.file(name);
+  o.component = "relay";
+  o.fsync_each = true;
+  AuditLog log(o);
+  for (int i = 1; i <= n; ++i) log.append(session_end(i));
+  return o.path;
+}
+
+TEST(AuditLogTest, RecordsCarryEnvelopeAndChain) {
+  TempDir dir;
+  auto path = make_log(dir, 3);
+  auto lines = lines_of(path);
+  ASSERT_EQ(lines.size(), 3u);
+  std::string prev = kZeroHash;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    std::string err;
+    auto rec = parse_record(lines[i], &err);
+    ASSERT_TRUE(rec) << err << ": " << lines[i];
+    EXPECT_EQ(rec->seq, i + 1);
+    EXPECT_EQ(rec->prev, prev);
+    EXPECT_EQ(rec->component, "relay");
+    EXPECT_EQ(rec->type, "session_end");
+    EXPECT_FALSE(rec->host.empty());
+    EXPECT_EQ(rec->ts.size(), 24u) << rec->ts;  // 2026-11-30T14:53:24.123Z
+    EXPECT_EQ(rec->body["bytes_up"], 101 + static_cast<int>(i));
+    prev = sha256_hex(lines[i]);
+  }
+  // The envelope comes first, in a fixed order (readable with grep/jq).
+  EXPECT_EQ(lines[0].rfind("{\"ts\":", 0), 0u) << lines[0];
+  auto res = verify_chain({path});
+  EXPECT_TRUE(res.ok()) << res.error->to_string();
+  EXPECT_EQ(res.records, 3u);
+  EXPECT_TRUE(res.warnings.empty());
+}
+
+TEST(AuditLogTest, RejectsRecordsWithoutType) {
+  TempDir dir;
+  AuditLog log({.path = dir.file("a.jsonl"), .component = "relay"});
+  EXPECT_THROW(log.append({{"session_id", "x"}}), std::invalid_argument);
+  EXPECT_THROW(log.append(nlohmann::json::array()), std::invalid_argument);
+}
+
+TEST(AuditLogTest, ReopenContinuesTheChain) {
+  TempDir dir;
+  auto path = make_log(dir, 2);
+  make_log(dir, 2);  // same file: continues seq and prev
+  auto lines = lines_of(path);
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(parse_record(lines[2], nullptr)->seq, 3u);
+  auto res = verify_chain({path});
+  EXPECT_TRUE(res.ok()) << res.error->to_string();
+  EXPECT_EQ(res.records, 4u);
+}
+
+TEST(AuditLogTest, SecondWriterOnTheSameFileIsRefused) {
+  TempDir dir;
+  AuditLog first({.path = dir.file("a.jsonl"), .component = "relay"});
+  try {
+    AuditLog second({.path = dir.file("a.jsonl"), .component = "relay"});
+    FAIL() << "expected the second writer to be refused";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("a.jsonl"), std::string::npos) << e.what();
+  }
+}
+
+TEST(AuditVerifyTest, TamperedByteNamesTheModifiedRecord) {
+  TempDir dir;
+  auto path = make_log(dir, 6);
+  auto lines = lines_of(path);
+  auto pos = lines[3].find("alice");
+  ASSERT_NE(pos, std::string::npos);
+  lines[3][pos] = 'A';  // record 4, still valid JSON
+  write_lines(path, lines);
+  auto res = verify_chain({path});
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.error->line, 4u) << res.error->to_string();
+  EXPECT_NE(res.error->message.find("modified"), std::string::npos) << res.error->to_string();
+  EXPECT_EQ(res.records, 3u);
+}
+
+TEST(AuditVerifyTest, TamperedByteBreakingJsonIsNamed) {
+  TempDir dir;
+  auto path = make_log(dir, 4);
+  auto lines = lines_of(path);
+  lines[1][0] = '[';
+  write_lines(path, lines);
+  auto res = verify_chain({path});
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.error->line, 2u);
+  EXPECT_NE(res.error->message.find("not a valid audit record"), std::string::npos) << res.error->to_string();
+}
+
+TEST(AuditVerifyTest, DeletedRecordIsNamed) {
+  TempDir dir;
+  auto path = make_log(dir, 6);
+  auto lines = lines_of(path);
+  lines.erase(lines.begin() + 2);  // seq 3
+  write_lines(path, lines);
+  auto res = verify_chain({path});
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.error->line, 3u) << res.error->to_string();
+  EXPECT_NE(res.error->message.find("records 3 were deleted"), std::string::npos) << res.error->to_string();
+}
+
+TEST(AuditVerifyTest, DeletedFirstRecordIsNamed) {
+  TempDir dir;
+  auto path = make_log(dir, 3);
+  auto lines = lines_of(path);
+  lines.erase(lines.begin());
+  write_lines(path, lines);
+  auto res = verify_chain({path});
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.error->line, 1u);
+  EXPECT_NE(res.error->message.find("does not start a chain"), std::string::npos) << res.error->to_string();
+}
+
+TEST(AuditVerifyTest, ReorderedRecordsAreNamed) {
+  TempDir dir;
+  auto path = make_log(dir, 6);
+  auto lines = lines_of(path);
+  std::swap(lines[3], lines[4]);
+  write_lines(path, lines);
+  auto res = verify_chain({path});
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.error->line, 4u) << res.error->to_string();
+  EXPECT_NE(res.error->message.find("seq 5 follows seq 3"), std::string::npos) << res.error->to_string();
+}
+
+TEST(AuditVerifyTest, RotationKeepsTheChain) {
+  TempDir dir;
+  AuditOptions o;
+  o.path = dir.file("agent.audit.jsonl");
+  o.component = "agent";
+  o.rotate_bytes = 2000;
+  o.batch_interval = std::chrono::milliseconds(5);
+  {
+    AuditLog log(o);
+    for (int i = 0; i < 40; ++i) log.append(session_end(i));
+  }
+  std::vector<std::string> rotated;
+  for (const auto& e : fs::directory_iterator(dir.path())) {
+    auto name = e.path().filename().string();
+    if (name.rfind("agent.audit.jsonl.", 0) == 0) rotated.push_back(e.path().string());
+  }
+  std::sort(rotated.begin(), rotated.end());
+  ASSERT_GE(rotated.size(), 3u);
+  for (const auto& r : rotated) EXPECT_LE(fs::file_size(r), 2000u + 400u) << r;
+
+  // Each new file starts with log_rotate naming its predecessor.
+  auto live = lines_of(o.path);
+  ASSERT_FALSE(live.empty());
+  auto first = parse_record(live[0], nullptr);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->type, "log_rotate");
+  EXPECT_EQ(first->body["previous_file"], fs::path(rotated.back()).filename().string());
+
+  std::vector<std::string> all = rotated;
+  all.push_back(o.path);
+  auto res = verify_chain(all);
+  EXPECT_TRUE(res.ok()) << res.error->to_string();
+  EXPECT_EQ(res.records, 40u + rotated.size());
+  EXPECT_TRUE(res.warnings.empty());
+
+  // The live file alone: chain continues from a file not given (a warning, not an error).
+  auto alone = verify_chain({o.path});
+  EXPECT_TRUE(alone.ok()) << alone.error->to_string();
+  ASSERT_EQ(alone.warnings.size(), 1u);
+  EXPECT_NE(alone.warnings[0].message.find("not given"), std::string::npos);
+
+  // Files out of order break the chain.
+  std::vector<std::string> swapped = all;
+  std::swap(swapped[0], swapped[1]);
+  EXPECT_FALSE(verify_chain(swapped).ok());
+}
+
+TEST(AuditVerifyTest, TornLastLineIsAWarningAndReopenRecovers) {
+  TempDir dir;
+  auto path = make_log(dir, 5);
+  // A crash mid-write: the last line loses its second half and newline.
+  auto content = read_file(path);
+  auto last_start = content.rfind('\n', content.size() - 2) + 1;
+  size_t cut = last_start + (content.size() - last_start) / 2;
+  fs::resize_file(path, cut);
+  auto res = verify_chain({path});
+  EXPECT_TRUE(res.ok()) << res.error->to_string();
+  EXPECT_EQ(res.records, 4u);
+  ASSERT_EQ(res.warnings.size(), 1u);
+  EXPECT_EQ(res.warnings[0].line, 5u);
+  EXPECT_NE(res.warnings[0].message.find("torn"), std::string::npos);
+
+  // The next writer cuts the torn tail, records it and continues from record 4.
+  make_log(dir, 2);
+  auto lines = lines_of(path);
+  ASSERT_EQ(lines.size(), 7u);
+  auto rec = parse_record(lines[4], nullptr);
+  ASSERT_TRUE(rec);
+  EXPECT_EQ(rec->type, "log_recover");
+  EXPECT_EQ(rec->seq, 5u);
+  EXPECT_EQ(rec->body["torn_bytes"], cut - last_start);
+  auto after = verify_chain({path});
+  EXPECT_TRUE(after.ok()) << after.error->to_string();
+  EXPECT_EQ(after.records, 7u);
+  EXPECT_TRUE(after.warnings.empty());
+}
+
+TEST(AuditLogTest, ConcurrentAppendsKeepAValidChain) {
+  TempDir dir;
+  AuditOptions o;
+  o.path = dir.file("relay.audit.jsonl");
+  o.component = "relay";
+  o.batch_interval = std::chrono::milliseconds(2);
+  o.rotate_bytes = 64 * 1024;
+  constexpr int kThreads = 4, kEach = 500;
+  {
+    AuditLog log(o);
+    std::vector<std::thread> ts;
+    for (int t = 0; t < kThreads; ++t) {
+      ts.emplace_back([&log, t] {
+        for (int i = 0; i < kEach; ++i) log.append(session_end(t * kEach + i));
+      });
+    }
+    for (auto& t : ts) t.join();
+    log.flush();
+    EXPECT_EQ(log.write_errors(), 0u);
+  }
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir.path())) files.push_back(e.path().string());
+  std::sort(files.begin(), files.end(), [&](const std::string& a, const std::string& b) {
+    // The live file (no suffix) is newest.
+    if (a == o.path) return false;
+    if (b == o.path) return true;
+    return a < b;
+  });
+  auto res = verify_chain(files);
+  EXPECT_TRUE(res.ok()) << res.error->to_string();
+  EXPECT_EQ(res.records, kThreads * kEach + files.size() - 1);
+  // Every appended record is present exactly once.
+  std::set<std::string> ids;
+  for (const auto& f : files) {
+    for (const auto& l : lines_of(f)) {
+      auto r = parse_record(l, nullptr);
+      if (r && r->type == "session_end") ids.insert(r->body["session_id"].get<std::string>());
+    }
+  }
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kThreads * kEach));
+}
+
+TEST(AuditLogTest, BatchedModeReachesDiskWithinTheBound) {
+  TempDir dir;
+  AuditOptions o;
+  o.path = dir.file("a.jsonl");
+  o.component = "agent";
+  o.batch_interval = std::chrono::milliseconds(50);
+  AuditLog log(o);
+  log.append({{"type", "policy_reload"}, {"result", "success"}, {"version", "v1"}});
+  // Without flush(): the writer thread must put it on disk within the interval.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (fs::file_size(o.path) == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_GT(fs::file_size(o.path), 0u);
+  EXPECT_EQ(parse_record(lines_of(o.path)[0], nullptr)->body["version"], "v1");
+}
+
+struct ParseCase {
+  const char* name;
+  std::string line;
+  bool ok;
+  const char* error_contains;
+};
+
+TEST(AuditRecordTest, ParserTable) {
+  const std::string env =
+      R"("ts":"2026-11-30T14:53:24.123Z","component":"agent","host":"h","seq":1,"prev":")" + kZeroHash + "\"";
+  const std::string flow =
+      R"("flow":{"src":"10.0.0.9","dst":"10.0.0.5","sport":4000,"dport":22,"proto":"tcp"})";
+  const ParseCase cases[] = {
+      {"flow_open", "{" + env + R"(,"type":"flow_open",)" + flow + R"(,"tag":"bypass_unapproved"})", true,
+       ""},
+      {"bad tag", "{" + env + R"(,"type":"flow_open",)" + flow + R"(,"tag":"other"})", false, "tag must be"},
+      {"port range",
+       "{" + env +
+           R"(,"type":"flow_open","flow":{"src":"a","dst":"b","sport":70000,"dport":22,"proto":"tcp"},"tag":"proxied"})",
+       false, "flow.sport"},
+      {"close needs end",
+       "{" + env + R"(,"type":"flow_close",)" + flow +
+           R"(,"tag":"proxied","packets_in":1,"packets_out":1,"bytes_in":1,"bytes_out":1})",
+       false, "'end' missing"},
+      {"unknown type", "{" + env + R"(,"type":"coffee"})", false, "unknown record type"},
+      {"negative bytes",
+       "{" + env +
+           R"(,"type":"session_end","session_id":"a","bytes_up":-1,"bytes_down":0,"duration_ms":0,"reason":"closed"})",
+       false, "'bytes_up' must be"},
+      {"seq zero",
+       R"({"ts":"2026-11-30T14:53:24Z","type":"policy_reload","component":"a","host":"h","seq":0,"prev":")" +
+           kZeroHash + R"(","result":"success"})",
+       false, "seq"},
+      {"bad ts",
+       R"({"ts":"yesterday","type":"policy_reload","component":"a","host":"h","seq":1,"prev":")" + kZeroHash +
+           R"(","result":"success"})",
+       false, "RFC 3339"},
+      {"short prev",
+       R"({"ts":"2026-11-30T14:53:24Z","type":"policy_reload","component":"a","host":"h","seq":1,"prev":"abc","result":"success"})",
+       false, "prev"},
+      {"not json", "{\"ts\":", false, "not valid JSON"},
+      {"array", "[1,2]", false, "not a JSON object"},
+      {"too long", std::string(kMaxRecordBytes + 1, ' '), false, "byte limit"},
+  };
+  for (const auto& c : cases) {
+    std::string err;
+    auto rec = parse_record(c.line, &err);
+    EXPECT_EQ(rec.has_value(), c.ok) << c.name << ": " << err;
+    if (!c.ok) {
+      EXPECT_NE(err.find(c.error_contains), std::string::npos) << c.name << ": " << err;
+    }
+  }
+}
+
+TEST(AuditRecordTest, Rfc3339) {
+  EXPECT_EQ(parse_rfc3339_ms("1970-01-01T00:00:00Z"), 0);
+  EXPECT_EQ(parse_rfc3339_ms("1970-01-01T00:00:01.5Z"), 1500);
+  EXPECT_EQ(parse_rfc3339_ms("2000-03-01T00:00:00Z"), 951868800000);
+  EXPECT_EQ(parse_rfc3339_ms("2000-03-01T01:00:00+01:00"), 951868800000);
+  EXPECT_FALSE(parse_rfc3339_ms("2000-13-01T00:00:00Z"));
+  EXPECT_FALSE(parse_rfc3339_ms("2000-03-01 00:00:00Z"));
+  auto now = std::chrono::system_clock::now();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+  EXPECT_EQ(parse_rfc3339_ms(format_rfc3339_ms(now)), ms);
+}
+
+}  // namespace
+}  // namespace sshring::metrics
