@@ -1,0 +1,233 @@
+#include "policy/cache.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "metrics/catalog.h"
+#include "policy/grant_store.h"
+#include "policy/parser.h"
+
+namespace sshring::policy {
+namespace {
+
+std::atomic<int> g_sighup_fd{-1};
+
+void on_sighup(int) {
+  int fd = g_sighup_fd.load(std::memory_order_relaxed);
+  if (fd >= 0) {
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(fd, &one, sizeof one);
+  }
+}
+
+UnixSeconds unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string dir_of(const std::string& path) {
+  auto slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+std::string base_of(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+}  // namespace
+
+void PolicyCache::publish(std::shared_ptr<const Snapshot> s) {
+  current_.store(std::move(s), std::memory_order_release);
+  generation_.fetch_add(1, std::memory_order_acq_rel);
+}
+
+Reloader::Reloader(PolicyCache& cache, ReloaderOptions opts) : cache_(cache), opts_(std::move(opts)) {
+  wake_ = common::UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  stop_ = common::UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake_ || !stop_) common::throw_errno("eventfd for policy reloader");
+}
+
+Reloader::~Reloader() {
+  stop();
+}
+
+bool Reloader::reload(std::string* error) {
+  try {
+    reload_or_throw();
+    return true;
+  } catch (const std::exception& e) {
+    failed_.fetch_add(1);
+    last_error_ = e.what();
+    if (error) *error = e.what();
+    common::log_error("policy reload failed; keeping the last good policy",
+                      {{"file", opts_.policy_path}, {"error", e.what()}});
+    if (opts_.metrics && opts_.metrics->reloads)
+      opts_.metrics->reloads->Add({{"result", "failure"}}).Increment();
+    return false;
+  }
+}
+
+void Reloader::reload_or_throw() {
+  auto policy = std::make_shared<Policy>(load_policy_file(opts_.policy_path));
+  std::string store = opts_.grant_store.empty() ? policy->grant_store : opts_.grant_store;
+  std::vector<Grant> grants;
+  struct stat st {};
+  if (::stat(store.c_str(), &st) == 0) {
+    grants = DirGrantStore(store, false).load();
+  } else {
+    common::log_warn("grant store missing; no grants loaded", {{"store", store}});
+  }
+  size_t n = grants.size();
+  auto snap = Snapshot::build(std::move(policy), std::move(grants), next_generation_.fetch_add(1));
+  cache_.publish(snap);
+  watched_store_ = store;
+  ok_.fetch_add(1);
+  common::log_info("policy loaded", {{"file", opts_.policy_path},
+                                     {"grants", std::to_string(n)},
+                                     {"generation", std::to_string(snap->generation())}});
+  if (opts_.metrics) {
+    if (opts_.metrics->reloads) opts_.metrics->reloads->Add({{"result", "success"}}).Increment();
+    if (opts_.metrics->last_success) opts_.metrics->last_success->Set(static_cast<double>(unix_now()));
+  }
+  update_gauges();
+}
+
+void Reloader::update_gauges() {
+  if (!opts_.metrics) return;
+  auto s = cache_.current();
+  if (!s) return;
+  UnixSeconds now = unix_now();
+  if (opts_.metrics->grants_active)
+    opts_.metrics->grants_active->Set(static_cast<double>(s->live_grants(now)));
+  if (opts_.metrics->grants_expiring) {
+    opts_.metrics->grants_expiring->Set(static_cast<double>(s->live_grants(now, 3600)));
+  }
+}
+
+void Reloader::request_reload() noexcept {
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(wake_.get(), &one, sizeof one);
+}
+
+void Reloader::start() {
+  if (thread_.joinable()) return;
+  if (opts_.handle_sighup) {
+    g_sighup_fd.store(wake_.get());
+    struct sigaction sa {};
+    sa.sa_handler = on_sighup;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (::sigaction(SIGHUP, &sa, nullptr) != 0) common::throw_errno("sigaction SIGHUP");
+  }
+  thread_ = std::thread([this] { run(); });
+}
+
+void Reloader::stop() {
+  if (!thread_.joinable()) return;
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(stop_.get(), &one, sizeof one);
+  thread_.join();
+  if (opts_.handle_sighup) {
+    int expected = wake_.get();
+    g_sighup_fd.compare_exchange_strong(expected, -1);
+  }
+}
+
+void Reloader::run() {
+  common::UniqueFd ino;
+  int policy_wd = -1, store_wd = -1;
+  std::string watching_store;
+  const std::string policy_dir = dir_of(opts_.policy_path);
+  const std::string policy_base = base_of(opts_.policy_path);
+  auto rewatch_store = [&] {
+    if (!ino || watched_store_ == watching_store) return;
+    if (store_wd >= 0) ::inotify_rm_watch(ino.get(), store_wd);
+    store_wd = ::inotify_add_watch(ino.get(), watched_store_.c_str(),
+                                   IN_MOVED_TO | IN_DELETE | IN_CLOSE_WRITE | IN_MOVED_FROM);
+    watching_store = watched_store_;
+    if (store_wd < 0) {
+      common::log_warn("cannot watch grant store; reload with SIGHUP",
+                       {{"store", watched_store_}, {"error", std::strerror(errno)}});
+    }
+  };
+  if (opts_.watch) {
+    ino = common::UniqueFd(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+    if (ino) {
+      policy_wd = ::inotify_add_watch(ino.get(), policy_dir.c_str(),
+                                      IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ATTRIB | IN_DELETE);
+      if (policy_wd < 0) {
+        common::log_warn("cannot watch policy directory; reload with SIGHUP",
+                         {{"dir", policy_dir}, {"error", std::strerror(errno)}});
+      }
+      rewatch_store();
+    }
+  }
+  using Clock = std::chrono::steady_clock;
+  bool pending = false;
+  Clock::time_point due{};
+  Clock::time_point next_gauges = Clock::now() + std::chrono::milliseconds(opts_.gauge_interval_ms);
+  while (true) {
+    auto now = Clock::now();
+    auto until = pending ? std::min(due, next_gauges) : next_gauges;
+    int timeout = static_cast<int>(
+        std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count()));
+    pollfd fds[3] = {{stop_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}, {ino ? ino.get() : -1, POLLIN, 0}};
+    int rc = ::poll(fds, 3, timeout);
+    if (rc < 0 && errno != EINTR) {
+      common::log_error("policy reloader poll failed", {{"error", std::strerror(errno)}});
+      return;
+    }
+    if (fds[0].revents) return;
+    if (fds[1].revents) {
+      uint64_t v;
+      [[maybe_unused]] ssize_t n = ::read(wake_.get(), &v, sizeof v);
+      pending = true;
+      due = Clock::now();  // explicit requests (SIGHUP) reload at once
+    }
+    if (fds[2].revents & POLLIN) {
+      alignas(inotify_event) char buf[4096];
+      ssize_t n;
+      bool relevant = false;
+      while ((n = ::read(ino.get(), buf, sizeof buf)) > 0) {
+        for (ssize_t off = 0; off < n;) {
+          auto* ev = reinterpret_cast<inotify_event*>(buf + off);
+          std::string_view name = ev->len ? std::string_view(ev->name) : std::string_view{};
+          if (ev->wd == policy_wd) {
+            // Kubernetes-style config maps swap a "..data" symlink; editors rename over the file.
+            if (name == policy_base || name.starts_with("..")) relevant = true;
+          } else if (ev->wd == store_wd) {
+            if (name.ends_with(".grant")) relevant = true;
+          }
+          off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
+        }
+      }
+      if (relevant && !pending) {
+        pending = true;
+        due = Clock::now() + std::chrono::milliseconds(opts_.debounce_ms);
+      }
+    }
+    now = Clock::now();
+    if (pending && now >= due) {
+      pending = false;
+      reload();
+      rewatch_store();
+    }
+    if (now >= next_gauges) {
+      update_gauges();
+      next_gauges = now + std::chrono::milliseconds(opts_.gauge_interval_ms);
+    }
+  }
+}
+
+}  // namespace sshring::policy

@@ -1,0 +1,62 @@
+#include "policy/model.h"
+
+#include <cctype>
+
+namespace sshring::policy {
+
+bool Window::contains(UnixSeconds now) const noexcept {
+  const int32_t off = tz ? tz->offset_at(now) : 0;
+  const int64_t local = now + off;
+  int64_t days_since = local / 86400;
+  if (local % 86400 < 0) --days_since;
+  const auto minute = static_cast<uint16_t>((local - days_since * 86400) / 60);
+  const unsigned wday = weekday_from_days(days_since);
+  const unsigned yday = (wday + 6) % 7;
+  if (start_min < end_min) return (days >> wday & 1u) && minute >= start_min && minute < end_min;
+  // Across midnight: the evening part belongs to today, the morning part to the day before.
+  return ((days >> wday & 1u) && minute >= start_min) || ((days >> yday & 1u) && minute < end_min);
+}
+
+const Principal* Policy::find_principal(std::string_view name) const {
+  for (const auto& p : principals)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+const Role* Policy::find_role(std::string_view name) const {
+  for (const auto& r : roles)
+    if (r.name == name) return &r;
+  return nullptr;
+}
+
+const OptOutRule* Policy::find_rule(std::string_view id) const {
+  for (const auto& r : opt_out)
+    if (r.id == id) return &r;
+  return nullptr;
+}
+
+bool glob_match(std::string_view pat, std::string_view s) noexcept {
+  // Iterative matcher with single-star backtracking: linear-ish, no recursion, no allocation.
+  size_t p = 0, i = 0, star = std::string_view::npos, mark = 0;
+  auto eq = [](char a, char b) {
+    return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+  };
+  while (i < s.size()) {
+    if (p < pat.size() && (pat[p] == '?' || (pat[p] != '*' && eq(pat[p], s[i])))) {
+      ++p;
+      ++i;
+    } else if (p < pat.size() && pat[p] == '*') {
+      star = p++;
+      mark = i;
+    } else if (star != std::string_view::npos) {
+      p = star + 1;
+      i = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pat.size() && pat[p] == '*') ++p;
+  return p == pat.size();
+}
+
+}  // namespace sshring::policy

@@ -1,0 +1,735 @@
+#include "policy/parser.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+#include "common/duration.h"
+#include "common/error.h"
+
+namespace sshring::policy {
+
+PolicyError::PolicyError(std::string file, int line, int column, std::string key, std::string message)
+    : common::UsageError(file + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " +
+                         (key.empty() ? std::string() : key + ": ") + message),
+      file_(std::move(file)),
+      line_(line),
+      column_(column),
+      key_(std::move(key)),
+      message_(std::move(message)) {}
+
+namespace {
+
+constexpr const char* kDayNames[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+
+// Context for one parse: the file name, for errors.
+class Parser {
+ public:
+  explicit Parser(std::string source) : source_(std::move(source)) {}
+
+  [[noreturn]] void fail(const YAML::Mark& m, const std::string& key, const std::string& msg) const {
+    int line = m.line >= 0 ? m.line + 1 : 0;
+    int col = m.column >= 0 ? m.column + 1 : 0;
+    throw PolicyError(source_, line, col, key, msg);
+  }
+
+  // Checks a map: type, duplicate keys, unknown keys, required keys.
+  void check_map(const YAML::Node& n, const std::string& key, std::initializer_list<const char*> allowed,
+                 std::initializer_list<const char*> required = {}) const {
+    if (!n.IsMap()) fail(n.Mark(), key, "expected a mapping with keys " + join(allowed) + ", got " + kind(n));
+    std::set<std::string> seen;
+    for (auto it = n.begin(); it != n.end(); ++it) {
+      if (!it->first.IsScalar()) fail(it->first.Mark(), key, "keys must be plain strings");
+      const std::string k = it->first.Scalar();
+      if (!seen.insert(k).second) fail(it->first.Mark(), sub(key, k), "duplicate key '" + k + "'");
+      bool ok = std::any_of(allowed.begin(), allowed.end(), [&](const char* a) { return k == a; });
+      if (!ok)
+        fail(it->first.Mark(), sub(key, k), "unknown key '" + k + "'; expected one of " + join(allowed));
+    }
+    for (const char* r : required) {
+      if (!seen.count(r)) fail(n.Mark(), key, std::string("missing required key '") + r + "'");
+    }
+  }
+
+  static std::string sub(const std::string& key, const std::string& k) {
+    return key.empty() ? k : key + "." + k;
+  }
+  static std::string idx(const std::string& key, size_t i) { return key + "[" + std::to_string(i) + "]"; }
+
+  static std::string join(std::initializer_list<const char*> l) {
+    std::string s;
+    for (const char* a : l) s += (s.empty() ? "" : ", ") + std::string(a);
+    return s;
+  }
+  static std::string kind(const YAML::Node& n) {
+    switch (n.Type()) {
+      case YAML::NodeType::Map:
+        return "a mapping";
+      case YAML::NodeType::Sequence:
+        return "a list";
+      case YAML::NodeType::Scalar:
+        return "'" + n.Scalar().substr(0, 40) + "'";
+      case YAML::NodeType::Null:
+        return "nothing";
+      default:
+        return "an undefined value";
+    }
+  }
+
+  std::string scalar(const YAML::Node& n, const std::string& key, const char* what,
+                     size_t max_len = kMaxTextLength) const {
+    if (!n.IsScalar()) fail(n.Mark(), key, std::string("expected ") + what + ", got " + kind(n));
+    if (n.Scalar().size() > max_len) {
+      fail(n.Mark(), key, std::string("value longer than ") + std::to_string(max_len) + " characters");
+    }
+    return n.Scalar();
+  }
+
+  std::string name(const YAML::Node& n, const std::string& key) const {
+    std::string s = scalar(n, key, "a name (letters, digits, '.', '_', '-', '@')", kMaxNameLength);
+    if (s.empty() || !std::all_of(s.begin(), s.end(), [](char c) {
+          return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' || c == '@';
+        })) {
+      fail(n.Mark(), key, "invalid name '" + s + "'; use letters, digits, '.', '_', '-', '@'");
+    }
+    return s;
+  }
+
+  bool boolean(const YAML::Node& n, const std::string& key) const {
+    std::string s = scalar(n, key, "true or false", 8);
+    if (s == "true") return true;
+    if (s == "false") return false;
+    fail(n.Mark(), key, "expected true or false, got '" + s + "'");
+  }
+
+  long long integer(const YAML::Node& n, const std::string& key, long long lo, long long hi) const {
+    std::string s = scalar(n, key, "an integer", 12);
+    long long v = 0;
+    bool ok = !s.empty() && s.size() <= 10 && std::all_of(s.begin(), s.end(), ::isdigit);
+    if (ok) v = std::stoll(s);
+    if (!ok || v < lo || v > hi) {
+      fail(n.Mark(), key,
+           "expected an integer from " + std::to_string(lo) + " to " + std::to_string(hi) + ", got '" + s +
+               "'");
+    }
+    return v;
+  }
+
+  // A list (a lone scalar is not accepted: lists are written [a, b] or "- a").
+  const YAML::Node& seq(const YAML::Node& n, const std::string& key, size_t limit, bool non_empty) const {
+    if (!n.IsSequence()) fail(n.Mark(), key, "expected a list, got " + kind(n));
+    if (n.size() > limit) {
+      fail(n.Mark(), key,
+           "list has " + std::to_string(n.size()) + " items; at most " + std::to_string(limit) +
+               " are allowed");
+    }
+    if (non_empty && n.size() == 0) fail(n.Mark(), key, "list must not be empty");
+    return n;
+  }
+
+  Cidr cidr(const YAML::Node& n, const std::string& key) const {
+    std::string s = scalar(n, key, "a CIDR like 10.0.0.0/8 or fd00::/64", 64);
+    std::string why;
+    auto c = Cidr::parse(s, &why);
+    if (!c) fail(n.Mark(), key, "invalid CIDR '" + s + "': " + why);
+    return *c;
+  }
+
+  std::vector<Cidr> cidrs(const YAML::Node& n, const std::string& key, size_t limit, bool non_empty) const {
+    std::vector<Cidr> out;
+    seq(n, key, limit, non_empty);
+    for (size_t i = 0; i < n.size(); ++i) out.push_back(cidr(n[i], idx(key, i)));
+    return out;
+  }
+
+  PortSet ports(const YAML::Node& n, const std::string& key) const {
+    seq(n, key, kMaxListItems, true);
+    std::vector<PortRange> ranges;
+    for (size_t i = 0; i < n.size(); ++i) {
+      std::string s = scalar(n[i], idx(key, i), "a port (22) or a range (\"2200-2299\")", 16);
+      auto p = PortSet::parse(s);
+      if (!p || s.find(',') != std::string::npos) {
+        fail(n[i].Mark(), idx(key, i),
+             "invalid port '" + s + "'; expected 1-65535 or a range like \"2200-2299\"");
+      }
+      for (const auto& r : p->ranges()) ranges.push_back(r);
+    }
+    return PortSet(std::move(ranges));
+  }
+
+  std::vector<std::string> names(const YAML::Node& n, const std::string& key, size_t limit) const {
+    seq(n, key, limit, false);
+    std::vector<std::string> out;
+    std::set<std::string> seen;
+    for (size_t i = 0; i < n.size(); ++i) {
+      out.push_back(name(n[i], idx(key, i)));
+      if (!seen.insert(out.back()).second)
+        fail(n[i].Mark(), idx(key, i), "duplicate name '" + out.back() + "'");
+    }
+    return out;
+  }
+
+  uint8_t days(const YAML::Node& n, const std::string& key, std::string* text) const {
+    std::string s = scalar(n, key, "days like Mon-Fri or Mon,Wed,Fri", 64);
+    *text = s;
+    auto day = [&](std::string_view d) -> int {
+      for (int i = 0; i < 7; ++i) {
+        if (d.size() == 3 && std::equal(d.begin(), d.end(), kDayNames[i],
+                                        [](char a, char b) { return std::tolower(a) == std::tolower(b); })) {
+          return i;
+        }
+      }
+      fail(n.Mark(), key,
+           "unknown day '" + std::string(d) + "'; use Mon Tue Wed Thu Fri Sat Sun, e.g. Mon-Fri");
+    };
+    if (s == "daily" || s == "*") return 0x7f;
+    uint8_t mask = 0;
+    std::string_view rest = s;
+    while (true) {
+      auto comma = rest.find(',');
+      std::string_view part = rest.substr(0, comma);
+      while (!part.empty() && part.front() == ' ') part.remove_prefix(1);
+      while (!part.empty() && part.back() == ' ') part.remove_suffix(1);
+      auto dash = part.find('-');
+      if (dash == std::string_view::npos) {
+        mask |= static_cast<uint8_t>(1u << day(part));
+      } else {
+        int a = day(part.substr(0, dash)), b = day(part.substr(dash + 1));
+        for (int d = a;; d = (d + 1) % 7) {  // Fri-Mon wraps over the weekend
+          mask |= static_cast<uint8_t>(1u << d);
+          if (d == b) break;
+        }
+      }
+      if (comma == std::string_view::npos) break;
+      rest = rest.substr(comma + 1);
+    }
+    return mask;
+  }
+
+  void hours(const YAML::Node& n, const std::string& key, Window* w) const {
+    std::string s = scalar(n, key, "hours like \"08:00-20:00\"", 16);
+    auto hm = [&](std::string_view t, int max_h) -> int {
+      if (t.size() != 5 || t[2] != ':' || !std::isdigit(static_cast<unsigned char>(t[0])) ||
+          !std::isdigit(static_cast<unsigned char>(t[1])) ||
+          !std::isdigit(static_cast<unsigned char>(t[3])) ||
+          !std::isdigit(static_cast<unsigned char>(t[4]))) {
+        fail(n.Mark(), key,
+             "invalid hours '" + s + "'; expected HH:MM-HH:MM, e.g. \"08:00-20:00\" or \"22:00-06:00\"");
+      }
+      int h = (t[0] - '0') * 10 + (t[1] - '0'), m = (t[3] - '0') * 10 + (t[4] - '0');
+      if (h > max_h || m > 59 || (h == 24 && m != 0)) {
+        fail(n.Mark(), key, "invalid time '" + std::string(t) + "' in hours '" + s + "'");
+      }
+      return h * 60 + m;
+    };
+    auto dash = s.find('-');
+    if (dash == std::string::npos) {
+      fail(n.Mark(), key,
+           "invalid hours '" + s + "'; expected HH:MM-HH:MM, e.g. \"08:00-20:00\" or \"22:00-06:00\"");
+    }
+    int a = hm(std::string_view(s).substr(0, dash), 23), b = hm(std::string_view(s).substr(dash + 1), 24);
+    if (a == b || (b == 1440 && a == 0 && false))
+      fail(n.Mark(), key, "empty window '" + s + "': start equals end");
+    w->start_min = static_cast<uint16_t>(a);
+    w->end_min = static_cast<uint16_t>(b == 0 ? 1440 : b);
+    if (w->start_min == w->end_min) fail(n.Mark(), key, "empty window '" + s + "': start equals end");
+  }
+
+  Window window(const YAML::Node& n, const std::string& key) const {
+    check_map(n, key, {"days", "hours", "tz"});
+    Window w;
+    if (n["days"]) w.days = days(n["days"], sub(key, "days"), &w.days_text);
+    if (n["hours"]) hours(n["hours"], sub(key, "hours"), &w);
+    if (n["tz"]) w.tz_name = scalar(n["tz"], sub(key, "tz"), "a time zone (UTC, +02:00, Europe/Berlin)", 64);
+    try {
+      w.tz = TimeZone::load(w.tz_name);
+    } catch (const common::UsageError& e) {
+      fail(n["tz"] ? n["tz"].Mark() : n.Mark(), sub(key, "tz"), e.what());
+    }
+    return w;
+  }
+
+  Target target(const YAML::Node& n, const std::string& key) const {
+    check_map(n, key, {"cidrs", "names", "ports"});
+    Target t;
+    if (n["cidrs"]) t.cidrs = cidrs(n["cidrs"], sub(key, "cidrs"), kMaxListItems, true);
+    if (n["names"]) {
+      const auto& l = seq(n["names"], sub(key, "names"), kMaxListItems, true);
+      for (size_t i = 0; i < l.size(); ++i) {
+        std::string g =
+            scalar(l[i], idx(sub(key, "names"), i), "a host name or glob like *.prod.example.com", 253);
+        if (g.empty() || !std::all_of(g.begin(), g.end(), [](char c) {
+              return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_' ||
+                     c == '*' || c == '?';
+            })) {
+          fail(l[i].Mark(), idx(sub(key, "names"), i),
+               "invalid host name glob '" + g + "'; use letters, digits, '.', '-', '_', '*', '?'");
+        }
+        t.names.push_back(g);
+      }
+    }
+    if (t.cidrs.empty() && t.names.empty()) fail(n.Mark(), key, "a target needs cidrs, names or both");
+    if (n["ports"]) t.ports = ports(n["ports"], sub(key, "ports"));
+    return t;
+  }
+
+  Policy parse(const YAML::Node& root) {
+    Policy p;
+    p.source = source_;
+    if (!root || root.IsNull())
+      fail(YAML::Mark(), "", "empty policy; expected a mapping starting with 'version: 1'");
+    check_map(root, "", {"version", "grant_store", "relays", "hosts", "principals", "roles", "opt_out"},
+              {"version"});
+    p.version = static_cast<int>(integer(root["version"], "version", 1, 1));
+    if (root["grant_store"]) {
+      p.grant_store = scalar(root["grant_store"], "grant_store", "an absolute directory path", 4096);
+      if (p.grant_store.empty() || p.grant_store[0] != '/') {
+        fail(root["grant_store"].Mark(), "grant_store",
+             "expected an absolute directory path, got '" + p.grant_store + "'");
+      }
+    }
+    if (root["relays"]) p.relays = cidrs(root["relays"], "relays", kMaxRelays, false);
+
+    std::map<std::string, YAML::Mark> seen_hosts;
+    if (root["hosts"]) {
+      const auto& l = seq(root["hosts"], "hosts", kMaxHosts, false);
+      for (size_t i = 0; i < l.size(); ++i) {
+        std::string key = idx("hosts", i);
+        check_map(l[i], key, {"name", "cidrs", "ssh_ports"}, {"name", "cidrs"});
+        HostGroup h;
+        h.name = name(l[i]["name"], sub(key, "name"));
+        if (!seen_hosts.emplace(h.name, l[i]["name"].Mark()).second) {
+          fail(l[i]["name"].Mark(), sub(key, "name"), "duplicate host group name '" + h.name + "'");
+        }
+        h.cidrs = cidrs(l[i]["cidrs"], sub(key, "cidrs"), kMaxListItems, true);
+        if (l[i]["ssh_ports"]) h.ssh_ports = ports(l[i]["ssh_ports"], sub(key, "ssh_ports"));
+        p.hosts.push_back(std::move(h));
+      }
+    }
+
+    std::set<std::string> role_names;
+    if (root["roles"]) {
+      const auto& l = seq(root["roles"], "roles", kMaxRoles, false);
+      for (size_t i = 0; i < l.size(); ++i) {
+        std::string key = idx("roles", i);
+        check_map(l[i], key, {"name", "targets", "max_sessions", "windows"}, {"name", "targets"});
+        Role r;
+        r.name = name(l[i]["name"], sub(key, "name"));
+        if (!role_names.insert(r.name).second) {
+          fail(l[i]["name"].Mark(), sub(key, "name"), "duplicate role name '" + r.name + "'");
+        }
+        const auto& tl = seq(l[i]["targets"], sub(key, "targets"), kMaxListItems, false);
+        for (size_t j = 0; j < tl.size(); ++j)
+          r.targets.push_back(target(tl[j], idx(sub(key, "targets"), j)));
+        if (l[i]["max_sessions"]) {
+          r.max_sessions =
+              static_cast<uint32_t>(integer(l[i]["max_sessions"], sub(key, "max_sessions"), 1, 100000));
+        }
+        if (l[i]["windows"]) {
+          const auto& wl = seq(l[i]["windows"], sub(key, "windows"), kMaxWindows, false);
+          for (size_t j = 0; j < wl.size(); ++j)
+            r.windows.push_back(window(wl[j], idx(sub(key, "windows"), j)));
+        }
+        p.roles.push_back(std::move(r));
+      }
+    }
+
+    std::set<std::string> principal_names;
+    if (root["principals"]) {
+      const auto& l = seq(root["principals"], "principals", kMaxPrincipals, false);
+      for (size_t i = 0; i < l.size(); ++i) {
+        std::string key = idx("principals", i);
+        check_map(l[i], key, {"name", "roles", "keys"}, {"name"});
+        Principal pr;
+        pr.name = name(l[i]["name"], sub(key, "name"));
+        if (!principal_names.insert(pr.name).second) {
+          fail(l[i]["name"].Mark(), sub(key, "name"), "duplicate principal name '" + pr.name + "'");
+        }
+        if (l[i]["roles"]) {
+          pr.roles = names(l[i]["roles"], sub(key, "roles"), kMaxListItems);
+          for (size_t j = 0; j < pr.roles.size(); ++j) {
+            if (!role_names.count(pr.roles[j])) {
+              fail(l[i]["roles"][j].Mark(), idx(sub(key, "roles"), j),
+                   "unknown role '" + pr.roles[j] + "'; define it under roles:");
+            }
+          }
+        }
+        if (l[i]["keys"]) {
+          const auto& kl = seq(l[i]["keys"], sub(key, "keys"), kMaxKeysPerPrincipal, false);
+          std::set<std::string> fps;
+          for (size_t j = 0; j < kl.size(); ++j) {
+            std::string line =
+                scalar(kl[j], idx(sub(key, "keys"), j), "an authorized_keys line \"ssh-ed25519 AAAA...\"");
+            try {
+              pr.keys.push_back(parse_authorized_key(line));
+            } catch (const common::UsageError& e) {
+              fail(kl[j].Mark(), idx(sub(key, "keys"), j), e.what());
+            }
+            if (!fps.insert(pr.keys.back().fingerprint).second) {
+              fail(kl[j].Mark(), idx(sub(key, "keys"), j), "duplicate key " + pr.keys.back().fingerprint);
+            }
+          }
+        }
+        p.principals.push_back(std::move(pr));
+      }
+    }
+
+    if (root["opt_out"]) {
+      std::set<std::string> ids;
+      const auto& l = seq(root["opt_out"], "opt_out", kMaxOptOut, false);
+      for (size_t i = 0; i < l.size(); ++i) {
+        std::string key = idx("opt_out", i);
+        const auto& n = l[i];
+        check_map(n, key,
+                  {"id", "description", "who", "from", "to", "max_ttl", "require_reason", "require_approver",
+                   "require_grant", "expires"},
+                  {"id", "who", "from", "to", "max_ttl", "expires"});
+        OptOutRule r;
+        r.id = name(n["id"], sub(key, "id"));
+        if (r.id.starts_with("g-"))
+          fail(n["id"].Mark(), sub(key, "id"), "ids starting with 'g-' are reserved for grants");
+        if (!ids.insert(r.id).second)
+          fail(n["id"].Mark(), sub(key, "id"), "duplicate opt_out id '" + r.id + "'");
+        if (n["description"]) r.description = scalar(n["description"], sub(key, "description"), "text");
+        std::string wk = sub(key, "who");
+        check_map(n["who"], wk, {"roles", "principals"});
+        if (n["who"]["roles"]) {
+          r.who_roles = names(n["who"]["roles"], sub(wk, "roles"), kMaxListItems);
+          for (size_t j = 0; j < r.who_roles.size(); ++j) {
+            if (!role_names.count(r.who_roles[j])) {
+              fail(n["who"]["roles"][j].Mark(), idx(sub(wk, "roles"), j),
+                   "unknown role '" + r.who_roles[j] + "'; define it under roles:");
+            }
+          }
+        }
+        if (n["who"]["principals"])
+          r.who_principals = names(n["who"]["principals"], sub(wk, "principals"), kMaxListItems);
+        if (r.who_roles.empty() && r.who_principals.empty()) {
+          fail(n["who"].Mark(), wk, "who needs at least one role or principal");
+        }
+        r.from = cidrs(n["from"], sub(key, "from"), kMaxListItems, true);
+        std::string tk = sub(key, "to");
+        check_map(n["to"], tk, {"cidrs", "ports"}, {"cidrs"});
+        r.to_cidrs = cidrs(n["to"]["cidrs"], sub(tk, "cidrs"), kMaxListItems, true);
+        if (n["to"]["ports"]) r.to_ports = ports(n["to"]["ports"], sub(tk, "ports"));
+        std::string ttl = scalar(n["max_ttl"], sub(key, "max_ttl"), "a duration like 8h", 32);
+        auto d = common::parse_duration(ttl);
+        if (!d || d->count() <= 0) {
+          fail(n["max_ttl"].Mark(), sub(key, "max_ttl"),
+               "invalid duration '" + ttl + "'; expected e.g. 30m, 8h, 1d");
+        }
+        r.max_ttl_seconds = d->count();
+        if (n["require_reason"]) r.require_reason = boolean(n["require_reason"], sub(key, "require_reason"));
+        if (n["require_approver"])
+          r.require_approver = boolean(n["require_approver"], sub(key, "require_approver"));
+        if (n["require_grant"]) r.require_grant = boolean(n["require_grant"], sub(key, "require_grant"));
+        std::string ex = scalar(n["expires"], sub(key, "expires"), "a time like 2027-06-30T00:00:00Z", 40);
+        if (!parse_rfc3339(ex, &r.expires)) {
+          fail(n["expires"].Mark(), sub(key, "expires"),
+               "invalid time '" + ex + "'; expected RFC 3339 like 2027-06-30T00:00:00Z");
+        }
+        p.opt_out.push_back(std::move(r));
+      }
+    }
+    return p;
+  }
+
+ private:
+  std::string source_;
+};
+
+// yaml-cpp recurses per nesting level: bound the nesting before handing it untrusted text.
+void check_nesting(std::string_view text, const Parser& p) {
+  int depth = 0, line = 0;
+  size_t line_start = 0;
+  char quote = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '\n') {
+      ++line;
+      line_start = i + 1;
+      quote = 0;
+      continue;
+    }
+    if (quote) {
+      if (c == quote) quote = 0;
+      continue;
+    }
+    if (c == '#' && (i == line_start || text[i - 1] == ' ')) {
+      while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
+      continue;
+    }
+    if (c == '"' || c == '\'') quote = c;
+    if (c == '[' || c == '{') ++depth;
+    if (c == ']' || c == '}') --depth;
+    bool indicator = (c == '-' || c == '?' || c == ':') && i + 1 < text.size() && text[i + 1] == ' ';
+    if (depth > 32 || (i - line_start > 256 && (indicator || c == '[' || c == '{'))) {
+      YAML::Mark m;
+      m.pos = static_cast<int>(i);
+      m.line = line;
+      m.column = static_cast<int>(i - line_start);
+      p.fail(m, "", "nesting too deep; a policy needs at most a few levels");
+    }
+  }
+}
+
+}  // namespace
+
+Policy parse_policy(std::string_view text, std::string_view source) {
+  Parser p{std::string(source)};
+  if (text.size() > kMaxPolicyBytes) {
+    p.fail(YAML::Mark(), "",
+           "file is " + std::to_string(text.size()) + " bytes; at most " + std::to_string(kMaxPolicyBytes) +
+               " are allowed");
+  }
+  check_nesting(text, p);
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(text));
+  } catch (const YAML::Exception& e) {
+    p.fail(e.mark, "", "YAML syntax error: " + e.msg);
+  }
+  try {
+    return p.parse(root);
+  } catch (const PolicyError&) {
+    throw;
+  } catch (const YAML::Exception& e) {
+    p.fail(e.mark, "", "YAML error: " + e.msg);
+  }
+}
+
+Policy load_policy_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw common::SystemError("open policy " + path, errno);
+  std::string data;
+  data.resize(kMaxPolicyBytes + 1);
+  in.read(data.data(), static_cast<std::streamsize>(data.size()));
+  data.resize(static_cast<size_t>(in.gcount()));
+  return parse_policy(data, path);
+}
+
+std::string to_yaml(const Policy& p) {
+  YAML::Emitter e;
+  auto cidr_list = [&](const std::vector<Cidr>& l) {
+    e << YAML::Flow << YAML::BeginSeq;
+    for (const auto& c : l) e << c.to_string();
+    e << YAML::EndSeq;
+  };
+  auto port_list = [&](const PortSet& ps) {
+    e << YAML::Flow << YAML::BeginSeq;
+    for (const auto& r : ps.ranges()) {
+      if (r.lo == r.hi) {
+        e << r.lo;
+      } else {
+        e << YAML::DoubleQuoted << (std::to_string(r.lo) + "-" + std::to_string(r.hi));
+      }
+    }
+    e << YAML::EndSeq;
+  };
+  auto str_list = [&](const std::vector<std::string>& l) {
+    e << YAML::Flow << YAML::BeginSeq;
+    for (const auto& s : l) e << YAML::DoubleQuoted << s;
+    e << YAML::EndSeq;
+  };
+  auto hhmm = [](int m) {
+    char b[8];
+    std::snprintf(b, sizeof b, "%02d:%02d", m / 60, m % 60);
+    return std::string(b);
+  };
+  e << YAML::BeginMap;
+  e << YAML::Key << "version" << YAML::Value << p.version;
+  e << YAML::Key << "grant_store" << YAML::Value << p.grant_store;
+  e << YAML::Key << "relays" << YAML::Value;
+  cidr_list(p.relays);
+  e << YAML::Key << "hosts" << YAML::Value << YAML::BeginSeq;
+  for (const auto& h : p.hosts) {
+    e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << h.name << YAML::Key << "cidrs"
+      << YAML::Value;
+    cidr_list(h.cidrs);
+    e << YAML::Key << "ssh_ports" << YAML::Value;
+    port_list(h.ssh_ports);
+    e << YAML::EndMap;
+  }
+  e << YAML::EndSeq;
+  e << YAML::Key << "principals" << YAML::Value << YAML::BeginSeq;
+  for (const auto& pr : p.principals) {
+    e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << pr.name << YAML::Key << "roles"
+      << YAML::Value;
+    str_list(pr.roles);
+    e << YAML::Key << "keys" << YAML::Value << YAML::BeginSeq;
+    for (const auto& k : pr.keys) e << YAML::DoubleQuoted << k.line;
+    e << YAML::EndSeq << YAML::EndMap;
+  }
+  e << YAML::EndSeq;
+  e << YAML::Key << "roles" << YAML::Value << YAML::BeginSeq;
+  for (const auto& r : p.roles) {
+    e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << r.name;
+    e << YAML::Key << "targets" << YAML::Value << YAML::BeginSeq;
+    for (const auto& t : r.targets) {
+      e << YAML::BeginMap;
+      if (!t.cidrs.empty()) {
+        e << YAML::Key << "cidrs" << YAML::Value;
+        cidr_list(t.cidrs);
+      }
+      if (!t.names.empty()) {
+        e << YAML::Key << "names" << YAML::Value;
+        str_list(t.names);
+      }
+      e << YAML::Key << "ports" << YAML::Value;
+      port_list(t.ports);
+      e << YAML::EndMap;
+    }
+    e << YAML::EndSeq;
+    if (r.max_sessions) e << YAML::Key << "max_sessions" << YAML::Value << *r.max_sessions;
+    if (!r.windows.empty()) {
+      e << YAML::Key << "windows" << YAML::Value << YAML::BeginSeq;
+      for (const auto& w : r.windows) {
+        std::string days;
+        for (int d = 0; d < 7; ++d) {
+          int dd = (d + 1) % 7;  // Mon first
+          if (w.days & (1u << dd)) days += (days.empty() ? "" : ",") + std::string(kDayNames[dd]);
+        }
+        e << YAML::Flow << YAML::BeginMap << YAML::Key << "days" << YAML::Value << days << YAML::Key
+          << "hours" << YAML::Value << YAML::DoubleQuoted << (hhmm(w.start_min) + "-" + hhmm(w.end_min))
+          << YAML::Key << "tz" << YAML::Value << w.tz_name << YAML::EndMap;
+      }
+      e << YAML::EndSeq;
+    }
+    e << YAML::EndMap;
+  }
+  e << YAML::EndSeq;
+  e << YAML::Key << "opt_out" << YAML::Value << YAML::BeginSeq;
+  for (const auto& r : p.opt_out) {
+    e << YAML::BeginMap << YAML::Key << "id" << YAML::Value << r.id;
+    if (!r.description.empty())
+      e << YAML::Key << "description" << YAML::Value << YAML::DoubleQuoted << r.description;
+    e << YAML::Key << "who" << YAML::Value << YAML::BeginMap << YAML::Key << "roles" << YAML::Value;
+    str_list(r.who_roles);
+    e << YAML::Key << "principals" << YAML::Value;
+    str_list(r.who_principals);
+    e << YAML::EndMap << YAML::Key << "from" << YAML::Value;
+    cidr_list(r.from);
+    e << YAML::Key << "to" << YAML::Value << YAML::BeginMap << YAML::Key << "cidrs" << YAML::Value;
+    cidr_list(r.to_cidrs);
+    e << YAML::Key << "ports" << YAML::Value;
+    port_list(r.to_ports);
+    e << YAML::EndMap;
+    e << YAML::Key << "max_ttl" << YAML::Value
+      << common::format_duration(std::chrono::seconds(r.max_ttl_seconds));
+    e << YAML::Key << "require_reason" << YAML::Value << r.require_reason;
+    e << YAML::Key << "require_approver" << YAML::Value << r.require_approver;
+    e << YAML::Key << "require_grant" << YAML::Value << r.require_grant;
+    e << YAML::Key << "expires" << YAML::Value << format_rfc3339(r.expires);
+    e << YAML::EndMap;
+  }
+  e << YAML::EndSeq;
+  e << YAML::EndMap;
+  return std::string(e.c_str()) + "\n";
+}
+
+std::vector<Lint> lint_policy(const Policy& p, UnixSeconds now) {
+  std::vector<Lint> out;
+  auto is_all = [](const Cidr& c) { return c.len == 0; };
+  std::set<std::string> used_roles;
+  std::set<std::string> principal_names;
+  for (const auto& pr : p.principals) {
+    principal_names.insert(pr.name);
+    for (const auto& r : pr.roles) used_roles.insert(r);
+  }
+  for (const auto& r : p.roles) {
+    if (!used_roles.count(r.name))
+      out.push_back({"roles[" + r.name + "]", "role is not used by any principal"});
+    for (size_t i = 0; i < r.targets.size(); ++i) {
+      for (size_t j = 0; j < r.targets.size(); ++j) {
+        if (i == j) continue;
+        const Target& a = r.targets[i];
+        const Target& b = r.targets[j];
+        // b shadows a if a's every constraint is implied by b's (b is at least as permissive).
+        if (!a.names.empty() || !b.names.empty() || a.cidrs.empty() || b.cidrs.empty()) continue;
+        bool covered =
+            b.ports.contains(a.ports) && std::all_of(a.cidrs.begin(), a.cidrs.end(), [&](const Cidr& c) {
+              return std::any_of(b.cidrs.begin(), b.cidrs.end(),
+                                 [&](const Cidr& d) { return d.contains(c); });
+            });
+        if (covered && (i > j || a != b)) {
+          out.push_back({"roles[" + r.name + "].targets[" + std::to_string(i) + "]",
+                         "shadowed by targets[" + std::to_string(j) + "], which allows everything it does"});
+          break;
+        }
+      }
+    }
+  }
+  std::map<std::string, std::string> key_owner;
+  for (const auto& pr : p.principals) {
+    if (pr.keys.empty())
+      out.push_back({"principals[" + pr.name + "]", "principal has no keys and cannot use the relay"});
+    for (const auto& k : pr.keys) {
+      auto [it, fresh] = key_owner.emplace(k.fingerprint, pr.name);
+      if (!fresh) {
+        out.push_back({"principals[" + pr.name + "]",
+                       "key " + k.fingerprint + " is also listed for principal " + it->second +
+                           "; sessions with it cannot be attributed to one person"});
+      }
+    }
+  }
+  for (size_t i = 0; i < p.opt_out.size(); ++i) {
+    const auto& r = p.opt_out[i];
+    std::string where = "opt_out[" + r.id + "]";
+    for (const auto& c : r.from) {
+      if (is_all(c)) out.push_back({where, "from " + c.to_string() + " allows direct SSH from every source"});
+    }
+    for (const auto& c : r.to_cidrs) {
+      if (is_all(c)) out.push_back({where, "to " + c.to_string() + " allows direct SSH to every host"});
+    }
+    if (r.max_ttl_seconds > kSaneMaxTtlSeconds) {
+      out.push_back({where, "max_ttl " + common::format_duration(std::chrono::seconds(r.max_ttl_seconds)) +
+                                " is over the sane maximum of 24h"});
+    }
+    if (r.expires <= now) out.push_back({where, "rule expired at " + format_rfc3339(r.expires)});
+    for (const auto& w : r.who_principals) {
+      if (!principal_names.count(w))
+        out.push_back({where, "who.principals names '" + w + "', which is not a principal"});
+    }
+    for (size_t j = 0; j < p.opt_out.size(); ++j) {
+      if (i == j) continue;
+      const auto& o = p.opt_out[j];
+      auto any_overlap = [](const std::vector<Cidr>& a, const std::vector<Cidr>& b) {
+        for (const auto& x : a)
+          for (const auto& y : b)
+            if (x.overlaps(y)) return true;
+        return false;
+      };
+      auto all_within = [](const std::vector<Cidr>& inner, const std::vector<Cidr>& outer) {
+        return std::all_of(inner.begin(), inner.end(), [&](const Cidr& c) {
+          return std::any_of(outer.begin(), outer.end(), [&](const Cidr& d) { return d.contains(c); });
+        });
+      };
+      if (!any_overlap(r.from, o.from) || !any_overlap(r.to_cidrs, o.to_cidrs) ||
+          !r.to_ports.overlaps(o.to_ports)) {
+        continue;
+      }
+      bool shadowed =
+          all_within(r.from, o.from) && all_within(r.to_cidrs, o.to_cidrs) && o.to_ports.contains(r.to_ports);
+      if (shadowed && (r != o || j < i)) {
+        bool same = all_within(o.from, r.from) && all_within(o.to_cidrs, r.to_cidrs) &&
+                    r.to_ports.contains(o.to_ports);
+        if (!same || j < i) {
+          out.push_back({where, "flows it covers are all covered by opt_out[" + o.id + "] (shadowed)"});
+          continue;
+        }
+      }
+      if (!shadowed && i < j)
+        out.push_back({where, "overlaps opt_out[" + o.id + "] (same sources, targets and ports)"});
+    }
+  }
+  return out;
+}
+
+}  // namespace sshring::policy
