@@ -1,0 +1,84 @@
+// `sshring connect`: the client side of the authenticated relay, made to be ssh's ProxyCommand.
+#include <unistd.h>
+
+#include <iostream>
+
+#include "cli/command.h"
+#include "common/error.h"
+#include "common/flags.h"
+#include "relay/auth/client.h"
+
+namespace {
+
+namespace auth = sshring::relay::auth;
+using sshring::common::Flags;
+
+std::string exit_code_table() {
+  std::string t =
+      "Exit codes: 0 ok (with --fdpass: socket handed to ssh), 1 error (relay unreachable, agent, I/O),\n"
+      "2 usage, and for each DENY reason 20 + its code:\n";
+  for (uint16_t r = 1; r <= auth::kMaxReason; ++r) {
+    auto reason = static_cast<auth::Reason>(r);
+    t += "  " + std::to_string(auth::exit_code_for(reason)) + "  " + auth::reason_name(reason) + ": " +
+         auth::reason_description(reason) + "\n";
+  }
+  t += "  " + std::to_string(auth::kExitCodeBase + auth::kMaxReason + 1) + "  a reason newer than this client\n";
+  t +=
+      "\n~/.ssh/config:\n"
+      "  Host *.corp.example\n"
+      "    ProxyCommand sshring connect --fdpass --relay relay.corp.example:2222 %h %p\n"
+      "    ProxyUseFdpass yes\n";
+  return t;
+}
+
+int run(const std::vector<std::string>& args) {
+  Flags f("connect", "sshring connect --relay HOST:PORT [OPTIONS] TARGET PORT",
+          "Opens an authenticated session to TARGET:PORT through an sshring relay, for use as ssh's "
+          "ProxyCommand. Signs the preamble with ssh-agent (SSH_AUTH_SOCK) unless --identity names an "
+          "unencrypted ed25519 key file. Without --fdpass it copies stdin/stdout to the session; with "
+          "--fdpass it hands the connected socket to ssh (ProxyUseFdpass yes) and exits.");
+  f.value("relay", "HOST:PORT", "the relay to connect to")
+      .value("principal", "NAME", "who you are in the relay's policy (default: $USER)")
+      .value("identity", "KEYFILE", "sign with this OpenSSH ed25519 private key file instead of ssh-agent")
+      .value("agent-key", "PUBFILE", "with ssh-agent: use the key in this .pub file (default: first ed25519 key)")
+      .value("relay-id", "ID", "the relay's id as configured on the relay (default: HOST of --relay)")
+      .value("timeout", "SECONDS", "connect and handshake timeout", "15")
+      .boolean("fdpass", "pass the connected socket to ssh over stdout (ProxyUseFdpass yes)")
+      .epilog(exit_code_table());
+  try {
+    if (!f.parse(args)) return 0;
+    if (f.positionals().size() != 2) throw sshring::common::UsageError("expected TARGET PORT (e.g. %h %p)");
+    auth::ConnectOptions o;
+    o.relay = f.require("relay");
+    o.relay_id = f.get_or("relay-id", "");
+    o.principal = f.get_or("principal", "");
+    o.target = f.positionals()[0];
+    char* end = nullptr;
+    long port = std::strtol(f.positionals()[1].c_str(), &end, 10);
+    if (*end != '\0' || port < 1 || port > 65535)
+      throw sshring::common::UsageError("PORT '" + f.positionals()[1] + "': expected 1-65535");
+    o.port = static_cast<uint16_t>(port);
+    o.timeout = std::chrono::seconds(f.get_int("timeout", 15, 1, 3600));
+    auth::Signer signer =
+        f.has("identity") ? auth::file_signer(f.require("identity")) : auth::agent_signer(f.get_or("agent-key", ""));
+    auth::Connected c = auth::connect_via_relay(o, signer);
+    if (f.flag("fdpass")) {
+      auth::send_fd(STDOUT_FILENO, c.fd.get());
+      return 0;
+    }
+    return auth::pump_stdio(c.fd.get());
+  } catch (const auth::DeniedError& e) {
+    std::cerr << "sshring connect: " << e.what() << "\n";
+    return e.exit_code();
+  } catch (const sshring::common::UsageError& e) {
+    std::cerr << "sshring connect: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "sshring connect: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+const sshring::cli::Registrar kConnect{{"connect", "open an authenticated session through a relay (ssh ProxyCommand)", run}};
+
+}  // namespace

@@ -1,0 +1,374 @@
+#include "relay/auth/auth_handshake.h"
+
+#include <cstring>
+#include <mutex>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "metrics/audit.h"
+#include "relay/auth/keys.h"
+
+namespace sshring::relay::auth {
+
+struct SessionState {
+  AuthHandshakeFactory* factory = nullptr;
+  uint64_t session_id = 0;
+  common::SockAddr client;
+  common::SockAddr listen;
+  HandshakeContext* ctx = nullptr;
+  HandshakeResume resume;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+
+  std::mutex mu;       // guards `ended` against the resolver thread
+  bool ended = false;  // after this, nothing may be posted to the worker
+
+  bool over_handshake_cap = false;
+  bool in_handshake = false;  // counted in SessionLimits::handshakes_
+  bool session_counted = false;
+  bool decided = false;       // a DENY or a connect decision was made
+  bool denied = false;
+  bool connected = false;
+  Reason deny_reason = Reason::kMalformed;
+  std::string deny_message;
+
+  std::shared_ptr<const policy::Snapshot> snap;
+  std::string principal;
+  std::string key_fp;
+  std::string target_name;
+  uint16_t port = 0;
+  size_t consumed = 0;
+  common::SockAddr upstream;
+  common::SockAddr upstream_local;
+
+  void leave_handshake() {
+    if (in_handshake) factory->limits_.leave_handshake(client);
+    in_handshake = false;
+  }
+
+  HandshakeStep deny(Reason r, std::string message) {
+    decided = true;
+    denied = true;
+    deny_reason = r;
+    deny_message = std::move(message);
+    leave_handshake();
+    factory->count_decision(static_cast<uint16_t>(r), reason_name(r));
+    if (factory->opts_.log_denials)
+      common::log_warn("session denied", {{"session", std::to_string(session_id)},
+                                          {"client", client.to_string()},
+                                          {"reason", reason_name(r)},
+                                          {"principal", principal},
+                                          {"target", target_name},
+                                          {"detail", deny_message}});
+    HandshakeStep s;
+    s.kind = HandshakeStep::Kind::kReject;
+    s.reply = encode_deny(r, deny_message);
+    return s;
+  }
+
+  HandshakeStep connect(const common::SockAddr& addr) {
+    decided = true;
+    upstream = addr;
+    factory->count_decision(0, "allowed");
+    HandshakeStep s;
+    s.kind = HandshakeStep::Kind::kConnect;
+    s.upstream = addr;
+    s.consumed = consumed;
+    return s;
+  }
+
+  // Runs on the worker thread once the name resolved (or failed).
+  HandshakeStep finish_resolution(const std::string& error, const std::vector<common::SockAddr>& addrs) {
+    if (!error.empty()) return deny(Reason::kResolveFailed, "cannot resolve " + target_name + ": " + error);
+    uint64_t now_ms = factory->now_ms();
+    policy::Decision last;
+    std::string tried;
+    for (const auto& a : addrs) {
+      auto ip = policy::IpAddr::from_sockaddr(a.get());
+      if (!ip) continue;
+      policy::AuthzRequest req;
+      req.principal = principal;
+      req.key_fingerprint = key_fp;
+      req.source = policy::IpAddr::from_sockaddr(client.get()).value_or(policy::IpAddr{});
+      req.target_name = target_name;
+      req.target = *ip;
+      req.port = port;
+      req.now = static_cast<policy::UnixSeconds>(now_ms / 1000);
+      last = snap->authorize(req);
+      if (last.allowed) return connect(a);
+      if (!tried.empty()) tried += ",";
+      tried += a.ip_string();
+    }
+    if (last.reason == policy::Reason::kOutsideWindow)
+      return deny(Reason::kOutsideTimeWindow, "outside the allowed time window");
+    return deny(Reason::kAddressNotAllowed, target_name + " resolved to " + tried + ", not allowed by policy");
+  }
+};
+
+namespace {
+
+std::string hex_id(uint64_t id) {
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(id));
+  return buf;
+}
+
+// Maps a policy refusal onto the wire reason.
+Reason from_policy(policy::Reason r) {
+  switch (r) {
+    case policy::Reason::kUnknownPrincipal: return Reason::kUnknownPrincipal;
+    case policy::Reason::kKeyNotListed: return Reason::kKeyNotListed;
+    case policy::Reason::kTargetNotAllowed:
+    case policy::Reason::kPortNotAllowed: return Reason::kTargetNotAllowed;
+    case policy::Reason::kOutsideWindow: return Reason::kOutsideTimeWindow;
+    case policy::Reason::kTooManySessions: return Reason::kTooManySessions;
+    case policy::Reason::kNoPolicy:
+    case policy::Reason::kAllowed: break;
+  }
+  return Reason::kOverloaded;
+}
+
+}  // namespace
+
+class AuthHandshake : public Handshake {
+ public:
+  explicit AuthHandshake(std::shared_ptr<SessionState> s) : s_(std::move(s)) {}
+  ~AuthHandshake() override { mark_ended(); }
+
+  HandshakeStep on_data(std::span<const uint8_t> received) override {
+    SessionState& s = *s_;
+    if (s.decided) return s.denied ? s.deny(s.deny_reason, s.deny_message) : HandshakeStep{};
+    if (s.over_handshake_cap)
+      return s.deny(Reason::kTooManyHandshakes, "too many connections in handshake from " + s.client.ip_string());
+    HelloDecode d = decode_hello(received);
+    switch (d.status) {
+      case DecodeStatus::kNeedMore: return HandshakeStep{};
+      case DecodeStatus::kMalformed: return s.deny(Reason::kMalformed, std::string(d.error));
+      case DecodeStatus::kUnsupportedVersion:
+        return s.deny(Reason::kUnsupportedVersion, "this relay speaks preamble version 1");
+      case DecodeStatus::kOk: break;
+    }
+    const Hello& h = d.hello;
+    AuthHandshakeFactory& f = *s.factory;
+    s.consumed = d.consumed;
+    s.principal = h.principal;
+    s.target_name = h.target;
+    s.port = h.port;
+
+    bool relay_ok = false;
+    for (const auto& id : f.opts_.relay_ids) relay_ok = relay_ok || id == h.relay_id;
+    if (!relay_ok) return s.deny(Reason::kWrongRelay, "preamble is for relay '" + h.relay_id + "'");
+
+    uint64_t now_ms = f.now_ms();
+    uint64_t skew = static_cast<uint64_t>(f.opts_.max_skew.count());
+    uint64_t diff = now_ms > h.timestamp_ms ? now_ms - h.timestamp_ms : h.timestamp_ms - now_ms;
+    if (diff > skew)
+      return s.deny(Reason::kStale, "timestamp is " + std::to_string(diff / 1000) + "s off the relay's clock");
+
+    s.snap = f.cache_.current();
+    if (!s.snap) return s.deny(Reason::kOverloaded, "no policy loaded");
+    const policy::Principal* p = s.snap->find_principal(h.principal);
+    if (p == nullptr) return s.deny(Reason::kUnknownPrincipal, "unknown principal '" + h.principal + "'");
+    const policy::PublicKey* key = nullptr;
+    for (const auto& k : p->keys)
+      if (k.ed25519.size() == h.public_key.size() &&
+          std::memcmp(k.ed25519.data(), h.public_key.data(), k.ed25519.size()) == 0)
+        key = &k;
+    Ed25519PublicKey raw;
+    std::memcpy(raw.data(), h.public_key.data(), raw.size());
+    if (key == nullptr) {
+      s.key_fp = fingerprint(raw);
+      return s.deny(Reason::kKeyNotListed, "key " + s.key_fp + " is not listed for '" + h.principal + "'");
+    }
+    s.key_fp = key->fingerprint;
+    if (!ed25519_verify(raw, transcript(h), h.signature))
+      return s.deny(Reason::kBadSignature, "signature does not verify");
+
+    switch (f.replay_.check_and_insert(h.nonce, h.timestamp_ms, now_ms)) {
+      case ReplayCache::Result::kFresh: break;
+      case ReplayCache::Result::kReplayed: return s.deny(Reason::kReplayed, "nonce already used");
+      case ReplayCache::Result::kFull: return s.deny(Reason::kOverloaded, "replay cache full");
+    }
+
+    auto now_s = static_cast<policy::UnixSeconds>(now_ms / 1000);
+    auto literal = common::SockAddr::from_ip(h.target, h.port);
+    policy::Decision dec;
+    if (literal) {
+      policy::AuthzRequest req;
+      req.principal = h.principal;
+      req.key_fingerprint = s.key_fp;
+      req.source = policy::IpAddr::from_sockaddr(s.client.get()).value_or(policy::IpAddr{});
+      req.target = policy::IpAddr::from_sockaddr(literal->get()).value_or(policy::IpAddr{});
+      req.port = h.port;
+      req.now = now_s;
+      dec = s.snap->authorize(req);
+    } else {
+      dec = s.snap->name_allowed(h.principal, h.target, h.port, now_s);
+    }
+    if (!dec.allowed) {
+      Reason r = from_policy(dec.reason);
+      return s.deny(r, std::string(reason_description(r)) + ": " + h.target + ":" + std::to_string(h.port));
+    }
+
+    uint32_t max = s.snap->max_sessions_for(h.principal);
+    if (!f.limits_.acquire_session(h.principal, max))
+      return s.deny(Reason::kTooManySessions, "'" + h.principal + "' has " + std::to_string(max) +
+                                                  " sessions, the most its roles allow");
+    s.session_counted = true;
+
+    if (literal) return s.connect(*literal);
+
+    // Resolve off the loop. The callback may run after this handshake is gone: it only posts while
+    // the session is alive, and the worker ignores a resume for an ended session.
+    std::weak_ptr<SessionState> weak = s_;
+    f.resolver_->resolve(h.target, h.port, [weak](std::string error, std::vector<common::SockAddr> addrs) {
+      auto st = weak.lock();
+      if (!st) return;
+      std::lock_guard lock(st->mu);
+      if (st->ended) return;
+      st->ctx->post([st, error = std::move(error), addrs = std::move(addrs)] {
+        if (st->decided) return;
+        HandshakeStep step = st->finish_resolution(error, addrs);
+        st->resume(std::move(step));
+      });
+    });
+    HandshakeStep pending;
+    pending.kind = HandshakeStep::Kind::kPending;
+    return pending;
+  }
+
+  std::string on_upstream_connected(const common::SockAddr& local) override {
+    SessionState& s = *s_;
+    s.connected = true;
+    s.upstream_local = local;
+    s.leave_handshake();
+    auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - s.started).count();
+    if (s.factory->opts_.metrics.handshake_seconds) s.factory->opts_.metrics.handshake_seconds->Observe(elapsed);
+    if (auto* audit = s.factory->opts_.audit) {
+      nlohmann::json r = base_record("session_start");
+      r["upstream_local"] = local.to_string();
+      append(audit, std::move(r));
+    }
+    return encode_ok(s.session_id);
+  }
+
+  std::string on_upstream_failed(int err) override {
+    SessionState& s = *s_;
+    s.leave_handshake();
+    std::string msg = "connect to " + s.upstream.to_string() + ": " + std::strerror(err);
+    if (s.factory->opts_.log_denials)
+      common::log_warn("upstream connect failed", {{"session", std::to_string(s.session_id)},
+                                                   {"principal", s.principal},
+                                                   {"target", s.upstream.to_string()},
+                                                   {"error", std::strerror(err)}});
+    return encode_deny(Reason::kTargetUnreachable, msg);
+  }
+
+  void on_end(const SessionSummary& sum) override {
+    SessionState& s = *s_;
+    mark_ended();
+    s.leave_handshake();
+    if (s.session_counted) s.factory->limits_.release_session(s.principal);
+    s.session_counted = false;
+    bool timed_out = !s.decided && sum.reason == EndReason::kHandshakeTimeout;
+    if (timed_out) s.factory->count_decision(static_cast<uint16_t>(Reason::kTimeout), reason_name(Reason::kTimeout));
+    auto* audit = s.factory->opts_.audit;
+    if (audit == nullptr || ended_logged_) return;
+    ended_logged_ = true;
+    if (s.denied || !s.decided) {
+      nlohmann::json r = base_record("session_deny");
+      r["reason"] = s.denied ? reason_name(s.deny_reason) : end_reason_name(sum.reason);
+      if (!s.deny_message.empty()) r["detail"] = s.deny_message;
+      append(audit, std::move(r));
+      return;
+    }
+    nlohmann::json r = base_record("session_end");
+    if (s.upstream_local.len() != 0) r["upstream_local"] = s.upstream_local.to_string();
+    r["bytes_up"] = sum.bytes_client_to_upstream;
+    r["bytes_down"] = sum.bytes_upstream_to_client;
+    r["duration_ms"] = sum.duration_ns / 1000000;
+    r["reason"] = end_reason_name(sum.reason);
+    append(audit, std::move(r));
+  }
+
+ private:
+  void mark_ended() {
+    std::lock_guard lock(s_->mu);
+    s_->ended = true;
+  }
+
+  nlohmann::json base_record(const char* type) const {
+    const SessionState& s = *s_;
+    nlohmann::json r;
+    r["type"] = type;
+    r["session_id"] = hex_id(s.session_id);
+    r["client"] = s.client.to_string();
+    if (!s.principal.empty()) r["principal"] = s.principal;
+    if (!s.key_fp.empty()) r["key_fp"] = s.key_fp;
+    if (!s.target_name.empty()) r["target_name"] = s.target_name + ":" + std::to_string(s.port);
+    if (s.upstream.len() != 0) r["target_addr"] = s.upstream.to_string();
+    return r;
+  }
+
+  static void append(metrics::AuditLog* audit, nlohmann::json r) {
+    try {
+      audit->append(std::move(r));
+    } catch (const std::exception& e) {
+      common::log_error("audit append failed", {{"error", e.what()}});
+    }
+  }
+
+  std::shared_ptr<SessionState> s_;
+  bool ended_logged_ = false;
+};
+
+AuthHandshakeFactory::AuthHandshakeFactory(const policy::PolicyCache& cache, AuthOptions opts)
+    : cache_(cache),
+      opts_(std::move(opts)),
+      replay_(static_cast<uint64_t>(opts_.max_skew.count()), opts_.replay_capacity) {
+  if (opts_.relay_ids.empty()) throw common::UsageError("authenticated relay: give at least one --relay-id");
+  for (const auto& id : opts_.relay_ids)
+    if (id.empty() || id.size() > kMaxRelayId)
+      throw common::UsageError("--relay-id '" + id + "': 1 to 128 printable characters");
+  if (opts_.max_skew.count() <= 0) throw common::UsageError("authenticated relay: max skew must be positive");
+  if (opts_.max_handshakes_per_source == 0) opts_.max_handshakes_per_source = 1;
+  resolver_ = opts_.resolver ? opts_.resolver : std::make_shared<AresResolver>();
+}
+
+AuthHandshakeFactory::~AuthHandshakeFactory() = default;
+
+uint64_t AuthHandshakeFactory::now_ms() const {
+  if (opts_.clock_ms) return opts_.clock_ms();
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+uint64_t AuthHandshakeFactory::decisions(uint16_t reason) const {
+  return reason <= kMaxReason ? decisions_[reason].load(std::memory_order_relaxed) : 0;
+}
+
+void AuthHandshakeFactory::count_decision(uint16_t reason, std::string_view name) {
+  if (reason <= kMaxReason) decisions_[reason].fetch_add(1, std::memory_order_relaxed);
+  if (opts_.metrics.decisions)
+    opts_.metrics.decisions->Add({{"result", reason == 0 ? "allow" : "deny"}, {"reason", std::string(name)}})
+        .Increment();
+}
+
+std::unique_ptr<Handshake> AuthHandshakeFactory::create(uint64_t session_id, const common::SockAddr& client,
+                                                        const common::SockAddr& listen, HandshakeContext& ctx,
+                                                        HandshakeResume resume) {
+  auto s = std::make_shared<SessionState>();
+  s->factory = this;
+  s->session_id = session_id;
+  s->client = client;
+  s->listen = listen;
+  s->ctx = &ctx;
+  s->resume = std::move(resume);
+  s->in_handshake = limits_.enter_handshake(client, opts_.max_handshakes_per_source);
+  s->over_handshake_cap = !s->in_handshake;
+  return std::make_unique<AuthHandshake>(std::move(s));
+}
+
+}  // namespace sshring::relay::auth

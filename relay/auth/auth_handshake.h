@@ -1,0 +1,82 @@
+// The authenticated handshake (docs/protocol.md): the relay side of the preamble, plugged into the
+// relay's workers through relay/handshake.h.
+//
+//   auto factory = std::make_shared<auth::AuthHandshakeFactory>(policy_cache, auth::AuthOptions{
+//       .relay_ids = {"relay-1"}, .audit = &audit});
+//   cfg.routes.push_back({.listen = addr, .handshake = factory});
+//
+// Per session, on the worker thread: parse HELLO -> relay id -> clock skew -> principal and key ->
+// Ed25519 signature -> replay cache -> policy on the name -> per-principal session limit -> resolve
+// the name off the loop (AresResolver thread, back through HandshakeContext::post) -> policy on each
+// resolved address, the first allowed one is the upstream -> OK once connected. Every deny is one
+// DENY frame with a stable reason, one audit record (session_deny) and one decision metric.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "metrics/catalog.h"
+#include "policy/cache.h"
+#include "relay/auth/preamble.h"
+#include "relay/auth/replay_cache.h"
+#include "relay/auth/resolver.h"
+#include "relay/auth/session_limits.h"
+#include "relay/handshake.h"
+
+namespace sshring::metrics {
+class AuditLog;
+}
+
+namespace sshring::relay::auth {
+
+struct AuthOptions {
+  // The ids this relay answers to (the client signs one of them). At least one.
+  std::vector<std::string> relay_ids;
+  std::chrono::milliseconds max_skew{30000};  // |relay clock - client timestamp| allowed
+  size_t replay_capacity = 1u << 20;          // live nonces remembered (bounded memory)
+  uint32_t max_handshakes_per_source = 64;    // connections in handshake per client IP
+  std::shared_ptr<Resolver> resolver;         // null: an AresResolver with default options
+  metrics::RelayMetrics metrics;              // optional (null members are skipped)
+  metrics::AuditLog* audit = nullptr;         // optional; must outlive the factory
+  bool log_denials = true;                    // one log line per DENY
+  // Wall clock in Unix milliseconds (tests move it); default std::chrono::system_clock.
+  std::function<uint64_t()> clock_ms;
+};
+
+// Internal per-session state, shared with callbacks that may outlive the Handshake.
+struct SessionState;
+
+class AuthHandshakeFactory : public HandshakeFactory, public std::enable_shared_from_this<AuthHandshakeFactory> {
+ public:
+  // `cache` must outlive the factory. Throws common::UsageError on bad options.
+  AuthHandshakeFactory(const policy::PolicyCache& cache, AuthOptions opts);
+  ~AuthHandshakeFactory() override;
+
+  std::unique_ptr<Handshake> create(uint64_t session_id, const common::SockAddr& client,
+                                    const common::SockAddr& listen, HandshakeContext& ctx,
+                                    HandshakeResume resume) override;
+
+  [[nodiscard]] const SessionLimits& limits() const { return limits_; }
+  [[nodiscard]] const ReplayCache& replay_cache() const { return replay_; }
+  [[nodiscard]] uint64_t now_ms() const;
+  // Counts by reason (index = Reason value; 0 = allowed) for tests and logs.
+  [[nodiscard]] uint64_t decisions(uint16_t reason) const;
+
+ private:
+  friend class AuthHandshake;
+  friend struct SessionState;
+  void count_decision(uint16_t reason, std::string_view name);
+
+  const policy::PolicyCache& cache_;
+  AuthOptions opts_;
+  std::shared_ptr<Resolver> resolver_;
+  ReplayCache replay_;
+  SessionLimits limits_;
+  std::array<std::atomic<uint64_t>, kMaxReason + 1> decisions_{};
+};
+
+}  // namespace sshring::relay::auth

@@ -1,0 +1,316 @@
+#include "relay/auth/client.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+#include "relay/auth/agent.h"
+
+namespace sshring::relay::auth {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int remaining_ms(Clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  return left < 0 ? 0 : static_cast<int>(left);
+}
+
+// Waits for `events` on fd until the deadline; throws on timeout.
+void wait_fd(int fd, short events, Clock::time_point deadline, const char* what) {
+  for (;;) {
+    pollfd p{fd, events, 0};
+    int rc = ::poll(&p, 1, remaining_ms(deadline));
+    if (rc > 0) return;
+    if (rc == 0) throw std::runtime_error(std::string("timed out ") + what);
+    if (errno != EINTR) common::throw_errno(what);
+  }
+}
+
+void read_exact(int fd, uint8_t* buf, size_t len, Clock::time_point deadline) {
+  size_t off = 0;
+  while (off < len) {
+    wait_fd(fd, POLLIN, deadline, "waiting for the relay's reply");
+    ssize_t n = ::recv(fd, buf + off, len - off, MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      common::throw_errno("reading the relay's reply");
+    }
+    if (n == 0) throw std::runtime_error("the relay closed the connection before answering");
+    off += static_cast<size_t>(n);
+  }
+}
+
+std::string read_small_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw common::UsageError("cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+DeniedError::DeniedError(uint16_t reason, std::string message)
+    : std::runtime_error(std::string("denied by relay: ") +
+                         (reason >= 1 && reason <= kMaxReason ? reason_name(static_cast<Reason>(reason))
+                                                              : "reason " + std::to_string(reason)) +
+                         (message.empty() ? "" : ": " + message)),
+      reason_(reason),
+      detail_(std::move(message)) {}
+
+int DeniedError::exit_code() const {
+  if (reason_ >= 1 && reason_ <= kMaxReason) return exit_code_for(static_cast<Reason>(reason_));
+  return kExitCodeBase + kMaxReason + 1;
+}
+
+Signer file_signer(const std::string& key_path) {
+  auto key = std::make_shared<Ed25519PrivateKey>(Ed25519PrivateKey::load_file(key_path));
+  Signer s;
+  s.public_key = key->public_key();
+  s.sign = [key](std::string_view data) { return key->sign(data); };
+  return s;
+}
+
+Signer agent_signer(const std::string& select_pub) {
+  auto agent = std::make_shared<AgentClient>(AgentClient::from_env());
+  auto keys = agent->ed25519_keys();
+  Signer s;
+  if (!select_pub.empty()) {
+    std::string line = select_pub.rfind("ssh-", 0) == 0 ? select_pub : read_small_file(select_pub);
+    auto want = parse_openssh_public_key(line);
+    if (!want) throw common::UsageError(select_pub + ": not an ssh-ed25519 public key");
+    bool found = false;
+    for (const auto& k : keys) found = found || k == *want;
+    if (!found)
+      throw common::UsageError("ssh-agent has no key " + fingerprint(*want) + " (ssh-add it)");
+    s.public_key = *want;
+  } else {
+    if (keys.empty())
+      throw common::UsageError("ssh-agent holds no ed25519 key: ssh-add one, or pass --identity KEYFILE");
+    s.public_key = keys.front();
+  }
+  Ed25519PublicKey pk = s.public_key;
+  s.sign = [agent, pk](std::string_view data) { return agent->sign(pk, data); };
+  return s;
+}
+
+Hello make_hello(const Signer& signer, std::string relay_id, std::string principal, std::string target,
+                 uint16_t port, uint64_t now_ms) {
+  Hello h;
+  h.relay_id = std::move(relay_id);
+  h.principal = std::move(principal);
+  h.target = std::move(target);
+  h.port = port;
+  h.timestamp_ms = now_ms;
+  random_bytes(h.nonce.data(), h.nonce.size());
+  h.algorithm = KeyAlgorithm::kEd25519;
+  h.public_key.assign(reinterpret_cast<const char*>(signer.public_key.data()), signer.public_key.size());
+  auto sig = signer.sign(transcript(h));
+  h.signature.assign(reinterpret_cast<const char*>(sig.data()), sig.size());
+  return h;
+}
+
+uint64_t handshake_on(int fd, const Hello& hello, std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  std::string frame;
+  try {
+    frame = encode_hello(hello);
+  } catch (const std::invalid_argument& e) {
+    throw common::UsageError(e.what());
+  }
+  size_t off = 0;
+  while (off < frame.size()) {
+    wait_fd(fd, POLLOUT, deadline, "sending the preamble");
+    ssize_t n = ::send(fd, frame.data() + off, frame.size() - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      common::throw_errno("sending the preamble");
+    }
+    off += static_cast<size_t>(n);
+  }
+  // Exactly one frame: the header, then its payload. Bytes after it belong to SSH.
+  std::array<uint8_t, kHeaderSize + kMaxDenyPayload> buf{};
+  read_exact(fd, buf.data(), kHeaderSize, deadline);
+  int len = reply_payload_length(std::span<const uint8_t, kHeaderSize>(buf.data(), kHeaderSize));
+  if (len < 0) throw std::runtime_error("the relay's reply is not an sshring frame (is --relay an sshring relay?)");
+  read_exact(fd, buf.data() + kHeaderSize, static_cast<size_t>(len), deadline);
+  ReplyDecode d = decode_reply(std::span<const uint8_t>(buf.data(), kHeaderSize + static_cast<size_t>(len)));
+  if (d.status != DecodeStatus::kOk) throw std::runtime_error("malformed reply from the relay");
+  if (d.reply.type == FrameType::kDeny) throw DeniedError(d.reply.reason, d.reply.message);
+  return d.reply.session_id;
+}
+
+std::pair<std::string, uint16_t> split_host_port(const std::string& text, std::string_view what) {
+  std::string host;
+  std::string port;
+  if (!text.empty() && text.front() == '[') {
+    auto close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':')
+      throw common::UsageError(std::string(what) + " '" + text + "': expected [V6ADDR]:PORT");
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    auto colon = text.rfind(':');
+    if (colon == std::string::npos || colon == 0 || text.find(':') != colon)
+      throw common::UsageError(std::string(what) + " '" + text + "': expected HOST:PORT");
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  char* end = nullptr;
+  long p = std::strtol(port.c_str(), &end, 10);
+  if (port.empty() || *end != '\0' || p < 1 || p > 65535)
+    throw common::UsageError(std::string(what) + " '" + text + "': port must be 1-65535");
+  return {host, static_cast<uint16_t>(p)};
+}
+
+std::string login_name() {
+  if (const char* u = std::getenv("USER"); u && *u) return u;
+  if (passwd* pw = getpwuid(getuid())) return pw->pw_name;
+  throw common::UsageError("cannot tell the login name: pass --principal");
+}
+
+uint64_t unix_ms_now() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+Connected connect_via_relay(const ConnectOptions& opts, const Signer& signer) {
+  auto [host, port] = split_host_port(opts.relay, "--relay");
+  auto deadline = Clock::now() + opts.timeout;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
+  if (rc != 0) throw std::runtime_error("cannot resolve relay " + host + ": " + gai_strerror(rc));
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(res, &::freeaddrinfo);
+  common::UniqueFd fd;
+  std::string last_error = "no address";
+  for (auto* ai = res; ai != nullptr; ai = ai->ai_next) {
+    common::UniqueFd s(::socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!s) continue;
+    if (::connect(s.get(), ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
+      last_error = std::strerror(errno);
+      continue;
+    }
+    pollfd p{s.get(), POLLOUT, 0};
+    if (::poll(&p, 1, remaining_ms(deadline)) <= 0) {
+      last_error = "connect timed out";
+      continue;
+    }
+    int err = 0;
+    socklen_t len = sizeof(err);
+    ::getsockopt(s.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0) {
+      last_error = std::strerror(err);
+      continue;
+    }
+    fd = std::move(s);
+    break;
+  }
+  if (!fd) throw std::runtime_error("cannot connect to relay " + opts.relay + ": " + last_error);
+  int one = 1;
+  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  Hello h = make_hello(signer, opts.relay_id.empty() ? host : opts.relay_id,
+                       opts.principal.empty() ? login_name() : opts.principal, opts.target, opts.port,
+                       unix_ms_now());
+  Connected c;
+  c.session_id = handshake_on(fd.get(), h, std::chrono::milliseconds(remaining_ms(deadline)));
+  // Back to blocking for whoever uses the socket next (ssh after fd passing, or the pump).
+  int fl = ::fcntl(fd.get(), F_GETFL);
+  ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK);
+  c.fd = std::move(fd);
+  return c;
+}
+
+void send_fd(int channel, int fd) {
+  char byte = 0;
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+  for (;;) {
+    ssize_t n = ::sendmsg(channel, &msg, MSG_NOSIGNAL);
+    if (n == 1) return;
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == ENOTSOCK)
+      throw common::UsageError("--fdpass: stdout is not a Unix socket (use it with ProxyUseFdpass yes)");
+    common::throw_errno("passing the socket to ssh (sendmsg)");
+  }
+}
+
+int pump_stdio(int sock, int in_fd, int out_fd) {
+  constexpr size_t kBuf = 128 * 1024;
+  std::unique_ptr<char[]> up(new char[kBuf]);
+  std::unique_ptr<char[]> down(new char[kBuf]);
+  bool in_open = true;
+  auto write_all = [](int fd, const char* p, size_t n, bool sock_fd) {
+    while (n > 0) {
+      ssize_t w = sock_fd ? ::send(fd, p, n, MSG_NOSIGNAL) : ::write(fd, p, n);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return false;
+      }
+      p += w;
+      n -= static_cast<size_t>(w);
+    }
+    return true;
+  };
+  for (;;) {
+    pollfd p[2] = {{sock, POLLIN, 0}, {in_open ? in_fd : -1, POLLIN, 0}};
+    int rc = ::poll(p, 2, -1);
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      std::perror("sshring connect: poll");
+      return 1;
+    }
+    if (p[0].revents) {
+      ssize_t n = ::recv(sock, down.get(), kBuf, 0);
+      if (n == 0) return 0;  // the session is over
+      if (n < 0) {
+        if (errno == EINTR || errno == EAGAIN) continue;
+        if (errno == ECONNRESET) return 0;
+        std::perror("sshring connect: read from relay");
+        return 1;
+      }
+      if (!write_all(out_fd, down.get(), static_cast<size_t>(n), false)) return 0;  // ssh went away
+    }
+    if (in_open && p[1].revents) {
+      ssize_t n = ::read(in_fd, up.get(), kBuf);
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      if (n <= 0) {
+        in_open = false;
+        ::shutdown(sock, SHUT_WR);
+        continue;
+      }
+      if (!write_all(sock, up.get(), static_cast<size_t>(n), true)) {
+        std::perror("sshring connect: write to relay");
+        return 1;
+      }
+    }
+  }
+}
+
+}  // namespace sshring::relay::auth

@@ -1,0 +1,108 @@
+// The SSH agent client against a real ssh-agent (started by PID, throwaway keys), and key-file
+// signing, both checked by verifying the signatures with the public keys ssh-keygen wrote.
+#include "relay/auth/agent.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <thread>
+
+#include "common/error.h"
+
+#include "relay/auth/client.h"
+#include "relay/auth/keys.h"
+#include "tests/support/process.h"
+
+namespace auth = sshring::relay::auth;
+namespace t = sshring::testing;
+
+namespace {
+
+class Agent : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    sock_ = dir_.file("agent.sock");
+    agent_ = t::Process({"ssh-agent", "-D", "-a", sock_}, t::Process::Options{.stdout_path = dir_.file("agent.out")});
+    for (int i = 0; i < 200; ++i) {
+      struct stat st{};
+      if (::stat(sock_.c_str(), &st) == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ASSERT_EQ(t::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "agent-key", "-f", dir_.file("k1")}), 0);
+    ASSERT_EQ(t::run({"ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", dir_.file("ec")}), 0);
+    ASSERT_EQ(t::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", dir_.file("k2")}), 0);
+  }
+  void add(const std::string& key) {
+    ASSERT_EQ(t::sh("SSH_AUTH_SOCK=" + sock_ + " ssh-add -q " + key + " 2>&1"), 0);
+  }
+  auth::Ed25519PublicKey pub(const std::string& name) {
+    auto k = auth::parse_openssh_public_key(t::read_file(dir_.file(name + ".pub")));
+    EXPECT_TRUE(k);
+    return k.value_or(auth::Ed25519PublicKey{});
+  }
+
+  t::TempDir dir_;
+  std::string sock_;
+  t::Process agent_;
+};
+
+std::string_view view(const auth::Ed25519Signature& s) {
+  return {reinterpret_cast<const char*>(s.data()), s.size()};
+}
+
+}  // namespace
+
+TEST_F(Agent, ListsIdentitiesAndSignsWithEd25519) {
+  add(dir_.file("ec"));
+  add(dir_.file("k1"));
+  auth::AgentClient agent(sock_);
+  auto ids = agent.identities();
+  ASSERT_EQ(ids.size(), 2u);
+  auto keys = agent.ed25519_keys();
+  ASSERT_EQ(keys.size(), 1u);  // the ECDSA key is listed but skipped
+  EXPECT_EQ(keys[0], pub("k1"));
+  std::string data = "transcript bytes \x01\x02";
+  auto sig = agent.sign(keys[0], data);
+  EXPECT_TRUE(auth::ed25519_verify(keys[0], data, view(sig)));
+  EXPECT_FALSE(auth::ed25519_verify(keys[0], data + "x", view(sig)));
+  // Ed25519 is deterministic: the agent and the key file produce the same signature.
+  auto file_key = auth::Ed25519PrivateKey::load_file(dir_.file("k1"));
+  EXPECT_EQ(file_key.sign(data), sig);
+}
+
+TEST_F(Agent, RefusesKeysItDoesNotHold) {
+  add(dir_.file("k1"));
+  auth::AgentClient agent(sock_);
+  EXPECT_THROW(agent.sign(pub("k2"), "data"), std::runtime_error);
+  // The connection stays usable after a refusal.
+  EXPECT_EQ(agent.ed25519_keys().size(), 1u);
+}
+
+TEST_F(Agent, SignerFromEnvironmentPicksTheRequestedKey) {
+  add(dir_.file("k1"));
+  add(dir_.file("k2"));
+  ::setenv("SSH_AUTH_SOCK", sock_.c_str(), 1);
+  auth::Signer first = auth::agent_signer();
+  EXPECT_EQ(first.public_key, pub("k1"));
+  auth::Signer chosen = auth::agent_signer(dir_.file("k2.pub"));
+  EXPECT_EQ(chosen.public_key, pub("k2"));
+  auto h = auth::make_hello(chosen, "relay", "alice", "host", 22, auth::unix_ms_now());
+  EXPECT_TRUE(auth::ed25519_verify(pub("k2"), auth::transcript(h), h.signature));
+  ::unsetenv("SSH_AUTH_SOCK");
+  EXPECT_THROW(auth::agent_signer(), sshring::common::UsageError);
+}
+
+TEST_F(Agent, EmptyAgentAndMissingSocket) {
+  ::setenv("SSH_AUTH_SOCK", sock_.c_str(), 1);
+  EXPECT_THROW(auth::agent_signer(), sshring::common::UsageError);
+  ::unsetenv("SSH_AUTH_SOCK");
+  EXPECT_THROW(auth::AgentClient(dir_.file("nope.sock")), sshring::common::SystemError);
+}
+
+TEST_F(Agent, KeyFileSigner) {
+  auth::Signer s = auth::file_signer(dir_.file("k1"));
+  EXPECT_EQ(s.public_key, pub("k1"));
+  auto h = auth::make_hello(s, "relay", "svc-ci", "10.0.0.5", 2222, auth::unix_ms_now());
+  EXPECT_TRUE(auth::ed25519_verify(pub("k1"), auth::transcript(h), h.signature));
+}

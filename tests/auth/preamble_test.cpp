@@ -1,0 +1,328 @@
+// Preamble codec, limits, transcript binding, signatures, keys and the replay cache.
+#include "relay/auth/preamble.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <functional>
+#include <set>
+#include <thread>
+
+#include "common/error.h"
+
+#include "relay/auth/client.h"
+#include "relay/auth/keys.h"
+#include "relay/auth/replay_cache.h"
+#include "relay/auth/session_limits.h"
+#include "relay/auth/wire.h"
+#include "tests/support/process.h"
+
+namespace auth = sshring::relay::auth;
+using auth::DecodeStatus;
+
+namespace {
+
+std::span<const uint8_t> bytes(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+auth::Signer key_signer(const auth::Ed25519PrivateKey& k) {
+  auto shared = std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::from_openssh(k.to_openssh(), "t"));
+  return auth::Signer{k.public_key(), [shared](std::string_view d) { return shared->sign(d); }};
+}
+
+auth::Hello sample(const auth::Ed25519PrivateKey& k) {
+  return auth::make_hello(key_signer(k), "relay-1", "alice", "db1.example", 22, 1700000000000);
+}
+
+bool verify(const auth::Hello& h) {
+  auth::Ed25519PublicKey pk;
+  std::memcpy(pk.data(), h.public_key.data(), 32);
+  return auth::ed25519_verify(pk, auth::transcript(h), h.signature);
+}
+
+}  // namespace
+
+TEST(Wire, Base64RoundTripAndRejects) {
+  for (std::string s : std::vector<std::string>{"", "f", "fo", "foo", "foob", "fooba", "foobar", std::string("\0\xff\x10", 3)}) {
+    auto enc = auth::base64_encode(s);
+    auto dec = auth::base64_decode(enc);
+    ASSERT_TRUE(dec) << enc;
+    EXPECT_EQ(*dec, s);
+    EXPECT_EQ(*auth::base64_decode(auth::base64_encode(s, false)), s);
+  }
+  EXPECT_EQ(auth::base64_encode("foobar"), "Zm9vYmFy");
+  EXPECT_FALSE(auth::base64_decode("Zm9v!"));
+  EXPECT_FALSE(auth::base64_decode("Zm=9v"));
+  EXPECT_FALSE(auth::base64_decode("Z"));
+}
+
+TEST(Wire, ReaderIsBounded) {
+  std::string s("\x00\x05" "abc", 5);
+  auth::Reader r(s);
+  EXPECT_TRUE(r.str16(10).empty());
+  EXPECT_FALSE(r.ok());
+  auth::Reader r2(std::string_view("\x03" "abcd", 5));
+  EXPECT_EQ(r2.str8(3), "abc");
+  EXPECT_FALSE(r2.done());
+  auth::Reader r3(std::string_view("\x04" "abcd", 5));
+  r3.str8(3);  // over the field limit
+  EXPECT_FALSE(r3.ok());
+}
+
+TEST(Preamble, HelloRoundTrip) {
+  auto k = auth::Ed25519PrivateKey::generate();
+  auth::Hello h = sample(k);
+  std::string frame = auth::encode_hello(h);
+  ASSERT_LE(frame.size(), auth::kHeaderSize + auth::kMaxHelloPayload);
+  auto d = auth::decode_hello(bytes(frame));
+  ASSERT_EQ(d.status, DecodeStatus::kOk) << d.error;
+  EXPECT_EQ(d.consumed, frame.size());
+  EXPECT_EQ(d.hello.relay_id, "relay-1");
+  EXPECT_EQ(d.hello.principal, "alice");
+  EXPECT_EQ(d.hello.target, "db1.example");
+  EXPECT_EQ(d.hello.port, 22);
+  EXPECT_EQ(d.hello.timestamp_ms, 1700000000000u);
+  EXPECT_EQ(d.hello.nonce, h.nonce);
+  EXPECT_EQ(d.hello.public_key, h.public_key);
+  EXPECT_TRUE(verify(d.hello));
+}
+
+TEST(Preamble, EveryPrefixNeedsMoreAndGluedBytesAreLeftAlone) {
+  auto k = auth::Ed25519PrivateKey::generate();
+  std::string frame = auth::encode_hello(sample(k));
+  for (size_t n = 0; n < frame.size(); ++n)
+    EXPECT_EQ(auth::decode_hello(bytes(frame.substr(0, n))).status, DecodeStatus::kNeedMore) << n;
+  std::string glued = frame + "SSH-2.0-OpenSSH_9.2\r\n";
+  auto d = auth::decode_hello(bytes(glued));
+  ASSERT_EQ(d.status, DecodeStatus::kOk);
+  EXPECT_EQ(glued.substr(d.consumed), "SSH-2.0-OpenSSH_9.2\r\n");
+}
+
+TEST(Preamble, MalformedInputsAreRejectedEarly) {
+  auto k = auth::Ed25519PrivateKey::generate();
+  std::string frame = auth::encode_hello(sample(k));
+  struct Case {
+    const char* name;
+    std::string input;
+    DecodeStatus want;
+  };
+  std::string wrong_version = frame;
+  wrong_version[4] = 9;
+  std::string wrong_type = frame;
+  wrong_type[5] = 2;
+  std::string oversized = frame;
+  oversized[6] = 0x7f;  // payload length 32k+
+  std::string longer = frame;
+  longer[7] = static_cast<char>(static_cast<uint8_t>(longer[7]) + 1);
+  longer += "x";  // a trailing byte inside the declared payload
+  std::string empty_payload = frame.substr(0, 6) + std::string("\0\0", 2);
+  std::string bad_field = frame;
+  bad_field[auth::kHeaderSize] = 0x7f;  // relay id length over its limit
+  std::vector<Case> cases = {
+      {"ssh banner", "SSH-2.0-OpenSSH_9.2\r\n", DecodeStatus::kMalformed},
+      {"http", "GET / HTTP/1.1\r\n", DecodeStatus::kMalformed},
+      {"one wrong byte", "X", DecodeStatus::kMalformed},
+      {"zeros", std::string(64, '\0'), DecodeStatus::kMalformed},
+      {"version", wrong_version, DecodeStatus::kUnsupportedVersion},
+      {"type", wrong_type, DecodeStatus::kMalformed},
+      {"oversized", oversized, DecodeStatus::kMalformed},
+      {"trailing", longer, DecodeStatus::kMalformed},
+      {"empty", empty_payload, DecodeStatus::kMalformed},
+      {"field over limit", bad_field, DecodeStatus::kMalformed},
+  };
+  for (const auto& c : cases) EXPECT_EQ(auth::decode_hello(bytes(c.input)).status, c.want) << c.name;
+}
+
+TEST(Preamble, FieldLimitsOnEncode) {
+  auto k = auth::Ed25519PrivateKey::generate();
+  auto h = sample(k);
+  h.principal = std::string(auth::kMaxPrincipal + 1, 'a');
+  EXPECT_THROW(auth::encode_hello(h), std::invalid_argument);
+  h = sample(k);
+  h.target = "bad host";
+  EXPECT_THROW(auth::encode_hello(h), std::invalid_argument);
+  h = sample(k);
+  h.port = 0;
+  EXPECT_THROW(auth::encode_hello(h), std::invalid_argument);
+  h = sample(k);
+  h.relay_id = std::string(auth::kMaxRelayId, 'r');
+  h.principal = std::string(auth::kMaxPrincipal, 'p');
+  h.target = std::string(auth::kMaxTarget, 't');
+  auto sig = k.sign(auth::transcript(h));
+  h.signature.assign(reinterpret_cast<const char*>(sig.data()), 64);
+  std::string max_frame = auth::encode_hello(h);
+  EXPECT_LE(max_frame.size(), auth::kHeaderSize + auth::kMaxHelloPayload);
+  EXPECT_EQ(auth::decode_hello(bytes(max_frame)).status, DecodeStatus::kOk);
+}
+
+TEST(Preamble, TranscriptBindsEveryField) {
+  auto k = auth::Ed25519PrivateKey::generate();
+  auto h = sample(k);
+  ASSERT_TRUE(verify(h));
+  std::vector<std::function<void(auth::Hello&)>> edits = {
+      [](auth::Hello& x) { x.relay_id = "relay-2"; },  [](auth::Hello& x) { x.principal = "bob"; },
+      [](auth::Hello& x) { x.target = "db2.example"; }, [](auth::Hello& x) { x.port = 2222; },
+      [](auth::Hello& x) { x.timestamp_ms += 1; },      [](auth::Hello& x) { x.nonce[3] ^= 1; },
+      [](auth::Hello& x) { x.signature[10] ^= 1; },
+      // Moving bytes between adjacent fields must change the transcript too (length prefixes).
+      [](auth::Hello& x) {
+        x.relay_id = "relay-1a";
+        x.principal = "lice";
+      },
+  };
+  for (size_t i = 0; i < edits.size(); ++i) {
+    auto c = h;
+    edits[i](c);
+    EXPECT_FALSE(verify(c)) << "edit " << i;
+  }
+  auto other = auth::Ed25519PrivateKey::generate();
+  auto c = h;
+  c.public_key.assign(reinterpret_cast<const char*>(other.public_key().data()), 32);
+  EXPECT_FALSE(verify(c));
+}
+
+TEST(Preamble, ReplyFrames) {
+  std::string ok = auth::encode_ok(0x1122334455667788ull);
+  auto d = auth::decode_reply(bytes(ok + "SSH-2.0-x\r\n"));
+  ASSERT_EQ(d.status, DecodeStatus::kOk);
+  EXPECT_EQ(d.reply.type, auth::FrameType::kOk);
+  EXPECT_EQ(d.reply.session_id, 0x1122334455667788ull);
+  EXPECT_EQ(d.consumed, ok.size());
+  std::string deny = auth::encode_deny(auth::Reason::kBadSignature, std::string(500, 'm'));
+  auto dd = auth::decode_reply(bytes(deny));
+  ASSERT_EQ(dd.status, DecodeStatus::kOk);
+  EXPECT_EQ(dd.reply.reason, static_cast<uint16_t>(auth::Reason::kBadSignature));
+  EXPECT_EQ(dd.reply.message.size(), auth::kMaxDenyMessage);
+  EXPECT_EQ(auth::decode_reply(bytes(auth::encode_hello(sample(auth::Ed25519PrivateKey::generate())))).status,
+            DecodeStatus::kMalformed);
+}
+
+TEST(Preamble, ReasonNamesAndExitCodesAreDistinct) {
+  std::set<std::string> names;
+  std::set<int> codes;
+  for (uint16_t r = 1; r <= auth::kMaxReason; ++r) {
+    names.insert(auth::reason_name(static_cast<auth::Reason>(r)));
+    codes.insert(auth::exit_code_for(static_cast<auth::Reason>(r)));
+  }
+  EXPECT_EQ(names.size(), auth::kMaxReason);
+  EXPECT_EQ(codes.size(), auth::kMaxReason);
+  EXPECT_EQ(names.count("unknown"), 0u);
+}
+
+TEST(Keys, OpenSshKeyFileFromSshKeygen) {
+  sshring::testing::TempDir dir;
+  ASSERT_EQ(sshring::testing::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "t@x", "-f", dir.file("k")}),
+            0);
+  auto key = auth::Ed25519PrivateKey::load_file(dir.file("k"));
+  auto pub = auth::parse_openssh_public_key(sshring::testing::read_file(dir.file("k.pub")));
+  ASSERT_TRUE(pub);
+  EXPECT_EQ(key.public_key(), *pub);
+  std::string fp_out;
+  ASSERT_EQ(sshring::testing::run({"ssh-keygen", "-l", "-f", dir.file("k.pub")}, &fp_out), 0);
+  EXPECT_NE(fp_out.find(auth::fingerprint(*pub)), std::string::npos) << fp_out;
+  auto sig = key.sign("hello");
+  EXPECT_TRUE(auth::ed25519_verify(*pub, "hello", std::string_view(reinterpret_cast<const char*>(sig.data()), 64)));
+  EXPECT_FALSE(auth::ed25519_verify(*pub, "hellO", std::string_view(reinterpret_cast<const char*>(sig.data()), 64)));
+
+  // Our writer produces files ssh-keygen accepts.
+  auto gen = auth::Ed25519PrivateKey::generate();
+  sshring::testing::write_file(dir.file("g"), gen.to_openssh("gen"), 0600);
+  std::string derived;
+  ASSERT_EQ(sshring::testing::run({"ssh-keygen", "-y", "-f", dir.file("g")}, &derived), 0);
+  EXPECT_EQ(auth::parse_openssh_public_key(derived), gen.public_key());
+}
+
+TEST(Keys, RejectsEncryptedAndOtherTypes) {
+  sshring::testing::TempDir dir;
+  ASSERT_EQ(sshring::testing::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", dir.file("enc")}), 0);
+  try {
+    auth::Ed25519PrivateKey::load_file(dir.file("enc"));
+    FAIL() << "encrypted key accepted";
+  } catch (const sshring::common::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("encrypted"), std::string::npos) << e.what();
+  }
+  ASSERT_EQ(sshring::testing::run({"ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", dir.file("ec")}), 0);
+  EXPECT_THROW(auth::Ed25519PrivateKey::load_file(dir.file("ec")), sshring::common::UsageError);
+  EXPECT_FALSE(auth::parse_openssh_public_key(sshring::testing::read_file(dir.file("ec.pub"))));
+  EXPECT_THROW(auth::Ed25519PrivateKey::from_openssh("garbage", "x"), sshring::common::UsageError);
+  EXPECT_THROW(auth::Ed25519PrivateKey::load_file(dir.file("missing")), sshring::common::UsageError);
+}
+
+TEST(ReplayCache, RemembersForTheSkewWindowOnly) {
+  auth::ReplayCache c(30000, 1000);
+  auth::ReplayCache::Nonce n{};
+  n[0] = 1;
+  uint64_t t = 1'000'000;
+  EXPECT_EQ(c.check_and_insert(n, t, t), auth::ReplayCache::Result::kFresh);
+  EXPECT_EQ(c.check_and_insert(n, t, t + 1000), auth::ReplayCache::Result::kReplayed);
+  EXPECT_EQ(c.check_and_insert(n, t, t + 30000), auth::ReplayCache::Result::kReplayed);
+  // After timestamp + skew the relay's clock check rejects the preamble anyway; the entry goes.
+  auth::ReplayCache::Nonce other{};
+  other[0] = 2;
+  EXPECT_EQ(c.check_and_insert(other, t + 30001, t + 30001), auth::ReplayCache::Result::kFresh);
+  EXPECT_EQ(c.check_and_insert(n, t + 30001, t + 30001), auth::ReplayCache::Result::kFresh);
+}
+
+TEST(ReplayCache, BoundedMemoryFailsClosed) {
+  auth::ReplayCache c(30000, 160);  // 16 shards x 11
+  uint64_t now = 5'000'000;
+  size_t fresh = 0, full = 0;
+  for (int i = 0; i < 1000; ++i) {
+    auth::ReplayCache::Nonce n{};
+    auth::random_bytes(n.data(), n.size());
+    auto r = c.check_and_insert(n, now, now);
+    fresh += r == auth::ReplayCache::Result::kFresh;
+    full += r == auth::ReplayCache::Result::kFull;
+  }
+  EXPECT_LE(c.size(), 16u * 11u);
+  EXPECT_EQ(fresh, c.size());
+  EXPECT_GT(full, 0u);
+  // Once the window has passed, space comes back.
+  auth::ReplayCache::Nonce n{};
+  auth::random_bytes(n.data(), n.size());
+  EXPECT_EQ(c.check_and_insert(n, now + 40000, now + 40000), auth::ReplayCache::Result::kFresh);
+}
+
+TEST(ReplayCache, ConcurrentInsertsOfOneNonceAdmitExactlyOne) {
+  auth::ReplayCache c(30000, 10000);
+  auth::ReplayCache::Nonce n{};
+  n[5] = 9;
+  std::atomic<int> fresh{0};
+  std::vector<std::thread> ts;
+  for (int i = 0; i < 4; ++i)
+    ts.emplace_back([&] {
+      for (int j = 0; j < 100; ++j) fresh += c.check_and_insert(n, 1000, 1000) == auth::ReplayCache::Result::kFresh;
+    });
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(fresh.load(), 1);
+}
+
+TEST(SessionLimits, PerSourceAndPerPrincipal) {
+  auth::SessionLimits l;
+  auto a = *sshring::common::SockAddr::parse("10.0.0.1:1000");
+  auto a2 = *sshring::common::SockAddr::parse("10.0.0.1:2000");
+  auto mapped = *sshring::common::SockAddr::parse("[::ffff:10.0.0.1]:3000");
+  auto b = *sshring::common::SockAddr::parse("10.0.0.2:1000");
+  EXPECT_TRUE(l.enter_handshake(a, 2));
+  EXPECT_TRUE(l.enter_handshake(a2, 2));
+  EXPECT_FALSE(l.enter_handshake(mapped, 2));  // same IP, other port and family form
+  EXPECT_TRUE(l.enter_handshake(b, 2));
+  l.leave_handshake(a);
+  EXPECT_EQ(l.handshakes_from(a2), 1u);
+  EXPECT_TRUE(l.enter_handshake(mapped, 2));
+  EXPECT_TRUE(l.acquire_session("alice", 1));
+  EXPECT_FALSE(l.acquire_session("alice", 1));
+  EXPECT_FALSE(l.acquire_session("bob", 0));
+  l.release_session("alice");
+  EXPECT_EQ(l.sessions_of("alice"), 0u);
+  EXPECT_TRUE(l.acquire_session("alice", 1));
+}
+
+TEST(Client, SplitHostPort) {
+  EXPECT_EQ(auth::split_host_port("relay.example:2222", "--relay"), std::make_pair(std::string("relay.example"), uint16_t{2222}));
+  EXPECT_EQ(auth::split_host_port("[::1]:22", "--relay").first, "::1");
+  EXPECT_THROW(auth::split_host_port("relay", "--relay"), sshring::common::UsageError);
+  EXPECT_THROW(auth::split_host_port("relay:0", "--relay"), sshring::common::UsageError);
+  EXPECT_THROW(auth::split_host_port("::1:22", "--relay"), sshring::common::UsageError);
+}
