@@ -3,8 +3,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <map>
 #include <stdexcept>
 
 #include "common/unique_fd.h"
@@ -43,6 +46,32 @@ void for_each_line(const std::string& path,
     }
   }
   if (!line.empty()) fn(++line_no, line, false);
+}
+
+std::vector<std::vector<std::string>> find_audit_logs(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::map<std::string, std::vector<std::string>> logs;  // live name -> rotated files
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (!e.is_regular_file()) continue;
+    auto name = e.path().filename().string();
+    auto pos = name.find(".jsonl");
+    if (pos == std::string::npos) continue;
+    std::string live = name.substr(0, pos + 6);
+    auto& files = logs[(fs::path(dir) / live).string()];
+    if (name.size() > live.size()) files.push_back(e.path().string());
+  }
+  if (ec) throw std::runtime_error("cannot list " + dir + ": " + ec.message());
+  std::vector<std::vector<std::string>> out;
+  for (auto& [live, rotated] : logs) {
+    // FILE.YYYYMMDDTHHMMSSZ[.N]: lexical order is time order except for the .N suffix of a clash.
+    std::sort(rotated.begin(), rotated.end(), [](const std::string& a, const std::string& b) {
+      return a.size() != b.size() ? a.size() < b.size() : a < b;
+    });
+    if (fs::exists(live)) rotated.push_back(live);
+    out.push_back(std::move(rotated));
+  }
+  return out;
 }
 
 VerifyResult verify_chain(const std::vector<std::string>& files) {

@@ -36,6 +36,10 @@ struct VerifyResult {
   [[nodiscard]] bool ok() const { return !error.has_value(); }
 };
 
+// Audit files under `dir` (default /var/log/sshring), chain order per log: for each live file FILE,
+// its rotated files FILE.<stamp> oldest first, then FILE. Logs are grouped by live file name.
+std::vector<std::vector<std::string>> find_audit_logs(const std::string& dir);
+
 // Checks `files` as one chain, in the given order (rotated files first, oldest first, then the live one).
 VerifyResult verify_chain(const std::vector<std::string>& files);
 

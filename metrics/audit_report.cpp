@@ -1,0 +1,283 @@
+#include "metrics/audit_report.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <sstream>
+
+namespace sshring::metrics {
+
+namespace {
+
+// Review order: what needs a person first.
+const char* const kTagOrder[] = {"bypass_unapproved", "bypass_expired", "bypass_approved", "proxied"};
+
+int tag_rank(const std::string& tag) {
+  for (int i = 0; i < 4; ++i) {
+    if (tag == kTagOrder[i]) return i;
+  }
+  return 4;
+}
+
+std::string str(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+uint64_t num(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number_unsigned() ? it->get<uint64_t>() : 0;
+}
+
+std::string target_of(const std::string& dst, uint64_t dport) {
+  return (dst.find(':') != std::string::npos ? "[" + dst + "]" : dst) + ":" + std::to_string(dport);
+}
+
+// A fixed-width text table; columns sized to their widest cell.
+std::string table(const std::vector<std::string>& head, const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> w(head.size());
+  for (size_t i = 0; i < head.size(); ++i) w[i] = head[i].size();
+  for (const auto& r : rows) {
+    for (size_t i = 0; i < r.size() && i < w.size(); ++i) w[i] = std::max(w[i], r[i].size());
+  }
+  std::ostringstream out;
+  auto line = [&](const std::vector<std::string>& r) {
+    std::string s = "  ";
+    for (size_t i = 0; i < r.size(); ++i) {
+      s += r[i];
+      if (i + 1 < r.size()) s += std::string(w[i] - r[i].size() + 2, ' ');
+    }
+    out << s << "\n";
+  };
+  line(head);
+  for (const auto& r : rows) line(r);
+  if (rows.empty()) out << "  (none)\n";
+  return out.str();
+}
+
+}  // namespace
+
+void AuditReport::add(const AuditRecord& rec) {
+  const auto& b = rec.body;
+  // Grant terms are learned from any time so a flow in the window can name its grant's reason.
+  if (rec.type == "grant_add" || rec.type == "grant_revoke" || rec.type == "grant_expire") {
+    auto& g = grants_[str(b, "grant_id")];
+    bool in_window = rec.ts_ms >= opts_.since_ms && rec.ts_ms <= opts_.until_ms;
+    g.in_window = g.in_window || in_window;
+    if (rec.type == "grant_add") {
+      g.terms = b;
+      if (g.status == "unknown") g.status = "added";
+    } else {
+      g.status = rec.type == "grant_revoke" ? "revoked" : "expired";
+      g.ended_by = str(b, "actor");
+      g.ended_at = rec.ts;
+      if (g.terms.is_null()) g.terms = b;
+    }
+    if (in_window) ++records_;
+    return;
+  }
+  if (rec.ts_ms < opts_.since_ms || rec.ts_ms > opts_.until_ms) return;
+  ++records_;
+  if (rec.type == "flow_open" || rec.type == "flow_close") {
+    const auto& f = b["flow"];
+    std::string first_seen = str(b, "first_seen");
+    std::string key = rec.host + "|" + str(f, "src") + "|" + std::to_string(num(f, "sport")) + "|" +
+                      str(f, "dst") + "|" + std::to_string(num(f, "dport")) + "|" + str(f, "proto") + "|" +
+                      first_seen;
+    auto [it, fresh] = flows_.try_emplace(key);
+    auto& fl = it->second;
+    if (fresh) {
+      flow_order_.push_back(key);
+      fl.host = rec.host;
+      fl.src = str(f, "src");
+      fl.dst = str(f, "dst");
+      fl.proto = str(f, "proto");
+      fl.sport = num(f, "sport");
+      fl.dport = num(f, "dport");
+      fl.first_seen = first_seen.empty() ? rec.ts : first_seen;
+      fl.tag = str(b, "tag");
+    } else if (tag_rank(str(b, "tag")) < tag_rank(fl.tag)) {
+      fl.tag = str(b, "tag");  // the stricter tag wins if open and close disagree
+    }
+    if (fl.grant_id.empty()) fl.grant_id = str(b, "grant_id");
+    if (rec.type == "flow_close") {
+      fl.closed = true;
+      fl.bytes = num(b, "bytes_in") + num(b, "bytes_out");
+      fl.end = str(b, "end");
+    }
+  } else if (rec.type == "session_end") {
+    ++sessions_;
+    session_bytes_ += num(b, "bytes_up") + num(b, "bytes_down");
+  } else if (rec.type == "session_deny") {
+    ++denied_;
+  }
+}
+
+nlohmann::ordered_json AuditReport::to_json() const {
+  nlohmann::ordered_json out;
+  out["window"] = {
+      {"since",
+       format_rfc3339_ms(std::chrono::system_clock::time_point(std::chrono::milliseconds(opts_.since_ms)))},
+      {"until", opts_.until_ms == INT64_MAX ? "now"
+                                            : format_rfc3339_ms(std::chrono::system_clock::time_point(
+                                                  std::chrono::milliseconds(opts_.until_ms)))}};
+  out["records"] = records_;
+  out["skipped_lines"] = skipped_;
+
+  struct Agg {
+    uint64_t flows = 0, bytes = 0;
+  };
+  std::map<std::string, Agg> by_tag;
+  struct Peer {
+    uint64_t flows = 0, bytes = 0, unapproved = 0, expired = 0;
+  };
+  std::map<std::string, Peer> sources, targets;
+  std::map<std::string, Agg> by_grant;
+  std::vector<const Flow*> flagged;
+  for (const auto& key : flow_order_) {
+    const auto& f = flows_.at(key);
+    auto& t = by_tag[f.tag];
+    ++t.flows;
+    t.bytes += f.bytes;
+    if (!f.grant_id.empty()) {
+      ++by_grant[f.grant_id].flows;
+      by_grant[f.grant_id].bytes += f.bytes;
+    }
+    if (f.tag == "proxied") continue;
+    for (auto* p : {&sources[f.src], &targets[f.host + " " + target_of(f.dst, f.dport)]}) {
+      ++p->flows;
+      p->bytes += f.bytes;
+      p->unapproved += f.tag == "bypass_unapproved";
+      p->expired += f.tag == "bypass_expired";
+    }
+    if (f.tag == "bypass_unapproved" || f.tag == "bypass_expired") flagged.push_back(&f);
+  }
+
+  auto& tags = out["flows_by_tag"] = nlohmann::ordered_json::array();
+  for (const char* tag : kTagOrder) {
+    auto it = by_tag.find(tag);
+    Agg a = it == by_tag.end() ? Agg{} : it->second;
+    tags.push_back({{"tag", tag}, {"flows", a.flows}, {"bytes", a.bytes}});
+  }
+
+  std::stable_sort(flagged.begin(), flagged.end(),
+                   [](const Flow* a, const Flow* b) { return tag_rank(a->tag) < tag_rank(b->tag); });
+  auto& fl = out["flagged_flows"] = nlohmann::ordered_json::array();
+  for (size_t i = 0; i < flagged.size() && i < opts_.max_flows; ++i) {
+    const auto* f = flagged[i];
+    fl.push_back({{"tag", f->tag},
+                  {"host", f->host},
+                  {"src", f->src},
+                  {"sport", f->sport},
+                  {"dst", f->dst},
+                  {"dport", f->dport},
+                  {"first_seen", f->first_seen},
+                  {"bytes", f->bytes},
+                  {"end", f->closed ? f->end : "open"},
+                  {"grant_id", f->grant_id}});
+  }
+  out["flagged_flows_total"] = flagged.size();
+
+  auto top = [&](const std::map<std::string, Peer>& m, const char* key) {
+    std::vector<std::pair<std::string, Peer>> v(m.begin(), m.end());
+    std::stable_sort(v.begin(), v.end(), [](const auto& a, const auto& b) {
+      if (a.second.unapproved != b.second.unapproved) return a.second.unapproved > b.second.unapproved;
+      return a.second.flows > b.second.flows;
+    });
+    auto arr = nlohmann::ordered_json::array();
+    for (size_t i = 0; i < v.size() && i < opts_.top; ++i) {
+      arr.push_back({{key, v[i].first},
+                     {"flows", v[i].second.flows},
+                     {"unapproved", v[i].second.unapproved},
+                     {"expired", v[i].second.expired},
+                     {"bytes", v[i].second.bytes}});
+    }
+    return arr;
+  };
+  out["top_sources"] = top(sources, "src");
+  out["top_targets"] = top(targets, "target");
+
+  auto& grants = out["grants"] = nlohmann::ordered_json::array();
+  for (const auto& [id, g] : grants_) {
+    auto used = by_grant.find(id);
+    if (!g.in_window && used == by_grant.end()) continue;
+    Agg a = used == by_grant.end() ? Agg{} : used->second;
+    nlohmann::ordered_json j{
+        {"grant_id", id},
+        {"status", g.status},
+        {"who", str(g.terms, "who")},
+        {"from", str(g.terms, "from")},
+        {"to", str(g.terms, "to")},
+        {"ports",
+         g.terms.is_object() && g.terms.contains("ports") ? g.terms["ports"] : nlohmann::json::array()},
+        {"expires", str(g.terms, "expires")},
+        {"reason", str(g.terms, "reason")},
+        {"approver", str(g.terms, "approver")},
+        {"actor", str(g.terms, "actor")},
+        {"flows", a.flows},
+        {"bytes", a.bytes}};
+    if (!g.ended_by.empty() || !g.ended_at.empty()) {
+      j["ended_at"] = g.ended_at;
+      j["ended_by"] = g.ended_by;
+    }
+    grants.push_back(std::move(j));
+  }
+  out["sessions"] = {{"ended", sessions_}, {"denied", denied_}, {"bytes", session_bytes_}};
+  return out;
+}
+
+std::string AuditReport::to_text() const {
+  auto j = to_json();
+  std::ostringstream out;
+  auto s = [](const nlohmann::ordered_json& v) {
+    if (v.is_string()) return v.get<std::string>();
+    if (v.is_array()) {
+      std::string r;
+      for (const auto& e : v) r += (r.empty() ? "" : ",") + (e.is_string() ? e.get<std::string>() : e.dump());
+      return r;
+    }
+    return v.dump();
+  };
+  out << "sshring audit report  " << s(j["window"]["since"]) << " .. " << s(j["window"]["until"]) << "  ("
+      << s(j["records"]) << " records";
+  if (j["skipped_lines"].get<uint64_t>() > 0)
+    out << ", " << s(j["skipped_lines"]) << " unreadable lines skipped";
+  out << ")\n\nFlows by tag\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& t : j["flows_by_tag"]) rows.push_back({s(t["tag"]), s(t["flows"]), s(t["bytes"])});
+  out << table({"TAG", "FLOWS", "BYTES"}, rows);
+
+  out << "\nUnapproved and expired-grant flows (" << s(j["flagged_flows_total"]) << ")\n";
+  rows.clear();
+  for (const auto& f : j["flagged_flows"]) {
+    rows.push_back({s(f["tag"]), s(f["host"]), s(f["src"]) + ":" + s(f["sport"]),
+                    target_of(s(f["dst"]), f["dport"].get<uint64_t>()), s(f["first_seen"]), s(f["bytes"]),
+                    s(f["end"]), s(f["grant_id"])});
+  }
+  out << table({"TAG", "HOST", "SOURCE", "TARGET", "FIRST SEEN", "BYTES", "END", "GRANT"}, rows);
+
+  for (const char* which : {"top_sources", "top_targets"}) {
+    bool src = std::string(which) == "top_sources";
+    out << "\nTop " << (src ? "sources" : "targets") << " of bypass flows\n";
+    rows.clear();
+    for (const auto& p : j[which]) {
+      rows.push_back(
+          {s(p[src ? "src" : "target"]), s(p["flows"]), s(p["unapproved"]), s(p["expired"]), s(p["bytes"])});
+    }
+    out << table({src ? "SOURCE" : "HOST TARGET", "FLOWS", "UNAPPROVED", "EXPIRED", "BYTES"}, rows);
+  }
+
+  out << "\nGrants\n";
+  rows.clear();
+  for (const auto& g : j["grants"]) {
+    rows.push_back({s(g["grant_id"]), s(g["status"]), s(g["who"]),
+                    s(g["from"]) + " -> " + s(g["to"]) + ":" + s(g["ports"]), s(g["expires"]),
+                    s(g["approver"]), s(g["flows"]), s(g["bytes"]), s(g["reason"])});
+  }
+  out << table({"GRANT", "STATUS", "WHO", "SCOPE", "EXPIRES", "APPROVER", "FLOWS", "BYTES", "REASON"}, rows);
+
+  out << "\nProxied sessions: " << s(j["sessions"]["ended"]) << " ended, " << s(j["sessions"]["denied"])
+      << " denied, " << s(j["sessions"]["bytes"]) << " bytes\n";
+  return out.str();
+}
+
+}  // namespace sshring::metrics

@@ -1,0 +1,55 @@
+// `sshring audit report`: a review of opt-out use built from flow, grant and session records.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "metrics/audit_record.h"
+
+namespace sshring::metrics {
+
+struct ReportOptions {
+  int64_t since_ms = 0;  // records with ts before this are ignored (grant terms are still learned)
+  int64_t until_ms = INT64_MAX;
+  size_t top = 10;        // rows in the top sources / targets tables
+  size_t max_flows = 50;  // unapproved/expired flows listed one by one
+};
+
+class AuditReport {
+ public:
+  explicit AuditReport(ReportOptions opts) : opts_(opts) {}
+
+  // Feeds one parsed record (any order within a file; files oldest first).
+  void add(const AuditRecord& rec);
+  // Counts a line that did not parse (reported, not fatal).
+  void skip() { ++skipped_; }
+
+  [[nodiscard]] nlohmann::ordered_json to_json() const;
+  [[nodiscard]] std::string to_text() const;
+
+ private:
+  struct Flow {
+    std::string host, src, dst, proto, tag, grant_id, first_seen, end;
+    uint64_t sport = 0, dport = 0, bytes = 0;
+    bool closed = false;
+  };
+  struct Grant {
+    nlohmann::json terms;  // fields of grant_add
+    std::string status = "unknown";
+    std::string ended_by;
+    std::string ended_at;
+    bool in_window = false;
+  };
+  ReportOptions opts_;
+  uint64_t records_ = 0, skipped_ = 0;
+  std::map<std::string, Flow> flows_;  // key: host|src|sport|dst|dport|proto|first_seen
+  std::vector<std::string> flow_order_;
+  std::map<std::string, Grant> grants_;
+  uint64_t sessions_ = 0, denied_ = 0, session_bytes_ = 0;
+};
+
+}  // namespace sshring::metrics
