@@ -1,0 +1,448 @@
+// SPDX-License-Identifier: GPL-2.0
+/* TC clsact classifier for direct SSH flows: tags each inbound connection at its SYN (proxied,
+ * bypass_approved, bypass_expired, bypass_unapproved), counts it per flow and per tag, and reports
+ * open/close through a ring buffer. Never drops anything except, in enforce mode, SYNs it tags
+ * expired or unapproved. Returns TC_ACT_UNSPEC otherwise so later filters on the hook still run. */
+#include "vmlinux.h"
+
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "sshring_maps.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define TC_ACT_UNSPEC (-1)
+#define TC_ACT_SHOT 2
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1FFF
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define TCP_CLOSE 7
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct sshring_config);
+} agent_config SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+  __uint(max_entries, SSHRING_MAX_PREFIXES);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct sshring_lpm_key);
+  __type(value, struct sshring_protected);
+} protected_dsts SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+  __uint(max_entries, SSHRING_MAX_PREFIXES);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct sshring_lpm_key);
+  __type(value, __u32);
+} relays SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+  __uint(max_entries, SSHRING_MAX_PREFIXES);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct sshring_lpm_key);
+  __type(value, struct sshring_rule_set);
+} grants SEC(".maps");
+
+/* Grant number -> grant id string; written and read by user space only (survives restarts). */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, SSHRING_MAX_PREFIXES);
+  __type(key, __u32);
+  __type(value, char[SSHRING_GRANT_ID_LEN]);
+} grant_names SEC(".maps");
+
+/* ifindex -> 1 if the agent created the clsact qdisc there (so detach removes only that). */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 256);
+  __type(key, __u32);
+  __type(value, __u32);
+} ifaces SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, SSHRING_MAX_FLOWS);
+  __type(key, struct sshring_flow_key);
+  __type(value, struct sshring_flow);
+} flows SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, SSHRING_NUM_TAGS);
+  __type(key, __u32);
+  __type(value, struct sshring_tag_counters);
+} tag_stats SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, SSHRING_STAT_NUM);
+  __type(key, __u32);
+  __type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_RINGBUF);
+  __uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+static __always_inline void stat_inc(__u32 idx) {
+  __u64* v = bpf_map_lookup_elem(&stats, &idx);
+  if (v) *v += 1; /* per-CPU: no atomics needed */
+}
+
+static __always_inline void tag_add(__u8 tag, __u64 flows_n, __u64 bytes) {
+  __u32 idx = tag;
+  struct sshring_tag_counters* c = bpf_map_lookup_elem(&tag_stats, &idx);
+  if (!c) return;
+  c->flows += flows_n;
+  c->packets += 1;
+  c->bytes += bytes;
+}
+
+/* Packet fields the classifier needs, parsed once. */
+struct pkt {
+  __u8 family;
+  __u32 src[4];
+  __u32 dst[4];
+  __u16 sport;
+  __u16 dport;
+  __u8 flags; /* TCP flags byte: FIN=0x01 SYN=0x02 RST=0x04 ACK=0x10 */
+};
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+enum parse_result { PARSE_OK, PARSE_SKIP, PARSE_TRUNCATED, PARSE_FRAGMENT, PARSE_V6_UNPARSED };
+
+static __always_inline void set_v4(__u32 out[4], __u32 addr) {
+  out[0] = addr;
+  out[1] = 0;
+  out[2] = 0;
+  out[3] = 0;
+}
+
+/* ::ffff:a.b.c.d is an IPv4 peer on a dual-stack socket: the policy treats it as IPv4. */
+static __always_inline int is_v4_mapped(const __u32 a[4]) {
+  return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline void unmap_v4(__u32 a[4]) {
+  a[0] = a[3];
+  a[2] = 0;
+  a[3] = 0;
+}
+
+static __always_inline int parse_tcp(void* pos, void* end, struct pkt* p) {
+  struct tcphdr* th = pos;
+  if ((void*)(th + 1) > end) return PARSE_TRUNCATED;
+  if (th->doff < 5) return PARSE_TRUNCATED;
+  p->sport = bpf_ntohs(th->source);
+  p->dport = bpf_ntohs(th->dest);
+  p->flags = ((__u8*)th)[13];
+  return PARSE_OK;
+}
+
+static __always_inline int parse(struct __sk_buff* skb, struct pkt* p) {
+  void* data = (void*)(long)skb->data;
+  void* end = (void*)(long)skb->data_end;
+  void* pos = data;
+  struct ethhdr* eth = pos;
+  if ((void*)(eth + 1) > end) return PARSE_TRUNCATED;
+  pos = eth + 1;
+  __u16 proto = eth->h_proto;
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD)) break;
+    struct vlan_hdr* vh = pos;
+    if ((void*)(vh + 1) > end) return PARSE_TRUNCATED;
+    proto = vh->h_vlan_encapsulated_proto;
+    pos = vh + 1;
+  }
+
+  if (proto == bpf_htons(ETH_P_IP)) {
+    struct iphdr* ip = pos;
+    if ((void*)(ip + 1) > end) return PARSE_TRUNCATED;
+    __u32 hl = ip->ihl * 4;
+    if (hl < sizeof(*ip)) return PARSE_TRUNCATED;
+    if (ip->protocol != IPPROTO_TCP) return PARSE_SKIP;
+    if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) return PARSE_FRAGMENT;
+    if (pos + hl > end) return PARSE_TRUNCATED;
+    p->family = 4;
+    set_v4(p->src, ip->saddr);
+    set_v4(p->dst, ip->daddr);
+    return parse_tcp(pos + hl, end, p);
+  }
+  if (proto != bpf_htons(ETH_P_IPV6)) return PARSE_SKIP;
+
+  struct ipv6hdr* ip6 = pos;
+  if ((void*)(ip6 + 1) > end) return PARSE_TRUNCATED;
+  __builtin_memcpy(p->src, &ip6->saddr, 16);
+  __builtin_memcpy(p->dst, &ip6->daddr, 16);
+  p->family = 6;
+  if (is_v4_mapped(p->src) && is_v4_mapped(p->dst)) {
+    p->family = 4;
+    unmap_v4(p->src);
+    unmap_v4(p->dst);
+  }
+  __u8 next = ip6->nexthdr;
+  pos = ip6 + 1;
+  /* Walk the common extension headers; a handful is all real traffic carries. */
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    if (next == IPPROTO_TCP) return parse_tcp(pos, end, p);
+    if (next == 0 /* hop-by-hop */ || next == 43 /* routing */ || next == 60 /* dest opts */) {
+      struct ipv6_opt_hdr* oh = pos;
+      if ((void*)(oh + 1) > end) return PARSE_TRUNCATED;
+      __u32 len = ((__u32)oh->hdrlen + 1) * 8;
+      if (pos + len > end) return PARSE_TRUNCATED;
+      next = oh->nexthdr;
+      pos += len;
+    } else if (next == 44 /* fragment */) {
+      struct frag_hdr* fh = pos;
+      if ((void*)(fh + 1) > end) return PARSE_TRUNCATED;
+      return PARSE_FRAGMENT;
+    } else if (next == 51 /* AH */) {
+      struct ipv6_opt_hdr* oh = pos;
+      if ((void*)(oh + 1) > end) return PARSE_TRUNCATED;
+      __u32 len = ((__u32)oh->hdrlen + 2) * 4;
+      if (pos + len > end) return PARSE_TRUNCATED;
+      next = oh->nexthdr;
+      pos += len;
+    } else if (next == 17 || next == 58 || next == 59) {
+      return PARSE_SKIP; /* UDP, ICMPv6, no next header */
+    } else {
+      return PARSE_V6_UNPARSED; /* ESP, mobility, unknown: cannot see the transport header */
+    }
+  }
+  if (next == IPPROTO_TCP) return parse_tcp(pos, end, p);
+  return PARSE_V6_UNPARSED;
+}
+
+static __always_inline int port_protected(const struct sshring_protected* pr, __u16 port) {
+#pragma unroll
+  for (int i = 0; i < SSHRING_MAX_PORT_RANGES; i++) {
+    if (i >= pr->count) break;
+    if (port >= pr->lo[i] && port <= pr->hi[i]) return 1;
+  }
+  return 0;
+}
+
+static __always_inline void lpm_host_key(struct sshring_lpm_key* k, __u8 family, const __u32 a[4]) {
+  k->prefixlen = SSHRING_LPM_FAMILY_BITS + (family == 4 ? 32 : 128);
+  k->family = family;
+  __builtin_memcpy(k->addr, a, 16);
+}
+
+static __always_inline int is_protected(__u8 family, const __u32 dst[4], __u16 port) {
+  struct sshring_lpm_key k;
+  lpm_host_key(&k, family, dst);
+  struct sshring_protected* pr = bpf_map_lookup_elem(&protected_dsts, &k);
+  return pr && port_protected(pr, port);
+}
+
+static __always_inline int prefix_match(const __u32 addr[4], const __u32 net[4], __u32 plen) {
+#pragma unroll
+  for (int w = 0; w < 4; w++) {
+    int bits = (int)plen - 32 * w;
+    if (bits <= 0) break;
+    __u32 mask = bits >= 32 ? 0xffffffffu : bpf_htonl(~0u << (32 - bits));
+    if ((addr[w] ^ net[w]) & mask) return 0;
+  }
+  return 1;
+}
+
+/* The decision Snapshot::classify_flow makes, taken in kernel time so expiry needs no user space. */
+static __always_inline __u8 classify(const struct pkt* p, __u32* grant) {
+  struct sshring_lpm_key k;
+  lpm_host_key(&k, p->family, p->src);
+  *grant = 0;
+  if (bpf_map_lookup_elem(&relays, &k)) return SSHRING_TAG_PROXIED;
+  struct sshring_rule_set* set = bpf_map_lookup_elem(&grants, &k);
+  if (!set) return SSHRING_TAG_UNAPPROVED;
+
+  __u32 zero = 0;
+  struct sshring_config* cfg = bpf_map_lookup_elem(&agent_config, &zero);
+  __s64 now_ns = (__s64)bpf_ktime_get_boot_ns() + (cfg ? cfg->realtime_offset_ns : 0);
+  /* Rules are sorted latest expiry first: the first covering rule is the policy's choice. */
+  for (int i = 0; i < SSHRING_MAX_RULES; i++) {
+    if (i >= set->count) break;
+    struct sshring_rule* r = &set->rules[i];
+    if (p->dport < r->port_lo || p->dport > r->port_hi) continue;
+    if (r->dst_family != p->family || !prefix_match(p->dst, r->dst, r->dst_plen)) continue;
+    *grant = r->id;
+    return now_ns < r->expires_unix * 1000000000LL ? SSHRING_TAG_APPROVED : SSHRING_TAG_EXPIRED;
+  }
+  return SSHRING_TAG_UNAPPROVED;
+}
+
+static __always_inline void emit(__u8 type, __u8 reason, const struct sshring_flow_key* key,
+                                 const struct sshring_flow* f) {
+  struct sshring_event* ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+  if (!ev) {
+    stat_inc(SSHRING_STAT_RINGBUF_FULL);
+    return;
+  }
+  ev->type = type;
+  ev->tag = f->tag;
+  ev->reason = reason;
+  ev->pad = 0;
+  ev->grant = f->grant;
+  ev->key = *key;
+  ev->first_ns = f->first_ns;
+  ev->last_ns = f->last_ns;
+  ev->packets[0] = f->packets[0];
+  ev->packets[1] = f->packets[1];
+  ev->bytes[0] = f->bytes[0];
+  ev->bytes[1] = f->bytes[1];
+  bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline int enforce_on(void) {
+  __u32 zero = 0;
+  struct sshring_config* cfg = bpf_map_lookup_elem(&agent_config, &zero);
+  return cfg && cfg->enforce;
+}
+
+static __always_inline int handle(struct __sk_buff* skb, int ingress) {
+  struct pkt p = {};
+  stat_inc(SSHRING_STAT_PACKETS);
+  int r = parse(skb, &p);
+  if (r == PARSE_TRUNCATED && skb->len > skb->data_end - skb->data) {
+    /* Headers beyond the linear area: pull them in once and parse again. */
+    if (bpf_skb_pull_data(skb, skb->len < 256 ? skb->len : 256) == 0) r = parse(skb, &p);
+  }
+  if (r != PARSE_OK) {
+    if (r == PARSE_TRUNCATED) stat_inc(SSHRING_STAT_TRUNCATED);
+    else if (r == PARSE_FRAGMENT) stat_inc(SSHRING_STAT_FRAGMENTS);
+    else if (r == PARSE_V6_UNPARSED) stat_inc(SSHRING_STAT_V6_UNPARSED);
+    return TC_ACT_UNSPEC;
+  }
+
+  /* Inbound connections only: ingress to a protected port is client->server, egress from one is
+   * server->client. */
+  struct sshring_flow_key key = {};
+  key.family = p.family;
+  int dir;
+  if (ingress) {
+    if (!is_protected(p.family, p.dst, p.dport)) return TC_ACT_UNSPEC;
+    __builtin_memcpy(key.client, p.src, 16);
+    __builtin_memcpy(key.server, p.dst, 16);
+    key.client_port = p.sport;
+    key.server_port = p.dport;
+    dir = SSHRING_DIR_C2S;
+  } else {
+    if (!is_protected(p.family, p.src, p.sport)) return TC_ACT_UNSPEC;
+    __builtin_memcpy(key.client, p.dst, 16);
+    __builtin_memcpy(key.server, p.src, 16);
+    key.client_port = p.dport;
+    key.server_port = p.sport;
+    dir = SSHRING_DIR_S2C;
+  }
+
+  __u64 now = bpf_ktime_get_boot_ns();
+  __u64 len = skb->len;
+  struct sshring_flow* f = bpf_map_lookup_elem(&flows, &key);
+  if (!f) {
+    if (!ingress || (p.flags & (TCP_SYN | TCP_ACK | TCP_RST)) != TCP_SYN) {
+      stat_inc(SSHRING_STAT_UNTRACKED);
+      return TC_ACT_UNSPEC;
+    }
+    struct sshring_flow nf = {};
+    nf.tag = classify(&p, &nf.grant);
+    nf.first_ns = now;
+    nf.last_ns = now;
+    nf.packets[0] = 1;
+    nf.bytes[0] = len;
+    tag_add(nf.tag, 1, len);
+    if (enforce_on() && (nf.tag == SSHRING_TAG_EXPIRED || nf.tag == SSHRING_TAG_UNAPPROVED)) {
+      stat_inc(SSHRING_STAT_DROPPED);
+      emit(SSHRING_EV_DENY, 0, &key, &nf);
+      return TC_ACT_SHOT;
+    }
+    if (bpf_map_update_elem(&flows, &key, &nf, BPF_NOEXIST) != 0) {
+      /* -EEXIST: another CPU inserted the same SYN first; anything else: map full. */
+      f = bpf_map_lookup_elem(&flows, &key);
+      if (!f) {
+        stat_inc(SSHRING_STAT_FLOW_MAP_FULL);
+        return TC_ACT_UNSPEC;
+      }
+    } else {
+      emit(SSHRING_EV_OPEN, 0, &key, &nf);
+      return TC_ACT_UNSPEC;
+    }
+  }
+
+  __sync_fetch_and_add(&f->packets[dir], 1);
+  __sync_fetch_and_add(&f->bytes[dir], len);
+  f->last_ns = now;
+  tag_add(f->tag, 0, len);
+
+  if (p.flags & TCP_RST) {
+    emit(SSHRING_EV_CLOSE, SSHRING_CLOSE_RST, &key, f);
+    bpf_map_delete_elem(&flows, &key);
+  } else if (p.flags & TCP_FIN) {
+    __u32 bit = dir == SSHRING_DIR_C2S ? SSHRING_FIN_C2S : SSHRING_FIN_S2C;
+    __u32 seen = __sync_fetch_and_or(&f->fin, bit) | bit;
+    if (seen == (SSHRING_FIN_C2S | SSHRING_FIN_S2C)) {
+      emit(SSHRING_EV_CLOSE, SSHRING_CLOSE_FIN, &key, f);
+      bpf_map_delete_elem(&flows, &key);
+    }
+  }
+  return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int sshring_ingress(struct __sk_buff* skb) { return handle(skb, 1); }
+
+SEC("tc")
+int sshring_egress(struct __sk_buff* skb) { return handle(skb, 0); }
+
+/* Sockets that end locally (timeouts, aborts, process exits) without a FIN pair on the wire. */
+SEC("tracepoint/sock/inet_sock_set_state")
+int sshring_sock_state(struct trace_event_raw_inet_sock_set_state* ctx) {
+  if (ctx->newstate != TCP_CLOSE || ctx->protocol != IPPROTO_TCP) return 0;
+  struct sshring_flow_key key = {};
+  if (ctx->family == AF_INET) {
+    __u32 s, d;
+    __builtin_memcpy(&s, ctx->saddr, 4);
+    __builtin_memcpy(&d, ctx->daddr, 4);
+    key.family = 4;
+    set_v4(key.server, s);
+    set_v4(key.client, d);
+  } else if (ctx->family == AF_INET6) {
+    key.family = 6;
+    __builtin_memcpy(key.server, ctx->saddr_v6, 16);
+    __builtin_memcpy(key.client, ctx->daddr_v6, 16);
+    if (is_v4_mapped(key.server) && is_v4_mapped(key.client)) {
+      key.family = 4;
+      unmap_v4(key.server);
+      unmap_v4(key.client);
+    }
+  } else {
+    return 0;
+  }
+  /* The local socket is the server side: its source is our protected port. */
+  key.server_port = ctx->sport;
+  key.client_port = ctx->dport;
+  struct sshring_flow* f = bpf_map_lookup_elem(&flows, &key);
+  if (!f) return 0;
+  stat_inc(SSHRING_STAT_CLOSED_LOCAL);
+  emit(SSHRING_EV_CLOSE, SSHRING_CLOSE_LOCAL, &key, f);
+  bpf_map_delete_elem(&flows, &key);
+  return 0;
+}
