@@ -1,0 +1,345 @@
+// The relay side of the preamble driven directly through relay/handshake.h (no sockets): every
+// allow and deny path, glued bytes, pending resolution through HandshakeContext::post, limits.
+#include "relay/auth/auth_handshake.h"
+
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <mutex>
+
+#include "policy/parser.h"
+#include "relay/auth/client.h"
+#include "relay/auth/keys.h"
+
+namespace auth = sshring::relay::auth;
+namespace relay = sshring::relay;
+namespace policy = sshring::policy;
+using sshring::common::SockAddr;
+using Kind = relay::HandshakeStep::Kind;
+
+namespace {
+
+// Monday 2024-01-01 12:00:00 UTC.
+constexpr uint64_t kNowMs = 1704110400000ull;
+
+class Context : public relay::HandshakeContext {
+ public:
+  void post(std::function<void()> fn) override {
+    std::lock_guard lock(mu_);
+    q_.push_back(std::move(fn));
+  }
+  // Runs posted callbacks until `done` or the timeout.
+  bool run_until(const std::function<bool()>& done, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!done()) {
+      std::deque<std::function<void()>> batch;
+      {
+        std::lock_guard lock(mu_);
+        batch.swap(q_);
+      }
+      for (auto& f : batch) f();
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      if (batch.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return true;
+  }
+
+ private:
+  std::mutex mu_;
+  std::deque<std::function<void()>> q_;
+};
+
+struct Fixture : ::testing::Test {
+  auth::Ed25519PrivateKey alice = auth::Ed25519PrivateKey::generate();
+  auth::Ed25519PrivateKey bob = auth::Ed25519PrivateKey::generate();
+  auth::Ed25519PrivateKey stranger = auth::Ed25519PrivateKey::generate();
+  policy::PolicyCache cache;
+  std::shared_ptr<auth::AuthHandshakeFactory> factory;
+  Context ctx;
+  uint64_t clock = kNowMs;
+  uint64_t next_id = 1;
+
+  void SetUp() override {
+    std::string yaml = R"(version: 1
+roles:
+  - name: dev
+    max_sessions: 2
+    targets:
+      - names: ["*.allowed.test"]
+        cidrs: [127.0.0.0/8]
+        ports: [22, 2222]
+      - cidrs: [10.1.0.0/16]
+  - name: night
+    windows: [{days: Mon, hours: "01:00-02:00", tz: UTC}]
+    targets:
+      - cidrs: [10.2.0.0/16]
+principals:
+  - name: alice
+    roles: [dev, night]
+    keys: [")" + auth::format_openssh_public_key(alice.public_key(), "alice") + R"("]
+  - name: bob
+    roles: [dev]
+    keys: [")" + auth::format_openssh_public_key(bob.public_key(), "bob") + R"("]
+)";
+    cache.publish(policy::Snapshot::build(std::make_shared<policy::Policy>(policy::parse_policy(yaml)), {}));
+    auth::ResolverOptions ro;
+    ro.static_hosts["db.allowed.test"] = {"127.0.0.5"};
+    ro.static_hosts["evil.allowed.test"] = {"192.0.2.7"};
+    ro.static_hosts["two.allowed.test"] = {"192.0.2.8", "127.0.0.9"};
+    auth::AuthOptions o;
+    o.relay_ids = {"relay-a"};
+    o.max_handshakes_per_source = 3;
+    o.resolver = std::make_shared<auth::AresResolver>(ro);
+    o.clock_ms = [this] { return clock; };
+    o.log_denials = false;
+    factory = std::make_shared<auth::AuthHandshakeFactory>(cache, o);
+  }
+
+  auth::Signer signer(const auth::Ed25519PrivateKey& k) {
+    auto copy = std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::from_openssh(k.to_openssh(), "k"));
+    return {k.public_key(), [copy](std::string_view d) { return copy->sign(d); }};
+  }
+  std::string hello(const auth::Ed25519PrivateKey& k, const std::string& principal, const std::string& target,
+                    uint16_t port = 22, const std::string& relay_id = "relay-a") {
+    return auth::encode_hello(auth::make_hello(signer(k), relay_id, principal, target, port, clock));
+  }
+
+  struct Session {
+    std::unique_ptr<relay::Handshake> hs;
+    std::optional<relay::HandshakeStep> resumed;
+  };
+  std::unique_ptr<Session> open(const std::string& client = "10.9.0.1:40000") {
+    auto s = std::make_unique<Session>();
+    auto* raw = s.get();
+    s->hs = factory->create(next_id++, *SockAddr::parse(client), *SockAddr::parse("127.0.0.1:2222"), ctx,
+                            [raw](relay::HandshakeStep st) { raw->resumed = std::move(st); });
+    return s;
+  }
+  // Feeds `bytes` at once and resolves a pending step.
+  relay::HandshakeStep feed(Session& s, const std::string& bytes) {
+    auto step = s.hs->on_data({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()});
+    if (step.kind != Kind::kPending) return step;
+    EXPECT_TRUE(ctx.run_until([&] { return s.resumed.has_value(); }));
+    return s.resumed.value_or(relay::HandshakeStep{});
+  }
+  static uint16_t deny_reason(const relay::HandshakeStep& st) {
+    if (st.kind != Kind::kReject) return 0;
+    auto d = auth::decode_reply({reinterpret_cast<const uint8_t*>(st.reply.data()), st.reply.size()});
+    return d.status == auth::DecodeStatus::kOk && d.reply.type == auth::FrameType::kDeny ? d.reply.reason : 0;
+  }
+  void end(Session& s, relay::EndReason r = relay::EndReason::kClosed) {
+    relay::SessionSummary sum;
+    sum.reason = r;
+    s.hs->on_end(sum);
+  }
+};
+
+uint16_t code(auth::Reason r) { return static_cast<uint16_t>(r); }
+
+}  // namespace
+
+TEST_F(Fixture, AllowsAnAddressTargetAndKeepsGluedBytes) {
+  auto s = open();
+  std::string frame = hello(alice, "alice", "10.1.2.3", 22);
+  auto st = feed(*s, frame + "SSH-2.0-OpenSSH_9.2\r\n");
+  ASSERT_EQ(st.kind, Kind::kConnect) << deny_reason(st);
+  EXPECT_EQ(st.upstream.to_string(), "10.1.2.3:22");
+  EXPECT_EQ(st.consumed, frame.size());
+  EXPECT_EQ(factory->limits().sessions_of("alice"), 1u);
+  std::string ok = s->hs->on_upstream_connected(*SockAddr::parse("127.0.0.1:50000"));
+  auto d = auth::decode_reply({reinterpret_cast<const uint8_t*>(ok.data()), ok.size()});
+  ASSERT_EQ(d.status, auth::DecodeStatus::kOk);
+  EXPECT_EQ(d.reply.type, auth::FrameType::kOk);
+  EXPECT_EQ(d.reply.session_id, 1u);
+  end(*s);
+  EXPECT_EQ(factory->limits().sessions_of("alice"), 0u);
+  EXPECT_EQ(factory->limits().handshakes_from(*SockAddr::parse("10.9.0.1:1")), 0u);
+}
+
+TEST_F(Fixture, ByteByByteNeedsMoreThenDecides) {
+  auto s = open();
+  std::string frame = hello(alice, "alice", "10.1.2.3");
+  for (size_t n = 1; n < frame.size(); ++n)
+    ASSERT_EQ(s->hs->on_data({reinterpret_cast<const uint8_t*>(frame.data()), n}).kind, Kind::kNeedMore) << n;
+  EXPECT_EQ(feed(*s, frame).kind, Kind::kConnect);
+  end(*s);
+}
+
+TEST_F(Fixture, ResolvesNamesOffTheLoopAndConnectsToTheCheckedAddress) {
+  auto s = open();
+  auto first = s->hs->on_data({reinterpret_cast<const uint8_t*>(hello(alice, "alice", "db.allowed.test").data()), 0});
+  EXPECT_EQ(first.kind, Kind::kNeedMore);
+  std::string frame = hello(alice, "alice", "db.allowed.test", 2222);
+  auto step = s->hs->on_data({reinterpret_cast<const uint8_t*>(frame.data()), frame.size()});
+  ASSERT_EQ(step.kind, Kind::kPending);
+  EXPECT_FALSE(s->resumed);  // nothing happens until the worker runs the posted callback
+  ASSERT_TRUE(ctx.run_until([&] { return s->resumed.has_value(); }));
+  ASSERT_EQ(s->resumed->kind, Kind::kConnect) << deny_reason(*s->resumed);
+  EXPECT_EQ(s->resumed->upstream.to_string(), "127.0.0.5:2222");
+  EXPECT_EQ(s->resumed->consumed, frame.size());
+  end(*s);
+
+  // Of several addresses, the first one the policy allows is used.
+  auto t = open();
+  auto st = feed(*t, hello(alice, "alice", "two.allowed.test"));
+  ASSERT_EQ(st.kind, Kind::kConnect);
+  EXPECT_EQ(st.upstream.to_string(), "127.0.0.9:22");
+  end(*t);
+}
+
+TEST_F(Fixture, RealDnsPathThroughCares) {
+  // "localhost" goes through c-ares (its /etc/hosts lookup), not the static table.
+  auto s = open();
+  auto st = feed(*s, hello(alice, "alice", "localhost"));
+  // The cidr-only target lets any name pass the name check; the resolved loopback address is then
+  // refused (no entry both names localhost and covers 127.0.0.1), and the message names it.
+  EXPECT_EQ(deny_reason(st), code(auth::Reason::kAddressNotAllowed));
+  EXPECT_NE(st.reply.find("127.0.0.1"), std::string::npos);
+  end(*s);
+  auto t = open();
+  auto st2 = feed(*t, hello(alice, "alice", "nonexistent.allowed.test"));
+  EXPECT_EQ(deny_reason(st2), code(auth::Reason::kResolveFailed));
+  end(*t);
+}
+
+TEST_F(Fixture, Denials) {
+  struct Case {
+    const char* name;
+    std::function<std::string()> input;
+    auth::Reason want;
+  };
+  std::vector<Case> cases = {
+      {"unknown principal", [&] { return hello(alice, "mallory", "10.1.0.1"); }, auth::Reason::kUnknownPrincipal},
+      {"key not listed", [&] { return hello(stranger, "alice", "10.1.0.1"); }, auth::Reason::kKeyNotListed},
+      {"someone else's key", [&] { return hello(bob, "alice", "10.1.0.1"); }, auth::Reason::kKeyNotListed},
+      {"wrong signature",
+       [&] {
+         auto h = auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock);
+         h.signature[0] ^= 1;
+         return auth::encode_hello(h);
+       },
+       auth::Reason::kBadSignature},
+      {"signed for another target",
+       [&] {
+         auto h = auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock);
+         h.target = "10.1.0.2";  // redirect attempt: signature no longer matches
+         return auth::encode_hello(h);
+       },
+       auth::Reason::kBadSignature},
+      {"another relay", [&] { return hello(alice, "alice", "10.1.0.1", 22, "relay-b"); }, auth::Reason::kWrongRelay},
+      {"target not allowed", [&] { return hello(alice, "alice", "10.3.0.1"); }, auth::Reason::kTargetNotAllowed},
+      {"port not allowed", [&] { return hello(alice, "alice", "db.allowed.test", 23); },
+       auth::Reason::kTargetNotAllowed},
+      {"name resolving to a disallowed address", [&] { return hello(alice, "alice", "evil.allowed.test"); },
+       auth::Reason::kAddressNotAllowed},
+      {"outside time window", [&] { return hello(alice, "alice", "10.2.0.1"); }, auth::Reason::kOutsideTimeWindow},
+      {"stale",
+       [&] {
+         return auth::encode_hello(auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock - 31000));
+       },
+       auth::Reason::kStale},
+      {"from the future",
+       [&] {
+         return auth::encode_hello(auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock + 31000));
+       },
+       auth::Reason::kStale},
+      {"garbage", [] { return std::string("SSH-2.0-OpenSSH_9.2\r\n"); }, auth::Reason::kMalformed},
+      {"oversized", [&] {
+         std::string f = hello(alice, "alice", "10.1.0.1");
+         f[6] = 0x20;  // declares an 8 KiB payload
+         return f;
+       },
+       auth::Reason::kMalformed},
+      {"version 2", [&] {
+         std::string f = hello(alice, "alice", "10.1.0.1");
+         f[4] = 2;
+         return f;
+       },
+       auth::Reason::kUnsupportedVersion},
+  };
+  for (const auto& c : cases) {
+    auto s = open();
+    auto st = feed(*s, c.input());
+    EXPECT_EQ(st.kind, Kind::kReject) << c.name;
+    EXPECT_EQ(deny_reason(st), code(c.want)) << c.name;
+    end(*s, relay::EndReason::kDenied);
+    EXPECT_GE(factory->decisions(code(c.want)), 1u) << c.name;
+  }
+  EXPECT_EQ(factory->limits().sessions_of("alice"), 0u);
+  EXPECT_EQ(factory->limits().handshakes_from(*SockAddr::parse("10.9.0.1:1")), 0u);
+}
+
+TEST_F(Fixture, ReplayedPreambleIsDenied) {
+  std::string frame = hello(alice, "alice", "10.1.0.1");
+  auto a = open();
+  EXPECT_EQ(feed(*a, frame).kind, Kind::kConnect);
+  end(*a);
+  clock += 5000;  // still inside the skew window
+  auto b = open("10.9.0.2:1");
+  EXPECT_EQ(deny_reason(feed(*b, frame)), code(auth::Reason::kReplayed));
+  end(*b);
+  clock += 60000;  // outside the window the clock check refuses it
+  auto c = open("10.9.0.2:1");
+  EXPECT_EQ(deny_reason(feed(*c, frame)), code(auth::Reason::kStale));
+  end(*c);
+}
+
+TEST_F(Fixture, SessionLimitPerPrincipal) {
+  auto a = open(), b = open();
+  EXPECT_EQ(feed(*a, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
+  EXPECT_EQ(feed(*b, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
+  auto c = open();
+  EXPECT_EQ(deny_reason(feed(*c, hello(alice, "alice", "10.1.0.1"))), code(auth::Reason::kTooManySessions));
+  end(*c, relay::EndReason::kDenied);
+  // Another principal is not affected; ending a session frees a slot.
+  auto d = open();
+  EXPECT_EQ(feed(*d, hello(bob, "bob", "10.1.0.1")).kind, Kind::kConnect);
+  end(*a);
+  auto e = open();
+  EXPECT_EQ(feed(*e, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
+  end(*b);
+  end(*d);
+  end(*e);
+  EXPECT_EQ(factory->limits().sessions_of("alice"), 0u);
+}
+
+TEST_F(Fixture, HandshakeCapPerSourceAddress) {
+  std::vector<std::unique_ptr<Session>> idle;
+  for (int i = 0; i < 3; ++i) idle.push_back(open("10.9.0.7:" + std::to_string(1000 + i)));
+  auto over = open("10.9.0.7:2000");
+  EXPECT_EQ(deny_reason(feed(*over, hello(alice, "alice", "10.1.0.1"))), code(auth::Reason::kTooManyHandshakes));
+  end(*over, relay::EndReason::kDenied);
+  auto other_source = open("10.9.0.8:2000");
+  EXPECT_EQ(feed(*other_source, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
+  end(*other_source);
+  // A slowloris connection that times out frees its slot.
+  end(*idle[0], relay::EndReason::kHandshakeTimeout);
+  EXPECT_EQ(factory->decisions(code(auth::Reason::kTimeout)), 1u);
+  auto again = open("10.9.0.7:3000");
+  EXPECT_EQ(feed(*again, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
+  end(*again);
+  for (size_t i = 1; i < idle.size(); ++i) end(*idle[i], relay::EndReason::kHandshakeTimeout);
+}
+
+TEST_F(Fixture, UpstreamFailureIsTargetUnreachable) {
+  auto s = open();
+  ASSERT_EQ(feed(*s, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
+  std::string deny = s->hs->on_upstream_failed(ECONNREFUSED);
+  auto d = auth::decode_reply({reinterpret_cast<const uint8_t*>(deny.data()), deny.size()});
+  ASSERT_EQ(d.status, auth::DecodeStatus::kOk);
+  EXPECT_EQ(d.reply.reason, code(auth::Reason::kTargetUnreachable));
+  end(*s, relay::EndReason::kConnectFailed);
+  EXPECT_EQ(factory->limits().sessions_of("alice"), 0u);
+}
+
+TEST_F(Fixture, SessionEndingWhileResolvingIsSafe) {
+  // The handshake goes away while the name is being resolved; the late answer must be dropped.
+  auto s = open();
+  std::string frame = hello(alice, "alice", "slow.allowed.test");  // goes to DNS (fails eventually)
+  auto step = s->hs->on_data({reinterpret_cast<const uint8_t*>(frame.data()), frame.size()});
+  ASSERT_EQ(step.kind, Kind::kPending);
+  end(*s, relay::EndReason::kHandshakeTimeout);
+  s->hs.reset();
+  EXPECT_EQ(factory->limits().sessions_of("alice"), 0u);
+  ctx.run_until([] { return false; }, std::chrono::milliseconds(200));
+}
