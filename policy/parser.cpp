@@ -123,7 +123,7 @@ class Parser {
   }
 
   // A list (a lone scalar is not accepted: lists are written [a, b] or "- a").
-  const YAML::Node& seq(const YAML::Node& n, const std::string& key, size_t limit, bool non_empty) const {
+  YAML::Node seq(const YAML::Node& n, const std::string& key, size_t limit, bool non_empty) const {
     if (!n.IsSequence()) fail(n.Mark(), key, "expected a list, got " + kind(n));
     if (n.size() > limit) {
       fail(n.Mark(), key,
@@ -261,7 +261,7 @@ class Parser {
     Target t;
     if (n["cidrs"]) t.cidrs = cidrs(n["cidrs"], sub(key, "cidrs"), kMaxListItems, true);
     if (n["names"]) {
-      const auto& l = seq(n["names"], sub(key, "names"), kMaxListItems, true);
+      const YAML::Node l = seq(n["names"], sub(key, "names"), kMaxListItems, true);
       for (size_t i = 0; i < l.size(); ++i) {
         std::string g =
             scalar(l[i], idx(sub(key, "names"), i), "a host name or glob like *.prod.example.com", 253);
@@ -299,7 +299,7 @@ class Parser {
 
     std::map<std::string, YAML::Mark> seen_hosts;
     if (root["hosts"]) {
-      const auto& l = seq(root["hosts"], "hosts", kMaxHosts, false);
+      const YAML::Node l = seq(root["hosts"], "hosts", kMaxHosts, false);
       for (size_t i = 0; i < l.size(); ++i) {
         std::string key = idx("hosts", i);
         check_map(l[i], key, {"name", "cidrs", "ssh_ports"}, {"name", "cidrs"});
@@ -316,7 +316,7 @@ class Parser {
 
     std::set<std::string> role_names;
     if (root["roles"]) {
-      const auto& l = seq(root["roles"], "roles", kMaxRoles, false);
+      const YAML::Node l = seq(root["roles"], "roles", kMaxRoles, false);
       for (size_t i = 0; i < l.size(); ++i) {
         std::string key = idx("roles", i);
         check_map(l[i], key, {"name", "targets", "max_sessions", "windows"}, {"name", "targets"});
@@ -325,7 +325,7 @@ class Parser {
         if (!role_names.insert(r.name).second) {
           fail(l[i]["name"].Mark(), sub(key, "name"), "duplicate role name '" + r.name + "'");
         }
-        const auto& tl = seq(l[i]["targets"], sub(key, "targets"), kMaxListItems, false);
+        const YAML::Node tl = seq(l[i]["targets"], sub(key, "targets"), kMaxListItems, false);
         for (size_t j = 0; j < tl.size(); ++j)
           r.targets.push_back(target(tl[j], idx(sub(key, "targets"), j)));
         if (l[i]["max_sessions"]) {
@@ -333,7 +333,7 @@ class Parser {
               static_cast<uint32_t>(integer(l[i]["max_sessions"], sub(key, "max_sessions"), 1, 100000));
         }
         if (l[i]["windows"]) {
-          const auto& wl = seq(l[i]["windows"], sub(key, "windows"), kMaxWindows, false);
+          const YAML::Node wl = seq(l[i]["windows"], sub(key, "windows"), kMaxWindows, false);
           for (size_t j = 0; j < wl.size(); ++j)
             r.windows.push_back(window(wl[j], idx(sub(key, "windows"), j)));
         }
@@ -343,7 +343,7 @@ class Parser {
 
     std::set<std::string> principal_names;
     if (root["principals"]) {
-      const auto& l = seq(root["principals"], "principals", kMaxPrincipals, false);
+      const YAML::Node l = seq(root["principals"], "principals", kMaxPrincipals, false);
       for (size_t i = 0; i < l.size(); ++i) {
         std::string key = idx("principals", i);
         check_map(l[i], key, {"name", "roles", "keys"}, {"name"});
@@ -362,7 +362,7 @@ class Parser {
           }
         }
         if (l[i]["keys"]) {
-          const auto& kl = seq(l[i]["keys"], sub(key, "keys"), kMaxKeysPerPrincipal, false);
+          const YAML::Node kl = seq(l[i]["keys"], sub(key, "keys"), kMaxKeysPerPrincipal, false);
           std::set<std::string> fps;
           for (size_t j = 0; j < kl.size(); ++j) {
             std::string line =
@@ -383,7 +383,7 @@ class Parser {
 
     if (root["opt_out"]) {
       std::set<std::string> ids;
-      const auto& l = seq(root["opt_out"], "opt_out", kMaxOptOut, false);
+      const YAML::Node l = seq(root["opt_out"], "opt_out", kMaxOptOut, false);
       for (size_t i = 0; i < l.size(); ++i) {
         std::string key = idx("opt_out", i);
         const auto& n = l[i];
