@@ -2,14 +2,24 @@
 // collectors that sum per-worker LocalCounters.
 #include "metrics/server.h"
 
+#include <poll.h>
 #include <prometheus/collectable.h>
 #include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
+#include <prometheus/text_serializer.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <mutex>
 #include <stdexcept>
+#include <thread>
 
+#include "common/error.h"
 #include "common/sockaddr.h"
+#include "common/unique_fd.h"
 
 #ifndef SSHRING_METRICS_VERSION
 #define SSHRING_METRICS_VERSION "unknown"
@@ -50,6 +60,93 @@ prometheus::MetricFamily family(std::string name, std::string help, prometheus::
   return f;
 }
 
+// Debian's civetweb is built without IPv6, so the Exposer cannot bind "[::1]:9100". For IPv6 addresses
+// we serve GET /metrics ourselves: one thread, one connection at a time (Prometheus scrapes rarely),
+// bounded request size and a receive timeout so a stuck client cannot hold the endpoint.
+class Ipv6Endpoint {
+ public:
+  using Render = std::function<std::string()>;
+
+  Ipv6Endpoint(const common::SockAddr& addr, Render render) : render_(std::move(render)) {
+    listen_.reset(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!listen_) common::throw_errno("socket");
+    int one = 1;
+    ::setsockopt(listen_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    ::setsockopt(listen_.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (::bind(listen_.get(), addr.get(), addr.len()) != 0) common::throw_errno("bind " + addr.to_string());
+    if (::listen(listen_.get(), 16) != 0) common::throw_errno("listen " + addr.to_string());
+    common::SockAddr bound;
+    *bound.len_mut() = sizeof(sockaddr_storage);
+    if (::getsockname(listen_.get(), bound.get_mut(), bound.len_mut()) != 0)
+      common::throw_errno("getsockname");
+    port_ = bound.port();
+    wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!wake_) common::throw_errno("eventfd");
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~Ipv6Endpoint() {
+    uint64_t one = 1;
+    (void)!::write(wake_.get(), &one, sizeof(one));
+    thread_.join();
+  }
+  Ipv6Endpoint(const Ipv6Endpoint&) = delete;
+  Ipv6Endpoint& operator=(const Ipv6Endpoint&) = delete;
+
+  [[nodiscard]] uint16_t port() const { return port_; }
+
+ private:
+  void loop() {
+    while (true) {
+      pollfd fds[2] = {{listen_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
+      if (::poll(fds, 2, -1) < 0) {
+        if (errno == EINTR) continue;
+        return;
+      }
+      if (fds[1].revents) return;
+      common::UniqueFd conn(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (conn) serve(conn.get());
+    }
+  }
+
+  void serve(int fd) {
+    timeval tv{2, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    std::string req;
+    char buf[2048];
+    while (req.find("\r\n\r\n") == std::string::npos && req.size() < 8192) {
+      ssize_t n = ::read(fd, buf, sizeof(buf));
+      if (n <= 0) return;
+      req.append(buf, static_cast<size_t>(n));
+    }
+    std::string status = "200 OK", body;
+    std::string type = "text/plain; version=0.0.4; charset=utf-8";
+    if (req.rfind("GET ", 0) != 0) {
+      status = "405 Method Not Allowed";
+    } else if (req.rfind("GET /metrics ", 0) != 0 && req.rfind("GET /metrics?", 0) != 0) {
+      status = "404 Not Found";
+      type = "text/plain";
+      body = "not found: use /metrics\n";
+    } else {
+      body = render_();
+    }
+    std::string resp = "HTTP/1.1 " + status + "\r\nContent-Type: " + type +
+                       "\r\nContent-Length: " + std::to_string(body.size()) +
+                       "\r\nConnection: close\r\n\r\n" + body;
+    std::string_view rest = resp;
+    while (!rest.empty()) {
+      ssize_t n = ::send(fd, rest.data(), rest.size(), MSG_NOSIGNAL);
+      if (n <= 0) return;
+      rest.remove_prefix(static_cast<size_t>(n));
+    }
+  }
+
+  Render render_;
+  common::UniqueFd listen_, wake_;
+  uint16_t port_ = 0;
+  std::thread thread_;
+};
+
 }  // namespace
 
 prometheus::MetricFamily counter_family(std::string name, std::string help) {
@@ -79,7 +176,8 @@ void add_sample(prometheus::MetricFamily& family, const Labels& labels, double v
 
 struct Server::Impl {
   std::shared_ptr<CollectorSet> collectors = std::make_shared<CollectorSet>();
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<prometheus::Exposer> exposer;  // IPv4
+  std::unique_ptr<Ipv6Endpoint> ipv6;            // IPv6 (see Ipv6Endpoint)
 };
 
 Server::Server(const std::string& listen, std::string component)
@@ -91,8 +189,16 @@ Server::Server(const std::string& listen, std::string component)
                              "' is not ADDR:PORT (e.g. 127.0.0.1:9100 or [::1]:9100)");
   }
   try {
-    // civetweb takes "[::1]:9100" for IPv6 and "127.0.0.1:9100" for IPv4, the same forms we accept.
-    impl_->exposer = std::make_unique<prometheus::Exposer>(addr->to_string(), 1);
+    if (addr->family() == AF_INET6) {
+      impl_->ipv6 =
+          std::make_unique<Ipv6Endpoint>(*addr, [registry = registry_, collectors = impl_->collectors] {
+            auto families = registry->Collect();
+            for (auto& f : collectors->Collect()) families.push_back(std::move(f));
+            return prometheus::TextSerializer().Serialize(families);
+          });
+    } else {
+      impl_->exposer = std::make_unique<prometheus::Exposer>(addr->to_string(), 1);
+    }
   } catch (const std::exception& e) {
     throw std::runtime_error("metrics: cannot listen on " + listen + ": " + e.what() +
                              " (is the port in use or the address not local?)");
@@ -103,13 +209,16 @@ Server::Server(const std::string& listen, std::string component)
       .Register(*registry_)
       .Add({{"version", SSHRING_METRICS_VERSION}, {"component", std::move(component)}})
       .Set(1);
-  impl_->exposer->RegisterCollectable(registry_);
-  impl_->exposer->RegisterCollectable(impl_->collectors);
+  if (impl_->exposer) {
+    impl_->exposer->RegisterCollectable(registry_);
+    impl_->exposer->RegisterCollectable(impl_->collectors);
+  }
 }
 
 Server::~Server() {
   // Stop serving before the registry and collectors (and whatever they read) go away.
   impl_->exposer.reset();
+  impl_->ipv6.reset();
 }
 
 void Server::add_collector(Collector fn) {
@@ -117,6 +226,7 @@ void Server::add_collector(Collector fn) {
 }
 
 uint16_t Server::port() const {
+  if (impl_->ipv6) return impl_->ipv6->port();
   auto ports = impl_->exposer->GetListeningPorts();
   return ports.empty() ? 0 : static_cast<uint16_t>(ports.front());
 }

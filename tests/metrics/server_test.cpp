@@ -32,8 +32,14 @@ TEST(ServerTest, ListensOnIpv6Loopback) {
     GTEST_SKIP() << "no IPv6 loopback here: " << e.what();
   }
   ASSERT_NE(server->port(), 0);
+  AgentStats stats;
+  register_agent(*server, &stats);
+  stats.flows_by_tag[3].add(2);
   auto body = http_get("::1", server->port(), "/metrics");
   EXPECT_NE(body.find("component=\"agent\""), std::string::npos) << body;
+  EXPECT_EQ(sample(body, "sshring_bypass_flows_total{tag=\"bypass_unapproved\"}"), 2) << body;
+  EXPECT_EQ(testing::parse_types(body)["sshring_bypass_flows_total"], "counter");
+  EXPECT_THROW(http_get("::1", server->port(), "/other"), std::runtime_error);
 }
 
 TEST(ServerTest, BadAddressesNameTheAddress) {
