@@ -1,13 +1,17 @@
 // A real Prometheus (Debian's /usr/bin/prometheus) scrapes running exporters every second with the
 // project's rules loaded; then every Grafana panel query in deploy/grafana must parse and return data,
 // and the recording rules and an alert must evaluate.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "common/unique_fd.h"
 #include "tests/metrics/scrape.h"
 #include "tests/support/process.h"
 
@@ -47,7 +51,9 @@ std::string substitute(std::string expr) {
 
 class PrometheusFixture : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { start(); }
+
+  void start() {
     if (!fs::exists("/usr/bin/prometheus"))
       GTEST_SKIP() << "/usr/bin/prometheus missing (scripts/install-deps)";
     relay_port_ = sshring::testing::free_port();
@@ -153,6 +159,124 @@ TEST_F(PrometheusFixture, RulesEvaluateOnScrapedData) {
                                                           << reload.dump();
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
   }
+}
+
+// An upstream that reads kUp bytes from each client, answers kDown bytes and closes.
+class Upstream {
+ public:
+  static constexpr size_t kUp = 1000, kDown = 500;
+  Upstream() {
+    fd_.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    if (::bind(fd_.get(), reinterpret_cast<sockaddr*>(&a), len) != 0 || ::listen(fd_.get(), 16) != 0 ||
+        ::getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      throw std::runtime_error("upstream listen failed");
+    }
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] {
+      while (true) {
+        common::UniqueFd c(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+        if (!c) return;  // shutdown() below
+        size_t got = 0;
+        char buf[4096];
+        while (got < kUp) {
+          ssize_t n = ::read(c.get(), buf, sizeof(buf));
+          if (n <= 0) break;
+          got += static_cast<size_t>(n);
+        }
+        std::string reply(kDown, 'y');
+        (void)!::write(c.get(), reply.data(), reply.size());
+      }
+    });
+  }
+  ~Upstream() {
+    ::shutdown(fd_.get(), SHUT_RDWR);
+    thread_.join();
+  }
+  [[nodiscard]] uint16_t port() const { return port_; }
+
+ private:
+  common::UniqueFd fd_;
+  uint16_t port_ = 0;
+  std::thread thread_;
+};
+
+// One client session through the relay: send kUp bytes, read until the relay closes.
+size_t session(uint16_t relay_port) {
+  common::UniqueFd c(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(relay_port);
+  if (::connect(c.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) return 0;
+  std::string out(Upstream::kUp, 'x');
+  (void)!::write(c.get(), out.data(), out.size());
+  size_t got = 0;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(c.get(), buf, sizeof(buf))) > 0) got += static_cast<size_t>(n);
+  return got;
+}
+
+// The real `sshring relay` (static route) after known traffic: exact counters on its /metrics, and
+// Prometheus scrapes it beside the stand-in exporters.
+class RealRelayFixture : public PrometheusFixture {
+ protected:
+  void SetUp() override {
+    if (!fs::exists("/usr/bin/prometheus")) GTEST_SKIP() << "/usr/bin/prometheus missing";
+    listen_port_ = sshring::testing::free_port();
+    real_relay_metrics_port_ = sshring::testing::free_port();
+    real_relay_ = Process(
+        {sshring::testing::sshring_bin(), "relay", "--listen", "127.0.0.1:" + std::to_string(listen_port_),
+         "--upstream", "127.0.0.1:" + std::to_string(upstream_.port()), "--metrics",
+         "127.0.0.1:" + std::to_string(real_relay_metrics_port_), "--quiet"},
+        {.stdout_path = dir_.file("sshring-relay.out"), .stderr_path = dir_.file("sshring-relay.err")});
+    ASSERT_TRUE(sshring::testing::wait_for_port("127.0.0.1", listen_port_))
+        << sshring::testing::read_file(dir_.file("sshring-relay.err"));
+    if (!sshring::testing::wait_for_port("127.0.0.1", real_relay_metrics_port_, std::chrono::seconds(2))) {
+      GTEST_SKIP() << "sshring relay accepts --metrics but does not serve it yet";
+    }
+    start();
+  }
+  Upstream upstream_;
+  uint16_t listen_port_ = 0;
+  Process real_relay_;
+};
+
+TEST_F(RealRelayFixture, KnownTrafficGivesExactCountersAndIsScraped) {
+  constexpr int kSessions = 3;
+  for (int i = 0; i < kSessions; ++i) ASSERT_EQ(session(listen_port_), Upstream::kDown);
+  // Counters are summed at scrape time; give the workers a moment to account the closes.
+  std::string body;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  double ended = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    body = testing::http_get("127.0.0.1", real_relay_metrics_port_, "/metrics");
+    ended = 0;
+    for (const auto& [key, v] : testing::parse_samples(body)) {
+      if (key.rfind("sshring_relay_sessions_total{", 0) == 0) ended += v;
+    }
+    if (ended >= kSessions) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(ended, kSessions) << body;
+  EXPECT_EQ(testing::sample(body, "sshring_relay_sessions_active"), 0) << body;
+  EXPECT_EQ(testing::sample(body, "sshring_relay_bytes_total{direction=\"client_to_upstream\"}"),
+            kSessions * Upstream::kUp)
+      << body;
+  EXPECT_EQ(testing::sample(body, "sshring_relay_bytes_total{direction=\"upstream_to_client\"}"),
+            kSessions * Upstream::kDown)
+      << body;
+
+  // Prometheus sees it as a relay target with the same numbers.
+  std::string inst = "127.0.0.1:" + std::to_string(real_relay_metrics_port_);
+  auto r = query("sum(sshring_relay_bytes_total{job=\"sshring-relay\",instance=\"" + inst + "\"})");
+  ASSERT_EQ(r["data"]["result"].size(), 1u) << r.dump();
+  EXPECT_EQ(r["data"]["result"][0]["value"][1],
+            std::to_string(kSessions * (Upstream::kUp + Upstream::kDown)));
 }
 
 }  // namespace
