@@ -11,8 +11,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <utility>
 
 #include "common/error.h"
@@ -58,6 +61,27 @@ bool is_ours(const std::string& name) {
   return name == kIngressProgName || name == kEgressProgName;
 }
 
+// libbpf prints kernel extack messages for probes that are expected to fail ("Parent Qdisc doesn't
+// exists" when querying an interface without clsact); those are silenced, verifier logs are not.
+thread_local bool t_quiet = false;
+
+int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list ap) {
+  if (level == LIBBPF_DEBUG || t_quiet) return 0;
+  return std::vfprintf(stderr, fmt, ap);
+}
+
+void install_libbpf_print() {
+  static std::once_flag once;
+  std::call_once(once, [] { libbpf_set_print(libbpf_print); });
+}
+
+struct Quiet {
+  Quiet() { t_quiet = true; }
+  ~Quiet() { t_quiet = false; }
+  Quiet(const Quiet&) = delete;
+  Quiet& operator=(const Quiet&) = delete;
+};
+
 }  // namespace
 
 void check_environment() {
@@ -88,6 +112,7 @@ void ensure_bpffs_dir(const std::string& dir) {
 }
 
 BpfObject::BpfObject(const Options& opts) {
+  install_libbpf_print();
   libbpf_set_strict_mode(LIBBPF_STRICT_ALL);
   skel_ = sshring_bpf__open();
   if (!skel_) throw_errno("open BPF skeleton (is the bpf() syscall available?)");
@@ -110,7 +135,7 @@ BpfObject::BpfObject(const Options& opts) {
           -err);
     if (opts.attach_tracepoint) {
       bpf_link* link = bpf_program__attach(skel_->progs.sshring_sock_state);
-      if (!link) throw_errno("attach tracepoint sock:inet_sock_set_state");
+      if (!link) throw_errno("attach tp_btf inet_sock_set_state");
       tp_link_ = link;
     }
     if (!opts.pin_dir.empty()) {
@@ -220,6 +245,8 @@ void remove_pins(const std::string& dir) {
 }
 
 std::optional<TcSlot> query_tc_slot(int ifindex, bool ingress) {
+  install_libbpf_print();
+  Quiet quiet;
   LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex,
               .attach_point = ingress ? BPF_TC_INGRESS : BPF_TC_EGRESS);
   LIBBPF_OPTS(bpf_tc_opts, q, .handle = kTcHandle, .priority = kTcPriority);

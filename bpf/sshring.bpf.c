@@ -7,6 +7,7 @@
 
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 
 #include "sshring_maps.h"
 
@@ -412,22 +413,22 @@ int sshring_ingress(struct __sk_buff* skb) { return handle(skb, 1); }
 SEC("tc")
 int sshring_egress(struct __sk_buff* skb) { return handle(skb, 0); }
 
-/* Sockets that end locally (timeouts, aborts, process exits) without a FIN pair on the wire. */
-SEC("tracepoint/sock/inet_sock_set_state")
-int sshring_sock_state(struct trace_event_raw_inet_sock_set_state* ctx) {
-  if (ctx->newstate != TCP_CLOSE || ctx->protocol != IPPROTO_TCP) return 0;
+/* Sockets that end locally (timeouts, aborts, process exits) without a FIN pair on the wire.
+ * tp_btf attaches by BTF id, so it needs no tracefs (absent inside `ip netns exec`). */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(sshring_sock_state, struct sock* sk, int oldstate, int newstate) {
+  if (newstate != TCP_CLOSE || sk->sk_protocol != IPPROTO_TCP) return 0;
   struct sshring_flow_key key = {};
-  if (ctx->family == AF_INET) {
-    __u32 s, d;
-    __builtin_memcpy(&s, ctx->saddr, 4);
-    __builtin_memcpy(&d, ctx->daddr, 4);
+  const struct sock_common* c = &sk->__sk_common;
+  __u16 family = c->skc_family;
+  if (family == AF_INET) {
     key.family = 4;
-    set_v4(key.server, s);
-    set_v4(key.client, d);
-  } else if (ctx->family == AF_INET6) {
+    set_v4(key.server, c->skc_rcv_saddr);
+    set_v4(key.client, c->skc_daddr);
+  } else if (family == AF_INET6) {
     key.family = 6;
-    __builtin_memcpy(key.server, ctx->saddr_v6, 16);
-    __builtin_memcpy(key.client, ctx->daddr_v6, 16);
+    bpf_probe_read_kernel(key.server, 16, &c->skc_v6_rcv_saddr);
+    bpf_probe_read_kernel(key.client, 16, &c->skc_v6_daddr);
     if (is_v4_mapped(key.server) && is_v4_mapped(key.client)) {
       key.family = 4;
       unmap_v4(key.server);
@@ -436,9 +437,9 @@ int sshring_sock_state(struct trace_event_raw_inet_sock_set_state* ctx) {
   } else {
     return 0;
   }
-  /* The local socket is the server side: its source is our protected port. */
-  key.server_port = ctx->sport;
-  key.client_port = ctx->dport;
+  /* The local socket is the server side: its local port is the protected one. */
+  key.server_port = c->skc_num;
+  key.client_port = bpf_ntohs(c->skc_dport);
   struct sshring_flow* f = bpf_map_lookup_elem(&flows, &key);
   if (!f) return 0;
   stat_inc(SSHRING_STAT_CLOSED_LOCAL);

@@ -1,0 +1,323 @@
+// The built `sshring agent` in a host namespace with a real sshd, and ssh clients in a client
+// namespace whose veth carries one address per kind of source:
+//
+//   client netns (10.77.1.2 granted, 10.77.2.2 ungranted, 10.77.9.2 relay, 10.77.4.2 short grant)
+//     vc  <-- veth -->  vh  host netns (10.77.0.1, sshd :22, agent on vh ingress+egress)
+//
+// Checked: each tag in flow_open/flow_close audit records, enforce mode refusing the unapproved,
+// a grant expiring during the test, per-flow bytes against the veth's own counters, an agent restart
+// in the middle of a transfer (counts keep growing, no second filter), and --detach.
+#include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "policy/grant.h"
+#include "policy/grant_store.h"
+#include "tests/support/netns.h"
+#include "tests/support/process.h"
+#include "tests/support/sshd.h"
+
+namespace sshring::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+constexpr const char* kHostAddr = "10.77.0.1";
+// Not 22: OpenSSH looks up port-22 hosts in known_hosts without the [host]:port form the fixture writes.
+constexpr uint16_t kSshPort = 2222;
+constexpr const char* kGranted = "10.77.1.2";
+constexpr const char* kUngranted = "10.77.2.2";
+constexpr const char* kRelay = "10.77.9.2";
+constexpr const char* kShort = "10.77.4.2";
+
+std::vector<json> read_records(const std::string& path) {
+  std::vector<json> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = json::parse(line, nullptr, false);
+    if (!j.is_discarded()) out.push_back(std::move(j));
+  }
+  return out;
+}
+
+// Waits for a record of `type` from `src`; returns the n-th (0-based) such record.
+std::optional<json> wait_record(const std::string& path, const std::string& type, const std::string& src,
+                                size_t nth = 0, std::chrono::milliseconds timeout = 15s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  do {
+    size_t seen = 0;
+    for (auto& r : read_records(path)) {
+      if (r.value("type", "") != type || !r.contains("flow") || r["flow"].value("src", "") != src) continue;
+      if (seen++ == nth) return r;
+    }
+    std::this_thread::sleep_for(100ms);
+  } while (std::chrono::steady_clock::now() < deadline);
+  return std::nullopt;
+}
+
+uint64_t iface_bytes(const NetNs& ns, const std::string& dev) {
+  std::string out;
+  ns.exec("cat /sys/class/net/" + dev + "/statistics/rx_bytes /sys/class/net/" + dev + "/statistics/tx_bytes",
+          &out);
+  std::istringstream in(out);
+  uint64_t rx = 0, tx = 0;
+  in >> rx >> tx;
+  return rx + tx;
+}
+
+class AgentIntegration : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!can_use_netns(&why)) GTEST_SKIP() << why;
+    if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) GTEST_SKIP() << "kernel has no BTF";
+    host_.emplace("agent-host");
+    cli_.emplace("agent-cli");
+    link_veth(*host_, "vh", std::string(kHostAddr) + "/16", *cli_, "vc", std::string(kGranted) + "/16");
+    for (const char* a : {kUngranted, kRelay, kShort})
+      ASSERT_EQ(run({"ip", "-n", cli_->name(), "addr", "add", std::string(a) + "/16", "dev", "vc"}), 0);
+    // A bpffs of our own: `ip netns exec` hides /sys/fs/bpf, and a real pin root must stay untouched.
+    bpffs_ = dir_.file("bpffs");
+    ASSERT_EQ(run({"mkdir", "-p", bpffs_}), 0);
+    ASSERT_EQ(::mount("bpf", bpffs_.c_str(), "bpf", 0, nullptr), 0) << "mount bpffs";
+    mounted_ = true;
+    pin_dir_ = bpffs_ + "/sshring-test-" + std::to_string(::getpid());
+    audit_ = dir_.file("agent.audit.jsonl");
+    grants_ = dir_.file("grants");
+    now_ = ::time(nullptr);
+    policy::DirGrantStore store(grants_);
+    store.add(make_grant("g-0000000000a1", "10.77.1.0/24", now_ + 3600));
+    short_expiry_ = now_ + 10;
+    store.add(make_grant("g-0000000000b2", "10.77.4.0/24", short_expiry_));
+    write_file(dir_.file("policy.yaml"), std::string("version: 1\ngrant_store: ") + grants_ + R"(
+relays: [10.77.9.0/24]
+hosts:
+  - name: test
+    cidrs: [10.77.0.0/24]
+    ssh_ports: [2222]
+opt_out:
+  - id: ops
+    who: {roles: [], principals: [alice]}
+    from: [10.77.0.0/16]
+    to: {cidrs: [10.77.0.0/24], ports: [2222]}
+    max_ttl: 8h
+    require_grant: true
+    expires: 2099-01-01T00:00:00Z
+)");
+    sshd_.emplace(Sshd::Options{.listen_addr = kHostAddr, .port = kSshPort, .netns = host_->name()});
+  }
+
+  void TearDown() override {
+    agent_.reset();
+    if (host_)
+      run({"ip", "netns", "exec", host_->name(), sshring_bin(), "agent", "--detach", "--iface", "vh",
+           "--pin-dir", pin_dir_});
+    sshd_.reset();
+    if (mounted_) ::umount2(bpffs_.c_str(), MNT_DETACH);
+  }
+
+  policy::Grant make_grant(const char* id, const char* from, int64_t expires) {
+    policy::Grant g;
+    g.id = id;
+    g.who = "alice";
+    g.from = *policy::Cidr::parse(from);
+    g.to = *policy::Cidr::parse("10.77.0.1/32");
+    g.ports = policy::PortSet::single(kSshPort);
+    g.rule = "ops";
+    g.reason = "integration test";
+    g.created_by = "test";
+    g.created = now_;
+    g.expires = expires;
+    return g;
+  }
+
+  void start_agent(bool enforce, const std::string& log_name) {
+    std::vector<std::string> argv = {sshring_bin(),    "agent", "--policy",  dir_.file("policy.yaml"),
+                                     "--iface",        "vh",    "--pin-dir", pin_dir_,
+                                     "--audit-log",    audit_,  "--metrics", "127.0.0.1:9465",
+                                     "--idle-timeout", "1h"};
+    if (enforce) argv.push_back("--enforce");
+    Process::Options o;
+    o.netns = host_->name();
+    o.stderr_path = dir_.file(log_name);
+    agent_.emplace(argv, o);
+    // Ready once it logs that it runs (both filters attached, maps synced).
+    for (int i = 0; i < 100; i++) {
+      if (read_file(dir_.file(log_name)).find("agent: running") != std::string::npos) return;
+      ASSERT_TRUE(agent_->running()) << "agent exited: " << read_file(dir_.file(log_name));
+      std::this_thread::sleep_for(100ms);
+    }
+    FAIL() << "agent did not attach: " << read_file(dir_.file(log_name));
+  }
+
+  void stop_agent() {
+    agent_->signal(SIGTERM);
+    auto rc = agent_->wait(10s);
+    EXPECT_EQ(rc.value_or(-1), 0);
+    agent_.reset();
+  }
+
+  // ssh from `src` to the host running `cmd`; stdin from `input` (a shell snippet) if given.
+  int ssh(const std::string& src, const std::string& cmd, const std::string& input = "",
+          const std::string& timeout = "10") {
+    std::string line = input.empty() ? "" : "(" + input + ") | ";
+    for (auto a : sshd_->ssh_base_args()) {
+      if (a == "ConnectTimeout=10") a = "ConnectTimeout=" + timeout;
+      line += "'" + a + "' ";
+    }
+    line += "-b " + src + " -p " + std::to_string(kSshPort) + " " + kHostAddr + " '" + cmd + "'";
+    if (input.empty()) line += " </dev/null";
+    return cli_->exec(line);
+  }
+
+  std::string tc_filters() {
+    std::string in, eg;
+    host_->exec("tc filter show dev vh ingress", &in);
+    host_->exec("tc filter show dev vh egress", &eg);
+    return in + eg;
+  }
+
+  TempDir dir_;
+  std::optional<NetNs> host_, cli_;
+  std::optional<Sshd> sshd_;
+  std::optional<Process> agent_;
+  std::string bpffs_, pin_dir_, audit_, grants_;
+  bool mounted_ = false;
+  int64_t now_ = 0, short_expiry_ = 0;
+};
+
+size_t count(const std::string& hay, const std::string& needle) {
+  size_t n = 0;
+  for (size_t p = hay.find(needle); p != std::string::npos; p = hay.find(needle, p + 1)) n++;
+  return n;
+}
+
+TEST_F(AgentIntegration, TagsCountsEnforcesSurvivesRestartAndDetaches) {
+  start_agent(false, "agent1.log");
+
+  // Each kind of source, count-only mode: every connection goes through and is tagged.
+  EXPECT_EQ(ssh(kRelay, "true"), 0);
+  EXPECT_EQ(ssh(kUngranted, "true"), 0);
+  EXPECT_EQ(ssh(kShort, "true"), 0);
+  struct Want {
+    const char* src;
+    const char* tag;
+    const char* grant;
+  };
+  for (const Want& w : {Want{kRelay, "proxied", ""}, Want{kUngranted, "bypass_unapproved", ""},
+                        Want{kShort, "bypass_approved", "g-0000000000b2"}}) {
+    SCOPED_TRACE(w.src);
+    auto open = wait_record(audit_, "flow_open", w.src);
+    ASSERT_TRUE(open.has_value());
+    EXPECT_EQ((*open)["tag"], w.tag);
+    EXPECT_EQ(open->value("grant_id", ""), w.grant);
+    EXPECT_EQ((*open)["flow"]["dport"], kSshPort);
+    auto close = wait_record(audit_, "flow_close", w.src);
+    ASSERT_TRUE(close.has_value());
+    EXPECT_EQ((*close)["tag"], w.tag);
+    EXPECT_GT((*close)["bytes_in"].get<uint64_t>(), 1000u);
+    EXPECT_GT((*close)["bytes_out"].get<uint64_t>(), 1000u);
+    EXPECT_TRUE((*close)["end"] == "fin" || (*close)["end"] == "local_close") << close->dump();
+  }
+
+  // Bytes: 8 MiB through ssh from the granted source; the flow's bytes (both ways, L2 frames as seen
+  // on the hook) against the client veth's rx+tx counters over the same interval (only this flow
+  // and a few ARP frames cross it).
+  const uint64_t before = iface_bytes(*cli_, "vc");
+  ASSERT_EQ(ssh(kGranted, "cat > /dev/null", "head -c 8388608 /dev/zero"), 0);
+  auto big = wait_record(audit_, "flow_close", kGranted);
+  const uint64_t wire = iface_bytes(*cli_, "vc") - before;
+  ASSERT_TRUE(big.has_value());
+  EXPECT_EQ((*big)["tag"], "bypass_approved");
+  EXPECT_EQ((*big)["grant_id"], "g-0000000000a1");
+  const uint64_t flow_bytes = (*big)["bytes_in"].get<uint64_t>() + (*big)["bytes_out"].get<uint64_t>();
+  EXPECT_GT((*big)["bytes_in"].get<uint64_t>(), 8388608u);
+  const double err = std::abs(static_cast<double>(flow_bytes) - static_cast<double>(wire)) / wire;
+  EXPECT_LT(err, 0.01) << "flow " << flow_bytes << " bytes, veth " << wire << " bytes";
+  RecordProperty("flow_bytes", std::to_string(flow_bytes));
+  RecordProperty("veth_bytes", std::to_string(wire));
+
+  // Metrics are exported from the kernel's per-tag counters.
+  std::string metrics;
+  host_->exec("curl -s http://127.0.0.1:9465/metrics", &metrics);
+  EXPECT_NE(metrics.find("sshring_bypass_flows_total{tag=\"bypass_approved\"}"), std::string::npos)
+      << metrics;
+
+  // Restart in the middle of a transfer: 2 MiB, agent stopped, 2 MiB while it is down, agent back
+  // (replacing its own filter, not adding one), 2 MiB, close. The close record carries all of it.
+  Process::Options po;
+  po.netns = cli_->name();
+  std::string line;
+  for (const auto& a : sshd_->ssh_base_args()) line += "'" + a + "' ";
+  line =
+      "(head -c 2097152 /dev/zero; sleep 3; head -c 2097152 /dev/zero; sleep 3; head -c 2097152 /dev/zero) "
+      "| " +
+      line + "-b " + kGranted + " -p " + std::to_string(kSshPort) + " " + kHostAddr + " 'cat > /dev/null'";
+  Process transfer({"sh", "-c", line}, po);
+  std::this_thread::sleep_for(1500ms);
+  stop_agent();
+  EXPECT_EQ(count(tc_filters(), "handle 0x5353"), 2u) << "filters stay attached while the agent is down";
+  std::this_thread::sleep_for(2500ms);
+  start_agent(true, "agent2.log");  // also switches enforce on, without a reload
+  // One filter per direction: the restarted agent replaced its own, it did not add a second.
+  EXPECT_EQ(count(tc_filters(), "handle 0x5353"), 2u) << tc_filters();
+  EXPECT_EQ(count(tc_filters(), "name sshring_ingress"), 1u) << tc_filters();
+  EXPECT_EQ(count(tc_filters(), "name sshring_egress"), 1u) << tc_filters();
+  ASSERT_EQ(transfer.wait(30s).value_or(-1), 0);
+  auto restarted = wait_record(audit_, "flow_close", kGranted, 1);
+  ASSERT_TRUE(restarted.has_value());
+  EXPECT_GT((*restarted)["bytes_in"].get<uint64_t>(), 3u * 2097152) << restarted->dump();
+  EXPECT_EQ((*restarted)["grant_id"], "g-0000000000a1");
+
+  // Enforce: the ungranted source is refused, the granted one still gets in.
+  EXPECT_NE(ssh(kUngranted, "true", "", "3"), 0);
+  auto denied = wait_record(audit_, "flow_open", kUngranted, 1);
+  ASSERT_TRUE(denied.has_value());
+  EXPECT_EQ((*denied)["tag"], "bypass_unapproved");
+  EXPECT_EQ(denied->value("enforced", false), true);
+  EXPECT_EQ(ssh(kGranted, "true"), 0);
+
+  // The short grant expires while we run: the kernel tags new flows expired (and drops them).
+  auto wait_s = short_expiry_ + 1 - ::time(nullptr);
+  if (wait_s > 0) std::this_thread::sleep_for(std::chrono::seconds(wait_s));
+  EXPECT_NE(ssh(kShort, "true", "", "3"), 0);
+  auto expired = wait_record(audit_, "flow_open", kShort, 1);
+  ASSERT_TRUE(expired.has_value());
+  EXPECT_EQ((*expired)["tag"], "bypass_expired");
+  EXPECT_EQ((*expired)["grant_id"], "g-0000000000b2");
+  EXPECT_EQ(expired->value("enforced", false), true);
+
+  stop_agent();
+  // Detach removes our filters and the qdisc the agent created, and the pins.
+  ASSERT_EQ(run({"ip", "netns", "exec", host_->name(), sshring_bin(), "agent", "--detach", "--iface", "vh",
+                 "--pin-dir", pin_dir_}),
+            0);
+  EXPECT_EQ(count(tc_filters(), "handle 0x5353"), 0u) << tc_filters();
+  std::string qdisc;
+  host_->exec("tc qdisc show dev vh", &qdisc);
+  EXPECT_EQ(qdisc.find("clsact"), std::string::npos) << qdisc;
+  EXPECT_NE(::access((pin_dir_ + "/maps/flows").c_str(), F_OK), 0);
+}
+
+TEST_F(AgentIntegration, ClearErrors) {
+  std::string out;
+  int rc = sh("ip netns exec " + host_->name() + " " + sshring_bin() + " agent --policy " +
+                  dir_.file("policy.yaml") + " --iface nosuch0 --pin-dir " + pin_dir_ + " 2>&1",
+              &out);
+  EXPECT_EQ(rc, 2);
+  EXPECT_NE(out.find("interface 'nosuch0' not found"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace sshring::testing
