@@ -1,0 +1,159 @@
+// `sshring relay`: runs the io_uring relay with static routes (flags or a YAML config file).
+// build_relay_config() turns flags into a RelayConfig; authenticated mode adds its handshake there.
+#include <signal.h>
+#include <time.h>
+
+#include <iostream>
+#include <memory>
+#include <thread>
+
+#include "cli/command.h"
+#include "common/error.h"
+#include "common/flags.h"
+#include "common/log.h"
+#include "common/sockaddr.h"
+#include "relay/config.h"
+#include "relay/relay.h"
+
+namespace sshring::cli {
+namespace {
+
+common::Flags relay_flags() {
+  common::Flags f(
+      "relay", "sshring relay --listen ADDR:PORT --upstream ADDR:PORT [OPTIONS]",
+      "Relays TCP connections (SSH) from a listen address to an upstream through io_uring, splicing\n"
+      "payload through pipes so it never enters user space. Routes come from --listen/--upstream\n"
+      "and/or a --config file; SIGTERM/SIGINT drain (a second signal ends at once), SIGHUP reloads\n"
+      "the config file.");
+  f.value("listen", "ADDR:PORT", "address to accept clients on (IPv4 or [IPv6]); port 0 picks one")
+      .value("upstream", "ADDR:PORT", "where every client of --listen is relayed to")
+      .value("config", "FILE", "YAML file with routes and limits (see docs); reloaded on SIGHUP")
+      .value("workers", "N", "worker threads, each with its own io_uring (default: one per CPU)")
+      .value("max-sessions", "N", "concurrent sessions before new clients are refused (default 10000)")
+      .value("connect-timeout", "D", "upstream connect timeout, e.g. 5s or 500ms (default 5s)")
+      .value("idle-timeout", "D", "close sessions idle this long; 0 = never (default 0)")
+      .value("drain-timeout", "D", "on SIGTERM, how long running sessions may finish (default 30s)")
+      .value("splice-mode", "MODE", "inline (splice(2) on the worker, default) or ring (IORING_OP_SPLICE)")
+      .value("metrics", "ADDR:PORT", "serve Prometheus metrics on this address")
+      .value("audit-log", "FILE", "append a hash-chained session_end record per session")
+      .boolean("quiet", "no per-session log lines");
+  f.epilog(
+      "Examples:\n"
+      "  sshring relay --listen 0.0.0.0:2222 --upstream 10.0.0.5:22\n"
+      "  sshring relay --config /etc/sshring/relay.yaml --metrics 127.0.0.1:9101\n"
+      "\n"
+      "Config file:\n"
+      "  workers: 2\n"
+      "  connect_timeout: 5s\n"
+      "  routes:\n"
+      "    - listen: 0.0.0.0:2222\n"
+      "      upstream: 10.0.0.5:22\n"
+      "\n"
+      "Exit codes: 0 after a drain, 1 on runtime errors, 2 on bad flags or config.");
+  return f;
+}
+
+std::chrono::milliseconds flag_millis(const common::Flags& f, std::string_view name, bool allow_zero) {
+  std::string v = *f.get(name);
+  auto d = relay::parse_millis(v);
+  if (!d || (!allow_zero && d->count() == 0))
+    throw common::UsageError("--" + std::string(name) + " " + v +
+                             ": expected a duration like 500ms, 5s or 2m" + (allow_zero ? " (or 0)" : ""));
+  return *d;
+}
+
+}  // namespace
+
+// Builds the relay configuration from flags and the optional config file (flags win over the file
+// for limits; --listen/--upstream add one route to the file's routes).
+relay::RelayConfig build_relay_config(const common::Flags& f) {
+  relay::ConfigFile file;
+  if (auto path = f.get("config")) file = relay::load_config_file(*path);
+  relay::RelayConfig cfg = std::move(file.cfg);
+  if (f.has("listen") != f.has("upstream"))
+    throw common::UsageError("--listen and --upstream go together (or put routes in --config FILE)");
+  if (f.has("listen")) {
+    relay::Route r;
+    r.listen = common::SockAddr::parse_or_throw(*f.get("listen"), "--listen");
+    r.upstream = common::SockAddr::parse_or_throw(*f.get("upstream"), "--upstream");
+    cfg.routes.push_back(std::move(r));
+  }
+  if (f.has("workers")) cfg.workers = static_cast<unsigned>(f.get_int("workers", 0, 0, 256));
+  if (f.has("max-sessions"))
+    cfg.max_sessions = static_cast<uint32_t>(f.get_int("max-sessions", 10000, 1, 10'000'000));
+  if (f.has("connect-timeout")) cfg.connect_timeout = flag_millis(f, "connect-timeout", false);
+  if (f.has("idle-timeout")) cfg.idle_timeout = flag_millis(f, "idle-timeout", true);
+  if (f.has("drain-timeout")) cfg.drain_timeout = flag_millis(f, "drain-timeout", true);
+  if (auto m = f.get("splice-mode")) {
+    if (*m == "inline") {
+      cfg.splice_mode = relay::SpliceMode::kInline;
+    } else if (*m == "ring") {
+      cfg.splice_mode = relay::SpliceMode::kRing;
+    } else {
+      throw common::UsageError("--splice-mode " + *m + ": expected inline or ring");
+    }
+  }
+  if (f.flag("quiet")) cfg.log_sessions = false;
+  if (cfg.routes.empty())
+    throw common::UsageError("no routes: give --listen ADDR:PORT --upstream ADDR:PORT, or --config FILE");
+  relay::validate(cfg);
+  return cfg;
+}
+
+namespace {
+
+int run_relay(const std::vector<std::string>& args) {
+  common::Flags f = relay_flags();
+  if (!f.parse(args)) return 0;
+  relay::RelayConfig cfg = build_relay_config(f);
+
+  // Signals go to this thread only (workers inherit the mask), read with sigtimedwait.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
+  relay::Relay relay(cfg);
+  relay.start();
+  for (const auto& a : relay.listen_addresses())
+    common::log_info("relay listening",
+                     {{"listen", a.to_string()}, {"workers", std::to_string(relay.worker_count())}});
+
+  bool draining = false;
+  while (!relay.finished()) {
+    timespec ts{0, 200'000'000};
+    int sig = sigtimedwait(&set, nullptr, &ts);
+    if (sig == SIGHUP) {
+      if (!f.get("config")) {
+        common::log_warn("SIGHUP ignored: no --config file to reload");
+        continue;
+      }
+      try {
+        relay.reload(build_relay_config(f));
+        common::log_info("config reloaded", {{"config", *f.get("config")}});
+      } catch (const std::exception& e) {
+        common::log_error("config reload failed; keeping the running config", {{"error", e.what()}});
+      }
+    } else if (sig == SIGTERM || sig == SIGINT) {
+      if (!draining) {
+        draining = true;
+        common::log_info("draining", {{"signal", sig == SIGTERM ? "TERM" : "INT"},
+                                      {"active", std::to_string(relay.sessions_active())}});
+        relay.begin_drain();
+      } else {
+        common::log_warn("second signal: closing every session now");
+        relay.stop();
+      }
+    }
+  }
+  relay.wait();
+  common::log_info("relay stopped");
+  return 0;
+}
+
+const Registrar kRelay{{"relay", "relay SSH sessions through io_uring (static routes)", run_relay}};
+
+}  // namespace
+}  // namespace sshring::cli

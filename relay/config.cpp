@@ -1,0 +1,186 @@
+#include "relay/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cctype>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "common/duration.h"
+#include "common/error.h"
+#include "common/sockaddr.h"
+
+namespace sshring::relay {
+
+std::optional<std::chrono::milliseconds> parse_millis(std::string_view text) {
+  if (text == "0") return std::chrono::milliseconds(0);
+  if (text.size() > 2 && text.substr(text.size() - 2) == "ms") {
+    std::string_view digits = text.substr(0, text.size() - 2);
+    if (digits.size() > 12) return std::nullopt;
+    long long v = 0;
+    for (char c : digits) {
+      if (!std::isdigit(static_cast<unsigned char>(c))) return std::nullopt;
+      v = v * 10 + (c - '0');
+    }
+    if (v <= 0) return std::nullopt;
+    return std::chrono::milliseconds(v);
+  }
+  auto s = common::parse_duration(text);
+  if (!s) return std::nullopt;
+  return std::chrono::duration_cast<std::chrono::milliseconds>(*s);
+}
+
+namespace {
+
+class Parser {
+ public:
+  explicit Parser(std::string source) : source_(std::move(source)) {}
+
+  [[noreturn]] void fail(const YAML::Node& n, const std::string& key, const std::string& msg) const {
+    std::string where = source_;
+    if (n.IsDefined() && n.Mark().line >= 0) where += ":" + std::to_string(n.Mark().line + 1);
+    throw common::UsageError("config " + where + ": " + (key.empty() ? "" : "key '" + key + "': ") + msg);
+  }
+
+  std::string scalar(const YAML::Node& n, const std::string& key) const {
+    if (!n.IsScalar()) fail(n, key, "expected a single value");
+    return n.Scalar();
+  }
+
+  std::chrono::milliseconds duration(const YAML::Node& n, const std::string& key, bool allow_zero) const {
+    std::string v = scalar(n, key);
+    auto d = parse_millis(v);
+    if (!d || (!allow_zero && d->count() == 0))
+      fail(n, key,
+           "expected a duration like 500ms, 5s, 2m or 1h30m" + std::string(allow_zero ? " (or 0)" : "") +
+               ", got '" + v + "'");
+    return *d;
+  }
+
+  uint64_t integer(const YAML::Node& n, const std::string& key, uint64_t lo, uint64_t hi) const {
+    std::string v = scalar(n, key);
+    uint64_t out = 0;
+    bool ok = !v.empty() && v.size() < 19;
+    for (char c : v) ok = ok && std::isdigit(static_cast<unsigned char>(c));
+    if (ok) out = std::stoull(v);
+    if (!ok || out < lo || out > hi)
+      fail(n, key,
+           "expected a whole number from " + std::to_string(lo) + " to " + std::to_string(hi) + ", got '" +
+               v + "'");
+    return out;
+  }
+
+  common::SockAddr address(const YAML::Node& n, const std::string& key) const {
+    std::string v = scalar(n, key);
+    auto a = common::SockAddr::parse(v);
+    if (!a) fail(n, key, "expected ADDR:PORT (e.g. 127.0.0.1:2222 or \"[::1]:2222\"), got '" + v + "'");
+    return *a;
+  }
+
+  ConfigFile parse(std::string_view text) {
+    YAML::Node root;
+    try {
+      root = YAML::Load(std::string(text));
+    } catch (const YAML::Exception& e) {
+      throw common::UsageError("config " + source_ + ":" + std::to_string(e.mark.line + 1) +
+                               ": not valid YAML: " + e.msg);
+    }
+    ConfigFile out;
+    if (!root.IsMap()) fail(root, "", "expected a mapping with 'routes:' and optional limits");
+    static const std::set<std::string> kKeys = {"workers",      "max_sessions",  "connect_timeout",
+                                                "idle_timeout", "drain_timeout", "handshake_timeout",
+                                                "pipe_size",    "splice_mode",   "routes"};
+    for (const auto& kv : root) {
+      std::string key = kv.first.as<std::string>();
+      if (!kKeys.count(key))
+        fail(kv.first, key,
+             "unknown setting; expected one of workers, max_sessions, connect_timeout, idle_timeout, "
+             "handshake_timeout, drain_timeout, pipe_size, splice_mode, routes");
+      const YAML::Node& v = kv.second;
+      RelayConfig& c = out.cfg;
+      if (key == "workers") {
+        c.workers = static_cast<unsigned>(integer(v, key, 0, 256));
+        out.has_workers = true;
+      } else if (key == "max_sessions") {
+        c.max_sessions = static_cast<uint32_t>(integer(v, key, 1, 10'000'000));
+        out.has_max_sessions = true;
+      } else if (key == "connect_timeout") {
+        c.connect_timeout = duration(v, key, false);
+        out.has_connect_timeout = true;
+      } else if (key == "idle_timeout") {
+        c.idle_timeout = duration(v, key, true);
+        out.has_idle_timeout = true;
+      } else if (key == "handshake_timeout") {
+        c.handshake_timeout = duration(v, key, false);
+        out.has_handshake_timeout = true;
+      } else if (key == "drain_timeout") {
+        c.drain_timeout = duration(v, key, true);
+        out.has_drain_timeout = true;
+      } else if (key == "pipe_size") {
+        c.pipe_size = static_cast<uint32_t>(integer(v, key, 4096, 1u << 30));
+      } else if (key == "splice_mode") {
+        std::string m = scalar(v, key);
+        if (m == "inline") {
+          c.splice_mode = SpliceMode::kInline;
+        } else if (m == "ring") {
+          c.splice_mode = SpliceMode::kRing;
+        } else {
+          fail(v, key, "expected 'inline' or 'ring', got '" + m + "'");
+        }
+      } else if (key == "routes") {
+        parse_routes(v, c);
+      }
+    }
+    if (out.cfg.routes.empty())
+      fail(root, "routes", "at least one route is required (- listen: ..., upstream: ...)");
+    return out;
+  }
+
+  void parse_routes(const YAML::Node& list, RelayConfig& c) {
+    if (!list.IsSequence()) fail(list, "routes", "expected a list of {listen, upstream} entries");
+    for (const auto& item : list) {
+      if (!item.IsMap()) fail(item, "routes", "each route is a mapping with 'listen' and 'upstream'");
+      Route r;
+      bool has_listen = false;
+      for (const auto& kv : item) {
+        std::string key = kv.first.as<std::string>();
+        if (key == "listen") {
+          r.listen = address(kv.second, key);
+          has_listen = true;
+        } else if (key == "upstream") {
+          r.upstream = address(kv.second, key);
+          if (r.upstream->port() == 0) fail(kv.second, key, "upstream port must not be 0");
+        } else {
+          fail(kv.first, key, "unknown route setting; expected 'listen' and 'upstream'");
+        }
+      }
+      if (!has_listen) fail(item, "listen", "missing in this route");
+      if (!r.upstream) fail(item, "upstream", "missing in this route");
+      for (const Route& prev : c.routes)
+        if (r.listen.port() != 0 && prev.listen.to_string() == r.listen.to_string())
+          fail(item, "listen", "address " + r.listen.to_string() + " is used by an earlier route");
+      c.routes.push_back(std::move(r));
+    }
+  }
+
+ private:
+  std::string source_;
+};
+
+}  // namespace
+
+ConfigFile parse_config(std::string_view text, const std::string& source) {
+  return Parser(source).parse(text);
+}
+
+ConfigFile load_config_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in)
+    throw common::UsageError("config " + path + ": cannot read the file; check the path and permissions");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_config(ss.str(), path);
+}
+
+}  // namespace sshring::relay

@@ -1,0 +1,264 @@
+#include "relay/relay.h"
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+
+#include <condition_variable>
+#include <mutex>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "relay/worker.h"
+
+namespace sshring::relay {
+
+const char* end_reason_name(EndReason r) {
+  auto i = static_cast<size_t>(r);
+  return i < metrics::kNumSessionOutcomes ? metrics::kSessionOutcomes[i] : "unknown";
+}
+
+void validate(const RelayConfig& cfg) {
+  if (cfg.routes.empty())
+    throw common::UsageError("no routes: give --listen and --upstream, or a --config file with 'routes:'");
+  for (size_t i = 0; i < cfg.routes.size(); ++i) {
+    const Route& r = cfg.routes[i];
+    std::string where = "route " + std::to_string(i + 1) + " (listen " + r.listen.to_string() + ")";
+    if (r.listen.len() == 0)
+      throw common::UsageError("route " + std::to_string(i + 1) + ": listen address missing");
+    if (r.upstream.has_value() == (r.handshake != nullptr))
+      throw common::UsageError(where + ": needs exactly one of a static upstream or a handshake");
+    if (r.upstream && r.upstream->port() == 0)
+      throw common::UsageError(where + ": upstream " + r.upstream->to_string() +
+                               " has port 0; give a real port");
+    for (size_t j = 0; j < i; ++j) {
+      if (cfg.routes[j].listen.port() != 0 && cfg.routes[j].listen.to_string() == r.listen.to_string())
+        throw common::UsageError(where + ": listen address repeats route " + std::to_string(j + 1));
+    }
+  }
+  if (cfg.max_sessions == 0) throw common::UsageError("max_sessions must be at least 1");
+  if (cfg.workers > 256) throw common::UsageError("workers must be between 0 (one per CPU) and 256");
+  if (cfg.connect_timeout.count() <= 0) throw common::UsageError("connect_timeout must be positive");
+  if (cfg.handshake_timeout.count() <= 0) throw common::UsageError("handshake_timeout must be positive");
+  if (cfg.idle_timeout.count() < 0) throw common::UsageError("idle_timeout must be 0 (none) or positive");
+  if (cfg.pipe_size < 4096 || cfg.pipe_size > (1u << 30))
+    throw common::UsageError("pipe_size must be 4096..1 GiB");
+  if (cfg.ring_entries < 8 || cfg.ring_entries > 32768)
+    throw common::UsageError("ring_entries must be between 8 and 32768");
+}
+
+namespace {
+
+// One listener per worker and route; SO_REUSEPORT spreads connections across them.
+common::UniqueFd bind_listener(const common::SockAddr& addr) {
+  common::UniqueFd fd(::socket(addr.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) common::throw_errno("socket for listener " + addr.to_string());
+  int one = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+    common::throw_errno("SO_REUSEPORT on " + addr.to_string());
+  if (addr.family() == AF_INET6) ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (::bind(fd.get(), addr.get(), addr.len()) != 0) common::throw_errno("bind " + addr.to_string());
+  if (::listen(fd.get(), 4096) != 0) common::throw_errno("listen " + addr.to_string());
+  return fd;
+}
+
+// Binds `route.listen` once per worker; the first bind resolves port 0 for the others.
+std::vector<common::UniqueFd> bind_all(const common::SockAddr& listen, unsigned n, common::SockAddr& bound) {
+  std::vector<common::UniqueFd> fds;
+  common::SockAddr addr = listen;
+  for (unsigned w = 0; w < n; ++w) {
+    fds.push_back(bind_listener(addr));
+    if (w == 0) {
+      common::SockAddr got;
+      got.set_len(sizeof(sockaddr_storage));
+      if (::getsockname(fds[0].get(), got.get_mut(), got.len_mut()) != 0) common::throw_errno("getsockname");
+      addr = got;
+      bound = got;
+    }
+  }
+  return fds;
+}
+
+}  // namespace
+
+struct DrainTimer {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool cancelled = false;
+};
+
+Relay::Relay(RelayConfig cfg) : cfg_(std::move(cfg)), timer_(std::make_unique<DrainTimer>()) {}
+
+Relay::~Relay() {
+  if (started_) {
+    stop();
+    wait();
+  }
+}
+
+void Relay::start() {
+  if (started_) throw common::UsageError("relay already started");
+  validate(cfg_);
+  // Writes to a peer that went away must fail with EPIPE, not kill the process.
+  ::signal(SIGPIPE, SIG_IGN);
+  unsigned n = cfg_.workers ? cfg_.workers : std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::vector<common::UniqueFd>> fds;  // [route][worker]
+  bound_.clear();
+  for (const Route& r : cfg_.routes) {
+    common::SockAddr b;
+    fds.push_back(bind_all(r.listen, n, b));
+    bound_.push_back(b);
+  }
+  for (unsigned w = 0; w < n; ++w) {
+    auto worker = std::make_unique<Worker>(w, n, cfg_);
+    for (size_t i = 0; i < cfg_.routes.size(); ++i)
+      worker->add_listener(cfg_.routes[i], bound_[i], std::move(fds[i][w]));
+    workers_.push_back(std::move(worker));
+  }
+  for (auto& w : workers_) threads_.emplace_back([wp = w.get()] { wp->run(); });
+  started_ = true;
+  for (auto& w : workers_) {
+    w->wait_ready();
+    if (int err = w->setup_error()) {
+      stop();
+      wait();
+      common::throw_errno("io_uring setup for relay worker", err);
+    }
+  }
+  removed_.assign(cfg_.routes.size(), false);
+  table_ = cfg_.routes;
+}
+
+std::vector<common::SockAddr> Relay::listen_addresses() const {
+  std::vector<common::SockAddr> out;
+  for (size_t i = 0; i < table_.size(); ++i)
+    if (!removed_[i]) out.push_back(bound_[i]);
+  return out;
+}
+
+void Relay::begin_drain() {
+  if (!started_ || draining_.exchange(true)) return;
+  for (auto& w : workers_) w->request_drain();
+  auto deadline = cfg_.drain_timeout;
+  DrainTimer& t = *timer_;
+  drain_timer_ = std::thread([this, deadline, &t] {
+    std::unique_lock lk(t.mu);
+    if (t.cv.wait_for(lk, deadline, [&] { return t.cancelled; })) return;
+    lk.unlock();
+    common::log_warn("drain deadline reached: closing remaining sessions");
+    for (auto& w : workers_) w->request_stop();
+  });
+}
+
+void Relay::stop() {
+  if (!started_) return;
+  draining_ = true;
+  for (auto& w : workers_)
+    if (!w->exited()) w->request_stop();
+}
+
+void Relay::wait() {
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+  if (drain_timer_.joinable()) {
+    DrainTimer& t = *timer_;
+    {
+      std::lock_guard lk(t.mu);
+      t.cancelled = true;
+    }
+    t.cv.notify_all();
+    drain_timer_.join();
+  }
+}
+
+bool Relay::finished() const {
+  for (auto& w : workers_)
+    if (!w->exited()) return false;
+  return started_;
+}
+
+void Relay::reload(RelayConfig cfg) {
+  validate(cfg);
+  if (!started_) {
+    cfg_ = std::move(cfg);
+    return;
+  }
+  unsigned n = static_cast<unsigned>(workers_.size());
+  std::vector<Route> table = table_;
+  std::vector<bool> removed = removed_;
+  std::vector<common::SockAddr> bound = bound_;
+  std::vector<bool> seen(table.size(), false);
+  std::vector<std::vector<common::UniqueFd>> new_fds;  // per added route, per worker
+  std::vector<size_t> added_index;
+  for (const Route& r : cfg.routes) {
+    size_t found = table.size();
+    for (size_t i = 0; i < table.size(); ++i) {
+      if (removed[i] || seen[i] || r.listen.port() == 0) continue;
+      // A route keeps its listener when its listen address is unchanged (or names the port bound for 0).
+      if (table[i].listen.to_string() == r.listen.to_string() ||
+          bound[i].to_string() == r.listen.to_string()) {
+        found = i;
+        break;
+      }
+    }
+    if (found < table.size()) {
+      Route keep = r;
+      keep.listen = table[found].listen;
+      table[found] = keep;
+      seen[found] = true;
+      continue;
+    }
+    common::SockAddr b;
+    new_fds.push_back(bind_all(r.listen, n, b));  // throws before anything changed
+    added_index.push_back(table.size());
+    table.push_back(r);
+    removed.push_back(false);
+    bound.push_back(b);
+  }
+  for (size_t i = 0; i < seen.size(); ++i)
+    if (!seen[i]) removed[i] = true;
+  for (unsigned w = 0; w < n; ++w) {
+    auto added = std::make_shared<std::vector<RouteSlot>>();
+    for (size_t k = 0; k < added_index.size(); ++k) {
+      RouteSlot slot;
+      slot.route = table[added_index[k]];
+      slot.bound = bound[added_index[k]];
+      slot.listen_fd = std::move(new_fds[k][w]);
+      added->push_back(std::move(slot));
+    }
+    workers_[w]->request_reload(cfg, table, removed, added);
+  }
+  table_ = std::move(table);
+  removed_ = std::move(removed);
+  bound_ = std::move(bound);
+  auto routes = std::move(cfg.routes);
+  cfg_ = std::move(cfg);
+  cfg_.routes = std::move(routes);
+}
+
+std::vector<const metrics::RelayWorkerStats*> Relay::stats() const {
+  std::vector<const metrics::RelayWorkerStats*> out;
+  for (auto& w : workers_) out.push_back(&w->stats());
+  return out;
+}
+
+int64_t Relay::sessions_active() const {
+  int64_t n = 0;
+  for (auto& w : workers_) n += w->stats().sessions_active.value();
+  return n;
+}
+
+uint64_t Relay::sessions_total(EndReason r) const {
+  uint64_t n = 0;
+  for (auto& w : workers_) n += w->stats().sessions_total[static_cast<size_t>(r)].value();
+  return n;
+}
+
+int64_t Relay::pipes_in_use() const {
+  int64_t n = 0;
+  for (auto& w : workers_) n += w->stats().pipes_in_use.value();
+  return n;
+}
+
+}  // namespace sshring::relay

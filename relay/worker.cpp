@@ -1,0 +1,888 @@
+#include "relay/worker.h"
+
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <exception>
+
+#include "common/error.h"
+#include "common/log.h"
+
+namespace sshring::relay {
+namespace {
+
+constexpr uint64_t kTickNs = 100'000'000;  // timeouts (idle, handshake) are checked this often
+constexpr int kInlineBudget = 8;           // splice rounds per direction per event (fairness)
+constexpr unsigned kSpliceFlags = SPLICE_F_NONBLOCK | SPLICE_F_MOVE;
+
+uint64_t mono_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+__kernel_timespec to_kts(uint64_t ns) {
+  __kernel_timespec ts{};
+  ts.tv_sec = static_cast<int64_t>(ns / 1'000'000'000ull);
+  ts.tv_nsec = static_cast<long long>(ns % 1'000'000'000ull);
+  return ts;
+}
+
+void set_nodelay(int fd) {
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+// Makes close() send RST instead of FIN, so the peer sees a reset rather than a clean EOF.
+void set_rst_on_close(int fd) {
+  linger l{1, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+}
+
+bool is_fd_exhaustion(int err) {
+  return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+uint64_t ms_to_ns(std::chrono::milliseconds ms) {
+  return static_cast<uint64_t>(ms.count()) * 1'000'000ull;
+}
+
+}  // namespace
+
+int PipePool::acquire(PipePair& out) {
+  if (!free_.empty()) {
+    out = std::move(free_.back());
+    free_.pop_back();
+    ++in_use_;
+    return 0;
+  }
+  int fds[2];
+  if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return -errno;
+  out.r.reset(fds[0]);
+  out.w.reset(fds[1]);
+  // Larger pipes mean fewer splices per GB. The kernel may refuse (per-user pipe page limit):
+  // keep whatever size it granted.
+  int got = ::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(pipe_size_));
+  if (got < 0) got = ::fcntl(fds[1], F_GETPIPE_SZ);
+  out.capacity = got > 0 ? static_cast<uint32_t>(got) : 65536u;
+  ++in_use_;
+  return 0;
+}
+
+void PipePool::release(PipePair& p, bool clean) {
+  if (!p.valid()) return;
+  --in_use_;
+  if (clean && free_.size() < keep_) {
+    free_.push_back(std::move(p));
+  } else {
+    p.r.reset();
+    p.w.reset();
+  }
+  p.capacity = 0;
+}
+
+Worker::Limits Worker::limits_from(const RelayConfig& cfg, unsigned nworkers) {
+  Limits l;
+  l.max_sessions = (cfg.max_sessions + nworkers - 1) / nworkers;
+  l.connect_timeout_ns = ms_to_ns(cfg.connect_timeout);
+  l.idle_timeout_ns = ms_to_ns(cfg.idle_timeout);
+  l.handshake_timeout_ns = ms_to_ns(cfg.handshake_timeout);
+  return l;
+}
+
+Worker::Worker(unsigned index, unsigned nworkers, const RelayConfig& cfg)
+    : index_(index),
+      nworkers_(nworkers),
+      cfg_(cfg),
+      limits_(limits_from(cfg, nworkers)),
+      pipes_(cfg.pipe_size, cfg.pipe_pool) {
+  cfg_.routes.clear();
+  int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) common::throw_errno("eventfd for relay worker");
+  wake_fd_.reset(fd);
+}
+
+Worker::~Worker() {
+  if (ring_ok_) io_uring_queue_exit(&ring_);
+}
+
+void Worker::add_listener(const Route& route, const common::SockAddr& bound, common::UniqueFd fd) {
+  RouteSlot slot;
+  slot.route = route;
+  slot.bound = bound;
+  slot.listen_fd = std::move(fd);
+  routes_.push_back(std::move(slot));
+}
+
+void Worker::wait_ready() {
+  std::unique_lock lk(ready_mu_);
+  ready_cv_.wait(lk, [&] { return ready_; });
+}
+
+void Worker::post(std::function<void()> fn) {
+  {
+    std::lock_guard lk(post_mu_);
+    posted_.push_back(std::move(fn));
+  }
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(wake_fd_.get(), &one, sizeof(one));
+}
+
+void Worker::request_drain() {
+  post([this] {
+    draining_ = true;
+    close_listeners();
+  });
+}
+
+void Worker::request_stop() {
+  post([this] {
+    stopping_ = true;
+    draining_ = true;
+    close_listeners();
+    for (auto& sp : slots_) {
+      Session& s = *sp;
+      if (s.phase == Session::Phase::kFree) continue;
+      end(s, EndReason::kDrained);
+      settle(s);
+    }
+  });
+}
+
+void Worker::request_reload(const RelayConfig& cfg, std::vector<Route> table, std::vector<bool> removed,
+                            std::shared_ptr<std::vector<RouteSlot>> added) {
+  post([this, cfg, table = std::move(table), removed = std::move(removed), added] {
+    limits_ = limits_from(cfg, nworkers_);
+    cfg_.log_sessions = cfg.log_sessions;
+    for (size_t i = 0; i < routes_.size() && i < table.size(); ++i) {
+      routes_[i].route = table[i];
+      if (i < removed.size() && removed[i] && !routes_[i].removed) {
+        routes_[i].removed = true;
+        if (routes_[i].accepting) {
+          io_uring_sqe* sqe = get_sqe();
+          io_uring_prep_cancel64(sqe, make_user_data(static_cast<uint32_t>(i), Op::kAccept), 0);
+          io_uring_sqe_set_data64(sqe, make_user_data(0, Op::kCancel));
+        } else {
+          routes_[i].listen_fd.reset();
+        }
+      }
+    }
+    if (added) {
+      for (auto& slot : *added) {
+        routes_.push_back(std::move(slot));
+        if (!draining_) arm_accept(static_cast<uint32_t>(routes_.size() - 1));
+      }
+    }
+  });
+}
+
+io_uring_sqe* Worker::get_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  while (sqe == nullptr) {
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  return sqe;
+}
+
+void Worker::arm_wake() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_poll_multishot(sqe, wake_fd_.get(), POLLIN);
+  io_uring_sqe_set_data64(sqe, make_user_data(0, Op::kWake));
+}
+
+void Worker::arm_tick() {
+  tick_ts_ = to_kts(kTickNs);
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_timeout(sqe, &tick_ts_, 0, 0);
+  io_uring_sqe_set_data64(sqe, make_user_data(0, Op::kTick));
+}
+
+void Worker::arm_accept(uint32_t route) {
+  RouteSlot& r = routes_[route];
+  if (r.accepting || r.removed || !r.listen_fd) return;
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_multishot_accept(sqe, r.listen_fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(sqe, make_user_data(route, Op::kAccept));
+  r.accepting = true;
+}
+
+void Worker::close_listeners() {
+  for (uint32_t i = 0; i < routes_.size(); ++i) {
+    RouteSlot& r = routes_[i];
+    if (r.accepting) {
+      // The ring holds a reference to the listener: cancel first, close when the accept completes.
+      io_uring_sqe* sqe = get_sqe();
+      io_uring_prep_cancel64(sqe, make_user_data(i, Op::kAccept), 0);
+      io_uring_sqe_set_data64(sqe, make_user_data(0, Op::kCancel));
+    } else {
+      r.listen_fd.reset();
+    }
+  }
+}
+
+void Worker::run() {
+  io_uring_params p{};
+  const unsigned attempts[] = {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+                               IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
+                               IORING_SETUP_COOP_TASKRUN, 0};
+  int ret = -EINVAL;
+  for (unsigned flags : attempts) {
+    std::memset(&p, 0, sizeof(p));
+    p.flags = flags | IORING_SETUP_CQSIZE;
+    p.cq_entries = cfg_.ring_entries * 8;
+    ret = io_uring_queue_init_params(cfg_.ring_entries, &ring_, &p);
+    if (ret == 0) break;
+  }
+  {
+    std::lock_guard lk(ready_mu_);
+    if (ret == 0) {
+      ring_ok_ = true;
+    } else {
+      setup_error_.store(-ret);
+    }
+    ready_ = true;
+  }
+  ready_cv_.notify_all();
+  if (ret != 0) {
+    exited_.store(true, std::memory_order_release);
+    return;
+  }
+
+  now_ns_ = mono_ns();
+  arm_wake();
+  arm_tick();
+  for (uint32_t i = 0; i < routes_.size(); ++i) arm_accept(i);
+
+  while (!((draining_ || stopping_) && active_ == 0)) {
+    int r = io_uring_submit_and_wait(&ring_, 1);
+    if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) {
+      common::log_error("relay worker ring failed",
+                        {{"worker", std::to_string(index_)}, {"error", strerror(-r)}});
+      break;
+    }
+    now_ns_ = mono_ns();
+    unsigned head;
+    unsigned n = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      dispatch(cqe);
+      ++n;
+    }
+    io_uring_cq_advance(&ring_, n);
+  }
+  // Every session is gone; pending accepts, the tick and the wake poll die with the ring.
+  io_uring_queue_exit(&ring_);
+  ring_ok_ = false;
+  for (auto& r : routes_) r.listen_fd.reset();
+  exited_.store(true, std::memory_order_release);
+}
+
+void Worker::dispatch(io_uring_cqe* cqe) {
+  uint64_t ud = io_uring_cqe_get_data64(cqe);
+  Op op = user_data_op(ud);
+  uint32_t idx = user_data_index(ud);
+  switch (op) {
+    case Op::kAccept:
+      on_accept(idx, cqe->res, cqe->flags);
+      return;
+    case Op::kWake:
+      on_wake(cqe->flags);
+      return;
+    case Op::kTick:
+      on_tick();
+      return;
+    case Op::kCancel:
+      return;
+    default:
+      break;
+  }
+  if (idx >= slots_.size()) return;
+  Session& s = *slots_[idx];
+  on_session_cqe(s, op, cqe->res, cqe->flags);
+  settle(s);
+}
+
+void Worker::refuse(int fd) {
+  set_rst_on_close(fd);
+  ::close(fd);
+}
+
+void Worker::on_accept(uint32_t route, int res, uint32_t flags) {
+  if (route >= routes_.size()) {
+    if (res >= 0) refuse(res);
+    return;
+  }
+  RouteSlot& r = routes_[route];
+  if (!(flags & IORING_CQE_F_MORE)) r.accepting = false;
+  const bool closing = draining_ || r.removed;
+  if (res < 0) {
+    if (res != -ECANCELED) stats_.accept_errors.add();
+    if (is_fd_exhaustion(-res)) {
+      // Out of descriptors: stop accepting until the next tick instead of spinning on the backlog.
+      if (!accept_paused_)
+        common::log_warn("accept paused: out of file descriptors",
+                         {{"listen", r.bound.to_string()}, {"error", strerror(-res)}});
+      accept_paused_ = true;
+    } else if (!r.accepting && !closing) {
+      arm_accept(route);
+    }
+    if (!r.accepting && closing) r.listen_fd.reset();
+    return;
+  }
+  if (!r.accepting) {
+    if (closing) {
+      r.listen_fd.reset();
+    } else if (!accept_paused_) {
+      arm_accept(route);
+    }
+  }
+  if (closing) {
+    refuse(res);
+    return;
+  }
+  if (active_ >= limits_.max_sessions) {
+    stats_.sessions_total[static_cast<size_t>(EndReason::kOverloaded)].add();
+    refuse(res);
+    return;
+  }
+  Session* s = alloc_session();
+  s->client.reset(res);
+  set_nodelay(res);
+  s->client_addr.set_len(sizeof(sockaddr_storage));
+  if (::getpeername(res, s->client_addr.get_mut(), s->client_addr.len_mut()) != 0) s->client_addr = {};
+  s->listen_addr = r.bound;
+  s->route = route;
+  s->start_ns = now_ns_;
+  s->last_active_ns = now_ns_;
+  s->id = ++seq_ * nworkers_ + index_;
+  ++active_;
+  stats_.sessions_active.add(1);
+  if (r.route.handshake) {
+    s->factory = r.route.handshake;
+    start_handshake(*s);
+  } else {
+    start_connect(*s, *r.route.upstream);
+  }
+  settle(*s);
+}
+
+void Worker::on_wake(uint32_t flags) {
+  uint64_t v;
+  [[maybe_unused]] ssize_t n = ::read(wake_fd_.get(), &v, sizeof(v));
+  if (!(flags & IORING_CQE_F_MORE)) arm_wake();
+  {
+    std::lock_guard lk(post_mu_);
+    running_.swap(posted_);
+  }
+  for (auto& fn : running_) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      common::log_error("relay worker: posted task failed", {{"error", e.what()}});
+    }
+  }
+  running_.clear();
+}
+
+void Worker::on_tick() {
+  if (!(draining_ && active_ == 0)) arm_tick();
+  if (accept_paused_) {
+    accept_paused_ = false;
+    if (!draining_)
+      for (uint32_t i = 0; i < routes_.size(); ++i) arm_accept(i);
+  }
+  for (auto& sp : slots_) {
+    Session& s = *sp;
+    if (s.phase == Session::Phase::kFree || s.ending) continue;
+    if ((s.phase == Session::Phase::kHandshake || s.phase == Session::Phase::kPending) &&
+        now_ns_ >= s.deadline_ns) {
+      end(s, EndReason::kHandshakeTimeout);
+    } else if (limits_.idle_timeout_ns && s.phase == Session::Phase::kSplicing &&
+               now_ns_ - s.last_active_ns >= limits_.idle_timeout_ns) {
+      end(s, EndReason::kIdleTimeout);
+    }
+    settle(s);
+  }
+}
+
+Session* Worker::alloc_session() {
+  if (free_slots_.empty()) {
+    auto s = std::make_unique<Session>();
+    s->index = static_cast<uint32_t>(slots_.size());
+    slots_.push_back(std::move(s));
+    return slots_.back().get();
+  }
+  uint32_t i = free_slots_.back();
+  free_slots_.pop_back();
+  return slots_[i].get();
+}
+
+void Worker::start_handshake(Session& s) {
+  s.phase = Session::Phase::kHandshake;
+  s.hs_buf.resize(kMaxHandshakeBytes);
+  s.hs_len = 0;
+  s.deadline_ns = now_ns_ + limits_.handshake_timeout_ns;
+  uint32_t idx = s.index;
+  uint32_t gen = s.gen;
+  HandshakeResume resume = [this, idx, gen](HandshakeStep step) {
+    if (idx >= slots_.size()) return;
+    Session& t = *slots_[idx];
+    if (t.gen != gen || t.phase != Session::Phase::kPending || t.ending) return;
+    apply_step(t, std::move(step));
+    settle(t);
+  };
+  try {
+    s.hs = s.factory->create(s.id, s.client_addr, s.listen_addr, *this, std::move(resume));
+  } catch (const std::exception& e) {
+    common::log_error("handshake create failed", {{"session", std::to_string(s.id)}, {"error", e.what()}});
+  }
+  if (!s.hs) {
+    end(s, EndReason::kDenied);
+    return;
+  }
+  submit_recv_hs(s);
+}
+
+void Worker::submit_recv_hs(Session& s) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_recv(sqe, s.client.get(), s.hs_buf.data() + s.hs_len, kMaxHandshakeBytes - s.hs_len, 0);
+  io_uring_sqe_set_data64(sqe, make_user_data(s.index, Op::kRecvHs));
+  track(s, Op::kRecvHs);
+}
+
+void Worker::apply_step(Session& s, HandshakeStep step) {
+  switch (step.kind) {
+    case HandshakeStep::Kind::kNeedMore:
+      s.phase = Session::Phase::kHandshake;
+      if (s.hs_len >= kMaxHandshakeBytes) {
+        end(s, EndReason::kDenied);  // the handshake had to decide within the buffer
+      } else {
+        submit_recv_hs(s);
+      }
+      return;
+    case HandshakeStep::Kind::kPending:
+      s.phase = Session::Phase::kPending;
+      return;
+    case HandshakeStep::Kind::kConnect: {
+      size_t consumed = step.consumed < s.hs_len ? step.consumed : s.hs_len;
+      s.to_upstream.assign(s.hs_buf.begin() + static_cast<ptrdiff_t>(consumed),
+                           s.hs_buf.begin() + static_cast<ptrdiff_t>(s.hs_len));
+      s.to_upstream_off = 0;
+      start_connect(s, step.upstream);
+      return;
+    }
+    case HandshakeStep::Kind::kReject:
+      s.phase = Session::Phase::kRejecting;
+      s.after_reply = EndReason::kDenied;
+      s.to_client = std::move(step.reply);
+      s.to_client_off = 0;
+      if (s.to_client.empty()) {
+        end(s, EndReason::kDenied);
+      } else {
+        submit_send_client(s);
+      }
+      return;
+  }
+}
+
+void Worker::start_connect(Session& s, const common::SockAddr& upstream) {
+  s.phase = Session::Phase::kConnecting;
+  s.upstream_addr = upstream;
+  int fd = ::socket(upstream.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    s.error = errno;
+    stats_.accept_errors.add();
+    end(s, is_fd_exhaustion(errno) ? EndReason::kOverloaded : EndReason::kConnectFailed);
+    return;
+  }
+  s.upstream.reset(fd);
+  set_nodelay(fd);
+  // The connect and its linked timeout must land in the same submission.
+  if (io_uring_sq_space_left(&ring_) < 2) io_uring_submit(&ring_);
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_connect(sqe, fd, s.upstream_addr.get(), s.upstream_addr.len());
+  sqe->flags |= IOSQE_IO_LINK;
+  io_uring_sqe_set_data64(sqe, make_user_data(s.index, Op::kConnect));
+  track(s, Op::kConnect);
+  s.connect_ts = to_kts(limits_.connect_timeout_ns);
+  sqe = get_sqe();
+  io_uring_prep_link_timeout(sqe, &s.connect_ts, 0);
+  io_uring_sqe_set_data64(sqe, make_user_data(s.index, Op::kLinkTimeout));
+  track(s, Op::kLinkTimeout);
+}
+
+void Worker::on_connected(Session& s, int res) {
+  if (res < 0) {
+    s.error = res == -ECANCELED ? ETIMEDOUT : -res;
+    if (s.hs) {
+      std::string reply;
+      try {
+        reply = s.hs->on_upstream_failed(s.error);
+      } catch (const std::exception& e) {
+        common::log_error("handshake on_upstream_failed threw", {{"error", e.what()}});
+      }
+      s.phase = Session::Phase::kRejecting;
+      s.after_reply = EndReason::kConnectFailed;
+      s.to_client = std::move(reply);
+      s.to_client_off = 0;
+      if (!s.to_client.empty()) {
+        submit_send_client(s);
+        return;
+      }
+    }
+    end(s, EndReason::kConnectFailed);
+    return;
+  }
+  s.upstream_local.set_len(sizeof(sockaddr_storage));
+  if (::getsockname(s.upstream.get(), s.upstream_local.get_mut(), s.upstream_local.len_mut()) != 0)
+    s.upstream_local = {};
+  s.phase = Session::Phase::kReplying;
+  if (s.hs) {
+    try {
+      s.to_client = s.hs->on_upstream_connected(s.upstream_local);
+    } catch (const std::exception& e) {
+      common::log_error("handshake on_upstream_connected threw", {{"error", e.what()}});
+      end(s, EndReason::kDenied);
+      return;
+    }
+    s.to_client_off = 0;
+  }
+  if (!s.to_client.empty()) submit_send_client(s);
+  if (!s.to_upstream.empty()) submit_send_upstream(s);
+  maybe_start_splicing(s);
+}
+
+void Worker::submit_send_client(Session& s) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_send(sqe, s.client.get(), s.to_client.data() + s.to_client_off,
+                     s.to_client.size() - s.to_client_off, MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, make_user_data(s.index, Op::kSendClient));
+  track(s, Op::kSendClient);
+}
+
+void Worker::submit_send_upstream(Session& s) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_send(sqe, s.upstream.get(), s.to_upstream.data() + s.to_upstream_off,
+                     s.to_upstream.size() - s.to_upstream_off, MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, make_user_data(s.index, Op::kSendUpstream));
+  track(s, Op::kSendUpstream);
+}
+
+void Worker::maybe_start_splicing(Session& s) {
+  if (s.ending || s.phase != Session::Phase::kReplying) return;
+  if (s.to_client_off < s.to_client.size() || s.to_upstream_off < s.to_upstream.size()) return;
+  s.phase = Session::Phase::kSplicing;
+  drive(s, 0, s.pump[0].start());
+  drive(s, 1, s.pump[1].start());
+}
+
+void Worker::on_session_cqe(Session& s, Op op, int res, uint32_t flags) {
+  (void)flags;
+  untrack(s, op);
+  if (s.ending) return;  // results of cancelled requests; the session is being torn down
+  switch (op) {
+    case Op::kRecvHs: {
+      if (res <= 0) {
+        s.error = -res;
+        end(s, res == 0 ? EndReason::kClosed : EndReason::kClientReset);
+        return;
+      }
+      s.hs_len += static_cast<size_t>(res);
+      HandshakeStep step;
+      try {
+        step = s.hs->on_data(std::span<const uint8_t>(s.hs_buf.data(), s.hs_len));
+      } catch (const std::exception& e) {
+        common::log_error("handshake on_data threw", {{"error", e.what()}});
+        end(s, EndReason::kDenied);
+        return;
+      }
+      apply_step(s, std::move(step));
+      return;
+    }
+    case Op::kConnect:
+      on_connected(s, res);
+      return;
+    case Op::kLinkTimeout:
+      return;
+    case Op::kSendClient:
+      if (res < 0) {
+        s.error = -res;
+        end(s, s.phase == Session::Phase::kRejecting ? s.after_reply : EndReason::kClientReset);
+        return;
+      }
+      s.to_client_off += static_cast<size_t>(res);
+      if (s.to_client_off < s.to_client.size()) {
+        submit_send_client(s);
+      } else if (s.phase == Session::Phase::kRejecting) {
+        end(s, s.after_reply);
+      } else {
+        maybe_start_splicing(s);
+      }
+      return;
+    case Op::kSendUpstream:
+      if (res < 0) {
+        s.error = -res;
+        end(s, EndReason::kUpstreamReset);
+        return;
+      }
+      s.to_upstream_off += static_cast<size_t>(res);
+      stats_.bytes_client_to_upstream.add(static_cast<uint64_t>(res));
+      if (s.to_upstream_off < s.to_upstream.size()) {
+        submit_send_upstream(s);
+      } else {
+        maybe_start_splicing(s);
+      }
+      return;
+    case Op::kPollIn0:
+    case Op::kPollIn1: {
+      int d = op == Op::kPollIn0 ? 0 : 1;
+      drive(s, d, s.pump[d].on_readable());
+      return;
+    }
+    case Op::kPollOut0:
+    case Op::kPollOut1: {
+      int d = op == Op::kPollOut0 ? 0 : 1;
+      drive(s, d, s.pump[d].on_writable());
+      return;
+    }
+    case Op::kSpliceIn0:
+    case Op::kSpliceIn1: {
+      int d = op == Op::kSpliceIn0 ? 0 : 1;
+      if (res > 0) s.last_active_ns = now_ns_;
+      drive(s, d, s.pump[d].on_spliced_in(res, s.pipe[d].capacity));
+      return;
+    }
+    case Op::kSpliceOut0:
+    case Op::kSpliceOut1: {
+      int d = op == Op::kSpliceOut0 ? 0 : 1;
+      if (res > 0) (d == 0 ? stats_.bytes_client_to_upstream : stats_.bytes_upstream_to_client).add(res);
+      drive(s, d, s.pump[d].on_spliced_out(res));
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+void Worker::drive(Session& s, int d, Pump::Action a) {
+  Pump& p = s.pump[d];
+  PipePair& pipe = s.pipe[d];
+  const int src = d == 0 ? s.client.get() : s.upstream.get();
+  const int dst = d == 0 ? s.upstream.get() : s.client.get();
+  const EndReason src_reset = d == 0 ? EndReason::kClientReset : EndReason::kUpstreamReset;
+  const EndReason dst_reset = d == 0 ? EndReason::kUpstreamReset : EndReason::kClientReset;
+  const bool inline_mode = cfg_.splice_mode == SpliceMode::kInline;
+  const Op poll_in = d == 0 ? Op::kPollIn0 : Op::kPollIn1;
+  const Op poll_out = d == 0 ? Op::kPollOut0 : Op::kPollOut1;
+  const Op splice_in = d == 0 ? Op::kSpliceIn0 : Op::kSpliceIn1;
+  const Op splice_out = d == 0 ? Op::kSpliceOut0 : Op::kSpliceOut1;
+  int budget = kInlineBudget;
+  while (a != Pump::Action::kNone && !s.ending) {
+    switch (a) {
+      case Pump::Action::kNone:
+        break;
+      case Pump::Action::kArmPollIn: {
+        if (pipe.valid()) {
+          pipes_.release(pipe, true);
+          stats_.pipes_in_use.set(pipes_.in_use());
+        }
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_poll_add(sqe, src, POLLIN);
+        io_uring_sqe_set_data64(sqe, make_user_data(s.index, poll_in));
+        track(s, poll_in);
+        a = Pump::Action::kNone;
+        break;
+      }
+      case Pump::Action::kSpliceIn: {
+        if (!pipe.valid()) {
+          int r = pipes_.acquire(pipe);
+          stats_.pipes_in_use.set(pipes_.in_use());
+          if (r < 0) {
+            s.error = -r;
+            stats_.accept_errors.add();
+            end(s, EndReason::kOverloaded);
+            return;
+          }
+        }
+        if (inline_mode) {
+          if (budget-- <= 0) {
+            a = p.yield();
+            break;
+          }
+          ssize_t n = ::splice(src, nullptr, pipe.w.get(), nullptr, pipe.capacity, kSpliceFlags);
+          int res = n < 0 ? -errno : static_cast<int>(n);
+          if (res > 0) s.last_active_ns = now_ns_;
+          if (res < 0 && res != -EAGAIN) s.error = -res;
+          a = p.on_spliced_in(res, pipe.capacity);
+        } else {
+          io_uring_sqe* sqe = get_sqe();
+          io_uring_prep_splice(sqe, src, -1, pipe.w.get(), -1, pipe.capacity, kSpliceFlags);
+          io_uring_sqe_set_data64(sqe, make_user_data(s.index, splice_in));
+          track(s, splice_in);
+          a = Pump::Action::kNone;
+        }
+        break;
+      }
+      case Pump::Action::kSpliceOut: {
+        if (inline_mode) {
+          ssize_t n = ::splice(pipe.r.get(), nullptr, dst, nullptr, p.in_pipe(), kSpliceFlags);
+          int res = n < 0 ? -errno : static_cast<int>(n);
+          if (res > 0) (d == 0 ? stats_.bytes_client_to_upstream : stats_.bytes_upstream_to_client).add(res);
+          if (res < 0 && res != -EAGAIN) s.error = -res;
+          a = p.on_spliced_out(res);
+        } else {
+          io_uring_sqe* sqe = get_sqe();
+          io_uring_prep_splice(sqe, pipe.r.get(), -1, dst, -1, p.in_pipe(), kSpliceFlags);
+          io_uring_sqe_set_data64(sqe, make_user_data(s.index, splice_out));
+          track(s, splice_out);
+          a = Pump::Action::kNone;
+        }
+        break;
+      }
+      case Pump::Action::kArmPollOut: {
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_poll_add(sqe, dst, POLLOUT);
+        io_uring_sqe_set_data64(sqe, make_user_data(s.index, poll_out));
+        track(s, poll_out);
+        a = Pump::Action::kNone;
+        break;
+      }
+      case Pump::Action::kShutdownDst:
+        if (pipe.valid()) {
+          pipes_.release(pipe, true);
+          stats_.pipes_in_use.set(pipes_.in_use());
+        }
+        ::shutdown(dst, SHUT_WR);
+        if (s.pump[0].done() && s.pump[1].done()) end(s, EndReason::kClosed);
+        a = Pump::Action::kNone;
+        break;
+      case Pump::Action::kFailSrc:
+        end(s, src_reset);
+        a = Pump::Action::kNone;
+        break;
+      case Pump::Action::kFailDst:
+        end(s, dst_reset);
+        a = Pump::Action::kNone;
+        break;
+    }
+  }
+}
+
+void Worker::end(Session& s, EndReason reason) {
+  if (s.ending || s.phase == Session::Phase::kFree) return;
+  s.ending = true;
+  s.reason = reason;
+  switch (reason) {
+    case EndReason::kClosed:
+    case EndReason::kDenied:
+      s.rst = false;  // the client must still read the reply / the last bytes
+      break;
+    case EndReason::kConnectFailed:
+      s.rst = !s.hs;  // static route: the client learns of the failure through a reset
+      break;
+    default:
+      s.rst = true;
+      break;
+  }
+  for (uint8_t b = 0; b < 32; ++b) {
+    if (!(s.inflight & (1u << b)) || b == static_cast<uint8_t>(Op::kLinkTimeout)) continue;
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel64(sqe, make_user_data(s.index, static_cast<Op>(b)), 0);
+    io_uring_sqe_set_data64(sqe, make_user_data(0, Op::kCancel));
+  }
+}
+
+void Worker::settle(Session& s) {
+  if (s.ending && s.inflight == 0 && s.phase != Session::Phase::kFree) finalize(s);
+}
+
+void Worker::finalize(Session& s) {
+  SessionSummary sum;
+  sum.session_id = s.id;
+  sum.client = s.client_addr;
+  sum.upstream = s.upstream_addr;
+  sum.upstream_local = s.upstream_local;
+  sum.bytes_client_to_upstream = s.pump[0].bytes() + s.to_upstream_off;
+  sum.bytes_upstream_to_client = s.pump[1].bytes();
+  sum.duration_ns = now_ns_ - s.start_ns;
+  sum.reason = s.reason;
+
+  for (int d = 0; d < 2; ++d) {
+    if (!s.pipe[d].valid()) continue;
+    const bool clean = s.pump[d].in_pipe() == 0 && s.pump[d].state() != Pump::State::kSpliceIn;
+    pipes_.release(s.pipe[d], clean);
+  }
+  stats_.pipes_in_use.set(pipes_.in_use());
+  if (s.rst) {
+    if (s.client) set_rst_on_close(s.client.get());
+    if (s.upstream) set_rst_on_close(s.upstream.get());
+  }
+  s.client.reset();
+  s.upstream.reset();
+
+  if (s.hs) {
+    try {
+      s.hs->on_end(sum);
+    } catch (const std::exception& e) {
+      common::log_error("handshake on_end threw", {{"error", e.what()}});
+    }
+  }
+  if (cfg_.on_session_end) {
+    try {
+      cfg_.on_session_end(sum);
+    } catch (const std::exception& e) {
+      common::log_error("session end callback threw", {{"error", e.what()}});
+    }
+  }
+  if (cfg_.log_sessions) {
+    std::initializer_list<common::LogField> fields = {
+        {"session", std::to_string(sum.session_id)},
+        {"client", sum.client.to_string()},
+        {"listen", s.listen_addr.to_string()},
+        {"upstream", s.upstream_addr.len() ? sum.upstream.to_string() : "-"},
+        {"upstream_local", s.upstream_local.len() ? sum.upstream_local.to_string() : "-"},
+        {"bytes_c2u", std::to_string(sum.bytes_client_to_upstream)},
+        {"bytes_u2c", std::to_string(sum.bytes_upstream_to_client)},
+        {"duration_ms", std::to_string(sum.duration_ns / 1'000'000)},
+        {"reason", end_reason_name(sum.reason)},
+        {"error",
+         s.error ? strerrorname_np(s.error) ? strerrorname_np(s.error) : std::to_string(s.error) : "-"},
+    };
+    common::log_info("session end", fields);
+  }
+  stats_.sessions_total[static_cast<size_t>(sum.reason)].add();
+  stats_.sessions_active.add(-1);
+
+  s.hs.reset();
+  s.factory.reset();
+  s.phase = Session::Phase::kFree;
+  s.ending = false;
+  s.rst = false;
+  s.reason = EndReason::kClosed;
+  s.after_reply = EndReason::kDenied;
+  s.error = 0;
+  s.inflight = 0;
+  s.hs_len = 0;
+  s.to_client.clear();
+  s.to_client_off = 0;
+  s.to_upstream.clear();
+  s.to_upstream_off = 0;
+  s.pump[0] = Pump{};
+  s.pump[1] = Pump{};
+  s.client_addr = {};
+  s.upstream_addr = {};
+  s.upstream_local = {};
+  s.listen_addr = {};
+  ++s.gen;
+  free_slots_.push_back(s.index);
+  --active_;
+}
+
+}  // namespace sshring::relay

@@ -1,0 +1,219 @@
+// A relay worker: one thread, one io_uring, one listener per route, its sessions and pipe pool.
+// Internal to relay/; the public API is relay/relay.h.
+#pragma once
+
+#include <liburing.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/sockaddr.h"
+#include "common/unique_fd.h"
+#include "metrics/catalog.h"
+#include "relay/handshake.h"
+#include "relay/pump.h"
+#include "relay/relay.h"
+
+namespace sshring::relay {
+
+// Operation kinds carried in the low byte of user_data; the upper bits hold a session slot (or a
+// route index for kAccept).
+enum class Op : uint8_t {
+  kAccept = 1,
+  kWake,
+  kTick,
+  kCancel,  // completions of cancel requests (ignored)
+  kRecvHs,
+  kConnect,
+  kLinkTimeout,
+  kSendClient,
+  kSendUpstream,
+  kPollIn0,  // direction 0: client -> upstream; direction 1: upstream -> client
+  kPollIn1,
+  kPollOut0,
+  kPollOut1,
+  kSpliceIn0,
+  kSpliceIn1,
+  kSpliceOut0,
+  kSpliceOut1,
+};
+
+inline uint64_t make_user_data(uint32_t index, Op op) {
+  return (uint64_t{index} << 8) | static_cast<uint8_t>(op);
+}
+inline Op user_data_op(uint64_t ud) {
+  return static_cast<Op>(ud & 0xff);
+}
+inline uint32_t user_data_index(uint64_t ud) {
+  return static_cast<uint32_t>(ud >> 8);
+}
+
+// A pipe whose both ends stay in this worker; size as granted by F_SETPIPE_SZ.
+struct PipePair {
+  common::UniqueFd r, w;
+  uint32_t capacity = 0;
+  [[nodiscard]] bool valid() const { return r.valid(); }
+};
+
+// Free pipes for reuse; only pipes with data in flight are held by sessions.
+class PipePool {
+ public:
+  PipePool(uint32_t pipe_size, uint32_t keep) : pipe_size_(pipe_size), keep_(keep) { free_.reserve(keep); }
+  // Returns 0 or -errno (EMFILE, ENFILE).
+  int acquire(PipePair& out);
+  // `clean`: the pipe is empty and may be reused; otherwise it is closed.
+  void release(PipePair& p, bool clean);
+  [[nodiscard]] int64_t in_use() const { return in_use_; }
+  [[nodiscard]] size_t free_count() const { return free_.size(); }
+
+ private:
+  uint32_t pipe_size_;
+  uint32_t keep_;
+  std::vector<PipePair> free_;
+  int64_t in_use_ = 0;
+};
+
+struct RouteSlot {
+  Route route;
+  common::SockAddr bound;
+  common::UniqueFd listen_fd;
+  bool accepting = false;  // a multishot accept is armed
+  bool removed = false;
+};
+
+struct Session {
+  enum class Phase : uint8_t { kFree, kHandshake, kPending, kConnecting, kReplying, kSplicing, kRejecting };
+  uint32_t index = 0;
+  uint32_t gen = 0;
+  Phase phase = Phase::kFree;
+  bool ending = false;
+  bool rst = false;  // close both sockets with SO_LINGER 0 so peers see a reset
+  EndReason reason = EndReason::kClosed;
+  EndReason after_reply = EndReason::kDenied;  // kRejecting: how the session ends once the reply is out
+  int error = 0;                               // errno behind a connect failure or reset (for the log)
+  uint32_t inflight = 0;                       // bit per Op with a request in the ring
+  uint64_t id = 0;
+  uint32_t route = 0;
+  common::UniqueFd client, upstream;
+  common::SockAddr client_addr, listen_addr, upstream_addr, upstream_local;
+  std::shared_ptr<HandshakeFactory> factory;  // keeps the factory alive for this session's handshake
+  std::unique_ptr<Handshake> hs;
+  std::vector<uint8_t> hs_buf;  // allocated only for handshake routes (kMaxHandshakeBytes)
+  size_t hs_len = 0;
+  std::string to_client;  // reply frames (OK/DENY)
+  size_t to_client_off = 0;
+  std::vector<uint8_t> to_upstream;  // bytes glued after the preamble
+  size_t to_upstream_off = 0;
+  Pump pump[2];
+  PipePair pipe[2];
+  __kernel_timespec connect_ts{};
+  uint64_t start_ns = 0;
+  uint64_t last_active_ns = 0;
+  uint64_t deadline_ns = 0;  // handshake deadline
+};
+
+class Worker final : public HandshakeContext {
+ public:
+  Worker(unsigned index, unsigned nworkers, const RelayConfig& cfg);
+  ~Worker() override;
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Control thread, before run(): adds a bound listener for route `i`.
+  void add_listener(const Route& route, const common::SockAddr& bound, common::UniqueFd fd);
+  // Worker thread entry.
+  void run();
+
+  // HandshakeContext: any thread.
+  void post(std::function<void()> fn) override;
+
+  // Control requests (any thread).
+  void request_drain();
+  void request_stop();
+  // `table`: every route by slot index (append-only); `removed[i]`: slot i stops accepting;
+  // `added`: listeners for slots beyond the current table.
+  void request_reload(const RelayConfig& cfg, std::vector<Route> table, std::vector<bool> removed,
+                      std::shared_ptr<std::vector<RouteSlot>> added);
+
+  [[nodiscard]] const metrics::RelayWorkerStats& stats() const { return stats_; }
+  [[nodiscard]] bool exited() const { return exited_.load(std::memory_order_acquire); }
+  // The ring could not be set up (thrown from run()'s caller as SystemError).
+  [[nodiscard]] int setup_error() const { return setup_error_.load(); }
+  // Blocks until the ring is set up (or failed); used by Relay::start.
+  void wait_ready();
+
+ private:
+  struct Limits {
+    uint32_t max_sessions = 0;
+    uint64_t connect_timeout_ns = 0, idle_timeout_ns = 0, handshake_timeout_ns = 0;
+  };
+  static Limits limits_from(const RelayConfig& cfg, unsigned nworkers);
+
+  io_uring_sqe* get_sqe();
+  void arm_wake();
+  void arm_tick();
+  void arm_accept(uint32_t route);
+  void dispatch(io_uring_cqe* cqe);
+  void on_accept(uint32_t route, int res, uint32_t flags);
+  void on_wake(uint32_t flags);
+  void on_tick();
+  void run_posted();
+
+  Session* alloc_session();
+  void start_handshake(Session& s);
+  void submit_recv_hs(Session& s);
+  void apply_step(Session& s, HandshakeStep step);
+  void start_connect(Session& s, const common::SockAddr& upstream);
+  void on_connected(Session& s, int res);
+  void submit_send_client(Session& s);
+  void submit_send_upstream(Session& s);
+  void maybe_start_splicing(Session& s);
+  void drive(Session& s, int dir, Pump::Action a);
+  void on_session_cqe(Session& s, Op op, int res, uint32_t flags);
+  void end(Session& s, EndReason reason);
+  void settle(Session& s);  // finalizes an ending session once nothing is in flight
+  void finalize(Session& s);
+  void refuse(int fd);
+  void close_listeners();
+
+  void track(Session& s, Op op) { s.inflight |= 1u << static_cast<uint8_t>(op); }
+  void untrack(Session& s, Op op) { s.inflight &= ~(1u << static_cast<uint8_t>(op)); }
+
+  unsigned index_;
+  unsigned nworkers_;
+  RelayConfig cfg_;  // routes unused here; limits and callbacks
+  Limits limits_;
+  io_uring ring_{};
+  bool ring_ok_ = false;
+  common::UniqueFd wake_fd_;
+  std::vector<RouteSlot> routes_;
+  std::vector<std::unique_ptr<Session>> slots_;
+  std::vector<uint32_t> free_slots_;
+  uint32_t active_ = 0;
+  uint64_t seq_ = 0;
+  PipePool pipes_;
+  metrics::RelayWorkerStats stats_;
+  uint64_t now_ns_ = 0;
+  __kernel_timespec tick_ts_{};
+  bool accept_paused_ = false;
+  bool draining_ = false;
+  bool stopping_ = false;
+
+  std::mutex post_mu_;
+  std::vector<std::function<void()>> posted_;
+  std::vector<std::function<void()>> running_;
+
+  std::mutex ready_mu_;
+  bool ready_ = false;
+  std::condition_variable ready_cv_;
+  std::atomic<int> setup_error_{0};
+  std::atomic<bool> exited_{false};
+};
+
+}  // namespace sshring::relay
