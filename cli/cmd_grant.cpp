@@ -1,6 +1,9 @@
 // `sshring grant add|list|revoke`: time-bound opt-out grants, checked against the policy's opt_out
 // rules, stored in the grant store and recorded in the audit log.
+#include <fcntl.h>
 #include <pwd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -14,6 +17,7 @@
 #include "common/duration.h"
 #include "common/error.h"
 #include "common/flags.h"
+#include "common/unique_fd.h"
 #include "metrics/audit.h"
 #include "policy/grant_store.h"
 #include "policy/parser.h"
@@ -46,23 +50,47 @@ void common_flags(common::Flags& f) {
   f.value("audit-log", "FILE", "audit log for grant changes", std::string(kDefaultAuditLog));
 }
 
+// The audit log allows one writer per file; concurrent `grant` commands take turns on a sidecar lock
+// (blocking) around their whole change, so none fails and the hash chain never forks.
+class AuditTurn {
+ public:
+  explicit AuditTurn(const std::string& audit_path) {
+    for (size_t i = 1; i < audit_path.size(); ++i) {
+      if (audit_path[i] == '/') ::mkdir(audit_path.substr(0, i).c_str(), 0750);
+    }
+    std::string path = audit_path + ".lock";
+    fd_ = common::UniqueFd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640));
+    if (!fd_) common::throw_errno("open " + path);
+    while (::flock(fd_.get(), LOCK_EX) != 0) {
+      if (errno != EINTR) common::throw_errno("lock " + path);
+    }
+  }
+
+ private:
+  common::UniqueFd fd_;
+};
+
 struct Context {
   policy::Policy policy;
   std::unique_ptr<policy::GrantStore> store;
+  std::unique_ptr<AuditTurn> turn;  // declared before audit: released after the log closes
   std::unique_ptr<metrics::AuditLog> audit;
 };
+
+std::unique_ptr<metrics::AuditLog> open_audit(Context& c, const std::string& path) {
+  c.turn = std::make_unique<AuditTurn>(path);
+  metrics::AuditOptions o;
+  o.path = path;
+  o.component = "grant";
+  o.fsync_each = true;  // a grant change is acknowledged only once its record is on disk
+  return std::make_unique<metrics::AuditLog>(o);
+}
 
 Context open(const common::Flags& f, bool need_audit) {
   Context c;
   c.policy = policy::load_policy_file(f.get_or("policy", policy::kDefaultPolicyPath));
   c.store = std::make_unique<policy::DirGrantStore>(f.get_or("grant-store", c.policy.grant_store), true);
-  if (need_audit) {
-    metrics::AuditOptions o;
-    o.path = f.get_or("audit-log", kDefaultAuditLog);
-    o.component = "grant";
-    o.fsync_each = true;  // a grant change is acknowledged only once its record is on disk
-    c.audit = std::make_unique<metrics::AuditLog>(o);
-  }
+  if (need_audit) c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog));
   return c;
 }
 

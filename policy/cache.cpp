@@ -120,8 +120,36 @@ void Reloader::request_reload() noexcept {
   [[maybe_unused]] ssize_t n = ::write(wake_.get(), &one, sizeof one);
 }
 
+void Reloader::watch_store() {
+  if (!inotify_ || watched_store_ == watching_store_) return;
+  // The store's parent may be the policy's directory (same inode, same wd): never drop that watch.
+  if (store_wd_ >= 0 && store_wd_ != policy_wd_) ::inotify_rm_watch(inotify_.get(), store_wd_);
+  store_wd_ = ::inotify_add_watch(inotify_.get(), watched_store_.c_str(),
+                                  IN_MOVED_TO | IN_DELETE | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MASK_ADD);
+  watching_store_ = watched_store_;
+  if (store_wd_ < 0) {
+    // Typically the store does not exist yet: watch its parent for its creation.
+    store_wd_ = ::inotify_add_watch(inotify_.get(), dir_of(watched_store_).c_str(),
+                                    IN_CREATE | IN_MOVED_TO | IN_MASK_ADD);
+    watching_store_.clear();  // retry the real directory after the next reload
+    if (store_wd_ < 0) {
+      common::log_warn("cannot watch grant store; reload with SIGHUP",
+                       {{"store", watched_store_}, {"error", std::strerror(errno)}});
+    }
+  }
+}
+
 void Reloader::start() {
   if (thread_.joinable()) return;
+  if (opts_.watch) {
+    inotify_ = common::UniqueFd(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+    if (!inotify_) common::throw_errno("inotify_init1 for policy reloader");
+    const std::string policy_dir = dir_of(opts_.policy_path);
+    policy_wd_ = ::inotify_add_watch(inotify_.get(), policy_dir.c_str(),
+                                     IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ATTRIB | IN_DELETE);
+    if (policy_wd_ < 0) common::throw_errno("watch policy directory " + policy_dir);
+    watch_store();
+  }
   if (opts_.handle_sighup) {
     g_sighup_fd.store(wake_.get());
     struct sigaction sa {};
@@ -145,34 +173,8 @@ void Reloader::stop() {
 }
 
 void Reloader::run() {
-  common::UniqueFd ino;
-  int policy_wd = -1, store_wd = -1;
-  std::string watching_store;
-  const std::string policy_dir = dir_of(opts_.policy_path);
   const std::string policy_base = base_of(opts_.policy_path);
-  auto rewatch_store = [&] {
-    if (!ino || watched_store_ == watching_store) return;
-    if (store_wd >= 0) ::inotify_rm_watch(ino.get(), store_wd);
-    store_wd = ::inotify_add_watch(ino.get(), watched_store_.c_str(),
-                                   IN_MOVED_TO | IN_DELETE | IN_CLOSE_WRITE | IN_MOVED_FROM);
-    watching_store = watched_store_;
-    if (store_wd < 0) {
-      common::log_warn("cannot watch grant store; reload with SIGHUP",
-                       {{"store", watched_store_}, {"error", std::strerror(errno)}});
-    }
-  };
-  if (opts_.watch) {
-    ino = common::UniqueFd(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
-    if (ino) {
-      policy_wd = ::inotify_add_watch(ino.get(), policy_dir.c_str(),
-                                      IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ATTRIB | IN_DELETE);
-      if (policy_wd < 0) {
-        common::log_warn("cannot watch policy directory; reload with SIGHUP",
-                         {{"dir", policy_dir}, {"error", std::strerror(errno)}});
-      }
-      rewatch_store();
-    }
-  }
+  const std::string store_base = base_of(watched_store_);
   using Clock = std::chrono::steady_clock;
   bool pending = false;
   Clock::time_point due{};
@@ -182,7 +184,8 @@ void Reloader::run() {
     auto until = pending ? std::min(due, next_gauges) : next_gauges;
     int timeout = static_cast<int>(
         std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count()));
-    pollfd fds[3] = {{stop_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}, {ino ? ino.get() : -1, POLLIN, 0}};
+    pollfd fds[3] = {
+        {stop_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}, {inotify_ ? inotify_.get() : -1, POLLIN, 0}};
     int rc = ::poll(fds, 3, timeout);
     if (rc < 0 && errno != EINTR) {
       common::log_error("policy reloader poll failed", {{"error", std::strerror(errno)}});
@@ -199,15 +202,17 @@ void Reloader::run() {
       alignas(inotify_event) char buf[4096];
       ssize_t n;
       bool relevant = false;
-      while ((n = ::read(ino.get(), buf, sizeof buf)) > 0) {
+      while ((n = ::read(inotify_.get(), buf, sizeof buf)) > 0) {
         for (ssize_t off = 0; off < n;) {
           auto* ev = reinterpret_cast<inotify_event*>(buf + off);
           std::string_view name = ev->len ? std::string_view(ev->name) : std::string_view{};
-          if (ev->wd == policy_wd) {
+          if (ev->wd == policy_wd_) {
             // Kubernetes-style config maps swap a "..data" symlink; editors rename over the file.
             if (name == policy_base || name.starts_with("..")) relevant = true;
-          } else if (ev->wd == store_wd) {
-            if (name.ends_with(".grant")) relevant = true;
+          }
+          if (ev->wd == store_wd_) {
+            // Grant files change, or (watching the parent) the store directory appears.
+            if (name.ends_with(".grant") || (watching_store_.empty() && name == store_base)) relevant = true;
           }
           off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
         }
@@ -221,7 +226,7 @@ void Reloader::run() {
     if (pending && now >= due) {
       pending = false;
       reload();
-      rewatch_store();
+      watch_store();
     }
     if (now >= next_gauges) {
       update_gauges();

@@ -93,6 +93,7 @@ class Reloader {
  private:
   void run();
   void update_gauges();
+  void watch_store();
   PolicyCache& cache_;
   ReloaderOptions opts_;
   common::UniqueFd wake_;  // eventfd: reload requests
@@ -101,7 +102,11 @@ class Reloader {
   std::atomic<uint64_t> ok_{0};
   std::atomic<uint64_t> failed_{0};
   std::string last_error_;
-  std::string watched_store_;
+  std::string watched_store_;  // the store of the last good policy
+  common::UniqueFd inotify_;   // set up in start(), before the thread, so no event is missed
+  int policy_wd_ = -1;
+  int store_wd_ = -1;
+  std::string watching_store_;  // the store inotify currently watches
   std::atomic<uint64_t> next_generation_{1};
 };
 

@@ -1,0 +1,165 @@
+// Publication and reload: readers see new snapshots between events, an invalid file keeps the last
+// good snapshot and counts the failure, inotify (policy file and grant store) and SIGHUP reload.
+#include <signal.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "policy/cache.h"
+#include "policy/grant_store.h"
+#include "tests/policy/test_util.h"
+#include "tests/support/process.h"
+
+namespace sshring::policy {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string policy_text(const std::string& store, const std::string& relay) {
+  return "version: 1\ngrant_store: " + store + "\nrelays: [" + relay +
+         "]\nroles: [{name: ci, targets: [{cidrs: [10.1.0.0/16]}]}]\n"
+         "principals: [{name: ci-bot, roles: [ci]}]\n"
+         "opt_out:\n  - {id: ci-direct, who: {roles: [ci]}, from: [10.2.0.0/16], to: {cidrs: [10.1.5.0/24]}, "
+         "max_ttl: 8h, require_grant: true, expires: 2099-01-01T00:00:00Z}\n";
+}
+
+template <class F>
+bool eventually(F&& f, std::chrono::milliseconds limit = 5s) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (f()) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return f();
+}
+
+TEST(PolicyCache, ReadersRefreshOnlyWhenTheGenerationMoves) {
+  PolicyCache cache;
+  SnapshotReader reader(cache);
+  EXPECT_EQ(reader.get(), nullptr);
+  auto a = Snapshot::build(std::make_shared<Policy>(), {});
+  cache.publish(a);
+  EXPECT_TRUE(reader.refresh());
+  EXPECT_EQ(reader.get(), a.get());
+  EXPECT_FALSE(reader.refresh());
+  auto held = reader.shared();
+  cache.publish(Snapshot::build(std::make_shared<Policy>(), {}));
+  EXPECT_TRUE(reader.refresh());
+  EXPECT_NE(reader.get(), a.get());
+  EXPECT_EQ(held.get(), a.get());  // an old snapshot stays valid while held
+}
+
+TEST(PolicyCache, ConcurrentReadersNeverSeeATornSnapshot) {
+  PolicyCache cache;
+  cache.publish(Snapshot::build(std::make_shared<Policy>(), {}));
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> refreshes{0};
+  std::vector<std::thread> readers;
+  for (int i = 0; i < 3; ++i) {
+    readers.emplace_back([&] {
+      SnapshotReader r(cache);
+      auto src = *IpAddr::parse("10.0.0.1");
+      while (!stop.load()) {
+        if (r.refresh()) refreshes++;
+        // Relay membership flips with each publish; either answer is fine, a crash is not.
+        (void)r.get()->classify_flow(src, src, 22, 0);
+      }
+    });
+  }
+  uint64_t published = 0;
+  auto end = std::chrono::steady_clock::now() + 3s;
+  while ((published < 300 || refreshes.load() < 100) && std::chrono::steady_clock::now() < end) {
+    auto p = std::make_shared<Policy>();
+    if (published % 2) p->relays.push_back(*Cidr::parse("10.0.0.0/8"));
+    cache.publish(Snapshot::build(p, {}));
+    ++published;
+    if (published % 50 == 0) std::this_thread::yield();
+  }
+  stop = true;
+  for (auto& t : readers) t.join();
+  EXPECT_GE(refreshes.load(), 100u);
+  EXPECT_EQ(cache.generation(), published + 1);
+}
+
+TEST(Reloader, ReloadsOnFileChangeKeepsLastGoodAndWatchesGrants) {
+  sshring::testing::TempDir dir;
+  const std::string store = dir.file("grants");
+  const std::string path = dir.file("policy.yaml");
+  sshring::testing::write_file(path, policy_text(store, "10.0.0.0/28"));
+  PolicyCache cache;
+  ReloaderOptions o;
+  o.policy_path = path;
+  o.handle_sighup = false;
+  o.debounce_ms = 20;
+  Reloader rl(cache, o);
+  rl.reload_or_throw();  // the store does not exist yet: no grants, a warning
+  ASSERT_TRUE(cache.current());
+  const auto src = *IpAddr::parse("10.0.0.20"), dst = *IpAddr::parse("10.1.5.7");
+  EXPECT_EQ(cache.current()->classify_flow(src, dst, 22, 0).tag, FlowTag::kBypassUnapproved);
+  rl.start();
+
+  // Editors rename a new file over the old one.
+  sshring::testing::write_file(path + ".new", policy_text(store, "10.0.0.0/24"));
+  ASSERT_EQ(::rename((path + ".new").c_str(), path.c_str()), 0);
+  ASSERT_TRUE(eventually([&] { return cache.current()->is_relay(src); }));
+  EXPECT_EQ(rl.reloads_ok(), 2u);
+
+  // A broken file: the last good snapshot stays, the failure is counted.
+  const uint64_t gen = cache.generation();
+  sshring::testing::write_file(path, "version: 1\nrelays: [10.0.0.0/99]\n");
+  ASSERT_TRUE(eventually([&] { return rl.reloads_failed() == 1; }));
+  EXPECT_EQ(cache.generation(), gen);
+  EXPECT_TRUE(cache.current()->is_relay(src));
+
+  // Fix it, then a grant lands in the store: both picked up without SIGHUP.
+  sshring::testing::write_file(path, policy_text(store, "10.0.0.0/24"));
+  ASSERT_TRUE(eventually([&] { return cache.generation() > gen; }));
+  DirGrantStore gs(store);
+  ASSERT_TRUE(eventually([&] { return rl.reloads_ok() >= 4; }, 1s) || true);  // store creation may reload
+  Grant g;
+  g.id = "g-0123456789ab";
+  g.who = "ci-bot";
+  g.from = *Cidr::parse("10.2.0.0/16");
+  g.to = *Cidr::parse("10.1.5.0/24");
+  g.rule = "ci-direct";
+  g.created = 0;
+  g.expires = 4000000000;
+  gs.add(g);
+  const auto client = *IpAddr::parse("10.2.9.9");
+  ASSERT_TRUE(
+      eventually([&] { return cache.current()->classify_flow(client, dst, 22, 1800000000).id == g.id; }));
+  EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, 1800000000).tag, FlowTag::kBypassApproved);
+  // Expiry needs no reload: the same snapshot answers differently at the expiry second.
+  EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, 3999999999).tag, FlowTag::kBypassApproved);
+  EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, 4000000000).tag, FlowTag::kBypassExpired);
+  rl.stop();
+}
+
+TEST(Reloader, SighupRequestsAReload) {
+  sshring::testing::TempDir dir;
+  const std::string path = dir.file("policy.yaml");
+  sshring::testing::write_file(path, policy_text(dir.file("grants"), "10.0.0.0/28"));
+  PolicyCache cache;
+  ReloaderOptions o;
+  o.policy_path = path;
+  o.watch = false;  // only the signal can trigger it
+  Reloader rl(cache, o);
+  rl.reload_or_throw();
+  rl.start();
+  sshring::testing::write_file(path, policy_text(dir.file("grants"), "10.9.0.0/16"));
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(rl.reloads_ok(), 1u);
+  ASSERT_EQ(::raise(SIGHUP), 0);
+  ASSERT_TRUE(eventually([&] { return rl.reloads_ok() == 2; }));
+  EXPECT_TRUE(cache.current()->is_relay(*IpAddr::parse("10.9.1.1")));
+  rl.stop();
+  std::string err;
+  sshring::testing::write_file(path, "version: 7\n");
+  EXPECT_FALSE(rl.reload(&err));
+  EXPECT_NE(err.find("version: expected an integer from 1 to 1"), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace sshring::policy
