@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <set>
 
 #include "bpf/loader.h"
@@ -188,6 +189,23 @@ SyncResult MapSync::apply(const KernelPolicy& kp) {
       k.expires_unix = c->expires;
     }
     grants[bytes_of(lpm_key(p))] = set;
+  }
+
+  sshring_port_bitmap bits{};
+  for (const auto& d : kp.protected_dsts)
+    for (const auto& pr : d.ports)
+      for (uint32_t port = pr.lo; port <= pr.hi; port++)
+        bits.bits[port >> 3] |= static_cast<uint8_t>(1u << (port & 7));
+  uint32_t zero = 0;
+  auto old = std::make_unique<sshring_port_bitmap>();
+  if (bpf_map_lookup_elem(obj_.map_fd("watched_ports"), &zero, old.get()) != 0)
+    throw_errno("read watched_ports");
+  if (std::memcmp(old.get(), &bits, sizeof(bits)) != 0) {
+    // Only a pre-filter: the protected_dsts trie still decides, so its order against the trie
+    // updates below does not matter.
+    if (bpf_map_update_elem(obj_.map_fd("watched_ports"), &zero, &bits, BPF_ANY) != 0)
+      throw_errno("update watched_ports");
+    r.changed++;
   }
 
   diff_into<sshring_lpm_key, uint32_t>(obj_.map_fd("relays"), "relays map", relays, r);

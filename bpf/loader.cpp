@@ -260,7 +260,12 @@ TcHook::TcHook(int ifindex, bool ingress, int prog_fd) : ifindex_(ifindex), ingr
   const char* dir = ingress ? "ingress" : "egress";
   LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex,
               .attach_point = ingress ? BPF_TC_INGRESS : BPF_TC_EGRESS);
-  int err = bpf_tc_hook_create(&hook);
+  install_libbpf_print();
+  int err;
+  {
+    Quiet quiet;  // EEXIST (a clsact qdisc is already there) is expected
+    err = bpf_tc_hook_create(&hook);
+  }
   if (err && err != -EEXIST)
     throw common::SystemError("create clsact qdisc on ifindex " + std::to_string(ifindex), -err);
   created_qdisc_ = err == 0;

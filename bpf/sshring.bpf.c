@@ -41,6 +41,14 @@ struct {
   __type(value, struct sshring_protected);
 } protected_dsts SEC(".maps");
 
+/* Union of all protected ports: one array lookup rejects most non-SSH traffic. */
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct sshring_port_bitmap);
+} watched_ports SEC(".maps");
+
 struct {
   __uint(type, BPF_MAP_TYPE_LPM_TRIE);
   __uint(max_entries, SSHRING_MAX_PREFIXES);
@@ -249,6 +257,12 @@ static __always_inline void lpm_host_key(struct sshring_lpm_key* k, __u8 family,
   __builtin_memcpy(k->addr, a, 16);
 }
 
+static __always_inline int port_watched(__u16 port) {
+  __u32 zero = 0;
+  struct sshring_port_bitmap* bm = bpf_map_lookup_elem(&watched_ports, &zero);
+  return bm && (bm->bits[port >> 3] & (1 << (port & 7)));
+}
+
 static __always_inline int is_protected(__u8 family, const __u32 dst[4], __u16 port) {
   struct sshring_lpm_key k;
   lpm_host_key(&k, family, dst);
@@ -321,7 +335,6 @@ static __always_inline int enforce_on(void) {
 
 static __always_inline int handle(struct __sk_buff* skb, int ingress) {
   struct pkt p = {};
-  stat_inc(SSHRING_STAT_PACKETS);
   int r = parse(skb, &p);
   if (r == PARSE_TRUNCATED && skb->len > skb->data_end - skb->data) {
     /* Headers beyond the linear area: pull them in once and parse again. */
@@ -336,18 +349,18 @@ static __always_inline int handle(struct __sk_buff* skb, int ingress) {
 
   /* Inbound connections only: ingress to a protected port is client->server, egress from one is
    * server->client. */
+  /* Cheap filter first: only packets to or from a watched port go further. */
+  if (!port_watched(ingress ? p.dport : p.sport)) return TC_ACT_UNSPEC;
   struct sshring_flow_key key = {};
   key.family = p.family;
   int dir;
   if (ingress) {
-    if (!is_protected(p.family, p.dst, p.dport)) return TC_ACT_UNSPEC;
     __builtin_memcpy(key.client, p.src, 16);
     __builtin_memcpy(key.server, p.dst, 16);
     key.client_port = p.sport;
     key.server_port = p.dport;
     dir = SSHRING_DIR_C2S;
   } else {
-    if (!is_protected(p.family, p.src, p.sport)) return TC_ACT_UNSPEC;
     __builtin_memcpy(key.client, p.dst, 16);
     __builtin_memcpy(key.server, p.src, 16);
     key.client_port = p.dport;
@@ -359,7 +372,11 @@ static __always_inline int handle(struct __sk_buff* skb, int ingress) {
   __u64 len = skb->len;
   struct sshring_flow* f = bpf_map_lookup_elem(&flows, &key);
   if (!f) {
-    if (!ingress || (p.flags & (TCP_SYN | TCP_ACK | TCP_RST)) != TCP_SYN) {
+    /* Established packets of tracked flows never reach the LPM lookup below. */
+    int is_syn = ingress && (p.flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
+    int prot = ingress ? is_protected(p.family, p.dst, p.dport) : is_protected(p.family, p.src, p.sport);
+    if (!prot) return TC_ACT_UNSPEC;
+    if (!is_syn) {
       stat_inc(SSHRING_STAT_UNTRACKED);
       return TC_ACT_UNSPEC;
     }

@@ -64,6 +64,10 @@ struct sshring_protected {
   __u16 hi[SSHRING_MAX_PORT_RANGES];
 };
 
+struct sshring_port_bitmap {
+  __u8 bits[8192]; /* bit p set: TCP port p is an ssh port of some protected prefix */
+};
+
 /* Flow key, normalized to the connection's direction: client = who sent the SYN. */
 struct sshring_flow_key {
   __u32 client[4];
@@ -127,13 +131,12 @@ struct sshring_tag_counters {
 
 /* Indices of the per-CPU stats array: every degraded path increments one. */
 enum sshring_stat {
-  SSHRING_STAT_PACKETS = 0,   /* packets seen by the classifier */
-  SSHRING_STAT_TRUNCATED,     /* headers shorter than they claim */
+  SSHRING_STAT_TRUNCATED = 0, /* headers shorter than they claim */
   SSHRING_STAT_FRAGMENTS,     /* IP fragments passed unparsed */
   SSHRING_STAT_V6_UNPARSED,   /* IPv6 extension header we do not walk */
   SSHRING_STAT_RINGBUF_FULL,  /* bpf_ringbuf_reserve failed: event lost */
   SSHRING_STAT_FLOW_MAP_FULL, /* flow insert failed */
-  SSHRING_STAT_UNTRACKED,     /* non-SYN packet of a flow we have no entry for */
+  SSHRING_STAT_UNTRACKED,     /* non-SYN packet to a protected port without a flow entry */
   SSHRING_STAT_DROPPED,       /* SYNs dropped in enforce mode */
   SSHRING_STAT_CLOSED_LOCAL,  /* flows closed by the socket tracepoint */
   SSHRING_STAT_NUM,

@@ -115,6 +115,28 @@ void BM_NotSsh(benchmark::State& state) {
 }
 BENCHMARK(BM_NotSsh)->UseManualTime()->Iterations(20);
 
+// Reference point: a two-instruction SCHED_CLS program (r0 = -1; exit) through the same test-run
+// path, so the numbers above can be read as "classifier cost on top of the harness".
+void BM_TrivialProgram(benchmark::State& state) {
+  if (::geteuid() != 0) return state.SkipWithError("needs root");
+  const bpf_insn insns[] = {
+      {.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .src_reg = 0, .off = 0, .imm = -1},
+      {.code = BPF_JMP | BPF_EXIT, .dst_reg = 0, .src_reg = 0, .off = 0, .imm = 0},
+  };
+  int fd = bpf_prog_load(BPF_PROG_TYPE_SCHED_CLS, "trivial", "GPL", insns, 2, nullptr);
+  if (fd < 0) return state.SkipWithError("cannot load a trivial program");
+  auto pkt = t::build_packet({.src = "10.77.1.1", .sport = 50003, .flags = t::kAck, .payload = 1400});
+  double ns = 0;
+  for (auto _ : state) {
+    auto r = t::run_prog(fd, pkt, kRepeat);
+    ns = r.duration_ns;
+    state.SetIterationTime(r.duration_ns * 1e-9 * kRepeat);
+  }
+  ::close(fd);
+  state.counters["ns_per_packet"] = ns;
+}
+BENCHMARK(BM_TrivialProgram)->UseManualTime()->Iterations(20);
+
 }  // namespace
 
 BENCHMARK_MAIN();
