@@ -454,8 +454,11 @@ int BPF_PROG(sshring_sock_state, struct sock* sk, int oldstate, int newstate) {
   } else {
     return 0;
   }
-  /* The local socket is the server side: its local port is the protected one. */
-  key.server_port = c->skc_num;
+  /* The local socket is the server side: its local port is the protected one. skc_num is already
+   * cleared here (the port is released before the state store), inet_sport is not. */
+  __be16 sport = 0;
+  bpf_probe_read_kernel(&sport, sizeof(sport), &((struct inet_sock*)sk)->inet_sport);
+  key.server_port = bpf_ntohs(sport);
   key.client_port = bpf_ntohs(c->skc_dport);
   struct sshring_flow* f = bpf_map_lookup_elem(&flows, &key);
   if (!f) return 0;

@@ -142,11 +142,11 @@ opt_out:
     return g;
   }
 
-  void start_agent(bool enforce, const std::string& log_name) {
+  void start_agent(bool enforce, const std::string& log_name, const std::string& idle = "1h") {
     std::vector<std::string> argv = {sshring_bin(),    "agent", "--policy",  dir_.file("policy.yaml"),
                                      "--iface",        "vh",    "--pin-dir", pin_dir_,
                                      "--audit-log",    audit_,  "--metrics", "127.0.0.1:9465",
-                                     "--idle-timeout", "1h"};
+                                     "--idle-timeout", idle};
     if (enforce) argv.push_back("--enforce");
     Process::Options o;
     o.netns = host_->name();
@@ -308,6 +308,18 @@ TEST_F(AgentIntegration, TagsCountsEnforcesSurvivesRestartAndDetaches) {
   host_->exec("tc qdisc show dev vh", &qdisc);
   EXPECT_EQ(qdisc.find("clsact"), std::string::npos) << qdisc;
   EXPECT_NE(::access((pin_dir_ + "/maps/flows").c_str(), F_OK), 0);
+}
+
+TEST_F(AgentIntegration, IdleFlowIsEvictedAndReported) {
+  start_agent(false, "agent.log", "2s");
+  // An interactive-looking session that sends nothing for 5 s: swept after 2 s idle.
+  EXPECT_EQ(ssh(kGranted, "sleep 5"), 0);
+  auto close = wait_record(audit_, "flow_close", kGranted);
+  ASSERT_TRUE(close.has_value());
+  EXPECT_EQ((*close)["end"], "evicted") << close->dump();
+  EXPECT_EQ((*close)["tag"], "bypass_approved");
+  EXPECT_GT((*close)["bytes_in"].get<uint64_t>(), 1000u);
+  stop_agent();
 }
 
 TEST_F(AgentIntegration, ClearErrors) {

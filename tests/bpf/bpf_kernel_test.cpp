@@ -4,6 +4,8 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -13,6 +15,7 @@
 
 #include "bpf/kernel_policy.h"
 #include "bpf/loader.h"
+#include "common/unique_fd.h"
 #include "tests/bpf/packet.h"
 
 namespace sshring::bpf {
@@ -366,6 +369,66 @@ TEST_F(KernelTest, MapSyncConvergesOnReload) {
   EXPECT_EQ(flow(old_src)->tag, SSHRING_TAG_UNAPPROVED);
   EXPECT_EQ(flow(new_src)->tag, SSHRING_TAG_APPROVED);
   EXPECT_EQ(sync_->grant_name(flow(new_src)->grant), "g-new");
+}
+
+// The tp_btf hook on inet_sock_set_state closes flows whose socket ends on this host without a FIN
+// pair on the wire: a real loopback connection, aborted by the server side (SO_LINGER 0).
+TEST(SockStateHook, LocalAbortClosesTheFlow) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to load BPF programs";
+  std::optional<BpfObject> obj;
+  try {
+    obj.emplace(BpfObject::Options{.pin_dir = "", .attach_tracepoint = true});
+  } catch (const std::exception& e) {
+    GTEST_SKIP() << "cannot load/attach the BPF object here: " << e.what();
+  }
+  common::UniqueFd lis(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sa);
+  ASSERT_EQ(::bind(lis.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_EQ(::listen(lis.get(), 1), 0);
+  ASSERT_EQ(::getsockname(lis.get(), reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  common::UniqueFd cli(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_EQ(::connect(cli.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  sockaddr_in peer{};
+  len = sizeof(peer);
+  common::UniqueFd srv(::accept(lis.get(), reinterpret_cast<sockaddr*>(&peer), &len));
+  ASSERT_TRUE(srv.valid());
+
+  // The flow as the TC program would have recorded it at the SYN.
+  sshring_flow_key key{};
+  key.family = 4;
+  key.client[0] = htonl(INADDR_LOOPBACK);
+  key.server[0] = htonl(INADDR_LOOPBACK);
+  key.client_port = ntohs(peer.sin_port);
+  key.server_port = ntohs(sa.sin_port);
+  sshring_flow f{};
+  f.tag = SSHRING_TAG_UNAPPROVED;
+  f.packets[0] = 3;
+  f.bytes[0] = 200;
+  ASSERT_EQ(bpf_map_update_elem(obj->map_fd("flows"), &key, &f, BPF_ANY), 0);
+
+  std::vector<sshring_event> got;
+  auto cb = [](void* ctx, void* data, size_t size) {
+    if (size >= sizeof(sshring_event))
+      static_cast<std::vector<sshring_event>*>(ctx)->push_back(*static_cast<sshring_event*>(data));
+    return 0;
+  };
+  ring_buffer* rb = ring_buffer__new(obj->events_fd(), cb, &got, nullptr);
+  ASSERT_NE(rb, nullptr);
+  linger lg{1, 0};
+  ASSERT_EQ(::setsockopt(srv.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+  srv.reset();  // RST: the server socket goes straight to TCP_CLOSE
+  for (int i = 0; i < 50 && got.empty(); i++) ring_buffer__poll(rb, 20);
+  ring_buffer__free(rb);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].type, SSHRING_EV_CLOSE);
+  EXPECT_EQ(got[0].reason, SSHRING_CLOSE_LOCAL);
+  EXPECT_EQ(got[0].bytes[0], 200u);
+  EXPECT_EQ(got[0].key.client_port, key.client_port);
+  sshring_flow after{};
+  EXPECT_NE(bpf_map_lookup_elem(obj->map_fd("flows"), &key, &after), 0) << "entry removed";
 }
 
 }  // namespace
