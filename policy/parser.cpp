@@ -27,6 +27,35 @@ PolicyError::PolicyError(std::string file, int line, int column, std::string key
 
 namespace {
 
+// Printable text only: control characters and invalid UTF-8 would corrupt logs, audit records and
+// the YAML we emit.
+bool printable_utf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) return false;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t n = c >= 0xf0 && c <= 0xf4 ? 3 : (c >= 0xe0 && c < 0xf0) ? 2 : (c >= 0xc2 && c < 0xe0) ? 1 : 0;
+    if (n == 0) return false;
+    uint32_t cp = c & (0x3f >> n);
+    for (size_t k = 1; k <= n; ++k) {
+      if (i + k >= s.size()) return false;
+      auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    // Overlong forms, surrogates and C1 controls.
+    if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp < 0xa0)) {
+      return false;
+    }
+    i += n + 1;
+  }
+  return true;
+}
+
 constexpr const char* kDayNames[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
 
 // Context for one parse: the file name, for errors.
@@ -88,6 +117,9 @@ class Parser {
     if (!n.IsScalar()) fail(n.Mark(), key, std::string("expected ") + what + ", got " + kind(n));
     if (n.Scalar().size() > max_len) {
       fail(n.Mark(), key, std::string("value longer than ") + std::to_string(max_len) + " characters");
+    }
+    if (!printable_utf8(n.Scalar())) {
+      fail(n.Mark(), key, "value contains control characters or invalid UTF-8; use printable text");
     }
     return n.Scalar();
   }

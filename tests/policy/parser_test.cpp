@@ -181,6 +181,8 @@ std::vector<ErrorCase> error_cases() {
        "opt_out[0].from: list must not be empty"},
       {"too_many_items", many_relays, "t.yaml:2:9: relays: list has 1001 items; at most 1000 are allowed"},
       {"too_deep", deep, "nesting too deep"},
+      {"invalid_utf8", replace(b, "alice@laptop", "alic\x9b@laptop"),
+       "principals[0].keys[0]: value contains control characters or invalid UTF-8; use printable text"},
       {"key_not_string", replace(b, "relays: [10.0.0.0/28]", "? [a]\n: b"), "keys must be plain strings"},
   };
 }
