@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
@@ -176,6 +177,7 @@ void add_sample(prometheus::MetricFamily& family, const Labels& labels, double v
 
 struct Server::Impl {
   std::shared_ptr<CollectorSet> collectors = std::make_shared<CollectorSet>();
+  common::SockAddr addr;
   std::unique_ptr<prometheus::Exposer> exposer;  // IPv4
   std::unique_ptr<Ipv6Endpoint> ipv6;            // IPv6 (see Ipv6Endpoint)
 };
@@ -198,6 +200,7 @@ Server::Server(const std::string& listen, std::string component)
           });
     } else {
       impl_->exposer = std::make_unique<prometheus::Exposer>(addr->to_string(), 1);
+      impl_->addr = *addr;
     }
   } catch (const std::exception& e) {
     throw std::runtime_error("metrics: cannot listen on " + listen + ": " + e.what() +
@@ -217,7 +220,24 @@ Server::Server(const std::string& listen, std::string component)
 
 Server::~Server() {
   // Stop serving before the registry and collectors (and whatever they read) go away.
-  impl_->exposer.reset();
+  if (impl_->exposer) {
+    // civetweb's accept loop re-checks its stop flag only after a 2 s poll timeout; connecting while
+    // it stops wakes it at once, so a relay or agent shuts down without that delay.
+    common::SockAddr target = impl_->addr;
+    target.set_port(port());
+    if (target.ip_string() == "0.0.0.0") target = *common::SockAddr::from_ip("127.0.0.1", target.port());
+    std::atomic<bool> stopped{false};
+    std::thread waker([&] {
+      while (!stopped.load()) {
+        common::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (fd) (void)::connect(fd.get(), target.get(), target.len());
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    });
+    impl_->exposer.reset();
+    stopped = true;
+    waker.join();
+  }
   impl_->ipv6.reset();
 }
 

@@ -309,6 +309,28 @@ TEST(AuditLogTest, BatchedModeReachesDiskWithinTheBound) {
   EXPECT_EQ(parse_record(lines_of(o.path)[0], nullptr)->body["version"], "v1");
 }
 
+// A full disk must not throw into the caller (the relay's close path): the failure is counted and logged.
+TEST(AuditLogTest, WriteErrorsAreCountedNotThrown) {
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  AuditLog log({.path = "/dev/full", .component = "relay", .fsync_each = true});
+  EXPECT_NO_THROW(log.append(session_end(1)));
+  EXPECT_NO_THROW(log.append(session_end(2)));
+  EXPECT_EQ(log.write_errors(), 2u);
+}
+
+// With syslog on, records still go to the file unchanged (syslog(3) itself cannot fail visibly).
+TEST(AuditLogTest, SyslogCopyKeepsTheFileChain) {
+  TempDir dir;
+  {
+    AuditLog log({.path = dir.file("a.jsonl"), .component = "agent", .syslog = true});
+    log.append(session_end(1));
+    log.append(session_end(2));
+  }
+  auto res = verify_chain({dir.file("a.jsonl")});
+  EXPECT_TRUE(res.ok()) << res.error->to_string();
+  EXPECT_EQ(res.records, 2u);
+}
+
 struct ParseCase {
   const char* name;
   std::string line;
