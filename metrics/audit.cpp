@@ -76,6 +76,21 @@ std::string rotated_name(const std::string& path) {
   return name;
 }
 
+// Readers reject lines over kMaxRecordBytes, so one oversized field (a long parser error, a hostile
+// principal) must not make a record unverifiable: long strings are cut, and marked as cut.
+constexpr size_t kMaxStringBytes = 4096;
+void clamp_strings(nlohmann::json& j) {
+  if (j.is_string()) {
+    auto& s = j.get_ref<std::string&>();
+    if (s.size() > kMaxStringBytes) {
+      s.resize(kMaxStringBytes);
+      s += "...[truncated]";
+    }
+  } else if (j.is_structured()) {
+    for (auto& v : j) clamp_strings(v);
+  }
+}
+
 }  // namespace
 
 struct AuditLog::Impl {
@@ -164,6 +179,7 @@ struct AuditLog::Impl {
 
   // Builds the line for `record`, advances the chain. Caller holds mu.
   std::string seal(nlohmann::json record) {
+    clamp_strings(record);
     nlohmann::ordered_json line;
     line["ts"] = format_rfc3339_ms(std::chrono::system_clock::now());
     line["type"] = record.at("type");
@@ -178,6 +194,7 @@ struct AuditLog::Impl {
     // Invalid UTF-8 from a peer (a principal, a torn line) must not stop the log: replace it.
     std::string text = line.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
     last_hash = sha256_hex(text);
+    // No openlog(): it is process-global and keeps our ident pointer; the line names its component.
     if (opts.syslog) ::syslog(LOG_AUTHPRIV | LOG_INFO, "%s", text.c_str());
     text.push_back('\n');
     return text;
@@ -269,7 +286,6 @@ AuditLog::AuditLog(AuditOptions opts) : impl_(std::make_unique<Impl>(std::move(o
   }
   d.open_file();
   auto note = d.recover_tail();
-  if (d.opts.syslog) ::openlog(("sshring-" + d.opts.component).c_str(), LOG_PID | LOG_NDELAY, LOG_AUTHPRIV);
   if (note) {
     std::lock_guard lk(d.mu);
     d.enqueue_locked(std::move(*note), true);
@@ -287,7 +303,6 @@ AuditLog::~AuditLog() {
   d.cv.notify_all();
   if (d.writer.joinable()) d.writer.join();
   flush();
-  if (d.opts.syslog) ::closelog();
 }
 
 void AuditLog::append(nlohmann::json record) {

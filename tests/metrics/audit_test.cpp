@@ -331,6 +331,21 @@ TEST(AuditLogTest, SyslogCopyKeepsTheFileChain) {
   EXPECT_EQ(res.records, 2u);
 }
 
+TEST(AuditLogTest, OversizedFieldsAreCutSoTheRecordStaysVerifiable) {
+  TempDir dir;
+  {
+    AuditLog log({.path = dir.file("a.jsonl"), .component = "relay", .fsync_each = true});
+    auto rec = session_end(1);
+    rec["principal"] = std::string(200000, 'p');
+    log.append(rec);
+  }
+  auto res = verify_chain({dir.file("a.jsonl")});
+  EXPECT_TRUE(res.ok()) << res.error->to_string();
+  auto line = lines_of(dir.file("a.jsonl"))[0];
+  EXPECT_LT(line.size(), kMaxRecordBytes);
+  EXPECT_NE(line.find("...[truncated]"), std::string::npos);
+}
+
 struct ParseCase {
   const char* name;
   std::string line;
