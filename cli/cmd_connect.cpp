@@ -22,12 +22,12 @@ std::string exit_code_table() {
     t += "  " + std::to_string(auth::exit_code_for(reason)) + "  " + auth::reason_name(reason) + ": " +
          auth::reason_description(reason) + "\n";
   }
-  t += "  " + std::to_string(auth::kExitCodeBase + auth::kMaxReason + 1) + "  a reason newer than this client\n";
-  t +=
-      "\n~/.ssh/config:\n"
-      "  Host *.corp.example\n"
-      "    ProxyCommand sshring connect --fdpass --relay relay.corp.example:2222 %h %p\n"
-      "    ProxyUseFdpass yes\n";
+  t += "  " + std::to_string(auth::kExitCodeBase + auth::kMaxReason + 1) +
+       "  a reason newer than this client\n";
+  t += "\n~/.ssh/config:\n"
+       "  Host *.corp.example\n"
+       "    ProxyCommand sshring connect --fdpass --relay relay.corp.example:2222 %h %p\n"
+       "    ProxyUseFdpass yes\n";
   return t;
 }
 
@@ -40,7 +40,8 @@ int run(const std::vector<std::string>& args) {
   f.value("relay", "HOST:PORT", "the relay to connect to")
       .value("principal", "NAME", "who you are in the relay's policy (default: $USER)")
       .value("identity", "KEYFILE", "sign with this OpenSSH ed25519 private key file instead of ssh-agent")
-      .value("agent-key", "PUBFILE", "with ssh-agent: use the key in this .pub file (default: first ed25519 key)")
+      .value("agent-key", "PUBFILE",
+             "with ssh-agent: use the key in this .pub file (default: first ed25519 key)")
       .value("relay-id", "ID", "the relay's id as configured on the relay (default: HOST of --relay)")
       .value("timeout", "SECONDS", "connect and handshake timeout", "15")
       .boolean("fdpass", "pass the connected socket to ssh over stdout (ProxyUseFdpass yes)")
@@ -59,8 +60,8 @@ int run(const std::vector<std::string>& args) {
       throw sshring::common::UsageError("PORT '" + f.positionals()[1] + "': expected 1-65535");
     o.port = static_cast<uint16_t>(port);
     o.timeout = std::chrono::seconds(f.get_int("timeout", 15, 1, 3600));
-    auth::Signer signer =
-        f.has("identity") ? auth::file_signer(f.require("identity")) : auth::agent_signer(f.get_or("agent-key", ""));
+    auth::Signer signer = f.has("identity") ? auth::file_signer(f.require("identity"))
+                                            : auth::agent_signer(f.get_or("agent-key", ""));
     auth::Connected c = auth::connect_via_relay(o, signer);
     if (f.flag("fdpass")) {
       auth::send_fd(STDOUT_FILENO, c.fd.get());
@@ -79,6 +80,7 @@ int run(const std::vector<std::string>& args) {
   }
 }
 
-const sshring::cli::Registrar kConnect{{"connect", "open an authenticated session through a relay (ssh ProxyCommand)", run}};
+const sshring::cli::Registrar kConnect{
+    {"connect", "open an authenticated session through a relay (ssh ProxyCommand)", run}};
 
 }  // namespace

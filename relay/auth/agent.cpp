@@ -51,9 +51,11 @@ void read_all(int fd, char* buf, size_t len, const std::string& path) {
 
 }  // namespace
 
-AgentClient::AgentClient(const std::string& socket_path, std::chrono::milliseconds timeout) : path_(socket_path) {
+AgentClient::AgentClient(const std::string& socket_path, std::chrono::milliseconds timeout)
+    : path_(socket_path) {
   if (socket_path.empty())
-    throw common::UsageError("SSH_AUTH_SOCK is not set: start ssh-agent and ssh-add your key, or pass --identity");
+    throw common::UsageError(
+        "SSH_AUTH_SOCK is not set: start ssh-agent and ssh-add your key, or pass --identity");
   sockaddr_un sun{};
   sun.sun_family = AF_UNIX;
   if (socket_path.size() >= sizeof(sun.sun_path))

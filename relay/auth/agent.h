@@ -14,7 +14,7 @@ namespace sshring::relay::auth {
 class AgentClient {
  public:
   struct Identity {
-    std::string blob;     // SSH wire key blob
+    std::string blob;  // SSH wire key blob
     std::string comment;
   };
 

@@ -27,7 +27,7 @@ struct SessionState {
   bool over_handshake_cap = false;
   bool in_handshake = false;  // counted in SessionLimits::handshakes_
   bool session_counted = false;
-  bool decided = false;       // a DENY or a connect decision was made
+  bool decided = false;  // a DENY or a connect decision was made
   bool denied = false;
   bool connected = false;
   Reason deny_reason = Reason::kMalformed;
@@ -102,7 +102,8 @@ struct SessionState {
     }
     if (last.reason == policy::Reason::kOutsideWindow)
       return deny(Reason::kOutsideTimeWindow, "outside the allowed time window");
-    return deny(Reason::kAddressNotAllowed, target_name + " resolved to " + tried + ", not allowed by policy");
+    return deny(Reason::kAddressNotAllowed,
+                target_name + " resolved to " + tried + ", not allowed by policy");
   }
 };
 
@@ -117,14 +118,20 @@ std::string hex_id(uint64_t id) {
 // Maps a policy refusal onto the wire reason.
 Reason from_policy(policy::Reason r) {
   switch (r) {
-    case policy::Reason::kUnknownPrincipal: return Reason::kUnknownPrincipal;
-    case policy::Reason::kKeyNotListed: return Reason::kKeyNotListed;
+    case policy::Reason::kUnknownPrincipal:
+      return Reason::kUnknownPrincipal;
+    case policy::Reason::kKeyNotListed:
+      return Reason::kKeyNotListed;
     case policy::Reason::kTargetNotAllowed:
-    case policy::Reason::kPortNotAllowed: return Reason::kTargetNotAllowed;
-    case policy::Reason::kOutsideWindow: return Reason::kOutsideTimeWindow;
-    case policy::Reason::kTooManySessions: return Reason::kTooManySessions;
+    case policy::Reason::kPortNotAllowed:
+      return Reason::kTargetNotAllowed;
+    case policy::Reason::kOutsideWindow:
+      return Reason::kOutsideTimeWindow;
+    case policy::Reason::kTooManySessions:
+      return Reason::kTooManySessions;
     case policy::Reason::kNoPolicy:
-    case policy::Reason::kAllowed: break;
+    case policy::Reason::kAllowed:
+      break;
   }
   return Reason::kOverloaded;
 }
@@ -140,14 +147,18 @@ class AuthHandshake : public Handshake {
     SessionState& s = *s_;
     if (s.decided) return s.denied ? s.deny(s.deny_reason, s.deny_message) : HandshakeStep{};
     if (s.over_handshake_cap)
-      return s.deny(Reason::kTooManyHandshakes, "too many connections in handshake from " + s.client.ip_string());
+      return s.deny(Reason::kTooManyHandshakes,
+                    "too many connections in handshake from " + s.client.ip_string());
     HelloDecode d = decode_hello(received);
     switch (d.status) {
-      case DecodeStatus::kNeedMore: return HandshakeStep{};
-      case DecodeStatus::kMalformed: return s.deny(Reason::kMalformed, std::string(d.error));
+      case DecodeStatus::kNeedMore:
+        return HandshakeStep{};
+      case DecodeStatus::kMalformed:
+        return s.deny(Reason::kMalformed, std::string(d.error));
       case DecodeStatus::kUnsupportedVersion:
         return s.deny(Reason::kUnsupportedVersion, "this relay speaks preamble version 1");
-      case DecodeStatus::kOk: break;
+      case DecodeStatus::kOk:
+        break;
     }
     const Hello& h = d.hello;
     AuthHandshakeFactory& f = *s.factory;
@@ -164,7 +175,8 @@ class AuthHandshake : public Handshake {
     uint64_t skew = static_cast<uint64_t>(f.opts_.max_skew.count());
     uint64_t diff = now_ms > h.timestamp_ms ? now_ms - h.timestamp_ms : h.timestamp_ms - now_ms;
     if (diff > skew)
-      return s.deny(Reason::kStale, "timestamp is " + std::to_string(diff / 1000) + "s off the relay's clock");
+      return s.deny(Reason::kStale,
+                    "timestamp is " + std::to_string(diff / 1000) + "s off the relay's clock");
 
     s.snap = f.cache_.current();
     if (!s.snap) return s.deny(Reason::kOverloaded, "no policy loaded");
@@ -186,9 +198,12 @@ class AuthHandshake : public Handshake {
       return s.deny(Reason::kBadSignature, "signature does not verify");
 
     switch (f.replay_.check_and_insert(h.nonce, h.timestamp_ms, now_ms)) {
-      case ReplayCache::Result::kFresh: break;
-      case ReplayCache::Result::kReplayed: return s.deny(Reason::kReplayed, "nonce already used");
-      case ReplayCache::Result::kFull: return s.deny(Reason::kOverloaded, "replay cache full");
+      case ReplayCache::Result::kFresh:
+        break;
+      case ReplayCache::Result::kReplayed:
+        return s.deny(Reason::kReplayed, "nonce already used");
+      case ReplayCache::Result::kFull:
+        return s.deny(Reason::kOverloaded, "replay cache full");
     }
 
     auto now_s = static_cast<policy::UnixSeconds>(now_ms / 1000);
@@ -244,7 +259,8 @@ class AuthHandshake : public Handshake {
     s.upstream_local = local;
     s.leave_handshake();
     auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - s.started).count();
-    if (s.factory->opts_.metrics.handshake_seconds) s.factory->opts_.metrics.handshake_seconds->Observe(elapsed);
+    if (s.factory->opts_.metrics.handshake_seconds)
+      s.factory->opts_.metrics.handshake_seconds->Observe(elapsed);
     if (auto* audit = s.factory->opts_.audit) {
       nlohmann::json r = base_record("session_start");
       r["upstream_local"] = local.to_string();
@@ -272,7 +288,8 @@ class AuthHandshake : public Handshake {
     if (s.session_counted) s.factory->limits_.release_session(s.principal);
     s.session_counted = false;
     bool timed_out = !s.decided && sum.reason == EndReason::kHandshakeTimeout;
-    if (timed_out) s.factory->count_decision(static_cast<uint16_t>(Reason::kTimeout), reason_name(Reason::kTimeout));
+    if (timed_out)
+      s.factory->count_decision(static_cast<uint16_t>(Reason::kTimeout), reason_name(Reason::kTimeout));
     auto* audit = s.factory->opts_.audit;
     if (audit == nullptr || ended_logged_) return;
     ended_logged_ = true;

@@ -50,7 +50,8 @@ struct AuthOptions {
 // Internal per-session state, shared with callbacks that may outlive the Handshake.
 struct SessionState;
 
-class AuthHandshakeFactory : public HandshakeFactory, public std::enable_shared_from_this<AuthHandshakeFactory> {
+class AuthHandshakeFactory : public HandshakeFactory,
+                             public std::enable_shared_from_this<AuthHandshakeFactory> {
  public:
   // `cache` must outlive the factory. Throws common::UsageError on bad options.
   AuthHandshakeFactory(const policy::PolicyCache& cache, AuthOptions opts);

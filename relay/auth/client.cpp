@@ -94,8 +94,7 @@ Signer agent_signer(const std::string& select_pub) {
     if (!want) throw common::UsageError(select_pub + ": not an ssh-ed25519 public key");
     bool found = false;
     for (const auto& k : keys) found = found || k == *want;
-    if (!found)
-      throw common::UsageError("ssh-agent has no key " + fingerprint(*want) + " (ssh-add it)");
+    if (!found) throw common::UsageError("ssh-agent has no key " + fingerprint(*want) + " (ssh-add it)");
     s.public_key = *want;
   } else {
     if (keys.empty())
@@ -145,7 +144,8 @@ uint64_t handshake_on(int fd, const Hello& hello, std::chrono::milliseconds time
   std::array<uint8_t, kHeaderSize + kMaxDenyPayload> buf{};
   read_exact(fd, buf.data(), kHeaderSize, deadline);
   int len = reply_payload_length(std::span<const uint8_t, kHeaderSize>(buf.data(), kHeaderSize));
-  if (len < 0) throw std::runtime_error("the relay's reply is not an sshring frame (is --relay an sshring relay?)");
+  if (len < 0)
+    throw std::runtime_error("the relay's reply is not an sshring frame (is --relay an sshring relay?)");
   read_exact(fd, buf.data() + kHeaderSize, static_cast<size_t>(len), deadline);
   ReplyDecode d = decode_reply(std::span<const uint8_t>(buf.data(), kHeaderSize + static_cast<size_t>(len)));
   if (d.status != DecodeStatus::kOk) throw std::runtime_error("malformed reply from the relay");

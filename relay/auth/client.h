@@ -44,9 +44,9 @@ class DeniedError : public std::runtime_error {
 };
 
 struct ConnectOptions {
-  std::string relay;       // "HOST:PORT" ("[v6]:PORT"); HOST may be a name
-  std::string relay_id;    // empty: HOST of `relay`
-  std::string principal;   // empty: the login name
+  std::string relay;      // "HOST:PORT" ("[v6]:PORT"); HOST may be a name
+  std::string relay_id;   // empty: HOST of `relay`
+  std::string principal;  // empty: the login name
   std::string target;
   uint16_t port = 22;
   std::chrono::milliseconds timeout{15000};  // connect + handshake

@@ -16,15 +16,16 @@ bool printable(std::string_view s) {
 
 bool target_chars(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
-           c == '_' || c == ':';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '-' || c == '_' || c == ':';
   });
 }
 
 // Field checks shared by encoder and decoder; returns nullptr when fine.
 const char* check_fields(const Hello& h) {
   if (h.relay_id.empty() || h.relay_id.size() > kMaxRelayId || !printable(h.relay_id)) return "bad relay id";
-  if (h.principal.empty() || h.principal.size() > kMaxPrincipal || !printable(h.principal)) return "bad principal";
+  if (h.principal.empty() || h.principal.size() > kMaxPrincipal || !printable(h.principal))
+    return "bad principal";
   if (h.target.empty() || h.target.size() > kMaxTarget || !target_chars(h.target)) return "bad target";
   if (h.port == 0) return "port 0";
   if (h.algorithm != KeyAlgorithm::kEd25519) return "unknown key algorithm";
@@ -74,7 +75,9 @@ Header read_header(std::span<const uint8_t> in, size_t max_payload_for_type(Fram
   return {DecodeStatus::kOk, type, len, {}};
 }
 
-size_t hello_max(FrameType t) { return t == FrameType::kHello ? kMaxHelloPayload : 0; }
+size_t hello_max(FrameType t) {
+  return t == FrameType::kHello ? kMaxHelloPayload : 0;
+}
 size_t reply_max(FrameType t) {
   if (t == FrameType::kOk) return kOkPayload;
   if (t == FrameType::kDeny) return kMaxDenyPayload;
@@ -85,46 +88,80 @@ size_t reply_max(FrameType t) {
 
 const char* reason_name(Reason r) {
   switch (r) {
-    case Reason::kMalformed: return "malformed";
-    case Reason::kUnsupportedVersion: return "unsupported_version";
-    case Reason::kWrongRelay: return "wrong_relay";
-    case Reason::kStale: return "stale";
-    case Reason::kReplayed: return "replayed";
-    case Reason::kUnknownPrincipal: return "unknown_principal";
-    case Reason::kKeyNotListed: return "key_not_listed";
-    case Reason::kBadSignature: return "bad_signature";
-    case Reason::kTargetNotAllowed: return "target_not_allowed";
-    case Reason::kAddressNotAllowed: return "address_not_allowed";
-    case Reason::kOutsideTimeWindow: return "outside_time_window";
-    case Reason::kTooManySessions: return "too_many_sessions";
-    case Reason::kTooManyHandshakes: return "too_many_handshakes";
-    case Reason::kResolveFailed: return "resolve_failed";
-    case Reason::kTargetUnreachable: return "target_unreachable";
-    case Reason::kOverloaded: return "overloaded";
-    case Reason::kTimeout: return "handshake_timeout";
+    case Reason::kMalformed:
+      return "malformed";
+    case Reason::kUnsupportedVersion:
+      return "unsupported_version";
+    case Reason::kWrongRelay:
+      return "wrong_relay";
+    case Reason::kStale:
+      return "stale";
+    case Reason::kReplayed:
+      return "replayed";
+    case Reason::kUnknownPrincipal:
+      return "unknown_principal";
+    case Reason::kKeyNotListed:
+      return "key_not_listed";
+    case Reason::kBadSignature:
+      return "bad_signature";
+    case Reason::kTargetNotAllowed:
+      return "target_not_allowed";
+    case Reason::kAddressNotAllowed:
+      return "address_not_allowed";
+    case Reason::kOutsideTimeWindow:
+      return "outside_time_window";
+    case Reason::kTooManySessions:
+      return "too_many_sessions";
+    case Reason::kTooManyHandshakes:
+      return "too_many_handshakes";
+    case Reason::kResolveFailed:
+      return "resolve_failed";
+    case Reason::kTargetUnreachable:
+      return "target_unreachable";
+    case Reason::kOverloaded:
+      return "overloaded";
+    case Reason::kTimeout:
+      return "handshake_timeout";
   }
   return "unknown";
 }
 
 const char* reason_description(Reason r) {
   switch (r) {
-    case Reason::kMalformed: return "the relay could not parse the preamble";
-    case Reason::kUnsupportedVersion: return "the relay speaks another preamble version";
-    case Reason::kWrongRelay: return "the preamble was signed for another relay (check --relay-id)";
-    case Reason::kStale: return "the preamble timestamp is outside the allowed clock skew (check the clock)";
-    case Reason::kReplayed: return "the preamble was already used (replay)";
-    case Reason::kUnknownPrincipal: return "the principal is not in the relay's policy";
-    case Reason::kKeyNotListed: return "the key is not listed for this principal";
-    case Reason::kBadSignature: return "the signature does not verify";
-    case Reason::kTargetNotAllowed: return "the target is not allowed for this principal";
-    case Reason::kAddressNotAllowed: return "the target resolved to an address the policy does not allow";
-    case Reason::kOutsideTimeWindow: return "access is outside the allowed time window";
-    case Reason::kTooManySessions: return "the principal has too many sessions";
-    case Reason::kTooManyHandshakes: return "too many pending connections from this address";
-    case Reason::kResolveFailed: return "the target name did not resolve";
-    case Reason::kTargetUnreachable: return "the relay could not connect to the target";
-    case Reason::kOverloaded: return "the relay is overloaded";
-    case Reason::kTimeout: return "the handshake timed out";
+    case Reason::kMalformed:
+      return "the relay could not parse the preamble";
+    case Reason::kUnsupportedVersion:
+      return "the relay speaks another preamble version";
+    case Reason::kWrongRelay:
+      return "the preamble was signed for another relay (check --relay-id)";
+    case Reason::kStale:
+      return "the preamble timestamp is outside the allowed clock skew (check the clock)";
+    case Reason::kReplayed:
+      return "the preamble was already used (replay)";
+    case Reason::kUnknownPrincipal:
+      return "the principal is not in the relay's policy";
+    case Reason::kKeyNotListed:
+      return "the key is not listed for this principal";
+    case Reason::kBadSignature:
+      return "the signature does not verify";
+    case Reason::kTargetNotAllowed:
+      return "the target is not allowed for this principal";
+    case Reason::kAddressNotAllowed:
+      return "the target resolved to an address the policy does not allow";
+    case Reason::kOutsideTimeWindow:
+      return "access is outside the allowed time window";
+    case Reason::kTooManySessions:
+      return "the principal has too many sessions";
+    case Reason::kTooManyHandshakes:
+      return "too many pending connections from this address";
+    case Reason::kResolveFailed:
+      return "the target name did not resolve";
+    case Reason::kTargetUnreachable:
+      return "the relay could not connect to the target";
+    case Reason::kOverloaded:
+      return "the relay is overloaded";
+    case Reason::kTimeout:
+      return "the handshake timed out";
   }
   return "unknown reason";
 }

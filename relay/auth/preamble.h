@@ -39,30 +39,32 @@ inline constexpr size_t kEd25519SigSize = 64;
 // Stable DENY reason codes: values are protocol, names appear in logs, metrics and audit records.
 // `sshring connect` exits with 20 + code (docs/protocol.md has the table).
 enum class Reason : uint16_t {
-  kMalformed = 1,          // not a valid HELLO (garbage, truncated, oversized, bad field)
+  kMalformed = 1,  // not a valid HELLO (garbage, truncated, oversized, bad field)
   kUnsupportedVersion = 2,
-  kWrongRelay = 3,         // signed for another relay
-  kStale = 4,              // timestamp outside the allowed clock skew
-  kReplayed = 5,           // nonce already seen
+  kWrongRelay = 3,  // signed for another relay
+  kStale = 4,       // timestamp outside the allowed clock skew
+  kReplayed = 5,    // nonce already seen
   kUnknownPrincipal = 6,
-  kKeyNotListed = 7,       // the key is not one of the principal's keys
+  kKeyNotListed = 7,  // the key is not one of the principal's keys
   kBadSignature = 8,
-  kTargetNotAllowed = 9,   // the target name/port is not allowed for the principal
-  kAddressNotAllowed = 10, // the target resolved to an address the policy does not allow
+  kTargetNotAllowed = 9,    // the target name/port is not allowed for the principal
+  kAddressNotAllowed = 10,  // the target resolved to an address the policy does not allow
   kOutsideTimeWindow = 11,
-  kTooManySessions = 12,   // the principal's max_sessions reached
-  kTooManyHandshakes = 13, // too many connections in handshake from this source address
+  kTooManySessions = 12,    // the principal's max_sessions reached
+  kTooManyHandshakes = 13,  // too many connections in handshake from this source address
   kResolveFailed = 14,
   kTargetUnreachable = 15,
-  kOverloaded = 16,        // relay-side resource limit (replay cache full, no policy loaded)
-  kTimeout = 17,           // handshake took too long
+  kOverloaded = 16,  // relay-side resource limit (replay cache full, no policy loaded)
+  kTimeout = 17,     // handshake took too long
 };
 inline constexpr uint16_t kMaxReason = 17;
 
 const char* reason_name(Reason r);         // "unknown_principal"
 const char* reason_description(Reason r);  // "the principal is not in the relay's policy"
 inline constexpr int kExitCodeBase = 20;
-inline int exit_code_for(Reason r) { return kExitCodeBase + static_cast<int>(r); }
+inline int exit_code_for(Reason r) {
+  return kExitCodeBase + static_cast<int>(r);
+}
 
 struct Hello {
   std::string relay_id;
@@ -91,8 +93,8 @@ enum class DecodeStatus : uint8_t { kOk, kNeedMore, kMalformed, kUnsupportedVers
 struct HelloDecode {
   DecodeStatus status = DecodeStatus::kNeedMore;
   Hello hello;
-  size_t consumed = 0;       // frame length when kOk
-  std::string_view error;    // what was wrong (static string) when not kOk/kNeedMore
+  size_t consumed = 0;     // frame length when kOk
+  std::string_view error;  // what was wrong (static string) when not kOk/kNeedMore
 };
 // Decodes a HELLO frame at the start of `in`. kNeedMore only while `in` is a proper prefix of a
 // frame that could still be valid; bytes after the frame are left alone (glued SSH bytes).

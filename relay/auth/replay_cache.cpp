@@ -28,7 +28,8 @@ ReplayCache::ReplayCache(uint64_t skew_ms, size_t capacity)
   for (size_t i = 0; i < kShards; ++i) shards_.push_back(std::make_unique<Shard>(seed_));
 }
 
-ReplayCache::Result ReplayCache::check_and_insert(const Nonce& nonce, uint64_t timestamp_ms, uint64_t now_ms) {
+ReplayCache::Result ReplayCache::check_and_insert(const Nonce& nonce, uint64_t timestamp_ms,
+                                                  uint64_t now_ms) {
   Shard& s = *shards_[mix(seed_ ^ nonce[0] ^ (uint64_t{nonce[15]} << 8)) % kShards];
   std::lock_guard lock(s.mu);
   while (!s.by_expiry.empty() && s.by_expiry.top().expiry_ms < now_ms) {

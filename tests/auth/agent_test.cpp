@@ -23,13 +23,15 @@ class Agent : public ::testing::Test {
  protected:
   void SetUp() override {
     sock_ = dir_.file("agent.sock");
-    agent_ = t::Process({"ssh-agent", "-D", "-a", sock_}, t::Process::Options{.stdout_path = dir_.file("agent.out")});
+    agent_ = t::Process({"ssh-agent", "-D", "-a", sock_},
+                        t::Process::Options{.stdout_path = dir_.file("agent.out")});
     for (int i = 0; i < 200; ++i) {
-      struct stat st{};
+      struct stat st {};
       if (::stat(sock_.c_str(), &st) == 0) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    ASSERT_EQ(t::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "agent-key", "-f", dir_.file("k1")}), 0);
+    ASSERT_EQ(
+        t::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "agent-key", "-f", dir_.file("k1")}), 0);
     ASSERT_EQ(t::run({"ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", dir_.file("ec")}), 0);
     ASSERT_EQ(t::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", dir_.file("k2")}), 0);
   }

@@ -29,7 +29,8 @@ class Context : public relay::HandshakeContext {
     q_.push_back(std::move(fn));
   }
   // Runs posted callbacks until `done` or the timeout.
-  bool run_until(const std::function<bool()>& done, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  bool run_until(const std::function<bool()>& done,
+                 std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     while (!done()) {
       std::deque<std::function<void()>> batch;
@@ -76,10 +77,12 @@ roles:
 principals:
   - name: alice
     roles: [dev, night]
-    keys: [")" + auth::format_openssh_public_key(alice.public_key(), "alice") + R"("]
+    keys: [")" + auth::format_openssh_public_key(alice.public_key(), "alice") +
+                       R"("]
   - name: bob
     roles: [dev]
-    keys: [")" + auth::format_openssh_public_key(bob.public_key(), "bob") + R"("]
+    keys: [")" + auth::format_openssh_public_key(bob.public_key(), "bob") +
+                       R"("]
 )";
     cache.publish(policy::Snapshot::build(std::make_shared<policy::Policy>(policy::parse_policy(yaml)), {}));
     auth::ResolverOptions ro;
@@ -96,7 +99,8 @@ principals:
   }
 
   auth::Signer signer(const auth::Ed25519PrivateKey& k) {
-    auto copy = std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::from_openssh(k.to_openssh(), "k"));
+    auto copy =
+        std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::from_openssh(k.to_openssh(), "k"));
     return {k.public_key(), [copy](std::string_view d) { return copy->sign(d); }};
   }
   std::string hello(const auth::Ed25519PrivateKey& k, const std::string& principal, const std::string& target,
@@ -134,7 +138,9 @@ principals:
   }
 };
 
-uint16_t code(auth::Reason r) { return static_cast<uint16_t>(r); }
+uint16_t code(auth::Reason r) {
+  return static_cast<uint16_t>(r);
+}
 
 }  // namespace
 
@@ -167,7 +173,8 @@ TEST_F(Fixture, ByteByByteNeedsMoreThenDecides) {
 
 TEST_F(Fixture, ResolvesNamesOffTheLoopAndConnectsToTheCheckedAddress) {
   auto s = open();
-  auto first = s->hs->on_data({reinterpret_cast<const uint8_t*>(hello(alice, "alice", "db.allowed.test").data()), 0});
+  auto first =
+      s->hs->on_data({reinterpret_cast<const uint8_t*>(hello(alice, "alice", "db.allowed.test").data()), 0});
   EXPECT_EQ(first.kind, Kind::kNeedMore);
   std::string frame = hello(alice, "alice", "db.allowed.test", 2222);
   auto step = s->hs->on_data({reinterpret_cast<const uint8_t*>(frame.data()), frame.size()});
@@ -209,7 +216,8 @@ TEST_F(Fixture, Denials) {
     auth::Reason want;
   };
   std::vector<Case> cases = {
-      {"unknown principal", [&] { return hello(alice, "mallory", "10.1.0.1"); }, auth::Reason::kUnknownPrincipal},
+      {"unknown principal", [&] { return hello(alice, "mallory", "10.1.0.1"); },
+       auth::Reason::kUnknownPrincipal},
       {"key not listed", [&] { return hello(stranger, "alice", "10.1.0.1"); }, auth::Reason::kKeyNotListed},
       {"someone else's key", [&] { return hello(bob, "alice", "10.1.0.1"); }, auth::Reason::kKeyNotListed},
       {"wrong signature",
@@ -226,31 +234,38 @@ TEST_F(Fixture, Denials) {
          return auth::encode_hello(h);
        },
        auth::Reason::kBadSignature},
-      {"another relay", [&] { return hello(alice, "alice", "10.1.0.1", 22, "relay-b"); }, auth::Reason::kWrongRelay},
-      {"target not allowed", [&] { return hello(alice, "alice", "10.3.0.1"); }, auth::Reason::kTargetNotAllowed},
+      {"another relay", [&] { return hello(alice, "alice", "10.1.0.1", 22, "relay-b"); },
+       auth::Reason::kWrongRelay},
+      {"target not allowed", [&] { return hello(alice, "alice", "10.3.0.1"); },
+       auth::Reason::kTargetNotAllowed},
       {"port not allowed", [&] { return hello(alice, "alice", "db.allowed.test", 23); },
        auth::Reason::kTargetNotAllowed},
       {"name resolving to a disallowed address", [&] { return hello(alice, "alice", "evil.allowed.test"); },
        auth::Reason::kAddressNotAllowed},
-      {"outside time window", [&] { return hello(alice, "alice", "10.2.0.1"); }, auth::Reason::kOutsideTimeWindow},
+      {"outside time window", [&] { return hello(alice, "alice", "10.2.0.1"); },
+       auth::Reason::kOutsideTimeWindow},
       {"stale",
        [&] {
-         return auth::encode_hello(auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock - 31000));
+         return auth::encode_hello(
+             auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock - 31000));
        },
        auth::Reason::kStale},
       {"from the future",
        [&] {
-         return auth::encode_hello(auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock + 31000));
+         return auth::encode_hello(
+             auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock + 31000));
        },
        auth::Reason::kStale},
       {"garbage", [] { return std::string("SSH-2.0-OpenSSH_9.2\r\n"); }, auth::Reason::kMalformed},
-      {"oversized", [&] {
+      {"oversized",
+       [&] {
          std::string f = hello(alice, "alice", "10.1.0.1");
          f[6] = 0x20;  // declares an 8 KiB payload
          return f;
        },
        auth::Reason::kMalformed},
-      {"version 2", [&] {
+      {"version 2",
+       [&] {
          std::string f = hello(alice, "alice", "10.1.0.1");
          f[4] = 2;
          return f;
@@ -307,7 +322,8 @@ TEST_F(Fixture, HandshakeCapPerSourceAddress) {
   std::vector<std::unique_ptr<Session>> idle;
   for (int i = 0; i < 3; ++i) idle.push_back(open("10.9.0.7:" + std::to_string(1000 + i)));
   auto over = open("10.9.0.7:2000");
-  EXPECT_EQ(deny_reason(feed(*over, hello(alice, "alice", "10.1.0.1"))), code(auth::Reason::kTooManyHandshakes));
+  EXPECT_EQ(deny_reason(feed(*over, hello(alice, "alice", "10.1.0.1"))),
+            code(auth::Reason::kTooManyHandshakes));
   end(*over, relay::EndReason::kDenied);
   auto other_source = open("10.9.0.8:2000");
   EXPECT_EQ(feed(*other_source, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);

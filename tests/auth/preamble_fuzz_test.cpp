@@ -20,7 +20,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (again.size() != d.consumed || std::memcmp(again.data(), data, again.size()) != 0) std::abort();
     (void)auth::transcript(d.hello);
   }
-  if (d.status == auth::DecodeStatus::kNeedMore && size > auth::kHeaderSize + auth::kMaxHelloPayload) std::abort();
+  if (d.status == auth::DecodeStatus::kNeedMore && size > auth::kHeaderSize + auth::kMaxHelloPayload)
+    std::abort();
   auto r = auth::decode_reply(in);
   if (r.status == auth::DecodeStatus::kOk && r.consumed > size) std::abort();
   return 0;

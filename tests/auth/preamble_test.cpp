@@ -27,7 +27,8 @@ std::span<const uint8_t> bytes(const std::string& s) {
 }
 
 auth::Signer key_signer(const auth::Ed25519PrivateKey& k) {
-  auto shared = std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::from_openssh(k.to_openssh(), "t"));
+  auto shared =
+      std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::from_openssh(k.to_openssh(), "t"));
   return auth::Signer{k.public_key(), [shared](std::string_view d) { return shared->sign(d); }};
 }
 
@@ -44,7 +45,8 @@ bool verify(const auth::Hello& h) {
 }  // namespace
 
 TEST(Wire, Base64RoundTripAndRejects) {
-  for (std::string s : std::vector<std::string>{"", "f", "fo", "foo", "foob", "fooba", "foobar", std::string("\0\xff\x10", 3)}) {
+  for (std::string s : std::vector<std::string>{"", "f", "fo", "foo", "foob", "fooba", "foobar",
+                                                std::string("\0\xff\x10", 3)}) {
     auto enc = auth::base64_encode(s);
     auto dec = auth::base64_decode(enc);
     ASSERT_TRUE(dec) << enc;
@@ -58,14 +60,23 @@ TEST(Wire, Base64RoundTripAndRejects) {
 }
 
 TEST(Wire, ReaderIsBounded) {
-  std::string s("\x00\x05" "abc", 5);
+  std::string s(
+      "\x00\x05"
+      "abc",
+      5);
   auth::Reader r(s);
   EXPECT_TRUE(r.str16(10).empty());
   EXPECT_FALSE(r.ok());
-  auth::Reader r2(std::string_view("\x03" "abcd", 5));
+  auth::Reader r2(
+      std::string_view("\x03"
+                       "abcd",
+                       5));
   EXPECT_EQ(r2.str8(3), "abc");
   EXPECT_FALSE(r2.done());
-  auth::Reader r3(std::string_view("\x04" "abcd", 5));
+  auth::Reader r3(
+      std::string_view("\x04"
+                       "abcd",
+                       5));
   r3.str8(3);  // over the field limit
   EXPECT_FALSE(r3.ok());
 }
@@ -161,9 +172,12 @@ TEST(Preamble, TranscriptBindsEveryField) {
   auto h = sample(k);
   ASSERT_TRUE(verify(h));
   std::vector<std::function<void(auth::Hello&)>> edits = {
-      [](auth::Hello& x) { x.relay_id = "relay-2"; },  [](auth::Hello& x) { x.principal = "bob"; },
-      [](auth::Hello& x) { x.target = "db2.example"; }, [](auth::Hello& x) { x.port = 2222; },
-      [](auth::Hello& x) { x.timestamp_ms += 1; },      [](auth::Hello& x) { x.nonce[3] ^= 1; },
+      [](auth::Hello& x) { x.relay_id = "relay-2"; },
+      [](auth::Hello& x) { x.principal = "bob"; },
+      [](auth::Hello& x) { x.target = "db2.example"; },
+      [](auth::Hello& x) { x.port = 2222; },
+      [](auth::Hello& x) { x.timestamp_ms += 1; },
+      [](auth::Hello& x) { x.nonce[3] ^= 1; },
       [](auth::Hello& x) { x.signature[10] ^= 1; },
       // Moving bytes between adjacent fields must change the transcript too (length prefixes).
       [](auth::Hello& x) {
@@ -212,7 +226,8 @@ TEST(Preamble, ReasonNamesAndExitCodesAreDistinct) {
 
 TEST(Keys, OpenSshKeyFileFromSshKeygen) {
   sshring::testing::TempDir dir;
-  ASSERT_EQ(sshring::testing::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "t@x", "-f", dir.file("k")}),
+  ASSERT_EQ(sshring::testing::run(
+                {"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "t@x", "-f", dir.file("k")}),
             0);
   auto key = auth::Ed25519PrivateKey::load_file(dir.file("k"));
   auto pub = auth::parse_openssh_public_key(sshring::testing::read_file(dir.file("k.pub")));
@@ -222,8 +237,10 @@ TEST(Keys, OpenSshKeyFileFromSshKeygen) {
   ASSERT_EQ(sshring::testing::run({"ssh-keygen", "-l", "-f", dir.file("k.pub")}, &fp_out), 0);
   EXPECT_NE(fp_out.find(auth::fingerprint(*pub)), std::string::npos) << fp_out;
   auto sig = key.sign("hello");
-  EXPECT_TRUE(auth::ed25519_verify(*pub, "hello", std::string_view(reinterpret_cast<const char*>(sig.data()), 64)));
-  EXPECT_FALSE(auth::ed25519_verify(*pub, "hellO", std::string_view(reinterpret_cast<const char*>(sig.data()), 64)));
+  EXPECT_TRUE(
+      auth::ed25519_verify(*pub, "hello", std::string_view(reinterpret_cast<const char*>(sig.data()), 64)));
+  EXPECT_FALSE(
+      auth::ed25519_verify(*pub, "hellO", std::string_view(reinterpret_cast<const char*>(sig.data()), 64)));
 
   // Our writer produces files ssh-keygen accepts.
   auto gen = auth::Ed25519PrivateKey::generate();
@@ -235,7 +252,8 @@ TEST(Keys, OpenSshKeyFileFromSshKeygen) {
 
 TEST(Keys, RejectsEncryptedAndOtherTypes) {
   sshring::testing::TempDir dir;
-  ASSERT_EQ(sshring::testing::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", dir.file("enc")}), 0);
+  ASSERT_EQ(
+      sshring::testing::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", dir.file("enc")}), 0);
   try {
     auth::Ed25519PrivateKey::load_file(dir.file("enc"));
     FAIL() << "encrypted key accepted";
@@ -292,7 +310,8 @@ TEST(ReplayCache, ConcurrentInsertsOfOneNonceAdmitExactlyOne) {
   std::vector<std::thread> ts;
   for (int i = 0; i < 4; ++i)
     ts.emplace_back([&] {
-      for (int j = 0; j < 100; ++j) fresh += c.check_and_insert(n, 1000, 1000) == auth::ReplayCache::Result::kFresh;
+      for (int j = 0; j < 100; ++j)
+        fresh += c.check_and_insert(n, 1000, 1000) == auth::ReplayCache::Result::kFresh;
     });
   for (auto& t : ts) t.join();
   EXPECT_EQ(fresh.load(), 1);
@@ -320,7 +339,8 @@ TEST(SessionLimits, PerSourceAndPerPrincipal) {
 }
 
 TEST(Client, SplitHostPort) {
-  EXPECT_EQ(auth::split_host_port("relay.example:2222", "--relay"), std::make_pair(std::string("relay.example"), uint16_t{2222}));
+  EXPECT_EQ(auth::split_host_port("relay.example:2222", "--relay"),
+            std::make_pair(std::string("relay.example"), uint16_t{2222}));
   EXPECT_EQ(auth::split_host_port("[::1]:22", "--relay").first, "::1");
   EXPECT_THROW(auth::split_host_port("relay", "--relay"), sshring::common::UsageError);
   EXPECT_THROW(auth::split_host_port("relay:0", "--relay"), sshring::common::UsageError);
