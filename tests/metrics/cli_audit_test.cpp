@@ -40,5 +40,46 @@ TEST(AuditCliTest, VerifyAndReport) {
   EXPECT_NE(out.find("agent.audit.jsonl:1:"), std::string::npos) << out;
 }
 
+// What `sshring grant` writes is what `sshring audit` reads: add and revoke a grant under the example
+// policy, then verify the chain and find the grant, its reason and status in the report.
+TEST(AuditCliTest, GrantCommandRecordsVerifyAndReport) {
+  TempDir dir;
+  std::string policy =
+      sshring::testing::read_file(std::string(SSHRING_SOURCE_DIR) + "/deploy/examples/policy.yaml");
+  auto pos = policy.find("grant_store: /var/lib/sshring/grants");
+  if (pos == std::string::npos) GTEST_SKIP() << "example policy has no grant_store line to redirect";
+  policy.replace(pos, std::string("grant_store: /var/lib/sshring/grants").size(),
+                 "grant_store: " + dir.file("grants"));
+  sshring::testing::write_file(dir.file("policy.yaml"), policy);
+  const std::string bin = sshring::testing::sshring_bin();
+  const std::string log = dir.file("grant.audit.jsonl");
+  std::string out;
+  int rc = sshring::testing::run(
+      {bin, "grant", "add", "--policy", dir.file("policy.yaml"), "--who", "ci-bot", "--from", "10.2.0.5",
+       "--to", "10.1.5.7", "--ttl", "1h", "--reason", "deploy INC-7", "--audit-log", log},
+      &out);
+  if (rc == 2 && out.find("unknown command") != std::string::npos)
+    GTEST_SKIP() << "no grant command: " << out;
+  ASSERT_EQ(rc, 0) << out;
+  auto id_start = out.find("g-");
+  ASSERT_NE(id_start, std::string::npos) << out;
+  std::string id = out.substr(id_start, out.find(' ', id_start) - id_start);
+  ASSERT_EQ(sshring::testing::run({bin, "grant", "revoke", id, "--reason", "done", "--policy",
+                                   dir.file("policy.yaml"), "--audit-log", log},
+                                  &out),
+            0)
+      << out;
+
+  ASSERT_EQ(sshring::testing::run({bin, "audit", "verify", log}, &out), 0) << out;
+  EXPECT_NE(out.find("2 records"), std::string::npos) << out;
+  ASSERT_EQ(sshring::testing::run({bin, "audit", "report", "--json", log}, &out), 0) << out;
+  auto j = nlohmann::json::parse(out.substr(out.find('{')));
+  ASSERT_EQ(j["grants"].size(), 1u) << j.dump(2);
+  EXPECT_EQ(j["grants"][0]["grant_id"], id);
+  EXPECT_EQ(j["grants"][0]["status"], "revoked");
+  EXPECT_EQ(j["grants"][0]["reason"], "deploy INC-7");
+  EXPECT_EQ(j["grants"][0]["who"], "ci-bot");
+}
+
 }  // namespace
 }  // namespace sshring::metrics
