@@ -8,6 +8,7 @@
 #include <compare>
 #include <cstdint>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -101,6 +102,7 @@ class CidrTrie {
 
   // Returns the value slot for `c`, default-constructing it on first insert.
   T& insert(const Cidr& c) {
+    if (frozen_) throw std::logic_error("CidrTrie::insert after freeze");
     uint32_t n = c.addr.is_v4() ? 0 : 1;
     for (unsigned i = 0; i < c.len; ++i) {
       unsigned b = c.addr.bit(i);
@@ -122,8 +124,22 @@ class CidrTrie {
   template <class F>
   void for_each_match(const IpAddr& a, F&& f) const {
     if (!a.valid()) return;
-    uint32_t n = a.is_v4() ? 0 : 1;
     const unsigned bits = a.bits();
+    if (frozen_) {
+      // Path-compressed walk: one node per stored prefix or branch point on the path.
+      uint32_t n = a.is_v4() ? 0 : 1;
+      while (true) {
+        const CNode& c = cnodes_[n];
+        if (!prefix_matches(c, a)) break;
+        if (c.value >= 0) f(values_[static_cast<size_t>(c.value)], prefixes_[static_cast<size_t>(c.value)]);
+        if (c.len == bits) break;
+        uint32_t next = c.child[a.bit(c.len)];
+        if (next == 0) break;
+        n = next;
+      }
+      return;
+    }
+    uint32_t n = a.is_v4() ? 0 : 1;
     for (unsigned i = 0;; ++i) {
       const Node& node = nodes_[n];
       if (node.value >= 0)
@@ -133,6 +149,22 @@ class CidrTrie {
       if (next == 0) break;
       n = next;
     }
+  }
+
+  // Builds the path-compressed form lookups use from then on (chains of single-child nodes without
+  // a value collapse into one node), and drops the build-time nodes. insert() must not follow.
+  void freeze() {
+    if (frozen_) return;
+    cnodes_.clear();
+    cnodes_.resize(2);
+    for (uint32_t fam = 0; fam < 2; ++fam) {
+      IpAddr a;
+      a.family = fam == 0 ? 4 : 6;
+      compress(fam, 0, a, fam);
+    }
+    nodes_.clear();
+    nodes_.shrink_to_fit();
+    frozen_ = true;
   }
 
   // The value of the longest stored prefix containing `a`, or nullptr.
@@ -154,7 +186,57 @@ class CidrTrie {
     uint32_t child[2] = {0, 0};  // 0 = none (the roots are never a child)
     int32_t value = -1;
   };
+  struct CNode {
+    std::array<uint8_t, 16> bytes{};  // the node's prefix (bits beyond len are zero)
+    uint32_t child[2] = {0, 0};
+    int32_t value = -1;
+    uint8_t len = 0;
+  };
+
+  static bool prefix_matches(const CNode& c, const IpAddr& a) noexcept {
+    const unsigned full = c.len >> 3;
+    for (unsigned i = 0; i < full; ++i) {
+      if (a.bytes[i] != c.bytes[i]) return false;
+    }
+    const unsigned rem = c.len & 7;
+    if (rem == 0) return true;
+    const auto mask = static_cast<uint8_t>(0xff << (8 - rem));
+    return (a.bytes[full] & mask) == c.bytes[full];
+  }
+
+  // Compresses the raw subtree at `n` (at depth `depth`, address bits so far in `a`) into cnodes_,
+  // at slot `slot` if given (the roots) or a new one. Returns the slot.
+  uint32_t compress(uint32_t n, unsigned depth, IpAddr a, int64_t slot = -1) {
+    const unsigned bits = a.bits();
+    while (nodes_[n].value < 0 && depth < bits && ((nodes_[n].child[0] != 0) != (nodes_[n].child[1] != 0))) {
+      unsigned b = nodes_[n].child[1] != 0 ? 1 : 0;
+      if (b) a.bytes[depth >> 3] |= static_cast<uint8_t>(1u << (7 - (depth & 7)));
+      n = nodes_[n].child[b];
+      ++depth;
+    }
+    uint32_t idx;
+    if (slot >= 0) {
+      idx = static_cast<uint32_t>(slot);
+    } else {
+      idx = static_cast<uint32_t>(cnodes_.size());
+      cnodes_.emplace_back();
+    }
+    cnodes_[idx].bytes = a.bytes;
+    cnodes_[idx].len = static_cast<uint8_t>(depth);
+    cnodes_[idx].value = nodes_[n].value;
+    for (unsigned b = 0; b < 2; ++b) {
+      if (nodes_[n].child[b] == 0 || depth >= bits) continue;
+      IpAddr next = a;
+      if (b) next.bytes[depth >> 3] |= static_cast<uint8_t>(1u << (7 - (depth & 7)));
+      uint32_t c = compress(nodes_[n].child[b], depth + 1, next);
+      cnodes_[idx].child[b] = c;
+    }
+    return idx;
+  }
+
   std::vector<Node> nodes_;
+  std::vector<CNode> cnodes_;
+  bool frozen_ = false;
   std::vector<T> values_;
   std::vector<Cidr> prefixes_;
 };

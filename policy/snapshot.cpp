@@ -30,27 +30,141 @@ std::string_view reason_name(Reason r) noexcept {
   return "unknown";
 }
 
+namespace {
+
+uint64_t fnv1a(std::string_view s) noexcept {
+  uint64_t h = 1469598103934665603ull;
+  for (char c : s) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ull;
+  }
+  return h | 1;  // never 0: 0 marks an empty slot
+}
+
+// Open-addressing index from a string to an element index: one probe array, no node allocations,
+// so a lookup costs about one cache miss plus the comparison with the element itself.
+class NameIndex {
+ public:
+  static constexpr uint32_t kNone = UINT32_MAX;
+  void build(size_t n) {
+    size_t cap = 16;
+    while (cap < n * 2) cap <<= 1;
+    slots_.assign(cap, Slot{});
+    mask_ = cap - 1;
+  }
+  // Returns false if `key` is already present (the first one wins).
+  template <class Eq>
+  bool insert(std::string_view key, uint32_t idx, Eq&& eq) {
+    const uint64_t h = fnv1a(key);
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+      if (slots_[i].hash == 0) {
+        slots_[i] = Slot{h, idx};
+        return true;
+      }
+      if (slots_[i].hash == h && eq(slots_[i].idx)) return false;
+    }
+  }
+  template <class Eq>
+  [[nodiscard]] uint32_t find(std::string_view key, Eq&& eq) const noexcept {
+    if (slots_.empty()) return kNone;
+    const uint64_t h = fnv1a(key);
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+      if (slots_[i].hash == 0) return kNone;
+      if (slots_[i].hash == h && eq(slots_[i].idx)) return slots_[i].idx;
+    }
+  }
+
+ private:
+  struct Slot {
+    uint64_t hash = 0;
+    uint32_t idx = kNone;
+  };
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+};
+
+// A list of indices that keeps its first three inline: most trie slots hold one or two, and an
+// inline list costs no extra cache miss on the lookup path.
+struct IdxList {
+  std::array<uint32_t, 3> head{};
+  uint32_t n = 0;
+  std::vector<uint32_t> rest;
+  void push_back(uint32_t v) {
+    if (n < head.size()) {
+      head[n] = v;
+    } else {
+      rest.push_back(v);
+    }
+    ++n;
+  }
+  [[nodiscard]] bool empty() const noexcept { return n == 0; }
+  [[nodiscard]] uint32_t back() const noexcept { return n <= head.size() ? head[n - 1] : rest.back(); }
+  template <class F>
+  void each(F&& f) const {
+    for (uint32_t i = 0; i < n && i < head.size(); ++i) f(head[i]);
+    for (uint32_t v : rest) f(v);
+  }
+};
+
+// Port sets of up to three ranges inline (nearly all of them); larger ones point at the PortSet.
+struct FastPorts {
+  std::array<PortRange, 3> r{};
+  uint8_t n = 0;
+  const PortSet* full = nullptr;
+  explicit FastPorts(const PortSet& ps) {
+    if (ps.ranges().size() > r.size()) {
+      full = &ps;
+      return;
+    }
+    for (const auto& x : ps.ranges()) r[n++] = x;
+  }
+  [[nodiscard]] bool contains(uint16_t p) const noexcept {
+    if (full) return full->contains(p);
+    for (uint8_t i = 0; i < n; ++i) {
+      if (p >= r[i].lo && p <= r[i].hi) return true;
+    }
+    return false;
+  }
+};
+
+}  // namespace
+
 struct Snapshot::Compiled {
   struct RoleC {
     const Role* role = nullptr;
-    CidrTrie<std::vector<uint32_t>> cidr_targets;  // prefix -> indices of targets listing it
-    std::vector<uint32_t> name_only;               // targets without cidrs
-    std::vector<std::string> labels;               // "role:sre/targets[1]"
-    std::string window_label;                      // "role:sre/windows"
-    std::string label;                             // "role:sre"
+    CidrTrie<IdxList> cidr_targets;   // prefix -> indices of targets listing it
+    std::vector<uint32_t> name_only;  // targets without cidrs
+    std::vector<FastPorts> ports;     // per target
+    std::vector<uint8_t> has_names;   // per target
+    std::vector<std::string> labels;  // "role:sre/targets[1]"
+    std::string window_label;         // "role:sre/windows"
+    std::string label;                // "role:sre"
   };
   struct PrincipalC {
+    std::string name;  // a copy next to what authorize reads, for the index comparison
     const Principal* principal = nullptr;
     std::vector<uint32_t> roles;
+    std::vector<std::string> fingerprints;
     std::string label;  // "principal:alice"
     uint32_t max_sessions = kDefaultMaxSessions;
   };
   std::vector<RoleC> roles;
   std::vector<PrincipalC> principals;
-  std::unordered_map<std::string_view, uint32_t> principal_index;
-  std::unordered_map<std::string_view, KeyOwner> keys;
-  CidrTrie<uint32_t> flow_src;                            // from prefix -> index into flow_dst
-  std::vector<CidrTrie<std::vector<uint32_t>>> flow_dst;  // to prefix -> entry indices
+  NameIndex principal_index;
+  std::vector<KeyOwner> keys;
+  NameIndex key_index;  // fingerprint -> keys[]
+
+  [[nodiscard]] const PrincipalC* principal(std::string_view name) const noexcept {
+    uint32_t i = principal_index.find(name, [&](uint32_t j) { return principals[j].name == name; });
+    return i == NameIndex::kNone ? nullptr : &principals[i];
+  }
+  CidrTrie<uint32_t> flow_src;              // from prefix -> 1 + index into flow_dst
+  std::vector<CidrTrie<IdxList>> flow_dst;  // to prefix -> entry indices
+  struct EntryC {
+    UnixSeconds expires;
+    FastPorts ports;
+  };
+  std::vector<EntryC> entries;  // parallel to Snapshot::entries_
 };
 
 namespace {
@@ -82,8 +196,8 @@ Decision decide(const Compiled& c, const Compiled::PrincipalC& p, std::string_vi
     bool port_miss = false;
     auto check = [&](uint32_t ti) {
       if (matched >= 0) return;
-      const Target& t = role.targets[ti];
-      if (!t.names.empty()) {
+      if (rc.has_names[ti]) {
+        const Target& t = role.targets[ti];
         if (name.empty()) return;
         bool any = false;
         for (const auto& g : t.names) {
@@ -94,7 +208,7 @@ Decision decide(const Compiled& c, const Compiled::PrincipalC& p, std::string_vi
         }
         if (!any) return;
       }
-      if (t.ports.contains(port)) {
+      if (rc.ports[ti].contains(port)) {
         matched = static_cast<int>(ti);
       } else {
         port_miss = true;
@@ -103,9 +217,7 @@ Decision decide(const Compiled& c, const Compiled::PrincipalC& p, std::string_vi
     if (defer_addr && !addr.valid()) {
       for (uint32_t ti = 0; ti < role.targets.size(); ++ti) check(ti);
     } else {
-      rc.cidr_targets.for_each_match(addr, [&](const std::vector<uint32_t>& ts, const Cidr&) {
-        for (uint32_t ti : ts) check(ti);
-      });
+      rc.cidr_targets.for_each_match(addr, [&](const IdxList& ts, const Cidr&) { ts.each(check); });
       for (uint32_t ti : rc.name_only) check(ti);
     }
     if (matched < 0) {
@@ -147,6 +259,8 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> po
     rc.label = "role:" + r.name;
     for (uint32_t t = 0; t < r.targets.size(); ++t) {
       rc.labels.push_back("role:" + r.name + "/targets[" + std::to_string(t) + "]");
+      rc.ports.emplace_back(r.targets[t].ports);
+      rc.has_names.push_back(!r.targets[t].names.empty());
       if (r.targets[t].cidrs.empty()) {
         rc.name_only.push_back(t);
       } else {
@@ -158,10 +272,15 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> po
     }
   }
   c->principals.resize(p.principals.size());
+  c->principal_index.build(p.principals.size());
+  size_t nkeys = 0;
+  for (const auto& pr : p.principals) nkeys += pr.keys.size();
+  c->key_index.build(nkeys);
   for (uint32_t i = 0; i < p.principals.size(); ++i) {
     const Principal& pr = p.principals[i];
     auto& pc = c->principals[i];
     pc.principal = &pr;
+    pc.name = pr.name;
     pc.label = "principal:" + pr.name;
     std::optional<uint32_t> max;
     for (const auto& rn : pr.roles) {
@@ -173,8 +292,15 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> po
       if (auto m = p.roles[it->second].max_sessions) max = std::max(max.value_or(0), *m);
     }
     pc.max_sessions = max.value_or(kDefaultMaxSessions);
-    c->principal_index.emplace(pr.name, i);
-    for (const auto& k : pr.keys) c->keys.emplace(k.fingerprint, KeyOwner{&pr, &k});
+    c->principal_index.insert(pr.name, i, [&](uint32_t j) { return c->principals[j].name == pr.name; });
+    for (const auto& k : pr.keys) {
+      pc.fingerprints.push_back(k.fingerprint);
+      auto ki = static_cast<uint32_t>(c->keys.size());
+      if (c->key_index.insert(k.fingerprint, ki,
+                              [&](uint32_t j) { return c->keys[j].key->fingerprint == k.fingerprint; })) {
+        c->keys.push_back(KeyOwner{&pr, &k});
+      }
+    }
   }
 
   for (const auto& r : p.relays) s->relays_.insert(r);
@@ -201,20 +327,26 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> po
       di = static_cast<uint32_t>(c->flow_dst.size());
     }
     c->flow_dst[di - 1].insert(fe.to).push_back(e);
+    c->entries.push_back(Compiled::EntryC{fe.expires, FastPorts(fe.ports)});
   }
+  for (auto& rc : c->roles) rc.cidr_targets.freeze();
+  c->flow_src.freeze();
+  for (auto& t : c->flow_dst) t.freeze();
+  s->relays_.freeze();
+  s->hosts_.freeze();
   s->compiled_ = std::move(c);
   return s;
 }
 
 Decision Snapshot::authorize(const AuthzRequest& req) const noexcept {
   const Compiled& c = *compiled_;
-  auto it = c.principal_index.find(req.principal);
-  if (it == c.principal_index.end()) return Decision{false, Reason::kUnknownPrincipal, {}};
-  const auto& pc = c.principals[it->second];
+  const auto* found = c.principal(req.principal);
+  if (!found) return Decision{false, Reason::kUnknownPrincipal, {}};
+  const auto& pc = *found;
   if (!(req.skip_key_check && req.key_fingerprint.empty())) {
     bool listed = false;
-    for (const auto& k : pc.principal->keys) {
-      if (k.fingerprint == req.key_fingerprint) {
+    for (const auto& fp : pc.fingerprints) {
+      if (fp == req.key_fingerprint) {
         listed = true;
         break;
       }
@@ -227,32 +359,34 @@ Decision Snapshot::authorize(const AuthzRequest& req) const noexcept {
 Decision Snapshot::name_allowed(std::string_view principal, std::string_view name, uint16_t port,
                                 UnixSeconds now) const noexcept {
   const Compiled& c = *compiled_;
-  auto it = c.principal_index.find(principal);
-  if (it == c.principal_index.end()) return Decision{false, Reason::kUnknownPrincipal, {}};
-  return decide(c, c.principals[it->second], name, IpAddr{}, port, now, true);
+  const auto* pc = c.principal(principal);
+  if (!pc) return Decision{false, Reason::kUnknownPrincipal, {}};
+  return decide(c, *pc, name, IpAddr{}, port, now, true);
 }
 
 Decision Snapshot::address_allowed(std::string_view principal, std::string_view name, const IpAddr& addr,
                                    uint16_t port, UnixSeconds now) const noexcept {
   const Compiled& c = *compiled_;
-  auto it = c.principal_index.find(principal);
-  if (it == c.principal_index.end()) return Decision{false, Reason::kUnknownPrincipal, {}};
-  return decide(c, c.principals[it->second], name, addr, port, now, false);
+  const auto* pc = c.principal(principal);
+  if (!pc) return Decision{false, Reason::kUnknownPrincipal, {}};
+  return decide(c, *pc, name, addr, port, now, false);
 }
 
 uint32_t Snapshot::max_sessions_for(std::string_view principal) const noexcept {
-  auto it = compiled_->principal_index.find(principal);
-  return it == compiled_->principal_index.end() ? 0 : compiled_->principals[it->second].max_sessions;
+  const auto* pc = compiled_->principal(principal);
+  return pc ? pc->max_sessions : 0;
 }
 
 const Principal* Snapshot::find_principal(std::string_view name) const noexcept {
-  auto it = compiled_->principal_index.find(name);
-  return it == compiled_->principal_index.end() ? nullptr : compiled_->principals[it->second].principal;
+  const auto* pc = compiled_->principal(name);
+  return pc ? pc->principal : nullptr;
 }
 
 KeyOwner Snapshot::find_key(std::string_view fingerprint) const noexcept {
-  auto it = compiled_->keys.find(fingerprint);
-  return it == compiled_->keys.end() ? KeyOwner{} : it->second;
+  const Compiled& c = *compiled_;
+  uint32_t i =
+      c.key_index.find(fingerprint, [&](uint32_t j) { return c.keys[j].key->fingerprint == fingerprint; });
+  return i == NameIndex::kNone ? KeyOwner{} : c.keys[i];
 }
 
 FlowClass Snapshot::classify_flow(const IpAddr& source, const IpAddr& dest, uint16_t port,
@@ -261,13 +395,15 @@ FlowClass Snapshot::classify_flow(const IpAddr& source, const IpAddr& dest, uint
   const Compiled& c = *compiled_;
   const FlowEntry* best = nullptr;
   c.flow_src.for_each_match(source, [&](uint32_t di, const Cidr&) {
-    c.flow_dst[di - 1].for_each_match(dest, [&](const std::vector<uint32_t>& es, const Cidr&) {
-      for (uint32_t e : es) {
-        const FlowEntry& fe = entries_[e];
-        if (!fe.ports.contains(port)) continue;
-        if (!best || fe.expires > best->expires || (fe.expires == best->expires && fe.id < best->id))
-          best = &fe;
-      }
+    c.flow_dst[di - 1].for_each_match(dest, [&](const IdxList& es, const Cidr&) {
+      es.each([&](uint32_t e) {
+        const auto& ce = c.entries[e];
+        if (!ce.ports.contains(port)) return;
+        if (!best || ce.expires > best->expires ||
+            (ce.expires == best->expires && entries_[e].id < best->id)) {
+          best = &entries_[e];
+        }
+      });
     });
   });
   if (!best) return FlowClass{FlowTag::kBypassUnapproved, {}, 0};

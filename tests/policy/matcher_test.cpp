@@ -97,6 +97,23 @@ TEST(CidrTrie, VisitsEveryContainingPrefixShortestFirst) {
   EXPECT_EQ(t.size(), 6u);
   t.insert(cidr("10.0.0.0/8")) = 9;  // same prefix: same slot
   EXPECT_EQ(t.size(), 6u);
+  // The frozen (path-compressed) trie answers the same.
+  t.freeze();
+  seen.clear();
+  t.for_each_match(ip("10.1.2.3"), [&](int v, const Cidr&) { seen.push_back(v); });
+  EXPECT_EQ(seen, (std::vector<int>{0, 9, 16, 32}));
+  EXPECT_EQ(*t.longest_match(ip("fd00::2")), 108);
+  EXPECT_EQ(t.longest_match(ip("fe80::1")), nullptr);
+  EXPECT_THROW(t.insert(cidr("1.0.0.0/8")), std::logic_error);
+  CidrTrie<int> empty;
+  empty.freeze();
+  EXPECT_EQ(empty.longest_match(ip("1.2.3.4")), nullptr);
+  CidrTrie<int> deep;  // a lone /128 below a lone /0: one chain to collapse
+  deep.insert(cidr("fd00::1/128")) = 1;
+  deep.insert(cidr("::/0")) = 2;
+  deep.freeze();
+  EXPECT_EQ(*deep.longest_match(ip("fd00::1")), 1);
+  EXPECT_EQ(*deep.longest_match(ip("fd00::3")), 2);
 }
 
 constexpr UnixSeconds kMon0900 = 1796634000;  // 2026-12-07T09:00:00Z, a Monday
