@@ -33,7 +33,12 @@ std::string target_of(const std::string& dst, uint64_t dport) {
 }
 
 // A fixed-width text table; columns sized to their widest cell.
-std::string table(const std::vector<std::string>& head, const std::vector<std::vector<std::string>>& rows) {
+std::string table(const std::vector<std::string>& head, std::vector<std::vector<std::string>> rows) {
+  for (auto& r : rows) {
+    for (auto& c : r) {
+      if (c.empty()) c = "-";
+    }
+  }
   std::vector<size_t> w(head.size());
   for (size_t i = 0; i < head.size(); ++i) w[i] = head[i].size();
   for (const auto& r : rows) {
@@ -46,6 +51,7 @@ std::string table(const std::vector<std::string>& head, const std::vector<std::v
       s += r[i];
       if (i + 1 < r.size()) s += std::string(w[i] - r[i].size() + 2, ' ');
     }
+    s.erase(s.find_last_not_of(' ') + 1);
     out << s << "\n";
   };
   line(head);
@@ -65,7 +71,7 @@ void AuditReport::add(const AuditRecord& rec) {
     g.in_window = g.in_window || in_window;
     if (rec.type == "grant_add") {
       g.terms = b;
-      if (g.status == "unknown") g.status = "added";
+      if (g.status == "unknown") g.status = "granted";
     } else {
       g.status = rec.type == "grant_revoke" ? "revoked" : "expired";
       g.ended_by = str(b, "actor");
@@ -201,9 +207,19 @@ nlohmann::ordered_json AuditReport::to_json() const {
     auto used = by_grant.find(id);
     if (!g.in_window && used == by_grant.end()) continue;
     Agg a = used == by_grant.end() ? Agg{} : used->second;
+    // A grant without a revoke/expire record is active until its expiry (the expire record is only
+    // written when a grant command sweeps the store).
+    std::string status = g.status;
+    if (status == "granted") {
+      auto exp = parse_rfc3339_ms(str(g.terms, "expires"));
+      auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                     std::chrono::system_clock::now().time_since_epoch())
+                     .count();
+      status = exp && *exp <= std::min(now, opts_.until_ms) ? "expired" : "active";
+    }
     nlohmann::ordered_json j{
         {"grant_id", id},
-        {"status", g.status},
+        {"status", status},
         {"who", str(g.terms, "who")},
         {"from", str(g.terms, "from")},
         {"to", str(g.terms, "to")},

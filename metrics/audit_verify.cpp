@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -58,8 +59,12 @@ std::vector<std::vector<std::string>> find_audit_logs(const std::string& dir) {
     auto pos = name.find(".jsonl");
     if (pos == std::string::npos) continue;
     std::string live = name.substr(0, pos + 6);
+    // Rotated files are FILE.<digits...>; anything else beside the log (FILE.lock, FILE.bak) is not ours.
+    bool rotated = name.size() > live.size() + 1 && name[live.size()] == '.' &&
+                   std::isdigit(static_cast<unsigned char>(name[live.size() + 1]));
+    if (name.size() > live.size() && !rotated) continue;
     auto& files = logs[(fs::path(dir) / live).string()];
-    if (name.size() > live.size()) files.push_back(e.path().string());
+    if (rotated) files.push_back(e.path().string());
   }
   if (ec) throw std::runtime_error("cannot list " + dir + ": " + ec.message());
   std::vector<std::vector<std::string>> out;

@@ -64,7 +64,7 @@ TEST(AuditReportTest, NumbersOnACraftedLog) {
   EXPECT_EQ(j["grants"][0]["approver"], "bob");
   EXPECT_EQ(j["grants"][0]["flows"], 3);
   EXPECT_EQ(j["grants"][0]["bytes"], 9000);
-  EXPECT_EQ(j["grants"][0]["status"], "added");
+  EXPECT_EQ(j["grants"][0]["status"], "active");
   EXPECT_EQ(j["grants"][1]["status"], "expired");
   EXPECT_EQ(j["grants"][1]["flows"], 1);
 

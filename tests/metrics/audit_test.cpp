@@ -208,6 +208,12 @@ TEST(AuditVerifyTest, RotationKeepsTheChain) {
   EXPECT_EQ(res.records, 40u + rotated.size());
   EXPECT_TRUE(res.warnings.empty());
 
+  // find_audit_logs orders the rotated files before the live one and ignores other files beside it.
+  sshring::testing::write_file(o.path + ".lock", "");
+  auto logs = find_audit_logs(dir.path());
+  ASSERT_EQ(logs.size(), 1u);
+  EXPECT_EQ(logs[0], all);
+
   // The live file alone: chain continues from a file not given (a warning, not an error).
   auto alone = verify_chain({o.path});
   EXPECT_TRUE(alone.ok()) << alone.error->to_string();
