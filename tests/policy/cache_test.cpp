@@ -7,6 +7,11 @@
 #include <chrono>
 #include <thread>
 
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include "metrics/catalog.h"
 #include "policy/cache.h"
 #include "policy/grant_store.h"
 #include "tests/policy/test_util.h"
@@ -159,6 +164,50 @@ TEST(Reloader, SighupRequestsAReload) {
   sshring::testing::write_file(path, "version: 7\n");
   EXPECT_FALSE(rl.reload(&err));
   EXPECT_NE(err.find("version: expected an integer from 1 to 1"), std::string::npos) << err;
+}
+
+TEST(Reloader, CountsReloadsAndGrantsInMetrics) {
+  prometheus::Registry reg;
+  metrics::PolicyMetrics m;
+  m.reloads = &prometheus::BuildCounter().Name("sshring_policy_reloads_total").Help("h").Register(reg);
+  m.last_success = &prometheus::BuildGauge().Name("last").Help("h").Register(reg).Add({});
+  m.grants_active = &prometheus::BuildGauge().Name("active").Help("h").Register(reg).Add({});
+  m.grants_expiring = &prometheus::BuildGauge().Name("expiring").Help("h").Register(reg).Add({});
+  sshring::testing::TempDir dir;
+  const std::string path = dir.file("policy.yaml");
+  const std::string store = dir.file("grants");
+  sshring::testing::write_file(path, policy_text(store, "10.0.0.0/28"));
+  const auto now =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
+  DirGrantStore gs(store);
+  for (int i = 0; i < 3; ++i) {
+    Grant g;
+    g.id = "g-00000000000" + std::to_string(i);
+    g.who = "ci-bot";
+    g.from = *Cidr::parse("10.2.0.0/16");
+    g.to = *Cidr::parse("10.1.5.0/24");
+    g.rule = "ci-direct";
+    g.created = now - 60;
+    g.expires = i == 0 ? now - 1 : now + (i == 1 ? 600 : 7200);  // expired, expiring soon, later
+    gs.add(g);
+  }
+  PolicyCache cache;
+  ReloaderOptions o;
+  o.policy_path = path;
+  o.metrics = &m;
+  o.handle_sighup = false;
+  o.watch = false;
+  Reloader rl(cache, o);
+  ASSERT_TRUE(rl.reload());
+  sshring::testing::write_file(path, "version: 1\nbogus: 1\n");
+  EXPECT_FALSE(rl.reload());
+  EXPECT_EQ(m.reloads->Add({{"result", "success"}}).Value(), 1);
+  EXPECT_EQ(m.reloads->Add({{"result", "failure"}}).Value(), 1);
+  EXPECT_NEAR(m.last_success->Value(), static_cast<double>(now), 5);
+  EXPECT_EQ(m.grants_active->Value(), 2);
+  EXPECT_EQ(m.grants_expiring->Value(), 1);
+  EXPECT_EQ(cache.current()->grants().size(), 3u);  // the failed reload kept the good snapshot
 }
 
 }  // namespace
