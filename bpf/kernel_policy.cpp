@@ -130,6 +130,22 @@ std::string MapSync::grant_name(uint32_t number) const {
 
 SyncResult MapSync::apply(const KernelPolicy& kp) {
   SyncResult r;
+  // Names of grants gone from the policy are kept (open flows may still carry their numbers) until
+  // the map nears its limit; then only the ones the policy still uses survive.
+  if (names_.size() + kp.rules.size() > SSHRING_MAX_PREFIXES - 256) {
+    std::set<std::string> used;
+    for (const auto& rule : kp.rules) used.insert(rule.id);
+    for (auto it = names_.begin(); it != names_.end();) {
+      if (used.count(it->second)) {
+        ++it;
+        continue;
+      }
+      uint32_t n = it->first;
+      bpf_map_delete_elem(obj_.map_fd("grant_names"), &n);
+      numbers_.erase(it->second);
+      it = names_.erase(it);
+    }
+  }
 
   std::map<std::vector<uint8_t>, uint32_t> relays;
   for (const auto& c : kp.relays) relays[bytes_of(lpm_key(c))] = 1;
