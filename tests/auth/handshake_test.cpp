@@ -8,8 +8,10 @@
 #include <mutex>
 
 #include "policy/parser.h"
+#include "relay/auth/auth_service.h"
 #include "relay/auth/client.h"
 #include "relay/auth/keys.h"
+#include "tests/support/process.h"
 
 namespace auth = sshring::relay::auth;
 namespace relay = sshring::relay;
@@ -358,4 +360,45 @@ TEST_F(Fixture, SessionEndingWhileResolvingIsSafe) {
   s->hs.reset();
   EXPECT_EQ(factory->limits().sessions_of("alice"), 0u);
   ctx.run_until([] { return false; }, std::chrono::milliseconds(200));
+}
+
+TEST(AuthService, LoadsThePolicyFileAndReloads) {
+  sshring::testing::TempDir dir;
+  auto key = std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::generate());
+  auto policy_for = [&](const std::string& principal) {
+    return "version: 1\ngrant_store: " + dir.file("grants") +
+           "\nroles:\n  - name: dev\n    targets:\n      - cidrs: [10.0.0.0/8]\n"
+           "principals:\n  - name: " +
+           principal + "\n    roles: [dev]\n    keys: [\"" +
+           auth::format_openssh_public_key(key->public_key()) + "\"]\n";
+  };
+  sshring::testing::write_file(dir.file("policy.yaml"), policy_for("carol"));
+  auth::AuthServiceOptions o;
+  o.policy_path = dir.file("policy.yaml");
+  o.relay_ids = {"r1"};
+  o.audit_path = dir.file("audit.jsonl");
+  o.watch = false;
+  o.auth.log_denials = false;
+  auth::AuthService svc(o);
+  Context ctx;
+  auth::Signer signer{key->public_key(), [key](std::string_view d) { return key->sign(d); }};
+  auto attempt = [&](const std::string& principal) {
+    auto hs = svc.factory()->create(1, *SockAddr::parse("192.0.2.1:1"), *SockAddr::parse("127.0.0.1:2"), ctx,
+                                    [](relay::HandshakeStep) {});
+    std::string f =
+        auth::encode_hello(auth::make_hello(signer, "r1", principal, "10.0.0.1", 22, auth::unix_ms_now()));
+    auto st = hs->on_data({reinterpret_cast<const uint8_t*>(f.data()), f.size()});
+    hs->on_end(relay::SessionSummary{});
+    return st.kind;
+  };
+  EXPECT_EQ(attempt("carol"), Kind::kConnect);
+  sshring::testing::write_file(dir.file("policy.yaml"), policy_for("dave"));
+  std::string err;
+  ASSERT_TRUE(svc.reload(&err)) << err;
+  EXPECT_EQ(attempt("carol"), Kind::kReject);
+  EXPECT_EQ(attempt("dave"), Kind::kConnect);
+  sshring::testing::write_file(dir.file("policy.yaml"), "version: 1\nprincipals: [oops");
+  EXPECT_FALSE(svc.reload(&err));  // a broken file keeps the last good policy
+  EXPECT_EQ(attempt("dave"), Kind::kConnect);
+  EXPECT_THROW(auth::AuthService({.policy_path = dir.file("missing.yaml")}), std::exception);
 }

@@ -1,0 +1,42 @@
+#include "relay/auth/auth_service.h"
+
+#include <unistd.h>
+
+#include "metrics/audit.h"
+
+namespace sshring::relay::auth {
+
+std::string default_relay_id() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof(buf) - 1) != 0 || buf[0] == '\0') return "sshring-relay";
+  return buf;
+}
+
+AuthService::AuthService(AuthServiceOptions opts) : ids_(opts.relay_ids) {
+  if (ids_.empty()) ids_.push_back(default_relay_id());
+  policy::ReloaderOptions ro;
+  ro.policy_path = opts.policy_path;
+  ro.watch = opts.watch;
+  ro.handle_sighup = false;  // the relay command owns signals and calls reload()
+  reloader_ = std::make_unique<policy::Reloader>(cache_, ro);
+  reloader_->reload_or_throw();
+  if (!opts.audit_path.empty())
+    audit_ = std::make_unique<metrics::AuditLog>(
+        metrics::AuditOptions{.path = opts.audit_path, .component = "relay"});
+  AuthOptions a = std::move(opts.auth);
+  a.relay_ids = ids_;
+  a.audit = audit_.get();
+  factory_ = std::make_shared<AuthHandshakeFactory>(cache_, std::move(a));
+  reloader_->start();
+}
+
+AuthService::~AuthService() {
+  reloader_->stop();
+  factory_.reset();
+}
+
+bool AuthService::reload(std::string* error) {
+  return reloader_->reload(error);
+}
+
+}  // namespace sshring::relay::auth
