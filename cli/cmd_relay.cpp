@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <time.h>
 
+#include <cstdio>
 #include <iostream>
 #include <memory>
 #include <thread>
@@ -12,6 +13,9 @@
 #include "common/flags.h"
 #include "common/log.h"
 #include "common/sockaddr.h"
+#include "metrics/audit.h"
+#include "metrics/catalog.h"
+#include "metrics/server.h"
 #include "relay/config.h"
 #include "relay/relay.h"
 
@@ -102,10 +106,35 @@ relay::RelayConfig build_relay_config(const common::Flags& f) {
 
 namespace {
 
+nlohmann::json session_end_record(const relay::SessionSummary& s) {
+  char id[17];
+  std::snprintf(id, sizeof(id), "%016llx", static_cast<unsigned long long>(s.session_id));
+  nlohmann::json r = {{"type", "session_end"},
+                      {"session_id", id},
+                      {"client", s.client.to_string()},
+                      {"bytes_up", s.bytes_client_to_upstream},
+                      {"bytes_down", s.bytes_upstream_to_client},
+                      {"duration_ms", s.duration_ns / 1'000'000},
+                      {"reason", relay::end_reason_name(s.reason)}};
+  if (s.upstream.len()) r["target_addr"] = s.upstream.to_string();
+  if (s.upstream_local.len()) r["upstream_local"] = s.upstream_local.to_string();
+  return r;
+}
+
 int run_relay(const std::vector<std::string>& args) {
   common::Flags f = relay_flags();
   if (!f.parse(args)) return 0;
   relay::RelayConfig cfg = build_relay_config(f);
+
+  // One session_end record per session (docs/audit.md), batched off the hot loop by AuditLog.
+  std::shared_ptr<metrics::AuditLog> audit;
+  if (auto path = f.get("audit-log")) {
+    metrics::AuditOptions ao;
+    ao.path = *path;
+    ao.component = "relay";
+    audit = std::make_shared<metrics::AuditLog>(ao);
+    cfg.on_session_end = [audit](const relay::SessionSummary& s) { audit->append(session_end_record(s)); };
+  }
 
   // Signals go to this thread only (workers inherit the mask), read with sigtimedwait.
   sigset_t set;
@@ -117,6 +146,15 @@ int run_relay(const std::vector<std::string>& args) {
 
   relay::Relay relay(cfg);
   relay.start();
+  // Declared after the relay so it stops scraping before the workers' stats go away.
+  std::unique_ptr<metrics::Server> metrics_server;
+  if (auto m = f.get("metrics")) {
+    metrics_server = std::make_unique<metrics::Server>(*m, "relay");
+    auto rm = metrics::register_relay(*metrics_server, relay.stats());
+    if (rm.max_sessions) rm.max_sessions->Set(static_cast<double>(cfg.max_sessions));
+    common::log_info("metrics listening",
+                     {{"metrics", *m}, {"port", std::to_string(metrics_server->port())}});
+  }
   for (const auto& a : relay.listen_addresses())
     common::log_info("relay listening",
                      {{"listen", a.to_string()}, {"workers", std::to_string(relay.worker_count())}});
@@ -149,6 +187,7 @@ int run_relay(const std::vector<std::string>& args) {
     }
   }
   relay.wait();
+  if (audit) audit->flush();
   common::log_info("relay stopped");
   return 0;
 }

@@ -35,15 +35,15 @@ struct HandshakeStep {
 
 // Why a session ended, as it appears in logs, audit records and the `outcome` metric label.
 enum class EndReason : uint8_t {
-  kClosed,           // both directions finished cleanly
-  kClientReset,      // error or RST from the client side
-  kUpstreamReset,    // error or RST from the upstream side
+  kClosed,         // both directions finished cleanly
+  kClientReset,    // error or RST from the client side
+  kUpstreamReset,  // error or RST from the upstream side
   kIdleTimeout,
-  kDrained,          // shutdown deadline reached
-  kDenied,           // handshake rejected
+  kDrained,  // shutdown deadline reached
+  kDenied,   // handshake rejected
   kHandshakeTimeout,
-  kConnectFailed,    // refused, unreachable or connect timeout
-  kOverloaded,       // max sessions reached, or out of descriptors
+  kConnectFailed,  // refused, unreachable or connect timeout
+  kOverloaded,     // max sessions reached, or out of descriptors
 };
 
 const char* end_reason_name(EndReason r);

@@ -233,6 +233,7 @@ void Relay::reload(RelayConfig cfg) {
   removed_ = std::move(removed);
   bound_ = std::move(bound);
   auto routes = std::move(cfg.routes);
+  if (!cfg.on_session_end) cfg.on_session_end = std::move(cfg_.on_session_end);  // workers keep theirs too
   cfg_ = std::move(cfg);
   cfg_.routes = std::move(routes);
 }

@@ -421,5 +421,49 @@ TEST(RelayProcessTest, RealOpenSshSessionThroughRelay) {
       << relay.log();
 }
 
+std::string http_get(uint16_t port, const std::string& path) {
+  auto c = test::tcp_connect(*common::SockAddr::parse("127.0.0.1:" + std::to_string(port)));
+  if (!c) return {};
+  test::set_timeout(c.get(), 5s);
+  std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  test::write_all(c.get(), req.data(), req.size());
+  std::string out;
+  test::read_to_eof(c.get(), out);
+  return out;
+}
+
+TEST(RelayProcessTest, MetricsAndAuditRecordEverySession) {
+  test::EchoServer echo;
+  TempDir dir;
+  uint16_t mport = testing::free_port();
+  RelayProc relay({"--upstream", echo.addr().to_string(), "--metrics", "127.0.0.1:" + std::to_string(mport),
+                   "--audit-log", dir.file("audit.jsonl"), "--workers", "2"});
+  ASSERT_TRUE(testing::wait_for_port("127.0.0.1", mport));
+  for (int i = 0; i < 3; ++i) {
+    auto c = test::tcp_connect(relay.addr);
+    test::set_timeout(c.get(), 5s);
+    ASSERT_TRUE(test::write_all(c.get(), "hello", 5));
+    ::shutdown(c.get(), SHUT_WR);
+    std::string back;
+    ASSERT_TRUE(test::read_to_eof(c.get(), back));
+    EXPECT_EQ(back, "hello");
+  }
+  std::string body;
+  ASSERT_TRUE(eventually([&] {
+    body = http_get(mport, "/metrics");
+    return body.find("sshring_relay_sessions_total{outcome=\"closed\"} 3") != std::string::npos;
+  })) << body;
+  EXPECT_NE(body.find("sshring_relay_bytes_total{direction=\"client_to_upstream\"} 15"), std::string::npos)
+      << body;
+  EXPECT_NE(body.find("sshring_relay_pipes_in_use 0"), std::string::npos) << body;
+  relay.proc.signal(SIGTERM);
+  ASSERT_TRUE(relay.proc.wait(10s).has_value());
+  std::string audit = testing::read_file(dir.file("audit.jsonl"));
+  EXPECT_EQ(count_occurrences(audit, "\"type\":\"session_end\""), 3u) << audit;
+  EXPECT_EQ(count_occurrences(audit, "\"reason\":\"closed\""), 3u) << audit;
+  EXPECT_NE(audit.find("\"upstream_local\":\"127.0.0.1:"), std::string::npos) << audit;
+  EXPECT_NE(audit.find("\"bytes_up\":5"), std::string::npos) << audit;
+}
+
 }  // namespace
 }  // namespace sshring::relay
