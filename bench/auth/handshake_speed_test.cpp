@@ -36,7 +36,7 @@ struct Setup {
   std::shared_ptr<auth::Ed25519PrivateKey> key =
       std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::generate());
   policy::PolicyCache cache;
-  std::shared_ptr<auth::AuthHandshakeFactory> factory;
+  std::shared_ptr<auth::Resolver> resolver = std::make_shared<auth::AresResolver>();
   std::vector<std::string> frames;
 
   Setup() {
@@ -50,12 +50,6 @@ struct Setup {
               auth::format_openssh_public_key(i == 1000 ? key->public_key() : other.public_key()) + "\"]\n";
     }
     cache.publish(policy::Snapshot::build(std::make_shared<policy::Policy>(policy::parse_policy(yaml)), {}));
-    auth::AuthOptions o;
-    o.relay_ids = {"bench-relay"};
-    o.clock_ms = [] { return kNowMs; };
-    o.log_denials = false;
-    o.resolver = std::make_shared<auth::AresResolver>();
-    factory = std::make_shared<auth::AuthHandshakeFactory>(cache, o);
     auth::Signer signer{key->public_key(), [k = key](std::string_view d) { return k->sign(d); }};
     frames.reserve(kFrames);
     for (int i = 0; i < kFrames; ++i)
@@ -63,6 +57,16 @@ struct Setup {
           auth::encode_hello(auth::make_hello(signer, "bench-relay", "user1000", "10.1.2.3", 22, kNowMs)));
   }
 };
+
+// A fresh factory (empty replay cache) per benchmark run, so repetitions can reuse the frames.
+std::shared_ptr<auth::AuthHandshakeFactory> make_factory(Setup& s) {
+  auth::AuthOptions o;
+  o.relay_ids = {"bench-relay"};
+  o.clock_ms = [] { return kNowMs; };
+  o.log_denials = false;
+  o.resolver = s.resolver;
+  return std::make_shared<auth::AuthHandshakeFactory>(s.cache, o);
+}
 
 Setup& setup() {
   static Setup s;
@@ -88,6 +92,7 @@ BENCHMARK(BM_OpenSslEd25519Verify)->Iterations(kFrames)->Unit(benchmark::kMicros
 
 void BM_FullHandshake(benchmark::State& state) {
   auto& s = setup();
+  auto factory = make_factory(s);
   NullContext ctx;
   auto client = *SockAddr::parse("192.0.2.1:40000");
   auto listen = *SockAddr::parse("127.0.0.1:2222");
@@ -96,7 +101,7 @@ void BM_FullHandshake(benchmark::State& state) {
   uint64_t id = 1;
   for (auto _ : state) {
     const std::string& f = s.frames[i++ % s.frames.size()];
-    auto hs = s.factory->create(id++, client, listen, ctx, [](relay::HandshakeStep) {});
+    auto hs = factory->create(id++, client, listen, ctx, [](relay::HandshakeStep) {});
     auto step = hs->on_data({reinterpret_cast<const uint8_t*>(f.data()), f.size()});
     if (step.kind != relay::HandshakeStep::Kind::kConnect) state.SkipWithError("handshake not allowed");
     benchmark::DoNotOptimize(hs->on_upstream_connected(listen));
