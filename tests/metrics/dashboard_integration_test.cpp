@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -246,37 +247,62 @@ class RealRelayFixture : public PrometheusFixture {
   Process real_relay_;
 };
 
+struct RelayCounters {
+  double ended = 0, active = -1, up = 0, down = 0;
+  std::string body;
+};
+
+RelayCounters relay_counters(uint16_t port) {
+  RelayCounters c;
+  c.body = testing::http_get("127.0.0.1", port, "/metrics");
+  for (const auto& [key, v] : testing::parse_samples(c.body)) {
+    if (key.rfind("sshring_relay_sessions_total{", 0) == 0) c.ended += v;
+  }
+  c.active = testing::sample(c.body, "sshring_relay_sessions_active").value_or(-1);
+  c.up = testing::sample(c.body, "sshring_relay_bytes_total{direction=\"client_to_upstream\"}").value_or(-1);
+  c.down =
+      testing::sample(c.body, "sshring_relay_bytes_total{direction=\"upstream_to_client\"}").value_or(-1);
+  return c;
+}
+
+// Polls the relay's /metrics until `done` holds (workers account a close a moment after it happens).
+RelayCounters wait_counters(uint16_t port, const std::function<bool(const RelayCounters&)>& done) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  auto c = relay_counters(port);
+  while (!done(c) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    c = relay_counters(port);
+  }
+  return c;
+}
+
 TEST_F(RealRelayFixture, KnownTrafficGivesExactCountersAndIsScraped) {
+  // The readiness probes (wait_for_port) were sessions too: start from where they left the counters.
+  auto before = wait_counters(real_relay_metrics_port_, [](const RelayCounters& c) { return c.active == 0; });
+  ASSERT_EQ(before.active, 0) << before.body;
+
   constexpr int kSessions = 3;
   for (int i = 0; i < kSessions; ++i) ASSERT_EQ(session(listen_port_), Upstream::kDown);
-  // Counters are summed at scrape time; give the workers a moment to account the closes.
-  std::string body;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  double ended = 0;
-  while (std::chrono::steady_clock::now() < deadline) {
-    body = testing::http_get("127.0.0.1", real_relay_metrics_port_, "/metrics");
-    ended = 0;
-    for (const auto& [key, v] : testing::parse_samples(body)) {
-      if (key.rfind("sshring_relay_sessions_total{", 0) == 0) ended += v;
-    }
-    if (ended >= kSessions) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  EXPECT_EQ(ended, kSessions) << body;
-  EXPECT_EQ(testing::sample(body, "sshring_relay_sessions_active"), 0) << body;
-  EXPECT_EQ(testing::sample(body, "sshring_relay_bytes_total{direction=\"client_to_upstream\"}"),
-            kSessions * Upstream::kUp)
-      << body;
-  EXPECT_EQ(testing::sample(body, "sshring_relay_bytes_total{direction=\"upstream_to_client\"}"),
-            kSessions * Upstream::kDown)
-      << body;
+  auto after = wait_counters(real_relay_metrics_port_, [&](const RelayCounters& c) {
+    return c.ended >= before.ended + kSessions && c.active == 0;
+  });
+  EXPECT_EQ(after.ended - before.ended, kSessions) << after.body;
+  EXPECT_EQ(after.active, 0) << after.body;
+  EXPECT_EQ(after.up - before.up, kSessions * Upstream::kUp) << after.body;
+  EXPECT_EQ(after.down - before.down, kSessions * Upstream::kDown) << after.body;
 
-  // Prometheus sees it as a relay target with the same numbers.
+  // Prometheus scrapes it as a relay target and reaches the same numbers.
   std::string inst = "127.0.0.1:" + std::to_string(real_relay_metrics_port_);
-  auto r = query("sum(sshring_relay_bytes_total{job=\"sshring-relay\",instance=\"" + inst + "\"})");
+  std::string want = std::to_string(static_cast<uint64_t>(after.up + after.down));
+  nlohmann::json r;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  do {
+    r = query("sum(sshring_relay_bytes_total{job=\"sshring-relay\",instance=\"" + inst + "\"})");
+    if (r["data"]["result"].size() == 1 && r["data"]["result"][0]["value"][1] == want) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  } while (std::chrono::steady_clock::now() < deadline);
   ASSERT_EQ(r["data"]["result"].size(), 1u) << r.dump();
-  EXPECT_EQ(r["data"]["result"][0]["value"][1],
-            std::to_string(kSessions * (Upstream::kUp + Upstream::kDown)));
+  EXPECT_EQ(r["data"]["result"][0]["value"][1], want);
 }
 
 }  // namespace
