@@ -267,11 +267,9 @@ class Parser {
            "invalid hours '" + s + "'; expected HH:MM-HH:MM, e.g. \"08:00-20:00\" or \"22:00-06:00\"");
     }
     int a = hm(std::string_view(s).substr(0, dash), 23), b = hm(std::string_view(s).substr(dash + 1), 24);
-    if (a == b || (b == 1440 && a == 0 && false))
-      fail(n.Mark(), key, "empty window '" + s + "': start equals end");
+    if (a == b) fail(n.Mark(), key, "empty window '" + s + "': start equals end");
     w->start_min = static_cast<uint16_t>(a);
-    w->end_min = static_cast<uint16_t>(b == 0 ? 1440 : b);
-    if (w->start_min == w->end_min) fail(n.Mark(), key, "empty window '" + s + "': start equals end");
+    w->end_min = static_cast<uint16_t>(b == 0 ? 1440 : b);  // "22:00-00:00" ends at midnight
   }
 
   Window window(const YAML::Node& n, const std::string& key) const {
@@ -477,38 +475,50 @@ class Parser {
   std::string source_;
 };
 
-// yaml-cpp recurses per nesting level: bound the nesting before handing it untrusted text.
+// yaml-cpp recurses per nesting level: bound the nesting before handing it untrusted text. Flow
+// nesting is counted by brackets; block nesting needs indentation or a run of "- "/"? " indicators at
+// the start of a line, so both are bounded too. Long flat lines stay fine.
 void check_nesting(std::string_view text, const Parser& p) {
+  auto fail = [&](size_t pos, int line, size_t col) {
+    YAML::Mark m;
+    m.pos = static_cast<int>(pos);
+    m.line = line;
+    m.column = static_cast<int>(col);
+    p.fail(m, "", "nesting too deep; a policy needs at most a few levels");
+  };
   int depth = 0, line = 0;
-  size_t line_start = 0;
   char quote = 0;
-  for (size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (c == '\n') {
-      ++line;
-      line_start = i + 1;
-      quote = 0;
-      continue;
+  size_t i = 0;
+  while (i < text.size()) {
+    // Start of a line: indentation and leading block indicators.
+    const size_t line_start = i;
+    while (i < text.size() && text[i] == ' ') ++i;
+    if (i - line_start > 256) fail(i, line, i - line_start);
+    int indicators = 0;
+    while (i + 1 < text.size() && (text[i] == '-' || text[i] == '?') && text[i + 1] == ' ') {
+      if (++indicators > 16) fail(i, line, i - line_start);
+      i += 2;
+      while (i < text.size() && text[i] == ' ') ++i;
     }
-    if (quote) {
-      if (c == quote) quote = 0;
-      continue;
+    for (; i < text.size() && text[i] != '\n'; ++i) {
+      const char c = text[i];
+      if (quote) {
+        if (c == quote) quote = 0;
+        continue;
+      }
+      if (c == '#' && (i == line_start || text[i - 1] == ' ')) {
+        while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
+        continue;
+      }
+      if (c == '"' || c == '\'') quote = c;
+      if (c == '[' || c == '{') {
+        if (++depth > 32) fail(i, line, i - line_start);
+      }
+      if (c == ']' || c == '}') --depth;
     }
-    if (c == '#' && (i == line_start || text[i - 1] == ' ')) {
-      while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
-      continue;
-    }
-    if (c == '"' || c == '\'') quote = c;
-    if (c == '[' || c == '{') ++depth;
-    if (c == ']' || c == '}') --depth;
-    bool indicator = (c == '-' || c == '?' || c == ':') && i + 1 < text.size() && text[i + 1] == ' ';
-    if (depth > 32 || (i - line_start > 256 && (indicator || c == '[' || c == '{'))) {
-      YAML::Mark m;
-      m.pos = static_cast<int>(i);
-      m.line = line;
-      m.column = static_cast<int>(i - line_start);
-      p.fail(m, "", "nesting too deep; a policy needs at most a few levels");
-    }
+    quote = 0;
+    ++line;
+    ++i;  // past the newline
   }
 }
 

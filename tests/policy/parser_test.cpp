@@ -69,6 +69,10 @@ std::vector<ErrorCase> error_cases() {
     many_relays += (i ? ", " : "") + std::string("10.0.0.") + std::to_string(i % 250) + "/32";
   many_relays += "]\n";
   std::string deep = "version: 1\nrelays: " + std::string(100, '[') + std::string(100, ']') + "\n";
+  std::string deep_block = "version: 1\nrelays:\n";
+  for (int i = 0; i < 20; ++i) deep_block += "- ";
+  deep_block += "x\n";
+  std::string deep_indent = "version: 1\nrelays:\n" + std::string(300, ' ') + "- x\n";
   return {
       {"empty", "", "t.yaml:1:1: empty policy; expected a mapping starting with 'version: 1'"},
       {"not_a_map", "- a\n", "t.yaml:1:1: expected a mapping with keys version"},
@@ -180,7 +184,9 @@ std::vector<ErrorCase> error_cases() {
       {"from_empty", replace(b, "from: [10.2.0.0/16]", "from: []"),
        "opt_out[0].from: list must not be empty"},
       {"too_many_items", many_relays, "t.yaml:2:9: relays: list has 1001 items; at most 1000 are allowed"},
-      {"too_deep", deep, "nesting too deep"},
+      {"too_deep", deep, "t.yaml:2:41: nesting too deep"},
+      {"too_deep_block", deep_block, "t.yaml:3:33: nesting too deep"},
+      {"too_deep_indent", deep_indent, "t.yaml:3:301: nesting too deep"},
       {"invalid_utf8", replace(b, "alice@laptop", "alic\x9b@laptop"),
        "principals[0].keys[0]: value contains control characters or invalid UTF-8; use printable text"},
       {"key_not_string", replace(b, "relays: [10.0.0.0/28]", "? [a]\n: b"), "keys must be plain strings"},
@@ -260,6 +266,18 @@ TEST(PolicyParser, ExamplePolicyParsesAndRoundTrips) {
   EXPECT_TRUE(lint_policy(p, 1798761600).empty());  // 2027-01-01: nothing suspicious
 }
 
+TEST(PolicyParser, LongFlatLinesAreFine) {
+  std::string y = "version: 1\nrelays: [";
+  for (int i = 0; i < 200; ++i) y += (i ? ", " : "") + std::string("10.0.") + std::to_string(i) + ".0/24";
+  y += "]\nroles: [{name: r, targets: [";
+  for (int i = 0; i < 50; ++i)
+    y += (i ? ", " : "") + std::string("{cidrs: [10.9.") + std::to_string(i) + ".0/24], ports: [22]}";
+  y += "]}]\n";
+  Policy p = parse_policy(y);
+  EXPECT_EQ(p.relays.size(), 200u);
+  EXPECT_EQ(p.roles[0].targets.size(), 50u);
+}
+
 TEST(PolicyParser, DaysAndHoursForms) {
   auto with = [](const std::string& w) {
     return replace(base(), "  - name: sre\n", "  - name: sre\n    windows: [" + w + "]\n");
@@ -271,6 +289,8 @@ TEST(PolicyParser, DaysAndHoursForms) {
   EXPECT_EQ(w.start_min, 22 * 60);
   EXPECT_EQ(w.end_min, 6 * 60);
   EXPECT_EQ(w.tz->offset_at(0), 5 * 3600 + 30 * 60);
+  auto to_midnight = parse_policy(with("{hours: \"22:00-00:00\"}")).roles[0].windows[0];
+  EXPECT_EQ(to_midnight.end_min, 1440);
 }
 
 TEST(PolicyLint, FlagsWhatTheIssueLists) {
