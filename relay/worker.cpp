@@ -326,9 +326,11 @@ void Worker::on_accept(uint32_t route, int res, uint32_t flags) {
     if (res != -ECANCELED) stats_.accept_errors.add();
     if (is_fd_exhaustion(-res)) {
       // Out of descriptors: stop accepting until the next tick instead of spinning on the backlog.
-      if (!accept_paused_)
+      if (!accept_paused_ && now_ns_ - last_exhaustion_log_ns_ >= 10'000'000'000ull) {
+        last_exhaustion_log_ns_ = now_ns_;
         common::log_warn("accept paused: out of file descriptors",
                          {{"listen", r.bound.to_string()}, {"error", strerror(-res)}});
+      }
       accept_paused_ = true;
     } else if (!r.accepting && !closing) {
       arm_accept(route);

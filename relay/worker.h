@@ -202,6 +202,7 @@ class Worker final : public HandshakeContext {
   uint64_t now_ns_ = 0;
   __kernel_timespec tick_ts_{};
   bool accept_paused_ = false;
+  uint64_t last_exhaustion_log_ns_ = 0;  // the pause is logged at most every 10 s
   bool draining_ = false;
   bool stopping_ = false;
 

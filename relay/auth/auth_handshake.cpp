@@ -145,7 +145,14 @@ class AuthHandshake : public Handshake {
 
   HandshakeStep on_data(std::span<const uint8_t> received) override {
     SessionState& s = *s_;
-    if (s.decided) return s.denied ? s.deny(s.deny_reason, s.deny_message) : HandshakeStep{};
+    if (s.decided) {  // the worker stops calling after a decision; answer the same way if it does
+      HandshakeStep again;
+      if (s.denied) {
+        again.kind = HandshakeStep::Kind::kReject;
+        again.reply = encode_deny(s.deny_reason, s.deny_message);
+      }
+      return again;
+    }
     if (s.over_handshake_cap)
       return s.deny(Reason::kTooManyHandshakes,
                     "too many connections in handshake from " + s.client.ip_string());
