@@ -581,6 +581,8 @@ void Worker::maybe_start_splicing(Session& s) {
   if (s.ending || s.phase != Session::Phase::kReplying) return;
   if (s.to_client_off < s.to_client.size() || s.to_upstream_off < s.to_upstream.size()) return;
   s.phase = Session::Phase::kSplicing;
+  s.pump[0].set_eager(cfg_.splice_mode == SpliceMode::kInline);
+  s.pump[1].set_eager(cfg_.splice_mode == SpliceMode::kInline);
   drive(s, 0, s.pump[0].start());
   drive(s, 1, s.pump[1].start());
 }

@@ -266,8 +266,7 @@ class AuthHandshake : public Handshake {
     s.upstream_local = local;
     s.leave_handshake();
     auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - s.started).count();
-    if (s.factory->opts_.metrics.handshake_seconds)
-      s.factory->opts_.metrics.handshake_seconds->Observe(elapsed);
+    if (auto* h = s.factory->handshake_seconds_.load(std::memory_order_acquire)) h->Observe(elapsed);
     if (auto* audit = s.factory->opts_.audit) {
       nlohmann::json r = base_record("session_start");
       r["upstream_local"] = local.to_string();
@@ -358,6 +357,12 @@ AuthHandshakeFactory::AuthHandshakeFactory(const policy::PolicyCache& cache, Aut
   if (opts_.max_skew.count() <= 0) throw common::UsageError("authenticated relay: max skew must be positive");
   if (opts_.max_handshakes_per_source == 0) opts_.max_handshakes_per_source = 1;
   resolver_ = opts_.resolver ? opts_.resolver : std::make_shared<AresResolver>();
+  set_metrics(opts_.metrics);
+}
+
+void AuthHandshakeFactory::set_metrics(const metrics::RelayMetrics& m) {
+  handshake_seconds_.store(m.handshake_seconds, std::memory_order_release);
+  decisions_family_.store(m.decisions, std::memory_order_release);
 }
 
 AuthHandshakeFactory::~AuthHandshakeFactory() = default;
@@ -375,9 +380,8 @@ uint64_t AuthHandshakeFactory::decisions(uint16_t reason) const {
 
 void AuthHandshakeFactory::count_decision(uint16_t reason, std::string_view name) {
   if (reason <= kMaxReason) decisions_[reason].fetch_add(1, std::memory_order_relaxed);
-  if (opts_.metrics.decisions)
-    opts_.metrics.decisions->Add({{"result", reason == 0 ? "allow" : "deny"}, {"reason", std::string(name)}})
-        .Increment();
+  if (auto* fam = decisions_family_.load(std::memory_order_acquire))
+    fam->Add({{"result", reason == 0 ? "allow" : "deny"}, {"reason", std::string(name)}}).Increment();
 }
 
 std::unique_ptr<Handshake> AuthHandshakeFactory::create(uint64_t session_id, const common::SockAddr& client,

@@ -12,6 +12,8 @@
 // DENY frame with a stable reason, one audit record (session_deny) and one decision metric.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -61,6 +63,10 @@ class AuthHandshakeFactory : public HandshakeFactory,
                                     const common::SockAddr& listen, HandshakeContext& ctx,
                                     HandshakeResume resume) override;
 
+  // Attaches metrics after construction (the relay registers them once its workers exist). Safe
+  // while sessions run.
+  void set_metrics(const metrics::RelayMetrics& m);
+
   [[nodiscard]] const SessionLimits& limits() const { return limits_; }
   [[nodiscard]] const ReplayCache& replay_cache() const { return replay_; }
   [[nodiscard]] uint64_t now_ms() const;
@@ -78,6 +84,8 @@ class AuthHandshakeFactory : public HandshakeFactory,
   ReplayCache replay_;
   SessionLimits limits_;
   std::array<std::atomic<uint64_t>, kMaxReason + 1> decisions_{};
+  std::atomic<prometheus::Histogram*> handshake_seconds_{nullptr};
+  std::atomic<prometheus::Family<prometheus::Counter>*> decisions_family_{nullptr};
 };
 
 }  // namespace sshring::relay::auth

@@ -25,7 +25,7 @@ AuthService::AuthService(AuthServiceOptions opts) : ids_(opts.relay_ids) {
         metrics::AuditOptions{.path = opts.audit_path, .component = "relay"});
   AuthOptions a = std::move(opts.auth);
   a.relay_ids = ids_;
-  a.audit = audit_.get();
+  a.audit = audit_ ? audit_.get() : opts.audit;
   factory_ = std::make_shared<AuthHandshakeFactory>(cache_, std::move(a));
   reloader_->start();
 }

@@ -20,7 +20,8 @@ namespace sshring::relay::auth {
 struct AuthServiceOptions {
   std::string policy_path;
   std::vector<std::string> relay_ids;  // empty: this host's name
-  std::string audit_path;              // empty: no audit log
+  std::string audit_path;              // a log of its own (empty: use `audit`, if any)
+  metrics::AuditLog* audit = nullptr;  // shared log (must outlive the service)
   bool watch = true;                   // reload on policy/grant file changes
   AuthOptions auth;                    // limits; relay_ids and audit are filled in from above
 };

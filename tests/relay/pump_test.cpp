@@ -134,6 +134,17 @@ TEST(PumpTest, Transitions) {
   }
 }
 
+TEST(PumpTest, EagerProbesOnceBeforePolling) {
+  Pump p;
+  p.set_eager(true);
+  p.start();
+  p.on_readable();
+  EXPECT_EQ(p.on_spliced_in(100, 65536), A::kSpliceOut);
+  EXPECT_EQ(p.on_spliced_out(100), A::kSpliceIn);  // short read, but try again before polling
+  EXPECT_EQ(p.on_spliced_in(-EAGAIN, 65536), A::kArmPollIn);
+  EXPECT_FALSE(p.needs_pipe());
+}
+
 TEST(PumpTest, InPipeTracksPartialWrites) {
   Pump p;
   p.start();
