@@ -341,9 +341,12 @@ static __always_inline int handle(struct __sk_buff* skb, int ingress) {
     if (bpf_skb_pull_data(skb, skb->len < 256 ? skb->len : 256) == 0) r = parse(skb, &p);
   }
   if (r != PARSE_OK) {
-    if (r == PARSE_TRUNCATED) stat_inc(SSHRING_STAT_TRUNCATED);
-    else if (r == PARSE_FRAGMENT) stat_inc(SSHRING_STAT_FRAGMENTS);
-    else if (r == PARSE_V6_UNPARSED) stat_inc(SSHRING_STAT_V6_UNPARSED);
+    if (r == PARSE_TRUNCATED)
+      stat_inc(SSHRING_STAT_TRUNCATED);
+    else if (r == PARSE_FRAGMENT)
+      stat_inc(SSHRING_STAT_FRAGMENTS);
+    else if (r == PARSE_V6_UNPARSED)
+      stat_inc(SSHRING_STAT_V6_UNPARSED);
     return TC_ACT_UNSPEC;
   }
 
@@ -425,10 +428,14 @@ static __always_inline int handle(struct __sk_buff* skb, int ingress) {
 }
 
 SEC("tc")
-int sshring_ingress(struct __sk_buff* skb) { return handle(skb, 1); }
+int sshring_ingress(struct __sk_buff* skb) {
+  return handle(skb, 1);
+}
 
 SEC("tc")
-int sshring_egress(struct __sk_buff* skb) { return handle(skb, 0); }
+int sshring_egress(struct __sk_buff* skb) {
+  return handle(skb, 0);
+}
 
 /* Sockets that end locally (timeouts, aborts, process exits) without a FIN pair on the wire.
  * tp_btf attaches by BTF id, so it needs no tracefs (absent inside `ip netns exec`). */

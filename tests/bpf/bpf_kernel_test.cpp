@@ -265,10 +265,6 @@ TEST_F(KernelTest, ExpiryIsDecidedInKernelTime) {
   }
 }
 
-struct Event {
-  sshring_event ev;
-};
-
 TEST_F(KernelTest, CountsBothWaysAndReportsOpenAndClose) {
   std::vector<sshring_event> got;
   auto cb = [](void* ctx, void* data, size_t size) {
