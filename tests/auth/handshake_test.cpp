@@ -7,6 +7,10 @@
 #include <deque>
 #include <mutex>
 
+#include <prometheus/counter.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
 #include "policy/parser.h"
 #include "relay/auth/auth_service.h"
 #include "relay/auth/client.h"
@@ -401,4 +405,24 @@ TEST(AuthService, LoadsThePolicyFileAndReloads) {
   EXPECT_FALSE(svc.reload(&err));  // a broken file keeps the last good policy
   EXPECT_EQ(attempt("dave"), Kind::kConnect);
   EXPECT_THROW(auth::AuthService({.policy_path = dir.file("missing.yaml")}), std::exception);
+}
+
+TEST_F(Fixture, DecisionsAndHandshakeTimeReachPrometheus) {
+  prometheus::Registry registry;
+  auto& decisions = prometheus::BuildCounter().Name("sshring_policy_decisions_total").Register(registry);
+  auto& hist =
+      prometheus::BuildHistogram().Name("sshring_relay_handshake_duration_seconds").Register(registry);
+  auto& h = hist.Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.01, 0.1, 1});
+  factory->set_metrics({.handshake_seconds = &h, .decisions = &decisions});
+  auto a = open();
+  ASSERT_EQ(feed(*a, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
+  a->hs->on_upstream_connected(*SockAddr::parse("127.0.0.1:1"));
+  end(*a);
+  auto b = open();
+  EXPECT_EQ(deny_reason(feed(*b, hello(alice, "mallory", "10.1.0.1"))),
+            code(auth::Reason::kUnknownPrincipal));
+  end(*b, relay::EndReason::kDenied);
+  EXPECT_EQ(decisions.Add({{"result", "allow"}, {"reason", "allowed"}}).Value(), 1);
+  EXPECT_EQ(decisions.Add({{"result", "deny"}, {"reason", "unknown_principal"}}).Value(), 1);
+  EXPECT_EQ(h.Collect().histogram.sample_count, 1u);
 }
