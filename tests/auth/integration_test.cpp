@@ -632,3 +632,36 @@ TEST_F(AuthRelay, TwoHundredConcurrentLibssh2Sessions) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(s_->factory->limits().sessions_of("tester"), 0u);
 }
+
+TEST_F(AuthRelay, HandshakeCapPerSourceThroughTheRelay) {
+  auth::AuthOptions o;
+  o.relay_ids = {"test-relay"};
+  o.max_handshakes_per_source = 2;
+  o.log_denials = false;
+  auto factory = std::make_shared<auth::AuthHandshakeFactory>(s_->cache, o);
+  relay::RelayConfig cfg;
+  cfg.routes.push_back({.listen = *SockAddr::parse("127.0.0.1:0"), .handshake = factory});
+  cfg.workers = 1;
+  cfg.log_sessions = false;
+  relay::Relay capped(std::move(cfg));
+  capped.start();
+  uint16_t port = capped.listen_addresses()[0].port();
+  int before = s_->upstream.accepts();
+  std::vector<UniqueFd> idle;
+  for (int i = 0; i < 2; ++i) idle.push_back(tcp_connect(port));
+  for (int i = 0; i < 200 && factory->limits().handshakes_from(*SockAddr::parse("127.0.0.1:0")) < 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  Exchange over = send_preamble(port, hello(s_->user_key, "tester", "127.0.0.1", s_->upstream.port()));
+  EXPECT_EQ(deny_code(over), code(auth::Reason::kTooManyHandshakes));
+  EXPECT_EQ(s_->upstream.accepts(), before);
+  idle.clear();  // they go away; their slots come back
+  bool ok = false;
+  for (int i = 0; i < 100 && !ok; ++i) {
+    Exchange again = send_preamble(port, hello(s_->user_key, "tester", "127.0.0.1", s_->upstream.port()));
+    ok = again.reply.status == auth::DecodeStatus::kOk && again.reply.reply.type == auth::FrameType::kOk;
+    if (!ok) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(ok);
+  capped.stop();
+  capped.wait();
+}
