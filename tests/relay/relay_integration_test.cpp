@@ -8,8 +8,12 @@
 #include <mutex>
 #include <thread>
 
+#include <fcntl.h>
+#include <sched.h>
+
 #include "relay/relay.h"
 #include "tests/relay/relay_fixtures.h"
+#include "tests/support/netns.h"
 
 namespace sshring::relay {
 namespace {
@@ -165,6 +169,36 @@ TEST(RelayTest, ConnectTimeoutOnSilentUpstream) {
   EXPECT_GE(took, 250ms);
   EXPECT_LT(took, 3s);
   EXPECT_TRUE(eventually([&] { return relay.sessions_total(EndReason::kConnectFailed) == 1; }));
+}
+
+TEST(RelayTest, ConnectTimeoutOnAddressThatDrops) {
+  std::string why;
+  if (!testing::can_use_netns(&why)) GTEST_SKIP() << "network namespaces unavailable: " << why;
+  // 10.99.0.2 resolves (static neighbour) to a MAC nobody owns on a veth: SYNs vanish silently.
+  testing::NetNs ns("relayct");
+  testing::NetNs peer("relayctp");
+  testing::link_veth(ns, "v0", "10.99.0.1/24", peer, "v1", "10.99.0.3/24");
+  ASSERT_EQ(ns.exec("ip neigh replace 10.99.0.2 lladdr 02:00:00:00:00:02 dev v0 nud permanent"), 0);
+  // The relay and the client run in a thread that joined the namespace; worker threads inherit it.
+  std::thread t([&] {
+    common::UniqueFd nsfd(::open(("/var/run/netns/" + ns.name()).c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(nsfd);
+    ASSERT_EQ(::setns(nsfd.get(), CLONE_NEWNET), 0) << strerror(errno);
+    RelayConfig cfg = static_cfg(addr("10.99.0.2:22"));
+    cfg.connect_timeout = 400ms;
+    Relay relay(cfg);
+    relay.start();
+    auto t0 = std::chrono::steady_clock::now();
+    auto c = test::tcp_connect(relay.listen_addresses()[0]);
+    ASSERT_TRUE(c);
+    ssize_t r = test::read_end(c.get(), 5s);
+    auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_TRUE(r == 0 || r == -ECONNRESET) << r;
+    EXPECT_GE(took, 350ms);
+    EXPECT_LT(took, 3s);
+    EXPECT_TRUE(eventually([&] { return relay.sessions_total(EndReason::kConnectFailed) == 1; }));
+  });
+  t.join();
 }
 
 TEST(RelayTest, UpstreamResetMidStreamResetsClient) {
