@@ -102,6 +102,14 @@ struct {
   __type(value, __u64);
 } stats SEC(".maps");
 
+/* Flows whose SYN enforce mode dropped -> when (boot ns), to report retransmits once. */
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 8192);
+  __type(key, struct sshring_flow_key);
+  __type(value, __u64);
+} denied SEC(".maps");
+
 struct {
   __uint(type, BPF_MAP_TYPE_RINGBUF);
   __uint(max_entries, 1 << 20);
@@ -389,12 +397,21 @@ static __always_inline int handle(struct __sk_buff* skb, int ingress) {
     nf.last_ns = now;
     nf.packets[0] = 1;
     nf.bytes[0] = len;
-    tag_add(nf.tag, 1, len);
     if (enforce_on() && (nf.tag == SSHRING_TAG_EXPIRED || nf.tag == SSHRING_TAG_UNAPPROVED)) {
       stat_inc(SSHRING_STAT_DROPPED);
+      /* The client retransmits a dropped SYN: report and count the attempt once, not per SYN. */
+      __u64* seen = bpf_map_lookup_elem(&denied, &key);
+      if (seen && now - *seen < SSHRING_DENY_WINDOW_NS) {
+        *seen = now;
+        tag_add(nf.tag, 0, len);
+        return TC_ACT_SHOT;
+      }
+      bpf_map_update_elem(&denied, &key, &now, BPF_ANY);
+      tag_add(nf.tag, 1, len);
       emit(SSHRING_EV_DENY, 0, &key, &nf);
       return TC_ACT_SHOT;
     }
+    tag_add(nf.tag, 1, len);
     if (bpf_map_update_elem(&flows, &key, &nf, BPF_NOEXIST) != 0) {
       /* -EEXIST: another CPU inserted the same SYN first; anything else: map full. */
       f = bpf_map_lookup_elem(&flows, &key);

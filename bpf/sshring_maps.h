@@ -24,6 +24,8 @@
 #define SSHRING_MAX_FLOWS 65536
 #define SSHRING_MAX_PREFIXES 16384
 #define SSHRING_GRANT_ID_LEN 64
+/* SYN retransmits of a denied connection within this window are dropped without a new event. */
+#define SSHRING_DENY_WINDOW_NS (10ULL * 1000000000ULL)
 
 /* Addresses: family 4 keeps the IPv4 address in addr[0] (the rest zero), family 6 all 16 bytes,
  * network byte order. IPv4-mapped IPv6 (::ffff:a.b.c.d) is normalized to family 4, as the policy

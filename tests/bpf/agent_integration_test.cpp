@@ -53,12 +53,14 @@ std::vector<json> read_records(const std::string& path) {
 
 // Waits for a record of `type` from `src`; returns the n-th (0-based) such record.
 std::optional<json> wait_record(const std::string& path, const std::string& type, const std::string& src,
-                                size_t nth = 0, std::chrono::milliseconds timeout = 15s) {
+                                size_t nth = 0, std::chrono::milliseconds timeout = 15s,
+                                const std::string& tag = "") {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   do {
     size_t seen = 0;
     for (auto& r : read_records(path)) {
       if (r.value("type", "") != type || !r.contains("flow") || r["flow"].value("src", "") != src) continue;
+      if (!tag.empty() && r.value("tag", "") != tag) continue;
       if (seen++ == nth) return r;
     }
     std::this_thread::sleep_for(100ms);
@@ -287,6 +289,31 @@ TEST_F(AgentIntegration, TagsCountsEnforcesSurvivesRestartAndDetaches) {
   EXPECT_EQ((*denied)["tag"], "bypass_unapproved");
   EXPECT_EQ(denied->value("enforced", false), true);
   EXPECT_EQ(ssh(kGranted, "true"), 0);
+
+  // Hot reload: a new grant for the refused source lets it in (enforce stays on); revoking it makes
+  // the next flow bypass_expired and refused again.
+  auto synced = [&] { return count(read_file(dir_.file("agent2.log")), "kernel maps synced"); };
+  auto wait_synced = [&](size_t n) {
+    for (int i = 0; i < 100 && synced() < n; i++) std::this_thread::sleep_for(100ms);
+    return synced() >= n;
+  };
+  size_t syncs = synced();
+  policy::DirGrantStore store(grants_);
+  store.add(make_grant("g-0000000000c3", "10.77.2.0/24", ::time(nullptr) + 3600));
+  ASSERT_TRUE(wait_synced(syncs + 1)) << "no reload after a new grant";
+  EXPECT_EQ(ssh(kUngranted, "true"), 0);
+  auto granted = wait_record(audit_, "flow_open", kUngranted, 0, 15s, "bypass_approved");
+  ASSERT_TRUE(granted.has_value());
+  EXPECT_EQ((*granted)["tag"], "bypass_approved");
+  EXPECT_EQ((*granted)["grant_id"], "g-0000000000c3");
+  syncs = synced();
+  ASSERT_TRUE(store.revoke("g-0000000000c3", "test", "done", ::time(nullptr)).has_value());
+  ASSERT_TRUE(wait_synced(syncs + 1)) << "no reload after a revoke";
+  EXPECT_NE(ssh(kUngranted, "true", "", "3"), 0);
+  auto revoked = wait_record(audit_, "flow_open", kUngranted, 0, 15s, "bypass_expired");
+  ASSERT_TRUE(revoked.has_value());
+  EXPECT_EQ((*revoked)["tag"], "bypass_expired");
+  EXPECT_EQ((*revoked)["grant_id"], "g-0000000000c3");
 
   // The short grant expires while we run: the kernel tags new flows expired (and drops them).
   auto wait_s = short_expiry_ + 1 - ::time(nullptr);

@@ -230,6 +230,27 @@ TEST_F(KernelTest, EnforceDropsOnlyUnapprovedAndExpiredSyns) {
     }
   }
   EXPECT_EQ(stat(SSHRING_STAT_DROPPED), dropped_before + drops);
+  // A retransmitted SYN of a refused connection is dropped again but reported and counted once.
+  std::vector<sshring_event> got;
+  events = ring_buffer__new(
+      obj_->events_fd(),
+      [](void* ctx, void* data, size_t size) {
+        if (size >= sizeof(sshring_event))
+          static_cast<std::vector<sshring_event>*>(ctx)->push_back(*static_cast<sshring_event*>(data));
+        return 0;
+      },
+      &got, nullptr);
+  ASSERT_NE(events, nullptr);
+  ring_buffer__consume(events);
+  got.clear();
+  auto flows_before = obj_->tag_counters()[SSHRING_TAG_UNAPPROVED].flows;
+  auto syn = build_packet({.src = "198.51.100.9", .sport = 41010});
+  for (int i = 0; i < 3; i++) EXPECT_EQ(run_prog(obj_->ingress_fd(), syn).retval, kShot);
+  ring_buffer__consume(events);
+  ring_buffer__free(events);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].type, SSHRING_EV_DENY);
+  EXPECT_EQ(obj_->tag_counters()[SSHRING_TAG_UNAPPROVED].flows, flows_before + 1);
   // The flag flips without a reload.
   obj_->set_enforce(false);
   EXPECT_EQ(run_prog(obj_->ingress_fd(), build_packet({.src = "198.51.100.1", .sport = 41005})).retval,
