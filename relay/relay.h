@@ -26,6 +26,19 @@
 // IORING_OP_SPLICE (SpliceMode::kRing, io-wq) or as non-blocking splice(2) calls on the worker
 // thread right after io_uring reported readiness (SpliceMode::kInline, the default: the benchmark in
 // bench/relay shows it wins on latency and CPU, because io_uring hands every splice to io-wq).
+//
+// Handshake routes (relay/handshake.h), as the worker implements the seam: client bytes are read into
+// a kMaxHandshakeBytes buffer and on_data() sees everything received so far. kNeedMore reads on
+// until the buffer is full (session ends kDenied) or handshake_timeout passes (kHandshakeTimeout).
+// kPending waits for the HandshakeResume (from a HandshakeContext::post() callback, or even called
+// before on_data() returned kPending; a stale resume after the session ended is ignored by
+// generation). kConnect connects with connect_timeout (linked timeout), then sends
+// on_upstream_connected()'s reply to the client and the bytes after `consumed` to the upstream, and
+// splices only once both are out. kReject sends `reply` and closes with a FIN (no reset) without
+// connecting; a failed connect sends on_upstream_failed(errno or ETIMEDOUT)'s reply the same way.
+// on_end() runs once per session on the worker thread after both sockets are closed;
+// bytes_client_to_upstream includes the glued bytes. RelayConfig::on_session_end runs right after it
+// for every session (static and handshake routes alike).
 #pragma once
 
 #include <atomic>

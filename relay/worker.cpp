@@ -436,7 +436,12 @@ void Worker::start_handshake(Session& s) {
   HandshakeResume resume = [this, idx, gen](HandshakeStep step) {
     if (idx >= slots_.size()) return;
     Session& t = *slots_[idx];
-    if (t.gen != gen || t.phase != Session::Phase::kPending || t.ending) return;
+    if (t.gen != gen || t.ending) return;
+    if (t.in_hs_call) {  // called from inside on_data(): apply once it has returned kPending
+      t.early_step = std::move(step);
+      return;
+    }
+    if (t.phase != Session::Phase::kPending) return;
     apply_step(t, std::move(step));
     settle(t);
   };
@@ -600,13 +605,20 @@ void Worker::on_session_cqe(Session& s, Op op, int res, uint32_t flags) {
       }
       s.hs_len += static_cast<size_t>(res);
       HandshakeStep step;
+      s.in_hs_call = true;
       try {
         step = s.hs->on_data(std::span<const uint8_t>(s.hs_buf.data(), s.hs_len));
       } catch (const std::exception& e) {
+        s.in_hs_call = false;
         common::log_error("handshake on_data threw", {{"error", e.what()}});
         end(s, EndReason::kDenied);
         return;
       }
+      s.in_hs_call = false;
+      if (step.kind == HandshakeStep::Kind::kPending && s.early_step) {
+        step = std::move(*s.early_step);
+      }
+      s.early_step.reset();
       apply_step(s, std::move(step));
       return;
     }
@@ -866,6 +878,8 @@ void Worker::finalize(Session& s) {
 
   s.hs.reset();
   s.factory.reset();
+  s.in_hs_call = false;
+  s.early_step.reset();
   s.phase = Session::Phase::kFree;
   s.ending = false;
   s.rst = false;

@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -104,7 +105,9 @@ struct Session {
   common::SockAddr client_addr, listen_addr, upstream_addr, upstream_local;
   std::shared_ptr<HandshakeFactory> factory;  // keeps the factory alive for this session's handshake
   std::unique_ptr<Handshake> hs;
-  std::vector<uint8_t> hs_buf;  // allocated only for handshake routes (kMaxHandshakeBytes)
+  bool in_hs_call = false;                  // inside create()/on_data(): a resume() is held until it returns
+  std::optional<HandshakeStep> early_step;  // a resume() that arrived before kPending was returned
+  std::vector<uint8_t> hs_buf;              // allocated only for handshake routes (kMaxHandshakeBytes)
   size_t hs_len = 0;
   std::string to_client;  // reply frames (OK/DENY)
   size_t to_client_off = 0;

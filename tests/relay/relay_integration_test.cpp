@@ -386,6 +386,15 @@ class LineHandshake : public Handshake {
       step.reply = "NO\n";
       return step;
     }
+    if (line.rfind("NOW ", 0) == 0) {  // resume() called before on_data returns kPending
+      HandshakeStep next;
+      next.kind = HandshakeStep::Kind::kConnect;
+      next.upstream = *common::SockAddr::parse(line.substr(4));
+      next.consumed = nl + 1;
+      resume_(next);
+      step.kind = HandshakeStep::Kind::kPending;
+      return step;
+    }
     if (line.rfind("PEND ", 0) == 0) {
       auto target = *common::SockAddr::parse(line.substr(5));
       size_t consumed = nl + 1;
@@ -522,6 +531,19 @@ TEST_F(HandshakeSeamTest, PendingResumesThroughPost) {
   char b[4];
   ASSERT_TRUE(test::read_exact(c.get(), b, 4));
   EXPECT_EQ(std::string(b, 4), "ping");
+}
+
+TEST_F(HandshakeSeamTest, ResumeBeforePendingReturnsIsKept) {
+  EchoServer echo;
+  auto c = test::tcp_connect(la_);
+  test::set_timeout(c.get(), 5s);
+  std::string first = "NOW " + echo.addr().to_string() + "\n";
+  ASSERT_TRUE(test::write_all(c.get(), first.data(), first.size()));
+  EXPECT_EQ(read_line(c.get()).rfind("OK 127.0.0.1:", 0), 0u);
+  ASSERT_TRUE(test::write_all(c.get(), "pong", 4));
+  char b[4];
+  ASSERT_TRUE(test::read_exact(c.get(), b, 4));
+  EXPECT_EQ(std::string(b, 4), "pong");
 }
 
 TEST_F(HandshakeSeamTest, RejectSendsReplyAndNeverConnects) {
