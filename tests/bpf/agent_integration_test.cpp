@@ -356,6 +356,21 @@ TEST_F(AgentIntegration, ClearErrors) {
               &out);
   EXPECT_EQ(rc, 2);
   EXPECT_NE(out.find("interface 'nosuch0' not found"), std::string::npos) << out;
+
+  // Not root: refused before touching the kernel, with the reason.
+  rc = sh("setpriv --reuid=65534 --regid=65534 --clear-groups " + sshring_bin() + " agent --policy " +
+              dir_.file("policy.yaml") + " --iface lo --pin-dir " + pin_dir_ + " 2>&1",
+          &out);
+  EXPECT_EQ(rc, 2);
+  EXPECT_NE(out.find("must run as root"), std::string::npos) << out;
+
+  // An unreadable policy names the file.
+  rc = sh("ip netns exec " + host_->name() + " " + sshring_bin() + " agent --policy " +
+              dir_.file("missing.yaml") + " --iface vh --pin-dir " + pin_dir_ + " 2>&1",
+          &out);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("missing.yaml"), std::string::npos) << out;
+  EXPECT_EQ(count(tc_filters(), "handle 0x5353"), 0u) << "nothing attached on a failed start";
 }
 
 }  // namespace
