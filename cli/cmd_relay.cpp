@@ -69,19 +69,25 @@ std::chrono::milliseconds flag_millis(const common::Flags& f, std::string_view n
 }  // namespace
 
 // Builds the relay configuration from flags and the optional config file (flags win over the file
-// for limits; --listen/--upstream add one route to the file's routes).
-relay::RelayConfig build_relay_config(const common::Flags& f) {
+// for limits; --listen/--upstream add one route to the file's routes). With `handshake` (authenticated
+// mode), --listen may come without --upstream and file routes may omit `upstream`: those routes get
+// the handshake, which picks the upstream per session.
+relay::RelayConfig build_relay_config(const common::Flags& f,
+                                      std::shared_ptr<relay::HandshakeFactory> handshake = nullptr) {
   relay::ConfigFile file;
-  if (auto path = f.get("config")) file = relay::load_config_file(*path);
+  if (auto path = f.get("config")) file = relay::load_config_file(*path, handshake != nullptr);
   relay::RelayConfig cfg = std::move(file.cfg);
-  if (f.has("listen") != f.has("upstream"))
-    throw common::UsageError("--listen and --upstream go together (or put routes in --config FILE)");
+  if (f.has("upstream") && !f.has("listen")) throw common::UsageError("--upstream needs --listen ADDR:PORT");
+  if (f.has("listen") && !f.has("upstream") && !handshake)
+    throw common::UsageError("--listen needs --upstream ADDR:PORT (or put routes in --config FILE)");
   if (f.has("listen")) {
     relay::Route r;
     r.listen = common::SockAddr::parse_or_throw(*f.get("listen"), "--listen");
-    r.upstream = common::SockAddr::parse_or_throw(*f.get("upstream"), "--upstream");
+    if (f.has("upstream")) r.upstream = common::SockAddr::parse_or_throw(*f.get("upstream"), "--upstream");
     cfg.routes.push_back(std::move(r));
   }
+  for (auto& r : cfg.routes)
+    if (!r.upstream) r.handshake = handshake;
   if (f.has("workers")) cfg.workers = static_cast<unsigned>(f.get_int("workers", 0, 0, 256));
   if (f.has("max-sessions"))
     cfg.max_sessions = static_cast<uint32_t>(f.get_int("max-sessions", 10000, 1, 10'000'000));
@@ -133,6 +139,7 @@ int run_relay(const std::vector<std::string>& args) {
     ao.path = *path;
     ao.component = "relay";
     audit = std::make_shared<metrics::AuditLog>(ao);
+    // Static routes only: in authenticated mode the handshake's on_end writes the session records.
     cfg.on_session_end = [audit](const relay::SessionSummary& s) { audit->append(session_end_record(s)); };
   }
 

@@ -35,7 +35,8 @@ namespace {
 
 class Parser {
  public:
-  explicit Parser(std::string source) : source_(std::move(source)) {}
+  Parser(std::string source, bool upstream_optional)
+      : source_(std::move(source)), upstream_optional_(upstream_optional) {}
 
   [[noreturn]] void fail(const YAML::Node& n, const std::string& key, const std::string& msg) const {
     std::string where = source_;
@@ -156,7 +157,9 @@ class Parser {
         }
       }
       if (!has_listen) fail(item, "listen", "missing in this route");
-      if (!r.upstream) fail(item, "upstream", "missing in this route");
+      if (!r.upstream && !upstream_optional_)
+        fail(item, "upstream",
+             "missing in this route (static routes need one; authenticated routes need --policy)");
       for (const Route& prev : c.routes)
         if (r.listen.port() != 0 && prev.listen.to_string() == r.listen.to_string())
           fail(item, "listen", "address " + r.listen.to_string() + " is used by an earlier route");
@@ -166,21 +169,22 @@ class Parser {
 
  private:
   std::string source_;
+  bool upstream_optional_;
 };
 
 }  // namespace
 
-ConfigFile parse_config(std::string_view text, const std::string& source) {
-  return Parser(source).parse(text);
+ConfigFile parse_config(std::string_view text, const std::string& source, bool upstream_optional) {
+  return Parser(source, upstream_optional).parse(text);
 }
 
-ConfigFile load_config_file(const std::string& path) {
+ConfigFile load_config_file(const std::string& path, bool upstream_optional) {
   std::ifstream in(path);
   if (!in)
     throw common::UsageError("config " + path + ": cannot read the file; check the path and permissions");
   std::stringstream ss;
   ss << in.rdbuf();
-  return parse_config(ss.str(), path);
+  return parse_config(ss.str(), path, upstream_optional);
 }
 
 }  // namespace sshring::relay

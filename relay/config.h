@@ -37,8 +37,9 @@ struct ConfigFile {
 };
 
 // Parses YAML text; `source` names it in errors ("relay.yaml"). Throws common::UsageError.
-ConfigFile parse_config(std::string_view text, const std::string& source);
+// `upstream_optional`: routes may omit `upstream` (authenticated mode: a handshake picks it).
+ConfigFile parse_config(std::string_view text, const std::string& source, bool upstream_optional = false);
 // Reads and parses a file. Throws common::UsageError (unreadable file or bad content).
-ConfigFile load_config_file(const std::string& path);
+ConfigFile load_config_file(const std::string& path, bool upstream_optional = false);
 
 }  // namespace sshring::relay

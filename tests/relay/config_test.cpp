@@ -68,6 +68,12 @@ TEST(RelayConfigTest, ErrorsNameFileLineKeyAndFix) {
   }
 }
 
+TEST(RelayConfigTest, UpstreamOptionalForAuthenticatedRoutes) {
+  auto f = parse_config("routes:\n  - listen: 127.0.0.1:2222\n", "relay.yaml", true);
+  ASSERT_EQ(f.cfg.routes.size(), 1u);
+  EXPECT_FALSE(f.cfg.routes[0].upstream.has_value());
+}
+
 TEST(RelayConfigTest, MissingFileNamesPath) {
   try {
     load_config_file("/nonexistent/relay.yaml");
