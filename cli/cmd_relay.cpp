@@ -4,6 +4,7 @@
 #include <time.h>
 
 #include <cstdio>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <thread>
@@ -166,21 +167,27 @@ int run_relay(const std::vector<std::string>& args) {
     common::log_info("relay listening",
                      {{"listen", a.to_string()}, {"workers", std::to_string(relay.worker_count())}});
 
-  bool draining = false;
-  while (!relay.finished()) {
-    timespec ts{0, 200'000'000};
-    int sig = sigtimedwait(&set, nullptr, &ts);
-    if (sig == SIGHUP) {
-      if (!f.get("config")) {
-        common::log_warn("SIGHUP ignored: no --config file to reload");
-        continue;
-      }
+  // What SIGHUP reloads; each hook logs its own outcome and keeps the running state on errors.
+  // (Authenticated mode adds its policy reload here.)
+  std::vector<std::function<void()>> on_sighup;
+  if (f.get("config")) {
+    on_sighup.push_back([&] {
       try {
         relay.reload(build_relay_config(f));
         common::log_info("config reloaded", {{"config", *f.get("config")}});
       } catch (const std::exception& e) {
         common::log_error("config reload failed; keeping the running config", {{"error", e.what()}});
       }
+    });
+  }
+
+  bool draining = false;
+  while (!relay.finished()) {
+    timespec ts{0, 200'000'000};
+    int sig = sigtimedwait(&set, nullptr, &ts);
+    if (sig == SIGHUP) {
+      if (on_sighup.empty()) common::log_warn("SIGHUP ignored: nothing to reload (no --config)");
+      for (auto& hook : on_sighup) hook();
     } else if (sig == SIGTERM || sig == SIGINT) {
       if (!draining) {
         draining = true;
