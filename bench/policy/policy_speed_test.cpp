@@ -5,9 +5,10 @@
 //
 // Run:  ninja -C build policy_speed_test && build/bench/policy/policy_speed_test --benchmark_min_time=0.5
 // Sample output (2 shared vCPUs, RelWithDebInfo; see bench/policy/RESULTS.md):
-//   BM_Authorize        ~150 ns   allocs_per_op=0 p50_ns=... p99_ns=... max_ns=...
-//   BM_ClassifyFlow     ~250 ns   allocs_per_op=0 ...
-//   BM_SnapshotBuild    ~30 ms
+//   BM_Authorize              257 ns   allocs_per_op=0 allowed_pct=67.8 p50_ns=210 p99_ns=550
+//   BM_ClassifyFlow           260 ns   allocs_per_op=0 approved_pct=25.1 p50_ns=221 p99_ns=471
+//   BM_ClassifyFlowThroughput 229 ns
+//   BM_SnapshotBuild         36.7 ms  grants=10k rules=11k
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
