@@ -62,13 +62,21 @@ Reloader::~Reloader() {
   stop();
 }
 
+std::string Reloader::last_error() const {
+  std::lock_guard lock(mu_);
+  return last_error_;
+}
+
 bool Reloader::reload(std::string* error) {
   try {
     reload_or_throw();
     return true;
   } catch (const std::exception& e) {
     failed_.fetch_add(1);
-    last_error_ = e.what();
+    {
+      std::lock_guard lock(mu_);
+      last_error_ = e.what();
+    }
     if (error) *error = e.what();
     common::log_error("policy reload failed; keeping the last good policy",
                       {{"file", opts_.policy_path}, {"error", e.what()}});
@@ -79,6 +87,7 @@ bool Reloader::reload(std::string* error) {
 }
 
 void Reloader::reload_or_throw() {
+  std::lock_guard lock(mu_);
   auto policy = std::make_shared<Policy>(load_policy_file(opts_.policy_path));
   std::string store = opts_.grant_store.empty() ? policy->grant_store : opts_.grant_store;
   std::vector<Grant> grants;
@@ -121,6 +130,7 @@ void Reloader::request_reload() noexcept {
 }
 
 void Reloader::watch_store() {
+  std::lock_guard lock(mu_);
   if (!inotify_ || watched_store_ == watching_store_) return;
   // The store's parent may be the policy's directory (same inode, same wd): never drop that watch.
   if (store_wd_ >= 0 && store_wd_ != policy_wd_) ::inotify_rm_watch(inotify_.get(), store_wd_);
@@ -174,7 +184,6 @@ void Reloader::stop() {
 
 void Reloader::run() {
   const std::string policy_base = base_of(opts_.policy_path);
-  const std::string store_base = base_of(watched_store_);
   using Clock = std::chrono::steady_clock;
   bool pending = false;
   Clock::time_point due{};
@@ -202,6 +211,11 @@ void Reloader::run() {
       alignas(inotify_event) char buf[4096];
       ssize_t n;
       bool relevant = false;
+      std::string store_base;
+      {
+        std::lock_guard lock(mu_);
+        store_base = base_of(watched_store_);
+      }
       while ((n = ::read(inotify_.get(), buf, sizeof buf)) > 0) {
         for (ssize_t off = 0; off < n;) {
           auto* ev = reinterpret_cast<inotify_event*>(buf + off);

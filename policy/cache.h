@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -77,8 +78,8 @@ class Reloader {
   Reloader(const Reloader&) = delete;
   Reloader& operator=(const Reloader&) = delete;
 
-  // Synchronous reload. Returns true on success; on failure keeps the current snapshot and, if
-  // `error` is given, stores the message there. Never throws.
+  // Synchronous reload, callable from any thread. Returns true on success; on failure keeps the current
+  // snapshot and, if `error` is given, stores the message there. Never throws.
   bool reload(std::string* error = nullptr);
   // Like reload() but throws the error (for start-up, where no last good snapshot exists).
   void reload_or_throw();
@@ -88,7 +89,7 @@ class Reloader {
   void stop();
   [[nodiscard]] uint64_t reloads_ok() const noexcept { return ok_.load(); }
   [[nodiscard]] uint64_t reloads_failed() const noexcept { return failed_.load(); }
-  [[nodiscard]] const std::string& last_error() const noexcept { return last_error_; }  // owner thread only
+  [[nodiscard]] std::string last_error() const;
 
  private:
   void run();
@@ -99,6 +100,9 @@ class Reloader {
   common::UniqueFd wake_;  // eventfd: reload requests
   common::UniqueFd stop_;  // eventfd: stop
   std::thread thread_;
+  // Serializes reloads (the thread and callers of reload(), e.g. a relay's signal path) so snapshots
+  // publish in build order; guards last_error_ and watched_store_.
+  mutable std::mutex mu_;
   std::atomic<uint64_t> ok_{0};
   std::atomic<uint64_t> failed_{0};
   std::string last_error_;
