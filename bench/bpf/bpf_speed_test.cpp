@@ -9,7 +9,7 @@
 //   BM_TrivialProgramSingleRun/iterations:20000/manual_time ns_per_packet=77
 // Established is the per-packet cost of a tracked SSH flow (parse, one hash lookup, atomic adds,
 // per-CPU tag counters); SynNewFlow adds the LPM lookups, the rule scan, the LRU insert and the
-// ring-buffer event; NotSsh is the cost every other packet pays (parse + one LPM lookup).
+// ring-buffer event; NotSsh is the cost every other packet pays (parse + the watched-port bitmap).
 #include <benchmark/benchmark.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>

@@ -114,6 +114,8 @@ median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1
 m_off=$(median "${off[@]}")
 m_on=$(median "${on[@]}")
 echo "median off $m_off Gbit/s, on $m_on Gbit/s, ratio $(python3 -c "print('%.3f' % ($m_on/$m_off))")"
+mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.2f", s/NR}'; }
+echo "mean off $(mean "${off[@]}") Gbit/s, on $(mean "${on[@]}") Gbit/s"
 echo "ping rtt avg: off $rtt_off ms, on $rtt_on ms"
 [[ $run_cnt -gt 0 ]] && echo "classifier in the datapath: $run_cnt packets, $((run_ns / run_cnt)) ns/packet (bpf_stats)"
 echo "flow_open records written by the agent during the runs: $flows"
