@@ -1,5 +1,7 @@
 #include "relay/auth/auth_service.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "metrics/audit.h"
@@ -27,7 +29,13 @@ AuthService::AuthService(AuthServiceOptions opts) : ids_(opts.relay_ids) {
   a.relay_ids = ids_;
   a.audit = audit_ ? audit_.get() : opts.audit;
   factory_ = std::make_shared<AuthHandshakeFactory>(cache_, std::move(a));
+  // Threads started here (reloader) inherit a mask with every signal blocked, so SIGTERM/SIGHUP
+  // reach the thread that waits for them (the relay command's sigtimedwait).
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
   reloader_->start();
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 AuthService::~AuthService() {

@@ -1,6 +1,8 @@
 #include "relay/auth/resolver.h"
 
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 
 #include <cerrno>
@@ -34,7 +36,12 @@ AresResolver::AresResolver(ResolverOptions opts) : opts_(std::move(opts)) {
     ares_destroy(channel_);
     common::throw_errno("eventfd (resolver)");
   }
+  // The resolver thread takes no signals: the process's signal handling stays with its owner.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
   thread_ = std::thread([this] { run(); });
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 AresResolver::~AresResolver() {
