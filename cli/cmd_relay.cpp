@@ -17,6 +17,7 @@
 #include "metrics/audit.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
+#include "relay/auth/auth_service.h"
 #include "relay/config.h"
 #include "relay/relay.h"
 
@@ -41,6 +42,9 @@ common::Flags relay_flags() {
       .value("splice-mode", "MODE", "inline (splice(2) on the worker, default) or ring (IORING_OP_SPLICE)")
       .value("metrics", "ADDR:PORT", "serve Prometheus metrics on this address")
       .value("audit-log", "FILE", "append a hash-chained session_end record per session")
+      .value("policy", "FILE",
+             "authenticated mode: routes without --upstream take signed preambles (sshring connect)")
+      .multi("relay-id", "ID", "authenticated mode: an id clients sign for (repeatable; default: host name)")
       .boolean("quiet", "no per-session log lines");
   f.epilog(
       "Examples:\n"
@@ -131,8 +135,6 @@ nlohmann::json session_end_record(const relay::SessionSummary& s) {
 int run_relay(const std::vector<std::string>& args) {
   common::Flags f = relay_flags();
   if (!f.parse(args)) return 0;
-  relay::RelayConfig cfg = build_relay_config(f);
-
   // One session_end record per session (docs/audit.md), batched off the hot loop by AuditLog.
   std::shared_ptr<metrics::AuditLog> audit;
   if (auto path = f.get("audit-log")) {
@@ -140,6 +142,15 @@ int run_relay(const std::vector<std::string>& args) {
     ao.path = *path;
     ao.component = "relay";
     audit = std::make_shared<metrics::AuditLog>(ao);
+  }
+  // Authenticated mode (docs/protocol.md); declared before the relay so it outlives every session.
+  std::unique_ptr<relay::auth::AuthService> auth;
+  if (auto policy = f.get("policy"))
+    auth = std::make_unique<relay::auth::AuthService>(relay::auth::AuthServiceOptions{
+        .policy_path = *policy, .relay_ids = f.all("relay-id"), .audit = audit.get()});
+  std::shared_ptr<relay::HandshakeFactory> handshake = auth ? auth->factory() : nullptr;
+  relay::RelayConfig cfg = build_relay_config(f, handshake);
+  if (audit && !auth) {
     // Static routes only: in authenticated mode the handshake's on_end writes the session records.
     cfg.on_session_end = [audit](const relay::SessionSummary& s) { audit->append(session_end_record(s)); };
   }
@@ -160,6 +171,7 @@ int run_relay(const std::vector<std::string>& args) {
     metrics_server = std::make_unique<metrics::Server>(*m, "relay");
     auto rm = metrics::register_relay(*metrics_server, relay.stats());
     if (rm.max_sessions) rm.max_sessions->Set(static_cast<double>(cfg.max_sessions));
+    if (auth) auth->factory()->set_metrics(rm);
     common::log_info("metrics listening",
                      {{"metrics", *m}, {"port", std::to_string(metrics_server->port())}});
   }
@@ -170,10 +182,11 @@ int run_relay(const std::vector<std::string>& args) {
   // What SIGHUP reloads; each hook logs its own outcome and keeps the running state on errors.
   // (Authenticated mode adds its policy reload here.)
   std::vector<std::function<void()>> on_sighup;
+  if (auth) on_sighup.push_back([&] { auth->reload(); });
   if (f.get("config")) {
     on_sighup.push_back([&] {
       try {
-        relay.reload(build_relay_config(f));
+        relay.reload(build_relay_config(f, handshake));
         common::log_info("config reloaded", {{"config", *f.get("config")}});
       } catch (const std::exception& e) {
         common::log_error("config reload failed; keeping the running config", {{"error", e.what()}});
