@@ -19,7 +19,7 @@ namespace t = sshring::testing;
 
 namespace {
 
-class Agent : public ::testing::Test {
+class AuthAgent : public ::testing::Test {
  protected:
   void SetUp() override {
     sock_ = dir_.file("agent.sock");
@@ -55,7 +55,7 @@ std::string_view view(const auth::Ed25519Signature& s) {
 
 }  // namespace
 
-TEST_F(Agent, ListsIdentitiesAndSignsWithEd25519) {
+TEST_F(AuthAgent, ListsIdentitiesAndSignsWithEd25519) {
   add(dir_.file("ec"));
   add(dir_.file("k1"));
   auth::AgentClient agent(sock_);
@@ -73,7 +73,7 @@ TEST_F(Agent, ListsIdentitiesAndSignsWithEd25519) {
   EXPECT_EQ(file_key.sign(data), sig);
 }
 
-TEST_F(Agent, RefusesKeysItDoesNotHold) {
+TEST_F(AuthAgent, RefusesKeysItDoesNotHold) {
   add(dir_.file("k1"));
   auth::AgentClient agent(sock_);
   EXPECT_THROW(agent.sign(pub("k2"), "data"), std::runtime_error);
@@ -81,7 +81,7 @@ TEST_F(Agent, RefusesKeysItDoesNotHold) {
   EXPECT_EQ(agent.ed25519_keys().size(), 1u);
 }
 
-TEST_F(Agent, SignerFromEnvironmentPicksTheRequestedKey) {
+TEST_F(AuthAgent, SignerFromEnvironmentPicksTheRequestedKey) {
   add(dir_.file("k1"));
   add(dir_.file("k2"));
   ::setenv("SSH_AUTH_SOCK", sock_.c_str(), 1);
@@ -95,14 +95,14 @@ TEST_F(Agent, SignerFromEnvironmentPicksTheRequestedKey) {
   EXPECT_THROW(auth::agent_signer(), sshring::common::UsageError);
 }
 
-TEST_F(Agent, EmptyAgentAndMissingSocket) {
+TEST_F(AuthAgent, EmptyAgentAndMissingSocket) {
   ::setenv("SSH_AUTH_SOCK", sock_.c_str(), 1);
   EXPECT_THROW(auth::agent_signer(), sshring::common::UsageError);
   ::unsetenv("SSH_AUTH_SOCK");
   EXPECT_THROW(auth::AgentClient(dir_.file("nope.sock")), sshring::common::SystemError);
 }
 
-TEST_F(Agent, KeyFileSigner) {
+TEST_F(AuthAgent, KeyFileSigner) {
   auth::Signer s = auth::file_signer(dir_.file("k1"));
   EXPECT_EQ(s.public_key, pub("k1"));
   auto h = auth::make_hello(s, "relay", "svc-ci", "10.0.0.5", 2222, auth::unix_ms_now());

@@ -56,7 +56,7 @@ class Context : public relay::HandshakeContext {
   std::deque<std::function<void()>> q_;
 };
 
-struct Fixture : ::testing::Test {
+struct AuthHandshake : ::testing::Test {
   auth::Ed25519PrivateKey alice = auth::Ed25519PrivateKey::generate();
   auth::Ed25519PrivateKey bob = auth::Ed25519PrivateKey::generate();
   auth::Ed25519PrivateKey stranger = auth::Ed25519PrivateKey::generate();
@@ -150,7 +150,7 @@ uint16_t code(auth::Reason r) {
 
 }  // namespace
 
-TEST_F(Fixture, AllowsAnAddressTargetAndKeepsGluedBytes) {
+TEST_F(AuthHandshake, AllowsAnAddressTargetAndKeepsGluedBytes) {
   auto s = open();
   std::string frame = hello(alice, "alice", "10.1.2.3", 22);
   auto st = feed(*s, frame + "SSH-2.0-OpenSSH_9.2\r\n");
@@ -168,7 +168,7 @@ TEST_F(Fixture, AllowsAnAddressTargetAndKeepsGluedBytes) {
   EXPECT_EQ(factory->limits().handshakes_from(*SockAddr::parse("10.9.0.1:1")), 0u);
 }
 
-TEST_F(Fixture, ByteByByteNeedsMoreThenDecides) {
+TEST_F(AuthHandshake, ByteByByteNeedsMoreThenDecides) {
   auto s = open();
   std::string frame = hello(alice, "alice", "10.1.2.3");
   for (size_t n = 1; n < frame.size(); ++n)
@@ -177,7 +177,7 @@ TEST_F(Fixture, ByteByByteNeedsMoreThenDecides) {
   end(*s);
 }
 
-TEST_F(Fixture, ResolvesNamesOffTheLoopAndConnectsToTheCheckedAddress) {
+TEST_F(AuthHandshake, ResolvesNamesOffTheLoopAndConnectsToTheCheckedAddress) {
   auto s = open();
   auto first =
       s->hs->on_data({reinterpret_cast<const uint8_t*>(hello(alice, "alice", "db.allowed.test").data()), 0});
@@ -200,7 +200,7 @@ TEST_F(Fixture, ResolvesNamesOffTheLoopAndConnectsToTheCheckedAddress) {
   end(*t);
 }
 
-TEST_F(Fixture, RealDnsPathThroughCares) {
+TEST_F(AuthHandshake, RealDnsPathThroughCares) {
   // "localhost" goes through c-ares (its /etc/hosts lookup), not the static table.
   auto s = open();
   auto st = feed(*s, hello(alice, "alice", "localhost"));
@@ -215,7 +215,7 @@ TEST_F(Fixture, RealDnsPathThroughCares) {
   end(*t);
 }
 
-TEST_F(Fixture, Denials) {
+TEST_F(AuthHandshake, Denials) {
   struct Case {
     const char* name;
     std::function<std::string()> input;
@@ -290,7 +290,7 @@ TEST_F(Fixture, Denials) {
   EXPECT_EQ(factory->limits().handshakes_from(*SockAddr::parse("10.9.0.1:1")), 0u);
 }
 
-TEST_F(Fixture, ReplayedPreambleIsDenied) {
+TEST_F(AuthHandshake, ReplayedPreambleIsDenied) {
   std::string frame = hello(alice, "alice", "10.1.0.1");
   auto a = open();
   EXPECT_EQ(feed(*a, frame).kind, Kind::kConnect);
@@ -305,7 +305,7 @@ TEST_F(Fixture, ReplayedPreambleIsDenied) {
   end(*c);
 }
 
-TEST_F(Fixture, SessionLimitPerPrincipal) {
+TEST_F(AuthHandshake, SessionLimitPerPrincipal) {
   auto a = open(), b = open();
   EXPECT_EQ(feed(*a, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
   EXPECT_EQ(feed(*b, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
@@ -324,7 +324,7 @@ TEST_F(Fixture, SessionLimitPerPrincipal) {
   EXPECT_EQ(factory->limits().sessions_of("alice"), 0u);
 }
 
-TEST_F(Fixture, HandshakeCapPerSourceAddress) {
+TEST_F(AuthHandshake, HandshakeCapPerSourceAddress) {
   std::vector<std::unique_ptr<Session>> idle;
   for (int i = 0; i < 3; ++i) idle.push_back(open("10.9.0.7:" + std::to_string(1000 + i)));
   auto over = open("10.9.0.7:2000");
@@ -343,7 +343,7 @@ TEST_F(Fixture, HandshakeCapPerSourceAddress) {
   for (size_t i = 1; i < idle.size(); ++i) end(*idle[i], relay::EndReason::kHandshakeTimeout);
 }
 
-TEST_F(Fixture, UpstreamFailureIsTargetUnreachable) {
+TEST_F(AuthHandshake, UpstreamFailureIsTargetUnreachable) {
   auto s = open();
   ASSERT_EQ(feed(*s, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
   std::string deny = s->hs->on_upstream_failed(ECONNREFUSED);
@@ -354,7 +354,7 @@ TEST_F(Fixture, UpstreamFailureIsTargetUnreachable) {
   EXPECT_EQ(factory->limits().sessions_of("alice"), 0u);
 }
 
-TEST_F(Fixture, SessionEndingWhileResolvingIsSafe) {
+TEST_F(AuthHandshake, SessionEndingWhileResolvingIsSafe) {
   // The handshake goes away while the name is being resolved; the late answer must be dropped.
   auto s = open();
   std::string frame = hello(alice, "alice", "slow.allowed.test");  // goes to DNS (fails eventually)
@@ -407,7 +407,7 @@ TEST(AuthService, LoadsThePolicyFileAndReloads) {
   EXPECT_THROW(auth::AuthService({.policy_path = dir.file("missing.yaml")}), std::exception);
 }
 
-TEST_F(Fixture, DecisionsAndHandshakeTimeReachPrometheus) {
+TEST_F(AuthHandshake, DecisionsAndHandshakeTimeReachPrometheus) {
   prometheus::Registry registry;
   auto& decisions = prometheus::BuildCounter().Name("sshring_policy_decisions_total").Register(registry);
   auto& hist =

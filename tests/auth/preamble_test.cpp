@@ -44,7 +44,7 @@ bool verify(const auth::Hello& h) {
 
 }  // namespace
 
-TEST(Wire, Base64RoundTripAndRejects) {
+TEST(AuthWire, Base64RoundTripAndRejects) {
   for (std::string s : std::vector<std::string>{"", "f", "fo", "foo", "foob", "fooba", "foobar",
                                                 std::string("\0\xff\x10", 3)}) {
     auto enc = auth::base64_encode(s);
@@ -59,7 +59,7 @@ TEST(Wire, Base64RoundTripAndRejects) {
   EXPECT_FALSE(auth::base64_decode("Z"));
 }
 
-TEST(Wire, ReaderIsBounded) {
+TEST(AuthWire, ReaderIsBounded) {
   std::string s(
       "\x00\x05"
       "abc",
@@ -81,7 +81,7 @@ TEST(Wire, ReaderIsBounded) {
   EXPECT_FALSE(r3.ok());
 }
 
-TEST(Preamble, HelloRoundTrip) {
+TEST(AuthPreamble, HelloRoundTrip) {
   auto k = auth::Ed25519PrivateKey::generate();
   auth::Hello h = sample(k);
   std::string frame = auth::encode_hello(h);
@@ -99,7 +99,7 @@ TEST(Preamble, HelloRoundTrip) {
   EXPECT_TRUE(verify(d.hello));
 }
 
-TEST(Preamble, EveryPrefixNeedsMoreAndGluedBytesAreLeftAlone) {
+TEST(AuthPreamble, EveryPrefixNeedsMoreAndGluedBytesAreLeftAlone) {
   auto k = auth::Ed25519PrivateKey::generate();
   std::string frame = auth::encode_hello(sample(k));
   for (size_t n = 0; n < frame.size(); ++n)
@@ -110,7 +110,7 @@ TEST(Preamble, EveryPrefixNeedsMoreAndGluedBytesAreLeftAlone) {
   EXPECT_EQ(glued.substr(d.consumed), "SSH-2.0-OpenSSH_9.2\r\n");
 }
 
-TEST(Preamble, MalformedInputsAreRejectedEarly) {
+TEST(AuthPreamble, MalformedInputsAreRejectedEarly) {
   auto k = auth::Ed25519PrivateKey::generate();
   std::string frame = auth::encode_hello(sample(k));
   struct Case {
@@ -145,7 +145,7 @@ TEST(Preamble, MalformedInputsAreRejectedEarly) {
   for (const auto& c : cases) EXPECT_EQ(auth::decode_hello(bytes(c.input)).status, c.want) << c.name;
 }
 
-TEST(Preamble, FieldLimitsOnEncode) {
+TEST(AuthPreamble, FieldLimitsOnEncode) {
   auto k = auth::Ed25519PrivateKey::generate();
   auto h = sample(k);
   h.principal = std::string(auth::kMaxPrincipal + 1, 'a');
@@ -167,7 +167,7 @@ TEST(Preamble, FieldLimitsOnEncode) {
   EXPECT_EQ(auth::decode_hello(bytes(max_frame)).status, DecodeStatus::kOk);
 }
 
-TEST(Preamble, TranscriptBindsEveryField) {
+TEST(AuthPreamble, TranscriptBindsEveryField) {
   auto k = auth::Ed25519PrivateKey::generate();
   auto h = sample(k);
   ASSERT_TRUE(verify(h));
@@ -196,7 +196,7 @@ TEST(Preamble, TranscriptBindsEveryField) {
   EXPECT_FALSE(verify(c));
 }
 
-TEST(Preamble, ReplyFrames) {
+TEST(AuthPreamble, ReplyFrames) {
   std::string ok = auth::encode_ok(0x1122334455667788ull);
   auto d = auth::decode_reply(bytes(ok + "SSH-2.0-x\r\n"));
   ASSERT_EQ(d.status, DecodeStatus::kOk);
@@ -212,7 +212,7 @@ TEST(Preamble, ReplyFrames) {
             DecodeStatus::kMalformed);
 }
 
-TEST(Preamble, ReasonNamesAndExitCodesAreDistinct) {
+TEST(AuthPreamble, ReasonNamesAndExitCodesAreDistinct) {
   std::set<std::string> names;
   std::set<int> codes;
   for (uint16_t r = 1; r <= auth::kMaxReason; ++r) {
@@ -224,7 +224,7 @@ TEST(Preamble, ReasonNamesAndExitCodesAreDistinct) {
   EXPECT_EQ(names.count("unknown"), 0u);
 }
 
-TEST(Keys, OpenSshKeyFileFromSshKeygen) {
+TEST(AuthKeys, OpenSshKeyFileFromSshKeygen) {
   sshring::testing::TempDir dir;
   ASSERT_EQ(sshring::testing::run(
                 {"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "t@x", "-f", dir.file("k")}),
@@ -250,7 +250,7 @@ TEST(Keys, OpenSshKeyFileFromSshKeygen) {
   EXPECT_EQ(auth::parse_openssh_public_key(derived), gen.public_key());
 }
 
-TEST(Keys, RejectsEncryptedAndOtherTypes) {
+TEST(AuthKeys, RejectsEncryptedAndOtherTypes) {
   sshring::testing::TempDir dir;
   ASSERT_EQ(
       sshring::testing::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", dir.file("enc")}), 0);
@@ -267,7 +267,7 @@ TEST(Keys, RejectsEncryptedAndOtherTypes) {
   EXPECT_THROW(auth::Ed25519PrivateKey::load_file(dir.file("missing")), sshring::common::UsageError);
 }
 
-TEST(ReplayCache, RemembersForTheSkewWindowOnly) {
+TEST(AuthReplayCache, RemembersForTheSkewWindowOnly) {
   auth::ReplayCache c(30000, 1000);
   auth::ReplayCache::Nonce n{};
   n[0] = 1;
@@ -282,7 +282,7 @@ TEST(ReplayCache, RemembersForTheSkewWindowOnly) {
   EXPECT_EQ(c.check_and_insert(n, t + 30001, t + 30001), auth::ReplayCache::Result::kFresh);
 }
 
-TEST(ReplayCache, BoundedMemoryFailsClosed) {
+TEST(AuthReplayCache, BoundedMemoryFailsClosed) {
   auth::ReplayCache c(30000, 160);  // 16 shards x 11
   uint64_t now = 5'000'000;
   size_t fresh = 0, full = 0;
@@ -302,7 +302,7 @@ TEST(ReplayCache, BoundedMemoryFailsClosed) {
   EXPECT_EQ(c.check_and_insert(n, now + 40000, now + 40000), auth::ReplayCache::Result::kFresh);
 }
 
-TEST(ReplayCache, ConcurrentInsertsOfOneNonceAdmitExactlyOne) {
+TEST(AuthReplayCache, ConcurrentInsertsOfOneNonceAdmitExactlyOne) {
   auth::ReplayCache c(30000, 10000);
   auth::ReplayCache::Nonce n{};
   n[5] = 9;
@@ -317,7 +317,7 @@ TEST(ReplayCache, ConcurrentInsertsOfOneNonceAdmitExactlyOne) {
   EXPECT_EQ(fresh.load(), 1);
 }
 
-TEST(SessionLimits, PerSourceAndPerPrincipal) {
+TEST(AuthSessionLimits, PerSourceAndPerPrincipal) {
   auth::SessionLimits l;
   auto a = *sshring::common::SockAddr::parse("10.0.0.1:1000");
   auto a2 = *sshring::common::SockAddr::parse("10.0.0.1:2000");
@@ -338,7 +338,7 @@ TEST(SessionLimits, PerSourceAndPerPrincipal) {
   EXPECT_TRUE(l.acquire_session("alice", 1));
 }
 
-TEST(Client, SplitHostPort) {
+TEST(AuthClient, SplitHostPort) {
   EXPECT_EQ(auth::split_host_port("relay.example:2222", "--relay"),
             std::make_pair(std::string("relay.example"), uint16_t{2222}));
   EXPECT_EQ(auth::split_host_port("[::1]:22", "--relay").first, "::1");
