@@ -129,8 +129,11 @@ class Agent {
     if (!rb) common::throw_errno("ring_buffer__new");
     std::unique_ptr<ring_buffer, void (*)(ring_buffer*)> rb_owner(rb, ring_buffer__free);
 
-    last_stats_ = obj_->stat_counters();
-    last_tags_ = obj_->tag_counters();
+    // The kernel's counters live in pinned maps and keep counting while no agent runs. Exporting them
+    // from zero (not from their value at start) makes the metrics cumulative across agent restarts,
+    // so flows seen while the agent was down are not lost from sshring_bypass_*_total.
+    last_stats_.assign(obj_->stat_counters().size(), 0);
+    last_tags_.assign(obj_->tag_counters().size(), sshring_tag_counters{});
     auto next_tick = std::chrono::steady_clock::now();
     log_info("agent: running", {{"ifaces", std::to_string(opts_.ifaces.size())},
                                 {"enforce", opts_.enforce ? "true" : "false"}});
