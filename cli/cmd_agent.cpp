@@ -44,7 +44,7 @@ int run(const std::vector<std::string>& args) {
               "them. Needs root.");
   flags.value("policy", "FILE", "policy file (grants come from its grant_store)", "/etc/sshring/policy.yaml")
       .value("grant-store", "DIR", "grant store directory (default: the policy's grant_store)")
-      .multi("iface", "IFACE[,IFACE]", "interfaces to attach to (repeatable or comma-separated)")
+      .multi("iface", "IFACE[,IFACE]", "interfaces to attach to (comma-separated)")
       .boolean("enforce", "drop SYNs tagged bypass_unapproved or bypass_expired (default: count only)")
       .value("metrics", "ADDR:PORT", "serve Prometheus metrics here (e.g. 127.0.0.1:9465)")
       .value("audit-log", "FILE", "audit log (JSON lines, hash-chained)",
