@@ -1,5 +1,6 @@
-// `sshring relay`: runs the io_uring relay with static routes (flags or a YAML config file).
-// build_relay_config() turns flags into a RelayConfig; authenticated mode adds its handshake there.
+// `sshring relay`: runs the io_uring relay: authenticated mode (--policy) and/or static routes (flags or a
+// YAML file). build_relay_config() turns flags into a RelayConfig; authenticated mode adds its handshake
+// there.
 #include <signal.h>
 #include <time.h>
 
@@ -44,10 +45,12 @@ common::Flags relay_flags() {
       .value("audit-log", "FILE", "append a hash-chained session_end record per session")
       .value("policy", "FILE",
              "authenticated mode: routes without --upstream take signed preambles (sshring connect)")
-      .multi("relay-id", "ID", "authenticated mode: an id clients sign for (repeatable; default: host name)")
+      .multi("relay-id", "ID", "authenticated mode: an id clients sign for (default: host name)")
       .boolean("quiet", "no per-session log lines");
   f.epilog(
       "Examples:\n"
+      "  sshring relay --listen 0.0.0.0:2222 --policy /etc/sshring/policy.yaml --relay-id relay-1 \\\n"
+      "      --metrics 127.0.0.1:9101 --audit-log /var/log/sshring/relay.audit.jsonl\n"
       "  sshring relay --listen 0.0.0.0:2222 --upstream 10.0.0.5:22\n"
       "  sshring relay --config /etc/sshring/relay.yaml --metrics 127.0.0.1:9101\n"
       "\n"
@@ -219,7 +222,9 @@ int run_relay(const std::vector<std::string>& args) {
   return 0;
 }
 
-const Registrar kRelay{{"relay", "relay SSH sessions through io_uring (static routes)", run_relay}};
+const Registrar kRelay{{"relay",
+                        "relay SSH sessions through io_uring (authenticated with --policy, or static routes)",
+                        run_relay}};
 
 }  // namespace
 }  // namespace sshring::cli
