@@ -146,11 +146,21 @@ int run_relay(const std::vector<std::string>& args) {
     ao.component = "relay";
     audit = std::make_shared<metrics::AuditLog>(ao);
   }
+  // The exporter comes first so the policy reloader can count reloads from its first load; it stops
+  // serving (StopServing below) before the relay's worker stats go away.
+  std::unique_ptr<metrics::Server> metrics_server;
+  metrics::PolicyMetrics policy_metrics;
+  if (auto m = f.get("metrics")) metrics_server = std::make_unique<metrics::Server>(*m, "relay");
   // Authenticated mode (docs/protocol.md); declared before the relay so it outlives every session.
   std::unique_ptr<relay::auth::AuthService> auth;
-  if (auto policy = f.get("policy"))
-    auth = std::make_unique<relay::auth::AuthService>(relay::auth::AuthServiceOptions{
-        .policy_path = *policy, .relay_ids = f.all("relay-id"), .audit = audit.get()});
+  if (auto policy = f.get("policy")) {
+    if (metrics_server) policy_metrics = metrics::register_policy(*metrics_server);
+    auth = std::make_unique<relay::auth::AuthService>(
+        relay::auth::AuthServiceOptions{.policy_path = *policy,
+                                        .relay_ids = f.all("relay-id"),
+                                        .audit = audit.get(),
+                                        .policy_metrics = metrics_server ? &policy_metrics : nullptr});
+  }
   std::shared_ptr<relay::HandshakeFactory> handshake = auth ? auth->factory() : nullptr;
   relay::RelayConfig cfg = build_relay_config(f, handshake);
   if (audit && !auth) {
@@ -167,11 +177,14 @@ int run_relay(const std::vector<std::string>& args) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
   relay::Relay relay(cfg);
+  struct StopServing {
+    metrics::Server* server;
+    ~StopServing() {
+      if (server) server->stop();
+    }
+  } stop_serving{metrics_server.get()};  // destroyed before `relay`: no scrape reads freed stats
   relay.start();
-  // Declared after the relay so it stops scraping before the workers' stats go away.
-  std::unique_ptr<metrics::Server> metrics_server;
   if (auto m = f.get("metrics")) {
-    metrics_server = std::make_unique<metrics::Server>(*m, "relay");
     auto rm = metrics::register_relay(*metrics_server, relay.stats());
     if (rm.max_sessions) rm.max_sessions->Set(static_cast<double>(cfg.max_sessions));
     if (auth) auth->factory()->set_metrics(rm);

@@ -219,6 +219,10 @@ Server::Server(const std::string& listen, std::string component)
 }
 
 Server::~Server() {
+  stop();
+}
+
+void Server::stop() {
   // Stop serving before the registry and collectors (and whatever they read) go away.
   if (impl_->exposer) {
     // civetweb's accept loop re-checks its stop flag only after a 2 s poll timeout; connecting while
@@ -247,6 +251,7 @@ void Server::add_collector(Collector fn) {
 
 uint16_t Server::port() const {
   if (impl_->ipv6) return impl_->ipv6->port();
+  if (!impl_->exposer) return 0;  // stopped
   auto ports = impl_->exposer->GetListeningPorts();
   return ports.empty() ? 0 : static_cast<uint16_t>(ports.front());
 }

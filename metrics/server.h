@@ -66,7 +66,10 @@ class Server {
   // Registers a scrape-time collector; it runs on the exposer thread and must only read atomics or
   // data it synchronizes itself.
   void add_collector(Collector fn);
-  [[nodiscard]] uint16_t port() const;
+  [[nodiscard]] uint16_t port() const;  // 0 once stopped
+  // Stops serving scrapes (idempotent). Families and collectors stay registered, so control-plane
+  // code may still update them; what collectors read may be freed after this returns.
+  void stop();
 
  private:
   struct Impl;

@@ -19,6 +19,7 @@ AuthService::AuthService(AuthServiceOptions opts) : ids_(opts.relay_ids) {
   policy::ReloaderOptions ro;
   ro.policy_path = opts.policy_path;
   ro.watch = opts.watch;
+  ro.metrics = opts.policy_metrics;
   ro.handle_sighup = false;  // the relay command owns signals and calls reload()
   reloader_ = std::make_unique<policy::Reloader>(cache_, ro);
   reloader_->reload_or_throw();

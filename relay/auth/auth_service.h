@@ -13,17 +13,19 @@
 
 namespace sshring::metrics {
 class AuditLog;
-}
+struct PolicyMetrics;
+}  // namespace sshring::metrics
 
 namespace sshring::relay::auth {
 
 struct AuthServiceOptions {
   std::string policy_path;
-  std::vector<std::string> relay_ids;  // empty: this host's name
-  std::string audit_path;              // a log of its own (empty: use `audit`, if any)
-  metrics::AuditLog* audit = nullptr;  // shared log (must outlive the service)
-  bool watch = true;                   // reload on policy/grant file changes
-  AuthOptions auth;                    // limits; relay_ids and audit are filled in from above
+  std::vector<std::string> relay_ids;                // empty: this host's name
+  std::string audit_path;                            // a log of its own (empty: use `audit`, if any)
+  metrics::AuditLog* audit = nullptr;                // shared log (must outlive the service)
+  bool watch = true;                                 // reload on policy/grant file changes
+  metrics::PolicyMetrics* policy_metrics = nullptr;  // reload and grant metrics (must outlive the service)
+  AuthOptions auth;                                  // limits; relay_ids and audit are filled in from above
 };
 
 class AuthService {
