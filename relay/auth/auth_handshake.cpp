@@ -20,6 +20,7 @@ struct SessionState {
   HandshakeContext* ctx = nullptr;
   HandshakeResume resume;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point connect_started;  // when the connect decision was made
 
   std::mutex mu;       // guards `ended` against the resolver thread
   bool ended = false;  // after this, nothing may be posted to the worker
@@ -70,6 +71,7 @@ struct SessionState {
   HandshakeStep connect(const common::SockAddr& addr) {
     decided = true;
     upstream = addr;
+    connect_started = std::chrono::steady_clock::now();
     factory->count_decision(0, "allowed");
     HandshakeStep s;
     s.kind = HandshakeStep::Kind::kConnect;
@@ -265,8 +267,11 @@ class AuthHandshake : public Handshake {
     s.connected = true;
     s.upstream_local = local;
     s.leave_handshake();
-    auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - s.started).count();
+    const auto now = std::chrono::steady_clock::now();
+    auto elapsed = std::chrono::duration<double>(now - s.started).count();
     if (auto* h = s.factory->handshake_seconds_.load(std::memory_order_acquire)) h->Observe(elapsed);
+    if (auto* h = s.factory->connect_seconds_.load(std::memory_order_acquire))
+      h->Observe(std::chrono::duration<double>(now - s.connect_started).count());
     if (auto* audit = s.factory->opts_.audit) {
       nlohmann::json r = base_record("session_start");
       r["upstream_local"] = local.to_string();
@@ -362,6 +367,7 @@ AuthHandshakeFactory::AuthHandshakeFactory(const policy::PolicyCache& cache, Aut
 
 void AuthHandshakeFactory::set_metrics(const metrics::RelayMetrics& m) {
   handshake_seconds_.store(m.handshake_seconds, std::memory_order_release);
+  connect_seconds_.store(m.connect_seconds, std::memory_order_release);
   decisions_family_.store(m.decisions, std::memory_order_release);
 }
 

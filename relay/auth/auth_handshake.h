@@ -85,6 +85,7 @@ class AuthHandshakeFactory : public HandshakeFactory,
   SessionLimits limits_;
   std::array<std::atomic<uint64_t>, kMaxReason + 1> decisions_{};
   std::atomic<prometheus::Histogram*> handshake_seconds_{nullptr};
+  std::atomic<prometheus::Histogram*> connect_seconds_{nullptr};  // decision to upstream connected
   std::atomic<prometheus::Family<prometheus::Counter>*> decisions_family_{nullptr};
 };
 
