@@ -90,8 +90,8 @@ class Agent {
                {{"addr", opts_.metrics_listen}, {"port", std::to_string(server_->port())}});
     }
     if (!opts_.audit_path.empty())
-      audit_ = std::make_unique<metrics::AuditLog>(
-          metrics::AuditOptions{.path = opts_.audit_path, .component = "agent"});
+      audit_ = std::make_unique<metrics::AuditLog>(metrics::AuditOptions{
+          .path = opts_.audit_path, .component = "agent", .syslog = opts_.audit_syslog});
 
     policy::ReloaderOptions ro;
     ro.policy_path = opts_.policy_path;

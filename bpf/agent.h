@@ -19,6 +19,7 @@ struct AgentOptions {
   bool enforce = false;
   std::string metrics_listen;  // empty: no exporter
   std::string audit_path;      // empty: no audit log
+  bool audit_syslog = false;   // also send audit records to syslog/journald
   std::string pin_dir = kDefaultPinDir;
   std::chrono::seconds idle_timeout{3600};  // flows silent this long are evicted and reported
   std::chrono::milliseconds tick{1000};     // clock sync, stats, idle sweep cadence

@@ -49,6 +49,7 @@ int run(const std::vector<std::string>& args) {
       .value("metrics", "ADDR:PORT", "serve Prometheus metrics here (e.g. 127.0.0.1:9465)")
       .value("audit-log", "FILE", "audit log (JSON lines, hash-chained)",
              "/var/log/sshring/agent.audit.jsonl")
+      .boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)")
       .value("pin-dir", "DIR", "where maps and programs are pinned (a bpffs directory)",
              sshring::bpf::kDefaultPinDir)
       .value("idle-timeout", "DURATION", "evict and report flows silent this long (e.g. 1h, 90s)", "1h")
@@ -79,6 +80,7 @@ int run(const std::vector<std::string>& args) {
   opts.enforce = flags.flag("enforce");
   opts.metrics_listen = flags.get_or("metrics", "");
   opts.audit_path = flags.get_or("audit-log", "");
+  opts.audit_syslog = flags.flag("audit-syslog");
   opts.pin_dir = pin_dir;
   opts.idle_timeout =
       sshring::common::parse_duration_or_throw(flags.get_or("idle-timeout", "1h"), "--idle-timeout");

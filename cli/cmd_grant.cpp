@@ -48,6 +48,7 @@ void common_flags(common::Flags& f) {
           std::string(policy::kDefaultPolicyPath));
   f.value("grant-store", "DIR", "grant store directory (default: the policy's grant_store)");
   f.value("audit-log", "FILE", "audit log for grant changes", std::string(kDefaultAuditLog));
+  f.boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)");
 }
 
 // The audit log allows one writer per file; concurrent `grant` commands take turns on a sidecar lock
@@ -77,12 +78,13 @@ struct Context {
   std::unique_ptr<metrics::AuditLog> audit;
 };
 
-std::unique_ptr<metrics::AuditLog> open_audit(Context& c, const std::string& path) {
+std::unique_ptr<metrics::AuditLog> open_audit(Context& c, const std::string& path, bool syslog) {
   c.turn = std::make_unique<AuditTurn>(path);
   metrics::AuditOptions o;
   o.path = path;
   o.component = "grant";
   o.fsync_each = true;  // a grant change is acknowledged only once its record is on disk
+  o.syslog = syslog;
   return std::make_unique<metrics::AuditLog>(o);
 }
 
@@ -90,7 +92,7 @@ Context open(const common::Flags& f, bool need_audit) {
   Context c;
   c.policy = policy::load_policy_file(f.get_or("policy", policy::kDefaultPolicyPath));
   c.store = std::make_unique<policy::DirGrantStore>(f.get_or("grant-store", c.policy.grant_store), true);
-  if (need_audit) c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog));
+  if (need_audit) c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"));
   return c;
 }
 
@@ -238,7 +240,10 @@ int list(const std::vector<std::string>& args) {
     c.store = std::make_unique<policy::DirGrantStore>(dir, false);
     if (::access(dir.c_str(), W_OK) == 0) {  // readers without write access just read
       c.audit = std::make_unique<metrics::AuditLog>(
-          metrics::AuditOptions{f.get_or("audit-log", kDefaultAuditLog), "grant", true});
+          metrics::AuditOptions{.path = f.get_or("audit-log", kDefaultAuditLog),
+                                .component = "grant",
+                                .fsync_each = true,
+                                .syslog = f.flag("audit-syslog")});
       sweep(c, now);
     }
     grants = c.store->load();

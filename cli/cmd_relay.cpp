@@ -43,6 +43,7 @@ common::Flags relay_flags() {
       .value("splice-mode", "MODE", "inline (splice(2) on the worker, default) or ring (IORING_OP_SPLICE)")
       .value("metrics", "ADDR:PORT", "serve Prometheus metrics on this address")
       .value("audit-log", "FILE", "append a hash-chained session_end record per session")
+      .boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)")
       .value("policy", "FILE",
              "authenticated mode: routes without --upstream take signed preambles (sshring connect)")
       .multi("relay-id", "ID", "authenticated mode: an id clients sign for (default: host name)")
@@ -144,6 +145,7 @@ int run_relay(const std::vector<std::string>& args) {
     metrics::AuditOptions ao;
     ao.path = *path;
     ao.component = "relay";
+    ao.syslog = f.flag("audit-syslog");
     audit = std::make_shared<metrics::AuditLog>(ao);
   }
   // The exporter comes first so the policy reloader can count reloads from its first load; it stops
