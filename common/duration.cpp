@@ -21,11 +21,20 @@ std::optional<std::chrono::seconds> parse_duration(std::string_view text) {
     if (digits == 0 || i >= text.size()) return std::nullopt;
     long long mult = 0;
     switch (text[i]) {
-      case 's': mult = 1; break;
-      case 'm': mult = 60; break;
-      case 'h': mult = 3600; break;
-      case 'd': mult = 86400; break;
-      default: return std::nullopt;
+      case 's':
+        mult = 1;
+        break;
+      case 'm':
+        mult = 60;
+        break;
+      case 'h':
+        mult = 3600;
+        break;
+      case 'd':
+        mult = 86400;
+        break;
+      default:
+        return std::nullopt;
     }
     ++i;
     total += n * mult;

@@ -11,7 +11,8 @@ namespace sshring::common {
 Flags::Flags(std::string command, std::string usage, std::string description)
     : command_(std::move(command)), usage_(std::move(usage)), description_(std::move(description)) {}
 
-Flags& Flags::value(std::string name, std::string placeholder, std::string help, std::optional<std::string> def) {
+Flags& Flags::value(std::string name, std::string placeholder, std::string help,
+                    std::optional<std::string> def) {
   order_.push_back(name);
   specs_[std::move(name)] = Spec{std::move(placeholder), std::move(help), std::move(def), true, false};
   return *this;
@@ -81,7 +82,9 @@ bool Flags::parse(const std::vector<std::string>& args) {
   return true;
 }
 
-bool Flags::has(std::string_view name) const { return values_.find(name) != values_.end(); }
+bool Flags::has(std::string_view name) const {
+  return values_.find(name) != values_.end();
+}
 
 std::optional<std::string> Flags::get(std::string_view name) const {
   if (auto it = values_.find(name); it != values_.end() && !it->second.empty()) return it->second.back();

@@ -16,7 +16,8 @@ class Flags {
   Flags(std::string command, std::string usage, std::string description);
 
   // Declares --name taking a value. `placeholder` shows in --help (e.g. "ADDR:PORT").
-  Flags& value(std::string name, std::string placeholder, std::string help, std::optional<std::string> def = {});
+  Flags& value(std::string name, std::string placeholder, std::string help,
+               std::optional<std::string> def = {});
   // Declares a value flag that may be repeated (all values are kept in order).
   Flags& multi(std::string name, std::string placeholder, std::string help);
   // Declares boolean --name.

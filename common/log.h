@@ -15,9 +15,17 @@ void set_log_level(LogLevel level);
 using LogField = std::pair<std::string_view, std::string>;
 void log(LogLevel level, std::string_view msg, std::initializer_list<LogField> fields = {});
 
-inline void log_info(std::string_view msg, std::initializer_list<LogField> f = {}) { log(LogLevel::kInfo, msg, f); }
-inline void log_warn(std::string_view msg, std::initializer_list<LogField> f = {}) { log(LogLevel::kWarn, msg, f); }
-inline void log_error(std::string_view msg, std::initializer_list<LogField> f = {}) { log(LogLevel::kError, msg, f); }
-inline void log_debug(std::string_view msg, std::initializer_list<LogField> f = {}) { log(LogLevel::kDebug, msg, f); }
+inline void log_info(std::string_view msg, std::initializer_list<LogField> f = {}) {
+  log(LogLevel::kInfo, msg, f);
+}
+inline void log_warn(std::string_view msg, std::initializer_list<LogField> f = {}) {
+  log(LogLevel::kWarn, msg, f);
+}
+inline void log_error(std::string_view msg, std::initializer_list<LogField> f = {}) {
+  log(LogLevel::kError, msg, f);
+}
+inline void log_debug(std::string_view msg, std::initializer_list<LogField> f = {}) {
+  log(LogLevel::kDebug, msg, f);
+}
 
 }  // namespace sshring::common

@@ -43,7 +43,8 @@ std::optional<SockAddr> SockAddr::parse(std::string_view text) {
   std::string_view port_text;
   if (!text.empty() && text.front() == '[') {
     auto close = text.find(']');
-    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') return std::nullopt;
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':')
+      return std::nullopt;
     host = text.substr(1, close - 1);
     port_text = text.substr(close + 2);
     if (host.find(':') == std::string_view::npos) return std::nullopt;  // brackets are for IPv6 only
@@ -64,8 +65,9 @@ std::optional<SockAddr> SockAddr::parse(std::string_view text) {
 SockAddr SockAddr::parse_or_throw(std::string_view text, std::string_view what) {
   auto a = parse(text);
   if (!a) {
-    throw UsageError(std::string(what) + ": '" + std::string(text) +
-                     "' is not an address; expected IPV4:PORT or [IPV6]:PORT, e.g. 127.0.0.1:2222 or [::1]:2222");
+    throw UsageError(
+        std::string(what) + ": '" + std::string(text) +
+        "' is not an address; expected IPV4:PORT or [IPV6]:PORT, e.g. 127.0.0.1:2222 or [::1]:2222");
   }
   return *a;
 }

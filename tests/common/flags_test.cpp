@@ -34,10 +34,10 @@ TEST(Flags, ErrorsNameTheFlag) {
     std::string expect;
   };
   for (const auto& c : std::vector<Case>{{{"--nope"}, "unknown option '--nope'"},
-                                        {{"--listen"}, "--listen needs a value ADDR:PORT"},
-                                        {{"--listen", "a", "--listen", "b"}, "--listen given twice"},
-                                        {{"--verbose=1"}, "--verbose takes no value"},
-                                        {{"-x"}, "unknown option '-x'"}}) {
+                                         {{"--listen"}, "--listen needs a value ADDR:PORT"},
+                                         {{"--listen", "a", "--listen", "b"}, "--listen given twice"},
+                                         {{"--verbose=1"}, "--verbose takes no value"},
+                                         {{"-x"}, "unknown option '-x'"}}) {
     Flags f = make();
     try {
       f.parse(c.args);
@@ -58,6 +58,7 @@ TEST(Flags, IntRangeAndRequired) {
 TEST(Flags, HelpListsEveryOption) {
   Flags f = make();
   std::string h = f.help_text();
-  for (const char* s : {"--listen ADDR:PORT", "--workers N", "(default: 2)", "--route SPEC", "--verbose", "--help"})
+  for (const char* s :
+       {"--listen ADDR:PORT", "--workers N", "(default: 2)", "--route SPEC", "--verbose", "--help"})
     EXPECT_NE(h.find(s), std::string::npos) << s;
 }

@@ -12,17 +12,17 @@ TEST(SockAddr, ParsesAndFormats) {
     const char* out;  // nullptr: rejected
   };
   for (const auto& c : std::vector<Case>{{"127.0.0.1:22", "127.0.0.1:22"},
-                                        {"0.0.0.0:0", "0.0.0.0:0"},
-                                        {"[::1]:2222", "[::1]:2222"},
-                                        {"[fd00::1]:65535", "[fd00::1]:65535"},
-                                        {"::1:22", nullptr},
-                                        {"[127.0.0.1]:22", nullptr},
-                                        {"127.0.0.1", nullptr},
-                                        {"127.0.0.1:", nullptr},
-                                        {"127.0.0.1:65536", nullptr},
-                                        {"127.0.0.1:2x", nullptr},
-                                        {"localhost:22", nullptr},
-                                        {"", nullptr}}) {
+                                         {"0.0.0.0:0", "0.0.0.0:0"},
+                                         {"[::1]:2222", "[::1]:2222"},
+                                         {"[fd00::1]:65535", "[fd00::1]:65535"},
+                                         {"::1:22", nullptr},
+                                         {"[127.0.0.1]:22", nullptr},
+                                         {"127.0.0.1", nullptr},
+                                         {"127.0.0.1:", nullptr},
+                                         {"127.0.0.1:65536", nullptr},
+                                         {"127.0.0.1:2x", nullptr},
+                                         {"localhost:22", nullptr},
+                                         {"", nullptr}}) {
     auto a = SockAddr::parse(c.in);
     if (c.out == nullptr) {
       EXPECT_FALSE(a.has_value()) << c.in;

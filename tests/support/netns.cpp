@@ -13,7 +13,9 @@ NetNs::NetNs(const std::string& name) : name_("sr" + std::to_string(::getpid() %
   run({"ip", "-n", name_, "link", "set", "lo", "up"});
 }
 
-NetNs::~NetNs() { run({"ip", "netns", "del", name_}); }
+NetNs::~NetNs() {
+  run({"ip", "netns", "del", name_});
+}
 
 int NetNs::exec(const std::string& cmd, std::string* out) const {
   return run({"ip", "netns", "exec", name_, "sh", "-c", cmd}, out);
@@ -29,7 +31,8 @@ void link_veth(const NetNs& a, const std::string& a_if, const std::string& a_add
       throw std::runtime_error("failed: " + cmd);
     }
   };
-  must({"ip", "link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns", b.name()});
+  must({"ip", "link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns",
+        b.name()});
   must({"ip", "-n", a.name(), "addr", "add", a_addr, "dev", a_if});
   must({"ip", "-n", b.name(), "addr", "add", b_addr, "dev", b_if});
   if (!a_addr6.empty()) must({"ip", "-n", a.name(), "addr", "add", a_addr6, "dev", a_if, "nodad"});

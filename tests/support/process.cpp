@@ -65,7 +65,9 @@ Process& Process::operator=(Process&& o) noexcept {
   }
   return *this;
 }
-Process::~Process() { stop(); }
+Process::~Process() {
+  stop();
+}
 
 bool Process::running() {
   if (pid_ < 0 || status_) return false;
@@ -113,7 +115,9 @@ int run(const std::vector<std::string>& argv, std::string* out, const std::strin
   return rc.value_or(-1);
 }
 
-int sh(const std::string& cmd, std::string* out) { return run({"sh", "-c", cmd}, out); }
+int sh(const std::string& cmd, std::string* out) {
+  return run({"sh", "-c", cmd}, out);
+}
 
 TempDir::TempDir() {
   char tmpl[] = "/tmp/sshring-test-XXXXXX";
@@ -186,6 +190,8 @@ bool wait_for_port(const std::string& host, uint16_t port, std::chrono::millisec
   return false;
 }
 
-std::string sshring_bin() { return SSHRING_BIN; }
+std::string sshring_bin() {
+  return SSHRING_BIN;
+}
 
 }  // namespace sshring::testing

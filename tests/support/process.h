@@ -14,10 +14,10 @@ namespace sshring::testing {
 class Process {
  public:
   struct Options {
-    std::string stdout_path;  // empty: inherit
-    std::string stderr_path;  // empty: inherit
-    std::string stdin_path;   // empty: /dev/null
-    std::string netns;        // non-empty: run inside `ip netns exec NAME`
+    std::string stdout_path;       // empty: inherit
+    std::string stderr_path;       // empty: inherit
+    std::string stdin_path;        // empty: /dev/null
+    std::string netns;             // non-empty: run inside `ip netns exec NAME`
     std::vector<std::string> env;  // extra KEY=VALUE entries
   };
   Process() = default;
@@ -69,7 +69,8 @@ std::string read_file(const std::string& path);
 uint16_t free_port();
 // Polls until a TCP connect to host:port succeeds or the timeout passes.
 bool wait_for_port(const std::string& host, uint16_t port,
-                   std::chrono::milliseconds timeout = std::chrono::seconds(10), const std::string& netns = "");
+                   std::chrono::milliseconds timeout = std::chrono::seconds(10),
+                   const std::string& netns = "");
 
 // Path of the built sshring binary (from the SSHRING_BIN compile definition).
 std::string sshring_bin();

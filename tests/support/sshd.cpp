@@ -11,12 +11,13 @@ namespace sshring::testing {
 Sshd::Sshd(const Options& opts) : opts_(opts) {
   port_ = opts.port ? opts.port : free_port();
   if (run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", dir_.file("host_ed25519")}) != 0 ||
-      run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sshring-test", "-f", dir_.file("id_ed25519")}) != 0)
+      run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sshring-test", "-f",
+           dir_.file("id_ed25519")}) != 0)
     throw std::runtime_error("ssh-keygen failed");
   write_file(dir_.file("authorized_keys"), read_file(dir_.file("id_ed25519.pub")), 0600);
   std::string host_pub = read_file(dir_.file("host_ed25519.pub"));
-  std::string host_for_known = opts.listen_addr.find(':') != std::string::npos ? "[" + opts.listen_addr + "]"
-                                                                                : opts.listen_addr;
+  std::string host_for_known =
+      opts.listen_addr.find(':') != std::string::npos ? "[" + opts.listen_addr + "]" : opts.listen_addr;
   write_file(known_hosts(), "[" + opts.listen_addr + "]:" + std::to_string(port_) + " " + host_pub);
   (void)host_for_known;
   std::string cfg;
@@ -47,15 +48,24 @@ std::string Sshd::user_pubkey() const {
 
 std::vector<std::string> Sshd::ssh_base_args() const {
   return {"ssh",
-          "-F", "/dev/null",
-          "-i", user_key(),
-          "-o", "IdentitiesOnly=yes",
-          "-o", "BatchMode=yes",
-          "-o", "UserKnownHostsFile=" + known_hosts(),
-          "-o", "StrictHostKeyChecking=yes",
-          "-o", "LogLevel=ERROR",
-          "-o", "ConnectTimeout=10",
-          "-l", getpwuid(getuid())->pw_name};
+          "-F",
+          "/dev/null",
+          "-i",
+          user_key(),
+          "-o",
+          "IdentitiesOnly=yes",
+          "-o",
+          "BatchMode=yes",
+          "-o",
+          "UserKnownHostsFile=" + known_hosts(),
+          "-o",
+          "StrictHostKeyChecking=yes",
+          "-o",
+          "LogLevel=ERROR",
+          "-o",
+          "ConnectTimeout=10",
+          "-l",
+          getpwuid(getuid())->pw_name};
 }
 
 }  // namespace sshring::testing
