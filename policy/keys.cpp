@@ -4,22 +4,13 @@
 
 #include <cstring>
 
+#include "common/base64.h"
 #include "common/error.h"
 
 namespace sshring::policy {
 namespace {
 
-constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 constexpr std::string_view kEd25519 = "ssh-ed25519";
-
-int b64_value(char c) {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == '+') return 62;
-  if (c == '/') return 63;
-  return -1;
-}
 
 void put_string(std::string* out, std::string_view s) {
   uint32_t n = static_cast<uint32_t>(s.size());
@@ -45,63 +36,11 @@ bool get_string(std::string_view* in, std::string_view* s) {
 
 }  // namespace
 
-std::string base64_encode(std::string_view data, bool pad) {
-  std::string out;
-  out.reserve((data.size() + 2) / 3 * 4);
-  size_t i = 0;
-  auto u = [&](size_t k) { return static_cast<uint32_t>(static_cast<unsigned char>(data[k])); };
-  for (; i + 3 <= data.size(); i += 3) {
-    uint32_t v = (u(i) << 16) | (u(i + 1) << 8) | u(i + 2);
-    out += kAlphabet[v >> 18];
-    out += kAlphabet[(v >> 12) & 63];
-    out += kAlphabet[(v >> 6) & 63];
-    out += kAlphabet[v & 63];
-  }
-  size_t rest = data.size() - i;
-  if (rest == 1) {
-    uint32_t v = u(i) << 16;
-    out += kAlphabet[v >> 18];
-    out += kAlphabet[(v >> 12) & 63];
-    if (pad) out += "==";
-  } else if (rest == 2) {
-    uint32_t v = (u(i) << 16) | (u(i + 1) << 8);
-    out += kAlphabet[v >> 18];
-    out += kAlphabet[(v >> 12) & 63];
-    out += kAlphabet[(v >> 6) & 63];
-    if (pad) out += '=';
-  }
-  return out;
-}
-
-bool base64_decode(std::string_view text, std::string* out) {
-  out->clear();
-  size_t pad = 0;
-  while (!text.empty() && text.back() == '=' && pad < 2) {
-    text.remove_suffix(1);
-    ++pad;
-  }
-  if (text.size() % 4 == 1) return false;
-  if (pad && (text.size() + pad) % 4 != 0) return false;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : text) {
-    int v = b64_value(c);
-    if (v < 0) return false;
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out->push_back(static_cast<char>((acc >> bits) & 0xff));
-    }
-  }
-  // Leftover bits must be zero, or two encodings would decode to the same key.
-  return (acc & ((1u << bits) - 1)) == 0;
-}
-
 std::string fingerprint_sha256(std::string_view blob) {
   unsigned char md[SHA256_DIGEST_LENGTH];
   SHA256(reinterpret_cast<const unsigned char*>(blob.data()), blob.size(), md);
-  return "SHA256:" + base64_encode(std::string_view(reinterpret_cast<const char*>(md), sizeof md), false);
+  return "SHA256:" +
+         common::base64_encode(std::string_view(reinterpret_cast<const char*>(md), sizeof md), false);
 }
 
 PublicKey ed25519_key(const std::array<uint8_t, 32>& raw, std::string_view comment) {
@@ -112,7 +51,7 @@ PublicKey ed25519_key(const std::array<uint8_t, 32>& raw, std::string_view comme
   put_string(&k.blob, std::string_view(reinterpret_cast<const char*>(raw.data()), raw.size()));
   k.comment = comment;
   k.fingerprint = fingerprint_sha256(k.blob);
-  k.line = std::string(kEd25519) + " " + base64_encode(k.blob);
+  k.line = std::string(kEd25519) + " " + common::base64_encode(k.blob);
   if (!comment.empty()) k.line += " " + std::string(comment);
   return k;
 }
@@ -142,8 +81,9 @@ PublicKey parse_authorized_key(std::string_view line) {
   auto sp2 = rest.find_first_of(" \t");
   std::string_view b64 = rest.substr(0, sp2);
   std::string_view comment = sp2 == std::string_view::npos ? std::string_view{} : trim(rest.substr(sp2));
-  std::string blob;
-  if (!base64_decode(b64, &blob)) bad("ssh-ed25519 key data is not valid base64");
+  auto decoded = common::base64_decode(b64);
+  if (!decoded) bad("ssh-ed25519 key data is not valid base64");
+  const std::string& blob = *decoded;
   std::string_view in = blob, t, raw;
   if (!get_string(&in, &t) || t != kEd25519) bad("key data does not encode an ssh-ed25519 key");
   if (!get_string(&in, &raw) || raw.size() != 32 || !in.empty()) {

@@ -27,8 +27,4 @@ PublicKey ed25519_key(const std::array<uint8_t, 32>& raw, std::string_view comme
 // "SHA256:..." of an SSH wire blob.
 std::string fingerprint_sha256(std::string_view blob);
 
-std::string base64_encode(std::string_view data, bool pad = true);
-// Strict decoder (standard alphabet, optional padding); false on any invalid character or length.
-bool base64_decode(std::string_view text, std::string* out);
-
 }  // namespace sshring::policy

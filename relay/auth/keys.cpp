@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "common/error.h"
+#include "policy/keys.h"
 #include "relay/auth/wire.h"
 
 namespace sshring::relay::auth {
@@ -64,10 +65,7 @@ std::string format_openssh_public_key(const Ed25519PublicKey& key, std::string_v
 }
 
 std::string fingerprint(const Ed25519PublicKey& key) {
-  std::string blob = ed25519_key_blob(key);
-  unsigned char md[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(blob.data()), blob.size(), md);
-  return "SHA256:" + base64_encode(std::string_view(reinterpret_cast<const char*>(md), sizeof(md)), false);
+  return policy::fingerprint_sha256(ed25519_key_blob(key));
 }
 
 Pkey ed25519_public_pkey(const Ed25519PublicKey& key) {
@@ -125,7 +123,10 @@ Ed25519PrivateKey Ed25519PrivateKey::from_openssh(std::string_view pem, std::str
   auto e = pem.find(kEnd);
   if (b == std::string_view::npos || e == std::string_view::npos || e < b)
     bad_key(source, "no OPENSSH PRIVATE KEY block");
-  auto raw = base64_decode(pem.substr(b + kBegin.size(), e - b - kBegin.size()));
+  std::string body;  // the PEM body wraps its base64 over lines
+  for (char c : pem.substr(b + kBegin.size(), e - b - kBegin.size()))
+    if (c != ' ' && c != '\n' && c != '\r' && c != '\t') body.push_back(c);
+  auto raw = base64_decode(body);
   if (!raw) bad_key(source, "bad base64");
   Reader r(*raw);
   if (r.bytes(kAuthMagic.size()) != kAuthMagic) bad_key(source, "not openssh-key-v1");

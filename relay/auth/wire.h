@@ -2,6 +2,8 @@
 // base64 (OpenSSH key files). Readers never throw: a short or malformed input sets a sticky error.
 #pragma once
 
+#include "common/base64.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -60,8 +62,8 @@ class Writer {
   std::string out_;
 };
 
-std::string base64_encode(std::string_view in, bool pad = true);
-// Accepts padded or unpadded input; ignores ASCII whitespace; nullopt on any other character.
-std::optional<std::string> base64_decode(std::string_view in);
+// One base64 for the project (strict; callers strip whitespace where a format allows it).
+using common::base64_decode;
+using common::base64_encode;
 
 }  // namespace sshring::relay::auth

@@ -65,22 +65,5 @@ TEST(Keys, RejectsWithReasons) {
   }
 }
 
-TEST(Keys, Base64) {
-  std::string out;
-  for (std::string s : {"", "f", "fo", "foo", "foob", "fooba", "foobar"}) {
-    ASSERT_TRUE(base64_decode(base64_encode(s), &out));
-    EXPECT_EQ(out, s);
-    ASSERT_TRUE(base64_decode(base64_encode(s, false), &out));
-    EXPECT_EQ(out, s);
-  }
-  EXPECT_EQ(base64_encode("foobar"), "Zm9vYmFy");
-  EXPECT_EQ(base64_encode("fo"), "Zm8=");
-  EXPECT_FALSE(base64_decode("Zm9=v", &out));
-  EXPECT_FALSE(base64_decode("Z", &out));
-  EXPECT_FALSE(base64_decode("Zm9", &out) && false);
-  EXPECT_FALSE(base64_decode("Zm9w", &out) && out != "fop");
-  EXPECT_FALSE(base64_decode("Zn==", &out));  // non-zero trailing bits
-}
-
 }  // namespace
 }  // namespace sshring::policy
