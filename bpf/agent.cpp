@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "bpf/kernel_policy.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "metrics/audit.h"
@@ -29,11 +30,7 @@ using common::log_warn;
 
 namespace {
 
-int64_t clock_ns(clockid_t id) {
-  timespec ts{};
-  ::clock_gettime(id, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
+using common::clock_ns;
 
 std::string addr_string(const uint32_t a[4], uint8_t family) {
   char buf[INET6_ADDRSTRLEN] = {};

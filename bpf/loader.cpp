@@ -18,6 +18,7 @@
 #include <mutex>
 #include <utility>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "sshring.skel.h"  // generated into the build tree
@@ -28,11 +29,7 @@ using common::throw_errno;
 
 namespace {
 
-int64_t clock_ns(clockid_t id) {
-  timespec ts{};
-  ::clock_gettime(id, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
+using common::clock_ns;
 
 bool is_bpffs(const std::string& path) {
   struct statfs st {};

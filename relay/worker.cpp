@@ -12,6 +12,7 @@
 #include <exception>
 
 #include "common/error.h"
+#include "common/clock.h"
 #include "common/log.h"
 
 namespace sshring::relay {
@@ -22,9 +23,7 @@ constexpr int kInlineBudget = 8;           // splice rounds per direction per ev
 constexpr unsigned kSpliceFlags = SPLICE_F_NONBLOCK | SPLICE_F_MOVE;
 
 uint64_t mono_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+  return static_cast<uint64_t>(common::clock_ns(CLOCK_MONOTONIC));
 }
 
 __kernel_timespec to_kts(uint64_t ns) {
