@@ -66,7 +66,7 @@ class KernelTest : public ::testing::Test {
     try {
       obj_.emplace(BpfObject::Options{.pin_dir = "", .attach_tracepoint = false});
     } catch (const std::exception& e) {
-      GTEST_SKIP() << "cannot load the BPF object here: " << e.what();
+      FAIL() << "cannot load the BPF object (verifier or loader error): " << e.what();
     }
     sync_.emplace(*obj_);
     now_ = now_unix();
@@ -396,7 +396,7 @@ TEST(SockStateHook, LocalAbortClosesTheFlow) {
   try {
     obj.emplace(BpfObject::Options{.pin_dir = "", .attach_tracepoint = true});
   } catch (const std::exception& e) {
-    GTEST_SKIP() << "cannot load/attach the BPF object here: " << e.what();
+    FAIL() << "cannot load/attach the BPF object (verifier or loader error): " << e.what();
   }
   common::UniqueFd lis(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in sa{};

@@ -78,7 +78,7 @@ TEST(PolicyMatch, KernelDecisionEqualsClassifyFlow) {
   try {
     obj.emplace(BpfObject::Options{.pin_dir = "", .attach_tracepoint = false});
   } catch (const std::exception& e) {
-    GTEST_SKIP() << "cannot load the BPF object here: " << e.what();
+    FAIL() << "cannot load the BPF object (verifier or loader error): " << e.what();
   }
   auto pol = std::make_shared<const policy::Policy>(policy::parse_policy(kPolicy, "match-test.yaml"));
   std::vector<policy::Grant> grants = {

@@ -122,7 +122,6 @@ TEST(Reloader, ReloadsOnFileChangeKeepsLastGoodAndWatchesGrants) {
   sshring::testing::write_file(path, policy_text(store, "10.0.0.0/24"));
   ASSERT_TRUE(eventually([&] { return cache.generation() > gen; }));
   DirGrantStore gs(store);
-  ASSERT_TRUE(eventually([&] { return rl.reloads_ok() >= 4; }, 1s) || true);  // store creation may reload
   Grant g;
   g.id = "g-0123456789ab";
   g.who = "ci-bot";
