@@ -40,7 +40,7 @@ std::string addr_string(const uint32_t a[4], uint8_t family) {
 
 // Boot-time ns (what the kernel stamps) -> RFC 3339 with milliseconds, like the audit envelope.
 std::string rfc3339_from_boot(uint64_t boot_ns) {
-  int64_t unix_ns = static_cast<int64_t>(boot_ns) + clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_BOOTTIME);
+  int64_t unix_ns = static_cast<int64_t>(boot_ns) + common::realtime_minus_boottime_ns();
   time_t secs = unix_ns / 1000000000;
   tm t{};
   ::gmtime_r(&secs, &t);

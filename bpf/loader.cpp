@@ -150,7 +150,7 @@ BpfObject::BpfObject(const Options& opts) {
                                std::to_string(cfg.abi_version) + ", this agent needs " +
                                std::to_string(SSHRING_ABI_VERSION) + "; run `sshring agent --detach` first");
     cfg.abi_version = SSHRING_ABI_VERSION;
-    cfg.realtime_offset_ns = clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_BOOTTIME);
+    cfg.realtime_offset_ns = common::realtime_minus_boottime_ns();
     if (bpf_map_update_elem(map_fd("agent_config"), &zero, &cfg, BPF_ANY) != 0)
       throw_errno("write config map");
   } catch (...) {
@@ -194,7 +194,7 @@ bool BpfObject::enforce() const {
 }
 
 void BpfObject::sync_clock() {
-  set_clock_offset(clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_BOOTTIME));
+  set_clock_offset(common::realtime_minus_boottime_ns());
 }
 
 void BpfObject::set_clock_offset(int64_t offset_ns) {

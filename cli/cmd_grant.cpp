@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "common/clock.h"
 #include "common/duration.h"
 #include "common/error.h"
 #include "common/flags.h"
@@ -30,10 +31,7 @@ using policy::UnixSeconds;
 
 constexpr const char* kDefaultAuditLog = "/var/log/sshring/grant.audit.jsonl";
 
-UnixSeconds unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+UnixSeconds unix_now() { return common::unix_now_s(); }
 
 std::string actor() {
   for (const char* v : {"SUDO_USER", "USER", "LOGNAME"}) {

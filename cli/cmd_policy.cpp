@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/flags.h"
 #include "policy/grant_store.h"
@@ -28,8 +29,7 @@ UnixSeconds now_or_at(const common::Flags& f) {
     }
     return t;
   }
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return common::unix_now_s();
 }
 
 // "host:22", "10.1.5.7:22", "[fd01::5]:22" -> host, port.

@@ -1,3 +1,4 @@
+#include "common/clock.h"
 #include "metrics/audit_report.h"
 
 #include <algorithm>
@@ -212,9 +213,7 @@ nlohmann::ordered_json AuditReport::to_json() const {
     std::string status = g.status;
     if (status == "granted") {
       auto exp = parse_rfc3339_ms(str(g.terms, "expires"));
-      auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                     std::chrono::system_clock::now().time_since_epoch())
-                     .count();
+      auto now = common::unix_now_ms();
       status = exp && *exp <= std::min(now, opts_.until_ms) ? "expired" : "active";
     }
     nlohmann::ordered_json j{

@@ -1,3 +1,4 @@
+#include "common/clock.h"
 #include "policy/cache.h"
 
 #include <poll.h>
@@ -29,10 +30,7 @@ void on_sighup(int) {
   }
 }
 
-UnixSeconds unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+UnixSeconds unix_now() { return common::unix_now_s(); }
 
 std::string dir_of(const std::string& path) {
   auto slash = path.rfind('/');

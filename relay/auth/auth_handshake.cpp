@@ -1,3 +1,4 @@
+#include "common/clock.h"
 #include "relay/auth/auth_handshake.h"
 
 #include <cstring>
@@ -375,9 +376,7 @@ AuthHandshakeFactory::~AuthHandshakeFactory() = default;
 
 uint64_t AuthHandshakeFactory::now_ms() const {
   if (opts_.clock_ms) return opts_.clock_ms();
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
+  return static_cast<uint64_t>(common::unix_now_ms());
 }
 
 uint64_t AuthHandshakeFactory::decisions(uint16_t reason) const {

@@ -1,3 +1,4 @@
+#include "common/clock.h"
 #include "relay/auth/client.h"
 
 #include <fcntl.h>
@@ -182,11 +183,7 @@ std::string login_name() {
   throw common::UsageError("cannot tell the login name: pass --principal");
 }
 
-uint64_t unix_ms_now() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
+uint64_t unix_ms_now() { return static_cast<uint64_t>(common::unix_now_ms()); }
 
 Connected connect_via_relay(const ConnectOptions& opts, const Signer& signer) {
   auto [host, port] = split_host_port(opts.relay, "--relay");
