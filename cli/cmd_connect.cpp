@@ -6,7 +6,7 @@
 #include "cli/command.h"
 #include "common/error.h"
 #include "common/flags.h"
-#include "relay/auth/client.h"
+#include "client/client.h"
 
 namespace {
 

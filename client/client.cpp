@@ -1,4 +1,4 @@
-#include "relay/auth/client.h"
+#include "client/client.h"
 
 #include <fcntl.h>
 #include <netdb.h>
@@ -16,7 +16,7 @@
 #include <sstream>
 
 #include "common/error.h"
-#include "relay/auth/agent.h"
+#include "client/agent.h"
 
 namespace sshring::relay::auth {
 namespace {
