@@ -179,7 +179,11 @@ class AuthHandshake : public Handshake {
 
     bool relay_ok = false;
     for (const auto& id : f.opts_.relay_ids) relay_ok = relay_ok || id == h.relay_id;
-    if (!relay_ok) return s.deny(Reason::kWrongRelay, "preamble is for relay '" + h.relay_id + "'");
+    // The id is not secret (clients type it); naming it lets the client say which --relay-id to pass.
+    // The relay's id first: a DENY message is cut at 200 bytes.
+    if (!relay_ok)
+      return s.deny(Reason::kWrongRelay,
+                    "this relay's id is '" + f.opts_.relay_ids.front() + "' (preamble is for '" + h.relay_id + "')");
 
     uint64_t now_ms = f.now_ms();
     uint64_t skew = static_cast<uint64_t>(f.opts_.max_skew.count());

@@ -13,7 +13,7 @@
 
 #include "policy/parser.h"
 #include "relay/auth/auth_service.h"
-#include "relay/auth/client.h"
+#include "client/client.h"
 #include "relay/auth/keys.h"
 #include "tests/support/process.h"
 

@@ -24,7 +24,7 @@
 #include "metrics/audit.h"
 #include "policy/parser.h"
 #include "relay/auth/auth_handshake.h"
-#include "relay/auth/client.h"
+#include "client/client.h"
 #include "relay/relay.h"
 #include "tests/support/process.h"
 #include "tests/support/sshd.h"

@@ -10,7 +10,7 @@
 
 #include "common/error.h"
 
-#include "relay/auth/client.h"
+#include "client/client.h"
 #include "relay/auth/keys.h"
 #include "relay/auth/replay_cache.h"
 #include "relay/auth/session_limits.h"

@@ -1,5 +1,4 @@
-#include "common/clock.h"
-#include "relay/auth/client.h"
+#include "client/client.h"
 
 #include <fcntl.h>
 #include <netdb.h>
@@ -16,8 +15,9 @@
 #include <fstream>
 #include <sstream>
 
+#include "client/agent.h"
+#include "common/clock.h"
 #include "common/error.h"
-#include "relay/auth/agent.h"
 
 namespace sshring::relay::auth {
 namespace {
@@ -75,6 +75,25 @@ DeniedError::DeniedError(uint16_t reason, std::string message)
 int DeniedError::exit_code() const {
   if (reason_ >= 1 && reason_ <= kMaxReason) return exit_code_for(static_cast<Reason>(reason_));
   return kExitCodeBase + kMaxReason + 1;
+}
+
+std::string deny_hint(const DeniedError& e, const std::string& sent_relay_id) {
+  if (e.reason() != static_cast<uint16_t>(Reason::kWrongRelay)) return {};
+  static constexpr std::string_view kMarker = "this relay's id is '";
+  const std::string& d = e.detail();
+  auto at = d.find(kMarker);
+  auto end = at == std::string::npos ? at : d.find('\'', at + kMarker.size());
+  if (end == std::string::npos)
+    return "the relay does not accept relay id '" + sent_relay_id +
+           "': pass the relay's id with --relay-id ID (ask its operator for its --relay-id)";
+  std::string want = d.substr(at + kMarker.size(), end - at - kMarker.size());
+  return "the relay's id is '" + want + "' but this client signed for '" + sent_relay_id +
+         "': add --relay-id " + want + " to the sshring connect command (the ProxyCommand in ~/.ssh/config)";
+}
+
+std::string effective_relay_id(const ConnectOptions& opts) {
+  if (!opts.relay_id.empty()) return opts.relay_id;
+  return split_host_port(opts.relay, "--relay").first;
 }
 
 Signer file_signer(const std::string& key_path) {
@@ -222,9 +241,9 @@ Connected connect_via_relay(const ConnectOptions& opts, const Signer& signer) {
   if (!fd) throw std::runtime_error("cannot connect to relay " + opts.relay + ": " + last_error);
   int one = 1;
   ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  Hello h = make_hello(signer, opts.relay_id.empty() ? host : opts.relay_id,
-                       opts.principal.empty() ? login_name() : opts.principal, opts.target, opts.port,
-                       unix_ms_now());
+  Hello h =
+      make_hello(signer, effective_relay_id(opts), opts.principal.empty() ? login_name() : opts.principal,
+                 opts.target, opts.port, unix_ms_now());
   Connected c;
   c.session_id = handshake_on(fd.get(), h, std::chrono::milliseconds(remaining_ms(deadline)));
   // Back to blocking for whoever uses the socket next (ssh after fd passing, or the pump).

@@ -43,6 +43,11 @@ class DeniedError : public std::runtime_error {
   std::string detail_;
 };
 
+// For a DENY the user can fix on the client side: the line that says how (empty when there is none).
+// wrong_relay: the relay names its id (docs/protocol.md, "this relay's id is 'ID'"), so the hint says
+// which --relay-id to pass instead of `sent_relay_id`.
+std::string deny_hint(const DeniedError& e, const std::string& sent_relay_id);
+
 struct ConnectOptions {
   std::string relay;      // "HOST:PORT" ("[v6]:PORT"); HOST may be a name
   std::string relay_id;   // empty: HOST of `relay`
@@ -56,6 +61,9 @@ struct Connected {
   common::UniqueFd fd;  // blocking TCP socket, positioned right after the OK frame
   uint64_t session_id = 0;
 };
+
+// The relay id the HELLO is signed for: --relay-id, else the HOST of --relay.
+std::string effective_relay_id(const ConnectOptions& opts);
 
 // Sends the HELLO on an already connected socket and reads the reply frame. Throws DeniedError,
 // std::runtime_error (protocol / IO) or common::SystemError.
