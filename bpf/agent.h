@@ -22,7 +22,8 @@ struct AgentOptions {
   bool audit_syslog = false;   // also send audit records to syslog/journald
   std::string pin_dir = kDefaultPinDir;
   std::chrono::seconds idle_timeout{3600};  // flows silent this long are evicted and reported
-  std::chrono::milliseconds tick{1000};     // clock sync, stats, idle sweep cadence
+  std::chrono::milliseconds tick{1000};     // clock sync, stats, live-flow walk cadence
+  size_t max_rules = 0;                     // candidate rules the kernel can hold; 0: sized from the policy
 };
 
 // Runs until `stop` becomes true (the CLI sets it from SIGINT/SIGTERM). Leaves programs attached

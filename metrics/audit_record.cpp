@@ -85,6 +85,17 @@ const TypeSpec kTypes[] = {
       {"last_seen", Kind::kString, false},
       {"end", Kind::kString, true},
       {"enforced", Kind::kBool, false}}},
+    {"flow_cut",
+     {{"flow", Kind::kObject, true},
+      {"tag", Kind::kString, true},
+      {"reason", Kind::kString, true},
+      {"grant_id", Kind::kStringOrNull, false},
+      {"first_seen", Kind::kString, false},
+      {"packets_in", Kind::kUint, false},
+      {"packets_out", Kind::kUint, false},
+      {"bytes_in", Kind::kUint, false},
+      {"bytes_out", Kind::kUint, false},
+      {"enforced", Kind::kBool, false}}},
     {"policy_reload",
      {{"result", Kind::kString, true}, {"error", Kind::kString, false}, {"version", Kind::kString, false}}},
     {"log_rotate", {{"previous_file", Kind::kString, true}}},
@@ -313,7 +324,7 @@ std::optional<AuditRecord> parse_record(std::string_view line, std::string* erro
       return std::nullopt;
     }
   }
-  if (r.type == "flow_open" || r.type == "flow_close") {
+  if (r.type == "flow_open" || r.type == "flow_close" || r.type == "flow_cut") {
     if (!check_flow(b["flow"], error)) return std::nullopt;
     if (!is_flow_tag(b["tag"].get<std::string>())) {
       fail(error, r.type + ": tag must be proxied|bypass_approved|bypass_expired|bypass_unapproved");

@@ -97,6 +97,39 @@ PolicyMetrics register_policy(Server& server) {
   return m;
 }
 
+// The kernel's degraded-path counters, live-flow enforcement, policy fit and pin health.
+static void append_agent_enforcement(const AgentStats& s, std::vector<prometheus::MetricFamily>& out) {
+  auto events = counter_family("sshring_agent_kernel_events_total",
+                               "Degraded or enforced paths counted by the BPF programs, by event.");
+  for (size_t i = 0; i < kNumKernelStats; ++i)
+    add_sample(events, {{"event", kKernelStatNames[i]}}, static_cast<double>(s.kernel_events[i].value()));
+  out.push_back(std::move(events));
+  auto counter = [&](const char* name, const char* help, const LocalCounter& c) {
+    auto f = counter_family(name, help);
+    add_sample(f, {}, static_cast<double>(c.value()));
+    out.push_back(std::move(f));
+  };
+  auto gauge = [&](const char* name, const char* help, const LocalGauge& g) {
+    auto f = gauge_family(name, help);
+    add_sample(f, {}, static_cast<double>(g.value()));
+    out.push_back(std::move(f));
+  };
+  counter("sshring_agent_flows_seeded_total", "Flow entries made at start for connections already open.",
+          s.flows_seeded);
+  counter("sshring_agent_flows_retagged_total",
+          "Live flows re-tagged because their grant expired or was revoked.", s.flows_retagged);
+  counter("sshring_agent_flows_cut_total", "Live flows ended by enforce mode (SOCK_DESTROY).", s.flows_cut);
+  counter("sshring_agent_flow_cut_errors_total", "Flows enforce mode could not end (no local socket, error).",
+          s.flow_cut_errors);
+  gauge("sshring_agent_policy_fits", "1 when the whole policy fits the kernel maps, 0 when rules were cut.",
+        s.policy_fits);
+  gauge("sshring_agent_policy_rules_not_loaded", "Candidate rules left out of the kernel maps (fail closed).",
+        s.rules_not_loaded);
+  gauge("sshring_agent_pins_private",
+        "1 when the pin dir is on a bpffs private to the agent's mount namespace (pins die with it).",
+        s.pins_private);
+}
+
 void register_agent(Server& server, const AgentStats* stats) {
   server.add_collector([stats] {
     auto flows = counter_family("sshring_bypass_flows_total", "Direct SSH flows seen by the agent, by tag.");
@@ -120,9 +153,11 @@ void register_agent(Server& server, const AgentStats* stats) {
     auto enforce =
         gauge_family("sshring_agent_enforce_mode", "1 when unapproved SYNs are dropped, 0 when only tagged.");
     add_sample(enforce, {}, static_cast<double>(stats->enforce.value()));
-    return std::vector<prometheus::MetricFamily>{std::move(flows),  std::move(bytes),   std::move(drops),
-                                                 std::move(full),   std::move(evicted), std::move(tracked),
-                                                 std::move(enforce)};
+    std::vector<prometheus::MetricFamily> out{std::move(flows),   std::move(bytes),   std::move(drops),
+                                              std::move(full),    std::move(evicted), std::move(tracked),
+                                              std::move(enforce)};
+    append_agent_enforcement(*stats, out);
+    return out;
   });
 }
 
