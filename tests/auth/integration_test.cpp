@@ -13,6 +13,8 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <mutex>
@@ -284,6 +286,7 @@ class AuthRelay : public ::testing::Test {
       relay::RelayConfig cfg;
       cfg.routes.push_back({.listen = *SockAddr::parse("127.0.0.1:0"), .handshake = factory});
       cfg.workers = 2;
+      cfg.startups.per_source = 512;  // likewise for the pre-authentication budget
       cfg.log_sessions = false;
       relay = std::make_unique<relay::Relay>(std::move(cfg));
       relay->start();
@@ -301,18 +304,19 @@ class AuthRelay : public ::testing::Test {
         auth::make_hello(signer_of(k), relay_id, principal, target, port, auth::unix_ms_now()));
   }
 
-  std::string proxy_command(bool fdpass, const std::string& extra = "") const {
-    return t::sshring_bin() + " connect" + (fdpass ? " --fdpass" : "") +
-           " --relay 127.0.0.1:" + std::to_string(s_->relay_port) +
+  // `relay`: ADDR:PORT of another relay than the shared one.
+  std::string proxy_command(bool fdpass, const std::string& extra = "", const std::string& relay = "") const {
+    return t::sshring_bin() + " connect" + (fdpass ? " --fdpass" : "") + " --relay " +
+           (relay.empty() ? "127.0.0.1:" + std::to_string(s_->relay_port) : relay) +
            " --relay-id test-relay --principal tester" + extra + " %h %p";
   }
 
-  // Runs ssh through the relay; returns the exit status and stdout.
+  // Runs ssh through the relay (or `relay`); returns the exit status and stdout.
   int ssh(bool fdpass, const std::string& command, std::string* out, const std::string& stdin_path = "",
-          std::chrono::seconds timeout = std::chrono::seconds(60)) {
+          std::chrono::seconds timeout = std::chrono::seconds(60), const std::string& relay = "") {
     std::vector<std::string> argv = s_->sshd.ssh_base_args();
-    argv.insert(argv.end(),
-                {"-p", std::to_string(s_->sshd.port()), "-o", "ProxyCommand=" + proxy_command(fdpass)});
+    argv.insert(argv.end(), {"-p", std::to_string(s_->sshd.port()), "-o",
+                             "ProxyCommand=" + proxy_command(fdpass, "", relay)});
     if (fdpass) argv.insert(argv.end(), {"-o", "ProxyUseFdpass=yes"});
     argv.insert(argv.end(), {"127.0.0.1", command});
     t::Process::Options po;
@@ -664,4 +668,143 @@ TEST_F(AuthRelay, HandshakeCapPerSourceThroughTheRelay) {
   EXPECT_TRUE(ok);
   capped.stop();
   capped.wait();
+}
+
+namespace {
+
+// Opens `count` TCP connections to `relay` that never send a byte, each from the next address of
+// `sources` (bound first; IPV6_FREEBIND for addresses that are only routed to lo), at most `per_ms`
+// per millisecond. The sockets stay open until the returned vector is gone: the relay sees them as
+// live, silent clients until it refuses or times them out.
+std::vector<UniqueFd> open_silent(const SockAddr& relay, const std::vector<SockAddr>& sources, int count,
+                                  int per_ms, std::atomic<int>* opened) {
+  std::vector<UniqueFd> fds;
+  fds.reserve(static_cast<size_t>(count));
+  for (int i = 0; i < count; ++i) {
+    const SockAddr& src = sources[static_cast<size_t>(i) % sources.size()];
+    UniqueFd fd(::socket(src.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd) break;
+    int one = 1;
+    if (src.family() == AF_INET6) ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof(one));
+    if (::bind(fd.get(), src.get(), src.len()) != 0) {
+      ADD_FAILURE() << "bind " << src.to_string() << ": " << std::strerror(errno);
+      break;
+    }
+    if (::connect(fd.get(), relay.get(), relay.len()) != 0 && errno != EINPROGRESS) continue;
+    fds.push_back(std::move(fd));
+    opened->store(static_cast<int>(fds.size()));
+    if (per_ms > 0 && i % per_ms == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return fds;
+}
+
+// A local route for a /64 on lo, so that any address in it can be a source (removed on destruction).
+class LoopbackPrefix {
+ public:
+  explicit LoopbackPrefix(std::string prefix) : prefix_(std::move(prefix)) {
+    ok_ = t::sh("ip -6 route add local " + prefix_ + " dev lo 2>&1") == 0;
+  }
+  ~LoopbackPrefix() {
+    if (ok_) t::sh("ip -6 route del local " + prefix_ + " dev lo 2>&1");
+  }
+  [[nodiscard]] bool ok() const { return ok_; }
+
+ private:
+  std::string prefix_;
+  bool ok_ = false;
+};
+
+struct FloodResult {
+  int opened = 0;
+  int ssh_status = -1;
+  std::string ssh_out;
+  uint32_t max_from_one_source = 0;
+};
+
+}  // namespace
+
+// The pre-authentication budget under a flood: silent connections from a few sources take only their
+// per-source startup share, never a session slot (max_sessions is 200 here, the flood is 5,000), so
+// a real `ssh` through the relay from another source connects and completes while the flood runs.
+class StartupFlood : public AuthRelay {
+ protected:
+  FloodResult run(const std::string& listen, const std::vector<SockAddr>& sources,
+                  const std::string& relay_for_client, const SockAddr& one_source) {
+    relay::RelayConfig cfg;
+    cfg.routes.push_back({.listen = *SockAddr::parse(listen), .handshake = s_->factory});
+    cfg.workers = 2;
+    cfg.max_sessions = 200;
+    cfg.startups.first_byte_timeout = std::chrono::milliseconds(1500);
+    cfg.log_sessions = false;
+    relay::Relay r(std::move(cfg));
+    r.start();
+    SockAddr bound = r.listen_addresses()[0];
+    std::string client_relay = relay_for_client + ":" + std::to_string(bound.port());
+    FloodResult res;
+    std::atomic<int> opened{0};
+    std::atomic<bool> flooding{true};
+    std::atomic<uint32_t> max_one{0};
+    std::vector<UniqueFd> held;
+    std::thread flood([&] {
+      held = open_silent(bound, sources, 5000, 3, &opened);
+      flooding = false;
+    });
+    std::thread watch([&] {  // samples the per-source count while the flood runs
+      while (flooding) {
+        max_one = std::max(max_one.load(), r.admission()->from(one_source));
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    });
+    while (opened.load() < 1000 && flooding) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    res.ssh_status = ssh(false, "echo through-the-flood", &res.ssh_out, "", std::chrono::seconds(90),
+                         client_relay);
+    flood.join();
+    watch.join();
+    res.opened = static_cast<int>(held.size());
+    res.max_from_one_source = max_one.load();
+    uint64_t per_source = 0, overloaded = r.sessions_total(relay::EndReason::kOverloaded);
+    for (const auto* w : r.stats())
+      per_source += w->startups_refused[static_cast<size_t>(relay::StartupRefusal::kPerSource)].value();
+    EXPECT_GT(per_source, 1000u) << "the flood was not refused at accept";
+    EXPECT_EQ(overloaded, 0u) << "an authenticated session lost its slot";
+    held.clear();
+    r.stop();
+    r.wait();
+    return res;
+  }
+};
+
+TEST_F(StartupFlood, FiveThousandSilentIpv4ConnectionsDoNotStopARealClient) {
+  std::vector<SockAddr> sources;
+  for (int i = 2; i <= 9; ++i) sources.push_back(*SockAddr::parse("127.0.0." + std::to_string(i) + ":0"));
+  FloodResult r = run("127.0.0.1:0", sources, "127.0.0.1", sources[0]);
+  EXPECT_EQ(r.opened, 5000);
+  EXPECT_EQ(r.ssh_status, 0);
+  EXPECT_EQ(r.ssh_out, "through-the-flood\n");
+  EXPECT_LE(r.max_from_one_source, relay::AdmissionConfig{}.per_source);
+  EXPECT_GT(r.max_from_one_source, 0u);
+}
+
+TEST_F(StartupFlood, FiveThousandSilentIpv6AddressesOfOneSlash64DoNotStopARealClient) {
+  // A /64 unique to this process, routed to lo: every flood connection has its own address in it.
+  char prefix[64];
+  std::snprintf(prefix, sizeof(prefix), "fd53:%x:%x:1", (::getpid() >> 16) & 0xffff, ::getpid() & 0xffff);
+  LoopbackPrefix route(std::string(prefix) + "::/64");
+  if (!route.ok()) {
+    if (std::getenv("CI")) FAIL() << "cannot add a local IPv6 route on lo";
+    GTEST_SKIP() << "cannot add a local IPv6 route on lo (needs root)";
+  }
+  std::vector<SockAddr> sources;
+  for (int i = 1; i <= 5000; ++i) {
+    char a[96];
+    std::snprintf(a, sizeof(a), "[%s:%x:%x::%x]:0", prefix, i * 7, i, i + 1);
+    sources.push_back(*SockAddr::parse(a));
+  }
+  // The real client connects from ::1, another /64.
+  FloodResult r = run("[::1]:0", sources, "[::1]", sources[0]);
+  EXPECT_EQ(r.opened, 5000);
+  EXPECT_EQ(r.ssh_status, 0);
+  EXPECT_EQ(r.ssh_out, "through-the-flood\n");
+  EXPECT_LE(r.max_from_one_source, relay::AdmissionConfig{}.per_source);
+  EXPECT_GT(r.max_from_one_source, 0u);
 }
