@@ -21,6 +21,7 @@
 #include "relay/auth/auth_service.h"
 #include "relay/config.h"
 #include "relay/relay.h"
+#include "relay/session_id.h"
 
 namespace sshring::cli {
 namespace {
@@ -135,10 +136,8 @@ relay::RelayConfig build_relay_config(const common::Flags& f,
 namespace {
 
 nlohmann::json session_end_record(const relay::SessionSummary& s) {
-  char id[17];
-  std::snprintf(id, sizeof(id), "%016llx", static_cast<unsigned long long>(s.session_id));
   nlohmann::json r = {{"type", "session_end"},
-                      {"session_id", id},
+                      {"session_id", relay::session_id_string(s.session_id)},
                       {"client", s.client.to_string()},
                       {"bytes_up", s.bytes_client_to_upstream},
                       {"bytes_down", s.bytes_upstream_to_client},

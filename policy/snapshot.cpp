@@ -20,8 +20,8 @@ std::string_view reason_name(Reason r) noexcept {
       return "target_not_allowed";
     case Reason::kPortNotAllowed:
       return "port_not_allowed";
-    case Reason::kOutsideWindow:
-      return "outside_window";
+    case Reason::kOutsideTimeWindow:
+      return "outside_time_window";
     case Reason::kTooManySessions:
       return "too_many_sessions";
     case Reason::kNoPolicy:
@@ -174,7 +174,7 @@ using Compiled = Snapshot::Compiled;
 // Outcome ranking when nothing allows: the most specific explanation wins.
 int rank(Reason r) {
   switch (r) {
-    case Reason::kOutsideWindow:
+    case Reason::kOutsideTimeWindow:
       return 3;
     case Reason::kPortNotAllowed:
       return 2;
@@ -232,7 +232,7 @@ Decision decide(const Compiled& c, const Compiled::PrincipalC& p, std::string_vi
       }
     }
     if (in_window) return Decision{true, Reason::kAllowed, rc.labels[static_cast<size_t>(matched)]};
-    consider(Reason::kOutsideWindow, rc.window_label);
+    consider(Reason::kOutsideTimeWindow, rc.window_label);
   }
   return best;
 }

@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "relay/session_id.h"
 
 namespace sshring::relay {
 namespace {
@@ -482,7 +483,7 @@ void Worker::start_handshake(Session& s) {
   try {
     s.hs = s.factory->create(s.id, s.client_addr, s.listen_addr, *this, std::move(resume));
   } catch (const std::exception& e) {
-    common::log_error("handshake create failed", {{"session", std::to_string(s.id)}, {"error", e.what()}});
+    common::log_error("handshake create failed", {{"session", session_id_string(s.id)}, {"error", e.what()}});
   }
   if (!s.hs) {
     end(s, EndReason::kDenied);
@@ -898,7 +899,7 @@ void Worker::finalize(Session& s) {
   }
   if (cfg_.log_sessions) {
     std::initializer_list<common::LogField> fields = {
-        {"session", std::to_string(sum.session_id)},
+        {"session", session_id_string(sum.session_id)},
         {"client", sum.client.to_string()},
         {"listen", s.listen_addr.to_string()},
         {"upstream", s.upstream_addr.len() ? sum.upstream.to_string() : "-"},
