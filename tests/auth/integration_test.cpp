@@ -433,20 +433,21 @@ TEST_F(AuthRelay, DenialsNeverReachTheUpstream) {
   struct Case {
     const char* name;
     std::string bytes;
-    auth::Reason want;
+    auth::Reason want;  // on the wire (the audit record keeps the exact reason)
   };
+  const auto hidden = auth::Reason::kNotAuthenticated;
   std::vector<Case> cases = {
-      {"unknown principal", hello(s_->user_key, "nobody", "127.0.0.1", up), auth::Reason::kUnknownPrincipal},
-      {"key not listed", hello(s_->stranger_key, "tester", "127.0.0.1", up), auth::Reason::kKeyNotListed},
-      {"wrong signature", bad_sig(), auth::Reason::kBadSignature},
+      {"unknown principal", hello(s_->user_key, "nobody", "127.0.0.1", up), hidden},
+      {"key not listed", hello(s_->stranger_key, "tester", "127.0.0.1", up), hidden},
+      {"wrong signature", bad_sig(), hidden},
       {"target not allowed", hello(s_->user_key, "tester", "127.0.0.3", up), auth::Reason::kTargetNotAllowed},
-      {"port not allowed", hello(s_->user_key, "tester", "127.0.0.1", 9), auth::Reason::kTargetNotAllowed},
+      {"port not allowed", hello(s_->user_key, "tester", "127.0.0.1", 9), auth::Reason::kPortNotAllowed},
       {"name resolving to a disallowed address", hello(s_->user_key, "tester", "evil.allowed.test", up),
        auth::Reason::kAddressNotAllowed},
       {"outside time window", hello(s_->night_key, "nightowl", "127.0.0.1", up),
        auth::Reason::kOutsideTimeWindow},
       {"replayed preamble", replayed, auth::Reason::kReplayed},
-      {"preamble for another target", tampered_target(), auth::Reason::kBadSignature},
+      {"preamble for another target", tampered_target(), hidden},
       {"preamble for another relay", hello(s_->user_key, "tester", "127.0.0.1", up, "other-relay"),
        auth::Reason::kWrongRelay},
       {"truncated", truncated(), auth::Reason::kMalformed},
@@ -498,10 +499,43 @@ TEST_F(AuthRelay, DenialsNeverReachTheUpstream) {
   }
   for (const char* want :
        {"unknown_principal", "key_not_listed", "bad_signature", "target_not_allowed", "address_not_allowed",
-        "outside_time_window", "replayed", "wrong_relay", "malformed", "too_many_sessions"})
+        "outside_time_window", "replayed", "wrong_relay", "malformed", "too_many_sessions", "port_not_allowed"})
     EXPECT_TRUE(deny_reasons.count(want)) << want;
   EXPECT_GE(starts, 2);
   EXPECT_GE(ends, 1);
+}
+
+// Before the signature is verified a stranger learns nothing: unknown principal, a key not listed for
+// the principal and a bad signature get the same bytes on the wire; the audit log keeps which it was.
+TEST_F(AuthRelay, IdentityFailuresLookTheSameOnTheWire) {
+  uint16_t up = s_->upstream.port();
+  auto bad_sig = [&] {
+    auto h = auth::make_hello(signer_of(s_->user_key), "test-relay", "tester", "127.0.0.1", up,
+                              auth::unix_ms_now());
+    h.signature[10] ^= 0x01;
+    return auth::encode_hello(h);
+  };
+  std::vector<std::pair<std::string, std::string>> cases = {
+      {"unknown_principal", hello(s_->user_key, "nobody-" + std::to_string(::getpid()), "127.0.0.1", up)},
+      {"key_not_listed", hello(s_->stranger_key, "tester", "127.0.0.1", up)},
+      {"bad_signature", bad_sig()},
+  };
+  std::vector<std::string> wire;
+  for (const auto& [why, bytes] : cases) {
+    Exchange e = send_preamble(s_->relay_port, bytes);
+    EXPECT_TRUE(e.closed) << why;
+    wire.push_back(e.raw);
+  }
+  std::string want = auth::encode_deny(auth::Reason::kNotAuthenticated, auth::kNotAuthenticatedMessage);
+  for (size_t i = 0; i < wire.size(); ++i) EXPECT_EQ(wire[i], want) << cases[i].first;
+  // The audit records, newest last, keep the exact reasons in order.
+  auto records = audit_records();
+  std::vector<std::string> reasons;
+  for (const auto& r : records)
+    if (r["type"] == "session_deny") reasons.push_back(r["reason"].get<std::string>());
+  ASSERT_GE(reasons.size(), 3u);
+  EXPECT_EQ(std::vector<std::string>(reasons.end() - 3, reasons.end()),
+            (std::vector<std::string>{"unknown_principal", "key_not_listed", "bad_signature"}));
 }
 
 TEST_F(AuthRelay, SlowlorisIsCutByTheHandshakeTimeout) {
@@ -537,7 +571,7 @@ TEST_F(AuthRelay, ConnectCommandPrintsTheReasonAndExitsWithItsCode) {
     std::string principal, target;
     auth::Reason want;
   };
-  std::vector<Case> cases = {{"nobody", "127.0.0.1", auth::Reason::kUnknownPrincipal},
+  std::vector<Case> cases = {{"nobody", "127.0.0.1", auth::Reason::kNotAuthenticated},
                              {"nightowl", "127.0.0.1", auth::Reason::kOutsideTimeWindow},
                              {"nightowl", "127.0.0.3", auth::Reason::kTargetNotAllowed}};
   for (const auto& c : cases) {
