@@ -9,7 +9,10 @@
 //                                                                          and skip_key_check is set)
 //   3. some target entry of one of its roles matches (name, address, port); an entry matches when
 //      every constraint it has holds: names (glob on target_name; needs a non-empty name), cidrs
-//      (longest-prefix trie on target address; needs an address), ports.
+//      (longest-prefix trie on target address; needs an address), ports. Globs stay inside one DNS
+//      label ('*' and '?' never match a dot). An entry with names but no cidrs does not match an
+//      address on the relay's host, link-local (cloud metadata 169.254.169.254, fd00:ec2::254) or
+//      multicast: only an entry whose cidrs list such an address allows it.
 //      none matches name/address                   -> target_not_allowed
 //      name/address match but not the port         -> port_not_allowed
 //   4. the matching role's windows contain now (no windows = always)
