@@ -357,6 +357,11 @@ class AuthHandshake : public Handshake {
       std::lock_guard lock(st->mu);
       if (st->ended) return;
       st->ctx->post([st, error = std::move(error), addrs = std::move(addrs)] {
+        {
+          // The session may have ended after this was posted: its answer decides and counts nothing.
+          std::lock_guard lock(st->mu);
+          if (st->ended) return;
+        }
         if (st->decided) return;
         HandshakeStep step = st->finish_resolution(error, addrs);
         st->resume(std::move(step));

@@ -496,6 +496,42 @@ TEST_F(AuthHandshake, SessionEndingWhileResolvingIsSafe) {
   ctx.run_until([] { return false; }, std::chrono::milliseconds(200));
 }
 
+// The answer is already posted to the worker when the session times out: running it afterwards must
+// neither decide nor count (the timeout was the session's one decision).
+TEST_F(AuthHandshake, AnAnswerAfterTheSessionEndedIsNotCounted) {
+  struct Manual : auth::Resolver {
+    std::vector<Callback> pending;
+    void resolve(std::string, uint16_t, Callback cb) override { pending.push_back(std::move(cb)); }
+  };
+  auto resolver = std::make_shared<Manual>();
+  auth::AuthOptions o;
+  o.relay_ids = {"relay-a"};
+  o.resolver = resolver;
+  o.clock_ms = [this] { return clock; };
+  o.log_denials = false;
+  factory = std::make_shared<auth::AuthHandshakeFactory>(cache, o);
+  for (bool fails : {false, true}) {
+    auto s = open();
+    std::string frame = hello(alice, "alice", "db.allowed.test");
+    ASSERT_EQ(s->hs->on_data({reinterpret_cast<const uint8_t*>(frame.data()), frame.size()}).kind,
+              Kind::kPending);
+    ASSERT_EQ(resolver->pending.size(), 1u);
+    if (fails) {
+      resolver->pending[0]("timeout", {});
+    } else {
+      resolver->pending[0]("", {*SockAddr::parse("192.0.2.1:22")});  // not allowed: would count a deny
+    }
+    resolver->pending.clear();
+    end(*s, relay::EndReason::kHandshakeTimeout);
+    ctx.run_until([] { return false; }, std::chrono::milliseconds(50));  // runs the posted answer
+    EXPECT_FALSE(s->resumed.has_value());
+  }
+  EXPECT_EQ(factory->decisions(code(auth::Reason::kTimeout)), 2u);
+  EXPECT_EQ(factory->decisions(code(auth::Reason::kResolveFailed)), 0u);
+  EXPECT_EQ(factory->decisions(code(auth::Reason::kAddressNotAllowed)), 0u);
+  EXPECT_EQ(factory->limits().sessions_of("alice"), 0u);
+}
+
 TEST(AuthService, LoadsThePolicyFileAndReloads) {
   sshring::testing::TempDir dir;
   auto key = std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::generate());

@@ -842,3 +842,40 @@ TEST_F(StartupFlood, FiveThousandSilentIpv6AddressesOfOneSlash64DoNotStopARealCl
   EXPECT_LE(r.max_from_one_source, relay::AdmissionConfig{}.per_source);
   EXPECT_GT(r.max_from_one_source, 0u);
 }
+
+// A hostile relay answers with terminal escapes in its DENY text: `sshring connect` prints one line
+// of printable ASCII (the escape bytes replaced), never the escapes themselves.
+TEST_F(AuthRelay, ConnectPrintsTheDenyTextWithoutTerminalEscapes) {
+  UniqueFd lfd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(::listen(lfd.get(), 4), 0);
+  socklen_t len = sizeof(a);
+  ::getsockname(lfd.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  const std::string evil = "\x1b]0;owned\x07\x1b[2J\x9b" "31m text\r\nsshring connect: fake second line";
+  std::thread fake([&] {
+    pollfd p{lfd.get(), POLLIN, 0};
+    if (::poll(&p, 1, 20000) <= 0) return;
+    UniqueFd c(::accept4(lfd.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    char buf[2048];
+    (void)!::recv(c.get(), buf, sizeof(buf), 0);
+    std::string deny = auth::encode_deny(auth::Reason::kTargetNotAllowed, evil);
+    (void)!::send(c.get(), deny.data(), deny.size(), MSG_NOSIGNAL);
+  });
+  std::string key = s_->dir.file("escape_key");
+  t::write_file(key, s_->night_key->to_openssh(), 0600);
+  t::Process::Options po;
+  po.stderr_path = s_->dir.file("escape.err");
+  t::Process p({t::sshring_bin(), "connect", "--relay", "127.0.0.1:" + std::to_string(ntohs(a.sin_port)),
+                "--relay-id", "test-relay", "--principal", "nightowl", "--identity", key, "127.0.0.1", "22"},
+               po);
+  EXPECT_EQ(p.wait(std::chrono::seconds(20)), auth::exit_code_for(auth::Reason::kTargetNotAllowed));
+  fake.join();
+  std::string err = t::read_file(po.stderr_path);
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+  for (char c : err.substr(0, err.size() - 1))
+    EXPECT_TRUE(c >= 0x20 && c <= 0x7e) << "byte " << static_cast<int>(static_cast<unsigned char>(c));
+  EXPECT_NE(err.find("?]0;owned??[2J?31m text??sshring connect: fake second line"), std::string::npos) << err;
+}
