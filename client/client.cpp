@@ -64,13 +64,22 @@ std::string read_small_file(const std::string& path) {
 
 }  // namespace
 
+std::string printable_text(std::string_view s) {
+  // The relay's text reaches the user's terminal: every byte outside printable ASCII (ESC sequences,
+  // C1 controls such as 0x9b CSI, newlines that could fake a second line) becomes '?'.
+  std::string out(s);
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
+  return out;
+}
+
 DeniedError::DeniedError(uint16_t reason, std::string message)
     : std::runtime_error(std::string("denied by relay: ") +
                          (reason >= 1 && reason <= kMaxReason ? reason_name(static_cast<Reason>(reason))
                                                               : "reason " + std::to_string(reason)) +
-                         (message.empty() ? "" : ": " + message)),
+                         (message.empty() ? "" : ": " + printable_text(message))),
       reason_(reason),
-      detail_(std::move(message)) {}
+      detail_(printable_text(message)) {}
 
 int DeniedError::exit_code() const {
   if (reason_ >= 1 && reason_ <= kMaxReason) return exit_code_for(static_cast<Reason>(reason_));

@@ -30,11 +30,14 @@ Hello make_hello(const Signer& signer, std::string relay_id, std::string princip
                  uint16_t port, uint64_t now_ms);
 
 // The relay said DENY.
+// `s` with every byte outside printable ASCII replaced by '?' (text from the relay, shown to a user).
+std::string printable_text(std::string_view s);
+
 class DeniedError : public std::runtime_error {
  public:
   DeniedError(uint16_t reason, std::string message);
   [[nodiscard]] uint16_t reason() const { return reason_; }
-  [[nodiscard]] const std::string& detail() const { return detail_; }
+  [[nodiscard]] const std::string& detail() const { return detail_; }  // printable ASCII only
   // 20 + reason, or kExitCodeBase + kMaxReason + 1 for codes this client does not know.
   [[nodiscard]] int exit_code() const;
 

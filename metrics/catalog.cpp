@@ -11,6 +11,25 @@ prometheus::Histogram::BucketBoundaries buckets(const double* b, size_t n) {
   return {b, b + n};
 }
 
+// Pre-authentication connections in progress and refused (relay/admission.h), every reason exported.
+std::array<prometheus::MetricFamily, 2> startup_families(const std::vector<const RelayWorkerStats*>& workers) {
+  auto active = gauge_family("sshring_relay_startups_active",
+                             "Accepted connections whose preamble is not verified yet.");
+  auto refused = counter_family("sshring_relay_startups_refused_total",
+                                "Pre-authentication connections refused, by reason.");
+  double sum_active = 0;
+  std::array<double, kNumStartupRefusals> by_reason{};
+  for (const auto* w : workers) {
+    sum_active += static_cast<double>(w->startups_active.value());
+    for (size_t i = 0; i < kNumStartupRefusals; ++i)
+      by_reason[i] += static_cast<double>(w->startups_refused[i].value());
+  }
+  add_sample(active, {}, sum_active);
+  for (size_t i = 0; i < kNumStartupRefusals; ++i)
+    add_sample(refused, {{"reason", kStartupRefusals[i]}}, by_reason[i]);
+  return {std::move(active), std::move(refused)};
+}
+
 }  // namespace
 
 RelayMetrics register_relay(Server& server, const std::vector<const RelayWorkerStats*>& workers) {
@@ -63,8 +82,11 @@ RelayMetrics register_relay(Server& server, const std::vector<const RelayWorkerS
     add_sample(bytes, {{"direction", "upstream_to_client"}}, u2c);
     add_sample(accept_errors, {}, errs);
     add_sample(pipes, {}, sum_pipes);
-    return std::vector<prometheus::MetricFamily>{std::move(active), std::move(total), std::move(bytes),
-                                                 std::move(accept_errors), std::move(pipes)};
+    auto startups = startup_families(workers);
+    return std::vector<prometheus::MetricFamily>{std::move(active),        std::move(total),
+                                                 std::move(bytes),         std::move(accept_errors),
+                                                 std::move(pipes),         std::move(startups[0]),
+                                                 std::move(startups[1])};
   });
   return m;
 }

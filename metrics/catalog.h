@@ -23,6 +23,11 @@ inline constexpr const char* kSessionOutcomes[] = {
     "denied", "handshake_timeout", "connect_failed", "overloaded"};
 inline constexpr size_t kNumSessionOutcomes = std::size(kSessionOutcomes);
 
+// Refused pre-authentication connections (label `reason` of sshring_relay_startups_refused_total);
+// mirrors relay::StartupRefusal (a static_assert there checks the count).
+inline constexpr const char* kStartupRefusals[] = {"full", "early_drop", "per_source", "first_byte_timeout"};
+inline constexpr size_t kNumStartupRefusals = std::size(kStartupRefusals);
+
 // Label `tag` of the bypass families, index = policy::FlowTag - 1 (metrics depends on no other part, so
 // the names are repeated here; a test checks they match policy::flow_tag_name).
 inline constexpr const char* kFlowTagNames[] = {"proxied", "bypass_approved", "bypass_expired",
@@ -44,6 +49,8 @@ struct RelayWorkerStats {
   LocalCounter bytes_upstream_to_client;  // sshring_relay_bytes_total{direction="upstream_to_client"}
   LocalCounter accept_errors;             // sshring_relay_accept_errors_total (EMFILE, ENFILE, ...)
   LocalGauge pipes_in_use;                // sshring_relay_pipes_in_use
+  LocalGauge startups_active;             // sshring_relay_startups_active
+  std::array<LocalCounter, kNumStartupRefusals> startups_refused;  // by refusal index
 };
 
 // Relay-wide control-plane metrics (prometheus-cpp families, safe from any thread).

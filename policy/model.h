@@ -56,7 +56,7 @@ struct Window {
 // address the name resolves to; one with only cidrs accepts any name (or none).
 struct Target {
   std::vector<Cidr> cidrs;
-  std::vector<std::string> names;  // globs: '*' matches any run of characters, '?' one; case-insensitive
+  std::vector<std::string> names;  // globs: '*' matches a run of non-dot characters, '?' one; case-insensitive
   PortSet ports = PortSet::single(kDefaultSshPort);
   bool operator==(const Target&) const = default;
 };
@@ -121,7 +121,9 @@ struct Policy {
   }
 };
 
-// Glob match used for target names ('*', '?', case-insensitive ASCII). No allocation.
+// Glob match used for target names ('*', '?', case-insensitive ASCII). Wildcards stay inside one DNS
+// label: neither '*' nor '?' matches a dot ("*.example.com" matches "a.example.com", not
+// "a.b.example.com"). No allocation.
 bool glob_match(std::string_view pattern, std::string_view name) noexcept;
 
 }  // namespace sshring::policy

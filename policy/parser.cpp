@@ -676,6 +676,27 @@ std::string to_yaml(const Policy& p) {
   return std::string(e.c_str()) + "\n";
 }
 
+namespace {
+
+// `relays` are trusted: a flow from them is tagged proxied and passes enforce mode. A prefix that
+// holds far more than a relay fleet makes the bypass check meaningless for everything inside it.
+void lint_relays(const Policy& p, std::vector<Lint>& out) {
+  for (size_t i = 0; i < p.relays.size(); ++i) {
+    const Cidr& c = p.relays[i];
+    const std::string where = "relays[" + std::to_string(i) + "]";
+    const unsigned min_len = c.addr.is_v4() ? kMinRelayPrefixV4 : kMinRelayPrefixV6;
+    if (c.len == 0) {
+      out.push_back({where, c.to_string() + " makes every source a relay: direct SSH from anywhere counts as "
+                                            "proxied and passes enforce mode; list the relays' addresses"});
+    } else if (c.len < min_len) {
+      out.push_back({where, c.to_string() + " is wider than /" + std::to_string(min_len) +
+                                ": every host in it counts as a relay (proxied); list the relays' addresses"});
+    }
+  }
+}
+
+}  // namespace
+
 std::vector<Lint> lint_policy(const Policy& p, UnixSeconds now) {
   std::vector<Lint> out;
   auto is_all = [](const Cidr& c) { return c.len == 0; };
@@ -708,6 +729,7 @@ std::vector<Lint> lint_policy(const Policy& p, UnixSeconds now) {
       }
     }
   }
+  lint_relays(p, out);
   std::map<std::string, std::string> key_owner;
   for (const auto& pr : p.principals) {
     if (pr.keys.empty())

@@ -9,11 +9,14 @@
 //                                                                          and skip_key_check is set)
 //   3. some target entry of one of its roles matches (name, address, port); an entry matches when
 //      every constraint it has holds: names (glob on target_name; needs a non-empty name), cidrs
-//      (longest-prefix trie on target address; needs an address), ports.
+//      (longest-prefix trie on target address; needs an address), ports. Globs stay inside one DNS
+//      label ('*' and '?' never match a dot). An entry with names but no cidrs does not match an
+//      address on the relay's host, link-local (cloud metadata 169.254.169.254, fd00:ec2::254) or
+//      multicast: only an entry whose cidrs list such an address allows it.
 //      none matches name/address                   -> target_not_allowed
 //      name/address match but not the port         -> port_not_allowed
 //   4. the matching role's windows contain now (no windows = always)
-//      every matching role is outside its windows  -> outside_window
+//      every matching role is outside its windows  -> outside_time_window
 //   allowed: Decision.rule names the role target, e.g. "role:sre/targets[1]".
 //   Session limits are counted by the relay: max_sessions_for(principal) is the largest max_sessions
 //   of the principal's roles (kDefaultMaxSessions if none sets it); over it, the relay reports
@@ -59,7 +62,7 @@ enum class Reason : uint8_t {
   kKeyNotListed = 2,
   kTargetNotAllowed = 3,
   kPortNotAllowed = 4,
-  kOutsideWindow = 5,
+  kOutsideTimeWindow = 5,
   kTooManySessions = 6,  // decided by the relay from max_sessions_for()
   kNoPolicy = 7,         // no snapshot loaded yet
 };

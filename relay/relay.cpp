@@ -37,6 +37,7 @@ void validate(const RelayConfig& cfg) {
     }
   }
   if (cfg.max_sessions == 0) throw common::UsageError("max_sessions must be at least 1");
+  validate(cfg.startups);
   if (cfg.workers > 256) throw common::UsageError("workers must be between 0 (one per CPU) and 256");
   if (cfg.connect_timeout.count() <= 0) throw common::UsageError("connect_timeout must be positive");
   if (cfg.handshake_timeout.count() <= 0) throw common::UsageError("handshake_timeout must be positive");
@@ -103,6 +104,7 @@ void Relay::start() {
   // Writes to a peer that went away must fail with EPIPE, not kill the process.
   ::signal(SIGPIPE, SIG_IGN);
   unsigned n = cfg_.workers ? cfg_.workers : std::max(1u, std::thread::hardware_concurrency());
+  if (!cfg_.admission) cfg_.admission = std::make_shared<Admission>(cfg_.startups);
   std::vector<std::vector<common::UniqueFd>> fds;  // [route][worker]
   bound_.clear();
   for (const Route& r : cfg_.routes) {
@@ -184,6 +186,8 @@ void Relay::reload(RelayConfig cfg) {
     cfg_ = std::move(cfg);
     return;
   }
+  cfg.admission = cfg_.admission;  // startups in progress stay counted across reloads
+  cfg.admission->configure(cfg.startups);
   unsigned n = static_cast<unsigned>(workers_.size());
   std::vector<Route> table = table_;
   std::vector<bool> removed = removed_;

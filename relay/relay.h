@@ -53,6 +53,7 @@
 
 #include "common/sockaddr.h"
 #include "metrics/catalog.h"
+#include "relay/admission.h"
 #include "relay/handshake.h"
 
 namespace sshring::relay {
@@ -73,6 +74,10 @@ struct RelayConfig {
   std::vector<Route> routes;
   unsigned workers = 0;           // 0: one per CPU
   uint32_t max_sessions = 10000;  // whole relay; split evenly over workers (ceil)
+  // Handshake routes: connections accepted but not yet authenticated have their own budget and do not
+  // count against max_sessions (relay/admission.h).
+  AdmissionConfig startups;
+  std::shared_ptr<Admission> admission;  // shared by the workers; start() creates it when null
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds idle_timeout{0};  // 0: none
   std::chrono::milliseconds handshake_timeout{10000};
@@ -127,6 +132,8 @@ class Relay {
   [[nodiscard]] int64_t sessions_active() const;
   [[nodiscard]] uint64_t sessions_total(EndReason r) const;
   [[nodiscard]] int64_t pipes_in_use() const;
+  // The pre-authentication budget shared by the workers (null before start()).
+  [[nodiscard]] const Admission* admission() const { return cfg_.admission.get(); }
 
  private:
   RelayConfig cfg_;

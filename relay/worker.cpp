@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "relay/session_id.h"
 
 namespace sshring::relay {
 namespace {
@@ -92,6 +93,7 @@ Worker::Limits Worker::limits_from(const RelayConfig& cfg, unsigned nworkers) {
   l.connect_timeout_ns = ms_to_ns(cfg.connect_timeout);
   l.idle_timeout_ns = ms_to_ns(cfg.idle_timeout);
   l.handshake_timeout_ns = ms_to_ns(cfg.handshake_timeout);
+  l.first_byte_timeout_ns = ms_to_ns(cfg.startups.first_byte_timeout);
   return l;
 }
 
@@ -348,16 +350,27 @@ void Worker::on_accept(uint32_t route, int res, uint32_t flags) {
     refuse(res);
     return;
   }
-  if (active_ >= limits_.max_sessions) {
-    stats_.sessions_total[static_cast<size_t>(EndReason::kOverloaded)].add();
+  common::SockAddr peer;
+  peer.set_len(sizeof(sockaddr_storage));
+  if (::getpeername(res, peer.get_mut(), peer.len_mut()) != 0) peer = {};
+  // Handshake routes: unauthenticated connections take a startup slot, not a session slot.
+  const bool startup = r.route.handshake != nullptr && cfg_.admission != nullptr;
+  Admission::SourceKey key{};
+  if (startup ? !admit_startup(peer, key) : active_ - startups_ >= limits_.max_sessions) {
+    if (!startup) stats_.sessions_total[static_cast<size_t>(EndReason::kOverloaded)].add();
     refuse(res);
     return;
   }
   Session* s = alloc_session();
   s->client.reset(res);
   set_nodelay(res);
-  s->client_addr.set_len(sizeof(sockaddr_storage));
-  if (::getpeername(res, s->client_addr.get_mut(), s->client_addr.len_mut()) != 0) s->client_addr = {};
+  s->client_addr = peer;
+  s->startup = startup;
+  s->startup_key = key;
+  if (startup) {
+    ++startups_;
+    stats_.startups_active.add(1);
+  }
   s->listen_addr = r.bound;
   s->route = route;
   s->start_ns = now_ns_;
@@ -372,6 +385,26 @@ void Worker::on_accept(uint32_t route, int res, uint32_t flags) {
     start_connect(*s, *r.route.upstream);
   }
   settle(*s);
+}
+
+bool Worker::admit_startup(const common::SockAddr& client, Admission::SourceKey& key) {
+  auto refused = cfg_.admission->enter(client, key);
+  if (!refused) return true;
+  stats_.startups_refused[static_cast<size_t>(*refused)].add();
+  return false;
+}
+
+bool Worker::leave_startup(Session& s, bool authenticated) {
+  if (!s.startup) return true;
+  s.startup = false;
+  --startups_;
+  stats_.startups_active.add(-1);
+  cfg_.admission->leave(s.startup_key);
+  if (authenticated && active_ - startups_ > limits_.max_sessions) {
+    end(s, EndReason::kOverloaded);  // every session slot is held by an authenticated session
+    return false;
+  }
+  return true;
 }
 
 void Worker::on_wake(uint32_t flags) {
@@ -402,7 +435,10 @@ void Worker::on_tick() {
   for (auto& sp : slots_) {
     Session& s = *sp;
     if (s.phase == Session::Phase::kFree || s.ending) continue;
-    if ((s.phase == Session::Phase::kHandshake || s.phase == Session::Phase::kPending) &&
+    if (s.startup && s.hs_len == 0 && now_ns_ - s.start_ns >= limits_.first_byte_timeout_ns) {
+      stats_.startups_refused[static_cast<size_t>(StartupRefusal::kFirstByteTimeout)].add();
+      end(s, EndReason::kHandshakeTimeout);
+    } else if ((s.phase == Session::Phase::kHandshake || s.phase == Session::Phase::kPending) &&
         now_ns_ >= s.deadline_ns) {
       end(s, EndReason::kHandshakeTimeout);
     } else if (limits_.idle_timeout_ns && s.phase == Session::Phase::kSplicing &&
@@ -447,7 +483,7 @@ void Worker::start_handshake(Session& s) {
   try {
     s.hs = s.factory->create(s.id, s.client_addr, s.listen_addr, *this, std::move(resume));
   } catch (const std::exception& e) {
-    common::log_error("handshake create failed", {{"session", std::to_string(s.id)}, {"error", e.what()}});
+    common::log_error("handshake create failed", {{"session", session_id_string(s.id)}, {"error", e.what()}});
   }
   if (!s.hs) {
     end(s, EndReason::kDenied);
@@ -464,6 +500,10 @@ void Worker::submit_recv_hs(Session& s) {
 }
 
 void Worker::apply_step(Session& s, HandshakeStep step) {
+  // Any step but kNeedMore means the handshake decided: the connection leaves the startup budget.
+  if (step.kind != HandshakeStep::Kind::kNeedMore &&
+      !leave_startup(s, step.kind != HandshakeStep::Kind::kReject))
+    return;
   switch (step.kind) {
     case HandshakeStep::Kind::kNeedMore:
       s.phase = Session::Phase::kHandshake;
@@ -841,6 +881,7 @@ void Worker::finalize(Session& s) {
   }
   s.client.reset();
   s.upstream.reset();
+  leave_startup(s, false);
 
   if (s.hs) {
     try {
@@ -858,7 +899,7 @@ void Worker::finalize(Session& s) {
   }
   if (cfg_.log_sessions) {
     std::initializer_list<common::LogField> fields = {
-        {"session", std::to_string(sum.session_id)},
+        {"session", session_id_string(sum.session_id)},
         {"client", sum.client.to_string()},
         {"listen", s.listen_addr.to_string()},
         {"upstream", s.upstream_addr.len() ? sum.upstream.to_string() : "-"},

@@ -119,6 +119,8 @@ struct Session {
   uint64_t start_ns = 0;
   uint64_t last_active_ns = 0;
   uint64_t deadline_ns = 0;  // handshake deadline
+  bool startup = false;      // counted in the pre-authentication budget (relay/admission.h)
+  Admission::SourceKey startup_key{};
 };
 
 class Worker final : public HandshakeContext {
@@ -155,6 +157,7 @@ class Worker final : public HandshakeContext {
   struct Limits {
     uint32_t max_sessions = 0;
     uint64_t connect_timeout_ns = 0, idle_timeout_ns = 0, handshake_timeout_ns = 0;
+    uint64_t first_byte_timeout_ns = 0;
   };
   static Limits limits_from(const RelayConfig& cfg, unsigned nworkers);
 
@@ -183,6 +186,11 @@ class Worker final : public HandshakeContext {
   void settle(Session& s);  // finalizes an ending session once nothing is in flight
   void finalize(Session& s);
   void refuse(int fd);
+  // Pre-authentication budget: admit_startup() at accept (false: refused and counted),
+  // leave_startup() once the handshake decided or the session ended; `authenticated`: the preamble
+  // verified, so the session now needs a max_sessions slot (false: none free, the session ends).
+  bool admit_startup(const common::SockAddr& client, Admission::SourceKey& key);
+  bool leave_startup(Session& s, bool authenticated);
   void close_listeners();
 
   void track(Session& s, Op op) { s.inflight |= 1u << static_cast<uint8_t>(op); }
@@ -199,6 +207,7 @@ class Worker final : public HandshakeContext {
   std::vector<std::unique_ptr<Session>> slots_;
   std::vector<uint32_t> free_slots_;
   uint32_t active_ = 0;
+  uint32_t startups_ = 0;  // sessions in active_ that are still unauthenticated
   uint64_t seq_ = 0;
   PipePool pipes_;
   metrics::RelayWorkerStats stats_;

@@ -66,7 +66,7 @@ TEST(RelayCommand, PolicyModeEndToEnd) {
                   "cli-relay", "--principal", "ops-user", "--identity", sshd.user_key(), "127.0.0.1",
                   std::to_string(sshd.port())},
                  t::Process::Options{.stdout_path = dir.file("c.out"), .stderr_path = dir.file("c.err")});
-    refused = c.wait(std::chrono::seconds(10)) == auth::exit_code_for(auth::Reason::kUnknownPrincipal);
+    refused = c.wait(std::chrono::seconds(10)) == auth::exit_code_for(auth::Reason::kNotAuthenticated);
     if (!refused) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_TRUE(refused);

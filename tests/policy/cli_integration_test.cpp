@@ -115,7 +115,7 @@ TEST_F(PolicyCli, ExplainSessionsAndFlows) {
             0);
   auto j = nlohmann::json::parse(out);
   EXPECT_EQ(j["decision"], "deny");
-  EXPECT_EQ(j["reason"], "outside_window");
+  EXPECT_EQ(j["reason"], "outside_time_window");
   EXPECT_EQ(j["rule"], "role:sre/windows");
   ASSERT_EQ(cli({"policy", "explain", "--policy", policy_, "--flow", "10.2.3.4", "10.1.5.7:22", "--at",
                  "2027-01-15T00:00:00Z"},
