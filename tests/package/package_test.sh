@@ -8,7 +8,8 @@
 # Versions carry ~testN, so they sort before any real 0.1.0+... package and never replace one.
 #
 # Needs root, dpkg-buildpackage, lintian; no network, no systemd (maintainer scripts must cope).
-# Usage: package_test.sh SOURCE_DIR
+# Usage: package_test.sh SOURCE_DIR   (PACKAGE_TEST_DEBS=OLD.deb:NEW.deb skips the builds: for
+# iterating on this test only; CI always builds)
 set -euo pipefail
 src=$(cd "${1:?usage: package_test.sh SOURCE_DIR}" && pwd)
 skip() {
@@ -49,6 +50,11 @@ footprint >"$work/before"
 
 phase "scripts/package (two builds)"
 b0=$SECONDS
+if [[ -n ${PACKAGE_TEST_DEBS:-} ]]; then # iterating on this test: reuse two built packages
+  cp ${PACKAGE_TEST_DEBS/:/ } "$work/"
+  deb1=$work/$(basename "${PACKAGE_TEST_DEBS%%:*}")
+  deb2=$work/$(basename "${PACKAGE_TEST_DEBS##*:}")
+else
 # One --out dir for both: the same build path, so the second build's compiles are ccache hits.
 deb=$("$src/scripts/package" --out "$work/out" --version-suffix '~test1' --no-dbgsym | tail -n1)
 deb1=$work/$(basename "$deb")
@@ -57,6 +63,7 @@ b1=$SECONDS
 deb=$("$src/scripts/package" --out "$work/out" --version-suffix '~test2' --no-dbgsym | tail -n1)
 deb2=$work/$(basename "$deb")
 mv "$deb" "$deb2"
+fi
 echo "build 1: $((b1 - b0))s, build 2: $((SECONDS - b1))s"
 [[ -f $deb1 && -f $deb2 ]] || { echo "FAIL: scripts/package made no .deb" >&2; exit 1; }
 v1=$(dpkg-deb -f "$deb1" Version)
