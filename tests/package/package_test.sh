@@ -30,8 +30,10 @@ user_existed=0
 getent passwd sshring >/dev/null && user_existed=1
 cleanup() {
   if dpkg-query -W sshring >/dev/null 2>&1; then dpkg -P sshring >/dev/null 2>&1 || true; fi
-  if ((!user_existed)) && getent passwd sshring >/dev/null; then userdel sshring || true; fi
-  getent group sshring >/dev/null && ((!user_existed)) && groupdel sshring 2>/dev/null || true
+  if ((!user_existed)); then
+    if getent passwd sshring >/dev/null; then userdel sshring || true; fi
+    if getent group sshring >/dev/null; then groupdel sshring || true; fi
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
