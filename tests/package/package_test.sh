@@ -34,6 +34,7 @@ cleanup() {
     if getent passwd sshring >/dev/null; then userdel sshring || true; fi
     if getent group sshring >/dev/null; then groupdel sshring || true; fi
   fi
+  ip link del "spkg$$" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -204,9 +205,43 @@ check "policy, grant store and logs kept" test -f /etc/sshring/policy.yaml -a -f
 check "same uid after upgrade" test "$(id -u sshring)" = "$uid"
 check "no systemd: nothing (re)started" none_running
 
+# Removal must not leave the agent's tc programs behind (they outlive the agent by design, and with
+# --enforce they would keep dropping SSH): attach a real agent to a veth of our own, stop it (programs
+# stay), then let the package's prerm detach them.
+phase "remove detaches the agent"
+veth=spkg$$
+agent_ran=0
+if [[ -e /sys/kernel/btf/vmlinux ]] && mountpoint -q /sys/fs/bpf && [[ ! -e /sys/fs/bpf/sshring ]]; then
+  ip link add "$veth" type veth peer name "${veth}p"
+  ip link set "$veth" up
+  /usr/bin/sshring agent --policy /etc/sshring/policy.yaml --iface "$veth" \
+    --audit-log "$work/agent.audit.jsonl" >"$work/agent.log" 2>&1 &
+  apid=$!
+  attached() { tc filter show dev "$veth" ingress 2>/dev/null | grep -q sshring; }
+  for _ in $(seq 100); do
+    attached && break
+    sleep 0.3
+  done
+  kill -TERM "$apid"
+  wait "$apid" || true
+  agent_ran=1
+  check "agent attached to $veth and left its programs on exit" attached
+  attached || cat "$work/agent.log"
+  echo "SSHRING_AGENT_IFACE=$veth" >>/etc/default/sshring-agent
+else
+  [[ ${CI:-} == true ]] && fail "no BTF, no bpffs or /sys/fs/bpf/sshring in use: cannot check detach"
+  echo "skip: detach check (no BTF, no bpffs, or /sys/fs/bpf/sshring already in use)"
+fi
+
 phase "remove, purge"
 dpkg -r sshring >"$work/remove.log" 2>&1 || { cat "$work/remove.log"; fail "dpkg -r"; }
 check "remove: binary gone" test ! -e /usr/bin/sshring
+if ((agent_ran)); then
+  detached() { ! attached; }
+  check "remove: agent programs detached from $veth" detached
+  check "remove: agent pins gone" test ! -e /sys/fs/bpf/sshring
+  ip link del "$veth"
+fi
 check "remove: conffiles, logs, grant store kept" test -f /etc/default/sshring-agent -a -f /var/log/sshring/agent.audit.jsonl \
   -a -f /var/lib/sshring/grants/test.grant
 dpkg -P sshring >"$work/purge.log" 2>&1 || { cat "$work/purge.log"; fail "dpkg -P"; }
