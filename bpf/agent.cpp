@@ -17,6 +17,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "metrics/audit.h"
+#include "metrics/audit_types.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
 #include "policy/cache.h"
@@ -161,9 +162,7 @@ class Agent {
                                                        {"removed", std::to_string(r.removed)},
                                                        {"changed", std::to_string(r.changed)}});
     if (audit_)
-      audit_->append({{"type", "policy_reload"},
-                      {"result", "success"},
-                      {"version", std::to_string(snap->generation())}});
+      audit_->append(metrics::PolicyReload{.version = std::to_string(snap->generation())});
   }
 
   static int on_event(void* ctx, void* data, size_t size) {
@@ -175,26 +174,28 @@ class Agent {
   }
 
   void handle(const sshring_event& ev) {
-    nlohmann::json flow = {{"src", addr_string(ev.key.client, ev.key.family)},
-                           {"dst", addr_string(ev.key.server, ev.key.family)},
-                           {"sport", ev.key.client_port},
-                           {"dport", ev.key.server_port},
-                           {"proto", "tcp"}};
+    metrics::FlowKey flow{addr_string(ev.key.client, ev.key.family), addr_string(ev.key.server, ev.key.family),
+                          ev.key.client_port, ev.key.server_port, "tcp"};
     std::string grant = sync_->grant_name(ev.grant);
-    nlohmann::json rec = {{"type", ev.type == SSHRING_EV_CLOSE ? "flow_close" : "flow_open"},
-                          {"flow", flow},
-                          {"tag", tag_name(ev.tag)},
-                          {"first_seen", rfc3339_from_boot(ev.first_ns)}};
-    if (!grant.empty()) rec["grant_id"] = grant;
-    if (ev.type == SSHRING_EV_DENY) rec["enforced"] = true;
-    if (ev.type == SSHRING_EV_CLOSE) {
-      rec["packets_in"] = ev.packets[0];
-      rec["packets_out"] = ev.packets[1];
-      rec["bytes_in"] = ev.bytes[0];
-      rec["bytes_out"] = ev.bytes[1];
-      rec["last_seen"] = rfc3339_from_boot(ev.last_ns);
-      rec["end"] = end_name(ev.reason);
-    }
+    nlohmann::json rec =
+        ev.type == SSHRING_EV_CLOSE
+            ? metrics::FlowClose{.flow = flow,
+                                 .tag = tag_name(ev.tag),
+                                 .grant_id = grant,
+                                 .packets_in = ev.packets[0],
+                                 .packets_out = ev.packets[1],
+                                 .bytes_in = ev.bytes[0],
+                                 .bytes_out = ev.bytes[1],
+                                 .first_seen = rfc3339_from_boot(ev.first_ns),
+                                 .last_seen = rfc3339_from_boot(ev.last_ns),
+                                 .end = end_name(ev.reason)}
+                  .to_json()
+            : metrics::FlowOpen{.flow = flow,
+                                .tag = tag_name(ev.tag),
+                                .grant_id = grant,
+                                .first_seen = rfc3339_from_boot(ev.first_ns),
+                                .enforced = ev.type == SSHRING_EV_DENY ? std::optional<bool>(true) : std::nullopt}
+                  .to_json();
     common::log_debug("agent: flow event", {{"record", rec.dump()}});
     if (audit_) audit_->append(std::move(rec));
   }

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/sockaddr.h"
 #include "metrics/audit.h"
+#include "metrics/audit_types.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
 #include "relay/auth/auth_service.h"
@@ -121,18 +122,18 @@ relay::RelayConfig build_relay_config(const common::Flags& f,
 
 namespace {
 
-nlohmann::json session_end_record(const relay::SessionSummary& s) {
+metrics::SessionEnd session_end_record(const relay::SessionSummary& s) {
   char id[17];
   std::snprintf(id, sizeof(id), "%016llx", static_cast<unsigned long long>(s.session_id));
-  nlohmann::json r = {{"type", "session_end"},
-                      {"session_id", id},
-                      {"client", s.client.to_string()},
-                      {"bytes_up", s.bytes_client_to_upstream},
-                      {"bytes_down", s.bytes_upstream_to_client},
-                      {"duration_ms", s.duration_ns / 1'000'000},
-                      {"reason", relay::end_reason_name(s.reason)}};
-  if (s.upstream.len()) r["target_addr"] = s.upstream.to_string();
-  if (s.upstream_local.len()) r["upstream_local"] = s.upstream_local.to_string();
+  metrics::SessionEnd r;
+  r.session_id = id;
+  r.client = s.client.to_string();
+  if (s.upstream.len()) r.target_addr = s.upstream.to_string();
+  if (s.upstream_local.len()) r.upstream_local = s.upstream_local.to_string();
+  r.bytes_up = s.bytes_client_to_upstream;
+  r.bytes_down = s.bytes_upstream_to_client;
+  r.duration_ms = s.duration_ns / 1'000'000;
+  r.reason = relay::end_reason_name(s.reason);
   return r;
 }
 
