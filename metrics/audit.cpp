@@ -544,6 +544,9 @@ void AuditLog::append(nlohmann::json record) {
   check_record(record);
   auto& d = *impl_;
   std::unique_lock lk(d.mu);
+  // Unwritable: retry first (batched mode retries on the writer thread), drop only if still full.
+  if (d.opts.fsync_each && !d.ok.load(std::memory_order_relaxed) && d.pending_bytes >= d.opts.max_pending_bytes)
+    d.drain(lk);
   if (d.drop_if_full_locked()) return;
   d.enqueue_locked(std::move(record));
   if (d.opts.fsync_each) {
