@@ -17,6 +17,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "metrics/audit.h"
+#include "metrics/audit_metrics.h"
 #include "metrics/audit_types.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
@@ -89,7 +90,12 @@ class Agent {
     }
     if (!opts_.audit_path.empty())
       audit_ = std::make_unique<metrics::AuditLog>(metrics::AuditOptions{
-          .path = opts_.audit_path, .component = "agent", .syslog = opts_.audit_syslog});
+          .path = opts_.audit_path,
+          .component = "agent",
+          .syslog = opts_.audit_syslog,
+          .syslog_socket = opts_.audit_syslog_socket,
+          .key_path = opts_.audit_key});
+    if (audit_ && server_) metrics::register_audit(*server_, audit_.get());
 
     policy::ReloaderOptions ro;
     ro.policy_path = opts_.policy_path;
@@ -145,6 +151,7 @@ class Agent {
       }
     }
     ring_buffer__consume(rb);
+    if (server_ && audit_) server_->stop();  // no scrape reads the audit log once it closes
     if (audit_) audit_->flush();
     reloader_->stop();
     log_info("agent: stopped; programs stay attached and maps pinned", {{"pin_dir", opts_.pin_dir}});

@@ -159,6 +159,8 @@ class AuthHandshake : public Handshake {
     if (s.over_handshake_cap)
       return s.deny(Reason::kTooManyHandshakes,
                     "too many connections in handshake from " + s.client.ip_string());
+    if (const auto& o = s.factory->opts_; o.audit && o.refuse_when_audit_unwritable && !o.audit->writable())
+      return s.deny(Reason::kOverloaded, "relay overloaded; try again later");
     HelloDecode d = decode_hello(received);
     switch (d.status) {
       case DecodeStatus::kNeedMore:
