@@ -1,6 +1,8 @@
 // `sshring audit verify FILE...` and `sshring audit report --since 7d [--json] [FILE...]`.
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <optional>
 
@@ -56,6 +58,34 @@ void print_result(const m::VerifyResult& res, const std::string& names, bool qui
   }
 }
 
+std::string textfile_lines(const m::VerifyResult& res, const std::string& file) {
+  std::string w = res.writer.empty() ? file : res.writer;
+  std::string esc;
+  for (char c : w) {
+    if (c == '"' || c == '\\') esc.push_back('\\');
+    if (c != '\n') esc.push_back(c);
+  }
+  auto now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch());
+  std::string l = "{writer=\"" + esc + "\"} ";
+  return "sshring_audit_verify_ok" + l + (res.ok() ? "1" : "0") + "\nsshring_audit_verify_gaps" + l +
+         std::to_string(res.gaps.size()) + "\nsshring_audit_verify_timestamp_seconds" + l +
+         std::to_string(now.count()) + "\n";
+}
+
+// Written beside and renamed, so the collector never reads half a file.
+void write_textfile(const std::string& path, const std::string& lines) {
+  std::string head =
+      "# TYPE sshring_audit_verify_ok gauge\n# TYPE sshring_audit_verify_gaps gauge\n"
+      "# TYPE sshring_audit_verify_timestamp_seconds gauge\n";
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << head << lines;
+    if (!out) throw std::runtime_error("cannot write " + tmp);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
+}
+
 int verify(const std::vector<std::string>& args) {
   Flags f(
       "audit verify",
@@ -77,6 +107,9 @@ int verify(const std::vector<std::string>& args) {
             "files gathered by a collector (syslog/RELP): list every seq gap per writer and go on; skip "
             "duplicates; an unsigned tail is a warning");
   f.boolean("quiet", "print only problems");
+  f.value("textfile", "FILE",
+          "also write the result per writer as Prometheus text (node_exporter textfile collector): "
+          "sshring_audit_verify_ok, sshring_audit_verify_gaps, sshring_audit_verify_timestamp_seconds");
   f.epilog(
       "Exit status: 0 chain intact (warnings allowed), 1 chain broken, a gap, a bad signature or a cut\n"
       "tail, 2 usage or read error.\n\n"
@@ -93,6 +126,7 @@ int verify(const std::vector<std::string>& args) {
     return 2;
   }
   int rc = 0;
+  std::string prom;
   for (const auto& files : logs_from(f)) {
     m::VerifyResult res;
     try {
@@ -105,7 +139,9 @@ int verify(const std::vector<std::string>& args) {
     for (const auto& file : files) names += (names.empty() ? "" : " ") + file;
     print_result(res, names, f.flag("quiet"));
     if (!res.ok()) rc = 1;
+    prom += textfile_lines(res, files.back());
   }
+  if (auto path = f.get("textfile")) write_textfile(*path, prom);
   return rc;
 }
 
