@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -74,10 +75,15 @@ std::vector<std::vector<std::string>> find_audit_logs(const std::string& dir) {
   if (ec) throw std::runtime_error("cannot list " + dir + ": " + ec.message());
   std::vector<std::vector<std::string>> out;
   for (auto& [live, rotated] : logs) {
-    // FILE.YYYYMMDDTHHMMSSZ[.N]: lexical order is time order except for the .N suffix of a clash.
-    std::sort(rotated.begin(), rotated.end(), [](const std::string& a, const std::string& b) {
-      return a.size() != b.size() ? a.size() < b.size() : a < b;
-    });
+    // FILE.YYYYMMDDTHHMMSSZ[.N]: by stamp, then by the .N of a clash within the same second.
+    auto key = [&](const std::string& f) {
+      std::string rest = f.substr(live.size() + 1);
+      auto dot = rest.find('.');
+      uint64_t n = dot == std::string::npos ? 0 : std::strtoull(rest.c_str() + dot + 1, nullptr, 10);
+      return std::make_pair(rest.substr(0, dot), n);
+    };
+    std::sort(rotated.begin(), rotated.end(),
+              [&](const std::string& a, const std::string& b) { return key(a) < key(b); });
     if (fs::exists(live)) rotated.push_back(live);
     out.push_back(std::move(rotated));
   }
