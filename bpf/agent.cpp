@@ -18,6 +18,8 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "metrics/audit.h"
+#include "metrics/audit_metrics.h"
+#include "metrics/audit_types.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
 #include "policy/cache.h"
@@ -81,6 +83,7 @@ class Agent {
     walk_live();
     reloader_->start();
     loop(stop);
+    if (server_ && audit_) server_->stop();  // no scrape reads the audit log once it closes
     if (audit_) audit_->flush();
     reloader_->stop();
     log_info("agent: stopped; programs stay attached and maps pinned", {{"pin_dir", opts_.pin_dir}});
@@ -97,7 +100,13 @@ class Agent {
     }
     if (!opts_.audit_path.empty())
       audit_ = std::make_unique<metrics::AuditLog>(metrics::AuditOptions{
-          .path = opts_.audit_path, .component = "agent", .syslog = opts_.audit_syslog});
+          .path = opts_.audit_path,
+          .component = "agent",
+          .syslog = opts_.audit_syslog,
+          .syslog_socket = opts_.audit_syslog_socket,
+          .key_path = opts_.audit_key});
+    if (audit_ && server_) metrics::register_audit(*server_, audit_.get());
+
     policy::ReloaderOptions ro;
     ro.policy_path = opts_.policy_path;
     ro.grant_store = opts_.grant_store;
@@ -196,7 +205,7 @@ class Agent {
                                                        {"removed", std::to_string(r.removed)},
                                                        {"changed", std::to_string(r.changed)},
                                                        {"rules", std::to_string(r.rules_loaded)}});
-    report({{"type", "policy_reload"}, {"result", "success"}, {"version", std::to_string(snap->generation())}});
+    report(metrics::PolicyReload{.version = std::to_string(snap->generation())}.to_json());
   }
 
   void walk_live() {
@@ -218,21 +227,27 @@ class Agent {
   }
 
   void handle(const sshring_event& ev) {
+    metrics::FlowKey flow = LiveFlows::flow_key(ev.key);
     std::string grant = sync_->grant_name(ev.grant);
-    nlohmann::json rec = {{"type", ev.type == SSHRING_EV_CLOSE ? "flow_close" : "flow_open"},
-                          {"flow", LiveFlows::flow_json(ev.key)},
-                          {"tag", tag_name(ev.tag)},
-                          {"first_seen", LiveFlows::rfc3339_from_boot(ev.first_ns)}};
-    if (!grant.empty()) rec["grant_id"] = grant;
-    if (ev.type == SSHRING_EV_DENY) rec["enforced"] = true;
-    if (ev.type == SSHRING_EV_CLOSE) {
-      rec["packets_in"] = ev.packets[0];
-      rec["packets_out"] = ev.packets[1];
-      rec["bytes_in"] = ev.bytes[0];
-      rec["bytes_out"] = ev.bytes[1];
-      rec["last_seen"] = LiveFlows::rfc3339_from_boot(ev.last_ns);
-      rec["end"] = end_name(ev.reason);
-    }
+    nlohmann::json rec =
+        ev.type == SSHRING_EV_CLOSE
+            ? metrics::FlowClose{.flow = flow,
+                                 .tag = tag_name(ev.tag),
+                                 .grant_id = grant,
+                                 .packets_in = ev.packets[0],
+                                 .packets_out = ev.packets[1],
+                                 .bytes_in = ev.bytes[0],
+                                 .bytes_out = ev.bytes[1],
+                                 .first_seen = LiveFlows::rfc3339_from_boot(ev.first_ns),
+                                 .last_seen = LiveFlows::rfc3339_from_boot(ev.last_ns),
+                                 .end = end_name(ev.reason)}
+                  .to_json()
+            : metrics::FlowOpen{.flow = flow,
+                                .tag = tag_name(ev.tag),
+                                .grant_id = grant,
+                                .first_seen = LiveFlows::rfc3339_from_boot(ev.first_ns),
+                                .enforced = ev.type == SSHRING_EV_DENY ? std::optional<bool>(true) : std::nullopt}
+                  .to_json();
     report(std::move(rec));
   }
 

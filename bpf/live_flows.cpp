@@ -55,12 +55,13 @@ policy::FlowClass classify(const policy::Snapshot& snap, const sshring_flow_key&
 
 }  // namespace
 
+metrics::FlowKey LiveFlows::flow_key(const sshring_flow_key& k) {
+  return {addr_string(k.client, k.family), addr_string(k.server, k.family), k.client_port, k.server_port, "tcp"};
+}
+
 nlohmann::json LiveFlows::flow_json(const sshring_flow_key& k) {
-  return {{"src", addr_string(k.client, k.family)},
-          {"dst", addr_string(k.server, k.family)},
-          {"sport", k.client_port},
-          {"dport", k.server_port},
-          {"proto", "tcp"}};
+  const metrics::FlowKey f = flow_key(k);
+  return {{"src", f.src}, {"dst", f.dst}, {"sport", f.sport}, {"dport", f.dport}, {"proto", f.proto}};
 }
 
 std::string LiveFlows::rfc3339_from_boot(uint64_t boot_ns) {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "bpf/sshring_structs.h"
+#include "metrics/audit_types.h"
 #include <nlohmann/json.hpp>
 
 namespace sshring::policy {
@@ -46,7 +47,8 @@ class LiveFlows {
   size_t seed(const policy::Snapshot& snap, int64_t now_unix);
   void walk(const policy::Snapshot& snap, int64_t now_unix, bool enforce, std::chrono::seconds idle);
 
-  // The JSON `flow` object of an audit record.
+  // The `flow` of an audit record, typed and as JSON.
+  static metrics::FlowKey flow_key(const sshring_flow_key& k);
   static nlohmann::json flow_json(const sshring_flow_key& k);
   // Boot-time ns (what the kernel stamps) -> RFC 3339 with milliseconds, like the audit envelope.
   static std::string rfc3339_from_boot(uint64_t boot_ns);

@@ -52,6 +52,8 @@ int run(const std::vector<std::string>& args) {
       .value("audit-log", "FILE", "audit log (JSON lines, hash-chained)",
              "/var/log/sshring/agent.audit.jsonl")
       .boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)")
+      .value("audit-syslog-socket", "PATH", "unix socket --audit-syslog sends RFC 5424 messages to", "/dev/log")
+      .value("audit-key", "FILE", "Ed25519 key signing audit checkpoints (created 0600 if missing)")
       .value("pin-dir", "DIR", "where maps and programs are pinned (a bpffs directory)",
              sshring::bpf::kDefaultPinDir)
       .value("idle-timeout", "DURATION",
@@ -89,6 +91,8 @@ int run(const std::vector<std::string>& args) {
   opts.metrics_listen = flags.get_or("metrics", "");
   opts.audit_path = flags.get_or("audit-log", "");
   opts.audit_syslog = flags.flag("audit-syslog");
+  opts.audit_syslog_socket = flags.get_or("audit-syslog-socket", "/dev/log");
+  opts.audit_key = flags.get_or("audit-key", "");
   opts.pin_dir = pin_dir;
   if (auto v = flags.get_or("max-rules", ""); !v.empty()) {
     try {

@@ -20,6 +20,7 @@
 #include "common/flags.h"
 #include "common/unique_fd.h"
 #include "metrics/audit.h"
+#include "metrics/audit_types.h"
 #include "policy/grant_store.h"
 #include "policy/parser.h"
 
@@ -47,6 +48,7 @@ void common_flags(common::Flags& f) {
   f.value("grant-store", "DIR", "grant store directory (default: the policy's grant_store)");
   f.value("audit-log", "FILE", "audit log for grant changes", std::string(kDefaultAuditLog));
   f.boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)");
+  f.value("audit-key", "FILE", "Ed25519 key signing audit checkpoints (created 0600 if missing)");
 }
 
 // The audit log allows one writer per file; concurrent `grant` commands take turns on a sidecar lock
@@ -76,13 +78,15 @@ struct Context {
   std::unique_ptr<metrics::AuditLog> audit;
 };
 
-std::unique_ptr<metrics::AuditLog> open_audit(Context& c, const std::string& path, bool syslog) {
+std::unique_ptr<metrics::AuditLog> open_audit(Context& c, const std::string& path, bool syslog,
+                                              const std::string& key) {
   c.turn = std::make_unique<AuditTurn>(path);
   metrics::AuditOptions o;
   o.path = path;
   o.component = "grant";
   o.fsync_each = true;  // a grant change is acknowledged only once its record is on disk
   o.syslog = syslog;
+  o.key_path = key;
   return std::make_unique<metrics::AuditLog>(o);
 }
 
@@ -90,34 +94,27 @@ Context open(const common::Flags& f, bool need_audit) {
   Context c;
   c.policy = policy::load_policy_file(f.get_or("policy", policy::kDefaultPolicyPath));
   c.store = std::make_unique<policy::DirGrantStore>(f.get_or("grant-store", c.policy.grant_store), true);
-  if (need_audit) c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"));
+  if (need_audit) c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"),
+                                     f.get_or("audit-key", ""));
   return c;
 }
 
-nlohmann::json ports_json(const policy::PortSet& ps) {
-  nlohmann::json a = nlohmann::json::array();
-  for (uint16_t p : ps.ports()) a.push_back(p);
-  return a;
-}
-
-nlohmann::json terms(const policy::Grant& g) {
-  return {{"grant_id", g.id},
-          {"who", g.who},
-          {"from", g.from.to_string()},
-          {"to", g.to.to_string()},
-          {"ports", ports_json(g.ports)},
-          {"expires", policy::format_rfc3339(g.expires)},
-          {"rule", g.rule}};
+metrics::GrantTerms terms(const policy::Grant& g) {
+  metrics::GrantTerms t{.grant_id = g.id,
+                        .who = g.who,
+                        .from = g.from.to_string(),
+                        .to = g.to.to_string(),
+                        .expires = policy::format_rfc3339(g.expires),
+                        .rule = g.rule};
+  for (uint16_t p : g.ports.ports()) t.ports.push_back(p);
+  return t;
 }
 
 // Records grants that expired since the last command (grant_expire) and prunes old ones.
 void sweep(Context& c, UnixSeconds now) {
   for (const auto& g : c.store->sweep(now, policy::kDefaultGrantRetentionSeconds)) {
     if (!c.audit) continue;
-    auto r = terms(g);
-    r["type"] = "grant_expire";
-    r["actor"] = "system";
-    c.audit->append(std::move(r));
+    c.audit->append(metrics::GrantExpire{terms(g)});
   }
 }
 
@@ -205,14 +202,13 @@ int add(const std::vector<std::string>& args) {
   g.created_by = actor();
   g.created = now;
   g.expires = now + req.ttl_seconds;
+  // Acknowledged only once its record is on disk: no record, no grant.
+  std::string audit_error;
+  if (!c.audit->commit(metrics::GrantAdd{terms(g), g.reason, g.approver, g.created_by}, &audit_error)) {
+    std::cerr << "sshring grant add: not added: " << audit_error << "\n";
+    return 1;
+  }
   c.store->add(g);
-  auto rec = terms(g);
-  rec["type"] = "grant_add";
-  rec["reason"] = g.reason;
-  rec["actor"] = g.created_by;
-  if (!g.approver.empty()) rec["approver"] = g.approver;
-  c.audit->append(std::move(rec));
-  c.audit->flush();
   if (f.flag("json")) {
     std::cout << policy::grant_to_json(g).dump(2) << "\n";
   } else {
@@ -241,7 +237,8 @@ int list(const std::vector<std::string>& args) {
           metrics::AuditOptions{.path = f.get_or("audit-log", kDefaultAuditLog),
                                 .component = "grant",
                                 .fsync_each = true,
-                                .syslog = f.flag("audit-syslog")});
+                                .syslog = f.flag("audit-syslog"),
+                                .key_path = f.get_or("audit-key", "")});
       sweep(c, now);
     }
     grants = c.store->load();
@@ -295,12 +292,11 @@ int revoke(const std::vector<std::string>& args) {
               << " (see sshring grant list)\n";
     return 1;
   }
-  auto rec = terms(*g);
-  rec["type"] = "grant_revoke";
-  rec["reason"] = reason;
-  rec["actor"] = g->revoked_by;
-  c.audit->append(std::move(rec));
-  c.audit->flush();
+  std::string audit_error;
+  if (!c.audit->commit(metrics::GrantRevoke{terms(*g), reason, g->revoked_by}, &audit_error)) {
+    std::cerr << "sshring grant revoke: " << g->id << " is revoked, but " << audit_error << "\n";
+    return 1;
+  }
   std::cout << g->id << " revoked\n";
   return 0;
 }

@@ -16,6 +16,8 @@
 #include "common/log.h"
 #include "common/sockaddr.h"
 #include "metrics/audit.h"
+#include "metrics/audit_metrics.h"
+#include "metrics/audit_types.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
 #include "relay/auth/auth_service.h"
@@ -52,6 +54,12 @@ common::Flags relay_flags() {
       .value("metrics", "ADDR:PORT", "serve Prometheus metrics on this address")
       .value("audit-log", "FILE", "append a hash-chained session_end record per session")
       .boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)")
+      .value("audit-syslog-socket", "PATH", "unix socket --audit-syslog sends RFC 5424 messages to", "/dev/log")
+      .value("audit-key", "FILE", "Ed25519 key signing audit checkpoints (created 0600 if missing)")
+      .value("audit-failure", "refuse|continue",
+             "while the audit log cannot be written: refuse new authenticated sessions (default) or admit "
+             "them unrecorded",
+             "refuse")
       .value("policy", "FILE",
              "authenticated mode: routes without --upstream take signed preambles (sshring connect)")
       .multi("relay-id", "ID", "authenticated mode: an id clients sign for (default: host name)")
@@ -135,17 +143,23 @@ relay::RelayConfig build_relay_config(const common::Flags& f,
 
 namespace {
 
-nlohmann::json session_end_record(const relay::SessionSummary& s) {
-  nlohmann::json r = {{"type", "session_end"},
-                      {"session_id", relay::session_id_string(s.session_id)},
-                      {"client", s.client.to_string()},
-                      {"bytes_up", s.bytes_client_to_upstream},
-                      {"bytes_down", s.bytes_upstream_to_client},
-                      {"duration_ms", s.duration_ns / 1'000'000},
-                      {"reason", relay::end_reason_name(s.reason)}};
-  if (s.upstream.len()) r["target_addr"] = s.upstream.to_string();
-  if (s.upstream_local.len()) r["upstream_local"] = s.upstream_local.to_string();
+metrics::SessionEnd session_end_record(const relay::SessionSummary& s) {
+  metrics::SessionEnd r;
+  r.session_id = relay::session_id_string(s.session_id);
+  r.client = s.client.to_string();
+  if (s.upstream.len()) r.target_addr = s.upstream.to_string();
+  if (s.upstream_local.len()) r.upstream_local = s.upstream_local.to_string();
+  r.bytes_up = s.bytes_client_to_upstream;
+  r.bytes_down = s.bytes_upstream_to_client;
+  r.duration_ms = s.duration_ns / 1'000'000;
+  r.reason = relay::end_reason_name(s.reason);
   return r;
+}
+
+bool audit_refuses(const common::Flags& f) {
+  auto v = f.get_or("audit-failure", "refuse");
+  if (v != "refuse" && v != "continue") throw common::UsageError("--audit-failure " + v + ": expected refuse or continue");
+  return v == "refuse";
 }
 
 int run_relay(const std::vector<std::string>& args) {
@@ -158,6 +172,8 @@ int run_relay(const std::vector<std::string>& args) {
     ao.path = *path;
     ao.component = "relay";
     ao.syslog = f.flag("audit-syslog");
+    ao.syslog_socket = f.get_or("audit-syslog-socket", "/dev/log");
+    ao.key_path = f.get_or("audit-key", "");
     audit = std::make_shared<metrics::AuditLog>(ao);
   }
   // The exporter comes first so the policy reloader can count reloads from its first load; it stops
@@ -165,6 +181,7 @@ int run_relay(const std::vector<std::string>& args) {
   std::unique_ptr<metrics::Server> metrics_server;
   metrics::PolicyMetrics policy_metrics;
   if (auto m = f.get("metrics")) metrics_server = std::make_unique<metrics::Server>(*m, "relay");
+  if (metrics_server && audit) metrics::register_audit(*metrics_server, audit.get());
   // Authenticated mode (docs/protocol.md); declared before the relay so it outlives every session.
   std::unique_ptr<relay::auth::AuthService> auth;
   if (auto policy = f.get("policy")) {
@@ -173,7 +190,8 @@ int run_relay(const std::vector<std::string>& args) {
         relay::auth::AuthServiceOptions{.policy_path = *policy,
                                         .relay_ids = f.all("relay-id"),
                                         .audit = audit.get(),
-                                        .policy_metrics = metrics_server ? &policy_metrics : nullptr});
+                                        .policy_metrics = metrics_server ? &policy_metrics : nullptr,
+                                        .auth = {.refuse_when_audit_unwritable = audit_refuses(f)}});
   }
   std::shared_ptr<relay::HandshakeFactory> handshake = auth ? auth->factory() : nullptr;
   relay::RelayConfig cfg = build_relay_config(f, handshake);

@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "metrics/audit.h"
+#include "metrics/audit_types.h"
 #include "relay/auth/keys.h"
 #include "relay/session_id.h"
 
@@ -162,6 +163,8 @@ class AuthHandshake : public Handshake {
     if (s.over_handshake_cap)
       return s.deny(Reason::kTooManyHandshakes,
                     "too many connections in handshake from " + s.client.ip_string());
+    if (const auto& o = s.factory->opts_; o.audit && o.refuse_when_audit_unwritable && !o.audit->writable())
+      return s.deny(Reason::kOverloaded, "relay overloaded; try again later");
     HelloDecode d = decode_hello(received);
     switch (d.status) {
       case DecodeStatus::kNeedMore:
@@ -196,9 +199,9 @@ class AuthHandshake : public Handshake {
     if (auto* h = s.factory->connect_seconds_.load(std::memory_order_acquire))
       h->Observe(std::chrono::duration<double>(now - s.connect_started).count());
     if (auto* audit = s.factory->opts_.audit) {
-      nlohmann::json r = base_record("session_start");
-      r["upstream_local"] = local.to_string();
-      append(audit, std::move(r));
+      metrics::SessionStart r{session_fields()};
+      r.upstream_local = local.to_string();
+      append(audit, r.to_json());
     }
     return encode_ok(s.session_id);
   }
@@ -228,19 +231,19 @@ class AuthHandshake : public Handshake {
     if (audit == nullptr || ended_logged_) return;
     ended_logged_ = true;
     if (s.denied || !s.decided) {
-      nlohmann::json r = base_record("session_deny");
-      r["reason"] = s.denied ? reason_name(s.deny_reason) : end_reason_name(sum.reason);
-      if (!s.deny_message.empty()) r["detail"] = s.deny_message;
-      append(audit, std::move(r));
+      metrics::SessionDeny r{session_fields()};
+      r.reason = s.denied ? reason_name(s.deny_reason) : end_reason_name(sum.reason);
+      r.detail = s.deny_message;
+      append(audit, r.to_json());
       return;
     }
-    nlohmann::json r = base_record("session_end");
-    if (s.upstream_local.len() != 0) r["upstream_local"] = s.upstream_local.to_string();
-    r["bytes_up"] = sum.bytes_client_to_upstream;
-    r["bytes_down"] = sum.bytes_upstream_to_client;
-    r["duration_ms"] = sum.duration_ns / 1000000;
-    r["reason"] = end_reason_name(sum.reason);
-    append(audit, std::move(r));
+    metrics::SessionEnd r{session_fields()};
+    if (s.upstream_local.len() != 0) r.upstream_local = s.upstream_local.to_string();
+    r.bytes_up = sum.bytes_client_to_upstream;
+    r.bytes_down = sum.bytes_upstream_to_client;
+    r.duration_ms = sum.duration_ns / 1000000;
+    r.reason = end_reason_name(sum.reason);
+    append(audit, r.to_json());
   }
 
 
@@ -379,16 +382,15 @@ class AuthHandshake : public Handshake {
     s_->ended = true;
   }
 
-  nlohmann::json base_record(const char* type) const {
+  metrics::SessionFields session_fields() const {
     const SessionState& s = *s_;
-    nlohmann::json r;
-    r["type"] = type;
-    r["session_id"] = session_id_string(s.session_id);
-    r["client"] = s.client.to_string();
-    if (!s.principal.empty()) r["principal"] = s.principal;
-    if (!s.key_fp.empty()) r["key_fp"] = s.key_fp;
-    if (!s.target_name.empty()) r["target_name"] = s.target_name + ":" + std::to_string(s.port);
-    if (s.upstream.len() != 0) r["target_addr"] = s.upstream.to_string();
+    metrics::SessionFields r;
+    r.session_id = session_id_string(s.session_id);
+    r.client = s.client.to_string();
+    r.principal = s.principal;
+    r.key_fp = s.key_fp;
+    if (!s.target_name.empty()) r.target_name = s.target_name + ":" + std::to_string(s.port);
+    if (s.upstream.len() != 0) r.target_addr = s.upstream.to_string();
     return r;
   }
 

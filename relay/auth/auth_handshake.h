@@ -50,6 +50,9 @@ struct AuthOptions {
   metrics::RelayMetrics metrics;              // optional (null members are skipped)
   metrics::AuditLog* audit = nullptr;         // optional; must outlive the factory
   bool log_denials = true;                    // one log line per DENY
+  // `audit` set and unwritable (AuditLog::writable): refuse new sessions (DENY overloaded) rather than
+  // admit sessions that would go unrecorded.
+  bool refuse_when_audit_unwritable = true;
   // Wall clock in Unix milliseconds (tests move it); default std::chrono::system_clock.
   std::function<uint64_t()> clock_ms;
   // Monotonic milliseconds for the replay cache's deadlines (tests move it); default steady_clock.
