@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The Debian package end to end, on this machine: scripts/package builds it (~test1; the upgrade
-# target ~test2 is a second build in the same place, so its compiles are ccache hits), then the .deb is checked (contents and
-# modes, conffiles, Depends computed by dpkg-shlibdeps against the binary's NEEDED libraries,
+# The Debian package end to end, on this machine: scripts/package builds it once (~test1; the
+# upgrade target ~test2 is that build repacked under the next version), then the .deb is checked
+# (contents and modes, conffiles, Depends computed by dpkg-shlibdeps against the binary's NEEDED libraries,
 # lintian, man pages render, the completion offers every command, subcommand and flag of --help),
 # installed with apt, upgraded, removed and purged; afterwards the machine holds no sshring file.
 # The `sshring` user stays after purge (Debian policy) and the test deletes it only if it created it.
 # Versions carry ~testN, so they sort before any real 0.1.0+... package and never replace one.
 #
 # Needs root, dpkg-buildpackage, lintian; no network, no systemd (maintainer scripts must cope).
-# Usage: package_test.sh SOURCE_DIR   (PACKAGE_TEST_DEBS=OLD.deb:NEW.deb skips the builds: for
-# iterating on this test only; CI always builds)
+# Usage: package_test.sh SOURCE_DIR   (PACKAGE_TEST_DEBS=sshring_..~test1_amd64.deb skips the build:
+# for iterating on this test only; CI always builds)
 set -euo pipefail
 src=$(cd "${1:?usage: package_test.sh SOURCE_DIR}" && pwd)
 skip() {
@@ -52,24 +52,23 @@ footprint() {
 }
 footprint >"$work/before"
 
-phase "scripts/package (two builds)"
+phase "scripts/package"
 b0=$SECONDS
-b1=$SECONDS
-if [[ -n ${PACKAGE_TEST_DEBS:-} && ${CI:-} != true ]]; then # iterating on this test: reuse two built packages
-  cp ${PACKAGE_TEST_DEBS/:/ } "$work/"
-  deb1=$work/$(basename "${PACKAGE_TEST_DEBS%%:*}")
-  deb2=$work/$(basename "${PACKAGE_TEST_DEBS##*:}")
+if [[ -n ${PACKAGE_TEST_DEBS:-} && ${CI:-} != true ]]; then # iterating on this test: reuse a package
+  cp "$PACKAGE_TEST_DEBS" "$work/"
+  deb1=$work/$(basename "$PACKAGE_TEST_DEBS")
 else
-  # One --out dir for both: the same build path, so the second build's compiles are ccache hits.
   deb=$("$src/scripts/package" --out "$work/out" --version-suffix '~test1' --no-dbgsym | tail -n1)
   deb1=$work/$(basename "$deb")
   mv "$deb" "$deb1"
-  b1=$SECONDS
-  deb=$("$src/scripts/package" --out "$work/out" --version-suffix '~test2' --no-dbgsym | tail -n1)
-  deb2=$work/$(basename "$deb")
-  mv "$deb" "$deb2"
 fi
-echo "build 1: $((b1 - b0))s, build 2: $((SECONDS - b1))s"
+echo "scripts/package: $((SECONDS - b0))s"
+# The upgrade target: the same build under the next version (~test2), so the test builds only once.
+dpkg-deb -R "$deb1" "$work/repack"
+sed -i 's/^Version: \(.*\)~test1$/Version: \1~test2/' "$work/repack/DEBIAN/control"
+deb2=${deb1/~test1_/~test2_}
+dpkg-deb --root-owner-group -Zxz -b "$work/repack" "$deb2" >/dev/null
+rm -rf "$work/repack"
 [[ -f $deb1 && -f $deb2 ]] || { echo "FAIL: scripts/package made no .deb" >&2; exit 1; }
 v1=$(dpkg-deb -f "$deb1" Version)
 v2=$(dpkg-deb -f "$deb2" Version)
@@ -128,10 +127,9 @@ for pkg in libbpf1 liburing2 libssl3 adduser; do
   check "Depends has $pkg" has_dep "$pkg"
 done
 
-phase "lintian"
-lintian --fail-on error,warning --display-info "$deb1" >"$work/lintian" 2>&1 && lint=0 || lint=$?
-cat "$work/lintian"
-check "lintian: no errors, no warnings" test "$lint" -eq 0
+# lintian takes half a minute: it runs while the checks below do.
+(lintian --fail-on error,warning --display-info "$deb1" >"$work/lintian" 2>&1; echo $? >"$work/lintian.rc") &
+lint_pid=$!
 
 phase "man pages and completion"
 bin=$x/usr/bin/sshring
@@ -249,6 +247,11 @@ check "purge: package gone" bash -c '! dpkg-query -W sshring 2>/dev/null'
 check "purge: user and group sshring kept (Debian policy)" getent passwd sshring
 footprint >"$work/after"
 check "purge: no sshring file left on the machine" diff "$work/before" "$work/after"
+
+phase "lintian"
+wait "$lint_pid"
+grep -v 'root privileges' "$work/lintian" || true
+check "lintian: no errors, no warnings (overrides in debian/sshring.lintian-overrides)" test "$(cat "$work/lintian.rc")" -eq 0
 
 echo "package test: $((SECONDS - t0))s, $fails failure(s)"
 ((fails == 0))
