@@ -2,8 +2,13 @@
 // YAML file). build_relay_config() turns flags into a RelayConfig; authenticated mode adds its handshake
 // there.
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <cstddef>
+#include <cstring>
 
 #include <cstdio>
 #include <functional>
@@ -166,6 +171,24 @@ std::shared_ptr<metrics::AuditLog> open_audit(const common::Flags& f) {
   return std::make_shared<metrics::AuditLog>(ao);
 }
 
+// systemd's notify protocol (sd_notify(3)) without libsystemd: one datagram to $NOTIFY_SOCKET.
+// Type=notify units learn READY=1 and, after a hand-over, the new MAINPID from here.
+void notify_systemd(const std::string& state) {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (path == nullptr || (path[0] != '/' && path[0] != '@')) return;
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  size_t n = std::strlen(path);
+  if (n >= sizeof(a.sun_path)) return;
+  std::memcpy(a.sun_path, path, n);
+  if (a.sun_path[0] == '@') a.sun_path[0] = '\0';  // abstract namespace
+  common::UniqueFd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!fd) return;
+  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + n);
+  if (::sendto(fd.get(), state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&a), len) < 0)
+    common::log_warn("cannot notify systemd", {{"socket", path}, {"error", std::strerror(errno)}});
+}
+
 // --takeover: everything of the running relay's, parked, before this process writes a byte of audit.
 struct Takeover {
   std::unique_ptr<relay::HandoverClient> client;
@@ -264,22 +287,30 @@ int run_relay_impl(const std::vector<std::string>& args) {
                      {{"listen", a.to_string()}, {"workers", std::to_string(relay.worker_count())}});
   // The control socket for the next hand-over; at commit this relay writes its record, flushes the
   // audit log and stops serving metrics so the new process can take the port.
+  auto let_go = [&](const relay::HandoverServer::Counts& c) {
+    if (audit) {
+      audit->append(handover_record("sent", c));
+      audit->flush();
+    }
+    // Let go of the audit file (one writer per file): the new relay continues its chain. No session
+    // is left here to write to it.
+    if (auth) auth->factory()->set_audit(nullptr);
+    audit.reset();
+    if (metrics_server) metrics_server->stop();
+    // The new process is the service now (systemd tracks it instead of this one, which exits).
+    if (c.peer_pid > 0) notify_systemd("MAINPID=" + std::to_string(c.peer_pid));
+  };
   std::unique_ptr<relay::HandoverServer> handover;
   if (control != "none") {
     try {
-      handover = std::make_unique<relay::HandoverServer>(relay, control,
-                                                         [&](const relay::HandoverServer::Counts& c) {
-                                                           if (audit) {
-                                                             audit->append(handover_record("sent", c));
-                                                             audit->flush();
-                                                           }
-                                                           if (metrics_server) metrics_server->stop();
-                                                         });
+      handover = std::make_unique<relay::HandoverServer>(
+          relay, control, [&](const relay::HandoverServer::Counts& c) { let_go(c); });
     } catch (const common::UsageError& e) {
       common::log_warn("no hand-over control socket", {{"error", e.what()}});
     }
   }
   if (takeover) relay.resume_after_handover();
+  notify_systemd("READY=1\nMAINPID=" + std::to_string(::getpid()));
 
   // What SIGHUP reloads; each hook logs its own outcome and keeps the running state on errors.
   // (Authenticated mode adds its policy reload here.)

@@ -87,6 +87,11 @@ const TypeSpec kTypes[] = {
       {"enforced", Kind::kBool, false}}},
     {"policy_reload",
      {{"result", Kind::kString, true}, {"error", Kind::kString, false}, {"version", Kind::kString, false}}},
+    {"relay_handover",
+     {{"side", Kind::kString, true},
+      {"sessions", Kind::kUint, true},
+      {"listeners", Kind::kUint, true},
+      {"peer_pid", Kind::kUint, false}}},
     {"log_rotate", {{"previous_file", Kind::kString, true}}},
     {"log_recover", {{"torn_bytes", Kind::kUint, false}, {"last_line_error", Kind::kString, false}}},
 };
