@@ -2,7 +2,13 @@
 // YAML file). build_relay_config() turns flags into a RelayConfig; authenticated mode adds its handshake
 // there.
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstring>
 
 #include <cstdio>
 #include <functional>
@@ -22,6 +28,7 @@
 #include "metrics/server.h"
 #include "relay/auth/auth_service.h"
 #include "relay/config.h"
+#include "relay/handover.h"
 #include "relay/relay.h"
 #include "relay/session_id.h"
 
@@ -63,7 +70,13 @@ common::Flags relay_flags() {
       .value("policy", "FILE",
              "authenticated mode: routes without --upstream take signed preambles (sshring connect)")
       .multi("relay-id", "ID", "authenticated mode: an id clients sign for (default: host name)")
-      .boolean("quiet", "no per-session log lines");
+      .boolean("quiet", "no per-session log lines")
+      .value("control-socket", "PATH",
+             "hand-over control socket (mode 0600, same user only); 'none' disables it",
+             relay::kDefaultControlSocket)
+      .boolean("takeover",
+               "take over the relay serving --control-socket: its listeners and every established "
+               "session move to this process without a reset; it exits when empty");
   f.epilog(
       "Examples:\n"
       "  sshring relay --listen 0.0.0.0:2222 --policy /etc/sshring/policy.yaml --relay-id relay-1 \\\n"
@@ -78,7 +91,12 @@ common::Flags relay_flags() {
       "    - listen: 0.0.0.0:2222\n"
       "      upstream: 10.0.0.5:22\n"
       "\n"
-      "Exit codes: 0 after a drain, 1 on runtime errors, 2 on bad flags or config.");
+      "Live upgrade: start the new binary with the same flags plus --takeover (docs/operations.md).\n"
+      "\n"
+      "Exit codes: 0 after a drain or after handing everything to a --takeover process, 1 on runtime\n"
+      "errors, 2 on bad flags or config; with --takeover also 3 no relay answers on the control\n"
+      "socket (nothing was taken over), 4 the running relay's state cannot be read here or it\n"
+      "refused, 5 the hand-over failed half-way; after 3, 4 and 5 the running relay serves on.");
   return f;
 }
 
@@ -162,25 +180,65 @@ bool audit_refuses(const common::Flags& f) {
   return v == "refuse";
 }
 
-int run_relay(const std::vector<std::string>& args) {
+nlohmann::json handover_record(const char* side, const relay::HandoverServer::Counts& c) {
+  return {{"type", "relay_handover"},
+          {"side", side},
+          {"sessions", c.sessions},
+          {"listeners", c.listeners},
+          {"peer_pid", c.peer_pid}};
+}
+
+std::shared_ptr<metrics::AuditLog> open_audit(const common::Flags& f) {
+  if (!f.get("audit-log")) return nullptr;
+  metrics::AuditOptions ao;
+  ao.path = *f.get("audit-log");
+  ao.component = "relay";
+  ao.syslog = f.flag("audit-syslog");
+  ao.syslog_socket = f.get_or("audit-syslog-socket", "/dev/log");
+  ao.key_path = f.get_or("audit-key", "");
+  return std::make_shared<metrics::AuditLog>(ao);
+}
+
+// systemd's notify protocol (sd_notify(3)) without libsystemd: one datagram to $NOTIFY_SOCKET.
+// Type=notify units learn READY=1 and, after a hand-over, the new MAINPID from here.
+void notify_systemd(const std::string& state) {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (path == nullptr || (path[0] != '/' && path[0] != '@')) return;
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  size_t n = std::strlen(path);
+  if (n >= sizeof(a.sun_path)) return;
+  std::memcpy(a.sun_path, path, n);
+  if (a.sun_path[0] == '@') a.sun_path[0] = '\0';  // abstract namespace
+  common::UniqueFd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!fd) return;
+  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + n);
+  if (::sendto(fd.get(), state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&a), len) < 0)
+    common::log_warn("cannot notify systemd", {{"socket", path}, {"error", std::strerror(errno)}});
+}
+
+// --takeover: everything of the running relay's, parked, before this process writes a byte of audit.
+struct Takeover {
+  std::unique_ptr<relay::HandoverClient> client;
+  relay::RelayExport state;
+};
+
+int run_relay_impl(const std::vector<std::string>& args) {
   common::Flags f = relay_flags();
   if (!f.parse(args)) return 0;
-  // One session_end record per session (docs/audit.md), batched off the hot loop by AuditLog.
+  const bool takeover = f.flag("takeover");
+  const std::string control = f.get_or("control-socket", relay::kDefaultControlSocket);
+  if (takeover && control == "none") throw common::UsageError("--takeover needs a --control-socket PATH");
+  // One session_end record per session (docs/audit.md), batched off the hot loop by AuditLog. With
+  // --takeover the log opens only after the old relay wrote its last record (one chain).
   std::shared_ptr<metrics::AuditLog> audit;
-  if (auto path = f.get("audit-log")) {
-    metrics::AuditOptions ao;
-    ao.path = *path;
-    ao.component = "relay";
-    ao.syslog = f.flag("audit-syslog");
-    ao.syslog_socket = f.get_or("audit-syslog-socket", "/dev/log");
-    ao.key_path = f.get_or("audit-key", "");
-    audit = std::make_shared<metrics::AuditLog>(ao);
-  }
+  if (!takeover) audit = open_audit(f);
   // The exporter comes first so the policy reloader can count reloads from its first load; it stops
   // serving (StopServing below) before the relay's worker stats go away.
   std::unique_ptr<metrics::Server> metrics_server;
   metrics::PolicyMetrics policy_metrics;
-  if (auto m = f.get("metrics")) metrics_server = std::make_unique<metrics::Server>(*m, "relay");
+  if (auto m = f.get("metrics"); m && !takeover)
+    metrics_server = std::make_unique<metrics::Server>(*m, "relay");
   if (metrics_server && audit) metrics::register_audit(*metrics_server, audit.get());
   // Authenticated mode (docs/protocol.md); declared before the relay so it outlives every session.
   std::unique_ptr<relay::auth::AuthService> auth;
@@ -195,9 +253,12 @@ int run_relay(const std::vector<std::string>& args) {
   }
   std::shared_ptr<relay::HandshakeFactory> handshake = auth ? auth->factory() : nullptr;
   relay::RelayConfig cfg = build_relay_config(f, handshake);
-  if (audit && !auth) {
+  if (f.get("audit-log") && !auth) {
     // Static routes only: in authenticated mode the handshake's on_end writes the session records.
-    cfg.on_session_end = [audit](const relay::SessionSummary& s) { audit->append(session_end_record(s)); };
+    // By reference: with --takeover the log opens after start, before any session can end.
+    cfg.on_session_end = [&audit](const relay::SessionSummary& s) {
+      if (audit) audit->append(session_end_record(s));
+    };
   }
 
   // Signals go to this thread only (workers inherit the mask), read with sigtimedwait.
@@ -215,7 +276,36 @@ int run_relay(const std::vector<std::string>& args) {
       if (server) server->stop();
     }
   } stop_serving{metrics_server.get()};  // destroyed before `relay`: no scrape reads freed stats
-  relay.start();
+  Takeover tk;
+  if (takeover) {
+    tk.client = std::make_unique<relay::HandoverClient>(control);
+    tk.state = tk.client->receive();
+    size_t sessions = tk.state.sessions.size(), listeners = tk.state.listeners.size();
+    try {
+      relay.start_from(std::move(tk.state));
+    } catch (const std::exception& e) {
+      tk.client->refuse(e.what());
+      throw relay::HandoverError(relay::kTakeoverRefused, std::string("--takeover: ") + e.what());
+    }
+    // Test hook: die half-way, after taking everything and before READY.
+    if (const char* crash = std::getenv("SSHRING_TEST_HANDOVER_CRASH");
+        crash && std::string(crash) == "before_ready")
+      std::abort();
+    if (!tk.client->ready_and_wait_done())
+      common::log_warn(
+          "--takeover: the old relay went away without DONE; carrying on with what it handed over");
+    audit = open_audit(f);
+    if (auth) auth->factory()->set_audit(audit.get());
+    if (audit) audit->append(handover_record("received", {listeners, sessions, tk.client->peer_pid()}));
+    common::log_info("took over", {{"sessions", std::to_string(sessions)},
+                                   {"listeners", std::to_string(listeners)},
+                                   {"from_pid", std::to_string(tk.client->peer_pid())}});
+    if (auto m = f.get("metrics")) metrics_server = std::make_unique<metrics::Server>(*m, "relay");
+    if (metrics_server && audit) metrics::register_audit(*metrics_server, audit.get());
+    stop_serving.server = metrics_server.get();
+  } else {
+    relay.start();
+  }
   if (auto m = f.get("metrics")) {
     auto rm = metrics::register_relay(*metrics_server, relay.stats());
     if (rm.max_sessions) rm.max_sessions->Set(static_cast<double>(cfg.max_sessions));
@@ -226,6 +316,32 @@ int run_relay(const std::vector<std::string>& args) {
   for (const auto& a : relay.listen_addresses())
     common::log_info("relay listening",
                      {{"listen", a.to_string()}, {"workers", std::to_string(relay.worker_count())}});
+  // The control socket for the next hand-over; at commit this relay writes its record, flushes the
+  // audit log and stops serving metrics so the new process can take the port.
+  auto let_go = [&](const relay::HandoverServer::Counts& c) {
+    if (audit) {
+      audit->append(handover_record("sent", c));
+      audit->flush();
+    }
+    // Let go of the audit file (one writer per file): the new relay continues its chain. No session
+    // is left here to write to it.
+    if (auth) auth->factory()->set_audit(nullptr);
+    audit.reset();
+    if (metrics_server) metrics_server->stop();
+    // The new process is the service now (systemd tracks it instead of this one, which exits).
+    if (c.peer_pid > 0) notify_systemd("MAINPID=" + std::to_string(c.peer_pid));
+  };
+  std::unique_ptr<relay::HandoverServer> handover;
+  if (control != "none") {
+    try {
+      handover = std::make_unique<relay::HandoverServer>(
+          relay, control, [&](const relay::HandoverServer::Counts& c) { let_go(c); });
+    } catch (const common::UsageError& e) {
+      common::log_warn("no hand-over control socket", {{"error", e.what()}});
+    }
+  }
+  if (takeover) relay.resume_after_handover();
+  notify_systemd("READY=1\nMAINPID=" + std::to_string(::getpid()));
 
   // What SIGHUP reloads; each hook logs its own outcome and keeps the running state on errors.
   // (Authenticated mode adds its policy reload here.)
@@ -265,6 +381,15 @@ int run_relay(const std::vector<std::string>& args) {
   if (audit) audit->flush();
   common::log_info("relay stopped");
   return 0;
+}
+
+int run_relay(const std::vector<std::string>& args) {
+  try {
+    return run_relay_impl(args);
+  } catch (const relay::HandoverError& e) {
+    std::cerr << "sshring relay: " << e.what() << "\n";
+    return e.code();
+  }
 }
 
 const Registrar kRelay{{"relay",

@@ -218,6 +218,20 @@ class AuthHandshake : public Handshake {
     return encode_deny(Reason::kTargetUnreachable, msg);
   }
 
+  // Hand-over (relay/handover.h): the context an established session's session_end record needs.
+  std::string handover_state() const override {
+    const SessionState& s = *s_;
+    if (!s.connected || s.denied) return {};
+    nlohmann::json j = {{"v", 1},
+                        {"principal", s.principal},
+                        {"key_fp", s.key_fp},
+                        {"target_name", s.target_name},
+                        {"port", s.port},
+                        {"upstream", s.upstream.len() ? s.upstream.to_string() : ""},
+                        {"upstream_local", s.upstream_local.len() ? s.upstream_local.to_string() : ""}};
+    return j.dump();
+  }
+
   void on_end(const SessionSummary& sum) override {
     SessionState& s = *s_;
     mark_ended();
@@ -464,6 +478,30 @@ std::unique_ptr<Handshake> AuthHandshakeFactory::create(uint64_t session_id, con
   s->resume = std::move(resume);
   s->in_handshake = limits_.enter_handshake(client, opts_.max_handshakes_per_source);
   s->over_handshake_cap = !s->in_handshake;
+  return std::make_unique<AuthHandshake>(std::move(s));
+}
+
+// A handed-over session: decided and connected in another process. It counts against the
+// principal's max_sessions here (without refusing: the session exists already) and writes its
+// session_end record from this process's audit log.
+std::unique_ptr<Handshake> AuthHandshakeFactory::adopt(uint64_t session_id, const common::SockAddr& client,
+                                                       const common::SockAddr& listen, std::string_view state) {
+  auto j = nlohmann::json::parse(state, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || j.value("v", 0) != 1 || !j.contains("principal")) return nullptr;
+  auto s = std::make_shared<SessionState>();
+  s->factory = this;
+  s->session_id = session_id;
+  s->client = client;
+  s->listen = listen;
+  s->decided = true;
+  s->connected = true;
+  s->principal = j.value("principal", "");
+  s->key_fp = j.value("key_fp", "");
+  s->target_name = j.value("target_name", "");
+  s->port = j.value("port", uint16_t{0});
+  if (auto a = common::SockAddr::parse(j.value("upstream", ""))) s->upstream = *a;
+  if (auto a = common::SockAddr::parse(j.value("upstream_local", ""))) s->upstream_local = *a;
+  s->session_counted = limits_.acquire_session(s->principal, UINT32_MAX);
   return std::make_unique<AuthHandshake>(std::move(s));
 }
 

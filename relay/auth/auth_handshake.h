@@ -73,6 +73,13 @@ class AuthHandshakeFactory : public HandshakeFactory,
                                     const common::SockAddr& listen, HandshakeContext& ctx,
                                     HandshakeResume resume) override;
 
+  // Hand-over: rebuilds an established session's handshake from handover_state().
+  std::unique_ptr<Handshake> adopt(uint64_t session_id, const common::SockAddr& client,
+                                   const common::SockAddr& listen, std::string_view state) override;
+  // Sets the audit log after construction, before any session runs (`relay --takeover` opens the log
+  // only once the old relay wrote its last record).
+  void set_audit(metrics::AuditLog* audit) { opts_.audit = audit; }
+
   // Attaches metrics after construction (the relay registers them once its workers exist). Safe
   // while sessions run.
   void set_metrics(const metrics::RelayMetrics& m);
