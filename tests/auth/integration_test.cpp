@@ -802,6 +802,21 @@ class StartupFlood : public AuthRelay {
       per_source += w->startups_refused[static_cast<size_t>(relay::StartupRefusal::kPerSource)].value();
     EXPECT_GT(per_source, 1000u) << "the flood was not refused at accept";
     EXPECT_EQ(overloaded, 0u) << "an authenticated session lost its slot";
+    // The admitted silent ones are cut by the first-byte timeout, and every startup slot comes back.
+    auto refused = [&](relay::StartupRefusal why) {
+      uint64_t n = 0;
+      for (const auto* w : r.stats()) n += w->startups_refused[static_cast<size_t>(why)].value();
+      return n;
+    };
+    for (int i = 0; i < 300 && (r.admission()->in_progress() != 0 ||
+                                refused(relay::StartupRefusal::kFirstByteTimeout) == 0);
+         ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_GT(refused(relay::StartupRefusal::kFirstByteTimeout), 0u);
+    EXPECT_EQ(r.admission()->in_progress(), 0u);
+    int64_t startups = 0;
+    for (const auto* w : r.stats()) startups += w->startups_active.value();
+    EXPECT_EQ(startups, 0);
     held.clear();
     r.stop();
     r.wait();
