@@ -498,9 +498,9 @@ TEST_F(AuthRelay, DenialsNeverReachTheUpstream) {
     }
     if (r["type"] == "session_end") ++ends;
   }
-  for (const char* want :
-       {"unknown_principal", "key_not_listed", "bad_signature", "target_not_allowed", "address_not_allowed",
-        "outside_time_window", "replayed", "wrong_relay", "malformed", "too_many_sessions", "port_not_allowed"})
+  for (const char* want : {"unknown_principal", "key_not_listed", "bad_signature", "target_not_allowed",
+                           "address_not_allowed", "outside_time_window", "replayed", "wrong_relay",
+                           "malformed", "too_many_sessions", "port_not_allowed"})
     EXPECT_TRUE(deny_reasons.count(want)) << want;
   EXPECT_GE(starts, 2);
   EXPECT_GE(ends, 1);
@@ -791,8 +791,8 @@ class StartupFlood : public AuthRelay {
       }
     });
     while (opened.load() < 1000 && flooding) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    res.ssh_status = ssh(false, "echo through-the-flood", &res.ssh_out, "", std::chrono::seconds(90),
-                         client_relay);
+    res.ssh_status =
+        ssh(false, "echo through-the-flood", &res.ssh_out, "", std::chrono::seconds(90), client_relay);
     flood.join();
     watch.join();
     res.opened = static_cast<int>(held.size());
@@ -870,7 +870,9 @@ TEST_F(AuthRelay, ConnectPrintsTheDenyTextWithoutTerminalEscapes) {
   ASSERT_EQ(::listen(lfd.get(), 4), 0);
   socklen_t len = sizeof(a);
   ::getsockname(lfd.get(), reinterpret_cast<sockaddr*>(&a), &len);
-  const std::string evil = "\x1b]0;owned\x07\x1b[2J\x9b" "31m text\r\nsshring connect: fake second line";
+  const std::string evil =
+      "\x1b]0;owned\x07\x1b[2J\x9b"
+      "31m text\r\nsshring connect: fake second line";
   std::thread fake([&] {
     pollfd p{lfd.get(), POLLIN, 0};
     if (::poll(&p, 1, 20000) <= 0) return;
