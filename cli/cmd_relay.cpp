@@ -47,13 +47,15 @@ common::Flags relay_flags() {
       .value("config", "FILE", "YAML file with routes and limits (see docs); reloaded on SIGHUP")
       .value("workers", "N", "worker threads, each with its own io_uring (default: one per CPU)")
       .value("max-sessions", "N", "concurrent sessions before new clients are refused (default 10000)")
-      .value("max-startups", "S:R:F",
-             "authenticated routes: unauthenticated connections; from S on refuse R% rising to all at F\n"
-             "(random early drop, like sshd's MaxStartups; default 256:30:2048); not counted in --max-sessions")
+      .value(
+          "max-startups", "S:R:F",
+          "authenticated routes: unauthenticated connections; from S on refuse R% rising to all at F\n"
+          "(random early drop, like sshd's MaxStartups; default 256:30:2048); not counted in --max-sessions")
       .value("max-startups-per-source", "N",
              "unauthenticated connections per source network, counted at accept (default 16)")
       .value("per-source-netblock", "V4:V6", "prefix lengths that make one source network (default 32:64)")
-      .value("first-byte-timeout", "D", "close an unauthenticated connection that sent nothing by then (default 3s)")
+      .value("first-byte-timeout", "D",
+             "close an unauthenticated connection that sent nothing by then (default 3s)")
       .value("connect-timeout", "D", "upstream connect timeout, e.g. 5s or 500ms (default 5s)")
       .value("idle-timeout", "D", "close sessions idle this long; 0 = never (default 0)")
       .value("drain-timeout", "D", "on SIGTERM, how long running sessions may finish (default 30s)")
@@ -136,10 +138,10 @@ relay::RelayConfig build_relay_config(const common::Flags& f,
     cfg.max_sessions = static_cast<uint32_t>(f.get_int("max-sessions", 10000, 1, 10'000'000));
   if (auto v = f.get("max-startups")) relay::parse_max_startups(*v, "--max-startups", cfg.startups);
   if (f.has("max-startups-per-source"))
-    cfg.startups.per_source =
-        static_cast<uint32_t>(f.get_int("max-startups-per-source", 16, 1, 10'000'000));
+    cfg.startups.per_source = static_cast<uint32_t>(f.get_int("max-startups-per-source", 16, 1, 10'000'000));
   if (auto v = f.get("per-source-netblock")) relay::parse_netblock(*v, "--per-source-netblock", cfg.startups);
-  if (f.has("first-byte-timeout")) cfg.startups.first_byte_timeout = flag_millis(f, "first-byte-timeout", false);
+  if (f.has("first-byte-timeout"))
+    cfg.startups.first_byte_timeout = flag_millis(f, "first-byte-timeout", false);
   if (f.has("connect-timeout")) cfg.connect_timeout = flag_millis(f, "connect-timeout", false);
   if (f.has("idle-timeout")) cfg.idle_timeout = flag_millis(f, "idle-timeout", true);
   if (f.has("drain-timeout")) cfg.drain_timeout = flag_millis(f, "drain-timeout", true);

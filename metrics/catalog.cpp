@@ -12,7 +12,8 @@ prometheus::Histogram::BucketBoundaries buckets(const double* b, size_t n) {
 }
 
 // Pre-authentication connections in progress and refused (relay/admission.h), every reason exported.
-std::array<prometheus::MetricFamily, 2> startup_families(const std::vector<const RelayWorkerStats*>& workers) {
+std::array<prometheus::MetricFamily, 2> startup_families(
+    const std::vector<const RelayWorkerStats*>& workers) {
   auto active = gauge_family("sshring_relay_startups_active",
                              "Accepted connections whose preamble is not verified yet.");
   auto refused = counter_family("sshring_relay_startups_refused_total",
@@ -83,10 +84,9 @@ RelayMetrics register_relay(Server& server, const std::vector<const RelayWorkerS
     add_sample(accept_errors, {}, errs);
     add_sample(pipes, {}, sum_pipes);
     auto startups = startup_families(workers);
-    return std::vector<prometheus::MetricFamily>{std::move(active),        std::move(total),
-                                                 std::move(bytes),         std::move(accept_errors),
-                                                 std::move(pipes),         std::move(startups[0]),
-                                                 std::move(startups[1])};
+    return std::vector<prometheus::MetricFamily>{
+        std::move(active), std::move(total),       std::move(bytes),      std::move(accept_errors),
+        std::move(pipes),  std::move(startups[0]), std::move(startups[1])};
   });
   return m;
 }

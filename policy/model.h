@@ -56,7 +56,8 @@ struct Window {
 // address the name resolves to; one with only cidrs accepts any name (or none).
 struct Target {
   std::vector<Cidr> cidrs;
-  std::vector<std::string> names;  // globs: '*' matches a run of non-dot characters, '?' one; case-insensitive
+  std::vector<std::string>
+      names;  // globs: '*' matches a run of non-dot characters, '?' one; case-insensitive
   PortSet ports = PortSet::single(kDefaultSshPort);
   bool operator==(const Target&) const = default;
 };

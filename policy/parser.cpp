@@ -689,8 +689,9 @@ void lint_relays(const Policy& p, std::vector<Lint>& out) {
       out.push_back({where, c.to_string() + " makes every source a relay: direct SSH from anywhere counts as "
                                             "proxied and passes enforce mode; list the relays' addresses"});
     } else if (c.len < min_len) {
-      out.push_back({where, c.to_string() + " is wider than /" + std::to_string(min_len) +
-                                ": every host in it counts as a relay (proxied); list the relays' addresses"});
+      out.push_back(
+          {where, c.to_string() + " is wider than /" + std::to_string(min_len) +
+                      ": every host in it counts as a relay (proxied); list the relays' addresses"});
     }
   }
 }

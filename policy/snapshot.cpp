@@ -172,7 +172,7 @@ namespace {
 using Compiled = Snapshot::Compiled;
 
 bool special_v4(const uint8_t* b) noexcept {
-  return b[0] == 0 || b[0] == 127 ||     // "this network" (reaches the local host), loopback
+  return b[0] == 0 || b[0] == 127 ||      // "this network" (reaches the local host), loopback
          (b[0] == 169 && b[1] == 254) ||  // link-local, cloud metadata 169.254.169.254
          b[0] >= 224;                     // multicast, reserved, broadcast
 }
@@ -183,12 +183,12 @@ bool special_v4(const uint8_t* b) noexcept {
 bool special_address(const IpAddr& a) noexcept {
   const auto& b = a.bytes;
   if (a.is_v4()) return special_v4(b.data());
-  static constexpr std::array<uint8_t, 16> kEc2Metadata = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0,
+  static constexpr std::array<uint8_t, 16> kEc2Metadata = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0,    0,
                                                            0,    0,    0,    0,    0, 0, 0x02, 0x54};
   bool low_zero = std::all_of(b.begin(), b.begin() + 10, [](uint8_t x) { return x == 0; });
   if (low_zero && b[10] == 0xff && b[11] == 0xff) return special_v4(b.data() + 12);  // IPv4-mapped
   if (low_zero && b[10] == 0 && b[11] == 0 && b[12] == 0 && b[13] == 0 && b[14] == 0 && b[15] <= 1)
-    return true;  // :: and ::1
+    return true;                                     // :: and ::1
   return (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) ||  // fe80::/10 link-local
          b[0] == 0xff ||                             // multicast
          b == kEc2Metadata;

@@ -17,7 +17,8 @@ uint32_t parse_u32(std::string_view s, std::string_view what, std::string_view t
   uint32_t v = 0;
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (s.empty() || ec != std::errc() || p != s.data() + s.size())
-    throw common::UsageError(std::string(what) + " '" + std::string(text) + "': expected " + std::string(form));
+    throw common::UsageError(std::string(what) + " '" + std::string(text) + "': expected " +
+                             std::string(form));
   return v;
 }
 
@@ -54,7 +55,8 @@ void parse_max_startups(std::string_view text, std::string_view what, AdmissionC
   } else {
     auto c2 = text.find(':', c1 + 1);
     if (c2 == std::string_view::npos)
-      throw common::UsageError(std::string(what) + " '" + std::string(text) + "': expected " + std::string(kForm));
+      throw common::UsageError(std::string(what) + " '" + std::string(text) + "': expected " +
+                               std::string(kForm));
     cfg.start = parse_u32(text.substr(0, c1), what, text, kForm);
     cfg.rate = parse_u32(text.substr(c1 + 1, c2 - c1 - 1), what, text, kForm);
     cfg.full = parse_u32(text.substr(c2 + 1), what, text, kForm);
@@ -66,7 +68,8 @@ void parse_netblock(std::string_view text, std::string_view what, AdmissionConfi
   constexpr std::string_view kForm = "V4:V6 prefix lengths (e.g. 32:64)";
   auto c = text.find(':');
   uint32_t v4 = parse_u32(text.substr(0, c), what, text, kForm);
-  uint32_t v6 = c == std::string_view::npos ? cfg.v6_prefix : parse_u32(text.substr(c + 1), what, text, kForm);
+  uint32_t v6 =
+      c == std::string_view::npos ? cfg.v6_prefix : parse_u32(text.substr(c + 1), what, text, kForm);
   if (v4 > 32 || v6 > 128)
     throw common::UsageError(std::string(what) + " '" + std::string(text) +
                              "': IPv4 prefix 0..32, IPv6 prefix 0..128");

@@ -31,9 +31,9 @@
 namespace sshring::relay {
 
 struct AdmissionConfig {
-  uint32_t start = 256;  // --max-startups start:rate:full
-  uint32_t rate = 30;    // percent refused at `start`
-  uint32_t full = 2048;  // every new startup refused from here on
+  uint32_t start = 256;      // --max-startups start:rate:full
+  uint32_t rate = 30;        // percent refused at `start`
+  uint32_t full = 2048;      // every new startup refused from here on
   uint32_t per_source = 16;  // --max-startups-per-source
   uint8_t v4_prefix = 32;    // --per-source-netblock V4:V6
   uint8_t v6_prefix = 64;

@@ -449,7 +449,7 @@ void Worker::on_tick() {
       stats_.startups_refused[static_cast<size_t>(StartupRefusal::kFirstByteTimeout)].add();
       end(s, EndReason::kHandshakeTimeout);
     } else if ((s.phase == Session::Phase::kHandshake || s.phase == Session::Phase::kPending) &&
-        now_ns_ >= s.deadline_ns) {
+               now_ns_ >= s.deadline_ns) {
       end(s, EndReason::kHandshakeTimeout);
     } else if (limits_.idle_timeout_ns && s.phase == Session::Phase::kSplicing && !parking() &&
                now_ns_ - s.last_active_ns >= limits_.idle_timeout_ns) {

@@ -260,7 +260,6 @@ class AuthHandshake : public Handshake {
     append(audit, r.to_json());
   }
 
-
  private:
   // Relay id and clock: nothing here depends on who the client claims to be.
   std::optional<HandshakeStep> check_freshness(const Hello& h, uint64_t now_ms) {
@@ -277,8 +276,8 @@ class AuthHandshake : public Handshake {
       // A timestamp ahead of the relay would keep its nonce for skew + that much: bounded separately.
       uint64_t ahead = h.timestamp_ms - now_ms;
       if (ahead > static_cast<uint64_t>(o.max_future_skew.count()))
-        return s.deny(Reason::kStale, "timestamp is " + std::to_string(ahead / 1000) +
-                                          "s ahead of the relay's clock");
+        return s.deny(Reason::kStale,
+                      "timestamp is " + std::to_string(ahead / 1000) + "s ahead of the relay's clock");
     } else if (now_ms - h.timestamp_ms > static_cast<uint64_t>(o.max_skew.count())) {
       return s.deny(Reason::kStale, "timestamp is " + std::to_string((now_ms - h.timestamp_ms) / 1000) +
                                         "s behind the relay's clock");
@@ -305,7 +304,8 @@ class AuthHandshake : public Handshake {
           key = &k;
     s.key_fp = key != nullptr ? key->fingerprint : fingerprint(raw);
     if (p == nullptr)
-      return s.deny(Reason::kUnknownPrincipal, "unknown principal '" + h.principal + "'", Reason::kNotAuthenticated);
+      return s.deny(Reason::kUnknownPrincipal, "unknown principal '" + h.principal + "'",
+                    Reason::kNotAuthenticated);
     if (key == nullptr)
       return s.deny(Reason::kKeyNotListed, "key " + s.key_fp + " is not listed for '" + h.principal + "'",
                     Reason::kNotAuthenticated);
@@ -373,22 +373,24 @@ class AuthHandshake : public Handshake {
   // the session is alive, and the worker ignores a resume for an ended session.
   void resolve(const Hello& h) {
     std::weak_ptr<SessionState> weak = s_;
-    s_->factory->resolver_->resolve(h.target, h.port, [weak](std::string error, std::vector<common::SockAddr> addrs) {
-      auto st = weak.lock();
-      if (!st) return;
-      std::lock_guard lock(st->mu);
-      if (st->ended) return;
-      st->ctx->post([st, error = std::move(error), addrs = std::move(addrs)] {
-        {
-          // The session may have ended after this was posted: its answer decides and counts nothing.
-          std::lock_guard lock(st->mu);
-          if (st->ended) return;
-        }
-        if (st->decided) return;
-        HandshakeStep step = st->finish_resolution(error, addrs);
-        st->resume(std::move(step));
-      });
-    });
+    s_->factory->resolver_->resolve(h.target, h.port,
+                                    [weak](std::string error, std::vector<common::SockAddr> addrs) {
+                                      auto st = weak.lock();
+                                      if (!st) return;
+                                      std::lock_guard lock(st->mu);
+                                      if (st->ended) return;
+                                      st->ctx->post([st, error = std::move(error), addrs = std::move(addrs)] {
+                                        {
+                                          // The session may have ended after this was posted: its answer
+                                          // decides and counts nothing.
+                                          std::lock_guard lock(st->mu);
+                                          if (st->ended) return;
+                                        }
+                                        if (st->decided) return;
+                                        HandshakeStep step = st->finish_resolution(error, addrs);
+                                        st->resume(std::move(step));
+                                      });
+                                    });
   }
 
   void mark_ended() {
@@ -423,7 +425,8 @@ class AuthHandshake : public Handshake {
 AuthHandshakeFactory::AuthHandshakeFactory(const policy::PolicyCache& cache, AuthOptions opts)
     : cache_(cache),
       opts_(std::move(opts)),
-      replay_(static_cast<uint64_t>(opts_.max_skew.count()), opts_.replay_capacity, opts_.replay_per_principal) {
+      replay_(static_cast<uint64_t>(opts_.max_skew.count()), opts_.replay_capacity,
+              opts_.replay_per_principal) {
   if (opts_.relay_ids.empty()) throw common::UsageError("authenticated relay: give at least one --relay-id");
   for (const auto& id : opts_.relay_ids)
     if (id.empty() || id.size() > kMaxRelayId)

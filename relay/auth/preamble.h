@@ -36,15 +36,14 @@ inline constexpr size_t kMaxHelloPayload = 1024;
 // What a HELLO payload can really measure given the field limits (docs/protocol.md: "largest valid:
 // 669"): a header declaring a length outside [min, max] is refused at once, not after waiting for
 // bytes that could never make a valid frame.
-inline constexpr size_t kMinHelloPayload = 3 * (1 + 1) + 2 + 8 + kNonceSize + 1 + (1 + kEd25519KeySize) +
-                                           (1 + kEd25519SigSize);
+inline constexpr size_t kMinHelloPayload =
+    3 * (1 + 1) + 2 + 8 + kNonceSize + 1 + (1 + kEd25519KeySize) + (1 + kEd25519SigSize);
 inline constexpr size_t kMaxValidHelloPayload = (1 + kMaxRelayId) + (1 + kMaxPrincipal) + (1 + kMaxTarget) +
                                                 2 + 8 + kNonceSize + 1 + (1 + kMaxKeySize) +
                                                 (1 + kMaxSignatureSize);
 static_assert(kMaxValidHelloPayload == 669 && kMaxValidHelloPayload <= kMaxHelloPayload);
 inline constexpr size_t kOkPayload = 8;
 inline constexpr size_t kMaxDenyPayload = 3 + kMaxDenyMessage;
-
 
 // Stable DENY reason codes: values are protocol, names appear in logs, metrics and audit records.
 // `sshring connect` exits with 20 + code (docs/protocol.md has the table). Before the signature is
@@ -67,8 +66,8 @@ enum class Reason : uint16_t {
   kTooManyHandshakes = 13,  // too many connections in handshake from this source address
   kResolveFailed = 14,
   kTargetUnreachable = 15,
-  kOverloaded = 16,  // relay-side resource limit (replay cache full, no policy loaded)
-  kTimeout = 17,     // handshake took too long
+  kOverloaded = 16,        // relay-side resource limit (replay cache full, no policy loaded)
+  kTimeout = 17,           // handshake took too long
   kNotAuthenticated = 18,  // on the wire for unknown principal, key not listed or bad signature
   kPortNotAllowed = 19,    // the target is allowed for the principal, but not on this port
 };

@@ -219,7 +219,7 @@ TEST_F(AuthHandshake, Denials) {
   struct Case {
     const char* name;
     std::function<std::string()> input;
-    auth::Reason want;  // the exact reason (decision metrics, audit)
+    auth::Reason want;                                // the exact reason (decision metrics, audit)
     std::optional<auth::Reason> wire = std::nullopt;  // what the client sees, when it must see less
   };
   const auto hidden = auth::Reason::kNotAuthenticated;
@@ -337,11 +337,12 @@ TEST_F(AuthHandshake, ReplayedPreambleIsDenied) {
 // and everyone would be refused as overloaded).
 TEST_F(AuthHandshake, ReplayFloodByARolelessPrincipalDoesNotDenyAnother) {
   auth::Ed25519PrivateKey loner = auth::Ed25519PrivateKey::generate();
-  std::string yaml = "version: 1\nroles:\n  - name: dev\n    targets:\n      - cidrs: [10.1.0.0/16]\n"
-                     "principals:\n  - name: alice\n    roles: [dev]\n    keys: [\"" +
-                     auth::format_openssh_public_key(alice.public_key(), "alice") +
-                     "\"]\n  - name: loner\n    roles: []\n    keys: [\"" +
-                     auth::format_openssh_public_key(loner.public_key(), "loner") + "\"]\n";
+  std::string yaml =
+      "version: 1\nroles:\n  - name: dev\n    targets:\n      - cidrs: [10.1.0.0/16]\n"
+      "principals:\n  - name: alice\n    roles: [dev]\n    keys: [\"" +
+      auth::format_openssh_public_key(alice.public_key(), "alice") +
+      "\"]\n  - name: loner\n    roles: []\n    keys: [\"" +
+      auth::format_openssh_public_key(loner.public_key(), "loner") + "\"]\n";
   policy::PolicyCache small_cache;
   small_cache.publish(
       policy::Snapshot::build(std::make_shared<policy::Policy>(policy::parse_policy(yaml)), {}));
@@ -380,7 +381,8 @@ TEST_F(AuthHandshake, ReplayFloodByARolelessPrincipalDoesNotDenyAnother) {
     auto s = std::make_unique<Session>();
     s->hs = f->create(9000 + i, *SockAddr::parse("10.9.0.3:1"), *SockAddr::parse("127.0.0.1:2222"), ctx,
                       [](relay::HandshakeStep) {});
-    EXPECT_EQ(deny_reason(feed(*s, hello(stranger, "alice", "10.1.0.1"))), code(auth::Reason::kNotAuthenticated));
+    EXPECT_EQ(deny_reason(feed(*s, hello(stranger, "alice", "10.1.0.1"))),
+              code(auth::Reason::kNotAuthenticated));
     s->hs->on_end({});
   }
   EXPECT_EQ(f->replay_cache().size(), 45u);

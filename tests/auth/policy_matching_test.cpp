@@ -40,7 +40,8 @@ TEST(PolicyMatching, GlobWildcardsStayInsideOneLabel) {
       {"a*", "a.b", false},
       {"a.*", "a.b.c", false},
   };
-  for (const auto& c : cases) EXPECT_EQ(policy::glob_match(c.pattern, c.name), c.want) << c.pattern << " ~ " << c.name;
+  for (const auto& c : cases)
+    EXPECT_EQ(policy::glob_match(c.pattern, c.name), c.want) << c.pattern << " ~ " << c.name;
 }
 
 class NamesOnlyTargets : public ::testing::Test {
@@ -54,8 +55,11 @@ class NamesOnlyTargets : public ::testing::Test {
         "  - name: meta\n    targets:\n"
         "      - names: [\"meta.cloud.test\"]\n        cidrs: [169.254.169.254/32]\n"
         "principals:\n"
-        "  - {name: alice, roles: [web], keys: [\"" + key_ + "\"]}\n"
-        "  - {name: ops, roles: [web, meta], keys: [\"" + key_ + "x\"]}\n";
+        "  - {name: alice, roles: [web], keys: [\"" +
+        key_ +
+        "\"]}\n"
+        "  - {name: ops, roles: [web, meta], keys: [\"" +
+        key_ + "x\"]}\n";
     snap_ = policy::Snapshot::build(std::make_shared<policy::Policy>(policy::parse_policy(yaml)), {});
   }
   policy::Decision decide(const char* principal, const char* name, const char* addr) {
@@ -97,13 +101,15 @@ TEST(PolicyLint, WideRelaysAreFlagged) {
   auto lints_for = [&](const std::string& relays) {
     std::string yaml = "version: 1\nrelays: " + relays +
                        "\nroles:\n  - name: r\n    targets: [{cidrs: [10.0.0.0/8]}]\n"
-                       "principals:\n  - {name: a, roles: [r], keys: [\"" + key + "\"]}\n";
+                       "principals:\n  - {name: a, roles: [r], keys: [\"" +
+                       key + "\"]}\n";
     std::string all;
     for (const auto& l : policy::lint_policy(policy::parse_policy(yaml), 1798000000))
       all += l.where + ": " + l.message + "\n";
     return all;
   };
-  std::string all = lints_for("[0.0.0.0/0, \"::/0\", 10.0.0.0/8, \"2001:db8::/32\", 10.1.2.0/24, \"fd00:1::/64\"]");
+  std::string all =
+      lints_for("[0.0.0.0/0, \"::/0\", 10.0.0.0/8, \"2001:db8::/32\", 10.1.2.0/24, \"fd00:1::/64\"]");
   EXPECT_NE(all.find("relays[0]: 0.0.0.0/0 makes every source a relay"), std::string::npos) << all;
   EXPECT_NE(all.find("relays[1]: ::/0 makes every source a relay"), std::string::npos) << all;
   EXPECT_NE(all.find("relays[2]: 10.0.0.0/8 is wider than /16"), std::string::npos) << all;

@@ -348,7 +348,9 @@ TEST(AuthClient, SplitHostPort) {
 }
 
 TEST(AuthClient, DenyTextIsMadePrintable) {
-  auth::DeniedError e(9, "a\x1b[31mb\nc\x9b" "d\x7f");
+  auth::DeniedError e(9,
+                      "a\x1b[31mb\nc\x9b"
+                      "d\x7f");
   EXPECT_STREQ(e.what(), "denied by relay: target_not_allowed: a?[31mb?c?d?");
   EXPECT_EQ(e.detail(), "a?[31mb?c?d?");
   EXPECT_EQ(auth::printable_text("plain text 1-2"), "plain text 1-2");

@@ -43,7 +43,8 @@ TEST(Vocabulary, EveryDenyReasonHasANameAndAProtocolDocRow) {
     // "| 18   | `not_authenticated`   | 38   | ..."
     std::regex row("\\| " + std::to_string(code) + " +\\| `" + name + "` +\\| " +
                    std::to_string(auth::exit_code_for(r)) + " +\\|");
-    EXPECT_TRUE(std::regex_search(protocol, row)) << "docs/protocol.md has no row for " << code << " " << name;
+    EXPECT_TRUE(std::regex_search(protocol, row))
+        << "docs/protocol.md has no row for " << code << " " << name;
   }
   std::regex newer(std::to_string(auth::kExitCodeBase + auth::kMaxReason + 1) + " a DENY code newer");
   EXPECT_TRUE(std::regex_search(protocol, newer)) << "docs/protocol.md: exit code for newer reasons";
@@ -54,9 +55,9 @@ TEST(Vocabulary, PolicyReasonsAreSpelledAsTheRelaySpellsThem) {
   std::set<std::string> relay_names;
   for (uint16_t code = 1; code <= auth::kMaxReason; ++code)
     relay_names.insert(auth::reason_name(static_cast<auth::Reason>(code)));
-  const policy::Reason reasons[] = {policy::Reason::kAllowed,          policy::Reason::kUnknownPrincipal,
-                                    policy::Reason::kKeyNotListed,     policy::Reason::kTargetNotAllowed,
-                                    policy::Reason::kPortNotAllowed,   policy::Reason::kOutsideTimeWindow,
+  const policy::Reason reasons[] = {policy::Reason::kAllowed,         policy::Reason::kUnknownPrincipal,
+                                    policy::Reason::kKeyNotListed,    policy::Reason::kTargetNotAllowed,
+                                    policy::Reason::kPortNotAllowed,  policy::Reason::kOutsideTimeWindow,
                                     policy::Reason::kTooManySessions, policy::Reason::kNoPolicy};
   for (auto r : reasons) {
     std::string name(policy::reason_name(r));
@@ -78,13 +79,15 @@ TEST(Vocabulary, SessionOutcomesAndStartupRefusalsAreDocumented) {
     EXPECT_NE(audit_doc.find(label), std::string::npos) << "docs/audit.md lacks outcome " << label;
   }
   for (size_t i = 0; i < metrics::kNumStartupRefusals; ++i) {
-    std::string label = std::string("`") + relay::startup_refusal_name(static_cast<relay::StartupRefusal>(i)) + "`";
+    std::string label =
+        std::string("`") + relay::startup_refusal_name(static_cast<relay::StartupRefusal>(i)) + "`";
     EXPECT_NE(metrics_doc.find(label), std::string::npos) << "docs/metrics.md lacks refusal " << label;
   }
   // Every DENY name the audit record can carry is listed in docs/audit.md.
   for (uint16_t code = 1; code <= auth::kMaxReason; ++code) {
     auto r = static_cast<auth::Reason>(code);
-    if (r == auth::Reason::kTimeout || r == auth::Reason::kNotAuthenticated || r == auth::Reason::kTargetUnreachable)
+    if (r == auth::Reason::kTimeout || r == auth::Reason::kNotAuthenticated ||
+        r == auth::Reason::kTargetUnreachable)
       continue;  // timeout: an outcome; not_authenticated: wire only; target_unreachable: a session_end
     std::string name = std::string("`") + auth::reason_name(r) + "`";
     EXPECT_NE(audit_doc.find(name), std::string::npos) << "docs/audit.md lacks " << name;
