@@ -168,7 +168,7 @@ int key(const std::vector<std::string>& args) {
 }
 
 int report(const std::vector<std::string>& args) {
-  Flags f("audit report", "sshring audit report [--since 7d] [--json] [--dir DIR] [FILE...]",
+  Flags f("audit report", "sshring audit report [--since 7d] [--json] [--html FILE] [--dir DIR] [FILE...]",
           "Reviews opt-out use: bypass flows by tag, unapproved and expired-grant flows first, top sources\n"
           "and targets, and every grant with its reason, approver, flows and bytes. Reads every record type\n"
           "from FILEs (relay, agent and grant logs, rotated files included) or all logs in DIR.");
@@ -177,6 +177,7 @@ int report(const std::vector<std::string>& args) {
   f.value("top", "N", "rows in the top sources/targets tables", "10");
   f.value("max-flows", "N", "unapproved/expired flows listed one by one", "50");
   f.boolean("json", "print JSON instead of text tables");
+  f.value("html", "FILE", "also write one self-contained HTML page (tables and inline SVG charts, no scripts)");
   f.epilog(
       "Unreadable lines are counted and skipped (run `sshring audit verify` to check integrity).\n\n"
       "Example:\n  sshring audit report --since 24h /var/log/sshring/agent.audit.jsonl* "
@@ -201,6 +202,11 @@ int report(const std::vector<std::string>& args) {
         }
       });
     }
+  }
+  if (auto html = f.get("html")) {
+    std::ofstream out(*html, std::ios::trunc);
+    out << rep.to_html();
+    if (!out) throw std::runtime_error("cannot write " + *html);
   }
   if (f.flag("json")) {
     std::cout << rep.to_json().dump(2) << "\n";

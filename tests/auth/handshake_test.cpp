@@ -4,13 +4,20 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <cstring>
 #include <deque>
+#include <filesystem>
 #include <mutex>
 
 #include <prometheus/counter.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "metrics/audit.h"
+#include "metrics/audit_verify.h"
 #include "policy/parser.h"
 #include "relay/auth/auth_service.h"
 #include "client/client.h"
@@ -593,4 +600,60 @@ TEST_F(AuthHandshake, DecisionsAndHandshakeTimeReachPrometheus) {
   EXPECT_EQ(decisions.Add({{"result", "allow"}, {"reason", "allowed"}}).Value(), 1);
   EXPECT_EQ(decisions.Add({{"result", "deny"}, {"reason", "unknown_principal"}}).Value(), 1);
   EXPECT_EQ(h.Collect().histogram.sample_count, 1u);
+}
+
+// Fail closed on the audit log: while it cannot be written, new sessions are refused (overloaded);
+// when the disk has room again the next record goes through and sessions are admitted again.
+TEST_F(AuthHandshake, RefusesNewSessionsWhileTheAuditLogIsUnwritable) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  sshring::testing::TempDir dir;
+  std::string mnt = dir.file("mnt");
+  std::filesystem::create_directories(mnt);
+  ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=128k"), 0) << std::strerror(errno);
+  struct Unmount {
+    std::string p;
+    ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  sshring::metrics::AuditLog audit({.path = mnt + "/relay.audit.jsonl", .component = "relay", .fsync_each = true});
+  auto make = [&](bool refuse) {
+    auth::AuthOptions o;
+    o.relay_ids = {"relay-a"};
+    o.clock_ms = [this] { return clock; };
+    o.log_denials = false;
+    o.audit = &audit;
+    o.refuse_when_audit_unwritable = refuse;
+    factory = std::make_shared<auth::AuthHandshakeFactory>(cache, o);
+  };
+  make(true);
+  auto admitted = [&] {
+    auto s = open();
+    auto st = feed(*s, hello(alice, "alice", "10.1.2.3", 22));
+    bool ok = st.kind == Kind::kConnect;
+    if (ok) s->hs->on_upstream_connected(*SockAddr::parse("127.0.0.1:50000"));
+    end(*s);
+    if (!ok) EXPECT_EQ(deny_reason(st), code(auth::Reason::kOverloaded));
+    return ok;
+  };
+  EXPECT_TRUE(admitted());
+  {
+    FILE* f = std::fopen((mnt + "/filler").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::string chunk(4096, 'x');
+    while (std::fwrite(chunk.data(), 1, chunk.size(), f) == chunk.size() && std::fflush(f) == 0) {
+    }
+    std::fclose(f);
+  }
+  // Sessions are admitted until a record fails (the file's last page may still have room).
+  for (int i = 0; i < 100 && audit.writable(); ++i) EXPECT_TRUE(admitted());
+  ASSERT_FALSE(audit.writable());
+  EXPECT_FALSE(admitted());
+  make(false);  // --audit-failure continue
+  EXPECT_TRUE(admitted());
+  make(true);
+  std::filesystem::remove(mnt + "/filler");
+  EXPECT_FALSE(admitted());  // still marked unwritable; its deny record is the write that succeeds
+  EXPECT_TRUE(audit.writable());
+  EXPECT_TRUE(admitted());
+  EXPECT_TRUE(audit.flush());
+  EXPECT_TRUE(sshring::metrics::verify_chain({mnt + "/relay.audit.jsonl"}).ok());
 }
