@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
-#include "bpf/sshring_structs.h"
 #include <nlohmann/json.hpp>
+#include "bpf/sshring_structs.h"
 
 namespace sshring::policy {
 class Snapshot;

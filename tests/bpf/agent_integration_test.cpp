@@ -23,10 +23,10 @@
 
 #include "policy/grant.h"
 #include "policy/grant_store.h"
+#include "tests/bpf/raw_inject.h"
 #include "tests/support/netns.h"
 #include "tests/support/process.h"
 #include "tests/support/sshd.h"
-#include "tests/bpf/raw_inject.h"
 
 namespace sshring::testing {
 namespace {
@@ -462,12 +462,15 @@ TEST_F(AgentIntegration, CraftedPacketsDoNotReachSshdInEnforceMode) {
                                .payload = "SSH-2.0-OpenSSH_9.2\r\n"}),
                  port, "untracked"});
     port++;
-    a.push_back({"v4_bare_ack_no_flow",
-                 ipv4_packets({.src = kUngranted, .dst = kHostAddr, .sport = port, .dport = kSshPort, .flags = 0x10}),
-                 port, "untracked"});
+    a.push_back(
+        {"v4_bare_ack_no_flow",
+         ipv4_packets({.src = kUngranted, .dst = kHostAddr, .sport = port, .dport = kSshPort, .flags = 0x10}),
+         port, "untracked"});
     return a;
   };
-  auto ev = [&](const char* e) { return metric(*host_, std::string("sshring_agent_kernel_events_total{event=\"") + e + "\"}"); };
+  auto ev = [&](const char* e) {
+    return metric(*host_, std::string("sshring_agent_kernel_events_total{event=\"") + e + "\"}");
+  };
 
   start_agent(false, "count.log");
   for (auto& a : attacks()) {
@@ -542,7 +545,8 @@ TEST_F(AgentIntegration, ExpiryAndRevocationEndLiveFlows) {
   const auto took = std::chrono::steady_clock::now() - t0;
   ASSERT_TRUE(rc2.has_value()) << "session not cut after revoke";
   EXPECT_NE(*rc2, 0);
-  EXPECT_LT(took, 4s) << "cut took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+  EXPECT_LT(took, 4s) << "cut took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                      << " ms";
   RecordProperty("revoke_to_cut_ms",
                  std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
   auto cut2 = wait_record(audit_, "flow_cut", kUngranted, 0, 5s);
@@ -554,12 +558,14 @@ TEST_F(AgentIntegration, ExpiryAndRevocationEndLiveFlows) {
   // Count mode: a revoked grant's live flow is re-tagged bypass_expired, not cut.
   start_agent(false, "count.log");
   store.add(make_grant("g-0000000000d4", "10.77.2.0/24", ::time(nullptr) + 3600));
-  ASSERT_TRUE(eventually([&] { return count(read_file(dir_.file("count.log")), "kernel maps synced") >= 2; }));
+  ASSERT_TRUE(
+      eventually([&] { return count(read_file(dir_.file("count.log")), "kernel maps synced") >= 2; }));
   Process counted = ssh_bg(kUngranted, "sleep 8", dir_.file("counted.out"));
   ASSERT_TRUE(wait_record(audit_, "flow_open", kUngranted, 0, 15s, "bypass_approved").has_value());
   double retagged = metric(*host_, "sshring_agent_flows_retagged_total");
   ASSERT_TRUE(store.revoke("g-0000000000d4", "test", "done", ::time(nullptr)).has_value());
-  EXPECT_TRUE(eventually([&] { return metric(*host_, "sshring_agent_flows_retagged_total") > retagged; }, 5s));
+  EXPECT_TRUE(
+      eventually([&] { return metric(*host_, "sshring_agent_flows_retagged_total") > retagged; }, 5s));
   EXPECT_EQ(counted.wait(20s).value_or(-1), 0) << "count mode does not cut";
   auto closed = wait_record(audit_, "flow_close", kUngranted, 1, 15s, "bypass_expired");
   ASSERT_TRUE(closed.has_value()) << "the close carries the new tag";
@@ -601,15 +607,17 @@ TEST_F(AgentIntegration, ConnectionsOpenBeforeStartAreSeeded) {
 TEST_F(AgentIntegration, PolicyThatDoesNotFitIsLoadedFailClosed) {
   policy::DirGrantStore store(grants_);
   store.add(make_grant("g-0000000000e5", "10.77.2.0/24", ::time(nullptr) + 3600));
-  std::vector<std::string> argv = {sshring_bin(), "agent", "--policy", dir_.file("policy.yaml"), "--iface", "vh",
-                                   "--pin-dir", pin_dir_, "--audit-log", audit_, "--metrics", "127.0.0.1:9465",
-                                   "--enforce", "--max-rules", "2"};
+  std::vector<std::string> argv = {sshring_bin(), "agent",       "--policy",  dir_.file("policy.yaml"),
+                                   "--iface",     "vh",          "--pin-dir", pin_dir_,
+                                   "--audit-log", audit_,        "--metrics", "127.0.0.1:9465",
+                                   "--enforce",   "--max-rules", "2"};
   Process::Options o;
   o.netns = host_->name();
   o.stderr_path = dir_.file("agent.log");
   agent_.emplace(argv, o);
-  ASSERT_TRUE(eventually([&] { return read_file(dir_.file("agent.log")).find("agent: running") != std::string::npos; }))
-      << read_file(dir_.file("agent.log"));
+  ASSERT_TRUE(eventually([&] {
+    return read_file(dir_.file("agent.log")).find("agent: running") != std::string::npos;
+  })) << read_file(dir_.file("agent.log"));
   EXPECT_NE(read_file(dir_.file("agent.log")).find("POLICY DOES NOT FIT"), std::string::npos);
   EXPECT_EQ(metric(*host_, "sshring_agent_policy_fits"), 0);
   EXPECT_GT(metric(*host_, "sshring_agent_policy_rules_not_loaded"), 0);
@@ -627,14 +635,16 @@ TEST_F(AgentIntegration, PrivatePinsAreReported) {
   EXPECT_EQ(metric(*host_, "sshring_agent_pins_private"), 0);
   stop_agent();
   const std::string private_dir = "/sys/fs/bpf/sshring-test-private-" + std::to_string(::getpid());
-  std::vector<std::string> argv = {sshring_bin(), "agent", "--policy", dir_.file("policy.yaml"), "--iface", "vh",
-                                   "--pin-dir", private_dir, "--metrics", "127.0.0.1:9465"};
+  std::vector<std::string> argv = {
+      sshring_bin(), "agent",     "--policy",  dir_.file("policy.yaml"), "--iface", "vh",
+      "--pin-dir",   private_dir, "--metrics", "127.0.0.1:9465"};
   Process::Options o;
   o.netns = host_->name();
   o.stderr_path = dir_.file("private.log");
   agent_.emplace(argv, o);
-  ASSERT_TRUE(eventually([&] { return read_file(dir_.file("private.log")).find("agent: running") != std::string::npos; }))
-      << read_file(dir_.file("private.log"));
+  ASSERT_TRUE(eventually([&] {
+    return read_file(dir_.file("private.log")).find("agent: running") != std::string::npos;
+  })) << read_file(dir_.file("private.log"));
   EXPECT_NE(read_file(dir_.file("private.log")).find("PINS ARE PRIVATE"), std::string::npos);
   EXPECT_EQ(metric(*host_, "sshring_agent_pins_private"), 1);
   stop_agent();

@@ -75,11 +75,12 @@ opt_out:
 
 TEST(PolicyMatch, KernelDecisionEqualsClassifyFlow) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to load BPF programs";
+  if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) GTEST_SKIP() << "kernel has no BTF";
   std::optional<BpfObject> obj;
   try {
     obj.emplace(BpfObject::Options{.pin_dir = "", .attach_tracepoint = false});
   } catch (const std::exception& e) {
-    GTEST_SKIP() << "cannot load the BPF object here: " << e.what();
+    FAIL() << "cannot load the BPF object (a verifier error is a failure, not a skip): " << e.what();
   }
   auto pol = std::make_shared<const policy::Policy>(policy::parse_policy(kPolicy, "match-test.yaml"));
   std::vector<policy::Grant> grants = {
@@ -180,6 +181,7 @@ opt_out:
 
 TEST(PolicyMatch, KernelDecisionEqualsClassifyFlowPastFormerLimits) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to load BPF programs";
+  if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) GTEST_SKIP() << "kernel has no BTF";
   auto pol = std::make_shared<const policy::Policy>(policy::parse_policy(kScalePolicy, "scale-test.yaml"));
   std::vector<policy::Grant> grants;
   char id[32], from[32], to[32];
@@ -197,7 +199,8 @@ TEST(PolicyMatch, KernelDecisionEqualsClassifyFlowPastFormerLimits) {
     grants.push_back(grant(id, from, "10.78.0.10/32", i % 7 == 0 ? "2202" : "22", kT0 + (i % 41) - 20));
   }
   auto snap = policy::Snapshot::build(pol, grants);
-  ASSERT_EQ(snap->flow_entries().size(), 16u + 20000u + 1u) << "every grant and the static rule are live entries";
+  ASSERT_EQ(snap->flow_entries().size(), 16u + 20000u + 1u)
+      << "every grant and the static rule are live entries";
   const FoldedPolicy folded = fold_policy(KernelPolicy::from_snapshot(*snap), SIZE_MAX);
   const size_t wanted = folded.rules_wanted;
   size_t most = 0;
@@ -210,9 +213,10 @@ TEST(PolicyMatch, KernelDecisionEqualsClassifyFlowPastFormerLimits) {
   ASSERT_EQ(r.truncated, 0u) << "everything fits";
   ASSERT_GE(r.rules_loaded, 20000u);
 
-  std::vector<std::string> sources = {"10.78.1.5", "10.78.1.6", "10.78.1.200", "10.78.2.1", "10.78.9.3",
-                                      "10.79.0.0", "10.79.79.249", "10.80.0.1"};
-  for (int i = 0; i < 20000; i += 397) sources.push_back("10.79." + std::to_string(i / 250) + "." + std::to_string(i % 250));
+  std::vector<std::string> sources = {"10.78.1.5", "10.78.1.6", "10.78.1.200",  "10.78.2.1",
+                                      "10.78.9.3", "10.79.0.0", "10.79.79.249", "10.80.0.1"};
+  for (int i = 0; i < 20000; i += 397)
+    sources.push_back("10.79." + std::to_string(i / 250) + "." + std::to_string(i % 250));
   const char* dests[] = {"10.78.0.10", "10.78.0.3", "10.78.0.11"};
   const uint16_t ports[] = {22, 2200, 2201, 2202, 2206, 2210, 2214, 2215};
   const int64_t offsets[] = {-60, -21, -3, 0, 1, 7, 20, 21, 30, 3601};

@@ -87,7 +87,8 @@ TEST(KernelFold, ProtectedPrefixesInheritPortsAndFeedTheWatchedUnion) {
 TEST(KernelFold, NinePortRangesAllLoad) {
   KernelPolicy kp;
   std::vector<policy::PortRange> ranges;
-  for (uint16_t i = 0; i < 9; i++) ranges.push_back({static_cast<uint16_t>(2200 + 2 * i), static_cast<uint16_t>(2200 + 2 * i)});
+  for (uint16_t i = 0; i < 9; i++)
+    ranges.push_back({static_cast<uint16_t>(2200 + 2 * i), static_cast<uint16_t>(2200 + 2 * i)});
   kp.protected_dsts = {{cidr("10.0.0.0/24"), ranges}};
   FoldedPolicy fp = fold_policy(kp, 10);
   const auto& bm = fp.protected_dsts.begin()->second;
@@ -117,8 +118,8 @@ TEST(KernelFold, HundredThousandGrantsFold) {
   kp.rules.push_back({cidr("10.64.0.0/10"), cidr("10.0.0.0/16"), 22, 22, 5000, "g-umbrella"});
   for (int i = 0; i < 100000; i++) {
     policy::IpAddr a = policy::IpAddr::v4((10u << 24) | (64u << 16) | static_cast<uint32_t>(i));
-    kp.rules.push_back({policy::Cidr::host(a), cidr("10.0.0.1/32"), 22, 22, 1000 + i % 100,
-                        "g-" + std::to_string(i)});
+    kp.rules.push_back(
+        {policy::Cidr::host(a), cidr("10.0.0.1/32"), 22, 22, 1000 + i % 100, "g-" + std::to_string(i)});
   }
   FoldedPolicy fp = fold_policy(kp, 2 * SSHRING_DEFAULT_MAX_RULES * 2);
   EXPECT_EQ(fp.sources.size(), 100001u);
