@@ -518,6 +518,7 @@ TEST_F(AgentIntegration, ExpiryAndRevocationEndLiveFlows) {
   EXPECT_NE(*rc, 0) << "ssh should fail (connection reset), not finish";
   EXPECT_GE(ended, short_expiry_) << "cut before expiry";
   EXPECT_LE(ended, short_expiry_ + 3) << "cut too late";
+  RecordProperty("expiry_to_client_exit_s", std::to_string(ended - short_expiry_));
   auto cut = wait_record(audit_, "flow_cut", kShort, 0, 5s);
   ASSERT_TRUE(cut.has_value());
   EXPECT_EQ((*cut)["tag"], "bypass_expired");
