@@ -133,7 +133,8 @@ class Agent {
                                             {"maps", obj_->reused_pins() ? "reused" : "created"},
                                             {"rule_capacity", std::to_string(obj_->rule_capacity())}});
     sync_ = std::make_unique<MapSync>(*obj_);
-    live_ = std::make_unique<LiveFlows>(*obj_, *sync_, stats_, [this](nlohmann::json rec) { report(std::move(rec)); });
+    live_ = std::make_unique<LiveFlows>(*obj_, *sync_, stats_,
+                                        [this](nlohmann::json rec) { report(std::move(rec)); });
     sync_policy();
   }
 
@@ -302,7 +303,8 @@ int detach_agent(const std::vector<std::string>& ifaces, const std::string& pin_
     if (ifmap && bpf_map_lookup_elem(ifmap.get(), &key, &created) != 0) created = 0;  // not ours
     int n = detach_tc(idx, created != 0);
     if (ifmap && bpf_map_delete_elem(ifmap.get(), &key) != 0 && errno != ENOENT)
-      log_warn("agent: cannot clear the ifaces map entry", {{"iface", name}, {"error", std::strerror(errno)}});
+      log_warn("agent: cannot clear the ifaces map entry",
+               {{"iface", name}, {"error", std::strerror(errno)}});
     log_info("agent: detached", {{"iface", name},
                                  {"filters_removed", std::to_string(n)},
                                  {"qdisc_removed", created ? "true" : "false"}});

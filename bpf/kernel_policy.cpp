@@ -217,8 +217,8 @@ std::map<MapKey, sshring_rule_span> MapSync::write_rules(const KernelPolicy& kp,
   std::vector<sshring_rule> flat;
   std::vector<std::pair<MapKey, sshring_rule_span>> spans;
   for (const auto& s : fp.sources) {
-    spans.push_back({bytes_of(lpm_key(s.from)), {static_cast<uint32_t>(flat.size()),
-                                                  static_cast<uint32_t>(s.rules.size())}});
+    spans.push_back({bytes_of(lpm_key(s.from)),
+                     {static_cast<uint32_t>(flat.size()), static_cast<uint32_t>(s.rules.size())}});
     for (size_t i : s.rules) {
       const KernelRule& c = kp.rules[i];
       sshring_rule& k = flat.emplace_back();

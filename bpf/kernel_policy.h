@@ -82,7 +82,7 @@ struct SyncResult {
   size_t added = 0;
   size_t removed = 0;
   size_t changed = 0;
-  size_t truncated = 0;    // candidate rules that did not fit the rules map (not loaded)
+  size_t truncated = 0;  // candidate rules that did not fit the rules map (not loaded)
   size_t rules_loaded = 0;
   size_t rule_capacity = 0;
 };

@@ -138,8 +138,9 @@ bool LiveFlows::retag(const policy::Snapshot& snap, int64_t now, const sshring_f
   // kernel between our read and this write are lost (a few packets, once per flow).
   if (bpf_map_update_elem(obj_.map_fd("flows"), &k, &f, BPF_EXIST) != 0) return false;
   stats_.flows_retagged.add();
-  common::log_info("agent: live flow re-tagged",
-                   {{"flow", flow_json(k).dump()}, {"tag", tag_name(f.tag)}, {"grant", sync_.grant_name(f.grant)}});
+  common::log_info(
+      "agent: live flow re-tagged",
+      {{"flow", flow_json(k).dump()}, {"tag", tag_name(f.tag)}, {"grant", sync_.grant_name(f.grant)}});
   return true;
 }
 
@@ -177,7 +178,8 @@ bool LiveFlows::evict_idle(const sshring_flow_key& k, const sshring_flow& f, boo
   return true;
 }
 
-void LiveFlows::walk(const policy::Snapshot& snap, int64_t now_unix, bool enforce, std::chrono::seconds idle) {
+void LiveFlows::walk(const policy::Snapshot& snap, int64_t now_unix, bool enforce,
+                     std::chrono::seconds idle) {
   const uint64_t boot = static_cast<uint64_t>(clock_ns(CLOCK_BOOTTIME));
   const uint64_t idle_ns = static_cast<uint64_t>(idle.count()) * 1000000000ull;
   std::vector<std::pair<sshring_flow_key, sshring_flow>> all;
@@ -188,6 +190,7 @@ void LiveFlows::walk(const policy::Snapshot& snap, int64_t now_unix, bool enforc
   int64_t tracked = 0;
   std::set<std::vector<uint8_t>> present;
   for (auto& [k, f] : all) {
+    if (present.count(key_bytes(k))) continue;  // seen twice: the walk restarted after a kernel delete
     if (boot > f.last_ns && boot - f.last_ns > idle_ns && evict_idle(k, f, enforce)) continue;
     tracked++;
     present.insert(key_bytes(k));

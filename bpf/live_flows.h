@@ -21,9 +21,9 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include "bpf/sshring_structs.h"
 #include "metrics/audit_types.h"
-#include <nlohmann/json.hpp>
 
 namespace sshring::policy {
 class Snapshot;

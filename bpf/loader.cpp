@@ -133,8 +133,8 @@ BpfObject::BpfObject(const Options& opts) {
       }
     }
     if (opts.max_rules == 0 || opts.max_rules > (1u << 30) / sizeof(sshring_rule))
-      throw common::UsageError("--max-rules " + std::to_string(opts.max_rules) +
-                               " is out of range; use 1.." + std::to_string((1u << 30) / sizeof(sshring_rule)));
+      throw common::UsageError("--max-rules " + std::to_string(opts.max_rules) + " is out of range; use 1.." +
+                               std::to_string((1u << 30) / sizeof(sshring_rule)));
     rule_capacity_ = opts.max_rules;
     if (int err = bpf_map__set_max_entries(skel_->maps.rules, static_cast<uint32_t>(2 * opts.max_rules)))
       throw common::SystemError("size rules map", -err);

@@ -517,8 +517,7 @@ static __always_inline int tracked(const struct pkt* p, const struct sshring_flo
   __sync_fetch_and_add(&f->packets[dir], 1);
   __sync_fetch_and_add(&f->bytes[dir], len);
   f->last_ns = bpf_ktime_get_boot_ns();
-  if (f->tag == SSHRING_TAG_APPROVED && f->expires_unix &&
-      now_unix_ns() >= f->expires_unix * 1000000000LL) {
+  if (f->tag == SSHRING_TAG_APPROVED && f->expires_unix && now_unix_ns() >= f->expires_unix * 1000000000LL) {
     f->tag = SSHRING_TAG_EXPIRED;
     stat_inc(SSHRING_STAT_EXPIRED_LIVE);
   }

@@ -62,7 +62,8 @@ int run(const std::vector<std::string>& args) {
              "1h")
       .value("max-rules", "N",
              "candidate grant rules the kernel maps hold (default: sized from the policy at start, at least "
-             "65536); a policy needing more is loaded cut, fail closed, and sshring_agent_policy_fits drops to 0")
+             "65536); a policy needing more is loaded cut, fail closed, and sshring_agent_policy_fits drops "
+             "to 0")
       .boolean("detach", "remove what the agent attached on --iface (and the pins once none is left)")
       .boolean("verbose", "log every flow event")
       .epilog(

@@ -175,8 +175,8 @@ void register_agent(Server& server, const AgentStats* stats) {
     auto enforce =
         gauge_family("sshring_agent_enforce_mode", "1 when unapproved SYNs are dropped, 0 when only tagged.");
     add_sample(enforce, {}, static_cast<double>(stats->enforce.value()));
-    std::vector<prometheus::MetricFamily> out{std::move(flows),   std::move(bytes),   std::move(drops),
-                                              std::move(full),    std::move(evicted), std::move(tracked),
+    std::vector<prometheus::MetricFamily> out{std::move(flows),  std::move(bytes),   std::move(drops),
+                                              std::move(full),   std::move(evicted), std::move(tracked),
                                               std::move(enforce)};
     append_agent_enforcement(*stats, out);
     return out;

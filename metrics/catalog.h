@@ -77,8 +77,8 @@ PolicyMetrics register_policy(Server& server);
 // Label `event` of sshring_agent_kernel_events_total: the kernel's stat counters, index = the BPF
 // `enum sshring_stat` (bpf/sshring_consts.h; bpf/abi_check.h asserts the two lists agree).
 inline constexpr const char* kKernelStatNames[] = {
-    "truncated",    "fragment",     "v6_unparsed",    "ringbuf_full",   "flow_map_full",   "untracked",
-    "dropped_syn",  "closed_local", "dropped_packet", "expired_live",   "reclassified_syn"};
+    "truncated",   "fragment",     "v6_unparsed",    "ringbuf_full", "flow_map_full",   "untracked",
+    "dropped_syn", "closed_local", "dropped_packet", "expired_live", "reclassified_syn"};
 inline constexpr size_t kNumKernelStats = std::size(kKernelStatNames);
 
 // One per agent; the BPF per-CPU tag counters are read at scrape time through `read_tag_counters`.
@@ -91,13 +91,13 @@ struct AgentStats {
   LocalGauge flows_tracked;                  // sshring_agent_flows_tracked
   LocalGauge enforce;                        // sshring_agent_enforce_mode (0/1)
   std::array<LocalCounter, kNumKernelStats> kernel_events;  // sshring_agent_kernel_events_total{event}
-  LocalCounter flows_seeded;      // sshring_agent_flows_seeded_total
-  LocalCounter flows_retagged;    // sshring_agent_flows_retagged_total
-  LocalCounter flows_cut;         // sshring_agent_flows_cut_total
-  LocalCounter flow_cut_errors;   // sshring_agent_flow_cut_errors_total
-  LocalGauge policy_fits;         // sshring_agent_policy_fits (0/1)
-  LocalGauge rules_not_loaded;    // sshring_agent_policy_rules_not_loaded
-  LocalGauge pins_private;        // sshring_agent_pins_private (0/1)
+  LocalCounter flows_seeded;                                // sshring_agent_flows_seeded_total
+  LocalCounter flows_retagged;                              // sshring_agent_flows_retagged_total
+  LocalCounter flows_cut;                                   // sshring_agent_flows_cut_total
+  LocalCounter flow_cut_errors;                             // sshring_agent_flow_cut_errors_total
+  LocalGauge policy_fits;                                   // sshring_agent_policy_fits (0/1)
+  LocalGauge rules_not_loaded;                              // sshring_agent_policy_rules_not_loaded
+  LocalGauge pins_private;                                  // sshring_agent_pins_private (0/1)
 };
 void register_agent(Server& server, const AgentStats* stats);
 

@@ -63,6 +63,7 @@ class KernelTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (::geteuid() != 0) GTEST_SKIP() << "needs root to load BPF programs";
+    if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) GTEST_SKIP() << "kernel has no BTF";
     try {
       obj_.emplace(BpfObject::Options{.pin_dir = "", .attach_tracepoint = false});
     } catch (const std::exception& e) {
@@ -277,16 +278,25 @@ TEST_F(KernelTest, EnforceDropsWhatItCannotClassify) {
        true,
        kShot,
        SSHRING_STAT_FRAGMENTS},
-      {"ipv4_fragment_other_port", {.src = "10.77.1.33", .dport = 443, .frag_off = 0x2000}, true, kShot,
+      {"ipv4_fragment_other_port",
+       {.src = "10.77.1.33", .dport = 443, .frag_off = 0x2000},
+       true,
+       kShot,
        SSHRING_STAT_FRAGMENTS},
       {"ipv4_fragment_unprotected_host",
        {.src = "10.77.1.34", .dst = "10.99.0.1", .frag_off = 0x2000},
        true,
        kPass,
        SSHRING_STAT_FRAGMENTS},
-      {"ipv4_udp_fragment_ignored", {.src = "10.77.1.35", .frag_off = 0x2000, .ip_proto = 17}, true, kPass,
+      {"ipv4_udp_fragment_ignored",
+       {.src = "10.77.1.35", .frag_off = 0x2000, .ip_proto = 17},
+       true,
+       kPass,
        SSHRING_STAT_NUM},
-      {"ipv6_fragment", {.src = "fd77:1::20", .dst = "fd77::10", .v6_ext = {44}}, true, kShot,
+      {"ipv6_fragment",
+       {.src = "fd77:1::20", .dst = "fd77::10", .v6_ext = {44}},
+       true,
+       kShot,
        SSHRING_STAT_FRAGMENTS},
       {"ipv6_atomic_fragment",
        {.src = "fd77:1::21", .dst = "fd77::10", .v6_ext = {44}, .v6_frag_atomic = true},
@@ -308,7 +318,10 @@ TEST_F(KernelTest, EnforceDropsWhatItCannotClassify) {
        true,
        kShot,
        SSHRING_STAT_V6_UNPARSED},
-      {"ipv6_esp", {.src = "fd77:1::25", .dst = "fd77::10", .v6_ext = {50}}, true, kShot,
+      {"ipv6_esp",
+       {.src = "fd77:1::25", .dst = "fd77::10", .v6_ext = {50}},
+       true,
+       kShot,
        SSHRING_STAT_V6_UNPARSED},
       {"ipv6_unparsed_unprotected_host",
        {.src = "fd77:1::26", .dst = "fd99::1", .v6_ext = {60, 60, 60, 60, 60}},
@@ -317,7 +330,10 @@ TEST_F(KernelTest, EnforceDropsWhatItCannotClassify) {
        SSHRING_STAT_V6_UNPARSED},
       {"tcp_cut", {.src = "10.77.1.36", .truncate_to = 14 + 20 + 10}, true, kShot, SSHRING_STAT_TRUNCATED},
       {"bare_ack_no_flow", {.src = "10.77.1.37", .flags = kAck}, true, kShot, SSHRING_STAT_UNTRACKED},
-      {"psh_data_no_flow", {.src = "10.77.9.37", .flags = kAck | testing::kPsh, .payload = 64}, true, kShot,
+      {"psh_data_no_flow",
+       {.src = "10.77.9.37", .flags = kAck | testing::kPsh, .payload = 64},
+       true,
+       kShot,
        SSHRING_STAT_UNTRACKED},
       {"rst_no_flow", {.src = "10.77.1.38", .flags = kRst}, true, kShot, SSHRING_STAT_UNTRACKED},
       {"fin_no_flow", {.src = "10.77.1.39", .flags = kFin | kAck}, true, kShot, SSHRING_STAT_UNTRACKED},
@@ -326,9 +342,15 @@ TEST_F(KernelTest, EnforceDropsWhatItCannotClassify) {
        false,
        kPass,
        SSHRING_STAT_UNTRACKED},
-      {"egress_fragment_passes", {.src = "10.77.0.10", .dst = "10.77.1.41", .frag_off = 0x2000}, false, kPass,
+      {"egress_fragment_passes",
+       {.src = "10.77.0.10", .dst = "10.77.1.41", .frag_off = 0x2000},
+       false,
+       kPass,
        SSHRING_STAT_FRAGMENTS},
-      {"ack_to_unprotected_port", {.src = "10.77.1.42", .dport = 80, .flags = kAck}, true, kPass,
+      {"ack_to_unprotected_port",
+       {.src = "10.77.1.42", .dport = 80, .flags = kAck},
+       true,
+       kPass,
        SSHRING_STAT_NUM},
   };
   for (const auto& c : cases) {
@@ -338,8 +360,8 @@ TEST_F(KernelTest, EnforceDropsWhatItCannotClassify) {
     EXPECT_EQ(run_prog(c.ingress ? obj_->ingress_fd() : obj_->egress_fd(), pkt).retval, c.rc);
     auto after = obj_->stat_counters();
     for (int i = 0; i < SSHRING_STAT_NUM; i++) {
-      uint64_t want = before[i] + (i == c.counter ? 1 : 0) +
-                      (i == SSHRING_STAT_DROPPED_PACKETS && c.rc == kShot ? 1 : 0);
+      uint64_t want =
+          before[i] + (i == c.counter ? 1 : 0) + (i == SSHRING_STAT_DROPPED_PACKETS && c.rc == kShot ? 1 : 0);
       EXPECT_EQ(after[i], want) << "stat " << i;
     }
     EXPECT_FALSE(flow(c.pkt).has_value());
@@ -572,6 +594,7 @@ TEST_F(KernelTest, MapSyncConvergesOnReload) {
 // pair on the wire: a real loopback connection, aborted by the server side (SO_LINGER 0).
 TEST(SockStateHook, LocalAbortClosesTheFlow) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to load BPF programs";
+  if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) GTEST_SKIP() << "kernel has no BTF";
   std::optional<BpfObject> obj;
   try {
     obj.emplace(BpfObject::Options{.pin_dir = "", .attach_tracepoint = true});

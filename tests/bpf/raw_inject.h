@@ -118,7 +118,8 @@ inline std::vector<uint8_t> ipv6_packet(const Segment& s) {
 
 inline bool parse_mac(const std::string& text, uint8_t out[6]) {
   unsigned m[6];
-  if (std::sscanf(text.c_str(), "%x:%x:%x:%x:%x:%x", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) != 6) return false;
+  if (std::sscanf(text.c_str(), "%x:%x:%x:%x:%x:%x", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) != 6)
+    return false;
   for (int i = 0; i < 6; i++) out[i] = static_cast<uint8_t>(m[i]);
   return true;
 }
@@ -170,7 +171,8 @@ inline int inject_and_listen(const std::string& netns, const std::string& ifname
       size_t l4 = 0;
       if (eth == ETH_P_IP && n >= 34 && buf[23] == 6) l4 = 14 + (buf[14] & 0x0f) * 4;
       if (eth == ETH_P_IPV6 && n >= 54 && buf[20] == 6) l4 = 54;
-      if (l4 && static_cast<size_t>(n) >= l4 + 4 && ((buf[l4 + 2] << 8) | buf[l4 + 3]) == reply_port) ::_exit(1);
+      if (l4 && static_cast<size_t>(n) >= l4 + 4 && ((buf[l4 + 2] << 8) | buf[l4 + 3]) == reply_port)
+        ::_exit(1);
     }
     ::_exit(0);
   }
