@@ -9,12 +9,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <iomanip>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <tuple>
 
 #include "cli/command.h"
 #include "common/duration.h"
@@ -57,7 +60,8 @@ std::string host_name() {
 }
 
 void common_flags(common::Flags& f) {
-  f.value("policy", "FILE", "policy file (its grant_store is the store)", std::string(policy::kDefaultPolicyPath));
+  f.value("policy", "FILE", "policy file (its grant_store is the store)",
+          std::string(policy::kDefaultPolicyPath));
   f.value("grant-store", "DIR", "grant store directory (default: the policy's grant_store)");
   f.value("audit-log", "FILE", "audit log for grant changes", std::string(kDefaultAuditLog));
   f.boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)");
@@ -65,7 +69,8 @@ void common_flags(common::Flags& f) {
 
 void signer_flags(common::Flags& f) {
   f.value("identity", "KEYFILE", "sign with this OpenSSH ed25519 private key file instead of ssh-agent");
-  f.value("agent-key", "PUBFILE", "with ssh-agent: use the key in this .pub file (default: first ed25519 key)");
+  f.value("agent-key", "PUBFILE",
+          "with ssh-agent: use the key in this .pub file (default: first ed25519 key)");
   f.value("as", "NAME", "the principal you sign as (default: the one the policy lists your key for)");
 }
 
@@ -170,7 +175,8 @@ Context open(const common::Flags& f, bool need_audit, bool allow_broken_policy =
     if (!allow_broken_policy) throw;
     c.policy_error = e.what();
   }
-  std::string dir = f.get_or("grant-store", c.policy ? c.policy->grant_store : std::string(policy::kDefaultGrantStore));
+  std::string dir =
+      f.get_or("grant-store", c.policy ? c.policy->grant_store : std::string(policy::kDefaultGrantStore));
   c.store = std::make_unique<policy::DirGrantStore>(dir, true);
   if (need_audit) c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"));
   sweep(c);
@@ -255,9 +261,10 @@ const policy::OptOutRule* choose_rule(const Context& c, policy::GrantRequest req
     why += no;
   }
   if (why.empty())
-    why = break_glass ? "no break_glass rule applies (check --rule)\n"
-                      : "no opt_out rule applies" + std::string(req.rule.empty() ? "" : " named " + req.rule) +
-                            " (break_glass rules need --break-glass)\n";
+    why = break_glass
+              ? "no break_glass rule applies (check --rule)\n"
+              : "no opt_out rule applies" + std::string(req.rule.empty() ? "" : " named " + req.rule) +
+                    " (break_glass rules need --break-glass)\n";
   *refusal = why;
   return nullptr;
 }
@@ -272,27 +279,29 @@ void print_result(const common::Flags& f, const policy::CheckedGrant& chk) {
     return;
   }
   std::cout << r.id << " " << policy::status_name(chk.status) << " under rule " << r.rule << ": " << r.who
-            << " from " << r.from.to_string() << " to " << r.to.to_string() << ":" << r.ports.to_string() << " ("
-            << chk.detail << ")\n";
+            << " from " << r.from.to_string() << " to " << r.to.to_string() << ":" << r.ports.to_string()
+            << " (" << chk.detail << ")\n";
   if (chk.break_glass && chk.activated)
     std::cout << "break-glass: this fires a critical alert; someone else must review it before "
-              << policy::format_rfc3339(chk.review_due) << " (sshring grant review " << r.id << " --note ...)\n";
+              << policy::format_rfc3339(chk.review_due) << " (sshring grant review " << r.id
+              << " --note ...)\n";
 }
 
 // grant request / grant add: sign and store a request. `one_step` (add) refuses anything that would
 // not be live at once.
 int request(const std::vector<std::string>& args, bool one_step) {
   const char* name = one_step ? "grant add" : "grant request";
-  common::Flags f(name,
-                  std::string("sshring ") + name +
-                      " [--policy FILE] [--who NAME] --from CIDR --to CIDR[:PORTS] --ttl 2h --reason \"...\" "
-                      "[--identity KEYFILE]",
-                  one_step ? "Requests a grant that is live at once: under a rule that needs no approval, or a\n"
-                             "break_glass rule (--break-glass). Signed with your key like `grant request`."
-                           : "Signs and stores a request for a time-bound direct-SSH exception. Accepted only if an\n"
-                             "opt_out rule allows exactly that (who, from, to, ports, TTL, reason, and you as\n"
-                             "requester). It is pending until the rule's approvals are signed (grant approve),\n"
-                             "or live at once when the rule needs none.");
+  common::Flags f(
+      name,
+      std::string("sshring ") + name +
+          " [--policy FILE] [--who NAME] --from CIDR --to CIDR[:PORTS] --ttl 2h --reason \"...\" "
+          "[--identity KEYFILE]",
+      one_step ? "Requests a grant that is live at once: under a rule that needs no approval, or a\n"
+                 "break_glass rule (--break-glass). Signed with your key like `grant request`."
+               : "Signs and stores a request for a time-bound direct-SSH exception. Accepted only if an\n"
+                 "opt_out rule allows exactly that (who, from, to, ports, TTL, reason, and you as\n"
+                 "requester). It is pending until the rule's approvals are signed (grant approve),\n"
+                 "or live at once when the rule needs none.");
   request_flags(f);
   f.epilog("Exit codes: 0 stored, 1 refused or failed, 2 usage error.\n");
   if (!f.parse(args)) return 0;
@@ -304,8 +313,8 @@ int request(const std::vector<std::string>& args, bool one_step) {
   const policy::OptOutRule* rule = choose_rule(c, req, f.flag("break-glass"), &refusal);
   if (!rule) {
     std::cerr << "sshring " << name << ": refused: no opt_out rule allows " << req.who << " from "
-              << req.from.to_string() << " to " << req.to.to_string() << ":" << req.ports.to_string() << " for "
-              << common::format_duration(std::chrono::seconds(req.ttl_seconds)) << "\n"
+              << req.from.to_string() << " to " << req.to.to_string() << ":" << req.ports.to_string()
+              << " for " << common::format_duration(std::chrono::seconds(req.ttl_seconds)) << "\n"
               << refusal;
     return 1;
   }
@@ -347,7 +356,8 @@ std::string decision_refusal(const policy::CheckedGrant& chk, const policy::OptO
       return std::string("it is ") + std::string(policy::status_name(chk.status)) + " (" + chk.detail +
              "), not pending";
     for (const auto& d : chk.decisions)
-      if (d.signer == me && d.counted && d.kind == kind) return me + " already signed this " + policy::decision_name(kind).data();
+      if (d.signer == me && d.counted && d.kind == kind)
+        return me + " already signed this " + policy::decision_name(kind).data();
   }
   if (kind == policy::DecisionKind::kReview) {
     if (!chk.activated) return "it was never active";
@@ -360,8 +370,9 @@ std::string decision_refusal(const policy::CheckedGrant& chk, const policy::OptO
   return policy::decider_refusal(p, *rule, r, me, kind);
 }
 
-nlohmann::json decision_record(const DecisionSpec& spec, const policy::SignedGrant& g, const policy::GrantActor& by,
-                               const std::string& note, const policy::CheckedGrant& after) {
+nlohmann::json decision_record(const DecisionSpec& spec, const policy::SignedGrant& g,
+                               const policy::GrantActor& by, const std::string& note,
+                               const policy::CheckedGrant& after) {
   switch (spec.kind) {
     case policy::DecisionKind::kApprove:
       return policy::grant_approve_record(g, by, policy::status_name(after.status));
@@ -383,14 +394,17 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
   common::Flags f(std::string("grant ") + spec.name, usage, help);
   common_flags(f);
   signer_flags(f);
-  f.value(spec.note_flag, "TEXT", spec.note_required ? "why (required; signed and audited)" : "a note (signed and audited)");
+  f.value(spec.note_flag, "TEXT",
+          spec.note_required ? "why (required; signed and audited)" : "a note (signed and audited)");
   f.boolean("json", "print the grant and its new status as JSON");
   f.epilog("Exit codes: 0 recorded, 1 refused or failed, 2 usage error.\n");
   if (!f.parse(args)) return 0;
-  if (f.positionals().size() != 1) throw UsageError(std::string("grant ") + spec.name + ": give exactly one grant ID (see grant list)");
+  if (f.positionals().size() != 1)
+    throw UsageError(std::string("grant ") + spec.name + ": give exactly one grant ID (see grant list)");
   const std::string id = f.positionals()[0];
   std::string note = spec.note_required ? f.require(spec.note_flag) : f.get_or(spec.note_flag, "");
-  if (note.size() > policy::kMaxTextLength) throw UsageError(std::string("--") + spec.note_flag + ": at most 1024 characters");
+  if (note.size() > policy::kMaxTextLength)
+    throw UsageError(std::string("--") + spec.note_flag + ": at most 1024 characters");
   const bool revoke = spec.kind == policy::DecisionKind::kRevoke;
   Context c = open(f, true, revoke);
   auto signer = make_signer(f);
@@ -399,9 +413,11 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
     me = signer_principal(c.pol(), signer, f);
   } else {
     if (!f.has("as"))
-      throw UsageError("the policy does not load (" + c.policy_error + "); to revoke anyway, say who you are with --as NAME");
+      throw UsageError("the policy does not load (" + c.policy_error +
+                       "); to revoke anyway, say who you are with --as NAME");
     me = f.require("as");
-    std::cerr << "sshring grant revoke: warning: the policy does not load; readers will check the signature\n";
+    std::cerr
+        << "sshring grant revoke: warning: the policy does not load; readers will check the signature\n";
   }
   policy::GrantDecision d{spec.kind, me, c.now, note, os_user(), host_name(), {}};
   struct Refused : std::runtime_error {
@@ -411,15 +427,16 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
   std::optional<policy::SignedGrant> stored;
   try {
     stored = c.store->update(id, [&](policy::SignedGrant& g) {
-    if (c.policy) {
-      auto chk = policy::check_grant(c.pol(), g, c.now, nullptr);
-      refusal = decision_refusal(chk, c.pol().find_rule(g.request.rule), c.pol(), me, spec.kind);
-      if (!refusal.empty()) throw Refused(refusal);
-    }
-    if (g.decisions.size() >= policy::kMaxDecisions) throw UsageError("grant " + id + " holds 64 decisions already");
-    policy::sign_decision(g.request, d, signer);
-    g.decisions.push_back(d);
-  });
+      if (c.policy) {
+        auto chk = policy::check_grant(c.pol(), g, c.now, nullptr);
+        refusal = decision_refusal(chk, c.pol().find_rule(g.request.rule), c.pol(), me, spec.kind);
+        if (!refusal.empty()) throw Refused(refusal);
+      }
+      if (g.decisions.size() >= policy::kMaxDecisions)
+        throw UsageError("grant " + id + " holds 64 decisions already");
+      policy::sign_decision(g.request, d, signer);
+      g.decisions.push_back(d);
+    });
   } catch (const Refused& e) {
     std::cerr << "sshring grant " << spec.name << ": refused: " << e.what() << "\n";
     return 1;
@@ -445,9 +462,12 @@ nlohmann::json list_json(const policy::CheckedGrant& c, UnixSeconds now) {
   const auto& r = c.object.request;
   nlohmann::json decisions = nlohmann::json::array();
   for (const auto& d : c.decisions) {
-    nlohmann::json j = {{"decision", policy::decision_name(d.kind)}, {"signer", d.signer},
-                        {"key_fingerprint", d.fingerprint},       {"at", policy::format_rfc3339(d.at)},
-                        {"counted", d.counted},                   {"note", d.note}};
+    nlohmann::json j = {{"decision", policy::decision_name(d.kind)},
+                        {"signer", d.signer},
+                        {"key_fingerprint", d.fingerprint},
+                        {"at", policy::format_rfc3339(d.at)},
+                        {"counted", d.counted},
+                        {"note", d.note}};
     if (!d.counted) j["not_counted"] = d.not_counted_why;
     decisions.push_back(std::move(j));
   }
@@ -494,10 +514,11 @@ std::string approvers_text(const policy::CheckedGrant& c) {
 }
 
 int list(const std::vector<std::string>& args) {
-  common::Flags f("grant list", "sshring grant list [--policy FILE] [--json]",
-                  "Lists the grants in the store with their status as every reader sees it: pending, active,\n"
-                  "expired, revoked, denied, or rejected (with the reason: bad signature, unknown key, rule\n"
-                  "missing or narrowed, ...). Ended grants are kept 7 days.");
+  common::Flags f(
+      "grant list", "sshring grant list [--policy FILE] [--json]",
+      "Lists the grants in the store with their status as every reader sees it: pending, active,\n"
+      "expired, revoked, denied, or rejected (with the reason: bad signature, unknown key, rule\n"
+      "missing or narrowed, ...). Ended grants are kept 7 days.");
   common_flags(f);
   f.boolean("json", "print JSON (one array)");
   if (!f.parse(args)) return 0;
@@ -524,8 +545,8 @@ int list(const std::vector<std::string>& args) {
     return 0;
   }
   std::cout << std::left << std::setw(15) << "ID" << std::setw(10) << "STATUS" << std::setw(12) << "WHO"
-            << std::setw(12) << "REQUESTER" << std::setw(20) << "FROM" << std::setw(24) << "TO" << std::setw(22)
-            << "EXPIRES" << std::setw(34) << "APPROVERS"
+            << std::setw(12) << "REQUESTER" << std::setw(20) << "FROM" << std::setw(24) << "TO"
+            << std::setw(22) << "EXPIRES" << std::setw(34) << "APPROVERS"
             << "REASON / DETAIL\n";
   for (const auto& g : checked) {
     const auto& r = g.object.request;
@@ -578,6 +599,7 @@ int run(const std::vector<std::string>& args) {
                    "'; expected request, add, approve, deny, review, revoke or list (see --help)");
 }
 
-const sshring::cli::Registrar kGrant{{"grant", "request, approve and revoke signed time-bound opt-out grants", run}};
+const sshring::cli::Registrar kGrant{
+    {"grant", "request, approve and revoke signed time-bound opt-out grants", run}};
 
 }  // namespace

@@ -1,6 +1,8 @@
 // Every sshring metric family is created here; names and labels are the contract for dashboards.
 #include "metrics/catalog.h"
 
+#include "common/grant_reject.h"
+
 #include <iterator>
 
 namespace sshring::metrics {
@@ -99,6 +101,7 @@ PolicyMetrics register_policy(Server& server) {
                            .Help("Stored grants refused at a reload (bad signature, unknown key, missing or "
                                  "narrowed rule, ...), by reason; each grant counts once.")
                            .Register(reg);
+  for (auto reason : common::kGrantRejectReasons) m.grants_rejected->Add({{"reason", std::string(reason)}});
   m.break_glass_live = &prometheus::BuildGauge()
                             .Name("sshring_grants_break_glass_active")
                             .Help("Break-glass grants currently in force.")

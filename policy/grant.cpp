@@ -163,7 +163,7 @@ nlohmann::json signed_grant_to_json(const SignedGrant& g) {
                   {"host", d.host},
                   {"signature", d.signature}});
   }
-  return {{"format", "sshring-grant/v1"}, {"id", r.id},       {"request", std::move(req)},
+  return {{"format", "sshring-grant/v1"}, {"id", r.id},      {"request", std::move(req)},
           {"signature", g.signature},     {"decisions", ds}, {"expire_recorded", g.expire_recorded}};
 }
 
@@ -199,7 +199,8 @@ struct JsonIn {
 };
 
 GrantDecision decision_from_json(const nlohmann::json& j, size_t i) {
-  if (!j.is_object()) throw common::UsageError("grant field 'decisions[" + std::to_string(i) + "]': expected an object");
+  if (!j.is_object())
+    throw common::UsageError("grant field 'decisions[" + std::to_string(i) + "]': expected an object");
   JsonIn in{j, "decisions[" + std::to_string(i) + "]."};
   GrantDecision d;
   std::string k = in.str("decision", true, 16);
@@ -257,7 +258,8 @@ SignedGrant signed_grant_from_json(const nlohmann::json& j) {
     if (d->size() > kMaxDecisions) top.bad("decisions", "more than 64 decisions");
     for (size_t i = 0; i < d->size(); ++i) g.decisions.push_back(decision_from_json((*d)[i], i));
   }
-  if (auto it = j.find("expire_recorded"); it != j.end() && it->is_boolean()) g.expire_recorded = it->get<bool>();
+  if (auto it = j.find("expire_recorded"); it != j.end() && it->is_boolean())
+    g.expire_recorded = it->get<bool>();
   return g;
 }
 

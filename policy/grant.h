@@ -160,8 +160,8 @@ struct CheckedGrant {
   Grant terms;  // valid when activated
   bool break_glass = false;
   bool reviewed = false;
-  UnixSeconds review_due = 0;      // break-glass: activation + review_within
-  UnixSeconds pending_until = 0;   // pending: created + request_ttl
+  UnixSeconds review_due = 0;     // break-glass: activation + review_within
+  UnixSeconds pending_until = 0;  // pending: created + request_ttl
   // Honoured by the snapshot: activated, not rejected or denied (expired and revoked ones stay, so
   // flows that used them classify as bypass_expired).
   [[nodiscard]] bool honoured() const noexcept {
@@ -191,6 +191,7 @@ class GrantChecker {
   SignatureCache* cache_;
   std::unordered_map<std::string_view, const Principal*> principals_;
   std::unordered_map<std::string_view, const Principal*> keys_;
+  std::unordered_map<std::string_view, const OptOutRule*> rules_;
 };
 
 // One-off check (builds a GrantChecker).

@@ -27,7 +27,8 @@ bool in_set_with(const PrincipalSet& set, std::string_view name, Find&& find) {
 template <class Find>
 std::string rule_refusal_with(const OptOutRule& r, const GrantRequest& req, Find&& find) {
   const Principal* who = find(req.who);
-  bool who_ok = std::find(r.who_principals.begin(), r.who_principals.end(), req.who) != r.who_principals.end();
+  bool who_ok =
+      std::find(r.who_principals.begin(), r.who_principals.end(), req.who) != r.who_principals.end();
   if (!who_ok && who) {
     for (const auto& role : who->roles)
       if (std::find(r.who_roles.begin(), r.who_roles.end(), role) != r.who_roles.end()) who_ok = true;
@@ -45,7 +46,8 @@ std::string rule_refusal_with(const OptOutRule& r, const GrantRequest& req, Find
   if (r.require_reason && req.reason.empty()) return "it requires --reason";
   if (req.requester != req.who) {
     if (r.requesters.empty() || !in_set_with(r.requesters, req.requester, find))
-      return req.requester + " may not request for " + req.who + " (the rule's requesters do not include them)";
+      return req.requester + " may not request for " + req.who +
+             " (the rule's requesters do not include them)";
   }
   return {};
 }
@@ -59,7 +61,8 @@ std::string decider_refusal_with(const OptOutRule& rule, const GrantRequest& req
   if (who == req.requester || who == req.who)
     return w + " asked for this grant (or it is for them); someone else must decide";
   if (kind == DecisionKind::kReview) {
-    if (!rule.break_glass) return "only break-glass grants are reviewed; rule " + rule.id + " is not break_glass";
+    if (!rule.break_glass)
+      return "only break-glass grants are reviewed; rule " + rule.id + " is not break_glass";
     if (!in_set_with(rule.reviewers, who, find)) return w + " is not a reviewer of rule " + rule.id;
     return {};
   }
@@ -106,6 +109,7 @@ GrantChecker::GrantChecker(const Policy& policy, SignatureCache* cache) : policy
     principals_.emplace(p.name, &p);
     for (const auto& k : p.keys) keys_.emplace(k.fingerprint, &p);
   }
+  for (const auto& r : policy.opt_out) rules_.emplace(r.id, &r);
 }
 
 const Principal* GrantChecker::principal(std::string_view name) const noexcept {
@@ -122,7 +126,8 @@ bool GrantChecker::in_set(const PrincipalSet& set, std::string_view name) const 
   return in_set_with(set, name, [&](std::string_view n) { return principal(n); });
 }
 
-bool GrantChecker::verify(std::string_view sig, std::string_view msg, std::string* fp, std::string* why) const {
+bool GrantChecker::verify(std::string_view sig, std::string_view msg, std::string* fp,
+                          std::string* why) const {
   if (cache_) {
     auto f = cache_->verify(sig, msg, why);
     if (f) *fp = *f;
@@ -149,24 +154,30 @@ CheckedGrant GrantChecker::check(const SignedGrant& g, UnixSeconds now) const {
   };
   if (g.signature.empty()) return reject("unsigned", "the request carries no signature");
   std::string fp, why;
-  if (!verify(g.signature, canonical_request(r), &fp, &why)) return reject("bad_signature", "request: " + why);
+  if (!verify(g.signature, canonical_request(r), &fp, &why))
+    return reject("bad_signature", "request: " + why);
   c.requester_fingerprint = fp;
   const Principal* owner = key_owner(fp);
-  if (!owner) return reject("unknown_key", "request signed by " + fp + ", a key no principal of the policy lists");
+  if (!owner)
+    return reject("unknown_key", "request signed by " + fp + ", a key no principal of the policy lists");
   if (owner->name != r.requester)
-    return reject("signer_mismatch", "request names requester " + r.requester + " but " + fp + " is " + owner->name + "'s key");
+    return reject("signer_mismatch",
+                  "request names requester " + r.requester + " but " + fp + " is " + owner->name + "'s key");
   if (r.created > now + kClockSkewSeconds)
     return reject("future_time", "request time " + format_rfc3339(r.created) + " is in the future");
-  const OptOutRule* rule = policy_.find_rule(r.rule);
+  auto rit = rules_.find(r.rule);
+  const OptOutRule* rule = rit == rules_.end() ? nullptr : rit->second;
   if (!rule) return reject("missing_rule", "rule '" + r.rule + "' is not in the policy");
   std::string no = rule_refusal_with(*rule, r, [&](std::string_view n) { return principal(n); });
   if (!no.empty()) return reject("outside_rule", "rule " + rule->id + ": " + no);
   for (size_t i = 0; i < g.decisions.size(); ++i) {
     const GrantDecision& d = g.decisions[i];
-    std::string what = "decision " + std::to_string(i) + " (" + std::string(decision_name(d.kind)) + " by " + d.signer + ")";
+    std::string what =
+        "decision " + std::to_string(i) + " (" + std::string(decision_name(d.kind)) + " by " + d.signer + ")";
     std::string dfp;
     if (d.signature.empty()) return reject("bad_decision", what + ": not signed");
-    if (!verify(d.signature, canonical_decision(r, d), &dfp, &why)) return reject("bad_decision", what + ": " + why);
+    if (!verify(d.signature, canonical_decision(r, d), &dfp, &why))
+      return reject("bad_decision", what + ": " + why);
     const Principal* o = key_owner(dfp);
     if (!o || o->name != d.signer)
       return reject("bad_decision", what + ": signed by " + dfp + ", not a key of " + d.signer);
@@ -182,7 +193,8 @@ void GrantChecker::evaluate(const OptOutRule& rule, CheckedGrant& c, UnixSeconds
   auto find = [&](std::string_view n) { return principal(n); };
   std::vector<size_t> order(c.decisions.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return c.decisions[a].at < c.decisions[b].at; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return c.decisions[a].at < c.decisions[b].at; });
   c.break_glass = rule.break_glass;
   const uint32_t need = rule.break_glass ? 0 : rule.approvals_count;
   const UnixSeconds window_end = r.created + rule.request_ttl_seconds;
@@ -203,14 +215,20 @@ void GrantChecker::evaluate(const OptOutRule& rule, CheckedGrant& c, UnixSeconds
       continue;
     }
     if (a.kind == DecisionKind::kReview) {
-      if (!activation) no = "the grant was never active";
-      else a.counted = c.reviewed = true;
+      if (!activation)
+        no = "the grant was never active";
+      else
+        a.counted = c.reviewed = true;
       continue;
     }
-    if (a.at < r.created) no = "dated before the request";
-    else if (activation) no = a.kind == DecisionKind::kDeny ? "after activation (revoke instead)" : "not needed: already active";
-    else if (deny) no = "the request was denied";
-    else if (a.at >= window_end) no = "after the request expired";
+    if (a.at < r.created)
+      no = "dated before the request";
+    else if (activation)
+      no = a.kind == DecisionKind::kDeny ? "after activation (revoke instead)" : "not needed: already active";
+    else if (deny)
+      no = "the request was denied";
+    else if (a.at >= window_end)
+      no = "after the request expired";
     if (!no.empty()) continue;
     if (a.kind == DecisionKind::kDeny) {
       a.counted = true;

@@ -30,7 +30,8 @@ void mkdirs(const std::string& dir) {
   for (size_t i = 1; i <= dir.size(); ++i) {
     if (i == dir.size() || dir[i] == '/') {
       std::string part = dir.substr(0, i);
-      if (::mkdir(part.c_str(), 0750) != 0 && errno != EEXIST) common::throw_errno("create grant store " + part);
+      if (::mkdir(part.c_str(), 0750) != 0 && errno != EEXIST)
+        common::throw_errno("create grant store " + part);
     }
   }
 }
@@ -90,7 +91,8 @@ bool read_small(int dfd, const std::string& name, std::string* out, size_t limit
   return true;
 }
 
-std::optional<SignedGrant> read_grant(int dfd, const std::string& dir, const std::string& name, bool quiet_missing) {
+std::optional<SignedGrant> read_grant(int dfd, const std::string& dir, const std::string& name,
+                                      bool quiet_missing) {
   std::string data, why;
   if (!read_small(dfd, name, &data, kMaxGrantFileBytes, &why)) {
     if (!(quiet_missing && why == std::strerror(ENOENT)))
@@ -99,7 +101,8 @@ std::optional<SignedGrant> read_grant(int dfd, const std::string& dir, const std
   }
   try {
     auto g = signed_grant_from_json(nlohmann::json::parse(data));
-    if (name != g.id() + std::string(kSuffix)) throw common::UsageError("file name does not match its id " + g.id());
+    if (name != g.id() + std::string(kSuffix))
+      throw common::UsageError("file name does not match its id " + g.id());
     return g;
   } catch (const std::exception& e) {
     common::log_warn("skipping unreadable grant file", {{"file", dir + "/" + name}, {"error", e.what()}});
@@ -198,7 +201,8 @@ std::vector<SignedGrant> DirGrantStore::load() const {
 }
 
 void DirGrantStore::write_locked(int dfd, const SignedGrant& g) {
-  if (!valid_grant_id(g.id())) throw common::UsageError("grant id '" + g.id() + "' is malformed (expected g-<12 hex>)");
+  if (!valid_grant_id(g.id()))
+    throw common::UsageError("grant id '" + g.id() + "' is malformed (expected g-<12 hex>)");
   std::string final_name = g.id() + std::string(kSuffix);
   std::string data = signed_grant_to_json(g).dump(2) + "\n";
   if (data.size() > kMaxGrantFileBytes) throw common::UsageError("grant " + g.id() + " would exceed 64 KiB");

@@ -61,7 +61,8 @@ class DirGrantStore final : public GrantStore {
   explicit DirGrantStore(std::string dir, bool create = true);
   [[nodiscard]] std::vector<SignedGrant> load() const override;
   void add(const SignedGrant& g) override;
-  std::optional<SignedGrant> update(std::string_view id, const std::function<void(SignedGrant&)>& change) override;
+  std::optional<SignedGrant> update(std::string_view id,
+                                    const std::function<void(SignedGrant&)>& change) override;
   size_t prune(UnixSeconds now, int64_t retention_seconds) override;
   [[nodiscard]] std::string location() const override { return dir_; }
 

@@ -89,7 +89,8 @@ std::optional<Sshsig> fail(std::string* why, std::string_view what) {
 
 // The base64 body between the armor lines, whitespace removed.
 std::optional<std::string> unarmor(std::string_view text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) text.remove_suffix(1);
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' '))
+    text.remove_suffix(1);
   if (!text.starts_with(kBegin) || !text.ends_with(kEnd)) return std::nullopt;
   text = text.substr(kBegin.size(), text.size() - kBegin.size() - kEnd.size());
   std::string b64;
@@ -121,7 +122,8 @@ std::optional<Sshsig> sshsig_parse(std::string_view armored, std::string* why) {
   std::string_view sig = r.str(256);
   if (!r.done()) return fail(why, "truncated or trailing data in SSHSIG blob");
   if (!reserved.empty()) return fail(why, "reserved field not empty");
-  if (s.hash_alg != "sha512" && s.hash_alg != "sha256") return fail(why, "hash algorithm must be sha512 or sha256");
+  if (s.hash_alg != "sha512" && s.hash_alg != "sha256")
+    return fail(why, "hash algorithm must be sha512 or sha256");
   Reader k(key_blob);
   std::string_view kt = k.str(64);
   std::string_view kraw = k.str(64);
@@ -149,8 +151,8 @@ bool ed25519_verify_raw(const PublicKey& key, std::string_view data, std::string
                           reinterpret_cast<const unsigned char*>(data.data()), data.size()) == 1;
 }
 
-std::optional<PublicKey> sshsig_verify(std::string_view armored, std::string_view ns, std::string_view message,
-                                       std::string* why) {
+std::optional<PublicKey> sshsig_verify(std::string_view armored, std::string_view ns,
+                                       std::string_view message, std::string* why) {
   auto s = sshsig_parse(armored, why);
   if (!s) return std::nullopt;
   if (s->ns != ns) {

@@ -39,8 +39,8 @@ std::optional<Sshsig> sshsig_parse(std::string_view armored, std::string* why);
 
 // Parses and checks `armored` over `message` in namespace `ns`. Returns the signing key, or nullopt
 // with the reason in *why. Never throws.
-std::optional<PublicKey> sshsig_verify(std::string_view armored, std::string_view ns, std::string_view message,
-                                       std::string* why);
+std::optional<PublicKey> sshsig_verify(std::string_view armored, std::string_view ns,
+                                       std::string_view message, std::string* why);
 
 // A signing key held elsewhere (ssh-agent, a key file): `sign_raw` returns the raw 64-byte Ed25519
 // signature of the bytes it is given, or throws.

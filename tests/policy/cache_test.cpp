@@ -30,13 +30,16 @@ const testing::Person& ci_bot() {
 }
 
 SignedGrant ci_grant(const std::string& id, UnixSeconds created, int64_t ttl) {
-  return testing::signed_by(ci_bot(), testing::request_for("ci-bot", "ci-direct", "10.2.0.0/16", "10.1.5.0/24", ttl, created), id);
+  return testing::signed_by(
+      ci_bot(), testing::request_for("ci-bot", "ci-direct", "10.2.0.0/16", "10.1.5.0/24", ttl, created), id);
 }
 
 std::string policy_text(const std::string& store, const std::string& relay) {
   return "version: 1\ngrant_store: " + store + "\nrelays: [" + relay +
          "]\nroles: [{name: ci, targets: [{cidrs: [10.1.0.0/16]}]}]\n"
-         "principals: [{name: ci-bot, roles: [ci], keys: [\"" + ci_bot().key_line() + "\"]}]\n"
+         "principals: [{name: ci-bot, roles: [ci], keys: [\"" +
+         ci_bot().key_line() +
+         "\"]}]\n"
          "opt_out:\n  - {id: ci-direct, who: {roles: [ci]}, from: [10.2.0.0/16], to: {cidrs: [10.1.5.0/24]}, "
          "max_ttl: 8h, expires: 2099-01-01T00:00:00Z}\n";
 }
@@ -138,7 +141,8 @@ TEST(Reloader, ReloadsOnFileChangeKeepsLastGoodAndWatchesGrants) {
   SignedGrant g = ci_grant("g-0123456789ab", t0, 3600);
   gs.add(g);
   const auto client = *IpAddr::parse("10.2.9.9");
-  ASSERT_TRUE(eventually([&] { return cache.current()->classify_flow(client, dst, 22, t0 + 1).id == g.id(); }));
+  ASSERT_TRUE(
+      eventually([&] { return cache.current()->classify_flow(client, dst, 22, t0 + 1).id == g.id(); }));
   EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, t0 + 1).tag, FlowTag::kBypassApproved);
   // Expiry needs no reload: the same snapshot answers differently at the expiry second.
   EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, t0 + 3599).tag, FlowTag::kBypassApproved);

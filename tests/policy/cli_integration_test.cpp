@@ -42,8 +42,8 @@ std::vector<nlohmann::json> audit_records(const std::string& path) {
   return out;
 }
 
-// The example policy with its grant store in a temp dir and every principal's key replaced by a
-// fresh one from ssh-keygen, whose private key file the tests sign with (--identity).
+// The example policy with its grant store in a temp dir and, for every principal, a second key
+// fresh from ssh-keygen, whose private key file the tests sign with (--identity).
 class PolicyCli : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -58,7 +58,7 @@ class PolicyCli : public ::testing::Test {
       pub.erase(pub.find_last_not_of("\n") + 1);
       auto at = text.find(p.keys[0].line);
       ASSERT_NE(at, std::string::npos) << p.keys[0].line;
-      text.replace(at, p.keys[0].line.size(), pub);
+      text.insert(at + p.keys[0].line.size(), "\", \"" + pub);  // a second key: the example's stays valid
     }
     sshring::testing::write_file(policy_, text);
   }
@@ -153,7 +153,7 @@ TEST_F(PolicyCli, ExplainSessionsAndFlows) {
                 &out),
             0);
   EXPECT_NE(out.find("flow 10.2.3.4 -> 10.1.5.7:22: bypass_approved by opt_out rule ci-direct (expires "
-                     "2027-06-30T00:00:00Z)"),
+                     "2027-02-15T00:00:00Z)"),
             std::string::npos)
       << out;
   ASSERT_EQ(
@@ -177,8 +177,8 @@ TEST_F(PolicyCli, ExplainSessionsAndFlows) {
 // same approver counts once; the audit log names signer, key and OS user; a signed revoke ends it.
 TEST_F(PolicyCli, GrantRequestApproveRevokeWithAuditRecords) {
   std::string out;
-  ASSERT_EQ(cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3:22", "--ttl", "1h",
-                             "--reason", "kernel patch INC-42", "--json"}),
+  ASSERT_EQ(cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3:22", "--ttl",
+                             "1h", "--reason", "kernel patch INC-42", "--json"}),
                 &out, "USER=mallory "),
             0)
       << out;
@@ -200,7 +200,8 @@ TEST_F(PolicyCli, GrantRequestApproveRevokeWithAuditRecords) {
   EXPECT_NE(out.find("carol already signed this approve"), std::string::npos) << out;
   ASSERT_EQ(cli(as("dave", {"grant", "approve", id}), &out), 0) << out;
   EXPECT_NE(out.find(id + " active"), std::string::npos) << out;
-  EXPECT_NE(explain_flow("10.9.0.7", "10.1.2.3:22").find("bypass_approved by grant " + id), std::string::npos);
+  EXPECT_NE(explain_flow("10.9.0.7", "10.1.2.3:22").find("bypass_approved by grant " + id),
+            std::string::npos);
 
   // Refusals name every rule and why; add refuses what needs approval.
   EXPECT_EQ(cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3", "--ttl", "5h",
@@ -217,13 +218,15 @@ TEST_F(PolicyCli, GrantRequestApproveRevokeWithAuditRecords) {
                 &out),
             1);
   EXPECT_NE(out.find("rule prod-direct needs 2 approval(s)"), std::string::npos) << out;
-  EXPECT_EQ(cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3:99999", "--ttl", "1h"}),
-                &out),
-            2);
+  EXPECT_EQ(
+      cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3:99999", "--ttl", "1h"}),
+          &out),
+      2);
   EXPECT_NE(out.find("invalid ports '99999'"), std::string::npos) << out;
-  EXPECT_EQ(cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3", "--ttl", "soon"}),
-                &out),
-            2);
+  EXPECT_EQ(
+      cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3", "--ttl", "soon"}),
+          &out),
+      2);
   EXPECT_EQ(cli(as("alice", {"grant", "request", "--as", "bob", "--from", "10.9.0.0/24", "--to", "10.1.2.3",
                              "--ttl", "1h", "--reason", "x"}),
                 &out),
@@ -241,8 +244,10 @@ TEST_F(PolicyCli, GrantRequestApproveRevokeWithAuditRecords) {
   EXPECT_GT(list[0]["time_left_seconds"].get<int>(), 3500);
   std::vector<std::string> approvers;
   for (const auto& d : list[0]["decisions"])
-    if (d["counted"].get<bool>()) approvers.push_back(d["signer"].get<std::string>() + " " + d["key_fingerprint"].get<std::string>());
-  EXPECT_EQ(approvers, (std::vector<std::string>{"carol " + fingerprint("carol"), "dave " + fingerprint("dave")}));
+    if (d["counted"].get<bool>())
+      approvers.push_back(d["signer"].get<std::string>() + " " + d["key_fingerprint"].get<std::string>());
+  EXPECT_EQ(approvers,
+            (std::vector<std::string>{"carol " + fingerprint("carol"), "dave " + fingerprint("dave")}));
   ASSERT_EQ(cli(with({"grant", "list"}), &out), 0);
   EXPECT_NE(out.find("kernel patch INC-42"), std::string::npos) << out;
   EXPECT_NE(out.find("carol(SHA256:"), std::string::npos) << out;
@@ -302,14 +307,15 @@ TEST_F(PolicyCli, BreakGlassIsLiveAtOnceAndReviewedBySomeoneElse) {
                              "--reason", "relay down INC-7"}),
                 &out),
             1);
-  ASSERT_EQ(cli(as("alice", {"grant", "add", "--break-glass", "--from", "10.8.0.0/24", "--to", "10.1.2.3", "--ttl",
-                             "30m", "--reason", "relay down INC-7", "--json"}),
+  ASSERT_EQ(cli(as("alice", {"grant", "add", "--break-glass", "--from", "10.8.0.0/24", "--to", "10.1.2.3",
+                             "--ttl", "30m", "--reason", "relay down INC-7", "--json"}),
                 &out),
             0)
       << out;
   const std::string id = nlohmann::json::parse(out)["id"];
   EXPECT_EQ(nlohmann::json::parse(out)["status"], "active");
-  EXPECT_NE(explain_flow("10.8.0.9", "10.1.2.3:22").find("bypass_approved by grant " + id), std::string::npos);
+  EXPECT_NE(explain_flow("10.8.0.9", "10.1.2.3:22").find("bypass_approved by grant " + id),
+            std::string::npos);
   EXPECT_EQ(cli(as("alice", {"grant", "review", id, "--note", "fine"}), &out), 1);
   EXPECT_NE(out.find("someone else must decide"), std::string::npos) << out;
   EXPECT_EQ(cli(as("bob", {"grant", "review", id, "--note", "fine"}), &out), 1);  // not a reviewer
@@ -331,8 +337,8 @@ TEST_F(PolicyCli, BreakGlassIsLiveAtOnceAndReviewedBySomeoneElse) {
 // A grant file written by hand (or edited) is shown as rejected with its reason and never approves.
 TEST_F(PolicyCli, ForgedGrantFilesAreRejectedByExplainAndList) {
   std::string out;
-  ASSERT_EQ(cli(as("ci-bot", {"grant", "add", "--from", "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1h", "--reason",
-                              "deploy", "--json"}),
+  ASSERT_EQ(cli(as("ci-bot", {"grant", "add", "--from", "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1h",
+                              "--reason", "deploy", "--json"}),
                 &out),
             0)
       << out;
@@ -352,9 +358,14 @@ TEST_F(PolicyCli, ForgedGrantFilesAreRejectedByExplainAndList) {
 
   out = explain_flow("192.0.2.7", "10.1.9.9:22");
   EXPECT_NE(out.find("bypass_unapproved"), std::string::npos) << out;
-  EXPECT_NE(out.find("grant g-0000000f0a9e would cover it but is rejected (bad_signature)"), std::string::npos) << out;
-  EXPECT_NE(out.find("grant g-0000000f0a9f would cover it but is rejected (unsigned)"), std::string::npos) << out;
-  ASSERT_EQ(cli({"policy", "explain", "--policy", policy_, "--json", "--flow", "192.0.2.7", "10.1.9.9:22"}, &out), 0);
+  EXPECT_NE(out.find("grant g-0000000f0a9e would cover it but is rejected (bad_signature)"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("grant g-0000000f0a9f would cover it but is rejected (unsigned)"), std::string::npos)
+      << out;
+  ASSERT_EQ(
+      cli({"policy", "explain", "--policy", policy_, "--json", "--flow", "192.0.2.7", "10.1.9.9:22"}, &out),
+      0);
   EXPECT_EQ(nlohmann::json::parse(out)["rejected_grants"].size(), 2u) << out;
   ASSERT_EQ(cli(with({"grant", "list", "--json"}), &out), 0) << out;
   std::map<std::string, std::string> status;
@@ -368,18 +379,16 @@ TEST_F(PolicyCli, ForgedGrantFilesAreRejectedByExplainAndList) {
 // Revocation needs only the store: it works while the policy file is broken.
 TEST_F(PolicyCli, RevokeWorksWhileThePolicyIsBroken) {
   std::string out;
-  ASSERT_EQ(cli(as("ci-bot", {"grant", "add", "--from", "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1h", "--reason",
-                              "deploy", "--json"}),
+  ASSERT_EQ(cli(as("ci-bot", {"grant", "add", "--from", "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1h",
+                              "--reason", "deploy", "--json"}),
                 &out),
             0)
       << out;
   const std::string id = nlohmann::json::parse(out)["id"];
   const std::string good = sshring::testing::read_file(policy_);
-  sshring::testing::write_file(policy_, good + "
-this is: [not yaml
-");
-  std::vector<std::string> revoke = {"grant", "revoke", id, "--reason", "leaked key", "--grant-store",
-                                     dir_.file("grants")};
+  sshring::testing::write_file(policy_, good + "\nthis is: [not yaml\n");
+  std::vector<std::string> revoke = {"grant",         "revoke",           id, "--reason", "leaked key",
+                                     "--grant-store", dir_.file("grants")};
   EXPECT_EQ(cli(as("ci-bot", revoke), &out), 2);  // who signs must be named when the policy is unreadable
   EXPECT_NE(out.find("--as NAME"), std::string::npos) << out;
   revoke.insert(revoke.end(), {"--as", "ci-bot"});
@@ -392,15 +401,17 @@ this is: [not yaml
 // The same key source as `sshring connect`: a real ssh-agent holding the key.
 TEST_F(PolicyCli, SignsWithSshAgent) {
   const std::string sock = dir_.file("agent.sock");
-  sshring::testing::Process agent({"ssh-agent", "-D", "-a", sock},
-                                  sshring::testing::Process::Options{dir_.file("agent.out"), dir_.file("agent.err"), "", "", {}});
+  sshring::testing::Process agent(
+      {"ssh-agent", "-D", "-a", sock},
+      sshring::testing::Process::Options{dir_.file("agent.out"), dir_.file("agent.err"), "", "", {}});
   for (int i = 0; i < 100 && ::access(sock.c_str(), F_OK) != 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   ASSERT_EQ(::access(sock.c_str(), F_OK), 0) << "ssh-agent did not start";
-  ASSERT_EQ(sshring::testing::sh("SSH_AUTH_SOCK=" + sock + " ssh-add -q " + dir_.file("ci-bot") + " 2>&1"), 0);
+  ASSERT_EQ(sshring::testing::sh("SSH_AUTH_SOCK=" + sock + " ssh-add -q " + dir_.file("ci-bot") + " 2>&1"),
+            0);
   std::string out;
-  ASSERT_EQ(cli(with({"grant", "add", "--from", "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1h", "--reason", "deploy",
-                      "--json"}),
+  ASSERT_EQ(cli(with({"grant", "add", "--from", "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1h", "--reason",
+                      "deploy", "--json"}),
                 &out, "USER=tester SSH_AUTH_SOCK=" + sock + " "),
             0)
       << out;
@@ -412,8 +423,8 @@ TEST_F(PolicyCli, SignsWithSshAgent) {
 
 TEST_F(PolicyCli, ExpiryIsAuditedOnce) {
   std::string out;
-  ASSERT_EQ(cli(as("ci-bot", {"grant", "add", "--from", "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1s", "--reason",
-                              "smoke"}),
+  ASSERT_EQ(cli(as("ci-bot", {"grant", "add", "--from", "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1s",
+                              "--reason", "smoke"}),
                 &out),
             0)
       << out;
@@ -433,8 +444,9 @@ TEST_F(PolicyCli, ConcurrentGrantAddsLoseNothing) {
   for (int i = 0; i < kProcs; ++i) {
     procs.emplace_back(
         std::vector<std::string>{sshring::testing::sshring_bin(), "grant", "add", "--policy", policy_,
-                                 "--audit-log", audit_, "--identity", dir_.file("ci-bot"), "--from", "10.2.3.4",
-                                 "--to", "10.1.5.7", "--ttl", "1h", "--reason", "parallel " + std::to_string(i)},
+                                 "--audit-log", audit_, "--identity", dir_.file("ci-bot"), "--from",
+                                 "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1h", "--reason",
+                                 "parallel " + std::to_string(i)},
         sshring::testing::Process::Options{dir_.file("out" + std::to_string(i)), "", "", "", {}});
   }
   for (auto& p : procs) EXPECT_EQ(p.wait(std::chrono::seconds(30)), 0);

@@ -34,8 +34,9 @@ inline Person person(std::string name) {
   return p;
 }
 
-inline GrantRequest request_for(const std::string& who, const std::string& rule, const char* from, const char* to,
-                                int64_t ttl, UnixSeconds created, const std::string& requester = "") {
+inline GrantRequest request_for(const std::string& who, const std::string& rule, const char* from,
+                                const char* to, int64_t ttl, UnixSeconds created,
+                                const std::string& requester = "") {
   GrantRequest r;
   r.id = "g-" + std::string(12, '0');
   r.who = who;
@@ -60,7 +61,8 @@ inline SignedGrant signed_by(const Person& p, GrantRequest r, const std::string&
   return g;
 }
 
-inline void add_decision(SignedGrant& g, const Person& p, DecisionKind k, UnixSeconds at, std::string note = {}) {
+inline void add_decision(SignedGrant& g, const Person& p, DecisionKind k, UnixSeconds at,
+                         std::string note = {}) {
   GrantDecision d{k, p.name, at, std::move(note), "tester", "testhost", {}};
   sign_decision(g.request, d, p.signer());
   g.decisions.push_back(std::move(d));

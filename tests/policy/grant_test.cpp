@@ -2,10 +2,13 @@
 // (unsigned, unknown key, outside the rule, missing rule, tampered), two-of-security approvals,
 // pending expiry, denial, rule deletion, break-glass review, requesting for others, the verification
 // cache, and the reloader that relay and agent use.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
+#include "common/grant_reject.h"
 #include "policy/cache.h"
 #include "policy/grant.h"
 #include "policy/grant_store.h"
@@ -25,29 +28,33 @@ constexpr UnixSeconds kT = 1800000000;
 
 struct World {
   Person alice = testing::person("alice"), bob = testing::person("bob"), carol = testing::person("carol"),
-         dave = testing::person("dave"), ci = testing::person("ci-bot"), deployer = testing::person("deployer"),
+         dave = testing::person("dave"), ci = testing::person("ci-bot"),
+         deployer = testing::person("deployer"),
          mallory = testing::person("mallory");  // not in the policy
   std::string yaml(bool with_ci_rule = true, const char* ci_max_ttl = "8h") const {
     auto pr = [](const Person& p, const char* role) {
       return "  - {name: " + p.name + ", roles: [" + role + "], keys: [\"" + p.key_line() + "\"]}\n";
     };
-    std::string y = "version: 1\nrelays: [10.0.0.0/28]\nhosts: [{name: prod, cidrs: [10.1.0.0/16]}]\nprincipals:\n";
+    std::string y =
+        "version: 1\nrelays: [10.0.0.0/28]\nhosts: [{name: prod, cidrs: [10.1.0.0/16]}]\nprincipals:\n";
     y += pr(alice, "sre") + pr(bob, "sre") + pr(carol, "security") + pr(dave, "security") + pr(ci, "ci") +
          pr(deployer, "ci-admin");
     y += "roles:\n";
     for (const char* r : {"sre", "security", "ci", "ci-admin"})
       y += std::string("  - {name: ") + r + ", targets: [{cidrs: [10.1.0.0/16]}]}\n";
-    y += "opt_out:\n"
-         "  - {id: two-of-security, who: {roles: [sre]}, from: [10.9.0.0/16], to: {cidrs: [10.1.0.0/16]},\n"
-         "     max_ttl: 4h, approvals: {count: 2, roles: [security]}, request_ttl: 1h,\n"
-         "     expires: 2099-01-01T00:00:00Z}\n"
-         "  - {id: glass, who: {roles: [sre]}, from: [10.8.0.0/16], to: {cidrs: [10.1.0.0/16]}, max_ttl: 1h,\n"
-         "     break_glass: true, reviewers: {roles: [security]}, expires: 2099-01-01T00:00:00Z}\n"
-         "  - {id: standing, who: {principals: [ci-bot]}, from: [10.7.0.0/16], to: {cidrs: [10.1.7.0/24]},\n"
-         "     max_ttl: 1h, standing: true, expires: 2099-01-01T00:00:00Z}\n";
+    y +=
+        "opt_out:\n"
+        "  - {id: two-of-security, who: {roles: [sre]}, from: [10.9.0.0/16], to: {cidrs: [10.1.0.0/16]},\n"
+        "     max_ttl: 4h, approvals: {count: 2, roles: [security]}, request_ttl: 1h,\n"
+        "     expires: 2099-01-01T00:00:00Z}\n"
+        "  - {id: glass, who: {roles: [sre]}, from: [10.8.0.0/16], to: {cidrs: [10.1.0.0/16]}, max_ttl: 1h,\n"
+        "     break_glass: true, reviewers: {roles: [security]}, expires: 2099-01-01T00:00:00Z}\n"
+        "  - {id: standing, who: {principals: [ci-bot]}, from: [10.7.0.0/16], to: {cidrs: [10.1.7.0/24]},\n"
+        "     max_ttl: 1h, standing: true, expires: 2099-01-01T00:00:00Z}\n";
     if (with_ci_rule)
-      y += std::string("  - {id: ci, who: {principals: [ci-bot]}, from: [10.2.0.0/16], to: {cidrs: [10.1.5.0/24]},\n"
-                       "     max_ttl: ") +
+      y += std::string(
+               "  - {id: ci, who: {principals: [ci-bot]}, from: [10.2.0.0/16], to: {cidrs: [10.1.5.0/24]},\n"
+               "     max_ttl: ") +
            ci_max_ttl + ", requesters: {roles: [ci-admin]}, expires: 2099-01-01T00:00:00Z}\n";
     return y;
   }
@@ -92,8 +99,9 @@ TEST(Sshsig, InteroperatesWithSshKeygen) {
   World w;
   auto pol = w.policy();
   sshring::testing::TempDir dir;
-  SignedGrant g = signed_by(w.alice, request_for("alice", "two-of-security", "10.9.1.0/24", "10.1.2.3/32", 3600, kT),
-                            "g-00000000a11c");
+  SignedGrant g =
+      signed_by(w.alice, request_for("alice", "two-of-security", "10.9.1.0/24", "10.1.2.3/32", 3600, kT),
+                "g-00000000a11c");
   std::string signers;
   for (const auto& p : pol->principals)
     for (const auto& k : p.keys)
@@ -102,9 +110,9 @@ TEST(Sshsig, InteroperatesWithSshKeygen) {
   sshring::testing::write_file(dir.file("request"), canonical_request(g.request));
   sshring::testing::write_file(dir.file("request.sig"), g.signature);
   auto verify = [&](const char* who, const std::string& msg) {
-    return sshring::testing::sh("ssh-keygen -Y verify -f " + dir.file("allowed_signers") + " -I " + who + " -n " +
-                                std::string(kGrantNamespace) + " -s " + dir.file("request.sig") + " < " + msg +
-                                " >/dev/null 2>&1");
+    return sshring::testing::sh("ssh-keygen -Y verify -f " + dir.file("allowed_signers") + " -I " + who +
+                                " -n " + std::string(kGrantNamespace) + " -s " + dir.file("request.sig") +
+                                " < " + msg + " >/dev/null 2>&1");
   };
   EXPECT_EQ(verify("alice", dir.file("request")), 0);
   EXPECT_NE(verify("bob", dir.file("request")), 0);
@@ -112,9 +120,11 @@ TEST(Sshsig, InteroperatesWithSshKeygen) {
   EXPECT_NE(verify("alice", dir.file("tampered")), 0);
 
   sshring::testing::write_file(dir.file("key"), w.bob.key->to_openssh("bob@test"), 0600);
-  ASSERT_EQ(sshring::testing::sh("ssh-keygen -Y sign -q -f " + dir.file("key") + " -n " + std::string(kGrantNamespace) +
-                                 " " + dir.file("request") + " >/dev/null 2>&1"),
-            0);
+  ASSERT_EQ(::unlink(dir.file("request.sig").c_str()), 0);  // ssh-keygen writes request.sig itself
+  ASSERT_EQ(
+      sshring::testing::sh("ssh-keygen -Y sign -q -f " + dir.file("key") + " -n " +
+                           std::string(kGrantNamespace) + " " + dir.file("request") + " >/dev/null 2>&1"),
+      0);
   std::string why;
   auto k = sshsig_verify(sshring::testing::read_file(dir.file("request.sig")), kGrantNamespace,
                          canonical_request(g.request), &why);
@@ -124,8 +134,9 @@ TEST(Sshsig, InteroperatesWithSshKeygen) {
 
 TEST(GrantObject, JsonRoundTripAndStrictFields) {
   World w;
-  SignedGrant g = signed_by(w.alice, request_for("alice", "two-of-security", "10.9.1.0/24", "10.1.2.3/32", 3600, kT),
-                            "g-00000000a11c");
+  SignedGrant g =
+      signed_by(w.alice, request_for("alice", "two-of-security", "10.9.1.0/24", "10.1.2.3/32", 3600, kT),
+                "g-00000000a11c");
   g.request.reason = "line one\nline \\two\x01";
   sign_request(g, w.alice.signer());
   add_decision(g, w.carol, DecisionKind::kApprove, kT + 5);
@@ -148,7 +159,8 @@ TEST(GrantObject, JsonRoundTripAndStrictFields) {
 TEST(GrantCheck, ForgedGrantsAreRejectedAndNeverHonoured) {
   World w;
   auto pol = w.policy();
-  auto good = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT), "g-000000000001");
+  auto good =
+      signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT), "g-000000000001");
   struct Case {
     const char* name;
     SignedGrant g;
@@ -156,7 +168,8 @@ TEST(GrantCheck, ForgedGrantsAreRejectedAndNeverHonoured) {
   };
   std::vector<Case> cases;
   {
-    auto g = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.2.0/24", "10.1.5.7/32", 3600, kT), "g-000000000002");
+    auto g = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.2.0/24", "10.1.5.7/32", 3600, kT),
+                       "g-000000000002");
     g.signature.clear();
     cases.push_back({"unsigned", g, "unsigned"});
   }
@@ -164,31 +177,36 @@ TEST(GrantCheck, ForgedGrantsAreRejectedAndNeverHonoured) {
                    signed_by(w.mallory, request_for("ci-bot", "ci", "10.2.3.0/24", "10.1.5.7/32", 3600, kT),
                              "g-000000000003"),
                    "unknown_key"});
-  cases.push_back({"right key, outside the rule",
-                   signed_by(w.ci, request_for("ci-bot", "ci", "0.0.0.0/0", "10.1.5.7/32", 3600, kT), "g-000000000004"),
-                   "outside_rule"});
+  cases.push_back(
+      {"right key, outside the rule",
+       signed_by(w.ci, request_for("ci-bot", "ci", "0.0.0.0/0", "10.1.5.7/32", 3600, kT), "g-000000000004"),
+       "outside_rule"});
   cases.push_back({"right key, ttl over max_ttl",
                    signed_by(w.ci, request_for("ci-bot", "ci", "10.2.4.0/24", "10.1.5.7/32", 9 * 3600, kT),
                              "g-000000000005"),
                    "outside_rule"});
-  cases.push_back({"missing rule",
-                   signed_by(w.ci, request_for("ci-bot", "everything", "10.2.5.0/24", "10.1.5.7/32", 3600, kT),
-                             "g-000000000006"),
-                   "missing_rule"});
+  cases.push_back(
+      {"missing rule",
+       signed_by(w.ci, request_for("ci-bot", "everything", "10.2.5.0/24", "10.1.5.7/32", 3600, kT),
+                 "g-000000000006"),
+       "missing_rule"});
   {
-    auto g = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.6.0/24", "10.1.5.7/32", 3600, kT), "g-000000000007");
+    auto g = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.6.0/24", "10.1.5.7/32", 3600, kT),
+                       "g-000000000007");
     g.request.to = *Cidr::parse("10.1.0.0/16");  // widened after signing
     cases.push_back({"tampered after signing", g, "bad_signature"});
   }
   {
-    auto g = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.7.0/24", "10.1.5.7/32", 3600, kT), "g-000000000008");
+    auto g = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.7.0/24", "10.1.5.7/32", 3600, kT),
+                       "g-000000000008");
     g.request.created += 3600;  // stretched after signing
     cases.push_back({"time shifted after signing", g, "bad_signature"});
   }
-  cases.push_back({"bob's key claiming to be alice",
-                   signed_by(w.bob, request_for("alice", "two-of-security", "10.9.0.0/24", "10.1.5.7/32", 60, kT),
-                             "g-000000000009"),
-                   "signer_mismatch"});
+  cases.push_back(
+      {"bob's key claiming to be alice",
+       signed_by(w.bob, request_for("alice", "two-of-security", "10.9.0.0/24", "10.1.5.7/32", 60, kT),
+                 "g-000000000009"),
+       "signer_mismatch"});
   cases.push_back({"someone else requesting for ci-bot",
                    signed_by(w.bob, request_for("ci-bot", "ci", "10.2.8.0/24", "10.1.5.7/32", 60, kT, "bob"),
                              "g-00000000000a"),
@@ -212,8 +230,9 @@ TEST(GrantCheck, ForgedGrantsAreRejectedAndNeverHonoured) {
   }
   {
     // An approval copied from another grant does not verify here: it is bound to its request.
-    auto other = signed_by(w.alice, request_for("alice", "two-of-security", "10.9.4.0/24", "10.1.5.7/32", 60, kT),
-                           "g-00000000000d");
+    auto other =
+        signed_by(w.alice, request_for("alice", "two-of-security", "10.9.4.0/24", "10.1.5.7/32", 60, kT),
+                  "g-00000000000d");
     add_decision(other, w.carol, DecisionKind::kApprove, kT + 1);
     add_decision(other, w.dave, DecisionKind::kApprove, kT + 1);
     auto g = signed_by(w.alice, request_for("alice", "two-of-security", "10.9.5.0/24", "10.1.5.7/32", 60, kT),
@@ -231,13 +250,16 @@ TEST(GrantCheck, ForgedGrantsAreRejectedAndNeverHonoured) {
     EXPECT_EQ(c.status, GrantStatus::kRejected) << cases[i].name << ": " << c.detail;
     EXPECT_EQ(c.reject_reason, cases[i].reason) << cases[i].name << ": " << c.detail;
     EXPECT_FALSE(c.honoured()) << cases[i].name;
+    EXPECT_TRUE(common::is_grant_reject_reason(c.reject_reason)) << c.reject_reason;  // a metrics label
   }
   // Only the good grant reaches the flow entries (what the agent loads into its kernel maps).
   ASSERT_EQ(snap->flow_entries().size(), 2u);  // the standing rule and the good grant
   EXPECT_EQ(snap->flow_entries()[1].id, "g-000000000001");
   EXPECT_EQ(snap->classify_flow(ip("10.2.1.9"), ip("10.1.5.7"), 22, kT + 10).tag, FlowTag::kBypassApproved);
-  for (const char* src : {"10.2.2.9", "10.2.3.9", "203.0.113.7", "10.2.4.9", "10.2.5.9", "10.2.6.9", "10.9.0.9"})
-    EXPECT_EQ(snap->classify_flow(ip(src), ip("10.1.5.7"), 22, kT + 10).tag, FlowTag::kBypassUnapproved) << src;
+  for (const char* src :
+       {"10.2.2.9", "10.2.3.9", "203.0.113.7", "10.2.4.9", "10.2.5.9", "10.2.6.9", "10.9.0.9"})
+    EXPECT_EQ(snap->classify_flow(ip(src), ip("10.1.5.7"), 22, kT + 10).tag, FlowTag::kBypassUnapproved)
+        << src;
 }
 
 // ---- approvals ----
@@ -317,24 +339,28 @@ TEST(GrantCheck, DeniedCanNotBeApprovedAfterwards) {
 
 TEST(GrantCheck, DeletingOrNarrowingTheRuleRejectsActiveGrants) {
   World w;
-  auto g = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 4 * 3600, kT), "g-0000000000b1");
+  auto g = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 4 * 3600, kT),
+                     "g-0000000000b1");
   auto before = Snapshot::build_checked(w.policy(), {g}, kT + 5, nullptr);
   EXPECT_EQ(before->checked_grants()[0].status, GrantStatus::kActive);
   EXPECT_EQ(before->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 5).tag, FlowTag::kBypassApproved);
   auto deleted = Snapshot::build_checked(w.policy(false), {g}, kT + 5, nullptr);
   EXPECT_EQ(deleted->checked_grants()[0].status, GrantStatus::kRejected);
   EXPECT_EQ(deleted->checked_grants()[0].reject_reason, "missing_rule");
-  EXPECT_EQ(deleted->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 5).tag, FlowTag::kBypassUnapproved);
+  EXPECT_EQ(deleted->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 5).tag,
+            FlowTag::kBypassUnapproved);
   auto narrowed = Snapshot::build_checked(w.policy(true, "1h"), {g}, kT + 5, nullptr);
   EXPECT_EQ(narrowed->checked_grants()[0].reject_reason, "outside_rule");
-  EXPECT_EQ(narrowed->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 5).tag, FlowTag::kBypassUnapproved);
+  EXPECT_EQ(narrowed->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 5).tag,
+            FlowTag::kBypassUnapproved);
 }
 
 TEST(GrantCheck, RequestingForOthersNeedsTheRule) {
   World w;
   auto pol = w.policy();
-  auto g = signed_by(w.deployer, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT, "deployer"),
-                     "g-0000000000c1");
+  auto g =
+      signed_by(w.deployer, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT, "deployer"),
+                "g-0000000000c1");
   auto c = check_grant(*pol, g, kT + 1, nullptr);
   EXPECT_EQ(c.status, GrantStatus::kActive) << c.detail;
   EXPECT_EQ(c.requester_fingerprint, w.deployer.pub.fingerprint);
@@ -343,7 +369,8 @@ TEST(GrantCheck, RequestingForOthersNeedsTheRule) {
 TEST(GrantCheck, BreakGlassIsLiveAtOnceAndNeedsAReviewBySomeoneElse) {
   World w;
   auto pol = w.policy();
-  auto g = signed_by(w.alice, request_for("alice", "glass", "10.8.1.0/24", "10.1.2.3/32", 3600, kT), "g-0000000000d1");
+  auto g = signed_by(w.alice, request_for("alice", "glass", "10.8.1.0/24", "10.1.2.3/32", 3600, kT),
+                     "g-0000000000d1");
   auto c = check_grant(*pol, g, kT + 1, nullptr);
   ASSERT_EQ(c.status, GrantStatus::kActive) << c.detail;
   EXPECT_TRUE(c.break_glass);
@@ -364,15 +391,16 @@ TEST(GrantCheck, BreakGlassIsLiveAtOnceAndNeedsAReviewBySomeoneElse) {
   EXPECT_FALSE(c.review_overdue(kT + 96000));
   EXPECT_EQ(Snapshot::build_checked(pol, {g}, kT + 96000, nullptr)->reviews_overdue(kT + 96000), 0u);
   // Over the rule's short max_ttl: rejected even though self-approved.
-  auto long_one =
-      signed_by(w.alice, request_for("alice", "glass", "10.8.1.0/24", "10.1.2.3/32", 7200, kT), "g-0000000000d2");
+  auto long_one = signed_by(w.alice, request_for("alice", "glass", "10.8.1.0/24", "10.1.2.3/32", 7200, kT),
+                            "g-0000000000d2");
   EXPECT_EQ(check_grant(*pol, long_one, kT + 1, nullptr).reject_reason, "outside_rule");
 }
 
 TEST(GrantCheck, SignedRevocationEndsTheGrant) {
   World w;
   auto pol = w.policy();
-  auto g = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT), "g-0000000000e1");
+  auto g =
+      signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT), "g-0000000000e1");
   add_decision(g, w.carol, DecisionKind::kRevoke, kT + 100, "done");
   auto c = check_grant(*pol, g, kT + 200, nullptr);
   EXPECT_EQ(c.status, GrantStatus::kRevoked) << c.detail;
@@ -401,7 +429,8 @@ TEST(GrantCheck, SignatureCacheVerifiesAnUnchangedGrantOnce) {
   for (int i = 0; i < 20; ++i) {
     char id[16];
     std::snprintf(id, sizeof id, "g-%012x", i);
-    auto g = signed_by(w.alice, request_for("alice", "two-of-security", "10.9.1.0/24", "10.1.2.3/32", 600, kT), id);
+    auto g = signed_by(w.alice,
+                       request_for("alice", "two-of-security", "10.9.1.0/24", "10.1.2.3/32", 600, kT), id);
     add_decision(g, w.carol, DecisionKind::kApprove, kT + 1);
     add_decision(g, w.dave, DecisionKind::kApprove, kT + 2);
     gs.push_back(std::move(g));
@@ -430,9 +459,12 @@ TEST(GrantCheck, ReloaderReportsEachRejectedGrantOnce) {
   sshring::testing::write_file(dir.file("policy.yaml"), "grant_store: " + store_dir + "\n" + w.yaml());
   DirGrantStore store(store_dir);
   const UnixSeconds now = ::time(nullptr);
-  store.add(signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, now), "g-000000000f01"));
-  store.add(signed_by(w.mallory, request_for("ci-bot", "ci", "10.2.2.0/24", "10.1.5.7/32", 3600, now), "g-000000000f02"));
-  auto unsigned_one = signed_by(w.ci, request_for("ci-bot", "ci", "0.0.0.0/0", "10.1.0.0/16", 3600, now), "g-000000000f03");
+  store.add(signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, now),
+                      "g-000000000f01"));
+  store.add(signed_by(w.mallory, request_for("ci-bot", "ci", "10.2.2.0/24", "10.1.5.7/32", 3600, now),
+                      "g-000000000f02"));
+  auto unsigned_one =
+      signed_by(w.ci, request_for("ci-bot", "ci", "0.0.0.0/0", "10.1.0.0/16", 3600, now), "g-000000000f03");
   unsigned_one.signature.clear();
   store.add(unsigned_one);
   PolicyCache cache;
@@ -445,11 +477,13 @@ TEST(GrantCheck, ReloaderReportsEachRejectedGrantOnce) {
   Reloader r(cache, o);
   r.reload_or_throw();
   r.reload_or_throw();
-  EXPECT_EQ(reported, (std::map<std::string, int>{{"g-000000000f02:unknown_key", 1}, {"g-000000000f03:unsigned", 1}}));
+  EXPECT_EQ(reported,
+            (std::map<std::string, int>{{"g-000000000f02:unknown_key", 1}, {"g-000000000f03:unsigned", 1}}));
   auto snap = cache.current();
   EXPECT_EQ(snap->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, now + 1).tag, FlowTag::kBypassApproved);
   EXPECT_EQ(snap->classify_flow(ip("10.2.2.1"), ip("10.1.5.7"), 22, now + 1).tag, FlowTag::kBypassUnapproved);
-  EXPECT_EQ(snap->classify_flow(ip("192.0.2.1"), ip("10.1.9.9"), 22, now + 1).tag, FlowTag::kBypassUnapproved);
+  EXPECT_EQ(snap->classify_flow(ip("192.0.2.1"), ip("10.1.9.9"), 22, now + 1).tag,
+            FlowTag::kBypassUnapproved);
 }
 
 }  // namespace

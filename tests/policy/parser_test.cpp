@@ -367,7 +367,8 @@ TEST(PolicyParser, GrantRuleFields) {
   EXPECT_FALSE(d.opt_out[0].standing);
   EXPECT_EQ(d.opt_out[0].request_ttl_seconds, 3600);
   EXPECT_EQ(d.opt_out[0].review_within_seconds, 86400);
-  Policy a = parse_policy(rule(", approvals: {count: 2, roles: [sec], principals: [p]}, request_ttl: 30m"), "t.yaml");
+  Policy a = parse_policy(rule(", approvals: {count: 2, roles: [sec], principals: [p]}, request_ttl: 30m"),
+                          "t.yaml");
   EXPECT_EQ(a.opt_out[0].approvals_count, 2u);
   EXPECT_EQ(a.opt_out[0].approvers.principals, std::vector<std::string>{"p"});
   EXPECT_EQ(a.opt_out[0].request_ttl_seconds, 1800);
