@@ -20,6 +20,7 @@
 #include "metrics/audit.h"
 #include "metrics/audit_metrics.h"
 #include "metrics/audit_types.h"
+#include "policy/grant_audit.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
 #include "policy/cache.h"
@@ -111,6 +112,11 @@ class Agent {
     ro.policy_path = opts_.policy_path;
     ro.grant_store = opts_.grant_store;
     ro.metrics = server_ ? &policy_metrics_ : nullptr;
+    ro.on_grant_rejected = [this](const policy::CheckedGrant& c) {
+      if (server_ && policy_metrics_.grants_rejected)
+        policy_metrics_.grants_rejected->Add({{"reason", c.reject_reason}}).Increment();
+      if (audit_) audit_->append(policy::grant_reject_record(c));
+    };
     reloader_ = std::make_unique<policy::Reloader>(cache_, ro);
     reloader_->reload_or_throw();
   }

@@ -94,13 +94,17 @@ void AuditReport::add(const AuditRecord& rec) {
   const auto& b = rec.body;
   if (rec.ts_ms >= opts_.since_ms && rec.ts_ms <= opts_.until_ms) add_fleet(rec);
   // Grant terms are learned from any time so a flow in the window can name its grant's reason.
-  if (rec.type == "grant_add" || rec.type == "grant_revoke" || rec.type == "grant_expire") {
+  // Signed grants (docs/policy.md) record grant_request (live at once: status "active") and
+  // grant_approve (the approval that activates it: status "active").
+  const bool requested = rec.type == "grant_add" || rec.type == "grant_request";
+  if (requested || rec.type == "grant_approve" || rec.type == "grant_revoke" || rec.type == "grant_expire") {
     auto& g = grants_[str(b, "grant_id")];
     bool in_window = rec.ts_ms >= opts_.since_ms && rec.ts_ms <= opts_.until_ms;
     g.in_window = g.in_window || in_window;
-    if (rec.type == "grant_add") {
-      g.terms = b;
-      if (g.status == "unknown") g.status = "granted";
+    const bool active = rec.type == "grant_add" || str(b, "status") == "active";
+    if (requested || rec.type == "grant_approve") {
+      if (requested) g.terms = b;
+      if (g.status == "unknown" || g.status == "pending") g.status = active ? "granted" : "pending";
     } else {
       g.status = rec.type == "grant_revoke" ? "revoked" : "expired";
       g.ended_by = str(b, "actor");

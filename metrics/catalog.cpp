@@ -1,6 +1,8 @@
 // Every sshring metric family is created here; names and labels are the contract for dashboards.
 #include "metrics/catalog.h"
 
+#include "common/grant_reject.h"
+
 #include <iterator>
 
 namespace sshring::metrics {
@@ -114,6 +116,22 @@ PolicyMetrics register_policy(Server& server) {
   m.grants_expiring = &prometheus::BuildGauge()
                            .Name("sshring_grants_expiring_within_hour")
                            .Help("Grants in force that expire within the next hour.")
+                           .Register(reg)
+                           .Add({});
+  m.grants_rejected = &prometheus::BuildCounter()
+                           .Name("sshring_grants_rejected_total")
+                           .Help("Stored grants refused at a reload (bad signature, unknown key, missing or "
+                                 "narrowed rule, ...), by reason; each grant counts once.")
+                           .Register(reg);
+  for (auto reason : common::kGrantRejectReasons) m.grants_rejected->Add({{"reason", std::string(reason)}});
+  m.break_glass_live = &prometheus::BuildGauge()
+                            .Name("sshring_grants_break_glass_active")
+                            .Help("Break-glass grants currently in force.")
+                            .Register(reg)
+                            .Add({});
+  m.reviews_overdue = &prometheus::BuildGauge()
+                           .Name("sshring_grants_review_overdue")
+                           .Help("Break-glass grants past their rule's review_within without a signed review.")
                            .Register(reg)
                            .Add({});
   return m;

@@ -88,7 +88,7 @@ void Reloader::reload_or_throw() {
   std::lock_guard lock(mu_);
   auto policy = std::make_shared<Policy>(load_policy_file(opts_.policy_path));
   std::string store = opts_.grant_store.empty() ? policy->grant_store : opts_.grant_store;
-  std::vector<Grant> grants;
+  std::vector<SignedGrant> grants;
   struct stat st {};
   if (::stat(store.c_str(), &st) == 0) {
     grants = DirGrantStore(store, false).load();
@@ -96,7 +96,9 @@ void Reloader::reload_or_throw() {
     common::log_warn("grant store missing; no grants loaded", {{"store", store}});
   }
   size_t n = grants.size();
-  auto snap = Snapshot::build(std::move(policy), std::move(grants), next_generation_.fetch_add(1));
+  auto snap = Snapshot::build_checked(std::move(policy), grants, unix_now(), &signatures_,
+                                      next_generation_.fetch_add(1));
+  report_rejected(*snap);
   cache_.publish(snap);
   watched_store_ = store;
   ok_.fetch_add(1);
@@ -110,6 +112,21 @@ void Reloader::reload_or_throw() {
   update_gauges();
 }
 
+void Reloader::report_rejected(const Snapshot& snap) {
+  std::unordered_set<std::string> now_rejected;
+  for (const auto& c : snap.checked_grants()) {
+    if (c.status != GrantStatus::kRejected) continue;
+    std::string key = c.object.id() + "\n" + canonical_request(c.object.request) + c.object.signature +
+                      std::to_string(c.object.decisions.size()) + c.reject_reason;
+    if (!rejected_.count(key)) {
+      common::log_warn("grant rejected", {{"grant", c.object.id()}, {"reason", c.reject_reason}, {"detail", c.detail}});
+      if (opts_.on_grant_rejected) opts_.on_grant_rejected(c);
+    }
+    now_rejected.insert(std::move(key));
+  }
+  rejected_ = std::move(now_rejected);
+}
+
 void Reloader::update_gauges() {
   if (!opts_.metrics) return;
   auto s = cache_.current();
@@ -120,6 +137,10 @@ void Reloader::update_gauges() {
   if (opts_.metrics->grants_expiring) {
     opts_.metrics->grants_expiring->Set(static_cast<double>(s->live_grants(now, 3600)));
   }
+  if (opts_.metrics->break_glass_live)
+    opts_.metrics->break_glass_live->Set(static_cast<double>(s->break_glass_live(now)));
+  if (opts_.metrics->reviews_overdue)
+    opts_.metrics->reviews_overdue->Set(static_cast<double>(s->reviews_overdue(now)));
 }
 
 void Reloader::request_reload() noexcept {

@@ -7,10 +7,12 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_set>
 
 #include "common/unique_fd.h"
 #include "policy/snapshot.h"
@@ -66,6 +68,11 @@ struct ReloaderOptions {
   bool handle_sighup = true;                  // install a SIGHUP handler that requests a reload
   int debounce_ms = 100;                      // coalesce bursts of file events
   int gauge_interval_ms = 5000;  // refresh grant gauges (expiry needs no reload: decisions take now)
+  // Called (on the reloading thread) once for each stored grant a reload refuses to honour (bad or
+  // missing signature, unknown key, missing rule, outside its rule, ...): the caller counts it
+  // (sshring_grants_rejected_total{reason}) and writes its grant_reject audit record. A grant is
+  // reported again only if its content changes.
+  std::function<void(const CheckedGrant&)> on_grant_rejected;
 };
 
 // Loads the policy and the grants into a Snapshot and publishes it into the cache. The background
@@ -94,6 +101,7 @@ class Reloader {
  private:
   void run();
   void update_gauges();
+  void report_rejected(const Snapshot& snap);
   void watch_store();
   PolicyCache& cache_;
   ReloaderOptions opts_;
@@ -112,6 +120,8 @@ class Reloader {
   int store_wd_ = -1;
   std::string watching_store_;  // the store inotify currently watches
   std::atomic<uint64_t> next_generation_{1};
+  SignatureCache signatures_;                // verified signatures, across reloads
+  std::unordered_set<std::string> rejected_; // grants already reported to on_grant_rejected
 };
 
 }  // namespace sshring::policy

@@ -35,6 +35,18 @@ const OptOutRule* Policy::find_rule(std::string_view id) const {
   return nullptr;
 }
 
+bool Policy::in_set(const PrincipalSet& set, std::string_view name) const {
+  const Principal* p = find_principal(name);
+  if (!p) return false;
+  if (set.empty()) return true;
+  for (const auto& n : set.principals)
+    if (n == name) return true;
+  for (const auto& r : p->roles)
+    for (const auto& want : set.roles)
+      if (r == want) return true;
+  return false;
+}
+
 namespace {
 
 // One DNS label against one pattern label (neither holds a dot). Iterative matcher with single-star

@@ -334,7 +334,7 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> po
   }
 
   for (const auto& r : p.opt_out) {
-    if (r.require_grant) continue;
+    if (!r.standing) continue;  // least privilege: other rules approve through grants only
     for (const auto& f : r.from) {
       for (const auto& t : r.to_cidrs)
         s->entries_.push_back(FlowEntry{f, t, r.to_ports, r.expires, r.id, false});
@@ -361,6 +361,37 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> po
   s->hosts_.freeze();
   s->compiled_ = std::move(c);
   return s;
+}
+
+std::shared_ptr<const Snapshot> Snapshot::build_checked(std::shared_ptr<const Policy> policy,
+                                                        const std::vector<SignedGrant>& stored, UnixSeconds now,
+                                                        SignatureCache* cache, uint64_t generation) {
+  std::vector<CheckedGrant> checked;
+  std::vector<Grant> honoured;
+  checked.reserve(stored.size());
+  {
+    GrantChecker checker(*policy, cache);
+    for (const auto& g : stored) {
+      checked.push_back(checker.check(g, now));
+      if (checked.back().honoured()) honoured.push_back(checked.back().terms);
+    }
+  }
+  if (cache) cache->end_generation();
+  auto s = build(std::move(policy), std::move(honoured), generation);
+  const_cast<Snapshot&>(*s).checked_ = std::move(checked);  // not yet shared with anyone
+  return s;
+}
+
+size_t Snapshot::break_glass_live(UnixSeconds now) const noexcept {
+  size_t n = 0;
+  for (const auto& c : checked_) n += c.break_glass && c.honoured() && c.terms.live(now);
+  return n;
+}
+
+size_t Snapshot::reviews_overdue(UnixSeconds now) const noexcept {
+  size_t n = 0;
+  for (const auto& c : checked_) n += c.review_overdue(now);
+  return n;
 }
 
 Decision Snapshot::authorize(const AuthzRequest& req) const noexcept {

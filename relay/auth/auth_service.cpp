@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include "metrics/audit.h"
+#include "metrics/catalog.h"
+#include "policy/grant_audit.h"
 
 namespace sshring::relay::auth {
 
@@ -21,11 +23,17 @@ AuthService::AuthService(AuthServiceOptions opts) : ids_(opts.relay_ids) {
   ro.watch = opts.watch;
   ro.metrics = opts.policy_metrics;
   ro.handle_sighup = false;  // the relay command owns signals and calls reload()
-  reloader_ = std::make_unique<policy::Reloader>(cache_, ro);
-  reloader_->reload_or_throw();
   if (!opts.audit_path.empty())
     audit_ = std::make_unique<metrics::AuditLog>(
         metrics::AuditOptions{.path = opts.audit_path, .component = "relay"});
+  // Stored grants this relay refuses to honour: counted once each, with one grant_reject record.
+  ro.on_grant_rejected = [metrics = opts.policy_metrics, audit = audit_ ? audit_.get() : opts.audit](
+                             const policy::CheckedGrant& c) {
+    if (metrics && metrics->grants_rejected) metrics->grants_rejected->Add({{"reason", c.reject_reason}}).Increment();
+    if (audit) audit->append(policy::grant_reject_record(c));
+  };
+  reloader_ = std::make_unique<policy::Reloader>(cache_, ro);
+  reloader_->reload_or_throw();
   AuthOptions a = std::move(opts.auth);
   a.relay_ids = ids_;
   a.audit = audit_ ? audit_.get() : opts.audit;

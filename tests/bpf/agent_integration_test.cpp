@@ -24,6 +24,7 @@
 #include "policy/grant.h"
 #include "policy/grant_store.h"
 #include "tests/bpf/raw_inject.h"
+#include "tests/policy/grant_fixture.h"
 #include "tests/support/netns.h"
 #include "tests/support/process.h"
 #include "tests/support/sshd.h"
@@ -110,13 +111,14 @@ hosts:
   - name: test
     cidrs: [10.77.0.0/24, "fd77::/64"]
     ssh_ports: [2222]
+roles: [{name: ops, targets: [{cidrs: [10.77.0.0/24]}]}]
+principals: [{name: alice, roles: [ops], keys: [")" + alice_.key_line() + R"("]}]
 opt_out:
   - id: ops
     who: {roles: [], principals: [alice]}
     from: [10.77.0.0/16]
     to: {cidrs: [10.77.0.0/24], ports: [2222]}
     max_ttl: 8h
-    require_grant: true
     expires: 2099-01-01T00:00:00Z
 )");
     sshd_.emplace(Sshd::Options{.listen_addr = kHostAddr, .port = kSshPort, .netns = host_->name()});
@@ -131,20 +133,20 @@ opt_out:
     if (mounted_) ::umount2(bpffs_.c_str(), MNT_DETACH);
   }
 
-  policy::Grant make_grant(const char* id, const char* from, int64_t expires) {
-    policy::Grant g;
-    g.id = id;
-    g.who = "alice";
-    g.from = *policy::Cidr::parse(from);
-    g.to = *policy::Cidr::parse("10.77.0.1/32");
-    g.ports = policy::PortSet::single(kSshPort);
-    g.rule = "ops";
-    g.reason = "integration test";
-    g.created_by = "test";
-    g.created = now_;
-    g.expires = expires;
-    return g;
+  // Grants are honoured only when signed by a key the policy lists (alice's).
+  policy::SignedGrant make_grant(const char* id, const char* from, int64_t expires) {
+    const int64_t now = ::time(nullptr);
+    auto r = policy::testing::request_for("alice", "ops", from, "10.77.0.1/32", expires - now, now);
+    r.ports = policy::PortSet::single(kSshPort);
+    r.reason = "integration test";
+    return policy::testing::signed_by(alice_, r, id);
   }
+  void revoke(policy::DirGrantStore& store, const char* id) {
+    ASSERT_TRUE(store.update(id, [&](policy::SignedGrant& g) {
+      policy::testing::add_decision(g, alice_, policy::DecisionKind::kRevoke, ::time(nullptr), "done");
+    }));
+  }
+  policy::testing::Person alice_ = policy::testing::person("alice");
 
   void start_agent(bool enforce, const std::string& log_name, const std::string& idle = "1h") {
     std::vector<std::string> argv = {sshring_bin(),    "agent", "--policy",  dir_.file("policy.yaml"),
@@ -353,7 +355,7 @@ TEST_F(AgentIntegration, TagsCountsEnforcesSurvivesRestartAndDetaches) {
   EXPECT_EQ((*granted)["tag"], "bypass_approved");
   EXPECT_EQ((*granted)["grant_id"], "g-0000000000c3");
   syncs = synced();
-  ASSERT_TRUE(store.revoke("g-0000000000c3", "test", "done", ::time(nullptr)).has_value());
+  revoke(store, "g-0000000000c3");
   ASSERT_TRUE(wait_synced(syncs + 1)) << "no reload after a revoke";
   EXPECT_NE(ssh(kUngranted, "true", "", "3"), 0);
   auto revoked = wait_record(audit_, "flow_open", kUngranted, 0, 15s, "bypass_expired");

@@ -70,6 +70,7 @@ opt_out:
     from: [10.77.3.0/24]
     to: {cidrs: [10.77.0.128/25], ports: ["2200-2201"]}
     max_ttl: 1h
+    standing: true
     expires: 2030-03-17T17:46:50Z
 )";
 

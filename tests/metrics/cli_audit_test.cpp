@@ -55,20 +55,30 @@ TEST(AuditCliTest, GrantCommandRecordsVerifyAndReport) {
   // The example's opt-out rules end in 2027; keep the test independent of today's date.
   for (size_t p; (p = policy.find("expires: 2027-")) != std::string::npos;)
     policy.replace(p, 14, "expires: 2099-");
+  // Grants are signed: ci-bot's key in the policy becomes one whose private half this test holds.
+  const std::string key = dir.file("ci-bot");
+  ASSERT_EQ(sshring::testing::sh("ssh-keygen -q -t ed25519 -N '' -C ci-runner -f " + key), 0);
+  std::string pub = sshring::testing::read_file(key + ".pub");
+  pub.erase(pub.find_last_not_of('\n') + 1);
+  const std::string example_key =
+      "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDbGuMWnp8lY9YGO88UD2iSYja7HzYOGXSnDg2phPduU ci-runner";
+  pos = policy.find(example_key);
+  ASSERT_NE(pos, std::string::npos) << "ci-bot's key in the example policy changed";
+  policy.replace(pos, example_key.size(), pub);
   sshring::testing::write_file(dir.file("policy.yaml"), policy);
   const std::string bin = sshring::testing::sshring_bin();
   const std::string log = dir.file("grant.audit.jsonl");
   std::string out;
-  int rc = sshring::testing::run(
-      {bin, "grant", "add", "--policy", dir.file("policy.yaml"), "--who", "ci-bot", "--from", "10.2.0.5",
-       "--to", "10.1.5.7", "--ttl", "1h", "--reason", "deploy INC-7", "--audit-log", log},
-      &out);
+  int rc = sshring::testing::run({bin, "grant", "add", "--policy", dir.file("policy.yaml"), "--identity", key,
+                                  "--from", "10.2.0.5", "--to", "10.1.5.7", "--ttl", "1h", "--reason",
+                                  "deploy INC-7", "--audit-log", log},
+                                 &out);
   ASSERT_EQ(rc, 0) << out;
   auto id_start = out.find("g-");
   ASSERT_NE(id_start, std::string::npos) << out;
   std::string id = out.substr(id_start, out.find(' ', id_start) - id_start);
   ASSERT_EQ(sshring::testing::run({bin, "grant", "revoke", id, "--reason", "done", "--policy",
-                                   dir.file("policy.yaml"), "--audit-log", log},
+                                   dir.file("policy.yaml"), "--identity", key, "--audit-log", log},
                                   &out),
             0)
       << out;
