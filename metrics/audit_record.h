@@ -19,9 +19,9 @@ inline constexpr size_t kMaxRecordBytes = 64 * 1024;
 inline const std::string kZeroHash(64, '0');
 
 // Record types (docs/audit.md). log_rotate and log_recover are written by the log itself.
-inline constexpr const char* kRecordTypes[] = {"session_start", "session_end",  "session_deny", "grant_add",
-                                               "grant_revoke",  "grant_expire", "flow_open",    "flow_close",
-                                               "policy_reload", "log_rotate",   "log_recover",  "relay_handover"};
+inline constexpr const char* kRecordTypes[] = {
+    "session_start", "session_end", "session_deny",  "grant_add",  "grant_revoke", "grant_expire",
+    "flow_open",     "flow_close",  "policy_reload", "log_rotate", "log_recover",  "relay_handover"};
 
 struct AuditRecord {
   std::string ts;

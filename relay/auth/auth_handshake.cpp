@@ -181,8 +181,8 @@ class AuthHandshake : public Handshake {
     // The id is not secret (clients type it); naming it lets the client say which --relay-id to pass.
     // The relay's id first: a DENY message is cut at 200 bytes.
     if (!relay_ok)
-      return s.deny(Reason::kWrongRelay,
-                    "this relay's id is '" + f.opts_.relay_ids.front() + "' (preamble is for '" + h.relay_id + "')");
+      return s.deny(Reason::kWrongRelay, "this relay's id is '" + f.opts_.relay_ids.front() +
+                                             "' (preamble is for '" + h.relay_id + "')");
 
     uint64_t now_ms = f.now_ms();
     uint64_t skew = static_cast<uint64_t>(f.opts_.max_skew.count());
@@ -427,7 +427,8 @@ std::unique_ptr<Handshake> AuthHandshakeFactory::create(uint64_t session_id, con
 // principal's max_sessions here (without refusing: the session exists already) and writes its
 // session_end record from this process's audit log.
 std::unique_ptr<Handshake> AuthHandshakeFactory::adopt(uint64_t session_id, const common::SockAddr& client,
-                                                       const common::SockAddr& listen, std::string_view state) {
+                                                       const common::SockAddr& listen,
+                                                       std::string_view state) {
   auto j = nlohmann::json::parse(state, nullptr, false);
   if (j.is_discarded() || !j.is_object() || j.value("v", 0) != 1 || !j.contains("principal")) return nullptr;
   auto s = std::make_shared<SessionState>();
