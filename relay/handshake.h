@@ -12,8 +12,8 @@
 #include <functional>
 #include <memory>
 #include <span>
-#include <string_view>
 #include <string>
+#include <string_view>
 
 #include "common/sockaddr.h"
 

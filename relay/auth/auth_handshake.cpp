@@ -488,7 +488,8 @@ std::unique_ptr<Handshake> AuthHandshakeFactory::create(uint64_t session_id, con
 // principal's max_sessions here (without refusing: the session exists already) and writes its
 // session_end record from this process's audit log.
 std::unique_ptr<Handshake> AuthHandshakeFactory::adopt(uint64_t session_id, const common::SockAddr& client,
-                                                       const common::SockAddr& listen, std::string_view state) {
+                                                       const common::SockAddr& listen,
+                                                       std::string_view state) {
   auto j = nlohmann::json::parse(state, nullptr, false);
   if (j.is_discarded() || !j.is_object() || j.value("v", 0) != 1 || !j.contains("principal")) return nullptr;
   auto s = std::make_shared<SessionState>();

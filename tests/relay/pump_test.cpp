@@ -156,5 +156,35 @@ TEST(PumpTest, InPipeTracksPartialWrites) {
   EXPECT_EQ(p.bytes(), 1000u);
 }
 
+// Hand-over: a direction parked with bytes in its pipe continues in another process exactly there;
+// states that are not parked (a splice in flight) or a pipe count that does not fit are refused.
+TEST(PumpTest, RestoreContinuesAParkedDirection) {
+  Pump p;
+  p.start();
+  p.on_readable();
+  p.on_spliced_in(3000, 65536);
+  EXPECT_EQ(p.on_spliced_out(-EAGAIN), A::kArmPollOut);
+  ASSERT_TRUE(p.parked());
+  Pump q;
+  ASSERT_TRUE(q.restore(p.state(), p.in_pipe(), p.bytes(), true));
+  EXPECT_EQ(q.on_writable(), A::kSpliceOut);
+  EXPECT_EQ(q.on_spliced_out(3000), A::kSpliceIn);  // eager: one more splice-in before polling
+  EXPECT_EQ(q.bytes(), 3000u);
+
+  struct Case {
+    S state;
+    uint32_t in_pipe;
+    bool ok;
+  };
+  for (const Case& c :
+       {Case{S::kPollIn, 0, true}, Case{S::kPollOut, 10, true}, Case{S::kDone, 0, true},
+        Case{S::kPollIn, 5, false}, Case{S::kPollOut, 0, false}, Case{S::kSpliceIn, 0, false},
+        Case{S::kSpliceOut, 10, false}, Case{S::kFailed, 0, false}, Case{S::kIdle, 0, false}}) {
+    Pump r;
+    EXPECT_EQ(r.restore(c.state, c.in_pipe, 0, false), c.ok) << static_cast<int>(c.state) << " " << c.in_pipe;
+    if (!c.ok) EXPECT_EQ(r.state(), S::kIdle);
+  }
+}
+
 }  // namespace
 }  // namespace sshring::relay
