@@ -89,12 +89,12 @@ class Agent {
                {{"addr", opts_.metrics_listen}, {"port", std::to_string(server_->port())}});
     }
     if (!opts_.audit_path.empty())
-      audit_ = std::make_unique<metrics::AuditLog>(metrics::AuditOptions{
-          .path = opts_.audit_path,
-          .component = "agent",
-          .syslog = opts_.audit_syslog,
-          .syslog_socket = opts_.audit_syslog_socket,
-          .key_path = opts_.audit_key});
+      audit_ = std::make_unique<metrics::AuditLog>(
+          metrics::AuditOptions{.path = opts_.audit_path,
+                                .component = "agent",
+                                .syslog = opts_.audit_syslog,
+                                .syslog_socket = opts_.audit_syslog_socket,
+                                .key_path = opts_.audit_key});
     if (audit_ && server_) metrics::register_audit(*server_, audit_.get());
 
     policy::ReloaderOptions ro;
@@ -168,8 +168,7 @@ class Agent {
                                                        {"added", std::to_string(r.added)},
                                                        {"removed", std::to_string(r.removed)},
                                                        {"changed", std::to_string(r.changed)}});
-    if (audit_)
-      audit_->append(metrics::PolicyReload{.version = std::to_string(snap->generation())});
+    if (audit_) audit_->append(metrics::PolicyReload{.version = std::to_string(snap->generation())});
   }
 
   static int on_event(void* ctx, void* data, size_t size) {
@@ -181,8 +180,9 @@ class Agent {
   }
 
   void handle(const sshring_event& ev) {
-    metrics::FlowKey flow{addr_string(ev.key.client, ev.key.family), addr_string(ev.key.server, ev.key.family),
-                          ev.key.client_port, ev.key.server_port, "tcp"};
+    metrics::FlowKey flow{addr_string(ev.key.client, ev.key.family),
+                          addr_string(ev.key.server, ev.key.family), ev.key.client_port, ev.key.server_port,
+                          "tcp"};
     std::string grant = sync_->grant_name(ev.grant);
     nlohmann::json rec =
         ev.type == SSHRING_EV_CLOSE
@@ -201,7 +201,8 @@ class Agent {
                                 .tag = tag_name(ev.tag),
                                 .grant_id = grant,
                                 .first_seen = rfc3339_from_boot(ev.first_ns),
-                                .enforced = ev.type == SSHRING_EV_DENY ? std::optional<bool>(true) : std::nullopt}
+                                .enforced =
+                                    ev.type == SSHRING_EV_DENY ? std::optional<bool>(true) : std::nullopt}
                   .to_json();
     common::log_debug("agent: flow event", {{"record", rec.dump()}});
     if (audit_) audit_->append(std::move(rec));

@@ -96,8 +96,9 @@ Context open(const common::Flags& f, bool need_audit) {
   Context c;
   c.policy = policy::load_policy_file(f.get_or("policy", policy::kDefaultPolicyPath));
   c.store = std::make_unique<policy::DirGrantStore>(f.get_or("grant-store", c.policy.grant_store), true);
-  if (need_audit) c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"),
-                                     f.get_or("audit-key", ""));
+  if (need_audit)
+    c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"),
+                         f.get_or("audit-key", ""));
   return c;
 }
 

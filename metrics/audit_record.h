@@ -19,9 +19,10 @@ inline constexpr size_t kMaxRecordBytes = 64 * 1024;
 inline const std::string kZeroHash(64, '0');
 
 // Record types (docs/audit.md). The log_* types and checkpoint are written by the log itself.
-inline constexpr const char* kRecordTypes[] = {
-    "session_start", "session_end", "session_deny", "grant_add",  "grant_revoke", "grant_expire", "flow_open",
-    "flow_close",    "policy_reload", "log_rotate", "log_recover", "log_reopen",  "log_gap",      "checkpoint"};
+inline constexpr const char* kRecordTypes[] = {"session_start", "session_end",  "session_deny", "grant_add",
+                                               "grant_revoke",  "grant_expire", "flow_open",    "flow_close",
+                                               "policy_reload", "log_rotate",   "log_recover",  "log_reopen",
+                                               "log_gap",       "checkpoint"};
 
 struct AuditRecord {
   std::string ts;
