@@ -100,12 +100,12 @@ class Agent {
                {{"addr", opts_.metrics_listen}, {"port", std::to_string(server_->port())}});
     }
     if (!opts_.audit_path.empty())
-      audit_ = std::make_unique<metrics::AuditLog>(metrics::AuditOptions{
-          .path = opts_.audit_path,
-          .component = "agent",
-          .syslog = opts_.audit_syslog,
-          .syslog_socket = opts_.audit_syslog_socket,
-          .key_path = opts_.audit_key});
+      audit_ = std::make_unique<metrics::AuditLog>(
+          metrics::AuditOptions{.path = opts_.audit_path,
+                                .component = "agent",
+                                .syslog = opts_.audit_syslog,
+                                .syslog_socket = opts_.audit_syslog_socket,
+                                .key_path = opts_.audit_key});
     if (audit_ && server_) metrics::register_audit(*server_, audit_.get());
 
     policy::ReloaderOptions ro;

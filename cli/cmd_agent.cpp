@@ -52,7 +52,8 @@ int run(const std::vector<std::string>& args) {
       .value("audit-log", "FILE", "audit log (JSON lines, hash-chained)",
              "/var/log/sshring/agent.audit.jsonl")
       .boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)")
-      .value("audit-syslog-socket", "PATH", "unix socket --audit-syslog sends RFC 5424 messages to", "/dev/log")
+      .value("audit-syslog-socket", "PATH", "unix socket --audit-syslog sends RFC 5424 messages to",
+             "/dev/log")
       .value("audit-key", "FILE", "Ed25519 key signing audit checkpoints (created 0600 if missing)")
       .value("pin-dir", "DIR", "where maps and programs are pinned (a bpffs directory)",
              sshring::bpf::kDefaultPinDir)

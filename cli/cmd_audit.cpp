@@ -49,7 +49,8 @@ void print_result(const m::VerifyResult& res, const std::string& names, bool qui
     std::cout << "FAIL " << res.error->to_string() << "\n";
     std::cout << "     " << res.records << " records verified before it (" << names << ")\n";
   } else if (!res.gaps.empty()) {
-    std::cout << "FAIL " << names << ": " << res.gaps.size() << " gap(s) in the chain of " << res.writer << "\n";
+    std::cout << "FAIL " << names << ": " << res.gaps.size() << " gap(s) in the chain of " << res.writer
+              << "\n";
   } else if (!quiet) {
     std::cout << "OK   " << names << ": " << res.records << " records, last seq " << res.last_seq;
     if (!res.writer.empty()) std::cout << ", writer " << res.writer;
@@ -65,7 +66,8 @@ std::string textfile_lines(const m::VerifyResult& res, const std::string& file) 
     if (c == '"' || c == '\\') esc.push_back('\\');
     if (c != '\n') esc.push_back(c);
   }
-  auto now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch());
+  auto now =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch());
   std::string l = "{writer=\"" + esc + "\"} ";
   return "sshring_audit_verify_ok" + l + (res.ok() ? "1" : "0") + "\nsshring_audit_verify_gaps" + l +
          std::to_string(res.gaps.size()) + "\nsshring_audit_verify_timestamp_seconds" + l +
@@ -83,7 +85,8 @@ void write_textfile(const std::string& path, const std::string& lines) {
     out << head << lines;
     if (!out) throw std::runtime_error("cannot write " + tmp);
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    throw std::runtime_error("cannot rename " + tmp + " to " + path);
 }
 
 int verify(const std::vector<std::string>& args) {
@@ -101,8 +104,9 @@ int verify(const std::vector<std::string>& args) {
   f.value("trusted-keys", "FILE",
           "trusted audit keys, one 'WRITER-ID ssh-ed25519 BASE64' per line ('*' = any writer); "
           "see `sshring audit key --pub`");
-  f.value("from-seq", "N", "retained history starts at seq N: a chain whose first record is N or earlier "
-                           "is not a missing head");
+  f.value("from-seq", "N",
+          "retained history starts at seq N: a chain whose first record is N or earlier "
+          "is not a missing head");
   f.boolean("collector",
             "files gathered by a collector (syslog/RELP): list every seq gap per writer and go on; skip "
             "duplicates; an unsigned tail is a warning");
@@ -113,9 +117,11 @@ int verify(const std::vector<std::string>& args) {
   f.epilog(
       "Exit status: 0 chain intact (warnings allowed), 1 chain broken, a gap, a bad signature or a cut\n"
       "tail, 2 usage or read error.\n\n"
-      "Examples:\n  sshring audit verify --trusted-keys /etc/sshring/audit-keys /var/log/sshring/relay.audit.jsonl.2* "
+      "Examples:\n  sshring audit verify --trusted-keys /etc/sshring/audit-keys "
+      "/var/log/sshring/relay.audit.jsonl.2* "
       "/var/log/sshring/relay.audit.jsonl\n"
-      "  sshring audit verify --collector --trusted-keys /etc/sshring/audit-keys --dir /var/log/sshring-collector\n");
+      "  sshring audit verify --collector --trusted-keys /etc/sshring/audit-keys --dir "
+      "/var/log/sshring-collector\n");
   if (!f.parse(args)) return 0;
   std::optional<m::TrustedKeys> trusted;
   m::VerifyOptions opts;
@@ -153,7 +159,8 @@ int key(const std::vector<std::string>& args) {
   f.boolean("pub", "print the public key ('ssh-ed25519 BASE64')");
   f.value("writer", "ID", "print a trusted-keys line for this writer (component@host, or '*')");
   f.epilog(
-      "Example:\n  echo \"relay@$(hostname) $(sshring audit key --pub --audit-key /var/lib/sshring/relay-audit.key)\""
+      "Example:\n  echo \"relay@$(hostname) $(sshring audit key --pub --audit-key "
+      "/var/lib/sshring/relay-audit.key)\""
       " >> /etc/sshring/audit-keys\n");
   if (!f.parse(args)) return 0;
   auto k = m::AuditKey::load_or_create(f.require("audit-key"));
@@ -177,7 +184,8 @@ int report(const std::vector<std::string>& args) {
   f.value("top", "N", "rows in the top sources/targets tables", "10");
   f.value("max-flows", "N", "unapproved/expired flows listed one by one", "50");
   f.boolean("json", "print JSON instead of text tables");
-  f.value("html", "FILE", "also write one self-contained HTML page (tables and inline SVG charts, no scripts)");
+  f.value("html", "FILE",
+          "also write one self-contained HTML page (tables and inline SVG charts, no scripts)");
   f.epilog(
       "Unreadable lines are counted and skipped (run `sshring audit verify` to check integrity).\n\n"
       "Example:\n  sshring audit report --since 24h /var/log/sshring/agent.audit.jsonl* "

@@ -63,7 +63,8 @@ common::Flags relay_flags() {
       .value("metrics", "ADDR:PORT", "serve Prometheus metrics on this address")
       .value("audit-log", "FILE", "append a hash-chained session_end record per session")
       .boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)")
-      .value("audit-syslog-socket", "PATH", "unix socket --audit-syslog sends RFC 5424 messages to", "/dev/log")
+      .value("audit-syslog-socket", "PATH", "unix socket --audit-syslog sends RFC 5424 messages to",
+             "/dev/log")
       .value("audit-key", "FILE", "Ed25519 key signing audit checkpoints (created 0600 if missing)")
       .value("audit-failure", "refuse|continue",
              "while the audit log cannot be written: refuse new authenticated sessions (default) or admit "
@@ -178,7 +179,8 @@ metrics::SessionEnd session_end_record(const relay::SessionSummary& s) {
 
 bool audit_refuses(const common::Flags& f) {
   auto v = f.get_or("audit-failure", "refuse");
-  if (v != "refuse" && v != "continue") throw common::UsageError("--audit-failure " + v + ": expected refuse or continue");
+  if (v != "refuse" && v != "continue")
+    throw common::UsageError("--audit-failure " + v + ": expected refuse or continue");
   return v == "refuse";
 }
 

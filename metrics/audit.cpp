@@ -249,7 +249,8 @@ struct AuditLog::Impl {
     // stop the log: replace it.
     constexpr auto kReplace = nlohmann::json::error_handler_t::replace;
     ++seq;
-    std::string text = "{\"ts\":\"" + ts + "\",\"type\":" + nlohmann::json(type).dump(-1, ' ', false, kReplace) +
+    std::string text = "{\"ts\":\"" + ts +
+                       "\",\"type\":" + nlohmann::json(type).dump(-1, ' ', false, kReplace) +
                        ",\"component\":" + nlohmann::json(opts.component).dump(-1, ' ', false, kReplace) +
                        ",\"host\":" + nlohmann::json(host).dump(-1, ' ', false, kReplace) +
                        ",\"seq\":" + std::to_string(seq) + ",\"prev\":\"" + last_hash + "\"";
@@ -355,7 +356,8 @@ struct AuditLog::Impl {
   // The live path must still name our file: if it was deleted or replaced, put the chain (read back
   // from our descriptor) into a new file at the path, so nothing written so far is lost.
   bool check_live_file(std::optional<LogReopen>* reopen, std::string* err) {
-    struct stat ours {}, at_path {};
+    struct stat ours {
+    }, at_path{};
     if (!fd || ::fstat(fd.get(), &ours) != 0 || !S_ISREG(ours.st_mode)) return true;
     bool missing = ::stat(opts.path.c_str(), &at_path) != 0;
     if (!missing && at_path.st_dev == ours.st_dev && at_path.st_ino == ours.st_ino) return true;
@@ -569,7 +571,8 @@ void AuditLog::append(nlohmann::json record) {
   auto& d = *impl_;
   std::unique_lock lk(d.mu);
   // Unwritable: retry first (batched mode retries on the writer thread), drop only if still full.
-  if (d.opts.fsync_each && !d.ok.load(std::memory_order_relaxed) && d.pending_bytes >= d.opts.max_pending_bytes)
+  if (d.opts.fsync_each && !d.ok.load(std::memory_order_relaxed) &&
+      d.pending_bytes >= d.opts.max_pending_bytes)
     d.drain(lk);
   if (d.drop_if_full_locked()) return;
   d.enqueue_locked(std::move(record));
@@ -620,11 +623,17 @@ bool AuditLog::flush() {
   return d.durable >= target;
 }
 
-bool AuditLog::writable() const { return impl_->ok.load(std::memory_order_relaxed); }
+bool AuditLog::writable() const {
+  return impl_->ok.load(std::memory_order_relaxed);
+}
 
-uint64_t AuditLog::write_errors() const { return impl_->write_errors.load(std::memory_order_relaxed); }
+uint64_t AuditLog::write_errors() const {
+  return impl_->write_errors.load(std::memory_order_relaxed);
+}
 
-const std::string& AuditLog::writer_id() const { return impl_->writer_id; }
+const std::string& AuditLog::writer_id() const {
+  return impl_->writer_id;
+}
 
 AuditStats AuditLog::stats() const {
   auto& d = *impl_;

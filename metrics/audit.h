@@ -31,7 +31,7 @@ struct AuditOptions {
   uint64_t rotate_bytes = 256ull << 20;           // rotate when the file grows past this
   bool syslog = false;                            // also send each record as RFC 5424 to syslog_socket
   std::string syslog_socket = "/dev/log";         // unix datagram socket of the local syslog daemon
-  std::string key_path;                           // Ed25519 audit key (created if missing); empty: no checkpoints
+  std::string key_path;  // Ed25519 audit key (created if missing); empty: no checkpoints
   uint64_t checkpoint_every = kDefaultCheckpointEvery;
   std::chrono::seconds checkpoint_interval = kDefaultCheckpointInterval;  // also a heartbeat when idle
   uint64_t max_pending_bytes = 64ull << 20;  // while unwritable: buffer this much, then drop (log_gap)
@@ -64,18 +64,14 @@ class AuditLog {
   void append(nlohmann::json record);
   // A typed record (metrics/audit_types.h).
   template <class R>
-    requires requires(const R& r) { r.to_json(); }
-  void append(const R& r) {
-    append(r.to_json());
-  }
+  requires requires(const R& r) { r.to_json(); }
+  void append(const R& r) { append(r.to_json()); }
   // Appends and waits until the record is on disk. On failure the record is taken back out of the
   // chain (it never reaches the file) and false is returned with *error set.
   bool commit(nlohmann::json record, std::string* error = nullptr);
   template <class R>
-    requires requires(const R& r) { r.to_json(); }
-  bool commit(const R& r, std::string* error = nullptr) {
-    return commit(r.to_json(), error);
-  }
+  requires requires(const R& r) { r.to_json(); }
+  bool commit(const R& r, std::string* error = nullptr) { return commit(r.to_json(), error); }
   // Writes every record appended so far; true if they are all on disk.
   bool flush();
   // Cheap health check (one atomic load): false while the last write failed.

@@ -69,8 +69,9 @@ Pkey read_pem(const std::string& path) {
   Pkey k(PEM_read_PrivateKey(fp, nullptr, nullptr, nullptr));
   std::fclose(fp);
   if (!k || EVP_PKEY_get_id(k.get()) != EVP_PKEY_ED25519)
-    throw std::runtime_error("audit key " + path +
-                             " is not an Ed25519 private key in PEM (PKCS#8); move it away to create a new one");
+    throw std::runtime_error(
+        "audit key " + path +
+        " is not an Ed25519 private key in PEM (PKCS#8); move it away to create a new one");
   return k;
 }
 
@@ -79,7 +80,9 @@ Pkey create_pem(const std::string& path) {
   if (!parent.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(parent, ec);
-    if (ec) throw std::runtime_error("audit key " + path + ": cannot create " + parent.string() + ": " + ec.message());
+    if (ec)
+      throw std::runtime_error("audit key " + path + ": cannot create " + parent.string() + ": " +
+                               ec.message());
   }
   EVP_PKEY* raw = nullptr;
   EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, nullptr);
@@ -149,7 +152,9 @@ std::string AuditKey::public_line() const {
   return "ssh-ed25519 " + common::base64_encode(ed25519_blob(impl_->raw_pub));
 }
 
-std::string AuditKey::fingerprint() const { return ssh_fingerprint(ed25519_blob(impl_->raw_pub)); }
+std::string AuditKey::fingerprint() const {
+  return ssh_fingerprint(ed25519_blob(impl_->raw_pub));
+}
 
 std::string ed25519_blob(std::string_view raw32) {
   std::string blob;
@@ -175,7 +180,8 @@ bool AuditPublicKey::verify(std::string_view msg, std::string_view sig) const {
                           reinterpret_cast<const unsigned char*>(msg.data()), msg.size()) == 1;
 }
 
-std::optional<AuditPublicKey> parse_public_key(std::string_view type, std::string_view b64, std::string* error) {
+std::optional<AuditPublicKey> parse_public_key(std::string_view type, std::string_view b64,
+                                               std::string* error) {
   auto fail = [&](const char* why) -> std::optional<AuditPublicKey> {
     if (error) *error = why;
     return std::nullopt;
@@ -211,7 +217,9 @@ TrustedKeys TrustedKeys::load(const std::string& path) {
   return keys;
 }
 
-void TrustedKeys::add(const std::string& writer, AuditPublicKey key) { keys_.emplace(writer, std::move(key)); }
+void TrustedKeys::add(const std::string& writer, AuditPublicKey key) {
+  keys_.emplace(writer, std::move(key));
+}
 
 std::vector<const AuditPublicKey*> TrustedKeys::for_writer(const std::string& writer) const {
   std::vector<const AuditPublicKey*> out;

@@ -49,7 +49,8 @@ struct AuditPublicKey {
 };
 
 // Parses "ssh-ed25519 BASE64"; nullopt and *error set otherwise.
-std::optional<AuditPublicKey> parse_public_key(std::string_view type, std::string_view b64, std::string* error);
+std::optional<AuditPublicKey> parse_public_key(std::string_view type, std::string_view b64,
+                                               std::string* error);
 
 class TrustedKeys {
  public:

@@ -296,8 +296,8 @@ void AuditReport::fleet_json(nlohmann::ordered_json& out) const {
     ++who_flows[who.empty() ? "(none)" : who][f.tag];
     ++rule_flows[rule.empty() ? "(none)" : rule][f.tag];
   }
-  auto table = [&](const std::map<std::string, Tally>& tallies, std::map<std::string, std::map<std::string, uint64_t>>& flows,
-                   const char* key) {
+  auto table = [&](const std::map<std::string, Tally>& tallies,
+                   std::map<std::string, std::map<std::string, uint64_t>>& flows, const char* key) {
     std::map<std::string, Tally> all = tallies;
     for (const auto& [k, v] : flows) all.try_emplace(k);
     auto arr = nlohmann::ordered_json::array();
@@ -307,10 +307,11 @@ void AuditReport::fleet_json(nlohmann::ordered_json& out) const {
                      {"denied", t.denied},
                      {"session_bytes", t.bytes},
                      {"flows", tag_counts(flows[k])},
-                     {"grants", {{"added", t.grants_added},
-                                 {"approved", t.grants_approved},
-                                 {"revoked", t.grants_revoked},
-                                 {"expired", t.grants_expired}}}});
+                     {"grants",
+                      {{"added", t.grants_added},
+                       {"approved", t.grants_approved},
+                       {"revoked", t.grants_revoked},
+                       {"expired", t.grants_expired}}}});
     }
     return arr;
   };
@@ -322,7 +323,8 @@ void AuditReport::fleet_json(nlohmann::ordered_json& out) const {
   auto& gdays = out["grants_per_day"] = nlohmann::ordered_json::array();
   for (const auto& [day, m] : grant_days_) {
     auto get = [&](const char* k) { return m.count(k) ? m.at(k) : 0; };
-    gdays.push_back({{"day", day}, {"added", get("added")}, {"revoked", get("revoked")}, {"expired", get("expired")}});
+    gdays.push_back(
+        {{"day", day}, {"added", get("added")}, {"revoked", get("revoked")}, {"expired", get("expired")}});
   }
 }
 
@@ -383,11 +385,12 @@ std::string AuditReport::to_text() const {
     for (const auto& r : j[which]) {
       const auto& fl = r["flows"];
       const auto& g = r["grants"];
-      rows.push_back({s(r[key]), s(r["sessions"]), s(r["denied"]), s(fl["bypass_unapproved"]), s(fl["bypass_expired"]),
-                      s(fl["bypass_approved"]), s(g["added"]), s(g["approved"]), s(g["revoked"]), s(g["expired"])});
+      rows.push_back({s(r[key]), s(r["sessions"]), s(r["denied"]), s(fl["bypass_unapproved"]),
+                      s(fl["bypass_expired"]), s(fl["bypass_approved"]), s(g["added"]), s(g["approved"]),
+                      s(g["revoked"]), s(g["expired"])});
     }
-    out << table({"NAME", "SESSIONS", "DENIED", "UNAPPROVED", "EXPIRED", "APPROVED", "GRANTS", "APPROVED_GRANTS",
-                  "REVOKED", "EXPIRED_GRANTS"},
+    out << table({"NAME", "SESSIONS", "DENIED", "UNAPPROVED", "EXPIRED", "APPROVED", "GRANTS",
+                  "APPROVED_GRANTS", "REVOKED", "EXPIRED_GRANTS"},
                  rows);
   }
 

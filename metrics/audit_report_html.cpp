@@ -16,17 +16,28 @@ std::string esc(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out.push_back(c);
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out.push_back(c);
     }
   }
   return out;
 }
 
-std::string cell(const OJ& v) { return esc(v.is_string() ? v.get<std::string>() : v.dump()); }
+std::string cell(const OJ& v) {
+  return esc(v.is_string() ? v.get<std::string>() : v.dump());
+}
 
 struct Series {
   const char* name;
@@ -85,12 +96,14 @@ std::string chart(const char* id, const std::string& title, const std::vector<st
       << lx + 14 << "\" y=\"15\" font-size=\"11\">" << s.name << "</text>";
     lx += 150;
   }
-  if (labels.empty()) o << "<text x=\"" << w / 2 << "\" y=\"" << h / 2 << "\" text-anchor=\"middle\">no data</text>";
+  if (labels.empty())
+    o << "<text x=\"" << w / 2 << "\" y=\"" << h / 2 << "\" text-anchor=\"middle\">no data</text>";
   o << "</svg>\n";
   return o.str();
 }
 
-std::string html_table(const std::vector<std::string>& head, const std::vector<std::vector<std::string>>& rows) {
+std::string html_table(const std::vector<std::string>& head,
+                       const std::vector<std::vector<std::string>>& rows) {
   std::ostringstream o;
   o << "<table><tr>";
   for (const auto& h : head) o << "<th>" << esc(h) << "</th>";
@@ -123,8 +136,8 @@ std::string fleet_table(const OJ& rows, const char* key) {
     const auto& f = r["flows"];
     const auto& g = r["grants"];
     out.push_back({cell(r[key]), cell(r["sessions"]), cell(r["denied"]), cell(f["bypass_unapproved"]),
-                   cell(f["bypass_expired"]), cell(f["bypass_approved"]), cell(g["added"]), cell(g["approved"]),
-                   cell(g["revoked"]), cell(g["expired"])});
+                   cell(f["bypass_expired"]), cell(f["bypass_approved"]), cell(g["added"]),
+                   cell(g["approved"]), cell(g["revoked"]), cell(g["expired"])});
   }
   return html_table({key, "sessions", "denied", "unapproved flows", "expired-grant flows", "approved flows",
                      "grants added", "approved", "revoked", "expired"},
@@ -137,12 +150,14 @@ std::string AuditReport::to_html() const {
   OJ j = to_json();
   std::ostringstream o;
   o << "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>sshring audit report</title>"
-       "<style>body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0 20px}"
+       "<style>body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px "
+       "0 20px}"
        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}th{background:#f0f0f0}"
        "h2{border-bottom:1px solid #ddd;margin-top:28px}svg{background:#fafafa;border:1px solid #eee}</style>"
        "</head><body>\n";
-  o << "<h1>sshring audit report</h1><p>Window " << cell(j["window"]["since"]) << " .. " << cell(j["window"]["until"])
-    << ": " << cell(j["records"]) << " records, " << cell(j["skipped_lines"]) << " unreadable lines skipped. "
+  o << "<h1>sshring audit report</h1><p>Window " << cell(j["window"]["since"]) << " .. "
+    << cell(j["window"]["until"]) << ": " << cell(j["records"]) << " records, " << cell(j["skipped_lines"])
+    << " unreadable lines skipped. "
     << "Proxied sessions: " << cell(j["sessions"]["ended"]) << " ended, " << cell(j["sessions"]["denied"])
     << " denied.</p>\n";
 
@@ -156,13 +171,15 @@ std::string AuditReport::to_html() const {
   o << chart("flows_per_day", "Bypass flows per day by tag", days, {std::begin(kTags), std::end(kTags)},
              [&](size_t i, const char* tag) { return (*dayrows[i])["flows"][tag].get<double>(); });
   std::vector<std::vector<std::string>> rows;
-  for (const auto& t : j["flows_by_tag"]) rows.push_back({cell(t["tag"]), cell(t["flows"]), cell(t["bytes"])});
+  for (const auto& t : j["flows_by_tag"])
+    rows.push_back({cell(t["tag"]), cell(t["flows"]), cell(t["bytes"])});
   o << html_table({"tag", "flows", "bytes"}, rows);
 
   o << "<h2>Per rule</h2>" << fleet_chart(j["by_rule"], "rule", "flows_per_rule", "Flows per opt-out rule")
     << fleet_table(j["by_rule"], "rule");
   o << "<h2>Per principal</h2>"
-    << fleet_chart(j["by_principal"], "principal", "flows_per_principal", "Flows per principal (through their grants)")
+    << fleet_chart(j["by_principal"], "principal", "flows_per_principal",
+                   "Flows per principal (through their grants)")
     << fleet_table(j["by_principal"], "principal");
   o << "<h2>Per host</h2>" << fleet_table(j["by_host"], "host");
 
@@ -173,7 +190,8 @@ std::string AuditReport::to_html() const {
     gdays.push_back(d["day"].get<std::string>());
     grows.push_back(&d);
   }
-  o << chart("grants_over_time", "Grants over time", gdays, {std::begin(kGrantSeries), std::end(kGrantSeries)},
+  o << chart("grants_over_time", "Grants over time", gdays,
+             {std::begin(kGrantSeries), std::end(kGrantSeries)},
              [&](size_t i, const char* k) { return (*grows[i])[k].get<double>(); });
   rows.clear();
   for (const auto& g : j["grants"]) {
@@ -196,7 +214,8 @@ std::string AuditReport::to_html() const {
   rows.clear();
   for (const auto& f : j["flagged_flows"]) {
     rows.push_back({cell(f["tag"]), cell(f["host"]), cell(f["src"]) + ":" + cell(f["sport"]),
-                    cell(f["dst"]) + ":" + cell(f["dport"]), cell(f["first_seen"]), cell(f["bytes"]), cell(f["end"])});
+                    cell(f["dst"]) + ":" + cell(f["dport"]), cell(f["first_seen"]), cell(f["bytes"]),
+                    cell(f["end"])});
   }
   o << html_table({"tag", "host", "source", "target", "first seen", "bytes", "end"}, rows);
   o << "</body></html>\n";

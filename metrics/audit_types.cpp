@@ -32,7 +32,9 @@ std::optional<bool> opt_bool(const J& j, const char* key) {
   return it->get<bool>();
 }
 
-J typed(const char* type) { return J{{"type", type}}; }
+J typed(const char* type) {
+  return J{{"type", type}};
+}
 
 void put_session(J& j, const SessionFields& s) {
   put(j, "session_id", s.session_id);
@@ -263,7 +265,9 @@ J LogRotate::to_json() const {
   return j;
 }
 
-LogRotate LogRotate::from(const J& body) { return LogRotate{str(body, "previous_file")}; }
+LogRotate LogRotate::from(const J& body) {
+  return LogRotate{str(body, "previous_file")};
+}
 
 J LogRecover::to_json() const {
   J j = typed(kType);
@@ -307,7 +311,8 @@ J LogGap::to_json() const {
 }
 
 LogGap LogGap::from(const J& body) {
-  return LogGap{num(body, "dropped"), str(body, "first_dropped"), str(body, "last_dropped"), str(body, "error")};
+  return LogGap{num(body, "dropped"), str(body, "first_dropped"), str(body, "last_dropped"),
+                str(body, "error")};
 }
 
 J Checkpoint::to_json() const {

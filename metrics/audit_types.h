@@ -150,7 +150,7 @@ struct LogRecover {
 // The live file was deleted or replaced under the writer: the chain was restored into a new file.
 struct LogReopen {
   static constexpr const char* kType = "log_reopen";
-  std::string reason;  // deleted | replaced
+  std::string reason;    // deleted | replaced
   std::string moved_to;  // where a replacing file was moved (replaced only)
   uint64_t restored_bytes = 0;
   [[nodiscard]] nlohmann::json to_json() const;

@@ -139,8 +139,9 @@ class ChainChecker {
     }
     fail(end, "the log ends at seq " + std::to_string(prev_seq_) +
                   " without a final checkpoint and no writer holds it: the tail was cut off (or the writer " +
-                  "crashed and has not restarted); " + n + " records after the last checkpoint are unsigned " +
-                  "and up to " + bound + " records may be missing after seq " + std::to_string(prev_seq_));
+                  "crashed and has not restarted); " + n +
+                  " records after the last checkpoint are unsigned " + "and up to " + bound +
+                  " records may be missing after seq " + std::to_string(prev_seq_));
   }
 
  private:
@@ -172,7 +173,8 @@ class ChainChecker {
     }
     if (rec.type == "log_rotate" && !opts_.require_head) {
       warn(here, "chain continues from " + rec.body.value("previous_file", std::string("an earlier file")) +
-                     ", which was not given: records before seq " + std::to_string(rec.seq) + " are not checked");
+                     ", which was not given: records before seq " + std::to_string(rec.seq) +
+                     " are not checked");
       return true;
     }
     if (rec.type == "log_rotate") {
@@ -210,9 +212,11 @@ class ChainChecker {
     }
     if (!seq_ok) {
       std::string where = " (" + prev_loc_.file + ":" + std::to_string(prev_loc_.line) + ")";
-      std::string msg = "seq " + std::to_string(rec.seq) + " follows seq " + std::to_string(prev_seq_) + where;
-      msg += rec.seq > prev_seq_ + 1 ? ": records " + range(prev_seq_ + 1, rec.seq - 1) + " were deleted or moved"
-                                     : ": records were reordered, duplicated or inserted";
+      std::string msg =
+          "seq " + std::to_string(rec.seq) + " follows seq " + std::to_string(prev_seq_) + where;
+      msg += rec.seq > prev_seq_ + 1
+                 ? ": records " + range(prev_seq_ + 1, rec.seq - 1) + " were deleted or moved"
+                 : ": records were reordered, duplicated or inserted";
       if (!prev_ok) msg += "; prev does not match the previous line either";
       fail(here, msg);
       return false;
@@ -220,8 +224,8 @@ class ChainChecker {
     // seq is consecutive, so nothing was removed: the previous line's bytes (or this record's prev)
     // were changed.
     fail(prev_loc_, "record seq " + std::to_string(prev_seq_) +
-                        " was modified: its SHA-256 does not match prev of the next record (" + here.file + ":" +
-                        std::to_string(here.line) + ")");
+                        " was modified: its SHA-256 does not match prev of the next record (" + here.file +
+                        ":" + std::to_string(here.line) + ")");
     --res_.records;  // the previous record is not good after all
     return false;
   }
@@ -254,23 +258,26 @@ class ChainChecker {
 
   bool verify_signature(const AuditRecord& rec, const Checkpoint& cp, const AuditFinding& here) {
     if (cp.writer != res_.writer) {
-      fail(here, "checkpoint names writer '" + cp.writer.substr(0, 80) + "' but the records are from " + res_.writer);
+      fail(here, "checkpoint names writer '" + cp.writer.substr(0, 80) + "' but the records are from " +
+                     res_.writer);
       return false;
     }
     auto keys = opts_.trusted->for_writer(cp.writer);
     if (keys.empty()) {
-      fail(here, "no trusted audit key for writer " + cp.writer +
-                     " (add a line '" + cp.writer + " ssh-ed25519 ...' to the trusted keys)");
+      fail(here, "no trusted audit key for writer " + cp.writer + " (add a line '" + cp.writer +
+                     " ssh-ed25519 ...' to the trusted keys)");
       return false;
     }
     auto sig = common::base64_decode(cp.sig);
-    std::string msg = checkpoint_message(cp.writer, rec.seq, rec.prev, rec.ts, cp.every, cp.interval_s, cp.final);
+    std::string msg =
+        checkpoint_message(cp.writer, rec.seq, rec.prev, rec.ts, cp.every, cp.interval_s, cp.final);
     bool good = false;
     for (const auto* k : keys) good = good || (sig && k->verify(msg, *sig));
     if (!good) {
-      fail(here, "checkpoint seq " + std::to_string(rec.seq) + " of " + cp.writer +
-                     ": signature does not verify with a trusted key: the records up to it were changed and " +
-                     "the chain recomputed, or the checkpoint was forged (key " + cp.key_fp.substr(0, 60) + ")");
+      fail(here,
+           "checkpoint seq " + std::to_string(rec.seq) + " of " + cp.writer +
+               ": signature does not verify with a trusted key: the records up to it were changed and " +
+               "the chain recomputed, or the checkpoint was forged (key " + cp.key_fp.substr(0, 60) + ")");
       return false;
     }
     ++res_.checkpoints;
@@ -324,7 +331,9 @@ bool writer_running(const std::string& path) {
   return ::flock(fd.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
 }
 
-VerifyResult verify_chain(const std::vector<std::string>& files) { return verify_chain(files, VerifyOptions{}); }
+VerifyResult verify_chain(const std::vector<std::string>& files) {
+  return verify_chain(files, VerifyOptions{});
+}
 
 VerifyResult verify_chain(const std::vector<std::string>& files, const VerifyOptions& opts) {
   VerifyResult res;

@@ -73,12 +73,21 @@ void run(benchmark::State& state, bool fsync_each) {
   state.SetItemsProcessed(static_cast<int64_t>(i));
 }
 
-void BM_AppendBatched(benchmark::State& state) { run(state, false); }
-void BM_AppendFsyncEach(benchmark::State& state) { run(state, true); }
+void BM_AppendBatched(benchmark::State& state) {
+  run(state, false);
+}
+void BM_AppendFsyncEach(benchmark::State& state) {
+  run(state, true);
+}
 
 }  // namespace
 
-BENCHMARK(BM_AppendBatched)->ArgName("checkpoints")->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_AppendBatched)
+    ->ArgName("checkpoints")
+    ->Arg(0)
+    ->Arg(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_AppendFsyncEach)->ArgName("checkpoints")->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 BENCHMARK_MAIN();

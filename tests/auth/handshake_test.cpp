@@ -614,7 +614,8 @@ TEST_F(AuthHandshake, RefusesNewSessionsWhileTheAuditLogIsUnwritable) {
     std::string p;
     ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
   } unmount{mnt};
-  sshring::metrics::AuditLog audit({.path = mnt + "/relay.audit.jsonl", .component = "relay", .fsync_each = true});
+  sshring::metrics::AuditLog audit(
+      {.path = mnt + "/relay.audit.jsonl", .component = "relay", .fsync_each = true});
   auto make = [&](bool refuse) {
     auth::AuthOptions o;
     o.relay_ids = {"relay-a"};

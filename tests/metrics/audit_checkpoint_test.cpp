@@ -79,7 +79,8 @@ std::string writer_of(const AuditOptions& o) {
   return o.component + "@" + h;
 }
 
-VerifyResult verify_keyed(const std::vector<std::string>& files, const TrustedKeys& t, uint64_t from_seq = 0) {
+VerifyResult verify_keyed(const std::vector<std::string>& files, const TrustedKeys& t,
+                          uint64_t from_seq = 0) {
   VerifyOptions v;
   v.trusted = &t;
   v.require_head = true;
@@ -89,7 +90,8 @@ VerifyResult verify_keyed(const std::vector<std::string>& files, const TrustedKe
 
 // Rewrites the chain from line `from` on: every prev recomputed; checkpoints re-signed with `key`
 // (or left with their old signature when null), as an attacker with write access would.
-void recompute(std::vector<std::string>& lines, size_t from, const AuditKey* key, bool drop_checkpoints = false) {
+void recompute(std::vector<std::string>& lines, size_t from, const AuditKey* key,
+               bool drop_checkpoints = false) {
   std::string prev = from == 0 ? kZeroHash : sha256_hex(lines[from - 1]);
   uint64_t seq = from == 0 ? 0 : nlohmann::json::parse(lines[from - 1])["seq"].get<uint64_t>();
   std::vector<std::string> out(lines.begin(), lines.begin() + static_cast<long>(from));
@@ -210,7 +212,8 @@ TEST(AuditCheckpointTest, TailCutWhileTheWriterIsStoppedFails) {
   auto res = verify_keyed({o.path}, t);
   ASSERT_FALSE(res.ok());
   EXPECT_NE(res.error->message.find("without a final checkpoint"), std::string::npos) << res.error->message;
-  EXPECT_NE(res.error->message.find("up to 10 records may be missing"), std::string::npos) << res.error->message;
+  EXPECT_NE(res.error->message.find("up to 10 records may be missing"), std::string::npos)
+      << res.error->message;
   // Without keys only the chain is checked: the cut is invisible (that is what the keys are for).
   EXPECT_TRUE(verify_chain({o.path}).ok());
 
@@ -219,7 +222,8 @@ TEST(AuditCheckpointTest, TailCutWhileTheWriterIsStoppedFails) {
   auto after = verify_keyed({o.path}, t);
   EXPECT_TRUE(after.ok()) << after.error->to_string();
   bool warned = false;
-  for (const auto& w : after.warnings) warned = warned || w.message.find("never covered") != std::string::npos;
+  for (const auto& w : after.warnings)
+    warned = warned || w.message.find("never covered") != std::string::npos;
   EXPECT_TRUE(warned);
 }
 
@@ -376,7 +380,8 @@ TEST(AuditFailureTest, DeletedLiveFileIsRestoredAndTheChainContinues) {
   EXPECT_TRUE(res.ok()) << res.error->to_string();
   EXPECT_EQ(res.records, 8u);  // 7 records + log_reopen, nothing lost
   bool noted = false;
-  for (const auto& l : lines_of(o.path)) noted = noted || l.find("\"type\":\"log_reopen\"") != std::string::npos;
+  for (const auto& l : lines_of(o.path))
+    noted = noted || l.find("\"type\":\"log_reopen\"") != std::string::npos;
   EXPECT_TRUE(noted);
   EXPECT_EQ(log.stats().reopened, 1u);
 

@@ -31,7 +31,8 @@ using sshring::testing::TempDir;
 using sshring::testing::write_file;
 
 std::string replace_all(std::string s, const std::string& from, const std::string& to) {
-  for (size_t pos = 0; (pos = s.find(from, pos)) != std::string::npos; pos += to.size()) s.replace(pos, from.size(), to);
+  for (size_t pos = 0; (pos = s.find(from, pos)) != std::string::npos; pos += to.size())
+    s.replace(pos, from.size(), to);
   return s;
 }
 
@@ -61,7 +62,8 @@ struct Daemon {
 };
 
 // Writes the main config: work dir, (hosts) imuxsock without the system socket, then the shipped file.
-Daemon make_daemon(const std::string& dir, const std::string& netns, const std::string& shipped, bool uxsock) {
+Daemon make_daemon(const std::string& dir, const std::string& netns, const std::string& shipped,
+                   bool uxsock) {
   fs::create_directories(dir);
   write_file(dir + "/sshring.conf", shipped);
   std::string main = "global(workDirectory=\"" + dir + "\")\n";
@@ -114,10 +116,11 @@ SessionEnd session(int i) {
 }
 
 FlowClose flow(int i) {
-  return FlowClose{.flow = {.src = "10.0.0.9", .dst = "10.0.0.5", .sport = static_cast<uint16_t>(1000 + i), .dport = 22},
-                   .tag = i % 7 == 0 ? "bypass_unapproved" : "bypass_approved",
-                   .bytes_in = static_cast<uint64_t>(i),
-                   .end = "fin"};
+  return FlowClose{
+      .flow = {.src = "10.0.0.9", .dst = "10.0.0.5", .sport = static_cast<uint16_t>(1000 + i), .dport = 22},
+      .tag = i % 7 == 0 ? "bypass_unapproved" : "bypass_approved",
+      .bytes_in = static_cast<uint64_t>(i),
+      .end = "fin"};
 }
 
 class AuditRsyslog : public ::testing::Test {
@@ -136,8 +139,10 @@ class AuditRsyslog : public ::testing::Test {
     out_ = dir_.file("collected");
     fs::create_directories(out_);
     collector_ = make_daemon(dir_.file("collector"), collector_ns_->name(), collector_conf(out_, ""), false);
-    host1_ = make_daemon(dir_.file("host1"), h1_ns_->name(), host_conf(dir_.file("host1.sock"), "10.77.1.1"), true);
-    host2_ = make_daemon(dir_.file("host2"), h2_ns_->name(), host_conf(dir_.file("host2.sock"), "10.77.2.1"), true);
+    host1_ = make_daemon(dir_.file("host1"), h1_ns_->name(), host_conf(dir_.file("host1.sock"), "10.77.1.1"),
+                         true);
+    host2_ = make_daemon(dir_.file("host2"), h2_ns_->name(), host_conf(dir_.file("host2.sock"), "10.77.2.1"),
+                         true);
     collector_.start();
     host1_.start();
     host2_.start();
@@ -145,7 +150,8 @@ class AuditRsyslog : public ::testing::Test {
       auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
       while (!fs::exists(s) && std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      ASSERT_TRUE(fs::exists(s)) << "rsyslogd did not create " << s << ": " << read_file(host1_.dir + "/err.log");
+      ASSERT_TRUE(fs::exists(s)) << "rsyslogd did not create " << s << ": "
+                                 << read_file(host1_.dir + "/err.log");
     }
   }
 
@@ -170,13 +176,15 @@ class AuditRsyslog : public ::testing::Test {
     return t;
   }
 
-  std::string collected(const std::string& component) { return out_ + "/" + component + "@" + host_name() + ".audit.jsonl"; }
+  std::string collected(const std::string& component) {
+    return out_ + "/" + component + "@" + host_name() + ".audit.jsonl";
+  }
 
   // The collector's copy equals the writer's file and verifies with the writer's key.
   void expect_complete(const AuditOptions& o) {
     ASSERT_TRUE(wait_lines(collected(o.component), line_count(o.path)))
-        << o.component << ": collector has " << line_count(collected(o.component)) << " of " << line_count(o.path)
-        << " lines; collector stderr: " << read_file(collector_.dir + "/err.log");
+        << o.component << ": collector has " << line_count(collected(o.component)) << " of "
+        << line_count(o.path) << " lines; collector stderr: " << read_file(collector_.dir + "/err.log");
     EXPECT_EQ(read_file(collected(o.component)), read_file(o.path)) << o.component;
     auto keys = trusted();
     VerifyOptions v{.trusted = &keys, .require_head = true, .collector = true};
@@ -239,15 +247,16 @@ TEST_F(AuditRsyslog, TwoHostsReachTheCollectorSurviveItsOutageAndGapsAreNamed) {
   VerifyOptions v{.trusted = &keys, .require_head = true, .collector = true};
   auto res = verify_chain({collected("relay")}, v);
   ASSERT_EQ(res.gaps.size(), 1u) << (res.error ? res.error->to_string() : "");
-  EXPECT_NE(res.gaps[0].message.find(writer_id + ": seq " + std::to_string(lost) + " missing"), std::string::npos)
+  EXPECT_NE(res.gaps[0].message.find(writer_id + ": seq " + std::to_string(lost) + " missing"),
+            std::string::npos)
       << res.gaps[0].message;
   EXPECT_FALSE(res.error) << res.error->to_string();
   // The command line says the same, for every writer in the collector's directory, and exits 1.
   write_file(dir_.file("trusted"), writer_id + " " + AuditKey::load(ro.key_path).public_line() + "\n* " +
                                        AuditKey::load(ao.key_path).public_line() + "\n");
   std::string out;
-  int rc = sshring::testing::run({sshring::testing::sshring_bin(), "audit", "verify", "--collector", "--trusted-keys",
-                                  dir_.file("trusted"), "--dir", out_},
+  int rc = sshring::testing::run({sshring::testing::sshring_bin(), "audit", "verify", "--collector",
+                                  "--trusted-keys", dir_.file("trusted"), "--dir", out_},
                                  &out);
   EXPECT_EQ(rc, 1) << out;
   EXPECT_NE(out.find("GAP"), std::string::npos) << out;

@@ -35,7 +35,9 @@ GrantTerms terms() {
           .expires = "2026-12-01T12:00:00Z",
           .rule = "oncall"};
 }
-FlowKey flow() { return {.src = "10.0.0.9", .dst = "10.0.0.5", .sport = 41022, .dport = 22, .proto = "tcp"}; }
+FlowKey flow() {
+  return {.src = "10.0.0.9", .dst = "10.0.0.5", .sport = 41022, .dport = 22, .proto = "tcp"};
+}
 
 // Every field set (the "full" sample) and a minimal one per type.
 template <class T>
@@ -69,7 +71,10 @@ std::vector<SessionDeny> samples() {
 template <>
 std::vector<GrantAdd> samples() {
   return {GrantAdd{terms(), "incident 42", "bob", "carol"},
-          GrantAdd{{.grant_id = "g", .who = "a", .to = "10.0.0.1/32", .expires = "2026-12-01T12:00:00Z"}, "r", "", "x"}};
+          GrantAdd{{.grant_id = "g", .who = "a", .to = "10.0.0.1/32", .expires = "2026-12-01T12:00:00Z"},
+                   "r",
+                   "",
+                   "x"}};
 }
 template <>
 std::vector<GrantRevoke> samples() {
@@ -118,9 +123,9 @@ std::vector<Checkpoint> samples() {
 
 template <class T>
 class AuditTypesTest : public ::testing::Test {};
-using AllTypes = ::testing::Types<SessionStart, SessionEnd, SessionDeny, GrantAdd, GrantRevoke, GrantExpire,
-                                  FlowOpen, FlowClose, PolicyReload, LogRotate, LogRecover, LogReopen, LogGap,
-                                  Checkpoint>;
+using AllTypes =
+    ::testing::Types<SessionStart, SessionEnd, SessionDeny, GrantAdd, GrantRevoke, GrantExpire, FlowOpen,
+                     FlowClose, PolicyReload, LogRotate, LogRecover, LogReopen, LogGap, Checkpoint>;
 TYPED_TEST_SUITE(AuditTypesTest, AllTypes);
 
 TYPED_TEST(AuditTypesTest, RoundTripsThroughTheLogAndTheReader) {
@@ -151,10 +156,10 @@ TYPED_TEST(AuditTypesTest, RoundTripsThroughTheLogAndTheReader) {
 
 // The reader's type list and the typed structs agree.
 TEST(AuditTypesListTest, EveryRecordTypeHasAStruct) {
-  std::set<std::string> structs = {SessionStart::kType, SessionEnd::kType,  SessionDeny::kType, GrantAdd::kType,
-                                   GrantRevoke::kType,  GrantExpire::kType, FlowOpen::kType,    FlowClose::kType,
-                                   PolicyReload::kType, LogRotate::kType,   LogRecover::kType,  LogReopen::kType,
-                                   LogGap::kType,       Checkpoint::kType};
+  std::set<std::string> structs = {
+      SessionStart::kType, SessionEnd::kType, SessionDeny::kType, GrantAdd::kType,     GrantRevoke::kType,
+      GrantExpire::kType,  FlowOpen::kType,   FlowClose::kType,   PolicyReload::kType, LogRotate::kType,
+      LogRecover::kType,   LogReopen::kType,  LogGap::kType,      Checkpoint::kType};
   std::set<std::string> listed(std::begin(kRecordTypes), std::end(kRecordTypes));
   EXPECT_EQ(structs, listed);
 }

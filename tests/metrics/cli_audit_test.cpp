@@ -102,15 +102,30 @@ bool example_policy(const TempDir& dir) {
   if (pos == std::string::npos) return false;
   policy.replace(pos, std::string("grant_store: /var/lib/sshring/grants").size(),
                  "grant_store: " + dir.file("grants"));
-  for (size_t p; (p = policy.find("expires: 2027-")) != std::string::npos;) policy.replace(p, 14, "expires: 2099-");
+  for (size_t p; (p = policy.find("expires: 2027-")) != std::string::npos;)
+    policy.replace(p, 14, "expires: 2099-");
   sshring::testing::write_file(dir.file("policy.yaml"), policy);
   return true;
 }
 
 std::vector<std::string> grant_add(const TempDir& dir, const std::string& log, const std::string& key = "") {
-  std::vector<std::string> argv = {sshring::testing::sshring_bin(), "grant", "add", "--policy", dir.file("policy.yaml"),
-                                   "--who", "ci-bot", "--from", "10.2.0.5", "--to", "10.1.5.7", "--ttl", "1h",
-                                   "--reason", "deploy INC-7", "--audit-log", log};
+  std::vector<std::string> argv = {sshring::testing::sshring_bin(),
+                                   "grant",
+                                   "add",
+                                   "--policy",
+                                   dir.file("policy.yaml"),
+                                   "--who",
+                                   "ci-bot",
+                                   "--from",
+                                   "10.2.0.5",
+                                   "--to",
+                                   "10.1.5.7",
+                                   "--ttl",
+                                   "1h",
+                                   "--reason",
+                                   "deploy INC-7",
+                                   "--audit-log",
+                                   log};
   if (!key.empty()) argv.insert(argv.end(), {"--audit-key", key});
   return argv;
 }
@@ -151,24 +166,29 @@ TEST(AuditCliTest, SignedCheckpointsVerifyAndACutTailFails) {
   const std::string log = dir.file("grant.audit.jsonl"), key = dir.file("grant.key");
   std::string out;
   for (int i = 0; i < 2; ++i) ASSERT_EQ(sshring::testing::run(grant_add(dir, log, key), &out), 0) << out;
-  ASSERT_EQ(sshring::testing::run({bin, "audit", "key", "--audit-key", key, "--writer", "*"}, &out), 0) << out;
+  ASSERT_EQ(sshring::testing::run({bin, "audit", "key", "--audit-key", key, "--writer", "*"}, &out), 0)
+      << out;
   sshring::testing::write_file(dir.file("trusted"), out);
-  ASSERT_EQ(sshring::testing::run({bin, "audit", "verify", "--trusted-keys", dir.file("trusted"), log}, &out), 0)
+  ASSERT_EQ(sshring::testing::run({bin, "audit", "verify", "--trusted-keys", dir.file("trusted"), log}, &out),
+            0)
       << out;
   EXPECT_NE(out.find("2 signed checkpoints"), std::string::npos) << out;
 
   // Another key is not trusted: exit 1 at the first checkpoint.
-  ASSERT_EQ(sshring::testing::run({bin, "audit", "key", "--audit-key", dir.file("other.key"), "--writer", "*"}, &out),
+  ASSERT_EQ(sshring::testing::run(
+                {bin, "audit", "key", "--audit-key", dir.file("other.key"), "--writer", "*"}, &out),
             0);
   sshring::testing::write_file(dir.file("untrusted"), out);
-  EXPECT_EQ(sshring::testing::run({bin, "audit", "verify", "--trusted-keys", dir.file("untrusted"), log}, &out), 1)
+  EXPECT_EQ(
+      sshring::testing::run({bin, "audit", "verify", "--trusted-keys", dir.file("untrusted"), log}, &out), 1)
       << out;
   EXPECT_NE(out.find("signature does not verify"), std::string::npos) << out;
 
   // Cut the final checkpoint off while no writer runs.
   auto content = sshring::testing::read_file(log);
   std::filesystem::resize_file(log, content.rfind('\n', content.size() - 2) + 1);
-  EXPECT_EQ(sshring::testing::run({bin, "audit", "verify", "--trusted-keys", dir.file("trusted"), log}, &out), 1)
+  EXPECT_EQ(sshring::testing::run({bin, "audit", "verify", "--trusted-keys", dir.file("trusted"), log}, &out),
+            1)
       << out;
   EXPECT_NE(out.find("without a final checkpoint"), std::string::npos) << out;
 }
