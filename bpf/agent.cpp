@@ -17,11 +17,11 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "metrics/audit.h"
-#include "policy/grant_audit.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
 #include "policy/cache.h"
 #include "policy/flow_tag.h"
+#include "policy/grant_audit.h"
 #include "policy/snapshot.h"
 
 namespace sshring::bpf {

@@ -67,10 +67,10 @@ TEST(AuditCliTest, GrantCommandRecordsVerifyAndReport) {
   const std::string bin = sshring::testing::sshring_bin();
   const std::string log = dir.file("grant.audit.jsonl");
   std::string out;
-  int rc = sshring::testing::run({bin, "grant", "add", "--policy", dir.file("policy.yaml"), "--identity", key,
-                                  "--from", "10.2.0.5", "--to", "10.1.5.7", "--ttl", "1h", "--reason",
-                                  "deploy INC-7", "--audit-log", log},
-                                 &out);
+  int rc = sshring::testing::run(
+      {bin, "grant", "add", "--policy", dir.file("policy.yaml"), "--identity", key, "--from", "10.2.0.5",
+       "--to", "10.1.5.7", "--ttl", "1h", "--reason", "deploy INC-7", "--audit-log", log},
+      &out);
   if (rc == 2 && out.find("unknown command") != std::string::npos)
     GTEST_SKIP() << "no grant command: " << out;
   ASSERT_EQ(rc, 0) << out;
