@@ -20,11 +20,11 @@
 #include "metrics/audit.h"
 #include "metrics/audit_metrics.h"
 #include "metrics/audit_types.h"
-#include "policy/grant_audit.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
 #include "policy/cache.h"
 #include "policy/flow_tag.h"
+#include "policy/grant_audit.h"
 #include "policy/snapshot.h"
 
 namespace sshring::bpf {

@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "cli/command.h"
+#include "client/client.h"
 #include "common/duration.h"
 #include "common/error.h"
 #include "common/flags.h"
@@ -29,7 +30,7 @@
 #include "policy/grant_audit.h"
 #include "policy/grant_store.h"
 #include "policy/parser.h"
-#include "relay/auth/client.h"
+
 
 namespace {
 
@@ -76,7 +77,7 @@ void signer_flags(common::Flags& f) {
 }
 
 // The one place that turns a person's SSH key into a grant signer: the same key sources as
-// `sshring connect` (relay/auth/client.h).
+// `sshring connect` (client/client.h).
 policy::SshsigSigner make_signer(const common::Flags& f) {
   relay::auth::Signer s = f.has("identity") ? relay::auth::file_signer(f.require("identity"))
                                             : relay::auth::agent_signer(f.get_or("agent-key", ""));

@@ -120,8 +120,9 @@ PolicyMetrics register_policy(Server& server) {
                            .Add({});
   m.grants_rejected = &prometheus::BuildCounter()
                            .Name("sshring_grants_rejected_total")
-                           .Help("Stored grants refused at a reload (bad signature, unknown key, missing or "
-                                 "narrowed rule, ...), by reason; each grant counts once.")
+                           .Help(
+                               "Stored grants refused at a reload (bad signature, unknown key, missing or "
+                               "narrowed rule, ...), by reason; each grant counts once.")
                            .Register(reg);
   for (auto reason : common::kGrantRejectReasons) m.grants_rejected->Add({{"reason", std::string(reason)}});
   m.break_glass_live = &prometheus::BuildGauge()
@@ -129,11 +130,12 @@ PolicyMetrics register_policy(Server& server) {
                             .Help("Break-glass grants currently in force.")
                             .Register(reg)
                             .Add({});
-  m.reviews_overdue = &prometheus::BuildGauge()
-                           .Name("sshring_grants_review_overdue")
-                           .Help("Break-glass grants past their rule's review_within without a signed review.")
-                           .Register(reg)
-                           .Add({});
+  m.reviews_overdue =
+      &prometheus::BuildGauge()
+           .Name("sshring_grants_review_overdue")
+           .Help("Break-glass grants past their rule's review_within without a signed review.")
+           .Register(reg)
+           .Add({});
   return m;
 }
 

@@ -71,7 +71,8 @@ struct PolicyMetrics {
   prometheus::Gauge* last_success = nullptr;     // sshring_policy_last_reload_success_timestamp_seconds
   prometheus::Gauge* grants_active = nullptr;    // sshring_grants_active
   prometheus::Gauge* grants_expiring = nullptr;  // sshring_grants_expiring_within_hour
-  prometheus::Family<prometheus::Counter>* grants_rejected = nullptr;  // sshring_grants_rejected_total{reason}
+  prometheus::Family<prometheus::Counter>* grants_rejected =
+      nullptr;                                    // sshring_grants_rejected_total{reason}
   prometheus::Gauge* break_glass_live = nullptr;  // sshring_grants_break_glass_active
   prometheus::Gauge* reviews_overdue = nullptr;   // sshring_grants_review_overdue
 };

@@ -119,7 +119,8 @@ void Reloader::report_rejected(const Snapshot& snap) {
     std::string key = c.object.id() + "\n" + canonical_request(c.object.request) + c.object.signature +
                       std::to_string(c.object.decisions.size()) + c.reject_reason;
     if (!rejected_.count(key)) {
-      common::log_warn("grant rejected", {{"grant", c.object.id()}, {"reason", c.reject_reason}, {"detail", c.detail}});
+      common::log_warn("grant rejected",
+                       {{"grant", c.object.id()}, {"reason", c.reject_reason}, {"detail", c.detail}});
       if (opts_.on_grant_rejected) opts_.on_grant_rejected(c);
     }
     now_rejected.insert(std::move(key));

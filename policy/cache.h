@@ -120,8 +120,8 @@ class Reloader {
   int store_wd_ = -1;
   std::string watching_store_;  // the store inotify currently watches
   std::atomic<uint64_t> next_generation_{1};
-  SignatureCache signatures_;                // verified signatures, across reloads
-  std::unordered_set<std::string> rejected_; // grants already reported to on_grant_rejected
+  SignatureCache signatures_;                 // verified signatures, across reloads
+  std::unordered_set<std::string> rejected_;  // grants already reported to on_grant_rejected
 };
 
 }  // namespace sshring::policy

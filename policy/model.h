@@ -119,7 +119,7 @@ struct OptOutRule {
   PrincipalSet requesters;       // who may request for someone else in `who` (empty = nobody)
   PrincipalSet reviewers;        // break-glass: who may review (empty = any principal)
   int64_t request_ttl_seconds = kDefaultRequestTtlSeconds;  // a pending request expires after this
-  bool standing = false;                                     // approves flows by itself while unexpired
+  bool standing = false;                                    // approves flows by itself while unexpired
   bool break_glass = false;  // self-approved grants with a short max_ttl, reviewed afterwards
   int64_t review_within_seconds = kDefaultReviewWithinSeconds;
   bool operator==(const OptOutRule&) const = default;

@@ -347,9 +347,10 @@ class Parser {
     if (n["approvals"]) {
       std::string ak = sub(key, "approvals");
       r->approvers = principal_set(n["approvals"], ak, roles, true);
-      r->approvals_count = n["approvals"]["count"]
-                               ? static_cast<uint32_t>(integer(n["approvals"]["count"], sub(ak, "count"), 0, kMaxApprovals))
-                               : 1;
+      r->approvals_count =
+          n["approvals"]["count"]
+              ? static_cast<uint32_t>(integer(n["approvals"]["count"], sub(ak, "count"), 0, kMaxApprovals))
+              : 1;
     } else if (r->require_approver) {
       r->approvals_count = 1;  // legacy spelling: one approver, anyone but the requester
     }
@@ -358,7 +359,8 @@ class Parser {
     if (n["request_ttl"])
       r->request_ttl_seconds = duration(n["request_ttl"], sub(key, "request_ttl"), kMaxRequestTtlSeconds);
     if (n["review_within"])
-      r->review_within_seconds = duration(n["review_within"], sub(key, "review_within"), kMaxRequestTtlSeconds);
+      r->review_within_seconds =
+          duration(n["review_within"], sub(key, "review_within"), kMaxRequestTtlSeconds);
     if (n["standing"]) r->standing = boolean(n["standing"], sub(key, "standing"));
     if (n["break_glass"]) r->break_glass = boolean(n["break_glass"], sub(key, "break_glass"));
     if (r->standing && r->require_grant)
@@ -367,8 +369,9 @@ class Parser {
       if (r->standing)
         fail(n["break_glass"].Mark(), sub(key, "break_glass"), "a break_glass rule cannot be standing");
       if (r->approvals_count > 0)
-        fail(n["break_glass"].Mark(), sub(key, "break_glass"),
-             "break_glass grants are self-approved and reviewed afterwards; remove approvals (use reviewers)");
+        fail(
+            n["break_glass"].Mark(), sub(key, "break_glass"),
+            "break_glass grants are self-approved and reviewed afterwards; remove approvals (use reviewers)");
       if (r->max_ttl_seconds > kMaxBreakGlassTtlSeconds)
         fail(n["max_ttl"].Mark(), sub(key, "max_ttl"), "a break_glass rule's max_ttl must be at most 4h");
     }
@@ -483,8 +486,8 @@ class Parser {
         const auto& n = l[i];
         check_map(n, key,
                   {"id", "description", "who", "from", "to", "max_ttl", "require_reason", "require_approver",
-                   "require_grant", "expires", "approvals", "requesters", "reviewers", "request_ttl", "standing",
-                   "break_glass", "review_within"},
+                   "require_grant", "expires", "approvals", "requesters", "reviewers", "request_ttl",
+                   "standing", "break_glass", "review_within"},
                   {"id", "who", "from", "to", "max_ttl", "expires"});
         OptOutRule r;
         r.id = name(n["id"], sub(key, "id"));
@@ -845,8 +848,9 @@ std::vector<Lint> lint_policy(const Policy& p, UnixSeconds now) {
       out.push_back({where, "standing exception lasts until " + format_rfc3339(r.expires) +
                                 ", more than 90 days; review it and set a nearer expires"});
     if (r.require_grant)
-      out.push_back({where, "require_grant is the default now (only standing rules approve flows by themselves); "
-                            "remove it"});
+      out.push_back({where,
+                     "require_grant is the default now (only standing rules approve flows by themselves); "
+                     "remove it"});
     for (const auto& w : r.who_principals) {
       if (!principal_names.count(w))
         out.push_back({where, "who.principals names '" + w + "', which is not a principal"});

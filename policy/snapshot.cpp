@@ -364,8 +364,9 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> po
 }
 
 std::shared_ptr<const Snapshot> Snapshot::build_checked(std::shared_ptr<const Policy> policy,
-                                                        const std::vector<SignedGrant>& stored, UnixSeconds now,
-                                                        SignatureCache* cache, uint64_t generation) {
+                                                        const std::vector<SignedGrant>& stored,
+                                                        UnixSeconds now, SignatureCache* cache,
+                                                        uint64_t generation) {
   std::vector<CheckedGrant> checked;
   std::vector<Grant> honoured;
   checked.reserve(stored.size());

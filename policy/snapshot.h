@@ -131,8 +131,9 @@ class Snapshot {
   // and builds from the honoured ones only. The checked list, rejections and their reasons included,
   // stays available through checked_grants(). `cache` (may be null) remembers verified signatures.
   static std::shared_ptr<const Snapshot> build_checked(std::shared_ptr<const Policy> policy,
-                                                       const std::vector<SignedGrant>& stored, UnixSeconds now,
-                                                       SignatureCache* cache, uint64_t generation = 0);
+                                                       const std::vector<SignedGrant>& stored,
+                                                       UnixSeconds now, SignatureCache* cache,
+                                                       uint64_t generation = 0);
 
   [[nodiscard]] Decision authorize(const AuthzRequest& req) const noexcept;
   // Pre-resolution check: could `name` on `port` be allowed for some address (entries with names

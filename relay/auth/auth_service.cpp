@@ -27,9 +27,10 @@ AuthService::AuthService(AuthServiceOptions opts) : ids_(opts.relay_ids) {
     audit_ = std::make_unique<metrics::AuditLog>(
         metrics::AuditOptions{.path = opts.audit_path, .component = "relay"});
   // Stored grants this relay refuses to honour: counted once each, with one grant_reject record.
-  ro.on_grant_rejected = [metrics = opts.policy_metrics, audit = audit_ ? audit_.get() : opts.audit](
-                             const policy::CheckedGrant& c) {
-    if (metrics && metrics->grants_rejected) metrics->grants_rejected->Add({{"reason", c.reject_reason}}).Increment();
+  ro.on_grant_rejected = [metrics = opts.policy_metrics,
+                          audit = audit_ ? audit_.get() : opts.audit](const policy::CheckedGrant& c) {
+    if (metrics && metrics->grants_rejected)
+      metrics->grants_rejected->Add({{"reason", c.reject_reason}}).Increment();
     if (audit) audit->append(policy::grant_reject_record(c));
   };
   reloader_ = std::make_unique<policy::Reloader>(cache_, ro);

@@ -112,7 +112,8 @@ hosts:
     cidrs: [10.77.0.0/24, "fd77::/64"]
     ssh_ports: [2222]
 roles: [{name: ops, targets: [{cidrs: [10.77.0.0/24]}]}]
-principals: [{name: alice, roles: [ops], keys: [")" + alice_.key_line() + R"("]}]
+principals: [{name: alice, roles: [ops], keys: [")" +
+                                             alice_.key_line() + R"("]}]
 opt_out:
   - id: ops
     who: {roles: [], principals: [alice]}
