@@ -544,7 +544,7 @@ TEST_F(AgentIntegration, ExpiryAndRevocationEndLiveFlows) {
   std::this_thread::sleep_for(1s);
   ASSERT_TRUE(revoked.running());
   const auto t0 = std::chrono::steady_clock::now();
-  ASSERT_TRUE(store.revoke("g-0000000000c3", "test", "done", ::time(nullptr)).has_value());
+  revoke(store, "g-0000000000c3");
   auto rc2 = revoked.wait(10s);
   const auto took = std::chrono::steady_clock::now() - t0;
   ASSERT_TRUE(rc2.has_value()) << "session not cut after revoke";
@@ -567,7 +567,7 @@ TEST_F(AgentIntegration, ExpiryAndRevocationEndLiveFlows) {
   Process counted = ssh_bg(kUngranted, "sleep 8", dir_.file("counted.out"));
   ASSERT_TRUE(wait_record(audit_, "flow_open", kUngranted, 0, 15s, "bypass_approved").has_value());
   double retagged = metric(*host_, "sshring_agent_flows_retagged_total");
-  ASSERT_TRUE(store.revoke("g-0000000000d4", "test", "done", ::time(nullptr)).has_value());
+  revoke(store, "g-0000000000d4");
   EXPECT_TRUE(
       eventually([&] { return metric(*host_, "sshring_agent_flows_retagged_total") > retagged; }, 5s));
   EXPECT_EQ(counted.wait(20s).value_or(-1), 0) << "count mode does not cut";
