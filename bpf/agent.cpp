@@ -93,7 +93,9 @@ class Agent {
     policy::ReloaderOptions ro;
     ro.policy_path = opts_.policy_path;
     ro.grant_store = opts_.grant_store;
-    ro.metrics = server_ ? &policy_metrics_ : nullptr;
+    ro.observer = policy::observe(server_ ? &policy_metrics_ : nullptr);
+    ro.source = opts_.source;  // etcd (set by the CLI): policy_path is then unused
+    if (opts_.cache_dir) ro.cache_dir = *opts_.cache_dir;
     reloader_ = std::make_unique<policy::Reloader>(cache_, ro);
     reloader_->reload_or_throw();
 

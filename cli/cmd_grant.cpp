@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/store_flags.h"
 #include "common/duration.h"
 #include "common/error.h"
 #include "common/flags.h"
@@ -49,6 +50,7 @@ void common_flags(common::Flags& f) {
   f.value("grant-store", "DIR", "grant store directory (default: the policy's grant_store)");
   f.value("audit-log", "FILE", "audit log for grant changes", std::string(kDefaultAuditLog));
   f.boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)");
+  cli::add_etcd_flags(f);
 }
 
 // The audit log allows one writer per file; concurrent `grant` commands take turns on a sidecar lock
@@ -90,8 +92,9 @@ std::unique_ptr<metrics::AuditLog> open_audit(Context& c, const std::string& pat
 
 Context open(const common::Flags& f, bool need_audit) {
   Context c;
-  c.policy = policy::load_policy_file(f.get_or("policy", policy::kDefaultPolicyPath));
-  c.store = std::make_unique<policy::DirGrantStore>(f.get_or("grant-store", c.policy.grant_store), true);
+  auto ps = cli::open_policy_and_store(f, true);  // --etcd, or the policy file and its grant store
+  c.policy = std::move(ps.policy);
+  c.store = std::move(ps.store);
   if (need_audit) c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"));
   return c;
 }
@@ -210,6 +213,7 @@ int add(const std::vector<std::string>& args) {
   c.store->add(g);
   auto rec = terms(g);
   rec["type"] = "grant_add";
+  if (int64_t rev = cli::store_revision(*c.store)) rec["etcd_revision"] = rev;
   rec["reason"] = g.reason;
   rec["actor"] = g.created_by;
   if (!g.approver.empty()) rec["approver"] = g.approver;
@@ -233,12 +237,14 @@ int list(const std::vector<std::string>& args) {
   if (!f.parse(args)) return 0;
   const UnixSeconds now = unix_now();
   Context c;
-  c.policy = policy::load_policy_file(f.get_or("policy", policy::kDefaultPolicyPath));
-  std::string dir = f.get_or("grant-store", c.policy.grant_store);
+  auto ps = cli::open_policy_and_store(f, false);
+  c.policy = std::move(ps.policy);
+  std::string dir = ps.etcd ? std::string() : f.get_or("grant-store", c.policy.grant_store);
   std::vector<policy::Grant> grants;
-  if (::access(dir.c_str(), F_OK) == 0) {
-    c.store = std::make_unique<policy::DirGrantStore>(dir, false);
-    if (::access(dir.c_str(), W_OK) == 0) {  // readers without write access just read
+  if (ps.store) {
+    c.store = std::move(ps.store);
+    // Readers without write access just read (etcd: list never writes; relays' roles are read-only).
+    if (!ps.etcd && ::access(dir.c_str(), W_OK) == 0) {
       c.audit = std::make_unique<metrics::AuditLog>(
           metrics::AuditOptions{.path = f.get_or("audit-log", kDefaultAuditLog),
                                 .component = "grant",
@@ -299,6 +305,7 @@ int revoke(const std::vector<std::string>& args) {
   }
   auto rec = terms(*g);
   rec["type"] = "grant_revoke";
+  if (int64_t rev = cli::store_revision(*c.store)) rec["etcd_revision"] = rev;
   rec["reason"] = reason;
   rec["actor"] = g->revoked_by;
   c.audit->append(std::move(rec));

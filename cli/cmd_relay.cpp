@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "cli/command.h"
+#include "cli/store_flags.h"
 #include "common/error.h"
 #include "common/flags.h"
 #include "common/log.h"
@@ -48,6 +49,8 @@ common::Flags relay_flags() {
              "authenticated mode: routes without --upstream take signed preambles (sshring connect)")
       .multi("relay-id", "ID", "authenticated mode: an id clients sign for (default: host name)")
       .boolean("quiet", "no per-session log lines");
+  add_etcd_flags(f);  // --etcd: authenticated mode with policy and grants from etcd
+  add_cache_flag(f);
   f.epilog(
       "Examples:\n"
       "  sshring relay --listen 0.0.0.0:2222 --policy /etc/sshring/policy.yaml --relay-id relay-1 \\\n"
@@ -155,13 +158,15 @@ int run_relay(const std::vector<std::string>& args) {
   if (auto m = f.get("metrics")) metrics_server = std::make_unique<metrics::Server>(*m, "relay");
   // Authenticated mode (docs/protocol.md); declared before the relay so it outlives every session.
   std::unique_ptr<relay::auth::AuthService> auth;
-  if (auto policy = f.get("policy")) {
+  if (f.has("policy") || etcd_requested(f)) {
     if (metrics_server) policy_metrics = metrics::register_policy(*metrics_server);
     auth = std::make_unique<relay::auth::AuthService>(
-        relay::auth::AuthServiceOptions{.policy_path = *policy,
+        relay::auth::AuthServiceOptions{.policy_path = f.get_or("policy", ""),
                                         .relay_ids = f.all("relay-id"),
                                         .audit = audit.get(),
-                                        .policy_metrics = metrics_server ? &policy_metrics : nullptr});
+                                        .policy_metrics = metrics_server ? &policy_metrics : nullptr,
+                                        .source = snapshot_source(f),
+                                        .cache_dir = cache_dir(f)});
   }
   std::shared_ptr<relay::HandshakeFactory> handshake = auth ? auth->factory() : nullptr;
   relay::RelayConfig cfg = build_relay_config(f, handshake);

@@ -94,7 +94,43 @@ PolicyMetrics register_policy(Server& server) {
                            .Help("Grants in force that expire within the next hour.")
                            .Register(reg)
                            .Add({});
+  m.source_up = &prometheus::BuildGauge()
+                     .Name("sshring_policy_source_up")
+                     .Help("1 while the policy source (etcd) is connected and the snapshot is current, "
+                           "0 while deciding on the last good (cached) snapshot.")
+                     .Register(reg);
+  m.source_revision = &prometheus::BuildGauge()
+                           .Name("sshring_policy_source_revision")
+                           .Help("Store revision (etcd) the live snapshot is current to.")
+                           .Register(reg);
+  m.source_last_sync = &prometheus::BuildGauge()
+                            .Name("sshring_policy_source_last_sync_timestamp_seconds")
+                            .Help("Unix time the policy source last confirmed the snapshot is current.")
+                            .Register(reg);
+  m.source_staleness = &prometheus::BuildGauge()
+                            .Name("sshring_policy_source_staleness_seconds")
+                            .Help("Seconds since the policy source last confirmed the snapshot is current.")
+                            .Register(reg);
   return m;
+}
+
+void PolicyMetrics::reloaded(bool ok, int64_t now) {
+  if (reloads) reloads->Add({{"result", ok ? "success" : "failure"}}).Increment();
+  if (ok && last_success) last_success->Set(static_cast<double>(now));
+}
+
+void PolicyMetrics::grants(size_t live, size_t expiring_within_hour) {
+  if (grants_active) grants_active->Set(static_cast<double>(live));
+  if (grants_expiring) grants_expiring->Set(static_cast<double>(expiring_within_hour));
+}
+
+void PolicyMetrics::source(bool up, int64_t revision, int64_t last_sync, int64_t now) {
+  if (!source_up) return;
+  source_up->Add({}).Set(up ? 1 : 0);
+  source_revision->Add({}).Set(static_cast<double>(revision));
+  source_last_sync->Add({}).Set(static_cast<double>(last_sync));
+  // Never synced (started from the cache): as stale as the Unix epoch, so the alert fires.
+  source_staleness->Add({}).Set(static_cast<double>(last_sync > 0 ? now - last_sync : now));
 }
 
 void register_agent(Server& server, const AgentStats* stats) {

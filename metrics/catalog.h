@@ -59,11 +59,22 @@ struct RelayMetrics {
 RelayMetrics register_relay(Server& server, const std::vector<const RelayWorkerStats*>& workers);
 
 // Policy reloads and grants, exported by every process that holds a snapshot (relay and agent).
+// The three member functions are what the policy reloader reports (policy::ReloadObserver, wired by
+// policy::observe(&metrics) in the process that owns both); metrics does not depend on policy.
 struct PolicyMetrics {
   prometheus::Family<prometheus::Counter>* reloads = nullptr;  // sshring_policy_reloads_total{result}
   prometheus::Gauge* last_success = nullptr;     // sshring_policy_last_reload_success_timestamp_seconds
   prometheus::Gauge* grants_active = nullptr;    // sshring_grants_active
   prometheus::Gauge* grants_expiring = nullptr;  // sshring_grants_expiring_within_hour
+  // Only with a policy source (etcd): series appear on the first source() report.
+  prometheus::Family<prometheus::Gauge>* source_up = nullptr;         // sshring_policy_source_up
+  prometheus::Family<prometheus::Gauge>* source_revision = nullptr;   // sshring_policy_source_revision
+  prometheus::Family<prometheus::Gauge>* source_last_sync = nullptr;  // ..._source_last_sync_timestamp_seconds
+  prometheus::Family<prometheus::Gauge>* source_staleness = nullptr;  // sshring_policy_source_staleness_seconds
+
+  void reloaded(bool ok, int64_t now);
+  void grants(size_t live, size_t expiring_within_hour);
+  void source(bool up, int64_t revision, int64_t last_sync, int64_t now);
 };
 PolicyMetrics register_policy(Server& server);
 

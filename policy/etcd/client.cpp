@@ -434,6 +434,12 @@ class GrpcWatch final : public WatchStream {
     if (!canceled_.exchange(true)) ctx_.TryCancel();
   }
 
+  void request_progress() override {
+    pb::WatchRequest req;
+    req.mutable_progress_request();
+    if (ok_ && !canceled_.load()) rw_->Write(req);
+  }
+
  private:
   bool finish() {
     // The member went away: the next watch (and call) starts on another one.

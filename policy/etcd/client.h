@@ -116,6 +116,9 @@ class WatchStream {
   // False when the stream ended (member gone, cancel(), or the watch was canceled by etcd).
   virtual bool next(WatchBatch* out) = 0;
   virtual void cancel() = 0;
+  // Asks etcd for a progress report (an empty batch whose revision all later events exceed). One
+  // writer at a time; safe beside a thread blocked in next().
+  virtual void request_progress() = 0;
 };
 
 class Client {

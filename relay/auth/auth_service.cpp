@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "metrics/audit.h"
+#include "metrics/catalog.h"
 
 namespace sshring::relay::auth {
 
@@ -19,7 +20,9 @@ AuthService::AuthService(AuthServiceOptions opts) : ids_(opts.relay_ids) {
   policy::ReloaderOptions ro;
   ro.policy_path = opts.policy_path;
   ro.watch = opts.watch;
-  ro.metrics = opts.policy_metrics;
+  ro.observer = policy::observe(opts.policy_metrics);
+  ro.source = opts.source;  // etcd (set by the CLI): policy_path is then unused
+  if (opts.cache_dir) ro.cache_dir = *opts.cache_dir;
   ro.handle_sighup = false;  // the relay command owns signals and calls reload()
   reloader_ = std::make_unique<policy::Reloader>(cache_, ro);
   reloader_->reload_or_throw();

@@ -36,7 +36,8 @@ TEST(MetricsDocTest, DocumentedFamiliesEqualServedFamilies) {
   RelayWorkerStats worker;
   AgentStats agent;
   auto relay = register_relay(server, {&worker});
-  register_policy(server);
+  auto policy = register_policy(server);
+  policy.source(true, 1, 1, 1);  // source series appear with the first report (etcd consumers)
   register_agent(server, &agent);
   // A family with no series yet is not served; the relay always has decisions once it runs.
   relay.decisions->Add({{"result", "allow"}, {"reason", "rule"}}).Increment();
