@@ -36,6 +36,7 @@ class EtcdCluster {
   void stop_all();
   void start_all();
   [[nodiscard]] bool running(int i) { return members_[i].proc && members_[i].proc->running(); }
+  [[nodiscard]] pid_t pid(int i) const { return members_[i].proc ? members_[i].proc->pid() : -1; }
   // Index of the current leader (-1 if none answers).
   int leader() const;
   // Waits until every running member answers `endpoint health`.
