@@ -31,8 +31,9 @@ std::string read_pem(const std::string& path, std::string_view what) {
 std::shared_ptr<grpc::Channel> make_channel(const std::string& endpoint, const ClientOptions& o) {
   grpc::ChannelArguments args;
   // Members come back within seconds in a fleet (restarts): don't sit in gRPC's 2-minute backoff.
+  // (Not GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: it is also the connect timeout, and a TLS handshake on a
+  // loaded host takes longer than a short backoff.)
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   // Detect a silent member under a long watch (etcd accepts pings every 5 s or slower).
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
@@ -205,7 +206,9 @@ struct Client::Impl {
   void call(std::string_view what, Fn&& fn) {
     grpc::Status last;
     std::string last_endpoint;
-    for (int round = 0; round < kRounds; ++round) {
+    // At least kRounds passes, and retry for up to two call timeouts (an election takes seconds).
+    const auto give_up = std::chrono::steady_clock::now() + 2 * opts.timeout;
+    for (int round = 0; round < kRounds || std::chrono::steady_clock::now() < give_up; ++round) {
       if (round > 0) std::this_thread::sleep_for(kRoundPause);
       size_t start = current.load();
       for (size_t i = 0; i < members.size(); ++i) {

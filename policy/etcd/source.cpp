@@ -114,7 +114,8 @@ bool EtcdSource::list() {
     return true;
   } catch (const std::exception& e) {
     std::lock_guard lock(mu_);
-    if (up_ || last_error_.empty()) common::log_warn("etcd unreachable; keeping the last snapshot", {{"source", id()}, {"error", e.what()}});
+    if (up_ || last_error_ != e.what())
+      common::log_warn("etcd unreachable; keeping the last snapshot", {{"source", id()}, {"error", e.what()}});
     up_ = false;
     last_error_ = e.what();
     return false;
@@ -168,6 +169,8 @@ void EtcdSource::watch_once() {
     w = client_->watch(keys_.all(), from);
   } catch (const std::exception& e) {
     std::lock_guard lock(mu_);
+    if (up_ || last_error_ != e.what())
+      common::log_warn("etcd watch cannot start; retrying", {{"source", id()}, {"error", e.what()}});
     up_ = false;
     last_error_ = e.what();
     return;

@@ -16,7 +16,7 @@ const char* const kUsers[] = {"root", "sshring-agent", "sshring-relay", "sshring
 
 void must(const std::string& cmd) {
   std::string out;
-  if (sh(cmd + " 2>&1", &out) != 0) throw std::runtime_error("test setup failed: " + cmd + "\n" + out);
+  if (sh("(" + cmd + ") 2>&1", &out) != 0) throw std::runtime_error("test setup failed: " + cmd + "\n" + out);
 }
 
 }  // namespace
