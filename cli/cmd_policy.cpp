@@ -280,13 +280,49 @@ void etcd_only_flags(common::Flags& f) {
   cli::add_etcd_flags(f);
 }
 
+// What a refused push prints: who pushed what since the base, and how to go on.
+void refused(const policy::etcd::Keys& keys, const policy::etcd::PushResult& r, int64_t base,
+             const std::string& file) {
+  std::cerr << "sshring policy push: refused: the live policy under " << keys.policy_current();
+  if (r.live) {
+    std::cerr << " is at revision " << r.live->revision << " (" << r.live->digest << ", pushed by "
+              << r.live->author << " at " << r.live->pushed_at << ")";
+  } else {
+    std::cerr << " was deleted";
+  }
+  std::cerr << ", not revision " << base
+            << ": someone pushed since your base.\nReview it (sshring policy diff " << file
+            << " --etcd ...), then push again with --expect-revision " << (r.live ? r.live->revision : 0)
+            << "\n";
+}
+
+// The policy_push audit record, on disk before the command says yes. False if it could not be written.
+bool record_push(const common::Flags& f, const cli::EtcdTarget& t, const std::string& file,
+                 const std::string& text, int64_t revision, int64_t base) {
+  metrics::AuditLog audit(metrics::AuditOptions{.path = f.get_or("audit-log", kDefaultPolicyAudit),
+                                                .component = "policy",
+                                                .fsync_each = true,
+                                                .syslog = f.flag("audit-syslog")});
+  audit.append({{"type", "policy_push"},
+                {"actor", actor()},
+                {"file", file},
+                {"digest", "sha256:" + policy::etcd::sha256_hex(text)},
+                {"size", text.size()},
+                {"store", "etcd://" + t.client->describe().substr(5) + t.prefix},
+                {"etcd_revision", revision},
+                {"base_revision", base}});
+  audit.flush();
+  return audit.write_errors() == 0;
+}
+
 int push(const std::vector<std::string>& args) {
-  common::Flags f("policy push",
-                  "sshring policy push FILE --etcd ENDPOINTS [--etcd-prefix /sshring] [--expect-revision N]",
-                  "Validates FILE exactly like `policy check`, then publishes it to etcd atomically with its\n"
-                  "digest, author and time. Refused when the live policy changed since the revision the push\n"
-                  "is based on: --expect-revision N (shown by `policy show --etcd`), or else the revision read\n"
-                  "just before the push. Every relay and agent watching the prefix picks it up.");
+  common::Flags f(
+      "policy push",
+      "sshring policy push FILE --etcd ENDPOINTS [--etcd-prefix /sshring] [--expect-revision N]",
+      "Validates FILE exactly like `policy check`, then publishes it to etcd atomically with its\n"
+      "digest, author and time. Refused when the live policy changed since the revision the push\n"
+      "is based on: --expect-revision N (shown by `policy show --etcd`), or else the revision read\n"
+      "just before the push. Every relay and agent watching the prefix picks it up.");
   etcd_only_flags(f);
   f.value("expect-revision", "N", "push only if the live policy is still at revision N (0: none pushed yet)");
   f.value("audit-log", "FILE", "audit log for policy pushes", std::string(kDefaultPolicyAudit));
@@ -322,35 +358,14 @@ int push(const std::vector<std::string>& args) {
   }
   auto r = policy::etcd::push_policy(*t.client, keys, text, actor(), now, base);
   if (!r.pushed) {
-    std::cerr << "sshring policy push: refused: the live policy under " << keys.policy_current();
-    if (r.live) {
-      std::cerr << " is at revision " << r.live->revision << " (" << r.live->digest << ", pushed by "
-                << r.live->author << " at " << r.live->pushed_at << ")";
-    } else {
-      std::cerr << " was deleted";
-    }
-    std::cerr << ", not revision " << base
-              << ": someone pushed since your base.\nReview it (sshring policy diff " << file
-              << " --etcd ...), then push again with --expect-revision " << (r.live ? r.live->revision : 0)
-              << "\n";
+    refused(keys, r, base, file);
     return 1;
   }
-  metrics::AuditLog audit(metrics::AuditOptions{.path = f.get_or("audit-log", kDefaultPolicyAudit),
-                                                .component = "policy",
-                                                .fsync_each = true,
-                                                .syslog = f.flag("audit-syslog")});
-  audit.append({{"type", "policy_push"},
-                {"actor", actor()},
-                {"file", file},
-                {"digest", "sha256:" + policy::etcd::sha256_hex(text)},
-                {"size", text.size()},
-                {"store", "etcd://" + t.client->describe().substr(5) + t.prefix},
-                {"etcd_revision", r.revision},
-                {"base_revision", base}});
-  audit.flush();
-  std::cout << file << " pushed to " << keys.policy_current() << " at revision " << r.revision << " (sha256:"
-            << policy::etcd::sha256_hex(text).substr(0, 16) << "..., " << lints.size() << " warnings)\n";
-  return audit.write_errors() ? 1 : 0;
+  bool audited = record_push(f, t, file, text, r.revision, base);
+  std::cout << file << " pushed to " << keys.policy_current() << " at revision " << r.revision
+            << " (sha256:" << policy::etcd::sha256_hex(text).substr(0, 16) << "..., " << lints.size()
+            << " warnings)\n";
+  return audited ? 0 : 1;
 }
 
 std::optional<policy::etcd::PublishedPolicy> live_policy(const common::Flags& f, std::string* where) {
@@ -361,8 +376,9 @@ std::optional<policy::etcd::PublishedPolicy> live_policy(const common::Flags& f,
 }
 
 int show(const std::vector<std::string>& args) {
-  common::Flags f("policy show", "sshring policy show --etcd ENDPOINTS [--etcd-prefix /sshring] [--json]",
-                  "Prints the live policy in etcd, after a header with its revision, digest, author and time.");
+  common::Flags f(
+      "policy show", "sshring policy show --etcd ENDPOINTS [--etcd-prefix /sshring] [--json]",
+      "Prints the live policy in etcd, after a header with its revision, digest, author and time.");
   etcd_only_flags(f);
   f.boolean("json", "print the metadata and the text as JSON");
   if (!f.parse(args)) return 0;
@@ -375,16 +391,16 @@ int show(const std::vector<std::string>& args) {
   }
   const auto& m = live->meta;
   if (f.flag("json")) {
-    std::cout << nlohmann::json{{"key", where},         {"revision", m.revision}, {"digest", m.digest},
-                                {"author", m.author},   {"pushed_at", m.pushed_at}, {"size", m.size},
+    std::cout << nlohmann::json{{"key", where},        {"revision", m.revision},   {"digest", m.digest},
+                                {"author", m.author},  {"pushed_at", m.pushed_at}, {"size", m.size},
                                 {"policy", live->text}}
                      .dump(2)
               << "\n";
     return 0;
   }
   std::cout << "# " << where << " revision " << m.revision << " (use --expect-revision " << m.revision
-            << ")\n# " << m.digest << ", " << m.size << " bytes, pushed by " << m.author << " at " << m.pushed_at
-            << "\n"
+            << ")\n# " << m.digest << ", " << m.size << " bytes, pushed by " << m.author << " at "
+            << m.pushed_at << "\n"
             << live->text;
   return 0;
 }
@@ -429,13 +445,14 @@ int diff(const std::vector<std::string>& args) {
 
 int run(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::cout << "Usage: sshring policy check FILE | explain ... | push FILE --etcd ... | show | diff FILE\n\n"
-                 "  check FILE   validate and lint a policy file\n"
-                 "  explain      show the decision for a session (--principal) or a flow (--flow)\n"
-                 "  push FILE    validate FILE and publish it to etcd (--etcd ENDPOINTS)\n"
-                 "  show         print the live policy in etcd with its revision\n"
-                 "  diff FILE    show what pushing FILE would change\n\n"
-                 "Run 'sshring policy SUBCOMMAND --help' for options.\n";
+    std::cout
+        << "Usage: sshring policy check FILE | explain ... | push FILE --etcd ... | show | diff FILE\n\n"
+           "  check FILE   validate and lint a policy file\n"
+           "  explain      show the decision for a session (--principal) or a flow (--flow)\n"
+           "  push FILE    validate FILE and publish it to etcd (--etcd ENDPOINTS)\n"
+           "  show         print the live policy in etcd with its revision\n"
+           "  diff FILE    show what pushing FILE would change\n\n"
+           "Run 'sshring policy SUBCOMMAND --help' for options.\n";
     return args.empty() ? 2 : 0;
   }
   std::vector<std::string> rest(args.begin() + 1, args.end());

@@ -52,13 +52,18 @@ std::string prefix_flag(const common::Flags& f) {
 }  // namespace
 
 void add_etcd_flags(common::Flags& f) {
-  f.value("etcd", "ENDPOINTS",
-          "read policy and grants from etcd instead of --policy FILE (e.g. https://10.0.0.1:2379,10.0.0.2:2379)")
-      .value("etcd-prefix", "PREFIX", "key prefix of this fleet in etcd", std::string(policy::kDefaultEtcdPrefix))
-      .value("etcd-cacert", "FILE", "CA certificate (PEM) that signed etcd's server certificates; turns on TLS")
-      .value("etcd-cert", "FILE", "client certificate (PEM) for etcd; its CN is the etcd user without --etcd-user")
+  f.value(
+       "etcd", "ENDPOINTS",
+       "read policy and grants from etcd instead of --policy FILE (e.g. https://10.0.0.1:2379,10.0.0.2:2379)")
+      .value("etcd-prefix", "PREFIX", "key prefix of this fleet in etcd",
+             std::string(policy::kDefaultEtcdPrefix))
+      .value("etcd-cacert", "FILE",
+             "CA certificate (PEM) that signed etcd's server certificates; turns on TLS")
+      .value("etcd-cert", "FILE",
+             "client certificate (PEM) for etcd; its CN is the etcd user without --etcd-user")
       .value("etcd-key", "FILE", "private key (PEM) of --etcd-cert")
-      .value("etcd-user", "NAME", "etcd user for password auth (password: --etcd-password-file or $SSHRING_ETCD_PASSWORD)")
+      .value("etcd-user", "NAME",
+             "etcd user for password auth (password: --etcd-password-file or $SSHRING_ETCD_PASSWORD)")
       .value("etcd-password-file", "FILE", "file whose first line is the --etcd-user password");
 }
 
@@ -88,7 +93,8 @@ EtcdTarget etcd_from_uri(const common::Flags& f, const std::string& uri) {
   return {std::make_shared<policy::etcd::Client>(std::move(o)), u->prefix};
 }
 
-std::shared_ptr<policy::SnapshotSource> snapshot_source(const common::Flags& f, const std::string& policy_flag) {
+std::shared_ptr<policy::SnapshotSource> snapshot_source(const common::Flags& f,
+                                                        const std::string& policy_flag) {
   if (etcd_requested(f)) {
     if (f.has("grant-store")) throw UsageError("--etcd replaces --grant-store: grants are in etcd too");
     auto t = etcd_from_flags(f);
@@ -116,8 +122,8 @@ PolicyAndStore open_policy_and_store(const common::Flags& f, bool create_dir) {
       throw UsageError(t.client->describe() + ": no policy under " + keys.policy_current() +
                        "; publish one with: sshring policy push FILE --etcd ...");
     }
-    out.policy = policy::parse_policy(live->text, "etcd:" + keys.policy_current() + "@" +
-                                                      std::to_string(live->meta.revision));
+    out.policy = policy::parse_policy(
+        live->text, "etcd:" + keys.policy_current() + "@" + std::to_string(live->meta.revision));
     out.store = std::make_unique<policy::etcd::EtcdGrantStore>(t.client, t.prefix);
     out.etcd = true;
     return out;

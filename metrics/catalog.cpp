@@ -96,8 +96,9 @@ PolicyMetrics register_policy(Server& server) {
                            .Add({});
   m.source_up = &prometheus::BuildGauge()
                      .Name("sshring_policy_source_up")
-                     .Help("1 while the policy source (etcd) is connected and the snapshot is current, "
-                           "0 while deciding on the last good (cached) snapshot.")
+                     .Help(
+                         "1 while the policy source (etcd) is connected and the snapshot is current, "
+                         "0 while deciding on the last good (cached) snapshot.")
                      .Register(reg);
   m.source_revision = &prometheus::BuildGauge()
                            .Name("sshring_policy_source_revision")

@@ -67,10 +67,11 @@ struct PolicyMetrics {
   prometheus::Gauge* grants_active = nullptr;    // sshring_grants_active
   prometheus::Gauge* grants_expiring = nullptr;  // sshring_grants_expiring_within_hour
   // Only with a policy source (etcd): series appear on the first source() report.
-  prometheus::Family<prometheus::Gauge>* source_up = nullptr;         // sshring_policy_source_up
-  prometheus::Family<prometheus::Gauge>* source_revision = nullptr;   // sshring_policy_source_revision
-  prometheus::Family<prometheus::Gauge>* source_last_sync = nullptr;  // ..._source_last_sync_timestamp_seconds
-  prometheus::Family<prometheus::Gauge>* source_staleness = nullptr;  // sshring_policy_source_staleness_seconds
+  // sshring_policy_source_up, _revision, _last_sync_timestamp_seconds, _staleness_seconds:
+  prometheus::Family<prometheus::Gauge>* source_up = nullptr;
+  prometheus::Family<prometheus::Gauge>* source_revision = nullptr;
+  prometheus::Family<prometheus::Gauge>* source_last_sync = nullptr;
+  prometheus::Family<prometheus::Gauge>* source_staleness = nullptr;
 
   void reloaded(bool ok, int64_t now);
   void grants(size_t live, size_t expiring_within_hour);

@@ -61,8 +61,8 @@ class SnapshotReader {
 class SnapshotSource {
  public:
   struct Status {
-    bool up = false;          // connected and watching
-    int64_t revision = 0;     // the store revision the data is current to
+    bool up = false;            // connected and watching
+    int64_t revision = 0;       // the store revision the data is current to
     UnixSeconds last_sync = 0;  // last time the source confirmed it is current (0: never)
   };
   virtual ~SnapshotSource() = default;

@@ -66,8 +66,9 @@ bool read_all(const std::string& path, std::string* out, std::string* why) {
 
 // The checksummed part: everything but the checksum itself (nlohmann sorts keys: deterministic).
 nlohmann::json body(const std::string& source, const SourceData& d, UnixSeconds saved_at) {
-  return {{"format", kFormat},       {"source", source},   {"saved_at", saved_at}, {"revision", d.revision},
-          {"policy", d.policy_text}, {"policy_origin", d.policy_origin}, {"grants", d.grants}};
+  return {{"format", kFormat},      {"source", source},        {"saved_at", saved_at},
+          {"revision", d.revision}, {"policy", d.policy_text}, {"policy_origin", d.policy_origin},
+          {"grants", d.grants}};
 }
 
 }  // namespace
@@ -78,7 +79,8 @@ std::string cached_snapshot_path(const std::string& dir, const std::string& sour
 
 void save_cached_snapshot(const std::string& dir, const std::string& source, const SourceData& data,
                           UnixSeconds now) {
-  if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) common::throw_errno("create cache directory " + dir);
+  if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST)
+    common::throw_errno("create cache directory " + dir);
   nlohmann::json j = body(source, data, now);
   std::string text = j.dump();
   j["sha256"] = sha256_hex(text);

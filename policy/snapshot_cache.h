@@ -21,10 +21,10 @@ inline constexpr size_t kMaxCacheBytes = 256u << 20;  // 8 MiB policy + 100,000 
 
 // The inputs of one Snapshot as a source delivers them.
 struct SourceData {
-  std::string policy_text;           // YAML, as pushed
-  std::string policy_origin;         // names the policy in errors ("etcd:/sshring/policy@42")
-  std::vector<std::string> grants;   // one serialized grant per entry, as stored
-  int64_t revision = 0;              // the store's revision (0 for sources without one)
+  std::string policy_text;          // YAML, as pushed
+  std::string policy_origin;        // names the policy in errors ("etcd:/sshring/policy@42")
+  std::vector<std::string> grants;  // one serialized grant per entry, as stored
+  int64_t revision = 0;             // the store's revision (0 for sources without one)
 };
 
 struct CachedSnapshot {

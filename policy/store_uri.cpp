@@ -30,7 +30,8 @@ std::optional<EtcdUri> parse_etcd_uri(std::string_view uri, std::string* why) {
   auto slash = rest.find('/');
   std::string_view hosts = rest.substr(0, slash);
   EtcdUri out;
-  out.prefix = slash == std::string_view::npos ? std::string(kDefaultEtcdPrefix) : std::string(rest.substr(slash));
+  out.prefix =
+      slash == std::string_view::npos ? std::string(kDefaultEtcdPrefix) : std::string(rest.substr(slash));
   if (out.prefix == "/") out.prefix = std::string(kDefaultEtcdPrefix);
   size_t start = 0;
   while (start <= hosts.size()) {

@@ -18,7 +18,9 @@ struct EtcdUri {
 inline constexpr std::string_view kEtcdScheme = "etcd://";
 inline constexpr std::string_view kDefaultEtcdPrefix = "/sshring";
 
-[[nodiscard]] inline bool is_etcd_uri(std::string_view s) noexcept { return s.starts_with(kEtcdScheme); }
+[[nodiscard]] inline bool is_etcd_uri(std::string_view s) noexcept {
+  return s.starts_with(kEtcdScheme);
+}
 // nullopt and *why on a malformed URI ("endpoint 'x' is not HOST:PORT").
 std::optional<EtcdUri> parse_etcd_uri(std::string_view uri, std::string* why);
 // Checks a key prefix ("/sshring", "/fleet/a"): absolute, no trailing '/', printable, no "//".

@@ -53,11 +53,16 @@ Args parse(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     int v = std::atoi(argv[i + 1]);
-    if (k == "--watchers") a.watchers = v;
-    else if (k == "--grants") a.grants = v;
-    else if (k == "--expired") a.expired = v;
-    else if (k == "--consumers") a.consumers = v;
-    else if (k == "--events") a.events = v;
+    if (k == "--watchers")
+      a.watchers = v;
+    else if (k == "--grants")
+      a.grants = v;
+    else if (k == "--expired")
+      a.expired = v;
+    else if (k == "--consumers")
+      a.consumers = v;
+    else if (k == "--events")
+      a.events = v;
   }
   return a;
 }
@@ -81,7 +86,8 @@ policy::Grant grant(int i, policy::UnixSeconds now, bool expired, const std::str
   g.id = id;
   g.who = "ci-bot";
   g.from = *policy::Cidr::parse("10.2.0.0/16");
-  g.to = *policy::Cidr::parse(net + "." + std::to_string((i >> 8) & 255) + "." + std::to_string(i & 255) + "/32");
+  g.to = *policy::Cidr::parse(net + "." + std::to_string((i >> 8) & 255) + "." + std::to_string(i & 255) +
+                              "/32");
   g.rule = "ci-direct";
   g.reason = "bench";
   g.created_by = "bench";
@@ -124,7 +130,8 @@ struct Timeline {
     auto now = Clock::now();
     std::lock_guard lock(mu);
     auto it = put_at.find(key);
-    if (it != put_at.end()) into->push_back(std::chrono::duration<double, std::milli>(now - it->second).count());
+    if (it != put_at.end())
+      into->push_back(std::chrono::duration<double, std::milli>(now - it->second).count());
   }
 };
 
@@ -172,6 +179,7 @@ void nonce_cost(const testing::EtcdCluster& etcd) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   Args a = parse(argc, argv);
   testing::EtcdCluster etcd(3);
   auto admin = client(etcd, "sshring-policy", etcd.endpoints());
@@ -189,7 +197,10 @@ int main(int argc, char** argv) {
                           "127.0.0.1:" + std::to_string(proxy_port), "--cacert", etcd.ca(), "--cert",
                           etcd.cert("sshring-agent"), "--key", etcd.key("sshring-agent")},
                          po);
-  testing::wait_for_port("127.0.0.1", proxy_port, 20s);
+  if (!testing::wait_for_port("127.0.0.1", proxy_port, 60s)) {
+    std::printf("grpc-proxy did not listen:\n%s\n", testing::read_file(etcd.dir() + "/proxy.log").c_str());
+    return 1;
+  }
   auto via_proxy = client(etcd, "", "127.0.0.1:" + std::to_string(proxy_port));
 
   Timeline tl;
@@ -214,7 +225,7 @@ int main(int argc, char** argv) {
     auto r = std::make_unique<Real>();
     policy::ReloaderOptions o;
     o.source = std::make_shared<policy::etcd::EtcdSource>(client(etcd, "sshring-relay", etcd.endpoint(i % 3)),
-                                                         "/sshring");
+                                                          "/sshring");
     o.cache_dir = etcd.dir() + "/cache" + std::to_string(i);
     o.handle_sighup = false;
     r->rl = std::make_unique<policy::Reloader>(r->cache, o);
@@ -257,9 +268,10 @@ int main(int argc, char** argv) {
   for (auto& t : readers) t.join();
   {
     std::lock_guard lock(tl.mu);
-    std::printf("proxied watchers (%d): p50 %.1f ms p99 %.1f ms max %.1f ms over %d events (%zu deliveries)\n",
-                a.watchers, pct(tl.watcher_ms, 0.5), pct(tl.watcher_ms, 0.99), pct(tl.watcher_ms, 1.0),
-                a.events, tl.watcher_ms.size());
+    std::printf(
+        "proxied watchers (%d): p50 %.1f ms p99 %.1f ms max %.1f ms over %d events (%zu deliveries)\n",
+        a.watchers, pct(tl.watcher_ms, 0.5), pct(tl.watcher_ms, 0.99), pct(tl.watcher_ms, 1.0), a.events,
+        tl.watcher_ms.size());
     std::printf("consumers (%d, snapshot published): p50 %.1f ms p99 %.1f ms (%zu deliveries)\n", a.consumers,
                 pct(tl.consumer_ms, 0.5), pct(tl.consumer_ms, 0.99), tl.consumer_ms.size());
   }
@@ -273,9 +285,9 @@ int main(int argc, char** argv) {
   }
   std::string leases;
   etcd.etcdctl("lease list", &leases);
-  std::printf("etcd RSS per member: %ld / %ld / %ld MiB; db size %.1f MiB; proxy RSS %ld MiB; %s", rss_kib(etcd.pid(0)) / 1024,
-              rss_kib(etcd.pid(1)) / 1024, rss_kib(etcd.pid(2)) / 1024, db_mib, rss_kib(proxy.pid()) / 1024,
-              leases.substr(0, leases.find('\n') + 1).c_str());
+  std::printf("etcd RSS per member: %ld / %ld / %ld MiB; db size %.1f MiB; proxy RSS %ld MiB; %s",
+              rss_kib(etcd.pid(0)) / 1024, rss_kib(etcd.pid(1)) / 1024, rss_kib(etcd.pid(2)) / 1024, db_mib,
+              rss_kib(proxy.pid()) / 1024, leases.substr(0, leases.find('\n') + 1).c_str());
   nonce_cost(etcd);
   for (auto& r : reals) r->rl->stop();
   return 0;

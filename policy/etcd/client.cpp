@@ -15,10 +15,10 @@ namespace {
 namespace pb = etcdserverpb;
 using Clock = std::chrono::system_clock;
 
-constexpr int kRounds = 3;                      // passes over the members before a call gives up
+constexpr int kRounds = 3;  // passes over the members before a call gives up
 constexpr auto kRoundPause = std::chrono::milliseconds(300);
-constexpr int64_t kPageSize = 1000;             // keys per Range page (bounded messages)
-constexpr int kMaxMessageBytes = 16 << 20;      // policy chunks are 1 MiB; pages stay far below
+constexpr int64_t kPageSize = 1000;         // keys per Range page (bounded messages)
+constexpr int kMaxMessageBytes = 16 << 20;  // policy chunks are 1 MiB; pages stay far below
 
 std::string read_pem(const std::string& path, std::string_view what) {
   std::ifstream in(path, std::ios::binary);
@@ -249,7 +249,8 @@ struct Client::Impl {
 Client::Client(ClientOptions opts) : opts_(std::move(opts)) {
   if (opts_.endpoints.empty()) throw common::UsageError("etcd client: no endpoints");
   if (opts_.tls && opts_.ca_file.empty())
-    throw common::UsageError("etcd over https needs --etcd-cacert FILE (the CA that signed etcd's certificate)");
+    throw common::UsageError(
+        "etcd over https needs --etcd-cacert FILE (the CA that signed etcd's certificate)");
   if (opts_.cert_file.empty() != opts_.key_file.empty())
     throw common::UsageError("--etcd-cert and --etcd-key go together (a client certificate and its key)");
   impl_ = std::make_unique<Impl>(opts_);
@@ -331,9 +332,8 @@ int64_t Client::del(std::string_view key) {
   pb::DeleteRangeRequest req;
   req.set_key(std::string(key));
   pb::DeleteRangeResponse resp;
-  impl_->call("delete " + std::string(key), [&](Impl::Member& m, grpc::ClientContext& ctx) {
-    return m.kv->DeleteRange(&ctx, req, &resp);
-  });
+  impl_->call("delete " + std::string(key),
+              [&](Impl::Member& m, grpc::ClientContext& ctx) { return m.kv->DeleteRange(&ctx, req, &resp); });
   return resp.deleted();
 }
 
@@ -386,9 +386,8 @@ void Client::compact(int64_t revision) {
   req.set_revision(revision);
   req.set_physical(true);
   pb::CompactionResponse resp;
-  impl_->call("compact", [&](Impl::Member& m, grpc::ClientContext& ctx) {
-    return m.kv->Compact(&ctx, req, &resp);
-  });
+  impl_->call("compact",
+              [&](Impl::Member& m, grpc::ClientContext& ctx) { return m.kv->Compact(&ctx, req, &resp); });
 }
 
 namespace {

@@ -13,8 +13,8 @@
 namespace sshring::policy::etcd {
 namespace {
 
-constexpr auto kTick = std::chrono::seconds(1);          // progress requests
-constexpr int64_t kStallSeconds = 10;                    // no report this long: reconnect
+constexpr auto kTick = std::chrono::seconds(1);  // progress requests
+constexpr int64_t kStallSeconds = 10;            // no report this long: reconnect
 constexpr auto kMinBackoff = std::chrono::milliseconds(200);
 constexpr auto kMaxBackoff = std::chrono::milliseconds(5000);
 
@@ -115,7 +115,8 @@ bool EtcdSource::list() {
   } catch (const std::exception& e) {
     std::lock_guard lock(mu_);
     if (up_ || last_error_ != e.what())
-      common::log_warn("etcd unreachable; keeping the last snapshot", {{"source", id()}, {"error", e.what()}});
+      common::log_warn("etcd unreachable; keeping the last snapshot",
+                       {{"source", id()}, {"error", e.what()}});
     up_ = false;
     last_error_ = e.what();
     return false;
@@ -187,7 +188,8 @@ void EtcdSource::watch_once() {
       if (b.compact_revision != 0) {
         // etcd no longer has the events after `from`: list everything again.
         common::log_warn("etcd compacted past the watch; listing again",
-                         {{"source", id()}, {"from", std::to_string(from)},
+                         {{"source", id()},
+                          {"from", std::to_string(from)},
                           {"compacted", std::to_string(b.compact_revision)}});
         relist = true;
         break;

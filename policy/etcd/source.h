@@ -55,7 +55,7 @@ class EtcdSource final : public SnapshotSource {
   std::string policy_file_;
   std::function<void()> changed_;
 
-  mutable std::mutex mu_;  // guards everything below
+  mutable std::mutex mu_;                      // guards everything below
   std::map<std::string, std::string> grants_;  // key -> grant JSON
   std::optional<PublishedPolicy> policy_;
   bool synced_ = false;  // a list succeeded at least once

@@ -120,7 +120,8 @@ int64_t EtcdGrantStore::bucket_lease(UnixSeconds gc_at, UnixSeconds now) {
     if (t.succeeded) return id;
     client_->lease_revoke(id);  // another writer made the bucket's lease first: use theirs
   }
-  throw common::UsageError("etcd: cannot agree on the lease for " + key + " (too many concurrent writers); retry");
+  throw common::UsageError("etcd: cannot agree on the lease for " + key +
+                           " (too many concurrent writers); retry");
 }
 
 void EtcdGrantStore::add(const Grant& g) {
@@ -131,7 +132,8 @@ void EtcdGrantStore::add(const Grant& g) {
   if (!t.succeeded) {
     // A retried Txn whose first attempt was applied finds its own grant: that is success.
     auto r = client_->get(key);
-    if (r.kvs.empty() || r.kvs[0].value != value) throw common::UsageError("grant " + g.id + " already exists");
+    if (r.kvs.empty() || r.kvs[0].value != value)
+      throw common::UsageError("grant " + g.id + " already exists");
     last_revision_ = r.kvs[0].mod_revision;
     return;
   }
@@ -147,7 +149,8 @@ std::optional<Grant> EtcdGrantStore::revoke(std::string_view id, std::string_vie
     auto g = parse_grant(r.kvs[0]);
     if (!g) return std::nullopt;
     if (g->revoked_at) {
-      throw common::UsageError("grant " + g->id + " was already revoked at " + format_rfc3339(*g->revoked_at));
+      throw common::UsageError("grant " + g->id + " was already revoked at " +
+                               format_rfc3339(*g->revoked_at));
     }
     g->revoked_at = now;
     g->revoked_by = by;
@@ -215,8 +218,9 @@ std::optional<PublishedPolicy> read_policy(Client& c, const Keys& k, int64_t rev
   for (const auto& kv : chunks.kvs) p.text += kv.value;
   if (chunks.kvs.size() != p.meta.chunks || p.text.size() != p.meta.size ||
       "sha256:" + sha256_hex(p.text) != p.meta.digest) {
-    throw common::UsageError(k.policy_blob(hex_of(p.meta.digest)) + ": the stored policy does not match its digest " +
-                             p.meta.digest + "; push the policy again");
+    throw common::UsageError(k.policy_blob(hex_of(p.meta.digest)) +
+                             ": the stored policy does not match its digest " + p.meta.digest +
+                             "; push the policy again");
   }
   return p;
 }
@@ -225,11 +229,12 @@ PushResult push_policy(Client& c, const Keys& k, const std::string& text, const 
                        UnixSeconds now, int64_t base_revision) {
   const std::string hex = sha256_hex(text);
   const size_t chunks = (text.size() + kPolicyChunkBytes - 1) / kPolicyChunkBytes;
-  for (size_t i = 0; i < chunks; ++i) c.put(chunk_key(k, hex, i), text.substr(i * kPolicyChunkBytes, kPolicyChunkBytes));
+  for (size_t i = 0; i < chunks; ++i)
+    c.put(chunk_key(k, hex, i), text.substr(i * kPolicyChunkBytes, kPolicyChunkBytes));
   const std::string push_id = random_hex(8);
-  nlohmann::json meta = {{"digest", "sha256:" + hex}, {"size", text.size()}, {"chunks", chunks},
-                         {"author", author},          {"pushed_at", format_rfc3339(now)},
-                         {"push_id", push_id}};
+  nlohmann::json meta = {
+      {"digest", "sha256:" + hex},        {"size", text.size()}, {"chunks", chunks}, {"author", author},
+      {"pushed_at", format_rfc3339(now)}, {"push_id", push_id}};
   auto t = c.txn({{k.policy_current(), Compare::Target::kMod, base_revision}},
                  {{Op::Kind::kPut, k.policy_current(), meta.dump()}});
   PushResult out;

@@ -40,7 +40,9 @@ class Keys {
   [[nodiscard]] std::string policy_blob(std::string_view digest_hex) const {
     return policy_blobs() + std::string(digest_hex) + "/";
   }
-  [[nodiscard]] std::string lease(int64_t bucket_end) const { return p_ + "/leases/" + std::to_string(bucket_end); }
+  [[nodiscard]] std::string lease(int64_t bucket_end) const {
+    return p_ + "/leases/" + std::to_string(bucket_end);
+  }
 
  private:
   std::string p_;
@@ -91,8 +93,8 @@ std::optional<PolicyMeta> read_policy_meta(Client& c, const Keys& k);
 
 struct PushResult {
   bool pushed = false;
-  int64_t revision = 0;             // the new mod_revision of policy/current (when pushed)
-  std::optional<PolicyMeta> live;   // when refused: what is live now
+  int64_t revision = 0;            // the new mod_revision of policy/current (when pushed)
+  std::optional<PolicyMeta> live;  // when refused: what is live now
 };
 
 // Publishes `text` if policy/current's mod_revision is still `base_revision` (0: no policy yet).

@@ -210,7 +210,7 @@ TEST(Reloader, ReportsReloadsAndGrantsToItsObserver) {
   EXPECT_NEAR(static_cast<double>(m.last_success), static_cast<double>(now), 5);
   EXPECT_EQ(m.live, 2u);
   EXPECT_EQ(m.expiring, 1u);
-  EXPECT_EQ(m.sources, 0);  // no source, no source reports
+  EXPECT_EQ(m.sources, 0);                          // no source, no source reports
   EXPECT_EQ(cache.current()->grants().size(), 3u);  // the failed reload kept the good snapshot
 }
 

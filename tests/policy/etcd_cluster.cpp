@@ -24,13 +24,16 @@ void must(const std::string& cmd) {
 void EtcdCluster::make_certs() {
   const std::string d = dir_.path();
   ca_ = d + "/ca.pem";
-  must("cd " + d + " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
+  must("cd " + d +
+       " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
        "-subj /CN=sshring-test-ca -keyout ca-key.pem -out ca.pem");
   auto issue = [&](const std::string& name, const std::string& ext) {
-    must("cd " + d + " && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=" + name +
-         " -keyout " + name + "-key.pem -out " + name + ".csr && printf '" + ext + "' > " + name +
-         ".ext && openssl x509 -req -in " + name + ".csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 "
-         "-extfile " + name + ".ext -out " + name + ".pem");
+    must("cd " + d + " && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=" +
+         name + " -keyout " + name + "-key.pem -out " + name + ".csr && printf '" + ext + "' > " + name +
+         ".ext && openssl x509 -req -in " + name +
+         ".csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 "
+         "-extfile " +
+         name + ".ext -out " + name + ".pem");
   };
   issue("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth,clientAuth\\n");
   for (const char* u : kUsers) issue(u, "extendedKeyUsage=clientAuth\\n");
@@ -47,7 +50,8 @@ EtcdCluster::EtcdCluster(int members, bool auth) {
     members_.push_back(std::move(m));
   }
   for (int i = 0; i < members; ++i) start(i);
-  if (!wait_healthy()) throw std::runtime_error("etcd cluster did not become healthy; logs in " + dir_.path());
+  if (!wait_healthy())
+    throw std::runtime_error("etcd cluster did not become healthy; logs in " + dir_.path());
   if (auth) {
     std::string out;
     int rc = sh("ETCDCTL_API=3 ETCDCTL_ENDPOINTS=" + endpoints() + " ETCDCTL_CACERT=" + ca_ +
@@ -77,8 +81,8 @@ std::vector<std::string> EtcdCluster::flags(const std::string& user) const {
 }
 
 int EtcdCluster::etcdctl(const std::string& args, std::string* out) const {
-  return sh("ETCDCTL_API=3 etcdctl --endpoints=" + endpoints() + " --cacert=" + ca_ + " --cert=" + cert("root") +
-                " --key=" + key("root") + " " + args + " 2>&1",
+  return sh("ETCDCTL_API=3 etcdctl --endpoints=" + endpoints() + " --cacert=" + ca_ +
+                " --cert=" + cert("root") + " --key=" + key("root") + " " + args + " 2>&1",
             out);
 }
 
@@ -86,7 +90,8 @@ void EtcdCluster::start(int i) {
   Member& m = members_[i];
   std::string cluster;
   for (int j = 0; j < size(); ++j) {
-    cluster += (j ? "," : "") + members_[j].name + "=http://127.0.0.1:" + std::to_string(members_[j].peer_port);
+    cluster +=
+        (j ? "," : "") + members_[j].name + "=http://127.0.0.1:" + std::to_string(members_[j].peer_port);
   }
   const std::string peer = "http://127.0.0.1:" + std::to_string(m.peer_port);
   const std::string client = endpoint(i);
@@ -94,16 +99,41 @@ void EtcdCluster::start(int i) {
   o.stdout_path = dir_.file(m.name + ".log");
   o.stderr_path = dir_.file(m.name + ".log");
   // Generous Raft timing: the test machines are shared and loaded.
-  m.proc = std::make_unique<Process>(
-      std::vector<std::string>{"etcd", "--name", m.name, "--data-dir", dir_.file(m.name + ".data"),
-                               "--listen-client-urls", client, "--advertise-client-urls", client,
-                               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                               "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                               "--initial-cluster-token", token_, "--client-cert-auth", "--trusted-ca-file",
-                               ca_, "--cert-file", dir_.file("server.pem"), "--key-file",
-                               dir_.file("server-key.pem"), "--heartbeat-interval", "200",
-                               "--election-timeout", "2000", "--logger", "zap", "--log-level", "warn"},
-      o);
+  m.proc = std::make_unique<Process>(std::vector<std::string>{"etcd",
+                                                              "--name",
+                                                              m.name,
+                                                              "--data-dir",
+                                                              dir_.file(m.name + ".data"),
+                                                              "--listen-client-urls",
+                                                              client,
+                                                              "--advertise-client-urls",
+                                                              client,
+                                                              "--listen-peer-urls",
+                                                              peer,
+                                                              "--initial-advertise-peer-urls",
+                                                              peer,
+                                                              "--initial-cluster",
+                                                              cluster,
+                                                              "--initial-cluster-state",
+                                                              "new",
+                                                              "--initial-cluster-token",
+                                                              token_,
+                                                              "--client-cert-auth",
+                                                              "--trusted-ca-file",
+                                                              ca_,
+                                                              "--cert-file",
+                                                              dir_.file("server.pem"),
+                                                              "--key-file",
+                                                              dir_.file("server-key.pem"),
+                                                              "--heartbeat-interval",
+                                                              "200",
+                                                              "--election-timeout",
+                                                              "2000",
+                                                              "--logger",
+                                                              "zap",
+                                                              "--log-level",
+                                                              "warn"},
+                                     o);
 }
 
 void EtcdCluster::kill(int i) {
@@ -150,8 +180,8 @@ bool EtcdCluster::wait_healthy(int timeout_s) const {
     for (int i = 0; i < size(); ++i) {
       if (!members_[i].proc) continue;
       std::string out;
-      if (sh("ETCDCTL_API=3 etcdctl --endpoints=" + endpoint(i) + " --cacert=" + ca_ + " --cert=" +
-                 dir_.file("root.pem") + " --key=" + dir_.file("root-key.pem") +
+      if (sh("ETCDCTL_API=3 etcdctl --endpoints=" + endpoint(i) + " --cacert=" + ca_ +
+                 " --cert=" + dir_.file("root.pem") + " --key=" + dir_.file("root-key.pem") +
                  " endpoint health --command-timeout=3s 2>&1",
              &out) != 0) {
         all = false;

@@ -31,8 +31,8 @@ class EtcdCluster {
   // Runs etcdctl as root; returns its exit code (output in *out).
   int etcdctl(const std::string& args, std::string* out = nullptr) const;
 
-  void kill(int i);     // SIGKILL
-  void start(int i);    // (re)start a member with its data dir
+  void kill(int i);   // SIGKILL
+  void start(int i);  // (re)start a member with its data dir
   void stop_all();
   void start_all();
   [[nodiscard]] bool running(int i) { return members_[i].proc && members_[i].proc->running(); }

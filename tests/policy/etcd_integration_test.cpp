@@ -84,7 +84,8 @@ UnixSeconds unix_now() {
       .count();
 }
 
-std::shared_ptr<etcd::Client> client_for(const EtcdCluster& c, const std::string& user, int only_member = -1) {
+std::shared_ptr<etcd::Client> client_for(const EtcdCluster& c, const std::string& user,
+                                         int only_member = -1) {
   etcd::ClientOptions o;
   etcd::parse_endpoints(only_member < 0 ? c.endpoints() : c.endpoint(only_member), &o);
   o.ca_file = c.ca();
@@ -150,9 +151,10 @@ class EtcdFleet : public ::testing::Test {
     const std::string file = dir_.file("policy-" + std::to_string(pushes_++) + ".yaml");
     sshring::testing::write_file(file, text);
     std::string out;
-    *rc = cli(std::vector<std::string>{"policy", "push", file, "--audit-log", dir_.file("policy.audit.jsonl")} +
-                  c.flags("sshring-policy") + extra,
-              &out);
+    *rc =
+        cli(std::vector<std::string>{"policy", "push", file, "--audit-log", dir_.file("policy.audit.jsonl")} +
+                c.flags("sshring-policy") + extra,
+            &out);
     return out;
   }
   void push_ok(const EtcdCluster& c, const std::string& text) {
@@ -163,8 +165,8 @@ class EtcdFleet : public ::testing::Test {
   // `grant add` as the grant writer; returns the grant id.
   std::string grant_add(const EtcdCluster& c, const std::string& to, std::string* out_text = nullptr) {
     std::string out;
-    int rc = cli(std::vector<std::string>{"grant", "add", "--who", "ci-bot", "--from", "10.2.0.0/16", "--to", to,
-                                          "--ttl", "1h", "--reason", "test", "--audit-log",
+    int rc = cli(std::vector<std::string>{"grant", "add", "--who", "ci-bot", "--from", "10.2.0.0/16", "--to",
+                                          to, "--ttl", "1h", "--reason", "test", "--audit-log",
                                           dir_.file("grant.audit.jsonl")} +
                      c.flags("sshring-grant"),
                  &out);
@@ -359,9 +361,9 @@ TEST_F(EtcdFleet, ConcurrentGrantAddsAndRacingPushes) {
     threads.emplace_back([&, i] {
       // Each process its own audit log: the lock that serializes one log is not what is tested here.
       std::string out;
-      int rc = cli(std::vector<std::string>{"grant", "add", "--who", "ci-bot", "--from", "10.2.0.0/16", "--to",
-                                            "10.1.5." + std::to_string(100 + i) + "/32", "--ttl", "1h",
-                                            "--reason", "load", "--audit-log",
+      int rc = cli(std::vector<std::string>{"grant", "add", "--who", "ci-bot", "--from", "10.2.0.0/16",
+                                            "--to", "10.1.5." + std::to_string(100 + i) + "/32", "--ttl",
+                                            "1h", "--reason", "load", "--audit-log",
                                             dir_.file("g" + std::to_string(i) + ".audit.jsonl")} +
                        etcd.flags("sshring-grant"),
                    &out);
@@ -384,7 +386,8 @@ TEST_F(EtcdFleet, ConcurrentGrantAddsAndRacingPushes) {
 
   // Two admins start from the same live revision.
   std::string shown;
-  ASSERT_EQ(cli(std::vector<std::string>{"policy", "show", "--json"} + etcd.flags("sshring-relay"), &shown), 0)
+  ASSERT_EQ(cli(std::vector<std::string>{"policy", "show", "--json"} + etcd.flags("sshring-relay"), &shown),
+            0)
       << shown;
   int64_t base = nlohmann::json::parse(shown.substr(shown.find('{')))["revision"].get<int64_t>();
   int rc1, rc2;
@@ -399,7 +402,10 @@ TEST_F(EtcdFleet, ConcurrentGrantAddsAndRacingPushes) {
   EXPECT_FALSE(a.allows("bob"));
   // `policy diff` shows bob's change against the live (alice) policy.
   std::string d;
-  EXPECT_EQ(cli(std::vector<std::string>{"policy", "diff", dir_.file("policy-2.yaml")} + etcd.flags("sshring-relay"), &d), 1)
+  EXPECT_EQ(cli(std::vector<std::string>{"policy", "diff", dir_.file("policy-2.yaml")} +
+                    etcd.flags("sshring-relay"),
+                &d),
+            1)
       << d;
   EXPECT_NE(d.find("+  - {name: bob"), std::string::npos) << d;
   EXPECT_NE(d.find("-  - {name: alice"), std::string::npos) << d;
@@ -442,7 +448,8 @@ TEST_F(EtcdFleet, ReadOnlyCredentialsCannotWrite) {
   EXPECT_NE(out.find("permission denied"), std::string::npos) << out;
   // Invalid policies are not pushed at all.
   sshring::testing::write_file(file, "version: 1\nrelays: [10.0.0.0/99]\n");
-  EXPECT_EQ(cli(std::vector<std::string>{"policy", "push", file} + etcd.flags("sshring-policy"), &out), 1) << out;
+  EXPECT_EQ(cli(std::vector<std::string>{"policy", "push", file} + etcd.flags("sshring-policy"), &out), 1)
+      << out;
   EXPECT_NE(out.find("not pushed"), std::string::npos) << out;
 }
 
@@ -454,17 +461,19 @@ TEST_F(EtcdFleet, RelayProcessReadsPolicyFromEtcd) {
   sshring::testing::Process::Options o;
   o.stderr_path = dir_.file("relay.log");
   sshring::testing::Process relay(
-      std::vector<std::string>{sshring::testing::sshring_bin(), "relay", "--listen", "127.0.0.1:0", "--metrics",
-                               "127.0.0.1:" + std::to_string(mport), "--cache-dir", dir_.file("cache"),
-                               "--relay-id", "r1"} +
+      std::vector<std::string>{sshring::testing::sshring_bin(), "relay", "--listen", "127.0.0.1:0",
+                               "--metrics", "127.0.0.1:" + std::to_string(mport), "--cache-dir",
+                               dir_.file("cache"), "--relay-id", "r1"} +
           etcd.flags("sshring-relay"),
       o);
-  ASSERT_TRUE(sshring::testing::wait_for_port("127.0.0.1", mport, 30s)) << sshring::testing::read_file(dir_.file("relay.log"));
+  ASSERT_TRUE(sshring::testing::wait_for_port("127.0.0.1", mport, 30s))
+      << sshring::testing::read_file(dir_.file("relay.log"));
   std::string m;
   ASSERT_TRUE(eventually([&] {
     sshring::testing::sh("curl -s http://127.0.0.1:" + std::to_string(mport) + "/metrics", &m);
     return m.find("sshring_policy_source_up 1") != std::string::npos;
-  })) << m << sshring::testing::read_file(dir_.file("relay.log"));
+  })) << m
+      << sshring::testing::read_file(dir_.file("relay.log"));
   EXPECT_NE(m.find("sshring_policy_source_revision"), std::string::npos);
   EXPECT_NE(m.find("sshring_policy_source_staleness_seconds"), std::string::npos);
   auto scrape = [&] {
@@ -473,14 +482,19 @@ TEST_F(EtcdFleet, RelayProcessReadsPolicyFromEtcd) {
   };
   // etcd away: the relay keeps serving and says so; etcd back: it resyncs by itself.
   etcd.stop_all();
-  ASSERT_TRUE(eventually([&] { return scrape().find("sshring_policy_source_up 0") != std::string::npos; }, 60s)) << m;
+  ASSERT_TRUE(
+      eventually([&] { return scrape().find("sshring_policy_source_up 0") != std::string::npos; }, 60s))
+      << m;
   EXPECT_TRUE(relay.running());
   etcd.start_all();
   ASSERT_TRUE(etcd.wait_healthy());
   ASSERT_FALSE(grant_add(etcd, "10.1.5.0/24").empty());
-  ASSERT_TRUE(eventually([&] { return scrape().find("sshring_policy_source_up 1") != std::string::npos; }, 60s))
+  ASSERT_TRUE(
+      eventually([&] { return scrape().find("sshring_policy_source_up 1") != std::string::npos; }, 60s))
       << m << sshring::testing::read_file(dir_.file("relay.log"));
-  EXPECT_TRUE(std::ifstream(cached_snapshot_path(dir_.file("cache"), "etcd://" + etcd.endpoint(0).substr(8) + "/sshring")).good());
+  EXPECT_TRUE(std::ifstream(cached_snapshot_path(dir_.file("cache"),
+                                                 "etcd://" + etcd.endpoint(0).substr(8) + "/sshring"))
+                  .good());
 }
 
 }  // namespace

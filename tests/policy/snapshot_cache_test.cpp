@@ -67,7 +67,8 @@ TEST(SnapshotCache, RefusesMissingEditedTornAndForeignFiles) {
 
   // A valid file for another source copied over this one.
   save_cached_snapshot(cache, "etcd://b:1/other", sample(), 1000);
-  sshring::testing::write_file(path, sshring::testing::read_file(cached_snapshot_path(cache, "etcd://b:1/other")));
+  sshring::testing::write_file(path,
+                               sshring::testing::read_file(cached_snapshot_path(cache, "etcd://b:1/other")));
   EXPECT_FALSE(load_cached_snapshot(cache, src, &why));
   EXPECT_NE(why.find("caches etcd://b:1/other"), std::string::npos) << why;
 
@@ -91,12 +92,9 @@ TEST(StoreUri, ParsesEndpointsAndPrefix) {
   struct Bad {
     const char* uri;
     const char* why;
-  } bad[] = {{"etcd://10.0.0.1/x", "is not HOST:PORT"},
-             {"etcd://:2379/x", "is not HOST:PORT"},
-             {"etcd://a:23x9/x", "is not HOST:PORT"},
-             {"etcd://a:1,/x", "is not HOST:PORT"},
-             {"etcd://a:1/x/", "must not end with '/'"},
-             {"etcd://a:1/x//y", "no '//'"},
+  } bad[] = {{"etcd://10.0.0.1/x", "is not HOST:PORT"},  {"etcd://:2379/x", "is not HOST:PORT"},
+             {"etcd://a:23x9/x", "is not HOST:PORT"},    {"etcd://a:1,/x", "is not HOST:PORT"},
+             {"etcd://a:1/x/", "must not end with '/'"}, {"etcd://a:1/x//y", "no '//'"},
              {"http://a:1/x", "expected etcd://"}};
   for (const auto& b : bad) {
     why.clear();
