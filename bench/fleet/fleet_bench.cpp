@@ -179,7 +179,7 @@ void nonce_cost(const testing::EtcdCluster& etcd) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   Args a = parse(argc, argv);
   testing::EtcdCluster etcd(3);
@@ -307,4 +307,14 @@ int main(int argc, char** argv) {
   nonce_cost(etcd);
   for (auto& r : reals) r->rl->stop();
   return 0;
+}
+
+// Exceptions end the run through the destructors, so the etcd members and the proxy are stopped.
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fleet_bench: %s\n", e.what());
+    return 1;
+  }
 }
