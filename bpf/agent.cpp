@@ -1,6 +1,5 @@
 #include "bpf/agent.h"
 
-#include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <net/if.h>
@@ -12,11 +11,16 @@
 #include <optional>
 #include <thread>
 
+#include "bpf/abi_check.h"
 #include "bpf/kernel_policy.h"
-#include "common/clock.h"
+#include "bpf/live_flows.h"
+#include "bpf/pin_check.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "metrics/audit.h"
+#include "metrics/audit_metrics.h"
+#include "metrics/audit_types.h"
+#include "policy/grant_audit.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
 #include "policy/cache.h"
@@ -30,26 +34,6 @@ using common::log_warn;
 
 namespace {
 
-using common::clock_ns;
-
-std::string addr_string(const uint32_t a[4], uint8_t family) {
-  char buf[INET6_ADDRSTRLEN] = {};
-  ::inet_ntop(family == 4 ? AF_INET : AF_INET6, a, buf, sizeof(buf));
-  return buf;
-}
-
-// Boot-time ns (what the kernel stamps) -> RFC 3339 with milliseconds, like the audit envelope.
-std::string rfc3339_from_boot(uint64_t boot_ns) {
-  int64_t unix_ns = static_cast<int64_t>(boot_ns) + clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_BOOTTIME);
-  time_t secs = unix_ns / 1000000000;
-  tm t{};
-  ::gmtime_r(&secs, &t);
-  char buf[40];
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900, t.tm_mon + 1,
-                t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>((unix_ns / 1000000) % 1000));
-  return buf;
-}
-
 const char* end_name(uint8_t reason) {
   switch (reason) {
     case SSHRING_CLOSE_FIN:
@@ -58,6 +42,8 @@ const char* end_name(uint8_t reason) {
       return "rst";
     case SSHRING_CLOSE_LOCAL:
       return "local_close";
+    case SSHRING_CLOSE_REOPEN:
+      return "reopened";
     default:
       return "evicted";
   }
@@ -66,6 +52,13 @@ const char* end_name(uint8_t reason) {
 std::string tag_name(uint8_t tag) {
   if (tag < 1 || tag > 4) return "unknown";
   return std::string(policy::flow_tag_name(static_cast<policy::FlowTag>(tag)));
+}
+
+// Rules array size when no --max-rules is given: room for the start-up policy to double.
+size_t auto_max_rules(const policy::Snapshot* snap) {
+  if (!snap) return SSHRING_DEFAULT_MAX_RULES;
+  FoldedPolicy fp = fold_policy(KernelPolicy::from_snapshot(*snap), SIZE_MAX);
+  return std::max<size_t>(SSHRING_DEFAULT_MAX_RULES, 2 * fp.rules_wanted);
 }
 
 class Agent {
@@ -78,7 +71,27 @@ class Agent {
       throw common::UsageError("--iface is required (e.g. --iface eth0 or --iface eth0,eth1)");
     std::vector<int> ifindexes;
     for (const auto& name : opts_.ifaces) ifindexes.push_back(ifindex_of(name));
+    start_outputs();
+    load();
+    attach(ifindexes);
+    // Seed after attaching (a connection set up meanwhile is in the dump), enforce after seeding.
+    if (auto snap = cache_.current()) {
+      size_t n = live_->seed(*snap, ::time(nullptr));
+      log_info("agent: seeded flow entries for open connections", {{"flows", std::to_string(n)}});
+    }
+    obj_->set_enforce(opts_.enforce);
+    stats_.enforce.set(opts_.enforce ? 1 : 0);
+    walk_live();
+    reloader_->start();
+    loop(stop);
+    if (server_ && audit_) server_->stop();  // no scrape reads the audit log once it closes
+    if (audit_) audit_->flush();
+    reloader_->stop();
+    log_info("agent: stopped; programs stay attached and maps pinned", {{"pin_dir", opts_.pin_dir}});
+  }
 
+ private:
+  void start_outputs() {
     if (!opts_.metrics_listen.empty()) {
       server_ = std::make_unique<metrics::Server>(opts_.metrics_listen, "agent");
       metrics::register_agent(*server_, &stats_);
@@ -88,7 +101,12 @@ class Agent {
     }
     if (!opts_.audit_path.empty())
       audit_ = std::make_unique<metrics::AuditLog>(metrics::AuditOptions{
-          .path = opts_.audit_path, .component = "agent", .syslog = opts_.audit_syslog});
+          .path = opts_.audit_path,
+          .component = "agent",
+          .syslog = opts_.audit_syslog,
+          .syslog_socket = opts_.audit_syslog_socket,
+          .key_path = opts_.audit_key});
+    if (audit_ && server_) metrics::register_audit(*server_, audit_.get());
 
     policy::ReloaderOptions ro;
     ro.policy_path = opts_.policy_path;
@@ -96,25 +114,46 @@ class Agent {
     ro.observer = policy::observe(server_ ? &policy_metrics_ : nullptr);
     ro.source = opts_.source;  // etcd (set by the CLI): policy_path is then unused
     if (opts_.cache_dir) ro.cache_dir = *opts_.cache_dir;
+    // Counted by the observer; the audit record is written here.
+    ro.on_grant_rejected = [this](const policy::CheckedGrant& c) {
+      if (audit_) audit_->append(policy::grant_reject_record(c));
+    };
     reloader_ = std::make_unique<policy::Reloader>(cache_, ro);
     reloader_->reload_or_throw();
+  }
 
-    obj_ =
-        std::make_unique<BpfObject>(BpfObject::Options{.pin_dir = opts_.pin_dir, .attach_tracepoint = true});
-    log_info("agent: BPF programs loaded",
-             {{"pin_dir", opts_.pin_dir}, {"maps", obj_->reused_pins() ? "reused" : "created"}});
+  void load() {
+    ensure_bpffs_dir(opts_.pin_dir);
+    PinScope scope = pin_scope(opts_.pin_dir);
+    stats_.pins_private.set(scope == PinScope::kPrivate ? 1 : 0);
+    if (scope == PinScope::kPrivate)
+      log_warn(
+          "agent: PINS ARE PRIVATE: the bpffs under --pin-dir is mounted only in this agent's mount "
+          "namespace (ip netns exec, or a container without the host's /sys/fs/bpf); maps and programs "
+          "vanish when the agent exits, so a restart starts from zero. Mount a bpffs the host shares and "
+          "point --pin-dir at it (docs/agent.md, In a network namespace)",
+          {{"pin_dir", opts_.pin_dir}});
+    size_t max_rules = opts_.max_rules ? opts_.max_rules : auto_max_rules(cache_.current().get());
+    obj_ = std::make_unique<BpfObject>(
+        BpfObject::Options{.pin_dir = opts_.pin_dir, .attach_tracepoint = true, .max_rules = max_rules});
+    log_info("agent: BPF programs loaded", {{"pin_dir", opts_.pin_dir},
+                                            {"maps", obj_->reused_pins() ? "reused" : "created"},
+                                            {"rule_capacity", std::to_string(obj_->rule_capacity())}});
     sync_ = std::make_unique<MapSync>(*obj_);
+    live_ = std::make_unique<LiveFlows>(*obj_, *sync_, stats_,
+                                        [this](nlohmann::json rec) { report(std::move(rec)); });
     sync_policy();
-    obj_->set_enforce(opts_.enforce);
-    stats_.enforce.set(opts_.enforce ? 1 : 0);
+  }
 
+  void attach(const std::vector<int>& ifindexes) {
     for (size_t i = 0; i < ifindexes.size(); i++) {
       for (bool ingress : {true, false}) {
         TcHook hook(ifindexes[i], ingress, ingress ? obj_->ingress_fd() : obj_->egress_fd());
         hook.keep();  // stays attached after exit: counting continues across restarts
         if (hook.created_qdisc()) {
           uint32_t key = static_cast<uint32_t>(ifindexes[i]), one = 1;
-          bpf_map_update_elem(obj_->map_fd("ifaces"), &key, &one, BPF_ANY);
+          if (bpf_map_update_elem(obj_->map_fd("ifaces"), &key, &one, BPF_ANY) != 0)
+            common::throw_errno("record created qdisc in ifaces map");
         }
         log_info("agent: attached", {{"iface", opts_.ifaces[i]},
                                      {"hook", ingress ? "ingress" : "egress"},
@@ -122,12 +161,12 @@ class Agent {
                                      {"replaced_previous", hook.replaced() ? "true" : "false"}});
       }
     }
-    reloader_->start();
+  }
 
+  void loop(const std::atomic<bool>& stop) {
     ring_buffer* rb = ring_buffer__new(obj_->events_fd(), &Agent::on_event, this, nullptr);
     if (!rb) common::throw_errno("ring_buffer__new");
     std::unique_ptr<ring_buffer, void (*)(ring_buffer*)> rb_owner(rb, ring_buffer__free);
-
     // The kernel's counters live in pinned maps and keep counting while no agent runs. Exporting them
     // from zero (not from their value at start) makes the metrics cumulative across agent restarts,
     // so flows seen while the agent was down are not lost from sshring_bypass_*_total.
@@ -139,33 +178,52 @@ class Agent {
     while (!stop.load()) {
       int n = ring_buffer__poll(rb, 100);
       if (n < 0 && n != -EINTR) log_warn("agent: ring buffer poll failed", {{"error", std::strerror(-n)}});
-      if (cache_.generation() != synced_generation_) sync_policy();
+      if (cache_.generation() != synced_generation_) {
+        sync_policy();
+        walk_live();  // revocations end live flows now, not at the next tick
+      }
       if (std::chrono::steady_clock::now() >= next_tick) {
         next_tick += opts_.tick;
         tick();
       }
     }
-    ring_buffer__consume(rb);
-    if (audit_) audit_->flush();
-    reloader_->stop();
-    log_info("agent: stopped; programs stay attached and maps pinned", {{"pin_dir", opts_.pin_dir}});
+    if (int n = ring_buffer__consume(rb); n < 0)
+      log_warn("agent: ring buffer drain failed", {{"error", std::strerror(-n)}});
   }
 
- private:
   void sync_policy() {
     auto snap = cache_.current();
     synced_generation_ = cache_.generation();
     if (!snap) return;
     obj_->sync_clock();
     auto r = sync_->apply(KernelPolicy::from_snapshot(*snap));
+    stats_.policy_fits.set(r.truncated == 0 ? 1 : 0);
+    stats_.rules_not_loaded.set(static_cast<int64_t>(r.truncated));
+    if (r.truncated)
+      common::log_error(
+          "agent: POLICY DOES NOT FIT the kernel rules map; the earliest-expiring candidate rules of the "
+          "longest source lists are not loaded, so flows only they approve are refused (enforce mode) "
+          "or tagged unapproved/expired; restart the agent (it sizes the map from the policy) or raise "
+          "--max-rules",
+          {{"generation", std::to_string(snap->generation())},
+           {"rules_not_loaded", std::to_string(r.truncated)},
+           {"rule_capacity", std::to_string(r.rule_capacity)}});
     log_info("agent: kernel maps synced with policy", {{"generation", std::to_string(snap->generation())},
                                                        {"added", std::to_string(r.added)},
                                                        {"removed", std::to_string(r.removed)},
-                                                       {"changed", std::to_string(r.changed)}});
-    if (audit_)
-      audit_->append({{"type", "policy_reload"},
-                      {"result", "success"},
-                      {"version", std::to_string(snap->generation())}});
+                                                       {"changed", std::to_string(r.changed)},
+                                                       {"rules", std::to_string(r.rules_loaded)}});
+    report(metrics::PolicyReload{.version = std::to_string(snap->generation())}.to_json());
+  }
+
+  void walk_live() {
+    auto snap = cache_.current();
+    if (snap) live_->walk(*snap, ::time(nullptr), opts_.enforce, opts_.idle_timeout);
+  }
+
+  void report(nlohmann::json rec) {
+    common::log_debug("agent: audit record", {{"record", rec.dump()}});
+    if (audit_) audit_->append(std::move(rec));
   }
 
   static int on_event(void* ctx, void* data, size_t size) {
@@ -177,34 +235,36 @@ class Agent {
   }
 
   void handle(const sshring_event& ev) {
-    nlohmann::json flow = {{"src", addr_string(ev.key.client, ev.key.family)},
-                           {"dst", addr_string(ev.key.server, ev.key.family)},
-                           {"sport", ev.key.client_port},
-                           {"dport", ev.key.server_port},
-                           {"proto", "tcp"}};
+    metrics::FlowKey flow = LiveFlows::flow_key(ev.key);
     std::string grant = sync_->grant_name(ev.grant);
-    nlohmann::json rec = {{"type", ev.type == SSHRING_EV_CLOSE ? "flow_close" : "flow_open"},
-                          {"flow", flow},
-                          {"tag", tag_name(ev.tag)},
-                          {"first_seen", rfc3339_from_boot(ev.first_ns)}};
-    if (!grant.empty()) rec["grant_id"] = grant;
-    if (ev.type == SSHRING_EV_DENY) rec["enforced"] = true;
-    if (ev.type == SSHRING_EV_CLOSE) {
-      rec["packets_in"] = ev.packets[0];
-      rec["packets_out"] = ev.packets[1];
-      rec["bytes_in"] = ev.bytes[0];
-      rec["bytes_out"] = ev.bytes[1];
-      rec["last_seen"] = rfc3339_from_boot(ev.last_ns);
-      rec["end"] = end_name(ev.reason);
-    }
-    common::log_debug("agent: flow event", {{"record", rec.dump()}});
-    if (audit_) audit_->append(std::move(rec));
+    nlohmann::json rec =
+        ev.type == SSHRING_EV_CLOSE
+            ? metrics::FlowClose{.flow = flow,
+                                 .tag = tag_name(ev.tag),
+                                 .grant_id = grant,
+                                 .packets_in = ev.packets[0],
+                                 .packets_out = ev.packets[1],
+                                 .bytes_in = ev.bytes[0],
+                                 .bytes_out = ev.bytes[1],
+                                 .first_seen = LiveFlows::rfc3339_from_boot(ev.first_ns),
+                                 .last_seen = LiveFlows::rfc3339_from_boot(ev.last_ns),
+                                 .end = end_name(ev.reason)}
+                  .to_json()
+            : metrics::FlowOpen{.flow = flow,
+                                .tag = tag_name(ev.tag),
+                                .grant_id = grant,
+                                .first_seen = LiveFlows::rfc3339_from_boot(ev.first_ns),
+                                .enforced = ev.type == SSHRING_EV_DENY ? std::optional<bool>(true) : std::nullopt}
+                  .to_json();
+    report(std::move(rec));
   }
 
-  // Clock offset, metrics from the kernel's counters, and the idle sweep.
+  // Clock offset, metrics from the kernel's counters, and the live-flow walk.
   void tick() {
     obj_->sync_clock();
     auto st = obj_->stat_counters();
+    for (size_t i = 0; i < st.size() && i < metrics::kNumKernelStats; i++)
+      stats_.kernel_events[i].add(st[i] - last_stats_[i]);
     stats_.ringbuf_drops.add(st[SSHRING_STAT_RINGBUF_FULL] - last_stats_[SSHRING_STAT_RINGBUF_FULL]);
     stats_.map_full.add(st[SSHRING_STAT_FLOW_MAP_FULL] - last_stats_[SSHRING_STAT_FLOW_MAP_FULL]);
     last_stats_ = st;
@@ -214,44 +274,7 @@ class Agent {
       stats_.bytes_by_tag[t - 1].add(tags[t].bytes - last_tags_[t].bytes);
     }
     last_tags_ = tags;
-    sweep_idle();
-  }
-
-  void sweep_idle() {
-    int fd = obj_->map_fd("flows");
-    const uint64_t now = static_cast<uint64_t>(clock_ns(CLOCK_BOOTTIME));
-    const uint64_t idle_ns = static_cast<uint64_t>(opts_.idle_timeout.count()) * 1000000000ull;
-    sshring_flow_key key{}, next{};
-    const void* prev = nullptr;
-    std::vector<std::pair<sshring_flow_key, sshring_flow>> idle;
-    int64_t tracked = 0;
-    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-      sshring_flow f{};
-      if (bpf_map_lookup_elem(fd, &next, &f) == 0) {
-        tracked++;
-        if (now > f.last_ns && now - f.last_ns > idle_ns) idle.emplace_back(next, f);
-      }
-      key = next;
-      prev = &key;
-    }
-    for (auto& [k, f] : idle) {
-      // Delete first: if the kernel closed it meanwhile, it already reported the close.
-      if (bpf_map_delete_elem(fd, &k) != 0) continue;
-      sshring_event ev{};
-      ev.type = SSHRING_EV_CLOSE;
-      ev.tag = f.tag;
-      ev.reason = SSHRING_CLOSE_IDLE;
-      ev.grant = f.grant;
-      ev.key = k;
-      ev.first_ns = f.first_ns;
-      ev.last_ns = f.last_ns;
-      std::memcpy(ev.packets, f.packets, sizeof(ev.packets));
-      std::memcpy(ev.bytes, f.bytes, sizeof(ev.bytes));
-      handle(ev);
-      stats_.flows_evicted.add();
-      tracked--;
-    }
-    stats_.flows_tracked.set(tracked);
+    walk_live();
   }
 
   AgentOptions opts_;
@@ -263,6 +286,7 @@ class Agent {
   std::unique_ptr<policy::Reloader> reloader_;
   std::unique_ptr<BpfObject> obj_;
   std::unique_ptr<MapSync> sync_;
+  std::unique_ptr<LiveFlows> live_;
   uint64_t synced_generation_ = 0;
   std::vector<uint64_t> last_stats_;
   std::vector<sshring_tag_counters> last_tags_;
@@ -283,9 +307,11 @@ int detach_agent(const std::vector<std::string>& ifaces, const std::string& pin_
   for (const auto& name : ifaces) {
     int idx = ifindex_of(name);
     uint32_t key = static_cast<uint32_t>(idx), created = 0;
-    if (ifmap) bpf_map_lookup_elem(ifmap.get(), &key, &created);
+    if (ifmap && bpf_map_lookup_elem(ifmap.get(), &key, &created) != 0) created = 0;  // not ours
     int n = detach_tc(idx, created != 0);
-    if (ifmap) bpf_map_delete_elem(ifmap.get(), &key);
+    if (ifmap && bpf_map_delete_elem(ifmap.get(), &key) != 0 && errno != ENOENT)
+      log_warn("agent: cannot clear the ifaces map entry",
+               {{"iface", name}, {"error", std::strerror(errno)}});
     log_info("agent: detached", {{"iface", name},
                                  {"filters_removed", std::to_string(n)},
                                  {"qdisc_removed", created ? "true" : "false"}});

@@ -23,9 +23,12 @@ struct AgentOptions {
   std::string metrics_listen;  // empty: no exporter
   std::string audit_path;      // empty: no audit log
   bool audit_syslog = false;   // also send audit records to syslog/journald
+  std::string audit_syslog_socket = "/dev/log";  // where --audit-syslog sends (RFC 5424)
+  std::string audit_key;                         // Ed25519 checkpoint key (created if missing); empty: none
   std::string pin_dir = kDefaultPinDir;
   std::chrono::seconds idle_timeout{3600};  // flows silent this long are evicted and reported
-  std::chrono::milliseconds tick{1000};     // clock sync, stats, idle sweep cadence
+  std::chrono::milliseconds tick{1000};     // clock sync, stats, live-flow walk cadence
+  size_t max_rules = 0;                     // candidate rules the kernel can hold; 0: sized from the policy
   std::shared_ptr<policy::SnapshotSource> source;  // policy and grants from a store (etcd) instead
   std::optional<std::string> cache_dir;            // with a source: last good snapshot (default dir)
 };

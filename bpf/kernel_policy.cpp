@@ -8,6 +8,7 @@
 #include <set>
 
 #include "bpf/loader.h"
+#include "bpf/map_iter.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "policy/snapshot.h"
@@ -26,25 +27,24 @@ void fill_addr(uint32_t out[4], const policy::IpAddr& a) {
   std::memcpy(out, a.bytes.data(), a.is_v4() ? 4 : 16);
 }
 
+template <class K>
+MapKey bytes_of(const K& k) {
+  auto* b = reinterpret_cast<const uint8_t*>(&k);
+  return {b, b + sizeof(K)};
+}
+
 template <class K, class V>
-std::map<std::vector<uint8_t>, V> read_map(int fd) {
-  std::map<std::vector<uint8_t>, V> out;
-  K key{}, next{};
-  const void* prev = nullptr;
-  while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-    V v{};
-    if (bpf_map_lookup_elem(fd, &next, &v) == 0) {
-      auto* b = reinterpret_cast<const uint8_t*>(&next);
-      out.emplace(std::vector<uint8_t>(b, b + sizeof(K)), v);
-    }
-    key = next;
-    prev = &key;
-  }
+std::map<MapKey, V> read_map(int fd) {
+  std::map<MapKey, V> out;
+  for_each_entry<K, V>(fd, [&](const K& k, const V& v) {
+    out.emplace(bytes_of(k), v);
+    return true;
+  });
   return out;
 }
 
 template <class K, class V>
-void diff_into(int fd, const char* what, const std::map<std::vector<uint8_t>, V>& want, SyncResult& r) {
+void diff_into(int fd, const char* what, const std::map<MapKey, V>& want, SyncResult& r) {
   auto have = read_map<K, V>(fd);
   // Add and update before deleting: a shorter prefix being replaced by a longer one never leaves a
   // moment where neither is in the trie.
@@ -62,10 +62,70 @@ void diff_into(int fd, const char* what, const std::map<std::vector<uint8_t>, V>
   }
 }
 
-template <class K>
-std::vector<uint8_t> bytes_of(const K& k) {
-  auto* b = reinterpret_cast<const uint8_t*>(&k);
-  return {b, b + sizeof(K)};
+void set_ports(sshring_port_bitmap& bm, const std::vector<policy::PortRange>& ranges) {
+  for (const auto& pr : ranges)
+    for (uint32_t port = pr.lo; port <= pr.hi; port++)
+      bm.bits[port >> 3] |= static_cast<uint8_t>(1u << (port & 7));
+}
+
+// Each protected prefix carries the ports of every prefix containing it: the kernel sees only the
+// longest match.
+void fold_protected(const KernelPolicy& kp, FoldedPolicy& fp) {
+  for (const auto& d : kp.protected_dsts) {
+    sshring_port_bitmap bm{};
+    for (const auto& o : kp.protected_dsts)
+      if (o.dst.addr.family == d.dst.addr.family && o.dst.contains(d.dst)) set_ports(bm, o.ports);
+    fp.protected_dsts[bytes_of(lpm_key(d.dst))] = bm;
+    set_ports(fp.watched, d.ports);
+  }
+}
+
+// Per distinct source prefix, every rule whose `from` contains it, latest expiry first (ties:
+// smallest id). Ancestors are found through a trie of the `from` prefixes: O(rules x address bits).
+void fold_sources(const KernelPolicy& kp, FoldedPolicy& fp) {
+  policy::CidrTrie<std::vector<size_t>> by_from;
+  for (size_t i = 0; i < kp.rules.size(); i++) by_from.insert(kp.rules[i].from).push_back(i);
+  by_from.freeze();
+  auto later_first = [&](size_t a, size_t b) {
+    const KernelRule& x = kp.rules[a];
+    const KernelRule& y = kp.rules[b];
+    if (x.expires != y.expires) return x.expires > y.expires;
+    return x.id < y.id;
+  };
+  for (const policy::Cidr& p : by_from.prefixes()) {
+    FoldedSource src{p, {}};
+    by_from.for_each_match(p.addr, [&](const std::vector<size_t>& idx, const policy::Cidr& q) {
+      if (q.len <= p.len) src.rules.insert(src.rules.end(), idx.begin(), idx.end());
+    });
+    std::stable_sort(src.rules.begin(), src.rules.end(), later_first);
+    fp.rules_wanted += src.rules.size();
+    fp.sources.push_back(std::move(src));
+  }
+}
+
+// Water-filling: the largest per-source length L with sum(min(len, L)) <= capacity.
+void cut_to_capacity(FoldedPolicy& fp, size_t capacity) {
+  if (fp.rules_wanted <= capacity) return;
+  auto total_at = [&](size_t l) {
+    size_t t = 0;
+    for (const auto& s : fp.sources) t += std::min(s.rules.size(), l);
+    return t;
+  };
+  size_t lo = 0, hi = 0;
+  for (const auto& s : fp.sources) hi = std::max(hi, s.rules.size());
+  while (lo < hi) {
+    size_t mid = (lo + hi + 1) / 2;
+    if (total_at(mid) <= capacity)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  size_t loaded = 0;
+  for (auto& s : fp.sources) {
+    if (s.rules.size() > lo) s.rules.resize(lo);
+    loaded += s.rules.size();
+  }
+  fp.rules_not_loaded = fp.rules_wanted - loaded;
 }
 
 }  // namespace
@@ -93,22 +153,25 @@ KernelPolicy KernelPolicy::from_snapshot(const policy::Snapshot& snap) {
   return kp;
 }
 
+FoldedPolicy fold_policy(const KernelPolicy& kp, size_t rule_capacity) {
+  FoldedPolicy fp;
+  for (const auto& c : kp.relays) fp.relays[bytes_of(lpm_key(c))] = 1;
+  fold_protected(kp, fp);
+  fold_sources(kp, fp);
+  cut_to_capacity(fp, rule_capacity);
+  return fp;
+}
+
 MapSync::MapSync(const BpfObject& obj) : obj_(obj) {
   // Continue the numbering a previous agent left in the pinned map.
-  int fd = obj_.map_fd("grant_names");
-  uint32_t key = 0, next = 0;
-  const void* prev = nullptr;
-  while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-    char name[SSHRING_GRANT_ID_LEN] = {};
-    if (bpf_map_lookup_elem(fd, &next, name) == 0) {
-      std::string s(name, strnlen(name, sizeof(name)));
-      numbers_[s] = next;
-      names_[next] = s;
-      next_ = std::max(next_, next + 1);
-    }
-    key = next;
-    prev = &key;
-  }
+  using Name = std::array<char, SSHRING_GRANT_ID_LEN>;
+  for_each_entry<uint32_t, Name>(obj_.map_fd("grant_names"), [&](uint32_t n, const Name& name) {
+    std::string s(name.data(), strnlen(name.data(), name.size()));
+    numbers_[s] = n;
+    names_[n] = s;
+    next_ = std::max(next_, n + 1);
+    return true;
+  });
 }
 
 uint32_t MapSync::number_for(const std::string& id) {
@@ -117,7 +180,8 @@ uint32_t MapSync::number_for(const std::string& id) {
   char name[SSHRING_GRANT_ID_LEN] = {};
   std::memcpy(name, id.data(), std::min(id.size(), sizeof(name) - 1));
   if (bpf_map_update_elem(obj_.map_fd("grant_names"), &n, name, BPF_ANY) != 0)
-    throw_errno("update grant_names");
+    throw_errno("update grant_names (" + std::to_string(names_.size()) + " names, limit " +
+                std::to_string(SSHRING_MAX_GRANT_NAMES) + ")");
   numbers_[id] = n;
   names_[n] = id;
   return n;
@@ -128,105 +192,89 @@ std::string MapSync::grant_name(uint32_t number) const {
   return it == names_.end() ? "" : it->second;
 }
 
+// Names of grants gone from the policy are kept (open flows may still carry their numbers) until
+// the map nears its limit; then only the ones the policy still uses survive.
+void MapSync::prune_names(const KernelPolicy& kp) {
+  if (names_.size() + kp.rules.size() <= SSHRING_MAX_GRANT_NAMES - 256) return;
+  std::set<std::string> used;
+  for (const auto& rule : kp.rules) used.insert(rule.id);
+  for (auto it = names_.begin(); it != names_.end();) {
+    if (used.count(it->second)) {
+      ++it;
+      continue;
+    }
+    uint32_t n = it->first;
+    if (bpf_map_delete_elem(obj_.map_fd("grant_names"), &n) != 0 && errno != ENOENT)
+      throw_errno("delete from grant_names");
+    numbers_.erase(it->second);
+    it = names_.erase(it);
+  }
+}
+
+// Writes the folded rules into the half of the rules array no span points to (or leaves them where
+// they are if unchanged) and returns the spans the grants trie must hold.
+std::map<MapKey, sshring_rule_span> MapSync::write_rules(const KernelPolicy& kp, const FoldedPolicy& fp) {
+  std::vector<sshring_rule> flat;
+  std::vector<std::pair<MapKey, sshring_rule_span>> spans;
+  for (const auto& s : fp.sources) {
+    spans.push_back({bytes_of(lpm_key(s.from)),
+                     {static_cast<uint32_t>(flat.size()), static_cast<uint32_t>(s.rules.size())}});
+    for (size_t i : s.rules) {
+      const KernelRule& c = kp.rules[i];
+      sshring_rule& k = flat.emplace_back();
+      fill_addr(k.dst, c.to.addr);
+      k.dst_family = c.to.addr.is_v4() ? 4 : 6;
+      k.dst_plen = c.to.len;
+      k.port_lo = c.port_lo;
+      k.port_hi = c.port_hi;
+      k.id = number_for(c.id);
+      k.expires_unix = c.expires;
+    }
+  }
+  const size_t half = obj_.rule_capacity();
+  bool same = active_half_ >= 0 && flat.size() == active_rules_.size() &&
+              std::memcmp(flat.data(), active_rules_.data(), flat.size() * sizeof(sshring_rule)) == 0;
+  if (!same) {
+    active_half_ = active_half_ == 0 ? 1 : 0;
+    int fd = obj_.map_fd("rules");
+    for (uint32_t i = 0; i < flat.size(); i++) {
+      uint32_t idx = static_cast<uint32_t>(active_half_ * half) + i;
+      if (bpf_map_update_elem(fd, &idx, &flat[i], BPF_ANY) != 0) throw_errno("update rules map");
+    }
+    active_rules_ = std::move(flat);
+  }
+  std::map<MapKey, sshring_rule_span> out;
+  for (auto& [k, span] : spans) {
+    span.first += static_cast<uint32_t>(active_half_ * half);
+    out[k] = span;
+  }
+  return out;
+}
+
 SyncResult MapSync::apply(const KernelPolicy& kp) {
   SyncResult r;
-  // Names of grants gone from the policy are kept (open flows may still carry their numbers) until
-  // the map nears its limit; then only the ones the policy still uses survive.
-  if (names_.size() + kp.rules.size() > SSHRING_MAX_PREFIXES - 256) {
-    std::set<std::string> used;
-    for (const auto& rule : kp.rules) used.insert(rule.id);
-    for (auto it = names_.begin(); it != names_.end();) {
-      if (used.count(it->second)) {
-        ++it;
-        continue;
-      }
-      uint32_t n = it->first;
-      bpf_map_delete_elem(obj_.map_fd("grant_names"), &n);
-      numbers_.erase(it->second);
-      it = names_.erase(it);
-    }
-  }
+  r.rule_capacity = obj_.rule_capacity();
+  prune_names(kp);
+  FoldedPolicy fp = fold_policy(kp, r.rule_capacity);
+  r.truncated = fp.rules_not_loaded;
+  r.rules_loaded = fp.rules_wanted - fp.rules_not_loaded;
+  auto spans = write_rules(kp, fp);
 
-  std::map<std::vector<uint8_t>, uint32_t> relays;
-  for (const auto& c : kp.relays) relays[bytes_of(lpm_key(c))] = 1;
-
-  // Protected destinations: each prefix carries the ports of every group containing it, since the
-  // kernel sees only the longest match.
-  std::map<std::vector<uint8_t>, sshring_protected> prot;
-  for (const auto& d : kp.protected_dsts) {
-    std::vector<policy::PortRange> ranges;
-    for (const auto& o : kp.protected_dsts)
-      if (o.dst.addr.family == d.dst.addr.family && o.dst.contains(d.dst))
-        ranges.insert(ranges.end(), o.ports.begin(), o.ports.end());
-    policy::PortSet merged(ranges);
-    sshring_protected v{};
-    for (const auto& pr : merged.ranges()) {
-      if (v.count == SSHRING_MAX_PORT_RANGES) {
-        r.truncated++;
-        common::log_warn("agent: too many ssh port ranges for a protected prefix; extra ranges ignored",
-                         {{"prefix", d.dst.to_string()}, {"limit", std::to_string(SSHRING_MAX_PORT_RANGES)}});
-        break;
-      }
-      v.lo[v.count] = pr.lo;
-      v.hi[v.count] = pr.hi;
-      v.count++;
-    }
-    prot[bytes_of(lpm_key(d.dst))] = v;
-  }
-
-  // Grants: per distinct source prefix, every rule whose `from` contains it, latest expiry first.
-  std::set<policy::Cidr> froms;
-  for (const auto& rule : kp.rules) froms.insert(rule.from);
-  std::map<std::vector<uint8_t>, sshring_rule_set> grants;
-  for (const auto& p : froms) {
-    std::vector<const KernelRule*> cands;
-    for (const auto& rule : kp.rules)
-      if (rule.from.addr.family == p.addr.family && rule.from.contains(p)) cands.push_back(&rule);
-    std::stable_sort(cands.begin(), cands.end(), [](const KernelRule* a, const KernelRule* b) {
-      if (a->expires != b->expires) return a->expires > b->expires;
-      return a->id < b->id;
-    });
-    sshring_rule_set set{};
-    for (const KernelRule* c : cands) {
-      if (set.count == SSHRING_MAX_RULES) {
-        r.truncated++;
-        common::log_warn(
-            "agent: too many grants cover one source prefix; the earliest-expiring are not loaded",
-            {{"prefix", p.to_string()}, {"limit", std::to_string(SSHRING_MAX_RULES)}});
-        break;
-      }
-      sshring_rule& k = set.rules[set.count++];
-      fill_addr(k.dst, c->to.addr);
-      k.dst_family = c->to.addr.is_v4() ? 4 : 6;
-      k.dst_plen = c->to.len;
-      k.port_lo = c->port_lo;
-      k.port_hi = c->port_hi;
-      k.id = number_for(c->id);
-      k.expires_unix = c->expires;
-    }
-    grants[bytes_of(lpm_key(p))] = set;
-  }
-
-  sshring_port_bitmap bits{};
-  for (const auto& d : kp.protected_dsts)
-    for (const auto& pr : d.ports)
-      for (uint32_t port = pr.lo; port <= pr.hi; port++)
-        bits.bits[port >> 3] |= static_cast<uint8_t>(1u << (port & 7));
   uint32_t zero = 0;
   auto old = std::make_unique<sshring_port_bitmap>();
   if (bpf_map_lookup_elem(obj_.map_fd("watched_ports"), &zero, old.get()) != 0)
     throw_errno("read watched_ports");
-  if (std::memcmp(old.get(), &bits, sizeof(bits)) != 0) {
+  if (std::memcmp(old.get(), &fp.watched, sizeof(fp.watched)) != 0) {
     // Only a pre-filter: the protected_dsts trie still decides, so its order against the trie
     // updates below does not matter.
-    if (bpf_map_update_elem(obj_.map_fd("watched_ports"), &zero, &bits, BPF_ANY) != 0)
+    if (bpf_map_update_elem(obj_.map_fd("watched_ports"), &zero, &fp.watched, BPF_ANY) != 0)
       throw_errno("update watched_ports");
     r.changed++;
   }
-
-  diff_into<sshring_lpm_key, uint32_t>(obj_.map_fd("relays"), "relays map", relays, r);
-  diff_into<sshring_lpm_key, sshring_protected>(obj_.map_fd("protected_dsts"), "protected_dsts map", prot, r);
-  diff_into<sshring_lpm_key, sshring_rule_set>(obj_.map_fd("grants"), "grants map", grants, r);
+  diff_into<sshring_lpm_key, uint32_t>(obj_.map_fd("relays"), "relays map", fp.relays, r);
+  diff_into<sshring_lpm_key, sshring_port_bitmap>(obj_.map_fd("protected_dsts"), "protected_dsts map",
+                                                  fp.protected_dsts, r);
+  diff_into<sshring_lpm_key, sshring_rule_span>(obj_.map_fd("grants"), "grants map", spans, r);
   return r;
 }
 

@@ -54,6 +54,13 @@ uint32_t prog_id_of(int prog_fd) {
   return info.id;
 }
 
+// Rebuilt from the policy by every agent before it attaches: never pinned (their sizes follow the
+// policy, and a stale copy must not outlive the policy it came from).
+bool is_policy_map(const std::string& name) {
+  return name == "relays" || name == "protected_dsts" || name == "watched_ports" || name == "grants" ||
+         name == "rules";
+}
+
 bool is_ours(const std::string& name) {
   return name == kIngressProgName || name == kEgressProgName;
 }
@@ -119,11 +126,18 @@ BpfObject::BpfObject(const Options& opts) {
       ensure_bpffs_dir(opts.pin_dir + "/progs");
       bpf_map* m;
       bpf_object__for_each_map(m, skel_->obj) {
+        if (is_policy_map(bpf_map__name(m))) continue;
         std::string path = opts.pin_dir + "/maps/" + bpf_map__name(m);
         if (::access(path.c_str(), F_OK) == 0) reused_ = true;
         if (int err = bpf_map__set_pin_path(m, path.c_str())) throw_errno("pin path " + path, -err);
       }
     }
+    if (opts.max_rules == 0 || opts.max_rules > (1u << 30) / sizeof(sshring_rule))
+      throw common::UsageError("--max-rules " + std::to_string(opts.max_rules) + " is out of range; use 1.." +
+                               std::to_string((1u << 30) / sizeof(sshring_rule)));
+    rule_capacity_ = opts.max_rules;
+    if (int err = bpf_map__set_max_entries(skel_->maps.rules, static_cast<uint32_t>(2 * opts.max_rules)))
+      throw common::SystemError("size rules map", -err);
     if (!opts.attach_tracepoint) bpf_program__set_autoload(skel_->progs.sshring_sock_state, false);
     if (int err = sshring_bpf__load(skel_))
       throw common::SystemError(
@@ -150,7 +164,7 @@ BpfObject::BpfObject(const Options& opts) {
                                std::to_string(cfg.abi_version) + ", this agent needs " +
                                std::to_string(SSHRING_ABI_VERSION) + "; run `sshring agent --detach` first");
     cfg.abi_version = SSHRING_ABI_VERSION;
-    cfg.realtime_offset_ns = clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_BOOTTIME);
+    cfg.realtime_offset_ns = common::realtime_minus_boottime_ns();
     if (bpf_map_update_elem(map_fd("agent_config"), &zero, &cfg, BPF_ANY) != 0)
       throw_errno("write config map");
   } catch (...) {
@@ -194,7 +208,7 @@ bool BpfObject::enforce() const {
 }
 
 void BpfObject::sync_clock() {
-  set_clock_offset(clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_BOOTTIME));
+  set_clock_offset(common::realtime_minus_boottime_ns());
 }
 
 void BpfObject::set_clock_offset(int64_t offset_ns) {

@@ -2,12 +2,13 @@
 // outlive the agent) and the tc clsact hooks the agent attaches. Control plane: throws SystemError.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "bpf/sshring_maps.h"
+#include "bpf/sshring_structs.h"
 
 struct sshring_bpf;  // generated skeleton (sshring.skel.h)
 
@@ -26,13 +27,17 @@ void check_environment();
 // Makes sure `dir` is on a bpffs (mounting /sys/fs/bpf when that is where it lives) and exists.
 void ensure_bpffs_dir(const std::string& dir);
 
-// The loaded skeleton. With a pin dir, maps are re-used from (or pinned to) DIR/maps/<name> and
-// programs are pinned at DIR/progs/<name>, so counts survive an agent restart.
+// The loaded skeleton. With a pin dir, the state maps (flows, counters, config, grant names, ifaces,
+// denied, events) are re-used from (or pinned to) DIR/maps/<name> and programs are pinned at
+// DIR/progs/<name>, so counts and open flows survive an agent restart. The policy maps (relays,
+// protected_dsts, watched_ports, grants, rules) are not pinned: each agent builds them from the
+// policy before it attaches, and sizes the rules array from it.
 class BpfObject {
  public:
   struct Options {
     std::string pin_dir;  // empty: nothing pinned (tests, benchmarks)
     bool attach_tracepoint = true;
+    size_t max_rules = SSHRING_DEFAULT_MAX_RULES;  // candidate rules one policy may load (x2 in the map)
   };
   explicit BpfObject(const Options& opts);
   BpfObject() : BpfObject(Options{}) {}
@@ -46,6 +51,8 @@ class BpfObject {
   [[nodiscard]] int events_fd() const { return map_fd("events"); }
   [[nodiscard]] bool reused_pins() const { return reused_; }
   [[nodiscard]] sshring_bpf* skeleton() const { return skel_; }
+  // Candidate rules one policy can load (half of the rules array, see kernel_policy.h).
+  [[nodiscard]] size_t rule_capacity() const { return rule_capacity_; }
 
   // config map helpers
   void set_enforce(bool on);
@@ -62,6 +69,7 @@ class BpfObject {
   sshring_bpf* skel_ = nullptr;
   void* tp_link_ = nullptr;  // bpf_link*
   bool reused_ = false;
+  size_t rule_capacity_ = 0;
 };
 
 // Removes every pin under `dir` that BpfObject creates (maps/*, progs/*) and the empty dirs.

@@ -46,14 +46,25 @@ int run(const std::vector<std::string>& args) {
   flags.value("policy", "FILE", "policy file (grants come from its grant_store)", "/etc/sshring/policy.yaml")
       .value("grant-store", "DIR", "grant store directory (default: the policy's grant_store)")
       .multi("iface", "IFACE[,IFACE]", "interfaces to attach to (comma-separated)")
-      .boolean("enforce", "drop SYNs tagged bypass_unapproved or bypass_expired (default: count only)")
+      .boolean("enforce",
+               "fail closed: only flows tagged proxied or bypass_approved reach a protected port; expired or "
+               "revoked flows are ended (default: count only)")
       .value("metrics", "ADDR:PORT", "serve Prometheus metrics here (e.g. 127.0.0.1:9465)")
       .value("audit-log", "FILE", "audit log (JSON lines, hash-chained)",
              "/var/log/sshring/agent.audit.jsonl")
       .boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)")
+      .value("audit-syslog-socket", "PATH", "unix socket --audit-syslog sends RFC 5424 messages to", "/dev/log")
+      .value("audit-key", "FILE", "Ed25519 key signing audit checkpoints (created 0600 if missing)")
       .value("pin-dir", "DIR", "where maps and programs are pinned (a bpffs directory)",
              sshring::bpf::kDefaultPinDir)
-      .value("idle-timeout", "DURATION", "evict and report flows silent this long (e.g. 1h, 90s)", "1h")
+      .value("idle-timeout", "DURATION",
+             "evict and report flows silent this long (e.g. 1h, 90s); in enforce mode only once their "
+             "socket is gone",
+             "1h")
+      .value("max-rules", "N",
+             "candidate grant rules the kernel maps hold (default: sized from the policy at start, at least "
+             "65536); a policy needing more is loaded cut, fail closed, and sshring_agent_policy_fits drops "
+             "to 0")
       .boolean("detach", "remove what the agent attached on --iface (and the pins once none is left)")
       .boolean("verbose", "log every flow event")
       .epilog(
@@ -86,7 +97,18 @@ int run(const std::vector<std::string>& args) {
   opts.metrics_listen = flags.get_or("metrics", "");
   opts.audit_path = flags.get_or("audit-log", "");
   opts.audit_syslog = flags.flag("audit-syslog");
+  opts.audit_syslog_socket = flags.get_or("audit-syslog-socket", "/dev/log");
+  opts.audit_key = flags.get_or("audit-key", "");
   opts.pin_dir = pin_dir;
+  if (auto v = flags.get_or("max-rules", ""); !v.empty()) {
+    try {
+      size_t used = 0;
+      opts.max_rules = std::stoul(v, &used);
+      if (used != v.size() || opts.max_rules == 0) throw std::invalid_argument(v);
+    } catch (const std::exception&) {
+      throw sshring::common::UsageError("--max-rules: '" + v + "' is not a positive number (e.g. 200000)");
+    }
+  }
   opts.idle_timeout =
       sshring::common::parse_duration_or_throw(flags.get_or("idle-timeout", "1h"), "--idle-timeout");
 

@@ -4,9 +4,10 @@
 #include <iostream>
 
 #include "cli/command.h"
+#include "client/client.h"
+#include "client/stdio.h"
 #include "common/error.h"
 #include "common/flags.h"
-#include "relay/auth/client.h"
 
 namespace {
 
@@ -15,7 +16,7 @@ using sshring::common::Flags;
 
 std::string exit_code_table() {
   std::string t =
-      "Exit codes: 0 ok (with --fdpass: socket handed to ssh), 1 error (relay unreachable, agent, I/O),\n"
+      "Exit codes: 0 ok (fd passing: socket handed to ssh), 1 error (relay unreachable, agent, I/O),\n"
       "2 usage, and for each DENY reason 20 + its code:\n";
   for (uint16_t r = 1; r <= auth::kMaxReason; ++r) {
     auto reason = static_cast<auth::Reason>(r);
@@ -24,9 +25,9 @@ std::string exit_code_table() {
   }
   t += "  " + std::to_string(auth::kExitCodeBase + auth::kMaxReason + 1) +
        "  a reason newer than this client\n";
-  t += "\n~/.ssh/config:\n"
+  t += "\n~/.ssh/config (sshring ssh-config prints this for you):\n"
        "  Host *.corp.example\n"
-       "    ProxyCommand sshring connect --fdpass --relay relay.corp.example:2222 %h %p\n"
+       "    ProxyCommand sshring connect --relay relay.corp.example:2222 %h %p\n"
        "    ProxyUseFdpass yes\n";
   return t;
 }
@@ -35,8 +36,10 @@ int run(const std::vector<std::string>& args) {
   Flags f("connect", "sshring connect --relay HOST:PORT [OPTIONS] TARGET PORT",
           "Opens an authenticated session to TARGET:PORT through an sshring relay, for use as ssh's "
           "ProxyCommand. Signs the preamble with ssh-agent (SSH_AUTH_SOCK) unless --identity names an "
-          "unencrypted ed25519 key file. Without --fdpass it copies stdin/stdout to the session; with "
-          "--fdpass it hands the connected socket to ssh (ProxyUseFdpass yes) and exits.");
+          "unencrypted ed25519 key file. When ssh runs it with ProxyUseFdpass yes (stdin and stdout are "
+          "one unnamed Unix socket) it hands the connected socket to ssh and exits; otherwise it moves "
+          "stdin/stdout to the session with splice(2) (no copy through user space when they are pipes, "
+          "as ssh makes them).");
   f.value("relay", "HOST:PORT", "the relay to connect to")
       .value("principal", "NAME", "who you are in the relay's policy (default: $USER)")
       .value("identity", "KEYFILE", "sign with this OpenSSH ed25519 private key file instead of ssh-agent")
@@ -44,8 +47,12 @@ int run(const std::vector<std::string>& args) {
              "with ssh-agent: use the key in this .pub file (default: first ed25519 key)")
       .value("relay-id", "ID", "the relay's id as configured on the relay (default: HOST of --relay)")
       .value("timeout", "SECONDS", "connect and handshake timeout", "15")
-      .boolean("fdpass", "pass the connected socket to ssh over stdout (ProxyUseFdpass yes)")
+      .boolean(
+          "fdpass",
+          "always pass the connected socket over stdout (default: when stdout is ssh's fd-passing socket)")
+      .boolean("stdio", "never pass the socket: relay stdin/stdout even when stdout is a Unix socket")
       .epilog(exit_code_table());
+  std::string sent_relay_id;
   try {
     if (!f.parse(args)) return 0;
     if (f.positionals().size() != 2) throw sshring::common::UsageError("expected TARGET PORT (e.g. %h %p)");
@@ -62,14 +69,22 @@ int run(const std::vector<std::string>& args) {
     o.timeout = std::chrono::seconds(f.get_int("timeout", 15, 1, 3600));
     auth::Signer signer = f.has("identity") ? auth::file_signer(f.require("identity"))
                                             : auth::agent_signer(f.get_or("agent-key", ""));
+    if (f.flag("fdpass") && f.flag("stdio"))
+      throw sshring::common::UsageError("--fdpass and --stdio exclude each other");
+    // Decided before connecting, so a wrong guess costs no session.
+    bool fdpass =
+        f.flag("fdpass") || (!f.flag("stdio") && auth::is_fdpass_channel(STDIN_FILENO, STDOUT_FILENO));
+    sent_relay_id = auth::effective_relay_id(o);
     auth::Connected c = auth::connect_via_relay(o, signer);
-    if (f.flag("fdpass")) {
+    if (fdpass) {
       auth::send_fd(STDOUT_FILENO, c.fd.get());
       return 0;
     }
-    return auth::pump_stdio(c.fd.get());
+    return auth::run_stdio(c.fd.get());
   } catch (const auth::DeniedError& e) {
     std::cerr << "sshring connect: " << e.what() << "\n";
+    if (std::string hint = auth::deny_hint(e, sent_relay_id); !hint.empty())
+      std::cerr << "sshring connect: " << hint << "\n";
     return e.exit_code();
   } catch (const sshring::common::UsageError& e) {
     std::cerr << "sshring connect: " << e.what() << "\n";

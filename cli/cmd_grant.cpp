@@ -1,27 +1,36 @@
-// `sshring grant add|list|revoke`: time-bound opt-out grants, checked against the policy's opt_out
-// rules, stored in the grant store and recorded in the audit log.
+// `sshring grant request|add|approve|deny|review|revoke|list`: signed, time-bound opt-out grants.
+// Every change is signed with the person's SSH key (ssh-agent or --identity, as `sshring connect`),
+// stored whole in the grant store and recorded in the audit log before the command says yes.
+// Readers (relay, agent, policy explain, grant list) verify the signatures and re-check each grant
+// against the policy, so nothing written here is trusted later as written (docs/policy.md, "Grants").
 #include <fcntl.h>
 #include <pwd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <iomanip>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <tuple>
 
 #include "cli/command.h"
 #include "cli/store_flags.h"
 #include "common/duration.h"
 #include "common/error.h"
 #include "common/flags.h"
+#include "common/log.h"
 #include "common/unique_fd.h"
 #include "metrics/audit.h"
+#include "policy/grant_audit.h"
 #include "policy/grant_store.h"
 #include "policy/parser.h"
+#include "relay/auth/client.h"
 
 namespace {
 
@@ -36,12 +45,19 @@ UnixSeconds unix_now() {
       .count();
 }
 
-std::string actor() {
+// The local login: recorded beside each signature for the audit trail, never used to decide anything.
+std::string os_user() {
   for (const char* v : {"SUDO_USER", "USER", "LOGNAME"}) {
-    if (const char* s = std::getenv(v); s && *s) return s;
+    if (const char* s = std::getenv(v); s && *s) return std::string(s).substr(0, policy::kMaxNameLength);
   }
   if (passwd* pw = ::getpwuid(::getuid())) return pw->pw_name;
   return "uid:" + std::to_string(::getuid());
+}
+
+std::string host_name() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0) return "unknown";
+  return buf;
 }
 
 void common_flags(common::Flags& f) {
@@ -50,7 +66,47 @@ void common_flags(common::Flags& f) {
   f.value("grant-store", "DIR", "grant store directory (default: the policy's grant_store)");
   f.value("audit-log", "FILE", "audit log for grant changes", std::string(kDefaultAuditLog));
   f.boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)");
-  cli::add_etcd_flags(f);
+  f.value("audit-key", "FILE", "Ed25519 key signing audit checkpoints (created 0600 if missing)");
+  cli::add_etcd_flags(f);  // --etcd: policy and grants in etcd instead of the file and directory
+}
+
+void signer_flags(common::Flags& f) {
+  f.value("identity", "KEYFILE", "sign with this OpenSSH ed25519 private key file instead of ssh-agent");
+  f.value("agent-key", "PUBFILE",
+          "with ssh-agent: use the key in this .pub file (default: first ed25519 key)");
+  f.value("as", "NAME", "the principal you sign as (default: the one the policy lists your key for)");
+}
+
+// The one place that turns a person's SSH key into a grant signer: the same key sources as
+// `sshring connect` (relay/auth/client.h).
+policy::SshsigSigner make_signer(const common::Flags& f) {
+  relay::auth::Signer s = f.has("identity") ? relay::auth::file_signer(f.require("identity"))
+                                            : relay::auth::agent_signer(f.get_or("agent-key", ""));
+  policy::SshsigSigner out;
+  out.key = policy::ed25519_key(s.public_key);
+  out.sign_raw = [sign = s.sign](std::string_view data) {
+    auto sig = sign(data);
+    return std::string(reinterpret_cast<const char*>(sig.data()), sig.size());
+  };
+  return out;
+}
+
+// Which principal a key signs for. With --as, the policy must list the key for that principal.
+std::string signer_principal(const policy::Policy& p, const policy::SshsigSigner& s, const common::Flags& f) {
+  policy::GrantChecker checker(p, nullptr);
+  if (f.has("as")) {
+    std::string as = f.require("as");
+    const policy::Principal* pr = checker.principal(as);
+    if (!pr) throw UsageError("--as " + as + ": no such principal in " + p.source);
+    for (const auto& k : pr->keys)
+      if (k.fingerprint == s.key.fingerprint) return as;
+    throw UsageError("--as " + as + ": the policy does not list key " + s.key.fingerprint + " for " + as);
+  }
+  const policy::Principal* owner = checker.key_owner(s.key.fingerprint);
+  if (!owner)
+    throw UsageError("key " + s.key.fingerprint + " is not listed for any principal in " + p.source +
+                     "; sign with your listed key (--identity or ssh-agent)");
+  return owner->name;
 }
 
 // The audit log allows one writer per file; concurrent `grant` commands take turns on a sidecar lock
@@ -62,7 +118,7 @@ class AuditTurn {
       if (audit_path[i] == '/') ::mkdir(audit_path.substr(0, i).c_str(), 0750);
     }
     std::string path = audit_path + ".lock";
-    fd_ = common::UniqueFd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640));
+    fd_ = common::UniqueFd(::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640));
     if (!fd_) common::throw_errno("open " + path);
     while (::flock(fd_.get(), LOCK_EX) != 0) {
       if (errno != EINTR) common::throw_errno("lock " + path);
@@ -74,56 +130,62 @@ class AuditTurn {
 };
 
 struct Context {
-  policy::Policy policy;
+  std::optional<policy::Policy> policy;
+  std::string policy_error;  // why the policy did not load (revoke works without it)
   std::unique_ptr<policy::GrantStore> store;
   std::unique_ptr<AuditTurn> turn;  // declared before audit: released after the log closes
   std::unique_ptr<metrics::AuditLog> audit;
+  UnixSeconds now = 0;
+  [[nodiscard]] const policy::Policy& pol() const { return *policy; }
 };
 
-std::unique_ptr<metrics::AuditLog> open_audit(Context& c, const std::string& path, bool syslog) {
+std::unique_ptr<metrics::AuditLog> open_audit(Context& c, const std::string& path, bool syslog,
+                                              const std::string& key) {
   c.turn = std::make_unique<AuditTurn>(path);
   metrics::AuditOptions o;
   o.path = path;
   o.component = "grant";
   o.fsync_each = true;  // a grant change is acknowledged only once its record is on disk
   o.syslog = syslog;
+  o.key_path = key;
   return std::make_unique<metrics::AuditLog>(o);
 }
 
-Context open(const common::Flags& f, bool need_audit) {
+// Records grants that ended since the last command (grant_expire) and prunes old ones.
+void sweep(Context& c) {
+  if (!c.policy) return;
+  c.store->prune(c.now, policy::kDefaultGrantRetentionSeconds);
+  policy::GrantChecker checker(c.pol(), nullptr);
+  for (const auto& g : c.store->load()) {
+    if (g.expire_recorded) continue;
+    auto chk = checker.check(g, c.now);
+    if (chk.status != policy::GrantStatus::kExpired) continue;
+    c.store->update(g.id(), [](policy::SignedGrant& s) { s.expire_recorded = true; });
+    if (c.audit) c.audit->append(policy::grant_expire_record(chk));
+  }
+}
+
+// `allow_broken_policy`: revocation needs only the store, so it goes on when the policy does not load.
+Context open(const common::Flags& f, bool need_audit, bool allow_broken_policy = false) {
   Context c;
-  auto ps = cli::open_policy_and_store(f, true);  // --etcd, or the policy file and its grant store
-  c.policy = std::move(ps.policy);
-  c.store = std::move(ps.store);
-  if (need_audit) c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"));
+  c.now = unix_now();
+  try {
+    auto ps = cli::open_policy_and_store(f, true);  // --etcd, or the policy file and its grant store
+    c.policy = std::move(ps.policy);
+    c.store = std::move(ps.store);
+  } catch (const std::exception& e) {
+    if (!allow_broken_policy) throw;
+    c.policy_error = e.what();
+  }
+  if (!c.store) c.store = cli::open_grant_store_without_policy(f);
+  if (need_audit) c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"),
+                                     f.get_or("audit-key", ""));
+  sweep(c);
   return c;
 }
 
-nlohmann::json ports_json(const policy::PortSet& ps) {
-  nlohmann::json a = nlohmann::json::array();
-  for (uint16_t p : ps.ports()) a.push_back(p);
-  return a;
-}
-
-nlohmann::json terms(const policy::Grant& g) {
-  return {{"grant_id", g.id},
-          {"who", g.who},
-          {"from", g.from.to_string()},
-          {"to", g.to.to_string()},
-          {"ports", ports_json(g.ports)},
-          {"expires", policy::format_rfc3339(g.expires)},
-          {"rule", g.rule}};
-}
-
-// Records grants that expired since the last command (grant_expire) and prunes old ones.
-void sweep(Context& c, UnixSeconds now) {
-  for (const auto& g : c.store->sweep(now, policy::kDefaultGrantRetentionSeconds)) {
-    if (!c.audit) continue;
-    auto r = terms(g);
-    r["type"] = "grant_expire";
-    r["actor"] = "system";
-    c.audit->append(std::move(r));
-  }
+policy::GrantActor actor(const std::string& principal, const policy::SshsigSigner& s) {
+  return {principal, s.key.fingerprint, os_user(), host_name()};
 }
 
 // "10.1.5.7", "10.1.5.0/24:22", "10.1.5.7:22,2222", "[fd01::/64]:22" -> CIDR + ports.
@@ -155,28 +217,24 @@ std::pair<policy::Cidr, policy::PortSet> parse_to(const std::string& s) {
   return {*c, ps};
 }
 
-int add(const std::vector<std::string>& args) {
-  common::Flags f(
-      "grant add",
-      "sshring grant add [--policy FILE] --who NAME --from CIDR --to CIDR[:PORTS] --ttl 2h "
-      "--reason \"...\" [--approver NAME]",
-      "Adds a time-bound exception allowing direct SSH. Accepted only if an opt_out rule of the\n"
-      "policy allows exactly that: who, from within its sources, to within its targets and ports,\n"
-      "TTL at most its max_ttl, with a reason and an approver when it requires them.");
+void request_flags(common::Flags& f) {
   common_flags(f);
-  f.value("who", "NAME", "the principal the grant is for");
+  signer_flags(f);
+  f.value("who", "NAME", "the principal the grant is for (default: you, the signer)");
   f.value("from", "CIDR", "source address or prefix the direct connections come from");
   f.value("to", "CIDR[:PORTS]", "target address or prefix, optionally with ports (default 22)");
-  f.value("ttl", "DURATION", "how long the grant lives, e.g. 30m, 2h");
-  f.value("reason", "TEXT", "why (recorded in the grant and the audit log)");
-  f.value("approver", "NAME", "who approved it");
-  f.boolean("json", "print the stored grant as JSON");
-  f.epilog("Exit codes: 0 added, 1 refused or failed, 2 usage error.\n");
-  if (!f.parse(args)) return 0;
-  if (!f.positionals().empty())
-    throw UsageError("grant add: unexpected argument '" + f.positionals()[0] + "'");
+  f.value("ttl", "DURATION", "how long the grant lives once active, e.g. 30m, 2h");
+  f.value("reason", "TEXT", "why (signed into the grant and recorded in the audit log)");
+  f.value("rule", "ID", "the opt_out rule to request under (default: the first that allows it)");
+  f.boolean("break-glass", "request under a break_glass rule: live at once, alerts, reviewed afterwards");
+  f.boolean("json", "print the stored grant and its status as JSON");
+}
+
+policy::GrantRequest read_request(const common::Flags& f, const std::string& signer) {
+  if (!f.positionals().empty()) throw UsageError("unexpected argument '" + f.positionals()[0] + "'");
   policy::GrantRequest req;
-  req.who = f.require("who");
+  req.requester = signer;
+  req.who = f.get_or("who", signer);
   std::string why;
   auto from = policy::Cidr::parse(f.require("from"), &why);
   if (!from) throw UsageError("--from '" + *f.get("from") + "': " + why);
@@ -184,152 +242,386 @@ int add(const std::vector<std::string>& args) {
   std::tie(req.to, req.ports) = parse_to(f.require("to"));
   req.ttl_seconds = common::parse_duration_or_throw(f.require("ttl"), "--ttl").count();
   req.reason = f.get_or("reason", "");
-  req.approver = f.get_or("approver", "");
   if (req.reason.size() > policy::kMaxTextLength) throw UsageError("--reason: at most 1024 characters");
+  req.rule = f.get_or("rule", "");
+  req.os_user = os_user();
+  req.host = host_name();
+  return req;
+}
+
+// The rule for `req`: break-glass rules only when asked for (--break-glass), never by accident.
+const policy::OptOutRule* choose_rule(const Context& c, policy::GrantRequest req, bool break_glass,
+                                      std::string* refusal) {
+  std::string why;
+  for (const auto& r : c.pol().opt_out) {
+    if (r.break_glass != break_glass || (!req.rule.empty() && r.id != req.rule)) continue;
+    policy::GrantRequest one = req;
+    one.rule = r.id;
+    std::string no;
+    if (const auto* ok = policy::find_allowing_rule(c.pol(), one, c.now, &no)) return ok;
+    why += no;
+  }
+  if (why.empty())
+    why = break_glass
+              ? "no break_glass rule applies (check --rule)\n"
+              : "no opt_out rule applies" + std::string(req.rule.empty() ? "" : " named " + req.rule) +
+                    " (break_glass rules need --break-glass)\n";
+  *refusal = why;
+  return nullptr;
+}
+
+void print_result(const common::Flags& f, const policy::CheckedGrant& chk) {
+  const auto& r = chk.object.request;
+  if (f.flag("json")) {
+    auto j = policy::signed_grant_to_json(chk.object);
+    j["status"] = policy::status_name(chk.status);
+    j["detail"] = chk.detail;
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  std::cout << r.id << " " << policy::status_name(chk.status) << " under rule " << r.rule << ": " << r.who
+            << " from " << r.from.to_string() << " to " << r.to.to_string() << ":" << r.ports.to_string()
+            << " (" << chk.detail << ")\n";
+  if (chk.break_glass && chk.activated)
+    std::cout << "break-glass: this fires a critical alert; someone else must review it before "
+              << policy::format_rfc3339(chk.review_due) << " (sshring grant review " << r.id
+              << " --note ...)\n";
+}
+
+// grant request / grant add: sign and store a request. `one_step` (add) refuses anything that would
+// not be live at once.
+int request(const std::vector<std::string>& args, bool one_step) {
+  const char* name = one_step ? "grant add" : "grant request";
+  common::Flags f(
+      name,
+      std::string("sshring ") + name +
+          " [--policy FILE] [--who NAME] --from CIDR --to CIDR[:PORTS] --ttl 2h --reason \"...\" "
+          "[--identity KEYFILE]",
+      one_step ? "Requests a grant that is live at once: under a rule that needs no approval, or a\n"
+                 "break_glass rule (--break-glass). Signed with your key like `grant request`."
+               : "Signs and stores a request for a time-bound direct-SSH exception. Accepted only if an\n"
+                 "opt_out rule allows exactly that (who, from, to, ports, TTL, reason, and you as\n"
+                 "requester). It is pending until the rule's approvals are signed (grant approve),\n"
+                 "or live at once when the rule needs none.");
+  request_flags(f);
+  f.epilog("Exit codes: 0 stored, 1 refused or failed, 2 usage error.\n");
+  if (!f.parse(args)) return 0;
   Context c = open(f, true);
-  const UnixSeconds now = unix_now();
-  sweep(c, now);
+  auto signer = make_signer(f);
+  std::string me = signer_principal(c.pol(), signer, f);
+  policy::GrantRequest req = read_request(f, me);
   std::string refusal;
-  const policy::OptOutRule* rule = policy::find_allowing_rule(c.policy, req, now, &refusal);
+  const policy::OptOutRule* rule = choose_rule(c, req, f.flag("break-glass"), &refusal);
   if (!rule) {
-    std::cerr << "sshring grant add: refused: no opt_out rule allows " << req.who << " from "
+    std::cerr << "sshring " << name << ": refused: no opt_out rule allows " << req.who << " from "
               << req.from.to_string() << " to " << req.to.to_string() << ":" << req.ports.to_string()
               << " for " << common::format_duration(std::chrono::seconds(req.ttl_seconds)) << "\n"
               << refusal;
     return 1;
   }
-  policy::Grant g;
-  g.id = policy::new_grant_id();
-  g.who = req.who;
-  g.from = req.from;
-  g.to = req.to;
-  g.ports = req.ports;
-  g.rule = rule->id;
-  g.reason = req.reason;
-  g.approver = req.approver;
-  g.created_by = actor();
-  g.created = now;
-  g.expires = now + req.ttl_seconds;
+  if (one_step && !rule->break_glass && rule->approvals_count > 0) {
+    std::cerr << "sshring grant add: refused: rule " << rule->id << " needs " << rule->approvals_count
+              << " approval(s); use sshring grant request and have approvers run sshring grant approve\n";
+    return 1;
+  }
+  policy::SignedGrant g;
+  g.request = req;
+  g.request.id = policy::new_grant_id();
+  g.request.rule = rule->id;
+  g.request.created = c.now;
+  policy::sign_request(g, signer);
+  auto chk = policy::check_grant(c.pol(), g, c.now, nullptr);
+  if (chk.status == policy::GrantStatus::kRejected)  // our own check disagrees: never store that
+    throw std::runtime_error("internal: a fresh request was rejected: " + chk.detail);
+  // Acknowledged only once its record is on disk: no record, no grant.
+  std::string audit_error;
+  if (!c.audit->commit(policy::grant_request_record(g, actor(me, signer), policy::status_name(chk.status)),
+                       &audit_error)) {
+    std::cerr << "sshring grant: not stored: " << audit_error << "\n";
+    return 1;
+  }
   c.store->add(g);
-  auto rec = terms(g);
-  rec["type"] = "grant_add";
-  if (int64_t rev = cli::store_revision(*c.store)) rec["etcd_revision"] = rev;
-  rec["reason"] = g.reason;
-  rec["actor"] = g.created_by;
-  if (!g.approver.empty()) rec["approver"] = g.approver;
-  c.audit->append(std::move(rec));
-  c.audit->flush();
-  if (f.flag("json")) {
-    std::cout << policy::grant_to_json(g).dump(2) << "\n";
+  print_result(f, chk);
+  return 0;
+}
+
+// What each decision command needs the grant to be, and what it records.
+struct DecisionSpec {
+  policy::DecisionKind kind;
+  const char* name;
+  const char* note_flag;  // "reason" or "note"; empty = optional --note
+  bool note_required;
+};
+
+std::string decision_refusal(const policy::CheckedGrant& chk, const policy::OptOutRule* rule,
+                             const policy::Policy& p, const std::string& me, policy::DecisionKind kind) {
+  const auto& r = chk.object.request;
+  if (chk.status == policy::GrantStatus::kRejected) return "the grant is rejected: " + chk.detail;
+  if (!rule) return "its rule " + r.rule + " is not in the policy";
+  if (kind == policy::DecisionKind::kApprove || kind == policy::DecisionKind::kDeny) {
+    if (chk.status != policy::GrantStatus::kPending)
+      return std::string("it is ") + std::string(policy::status_name(chk.status)) + " (" + chk.detail +
+             "), not pending";
+    for (const auto& d : chk.decisions)
+      if (d.signer == me && d.counted && d.kind == kind)
+        return me + " already signed this " + policy::decision_name(kind).data();
+  }
+  if (kind == policy::DecisionKind::kReview) {
+    if (!chk.activated) return "it was never active";
+    if (chk.reviewed) return "it is already reviewed";
+  }
+  if (kind == policy::DecisionKind::kRevoke &&
+      (chk.status == policy::GrantStatus::kRevoked || chk.status == policy::GrantStatus::kDenied ||
+       chk.status == policy::GrantStatus::kExpired))
+    return std::string("it is already ") + std::string(policy::status_name(chk.status));
+  return policy::decider_refusal(p, *rule, r, me, kind);
+}
+
+nlohmann::json decision_record(const DecisionSpec& spec, const policy::SignedGrant& g,
+                               const policy::GrantActor& by, const std::string& note,
+                               const policy::CheckedGrant& after) {
+  switch (spec.kind) {
+    case policy::DecisionKind::kApprove:
+      return policy::grant_approve_record(g, by, policy::status_name(after.status));
+    case policy::DecisionKind::kDeny:
+      return policy::grant_deny_record(g, by, note);
+    case policy::DecisionKind::kReview:
+      return policy::grant_review_record(g, by, note);
+    case policy::DecisionKind::kRevoke:
+      return policy::grant_revoke_record(g, by, note);
+  }
+  return {};
+}
+
+// Loads the grant, refuses what the policy would not count, signs the decision, stores it.
+int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const std::string& help) {
+  std::string usage = std::string("sshring grant ") + spec.name + " ID" +
+                      (spec.note_required ? std::string(" --") + spec.note_flag + " \"...\"" : "") +
+                      " [--policy FILE] [--identity KEYFILE]";
+  common::Flags f(std::string("grant ") + spec.name, usage, help);
+  common_flags(f);
+  signer_flags(f);
+  f.value(spec.note_flag, "TEXT",
+          spec.note_required ? "why (required; signed and audited)" : "a note (signed and audited)");
+  f.boolean("json", "print the grant and its new status as JSON");
+  f.epilog("Exit codes: 0 recorded, 1 refused or failed, 2 usage error.\n");
+  if (!f.parse(args)) return 0;
+  if (f.positionals().size() != 1)
+    throw UsageError(std::string("grant ") + spec.name + ": give exactly one grant ID (see grant list)");
+  const std::string id = f.positionals()[0];
+  std::string note = spec.note_required ? f.require(spec.note_flag) : f.get_or(spec.note_flag, "");
+  if (note.size() > policy::kMaxTextLength)
+    throw UsageError(std::string("--") + spec.note_flag + ": at most 1024 characters");
+  const bool revoke = spec.kind == policy::DecisionKind::kRevoke;
+  Context c = open(f, true, revoke);
+  auto signer = make_signer(f);
+  std::string me;
+  if (c.policy) {
+    me = signer_principal(c.pol(), signer, f);
   } else {
-    std::cout << g.id << " added under rule " << g.rule << ": " << g.who << " from " << g.from.to_string()
-              << " to " << g.to.to_string() << ":" << g.ports.to_string() << " until "
-              << policy::format_rfc3339(g.expires) << "\n";
+    if (!f.has("as"))
+      throw UsageError("the policy does not load (" + c.policy_error +
+                       "); to revoke anyway, say who you are with --as NAME");
+    me = f.require("as");
+    std::cerr
+        << "sshring grant revoke: warning: the policy does not load; readers will check the signature\n";
+  }
+  policy::GrantDecision d{spec.kind, me, c.now, note, os_user(), host_name(), {}};
+  struct Refused : std::runtime_error {
+    using std::runtime_error::runtime_error;
+  };
+  struct AuditFailed : std::runtime_error {
+    using std::runtime_error::runtime_error;
+  };
+  std::string refusal;
+  std::optional<policy::SignedGrant> stored;
+  try {
+    stored = c.store->update(id, [&](policy::SignedGrant& g) {
+      if (c.policy) {
+        auto chk = policy::check_grant(c.pol(), g, c.now, nullptr);
+        refusal = decision_refusal(chk, c.pol().find_rule(g.request.rule), c.pol(), me, spec.kind);
+        if (!refusal.empty()) throw Refused(refusal);
+      }
+      if (g.decisions.size() >= policy::kMaxDecisions)
+        throw UsageError("grant " + id + " holds 64 decisions already");
+      policy::sign_decision(g.request, d, signer);
+      g.decisions.push_back(d);
+      // The record is durable before the store is written: no record, no change (the throw aborts).
+      policy::CheckedGrant now_checked;
+      now_checked.object = g;
+      if (c.policy) now_checked = policy::check_grant(c.pol(), g, c.now, nullptr);
+      std::string audit_error;
+      if (!c.audit->commit(decision_record(spec, g, actor(me, signer), note, now_checked), &audit_error))
+        throw AuditFailed(audit_error);
+    });
+  } catch (const Refused& e) {
+    std::cerr << "sshring grant " << spec.name << ": refused: " << e.what() << "\n";
+    return 1;
+  } catch (const AuditFailed& e) {
+    std::cerr << "sshring grant " << spec.name << ": not stored: " << e.what() << "\n";
+    return 1;
+  }
+  if (!stored) {
+    std::cerr << "sshring grant " << spec.name << ": no grant '" << id << "' in " << c.store->location()
+              << " (see sshring grant list)\n";
+    return 1;
+  }
+  policy::CheckedGrant after;
+  after.object = *stored;
+  if (c.policy) after = policy::check_grant(c.pol(), *stored, c.now, nullptr);
+  if (c.policy) {
+    print_result(f, after);
+  } else {
+    std::cout << id << " revoke signed by " << me << "\n";
   }
   return 0;
 }
 
+nlohmann::json list_json(const policy::CheckedGrant& c, UnixSeconds now) {
+  const auto& r = c.object.request;
+  nlohmann::json decisions = nlohmann::json::array();
+  for (const auto& d : c.decisions) {
+    nlohmann::json j = {{"decision", policy::decision_name(d.kind)},
+                        {"signer", d.signer},
+                        {"key_fingerprint", d.fingerprint},
+                        {"at", policy::format_rfc3339(d.at)},
+                        {"counted", d.counted},
+                        {"note", d.note}};
+    if (!d.counted) j["not_counted"] = d.not_counted_why;
+    decisions.push_back(std::move(j));
+  }
+  nlohmann::json j = {{"id", r.id},
+                      {"status", policy::status_name(c.status)},
+                      {"detail", c.detail},
+                      {"who", r.who},
+                      {"requester", r.requester},
+                      {"requester_fingerprint", c.requester_fingerprint},
+                      {"os_user", r.os_user},
+                      {"host", r.host},
+                      {"rule", r.rule},
+                      {"from", r.from.to_string()},
+                      {"to", r.to.to_string()},
+                      {"ports", r.ports.to_string()},
+                      {"ttl_seconds", r.ttl_seconds},
+                      {"reason", r.reason},
+                      {"requested", policy::format_rfc3339(r.created)},
+                      {"decisions", decisions},
+                      {"live", c.honoured() && c.terms.live(now)}};
+  if (c.status == policy::GrantStatus::kRejected) j["reject_reason"] = c.reject_reason;
+  if (c.activated) {
+    j["active_from"] = policy::format_rfc3339(c.terms.created);
+    j["expires"] = policy::format_rfc3339(c.terms.effective_expiry());
+    j["time_left_seconds"] = j["live"].get<bool>() ? c.terms.effective_expiry() - now : 0;
+  }
+  if (c.break_glass) {
+    j["break_glass"] = true;
+    j["reviewed"] = c.reviewed;
+    j["review_due"] = policy::format_rfc3339(c.review_due);
+    j["review_overdue"] = c.review_overdue(now);
+  }
+  return j;
+}
+
+std::string approvers_text(const policy::CheckedGrant& c) {
+  std::string out;
+  for (const auto& d : c.decisions) {
+    if (d.kind != policy::DecisionKind::kApprove || !d.counted) continue;
+    if (!out.empty()) out += ",";
+    out += d.signer + "(" + d.fingerprint.substr(0, 15) + ")";
+  }
+  return out.empty() ? "-" : out;
+}
+
 int list(const std::vector<std::string>& args) {
-  common::Flags f("grant list", "sshring grant list [--policy FILE] [--json]",
-                  "Lists the grants in the store (live, expired and revoked ones are kept 7 days).");
+  common::Flags f(
+      "grant list", "sshring grant list [--policy FILE] [--json]",
+      "Lists the grants in the store with their status as every reader sees it: pending, active,\n"
+      "expired, revoked, denied, or rejected (with the reason: bad signature, unknown key, rule\n"
+      "missing or narrowed, ...). Ended grants are kept 7 days.");
   common_flags(f);
   f.boolean("json", "print JSON (one array)");
   if (!f.parse(args)) return 0;
-  const UnixSeconds now = unix_now();
   Context c;
+  c.now = unix_now();
   auto ps = cli::open_policy_and_store(f, false);
   c.policy = std::move(ps.policy);
-  std::string dir = ps.etcd ? std::string() : f.get_or("grant-store", c.policy.grant_store);
-  std::vector<policy::Grant> grants;
+  std::string dir = ps.etcd ? std::string() : f.get_or("grant-store", c.pol().grant_store);
+  std::vector<policy::SignedGrant> grants;
   if (ps.store) {
     c.store = std::move(ps.store);
     // Readers without write access just read (etcd: list never writes; relays' roles are read-only).
     if (!ps.etcd && ::access(dir.c_str(), W_OK) == 0) {
-      c.audit = std::make_unique<metrics::AuditLog>(
-          metrics::AuditOptions{.path = f.get_or("audit-log", kDefaultAuditLog),
-                                .component = "grant",
-                                .fsync_each = true,
-                                .syslog = f.flag("audit-syslog")});
-      sweep(c, now);
+      c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"),
+                                     f.get_or("audit-key", ""));
+      sweep(c);
     }
     grants = c.store->load();
   }
-  auto status = [&](const policy::Grant& g) -> std::string {
-    if (g.revoked_at) return "revoked";
-    if (!g.live(now)) return "expired";
-    return common::format_duration(std::chrono::seconds(g.expires - now));
-  };
+  policy::GrantChecker checker(c.pol(), nullptr);
+  std::vector<policy::CheckedGrant> checked;
+  for (const auto& g : grants) checked.push_back(checker.check(g, c.now));
   if (f.flag("json")) {
     nlohmann::json a = nlohmann::json::array();
-    for (const auto& g : grants) {
-      auto j = policy::grant_to_json(g);
-      j["live"] = g.live(now);
-      j["time_left_seconds"] = g.live(now) ? g.effective_expiry() - now : 0;
-      a.push_back(std::move(j));
-    }
+    for (const auto& g : checked) a.push_back(list_json(g, c.now));
     std::cout << a.dump(2) << "\n";
     return 0;
   }
-  std::cout << std::left << std::setw(15) << "ID" << std::setw(12) << "WHO" << std::setw(20) << "FROM"
-            << std::setw(24) << "TO" << std::setw(22) << "CREATED" << std::setw(22) << "EXPIRES"
-            << std::setw(10) << "LEFT" << std::setw(12) << "APPROVER"
-            << "REASON\n";
-  for (const auto& g : grants) {
-    std::cout << std::setw(15) << g.id << std::setw(12) << g.who << std::setw(20) << g.from.to_string()
-              << std::setw(24) << (g.to.to_string() + ":" + g.ports.to_string()) << std::setw(22)
-              << policy::format_rfc3339(g.created) << std::setw(22) << policy::format_rfc3339(g.expires)
-              << std::setw(10) << status(g) << std::setw(12) << (g.approver.empty() ? "-" : g.approver)
-              << g.reason << "\n";
+  std::cout << std::left << std::setw(15) << "ID" << std::setw(10) << "STATUS" << std::setw(12) << "WHO"
+            << std::setw(12) << "REQUESTER" << std::setw(20) << "FROM" << std::setw(24) << "TO"
+            << std::setw(22) << "EXPIRES" << std::setw(34) << "APPROVERS"
+            << "REASON / DETAIL\n";
+  for (const auto& g : checked) {
+    const auto& r = g.object.request;
+    std::string status(policy::status_name(g.status));
+    if (g.break_glass && g.activated) status += g.reviewed ? "*" : "!";
+    std::cout << std::setw(15) << r.id << std::setw(10) << status << std::setw(12) << r.who << std::setw(12)
+              << r.requester << std::setw(20) << r.from.to_string() << std::setw(24)
+              << (r.to.to_string() + ":" + r.ports.to_string()) << std::setw(22)
+              << (g.activated ? policy::format_rfc3339(g.terms.effective_expiry()) : "-") << std::setw(34)
+              << approvers_text(g) << r.reason << " / " << g.detail << "\n";
   }
-  return 0;
-}
-
-int revoke(const std::vector<std::string>& args) {
-  common::Flags f("grant revoke", "sshring grant revoke ID --reason \"...\" [--policy FILE]",
-                  "Revokes a grant at once: flows it covered classify as bypass_expired from now on.");
-  common_flags(f);
-  f.value("reason", "TEXT", "why (required; recorded in the audit log)");
-  if (!f.parse(args)) return 0;
-  if (f.positionals().size() != 1)
-    throw UsageError("grant revoke: give exactly one grant ID (see grant list)");
-  std::string reason = f.require("reason");
-  const std::string& id = f.positionals()[0];
-  Context c = open(f, true);
-  const UnixSeconds now = unix_now();
-  sweep(c, now);
-  auto g = c.store->revoke(id, actor(), reason, now);
-  if (!g) {
-    std::cerr << "sshring grant revoke: no grant '" << id << "' in " << c.store->location()
-              << " (see sshring grant list)\n";
-    return 1;
-  }
-  auto rec = terms(*g);
-  rec["type"] = "grant_revoke";
-  if (int64_t rev = cli::store_revision(*c.store)) rec["etcd_revision"] = rev;
-  rec["reason"] = reason;
-  rec["actor"] = g->revoked_by;
-  c.audit->append(std::move(rec));
-  c.audit->flush();
-  std::cout << g->id << " revoked\n";
   return 0;
 }
 
 int run(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::cout << "Usage: sshring grant add|list|revoke [OPTIONS]\n\n"
-                 "  add      add a time-bound direct-SSH exception allowed by an opt_out rule\n"
-                 "  list     list grants with their time left\n"
-                 "  revoke   revoke a grant\n\n"
+    std::cout << "Usage: sshring grant request|add|approve|deny|review|revoke|list [OPTIONS]\n\n"
+                 "  request  sign and store a request for a direct-SSH exception under an opt_out rule\n"
+                 "  add      the one-step form: request a grant that is live at once (no approval needed)\n"
+                 "  approve  sign an approval of a pending request (the rule says who and how many)\n"
+                 "  deny     sign a denial of a pending request\n"
+                 "  review   sign the after-the-fact review of a break-glass grant\n"
+                 "  revoke   sign a revocation (works while the policy file is broken)\n"
+                 "  list     list grants with their verified status\n\n"
+                 "Every change is signed with your SSH key: ssh-agent, or --identity KEYFILE.\n"
                  "Run 'sshring grant SUBCOMMAND --help' for options.\n";
     return args.empty() ? 2 : 0;
   }
   std::vector<std::string> rest(args.begin() + 1, args.end());
-  if (args[0] == "add") return add(rest);
+  using policy::DecisionKind;
+  if (args[0] == "request") return request(rest, false);
+  if (args[0] == "add") return request(rest, true);
+  if (args[0] == "approve")
+    return decide(rest, {DecisionKind::kApprove, "approve", "note", false},
+                  "Signs an approval of a pending grant request. Refused for the requester, for principals\n"
+                  "the rule does not name as approvers, and for requests that are not pending.");
+  if (args[0] == "deny")
+    return decide(rest, {DecisionKind::kDeny, "deny", "reason", true},
+                  "Signs a denial of a pending grant request; a denied request can not be approved later.");
+  if (args[0] == "review")
+    return decide(rest, {DecisionKind::kReview, "review", "note", true},
+                  "Signs the after-the-fact review of a break-glass grant (by someone other than the\n"
+                  "requester, within the rule's review_within).");
+  if (args[0] == "revoke")
+    return decide(rest, {DecisionKind::kRevoke, "revoke", "reason", true},
+                  "Signs a revocation: flows the grant covered classify as bypass_expired from now on.\n"
+                  "Needs only the grant store: with a broken policy file, name yourself with --as.");
   if (args[0] == "list") return list(rest);
-  if (args[0] == "revoke") return revoke(rest);
-  throw UsageError("unknown subcommand '" + args[0] + "'; expected add, list or revoke (see --help)");
+  throw UsageError("unknown subcommand '" + args[0] +
+                   "'; expected request, add, approve, deny, review, revoke or list (see --help)");
 }
 
-const sshring::cli::Registrar kGrant{{"grant", "add, list and revoke time-bound opt-out grants", run}};
+const sshring::cli::Registrar kGrant{
+    {"grant", "request, approve and revoke signed time-bound opt-out grants", run}};
 
 }  // namespace

@@ -18,6 +18,7 @@
 
 #include "cli/command.h"
 #include "cli/store_flags.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/flags.h"
 #include "common/unique_fd.h"
@@ -42,8 +43,7 @@ UnixSeconds now_or_at(const common::Flags& f) {
     }
     return t;
   }
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return common::unix_now_s();
 }
 
 // "host:22", "10.1.5.7:22", "[fd01::5]:22" -> host, port.
@@ -75,9 +75,25 @@ std::pair<std::string, uint16_t> split_host_port(const std::string& s, std::stri
 std::shared_ptr<const policy::Snapshot> load_snapshot(const common::Flags& f, bool with_grants) {
   auto ps = cli::open_policy_and_store(f, false);  // --etcd, or the policy file and its grant store
   auto pol = std::make_shared<policy::Policy>(std::move(ps.policy));
-  std::vector<policy::Grant> grants;
+  std::vector<policy::SignedGrant> grants;
   if (with_grants && ps.store) grants = ps.store->load();
-  return policy::Snapshot::build(std::move(pol), std::move(grants));
+  // Grants are honoured only after their signatures and their rule check out, as in relay and agent.
+  return policy::Snapshot::build_checked(std::move(pol), grants, now_or_at(f), nullptr);
+}
+
+// Stored grants whose (unhonoured) terms would cover the flow but that a reader rejected: shown so
+// the person asking sees why a grant they expected does not apply.
+nlohmann::json rejected_covering(const policy::Snapshot& snap, const policy::IpAddr& src,
+                                 const policy::IpAddr& dst, uint16_t port) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& c : snap.checked_grants()) {
+    const auto& r = c.object.request;
+    if (c.status != policy::GrantStatus::kRejected || !r.from.contains(src) || !r.to.contains(dst) ||
+        !r.ports.contains(port))
+      continue;
+    out.push_back({{"id", r.id}, {"reason", c.reject_reason}, {"detail", c.detail}});
+  }
+  return out;
 }
 
 int check(const std::vector<std::string>& args) {
@@ -163,6 +179,7 @@ int explain(const std::vector<std::string>& args) {
            {"id", std::string(fc.id)},
            {"protected", snap->protects(*dst, port)}};
     if (!fc.id.empty()) out["expires"] = policy::format_rfc3339(fc.expires);
+    out["rejected_grants"] = rejected_covering(*snap, *src, *dst, port);
     if (!f.flag("json")) {
       std::cout << "flow " << src->to_string() << " -> " << f.positionals()[0] << ": "
                 << policy::flow_tag_name(fc.tag);
@@ -176,6 +193,9 @@ int explain(const std::vector<std::string>& args) {
         std::cout << " (no grant or opt_out rule covers it)";
       }
       std::cout << "\n";
+      for (const auto& r : rejected_covering(*snap, *src, *dst, port))
+        std::cout << "note: grant " << r["id"].get<std::string>() << " would cover it but is rejected ("
+                  << r["reason"].get<std::string>() << "): " << r["detail"].get<std::string>() << "\n";
       if (!snap->protects(*dst, port))
         std::cout << "note: " << f.positionals()[0] << " is not a protected SSH port of any host group\n";
       return 0;

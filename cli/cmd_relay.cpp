@@ -2,7 +2,13 @@
 // YAML file). build_relay_config() turns flags into a RelayConfig; authenticated mode adds its handshake
 // there.
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstring>
 
 #include <cstdio>
 #include <functional>
@@ -17,11 +23,15 @@
 #include "common/log.h"
 #include "common/sockaddr.h"
 #include "metrics/audit.h"
+#include "metrics/audit_metrics.h"
+#include "metrics/audit_types.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
 #include "relay/auth/auth_service.h"
 #include "relay/config.h"
+#include "relay/handover.h"
 #include "relay/relay.h"
+#include "relay/session_id.h"
 
 namespace sshring::cli {
 namespace {
@@ -38,6 +48,15 @@ common::Flags relay_flags() {
       .value("config", "FILE", "YAML file with routes and limits (see docs); reloaded on SIGHUP")
       .value("workers", "N", "worker threads, each with its own io_uring (default: one per CPU)")
       .value("max-sessions", "N", "concurrent sessions before new clients are refused (default 10000)")
+      .value(
+          "max-startups", "S:R:F",
+          "authenticated routes: unauthenticated connections; from S on refuse R% rising to all at F\n"
+          "(random early drop, like sshd's MaxStartups; default 256:30:2048); not counted in --max-sessions")
+      .value("max-startups-per-source", "N",
+             "unauthenticated connections per source network, counted at accept (default 16)")
+      .value("per-source-netblock", "V4:V6", "prefix lengths that make one source network (default 32:64)")
+      .value("first-byte-timeout", "D",
+             "close an unauthenticated connection that sent nothing by then (default 3s)")
       .value("connect-timeout", "D", "upstream connect timeout, e.g. 5s or 500ms (default 5s)")
       .value("idle-timeout", "D", "close sessions idle this long; 0 = never (default 0)")
       .value("drain-timeout", "D", "on SIGTERM, how long running sessions may finish (default 30s)")
@@ -45,10 +64,22 @@ common::Flags relay_flags() {
       .value("metrics", "ADDR:PORT", "serve Prometheus metrics on this address")
       .value("audit-log", "FILE", "append a hash-chained session_end record per session")
       .boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)")
+      .value("audit-syslog-socket", "PATH", "unix socket --audit-syslog sends RFC 5424 messages to", "/dev/log")
+      .value("audit-key", "FILE", "Ed25519 key signing audit checkpoints (created 0600 if missing)")
+      .value("audit-failure", "refuse|continue",
+             "while the audit log cannot be written: refuse new authenticated sessions (default) or admit "
+             "them unrecorded",
+             "refuse")
       .value("policy", "FILE",
              "authenticated mode: routes without --upstream take signed preambles (sshring connect)")
       .multi("relay-id", "ID", "authenticated mode: an id clients sign for (default: host name)")
-      .boolean("quiet", "no per-session log lines");
+      .boolean("quiet", "no per-session log lines")
+      .value("control-socket", "PATH",
+             "hand-over control socket (mode 0600, same user only); 'none' disables it",
+             relay::kDefaultControlSocket)
+      .boolean("takeover",
+               "take over the relay serving --control-socket: its listeners and every established "
+               "session move to this process without a reset; it exits when empty");
   add_etcd_flags(f);  // --etcd: authenticated mode with policy and grants from etcd
   add_cache_flag(f);
   f.epilog(
@@ -65,7 +96,12 @@ common::Flags relay_flags() {
       "    - listen: 0.0.0.0:2222\n"
       "      upstream: 10.0.0.5:22\n"
       "\n"
-      "Exit codes: 0 after a drain, 1 on runtime errors, 2 on bad flags or config.");
+      "Live upgrade: start the new binary with the same flags plus --takeover (docs/operations.md).\n"
+      "\n"
+      "Exit codes: 0 after a drain or after handing everything to a --takeover process, 1 on runtime\n"
+      "errors, 2 on bad flags or config; with --takeover also 3 no relay answers on the control\n"
+      "socket (nothing was taken over), 4 the running relay's state cannot be read here or it\n"
+      "refused, 5 the hand-over failed half-way; after 3, 4 and 5 the running relay serves on.");
   return f;
 }
 
@@ -103,6 +139,12 @@ relay::RelayConfig build_relay_config(const common::Flags& f,
   if (f.has("workers")) cfg.workers = static_cast<unsigned>(f.get_int("workers", 0, 0, 256));
   if (f.has("max-sessions"))
     cfg.max_sessions = static_cast<uint32_t>(f.get_int("max-sessions", 10000, 1, 10'000'000));
+  if (auto v = f.get("max-startups")) relay::parse_max_startups(*v, "--max-startups", cfg.startups);
+  if (f.has("max-startups-per-source"))
+    cfg.startups.per_source = static_cast<uint32_t>(f.get_int("max-startups-per-source", 16, 1, 10'000'000));
+  if (auto v = f.get("per-source-netblock")) relay::parse_netblock(*v, "--per-source-netblock", cfg.startups);
+  if (f.has("first-byte-timeout"))
+    cfg.startups.first_byte_timeout = flag_millis(f, "first-byte-timeout", false);
   if (f.has("connect-timeout")) cfg.connect_timeout = flag_millis(f, "connect-timeout", false);
   if (f.has("idle-timeout")) cfg.idle_timeout = flag_millis(f, "idle-timeout", true);
   if (f.has("drain-timeout")) cfg.drain_timeout = flag_millis(f, "drain-timeout", true);
@@ -124,38 +166,85 @@ relay::RelayConfig build_relay_config(const common::Flags& f,
 
 namespace {
 
-nlohmann::json session_end_record(const relay::SessionSummary& s) {
-  char id[17];
-  std::snprintf(id, sizeof(id), "%016llx", static_cast<unsigned long long>(s.session_id));
-  nlohmann::json r = {{"type", "session_end"},
-                      {"session_id", id},
-                      {"client", s.client.to_string()},
-                      {"bytes_up", s.bytes_client_to_upstream},
-                      {"bytes_down", s.bytes_upstream_to_client},
-                      {"duration_ms", s.duration_ns / 1'000'000},
-                      {"reason", relay::end_reason_name(s.reason)}};
-  if (s.upstream.len()) r["target_addr"] = s.upstream.to_string();
-  if (s.upstream_local.len()) r["upstream_local"] = s.upstream_local.to_string();
+metrics::SessionEnd session_end_record(const relay::SessionSummary& s) {
+  metrics::SessionEnd r;
+  r.session_id = relay::session_id_string(s.session_id);
+  r.client = s.client.to_string();
+  if (s.upstream.len()) r.target_addr = s.upstream.to_string();
+  if (s.upstream_local.len()) r.upstream_local = s.upstream_local.to_string();
+  r.bytes_up = s.bytes_client_to_upstream;
+  r.bytes_down = s.bytes_upstream_to_client;
+  r.duration_ms = s.duration_ns / 1'000'000;
+  r.reason = relay::end_reason_name(s.reason);
   return r;
 }
 
-int run_relay(const std::vector<std::string>& args) {
+bool audit_refuses(const common::Flags& f) {
+  auto v = f.get_or("audit-failure", "refuse");
+  if (v != "refuse" && v != "continue") throw common::UsageError("--audit-failure " + v + ": expected refuse or continue");
+  return v == "refuse";
+}
+
+nlohmann::json handover_record(const char* side, const relay::HandoverServer::Counts& c) {
+  return {{"type", "relay_handover"},
+          {"side", side},
+          {"sessions", c.sessions},
+          {"listeners", c.listeners},
+          {"peer_pid", c.peer_pid}};
+}
+
+std::shared_ptr<metrics::AuditLog> open_audit(const common::Flags& f) {
+  if (!f.get("audit-log")) return nullptr;
+  metrics::AuditOptions ao;
+  ao.path = *f.get("audit-log");
+  ao.component = "relay";
+  ao.syslog = f.flag("audit-syslog");
+  ao.syslog_socket = f.get_or("audit-syslog-socket", "/dev/log");
+  ao.key_path = f.get_or("audit-key", "");
+  return std::make_shared<metrics::AuditLog>(ao);
+}
+
+// systemd's notify protocol (sd_notify(3)) without libsystemd: one datagram to $NOTIFY_SOCKET.
+// Type=notify units learn READY=1 and, after a hand-over, the new MAINPID from here.
+void notify_systemd(const std::string& state) {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (path == nullptr || (path[0] != '/' && path[0] != '@')) return;
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  size_t n = std::strlen(path);
+  if (n >= sizeof(a.sun_path)) return;
+  std::memcpy(a.sun_path, path, n);
+  if (a.sun_path[0] == '@') a.sun_path[0] = '\0';  // abstract namespace
+  common::UniqueFd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!fd) return;
+  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + n);
+  if (::sendto(fd.get(), state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&a), len) < 0)
+    common::log_warn("cannot notify systemd", {{"socket", path}, {"error", std::strerror(errno)}});
+}
+
+// --takeover: everything of the running relay's, parked, before this process writes a byte of audit.
+struct Takeover {
+  std::unique_ptr<relay::HandoverClient> client;
+  relay::RelayExport state;
+};
+
+int run_relay_impl(const std::vector<std::string>& args) {
   common::Flags f = relay_flags();
   if (!f.parse(args)) return 0;
-  // One session_end record per session (docs/audit.md), batched off the hot loop by AuditLog.
+  const bool takeover = f.flag("takeover");
+  const std::string control = f.get_or("control-socket", relay::kDefaultControlSocket);
+  if (takeover && control == "none") throw common::UsageError("--takeover needs a --control-socket PATH");
+  // One session_end record per session (docs/audit.md), batched off the hot loop by AuditLog. With
+  // --takeover the log opens only after the old relay wrote its last record (one chain).
   std::shared_ptr<metrics::AuditLog> audit;
-  if (auto path = f.get("audit-log")) {
-    metrics::AuditOptions ao;
-    ao.path = *path;
-    ao.component = "relay";
-    ao.syslog = f.flag("audit-syslog");
-    audit = std::make_shared<metrics::AuditLog>(ao);
-  }
+  if (!takeover) audit = open_audit(f);
   // The exporter comes first so the policy reloader can count reloads from its first load; it stops
   // serving (StopServing below) before the relay's worker stats go away.
   std::unique_ptr<metrics::Server> metrics_server;
   metrics::PolicyMetrics policy_metrics;
-  if (auto m = f.get("metrics")) metrics_server = std::make_unique<metrics::Server>(*m, "relay");
+  if (auto m = f.get("metrics"); m && !takeover)
+    metrics_server = std::make_unique<metrics::Server>(*m, "relay");
+  if (metrics_server && audit) metrics::register_audit(*metrics_server, audit.get());
   // Authenticated mode (docs/protocol.md); declared before the relay so it outlives every session.
   std::unique_ptr<relay::auth::AuthService> auth;
   if (f.has("policy") || etcd_requested(f)) {
@@ -165,14 +254,18 @@ int run_relay(const std::vector<std::string>& args) {
                                         .relay_ids = f.all("relay-id"),
                                         .audit = audit.get(),
                                         .policy_metrics = metrics_server ? &policy_metrics : nullptr,
+                                        .auth = {.refuse_when_audit_unwritable = audit_refuses(f)},
                                         .source = snapshot_source(f),
                                         .cache_dir = cache_dir(f)});
   }
   std::shared_ptr<relay::HandshakeFactory> handshake = auth ? auth->factory() : nullptr;
   relay::RelayConfig cfg = build_relay_config(f, handshake);
-  if (audit && !auth) {
+  if (f.get("audit-log") && !auth) {
     // Static routes only: in authenticated mode the handshake's on_end writes the session records.
-    cfg.on_session_end = [audit](const relay::SessionSummary& s) { audit->append(session_end_record(s)); };
+    // By reference: with --takeover the log opens after start, before any session can end.
+    cfg.on_session_end = [&audit](const relay::SessionSummary& s) {
+      if (audit) audit->append(session_end_record(s));
+    };
   }
 
   // Signals go to this thread only (workers inherit the mask), read with sigtimedwait.
@@ -190,7 +283,36 @@ int run_relay(const std::vector<std::string>& args) {
       if (server) server->stop();
     }
   } stop_serving{metrics_server.get()};  // destroyed before `relay`: no scrape reads freed stats
-  relay.start();
+  Takeover tk;
+  if (takeover) {
+    tk.client = std::make_unique<relay::HandoverClient>(control);
+    tk.state = tk.client->receive();
+    size_t sessions = tk.state.sessions.size(), listeners = tk.state.listeners.size();
+    try {
+      relay.start_from(std::move(tk.state));
+    } catch (const std::exception& e) {
+      tk.client->refuse(e.what());
+      throw relay::HandoverError(relay::kTakeoverRefused, std::string("--takeover: ") + e.what());
+    }
+    // Test hook: die half-way, after taking everything and before READY.
+    if (const char* crash = std::getenv("SSHRING_TEST_HANDOVER_CRASH");
+        crash && std::string(crash) == "before_ready")
+      std::abort();
+    if (!tk.client->ready_and_wait_done())
+      common::log_warn(
+          "--takeover: the old relay went away without DONE; carrying on with what it handed over");
+    audit = open_audit(f);
+    if (auth) auth->factory()->set_audit(audit.get());
+    if (audit) audit->append(handover_record("received", {listeners, sessions, tk.client->peer_pid()}));
+    common::log_info("took over", {{"sessions", std::to_string(sessions)},
+                                   {"listeners", std::to_string(listeners)},
+                                   {"from_pid", std::to_string(tk.client->peer_pid())}});
+    if (auto m = f.get("metrics")) metrics_server = std::make_unique<metrics::Server>(*m, "relay");
+    if (metrics_server && audit) metrics::register_audit(*metrics_server, audit.get());
+    stop_serving.server = metrics_server.get();
+  } else {
+    relay.start();
+  }
   if (auto m = f.get("metrics")) {
     auto rm = metrics::register_relay(*metrics_server, relay.stats());
     if (rm.max_sessions) rm.max_sessions->Set(static_cast<double>(cfg.max_sessions));
@@ -201,6 +323,32 @@ int run_relay(const std::vector<std::string>& args) {
   for (const auto& a : relay.listen_addresses())
     common::log_info("relay listening",
                      {{"listen", a.to_string()}, {"workers", std::to_string(relay.worker_count())}});
+  // The control socket for the next hand-over; at commit this relay writes its record, flushes the
+  // audit log and stops serving metrics so the new process can take the port.
+  auto let_go = [&](const relay::HandoverServer::Counts& c) {
+    if (audit) {
+      audit->append(handover_record("sent", c));
+      audit->flush();
+    }
+    // Let go of the audit file (one writer per file): the new relay continues its chain. No session
+    // is left here to write to it.
+    if (auth) auth->factory()->set_audit(nullptr);
+    audit.reset();
+    if (metrics_server) metrics_server->stop();
+    // The new process is the service now (systemd tracks it instead of this one, which exits).
+    if (c.peer_pid > 0) notify_systemd("MAINPID=" + std::to_string(c.peer_pid));
+  };
+  std::unique_ptr<relay::HandoverServer> handover;
+  if (control != "none") {
+    try {
+      handover = std::make_unique<relay::HandoverServer>(
+          relay, control, [&](const relay::HandoverServer::Counts& c) { let_go(c); });
+    } catch (const common::UsageError& e) {
+      common::log_warn("no hand-over control socket", {{"error", e.what()}});
+    }
+  }
+  if (takeover) relay.resume_after_handover();
+  notify_systemd("READY=1\nMAINPID=" + std::to_string(::getpid()));
 
   // What SIGHUP reloads; each hook logs its own outcome and keeps the running state on errors.
   // (Authenticated mode adds its policy reload here.)
@@ -240,6 +388,15 @@ int run_relay(const std::vector<std::string>& args) {
   if (audit) audit->flush();
   common::log_info("relay stopped");
   return 0;
+}
+
+int run_relay(const std::vector<std::string>& args) {
+  try {
+    return run_relay_impl(args);
+  } catch (const relay::HandoverError& e) {
+    std::cerr << "sshring relay: " << e.what() << "\n";
+    return e.code();
+  }
 }
 
 const Registrar kRelay{{"relay",

@@ -140,6 +140,19 @@ PolicyAndStore open_policy_and_store(const common::Flags& f, bool create_dir) {
   return out;
 }
 
+std::unique_ptr<policy::GrantStore> open_grant_store_without_policy(const common::Flags& f) {
+  if (etcd_requested(f)) {
+    auto t = etcd_from_flags(f);
+    return std::make_unique<policy::etcd::EtcdGrantStore>(t.client, t.prefix);
+  }
+  std::string store = f.get_or("grant-store", std::string(policy::kDefaultGrantStore));
+  if (policy::is_etcd_uri(store)) {
+    auto t = etcd_from_uri(f, store);
+    return std::make_unique<policy::etcd::EtcdGrantStore>(t.client, t.prefix);
+  }
+  return std::make_unique<policy::DirGrantStore>(store, true);
+}
+
 int64_t store_revision(const policy::GrantStore& s) {
   auto* e = dynamic_cast<const policy::etcd::EtcdGrantStore*>(&s);
   return e ? e->last_revision() : 0;

@@ -1,25 +1,41 @@
 // Hash-chained JSON-lines audit log. Each line's `prev` is the hex SHA-256 of the previous line's bytes
-// (without its newline); the chain continues across rotation and across restarts. Schema: docs/audit.md.
+// (without its newline); the chain continues across rotation, restarts and a deleted live file.
+// Schema: docs/audit.md.
+//
+// Appenders seal records into the chain under `mu` and queue the lines in chunks; one drainer at a time
+// (the writer thread, or the caller in fsync_each mode, flush and commit) writes them outside the lock,
+// so appenders never wait for the disk. A chunk that starts with a rotation renames the file first. A
+// failed write puts its chunks back at the head of the queue: nothing sealed is lost or reordered while
+// the disk is full, and the chain on disk stays intact.
 #include "metrics/audit.h"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
-#include <syslog.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <filesystem>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <thread>
 
+#include "common/base64.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/unique_fd.h"
+#include "metrics/audit_key.h"
 #include "metrics/audit_record.h"
+#include "metrics/audit_syslog.h"
+#include "metrics/audit_types.h"
 
 namespace sshring::metrics {
 
@@ -29,6 +45,8 @@ namespace {
 
 // A line longer than this is not read back on open (we write far smaller records).
 constexpr size_t kTailScan = 1 << 20;
+// Batched mode: wake the writer early once this much is pending.
+constexpr size_t kWakeBytes = 64u << 10;
 
 std::string hostname() {
   char buf[256] = {};
@@ -36,15 +54,18 @@ std::string hostname() {
   return buf;
 }
 
-void write_all(int fd, std::string_view data, const std::string& path) {
+// Writes all of `data`; false with *err set on failure.
+bool write_all(int fd, std::string_view data, std::string* err) {
   while (!data.empty()) {
     ssize_t n = ::write(fd, data.data(), data.size());
     if (n < 0) {
       if (errno == EINTR) continue;
-      common::throw_errno("write audit log " + path);
+      *err = std::string("write: ") + std::strerror(errno);
+      return false;
     }
     data.remove_prefix(static_cast<size_t>(n));
   }
+  return true;
 }
 
 std::string pread_all(int fd, off_t off, size_t len, const std::string& path) {
@@ -63,16 +84,23 @@ std::string pread_all(int fd, off_t off, size_t len, const std::string& path) {
   return buf;
 }
 
-// "relay.audit.jsonl.20261130T145324Z" (plus ".N" if a rotation in the same second exists already).
-std::string rotated_name(const std::string& path) {
+std::string utc_stamp() {
   std::time_t now = std::time(nullptr);
   std::tm tm{};
   ::gmtime_r(&now, &tm);
   char stamp[32];
   std::strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
-  std::string base = path + "." + stamp;
+  return stamp;
+}
+
+// "relay.audit.jsonl.20261130T145324Z" (plus ".N" if that name exists or was just chosen).
+// Names chosen but not yet renamed (queued rotations) count as taken.
+std::string rotated_name(const std::string& path, std::set<std::string>& chosen) {
+  std::string base = path + "." + utc_stamp();
   std::string name = base;
-  for (int i = 1; fs::exists(name); ++i) name = base + "." + std::to_string(i);
+  for (int i = 1; fs::exists(name) || chosen.count(name) != 0; ++i) name = base + "." + std::to_string(i);
+  if (chosen.size() > 1024) chosen.clear();  // long renamed: fs::exists covers them
+  chosen.insert(name);
   return name;
 }
 
@@ -91,38 +119,67 @@ void clamp_strings(nlohmann::json& j) {
   }
 }
 
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Lines queued for the disk; `rotate_to` set: rename the live file to it before writing `data`.
+struct Chunk {
+  std::string data;
+  std::string rotate_to;
+  std::vector<std::string> syslog;  // RFC 5424 messages of these lines, sent once they are on disk
+};
+
 }  // namespace
 
 struct AuditLog::Impl {
   AuditOptions opts;
   std::string host = hostname();
+  std::string writer_id;  // component@host
+  std::optional<AuditKey> key;
+  std::string key_fp;
 
-  // Chain state and pending lines; guarded by mu. Lock order: mu, then io_mu.
+  // Chain state and queue; guarded by mu.
   std::mutex mu;
-  std::condition_variable cv;
-  std::string pending;
-  uint64_t logical_size = 0;  // file size plus pending bytes
+  std::condition_variable wake_cv;   // the writer thread
+  std::condition_variable drain_cv;  // a drain finished
+  std::deque<Chunk> pending;
+  size_t pending_bytes = 0;
+  uint64_t logical_size = 0;  // live file size plus queued bytes that go to it
   uint64_t seq = 0;           // seq of the last record
-  std::string last_hash = std::string(64, '0');
+  std::string last_hash = kZeroHash;
+  uint64_t appended = 0;  // records sealed
+  uint64_t durable = 0;   // records known on disk
+  bool draining = false;
   bool stop = false;
-  uint64_t appended = 0;  // records appended (handed to the writer)
+  std::set<std::string> rotated_names;
+  uint64_t since_checkpoint = 0;
+  std::chrono::steady_clock::time_point last_checkpoint = std::chrono::steady_clock::now();
+  std::string last_error;
+  LogGap gap;  // records dropped while unwritable, not yet recorded
 
-  // The file; guarded by io_mu (writes happen outside mu so appenders don't wait on the disk).
-  std::mutex io_mu;
+  // Counters readable without the lock.
+  std::atomic<bool> ok{true};
+  std::atomic<uint64_t> write_errors{0}, dropped{0}, reopened{0}, syslog_errors{0}, checkpoints{0};
+  std::atomic<int64_t> last_checkpoint_unix{0};
+
+  // The files; used only by the drainer (draining == true) and the constructor.
   common::UniqueFd fd;
-  uint64_t written = 0;  // records on disk (after fdatasync)
-  std::condition_variable_any flushed_cv;
-  uint64_t write_errors = 0;
+  uint64_t disk_size = 0;
+  std::optional<SyslogSender> syslog;
 
   std::thread writer;
 
   explicit Impl(AuditOptions o) : opts(std::move(o)) {}
 
-  void open_file() {
-    fd.reset(::open(opts.path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640));
-    if (!fd) common::throw_errno("open audit log " + opts.path);
+  // Opens `opts.path` (O_EXCL when `exclusive`: restoring a deleted file must not append to a stranger's).
+  common::UniqueFd open_path(bool exclusive) const {
+    int flags = O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | (exclusive ? O_EXCL : 0);
+    common::UniqueFd f(::open(opts.path.c_str(), flags, 0640));
+    if (!f) common::throw_errno("open audit log " + opts.path);
     // One writer per file: a second process would fork the chain.
-    if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (::flock(f.get(), LOCK_EX | LOCK_NB) != 0) {
       if (errno == EWOULDBLOCK) {
         throw std::runtime_error(
             "audit log " + opts.path +
@@ -130,18 +187,19 @@ struct AuditLog::Impl {
       }
       common::throw_errno("lock audit log " + opts.path);
     }
+    return f;
   }
 
   // Reads the tail: continues seq and hash from the last complete line, cuts off a torn line.
-  std::optional<nlohmann::json> recover_tail() {
+  std::optional<LogRecover> recover_tail() {
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) common::throw_errno("stat audit log " + opts.path);
     auto size = static_cast<uint64_t>(st.st_size);
-    logical_size = size;
+    logical_size = disk_size = size;
     if (size == 0) return std::nullopt;
     uint64_t scan = std::min<uint64_t>(size, kTailScan);
     std::string tail = pread_all(fd.get(), static_cast<off_t>(size - scan), scan, opts.path);
-    std::optional<nlohmann::json> note;
+    std::optional<LogRecover> note;
     if (tail.back() != '\n') {
       // A crash mid-write: drop the partial line and say so in the next record.
       auto nl = tail.rfind('\n');
@@ -150,15 +208,11 @@ struct AuditLog::Impl {
       if (::ftruncate(fd.get(), static_cast<off_t>(keep)) != 0)
         common::throw_errno("truncate torn audit line " + opts.path);
       ::fsync(fd.get());
-      note = nlohmann::json{{"type", "log_recover"},
-                            {"torn_offset", keep},
-                            {"torn_bytes", size - keep},
-                            {"torn_text", torn.substr(0, 512)}};
+      note = LogRecover{.torn_offset = keep, .torn_bytes = size - keep, .torn_text = torn.substr(0, 512)};
       common::log_warn("audit log had a torn last line; continuing the chain from the last complete line",
                        {{"file", opts.path}, {"torn_bytes", std::to_string(size - keep)}});
       tail.resize(nl == std::string::npos ? 0 : nl + 1);
-      size = keep;
-      logical_size = keep;
+      logical_size = disk_size = keep;
     }
     if (tail.empty()) return note;
     tail.pop_back();  // the newline
@@ -166,108 +220,294 @@ struct AuditLog::Impl {
     std::string last = tail.substr(start == std::string::npos ? 0 : start + 1);
     last_hash = sha256_hex(last);
     std::string err;
-    if (auto rec = parse_record(last, &err)) {
+    auto rec = parse_record(last, &err);
+    if (rec) {
       seq = rec->seq;
     } else {
       // Keep chaining from its hash (so verify still points at it); restart seq visibly.
-      nlohmann::json n{{"type", "log_recover"}, {"last_line_error", err}};
-      if (note) n.update(*note);
-      note = n;
+      if (!note) note = LogRecover{};
+      note->last_line_error = err;
+    }
+    // With a key, a clean stop ends in a final checkpoint: anything else is a crash (or a cut tail), and
+    // the records since the last checkpoint are not signed. Say so in the chain.
+    bool clean = rec && rec->type == Checkpoint::kType && Checkpoint::from(rec->body).final;
+    if (key && !clean) {
+      if (!note) note = LogRecover{};
+      note->unsigned_tail = "previous writer stopped after seq " + std::to_string(seq) +
+                            " without a final checkpoint (crash, or records cut off the end)";
     }
     return note;
   }
 
   // Builds the line for `record`, advances the chain. Caller holds mu.
-  std::string seal(nlohmann::json record) {
+  std::string seal(nlohmann::json record, const std::string& ts, std::vector<std::string>* syslog_out) {
     clamp_strings(record);
-    nlohmann::ordered_json line;
-    line["ts"] = format_rfc3339_ms(std::chrono::system_clock::now());
-    line["type"] = record.at("type");
-    line["component"] = opts.component;
-    line["host"] = host;
-    line["seq"] = ++seq;
-    line["prev"] = last_hash;
-    for (auto& [k, v] : record.items()) {
-      if (k == "type" || k == "ts" || k == "component" || k == "host" || k == "seq" || k == "prev") continue;
-      line[k] = std::move(v);
+    std::string type = record["type"].is_string() ? record["type"].get<std::string>() : "";
+    for (const char* k : {"type", "ts", "component", "host", "seq", "prev"}) record.erase(k);
+    // The envelope first, in a fixed order (readable with grep/jq), then the type's fields. Built as
+    // text: this is the writer's hot path. Invalid UTF-8 from a peer (a principal, a torn line) must not
+    // stop the log: replace it.
+    constexpr auto kReplace = nlohmann::json::error_handler_t::replace;
+    ++seq;
+    std::string text = "{\"ts\":\"" + ts + "\",\"type\":" + nlohmann::json(type).dump(-1, ' ', false, kReplace) +
+                       ",\"component\":" + nlohmann::json(opts.component).dump(-1, ' ', false, kReplace) +
+                       ",\"host\":" + nlohmann::json(host).dump(-1, ' ', false, kReplace) +
+                       ",\"seq\":" + std::to_string(seq) + ",\"prev\":\"" + last_hash + "\"";
+    std::string rest = record.dump(-1, ' ', false, kReplace);  // {"a":1,...} or {}
+    if (rest.size() > 2) {
+      text.push_back(',');
+      text.append(rest, 1, rest.size() - 1);
+    } else {
+      text.push_back('}');
     }
-    // Invalid UTF-8 from a peer (a principal, a torn line) must not stop the log: replace it.
-    std::string text = line.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
-    last_hash = sha256_hex(text);
-    // No openlog(): it is process-global and keeps our ident pointer; the line names its component.
-    if (opts.syslog) ::syslog(LOG_AUTHPRIV | LOG_INFO, "%s", text.c_str());
+    std::string hash = sha256_hex(text);
+    if (syslog_out && opts.syslog) {
+      syslog_out->push_back(format_rfc5424(SyslogFields{.ts = ts,
+                                                        .host = host,
+                                                        .type = type,
+                                                        .writer = writer_id,
+                                                        .seq = seq,
+                                                        .prev = last_hash,
+                                                        .hash = hash},
+                                           text));
+    }
+    last_hash = std::move(hash);
+    ++appended;
     text.push_back('\n');
     return text;
   }
 
-  // Writes `data` and fdatasyncs. Caller holds io_mu.
-  void write_locked(const std::string& data, uint64_t upto) {
-    if (!data.empty()) {
-      try {
-        write_all(fd.get(), data, opts.path);
-        if (::fdatasync(fd.get()) != 0) common::throw_errno("fdatasync audit log " + opts.path);
-      } catch (const std::exception& e) {
-        ++write_errors;
-        common::log_error("audit write failed", {{"file", opts.path}, {"error", e.what()}});
-      }
+  // format_rfc3339_ms, with the seconds part formatted once per second (the hot path). Caller holds mu.
+  std::string now_rfc3339() {
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  std::chrono::system_clock::now().time_since_epoch())
+                  .count();
+    if (ms / 1000 != ts_cache_sec) {
+      ts_cache_sec = ms / 1000;
+      ts_cache = format_rfc3339_ms(std::chrono::system_clock::time_point(std::chrono::milliseconds(ms)));
     }
-    written = std::max(written, upto);
-    flushed_cv.notify_all();
+    char frac[4];
+    std::snprintf(frac, sizeof(frac), "%03d", static_cast<int>(ms % 1000));
+    std::string out = ts_cache;
+    out.replace(out.size() - 4, 3, frac);  // "...SS.mmmZ"
+    return out;
+  }
+  int64_t ts_cache_sec = -1;
+  std::string ts_cache;
+
+  Chunk& tail_chunk() {
+    if (pending.empty()) pending.emplace_back();
+    return pending.back();
   }
 
-  // Moves the pending lines to disk. Called with `lk` (on mu) held; returns with it held.
-  void drain(std::unique_lock<std::mutex>& lk) {
-    std::string data;
-    data.swap(pending);
-    uint64_t upto = appended;
-    std::unique_lock io(io_mu);
-    lk.unlock();
-    write_locked(data, upto);
-    io.unlock();
-    lk.lock();
+  void put_locked(nlohmann::json record) {
+    Chunk& c = tail_chunk();
+    std::string text = seal(std::move(record), now_rfc3339(), &c.syslog);
+    c.data += text;
+    pending_bytes += text.size();
+    logical_size += text.size();
+    ++since_checkpoint;
   }
 
-  // Caller holds mu. Writes what is pending, renames the file and starts the next one.
-  void rotate_locked() {
-    std::unique_lock io(io_mu);
-    std::string data;
-    data.swap(pending);
-    write_locked(data, appended);
-    std::string rotated = rotated_name(opts.path);
-    if (::rename(opts.path.c_str(), rotated.c_str()) != 0) {
-      ++write_errors;
+  // Signs (writer, seq, chain hash, time) and appends the checkpoint. Caller holds mu.
+  void checkpoint_locked(bool final) {
+    std::string ts = now_rfc3339();
+    uint64_t interval_s = static_cast<uint64_t>(opts.checkpoint_interval.count());
+    Checkpoint cp{.writer = writer_id,
+                  .key_fp = key_fp,
+                  .every = opts.checkpoint_every,
+                  .interval_s = interval_s,
+                  .final = final};
+    cp.sig = common::base64_encode(
+        key->sign(checkpoint_message(writer_id, seq + 1, last_hash, ts, cp.every, interval_s, final)));
+    Chunk& c = tail_chunk();
+    std::string text = seal(cp.to_json(), ts, &c.syslog);
+    c.data += text;
+    pending_bytes += text.size();
+    logical_size += text.size();
+    since_checkpoint = 0;
+    last_checkpoint = std::chrono::steady_clock::now();
+    last_checkpoint_unix.store(unix_now(), std::memory_order_relaxed);
+    checkpoints.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  void maybe_checkpoint_locked() {
+    if (!key) return;
+    bool due_count = opts.checkpoint_every > 0 && since_checkpoint >= opts.checkpoint_every;
+    bool due_time = std::chrono::steady_clock::now() - last_checkpoint >= opts.checkpoint_interval;
+    if (due_count || due_time) checkpoint_locked(false);
+  }
+
+  void enqueue_locked(nlohmann::json record) {
+    put_locked(std::move(record));
+    maybe_checkpoint_locked();
+    if (opts.rotate_bytes > 0 && logical_size >= opts.rotate_bytes) {
+      std::string name = rotated_name(opts.path, rotated_names);
+      pending.emplace_back().rotate_to = name;
+      logical_size = 0;
+      put_locked(LogRotate{fs::path(name).filename().string()}.to_json());
+      maybe_checkpoint_locked();
+    }
+  }
+
+  // --- drainer side (draining == true, mu not held) ---
+
+  // The live path must still name our file: if it was deleted or replaced, put the chain (read back
+  // from our descriptor) into a new file at the path, so nothing written so far is lost.
+  bool check_live_file(std::optional<LogReopen>* reopen, std::string* err) {
+    struct stat ours {}, at_path {};
+    if (!fd || ::fstat(fd.get(), &ours) != 0 || !S_ISREG(ours.st_mode)) return true;
+    bool missing = ::stat(opts.path.c_str(), &at_path) != 0;
+    if (!missing && at_path.st_dev == ours.st_dev && at_path.st_ino == ours.st_ino) return true;
+    LogReopen note{.reason = missing ? "deleted" : "replaced"};
+    try {
+      if (!missing) {
+        std::string aside = opts.path + ".replaced." + utc_stamp();
+        if (::rename(opts.path.c_str(), aside.c_str()) != 0) common::throw_errno("move aside " + opts.path);
+        note.moved_to = fs::path(aside).filename().string();
+      }
+      common::UniqueFd fresh = open_path(/*exclusive=*/true);
+      std::string data = pread_all(fd.get(), 0, disk_size, opts.path);
+      if (!write_all(fresh.get(), data, err) || ::fdatasync(fresh.get()) != 0) {
+        ::unlink(opts.path.c_str());
+        if (err->empty()) *err = std::string("fdatasync: ") + std::strerror(errno);
+        return false;
+      }
+      note.restored_bytes = data.size();
+      fd = std::move(fresh);
+    } catch (const std::exception& e) {
+      *err = e.what();
+      return false;
+    }
+    common::log_warn("audit log was " + note.reason + " under the writer; restored the chain into a new file",
+                     {{"file", opts.path}, {"restored_bytes", std::to_string(note.restored_bytes)}});
+    reopened.fetch_add(1, std::memory_order_relaxed);
+    *reopen = note;
+    return true;
+  }
+
+  bool rotate_file(const std::string& to, std::string* err) {
+    if (::rename(opts.path.c_str(), to.c_str()) != 0) {
+      // Keep writing to the same file: a failed rename loses nothing.
+      write_errors.fetch_add(1, std::memory_order_relaxed);
       common::log_error("audit rotation failed; continuing in the same file",
                         {{"file", opts.path}, {"error", std::strerror(errno)}});
-      return;
+      return true;
     }
-    common::UniqueFd old = std::move(fd);
+    fd.reset();
     try {
-      open_file();
+      fd = open_path(false);
+      disk_size = 0;
     } catch (const std::exception& e) {
-      ++write_errors;
-      common::log_error("audit rotation could not open a new file",
-                        {{"file", opts.path}, {"error", e.what()}});
+      *err = e.what();
+      return false;
     }
-    io.unlock();
-    logical_size = 0;
-    nlohmann::json rec{{"type", "log_rotate"}, {"previous_file", fs::path(rotated).filename().string()}};
-    enqueue_locked(std::move(rec), /*may_rotate=*/false);
+    return true;
   }
 
-  void enqueue_locked(nlohmann::json record, bool may_rotate) {
-    std::string text = seal(std::move(record));
-    pending += text;
-    logical_size += text.size();
-    ++appended;
-    if (may_rotate && opts.rotate_bytes > 0 && logical_size >= opts.rotate_bytes) rotate_locked();
+  bool write_data(const std::string& data, std::string* err) {
+    if (!fd) {
+      try {
+        fd = open_path(false);
+        struct stat st {};
+        disk_size = ::fstat(fd.get(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+      } catch (const std::exception& e) {
+        *err = e.what();
+        return false;
+      }
+    }
+    if (!write_all(fd.get(), data, err) || ::fdatasync(fd.get()) != 0) {
+      if (err->empty()) *err = std::string("fdatasync: ") + std::strerror(errno);
+      // A partial line would corrupt the retry: cut back to the last good size (not possible on a
+      // device such as /dev/full, which holds nothing anyway).
+      if (::ftruncate(fd.get(), static_cast<off_t>(disk_size)) != 0 && errno != EINVAL) {
+        common::log_error("audit log: cannot cut a partial write", {{"file", opts.path}});
+      }
+      return false;
+    }
+    disk_size += data.size();
+    return true;
+  }
+
+  // Writes `work` in order; returns how many chunks reached the disk.
+  size_t write_chunks(std::deque<Chunk>& work, std::string* err, std::optional<LogReopen>* reopen) {
+    if (!check_live_file(reopen, err)) return 0;
+    size_t i = 0;
+    for (; i < work.size(); ++i) {
+      Chunk& c = work[i];
+      if (!c.rotate_to.empty()) {
+        if (!rotate_file(c.rotate_to, err)) break;
+        c.rotate_to.clear();  // done: a retry must not rename again
+      }
+      if (!c.data.empty() && !write_data(c.data, err)) break;
+      if (syslog) {
+        for (const auto& m : c.syslog) {
+          if (!syslog->send(m)) syslog_errors.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
+    }
+    return i;
+  }
+
+  // Writes the queue. Called with `lk` (on mu) held; returns with it held. True if all of it is on disk.
+  bool drain(std::unique_lock<std::mutex>& lk) {
+    drain_cv.wait(lk, [&] { return !draining; });
+    if (pending.empty()) return ok.load(std::memory_order_relaxed);
+    draining = true;
+    std::deque<Chunk> work;
+    work.swap(pending);
+    pending_bytes = 0;
+    uint64_t upto = appended;
+    lk.unlock();
+    std::string err;
+    std::optional<LogReopen> reopen;
+    size_t done = write_chunks(work, &err, &reopen);
+    lk.lock();
+    draining = false;
+    bool success = done == work.size();
+    if (success) {
+      durable = std::max(durable, upto);
+      if (!ok.exchange(true)) common::log_info("audit log writable again", {{"file", opts.path}});
+      if (gap.dropped > 0) {
+        enqueue_locked(gap.to_json());
+        gap = LogGap{};
+      }
+    } else {
+      // Back to the head of the queue, in order, ahead of what was appended meanwhile.
+      for (size_t i = work.size(); i-- > done;) {
+        pending_bytes += work[i].data.size();
+        pending.push_front(std::move(work[i]));
+      }
+      write_errors.fetch_add(1, std::memory_order_relaxed);
+      ok.store(false, std::memory_order_relaxed);
+      last_error = err;
+      common::log_error("audit write failed", {{"file", opts.path}, {"error", err}});
+    }
+    if (reopen) enqueue_locked(reopen->to_json());
+    drain_cv.notify_all();
+    return success;
+  }
+
+  // While unwritable, records beyond the buffer are dropped before they enter the chain, and counted.
+  bool drop_if_full_locked() {
+    if (ok.load(std::memory_order_relaxed) || pending_bytes < opts.max_pending_bytes) return false;
+    std::string ts = format_rfc3339_ms(std::chrono::system_clock::now());
+    if (gap.dropped++ == 0) {
+      gap.first_dropped = ts;
+      gap.error = last_error;
+    }
+    gap.last_dropped = ts;
+    dropped.fetch_add(1, std::memory_order_relaxed);
+    return true;
   }
 
   void writer_loop() {
     std::unique_lock lk(mu);
     while (true) {
-      cv.wait_for(lk, opts.batch_interval, [&] { return stop || pending.size() >= (64u << 10); });
+      wake_cv.wait_for(lk, opts.batch_interval, [&] { return stop || pending_bytes >= kWakeBytes; });
+      if (!stop) maybe_checkpoint_locked();
       if (!pending.empty()) drain(lk);
-      if (stop && pending.empty()) return;
+      if (stop) return;
     }
   }
 };
@@ -276,6 +516,8 @@ AuditLog::AuditLog(AuditOptions opts) : impl_(std::make_unique<Impl>(std::move(o
   auto& d = *impl_;
   if (d.opts.path.empty()) throw std::runtime_error("audit log path is empty (set --audit-log FILE)");
   if (d.opts.component.empty()) d.opts.component = "sshring";
+  d.writer_id = d.opts.component + "@" + d.host;
+  if (d.opts.checkpoint_interval.count() <= 0) d.opts.checkpoint_interval = kDefaultCheckpointInterval;
   auto parent = fs::path(d.opts.path).parent_path();
   if (!parent.empty()) {
     std::error_code ec;
@@ -284,11 +526,16 @@ AuditLog::AuditLog(AuditOptions opts) : impl_(std::make_unique<Impl>(std::move(o
       throw std::runtime_error("audit log " + d.opts.path + ": cannot create " + parent.string() + ": " +
                                ec.message());
   }
-  d.open_file();
+  if (!d.opts.key_path.empty()) {
+    d.key = AuditKey::load_or_create(d.opts.key_path);
+    d.key_fp = d.key->fingerprint();
+  }
+  if (d.opts.syslog) d.syslog.emplace(d.opts.syslog_socket);
+  d.fd = d.open_path(false);
   auto note = d.recover_tail();
   if (note) {
     std::lock_guard lk(d.mu);
-    d.enqueue_locked(std::move(*note), true);
+    d.enqueue_locked(note->to_json());
   }
   if (!d.opts.fsync_each) d.writer = std::thread([this] { impl_->writer_loop(); });
   if (note) flush();
@@ -298,41 +545,103 @@ AuditLog::~AuditLog() {
   auto& d = *impl_;
   {
     std::lock_guard lk(d.mu);
+    if (d.key) d.checkpoint_locked(/*final=*/true);
     d.stop = true;
   }
-  d.cv.notify_all();
+  d.wake_cv.notify_all();
   if (d.writer.joinable()) d.writer.join();
-  flush();
+  if (!flush()) {
+    common::log_error("audit log closed with records not on disk",
+                      {{"file", d.opts.path}, {"error", d.last_error}});
+  }
 }
 
-void AuditLog::append(nlohmann::json record) {
+namespace {
+void check_record(const nlohmann::json& record) {
   if (!record.is_object() || !record.contains("type") || !record["type"].is_string()) {
     throw std::invalid_argument("audit record must be a JSON object with a string \"type\"");
   }
+}
+}  // namespace
+
+void AuditLog::append(nlohmann::json record) {
+  check_record(record);
   auto& d = *impl_;
   std::unique_lock lk(d.mu);
-  d.enqueue_locked(std::move(record), true);
+  // Unwritable: retry first (batched mode retries on the writer thread), drop only if still full.
+  if (d.opts.fsync_each && !d.ok.load(std::memory_order_relaxed) && d.pending_bytes >= d.opts.max_pending_bytes)
+    d.drain(lk);
+  if (d.drop_if_full_locked()) return;
+  d.enqueue_locked(std::move(record));
   if (d.opts.fsync_each) {
     d.drain(lk);
-  } else if (d.pending.size() >= (64u << 10)) {
-    d.cv.notify_one();
+  } else if (d.pending_bytes >= kWakeBytes) {
+    d.wake_cv.notify_one();
   }
 }
 
-void AuditLog::flush() {
+bool AuditLog::commit(nlohmann::json record, std::string* error) {
+  check_record(record);
+  auto& d = *impl_;
+  std::unique_lock lk(d.mu);
+  auto fail = [&](const std::string& why) {
+    if (error) *error = "audit log " + d.opts.path + " cannot be written (" + why + ")";
+    return false;
+  };
+  // Earlier records first; then ours must be the only thing queued so it can be taken back.
+  for (int i = 0; i < 3 && !d.pending.empty(); ++i) {
+    if (!d.drain(lk)) return fail(d.last_error);
+  }
+  bool alone = d.pending.empty();
+  const uint64_t seq = d.seq, appended = d.appended, since = d.since_checkpoint, size = d.logical_size;
+  const std::string hash = d.last_hash;
+  d.enqueue_locked(std::move(record));
+  const uint64_t ours = d.appended;
+  if (d.drain(lk)) return true;
+  if (alone && d.appended == ours) {
+    // Nobody chained onto it: take it back out, as if never appended.
+    d.pending.clear();
+    d.pending_bytes = 0;
+    d.seq = seq;
+    d.appended = appended;
+    d.since_checkpoint = since;
+    d.logical_size = size;
+    d.last_hash = hash;
+    return fail(d.last_error);
+  }
+  return fail(d.last_error + "; the record stays queued and is written when the log recovers");
+}
+
+bool AuditLog::flush() {
   auto& d = *impl_;
   std::unique_lock lk(d.mu);
   uint64_t target = d.appended;
   d.drain(lk);
-  lk.unlock();
-  // Another thread may have taken our lines; wait until they are on disk.
-  std::unique_lock io(d.io_mu);
-  d.flushed_cv.wait(io, [&] { return d.written >= target; });
+  return d.durable >= target;
 }
 
-uint64_t AuditLog::write_errors() const {
-  std::lock_guard io(impl_->io_mu);
-  return impl_->write_errors;
+bool AuditLog::writable() const { return impl_->ok.load(std::memory_order_relaxed); }
+
+uint64_t AuditLog::write_errors() const { return impl_->write_errors.load(std::memory_order_relaxed); }
+
+const std::string& AuditLog::writer_id() const { return impl_->writer_id; }
+
+AuditStats AuditLog::stats() const {
+  auto& d = *impl_;
+  AuditStats s;
+  {
+    std::lock_guard lk(d.mu);
+    s.records = d.appended;
+  }
+  s.checkpoints = d.checkpoints.load(std::memory_order_relaxed);
+  s.write_errors = d.write_errors.load(std::memory_order_relaxed);
+  s.dropped = d.dropped.load(std::memory_order_relaxed);
+  s.reopened = d.reopened.load(std::memory_order_relaxed);
+  s.syslog_errors = d.syslog_errors.load(std::memory_order_relaxed);
+  s.writable = d.ok.load(std::memory_order_relaxed);
+  s.last_checkpoint_unix = d.last_checkpoint_unix.load(std::memory_order_relaxed);
+  s.checkpoint_interval_s = d.key ? static_cast<uint64_t>(d.opts.checkpoint_interval.count()) : 0;
+  return s;
 }
 
 }  // namespace sshring::metrics

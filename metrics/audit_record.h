@@ -18,10 +18,12 @@ inline constexpr size_t kMaxRecordBytes = 64 * 1024;
 // `prev` of the first record of a fresh chain.
 inline const std::string kZeroHash(64, '0');
 
-// Record types (docs/audit.md). log_rotate and log_recover are written by the log itself.
-inline constexpr const char* kRecordTypes[] = {"session_start", "session_end",  "session_deny", "grant_add",
-                                               "grant_revoke",  "grant_expire", "flow_open",    "flow_close",
-                                               "policy_reload", "log_rotate",   "log_recover"};
+// Record types (docs/audit.md). The log_* types and checkpoint are written by the log itself.
+inline constexpr const char* kRecordTypes[] = {
+    "session_start", "session_end", "session_deny", "grant_add",  "grant_revoke", "grant_expire", "flow_open",
+    "flow_close",    "flow_cut", "policy_reload", "log_rotate", "log_recover", "log_reopen",  "log_gap",      "checkpoint", "relay_handover",
+    // signed grants (docs/policy.md)
+    "grant_request", "grant_approve", "grant_deny", "grant_review", "grant_reject"};
 
 struct AuditRecord {
   std::string ts;

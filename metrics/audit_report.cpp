@@ -1,3 +1,4 @@
+#include "common/clock.h"
 #include "metrics/audit_report.h"
 
 #include <algorithm>
@@ -62,16 +63,48 @@ std::string table(const std::vector<std::string>& head, std::vector<std::vector<
 
 }  // namespace
 
+// Per host / principal / rule counts of sessions and grant events in the window.
+void AuditReport::add_fleet(const AuditRecord& rec) {
+  const auto& b = rec.body;
+  if (rec.type == "session_end" || rec.type == "session_deny") {
+    bool end = rec.type == "session_end";
+    std::string who = str(b, "principal");
+    for (auto* t : {&hosts_[rec.host], &principals_[who.empty() ? "(none)" : who]}) {
+      (end ? t->sessions : t->denied) += 1;
+      if (end) t->bytes += num(b, "bytes_up") + num(b, "bytes_down");
+    }
+    return;
+  }
+  if (rec.type != "grant_add" && rec.type != "grant_revoke" && rec.type != "grant_expire") return;
+  std::string rule = str(b, "rule");
+  std::string who = str(b, "who");
+  const char* what = rec.type == "grant_add" ? "added" : rec.type == "grant_revoke" ? "revoked" : "expired";
+  ++grant_days_[rec.ts.substr(0, 10)][what];
+  for (auto* t : {&rules_[rule.empty() ? "(none)" : rule], &principals_[who.empty() ? "(none)" : who]}) {
+    if (rec.type == "grant_add") {
+      ++t->grants_added;
+      if (!str(b, "approver").empty()) ++t->grants_approved;
+    } else {
+      ++(rec.type == "grant_revoke" ? t->grants_revoked : t->grants_expired);
+    }
+  }
+}
+
 void AuditReport::add(const AuditRecord& rec) {
   const auto& b = rec.body;
+  if (rec.ts_ms >= opts_.since_ms && rec.ts_ms <= opts_.until_ms) add_fleet(rec);
   // Grant terms are learned from any time so a flow in the window can name its grant's reason.
-  if (rec.type == "grant_add" || rec.type == "grant_revoke" || rec.type == "grant_expire") {
+  // Signed grants (docs/policy.md) record grant_request (live at once: status "active") and
+  // grant_approve (the approval that activates it: status "active").
+  const bool requested = rec.type == "grant_add" || rec.type == "grant_request";
+  if (requested || rec.type == "grant_approve" || rec.type == "grant_revoke" || rec.type == "grant_expire") {
     auto& g = grants_[str(b, "grant_id")];
     bool in_window = rec.ts_ms >= opts_.since_ms && rec.ts_ms <= opts_.until_ms;
     g.in_window = g.in_window || in_window;
-    if (rec.type == "grant_add") {
-      g.terms = b;
-      if (g.status == "unknown") g.status = "granted";
+    const bool active = rec.type == "grant_add" || str(b, "status") == "active";
+    if (requested || rec.type == "grant_approve") {
+      if (requested) g.terms = b;
+      if (g.status == "unknown" || g.status == "pending") g.status = active ? "granted" : "pending";
     } else {
       g.status = rec.type == "grant_revoke" ? "revoked" : "expired";
       g.ended_by = str(b, "actor");
@@ -212,9 +245,7 @@ nlohmann::ordered_json AuditReport::to_json() const {
     std::string status = g.status;
     if (status == "granted") {
       auto exp = parse_rfc3339_ms(str(g.terms, "expires"));
-      auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                     std::chrono::system_clock::now().time_since_epoch())
-                     .count();
+      auto now = common::unix_now_ms();
       status = exp && *exp <= std::min(now, opts_.until_ms) ? "expired" : "active";
     }
     nlohmann::ordered_json j{
@@ -238,7 +269,61 @@ nlohmann::ordered_json AuditReport::to_json() const {
     grants.push_back(std::move(j));
   }
   out["sessions"] = {{"ended", sessions_}, {"denied", denied_}, {"bytes", session_bytes_}};
+  fleet_json(out);
   return out;
+}
+
+// Flow counts by tag for one table row.
+static nlohmann::ordered_json tag_counts(const std::map<std::string, uint64_t>& m) {
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  for (const char* tag : {"bypass_unapproved", "bypass_expired", "bypass_approved", "proxied"}) {
+    auto it = m.find(tag);
+    j[tag] = it == m.end() ? 0 : it->second;
+  }
+  return j;
+}
+
+void AuditReport::fleet_json(nlohmann::ordered_json& out) const {
+  // Flows attributed to hosts (the agent's), principals and rules (through the grant that covered them).
+  std::map<std::string, std::map<std::string, uint64_t>> host_flows, who_flows, rule_flows, days;
+  for (const auto& key : flow_order_) {
+    const auto& f = flows_.at(key);
+    ++host_flows[f.host][f.tag];
+    ++days[f.first_seen.substr(0, 10)][f.tag];
+    auto g = grants_.find(f.grant_id);
+    if (g == grants_.end() || f.grant_id.empty()) continue;
+    std::string who = str(g->second.terms, "who"), rule = str(g->second.terms, "rule");
+    ++who_flows[who.empty() ? "(none)" : who][f.tag];
+    ++rule_flows[rule.empty() ? "(none)" : rule][f.tag];
+  }
+  auto table = [&](const std::map<std::string, Tally>& tallies, std::map<std::string, std::map<std::string, uint64_t>>& flows,
+                   const char* key) {
+    std::map<std::string, Tally> all = tallies;
+    for (const auto& [k, v] : flows) all.try_emplace(k);
+    auto arr = nlohmann::ordered_json::array();
+    for (const auto& [k, t] : all) {
+      arr.push_back({{key, k},
+                     {"sessions", t.sessions},
+                     {"denied", t.denied},
+                     {"session_bytes", t.bytes},
+                     {"flows", tag_counts(flows[k])},
+                     {"grants", {{"added", t.grants_added},
+                                 {"approved", t.grants_approved},
+                                 {"revoked", t.grants_revoked},
+                                 {"expired", t.grants_expired}}}});
+    }
+    return arr;
+  };
+  out["by_host"] = table(hosts_, host_flows, "host");
+  out["by_principal"] = table(principals_, who_flows, "principal");
+  out["by_rule"] = table(rules_, rule_flows, "rule");
+  auto& per_day = out["flows_per_day"] = nlohmann::ordered_json::array();
+  for (const auto& [day, m] : days) per_day.push_back({{"day", day}, {"flows", tag_counts(m)}});
+  auto& gdays = out["grants_per_day"] = nlohmann::ordered_json::array();
+  for (const auto& [day, m] : grant_days_) {
+    auto get = [&](const char* k) { return m.count(k) ? m.at(k) : 0; };
+    gdays.push_back({{"day", day}, {"added", get("added")}, {"revoked", get("revoked")}, {"expired", get("expired")}});
+  }
 }
 
 std::string AuditReport::to_text() const {
@@ -290,6 +375,21 @@ std::string AuditReport::to_text() const {
                     s(g["approver"]), s(g["flows"]), s(g["bytes"]), s(g["reason"])});
   }
   out << table({"GRANT", "STATUS", "WHO", "SCOPE", "EXPIRES", "APPROVER", "FLOWS", "BYTES", "REASON"}, rows);
+
+  for (const char* which : {"by_host", "by_principal", "by_rule"}) {
+    std::string key = std::string(which).substr(3);
+    out << "\nPer " << key << "\n";
+    rows.clear();
+    for (const auto& r : j[which]) {
+      const auto& fl = r["flows"];
+      const auto& g = r["grants"];
+      rows.push_back({s(r[key]), s(r["sessions"]), s(r["denied"]), s(fl["bypass_unapproved"]), s(fl["bypass_expired"]),
+                      s(fl["bypass_approved"]), s(g["added"]), s(g["approved"]), s(g["revoked"]), s(g["expired"])});
+    }
+    out << table({"NAME", "SESSIONS", "DENIED", "UNAPPROVED", "EXPIRED", "APPROVED", "GRANTS", "APPROVED_GRANTS",
+                  "REVOKED", "EXPIRED_GRANTS"},
+                 rows);
+  }
 
   out << "\nProxied sessions: " << s(j["sessions"]["ended"]) << " ended, " << s(j["sessions"]["denied"])
       << " denied, " << s(j["sessions"]["bytes"]) << " bytes\n";

@@ -30,6 +30,8 @@ class AuditReport {
 
   [[nodiscard]] nlohmann::ordered_json to_json() const;
   [[nodiscard]] std::string to_text() const;
+  // One self-contained page (no external assets, no JavaScript): the tables and inline SVG charts.
+  [[nodiscard]] std::string to_html() const;
 
  private:
   struct Flow {
@@ -50,6 +52,15 @@ class AuditReport {
   std::vector<std::string> flow_order_;
   std::map<std::string, Grant> grants_;
   uint64_t sessions_ = 0, denied_ = 0, session_bytes_ = 0;
+  // Fleet tables: per relay/agent host, per principal, per opt-out rule.
+  struct Tally {
+    uint64_t sessions = 0, denied = 0, bytes = 0, grants_added = 0, grants_approved = 0, grants_revoked = 0,
+             grants_expired = 0;
+  };
+  std::map<std::string, Tally> hosts_, principals_, rules_;
+  std::map<std::string, std::map<std::string, uint64_t>> grant_days_;  // day -> added|revoked|expired -> n
+  void add_fleet(const AuditRecord& rec);
+  void fleet_json(nlohmann::ordered_json& out) const;
 };
 
 }  // namespace sshring::metrics

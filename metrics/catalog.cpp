@@ -1,6 +1,8 @@
 // Every sshring metric family is created here; names and labels are the contract for dashboards.
 #include "metrics/catalog.h"
 
+#include "common/grant_reject.h"
+
 #include <iterator>
 
 namespace sshring::metrics {
@@ -9,6 +11,26 @@ namespace {
 
 prometheus::Histogram::BucketBoundaries buckets(const double* b, size_t n) {
   return {b, b + n};
+}
+
+// Pre-authentication connections in progress and refused (relay/admission.h), every reason exported.
+std::array<prometheus::MetricFamily, 2> startup_families(
+    const std::vector<const RelayWorkerStats*>& workers) {
+  auto active = gauge_family("sshring_relay_startups_active",
+                             "Accepted connections whose preamble is not verified yet.");
+  auto refused = counter_family("sshring_relay_startups_refused_total",
+                                "Pre-authentication connections refused, by reason.");
+  double sum_active = 0;
+  std::array<double, kNumStartupRefusals> by_reason{};
+  for (const auto* w : workers) {
+    sum_active += static_cast<double>(w->startups_active.value());
+    for (size_t i = 0; i < kNumStartupRefusals; ++i)
+      by_reason[i] += static_cast<double>(w->startups_refused[i].value());
+  }
+  add_sample(active, {}, sum_active);
+  for (size_t i = 0; i < kNumStartupRefusals; ++i)
+    add_sample(refused, {{"reason", kStartupRefusals[i]}}, by_reason[i]);
+  return {std::move(active), std::move(refused)};
 }
 
 }  // namespace
@@ -63,8 +85,10 @@ RelayMetrics register_relay(Server& server, const std::vector<const RelayWorkerS
     add_sample(bytes, {{"direction", "upstream_to_client"}}, u2c);
     add_sample(accept_errors, {}, errs);
     add_sample(pipes, {}, sum_pipes);
-    return std::vector<prometheus::MetricFamily>{std::move(active), std::move(total), std::move(bytes),
-                                                 std::move(accept_errors), std::move(pipes)};
+    auto startups = startup_families(workers);
+    return std::vector<prometheus::MetricFamily>{
+        std::move(active), std::move(total),       std::move(bytes),      std::move(accept_errors),
+        std::move(pipes),  std::move(startups[0]), std::move(startups[1])};
   });
   return m;
 }
@@ -92,6 +116,22 @@ PolicyMetrics register_policy(Server& server) {
   m.grants_expiring = &prometheus::BuildGauge()
                            .Name("sshring_grants_expiring_within_hour")
                            .Help("Grants in force that expire within the next hour.")
+                           .Register(reg)
+                           .Add({});
+  m.grants_rejected = &prometheus::BuildCounter()
+                           .Name("sshring_grants_rejected_total")
+                           .Help("Stored grants refused at a reload (bad signature, unknown key, missing or "
+                                 "narrowed rule, ...), by reason; each grant counts once.")
+                           .Register(reg);
+  for (auto reason : common::kGrantRejectReasons) m.grants_rejected->Add({{"reason", std::string(reason)}});
+  m.break_glass_live = &prometheus::BuildGauge()
+                            .Name("sshring_grants_break_glass_active")
+                            .Help("Break-glass grants currently in force.")
+                            .Register(reg)
+                            .Add({});
+  m.reviews_overdue = &prometheus::BuildGauge()
+                           .Name("sshring_grants_review_overdue")
+                           .Help("Break-glass grants past their rule's review_within without a signed review.")
                            .Register(reg)
                            .Add({});
   m.source_up = &prometheus::BuildGauge()
@@ -134,6 +174,48 @@ void PolicyMetrics::source(bool up, int64_t revision, int64_t last_sync, int64_t
   source_staleness->Add({}).Set(static_cast<double>(last_sync > 0 ? now - last_sync : now));
 }
 
+void PolicyMetrics::break_glass(size_t live, size_t reviews_overdue_now) {
+  if (break_glass_live) break_glass_live->Set(static_cast<double>(live));
+  if (reviews_overdue) reviews_overdue->Set(static_cast<double>(reviews_overdue_now));
+}
+
+void PolicyMetrics::grant_rejected(const std::string& reason) {
+  if (grants_rejected) grants_rejected->Add({{"reason", reason}}).Increment();
+}
+
+// The kernel's degraded-path counters, live-flow enforcement, policy fit and pin health.
+static void append_agent_enforcement(const AgentStats& s, std::vector<prometheus::MetricFamily>& out) {
+  auto events = counter_family("sshring_agent_kernel_events_total",
+                               "Degraded or enforced paths counted by the BPF programs, by event.");
+  for (size_t i = 0; i < kNumKernelStats; ++i)
+    add_sample(events, {{"event", kKernelStatNames[i]}}, static_cast<double>(s.kernel_events[i].value()));
+  out.push_back(std::move(events));
+  auto counter = [&](const char* name, const char* help, const LocalCounter& c) {
+    auto f = counter_family(name, help);
+    add_sample(f, {}, static_cast<double>(c.value()));
+    out.push_back(std::move(f));
+  };
+  auto gauge = [&](const char* name, const char* help, const LocalGauge& g) {
+    auto f = gauge_family(name, help);
+    add_sample(f, {}, static_cast<double>(g.value()));
+    out.push_back(std::move(f));
+  };
+  counter("sshring_agent_flows_seeded_total", "Flow entries made at start for connections already open.",
+          s.flows_seeded);
+  counter("sshring_agent_flows_retagged_total",
+          "Live flows re-tagged because their grant expired or was revoked.", s.flows_retagged);
+  counter("sshring_agent_flows_cut_total", "Live flows ended by enforce mode (SOCK_DESTROY).", s.flows_cut);
+  counter("sshring_agent_flow_cut_errors_total", "Flows enforce mode could not end (no local socket, error).",
+          s.flow_cut_errors);
+  gauge("sshring_agent_policy_fits", "1 when the whole policy fits the kernel maps, 0 when rules were cut.",
+        s.policy_fits);
+  gauge("sshring_agent_policy_rules_not_loaded", "Candidate rules left out of the kernel maps (fail closed).",
+        s.rules_not_loaded);
+  gauge("sshring_agent_pins_private",
+        "1 when the pin dir is on a bpffs private to the agent's mount namespace (pins die with it).",
+        s.pins_private);
+}
+
 void register_agent(Server& server, const AgentStats* stats) {
   server.add_collector([stats] {
     auto flows = counter_family("sshring_bypass_flows_total", "Direct SSH flows seen by the agent, by tag.");
@@ -157,9 +239,11 @@ void register_agent(Server& server, const AgentStats* stats) {
     auto enforce =
         gauge_family("sshring_agent_enforce_mode", "1 when unapproved SYNs are dropped, 0 when only tagged.");
     add_sample(enforce, {}, static_cast<double>(stats->enforce.value()));
-    return std::vector<prometheus::MetricFamily>{std::move(flows),  std::move(bytes),   std::move(drops),
-                                                 std::move(full),   std::move(evicted), std::move(tracked),
-                                                 std::move(enforce)};
+    std::vector<prometheus::MetricFamily> out{std::move(flows),  std::move(bytes),   std::move(drops),
+                                              std::move(full),   std::move(evicted), std::move(tracked),
+                                              std::move(enforce)};
+    append_agent_enforcement(*stats, out);
+    return out;
   });
 }
 

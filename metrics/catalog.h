@@ -23,6 +23,11 @@ inline constexpr const char* kSessionOutcomes[] = {
     "denied", "handshake_timeout", "connect_failed", "overloaded"};
 inline constexpr size_t kNumSessionOutcomes = std::size(kSessionOutcomes);
 
+// Refused pre-authentication connections (label `reason` of sshring_relay_startups_refused_total);
+// mirrors relay::StartupRefusal (a static_assert there checks the count).
+inline constexpr const char* kStartupRefusals[] = {"full", "early_drop", "per_source", "first_byte_timeout"};
+inline constexpr size_t kNumStartupRefusals = std::size(kStartupRefusals);
+
 // Label `tag` of the bypass families, index = policy::FlowTag - 1 (metrics depends on no other part, so
 // the names are repeated here; a test checks they match policy::flow_tag_name).
 inline constexpr const char* kFlowTagNames[] = {"proxied", "bypass_approved", "bypass_expired",
@@ -44,6 +49,8 @@ struct RelayWorkerStats {
   LocalCounter bytes_upstream_to_client;  // sshring_relay_bytes_total{direction="upstream_to_client"}
   LocalCounter accept_errors;             // sshring_relay_accept_errors_total (EMFILE, ENFILE, ...)
   LocalGauge pipes_in_use;                // sshring_relay_pipes_in_use
+  LocalGauge startups_active;             // sshring_relay_startups_active
+  std::array<LocalCounter, kNumStartupRefusals> startups_refused;  // by refusal index
 };
 
 // Relay-wide control-plane metrics (prometheus-cpp families, safe from any thread).
@@ -59,13 +66,16 @@ struct RelayMetrics {
 RelayMetrics register_relay(Server& server, const std::vector<const RelayWorkerStats*>& workers);
 
 // Policy reloads and grants, exported by every process that holds a snapshot (relay and agent).
-// The three member functions are what the policy reloader reports (policy::ReloadObserver, wired by
+// The member functions are what the policy reloader reports (policy::ReloadObserver, wired by
 // policy::observe(&metrics) in the process that owns both); metrics does not depend on policy.
 struct PolicyMetrics {
   prometheus::Family<prometheus::Counter>* reloads = nullptr;  // sshring_policy_reloads_total{result}
   prometheus::Gauge* last_success = nullptr;     // sshring_policy_last_reload_success_timestamp_seconds
   prometheus::Gauge* grants_active = nullptr;    // sshring_grants_active
   prometheus::Gauge* grants_expiring = nullptr;  // sshring_grants_expiring_within_hour
+  prometheus::Family<prometheus::Counter>* grants_rejected = nullptr;  // sshring_grants_rejected_total{reason}
+  prometheus::Gauge* break_glass_live = nullptr;  // sshring_grants_break_glass_active
+  prometheus::Gauge* reviews_overdue = nullptr;   // sshring_grants_review_overdue
   // Only with a policy source (etcd): series appear on the first source() report.
   // sshring_policy_source_up, _revision, _last_sync_timestamp_seconds, _staleness_seconds:
   prometheus::Family<prometheus::Gauge>* source_up = nullptr;
@@ -76,8 +86,17 @@ struct PolicyMetrics {
   void reloaded(bool ok, int64_t now);
   void grants(size_t live, size_t expiring_within_hour);
   void source(bool up, int64_t revision, int64_t last_sync, int64_t now);
+  void break_glass(size_t live, size_t reviews_overdue_now);
+  void grant_rejected(const std::string& reason);
 };
 PolicyMetrics register_policy(Server& server);
+
+// Label `event` of sshring_agent_kernel_events_total: the kernel's stat counters, index = the BPF
+// `enum sshring_stat` (bpf/sshring_consts.h; bpf/abi_check.h asserts the two lists agree).
+inline constexpr const char* kKernelStatNames[] = {
+    "truncated",   "fragment",     "v6_unparsed",    "ringbuf_full", "flow_map_full",   "untracked",
+    "dropped_syn", "closed_local", "dropped_packet", "expired_live", "reclassified_syn"};
+inline constexpr size_t kNumKernelStats = std::size(kKernelStatNames);
 
 // One per agent; the BPF per-CPU tag counters are read at scrape time through `read_tag_counters`.
 struct AgentStats {
@@ -88,6 +107,14 @@ struct AgentStats {
   LocalCounter flows_evicted;                // sshring_agent_flows_evicted_total
   LocalGauge flows_tracked;                  // sshring_agent_flows_tracked
   LocalGauge enforce;                        // sshring_agent_enforce_mode (0/1)
+  std::array<LocalCounter, kNumKernelStats> kernel_events;  // sshring_agent_kernel_events_total{event}
+  LocalCounter flows_seeded;                                // sshring_agent_flows_seeded_total
+  LocalCounter flows_retagged;                              // sshring_agent_flows_retagged_total
+  LocalCounter flows_cut;                                   // sshring_agent_flows_cut_total
+  LocalCounter flow_cut_errors;                             // sshring_agent_flow_cut_errors_total
+  LocalGauge policy_fits;                                   // sshring_agent_policy_fits (0/1)
+  LocalGauge rules_not_loaded;                              // sshring_agent_policy_rules_not_loaded
+  LocalGauge pins_private;                                  // sshring_agent_pins_private (0/1)
 };
 void register_agent(Server& server, const AgentStats* stats);
 

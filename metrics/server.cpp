@@ -210,7 +210,7 @@ Server::Server(const std::string& listen, std::string component)
       .Name("sshring_build_info")
       .Help("Build information; always 1.")
       .Register(*registry_)
-      .Add({{"version", SSHRING_METRICS_VERSION}, {"component", std::move(component)}})
+      .Add({{"version", SSHRING_METRICS_VERSION}, {"component", component}})
       .Set(1);
   if (impl_->exposer) {
     impl_->exposer->RegisterCollectable(registry_);

@@ -1,3 +1,4 @@
+#include "common/clock.h"
 #include "policy/cache.h"
 
 #include <poll.h>
@@ -30,10 +31,7 @@ void on_sighup(int) {
   }
 }
 
-UnixSeconds unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+UnixSeconds unix_now() { return common::unix_now_s(); }
 
 std::string dir_of(const std::string& path) {
   auto slash = path.rfind('/');
@@ -102,7 +100,7 @@ void Reloader::reload_or_throw() {
   } else {
     auto policy = std::make_shared<Policy>(load_policy_file(opts_.policy_path));
     std::string store = opts_.grant_store.empty() ? policy->grant_store : opts_.grant_store;
-    std::vector<Grant> grants;
+    std::vector<SignedGrant> grants;
     struct stat st {};
     if (::stat(store.c_str(), &st) == 0) {
       grants = DirGrantStore(store, false).load();
@@ -110,7 +108,9 @@ void Reloader::reload_or_throw() {
       common::log_warn("grant store missing; no grants loaded", {{"store", store}});
     }
     size_t n = grants.size();
-    auto snap = Snapshot::build(std::move(policy), std::move(grants), next_generation_.fetch_add(1));
+    auto snap = Snapshot::build_checked(std::move(policy), grants, unix_now(), &signatures_,
+                                        next_generation_.fetch_add(1));
+    report_rejected(*snap);
     cache_.publish(snap);
     watched_store_ = store;
     common::log_info("policy loaded", {{"file", opts_.policy_path},
@@ -128,18 +128,19 @@ namespace {
 
 // Parses what a source (or the disk cache) delivered. A grant the store holds but this build cannot
 // read is skipped with a warning, as the directory store does with unreadable files.
-std::shared_ptr<const Snapshot> build_from(const SourceData& d, uint64_t generation) {
+std::shared_ptr<const Snapshot> build_from(const SourceData& d, SignatureCache* signatures,
+                                           uint64_t generation) {
   auto policy = std::make_shared<Policy>(parse_policy(d.policy_text, d.policy_origin));
-  std::vector<Grant> grants;
+  std::vector<SignedGrant> grants;
   grants.reserve(d.grants.size());
   for (const auto& text : d.grants) {
     try {
-      grants.push_back(grant_from_json(nlohmann::json::parse(text)));
+      grants.push_back(signed_grant_from_json(nlohmann::json::parse(text)));
     } catch (const std::exception& e) {
       common::log_warn("skipping unreadable grant", {{"policy", d.policy_origin}, {"error", e.what()}});
     }
   }
-  return Snapshot::build(std::move(policy), std::move(grants), generation);
+  return Snapshot::build_checked(std::move(policy), grants, unix_now(), signatures, generation);
 }
 
 }  // namespace
@@ -158,7 +159,8 @@ void Reloader::load_from_source() {
       throw common::UsageError(std::string(e.what()) + "; and no usable cached snapshot (" + why +
                                "): cannot start without a policy");
     }
-    auto snap = build_from(c->data, next_generation_.fetch_add(1));
+    auto snap = build_from(c->data, &signatures_, next_generation_.fetch_add(1));
+    report_rejected(*snap);
     cache_.publish(snap);
     from_cache_.store(true);
     common::log_warn("policy source unavailable; deciding on the cached snapshot",
@@ -168,7 +170,8 @@ void Reloader::load_from_source() {
                       {"error", e.what()}});
     return;
   }
-  auto snap = build_from(d, next_generation_.fetch_add(1));
+  auto snap = build_from(d, &signatures_, next_generation_.fetch_add(1));
+  report_rejected(*snap);
   cache_.publish(snap);
   from_cache_.store(false);
   common::log_info("policy loaded", {{"source", opts_.source->id()},
@@ -191,12 +194,29 @@ void Reloader::report_source() {
   opts_.observer->source(st.up && !from_cache_.load(), st.revision, st.last_sync, unix_now());
 }
 
+void Reloader::report_rejected(const Snapshot& snap) {
+  std::unordered_set<std::string> now_rejected;
+  for (const auto& c : snap.checked_grants()) {
+    if (c.status != GrantStatus::kRejected) continue;
+    std::string key = c.object.id() + "\n" + canonical_request(c.object.request) + c.object.signature +
+                      std::to_string(c.object.decisions.size()) + c.reject_reason;
+    if (!rejected_.count(key)) {
+      common::log_warn("grant rejected", {{"grant", c.object.id()}, {"reason", c.reject_reason}, {"detail", c.detail}});
+      if (opts_.observer) opts_.observer->grant_rejected(c.reject_reason);
+      if (opts_.on_grant_rejected) opts_.on_grant_rejected(c);
+    }
+    now_rejected.insert(std::move(key));
+  }
+  rejected_ = std::move(now_rejected);
+}
+
 void Reloader::update_gauges() {
   if (!opts_.observer) return;
   auto s = cache_.current();
   if (!s) return;
   UnixSeconds now = unix_now();
   opts_.observer->grants(s->live_grants(now), s->live_grants(now, 3600));
+  opts_.observer->break_glass(s->break_glass_live(now), s->reviews_overdue(now));
 }
 
 void Reloader::request_reload() noexcept {

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_set>
 
 #include "common/unique_fd.h"
 #include "policy/snapshot.h"
@@ -87,9 +88,13 @@ class ReloadObserver {
   virtual void grants(size_t live, size_t expiring_within_hour) = 0;
   // Only with a SnapshotSource; on every reload and every gauge tick.
   virtual void source(bool up, int64_t revision, UnixSeconds last_sync, UnixSeconds now) = 0;
+  // Break-glass grants in force and those past their review deadline; on every gauge tick.
+  virtual void break_glass(size_t /*live*/, size_t /*reviews_overdue*/) {}
+  // Once per stored grant a reload refuses (the reason is a stable code: docs/policy.md).
+  virtual void grant_rejected(const std::string& /*reason*/) {}
 };
 
-// Adapts any object with the same three member functions (metrics::PolicyMetrics has them) without
+// Adapts any object with these member functions (metrics::PolicyMetrics has them) without
 // policy naming its type. Null in, null out.
 template <class Sink>
 std::shared_ptr<ReloadObserver> observe(Sink* sink) {
@@ -99,6 +104,13 @@ std::shared_ptr<ReloadObserver> observe(Sink* sink) {
     void grants(size_t live, size_t expiring) override { s_->grants(live, expiring); }
     void source(bool up, int64_t rev, UnixSeconds last_sync, UnixSeconds now) override {
       s_->source(up, rev, last_sync, now);
+    }
+    // Optional on the sink: one that reports only reloads and the source need not have these.
+    void break_glass(size_t live, size_t overdue) override {
+      if constexpr (requires { s_->break_glass(live, overdue); }) s_->break_glass(live, overdue);
+    }
+    void grant_rejected(const std::string& reason) override {
+      if constexpr (requires { s_->grant_rejected(reason); }) s_->grant_rejected(reason);
     }
     Sink* s_;
   };
@@ -119,6 +131,11 @@ struct ReloaderOptions {
   bool handle_sighup = true;                  // install a SIGHUP handler that requests a reload
   int debounce_ms = 100;                      // coalesce bursts of file events
   int gauge_interval_ms = 5000;  // refresh grant gauges (expiry needs no reload: decisions take now)
+  // Called (on the reloading thread) once for each stored grant a reload refuses to honour (bad or
+  // missing signature, unknown key, missing rule, outside its rule, ...), after the observer's
+  // grant_rejected (which counts sshring_grants_rejected_total{reason}): the caller writes its
+  // grant_reject audit record. A grant is reported again only if its content changes.
+  std::function<void(const CheckedGrant&)> on_grant_rejected;
 };
 
 // Loads the policy and the grants into a Snapshot and publishes it into the cache. The background
@@ -155,6 +172,7 @@ class Reloader {
   void load_from_source();
   void report_source();
   void update_gauges();
+  void report_rejected(const Snapshot& snap);
   void watch_store();
   PolicyCache& cache_;
   ReloaderOptions opts_;
@@ -174,7 +192,9 @@ class Reloader {
   std::string watching_store_;  // the store inotify currently watches
   std::atomic<uint64_t> next_generation_{1};
   std::atomic<bool> from_cache_{false};
-  bool published_ = false;  // under mu_
+  bool published_ = false;                   // under mu_
+  SignatureCache signatures_;                // verified signatures, across reloads
+  std::unordered_set<std::string> rejected_; // grants already reported to on_grant_rejected
 };
 
 }  // namespace sshring::policy

@@ -1,131 +1,313 @@
 #include "policy/grant.h"
 
+#include <openssl/sha.h>
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <set>
 
 #include "common/duration.h"
 #include "common/error.h"
 
 namespace sshring::policy {
+namespace {
 
-nlohmann::json grant_to_json(const Grant& g) {
-  nlohmann::json j = {
-      {"id", g.id},
-      {"who", g.who},
-      {"from", g.from.to_string()},
-      {"to", g.to.to_string()},
-      {"ports", g.ports.to_string()},
-      {"rule", g.rule},
-      {"reason", g.reason},
-      {"approver", g.approver},
-      {"created_by", g.created_by},
-      {"created", format_rfc3339(g.created)},
-      {"expires", format_rfc3339(g.expires)},
-      {"created_unix", g.created},
-      {"expires_unix", g.expires},
-      {"expire_recorded", g.expire_recorded},
-  };
-  if (g.revoked_at) {
-    j["revoked_at"] = format_rfc3339(*g.revoked_at);
-    j["revoked_unix"] = *g.revoked_at;
-    j["revoked_by"] = g.revoked_by;
-    j["revoke_reason"] = g.revoke_reason;
+// Text values in canonical encodings: one line each, so line breaks and control bytes are escaped.
+std::string esc(std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c < 0x20 || c == 0x7f) {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
   }
-  return j;
+  return out;
 }
 
-Grant grant_from_json(const nlohmann::json& j) {
-  auto bad = [](const std::string& field, const std::string& why) -> common::UsageError {
-    return common::UsageError("grant field '" + field + "': " + why);
+void line(std::string* out, std::string_view key, std::string_view value) {
+  out->append(key);
+  out->push_back(' ');
+  out->append(esc(value));
+  out->push_back('\n');
+}
+
+std::string sha256_hex(std::string_view s) {
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), md);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : md) {
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  }
+  return out;
+}
+
+}  // namespace
+
+bool valid_grant_id(std::string_view id) noexcept {
+  return id.size() == 14 && id.starts_with("g-") && std::all_of(id.begin() + 2, id.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+std::string_view decision_name(DecisionKind k) noexcept {
+  switch (k) {
+    case DecisionKind::kApprove:
+      return "approve";
+    case DecisionKind::kDeny:
+      return "deny";
+    case DecisionKind::kReview:
+      return "review";
+    case DecisionKind::kRevoke:
+      return "revoke";
+  }
+  return "unknown";
+}
+
+std::string_view status_name(GrantStatus s) noexcept {
+  switch (s) {
+    case GrantStatus::kPending:
+      return "pending";
+    case GrantStatus::kActive:
+      return "active";
+    case GrantStatus::kExpired:
+      return "expired";
+    case GrantStatus::kRevoked:
+      return "revoked";
+    case GrantStatus::kDenied:
+      return "denied";
+    case GrantStatus::kRejected:
+      return "rejected";
+  }
+  return "unknown";
+}
+
+std::string canonical_request(const GrantRequest& r) {
+  std::string out = "sshring-grant-request v1\n";
+  line(&out, "id", r.id);
+  line(&out, "who", r.who);
+  line(&out, "requester", r.requester);
+  line(&out, "rule", r.rule);
+  line(&out, "from", r.from.to_string());
+  line(&out, "to", r.to.to_string());
+  line(&out, "ports", r.ports.to_string());
+  line(&out, "ttl", std::to_string(r.ttl_seconds));
+  line(&out, "created", std::to_string(r.created));
+  line(&out, "reason", r.reason);
+  line(&out, "os-user", r.os_user);
+  line(&out, "host", r.host);
+  return out;
+}
+
+std::string canonical_decision(const GrantRequest& r, const GrantDecision& d) {
+  std::string out = "sshring-grant-decision v1\n";
+  line(&out, "grant", r.id);
+  line(&out, "request-sha256", sha256_hex(canonical_request(r)));
+  line(&out, "decision", decision_name(d.kind));
+  line(&out, "signer", d.signer);
+  line(&out, "at", std::to_string(d.at));
+  line(&out, "note", d.note);
+  line(&out, "os-user", d.os_user);
+  line(&out, "host", d.host);
+  return out;
+}
+
+void sign_request(SignedGrant& g, const SshsigSigner& signer) {
+  g.signature = sshsig_sign(signer, kGrantNamespace, canonical_request(g.request));
+}
+
+void sign_decision(const GrantRequest& r, GrantDecision& d, const SshsigSigner& signer) {
+  d.signature = sshsig_sign(signer, kGrantNamespace, canonical_decision(r, d));
+}
+
+// ---- JSON ----
+
+nlohmann::json signed_grant_to_json(const SignedGrant& g) {
+  const GrantRequest& r = g.request;
+  nlohmann::json req = {
+      {"id", r.id},
+      {"who", r.who},
+      {"requester", r.requester},
+      {"rule", r.rule},
+      {"from", r.from.to_string()},
+      {"to", r.to.to_string()},
+      {"ports", r.ports.to_string()},
+      {"ttl_seconds", r.ttl_seconds},
+      {"created_unix", r.created},
+      {"created", format_rfc3339(r.created)},
+      {"reason", r.reason},
+      {"os_user", r.os_user},
+      {"host", r.host},
   };
-  if (!j.is_object()) throw common::UsageError("grant: expected a JSON object");
-  auto str = [&](const char* k, bool required) -> std::string {
+  nlohmann::json ds = nlohmann::json::array();
+  for (const auto& d : g.decisions) {
+    ds.push_back({{"decision", decision_name(d.kind)},
+                  {"signer", d.signer},
+                  {"at_unix", d.at},
+                  {"at", format_rfc3339(d.at)},
+                  {"note", d.note},
+                  {"os_user", d.os_user},
+                  {"host", d.host},
+                  {"signature", d.signature}});
+  }
+  return {{"format", "sshring-grant/v1"}, {"id", r.id},      {"request", std::move(req)},
+          {"signature", g.signature},     {"decisions", ds}, {"expire_recorded", g.expire_recorded}};
+}
+
+namespace {
+
+struct JsonIn {
+  const nlohmann::json& j;
+  std::string where;
+  [[noreturn]] void bad(std::string_view field, std::string_view why) const {
+    throw common::UsageError("grant field '" + where + std::string(field) + "': " + std::string(why));
+  }
+  std::string str(const char* k, bool required, size_t limit = kMaxTextLength) const {
     auto it = j.find(k);
     if (it == j.end()) {
-      if (required) throw bad(k, "missing");
+      if (required) bad(k, "missing");
       return {};
     }
-    if (!it->is_string()) throw bad(k, "expected a string");
-    return it->get<std::string>();
-  };
-  auto num = [&](const char* k) -> int64_t {
+    if (!it->is_string()) bad(k, "expected a string");
+    auto s = it->get<std::string>();
+    if (s.size() > limit) bad(k, "longer than " + std::to_string(limit) + " bytes");
+    return s;
+  }
+  int64_t num(const char* k) const {
     auto it = j.find(k);
-    if (it == j.end() || !it->is_number_integer()) throw bad(k, "expected an integer");
+    if (it == j.end() || !it->is_number_integer()) bad(k, "expected an integer");
     return it->get<int64_t>();
-  };
-  Grant g;
-  g.id = str("id", true);
-  g.who = str("who", true);
-  auto from = Cidr::parse(str("from", true));
-  if (!from) throw bad("from", "not a CIDR");
-  g.from = *from;
-  auto to = Cidr::parse(str("to", true));
-  if (!to) throw bad("to", "not a CIDR");
-  g.to = *to;
-  auto ports = PortSet::parse(str("ports", true));
-  if (!ports) throw bad("ports", "not a port list");
-  g.ports = *ports;
-  g.rule = str("rule", false);
-  g.reason = str("reason", false);
-  g.approver = str("approver", false);
-  g.created_by = str("created_by", false);
-  g.created = num("created_unix");
-  g.expires = num("expires_unix");
-  if (j.contains("revoked_unix")) {
-    g.revoked_at = num("revoked_unix");
-    g.revoked_by = str("revoked_by", false);
-    g.revoke_reason = str("revoke_reason", false);
+  }
+  Cidr cidr(const char* k) const {
+    auto c = Cidr::parse(str(k, true, 64));
+    if (!c) bad(k, "not a CIDR");
+    return *c;
+  }
+};
+
+GrantDecision decision_from_json(const nlohmann::json& j, size_t i) {
+  if (!j.is_object())
+    throw common::UsageError("grant field 'decisions[" + std::to_string(i) + "]': expected an object");
+  JsonIn in{j, "decisions[" + std::to_string(i) + "]."};
+  GrantDecision d;
+  std::string k = in.str("decision", true, 16);
+  if (k == "approve") {
+    d.kind = DecisionKind::kApprove;
+  } else if (k == "deny") {
+    d.kind = DecisionKind::kDeny;
+  } else if (k == "review") {
+    d.kind = DecisionKind::kReview;
+  } else if (k == "revoke") {
+    d.kind = DecisionKind::kRevoke;
+  } else {
+    in.bad("decision", "expected approve, deny, review or revoke");
+  }
+  d.signer = in.str("signer", true, kMaxNameLength);
+  d.at = in.num("at_unix");
+  d.note = in.str("note", false);
+  d.os_user = in.str("os_user", false, kMaxNameLength);
+  d.host = in.str("host", false, 256);
+  d.signature = in.str("signature", false, kMaxSshsigArmorBytes);
+  return d;
+}
+
+}  // namespace
+
+SignedGrant signed_grant_from_json(const nlohmann::json& j) {
+  if (!j.is_object()) throw common::UsageError("grant: expected a JSON object");
+  JsonIn top{j, ""};
+  if (top.str("format", true, 32) != "sshring-grant/v1")
+    top.bad("format", "expected \"sshring-grant/v1\" (a grant written by sshring grant request)");
+  auto rit = j.find("request");
+  if (rit == j.end() || !rit->is_object()) top.bad("request", "expected an object");
+  JsonIn in{*rit, "request."};
+  SignedGrant g;
+  GrantRequest& r = g.request;
+  r.id = in.str("id", true, 14);
+  if (!valid_grant_id(r.id)) in.bad("id", "expected g-<12 lowercase hex digits>");
+  if (top.str("id", true, 14) != r.id) top.bad("id", "differs from request.id");
+  r.who = in.str("who", true, kMaxNameLength);
+  r.requester = in.str("requester", true, kMaxNameLength);
+  r.rule = in.str("rule", true, kMaxNameLength);
+  r.from = in.cidr("from");
+  r.to = in.cidr("to");
+  auto ports = PortSet::parse(in.str("ports", true, 256));
+  if (!ports) in.bad("ports", "not a port list");
+  r.ports = *ports;
+  r.ttl_seconds = in.num("ttl_seconds");
+  r.created = in.num("created_unix");
+  r.reason = in.str("reason", false);
+  r.os_user = in.str("os_user", false, kMaxNameLength);
+  r.host = in.str("host", false, 256);
+  g.signature = top.str("signature", false, kMaxSshsigArmorBytes);
+  if (auto d = j.find("decisions"); d != j.end()) {
+    if (!d->is_array()) top.bad("decisions", "expected an array");
+    if (d->size() > kMaxDecisions) top.bad("decisions", "more than 64 decisions");
+    for (size_t i = 0; i < d->size(); ++i) g.decisions.push_back(decision_from_json((*d)[i], i));
   }
   if (auto it = j.find("expire_recorded"); it != j.end() && it->is_boolean())
     g.expire_recorded = it->get<bool>();
   return g;
 }
 
-const OptOutRule* find_allowing_rule(const Policy& policy, const GrantRequest& req, UnixSeconds now,
-                                     std::string* refusal) {
-  std::string why;
-  const Principal* who = policy.find_principal(req.who);
-  auto ttl = [](int64_t s) { return common::format_duration(std::chrono::seconds(s)); };
-  for (const auto& r : policy.opt_out) {
-    std::string no;
-    bool who_ok =
-        std::find(r.who_principals.begin(), r.who_principals.end(), req.who) != r.who_principals.end();
-    if (!who_ok && who) {
-      for (const auto& role : who->roles) {
-        if (std::find(r.who_roles.begin(), r.who_roles.end(), role) != r.who_roles.end()) who_ok = true;
-      }
+// ---- signature cache ----
+
+std::optional<std::string> SignatureCache::verify(std::string_view armored, std::string_view message,
+                                                  std::string* why) {
+  std::string key(armored);
+  key.push_back('\0');
+  key += sha256_hex(message);
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = map_.find(key); it != map_.end()) {
+      it->second.used = gen_;
+      ++hits_;
+      if (why) *why = it->second.why;
+      return it->second.fingerprint;
     }
-    if (!who_ok) {
-      no = req.who + " is not among its principals or roles";
-    } else if (r.expires <= now) {
-      no = "the rule expired at " + format_rfc3339(r.expires);
-    } else if (!std::any_of(r.from.begin(), r.from.end(),
-                            [&](const Cidr& c) { return c.contains(req.from); })) {
-      no = "from " + req.from.to_string() + " is not within its sources";
-    } else if (!std::any_of(r.to_cidrs.begin(), r.to_cidrs.end(),
-                            [&](const Cidr& c) { return c.contains(req.to); })) {
-      no = "to " + req.to.to_string() + " is not within its targets";
-    } else if (!r.to_ports.contains(req.ports)) {
-      no = "ports " + req.ports.to_string() + " are not within its ports " + r.to_ports.to_string();
-    } else if (req.ttl_seconds > r.max_ttl_seconds) {
-      no = "ttl " + ttl(req.ttl_seconds) + " exceeds its max_ttl " + ttl(r.max_ttl_seconds);
-    } else if (now + req.ttl_seconds > r.expires) {
-      no = "the grant would outlive the rule, which expires at " + format_rfc3339(r.expires);
-    } else if (r.require_reason && req.reason.empty()) {
-      no = "it requires --reason";
-    } else if (r.require_approver && req.approver.empty()) {
-      no = "it requires --approver";
-    } else if (r.require_approver && req.approver == req.who) {
-      no = "the approver must be someone other than " + req.who;
-    } else {
-      return &r;
-    }
-    why += "rule " + r.id + ": " + no + "\n";
   }
-  if (why.empty()) why = "no opt_out rule exists in " + policy.source + "\n";
-  if (refusal) *refusal = why;
-  return nullptr;
+  Entry e;
+  if (auto k = sshsig_verify(armored, kGrantNamespace, message, &e.why)) e.fingerprint = k->fingerprint;
+  std::lock_guard lock(mu_);
+  ++misses_;
+  e.used = gen_;
+  if (why) *why = e.why;
+  if (map_.size() >= capacity_) map_.clear();  // bounded: a flood of distinct junk cannot grow it
+  auto fp = e.fingerprint;
+  map_.emplace(std::move(key), std::move(e));
+  return fp;
+}
+
+void SignatureCache::end_generation() {
+  std::lock_guard lock(mu_);
+  std::erase_if(map_, [&](const auto& kv) { return kv.second.used < gen_; });
+  ++gen_;
+}
+
+size_t SignatureCache::hits() const {
+  std::lock_guard lock(mu_);
+  return hits_;
+}
+size_t SignatureCache::misses() const {
+  std::lock_guard lock(mu_);
+  return misses_;
+}
+size_t SignatureCache::size() const {
+  std::lock_guard lock(mu_);
+  return map_.size();
 }
 
 }  // namespace sshring::policy

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "common/error.h"
@@ -23,12 +24,7 @@ namespace {
 using common::UniqueFd;
 
 constexpr std::string_view kSuffix = ".grant";
-
-bool valid_id(std::string_view id) {
-  return id.size() == 14 && id.starts_with("g-") && std::all_of(id.begin() + 2, id.end(), [](char c) {
-           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-         });
-}
+constexpr std::string_view kTmpPrefix = ".tmp-";
 
 void mkdirs(const std::string& dir) {
   for (size_t i = 1; i <= dir.size(); ++i) {
@@ -40,15 +36,18 @@ void mkdirs(const std::string& dir) {
   }
 }
 
-// Exclusive writer lock on <dir>/.lock, released on destruction (and by the kernel if we die).
+// Exclusive writer lock on <dir>/.lock, released on destruction (and by the kernel if we die). The lock
+// file is opened without following a symlink and must be a regular file.
 class DirLock {
  public:
-  explicit DirLock(const std::string& dir) {
-    std::string path = dir + "/.lock";
-    fd_ = UniqueFd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640));
-    if (!fd_) common::throw_errno("open grant store lock " + path);
+  DirLock(int dfd, const std::string& dir) {
+    fd_ = UniqueFd(::openat(dfd, ".lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0640));
+    if (!fd_) common::throw_errno("open grant store lock " + dir + "/.lock (a symlink there is refused)");
+    struct stat st {};
+    if (::fstat(fd_.get(), &st) != 0 || !S_ISREG(st.st_mode))
+      throw common::UsageError("grant store lock " + dir + "/.lock is not a regular file; remove it");
     while (::flock(fd_.get(), LOCK_EX) != 0) {
-      if (errno != EINTR) common::throw_errno("lock grant store " + path);
+      if (errno != EINTR) common::throw_errno("lock grant store " + dir + "/.lock");
     }
   }
 
@@ -56,42 +55,89 @@ class DirLock {
   UniqueFd fd_;
 };
 
-bool read_small(const std::string& path, std::string* out, size_t limit) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return false;
+// Reads a regular file of at most `limit` bytes without following symlinks or blocking (FIFOs,
+// devices and sockets are refused). False with *why on anything else.
+bool read_small(int dfd, const std::string& name, std::string* out, size_t limit, std::string* why) {
+  UniqueFd fd(::openat(dfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  if (!fd) {
+    *why = errno == ELOOP ? "is a symlink" : std::strerror(errno);
+    return false;
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    *why = "is not a regular file";
+    return false;
+  }
+  if (static_cast<uint64_t>(st.st_size) > limit) {
+    *why = "is larger than " + std::to_string(limit) + " bytes";
+    return false;
+  }
   out->clear();
   char buf[8192];
   while (true) {
     ssize_t n = ::read(fd.get(), buf, sizeof buf);
     if (n < 0) {
       if (errno == EINTR) continue;
+      *why = std::strerror(errno);
       return false;
     }
     if (n == 0) break;
     out->append(buf, static_cast<size_t>(n));
-    if (out->size() > limit) return false;
+    if (out->size() > limit) {
+      *why = "is larger than " + std::to_string(limit) + " bytes";
+      return false;
+    }
   }
   return true;
 }
 
-void fsync_dir(const std::string& dir) {
-  UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!d) common::throw_errno("open grant store " + dir);
-  if (::fsync(d.get()) != 0) common::throw_errno("fsync grant store " + dir);
-}
-
-std::optional<Grant> read_grant(const std::string& path) {
-  std::string data;
-  if (!read_small(path, &data, kMaxGrantFileBytes)) return std::nullopt;
+std::optional<SignedGrant> read_grant(int dfd, const std::string& dir, const std::string& name,
+                                      bool quiet_missing) {
+  std::string data, why;
+  if (!read_small(dfd, name, &data, kMaxGrantFileBytes, &why)) {
+    if (!(quiet_missing && why == std::strerror(ENOENT)))
+      common::log_warn("skipping grant file", {{"file", dir + "/" + name}, {"error", why}});
+    return std::nullopt;
+  }
   try {
-    return grant_from_json(nlohmann::json::parse(data));
+    auto g = signed_grant_from_json(nlohmann::json::parse(data));
+    if (name != g.id() + std::string(kSuffix))
+      throw common::UsageError("file name does not match its id " + g.id());
+    return g;
   } catch (const std::exception& e) {
-    common::log_warn("skipping unreadable grant file", {{"file", path}, {"error", e.what()}});
+    common::log_warn("skipping unreadable grant file", {{"file", dir + "/" + name}, {"error", e.what()}});
     return std::nullopt;
   }
 }
 
+std::vector<std::string> list_names(int dfd, const std::string& dir, std::string_view prefix,
+                                    std::string_view suffix, size_t limit) {
+  int d2 = ::dup(dfd);
+  if (d2 < 0) common::throw_errno("dup grant store fd");
+  DIR* d = ::fdopendir(d2);
+  if (!d) {
+    ::close(d2);
+    common::throw_errno("open grant store " + dir);
+  }
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d)) {
+    std::string_view n = e->d_name;
+    if (n.size() > suffix.size() + prefix.size() && n.starts_with(prefix) && n.ends_with(suffix))
+      names.emplace_back(n);
+    if (names.size() > limit) break;
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 }  // namespace
+
+UnixSeconds grant_horizon(const SignedGrant& g) noexcept {
+  UnixSeconds last = g.request.created;
+  for (const auto& d : g.decisions) last = std::max(last, d.at);
+  return last + std::max<int64_t>(g.request.ttl_seconds, 0) + kMaxRequestTtlSeconds;
+}
 
 std::string new_grant_id() {
   unsigned char b[6];
@@ -117,106 +163,108 @@ DirGrantStore::DirGrantStore(std::string dir, bool create) : dir_(std::move(dir)
   while (dir_.size() > 1 && dir_.back() == '/') dir_.pop_back();
   if (dir_.empty()) throw common::UsageError("grant store: empty directory path");
   if (create) mkdirs(dir_);
-  struct stat st {};
-  if (::stat(dir_.c_str(), &st) != 0) common::throw_errno("grant store " + dir_);
-  if (!S_ISDIR(st.st_mode)) throw common::UsageError("grant store " + dir_ + " is not a directory");
+  UniqueFd fd(open_dir());
 }
 
-std::vector<Grant> DirGrantStore::load() const {
-  std::vector<Grant> out;
-  DIR* d = ::opendir(dir_.c_str());
-  if (!d) common::throw_errno("open grant store " + dir_);
-  std::vector<std::string> names;
-  while (dirent* e = ::readdir(d)) {
-    std::string_view n = e->d_name;
-    if (n.size() > kSuffix.size() && n.ends_with(kSuffix) && n[0] != '.') names.emplace_back(n);
-    if (names.size() > kMaxGrants) break;
+int DirGrantStore::open_dir() const {
+  UniqueFd fd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ENOTDIR || errno == ELOOP)
+      throw common::UsageError("grant store " + dir_ + " is not a directory (symlinks are refused)");
+    common::throw_errno("grant store " + dir_);
   }
-  ::closedir(d);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) common::throw_errno("stat grant store " + dir_);
+  if (st.st_mode & S_IWOTH)
+    throw common::UsageError("grant store " + dir_ + " is writable by everyone; run chmod o-w " + dir_);
+  if (st.st_uid != 0 && st.st_uid != ::geteuid())
+    throw common::UsageError("grant store " + dir_ + " is owned by uid " + std::to_string(st.st_uid) +
+                             ", neither root nor us; chown it");
+  return fd.release();
+}
+
+std::vector<SignedGrant> DirGrantStore::load() const {
+  UniqueFd dfd(open_dir());
+  auto names = list_names(dfd.get(), dir_, "", kSuffix, kMaxGrants);
   if (names.size() > kMaxGrants) {
     throw common::UsageError("grant store " + dir_ + " holds more than " + std::to_string(kMaxGrants) +
                              " grants; revoke or prune some");
   }
-  std::sort(names.begin(), names.end());
+  std::vector<SignedGrant> out;
+  out.reserve(names.size());
   for (const auto& n : names) {
+    if (n[0] == '.') continue;
     // A file can vanish between readdir and open (pruned by a writer): that is not an error.
-    if (auto g = read_grant(dir_ + "/" + n)) out.push_back(std::move(*g));
+    if (auto g = read_grant(dfd.get(), dir_, n, true)) out.push_back(std::move(*g));
   }
   return out;
 }
 
-void DirGrantStore::write_locked(const Grant& g) {
-  if (!valid_id(g.id)) throw common::UsageError("grant id '" + g.id + "' is malformed (expected g-<12 hex>)");
-  std::string tmp = dir_ + "/." + g.id + ".tmp";
-  std::string final_path = dir_ + "/" + g.id + std::string(kSuffix);
-  std::string data = grant_to_json(g).dump(2) + "\n";
+void DirGrantStore::write_locked(int dfd, const SignedGrant& g) {
+  if (!valid_grant_id(g.id()))
+    throw common::UsageError("grant id '" + g.id() + "' is malformed (expected g-<12 hex>)");
+  std::string final_name = g.id() + std::string(kSuffix);
+  std::string data = signed_grant_to_json(g).dump(2) + "\n";
+  if (data.size() > kMaxGrantFileBytes) throw common::UsageError("grant " + g.id() + " would exceed 64 KiB");
+  std::string tmpl = dir_ + "/" + std::string(kTmpPrefix) + "XXXXXX";
   {
-    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
-    if (!fd) common::throw_errno("create " + tmp);
+    UniqueFd fd(::mkostemp(tmpl.data(), O_CLOEXEC));  // O_EXCL: a planted file or symlink is never reused
+    if (!fd) common::throw_errno("create temp file in " + dir_);
+    ::fchmod(fd.get(), 0640);
     size_t off = 0;
     while (off < data.size()) {
       ssize_t n = ::write(fd.get(), data.data() + off, data.size() - off);
       if (n < 0) {
         if (errno == EINTR) continue;
-        common::throw_errno("write " + tmp);
+        ::unlink(tmpl.c_str());
+        common::throw_errno("write " + tmpl);
       }
       off += static_cast<size_t>(n);
     }
-    if (::fsync(fd.get()) != 0) common::throw_errno("fsync " + tmp);
+    if (::fsync(fd.get()) != 0) common::throw_errno("fsync " + tmpl);
   }
-  if (::rename(tmp.c_str(), final_path.c_str()) != 0) common::throw_errno("rename " + tmp);
-  fsync_dir(dir_);
+  std::string tmp_name = tmpl.substr(dir_.size() + 1);
+  if (::renameat(dfd, tmp_name.c_str(), dfd, final_name.c_str()) != 0) common::throw_errno("rename " + tmpl);
+  if (::fsync(dfd) != 0) common::throw_errno("fsync grant store " + dir_);
 }
 
-void DirGrantStore::add(const Grant& g) {
-  DirLock lock(dir_);
+void DirGrantStore::add(const SignedGrant& g) {
+  UniqueFd dfd(open_dir());
+  DirLock lock(dfd.get(), dir_);
   // Leftovers of writers that died mid-write: never renamed, so never acknowledged.
-  if (DIR* d = ::opendir(dir_.c_str())) {
-    while (dirent* e = ::readdir(d)) {
-      std::string_view n = e->d_name;
-      if (n.starts_with(".g-") && n.ends_with(".tmp")) ::unlinkat(::dirfd(d), e->d_name, 0);
-    }
-    ::closedir(d);
-  }
-  std::string final_path = dir_ + "/" + g.id + std::string(kSuffix);
-  if (::access(final_path.c_str(), F_OK) == 0) throw common::UsageError("grant " + g.id + " already exists");
-  write_locked(g);
+  for (const auto& n : list_names(dfd.get(), dir_, kTmpPrefix, "", kMaxGrants))
+    ::unlinkat(dfd.get(), n.c_str(), 0);
+  std::string final_name = g.id() + std::string(kSuffix);
+  struct stat st {};
+  if (::fstatat(dfd.get(), final_name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0)
+    throw common::UsageError("grant " + g.id() + " already exists");
+  write_locked(dfd.get(), g);
 }
 
-std::optional<Grant> DirGrantStore::revoke(std::string_view id, std::string_view by, std::string_view reason,
-                                           UnixSeconds now) {
-  if (!valid_id(id)) return std::nullopt;
-  DirLock lock(dir_);
-  auto g = read_grant(dir_ + "/" + std::string(id) + std::string(kSuffix));
+std::optional<SignedGrant> DirGrantStore::update(std::string_view id,
+                                                 const std::function<void(SignedGrant&)>& change) {
+  if (!valid_grant_id(id)) return std::nullopt;
+  UniqueFd dfd(open_dir());
+  DirLock lock(dfd.get(), dir_);
+  auto g = read_grant(dfd.get(), dir_, std::string(id) + std::string(kSuffix), true);
   if (!g) return std::nullopt;
-  if (g->revoked_at) {
-    throw common::UsageError("grant " + g->id + " was already revoked at " + format_rfc3339(*g->revoked_at));
-  }
-  g->revoked_at = now;
-  g->revoked_by = by;
-  g->revoke_reason = reason;
-  write_locked(*g);
+  change(*g);
+  if (g->id() != id) throw common::UsageError("a grant update may not change its id");
+  write_locked(dfd.get(), *g);
   return g;
 }
 
-std::vector<Grant> DirGrantStore::sweep(UnixSeconds now, int64_t retention_seconds) {
-  DirLock lock(dir_);
-  std::vector<Grant> newly_expired;
-  bool removed = false;
-  for (auto& g : load()) {
-    if (g.effective_expiry() + retention_seconds < now) {
-      std::string path = dir_ + "/" + g.id + std::string(kSuffix);
-      if (::unlink(path.c_str()) == 0) removed = true;
-      continue;
-    }
-    if (!g.live(now) && !g.expire_recorded && !g.revoked_at) {
-      g.expire_recorded = true;
-      write_locked(g);
-      newly_expired.push_back(std::move(g));
-    }
+size_t DirGrantStore::prune(UnixSeconds now, int64_t retention_seconds) {
+  UniqueFd dfd(open_dir());
+  DirLock lock(dfd.get(), dir_);
+  size_t removed = 0;
+  for (const auto& g : load()) {
+    if (grant_horizon(g) + retention_seconds >= now) continue;
+    std::string name = g.id() + std::string(kSuffix);
+    if (::unlinkat(dfd.get(), name.c_str(), 0) == 0) ++removed;
   }
-  if (removed) fsync_dir(dir_);
-  return newly_expired;
+  if (removed && ::fsync(dfd.get()) != 0) common::throw_errno("fsync grant store " + dir_);
+  return removed;
 }
 
 }  // namespace sshring::policy

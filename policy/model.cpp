@@ -35,8 +35,23 @@ const OptOutRule* Policy::find_rule(std::string_view id) const {
   return nullptr;
 }
 
-bool glob_match(std::string_view pat, std::string_view s) noexcept {
-  // Iterative matcher with single-star backtracking: linear-ish, no recursion, no allocation.
+bool Policy::in_set(const PrincipalSet& set, std::string_view name) const {
+  const Principal* p = find_principal(name);
+  if (!p) return false;
+  if (set.empty()) return true;
+  for (const auto& n : set.principals)
+    if (n == name) return true;
+  for (const auto& r : p->roles)
+    for (const auto& want : set.roles)
+      if (r == want) return true;
+  return false;
+}
+
+namespace {
+
+// One DNS label against one pattern label (neither holds a dot). Iterative matcher with single-star
+// backtracking: linear-ish, no recursion, no allocation.
+bool label_match(std::string_view pat, std::string_view s) noexcept {
   size_t p = 0, i = 0, star = std::string_view::npos, mark = 0;
   auto eq = [](char a, char b) {
     return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
@@ -57,6 +72,20 @@ bool glob_match(std::string_view pat, std::string_view s) noexcept {
   }
   while (p < pat.size() && pat[p] == '*') ++p;
   return p == pat.size();
+}
+
+}  // namespace
+
+bool glob_match(std::string_view pat, std::string_view s) noexcept {
+  // '*' and '?' never match a dot: the pattern and the name must have the same labels, and each
+  // label matches on its own ("prod-*" does not match "prod-x.attacker.com").
+  for (;;) {
+    size_t pd = pat.find('.'), sd = s.find('.');
+    if (!label_match(pat.substr(0, pd), s.substr(0, sd))) return false;
+    if (pd == std::string_view::npos || sd == std::string_view::npos) return pd == sd;
+    pat.remove_prefix(pd + 1);
+    s.remove_prefix(sd + 1);
+  }
 }
 
 }  // namespace sshring::policy

@@ -56,7 +56,8 @@ struct Window {
 // address the name resolves to; one with only cidrs accepts any name (or none).
 struct Target {
   std::vector<Cidr> cidrs;
-  std::vector<std::string> names;  // globs: '*' matches any run of characters, '?' one; case-insensitive
+  std::vector<std::string>
+      names;  // globs: '*' matches a run of non-dot characters, '?' one; case-insensitive
   PortSet ports = PortSet::single(kDefaultSshPort);
   bool operator==(const Target&) const = default;
 };
@@ -83,9 +84,23 @@ struct HostGroup {
   bool operator==(const HostGroup&) const = default;
 };
 
-// A rule under which direct (non-relayed) SSH is allowed. Grants are issued within it; while the
-// rule itself is unexpired it also approves matching flows directly, unless require_grant is true
-// (then only live grants approve).
+// Who a rule lets act: principals by name or by role. Empty = any principal of the policy.
+struct PrincipalSet {
+  std::vector<std::string> roles;
+  std::vector<std::string> principals;
+  [[nodiscard]] bool empty() const noexcept { return roles.empty() && principals.empty(); }
+  bool operator==(const PrincipalSet&) const = default;
+};
+
+inline constexpr int64_t kDefaultRequestTtlSeconds = 3600;
+inline constexpr int64_t kMaxRequestTtlSeconds = 7 * 86400;
+inline constexpr int64_t kDefaultReviewWithinSeconds = 86400;
+inline constexpr int64_t kMaxBreakGlassTtlSeconds = 4 * 3600;
+inline constexpr int64_t kStandingWarnSeconds = 90 * 86400;
+inline constexpr uint32_t kMaxApprovals = 16;
+
+// A rule under which direct (non-relayed) SSH is allowed, through grants only (least privilege),
+// unless `standing` is set: then the rule itself approves matching flows while unexpired.
 struct OptOutRule {
   std::string id;
   std::vector<std::string> who_principals;
@@ -95,10 +110,18 @@ struct OptOutRule {
   PortSet to_ports = PortSet::single(kDefaultSshPort);
   int64_t max_ttl_seconds = 0;
   bool require_reason = true;
-  bool require_approver = false;
-  bool require_grant = false;
+  bool require_approver = false;  // legacy spelling of approvals.count: 1 (parsed into approvals)
+  bool require_grant = false;     // legacy: grants are always required unless `standing`
   UnixSeconds expires = 0;
   std::string description;
+  uint32_t approvals_count = 0;  // distinct approvers needed, never the requester nor `who`
+  PrincipalSet approvers;        // who may approve or deny (empty = any principal)
+  PrincipalSet requesters;       // who may request for someone else in `who` (empty = nobody)
+  PrincipalSet reviewers;        // break-glass: who may review (empty = any principal)
+  int64_t request_ttl_seconds = kDefaultRequestTtlSeconds;  // a pending request expires after this
+  bool standing = false;                                     // approves flows by itself while unexpired
+  bool break_glass = false;  // self-approved grants with a short max_ttl, reviewed afterwards
+  int64_t review_within_seconds = kDefaultReviewWithinSeconds;
   bool operator==(const OptOutRule&) const = default;
 };
 
@@ -115,13 +138,18 @@ struct Policy {
   [[nodiscard]] const Principal* find_principal(std::string_view name) const;
   [[nodiscard]] const Role* find_role(std::string_view name) const;
   [[nodiscard]] const OptOutRule* find_rule(std::string_view id) const;
+  // True if `name` is a principal named in `set` or holding one of its roles; an empty set holds
+  // every principal of the policy.
+  [[nodiscard]] bool in_set(const PrincipalSet& set, std::string_view name) const;
   bool operator==(const Policy& o) const {
     return version == o.version && grant_store == o.grant_store && relays == o.relays && hosts == o.hosts &&
            principals == o.principals && roles == o.roles && opt_out == o.opt_out;
   }
 };
 
-// Glob match used for target names ('*', '?', case-insensitive ASCII). No allocation.
+// Glob match used for target names ('*', '?', case-insensitive ASCII). Wildcards stay inside one DNS
+// label: neither '*' nor '?' matches a dot ("*.example.com" matches "a.example.com", not
+// "a.b.example.com"). No allocation.
 bool glob_match(std::string_view pattern, std::string_view name) noexcept;
 
 }  // namespace sshring::policy

@@ -312,6 +312,70 @@ class Parser {
     return t;
   }
 
+  int64_t duration(const YAML::Node& n, const std::string& key, int64_t max_seconds) const {
+    std::string text = scalar(n, key, "a duration like 1h", 32);
+    auto d = common::parse_duration(text);
+    if (!d || d->count() <= 0 || d->count() > max_seconds) {
+      fail(n.Mark(), key,
+           "invalid duration '" + text + "'; expected e.g. 30m, 1h (at most " +
+               common::format_duration(std::chrono::seconds(max_seconds)) + ")");
+    }
+    return d->count();
+  }
+
+  PrincipalSet principal_set(const YAML::Node& n, const std::string& key, const std::set<std::string>& roles,
+                             bool with_count = false) const {
+    if (with_count) {
+      check_map(n, key, {"count", "roles", "principals"});
+    } else {
+      check_map(n, key, {"roles", "principals"});
+    }
+    PrincipalSet set;
+    if (n["roles"]) {
+      set.roles = names(n["roles"], sub(key, "roles"), kMaxListItems);
+      for (size_t j = 0; j < set.roles.size(); ++j) {
+        if (!roles.count(set.roles[j]))
+          fail(n["roles"][j].Mark(), idx(sub(key, "roles"), j),
+               "unknown role '" + set.roles[j] + "'; define it under roles:");
+      }
+    }
+    if (n["principals"]) set.principals = names(n["principals"], sub(key, "principals"), kMaxListItems);
+    return set;
+  }
+
+  // The grant-workflow fields of an opt_out rule (docs/policy.md, "Grants").
+  void grant_fields(const YAML::Node& n, const std::string& key, const std::set<std::string>& roles,
+                    OptOutRule* r) const {
+    if (n["approvals"]) {
+      std::string ak = sub(key, "approvals");
+      r->approvers = principal_set(n["approvals"], ak, roles, true);
+      r->approvals_count = n["approvals"]["count"]
+                               ? static_cast<uint32_t>(integer(n["approvals"]["count"], sub(ak, "count"), 0, kMaxApprovals))
+                               : 1;
+    } else if (r->require_approver) {
+      r->approvals_count = 1;  // legacy spelling: one approver, anyone but the requester
+    }
+    if (n["requesters"]) r->requesters = principal_set(n["requesters"], sub(key, "requesters"), roles);
+    if (n["reviewers"]) r->reviewers = principal_set(n["reviewers"], sub(key, "reviewers"), roles);
+    if (n["request_ttl"])
+      r->request_ttl_seconds = duration(n["request_ttl"], sub(key, "request_ttl"), kMaxRequestTtlSeconds);
+    if (n["review_within"])
+      r->review_within_seconds = duration(n["review_within"], sub(key, "review_within"), kMaxRequestTtlSeconds);
+    if (n["standing"]) r->standing = boolean(n["standing"], sub(key, "standing"));
+    if (n["break_glass"]) r->break_glass = boolean(n["break_glass"], sub(key, "break_glass"));
+    if (r->standing && r->require_grant)
+      fail(n["standing"].Mark(), sub(key, "standing"), "a standing rule cannot also set require_grant: true");
+    if (r->break_glass) {
+      if (r->standing)
+        fail(n["break_glass"].Mark(), sub(key, "break_glass"), "a break_glass rule cannot be standing");
+      if (r->approvals_count > 0)
+        fail(n["break_glass"].Mark(), sub(key, "break_glass"),
+             "break_glass grants are self-approved and reviewed afterwards; remove approvals (use reviewers)");
+      if (r->max_ttl_seconds > kMaxBreakGlassTtlSeconds)
+        fail(n["max_ttl"].Mark(), sub(key, "max_ttl"), "a break_glass rule's max_ttl must be at most 4h");
+    }
+  }
+
   Policy parse(const YAML::Node& root) {
     Policy p;
     p.source = source_;
@@ -425,7 +489,8 @@ class Parser {
         const auto& n = l[i];
         check_map(n, key,
                   {"id", "description", "who", "from", "to", "max_ttl", "require_reason", "require_approver",
-                   "require_grant", "expires"},
+                   "require_grant", "expires", "approvals", "requesters", "reviewers", "request_ttl", "standing",
+                   "break_glass", "review_within"},
                   {"id", "who", "from", "to", "max_ttl", "expires"});
         OptOutRule r;
         r.id = name(n["id"], sub(key, "id"));
@@ -471,6 +536,7 @@ class Parser {
           fail(n["expires"].Mark(), sub(key, "expires"),
                "invalid time '" + ex + "'; expected RFC 3339 like 2027-06-30T00:00:00Z");
         }
+        grant_fields(n, key, role_names, &r);
         p.opt_out.push_back(std::move(r));
       }
     }
@@ -675,12 +741,51 @@ std::string to_yaml(const Policy& p) {
     e << YAML::Key << "require_approver" << YAML::Value << r.require_approver;
     e << YAML::Key << "require_grant" << YAML::Value << r.require_grant;
     e << YAML::Key << "expires" << YAML::Value << format_rfc3339(r.expires);
+    auto set = [&](const char* k, const PrincipalSet& ps, const uint32_t* count) {
+      e << YAML::Key << k << YAML::Value << YAML::BeginMap;
+      if (count) e << YAML::Key << "count" << YAML::Value << *count;
+      e << YAML::Key << "roles" << YAML::Value;
+      str_list(ps.roles);
+      e << YAML::Key << "principals" << YAML::Value;
+      str_list(ps.principals);
+      e << YAML::EndMap;
+    };
+    set("approvals", r.approvers, &r.approvals_count);
+    set("requesters", r.requesters, nullptr);
+    set("reviewers", r.reviewers, nullptr);
+    auto dur = [](int64_t s) { return common::format_duration(std::chrono::seconds(s)); };
+    e << YAML::Key << "request_ttl" << YAML::Value << dur(r.request_ttl_seconds);
+    e << YAML::Key << "review_within" << YAML::Value << dur(r.review_within_seconds);
+    e << YAML::Key << "standing" << YAML::Value << r.standing;
+    e << YAML::Key << "break_glass" << YAML::Value << r.break_glass;
     e << YAML::EndMap;
   }
   e << YAML::EndSeq;
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";
 }
+
+namespace {
+
+// `relays` are trusted: a flow from them is tagged proxied and passes enforce mode. A prefix that
+// holds far more than a relay fleet makes the bypass check meaningless for everything inside it.
+void lint_relays(const Policy& p, std::vector<Lint>& out) {
+  for (size_t i = 0; i < p.relays.size(); ++i) {
+    const Cidr& c = p.relays[i];
+    const std::string where = "relays[" + std::to_string(i) + "]";
+    const unsigned min_len = c.addr.is_v4() ? kMinRelayPrefixV4 : kMinRelayPrefixV6;
+    if (c.len == 0) {
+      out.push_back({where, c.to_string() + " makes every source a relay: direct SSH from anywhere counts as "
+                                            "proxied and passes enforce mode; list the relays' addresses"});
+    } else if (c.len < min_len) {
+      out.push_back(
+          {where, c.to_string() + " is wider than /" + std::to_string(min_len) +
+                      ": every host in it counts as a relay (proxied); list the relays' addresses"});
+    }
+  }
+}
+
+}  // namespace
 
 std::vector<Lint> lint_policy(const Policy& p, UnixSeconds now) {
   std::vector<Lint> out;
@@ -714,6 +819,7 @@ std::vector<Lint> lint_policy(const Policy& p, UnixSeconds now) {
       }
     }
   }
+  lint_relays(p, out);
   std::map<std::string, std::string> key_owner;
   for (const auto& pr : p.principals) {
     if (pr.keys.empty())
@@ -741,6 +847,12 @@ std::vector<Lint> lint_policy(const Policy& p, UnixSeconds now) {
                                 " is over the sane maximum of 24h"});
     }
     if (r.expires <= now) out.push_back({where, "rule expired at " + format_rfc3339(r.expires)});
+    if (r.standing && r.expires > now + kStandingWarnSeconds)
+      out.push_back({where, "standing exception lasts until " + format_rfc3339(r.expires) +
+                                ", more than 90 days; review it and set a nearer expires"});
+    if (r.require_grant)
+      out.push_back({where, "require_grant is the default now (only standing rules approve flows by themselves); "
+                            "remove it"});
     for (const auto& w : r.who_principals) {
       if (!principal_names.count(w))
         out.push_back({where, "who.principals names '" + w + "', which is not a principal"});

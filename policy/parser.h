@@ -42,6 +42,9 @@ struct Lint {
   std::string message;  // "from 0.0.0.0/0 opens direct SSH to every source"
 };
 inline constexpr int64_t kSaneMaxTtlSeconds = 24 * 3600;
+// `relays` prefixes shorter than these are linted as overly wide (every host inside is trusted).
+inline constexpr unsigned kMinRelayPrefixV4 = 16;
+inline constexpr unsigned kMinRelayPrefixV6 = 48;
 std::vector<Lint> lint_policy(const Policy& policy, UnixSeconds now);
 
 }  // namespace sshring::policy

@@ -20,8 +20,8 @@ std::string_view reason_name(Reason r) noexcept {
       return "target_not_allowed";
     case Reason::kPortNotAllowed:
       return "port_not_allowed";
-    case Reason::kOutsideWindow:
-      return "outside_window";
+    case Reason::kOutsideTimeWindow:
+      return "outside_time_window";
     case Reason::kTooManySessions:
       return "too_many_sessions";
     case Reason::kNoPolicy:
@@ -171,10 +171,33 @@ namespace {
 
 using Compiled = Snapshot::Compiled;
 
+bool special_v4(const uint8_t* b) noexcept {
+  return b[0] == 0 || b[0] == 127 ||      // "this network" (reaches the local host), loopback
+         (b[0] == 169 && b[1] == 254) ||  // link-local, cloud metadata 169.254.169.254
+         b[0] >= 224;                     // multicast, reserved, broadcast
+}
+
+// Addresses a name must not resolve to unless an entry's `cidrs` list them: the relay's own host,
+// link-local and cloud metadata services, multicast. A names-only entry trusts DNS for the address;
+// these are where a hostile or hijacked DNS answer would point it.
+bool special_address(const IpAddr& a) noexcept {
+  const auto& b = a.bytes;
+  if (a.is_v4()) return special_v4(b.data());
+  static constexpr std::array<uint8_t, 16> kEc2Metadata = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0,    0,
+                                                           0,    0,    0,    0,    0, 0, 0x02, 0x54};
+  bool low_zero = std::all_of(b.begin(), b.begin() + 10, [](uint8_t x) { return x == 0; });
+  if (low_zero && b[10] == 0xff && b[11] == 0xff) return special_v4(b.data() + 12);  // IPv4-mapped
+  if (low_zero && b[10] == 0 && b[11] == 0 && b[12] == 0 && b[13] == 0 && b[14] == 0 && b[15] <= 1)
+    return true;                                     // :: and ::1
+  return (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) ||  // fe80::/10 link-local
+         b[0] == 0xff ||                             // multicast
+         b == kEc2Metadata;
+}
+
 // Outcome ranking when nothing allows: the most specific explanation wins.
 int rank(Reason r) {
   switch (r) {
-    case Reason::kOutsideWindow:
+    case Reason::kOutsideTimeWindow:
       return 3;
     case Reason::kPortNotAllowed:
       return 2;
@@ -189,6 +212,7 @@ Decision decide(const Compiled& c, const Compiled::PrincipalC& p, std::string_vi
   auto consider = [&](Reason r, std::string_view rule) {
     if (rank(r) > rank(best.reason)) best = Decision{false, r, rule};
   };
+  const bool special = addr.valid() && special_address(addr);
   for (uint32_t ri : p.roles) {
     const auto& rc = c.roles[ri];
     const Role& role = *rc.role;
@@ -218,7 +242,8 @@ Decision decide(const Compiled& c, const Compiled::PrincipalC& p, std::string_vi
       for (uint32_t ti = 0; ti < role.targets.size(); ++ti) check(ti);
     } else {
       rc.cidr_targets.for_each_match(addr, [&](const IdxList& ts, const Cidr&) { ts.each(check); });
-      for (uint32_t ti : rc.name_only) check(ti);
+      for (uint32_t ti : rc.name_only)
+        if (!(special && rc.has_names[ti])) check(ti);
     }
     if (matched < 0) {
       if (port_miss) consider(Reason::kPortNotAllowed, rc.label);
@@ -232,7 +257,7 @@ Decision decide(const Compiled& c, const Compiled::PrincipalC& p, std::string_vi
       }
     }
     if (in_window) return Decision{true, Reason::kAllowed, rc.labels[static_cast<size_t>(matched)]};
-    consider(Reason::kOutsideWindow, rc.window_label);
+    consider(Reason::kOutsideTimeWindow, rc.window_label);
   }
   return best;
 }
@@ -309,7 +334,7 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> po
   }
 
   for (const auto& r : p.opt_out) {
-    if (r.require_grant) continue;
+    if (!r.standing) continue;  // least privilege: other rules approve through grants only
     for (const auto& f : r.from) {
       for (const auto& t : r.to_cidrs)
         s->entries_.push_back(FlowEntry{f, t, r.to_ports, r.expires, r.id, false});
@@ -336,6 +361,37 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> po
   s->hosts_.freeze();
   s->compiled_ = std::move(c);
   return s;
+}
+
+std::shared_ptr<const Snapshot> Snapshot::build_checked(std::shared_ptr<const Policy> policy,
+                                                        const std::vector<SignedGrant>& stored, UnixSeconds now,
+                                                        SignatureCache* cache, uint64_t generation) {
+  std::vector<CheckedGrant> checked;
+  std::vector<Grant> honoured;
+  checked.reserve(stored.size());
+  {
+    GrantChecker checker(*policy, cache);
+    for (const auto& g : stored) {
+      checked.push_back(checker.check(g, now));
+      if (checked.back().honoured()) honoured.push_back(checked.back().terms);
+    }
+  }
+  if (cache) cache->end_generation();
+  auto s = build(std::move(policy), std::move(honoured), generation);
+  const_cast<Snapshot&>(*s).checked_ = std::move(checked);  // not yet shared with anyone
+  return s;
+}
+
+size_t Snapshot::break_glass_live(UnixSeconds now) const noexcept {
+  size_t n = 0;
+  for (const auto& c : checked_) n += c.break_glass && c.honoured() && c.terms.live(now);
+  return n;
+}
+
+size_t Snapshot::reviews_overdue(UnixSeconds now) const noexcept {
+  size_t n = 0;
+  for (const auto& c : checked_) n += c.review_overdue(now);
+  return n;
 }
 
 Decision Snapshot::authorize(const AuthzRequest& req) const noexcept {

@@ -9,11 +9,14 @@
 //                                                                          and skip_key_check is set)
 //   3. some target entry of one of its roles matches (name, address, port); an entry matches when
 //      every constraint it has holds: names (glob on target_name; needs a non-empty name), cidrs
-//      (longest-prefix trie on target address; needs an address), ports.
+//      (longest-prefix trie on target address; needs an address), ports. Globs stay inside one DNS
+//      label ('*' and '?' never match a dot). An entry with names but no cidrs does not match an
+//      address on the relay's host, link-local (cloud metadata 169.254.169.254, fd00:ec2::254) or
+//      multicast: only an entry whose cidrs list such an address allows it.
 //      none matches name/address                   -> target_not_allowed
 //      name/address match but not the port         -> port_not_allowed
 //   4. the matching role's windows contain now (no windows = always)
-//      every matching role is outside its windows  -> outside_window
+//      every matching role is outside its windows  -> outside_time_window
 //   allowed: Decision.rule names the role target, e.g. "role:sre/targets[1]".
 //   Session limits are counted by the relay: max_sessions_for(principal) is the largest max_sessions
 //   of the principal's roles (kDefaultMaxSessions if none sets it); over it, the relay reports
@@ -32,8 +35,9 @@
 //   carries the maximum expiry over itself and all shorter prefixes containing it: source_table()
 //   computes exactly that table for a given (dest address, port).
 //   Expiry is a unix second; an entry stops matching at its expiry second (live iff now < expires).
-//   Revoked grants expire at their revocation time. Static opt_out rules approve while unexpired
-//   unless require_grant is set; their id is the rule id (grant ids start with "g-").
+//   Revoked grants expire at their revocation time. Only `standing` opt_out rules approve by
+//   themselves (while unexpired); their id is the rule id (grant ids start with "g-"). Every other
+//   rule approves only through grants.
 //   classify_flow does not check that the destination is protected: see protects().
 #pragma once
 
@@ -59,7 +63,7 @@ enum class Reason : uint8_t {
   kKeyNotListed = 2,
   kTargetNotAllowed = 3,
   kPortNotAllowed = 4,
-  kOutsideWindow = 5,
+  kOutsideTimeWindow = 5,
   kTooManySessions = 6,  // decided by the relay from max_sessions_for()
   kNoPolicy = 7,         // no snapshot loaded yet
 };
@@ -122,6 +126,13 @@ class Snapshot {
   // input (a principal naming an unknown role): parse_policy already rejects those.
   static std::shared_ptr<const Snapshot> build(std::shared_ptr<const Policy> policy,
                                                std::vector<Grant> grants, uint64_t generation = 0);
+  // What every reader of a grant store uses: checks each stored grant (check_grant: signatures
+  // against the policy's keys, the grant against its rule as the policy stands, approvals) at `now`
+  // and builds from the honoured ones only. The checked list, rejections and their reasons included,
+  // stays available through checked_grants(). `cache` (may be null) remembers verified signatures.
+  static std::shared_ptr<const Snapshot> build_checked(std::shared_ptr<const Policy> policy,
+                                                       const std::vector<SignedGrant>& stored, UnixSeconds now,
+                                                       SignatureCache* cache, uint64_t generation = 0);
 
   [[nodiscard]] Decision authorize(const AuthzRequest& req) const noexcept;
   // Pre-resolution check: could `name` on `port` be allowed for some address (entries with names
@@ -157,6 +168,11 @@ class Snapshot {
   [[nodiscard]] const Policy& policy() const noexcept { return *policy_; }
   [[nodiscard]] const std::vector<Grant>& grants() const noexcept { return grants_; }
   [[nodiscard]] size_t orphan_grants() const noexcept { return orphan_grants_; }
+  // Every stored grant with its status (build_checked only; empty after build()).
+  [[nodiscard]] const std::vector<CheckedGrant>& checked_grants() const noexcept { return checked_; }
+  // Break-glass grants in force at `now`, and break-glass grants past review_within unreviewed.
+  [[nodiscard]] size_t break_glass_live(UnixSeconds now) const noexcept;
+  [[nodiscard]] size_t reviews_overdue(UnixSeconds now) const noexcept;
   [[nodiscard]] uint64_t generation() const noexcept { return generation_; }
   // Live grants at `now`, and live ones expiring within `within` seconds (for the gauges).
   [[nodiscard]] size_t live_grants(UnixSeconds now, int64_t within = -1) const noexcept;
@@ -167,6 +183,7 @@ class Snapshot {
   Snapshot() = default;
   std::shared_ptr<const Policy> policy_;
   std::vector<Grant> grants_;
+  std::vector<CheckedGrant> checked_;
   std::vector<FlowEntry> entries_;
   CidrTrie<char> relays_;
   CidrTrie<std::vector<uint32_t>> hosts_;  // -> host group indices

@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string_view>
 #include <string>
 
 #include "common/sockaddr.h"
@@ -80,6 +81,10 @@ class Handshake {
   virtual std::string on_upstream_failed(int err) = 0;
   // The session ended (also after a reject): write the audit record, release per-principal counts.
   virtual void on_end(const SessionSummary& summary) = 0;
+  // Hand-over (relay/handover.h): what an established session's handshake must carry to another
+  // process so that its on_end() there writes the same record (principal, target, ...). Empty: the
+  // session cannot be handed over with its context.
+  [[nodiscard]] virtual std::string handover_state() const { return {}; }
 };
 
 // Given to a Handshake when it is created; calling it (on the worker thread, e.g. from a posted
@@ -94,6 +99,16 @@ class HandshakeFactory {
   virtual std::unique_ptr<Handshake> create(uint64_t session_id, const common::SockAddr& client,
                                             const common::SockAddr& listen, HandshakeContext& ctx,
                                             HandshakeResume resume) = 0;
+  // Hand-over, receiving side: the handshake of an established session from handover_state() of
+  // another process's handshake. Null when `state` cannot be read (the hand-over is refused).
+  virtual std::unique_ptr<Handshake> adopt(uint64_t session_id, const common::SockAddr& client,
+                                           const common::SockAddr& listen, std::string_view state) {
+    (void)session_id;
+    (void)client;
+    (void)listen;
+    (void)state;
+    return nullptr;
+  }
 };
 
 // Largest client preamble the worker buffers before the handshake must decide.

@@ -95,6 +95,24 @@ class Pump {
   // when splices run inline; a poll round trip costs a ring wakeup). Off for io-wq splices.
   void set_eager(bool eager) { eager_ = eager; }
 
+  // Hand-over (relay/handover.h): a direction parked between events is in kPollIn (no pipe),
+  // kPollOut (`in_pipe` bytes wait in its pipe) or kDone; another process continues it from there.
+  [[nodiscard]] bool parked() const {
+    return state_ == State::kPollIn || state_ == State::kPollOut || state_ == State::kDone;
+  }
+  // Rebuilds a parked direction; false (and no change) for any other state or a pipe count that
+  // does not fit the state.
+  bool restore(State state, uint32_t in_pipe, uint64_t bytes, bool eager) {
+    if (state != State::kPollIn && state != State::kPollOut && state != State::kDone) return false;
+    if ((state == State::kPollOut) != (in_pipe > 0)) return false;
+    state_ = state;
+    in_pipe_ = in_pipe;
+    bytes_ = bytes;
+    eager_ = eager;
+    more_likely_ = false;
+    return true;
+  }
+
   [[nodiscard]] State state() const { return state_; }
   [[nodiscard]] uint32_t in_pipe() const { return in_pipe_; }
   [[nodiscard]] uint64_t bytes() const { return bytes_; }

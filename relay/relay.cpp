@@ -37,6 +37,7 @@ void validate(const RelayConfig& cfg) {
     }
   }
   if (cfg.max_sessions == 0) throw common::UsageError("max_sessions must be at least 1");
+  validate(cfg.startups);
   if (cfg.workers > 256) throw common::UsageError("workers must be between 0 (one per CPU) and 256");
   if (cfg.connect_timeout.count() <= 0) throw common::UsageError("connect_timeout must be positive");
   if (cfg.handshake_timeout.count() <= 0) throw common::UsageError("handshake_timeout must be positive");
@@ -103,6 +104,7 @@ void Relay::start() {
   // Writes to a peer that went away must fail with EPIPE, not kill the process.
   ::signal(SIGPIPE, SIG_IGN);
   unsigned n = cfg_.workers ? cfg_.workers : std::max(1u, std::thread::hardware_concurrency());
+  if (!cfg_.admission) cfg_.admission = std::make_shared<Admission>(cfg_.startups);
   std::vector<std::vector<common::UniqueFd>> fds;  // [route][worker]
   bound_.clear();
   for (const Route& r : cfg_.routes) {
@@ -116,6 +118,10 @@ void Relay::start() {
       worker->add_listener(cfg_.routes[i], bound_[i], std::move(fds[i][w]));
     workers_.push_back(std::move(worker));
   }
+  launch();
+}
+
+void Relay::launch() {
   for (auto& w : workers_) threads_.emplace_back([wp = w.get()] { wp->run(); });
   started_ = true;
   for (auto& w : workers_) {
@@ -128,6 +134,106 @@ void Relay::start() {
   }
   removed_.assign(cfg_.routes.size(), false);
   table_ = cfg_.routes;
+}
+
+std::optional<RelayExport> Relay::park_for_handover(std::chrono::milliseconds timeout) {
+  struct Collect {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<Worker::Parked> parked;
+  };
+  auto c = std::make_shared<Collect>();
+  for (auto& w : workers_)
+    w->request_park([c](Worker::Parked p) {
+      std::lock_guard lk(c->mu);
+      c->parked.push_back(std::move(p));
+      c->cv.notify_all();
+    });
+  std::unique_lock lk(c->mu);
+  if (!c->cv.wait_for(lk, timeout, [&] { return c->parked.size() == workers_.size(); })) {
+    lk.unlock();
+    resume_after_handover();
+    return std::nullopt;
+  }
+  RelayExport out;
+  out.workers = static_cast<uint32_t>(workers_.size());
+  for (auto& p : c->parked) {
+    out.next_seq = std::max(out.next_seq, p.seq);
+    for (auto& l : p.listeners) out.listeners.push_back(std::move(l));
+    for (auto& s : p.sessions) out.sessions.push_back(std::move(s));
+  }
+  return out;
+}
+
+void Relay::resume_after_handover() {
+  for (auto& w : workers_) w->request_resume();
+}
+
+void Relay::commit_handover() {
+  draining_ = true;
+  for (auto& w : workers_) w->request_commit();
+}
+
+namespace {
+
+// The route slot a handed-over listener or session belongs to: same bound address.
+size_t route_of(const std::vector<Route>& routes, const std::vector<common::SockAddr>& bound,
+                const std::string& addr) {
+  for (size_t i = 0; i < routes.size(); ++i)
+    if (bound[i].to_string() == addr || routes[i].listen.to_string() == addr) return i;
+  return routes.size();
+}
+
+}  // namespace
+
+void Relay::start_from(RelayExport in) {
+  if (started_) throw common::UsageError("relay already started");
+  validate(cfg_);
+  ::signal(SIGPIPE, SIG_IGN);
+  const unsigned n = in.workers ? in.workers : 1;
+  // [route][worker]: the old process's listener, else a new one in the same SO_REUSEPORT group.
+  std::vector<std::vector<common::UniqueFd>> fds(cfg_.routes.size());
+  for (auto& row : fds) row.resize(n);
+  bound_.clear();
+  for (const Route& r : cfg_.routes) bound_.push_back(r.listen);
+  for (auto& l : in.listeners) {
+    size_t i = route_of(cfg_.routes, bound_, l.route);
+    if (i == cfg_.routes.size() || l.worker >= n) {
+      common::log_warn("hand-over: closing a listener this configuration has no route for",
+                       {{"listen", l.route}});
+      continue;
+    }
+    fds[i][l.worker] = std::move(l.fd);
+  }
+  for (size_t i = 0; i < cfg_.routes.size(); ++i)
+    for (unsigned w = 0; w < n; ++w)
+      if (!fds[i][w]) fds[i][w] = bind_listener(bound_[i]);
+  for (unsigned w = 0; w < n; ++w) {
+    auto worker = std::make_unique<Worker>(w, n, cfg_);
+    for (size_t i = 0; i < cfg_.routes.size(); ++i)
+      worker->add_listener(cfg_.routes[i], bound_[i], std::move(fds[i][w]));
+    worker->set_seq(in.next_seq);
+    worker->hold();
+    workers_.push_back(std::move(worker));
+  }
+  for (auto& s : in.sessions) {
+    size_t i = route_of(cfg_.routes, bound_, s.route);
+    if (i == cfg_.routes.size())
+      throw common::UsageError(
+          "hand-over: a session arrived on " + s.route +
+          ", a route this relay does not have (give the same --listen/--config as the running relay)");
+    std::unique_ptr<Handshake> hs;
+    if (cfg_.routes[i].handshake) {
+      hs = cfg_.routes[i].handshake->adopt(s.id, s.client_addr, s.listen_addr, s.handshake);
+      if (!hs)
+        throw common::UsageError("hand-over: cannot read the handshake state of session " +
+                                 std::to_string(s.id) + " on " + s.route +
+                                 " (an authenticated route needs --policy, as the running relay has)");
+    }
+    uint32_t w = s.worker % n;
+    workers_[w]->add_import(std::move(s), static_cast<uint32_t>(i), std::move(hs));
+  }
+  launch();
 }
 
 std::vector<common::SockAddr> Relay::listen_addresses() const {
@@ -184,6 +290,8 @@ void Relay::reload(RelayConfig cfg) {
     cfg_ = std::move(cfg);
     return;
   }
+  cfg.admission = cfg_.admission;  // startups in progress stay counted across reloads
+  cfg.admission->configure(cfg.startups);
   unsigned n = static_cast<unsigned>(workers_.size());
   std::vector<Route> table = table_;
   std::vector<bool> removed = removed_;

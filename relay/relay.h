@@ -53,6 +53,8 @@
 
 #include "common/sockaddr.h"
 #include "metrics/catalog.h"
+#include "relay/admission.h"
+#include "relay/handover.h"
 #include "relay/handshake.h"
 
 namespace sshring::relay {
@@ -73,6 +75,10 @@ struct RelayConfig {
   std::vector<Route> routes;
   unsigned workers = 0;           // 0: one per CPU
   uint32_t max_sessions = 10000;  // whole relay; split evenly over workers (ceil)
+  // Handshake routes: connections accepted but not yet authenticated have their own budget and do not
+  // count against max_sessions (relay/admission.h).
+  AdmissionConfig startups;
+  std::shared_ptr<Admission> admission;  // shared by the workers; start() creates it when null
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds idle_timeout{0};  // 0: none
   std::chrono::milliseconds handshake_timeout{10000};
@@ -115,6 +121,20 @@ class Relay {
   // True once every worker has exited.
   [[nodiscard]] bool finished() const;
 
+  // Hand-over, old side (relay/handover.h): stops accepting, lets handshakes finish and parks every
+  // established session; returns copies of the listeners and sessions. nullopt (everything resumed)
+  // when the workers are not quiet within `timeout`.
+  std::optional<RelayExport> park_for_handover(std::chrono::milliseconds timeout);
+  // After park_for_handover: serve again (the hand-over failed) ...
+  void resume_after_handover();
+  // ... or let go of what was handed over; the workers exit.
+  void commit_handover();
+  // Hand-over, new side: like start(), but with the old process's listeners (by route address; a
+  // route it did not have is bound anew), its worker count and its sessions, parked until
+  // resume_after_handover(). Throws common::UsageError when a session's route or handshake state
+  // cannot be taken (nothing started then), SystemError like start().
+  void start_from(RelayExport in);
+
   // Replaces routes and limits (SIGHUP). Routes are matched by listen address: existing ones get the
   // new upstream/handshake for new sessions, new ones are bound and added, missing ones stop
   // accepting (their sessions continue). Throws like start(); on error nothing changes.
@@ -127,6 +147,8 @@ class Relay {
   [[nodiscard]] int64_t sessions_active() const;
   [[nodiscard]] uint64_t sessions_total(EndReason r) const;
   [[nodiscard]] int64_t pipes_in_use() const;
+  // The pre-authentication budget shared by the workers (null before start()).
+  [[nodiscard]] const Admission* admission() const { return cfg_.admission.get(); }
 
  private:
   RelayConfig cfg_;
@@ -140,6 +162,8 @@ class Relay {
   std::thread drain_timer_;
   std::atomic<bool> draining_{false};
   bool started_ = false;
+
+  void launch();  // starts the worker threads and waits for their rings
 };
 
 }  // namespace sshring::relay

@@ -11,9 +11,10 @@
 #include <cstring>
 #include <exception>
 
-#include "common/error.h"
 #include "common/clock.h"
+#include "common/error.h"
 #include "common/log.h"
+#include "relay/session_id.h"
 
 namespace sshring::relay {
 namespace {
@@ -92,6 +93,7 @@ Worker::Limits Worker::limits_from(const RelayConfig& cfg, unsigned nworkers) {
   l.connect_timeout_ns = ms_to_ns(cfg.connect_timeout);
   l.idle_timeout_ns = ms_to_ns(cfg.idle_timeout);
   l.handshake_timeout_ns = ms_to_ns(cfg.handshake_timeout);
+  l.first_byte_timeout_ns = ms_to_ns(cfg.startups.first_byte_timeout);
   return l;
 }
 
@@ -107,9 +109,7 @@ Worker::Worker(unsigned index, unsigned nworkers, const RelayConfig& cfg)
   wake_fd_.reset(fd);
 }
 
-Worker::~Worker() {
-  if (ring_ok_) io_uring_queue_exit(&ring_);
-}
+Worker::~Worker() = default;
 
 void Worker::add_listener(const Route& route, const common::SockAddr& bound, common::UniqueFd fd) {
   RouteSlot slot;
@@ -181,13 +181,27 @@ void Worker::request_reload(const RelayConfig& cfg, std::vector<Route> table, st
   });
 }
 
-io_uring_sqe* Worker::get_sqe() {
-  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-  while (sqe == nullptr) {
-    io_uring_submit(&ring_);
-    sqe = io_uring_get_sqe(&ring_);
+void Worker::submit_now() {
+  if (ring_failed_) return;
+  // EINTR/EAGAIN/EBUSY are transient (the kernel is short of memory or the completion queue is
+  // backed up); anything else means the ring is unusable, and the worker stops rather than spin.
+  int r = io_uring_submit(ring_.get());
+  if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+    common::log_error("relay worker: io_uring_submit failed; worker stops",
+                      {{"worker", std::to_string(index_)}, {"error", strerror(-r)}});
+    ring_failed_ = true;
   }
-  return sqe;
+}
+
+io_uring_sqe* Worker::get_sqe() {
+  io_uring_sqe* sqe = ring_failed_ ? nullptr : io_uring_get_sqe(ring_.get());
+  while (sqe == nullptr && !ring_failed_) {
+    submit_now();  // the submission queue is full: hand it to the kernel
+    if (!ring_failed_) sqe = io_uring_get_sqe(ring_.get());
+  }
+  if (sqe != nullptr) return sqe;
+  scratch_sqe_ = {};
+  return &scratch_sqe_;
 }
 
 void Worker::arm_wake() {
@@ -205,7 +219,7 @@ void Worker::arm_tick() {
 
 void Worker::arm_accept(uint32_t route) {
   RouteSlot& r = routes_[route];
-  if (r.accepting || r.removed || !r.listen_fd) return;
+  if (r.accepting || r.removed || !r.listen_fd || hold_ != Hold::kNone || held_) return;
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_multishot_accept(sqe, r.listen_fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
   io_uring_sqe_set_data64(sqe, make_user_data(route, Op::kAccept));
@@ -236,16 +250,12 @@ void Worker::run() {
     std::memset(&p, 0, sizeof(p));
     p.flags = flags | IORING_SETUP_CQSIZE;
     p.cq_entries = cfg_.ring_entries * 8;
-    ret = io_uring_queue_init_params(cfg_.ring_entries, &ring_, &p);
+    ret = ring_.init(cfg_.ring_entries, p);
     if (ret == 0) break;
   }
   {
     std::lock_guard lk(ready_mu_);
-    if (ret == 0) {
-      ring_ok_ = true;
-    } else {
-      setup_error_.store(-ret);
-    }
+    if (ret != 0) setup_error_.store(-ret);
     ready_ = true;
   }
   ready_cv_.notify_all();
@@ -257,10 +267,12 @@ void Worker::run() {
   now_ns_ = mono_ns();
   arm_wake();
   arm_tick();
+  for (auto& im : imports_) import_session(im.s, im.route, std::move(im.hs));
+  imports_.clear();
   for (uint32_t i = 0; i < routes_.size(); ++i) arm_accept(i);
 
-  while (!((draining_ || stopping_) && active_ == 0)) {
-    int r = io_uring_submit_and_wait(&ring_, 1);
+  while (!((draining_ || stopping_) && active_ == 0) && !ring_failed_) {
+    int r = io_uring_submit_and_wait(ring_.get(), 1);
     if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) {
       common::log_error("relay worker ring failed",
                         {{"worker", std::to_string(index_)}, {"error", strerror(-r)}});
@@ -270,15 +282,15 @@ void Worker::run() {
     unsigned head;
     unsigned n = 0;
     io_uring_cqe* cqe;
-    io_uring_for_each_cqe(&ring_, head, cqe) {
+    io_uring_for_each_cqe(ring_.get(), head, cqe) {
       dispatch(cqe);
       ++n;
     }
-    io_uring_cq_advance(&ring_, n);
+    io_uring_cq_advance(ring_.get(), n);
+    if (hold_ == Hold::kDraining || hold_ == Hold::kParking) check_park();
   }
   // Every session is gone; pending accepts, the tick and the wake poll die with the ring.
-  io_uring_queue_exit(&ring_);
-  ring_ok_ = false;
+  ring_.reset();
   for (auto& r : routes_) r.listen_fd.reset();
   exited_.store(true, std::memory_order_release);
 }
@@ -348,16 +360,27 @@ void Worker::on_accept(uint32_t route, int res, uint32_t flags) {
     refuse(res);
     return;
   }
-  if (active_ >= limits_.max_sessions) {
-    stats_.sessions_total[static_cast<size_t>(EndReason::kOverloaded)].add();
+  common::SockAddr peer;
+  peer.set_len(sizeof(sockaddr_storage));
+  if (::getpeername(res, peer.get_mut(), peer.len_mut()) != 0) peer = {};
+  // Handshake routes: unauthenticated connections take a startup slot, not a session slot.
+  const bool startup = r.route.handshake != nullptr && cfg_.admission != nullptr;
+  Admission::SourceKey key{};
+  if (startup ? !admit_startup(peer, key) : active_ - startups_ >= limits_.max_sessions) {
+    if (!startup) stats_.sessions_total[static_cast<size_t>(EndReason::kOverloaded)].add();
     refuse(res);
     return;
   }
   Session* s = alloc_session();
   s->client.reset(res);
   set_nodelay(res);
-  s->client_addr.set_len(sizeof(sockaddr_storage));
-  if (::getpeername(res, s->client_addr.get_mut(), s->client_addr.len_mut()) != 0) s->client_addr = {};
+  s->client_addr = peer;
+  s->startup = startup;
+  s->startup_key = key;
+  if (startup) {
+    ++startups_;
+    stats_.startups_active.add(1);
+  }
   s->listen_addr = r.bound;
   s->route = route;
   s->start_ns = now_ns_;
@@ -372,6 +395,26 @@ void Worker::on_accept(uint32_t route, int res, uint32_t flags) {
     start_connect(*s, *r.route.upstream);
   }
   settle(*s);
+}
+
+bool Worker::admit_startup(const common::SockAddr& client, Admission::SourceKey& key) {
+  auto refused = cfg_.admission->enter(client, key);
+  if (!refused) return true;
+  stats_.startups_refused[static_cast<size_t>(*refused)].add();
+  return false;
+}
+
+bool Worker::leave_startup(Session& s, bool authenticated) {
+  if (!s.startup) return true;
+  s.startup = false;
+  --startups_;
+  stats_.startups_active.add(-1);
+  cfg_.admission->leave(s.startup_key);
+  if (authenticated && active_ - startups_ > limits_.max_sessions) {
+    end(s, EndReason::kOverloaded);  // every session slot is held by an authenticated session
+    return false;
+  }
+  return true;
 }
 
 void Worker::on_wake(uint32_t flags) {
@@ -402,10 +445,13 @@ void Worker::on_tick() {
   for (auto& sp : slots_) {
     Session& s = *sp;
     if (s.phase == Session::Phase::kFree || s.ending) continue;
-    if ((s.phase == Session::Phase::kHandshake || s.phase == Session::Phase::kPending) &&
-        now_ns_ >= s.deadline_ns) {
+    if (s.startup && s.hs_len == 0 && now_ns_ - s.start_ns >= limits_.first_byte_timeout_ns) {
+      stats_.startups_refused[static_cast<size_t>(StartupRefusal::kFirstByteTimeout)].add();
       end(s, EndReason::kHandshakeTimeout);
-    } else if (limits_.idle_timeout_ns && s.phase == Session::Phase::kSplicing &&
+    } else if ((s.phase == Session::Phase::kHandshake || s.phase == Session::Phase::kPending) &&
+               now_ns_ >= s.deadline_ns) {
+      end(s, EndReason::kHandshakeTimeout);
+    } else if (limits_.idle_timeout_ns && s.phase == Session::Phase::kSplicing && !parking() &&
                now_ns_ - s.last_active_ns >= limits_.idle_timeout_ns) {
       end(s, EndReason::kIdleTimeout);
     }
@@ -447,7 +493,7 @@ void Worker::start_handshake(Session& s) {
   try {
     s.hs = s.factory->create(s.id, s.client_addr, s.listen_addr, *this, std::move(resume));
   } catch (const std::exception& e) {
-    common::log_error("handshake create failed", {{"session", std::to_string(s.id)}, {"error", e.what()}});
+    common::log_error("handshake create failed", {{"session", session_id_string(s.id)}, {"error", e.what()}});
   }
   if (!s.hs) {
     end(s, EndReason::kDenied);
@@ -464,6 +510,10 @@ void Worker::submit_recv_hs(Session& s) {
 }
 
 void Worker::apply_step(Session& s, HandshakeStep step) {
+  // Any step but kNeedMore means the handshake decided: the connection leaves the startup budget.
+  if (step.kind != HandshakeStep::Kind::kNeedMore &&
+      !leave_startup(s, step.kind != HandshakeStep::Kind::kReject))
+    return;
   switch (step.kind) {
     case HandshakeStep::Kind::kNeedMore:
       s.phase = Session::Phase::kHandshake;
@@ -511,7 +561,7 @@ void Worker::start_connect(Session& s, const common::SockAddr& upstream) {
   s.upstream.reset(fd);
   set_nodelay(fd);
   // The connect and its linked timeout must land in the same submission.
-  if (io_uring_sq_space_left(&ring_) < 2) io_uring_submit(&ring_);
+  if (io_uring_sq_space_left(ring_.get()) < 2) submit_now();
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_connect(sqe, fd, s.upstream_addr.get(), s.upstream_addr.len());
   sqe->flags |= IOSQE_IO_LINK;
@@ -591,199 +641,249 @@ void Worker::maybe_start_splicing(Session& s) {
   drive(s, 1, s.pump[1].start());
 }
 
+// What differs between the two directions of a session, in one place.
+struct Worker::DirIo {
+  int d;
+  int src, dst;
+  EndReason src_reset, dst_reset;
+  Op poll_in, poll_out, splice_in, splice_out;
+  metrics::LocalCounter* bytes;
+};
+
+namespace {
+struct DirOps {
+  EndReason src_reset, dst_reset;
+  Op poll_in, poll_out, splice_in, splice_out;
+};
+// [0]: client -> upstream, [1]: upstream -> client.
+constexpr DirOps kDirOps[2] = {
+    {EndReason::kClientReset, EndReason::kUpstreamReset, Op::kPollIn0, Op::kPollOut0, Op::kSpliceIn0,
+     Op::kSpliceOut0},
+    {EndReason::kUpstreamReset, EndReason::kClientReset, Op::kPollIn1, Op::kPollOut1, Op::kSpliceIn1,
+     Op::kSpliceOut1},
+};
+constexpr uint32_t kPollOps =
+    (1u << static_cast<uint8_t>(Op::kPollIn0)) | (1u << static_cast<uint8_t>(Op::kPollIn1)) |
+    (1u << static_cast<uint8_t>(Op::kPollOut0)) | (1u << static_cast<uint8_t>(Op::kPollOut1));
+}  // namespace
+
+Worker::DirIo Worker::dir_io(Session& s, int d) {
+  const DirOps& o = kDirOps[d];
+  const int fds[2] = {s.client.get(), s.upstream.get()};
+  metrics::LocalCounter* bytes[2] = {&stats_.bytes_client_to_upstream, &stats_.bytes_upstream_to_client};
+  return {d,         fds[d],     fds[1 - d],  o.src_reset,  o.dst_reset,
+          o.poll_in, o.poll_out, o.splice_in, o.splice_out, bytes[d]};
+}
+
 void Worker::on_session_cqe(Session& s, Op op, int res, uint32_t flags) {
   (void)flags;
   untrack(s, op);
   if (s.ending) return;  // results of cancelled requests; the session is being torn down
   switch (op) {
-    case Op::kRecvHs: {
-      if (res <= 0) {
-        s.error = -res;
-        end(s, res == 0 ? EndReason::kClosed : EndReason::kClientReset);
-        return;
-      }
-      s.hs_len += static_cast<size_t>(res);
-      HandshakeStep step;
-      s.in_hs_call = true;
-      try {
-        step = s.hs->on_data(std::span<const uint8_t>(s.hs_buf.data(), s.hs_len));
-      } catch (const std::exception& e) {
-        s.in_hs_call = false;
-        common::log_error("handshake on_data threw", {{"error", e.what()}});
-        end(s, EndReason::kDenied);
-        return;
-      }
-      s.in_hs_call = false;
-      if (step.kind == HandshakeStep::Kind::kPending && s.early_step) {
-        step = std::move(*s.early_step);
-      }
-      s.early_step.reset();
-      apply_step(s, std::move(step));
+    case Op::kRecvHs:
+      on_recv_hs(s, res);
       return;
-    }
     case Op::kConnect:
       on_connected(s, res);
       return;
     case Op::kLinkTimeout:
       return;
     case Op::kSendClient:
-      if (res < 0) {
-        s.error = -res;
-        end(s, s.phase == Session::Phase::kRejecting ? s.after_reply : EndReason::kClientReset);
-        return;
-      }
-      s.to_client_off += static_cast<size_t>(res);
-      if (s.to_client_off < s.to_client.size()) {
-        submit_send_client(s);
-      } else if (s.phase == Session::Phase::kRejecting) {
-        end(s, s.after_reply);
-      } else {
-        maybe_start_splicing(s);
-      }
+      on_send_client(s, res);
       return;
     case Op::kSendUpstream:
-      if (res < 0) {
-        s.error = -res;
-        end(s, EndReason::kUpstreamReset);
-        return;
-      }
-      s.to_upstream_off += static_cast<size_t>(res);
-      stats_.bytes_client_to_upstream.add(static_cast<uint64_t>(res));
-      if (s.to_upstream_off < s.to_upstream.size()) {
-        submit_send_upstream(s);
-      } else {
-        maybe_start_splicing(s);
-      }
+      on_send_upstream(s, res);
       return;
     case Op::kPollIn0:
-    case Op::kPollIn1: {
-      int d = op == Op::kPollIn0 ? 0 : 1;
-      drive(s, d, s.pump[d].on_readable());
-      return;
-    }
+    case Op::kPollIn1:
     case Op::kPollOut0:
-    case Op::kPollOut1: {
-      int d = op == Op::kPollOut0 ? 0 : 1;
-      drive(s, d, s.pump[d].on_writable());
-      return;
-    }
+    case Op::kPollOut1:
     case Op::kSpliceIn0:
-    case Op::kSpliceIn1: {
-      int d = op == Op::kSpliceIn0 ? 0 : 1;
-      if (res > 0) s.last_active_ns = now_ns_;
-      drive(s, d, s.pump[d].on_spliced_in(res, s.pipe[d].capacity));
-      return;
-    }
+    case Op::kSpliceIn1:
     case Op::kSpliceOut0:
-    case Op::kSpliceOut1: {
-      int d = op == Op::kSpliceOut0 ? 0 : 1;
-      if (res > 0) (d == 0 ? stats_.bytes_client_to_upstream : stats_.bytes_upstream_to_client).add(res);
-      drive(s, d, s.pump[d].on_spliced_out(res));
+    case Op::kSpliceOut1:
+      on_pump_cqe(s, op, res);
       return;
-    }
     default:
       return;
   }
 }
 
+void Worker::on_recv_hs(Session& s, int res) {
+  if (res <= 0) {
+    s.error = -res;
+    end(s, res == 0 ? EndReason::kClosed : EndReason::kClientReset);
+    return;
+  }
+  s.hs_len += static_cast<size_t>(res);
+  HandshakeStep step;
+  s.in_hs_call = true;
+  try {
+    step = s.hs->on_data(std::span<const uint8_t>(s.hs_buf.data(), s.hs_len));
+  } catch (const std::exception& e) {
+    s.in_hs_call = false;
+    common::log_error("handshake on_data threw", {{"error", e.what()}});
+    end(s, EndReason::kDenied);
+    return;
+  }
+  s.in_hs_call = false;
+  if (step.kind == HandshakeStep::Kind::kPending && s.early_step) step = std::move(*s.early_step);
+  s.early_step.reset();
+  apply_step(s, std::move(step));
+}
+
+void Worker::on_send_client(Session& s, int res) {
+  if (res < 0) {
+    s.error = -res;
+    end(s, s.phase == Session::Phase::kRejecting ? s.after_reply : EndReason::kClientReset);
+    return;
+  }
+  s.to_client_off += static_cast<size_t>(res);
+  if (s.to_client_off < s.to_client.size()) {
+    submit_send_client(s);
+  } else if (s.phase == Session::Phase::kRejecting) {
+    end(s, s.after_reply);
+  } else {
+    maybe_start_splicing(s);
+  }
+}
+
+void Worker::on_send_upstream(Session& s, int res) {
+  if (res < 0) {
+    s.error = -res;
+    end(s, EndReason::kUpstreamReset);
+    return;
+  }
+  s.to_upstream_off += static_cast<size_t>(res);
+  stats_.bytes_client_to_upstream.add(static_cast<uint64_t>(res));
+  if (s.to_upstream_off < s.to_upstream.size()) {
+    submit_send_upstream(s);
+  } else {
+    maybe_start_splicing(s);
+  }
+}
+
+void Worker::on_pump_cqe(Session& s, Op op, int res) {
+  for (int d = 0; d < 2; ++d) {
+    const DirOps& o = kDirOps[d];
+    Pump& p = s.pump[d];
+    if (op == o.poll_in || op == o.poll_out) {
+      if (res == -ECANCELED) return;  // parked for a hand-over; the pump stays where it was
+      drive(s, d, op == o.poll_in ? p.on_readable() : p.on_writable());
+      return;
+    }
+    if (op == o.splice_in) {
+      if (res > 0) s.last_active_ns = now_ns_;
+      drive(s, d, p.on_spliced_in(res, s.pipe[d].capacity));
+      return;
+    }
+    if (op == o.splice_out) {
+      if (res > 0) dir_io(s, d).bytes->add(static_cast<uint64_t>(res));
+      drive(s, d, p.on_spliced_out(res));
+      return;
+    }
+  }
+}
+
+Pump::Action Worker::arm_poll(Session& s, const DirIo& io, bool out) {
+  PipePair& pipe = s.pipe[io.d];
+  if (!out && pipe.valid()) {
+    pipes_.release(pipe, true);
+    stats_.pipes_in_use.set(pipes_.in_use());
+  }
+  if (parking()) return Pump::Action::kNone;  // parked: the pump waits in kPollIn/kPollOut
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_poll_add(sqe, out ? io.dst : io.src, out ? POLLOUT : POLLIN);
+  const Op op = out ? io.poll_out : io.poll_in;
+  io_uring_sqe_set_data64(sqe, make_user_data(s.index, op));
+  track(s, op);
+  return Pump::Action::kNone;
+}
+
+Pump::Action Worker::splice_in(Session& s, const DirIo& io, int& budget) {
+  PipePair& pipe = s.pipe[io.d];
+  Pump& p = s.pump[io.d];
+  if (!pipe.valid()) {
+    int r = pipes_.acquire(pipe);
+    stats_.pipes_in_use.set(pipes_.in_use());
+    if (r < 0) {
+      s.error = -r;
+      stats_.accept_errors.add();
+      end(s, EndReason::kOverloaded);
+      return Pump::Action::kNone;
+    }
+  }
+  if (cfg_.splice_mode != SpliceMode::kInline) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_splice(sqe, io.src, -1, pipe.w.get(), -1, pipe.capacity, kSpliceFlags);
+    io_uring_sqe_set_data64(sqe, make_user_data(s.index, io.splice_in));
+    track(s, io.splice_in);
+    return Pump::Action::kNone;
+  }
+  if (budget-- <= 0) return p.yield();
+  ssize_t n = ::splice(io.src, nullptr, pipe.w.get(), nullptr, pipe.capacity, kSpliceFlags);
+  int res = n < 0 ? -errno : static_cast<int>(n);
+  if (res > 0) s.last_active_ns = now_ns_;
+  if (res < 0 && res != -EAGAIN) s.error = -res;
+  return p.on_spliced_in(res, pipe.capacity);
+}
+
+Pump::Action Worker::splice_out(Session& s, const DirIo& io) {
+  PipePair& pipe = s.pipe[io.d];
+  Pump& p = s.pump[io.d];
+  if (cfg_.splice_mode != SpliceMode::kInline) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_splice(sqe, pipe.r.get(), -1, io.dst, -1, p.in_pipe(), kSpliceFlags);
+    io_uring_sqe_set_data64(sqe, make_user_data(s.index, io.splice_out));
+    track(s, io.splice_out);
+    return Pump::Action::kNone;
+  }
+  ssize_t n = ::splice(pipe.r.get(), nullptr, io.dst, nullptr, p.in_pipe(), kSpliceFlags);
+  int res = n < 0 ? -errno : static_cast<int>(n);
+  if (res > 0) io.bytes->add(static_cast<uint64_t>(res));
+  if (res < 0 && res != -EAGAIN) s.error = -res;
+  return p.on_spliced_out(res);
+}
+
+Pump::Action Worker::shutdown_dst(Session& s, const DirIo& io) {
+  PipePair& pipe = s.pipe[io.d];
+  if (pipe.valid()) {
+    pipes_.release(pipe, true);
+    stats_.pipes_in_use.set(pipes_.in_use());
+  }
+  ::shutdown(io.dst, SHUT_WR);
+  if (s.pump[0].done() && s.pump[1].done()) end(s, EndReason::kClosed);
+  return Pump::Action::kNone;
+}
+
 void Worker::drive(Session& s, int d, Pump::Action a) {
-  Pump& p = s.pump[d];
-  PipePair& pipe = s.pipe[d];
-  const int src = d == 0 ? s.client.get() : s.upstream.get();
-  const int dst = d == 0 ? s.upstream.get() : s.client.get();
-  const EndReason src_reset = d == 0 ? EndReason::kClientReset : EndReason::kUpstreamReset;
-  const EndReason dst_reset = d == 0 ? EndReason::kUpstreamReset : EndReason::kClientReset;
-  const bool inline_mode = cfg_.splice_mode == SpliceMode::kInline;
-  const Op poll_in = d == 0 ? Op::kPollIn0 : Op::kPollIn1;
-  const Op poll_out = d == 0 ? Op::kPollOut0 : Op::kPollOut1;
-  const Op splice_in = d == 0 ? Op::kSpliceIn0 : Op::kSpliceIn1;
-  const Op splice_out = d == 0 ? Op::kSpliceOut0 : Op::kSpliceOut1;
+  const DirIo io = dir_io(s, d);
   int budget = kInlineBudget;
   while (a != Pump::Action::kNone && !s.ending) {
     switch (a) {
       case Pump::Action::kNone:
         break;
-      case Pump::Action::kArmPollIn: {
-        if (pipe.valid()) {
-          pipes_.release(pipe, true);
-          stats_.pipes_in_use.set(pipes_.in_use());
-        }
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_poll_add(sqe, src, POLLIN);
-        io_uring_sqe_set_data64(sqe, make_user_data(s.index, poll_in));
-        track(s, poll_in);
-        a = Pump::Action::kNone;
+      case Pump::Action::kArmPollIn:
+        a = arm_poll(s, io, false);
         break;
-      }
-      case Pump::Action::kSpliceIn: {
-        if (!pipe.valid()) {
-          int r = pipes_.acquire(pipe);
-          stats_.pipes_in_use.set(pipes_.in_use());
-          if (r < 0) {
-            s.error = -r;
-            stats_.accept_errors.add();
-            end(s, EndReason::kOverloaded);
-            return;
-          }
-        }
-        if (inline_mode) {
-          if (budget-- <= 0) {
-            a = p.yield();
-            break;
-          }
-          ssize_t n = ::splice(src, nullptr, pipe.w.get(), nullptr, pipe.capacity, kSpliceFlags);
-          int res = n < 0 ? -errno : static_cast<int>(n);
-          if (res > 0) s.last_active_ns = now_ns_;
-          if (res < 0 && res != -EAGAIN) s.error = -res;
-          a = p.on_spliced_in(res, pipe.capacity);
-        } else {
-          io_uring_sqe* sqe = get_sqe();
-          io_uring_prep_splice(sqe, src, -1, pipe.w.get(), -1, pipe.capacity, kSpliceFlags);
-          io_uring_sqe_set_data64(sqe, make_user_data(s.index, splice_in));
-          track(s, splice_in);
-          a = Pump::Action::kNone;
-        }
+      case Pump::Action::kSpliceIn:
+        a = splice_in(s, io, budget);
         break;
-      }
-      case Pump::Action::kSpliceOut: {
-        if (inline_mode) {
-          ssize_t n = ::splice(pipe.r.get(), nullptr, dst, nullptr, p.in_pipe(), kSpliceFlags);
-          int res = n < 0 ? -errno : static_cast<int>(n);
-          if (res > 0) (d == 0 ? stats_.bytes_client_to_upstream : stats_.bytes_upstream_to_client).add(res);
-          if (res < 0 && res != -EAGAIN) s.error = -res;
-          a = p.on_spliced_out(res);
-        } else {
-          io_uring_sqe* sqe = get_sqe();
-          io_uring_prep_splice(sqe, pipe.r.get(), -1, dst, -1, p.in_pipe(), kSpliceFlags);
-          io_uring_sqe_set_data64(sqe, make_user_data(s.index, splice_out));
-          track(s, splice_out);
-          a = Pump::Action::kNone;
-        }
+      case Pump::Action::kSpliceOut:
+        a = splice_out(s, io);
         break;
-      }
-      case Pump::Action::kArmPollOut: {
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_poll_add(sqe, dst, POLLOUT);
-        io_uring_sqe_set_data64(sqe, make_user_data(s.index, poll_out));
-        track(s, poll_out);
-        a = Pump::Action::kNone;
+      case Pump::Action::kArmPollOut:
+        a = arm_poll(s, io, true);
         break;
-      }
       case Pump::Action::kShutdownDst:
-        if (pipe.valid()) {
-          pipes_.release(pipe, true);
-          stats_.pipes_in_use.set(pipes_.in_use());
-        }
-        ::shutdown(dst, SHUT_WR);
-        if (s.pump[0].done() && s.pump[1].done()) end(s, EndReason::kClosed);
-        a = Pump::Action::kNone;
+        a = shutdown_dst(s, io);
         break;
       case Pump::Action::kFailSrc:
-        end(s, src_reset);
+        end(s, io.src_reset);
         a = Pump::Action::kNone;
         break;
       case Pump::Action::kFailDst:
-        end(s, dst_reset);
+        end(s, io.dst_reset);
         a = Pump::Action::kNone;
         break;
     }
@@ -818,7 +918,7 @@ void Worker::settle(Session& s) {
   if (s.ending && s.inflight == 0 && s.phase != Session::Phase::kFree) finalize(s);
 }
 
-void Worker::finalize(Session& s) {
+SessionSummary Worker::summary_of(const Session& s) const {
   SessionSummary sum;
   sum.session_id = s.id;
   sum.client = s.client_addr;
@@ -828,7 +928,28 @@ void Worker::finalize(Session& s) {
   sum.bytes_upstream_to_client = s.pump[1].bytes();
   sum.duration_ns = now_ns_ - s.start_ns;
   sum.reason = s.reason;
+  return sum;
+}
 
+void Worker::log_session_end(const Session& s, const SessionSummary& sum) {
+  std::initializer_list<common::LogField> fields = {
+      {"session", session_id_string(sum.session_id)},
+      {"client", sum.client.to_string()},
+      {"listen", s.listen_addr.to_string()},
+      {"upstream", s.upstream_addr.len() ? sum.upstream.to_string() : "-"},
+      {"upstream_local", s.upstream_local.len() ? sum.upstream_local.to_string() : "-"},
+      {"bytes_c2u", std::to_string(sum.bytes_client_to_upstream)},
+      {"bytes_u2c", std::to_string(sum.bytes_upstream_to_client)},
+      {"duration_ms", std::to_string(sum.duration_ns / 1'000'000)},
+      {"reason", end_reason_name(sum.reason)},
+      {"error",
+       s.error ? strerrorname_np(s.error) ? strerrorname_np(s.error) : std::to_string(s.error) : "-"},
+  };
+  common::log_info("session end", fields);
+}
+
+void Worker::finalize(Session& s) {
+  const SessionSummary sum = summary_of(s);
   for (int d = 0; d < 2; ++d) {
     if (!s.pipe[d].valid()) continue;
     const bool clean = s.pump[d].in_pipe() == 0 && s.pump[d].state() != Pump::State::kSpliceIn;
@@ -841,6 +962,7 @@ void Worker::finalize(Session& s) {
   }
   s.client.reset();
   s.upstream.reset();
+  leave_startup(s, false);
 
   if (s.hs) {
     try {
@@ -856,50 +978,183 @@ void Worker::finalize(Session& s) {
       common::log_error("session end callback threw", {{"error", e.what()}});
     }
   }
-  if (cfg_.log_sessions) {
-    std::initializer_list<common::LogField> fields = {
-        {"session", std::to_string(sum.session_id)},
-        {"client", sum.client.to_string()},
-        {"listen", s.listen_addr.to_string()},
-        {"upstream", s.upstream_addr.len() ? sum.upstream.to_string() : "-"},
-        {"upstream_local", s.upstream_local.len() ? sum.upstream_local.to_string() : "-"},
-        {"bytes_c2u", std::to_string(sum.bytes_client_to_upstream)},
-        {"bytes_u2c", std::to_string(sum.bytes_upstream_to_client)},
-        {"duration_ms", std::to_string(sum.duration_ns / 1'000'000)},
-        {"reason", end_reason_name(sum.reason)},
-        {"error",
-         s.error ? strerrorname_np(s.error) ? strerrorname_np(s.error) : std::to_string(s.error) : "-"},
-    };
-    common::log_info("session end", fields);
-  }
+  if (cfg_.log_sessions) log_session_end(s, sum);
   stats_.sessions_total[static_cast<size_t>(sum.reason)].add();
   stats_.sessions_active.add(-1);
-
-  s.hs.reset();
-  s.factory.reset();
-  s.in_hs_call = false;
-  s.early_step.reset();
-  s.phase = Session::Phase::kFree;
-  s.ending = false;
-  s.rst = false;
-  s.reason = EndReason::kClosed;
-  s.after_reply = EndReason::kDenied;
-  s.error = 0;
-  s.inflight = 0;
-  s.hs_len = 0;
-  s.to_client.clear();
-  s.to_client_off = 0;
-  s.to_upstream.clear();
-  s.to_upstream_off = 0;
-  s.pump[0] = Pump{};
-  s.pump[1] = Pump{};
-  s.client_addr = {};
-  s.upstream_addr = {};
-  s.upstream_local = {};
-  s.listen_addr = {};
-  ++s.gen;
+  s.reset();
   free_slots_.push_back(s.index);
   --active_;
+}
+
+// ---- Hand-over (relay/handover.h) ----
+
+void Worker::request_park(std::function<void(Parked)> done) {
+  post([this, done = std::move(done)]() mutable {
+    on_parked_ = std::move(done);
+    hold_ = Hold::kDraining;
+    // Stop accepting but keep the listeners: clients queue in the backlog for whoever serves next.
+    for (uint32_t i = 0; i < routes_.size(); ++i) {
+      if (!routes_[i].accepting) continue;
+      io_uring_sqe* sqe = get_sqe();
+      io_uring_prep_cancel64(sqe, make_user_data(i, Op::kAccept), 0);
+      io_uring_sqe_set_data64(sqe, make_user_data(0, Op::kCancel));
+    }
+    check_park();
+  });
+}
+
+void Worker::cancel_polls(Session& s) {
+  for (uint8_t b = 0; b < 32; ++b) {
+    if (!(s.inflight & kPollOps & (1u << b))) continue;
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel64(sqe, make_user_data(s.index, static_cast<Op>(b)), 0);
+    io_uring_sqe_set_data64(sqe, make_user_data(0, Op::kCancel));
+  }
+}
+
+// Moves the hand-over on once this worker is quiet: no handshake left (they finish here), then no
+// request in flight for any established session.
+void Worker::check_park() {
+  for (auto& sp : slots_) {
+    const Session& s = *sp;
+    if (s.phase == Session::Phase::kFree) continue;
+    if (s.phase != Session::Phase::kSplicing || s.ending) return;  // a handshake or an end is under way
+  }
+  if (hold_ == Hold::kDraining) {
+    hold_ = Hold::kParking;
+    for (auto& sp : slots_)
+      if (sp->phase == Session::Phase::kSplicing) cancel_polls(*sp);
+  }
+  for (auto& sp : slots_)
+    if (sp->phase != Session::Phase::kFree &&
+        (sp->inflight != 0 || !sp->pump[0].parked() || !sp->pump[1].parked()))
+      return;
+  for (const auto& r : routes_)
+    if (r.accepting) return;  // the accept cancel has not completed yet
+  hold_ = Hold::kParked;
+  Parked out;
+  out.seq = seq_;
+  for (auto& sp : slots_)
+    if (sp->phase == Session::Phase::kSplicing) out.sessions.push_back(export_session(*sp));
+  for (const auto& r : routes_) {
+    if (r.removed || !r.listen_fd) continue;
+    out.listeners.push_back(
+        {r.bound.to_string(), index_, common::UniqueFd(::fcntl(r.listen_fd.get(), F_DUPFD_CLOEXEC, 0))});
+  }
+  if (on_parked_) on_parked_(std::move(out));
+  on_parked_ = nullptr;
+}
+
+SessionExport Worker::export_session(const Session& s) {
+  auto dup = [](const common::UniqueFd& fd) {
+    return common::UniqueFd(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
+  };
+  SessionExport e;
+  e.id = s.id;
+  e.worker = index_;
+  e.route = routes_[s.route].bound.to_string();
+  e.client_addr = s.client_addr;
+  e.listen_addr = s.listen_addr;
+  e.upstream_addr = s.upstream_addr;
+  e.upstream_local = s.upstream_local;
+  e.age_ns = now_ns_ - s.start_ns;
+  e.idle_ns = now_ns_ - s.last_active_ns;
+  e.client = dup(s.client);
+  e.upstream = dup(s.upstream);
+  for (int d = 0; d < 2; ++d) {
+    e.dir[d].state = s.pump[d].state();
+    e.dir[d].in_pipe = s.pump[d].in_pipe();
+    e.dir[d].bytes = s.pump[d].bytes() + (d == 0 ? s.to_upstream_off : 0);
+    if (e.dir[d].in_pipe > 0) {
+      e.dir[d].pipe_r = dup(s.pipe[d].r);
+      e.dir[d].pipe_w = dup(s.pipe[d].w);
+    }
+  }
+  if (s.hs) e.handshake = s.hs->handover_state();
+  return e;
+}
+
+void Worker::rearm_parked(Session& s) {
+  for (int d = 0; d < 2; ++d) {
+    const DirIo io = dir_io(s, d);
+    if (s.pump[d].state() == Pump::State::kPollIn) arm_poll(s, io, false);
+    if (s.pump[d].state() == Pump::State::kPollOut) arm_poll(s, io, true);
+  }
+}
+
+void Worker::request_resume() {
+  post([this] {
+    hold_ = Hold::kNone;
+    held_ = false;
+    on_parked_ = nullptr;
+    for (auto& sp : slots_)
+      if (sp->phase == Session::Phase::kSplicing && !sp->ending && sp->inflight == 0) rearm_parked(*sp);
+    if (!draining_)
+      for (uint32_t i = 0; i < routes_.size(); ++i) arm_accept(i);
+  });
+}
+
+// The other process owns these sockets now: close this process's copies without a trace of an end
+// (no audit record, no end-reason count; its session_end comes from the new process).
+void Worker::drop_parked(Session& s) {
+  for (auto& p : s.pipe) pipes_.release(p, false);
+  stats_.pipes_in_use.set(pipes_.in_use());
+  s.client.reset();
+  s.upstream.reset();
+  s.hs.reset();
+  stats_.sessions_active.add(-1);
+  s.reset();
+  free_slots_.push_back(s.index);
+  --active_;
+}
+
+void Worker::request_commit() {
+  post([this] {
+    for (auto& sp : slots_)
+      if (sp->phase == Session::Phase::kSplicing) drop_parked(*sp);
+    draining_ = true;
+    for (auto& r : routes_)
+      if (!r.accepting) r.listen_fd.reset();
+    close_listeners();
+  });
+}
+
+void Worker::add_import(SessionExport s, uint32_t route, std::unique_ptr<Handshake> hs) {
+  imports_.push_back({std::move(s), route, std::move(hs)});
+}
+
+// New side, worker thread before the loop: the session continues exactly where the old process
+// parked it; it stays parked (held_) until request_resume().
+void Worker::import_session(SessionExport& e, uint32_t route, std::unique_ptr<Handshake> hs) {
+  Session* s = alloc_session();
+  s->phase = Session::Phase::kSplicing;
+  s->id = e.id;
+  s->route = route;
+  s->client = std::move(e.client);
+  s->upstream = std::move(e.upstream);
+  s->client_addr = e.client_addr;
+  s->listen_addr = e.listen_addr;
+  s->upstream_addr = e.upstream_addr;
+  s->upstream_local = e.upstream_local;
+  s->start_ns = now_ns_ - std::min(now_ns_, e.age_ns);
+  s->last_active_ns = now_ns_ - std::min(now_ns_, e.idle_ns);
+  s->hs = std::move(hs);
+  const bool eager = cfg_.splice_mode == SpliceMode::kInline;
+  for (int d = 0; d < 2; ++d) {
+    auto& x = e.dir[d];
+    s->pump[d].restore(x.state, x.in_pipe, x.bytes, eager);
+    if (x.in_pipe > 0) {
+      s->pipe[d].r = std::move(x.pipe_r);
+      s->pipe[d].w = std::move(x.pipe_w);
+      int cap = ::fcntl(s->pipe[d].w.get(), F_GETPIPE_SZ);
+      s->pipe[d].capacity = cap > 0 ? static_cast<uint32_t>(cap) : 65536u;
+      pipes_.adopt();
+    }
+  }
+  stats_.pipes_in_use.set(pipes_.in_use());
+  ++active_;
+  stats_.sessions_active.add(1);
+  if (!held_) rearm_parked(*s);
 }
 
 }  // namespace sshring::relay

@@ -17,6 +17,7 @@
 #include "common/sockaddr.h"
 #include "common/unique_fd.h"
 #include "metrics/catalog.h"
+#include "relay/handover.h"
 #include "relay/handshake.h"
 #include "relay/pump.h"
 #include "relay/relay.h"
@@ -70,6 +71,8 @@ class PipePool {
   int acquire(PipePair& out);
   // `clean`: the pipe is empty and may be reused; otherwise it is closed.
   void release(PipePair& p, bool clean);
+  // Counts a pipe that came with a handed-over session as in use (release() returns it).
+  void adopt() { ++in_use_; }
   [[nodiscard]] int64_t in_use() const { return in_use_; }
   [[nodiscard]] size_t free_count() const { return free_.size(); }
 
@@ -78,6 +81,32 @@ class PipePool {
   uint32_t keep_;
   std::vector<PipePair> free_;
   int64_t in_use_ = 0;
+};
+
+// The worker's io_uring, torn down exactly once by its owner.
+class Ring {
+ public:
+  Ring() = default;
+  ~Ring() { reset(); }
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+  // io_uring_queue_init_params; returns 0 or -errno.
+  int init(unsigned entries, io_uring_params& p) {
+    reset();
+    int r = io_uring_queue_init_params(entries, &ring_, &p);
+    ok_ = r == 0;
+    return r;
+  }
+  void reset() {
+    if (ok_) io_uring_queue_exit(&ring_);
+    ok_ = false;
+  }
+  [[nodiscard]] bool ok() const { return ok_; }
+  io_uring* get() { return &ring_; }
+
+ private:
+  io_uring ring_{};
+  bool ok_ = false;
 };
 
 struct RouteSlot {
@@ -119,6 +148,20 @@ struct Session {
   uint64_t start_ns = 0;
   uint64_t last_active_ns = 0;
   uint64_t deadline_ns = 0;  // handshake deadline
+  bool startup = false;      // counted in the pre-authentication budget (relay/admission.h)
+  Admission::SourceKey startup_key{};
+
+  // Back to a free slot: every field but the slot's identity (index) and generation, which moves on
+  // so that stale resumes and completions are ignored.
+  void reset() {
+    const uint32_t keep_index = index;
+    const uint32_t next_gen = gen + 1;
+    std::vector<uint8_t> buf = std::move(hs_buf);  // keeps its capacity for the next handshake
+    *this = Session{};
+    index = keep_index;
+    gen = next_gen;
+    hs_buf = std::move(buf);
+  }
 };
 
 class Worker final : public HandshakeContext {
@@ -130,6 +173,14 @@ class Worker final : public HandshakeContext {
 
   // Control thread, before run(): adds a bound listener for route `i`.
   void add_listener(const Route& route, const common::SockAddr& bound, common::UniqueFd fd);
+  // Control thread, before run(): a session handed over by another process (relay/handover.h),
+  // for route `route`, with its adopted handshake (null for static routes). It stays parked, and no
+  // listener accepts, until request_resume().
+  void add_import(SessionExport s, uint32_t route, std::unique_ptr<Handshake> hs);
+  // Control thread, before run(): session ids continue after `seq` (ids unique across processes).
+  void set_seq(uint64_t seq) { seq_ = seq; }
+  // Control thread, before run(): start held (sessions parked, no accepts) until request_resume().
+  void hold() { held_ = true; }
   // Worker thread entry.
   void run();
 
@@ -144,6 +195,21 @@ class Worker final : public HandshakeContext {
   void request_reload(const RelayConfig& cfg, std::vector<Route> table, std::vector<bool> removed,
                       std::shared_ptr<std::vector<RouteSlot>> added);
 
+  // Hand-over, old side. Stops accepting (listeners stay open), lets handshakes finish, parks every
+  // established session, then calls `done` on the worker thread with copies (dup) of what it holds.
+  struct Parked {
+    std::vector<SessionExport> sessions;
+    std::vector<ListenerExport> listeners;
+    uint64_t seq = 0;
+  };
+  void request_park(std::function<void(Parked)> done);
+  // Serve again: parked sessions continue, listeners accept (a failed hand-over; or the new side
+  // once the old one is done).
+  void request_resume();
+  // The hand-over went through: forget the parked sessions and the listeners (the other process
+  // has them) and exit.
+  void request_commit();
+
   [[nodiscard]] const metrics::RelayWorkerStats& stats() const { return stats_; }
   [[nodiscard]] bool exited() const { return exited_.load(std::memory_order_acquire); }
   // The ring could not be set up (thrown from run()'s caller as SystemError).
@@ -155,10 +221,12 @@ class Worker final : public HandshakeContext {
   struct Limits {
     uint32_t max_sessions = 0;
     uint64_t connect_timeout_ns = 0, idle_timeout_ns = 0, handshake_timeout_ns = 0;
+    uint64_t first_byte_timeout_ns = 0;
   };
   static Limits limits_from(const RelayConfig& cfg, unsigned nworkers);
 
   io_uring_sqe* get_sqe();
+  void submit_now();
   void arm_wake();
   void arm_tick();
   void arm_accept(uint32_t route);
@@ -177,12 +245,37 @@ class Worker final : public HandshakeContext {
   void submit_send_client(Session& s);
   void submit_send_upstream(Session& s);
   void maybe_start_splicing(Session& s);
+  struct DirIo;
+  [[nodiscard]] DirIo dir_io(Session& s, int d);
   void drive(Session& s, int dir, Pump::Action a);
+  Pump::Action arm_poll(Session& s, const DirIo& io, bool out);
+  Pump::Action splice_in(Session& s, const DirIo& io, int& budget);
+  Pump::Action splice_out(Session& s, const DirIo& io);
+  Pump::Action shutdown_dst(Session& s, const DirIo& io);
   void on_session_cqe(Session& s, Op op, int res, uint32_t flags);
+  void on_recv_hs(Session& s, int res);
+  void on_send_client(Session& s, int res);
+  void on_send_upstream(Session& s, int res);
+  void on_pump_cqe(Session& s, Op op, int res);
+  [[nodiscard]] SessionSummary summary_of(const Session& s) const;
+  void log_session_end(const Session& s, const SessionSummary& sum);
+  // Hand-over helpers.
+  [[nodiscard]] bool parking() const { return hold_ == Hold::kParking || hold_ == Hold::kParked || held_; }
+  void check_park();
+  void cancel_polls(Session& s);
+  void rearm_parked(Session& s);
+  SessionExport export_session(const Session& s);
+  void import_session(SessionExport& e, uint32_t route, std::unique_ptr<Handshake> hs);
+  void drop_parked(Session& s);
   void end(Session& s, EndReason reason);
   void settle(Session& s);  // finalizes an ending session once nothing is in flight
   void finalize(Session& s);
   void refuse(int fd);
+  // Pre-authentication budget: admit_startup() at accept (false: refused and counted),
+  // leave_startup() once the handshake decided or the session ended; `authenticated`: the preamble
+  // verified, so the session now needs a max_sessions slot (false: none free, the session ends).
+  bool admit_startup(const common::SockAddr& client, Admission::SourceKey& key);
+  bool leave_startup(Session& s, bool authenticated);
   void close_listeners();
 
   void track(Session& s, Op op) { s.inflight |= 1u << static_cast<uint8_t>(op); }
@@ -192,13 +285,15 @@ class Worker final : public HandshakeContext {
   unsigned nworkers_;
   RelayConfig cfg_;  // routes unused here; limits and callbacks
   Limits limits_;
-  io_uring ring_{};
-  bool ring_ok_ = false;
+  Ring ring_;
+  bool ring_failed_ = false;    // io_uring_submit failed for good: the worker stops
+  io_uring_sqe scratch_sqe_{};  // handed out after a ring failure so callers need no null checks
   common::UniqueFd wake_fd_;
   std::vector<RouteSlot> routes_;
   std::vector<std::unique_ptr<Session>> slots_;
   std::vector<uint32_t> free_slots_;
   uint32_t active_ = 0;
+  uint32_t startups_ = 0;  // sessions in active_ that are still unauthenticated
   uint64_t seq_ = 0;
   PipePool pipes_;
   metrics::RelayWorkerStats stats_;
@@ -208,6 +303,18 @@ class Worker final : public HandshakeContext {
   uint64_t last_exhaustion_log_ns_ = 0;  // the pause is logged at most every 10 s
   bool draining_ = false;
   bool stopping_ = false;
+  // Hand-over: kDraining lets handshakes finish (no accepts), kParking cancels the polls of
+  // established sessions, kParked holds them still until resume or commit.
+  enum class Hold : uint8_t { kNone, kDraining, kParking, kParked };
+  Hold hold_ = Hold::kNone;
+  bool held_ = false;  // new side: started from a hand-over, waiting for request_resume()
+  std::function<void(Parked)> on_parked_;
+  struct Import {
+    SessionExport s;
+    uint32_t route;
+    std::unique_ptr<Handshake> hs;
+  };
+  std::vector<Import> imports_;
 
   std::mutex post_mu_;
   std::vector<std::function<void()>> posted_;

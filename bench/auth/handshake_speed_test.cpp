@@ -14,7 +14,7 @@
 
 #include "policy/parser.h"
 #include "relay/auth/auth_handshake.h"
-#include "relay/auth/client.h"
+#include "client/client.h"
 #include "relay/auth/keys.h"
 
 namespace auth = sshring::relay::auth;

@@ -33,6 +33,7 @@
 #include "policy/etcd/source.h"
 #include "policy/etcd/store.h"
 #include "tests/policy/etcd_cluster.h"
+#include "tests/policy/grant_fixture.h"
 #include "tests/support/process.h"
 
 namespace {
@@ -80,21 +81,20 @@ std::shared_ptr<policy::etcd::Client> client(const testing::EtcdCluster& c, cons
   return std::make_shared<policy::etcd::Client>(o);
 }
 
-policy::Grant grant(int i, policy::UnixSeconds now, bool expired, const std::string& net = "10.1") {
-  policy::Grant g;
+// ci-bot signs every grant, with a key the bench policy lists (readers honour only signed grants).
+const policy::testing::Person& ci_bot() {
+  static const policy::testing::Person p = policy::testing::person("ci-bot");
+  return p;
+}
+
+policy::SignedGrant grant(int i, policy::UnixSeconds now, bool expired, const std::string& net = "10.1") {
   char id[16];
   std::snprintf(id, sizeof id, "g-%012x", i);
-  g.id = id;
-  g.who = "ci-bot";
-  g.from = *policy::Cidr::parse("10.2.0.0/16");
-  g.to = *policy::Cidr::parse(net + "." + std::to_string((i >> 8) & 255) + "." + std::to_string(i & 255) +
-                              "/32");
-  g.rule = "ci-direct";
-  g.reason = "bench";
-  g.created_by = "bench";
-  g.created = expired ? now - 7200 : now;
-  g.expires = expired ? now - 3600 : now + 3 * 3600;
-  return g;
+  std::string to = net + "." + std::to_string((i >> 8) & 255) + "." + std::to_string(i & 255) + "/32";
+  auto r = policy::testing::request_for("ci-bot", "ci-direct", "10.2.0.0/16", to.c_str(), 3 * 3600,
+                                        expired ? now - 4 * 3600 : now);
+  r.reason = "bench";
+  return policy::testing::signed_by(ci_bot(), std::move(r), id);
 }
 
 policy::UnixSeconds unix_now() {
@@ -115,11 +115,15 @@ long rss_kib(pid_t pid) {
   return -1;
 }
 
-const char* kPolicy =
-    "version: 1\nrelays: [10.0.0.0/28]\nhosts: [{name: web, cidrs: [10.1.0.0/16]}]\n"
-    "roles: [{name: ci, targets: [{cidrs: [10.1.0.0/16]}]}]\nprincipals: [{name: ci-bot, roles: [ci]}]\n"
-    "opt_out:\n  - {id: ci-direct, who: {roles: [ci]}, from: [10.2.0.0/16], to: {cidrs: [10.0.0.0/8]}, "
-    "max_ttl: 8h, require_grant: true, expires: 2099-01-01T00:00:00Z}\n";
+std::string bench_policy() {
+  return "version: 1\nrelays: [10.0.0.0/28]\nhosts: [{name: web, cidrs: [10.1.0.0/16]}]\n"
+         "roles: [{name: ci, targets: [{cidrs: [10.1.0.0/16]}]}]\nprincipals: [{name: ci-bot, roles: [ci], "
+         "keys: [\"" +
+         ci_bot().key_line() +
+         "\"]}]\n"
+         "opt_out:\n  - {id: ci-direct, who: {roles: [ci]}, from: [10.2.0.0/16], to: {cidrs: [10.0.0.0/8]}, "
+         "max_ttl: 8h, expires: 2099-01-01T00:00:00Z}\n";
+}
 
 // Put-time of each measured key, and when each watcher saw it.
 struct Timeline {
@@ -185,7 +189,7 @@ int run(int argc, char** argv) {
   testing::EtcdCluster etcd(3);
   auto admin = client(etcd, "sshring-policy", etcd.endpoints());
   policy::etcd::Keys keys("/sshring");
-  policy::etcd::push_policy(*admin, keys, kPolicy, "bench", unix_now(), 0);
+  policy::etcd::push_policy(*admin, keys, bench_policy(), "bench", unix_now(), 0);
   policy::etcd::EtcdGrantStore store(client(etcd, "sshring-grant", etcd.endpoints()), "/sshring");
   fill(store, a);
   parallel_adds(etcd, 1 << 24, 800);
@@ -256,11 +260,11 @@ int run(int argc, char** argv) {
     auto g = grant(base + e, unix_now(), false, "10.3");  // addresses no other grant covers
     {
       std::lock_guard lock(tl.mu);
-      tl.put_at[keys.grant(g.id)] = Clock::now();
+      tl.put_at[keys.grant(g.id())] = Clock::now();
     }
     store.add(g);
     // Consumers: poll their published snapshot for the new grant.
-    auto dst = g.to.addr;
+    auto dst = g.request.to.addr;
     std::vector<bool> done(reals.size(), false);
     auto deadline = Clock::now() + 10s;
     size_t left = reals.size();
@@ -272,7 +276,7 @@ int run(int argc, char** argv) {
             policy::FlowTag::kBypassApproved) {
           done[i] = true;
           --left;
-          tl.seen(keys.grant(g.id), &tl.consumer_ms);
+          tl.seen(keys.grant(g.id()), &tl.consumer_ms);
         }
       }
       std::this_thread::sleep_for(1ms);

@@ -114,7 +114,7 @@ World& world() {
       o.to_cidrs = {prefix(0x0a000000 | r(1u << 24), 16 + r(9))};
       o.max_ttl_seconds = 3600;
       o.expires = kNow - 1000 + r(2000);
-      o.require_grant = i % 2 == 0;
+      o.standing = i % 2 != 0;  // half approve by themselves, half only through grants
       p.opt_out.push_back(std::move(o));
     }
     for (int i = 0; i < kGrants; ++i) {

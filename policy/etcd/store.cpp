@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
 
@@ -57,9 +58,9 @@ std::string hex_of(const std::string& digest) {
   return digest.starts_with("sha256:") ? digest.substr(7) : digest;
 }
 
-std::optional<Grant> parse_grant(const KeyValue& kv) {
+std::optional<SignedGrant> parse_grant(const KeyValue& kv) {
   try {
-    return grant_from_json(nlohmann::json::parse(kv.value));
+    return signed_grant_from_json(nlohmann::json::parse(kv.value));
   } catch (const std::exception& e) {
     common::log_warn("skipping unreadable grant in etcd", {{"key", kv.key}, {"error", e.what()}});
     return std::nullopt;
@@ -90,13 +91,13 @@ std::string EtcdGrantStore::location() const {
   return s + keys_.prefix();
 }
 
-std::vector<Grant> EtcdGrantStore::load() const {
+std::vector<SignedGrant> EtcdGrantStore::load() const {
   auto r = client_->list(keys_.grants(), 0, static_cast<int64_t>(kMaxGrants) + 1);
   if (r.kvs.size() > kMaxGrants) {
     throw common::UsageError(location() + " holds more than " + std::to_string(kMaxGrants) +
                              " grants; revoke or prune some");
   }
-  std::vector<Grant> out;
+  std::vector<SignedGrant> out;
   out.reserve(r.kvs.size());
   for (const auto& kv : r.kvs)
     if (auto g = parse_grant(kv)) out.push_back(std::move(*g));
@@ -124,39 +125,40 @@ int64_t EtcdGrantStore::bucket_lease(UnixSeconds gc_at, UnixSeconds now) {
                            " (too many concurrent writers); retry");
 }
 
-void EtcdGrantStore::add(const Grant& g) {
-  const std::string key = keys_.grant(g.id);
-  const std::string value = grant_to_json(g).dump();
-  const int64_t lease = bucket_lease(g.expires + kDefaultGrantRetentionSeconds, g.created);
+void EtcdGrantStore::add(const SignedGrant& g) {
+  const std::string key = keys_.grant(g.id());
+  const std::string value = signed_grant_to_json(g).dump();
+  const int64_t lease = bucket_lease(grant_horizon(g) + kDefaultGrantRetentionSeconds, common::unix_now_s());
   auto t = client_->txn({{key, Compare::Target::kCreate, 0}}, {{Op::Kind::kPut, key, value, lease}});
   if (!t.succeeded) {
     // A retried Txn whose first attempt was applied finds its own grant: that is success.
     auto r = client_->get(key);
     if (r.kvs.empty() || r.kvs[0].value != value)
-      throw common::UsageError("grant " + g.id + " already exists");
+      throw common::UsageError("grant " + g.id() + " already exists in " + location());
     last_revision_ = r.kvs[0].mod_revision;
     return;
   }
   last_revision_ = t.revision;
 }
 
-std::optional<Grant> EtcdGrantStore::revoke(std::string_view id, std::string_view by, std::string_view reason,
-                                            UnixSeconds now) {
+// Read, change, write back only if nobody wrote in between (mod_revision unchanged); on a race the
+// change is applied again to the newer object. A change that throws aborts without writing.
+std::optional<SignedGrant> EtcdGrantStore::update(std::string_view id,
+                                                  const std::function<void(SignedGrant&)>& change) {
   const std::string key = keys_.grant(id);
   for (int attempt = 0; attempt < kCasAttempts; ++attempt) {
     auto r = client_->get(key);
     if (r.kvs.empty()) return std::nullopt;
     auto g = parse_grant(r.kvs[0]);
-    if (!g) return std::nullopt;
-    if (g->revoked_at) {
-      throw common::UsageError("grant " + g->id + " was already revoked at " +
-                               format_rfc3339(*g->revoked_at));
+    if (!g) {
+      throw common::UsageError("grant " + std::string(id) + " in " + location() +
+                               " is unreadable; see the warning above");
     }
-    g->revoked_at = now;
-    g->revoked_by = by;
-    g->revoke_reason = reason;
-    Op put{Op::Kind::kPut, key, grant_to_json(*g).dump()};
-    put.ignore_lease = true;  // keep the bucket lease: it still collects the grant after retention
+    change(*g);
+    // A decision can move the horizon: the grant follows to the lease of its new bucket.
+    const int64_t lease =
+        bucket_lease(grant_horizon(*g) + kDefaultGrantRetentionSeconds, common::unix_now_s());
+    Op put{Op::Kind::kPut, key, signed_grant_to_json(*g).dump(), lease};
     auto t = client_->txn({{key, Compare::Target::kMod, r.kvs[0].mod_revision}}, {put});
     if (t.succeeded) {
       last_revision_ = t.revision;
@@ -166,30 +168,21 @@ std::optional<Grant> EtcdGrantStore::revoke(std::string_view id, std::string_vie
   throw common::UsageError("grant " + std::string(id) + " keeps changing under concurrent writers; retry");
 }
 
-std::vector<Grant> EtcdGrantStore::sweep(UnixSeconds now, int64_t retention_seconds) {
-  std::vector<Grant> newly_expired;
+// The bucket leases collect these too, an hour late at most; prune keeps `grant list` exact.
+size_t EtcdGrantStore::prune(UnixSeconds now, int64_t retention_seconds) {
+  size_t removed = 0;
   auto r = client_->list(keys_.grants());
   for (const auto& kv : r.kvs) {
     auto g = parse_grant(kv);
-    if (!g) continue;
-    if (g->effective_expiry() + retention_seconds < now) {
-      // Compare-and-delete: a concurrent rewrite (revoke) wins and the next sweep retries.
-      client_->txn({{kv.key, Compare::Target::kMod, kv.mod_revision}}, {{Op::Kind::kDelete, kv.key}});
-      continue;
-    }
-    if (!g->live(now) && !g->expire_recorded && !g->revoked_at) {
-      g->expire_recorded = true;
-      Op put{Op::Kind::kPut, kv.key, grant_to_json(*g).dump()};
-      put.ignore_lease = true;
-      // Only the sweeper whose compare holds reports it: one grant_expire record per grant.
-      auto t = client_->txn({{kv.key, Compare::Target::kMod, kv.mod_revision}}, {put});
-      if (t.succeeded) {
-        last_revision_ = t.revision;
-        newly_expired.push_back(std::move(*g));
-      }
+    if (!g || grant_horizon(*g) + retention_seconds >= now) continue;
+    // Compare-and-delete: a concurrent rewrite wins and the next prune looks again.
+    auto t = client_->txn({{kv.key, Compare::Target::kMod, kv.mod_revision}}, {{Op::Kind::kDelete, kv.key}});
+    if (t.succeeded) {
+      ++removed;
+      last_revision_ = t.revision;
     }
   }
-  return newly_expired;
+  return removed;
 }
 
 std::optional<PolicyMeta> read_policy_meta(Client& c, const Keys& k) {

@@ -12,13 +12,15 @@
 // sees the old or the new policy whole. Blobs of older digests are deleted after the switch. The
 // policy may be as large as the parser allows (8 MiB) although etcd takes 1.5 MiB per request.
 //
-// Grants: add is a Txn "create only if absent"; revoke and sweep rewrite a grant only if its
-// mod_revision is unchanged (retrying on a concurrent change), so concurrent `grant` commands lose
-// nothing. Each grant is attached to the lease of its hour bucket (expiry + retention, rounded up),
-// so etcd removes it after the retention period with one lease per hour rather than per grant; the
-// lease only collects garbage: expired and revoked grants stay visible until then.
+// Grants (whole signed objects, signed_grant_to_json): add is a Txn "create only if absent"; update
+// (a signed decision, the expire bookkeeping) rewrites a grant only if its mod_revision is unchanged
+// (re-applying the change on a concurrent write, a bounded number of times), so concurrent `grant`
+// commands lose nothing. Each grant is attached to the lease of its hour bucket (grant_horizon +
+// retention, rounded up), so etcd removes it after the retention period with one lease per hour
+// rather than per grant; prune deletes the same grants at once. Ended grants stay visible until then.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -54,11 +56,11 @@ inline constexpr int64_t kLeaseBucketSeconds = 3600;
 class EtcdGrantStore final : public GrantStore {
  public:
   EtcdGrantStore(std::shared_ptr<Client> client, std::string prefix);
-  [[nodiscard]] std::vector<Grant> load() const override;
-  void add(const Grant& g) override;
-  std::optional<Grant> revoke(std::string_view id, std::string_view by, std::string_view reason,
-                              UnixSeconds now) override;
-  std::vector<Grant> sweep(UnixSeconds now, int64_t retention_seconds) override;
+  [[nodiscard]] std::vector<SignedGrant> load() const override;
+  void add(const SignedGrant& g) override;
+  std::optional<SignedGrant> update(std::string_view id,
+                                    const std::function<void(SignedGrant&)>& change) override;
+  size_t prune(UnixSeconds now, int64_t retention_seconds) override;
   [[nodiscard]] std::string location() const override;
   // The etcd revision of this store's last write (for audit records); 0 before any.
   [[nodiscard]] int64_t last_revision() const noexcept { return last_revision_; }

@@ -2,13 +2,17 @@
 
 #include <cstring>
 #include <mutex>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "metrics/audit.h"
+#include "metrics/audit_types.h"
 #include "relay/auth/keys.h"
+#include "relay/session_id.h"
 
 namespace sshring::relay::auth {
 
@@ -31,8 +35,9 @@ struct SessionState {
   bool decided = false;  // a DENY or a connect decision was made
   bool denied = false;
   bool connected = false;
-  Reason deny_reason = Reason::kMalformed;
-  std::string deny_message;
+  Reason deny_reason = Reason::kMalformed;  // the exact reason (audit, metrics, log)
+  std::string deny_message;                 // the exact detail (audit, log)
+  std::string deny_reply;                   // the DENY frame sent (may say less than the above)
 
   std::shared_ptr<const policy::Snapshot> snap;
   std::string principal;
@@ -48,15 +53,18 @@ struct SessionState {
     in_handshake = false;
   }
 
-  HandshakeStep deny(Reason r, std::string message) {
+  // `wire`: the code the client sees when it must not learn `r` (identity failures before the
+  // signature is verified all go out as kNotAuthenticated with one fixed message).
+  HandshakeStep deny(Reason r, std::string message, std::optional<Reason> wire = std::nullopt) {
     decided = true;
     denied = true;
     deny_reason = r;
     deny_message = std::move(message);
+    deny_reply = wire ? encode_deny(*wire, kNotAuthenticatedMessage) : encode_deny(r, deny_message);
     leave_handshake();
     factory->count_decision(static_cast<uint16_t>(r), reason_name(r));
     if (factory->opts_.log_denials)
-      common::log_warn("session denied", {{"session", std::to_string(session_id)},
+      common::log_warn("session denied", {{"session", session_id_string(session_id)},
                                           {"client", client.to_string()},
                                           {"reason", reason_name(r)},
                                           {"principal", principal},
@@ -64,7 +72,7 @@ struct SessionState {
                                           {"detail", deny_message}});
     HandshakeStep s;
     s.kind = HandshakeStep::Kind::kReject;
-    s.reply = encode_deny(r, deny_message);
+    s.reply = deny_reply;
     return s;
   }
 
@@ -102,20 +110,16 @@ struct SessionState {
       if (!tried.empty()) tried += ",";
       tried += a.ip_string();
     }
-    if (last.reason == policy::Reason::kOutsideWindow)
+    if (last.reason == policy::Reason::kOutsideTimeWindow)
       return deny(Reason::kOutsideTimeWindow, "outside the allowed time window");
+    if (last.reason == policy::Reason::kPortNotAllowed)
+      return deny(Reason::kPortNotAllowed, target_name + ":" + std::to_string(port) + ": port not allowed");
     return deny(Reason::kAddressNotAllowed,
                 target_name + " resolved to " + tried + ", not allowed by policy");
   }
 };
 
 namespace {
-
-std::string hex_id(uint64_t id) {
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(id));
-  return buf;
-}
 
 // Maps a policy refusal onto the wire reason.
 Reason from_policy(policy::Reason r) {
@@ -125,9 +129,10 @@ Reason from_policy(policy::Reason r) {
     case policy::Reason::kKeyNotListed:
       return Reason::kKeyNotListed;
     case policy::Reason::kTargetNotAllowed:
-    case policy::Reason::kPortNotAllowed:
       return Reason::kTargetNotAllowed;
-    case policy::Reason::kOutsideWindow:
+    case policy::Reason::kPortNotAllowed:
+      return Reason::kPortNotAllowed;
+    case policy::Reason::kOutsideTimeWindow:
       return Reason::kOutsideTimeWindow;
     case policy::Reason::kTooManySessions:
       return Reason::kTooManySessions;
@@ -151,13 +156,15 @@ class AuthHandshake : public Handshake {
       HandshakeStep again;
       if (s.denied) {
         again.kind = HandshakeStep::Kind::kReject;
-        again.reply = encode_deny(s.deny_reason, s.deny_message);
+        again.reply = s.deny_reply;
       }
       return again;
     }
     if (s.over_handshake_cap)
       return s.deny(Reason::kTooManyHandshakes,
                     "too many connections in handshake from " + s.client.ip_string());
+    if (const auto& o = s.factory->opts_; o.audit && o.refuse_when_audit_unwritable && !o.audit->writable())
+      return s.deny(Reason::kOverloaded, "relay overloaded; try again later");
     HelloDecode d = decode_hello(received);
     switch (d.status) {
       case DecodeStatus::kNeedMore:
@@ -170,51 +177,167 @@ class AuthHandshake : public Handshake {
         break;
     }
     const Hello& h = d.hello;
-    AuthHandshakeFactory& f = *s.factory;
     s.consumed = d.consumed;
     s.principal = h.principal;
     s.target_name = h.target;
     s.port = h.port;
+    const uint64_t now_ms = s.factory->now_ms();
+    if (auto refused = check_freshness(h, now_ms)) return *refused;
+    if (auto refused = check_identity(h)) return *refused;
+    if (auto refused = check_replay(h, now_ms)) return *refused;
+    return check_policy(h, now_ms);
+  }
 
+  std::string on_upstream_connected(const common::SockAddr& local) override {
+    SessionState& s = *s_;
+    s.connected = true;
+    s.upstream_local = local;
+    s.leave_handshake();
+    const auto now = std::chrono::steady_clock::now();
+    auto elapsed = std::chrono::duration<double>(now - s.started).count();
+    if (auto* h = s.factory->handshake_seconds_.load(std::memory_order_acquire)) h->Observe(elapsed);
+    if (auto* h = s.factory->connect_seconds_.load(std::memory_order_acquire))
+      h->Observe(std::chrono::duration<double>(now - s.connect_started).count());
+    if (auto* audit = s.factory->opts_.audit) {
+      metrics::SessionStart r{session_fields()};
+      r.upstream_local = local.to_string();
+      append(audit, r.to_json());
+    }
+    return encode_ok(s.session_id);
+  }
+
+  std::string on_upstream_failed(int err) override {
+    SessionState& s = *s_;
+    s.leave_handshake();
+    std::string msg = "connect to " + s.upstream.to_string() + ": " + std::strerror(err);
+    if (s.factory->opts_.log_denials)
+      common::log_warn("upstream connect failed", {{"session", session_id_string(s.session_id)},
+                                                   {"principal", s.principal},
+                                                   {"target", s.upstream.to_string()},
+                                                   {"error", std::strerror(err)}});
+    return encode_deny(Reason::kTargetUnreachable, msg);
+  }
+
+  // Hand-over (relay/handover.h): the context an established session's session_end record needs.
+  std::string handover_state() const override {
+    const SessionState& s = *s_;
+    if (!s.connected || s.denied) return {};
+    nlohmann::json j = {{"v", 1},
+                        {"principal", s.principal},
+                        {"key_fp", s.key_fp},
+                        {"target_name", s.target_name},
+                        {"port", s.port},
+                        {"upstream", s.upstream.len() ? s.upstream.to_string() : ""},
+                        {"upstream_local", s.upstream_local.len() ? s.upstream_local.to_string() : ""}};
+    return j.dump();
+  }
+
+  void on_end(const SessionSummary& sum) override {
+    SessionState& s = *s_;
+    mark_ended();
+    s.leave_handshake();
+    if (s.session_counted) s.factory->limits_.release_session(s.principal);
+    s.session_counted = false;
+    bool timed_out = !s.decided && sum.reason == EndReason::kHandshakeTimeout;
+    if (timed_out)
+      s.factory->count_decision(static_cast<uint16_t>(Reason::kTimeout), reason_name(Reason::kTimeout));
+    auto* audit = s.factory->opts_.audit;
+    if (audit == nullptr || ended_logged_) return;
+    ended_logged_ = true;
+    if (s.denied || !s.decided) {
+      metrics::SessionDeny r{session_fields()};
+      r.reason = s.denied ? reason_name(s.deny_reason) : end_reason_name(sum.reason);
+      r.detail = s.deny_message;
+      append(audit, r.to_json());
+      return;
+    }
+    metrics::SessionEnd r{session_fields()};
+    if (s.upstream_local.len() != 0) r.upstream_local = s.upstream_local.to_string();
+    r.bytes_up = sum.bytes_client_to_upstream;
+    r.bytes_down = sum.bytes_upstream_to_client;
+    r.duration_ms = sum.duration_ns / 1000000;
+    r.reason = end_reason_name(sum.reason);
+    append(audit, r.to_json());
+  }
+
+ private:
+  // Relay id and clock: nothing here depends on who the client claims to be.
+  std::optional<HandshakeStep> check_freshness(const Hello& h, uint64_t now_ms) {
+    SessionState& s = *s_;
+    const AuthOptions& o = s.factory->opts_;
     bool relay_ok = false;
-    for (const auto& id : f.opts_.relay_ids) relay_ok = relay_ok || id == h.relay_id;
-    if (!relay_ok) return s.deny(Reason::kWrongRelay, "preamble is for relay '" + h.relay_id + "'");
+    for (const auto& id : o.relay_ids) relay_ok = relay_ok || id == h.relay_id;
+    // The id is not secret (clients type it); naming it lets the client say which --relay-id to pass.
+    // The relay's id first: a DENY message is cut at 200 bytes.
+    if (!relay_ok)
+      return s.deny(Reason::kWrongRelay,
+                    "this relay's id is '" + o.relay_ids.front() + "' (preamble is for '" + h.relay_id + "')");
+    if (h.timestamp_ms > now_ms) {
+      // A timestamp ahead of the relay would keep its nonce for skew + that much: bounded separately.
+      uint64_t ahead = h.timestamp_ms - now_ms;
+      if (ahead > static_cast<uint64_t>(o.max_future_skew.count()))
+        return s.deny(Reason::kStale,
+                      "timestamp is " + std::to_string(ahead / 1000) + "s ahead of the relay's clock");
+    } else if (now_ms - h.timestamp_ms > static_cast<uint64_t>(o.max_skew.count())) {
+      return s.deny(Reason::kStale, "timestamp is " + std::to_string((now_ms - h.timestamp_ms) / 1000) +
+                                        "s behind the relay's clock");
+    }
+    return std::nullopt;
+  }
 
-    uint64_t now_ms = f.now_ms();
-    uint64_t skew = static_cast<uint64_t>(f.opts_.max_skew.count());
-    uint64_t diff = now_ms > h.timestamp_ms ? now_ms - h.timestamp_ms : h.timestamp_ms - now_ms;
-    if (diff > skew)
-      return s.deny(Reason::kStale,
-                    "timestamp is " + std::to_string(diff / 1000) + "s off the relay's clock");
-
-    s.snap = f.cache_.current();
+  // Principal, key and signature. The signature is verified against the presented key in every case,
+  // so the three failures cost the same time; the client sees one code and one message for all of
+  // them, the audit record and metrics the exact reason.
+  std::optional<HandshakeStep> check_identity(const Hello& h) {
+    SessionState& s = *s_;
+    s.snap = s.factory->cache_.current();
     if (!s.snap) return s.deny(Reason::kOverloaded, "no policy loaded");
-    const policy::Principal* p = s.snap->find_principal(h.principal);
-    if (p == nullptr) return s.deny(Reason::kUnknownPrincipal, "unknown principal '" + h.principal + "'");
-    const policy::PublicKey* key = nullptr;
-    for (const auto& k : p->keys)
-      if (k.ed25519.size() == h.public_key.size() &&
-          std::memcmp(k.ed25519.data(), h.public_key.data(), k.ed25519.size()) == 0)
-        key = &k;
     Ed25519PublicKey raw;
     std::memcpy(raw.data(), h.public_key.data(), raw.size());
-    if (key == nullptr) {
-      s.key_fp = fingerprint(raw);
-      return s.deny(Reason::kKeyNotListed, "key " + s.key_fp + " is not listed for '" + h.principal + "'");
-    }
-    s.key_fp = key->fingerprint;
-    if (!ed25519_verify(raw, transcript(h), h.signature))
-      return s.deny(Reason::kBadSignature, "signature does not verify");
+    const bool signature_ok = ed25519_verify(raw, transcript(h), h.signature);
+    const policy::Principal* p = s.snap->find_principal(h.principal);
+    const policy::PublicKey* key = nullptr;
+    if (p != nullptr)
+      for (const auto& k : p->keys)
+        if (k.ed25519.size() == h.public_key.size() &&
+            std::memcmp(k.ed25519.data(), h.public_key.data(), k.ed25519.size()) == 0)
+          key = &k;
+    s.key_fp = key != nullptr ? key->fingerprint : fingerprint(raw);
+    if (p == nullptr)
+      return s.deny(Reason::kUnknownPrincipal, "unknown principal '" + h.principal + "'",
+                    Reason::kNotAuthenticated);
+    if (key == nullptr)
+      return s.deny(Reason::kKeyNotListed, "key " + s.key_fp + " is not listed for '" + h.principal + "'",
+                    Reason::kNotAuthenticated);
+    if (!signature_ok)
+      return s.deny(Reason::kBadSignature, "signature does not verify", Reason::kNotAuthenticated);
+    return std::nullopt;
+  }
 
-    switch (f.replay_.check_and_insert(h.nonce, h.timestamp_ms, now_ms)) {
+  // Only HELLOs signed by a listed key of a known principal reach the cache, each principal within
+  // its share.
+  std::optional<HandshakeStep> check_replay(const Hello& h, uint64_t now_ms) {
+    SessionState& s = *s_;
+    AuthHandshakeFactory& f = *s.factory;
+    switch (f.replay_.check_and_insert(h.principal, h.nonce, h.timestamp_ms, {now_ms, f.mono_ms()})) {
       case ReplayCache::Result::kFresh:
-        break;
+        return std::nullopt;
       case ReplayCache::Result::kReplayed:
         return s.deny(Reason::kReplayed, "nonce already used");
       case ReplayCache::Result::kFull:
         return s.deny(Reason::kOverloaded, "replay cache full");
+      case ReplayCache::Result::kTooOld:
+        return s.deny(Reason::kStale, "timestamp is older than what the replay cache still remembers");
+      case ReplayCache::Result::kPrincipalFull:
+        return s.deny(Reason::kOverloaded, "replay cache share of '" + h.principal + "' full");
     }
+    return s.deny(Reason::kOverloaded, "replay cache");
+  }
 
+  // Policy on the name (or the literal address), the principal's session limit, then resolution.
+  HandshakeStep check_policy(const Hello& h, uint64_t now_ms) {
+    SessionState& s = *s_;
+    AuthHandshakeFactory& f = *s.factory;
     auto now_s = static_cast<policy::UnixSeconds>(now_ms / 1000);
     auto literal = common::SockAddr::from_ip(h.target, h.port);
     policy::Decision dec;
@@ -234,108 +357,56 @@ class AuthHandshake : public Handshake {
       Reason r = from_policy(dec.reason);
       return s.deny(r, std::string(reason_description(r)) + ": " + h.target + ":" + std::to_string(h.port));
     }
-
     uint32_t max = s.snap->max_sessions_for(h.principal);
     if (!f.limits_.acquire_session(h.principal, max))
       return s.deny(Reason::kTooManySessions, "'" + h.principal + "' has " + std::to_string(max) +
                                                   " sessions, the most its roles allow");
     s.session_counted = true;
-
     if (literal) return s.connect(*literal);
-
-    // Resolve off the loop. The callback may run after this handshake is gone: it only posts while
-    // the session is alive, and the worker ignores a resume for an ended session.
-    std::weak_ptr<SessionState> weak = s_;
-    f.resolver_->resolve(h.target, h.port, [weak](std::string error, std::vector<common::SockAddr> addrs) {
-      auto st = weak.lock();
-      if (!st) return;
-      std::lock_guard lock(st->mu);
-      if (st->ended) return;
-      st->ctx->post([st, error = std::move(error), addrs = std::move(addrs)] {
-        if (st->decided) return;
-        HandshakeStep step = st->finish_resolution(error, addrs);
-        st->resume(std::move(step));
-      });
-    });
+    resolve(h);
     HandshakeStep pending;
     pending.kind = HandshakeStep::Kind::kPending;
     return pending;
   }
 
-  std::string on_upstream_connected(const common::SockAddr& local) override {
-    SessionState& s = *s_;
-    s.connected = true;
-    s.upstream_local = local;
-    s.leave_handshake();
-    const auto now = std::chrono::steady_clock::now();
-    auto elapsed = std::chrono::duration<double>(now - s.started).count();
-    if (auto* h = s.factory->handshake_seconds_.load(std::memory_order_acquire)) h->Observe(elapsed);
-    if (auto* h = s.factory->connect_seconds_.load(std::memory_order_acquire))
-      h->Observe(std::chrono::duration<double>(now - s.connect_started).count());
-    if (auto* audit = s.factory->opts_.audit) {
-      nlohmann::json r = base_record("session_start");
-      r["upstream_local"] = local.to_string();
-      append(audit, std::move(r));
-    }
-    return encode_ok(s.session_id);
+  // Resolves off the loop. The callback may run after this handshake is gone: it only posts while
+  // the session is alive, and the worker ignores a resume for an ended session.
+  void resolve(const Hello& h) {
+    std::weak_ptr<SessionState> weak = s_;
+    s_->factory->resolver_->resolve(h.target, h.port,
+                                    [weak](std::string error, std::vector<common::SockAddr> addrs) {
+                                      auto st = weak.lock();
+                                      if (!st) return;
+                                      std::lock_guard lock(st->mu);
+                                      if (st->ended) return;
+                                      st->ctx->post([st, error = std::move(error), addrs = std::move(addrs)] {
+                                        {
+                                          // The session may have ended after this was posted: its answer
+                                          // decides and counts nothing.
+                                          std::lock_guard lock(st->mu);
+                                          if (st->ended) return;
+                                        }
+                                        if (st->decided) return;
+                                        HandshakeStep step = st->finish_resolution(error, addrs);
+                                        st->resume(std::move(step));
+                                      });
+                                    });
   }
 
-  std::string on_upstream_failed(int err) override {
-    SessionState& s = *s_;
-    s.leave_handshake();
-    std::string msg = "connect to " + s.upstream.to_string() + ": " + std::strerror(err);
-    if (s.factory->opts_.log_denials)
-      common::log_warn("upstream connect failed", {{"session", std::to_string(s.session_id)},
-                                                   {"principal", s.principal},
-                                                   {"target", s.upstream.to_string()},
-                                                   {"error", std::strerror(err)}});
-    return encode_deny(Reason::kTargetUnreachable, msg);
-  }
-
-  void on_end(const SessionSummary& sum) override {
-    SessionState& s = *s_;
-    mark_ended();
-    s.leave_handshake();
-    if (s.session_counted) s.factory->limits_.release_session(s.principal);
-    s.session_counted = false;
-    bool timed_out = !s.decided && sum.reason == EndReason::kHandshakeTimeout;
-    if (timed_out)
-      s.factory->count_decision(static_cast<uint16_t>(Reason::kTimeout), reason_name(Reason::kTimeout));
-    auto* audit = s.factory->opts_.audit;
-    if (audit == nullptr || ended_logged_) return;
-    ended_logged_ = true;
-    if (s.denied || !s.decided) {
-      nlohmann::json r = base_record("session_deny");
-      r["reason"] = s.denied ? reason_name(s.deny_reason) : end_reason_name(sum.reason);
-      if (!s.deny_message.empty()) r["detail"] = s.deny_message;
-      append(audit, std::move(r));
-      return;
-    }
-    nlohmann::json r = base_record("session_end");
-    if (s.upstream_local.len() != 0) r["upstream_local"] = s.upstream_local.to_string();
-    r["bytes_up"] = sum.bytes_client_to_upstream;
-    r["bytes_down"] = sum.bytes_upstream_to_client;
-    r["duration_ms"] = sum.duration_ns / 1000000;
-    r["reason"] = end_reason_name(sum.reason);
-    append(audit, std::move(r));
-  }
-
- private:
   void mark_ended() {
     std::lock_guard lock(s_->mu);
     s_->ended = true;
   }
 
-  nlohmann::json base_record(const char* type) const {
+  metrics::SessionFields session_fields() const {
     const SessionState& s = *s_;
-    nlohmann::json r;
-    r["type"] = type;
-    r["session_id"] = hex_id(s.session_id);
-    r["client"] = s.client.to_string();
-    if (!s.principal.empty()) r["principal"] = s.principal;
-    if (!s.key_fp.empty()) r["key_fp"] = s.key_fp;
-    if (!s.target_name.empty()) r["target_name"] = s.target_name + ":" + std::to_string(s.port);
-    if (s.upstream.len() != 0) r["target_addr"] = s.upstream.to_string();
+    metrics::SessionFields r;
+    r.session_id = session_id_string(s.session_id);
+    r.client = s.client.to_string();
+    r.principal = s.principal;
+    r.key_fp = s.key_fp;
+    if (!s.target_name.empty()) r.target_name = s.target_name + ":" + std::to_string(s.port);
+    if (s.upstream.len() != 0) r.target_addr = s.upstream.to_string();
     return r;
   }
 
@@ -354,12 +425,15 @@ class AuthHandshake : public Handshake {
 AuthHandshakeFactory::AuthHandshakeFactory(const policy::PolicyCache& cache, AuthOptions opts)
     : cache_(cache),
       opts_(std::move(opts)),
-      replay_(static_cast<uint64_t>(opts_.max_skew.count()), opts_.replay_capacity) {
+      replay_(static_cast<uint64_t>(opts_.max_skew.count()), opts_.replay_capacity,
+              opts_.replay_per_principal) {
   if (opts_.relay_ids.empty()) throw common::UsageError("authenticated relay: give at least one --relay-id");
   for (const auto& id : opts_.relay_ids)
     if (id.empty() || id.size() > kMaxRelayId)
       throw common::UsageError("--relay-id '" + id + "': 1 to 128 printable characters");
   if (opts_.max_skew.count() <= 0) throw common::UsageError("authenticated relay: max skew must be positive");
+  if (opts_.max_future_skew.count() < 0 || opts_.max_future_skew > opts_.max_skew)
+    throw common::UsageError("authenticated relay: max future skew must be between 0 and the max skew");
   if (opts_.max_handshakes_per_source == 0) opts_.max_handshakes_per_source = 1;
   resolver_ = opts_.resolver ? opts_.resolver : std::make_shared<AresResolver>();
   set_metrics(opts_.metrics);
@@ -375,8 +449,13 @@ AuthHandshakeFactory::~AuthHandshakeFactory() = default;
 
 uint64_t AuthHandshakeFactory::now_ms() const {
   if (opts_.clock_ms) return opts_.clock_ms();
+  return static_cast<uint64_t>(common::unix_now_ms());
+}
+
+uint64_t AuthHandshakeFactory::mono_ms() const {
+  if (opts_.mono_ms) return opts_.mono_ms();
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
+                                   std::chrono::steady_clock::now().time_since_epoch())
                                    .count());
 }
 
@@ -402,6 +481,30 @@ std::unique_ptr<Handshake> AuthHandshakeFactory::create(uint64_t session_id, con
   s->resume = std::move(resume);
   s->in_handshake = limits_.enter_handshake(client, opts_.max_handshakes_per_source);
   s->over_handshake_cap = !s->in_handshake;
+  return std::make_unique<AuthHandshake>(std::move(s));
+}
+
+// A handed-over session: decided and connected in another process. It counts against the
+// principal's max_sessions here (without refusing: the session exists already) and writes its
+// session_end record from this process's audit log.
+std::unique_ptr<Handshake> AuthHandshakeFactory::adopt(uint64_t session_id, const common::SockAddr& client,
+                                                       const common::SockAddr& listen, std::string_view state) {
+  auto j = nlohmann::json::parse(state, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || j.value("v", 0) != 1 || !j.contains("principal")) return nullptr;
+  auto s = std::make_shared<SessionState>();
+  s->factory = this;
+  s->session_id = session_id;
+  s->client = client;
+  s->listen = listen;
+  s->decided = true;
+  s->connected = true;
+  s->principal = j.value("principal", "");
+  s->key_fp = j.value("key_fp", "");
+  s->target_name = j.value("target_name", "");
+  s->port = j.value("port", uint16_t{0});
+  if (auto a = common::SockAddr::parse(j.value("upstream", ""))) s->upstream = *a;
+  if (auto a = common::SockAddr::parse(j.value("upstream_local", ""))) s->upstream_local = *a;
+  s->session_counted = limits_.acquire_session(s->principal, UINT32_MAX);
   return std::make_unique<AuthHandshake>(std::move(s));
 }
 

@@ -5,8 +5,9 @@
 //       .relay_ids = {"relay-1"}, .audit = &audit});
 //   cfg.routes.push_back({.listen = addr, .handshake = factory});
 //
-// Per session, on the worker thread: parse HELLO -> relay id -> clock skew -> principal and key ->
-// Ed25519 signature -> replay cache -> policy on the name -> per-principal session limit -> resolve
+// Per session, on the worker thread: parse HELLO -> relay id -> clock skew (past and future) ->
+// principal, key and Ed25519 signature (one wire code for all three: not_authenticated) -> replay
+// cache (per-principal share) -> policy on the name -> per-principal session limit -> resolve
 // the name off the loop (AresResolver thread, back through HandshakeContext::post) -> policy on each
 // resolved address, the first allowed one is the upstream -> OK once connected. Every deny is one
 // DENY frame with a stable reason, one audit record (session_deny) and one decision metric.
@@ -39,14 +40,23 @@ struct AuthOptions {
   // The ids this relay answers to (the client signs one of them). At least one.
   std::vector<std::string> relay_ids;
   std::chrono::milliseconds max_skew{30000};  // |relay clock - client timestamp| allowed
+  // A timestamp ahead of the relay's clock by more than this is refused (stale) outright: its nonce
+  // would be kept for max_skew + that much.
+  std::chrono::milliseconds max_future_skew{5000};
   size_t replay_capacity = 1u << 20;          // live nonces remembered (bounded memory)
+  size_t replay_per_principal = 0;            // live nonces of one principal; 0: replay_capacity / 16
   uint32_t max_handshakes_per_source = 64;    // connections in handshake per client IP
   std::shared_ptr<Resolver> resolver;         // null: an AresResolver with default options
   metrics::RelayMetrics metrics;              // optional (null members are skipped)
   metrics::AuditLog* audit = nullptr;         // optional; must outlive the factory
   bool log_denials = true;                    // one log line per DENY
+  // `audit` set and unwritable (AuditLog::writable): refuse new sessions (DENY overloaded) rather than
+  // admit sessions that would go unrecorded.
+  bool refuse_when_audit_unwritable = true;
   // Wall clock in Unix milliseconds (tests move it); default std::chrono::system_clock.
   std::function<uint64_t()> clock_ms;
+  // Monotonic milliseconds for the replay cache's deadlines (tests move it); default steady_clock.
+  std::function<uint64_t()> mono_ms;
 };
 
 // Internal per-session state, shared with callbacks that may outlive the Handshake.
@@ -63,6 +73,13 @@ class AuthHandshakeFactory : public HandshakeFactory,
                                     const common::SockAddr& listen, HandshakeContext& ctx,
                                     HandshakeResume resume) override;
 
+  // Hand-over: rebuilds an established session's handshake from handover_state().
+  std::unique_ptr<Handshake> adopt(uint64_t session_id, const common::SockAddr& client,
+                                   const common::SockAddr& listen, std::string_view state) override;
+  // Sets the audit log after construction, before any session runs (`relay --takeover` opens the log
+  // only once the old relay wrote its last record).
+  void set_audit(metrics::AuditLog* audit) { opts_.audit = audit; }
+
   // Attaches metrics after construction (the relay registers them once its workers exist). Safe
   // while sessions run.
   void set_metrics(const metrics::RelayMetrics& m);
@@ -70,6 +87,7 @@ class AuthHandshakeFactory : public HandshakeFactory,
   [[nodiscard]] const SessionLimits& limits() const { return limits_; }
   [[nodiscard]] const ReplayCache& replay_cache() const { return replay_; }
   [[nodiscard]] uint64_t now_ms() const;
+  [[nodiscard]] uint64_t mono_ms() const;
   // Counts by reason (index = Reason value; 0 = allowed) for tests and logs.
   [[nodiscard]] uint64_t decisions(uint16_t reason) const;
 

@@ -6,6 +6,7 @@
 
 #include "metrics/audit.h"
 #include "metrics/catalog.h"
+#include "policy/grant_audit.h"
 
 namespace sshring::relay::auth {
 
@@ -24,11 +25,16 @@ AuthService::AuthService(AuthServiceOptions opts) : ids_(opts.relay_ids) {
   ro.source = opts.source;  // etcd (set by the CLI): policy_path is then unused
   if (opts.cache_dir) ro.cache_dir = *opts.cache_dir;
   ro.handle_sighup = false;  // the relay command owns signals and calls reload()
-  reloader_ = std::make_unique<policy::Reloader>(cache_, ro);
-  reloader_->reload_or_throw();
   if (!opts.audit_path.empty())
     audit_ = std::make_unique<metrics::AuditLog>(
         metrics::AuditOptions{.path = opts.audit_path, .component = "relay"});
+  // Stored grants this relay refuses to honour: counted once each (the observer), with one
+  // grant_reject record.
+  ro.on_grant_rejected = [audit = audit_ ? audit_.get() : opts.audit](const policy::CheckedGrant& c) {
+    if (audit) audit->append(policy::grant_reject_record(c));
+  };
+  reloader_ = std::make_unique<policy::Reloader>(cache_, ro);
+  reloader_->reload_or_throw();
   AuthOptions a = std::move(opts.auth);
   a.relay_ids = ids_;
   a.audit = audit_ ? audit_.get() : opts.audit;

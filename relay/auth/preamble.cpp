@@ -122,6 +122,10 @@ const char* reason_name(Reason r) {
       return "overloaded";
     case Reason::kTimeout:
       return "handshake_timeout";
+    case Reason::kNotAuthenticated:
+      return "not_authenticated";
+    case Reason::kPortNotAllowed:
+      return "port_not_allowed";
   }
   return "unknown";
 }
@@ -162,6 +166,10 @@ const char* reason_description(Reason r) {
       return "the relay is overloaded";
     case Reason::kTimeout:
       return "the handshake timed out";
+    case Reason::kNotAuthenticated:
+      return "unknown principal, key not listed for it, or bad signature (the relay does not say which)";
+    case Reason::kPortNotAllowed:
+      return "the target is allowed for this principal, but not on this port";
   }
   return "unknown reason";
 }
@@ -212,6 +220,11 @@ HelloDecode decode_hello(std::span<const uint8_t> in) {
   if (hdr.payload == 0) {
     out.status = DecodeStatus::kMalformed;
     out.error = "empty frame";
+    return out;
+  }
+  if (hdr.payload < kMinHelloPayload || hdr.payload > kMaxValidHelloPayload) {
+    out.status = DecodeStatus::kMalformed;
+    out.error = "impossible frame length";
     return out;
   }
   if (in.size() < kHeaderSize + hdr.payload) return out;  // kNeedMore

@@ -18,6 +18,11 @@ inline constexpr std::array<uint8_t, 4> kMagic = {'S', 'R', 'N', 'G'};
 inline constexpr uint8_t kVersion = 1;
 inline constexpr size_t kHeaderSize = 8;
 
+enum class FrameType : uint8_t { kHello = 1, kOk = 2, kDeny = 3 };
+enum class KeyAlgorithm : uint8_t { kEd25519 = 1 };
+inline constexpr size_t kEd25519KeySize = 32;
+inline constexpr size_t kEd25519SigSize = 64;
+
 // Hard limits (bytes). The HELLO frame is at most kHeaderSize + kMaxHelloPayload = 1032 bytes, well
 // under relay::kMaxHandshakeBytes.
 inline constexpr size_t kMaxRelayId = 128;
@@ -28,16 +33,23 @@ inline constexpr size_t kMaxKeySize = 64;
 inline constexpr size_t kMaxSignatureSize = 128;
 inline constexpr size_t kMaxDenyMessage = 200;
 inline constexpr size_t kMaxHelloPayload = 1024;
+// What a HELLO payload can really measure given the field limits (docs/protocol.md: "largest valid:
+// 669"): a header declaring a length outside [min, max] is refused at once, not after waiting for
+// bytes that could never make a valid frame.
+inline constexpr size_t kMinHelloPayload =
+    3 * (1 + 1) + 2 + 8 + kNonceSize + 1 + (1 + kEd25519KeySize) + (1 + kEd25519SigSize);
+inline constexpr size_t kMaxValidHelloPayload = (1 + kMaxRelayId) + (1 + kMaxPrincipal) + (1 + kMaxTarget) +
+                                                2 + 8 + kNonceSize + 1 + (1 + kMaxKeySize) +
+                                                (1 + kMaxSignatureSize);
+static_assert(kMaxValidHelloPayload == 669 && kMaxValidHelloPayload <= kMaxHelloPayload);
 inline constexpr size_t kOkPayload = 8;
 inline constexpr size_t kMaxDenyPayload = 3 + kMaxDenyMessage;
 
-enum class FrameType : uint8_t { kHello = 1, kOk = 2, kDeny = 3 };
-enum class KeyAlgorithm : uint8_t { kEd25519 = 1 };
-inline constexpr size_t kEd25519KeySize = 32;
-inline constexpr size_t kEd25519SigSize = 64;
-
 // Stable DENY reason codes: values are protocol, names appear in logs, metrics and audit records.
-// `sshring connect` exits with 20 + code (docs/protocol.md has the table).
+// `sshring connect` exits with 20 + code (docs/protocol.md has the table). Before the signature is
+// verified the wire carries one code for every identity failure (kNotAuthenticated), so strangers
+// cannot list principals or match keys; kUnknownPrincipal, kKeyNotListed and kBadSignature are the
+// exact reasons kept in the audit record and metrics and are never sent by this relay.
 enum class Reason : uint16_t {
   kMalformed = 1,  // not a valid HELLO (garbage, truncated, oversized, bad field)
   kUnsupportedVersion = 2,
@@ -54,10 +66,15 @@ enum class Reason : uint16_t {
   kTooManyHandshakes = 13,  // too many connections in handshake from this source address
   kResolveFailed = 14,
   kTargetUnreachable = 15,
-  kOverloaded = 16,  // relay-side resource limit (replay cache full, no policy loaded)
-  kTimeout = 17,     // handshake took too long
+  kOverloaded = 16,        // relay-side resource limit (replay cache full, no policy loaded)
+  kTimeout = 17,           // handshake took too long
+  kNotAuthenticated = 18,  // on the wire for unknown principal, key not listed or bad signature
+  kPortNotAllowed = 19,    // the target is allowed for the principal, but not on this port
 };
-inline constexpr uint16_t kMaxReason = 17;
+inline constexpr uint16_t kMaxReason = 19;
+// The one DENY message sent for every kNotAuthenticated refusal (docs/protocol.md).
+inline constexpr std::string_view kNotAuthenticatedMessage =
+    "not authenticated (unknown principal, key not listed for it, or bad signature)";
 
 const char* reason_name(Reason r);         // "unknown_principal"
 const char* reason_description(Reason r);  // "the principal is not in the relay's policy"

@@ -1,5 +1,6 @@
 #include "relay/auth/replay_cache.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "relay/auth/keys.h"
@@ -22,25 +23,61 @@ size_t ReplayCache::NonceHash::operator()(const Nonce& n) const noexcept {
   return static_cast<size_t>(mix(a ^ seed) ^ mix(b + seed));
 }
 
-ReplayCache::ReplayCache(uint64_t skew_ms, size_t capacity)
-    : skew_ms_(skew_ms), shard_capacity_(capacity / kShards + 1) {
+ReplayCache::ReplayCache(uint64_t skew_ms, size_t capacity, size_t per_principal)
+    : skew_ms_(skew_ms),
+      shard_capacity_(capacity / kShards + 1),
+      per_principal_(per_principal ? per_principal : capacity / 16 + 1) {
   random_bytes(reinterpret_cast<uint8_t*>(&seed_), sizeof(seed_));
   for (size_t i = 0; i < kShards; ++i) shards_.push_back(std::make_unique<Shard>(seed_));
 }
 
-ReplayCache::Result ReplayCache::check_and_insert(const Nonce& nonce, uint64_t timestamp_ms,
-                                                  uint64_t now_ms) {
-  Shard& s = *shards_[mix(seed_ ^ nonce[0] ^ (uint64_t{nonce[15]} << 8)) % kShards];
-  std::lock_guard lock(s.mu);
-  while (!s.by_expiry.empty() && s.by_expiry.top().expiry_ms < now_ms) {
-    s.live.erase(s.by_expiry.top().nonce);
+uint64_t ReplayCache::principal_key(std::string_view principal) const {
+  if (principal.empty()) return 0;
+  uint64_t h = seed_;
+  for (unsigned char c : principal) h = mix(h ^ c);
+  return h | 1;  // never 0 (0 means "no principal")
+}
+
+void ReplayCache::prune(Shard& s, Now now) {
+  while (!s.by_expiry.empty() && s.by_expiry.top().mono_expiry_ms < now.mono_ms) {
+    const Entry& e = s.by_expiry.top();
+    s.forgotten_ts = std::max(s.forgotten_ts, e.timestamp_ms);
+    s.live.erase(e.nonce);
+    if (e.principal != 0) {
+      std::lock_guard lock(principals_mu_);
+      auto it = principals_.find(e.principal);
+      if (it != principals_.end() && --it->second == 0) principals_.erase(it);
+    }
     s.by_expiry.pop();
   }
+}
+
+ReplayCache::Result ReplayCache::check_and_insert(std::string_view principal, const Nonce& nonce,
+                                                  uint64_t timestamp_ms, Now now) {
+  Shard& s = *shards_[mix(seed_ ^ nonce[0] ^ (uint64_t{nonce[15]} << 8)) % kShards];
+  const uint64_t who = principal_key(principal);
+  std::lock_guard lock(s.mu);
+  prune(s, now);
   if (s.live.contains(nonce)) return Result::kReplayed;
+  if (timestamp_ms <= s.forgotten_ts) return Result::kTooOld;
   if (s.live.size() >= shard_capacity_) return Result::kFull;
+  if (who != 0) {
+    std::lock_guard plock(principals_mu_);
+    size_t& n = principals_[who];
+    if (n >= per_principal_) return Result::kPrincipalFull;
+    ++n;
+  }
+  const uint64_t wall_expiry = timestamp_ms + skew_ms_;
+  const uint64_t left = wall_expiry > now.wall_ms ? wall_expiry - now.wall_ms : 0;
   s.live.insert(nonce);
-  s.by_expiry.push(Entry{timestamp_ms + skew_ms_, nonce});
+  s.by_expiry.push(Entry{now.mono_ms + left, timestamp_ms, who, nonce});
   return Result::kFresh;
+}
+
+size_t ReplayCache::live_of(std::string_view principal) const {
+  std::lock_guard lock(principals_mu_);
+  auto it = principals_.find(principal_key(principal));
+  return it == principals_.end() ? 0 : it->second;
 }
 
 size_t ReplayCache::size() const {

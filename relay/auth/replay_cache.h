@@ -1,7 +1,14 @@
 // Remembers preamble nonces for as long as their timestamps are acceptable, so a captured preamble
 // cannot be replayed. Shared by every worker: sharded, one small mutex per shard, touched once per
-// handshake. Memory is bounded: when a shard is full of live entries it refuses new ones (fail
-// closed, the handshake is denied as "overloaded") rather than forgetting a live nonce.
+// handshake, and only for HELLOs whose signature verified for a known principal. Memory is bounded:
+// when a shard is full of live entries it refuses new ones (fail closed, the handshake is denied as
+// "overloaded") rather than forgetting a live nonce, and each principal has a bounded share, so one
+// principal's flood of valid HELLOs fills its own share, not the cache other principals need.
+//
+// Entries are dropped on the monotonic clock: at insert the deadline is now_mono + (timestamp + skew
+// - now_wall), so a wall clock stepped forward cannot flush live nonces early. A wall clock stepped
+// back would make forgotten timestamps acceptable again; so each shard remembers the newest timestamp
+// it has forgotten, and a HELLO at or before it is refused (kTooOld) instead of being trusted.
 #pragma once
 
 #include <array>
@@ -9,6 +16,8 @@
 #include <memory>
 #include <mutex>
 #include <queue>
+#include <string_view>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -19,23 +28,37 @@ namespace sshring::relay::auth {
 class ReplayCache {
  public:
   using Nonce = std::array<uint8_t, kNonceSize>;
-  enum class Result : uint8_t { kFresh, kReplayed, kFull };
+  enum class Result : uint8_t { kFresh, kReplayed, kFull, kPrincipalFull, kTooOld };
+  struct Now {
+    uint64_t wall_ms;  // Unix milliseconds (what timestamps are compared with)
+    uint64_t mono_ms;  // a monotonic clock in milliseconds
+  };
 
   // `skew_ms`: a HELLO is accepted while |now - timestamp| <= skew_ms, so its nonce is kept until
   // timestamp + skew_ms. `capacity`: most live nonces kept (split over the shards).
-  ReplayCache(uint64_t skew_ms, size_t capacity);
+  // `per_principal`: most live nonces of one principal (0: capacity / 16 + 1).
+  ReplayCache(uint64_t skew_ms, size_t capacity, size_t per_principal = 0);
 
   // Inserts the nonce unless it is live already. Expired entries of the shard are dropped first.
-  Result check_and_insert(const Nonce& nonce, uint64_t timestamp_ms, uint64_t now_ms);
+  // kPrincipalFull: `principal` has its share of live nonces (nothing inserted). kTooOld: the
+  // timestamp is not newer than one this shard already forgot (the wall clock went back).
+  Result check_and_insert(std::string_view principal, const Nonce& nonce, uint64_t timestamp_ms, Now now);
+  // Without a principal (no per-principal share) and with one clock for both.
+  Result check_and_insert(const Nonce& nonce, uint64_t timestamp_ms, uint64_t now_ms) {
+    return check_and_insert({}, nonce, timestamp_ms, Now{now_ms, now_ms});
+  }
   [[nodiscard]] size_t size() const;
+  [[nodiscard]] size_t live_of(std::string_view principal) const;
   [[nodiscard]] uint64_t skew_ms() const { return skew_ms_; }
 
  private:
   static constexpr size_t kShards = 16;
   struct Entry {
-    uint64_t expiry_ms;
+    uint64_t mono_expiry_ms;
+    uint64_t timestamp_ms;
+    uint64_t principal;  // keyed hash of the principal's name, 0: none
     Nonce nonce;
-    bool operator>(const Entry& o) const { return expiry_ms > o.expiry_ms; }
+    bool operator>(const Entry& o) const { return mono_expiry_ms > o.mono_expiry_ms; }
   };
   struct NonceHash {
     uint64_t seed;
@@ -46,12 +69,20 @@ class ReplayCache {
     mutable std::mutex mu;
     std::unordered_set<Nonce, NonceHash> live;
     std::priority_queue<Entry, std::vector<Entry>, std::greater<>> by_expiry;
+    uint64_t forgotten_ts = 0;  // newest timestamp of a dropped entry
   };
+
+  [[nodiscard]] uint64_t principal_key(std::string_view principal) const;
+  void prune(Shard& s, Now now);  // under s.mu
 
   uint64_t skew_ms_;
   size_t shard_capacity_;
+  size_t per_principal_;
   uint64_t seed_;
   std::vector<std::unique_ptr<Shard>> shards_;
+  // Live nonces per principal key; locked after a shard's mutex, never before.
+  mutable std::mutex principals_mu_;
+  std::unordered_map<uint64_t, size_t> principals_;
 };
 
 }  // namespace sshring::relay::auth

@@ -1,6 +1,6 @@
 // The SSH agent client against a real ssh-agent (started by PID, throwaway keys), and key-file
 // signing, both checked by verifying the signatures with the public keys ssh-keygen wrote.
-#include "relay/auth/agent.h"
+#include "client/agent.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -10,7 +10,7 @@
 
 #include "common/error.h"
 
-#include "relay/auth/client.h"
+#include "client/client.h"
 #include "relay/auth/keys.h"
 #include "tests/support/process.h"
 

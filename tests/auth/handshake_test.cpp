@@ -4,16 +4,23 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <cstring>
 #include <deque>
+#include <filesystem>
 #include <mutex>
 
 #include <prometheus/counter.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "metrics/audit.h"
+#include "metrics/audit_verify.h"
 #include "policy/parser.h"
 #include "relay/auth/auth_service.h"
-#include "relay/auth/client.h"
+#include "client/client.h"
 #include "relay/auth/keys.h"
 #include "tests/support/process.h"
 
@@ -219,33 +226,46 @@ TEST_F(AuthHandshake, Denials) {
   struct Case {
     const char* name;
     std::function<std::string()> input;
-    auth::Reason want;
+    auth::Reason want;                                // the exact reason (decision metrics, audit)
+    std::optional<auth::Reason> wire = std::nullopt;  // what the client sees, when it must see less
   };
+  const auto hidden = auth::Reason::kNotAuthenticated;
   std::vector<Case> cases = {
       {"unknown principal", [&] { return hello(alice, "mallory", "10.1.0.1"); },
-       auth::Reason::kUnknownPrincipal},
-      {"key not listed", [&] { return hello(stranger, "alice", "10.1.0.1"); }, auth::Reason::kKeyNotListed},
-      {"someone else's key", [&] { return hello(bob, "alice", "10.1.0.1"); }, auth::Reason::kKeyNotListed},
+       auth::Reason::kUnknownPrincipal, hidden},
+      {"key not listed", [&] { return hello(stranger, "alice", "10.1.0.1"); }, auth::Reason::kKeyNotListed,
+       hidden},
+      {"someone else's key", [&] { return hello(bob, "alice", "10.1.0.1"); }, auth::Reason::kKeyNotListed,
+       hidden},
       {"wrong signature",
        [&] {
          auto h = auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock);
          h.signature[0] ^= 1;
          return auth::encode_hello(h);
        },
-       auth::Reason::kBadSignature},
+       auth::Reason::kBadSignature, hidden},
+      {"unknown principal with a bad signature",
+       [&] {
+         auto h = auth::make_hello(signer(stranger), "relay-a", "mallory", "10.1.0.1", 22, clock);
+         h.signature[5] ^= 1;
+         return auth::encode_hello(h);
+       },
+       auth::Reason::kUnknownPrincipal, hidden},
       {"signed for another target",
        [&] {
          auto h = auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock);
          h.target = "10.1.0.2";  // redirect attempt: signature no longer matches
          return auth::encode_hello(h);
        },
-       auth::Reason::kBadSignature},
+       auth::Reason::kBadSignature, hidden},
       {"another relay", [&] { return hello(alice, "alice", "10.1.0.1", 22, "relay-b"); },
        auth::Reason::kWrongRelay},
       {"target not allowed", [&] { return hello(alice, "alice", "10.3.0.1"); },
        auth::Reason::kTargetNotAllowed},
       {"port not allowed", [&] { return hello(alice, "alice", "db.allowed.test", 23); },
-       auth::Reason::kTargetNotAllowed},
+       auth::Reason::kPortNotAllowed},
+      {"port not allowed on an address", [&] { return hello(alice, "alice", "10.1.0.1", 23); },
+       auth::Reason::kPortNotAllowed},
       {"name resolving to a disallowed address", [&] { return hello(alice, "alice", "evil.allowed.test"); },
        auth::Reason::kAddressNotAllowed},
       {"outside time window", [&] { return hello(alice, "alice", "10.2.0.1"); },
@@ -262,6 +282,20 @@ TEST_F(AuthHandshake, Denials) {
              auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock + 31000));
        },
        auth::Reason::kStale},
+      {"further in the future than max_future_skew",
+       [&] {
+         return auth::encode_hello(
+             auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock + 5001));
+       },
+       auth::Reason::kStale},
+      {"impossible length (valid HELLOs are at most 669 bytes)",
+       [&] {
+         std::string f = hello(alice, "alice", "10.1.0.1");
+         f[6] = 0x02;  // declares 0x2a0 = 672 payload bytes; only the header is needed to refuse
+         f[7] = static_cast<char>(0xa0);
+         return f.substr(0, 8);
+       },
+       auth::Reason::kMalformed},
       {"garbage", [] { return std::string("SSH-2.0-OpenSSH_9.2\r\n"); }, auth::Reason::kMalformed},
       {"oversized",
        [&] {
@@ -282,7 +316,7 @@ TEST_F(AuthHandshake, Denials) {
     auto s = open();
     auto st = feed(*s, c.input());
     EXPECT_EQ(st.kind, Kind::kReject) << c.name;
-    EXPECT_EQ(deny_reason(st), code(c.want)) << c.name;
+    EXPECT_EQ(deny_reason(st), code(c.wire.value_or(c.want))) << c.name;
     end(*s, relay::EndReason::kDenied);
     EXPECT_GE(factory->decisions(code(c.want)), 1u) << c.name;
   }
@@ -303,6 +337,111 @@ TEST_F(AuthHandshake, ReplayedPreambleIsDenied) {
   auto c = open("10.9.0.2:1");
   EXPECT_EQ(deny_reason(feed(*c, frame)), code(auth::Reason::kStale));
   end(*c);
+}
+
+// A principal with a listed key but no role floods valid HELLOs: its nonces fill only its own share
+// of the replay cache, so another principal still gets in (without the share, the cache would be full
+// and everyone would be refused as overloaded).
+TEST_F(AuthHandshake, ReplayFloodByARolelessPrincipalDoesNotDenyAnother) {
+  auth::Ed25519PrivateKey loner = auth::Ed25519PrivateKey::generate();
+  std::string yaml =
+      "version: 1\nroles:\n  - name: dev\n    targets:\n      - cidrs: [10.1.0.0/16]\n"
+      "principals:\n  - name: alice\n    roles: [dev]\n    keys: [\"" +
+      auth::format_openssh_public_key(alice.public_key(), "alice") +
+      "\"]\n  - name: loner\n    roles: []\n    keys: [\"" +
+      auth::format_openssh_public_key(loner.public_key(), "loner") + "\"]\n";
+  policy::PolicyCache small_cache;
+  small_cache.publish(
+      policy::Snapshot::build(std::make_shared<policy::Policy>(policy::parse_policy(yaml)), {}));
+  auth::AuthOptions o;
+  o.relay_ids = {"relay-a"};
+  o.replay_capacity = 320;  // 16 shards x 21
+  o.replay_per_principal = 40;
+  o.max_handshakes_per_source = 10000;
+  o.clock_ms = [this] { return clock; };
+  o.log_denials = false;
+  auto f = std::make_shared<auth::AuthHandshakeFactory>(small_cache, o);
+  int overloaded = 0, not_allowed = 0;
+  for (int i = 0; i < 1000; ++i) {
+    auto s = std::make_unique<Session>();
+    s->hs = f->create(i + 1, *SockAddr::parse("10.9.0.1:1"), *SockAddr::parse("127.0.0.1:2222"), ctx,
+                      [](relay::HandshakeStep) {});
+    uint16_t r = deny_reason(feed(*s, hello(loner, "loner", "10.1.0.1")));
+    overloaded += r == code(auth::Reason::kOverloaded);
+    not_allowed += r == code(auth::Reason::kTargetNotAllowed);
+    s->hs->on_end({});
+  }
+  EXPECT_EQ(not_allowed, 40);  // the nonces that were stored (signature verified, principal known)
+  EXPECT_EQ(overloaded, 960);  // the rest: the loner's share is full, nothing else
+  EXPECT_EQ(f->replay_cache().live_of("loner"), 40u);
+  EXPECT_EQ(f->replay_cache().size(), 40u);
+  for (int i = 0; i < 5; ++i) {
+    auto s = std::make_unique<Session>();
+    s->hs = f->create(5000 + i, *SockAddr::parse("10.9.0.2:1"), *SockAddr::parse("127.0.0.1:2222"), ctx,
+                      [](relay::HandshakeStep) {});
+    auto st = feed(*s, hello(alice, "alice", "10.1.0.1"));
+    EXPECT_EQ(st.kind, Kind::kConnect) << i << " reason " << deny_reason(st);
+    s->hs->on_end({});
+  }
+  // HELLOs that never verified are never stored: a stranger's flood leaves the cache as it was.
+  for (int i = 0; i < 100; ++i) {
+    auto s = std::make_unique<Session>();
+    s->hs = f->create(9000 + i, *SockAddr::parse("10.9.0.3:1"), *SockAddr::parse("127.0.0.1:2222"), ctx,
+                      [](relay::HandshakeStep) {});
+    EXPECT_EQ(deny_reason(feed(*s, hello(stranger, "alice", "10.1.0.1"))),
+              code(auth::Reason::kNotAuthenticated));
+    s->hs->on_end({});
+  }
+  EXPECT_EQ(f->replay_cache().size(), 45u);
+}
+
+// The replay cache forgets on the monotonic clock. Wall clock forward then back: the nonce is still
+// remembered (a wall-clock prune would have dropped it). Both clocks on past the window, then the wall
+// clock back: the forgotten timestamp is refused as stale instead of being accepted again.
+TEST_F(AuthHandshake, WallClockStepsDoNotAdmitAReplay) {
+  uint64_t mono = 1'000'000;
+  auth::AuthOptions o;
+  o.relay_ids = {"relay-a"};
+  o.max_handshakes_per_source = 10000;
+  o.clock_ms = [this] { return clock; };
+  o.mono_ms = [&mono] { return mono; };
+  o.log_denials = false;
+  auto f = std::make_shared<auth::AuthHandshakeFactory>(cache, o);
+  uint64_t id = 1;
+  auto attempt = [&](const std::string& frame) {
+    auto s = std::make_unique<Session>();
+    s->hs = f->create(id++, *SockAddr::parse("10.9.0.1:1"), *SockAddr::parse("127.0.0.1:2222"), ctx,
+                      [](relay::HandshakeStep) {});
+    auto st = feed(*s, frame);
+    s->hs->on_end({});
+    return st;
+  };
+  const uint64_t t0 = clock;
+  std::string captured = hello(alice, "alice", "10.1.0.1");
+  ASSERT_EQ(attempt(captured).kind, Kind::kConnect);
+  // Wall clock jumps 2 minutes ahead (monotonic: 1 s); fresh HELLOs at that time sweep every shard.
+  clock = t0 + 120'000;
+  mono += 1000;
+  for (int i = 0; i < 64; ++i) ASSERT_EQ(attempt(hello(bob, "bob", "10.1.0.1")).kind, Kind::kConnect) << i;
+  // ... and back to 2 s after the capture: inside the skew window, so only the cache stops it.
+  clock = t0 + 2000;
+  mono += 1000;
+  EXPECT_EQ(deny_reason(attempt(captured)), code(auth::Reason::kReplayed));
+
+  // A new relay: both clocks move past the window and a sweep forgets the nonce ...
+  f = std::make_shared<auth::AuthHandshakeFactory>(cache, o);
+  clock = t0;
+  ASSERT_EQ(attempt(captured).kind, Kind::kConnect);
+  clock = t0 + 31'000;
+  mono += 31'000;
+  for (int i = 0; i < 64; ++i) ASSERT_EQ(attempt(hello(bob, "bob", "10.1.0.1")).kind, Kind::kConnect) << i;
+  // ... then the wall clock is stepped back 29 s: the timestamp is acceptable again, the nonce is
+  // gone, and the shard's memory of what it forgot refuses it.
+  clock = t0 + 2000;
+  EXPECT_EQ(deny_reason(attempt(captured)), code(auth::Reason::kStale));
+  // An honest HELLO made now (after every forgotten timestamp) still gets in.
+  clock = t0 + 31'001;
+  EXPECT_EQ(attempt(hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
 }
 
 TEST_F(AuthHandshake, SessionLimitPerPrincipal) {
@@ -366,6 +505,42 @@ TEST_F(AuthHandshake, SessionEndingWhileResolvingIsSafe) {
   ctx.run_until([] { return false; }, std::chrono::milliseconds(200));
 }
 
+// The answer is already posted to the worker when the session times out: running it afterwards must
+// neither decide nor count (the timeout was the session's one decision).
+TEST_F(AuthHandshake, AnAnswerAfterTheSessionEndedIsNotCounted) {
+  struct Manual : auth::Resolver {
+    std::vector<Callback> pending;
+    void resolve(std::string, uint16_t, Callback cb) override { pending.push_back(std::move(cb)); }
+  };
+  auto resolver = std::make_shared<Manual>();
+  auth::AuthOptions o;
+  o.relay_ids = {"relay-a"};
+  o.resolver = resolver;
+  o.clock_ms = [this] { return clock; };
+  o.log_denials = false;
+  factory = std::make_shared<auth::AuthHandshakeFactory>(cache, o);
+  for (bool fails : {false, true}) {
+    auto s = open();
+    std::string frame = hello(alice, "alice", "db.allowed.test");
+    ASSERT_EQ(s->hs->on_data({reinterpret_cast<const uint8_t*>(frame.data()), frame.size()}).kind,
+              Kind::kPending);
+    ASSERT_EQ(resolver->pending.size(), 1u);
+    if (fails) {
+      resolver->pending[0]("timeout", {});
+    } else {
+      resolver->pending[0]("", {*SockAddr::parse("192.0.2.1:22")});  // not allowed: would count a deny
+    }
+    resolver->pending.clear();
+    end(*s, relay::EndReason::kHandshakeTimeout);
+    ctx.run_until([] { return false; }, std::chrono::milliseconds(50));  // runs the posted answer
+    EXPECT_FALSE(s->resumed.has_value());
+  }
+  EXPECT_EQ(factory->decisions(code(auth::Reason::kTimeout)), 2u);
+  EXPECT_EQ(factory->decisions(code(auth::Reason::kResolveFailed)), 0u);
+  EXPECT_EQ(factory->decisions(code(auth::Reason::kAddressNotAllowed)), 0u);
+  EXPECT_EQ(factory->limits().sessions_of("alice"), 0u);
+}
+
 TEST(AuthService, LoadsThePolicyFileAndReloads) {
   sshring::testing::TempDir dir;
   auto key = std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::generate());
@@ -420,9 +595,65 @@ TEST_F(AuthHandshake, DecisionsAndHandshakeTimeReachPrometheus) {
   end(*a);
   auto b = open();
   EXPECT_EQ(deny_reason(feed(*b, hello(alice, "mallory", "10.1.0.1"))),
-            code(auth::Reason::kUnknownPrincipal));
+            code(auth::Reason::kNotAuthenticated));
   end(*b, relay::EndReason::kDenied);
   EXPECT_EQ(decisions.Add({{"result", "allow"}, {"reason", "allowed"}}).Value(), 1);
   EXPECT_EQ(decisions.Add({{"result", "deny"}, {"reason", "unknown_principal"}}).Value(), 1);
   EXPECT_EQ(h.Collect().histogram.sample_count, 1u);
+}
+
+// Fail closed on the audit log: while it cannot be written, new sessions are refused (overloaded);
+// when the disk has room again the next record goes through and sessions are admitted again.
+TEST_F(AuthHandshake, RefusesNewSessionsWhileTheAuditLogIsUnwritable) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  sshring::testing::TempDir dir;
+  std::string mnt = dir.file("mnt");
+  std::filesystem::create_directories(mnt);
+  ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=128k"), 0) << std::strerror(errno);
+  struct Unmount {
+    std::string p;
+    ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  sshring::metrics::AuditLog audit({.path = mnt + "/relay.audit.jsonl", .component = "relay", .fsync_each = true});
+  auto make = [&](bool refuse) {
+    auth::AuthOptions o;
+    o.relay_ids = {"relay-a"};
+    o.clock_ms = [this] { return clock; };
+    o.log_denials = false;
+    o.audit = &audit;
+    o.refuse_when_audit_unwritable = refuse;
+    factory = std::make_shared<auth::AuthHandshakeFactory>(cache, o);
+  };
+  make(true);
+  auto admitted = [&] {
+    auto s = open();
+    auto st = feed(*s, hello(alice, "alice", "10.1.2.3", 22));
+    bool ok = st.kind == Kind::kConnect;
+    if (ok) s->hs->on_upstream_connected(*SockAddr::parse("127.0.0.1:50000"));
+    end(*s);
+    if (!ok) EXPECT_EQ(deny_reason(st), code(auth::Reason::kOverloaded));
+    return ok;
+  };
+  EXPECT_TRUE(admitted());
+  {
+    FILE* f = std::fopen((mnt + "/filler").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::string chunk(4096, 'x');
+    while (std::fwrite(chunk.data(), 1, chunk.size(), f) == chunk.size() && std::fflush(f) == 0) {
+    }
+    std::fclose(f);
+  }
+  // Sessions are admitted until a record fails (the file's last page may still have room).
+  for (int i = 0; i < 100 && audit.writable(); ++i) EXPECT_TRUE(admitted());
+  ASSERT_FALSE(audit.writable());
+  EXPECT_FALSE(admitted());
+  make(false);  // --audit-failure continue
+  EXPECT_TRUE(admitted());
+  make(true);
+  std::filesystem::remove(mnt + "/filler");
+  EXPECT_FALSE(admitted());  // still marked unwritable; its deny record is the write that succeeds
+  EXPECT_TRUE(audit.writable());
+  EXPECT_TRUE(admitted());
+  EXPECT_TRUE(audit.flush());
+  EXPECT_TRUE(sshring::metrics::verify_chain({mnt + "/relay.audit.jsonl"}).ok());
 }

@@ -13,9 +13,12 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -24,7 +27,7 @@
 #include "metrics/audit.h"
 #include "policy/parser.h"
 #include "relay/auth/auth_handshake.h"
-#include "relay/auth/client.h"
+#include "client/client.h"
 #include "relay/relay.h"
 #include "tests/support/process.h"
 #include "tests/support/sshd.h"
@@ -284,6 +287,7 @@ class AuthRelay : public ::testing::Test {
       relay::RelayConfig cfg;
       cfg.routes.push_back({.listen = *SockAddr::parse("127.0.0.1:0"), .handshake = factory});
       cfg.workers = 2;
+      cfg.startups.per_source = 512;  // likewise for the pre-authentication budget
       cfg.log_sessions = false;
       relay = std::make_unique<relay::Relay>(std::move(cfg));
       relay->start();
@@ -301,18 +305,19 @@ class AuthRelay : public ::testing::Test {
         auth::make_hello(signer_of(k), relay_id, principal, target, port, auth::unix_ms_now()));
   }
 
-  std::string proxy_command(bool fdpass, const std::string& extra = "") const {
-    return t::sshring_bin() + " connect" + (fdpass ? " --fdpass" : "") +
-           " --relay 127.0.0.1:" + std::to_string(s_->relay_port) +
+  // `relay`: ADDR:PORT of another relay than the shared one.
+  std::string proxy_command(bool fdpass, const std::string& extra = "", const std::string& relay = "") const {
+    return t::sshring_bin() + " connect" + (fdpass ? " --fdpass" : "") + " --relay " +
+           (relay.empty() ? "127.0.0.1:" + std::to_string(s_->relay_port) : relay) +
            " --relay-id test-relay --principal tester" + extra + " %h %p";
   }
 
-  // Runs ssh through the relay; returns the exit status and stdout.
+  // Runs ssh through the relay (or `relay`); returns the exit status and stdout.
   int ssh(bool fdpass, const std::string& command, std::string* out, const std::string& stdin_path = "",
-          std::chrono::seconds timeout = std::chrono::seconds(60)) {
+          std::chrono::seconds timeout = std::chrono::seconds(60), const std::string& relay = "") {
     std::vector<std::string> argv = s_->sshd.ssh_base_args();
-    argv.insert(argv.end(),
-                {"-p", std::to_string(s_->sshd.port()), "-o", "ProxyCommand=" + proxy_command(fdpass)});
+    argv.insert(argv.end(), {"-p", std::to_string(s_->sshd.port()), "-o",
+                             "ProxyCommand=" + proxy_command(fdpass, "", relay)});
     if (fdpass) argv.insert(argv.end(), {"-o", "ProxyUseFdpass=yes"});
     argv.insert(argv.end(), {"127.0.0.1", command});
     t::Process::Options po;
@@ -429,20 +434,21 @@ TEST_F(AuthRelay, DenialsNeverReachTheUpstream) {
   struct Case {
     const char* name;
     std::string bytes;
-    auth::Reason want;
+    auth::Reason want;  // on the wire (the audit record keeps the exact reason)
   };
+  const auto hidden = auth::Reason::kNotAuthenticated;
   std::vector<Case> cases = {
-      {"unknown principal", hello(s_->user_key, "nobody", "127.0.0.1", up), auth::Reason::kUnknownPrincipal},
-      {"key not listed", hello(s_->stranger_key, "tester", "127.0.0.1", up), auth::Reason::kKeyNotListed},
-      {"wrong signature", bad_sig(), auth::Reason::kBadSignature},
+      {"unknown principal", hello(s_->user_key, "nobody", "127.0.0.1", up), hidden},
+      {"key not listed", hello(s_->stranger_key, "tester", "127.0.0.1", up), hidden},
+      {"wrong signature", bad_sig(), hidden},
       {"target not allowed", hello(s_->user_key, "tester", "127.0.0.3", up), auth::Reason::kTargetNotAllowed},
-      {"port not allowed", hello(s_->user_key, "tester", "127.0.0.1", 9), auth::Reason::kTargetNotAllowed},
+      {"port not allowed", hello(s_->user_key, "tester", "127.0.0.1", 9), auth::Reason::kPortNotAllowed},
       {"name resolving to a disallowed address", hello(s_->user_key, "tester", "evil.allowed.test", up),
        auth::Reason::kAddressNotAllowed},
       {"outside time window", hello(s_->night_key, "nightowl", "127.0.0.1", up),
        auth::Reason::kOutsideTimeWindow},
       {"replayed preamble", replayed, auth::Reason::kReplayed},
-      {"preamble for another target", tampered_target(), auth::Reason::kBadSignature},
+      {"preamble for another target", tampered_target(), hidden},
       {"preamble for another relay", hello(s_->user_key, "tester", "127.0.0.1", up, "other-relay"),
        auth::Reason::kWrongRelay},
       {"truncated", truncated(), auth::Reason::kMalformed},
@@ -492,12 +498,45 @@ TEST_F(AuthRelay, DenialsNeverReachTheUpstream) {
     }
     if (r["type"] == "session_end") ++ends;
   }
-  for (const char* want :
-       {"unknown_principal", "key_not_listed", "bad_signature", "target_not_allowed", "address_not_allowed",
-        "outside_time_window", "replayed", "wrong_relay", "malformed", "too_many_sessions"})
+  for (const char* want : {"unknown_principal", "key_not_listed", "bad_signature", "target_not_allowed",
+                           "address_not_allowed", "outside_time_window", "replayed", "wrong_relay",
+                           "malformed", "too_many_sessions", "port_not_allowed"})
     EXPECT_TRUE(deny_reasons.count(want)) << want;
   EXPECT_GE(starts, 2);
   EXPECT_GE(ends, 1);
+}
+
+// Before the signature is verified a stranger learns nothing: unknown principal, a key not listed for
+// the principal and a bad signature get the same bytes on the wire; the audit log keeps which it was.
+TEST_F(AuthRelay, IdentityFailuresLookTheSameOnTheWire) {
+  uint16_t up = s_->upstream.port();
+  auto bad_sig = [&] {
+    auto h = auth::make_hello(signer_of(s_->user_key), "test-relay", "tester", "127.0.0.1", up,
+                              auth::unix_ms_now());
+    h.signature[10] ^= 0x01;
+    return auth::encode_hello(h);
+  };
+  std::vector<std::pair<std::string, std::string>> cases = {
+      {"unknown_principal", hello(s_->user_key, "nobody-" + std::to_string(::getpid()), "127.0.0.1", up)},
+      {"key_not_listed", hello(s_->stranger_key, "tester", "127.0.0.1", up)},
+      {"bad_signature", bad_sig()},
+  };
+  std::vector<std::string> wire;
+  for (const auto& [why, bytes] : cases) {
+    Exchange e = send_preamble(s_->relay_port, bytes);
+    EXPECT_TRUE(e.closed) << why;
+    wire.push_back(e.raw);
+  }
+  std::string want = auth::encode_deny(auth::Reason::kNotAuthenticated, auth::kNotAuthenticatedMessage);
+  for (size_t i = 0; i < wire.size(); ++i) EXPECT_EQ(wire[i], want) << cases[i].first;
+  // The newest audit records keep the exact reasons (two workers: in either order).
+  auto records = audit_records();
+  std::vector<std::string> reasons;
+  for (const auto& r : records)
+    if (r["type"] == "session_deny") reasons.push_back(r["reason"].get<std::string>());
+  ASSERT_GE(reasons.size(), 3u);
+  std::multiset<std::string> last(reasons.end() - 3, reasons.end());
+  EXPECT_EQ(last, (std::multiset<std::string>{"unknown_principal", "key_not_listed", "bad_signature"}));
 }
 
 TEST_F(AuthRelay, SlowlorisIsCutByTheHandshakeTimeout) {
@@ -533,7 +572,7 @@ TEST_F(AuthRelay, ConnectCommandPrintsTheReasonAndExitsWithItsCode) {
     std::string principal, target;
     auth::Reason want;
   };
-  std::vector<Case> cases = {{"nobody", "127.0.0.1", auth::Reason::kUnknownPrincipal},
+  std::vector<Case> cases = {{"nobody", "127.0.0.1", auth::Reason::kNotAuthenticated},
                              {"nightowl", "127.0.0.1", auth::Reason::kOutsideTimeWindow},
                              {"nightowl", "127.0.0.3", auth::Reason::kTargetNotAllowed}};
   for (const auto& c : cases) {
@@ -664,4 +703,197 @@ TEST_F(AuthRelay, HandshakeCapPerSourceThroughTheRelay) {
   EXPECT_TRUE(ok);
   capped.stop();
   capped.wait();
+}
+
+namespace {
+
+// Opens `count` TCP connections to `relay` that never send a byte, each from the next address of
+// `sources` (bound first; IPV6_FREEBIND for addresses that are only routed to lo), at most `per_ms`
+// per millisecond. The sockets stay open until the returned vector is gone: the relay sees them as
+// live, silent clients until it refuses or times them out.
+std::vector<UniqueFd> open_silent(const SockAddr& relay, const std::vector<SockAddr>& sources, int count,
+                                  int per_ms, std::atomic<int>* opened) {
+  std::vector<UniqueFd> fds;
+  fds.reserve(static_cast<size_t>(count));
+  for (int i = 0; i < count; ++i) {
+    const SockAddr& src = sources[static_cast<size_t>(i) % sources.size()];
+    UniqueFd fd(::socket(src.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd) break;
+    int one = 1;
+    if (src.family() == AF_INET6) ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof(one));
+    if (::bind(fd.get(), src.get(), src.len()) != 0) {
+      ADD_FAILURE() << "bind " << src.to_string() << ": " << std::strerror(errno);
+      break;
+    }
+    if (::connect(fd.get(), relay.get(), relay.len()) != 0 && errno != EINPROGRESS) continue;
+    fds.push_back(std::move(fd));
+    opened->store(static_cast<int>(fds.size()));
+    if (per_ms > 0 && i % per_ms == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return fds;
+}
+
+// A local route for a /64 on lo, so that any address in it can be a source (removed on destruction).
+class LoopbackPrefix {
+ public:
+  explicit LoopbackPrefix(std::string prefix) : prefix_(std::move(prefix)) {
+    ok_ = t::sh("ip -6 route add local " + prefix_ + " dev lo 2>&1") == 0;
+  }
+  ~LoopbackPrefix() {
+    if (ok_) t::sh("ip -6 route del local " + prefix_ + " dev lo 2>&1");
+  }
+  [[nodiscard]] bool ok() const { return ok_; }
+
+ private:
+  std::string prefix_;
+  bool ok_ = false;
+};
+
+struct FloodResult {
+  int opened = 0;
+  int ssh_status = -1;
+  std::string ssh_out;
+  uint32_t max_from_one_source = 0;
+};
+
+}  // namespace
+
+// The pre-authentication budget under a flood: silent connections from a few sources take only their
+// per-source startup share, never a session slot (max_sessions is 200 here, the flood is 5,000), so
+// a real `ssh` through the relay from another source connects and completes while the flood runs.
+class StartupFlood : public AuthRelay {
+ protected:
+  FloodResult run(const std::string& listen, const std::vector<SockAddr>& sources,
+                  const std::string& relay_for_client, const SockAddr& one_source) {
+    relay::RelayConfig cfg;
+    cfg.routes.push_back({.listen = *SockAddr::parse(listen), .handshake = s_->factory});
+    cfg.workers = 2;
+    cfg.max_sessions = 200;
+    cfg.startups.first_byte_timeout = std::chrono::milliseconds(1500);
+    cfg.log_sessions = false;
+    relay::Relay r(std::move(cfg));
+    r.start();
+    SockAddr bound = r.listen_addresses()[0];
+    std::string client_relay = relay_for_client + ":" + std::to_string(bound.port());
+    FloodResult res;
+    std::atomic<int> opened{0};
+    std::atomic<bool> flooding{true};
+    std::atomic<uint32_t> max_one{0};
+    std::vector<UniqueFd> held;
+    std::thread flood([&] {
+      held = open_silent(bound, sources, 5000, 3, &opened);
+      flooding = false;
+    });
+    std::thread watch([&] {  // samples the per-source count while the flood runs
+      while (flooding) {
+        max_one = std::max(max_one.load(), r.admission()->from(one_source));
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    });
+    while (opened.load() < 1000 && flooding) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    res.ssh_status =
+        ssh(false, "echo through-the-flood", &res.ssh_out, "", std::chrono::seconds(90), client_relay);
+    flood.join();
+    watch.join();
+    res.opened = static_cast<int>(held.size());
+    res.max_from_one_source = max_one.load();
+    uint64_t per_source = 0, overloaded = r.sessions_total(relay::EndReason::kOverloaded);
+    for (const auto* w : r.stats())
+      per_source += w->startups_refused[static_cast<size_t>(relay::StartupRefusal::kPerSource)].value();
+    EXPECT_GT(per_source, 1000u) << "the flood was not refused at accept";
+    EXPECT_EQ(overloaded, 0u) << "an authenticated session lost its slot";
+    // The admitted silent ones are cut by the first-byte timeout, and every startup slot comes back.
+    auto refused = [&](relay::StartupRefusal why) {
+      uint64_t n = 0;
+      for (const auto* w : r.stats()) n += w->startups_refused[static_cast<size_t>(why)].value();
+      return n;
+    };
+    for (int i = 0; i < 300 && (r.admission()->in_progress() != 0 ||
+                                refused(relay::StartupRefusal::kFirstByteTimeout) == 0);
+         ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_GT(refused(relay::StartupRefusal::kFirstByteTimeout), 0u);
+    EXPECT_EQ(r.admission()->in_progress(), 0u);
+    int64_t startups = 0;
+    for (const auto* w : r.stats()) startups += w->startups_active.value();
+    EXPECT_EQ(startups, 0);
+    held.clear();
+    r.stop();
+    r.wait();
+    return res;
+  }
+};
+
+TEST_F(StartupFlood, FiveThousandSilentIpv4ConnectionsDoNotStopARealClient) {
+  std::vector<SockAddr> sources;
+  for (int i = 2; i <= 9; ++i) sources.push_back(*SockAddr::parse("127.0.0." + std::to_string(i) + ":0"));
+  FloodResult r = run("127.0.0.1:0", sources, "127.0.0.1", sources[0]);
+  EXPECT_EQ(r.opened, 5000);
+  EXPECT_EQ(r.ssh_status, 0);
+  EXPECT_EQ(r.ssh_out, "through-the-flood\n");
+  EXPECT_LE(r.max_from_one_source, relay::AdmissionConfig{}.per_source);
+  EXPECT_GT(r.max_from_one_source, 0u);
+}
+
+TEST_F(StartupFlood, FiveThousandSilentIpv6AddressesOfOneSlash64DoNotStopARealClient) {
+  // A /64 unique to this process, routed to lo: every flood connection has its own address in it.
+  char prefix[64];
+  std::snprintf(prefix, sizeof(prefix), "fd53:%x:%x:1", (::getpid() >> 16) & 0xffff, ::getpid() & 0xffff);
+  LoopbackPrefix route(std::string(prefix) + "::/64");
+  if (!route.ok()) {
+    if (std::getenv("CI")) FAIL() << "cannot add a local IPv6 route on lo";
+    GTEST_SKIP() << "cannot add a local IPv6 route on lo (needs root)";
+  }
+  std::vector<SockAddr> sources;
+  for (int i = 1; i <= 5000; ++i) {
+    char a[96];
+    std::snprintf(a, sizeof(a), "[%s:%x:%x::%x]:0", prefix, i * 7, i, i + 1);
+    sources.push_back(*SockAddr::parse(a));
+  }
+  // The real client connects from ::1, another /64.
+  FloodResult r = run("[::1]:0", sources, "[::1]", sources[0]);
+  EXPECT_EQ(r.opened, 5000);
+  EXPECT_EQ(r.ssh_status, 0);
+  EXPECT_EQ(r.ssh_out, "through-the-flood\n");
+  EXPECT_LE(r.max_from_one_source, relay::AdmissionConfig{}.per_source);
+  EXPECT_GT(r.max_from_one_source, 0u);
+}
+
+// A hostile relay answers with terminal escapes in its DENY text: `sshring connect` prints one line
+// of printable ASCII (the escape bytes replaced), never the escapes themselves.
+TEST_F(AuthRelay, ConnectPrintsTheDenyTextWithoutTerminalEscapes) {
+  UniqueFd lfd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(::listen(lfd.get(), 4), 0);
+  socklen_t len = sizeof(a);
+  ::getsockname(lfd.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  const std::string evil =
+      "\x1b]0;owned\x07\x1b[2J\x9b"
+      "31m text\r\nsshring connect: fake second line";
+  std::thread fake([&] {
+    pollfd p{lfd.get(), POLLIN, 0};
+    if (::poll(&p, 1, 20000) <= 0) return;
+    UniqueFd c(::accept4(lfd.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    char buf[2048];
+    (void)!::recv(c.get(), buf, sizeof(buf), 0);
+    std::string deny = auth::encode_deny(auth::Reason::kTargetNotAllowed, evil);
+    (void)!::send(c.get(), deny.data(), deny.size(), MSG_NOSIGNAL);
+  });
+  std::string key = s_->dir.file("escape_key");
+  t::write_file(key, s_->night_key->to_openssh(), 0600);
+  t::Process::Options po;
+  po.stderr_path = s_->dir.file("escape.err");
+  t::Process p({t::sshring_bin(), "connect", "--relay", "127.0.0.1:" + std::to_string(ntohs(a.sin_port)),
+                "--relay-id", "test-relay", "--principal", "nightowl", "--identity", key, "127.0.0.1", "22"},
+               po);
+  EXPECT_EQ(p.wait(std::chrono::seconds(20)), auth::exit_code_for(auth::Reason::kTargetNotAllowed));
+  fake.join();
+  std::string err = t::read_file(po.stderr_path);
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+  for (char c : err.substr(0, err.size() - 1))
+    EXPECT_TRUE(c >= 0x20 && c <= 0x7e) << "byte " << static_cast<int>(static_cast<unsigned char>(c));
+  EXPECT_NE(err.find("?]0;owned??[2J?31m text??sshring connect: fake second line"), std::string::npos) << err;
 }

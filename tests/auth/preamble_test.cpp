@@ -10,7 +10,7 @@
 
 #include "common/error.h"
 
-#include "relay/auth/client.h"
+#include "client/client.h"
 #include "relay/auth/keys.h"
 #include "relay/auth/replay_cache.h"
 #include "relay/auth/session_limits.h"
@@ -345,4 +345,13 @@ TEST(AuthClient, SplitHostPort) {
   EXPECT_THROW(auth::split_host_port("relay", "--relay"), sshring::common::UsageError);
   EXPECT_THROW(auth::split_host_port("relay:0", "--relay"), sshring::common::UsageError);
   EXPECT_THROW(auth::split_host_port("::1:22", "--relay"), sshring::common::UsageError);
+}
+
+TEST(AuthClient, DenyTextIsMadePrintable) {
+  auth::DeniedError e(9,
+                      "a\x1b[31mb\nc\x9b"
+                      "d\x7f");
+  EXPECT_STREQ(e.what(), "denied by relay: target_not_allowed: a?[31mb?c?d?");
+  EXPECT_EQ(e.detail(), "a?[31mb?c?d?");
+  EXPECT_EQ(auth::printable_text("plain text 1-2"), "plain text 1-2");
 }

@@ -11,6 +11,7 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -22,6 +23,8 @@
 
 #include "policy/grant.h"
 #include "policy/grant_store.h"
+#include "tests/bpf/raw_inject.h"
+#include "tests/policy/grant_fixture.h"
 #include "tests/support/netns.h"
 #include "tests/support/process.h"
 #include "tests/support/sshd.h"
@@ -106,15 +109,16 @@ class AgentIntegration : public ::testing::Test {
 relays: [10.77.9.0/24]
 hosts:
   - name: test
-    cidrs: [10.77.0.0/24]
+    cidrs: [10.77.0.0/24, "fd77::/64"]
     ssh_ports: [2222]
+roles: [{name: ops, targets: [{cidrs: [10.77.0.0/24]}]}]
+principals: [{name: alice, roles: [ops], keys: [")" + alice_.key_line() + R"("]}]
 opt_out:
   - id: ops
     who: {roles: [], principals: [alice]}
     from: [10.77.0.0/16]
     to: {cidrs: [10.77.0.0/24], ports: [2222]}
     max_ttl: 8h
-    require_grant: true
     expires: 2099-01-01T00:00:00Z
 )");
     sshd_.emplace(Sshd::Options{.listen_addr = kHostAddr, .port = kSshPort, .netns = host_->name()});
@@ -129,20 +133,20 @@ opt_out:
     if (mounted_) ::umount2(bpffs_.c_str(), MNT_DETACH);
   }
 
-  policy::Grant make_grant(const char* id, const char* from, int64_t expires) {
-    policy::Grant g;
-    g.id = id;
-    g.who = "alice";
-    g.from = *policy::Cidr::parse(from);
-    g.to = *policy::Cidr::parse("10.77.0.1/32");
-    g.ports = policy::PortSet::single(kSshPort);
-    g.rule = "ops";
-    g.reason = "integration test";
-    g.created_by = "test";
-    g.created = now_;
-    g.expires = expires;
-    return g;
+  // Grants are honoured only when signed by a key the policy lists (alice's).
+  policy::SignedGrant make_grant(const char* id, const char* from, int64_t expires) {
+    const int64_t now = ::time(nullptr);
+    auto r = policy::testing::request_for("alice", "ops", from, "10.77.0.1/32", expires - now, now);
+    r.ports = policy::PortSet::single(kSshPort);
+    r.reason = "integration test";
+    return policy::testing::signed_by(alice_, r, id);
   }
+  void revoke(policy::DirGrantStore& store, const char* id) {
+    ASSERT_TRUE(store.update(id, [&](policy::SignedGrant& g) {
+      policy::testing::add_decision(g, alice_, policy::DecisionKind::kRevoke, ::time(nullptr), "done");
+    }));
+  }
+  policy::testing::Person alice_ = policy::testing::person("alice");
 
   void start_agent(bool enforce, const std::string& log_name, const std::string& idle = "1h") {
     std::vector<std::string> argv = {sshring_bin(),    "agent", "--policy",  dir_.file("policy.yaml"),
@@ -183,6 +187,27 @@ opt_out:
     return cli_->exec(line);
   }
 
+  // A long-running ssh session from `src` in the client namespace; its stdout goes to `out`.
+  Process ssh_bg(const std::string& src, const std::string& cmd, const std::string& out) {
+    std::vector<std::string> argv = sshd_->ssh_base_args();  // starts with "ssh"
+    for (const std::string& a :
+         {std::string("-o"), std::string("ServerAliveInterval=0"), std::string("-b"), src, std::string("-p"),
+          std::to_string(kSshPort), std::string(kHostAddr), cmd})
+      argv.push_back(a);
+    Process::Options o;
+    o.netns = cli_->name();
+    o.stdout_path = out;
+    o.stderr_path = out + ".err";
+    return Process(argv, o);
+  }
+
+  // Established TCP connections to sshd in the host namespace.
+  int sshd_connections() {
+    std::string out;
+    host_->exec("ss -Htn state established '( sport = :" + std::to_string(kSshPort) + " )' | wc -l", &out);
+    return std::stoi(out.empty() ? "0" : out);
+  }
+
   std::string tc_filters() {
     std::string in, eg;
     host_->exec("tc filter show dev vh ingress", &in);
@@ -198,6 +223,29 @@ opt_out:
   bool mounted_ = false;
   int64_t now_ = 0, short_expiry_ = 0;
 };
+
+// Value of one sample ("name" or "name{labels}") on the agent's /metrics, or -1 if absent.
+double metric(const NetNs& ns, const std::string& sample) {
+  std::string out;
+  ns.exec("curl -s http://127.0.0.1:9465/metrics", &out);
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(sample + " ", 0) == 0) return std::stod(line.substr(sample.size() + 1));
+  }
+  return -1;
+}
+
+// Waits until `pred` holds or `timeout` passes.
+template <class P>
+bool eventually(P pred, std::chrono::milliseconds timeout = 15s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(100ms);
+  }
+  return true;
+}
 
 size_t count(const std::string& hay, const std::string& needle) {
   size_t n = 0;
@@ -307,7 +355,7 @@ TEST_F(AgentIntegration, TagsCountsEnforcesSurvivesRestartAndDetaches) {
   EXPECT_EQ((*granted)["tag"], "bypass_approved");
   EXPECT_EQ((*granted)["grant_id"], "g-0000000000c3");
   syncs = synced();
-  ASSERT_TRUE(store.revoke("g-0000000000c3", "test", "done", ::time(nullptr)).has_value());
+  revoke(store, "g-0000000000c3");
   ASSERT_TRUE(wait_synced(syncs + 1)) << "no reload after a revoke";
   EXPECT_NE(ssh(kUngranted, "true", "", "3"), 0);
   auto revoked = wait_record(audit_, "flow_open", kUngranted, 0, 15s, "bypass_expired");
@@ -371,6 +419,238 @@ TEST_F(AgentIntegration, ClearErrors) {
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("missing.yaml"), std::string::npos) << out;
   EXPECT_EQ(count(tc_filters(), "handle 0x5353"), 0u) << "nothing attached on a failed start";
+}
+
+// Crafted packets that the classifier cannot tag, sent from the client namespace with raw sockets
+// and valid checksums. Count mode: the host's TCP answers each (SYN-ACK or RST): they reach the stack.
+// Enforce mode: no answer, nothing reaches sshd, each counted under its kernel event.
+TEST_F(AgentIntegration, CraftedPacketsDoNotReachSshdInEnforceMode) {
+  ASSERT_EQ(run({"ip", "-n", host_->name(), "addr", "add", "fd77::1/64", "dev", "vh", "nodad"}), 0);
+  ASSERT_EQ(run({"ip", "-n", cli_->name(), "addr", "add", "fd77::2/64", "dev", "vc", "nodad"}), 0);
+  std::string mac;
+  host_->exec("cat /sys/class/net/vh/address", &mac);
+  mac.erase(mac.find_last_not_of("\n ") + 1);
+  // The client kernel must not answer the host's SYN-ACKs with RSTs before we see them: it does,
+  // but only after our AF_PACKET socket has a copy, which is all we look at.
+  struct Attack {
+    const char* name;
+    std::vector<std::vector<uint8_t>> packets;
+    uint16_t sport;
+    const char* event;
+  };
+  uint16_t port = 50000;
+  auto v4syn = [&](int frags) {
+    return ipv4_packets({.src = kUngranted, .dst = kHostAddr, .sport = port, .dport = kSshPort}, frags);
+  };
+  auto v6 = [&](std::vector<uint8_t> ext) {
+    return std::vector<std::vector<uint8_t>>{
+        ipv6_packet({.src = "fd77::2", .dst = "fd77::1", .sport = port, .dport = kSshPort, .v6_ext = ext})};
+  };
+  auto attacks = [&] {
+    std::vector<Attack> a;
+    port++;
+    a.push_back({"v4_syn_two_fragments", v4syn(2), port, "fragment"});
+    port++;
+    a.push_back({"v6_syn_atomic_fragment", v6({44}), port, "fragment"});
+    port++;
+    a.push_back({"v6_syn_five_dest_opts", v6({60, 60, 60, 60, 60}), port, "v6_unparsed"});
+    port++;
+    a.push_back({"v4_psh_data_no_flow",
+                 ipv4_packets({.src = kUngranted,
+                               .dst = kHostAddr,
+                               .sport = port,
+                               .dport = kSshPort,
+                               .flags = 0x18,
+                               .payload = "SSH-2.0-OpenSSH_9.2\r\n"}),
+                 port, "untracked"});
+    port++;
+    a.push_back(
+        {"v4_bare_ack_no_flow",
+         ipv4_packets({.src = kUngranted, .dst = kHostAddr, .sport = port, .dport = kSshPort, .flags = 0x10}),
+         port, "untracked"});
+    return a;
+  };
+  auto ev = [&](const char* e) {
+    return metric(*host_, std::string("sshring_agent_kernel_events_total{event=\"") + e + "\"}");
+  };
+
+  start_agent(false, "count.log");
+  for (auto& a : attacks()) {
+    SCOPED_TRACE(a.name);
+    EXPECT_EQ(inject_and_listen(cli_->name(), "vc", mac, a.packets, a.sport, 2s), 1)
+        << "count mode: the host's TCP should answer (the packet is well formed)";
+  }
+  stop_agent();
+
+  start_agent(true, "enforce.log");
+  std::map<std::string, double> before;
+  for (const char* e : {"fragment", "v6_unparsed", "untracked", "dropped_packet"}) before[e] = ev(e);
+  const int conns = sshd_connections();
+  std::map<std::string, int> sent;
+  for (auto& a : attacks()) {
+    SCOPED_TRACE(a.name);
+    EXPECT_EQ(inject_and_listen(cli_->name(), "vc", mac, a.packets, a.sport, 2s), 0) << "enforce: no answer";
+    sent[a.event] += static_cast<int>(a.packets.size());
+    sent["dropped_packet"] += static_cast<int>(a.packets.size());
+  }
+  EXPECT_EQ(sshd_connections(), conns) << "nothing reached sshd";
+  for (const auto& [e, n] : sent) {
+    SCOPED_TRACE(e);
+    EXPECT_TRUE(eventually([&] { return ev(e.c_str()) >= before[e] + n; }, 5s))
+        << e << ": " << ev(e.c_str()) << " < " << before[e] << " + " << n;
+  }
+  // A real client with a grant still gets in.
+  EXPECT_EQ(ssh(kGranted, "true"), 0);
+  stop_agent();
+}
+
+// Enforce mode ends a live session when its grant expires and when it is revoked: the client sees its
+// connection reset within about a second, a flow_cut record names the grant. Count mode only re-tags.
+TEST_F(AgentIntegration, ExpiryAndRevocationEndLiveFlows) {
+  start_agent(true, "agent.log");
+  auto out = dir_.file("short.out");
+  Process shortlived = ssh_bg(kShort, "sleep 60", out);
+  auto open = wait_record(audit_, "flow_open", kShort);
+  ASSERT_TRUE(open.has_value());
+  ASSERT_EQ((*open)["tag"], "bypass_approved");
+  ASSERT_LT(::time(nullptr), short_expiry_) << "machine too slow: the 10 s grant expired before the session";
+  auto rc = shortlived.wait(std::chrono::seconds(short_expiry_ - ::time(nullptr) + 10));
+  const int64_t ended = ::time(nullptr);
+  ASSERT_TRUE(rc.has_value()) << "session not cut after expiry";
+  EXPECT_NE(*rc, 0) << "ssh should fail (connection reset), not finish";
+  EXPECT_GE(ended, short_expiry_) << "cut before expiry";
+  EXPECT_LE(ended, short_expiry_ + 3) << "cut too late";
+  RecordProperty("expiry_to_client_exit_s", std::to_string(ended - short_expiry_));
+  auto cut = wait_record(audit_, "flow_cut", kShort, 0, 5s);
+  ASSERT_TRUE(cut.has_value());
+  EXPECT_EQ((*cut)["tag"], "bypass_expired");
+  EXPECT_EQ((*cut)["reason"], "grant_expired");
+  EXPECT_EQ((*cut)["grant_id"], "g-0000000000b2");
+  // The client learns from the RST: "Connection reset by peer", or "Broken pipe" when it writes first.
+  std::string err = read_file(out + ".err");
+  std::transform(err.begin(), err.end(), err.begin(), [](unsigned char c) { return std::tolower(c); });
+  EXPECT_TRUE(err.find("reset") != std::string::npos || err.find("broken pipe") != std::string::npos) << err;
+
+  // Revocation, enforce mode.
+  auto synced = [&] { return count(read_file(dir_.file("agent.log")), "kernel maps synced"); };
+  size_t syncs = synced();
+  policy::DirGrantStore store(grants_);
+  store.add(make_grant("g-0000000000c3", "10.77.2.0/24", ::time(nullptr) + 3600));
+  ASSERT_TRUE(eventually([&] { return synced() > syncs; }));
+  Process revoked = ssh_bg(kUngranted, "sleep 60", dir_.file("revoked.out"));
+  auto approved = wait_record(audit_, "flow_open", kUngranted, 0, 15s, "bypass_approved");
+  ASSERT_TRUE(approved.has_value());
+  std::this_thread::sleep_for(1s);
+  ASSERT_TRUE(revoked.running());
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(store.revoke("g-0000000000c3", "test", "done", ::time(nullptr)).has_value());
+  auto rc2 = revoked.wait(10s);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_TRUE(rc2.has_value()) << "session not cut after revoke";
+  EXPECT_NE(*rc2, 0);
+  EXPECT_LT(took, 4s) << "cut took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                      << " ms";
+  RecordProperty("revoke_to_cut_ms",
+                 std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
+  auto cut2 = wait_record(audit_, "flow_cut", kUngranted, 0, 5s);
+  ASSERT_TRUE(cut2.has_value());
+  EXPECT_EQ((*cut2)["grant_id"], "g-0000000000c3");
+  EXPECT_GE(metric(*host_, "sshring_agent_flows_cut_total"), 2);
+  stop_agent();
+
+  // Count mode: a revoked grant's live flow is re-tagged bypass_expired, not cut.
+  start_agent(false, "count.log");
+  store.add(make_grant("g-0000000000d4", "10.77.2.0/24", ::time(nullptr) + 3600));
+  ASSERT_TRUE(
+      eventually([&] { return count(read_file(dir_.file("count.log")), "kernel maps synced") >= 2; }));
+  Process counted = ssh_bg(kUngranted, "sleep 8", dir_.file("counted.out"));
+  ASSERT_TRUE(wait_record(audit_, "flow_open", kUngranted, 0, 15s, "bypass_approved").has_value());
+  double retagged = metric(*host_, "sshring_agent_flows_retagged_total");
+  ASSERT_TRUE(store.revoke("g-0000000000d4", "test", "done", ::time(nullptr)).has_value());
+  EXPECT_TRUE(
+      eventually([&] { return metric(*host_, "sshring_agent_flows_retagged_total") > retagged; }, 5s));
+  EXPECT_EQ(counted.wait(20s).value_or(-1), 0) << "count mode does not cut";
+  auto closed = wait_record(audit_, "flow_close", kUngranted, 1, 15s, "bypass_expired");
+  ASSERT_TRUE(closed.has_value()) << "the close carries the new tag";
+  EXPECT_EQ((*closed)["grant_id"], "g-0000000000d4") << "(the first such close is the cut c3 flow)";
+  stop_agent();
+}
+
+// Sessions open before the agent starts in enforce mode: it seeds their flow entries at start, so the
+// approved one keeps running (its output keeps coming) and the unapproved one is cut.
+TEST_F(AgentIntegration, ConnectionsOpenBeforeStartAreSeeded) {
+  auto good_out = dir_.file("good.out");
+  Process good = ssh_bg(kGranted, "for i in $(seq 1 40); do echo tick; sleep 0.5; done", good_out);
+  Process bad = ssh_bg(kUngranted, "sleep 60", dir_.file("bad.out"));
+  ASSERT_TRUE(eventually([&] { return sshd_connections() >= 2; }))
+      << "sessions did not connect: " << read_file(dir_.file("bad.out.err"));
+  ASSERT_TRUE(eventually([&] { return count(read_file(good_out), "tick") >= 2; }));
+  start_agent(true, "agent.log");
+  auto rc = bad.wait(10s);
+  ASSERT_TRUE(rc.has_value()) << "unapproved session not cut";
+  EXPECT_NE(*rc, 0);
+  auto cut = wait_record(audit_, "flow_cut", kUngranted, 0, 5s);
+  ASSERT_TRUE(cut.has_value());
+  EXPECT_EQ((*cut)["reason"], "unapproved");
+  auto seeded = wait_record(audit_, "flow_open", kGranted, 0, 5s);
+  ASSERT_TRUE(seeded.has_value());
+  EXPECT_EQ((*seeded)["tag"], "bypass_approved");
+  EXPECT_EQ(seeded->value("seeded", false), true);
+  size_t ticks = count(read_file(good_out), "tick");
+  std::this_thread::sleep_for(3s);
+  EXPECT_TRUE(good.running());
+  EXPECT_GE(count(read_file(good_out), "tick"), ticks + 3) << "approved session stalled";
+  EXPECT_GE(metric(*host_, "sshring_agent_flows_seeded_total"), 2);
+  good.stop();
+  stop_agent();
+}
+
+// A policy that does not fit the rules map (--max-rules 2, three grant sources): the agent keeps
+// running, says so (log, metrics), and fails closed: the grants that were cut do not let anyone in.
+TEST_F(AgentIntegration, PolicyThatDoesNotFitIsLoadedFailClosed) {
+  policy::DirGrantStore store(grants_);
+  store.add(make_grant("g-0000000000e5", "10.77.2.0/24", ::time(nullptr) + 3600));
+  std::vector<std::string> argv = {sshring_bin(), "agent",       "--policy",  dir_.file("policy.yaml"),
+                                   "--iface",     "vh",          "--pin-dir", pin_dir_,
+                                   "--audit-log", audit_,        "--metrics", "127.0.0.1:9465",
+                                   "--enforce",   "--max-rules", "2"};
+  Process::Options o;
+  o.netns = host_->name();
+  o.stderr_path = dir_.file("agent.log");
+  agent_.emplace(argv, o);
+  ASSERT_TRUE(eventually([&] {
+    return read_file(dir_.file("agent.log")).find("agent: running") != std::string::npos;
+  })) << read_file(dir_.file("agent.log"));
+  EXPECT_NE(read_file(dir_.file("agent.log")).find("POLICY DOES NOT FIT"), std::string::npos);
+  EXPECT_EQ(metric(*host_, "sshring_agent_policy_fits"), 0);
+  EXPECT_GT(metric(*host_, "sshring_agent_policy_rules_not_loaded"), 0);
+  EXPECT_NE(ssh(kGranted, "true", "", "3"), 0) << "a grant that was not loaded must not let anyone in";
+  EXPECT_TRUE(agent_->running());
+  stop_agent();
+}
+
+// The agent under `ip netns exec` with its pins under /sys/fs/bpf: that bpffs exists only in its own
+// mount namespace, so the pins would vanish with it. It says so loudly and in a metric; with the
+// test's shared bpffs it does not.
+TEST_F(AgentIntegration, PrivatePinsAreReported) {
+  start_agent(false, "shared.log");
+  EXPECT_EQ(read_file(dir_.file("shared.log")).find("PINS ARE PRIVATE"), std::string::npos);
+  EXPECT_EQ(metric(*host_, "sshring_agent_pins_private"), 0);
+  stop_agent();
+  const std::string private_dir = "/sys/fs/bpf/sshring-test-private-" + std::to_string(::getpid());
+  std::vector<std::string> argv = {
+      sshring_bin(), "agent",     "--policy",  dir_.file("policy.yaml"), "--iface", "vh",
+      "--pin-dir",   private_dir, "--metrics", "127.0.0.1:9465"};
+  Process::Options o;
+  o.netns = host_->name();
+  o.stderr_path = dir_.file("private.log");
+  agent_.emplace(argv, o);
+  ASSERT_TRUE(eventually([&] {
+    return read_file(dir_.file("private.log")).find("agent: running") != std::string::npos;
+  })) << read_file(dir_.file("private.log"));
+  EXPECT_NE(read_file(dir_.file("private.log")).find("PINS ARE PRIVATE"), std::string::npos);
+  EXPECT_EQ(metric(*host_, "sshring_agent_pins_private"), 1);
+  stop_agent();
 }
 
 }  // namespace

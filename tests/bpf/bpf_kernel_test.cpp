@@ -63,10 +63,11 @@ class KernelTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (::geteuid() != 0) GTEST_SKIP() << "needs root to load BPF programs";
+    if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) GTEST_SKIP() << "kernel has no BTF";
     try {
       obj_.emplace(BpfObject::Options{.pin_dir = "", .attach_tracepoint = false});
     } catch (const std::exception& e) {
-      GTEST_SKIP() << "cannot load the BPF object here: " << e.what();
+      FAIL() << "cannot load the BPF object (verifier or loader error): " << e.what();
     }
     sync_.emplace(*obj_);
     now_ = now_unix();
@@ -257,6 +258,207 @@ TEST_F(KernelTest, EnforceDropsOnlyUnapprovedAndExpiredSyns) {
             kPass);
 }
 
+// Enforce mode fails closed on ingress: what the classifier cannot read or has no entry for does not
+// reach a protected address. Each path is counted (also in count mode, see the test above); egress
+// and unprotected destinations pass.
+TEST_F(KernelTest, EnforceDropsWhatItCannotClassify) {
+  obj_->set_enforce(true);
+  struct Case {
+    const char* name;
+    PacketSpec pkt;
+    bool ingress;
+    int rc;
+    sshring_stat counter;  // SSHRING_STAT_NUM: none
+  };
+  const Case cases[] = {
+      {"ipv4_first_fragment", {.src = "10.77.1.30", .frag_off = 0x2000}, true, kShot, SSHRING_STAT_FRAGMENTS},
+      {"ipv4_later_fragment", {.src = "10.77.1.31", .frag_off = 0x0003}, true, kShot, SSHRING_STAT_FRAGMENTS},
+      {"ipv4_fragment_from_granted_source",
+       {.src = "10.77.1.32", .frag_off = 0x2000},
+       true,
+       kShot,
+       SSHRING_STAT_FRAGMENTS},
+      {"ipv4_fragment_other_port",
+       {.src = "10.77.1.33", .dport = 443, .frag_off = 0x2000},
+       true,
+       kShot,
+       SSHRING_STAT_FRAGMENTS},
+      {"ipv4_fragment_unprotected_host",
+       {.src = "10.77.1.34", .dst = "10.99.0.1", .frag_off = 0x2000},
+       true,
+       kPass,
+       SSHRING_STAT_FRAGMENTS},
+      {"ipv4_udp_fragment_ignored",
+       {.src = "10.77.1.35", .frag_off = 0x2000, .ip_proto = 17},
+       true,
+       kPass,
+       SSHRING_STAT_NUM},
+      {"ipv6_fragment",
+       {.src = "fd77:1::20", .dst = "fd77::10", .v6_ext = {44}},
+       true,
+       kShot,
+       SSHRING_STAT_FRAGMENTS},
+      {"ipv6_atomic_fragment",
+       {.src = "fd77:1::21", .dst = "fd77::10", .v6_ext = {44}, .v6_frag_atomic = true},
+       true,
+       kShot,
+       SSHRING_STAT_FRAGMENTS},
+      {"ipv6_atomic_fragment_after_dest_opts",
+       {.src = "fd77:1::22", .dst = "fd77::10", .v6_ext = {60, 44}, .v6_frag_atomic = true},
+       true,
+       kShot,
+       SSHRING_STAT_FRAGMENTS},
+      {"ipv6_udp_fragment_ignored",
+       {.src = "fd77:1::23", .dst = "fd77::10", .v6_ext = {44}, .ip_proto = 17},
+       true,
+       kPass,
+       SSHRING_STAT_NUM},
+      {"ipv6_five_dest_opts",
+       {.src = "fd77:1::24", .dst = "fd77::10", .v6_ext = {60, 60, 60, 60, 60}},
+       true,
+       kShot,
+       SSHRING_STAT_V6_UNPARSED},
+      {"ipv6_esp",
+       {.src = "fd77:1::25", .dst = "fd77::10", .v6_ext = {50}},
+       true,
+       kShot,
+       SSHRING_STAT_V6_UNPARSED},
+      {"ipv6_unparsed_unprotected_host",
+       {.src = "fd77:1::26", .dst = "fd99::1", .v6_ext = {60, 60, 60, 60, 60}},
+       true,
+       kPass,
+       SSHRING_STAT_V6_UNPARSED},
+      {"tcp_cut", {.src = "10.77.1.36", .truncate_to = 14 + 20 + 10}, true, kShot, SSHRING_STAT_TRUNCATED},
+      {"bare_ack_no_flow", {.src = "10.77.1.37", .flags = kAck}, true, kShot, SSHRING_STAT_UNTRACKED},
+      {"psh_data_no_flow",
+       {.src = "10.77.9.37", .flags = kAck | testing::kPsh, .payload = 64},
+       true,
+       kShot,
+       SSHRING_STAT_UNTRACKED},
+      {"rst_no_flow", {.src = "10.77.1.38", .flags = kRst}, true, kShot, SSHRING_STAT_UNTRACKED},
+      {"fin_no_flow", {.src = "10.77.1.39", .flags = kFin | kAck}, true, kShot, SSHRING_STAT_UNTRACKED},
+      {"egress_untracked_passes",
+       {.src = "10.77.0.10", .dst = "10.77.1.40", .sport = 22, .dport = 40000, .flags = kAck},
+       false,
+       kPass,
+       SSHRING_STAT_UNTRACKED},
+      {"egress_fragment_passes",
+       {.src = "10.77.0.10", .dst = "10.77.1.41", .frag_off = 0x2000},
+       false,
+       kPass,
+       SSHRING_STAT_FRAGMENTS},
+      {"ack_to_unprotected_port",
+       {.src = "10.77.1.42", .dport = 80, .flags = kAck},
+       true,
+       kPass,
+       SSHRING_STAT_NUM},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    auto before = obj_->stat_counters();
+    auto pkt = build_packet(c.pkt);
+    EXPECT_EQ(run_prog(c.ingress ? obj_->ingress_fd() : obj_->egress_fd(), pkt).retval, c.rc);
+    auto after = obj_->stat_counters();
+    for (int i = 0; i < SSHRING_STAT_NUM; i++) {
+      uint64_t want =
+          before[i] + (i == c.counter ? 1 : 0) + (i == SSHRING_STAT_DROPPED_PACKETS && c.rc == kShot ? 1 : 0);
+      EXPECT_EQ(after[i], want) << "stat " << i;
+    }
+    EXPECT_FALSE(flow(c.pkt).has_value());
+  }
+  // The same ACK passes once its flow was opened by an approved SYN.
+  PacketSpec syn{.src = "10.77.1.43"};
+  EXPECT_EQ(run_prog(obj_->ingress_fd(), build_packet(syn)).retval, kPass);
+  PacketSpec ack = syn;
+  ack.flags = kAck;
+  ack.payload = 100;
+  EXPECT_EQ(run_prog(obj_->ingress_fd(), build_packet(ack)).retval, kPass);
+  EXPECT_EQ(flow(syn)->packets[0], 2u);
+}
+
+// A SYN on a key that already has an entry is classified again: an entry planted while a grant was
+// live does not carry a connection after its revocation.
+TEST_F(KernelTest, SynOnExistingKeyIsClassifiedAgain) {
+  obj_->set_enforce(true);
+  PacketSpec syn{.src = "10.77.1.44", .sport = 45000};
+  ASSERT_EQ(run_prog(obj_->ingress_fd(), build_packet(syn)).retval, kPass);
+  ASSERT_EQ(flow(syn)->tag, SSHRING_TAG_APPROVED);
+  // Retransmit, same decision: the entry stays, counted.
+  ASSERT_EQ(run_prog(obj_->ingress_fd(), build_packet(syn)).retval, kPass);
+  EXPECT_EQ(flow(syn)->packets[0], 2u);
+  // Revoke g-live (policy without it), then the same 4-tuple SYNs again.
+  KernelPolicy kp;
+  kp.protected_dsts = {{cidr("10.77.0.0/16"), {{22, 22}}}};
+  sync_->apply(kp);
+  uint64_t before = stat(SSHRING_STAT_RECLASSIFIED);
+  EXPECT_EQ(run_prog(obj_->ingress_fd(), build_packet(syn)).retval, kShot);
+  EXPECT_FALSE(flow(syn).has_value()) << "the planted entry is gone";
+  EXPECT_EQ(stat(SSHRING_STAT_RECLASSIFIED), before + 1);
+  PacketSpec ack = syn;
+  ack.flags = kAck;
+  EXPECT_EQ(run_prog(obj_->ingress_fd(), build_packet(ack)).retval, kShot);
+  // Count mode: the new SYN opens a fresh entry with the new tag.
+  obj_->set_enforce(false);
+  PacketSpec syn2{.src = "10.77.1.45", .sport = 45001};
+  kp.rules = {{cidr("10.77.1.0/24"), cidr("10.77.0.10/32"), 22, 22, now_ + 3600, "g-live"}};
+  sync_->apply(kp);
+  ASSERT_EQ(run_prog(obj_->ingress_fd(), build_packet(syn2)).retval, kPass);
+  kp.rules.clear();
+  sync_->apply(kp);
+  ASSERT_EQ(run_prog(obj_->ingress_fd(), build_packet(syn2)).retval, kPass);
+  ASSERT_TRUE(flow(syn2).has_value());
+  EXPECT_EQ(flow(syn2)->tag, SSHRING_TAG_UNAPPROVED);
+  EXPECT_EQ(flow(syn2)->packets[0], 1u) << "a new entry, not the old one";
+}
+
+// A live approved flow turns bypass_expired at its grant's expiry, on its next packet, in kernel time;
+// enforce mode then drops its inbound packets (RSTs pass so the ends can learn) and lets the server's
+// packets out. A flow the agent re-tagged is refused the same way.
+TEST_F(KernelTest, LiveFlowExpiresInKernelTime) {
+  const int64_t expiry = now_ + 100;
+  KernelPolicy kp;
+  kp.protected_dsts = {{cidr("10.77.0.0/16"), {{22, 22}}}};
+  kp.rules = {{cidr("10.77.5.0/24"), cidr("10.77.0.0/16"), 22, 22, expiry, "g-edge"}};
+  sync_->apply(kp);
+  obj_->set_clock_offset((expiry - 2) * 1000000000 - boot_ns());
+  PacketSpec syn{.src = "10.77.5.6", .sport = 46000};
+  ASSERT_EQ(run_prog(obj_->ingress_fd(), build_packet(syn)).retval, kPass);
+  ASSERT_EQ(flow(syn)->tag, SSHRING_TAG_APPROVED);
+  EXPECT_EQ(flow(syn)->expires_unix, expiry);
+  obj_->set_enforce(true);
+  PacketSpec ack = syn;
+  ack.flags = kAck;
+  EXPECT_EQ(run_prog(obj_->ingress_fd(), build_packet(ack)).retval, kPass) << "still live";
+  uint64_t expired_before = stat(SSHRING_STAT_EXPIRED_LIVE);
+  obj_->set_clock_offset((expiry + 1) * 1000000000 - boot_ns());
+  EXPECT_EQ(run_prog(obj_->ingress_fd(), build_packet(ack)).retval, kShot);
+  EXPECT_EQ(flow(syn)->tag, SSHRING_TAG_EXPIRED);
+  EXPECT_EQ(stat(SSHRING_STAT_EXPIRED_LIVE), expired_before + 1);
+  EXPECT_EQ(run_prog(obj_->ingress_fd(), build_packet(ack)).retval, kShot);
+  EXPECT_EQ(stat(SSHRING_STAT_EXPIRED_LIVE), expired_before + 1) << "re-tagged once";
+  PacketSpec out{.src = "10.77.0.10", .dst = "10.77.5.6", .sport = 22, .dport = 46000, .flags = kAck};
+  EXPECT_EQ(run_prog(obj_->egress_fd(), build_packet(out)).retval, kPass);
+  // Count mode passes it, still tagged expired.
+  obj_->set_enforce(false);
+  EXPECT_EQ(run_prog(obj_->ingress_fd(), build_packet(ack)).retval, kPass);
+  obj_->set_enforce(true);
+  ack.flags = kRst;
+  EXPECT_EQ(run_prog(obj_->ingress_fd(), build_packet(ack)).retval, kPass);
+  EXPECT_FALSE(flow(syn).has_value()) << "RST closes it";
+
+  // A proxied flow the agent re-tagged unapproved (relay removed from the policy).
+  PacketSpec relay{.src = "10.77.9.30", .sport = 46001};
+  obj_->set_enforce(false);
+  ASSERT_EQ(run_prog(obj_->ingress_fd(), build_packet({.src = "10.77.9.30", .dport = 22})).retval, kPass);
+  auto k = flow_key(relay);
+  sshring_flow f{};
+  f.tag = SSHRING_TAG_UNAPPROVED;
+  ASSERT_EQ(bpf_map_update_elem(obj_->map_fd("flows"), &k, &f, BPF_ANY), 0);
+  obj_->set_enforce(true);
+  relay.flags = kAck;
+  EXPECT_EQ(run_prog(obj_->ingress_fd(), build_packet(relay)).retval, kShot);
+}
+
 TEST_F(KernelTest, ExpiryIsDecidedInKernelTime) {
   // Pin kernel "now" around the expiry of a fresh grant: one second before it is live, one second
   // after it is expired, with no map update in between.
@@ -392,11 +594,12 @@ TEST_F(KernelTest, MapSyncConvergesOnReload) {
 // pair on the wire: a real loopback connection, aborted by the server side (SO_LINGER 0).
 TEST(SockStateHook, LocalAbortClosesTheFlow) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to load BPF programs";
+  if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) GTEST_SKIP() << "kernel has no BTF";
   std::optional<BpfObject> obj;
   try {
     obj.emplace(BpfObject::Options{.pin_dir = "", .attach_tracepoint = true});
   } catch (const std::exception& e) {
-    GTEST_SKIP() << "cannot load/attach the BPF object here: " << e.what();
+    FAIL() << "cannot load/attach the BPF object (verifier or loader error): " << e.what();
   }
   common::UniqueFd lis(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in sa{};

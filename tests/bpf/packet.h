@@ -28,6 +28,7 @@ struct PacketSpec {
   size_t payload = 0;
   size_t truncate_to = 0;  // 0: whole frame
   int tcp_doff = 5;
+  bool v6_frag_atomic = false;  // fragment header with offset 0 and no more fragments
 };
 
 inline std::vector<uint8_t> build_packet(const PacketSpec& s) {
@@ -81,8 +82,8 @@ inline std::vector<uint8_t> build_packet(const PacketSpec& s) {
     for (size_t i = 0; i < s.v6_ext.size(); i++) {
       uint8_t next = i + 1 < s.v6_ext.size() ? s.v6_ext[i + 1] : s.ip_proto;
       uint8_t e = s.v6_ext[i];
-      if (e == 44) {  // fragment header: first fragment with more to come
-        p.insert(p.end(), {next, 0, 0, 1, 0, 0, 0, 1});
+      if (e == 44) {  // fragment header: first fragment with more to come, or atomic
+        p.insert(p.end(), {next, 0, 0, static_cast<uint8_t>(s.v6_frag_atomic ? 0 : 1), 0, 0, 0, 1});
       } else if (e == 51) {  // AH: (len+2)*4 = 12 bytes
         p.insert(p.end(), {next, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1});
       } else {  // options-style: 8 bytes, PadN

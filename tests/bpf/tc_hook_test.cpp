@@ -67,7 +67,7 @@ class TcHookTest : public ::testing::Test {
     try {
       obj_.emplace(BpfObject::Options{.pin_dir = "", .attach_tracepoint = false});
     } catch (const std::exception& e) {
-      GTEST_SKIP() << "cannot load the BPF object here: " << e.what();
+      FAIL() << "cannot load the BPF object (verifier or loader error): " << e.what();
     }
   }
 

@@ -1,6 +1,8 @@
 // `sshring audit verify|report` end to end on a crafted log.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "tests/metrics/crafted_log.h"
 
 namespace sshring::metrics {
@@ -47,28 +49,36 @@ TEST(AuditCliTest, GrantCommandRecordsVerifyAndReport) {
   std::string policy =
       sshring::testing::read_file(std::string(SSHRING_SOURCE_DIR) + "/deploy/examples/policy.yaml");
   auto pos = policy.find("grant_store: /var/lib/sshring/grants");
-  if (pos == std::string::npos) GTEST_SKIP() << "example policy has no grant_store line to redirect";
+  ASSERT_NE(pos, std::string::npos) << "example policy has no grant_store line to redirect";
   policy.replace(pos, std::string("grant_store: /var/lib/sshring/grants").size(),
                  "grant_store: " + dir.file("grants"));
   // The example's opt-out rules end in 2027; keep the test independent of today's date.
   for (size_t p; (p = policy.find("expires: 2027-")) != std::string::npos;)
     policy.replace(p, 14, "expires: 2099-");
+  // Grants are signed: ci-bot's key in the policy becomes one whose private half this test holds.
+  const std::string key = dir.file("ci-bot");
+  ASSERT_EQ(sshring::testing::sh("ssh-keygen -q -t ed25519 -N '' -C ci-runner -f " + key), 0);
+  std::string pub = sshring::testing::read_file(key + ".pub");
+  pub.erase(pub.find_last_not_of('\n') + 1);
+  const std::string example_key =
+      "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDbGuMWnp8lY9YGO88UD2iSYja7HzYOGXSnDg2phPduU ci-runner";
+  pos = policy.find(example_key);
+  ASSERT_NE(pos, std::string::npos) << "ci-bot's key in the example policy changed";
+  policy.replace(pos, example_key.size(), pub);
   sshring::testing::write_file(dir.file("policy.yaml"), policy);
   const std::string bin = sshring::testing::sshring_bin();
   const std::string log = dir.file("grant.audit.jsonl");
   std::string out;
-  int rc = sshring::testing::run(
-      {bin, "grant", "add", "--policy", dir.file("policy.yaml"), "--who", "ci-bot", "--from", "10.2.0.5",
-       "--to", "10.1.5.7", "--ttl", "1h", "--reason", "deploy INC-7", "--audit-log", log},
-      &out);
-  if (rc == 2 && out.find("unknown command") != std::string::npos)
-    GTEST_SKIP() << "no grant command: " << out;
+  int rc = sshring::testing::run({bin, "grant", "add", "--policy", dir.file("policy.yaml"), "--identity", key,
+                                  "--from", "10.2.0.5", "--to", "10.1.5.7", "--ttl", "1h", "--reason",
+                                  "deploy INC-7", "--audit-log", log},
+                                 &out);
   ASSERT_EQ(rc, 0) << out;
   auto id_start = out.find("g-");
   ASSERT_NE(id_start, std::string::npos) << out;
   std::string id = out.substr(id_start, out.find(' ', id_start) - id_start);
   ASSERT_EQ(sshring::testing::run({bin, "grant", "revoke", id, "--reason", "done", "--policy",
-                                   dir.file("policy.yaml"), "--audit-log", log},
+                                   dir.file("policy.yaml"), "--identity", key, "--audit-log", log},
                                   &out),
             0)
       << out;
@@ -82,6 +92,85 @@ TEST(AuditCliTest, GrantCommandRecordsVerifyAndReport) {
   EXPECT_EQ(j["grants"][0]["status"], "revoked");
   EXPECT_EQ(j["grants"][0]["reason"], "deploy INC-7");
   EXPECT_EQ(j["grants"][0]["who"], "ci-bot");
+}
+
+// The example policy with its grant store in `dir` (false: the example has no grant_store line).
+bool example_policy(const TempDir& dir) {
+  std::string policy =
+      sshring::testing::read_file(std::string(SSHRING_SOURCE_DIR) + "/deploy/examples/policy.yaml");
+  auto pos = policy.find("grant_store: /var/lib/sshring/grants");
+  if (pos == std::string::npos) return false;
+  policy.replace(pos, std::string("grant_store: /var/lib/sshring/grants").size(),
+                 "grant_store: " + dir.file("grants"));
+  for (size_t p; (p = policy.find("expires: 2027-")) != std::string::npos;) policy.replace(p, 14, "expires: 2099-");
+  sshring::testing::write_file(dir.file("policy.yaml"), policy);
+  return true;
+}
+
+std::vector<std::string> grant_add(const TempDir& dir, const std::string& log, const std::string& key = "") {
+  std::vector<std::string> argv = {sshring::testing::sshring_bin(), "grant", "add", "--policy", dir.file("policy.yaml"),
+                                   "--who", "ci-bot", "--from", "10.2.0.5", "--to", "10.1.5.7", "--ttl", "1h",
+                                   "--reason", "deploy INC-7", "--audit-log", log};
+  if (!key.empty()) argv.insert(argv.end(), {"--audit-key", key});
+  return argv;
+}
+
+// No record, no grant: with the audit log on a full device the command fails and stores nothing.
+TEST(AuditCliTest, GrantAddWithTheAuditLogOnAFullDeviceExitsOneAndStoresNothing) {
+  if (!std::filesystem::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  TempDir dir;
+  if (!example_policy(dir)) GTEST_SKIP() << "example policy has no grant_store line to redirect";
+  std::filesystem::create_symlink("/dev/full", dir.file("grant.audit.jsonl"));
+  std::string cmd;
+  for (const auto& a : grant_add(dir, dir.file("grant.audit.jsonl"))) cmd += "'" + a + "' ";
+  std::string out;
+  EXPECT_EQ(sshring::testing::sh(cmd + "2>&1", &out), 1) << out;
+  EXPECT_NE(out.find("not added"), std::string::npos) << out;
+  EXPECT_NE(out.find("No space left on device"), std::string::npos) << out;
+  size_t grants = 0;
+  if (std::filesystem::exists(dir.file("grants"))) {
+    for (const auto& e : std::filesystem::recursive_directory_iterator(dir.file("grants")))
+      grants += e.is_regular_file() && e.path().extension() == ".json";
+  }
+  EXPECT_EQ(grants, 0u);
+  ASSERT_EQ(sshring::testing::run({sshring::testing::sshring_bin(), "grant", "list", "--json", "--policy",
+                                   dir.file("policy.yaml"), "--audit-log", dir.file("other.audit.jsonl")},
+                                  &out),
+            0)
+      << out;
+  auto j = nlohmann::json::parse(out.substr(out.find('[')));
+  EXPECT_TRUE(j.empty()) << out;
+}
+
+// Signed grant log end to end: the key is created on first use, its public half goes into a
+// trusted-keys file, verify checks the checkpoints; a cut tail and a forged key fail with exit 1.
+TEST(AuditCliTest, SignedCheckpointsVerifyAndACutTailFails) {
+  TempDir dir;
+  if (!example_policy(dir)) GTEST_SKIP() << "example policy has no grant_store line to redirect";
+  const std::string bin = sshring::testing::sshring_bin();
+  const std::string log = dir.file("grant.audit.jsonl"), key = dir.file("grant.key");
+  std::string out;
+  for (int i = 0; i < 2; ++i) ASSERT_EQ(sshring::testing::run(grant_add(dir, log, key), &out), 0) << out;
+  ASSERT_EQ(sshring::testing::run({bin, "audit", "key", "--audit-key", key, "--writer", "*"}, &out), 0) << out;
+  sshring::testing::write_file(dir.file("trusted"), out);
+  ASSERT_EQ(sshring::testing::run({bin, "audit", "verify", "--trusted-keys", dir.file("trusted"), log}, &out), 0)
+      << out;
+  EXPECT_NE(out.find("2 signed checkpoints"), std::string::npos) << out;
+
+  // Another key is not trusted: exit 1 at the first checkpoint.
+  ASSERT_EQ(sshring::testing::run({bin, "audit", "key", "--audit-key", dir.file("other.key"), "--writer", "*"}, &out),
+            0);
+  sshring::testing::write_file(dir.file("untrusted"), out);
+  EXPECT_EQ(sshring::testing::run({bin, "audit", "verify", "--trusted-keys", dir.file("untrusted"), log}, &out), 1)
+      << out;
+  EXPECT_NE(out.find("signature does not verify"), std::string::npos) << out;
+
+  // Cut the final checkpoint off while no writer runs.
+  auto content = sshring::testing::read_file(log);
+  std::filesystem::resize_file(log, content.rfind('\n', content.size() - 2) + 1);
+  EXPECT_EQ(sshring::testing::run({bin, "audit", "verify", "--trusted-keys", dir.file("trusted"), log}, &out), 1)
+      << out;
+  EXPECT_NE(out.find("without a final checkpoint"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -55,8 +55,7 @@ class PrometheusFixture : public ::testing::Test {
   void SetUp() override { start(); }
 
   void start() {
-    if (!fs::exists("/usr/bin/prometheus"))
-      GTEST_SKIP() << "/usr/bin/prometheus missing (scripts/install-deps)";
+    ASSERT_TRUE(fs::exists("/usr/bin/prometheus")) << "/usr/bin/prometheus missing: run scripts/install-deps";
     relay_port_ = sshring::testing::free_port();
     agent_port_ = sshring::testing::free_port();
     relay_ = Process({SSHRING_TEST_EXPORTER, "127.0.0.1:" + std::to_string(relay_port_), "relay"},
@@ -227,7 +226,7 @@ size_t session(uint16_t relay_port) {
 class RealRelayFixture : public PrometheusFixture {
  protected:
   void SetUp() override {
-    if (!fs::exists("/usr/bin/prometheus")) GTEST_SKIP() << "/usr/bin/prometheus missing";
+    ASSERT_TRUE(fs::exists("/usr/bin/prometheus")) << "/usr/bin/prometheus missing: run scripts/install-deps";
     listen_port_ = sshring::testing::free_port();
     real_relay_metrics_port_ = sshring::testing::free_port();
     real_relay_ = Process(
@@ -237,9 +236,10 @@ class RealRelayFixture : public PrometheusFixture {
         {.stdout_path = dir_.file("sshring-relay.out"), .stderr_path = dir_.file("sshring-relay.err")});
     ASSERT_TRUE(sshring::testing::wait_for_port("127.0.0.1", listen_port_))
         << sshring::testing::read_file(dir_.file("sshring-relay.err"));
-    if (!sshring::testing::wait_for_port("127.0.0.1", real_relay_metrics_port_, std::chrono::seconds(2))) {
-      GTEST_SKIP() << "sshring relay accepts --metrics but does not serve it yet";
-    }
+    ASSERT_TRUE(
+        sshring::testing::wait_for_port("127.0.0.1", real_relay_metrics_port_, std::chrono::seconds(10)))
+        << "sshring relay does not serve --metrics: "
+        << sshring::testing::read_file(dir_.file("sshring-relay.err"));
     start();
   }
   Upstream upstream_;

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "metrics/audit_metrics.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
 #include "tests/metrics/scrape.h"
@@ -39,6 +40,9 @@ TEST(MetricsDocTest, DocumentedFamiliesEqualServedFamilies) {
   auto policy = register_policy(server);
   policy.source(true, 1, 1, 1);  // source series appear with the first report (etcd consumers)
   register_agent(server, &agent);
+  sshring::testing::TempDir dir;
+  AuditLog audit({.path = dir.file("a.jsonl"), .component = "relay"});
+  register_audit(server, &audit);
   // A family with no series yet is not served; the relay always has decisions once it runs.
   relay.decisions->Add({{"result", "allow"}, {"reason", "rule"}}).Increment();
 

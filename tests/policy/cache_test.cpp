@@ -9,6 +9,7 @@
 
 #include "policy/cache.h"
 #include "policy/grant_store.h"
+#include "tests/policy/grant_fixture.h"
 #include "tests/policy/test_util.h"
 #include "tests/support/process.h"
 
@@ -17,12 +18,25 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// Grants are honoured only when signed by a key the policy lists: ci-bot signs them.
+const testing::Person& ci_bot() {
+  static const testing::Person p = testing::person("ci-bot");
+  return p;
+}
+
+SignedGrant ci_grant(const std::string& id, UnixSeconds created, int64_t ttl) {
+  return testing::signed_by(
+      ci_bot(), testing::request_for("ci-bot", "ci-direct", "10.2.0.0/16", "10.1.5.0/24", ttl, created), id);
+}
+
 std::string policy_text(const std::string& store, const std::string& relay) {
   return "version: 1\ngrant_store: " + store + "\nrelays: [" + relay +
          "]\nroles: [{name: ci, targets: [{cidrs: [10.1.0.0/16]}]}]\n"
-         "principals: [{name: ci-bot, roles: [ci]}]\n"
+         "principals: [{name: ci-bot, roles: [ci], keys: [\"" +
+         ci_bot().key_line() +
+         "\"]}]\n"
          "opt_out:\n  - {id: ci-direct, who: {roles: [ci]}, from: [10.2.0.0/16], to: {cidrs: [10.1.5.0/24]}, "
-         "max_ttl: 8h, require_grant: true, expires: 2099-01-01T00:00:00Z}\n";
+         "max_ttl: 8h, expires: 2099-01-01T00:00:00Z}\n";
 }
 
 template <class F>
@@ -120,22 +134,16 @@ TEST(Reloader, ReloadsOnFileChangeKeepsLastGoodAndWatchesGrants) {
   DirGrantStore gs(store);
   // Creating the store reloads (the reloader watched its parent) and moves the watch onto it.
   ASSERT_TRUE(eventually([&] { return rl.reloads_ok() > before_store; }));
-  Grant g;
-  g.id = "g-0123456789ab";
-  g.who = "ci-bot";
-  g.from = *Cidr::parse("10.2.0.0/16");
-  g.to = *Cidr::parse("10.1.5.0/24");
-  g.rule = "ci-direct";
-  g.created = 0;
-  g.expires = 4000000000;
+  const UnixSeconds t0 = ::time(nullptr);
+  SignedGrant g = ci_grant("g-0123456789ab", t0, 3600);
   gs.add(g);
   const auto client = *IpAddr::parse("10.2.9.9");
   ASSERT_TRUE(
-      eventually([&] { return cache.current()->classify_flow(client, dst, 22, 1800000000).id == g.id; }));
-  EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, 1800000000).tag, FlowTag::kBypassApproved);
+      eventually([&] { return cache.current()->classify_flow(client, dst, 22, t0 + 1).id == g.id(); }));
+  EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, t0 + 1).tag, FlowTag::kBypassApproved);
   // Expiry needs no reload: the same snapshot answers differently at the expiry second.
-  EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, 3999999999).tag, FlowTag::kBypassApproved);
-  EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, 4000000000).tag, FlowTag::kBypassExpired);
+  EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, t0 + 3599).tag, FlowTag::kBypassApproved);
+  EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, t0 + 3600).tag, FlowTag::kBypassExpired);
   rl.stop();
 }
 
@@ -169,9 +177,13 @@ struct Recorder {
   int64_t last_success = 0;
   size_t live = 0, expiring = 0;
   int sources = 0;
+  size_t break_glass_live = 0, overdue = 0;
+  std::vector<std::string> rejected;
   void reloaded(bool good, int64_t now) { good ? (++ok, last_success = now) : ++failed; }
   void grants(size_t l, size_t e) { live = l, expiring = e; }
   void source(bool, int64_t, int64_t, int64_t) { ++sources; }
+  void break_glass(size_t l, size_t o) { break_glass_live = l, overdue = o; }
+  void grant_rejected(const std::string& reason) { rejected.push_back(reason); }
 };
 
 TEST(Reloader, ReportsReloadsAndGrantsToItsObserver) {
@@ -184,17 +196,12 @@ TEST(Reloader, ReportsReloadsAndGrantsToItsObserver) {
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
           .count();
   DirGrantStore gs(store);
-  for (int i = 0; i < 3; ++i) {
-    Grant g;
-    g.id = "g-00000000000" + std::to_string(i);
-    g.who = "ci-bot";
-    g.from = *Cidr::parse("10.2.0.0/16");
-    g.to = *Cidr::parse("10.1.5.0/24");
-    g.rule = "ci-direct";
-    g.created = now - 60;
-    g.expires = i == 0 ? now - 1 : now + (i == 1 ? 600 : 7200);  // expired, expiring soon, later
-    gs.add(g);
-  }
+  for (int i = 0; i < 3; ++i)  // expired, expiring soon, later
+    gs.add(ci_grant("g-00000000000" + std::to_string(i), now - 60, i == 0 ? 59 : (i == 1 ? 660 : 7260)));
+  // Tampered after signing: the reload refuses it and reports it once, not on every reload.
+  SignedGrant forged = ci_grant("g-00000000000f", now - 60, 3600);
+  forged.request.to = *Cidr::parse("10.1.5.7/32");
+  gs.add(forged);
   PolicyCache cache;
   ReloaderOptions o;
   o.policy_path = path;
@@ -203,15 +210,19 @@ TEST(Reloader, ReportsReloadsAndGrantsToItsObserver) {
   o.watch = false;
   Reloader rl(cache, o);
   ASSERT_TRUE(rl.reload());
+  ASSERT_TRUE(rl.reload());
+  EXPECT_EQ(m.rejected, std::vector<std::string>{"bad_signature"});
+  EXPECT_EQ(m.break_glass_live, 0u);
   sshring::testing::write_file(path, "version: 1\nbogus: 1\n");
   EXPECT_FALSE(rl.reload());
-  EXPECT_EQ(m.ok, 1);
+  EXPECT_EQ(m.ok, 2);
   EXPECT_EQ(m.failed, 1);
   EXPECT_NEAR(static_cast<double>(m.last_success), static_cast<double>(now), 5);
   EXPECT_EQ(m.live, 2u);
   EXPECT_EQ(m.expiring, 1u);
   EXPECT_EQ(m.sources, 0);                          // no source, no source reports
   EXPECT_EQ(cache.current()->grants().size(), 3u);  // the failed reload kept the good snapshot
+  EXPECT_EQ(cache.current()->checked_grants().size(), 4u);
 }
 
 }  // namespace

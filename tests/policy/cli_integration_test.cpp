@@ -1,13 +1,17 @@
-// `sshring policy` and `sshring grant` run as the built binary: exit codes, messages, JSON, the
-// audit records of grant changes, and concurrent `grant add` processes.
+// `sshring policy` and `sshring grant` run as the built binary: exit codes, messages, JSON, signed
+// requests, approvals, denials, reviews and revocations (key files and a real ssh-agent), forged
+// grant files as explain and list see them, revocation with a broken policy, the audit records of
+// grant changes, and concurrent `grant add` processes.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <sstream>
 #include <thread>
 
 #include "policy/grant_store.h"
+#include "policy/parser.h"
 #include "tests/policy/test_util.h"
 #include "tests/support/process.h"
 
@@ -38,17 +42,44 @@ std::vector<nlohmann::json> audit_records(const std::string& path) {
   return out;
 }
 
+// The example policy with its grant store in a temp dir and, for every principal, a second key
+// fresh from ssh-keygen, whose private key file the tests sign with (--identity).
 class PolicyCli : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string text = sshring::testing::read_file(testing::example_policy_path());
     auto pos = text.find("/var/lib/sshring/grants");
     text.replace(pos, std::strlen("/var/lib/sshring/grants"), dir_.file("grants"));
+    Policy example = load_policy_file(testing::example_policy_path());
+    for (const auto& p : example.principals) {
+      const std::string key = dir_.file(p.name);
+      ASSERT_EQ(sshring::testing::sh("ssh-keygen -q -t ed25519 -N '' -C " + p.name + "@test -f " + key), 0);
+      std::string pub = sshring::testing::read_file(key + ".pub");
+      pub.erase(pub.find_last_not_of("\n") + 1);
+      auto at = text.find(p.keys[0].line);
+      ASSERT_NE(at, std::string::npos) << p.keys[0].line;
+      text.insert(at + p.keys[0].line.size(), "\", \"" + pub);  // a second key: the example's stays valid
+    }
     sshring::testing::write_file(policy_, text);
   }
   std::vector<std::string> with(std::vector<std::string> args) {
     args.insert(args.end(), {"--policy", policy_, "--audit-log", audit_});
     return args;
+  }
+  // A grant command signed with NAME's key file.
+  std::vector<std::string> as(const std::string& name, std::vector<std::string> args) {
+    args.insert(args.end(), {"--identity", dir_.file(name)});
+    return with(std::move(args));
+  }
+  std::string fingerprint(const std::string& name) {
+    std::string out;
+    sshring::testing::sh("ssh-keygen -lf " + dir_.file(name) + ".pub | cut -d' ' -f2", &out);
+    return out.substr(0, out.find('\n'));
+  }
+  std::string explain_flow(const char* src, const char* dst) {
+    std::string out;
+    EXPECT_EQ(cli({"policy", "explain", "--policy", policy_, "--flow", src, dst}, &out), 0) << out;
+    return out;
   }
   TempDir dir_;
   std::string policy_ = dir_.file("policy.yaml");
@@ -58,7 +89,7 @@ class PolicyCli : public ::testing::Test {
 TEST_F(PolicyCli, CheckValidInvalidAndLints) {
   std::string out;
   EXPECT_EQ(cli({"policy", "check", testing::example_policy_path()}, &out), 0) << out;
-  EXPECT_NE(out.find("valid: 3 principals, 4 roles, 2 host groups, 2 opt_out rules, 0 warnings"),
+  EXPECT_NE(out.find("valid: 5 principals, 5 roles, 2 host groups, 3 opt_out rules, 0 warnings"),
             std::string::npos)
       << out;
 
@@ -115,14 +146,14 @@ TEST_F(PolicyCli, ExplainSessionsAndFlows) {
             0);
   auto j = nlohmann::json::parse(out);
   EXPECT_EQ(j["decision"], "deny");
-  EXPECT_EQ(j["reason"], "outside_window");
+  EXPECT_EQ(j["reason"], "outside_time_window");
   EXPECT_EQ(j["rule"], "role:sre/windows");
   ASSERT_EQ(cli({"policy", "explain", "--policy", policy_, "--flow", "10.2.3.4", "10.1.5.7:22", "--at",
                  "2027-01-15T00:00:00Z"},
                 &out),
             0);
   EXPECT_NE(out.find("flow 10.2.3.4 -> 10.1.5.7:22: bypass_approved by opt_out rule ci-direct (expires "
-                     "2027-06-30T00:00:00Z)"),
+                     "2027-02-15T00:00:00Z)"),
             std::string::npos)
       << out;
   ASSERT_EQ(
@@ -142,79 +173,258 @@ TEST_F(PolicyCli, ExplainSessionsAndFlows) {
       1);
 }
 
-TEST_F(PolicyCli, GrantAddListRevokeWithAuditRecords) {
+// Two of security approve a request; the requester and a non-security principal are refused; the
+// same approver counts once; the audit log names signer, key and OS user; a signed revoke ends it.
+TEST_F(PolicyCli, GrantRequestApproveRevokeWithAuditRecords) {
   std::string out;
-  ASSERT_EQ(cli(with({"grant", "add", "--who", "alice", "--from", "10.9.0.0/24", "--to", "10.1.2.3:22",
-                      "--ttl", "1h", "--reason", "relay outage INC-42", "--approver", "bob", "--json"}),
-                &out),
+  ASSERT_EQ(cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3:22", "--ttl",
+                             "1h", "--reason", "kernel patch INC-42", "--json"}),
+                &out, "USER=mallory "),
             0)
       << out;
   auto g = nlohmann::json::parse(out);
   const std::string id = g["id"];
-  EXPECT_EQ(g["rule"], "break-glass");
-  EXPECT_EQ(g["created_by"], "tester");
+  EXPECT_EQ(g["status"], "pending");
+  EXPECT_EQ(g["request"]["rule"], "prod-direct");
+  EXPECT_EQ(g["request"]["requester"], "alice");
+  EXPECT_EQ(g["request"]["os_user"], "mallory");  // recorded, not trusted
+  EXPECT_NE(explain_flow("10.9.0.7", "10.1.2.3:22").find("bypass_unapproved"), std::string::npos);
 
-  // The stored grant changes classification for the agent, seen through explain.
-  ASSERT_EQ(cli({"policy", "explain", "--policy", policy_, "--flow", "10.9.0.7", "10.1.2.3:22"}, &out), 0);
-  EXPECT_NE(out.find("bypass_approved by grant " + id), std::string::npos) << out;
+  EXPECT_EQ(cli(as("alice", {"grant", "approve", id}), &out), 1);
+  EXPECT_NE(out.find("refused: alice asked for this grant"), std::string::npos) << out;
+  EXPECT_EQ(cli(as("bob", {"grant", "approve", id}), &out), 1);
+  EXPECT_NE(out.find("bob is not an approver of rule prod-direct"), std::string::npos) << out;
+  ASSERT_EQ(cli(as("carol", {"grant", "approve", id}), &out), 0) << out;
+  EXPECT_NE(out.find(id + " pending"), std::string::npos) << out;
+  EXPECT_EQ(cli(as("carol", {"grant", "approve", id}), &out), 1);
+  EXPECT_NE(out.find("carol already signed this approve"), std::string::npos) << out;
+  ASSERT_EQ(cli(as("dave", {"grant", "approve", id}), &out), 0) << out;
+  EXPECT_NE(out.find(id + " active"), std::string::npos) << out;
+  EXPECT_NE(explain_flow("10.9.0.7", "10.1.2.3:22").find("bypass_approved by grant " + id),
+            std::string::npos);
 
-  // Refusals name every rule and why.
-  EXPECT_EQ(cli(with({"grant", "add", "--who", "alice", "--from", "10.9.0.0/24", "--to", "10.1.2.3", "--ttl",
-                      "3h", "--reason", "x", "--approver", "bob"}),
+  // Refusals name every rule and why; add refuses what needs approval.
+  EXPECT_EQ(cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3", "--ttl", "5h",
+                             "--reason", "x"}),
                 &out),
             1);
-  EXPECT_NE(out.find("refused: no opt_out rule allows alice from 10.9.0.0/24 to 10.1.2.3/32:22 for 3h"),
+  EXPECT_NE(out.find("refused: no opt_out rule allows alice from 10.9.0.0/24 to 10.1.2.3/32:22 for 5h"),
             std::string::npos)
       << out;
   EXPECT_NE(out.find("rule ci-direct: alice is not among its principals or roles"), std::string::npos) << out;
-  EXPECT_NE(out.find("rule break-glass: ttl 3h exceeds its max_ttl 2h"), std::string::npos) << out;
-  EXPECT_EQ(cli(with({"grant", "add", "--who", "alice", "--from", "10.9.0.0/24", "--to", "10.1.2.3:99999",
-                      "--ttl", "1h"}),
+  EXPECT_NE(out.find("rule prod-direct: ttl 5h exceeds its max_ttl 4h"), std::string::npos) << out;
+  EXPECT_EQ(cli(as("alice", {"grant", "add", "--from", "10.9.0.0/24", "--to", "10.1.2.3", "--ttl", "1h",
+                             "--reason", "x"}),
                 &out),
-            2);
+            1);
+  EXPECT_NE(out.find("rule prod-direct needs 2 approval(s)"), std::string::npos) << out;
+  EXPECT_EQ(
+      cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3:99999", "--ttl", "1h"}),
+          &out),
+      2);
   EXPECT_NE(out.find("invalid ports '99999'"), std::string::npos) << out;
-  EXPECT_EQ(cli(with({"grant", "add", "--who", "alice", "--from", "10.9.0.0/24", "--to", "10.1.2.3", "--ttl",
-                      "soon"}),
+  EXPECT_EQ(
+      cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3", "--ttl", "soon"}),
+          &out),
+      2);
+  EXPECT_EQ(cli(as("alice", {"grant", "request", "--as", "bob", "--from", "10.9.0.0/24", "--to", "10.1.2.3",
+                             "--ttl", "1h", "--reason", "x"}),
                 &out),
             2);
+  EXPECT_NE(out.find("does not list key"), std::string::npos) << out;
 
   ASSERT_EQ(cli(with({"grant", "list", "--json"}), &out), 0) << out;
   auto list = nlohmann::json::parse(out);
   ASSERT_EQ(list.size(), 1u);
   EXPECT_EQ(list[0]["id"], id);
+  EXPECT_EQ(list[0]["status"], "active");
+  EXPECT_EQ(list[0]["requester"], "alice");
+  EXPECT_EQ(list[0]["requester_fingerprint"], fingerprint("alice"));
   EXPECT_EQ(list[0]["live"], true);
   EXPECT_GT(list[0]["time_left_seconds"].get<int>(), 3500);
+  std::vector<std::string> approvers;
+  for (const auto& d : list[0]["decisions"])
+    if (d["counted"].get<bool>())
+      approvers.push_back(d["signer"].get<std::string>() + " " + d["key_fingerprint"].get<std::string>());
+  EXPECT_EQ(approvers,
+            (std::vector<std::string>{"carol " + fingerprint("carol"), "dave " + fingerprint("dave")}));
   ASSERT_EQ(cli(with({"grant", "list"}), &out), 0);
-  EXPECT_NE(out.find("relay outage INC-42"), std::string::npos) << out;
-  EXPECT_TRUE(out.find(" 59m") != std::string::npos || out.find(" 1h ") != std::string::npos) << out;
+  EXPECT_NE(out.find("kernel patch INC-42"), std::string::npos) << out;
+  EXPECT_NE(out.find("carol(SHA256:"), std::string::npos) << out;
 
-  EXPECT_EQ(cli(with({"grant", "revoke", id}), &out), 2);  // --reason is required
-  ASSERT_EQ(cli(with({"grant", "revoke", id, "--reason", "relay is back"}), &out), 0) << out;
-  EXPECT_EQ(cli(with({"grant", "revoke", id, "--reason", "again"}), &out), 2);
-  EXPECT_NE(out.find("was already revoked"), std::string::npos) << out;
-  EXPECT_EQ(cli(with({"grant", "revoke", "g-ffffffffffff", "--reason", "x"}), &out), 1);
-  ASSERT_EQ(cli({"policy", "explain", "--policy", policy_, "--flow", "10.9.0.7", "10.1.2.3:22"}, &out), 0);
-  EXPECT_NE(out.find("bypass_expired by grant " + id), std::string::npos) << out;
+  EXPECT_EQ(cli(as("alice", {"grant", "revoke", id}), &out), 2);  // --reason is required
+  ASSERT_EQ(cli(as("alice", {"grant", "revoke", id, "--reason", "patched"}), &out), 0) << out;
+  EXPECT_EQ(cli(as("alice", {"grant", "revoke", id, "--reason", "again"}), &out), 1);
+  EXPECT_NE(out.find("already revoked"), std::string::npos) << out;
+  EXPECT_EQ(cli(as("alice", {"grant", "revoke", "g-ffffffffffff", "--reason", "x"}), &out), 1);
+  EXPECT_NE(explain_flow("10.9.0.7", "10.1.2.3:22").find("bypass_expired by grant " + id), std::string::npos);
 
   auto recs = audit_records(audit_);
-  ASSERT_EQ(recs.size(), 2u);
-  EXPECT_EQ(recs[0]["type"], "grant_add");
-  EXPECT_EQ(recs[0]["grant_id"], id);
+  ASSERT_EQ(recs.size(), 4u);
+  const char* types[] = {"grant_request", "grant_approve", "grant_approve", "grant_revoke"};
+  const char* signers[] = {"alice", "carol", "dave", "alice"};
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(recs[i]["type"], types[i]);
+    EXPECT_EQ(recs[i]["grant_id"], id);
+    EXPECT_EQ(recs[i]["signer"], signers[i]);
+    EXPECT_EQ(recs[i]["key_fingerprint"], fingerprint(signers[i]));
+    EXPECT_EQ(recs[i]["component"], "grant");
+    EXPECT_FALSE(recs[i]["host"].get<std::string>().empty());
+  }
+  EXPECT_EQ(recs[0]["os_user"], "mallory");
   EXPECT_EQ(recs[0]["who"], "alice");
   EXPECT_EQ(recs[0]["to"], "10.1.2.3/32");
   EXPECT_EQ(recs[0]["ports"], nlohmann::json::array({22}));
-  EXPECT_EQ(recs[0]["approver"], "bob");
-  EXPECT_EQ(recs[0]["actor"], "tester");
-  EXPECT_EQ(recs[0]["component"], "grant");
-  EXPECT_EQ(recs[1]["type"], "grant_revoke");
-  EXPECT_EQ(recs[1]["reason"], "relay is back");
-  EXPECT_EQ(recs[1]["seq"], 2);
+  EXPECT_EQ(recs[0]["status"], "pending");
+  EXPECT_EQ(recs[2]["status"], "active");
+  EXPECT_EQ(recs[3]["reason"], "patched");
+  EXPECT_EQ(recs[3]["seq"], 4);
+}
+
+TEST_F(PolicyCli, DeniedRequestsCanNotBeApproved) {
+  std::string out;
+  ASSERT_EQ(cli(as("bob", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3", "--ttl", "1h",
+                           "--reason", "curious", "--json"}),
+                &out),
+            0)
+      << out;
+  const std::string id = nlohmann::json::parse(out)["id"];
+  EXPECT_EQ(cli(as("carol", {"grant", "deny", id}), &out), 2);  // --reason is required
+  ASSERT_EQ(cli(as("carol", {"grant", "deny", id, "--reason", "no ticket"}), &out), 0) << out;
+  EXPECT_NE(out.find(id + " denied"), std::string::npos) << out;
+  EXPECT_EQ(cli(as("dave", {"grant", "approve", id}), &out), 1);
+  EXPECT_NE(out.find("it is denied (denied by carol: no ticket), not pending"), std::string::npos) << out;
+  auto recs = audit_records(audit_);
+  ASSERT_EQ(recs.size(), 2u);
+  EXPECT_EQ(recs[1]["type"], "grant_deny");
+  EXPECT_EQ(recs[1]["reason"], "no ticket");
+}
+
+TEST_F(PolicyCli, BreakGlassIsLiveAtOnceAndReviewedBySomeoneElse) {
+  std::string out;
+  // Without --break-glass the break_glass rule is never used by accident.
+  EXPECT_EQ(cli(as("alice", {"grant", "add", "--from", "10.8.0.0/24", "--to", "10.1.2.3", "--ttl", "30m",
+                             "--reason", "relay down INC-7"}),
+                &out),
+            1);
+  ASSERT_EQ(cli(as("alice", {"grant", "add", "--break-glass", "--from", "10.8.0.0/24", "--to", "10.1.2.3",
+                             "--ttl", "30m", "--reason", "relay down INC-7", "--json"}),
+                &out),
+            0)
+      << out;
+  const std::string id = nlohmann::json::parse(out)["id"];
+  EXPECT_EQ(nlohmann::json::parse(out)["status"], "active");
+  EXPECT_NE(explain_flow("10.8.0.9", "10.1.2.3:22").find("bypass_approved by grant " + id),
+            std::string::npos);
+  EXPECT_EQ(cli(as("alice", {"grant", "review", id, "--note", "fine"}), &out), 1);
+  EXPECT_NE(out.find("someone else must decide"), std::string::npos) << out;
+  EXPECT_EQ(cli(as("bob", {"grant", "review", id, "--note", "fine"}), &out), 1);  // not a reviewer
+  ASSERT_EQ(cli(with({"grant", "list", "--json"}), &out), 0) << out;
+  EXPECT_EQ(nlohmann::json::parse(out)[0]["reviewed"], false);
+  ASSERT_EQ(cli(as("carol", {"grant", "review", id, "--note", "relay outage confirmed"}), &out), 0) << out;
+  ASSERT_EQ(cli(with({"grant", "list", "--json"}), &out), 0) << out;
+  auto l = nlohmann::json::parse(out);
+  EXPECT_EQ(l[0]["break_glass"], true);
+  EXPECT_EQ(l[0]["reviewed"], true);
+  EXPECT_EQ(l[0]["review_overdue"], false);
+  auto recs = audit_records(audit_);
+  ASSERT_EQ(recs.size(), 2u);
+  EXPECT_EQ(recs[1]["type"], "grant_review");
+  EXPECT_EQ(recs[1]["signer"], "carol");
+  EXPECT_EQ(recs[1]["note"], "relay outage confirmed");
+}
+
+// A grant file written by hand (or edited) is shown as rejected with its reason and never approves.
+TEST_F(PolicyCli, ForgedGrantFilesAreRejectedByExplainAndList) {
+  std::string out;
+  ASSERT_EQ(cli(as("ci-bot", {"grant", "add", "--from", "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1h",
+                              "--reason", "deploy", "--json"}),
+                &out),
+            0)
+      << out;
+  auto g = nlohmann::json::parse(out);
+  const std::string id = g["id"];
+  g.erase("status");
+  g.erase("detail");
+  auto forged = g;
+  forged["id"] = forged["request"]["id"] = "g-0000000f0a9e";
+  forged["request"]["from"] = "0.0.0.0/0";
+  forged["request"]["to"] = "10.1.0.0/16";
+  sshring::testing::write_file(dir_.file("grants/g-0000000f0a9e.grant"), forged.dump());
+  auto unsigned_one = forged;
+  unsigned_one["id"] = unsigned_one["request"]["id"] = "g-0000000f0a9f";
+  unsigned_one["signature"] = "";
+  sshring::testing::write_file(dir_.file("grants/g-0000000f0a9f.grant"), unsigned_one.dump());
+
+  out = explain_flow("192.0.2.7", "10.1.9.9:22");
+  EXPECT_NE(out.find("bypass_unapproved"), std::string::npos) << out;
+  EXPECT_NE(out.find("grant g-0000000f0a9e would cover it but is rejected (bad_signature)"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("grant g-0000000f0a9f would cover it but is rejected (unsigned)"), std::string::npos)
+      << out;
+  ASSERT_EQ(
+      cli({"policy", "explain", "--policy", policy_, "--json", "--flow", "192.0.2.7", "10.1.9.9:22"}, &out),
+      0);
+  EXPECT_EQ(nlohmann::json::parse(out)["rejected_grants"].size(), 2u) << out;
+  ASSERT_EQ(cli(with({"grant", "list", "--json"}), &out), 0) << out;
+  std::map<std::string, std::string> status;
+  for (const auto& e : nlohmann::json::parse(out))
+    status[e["id"]] = e["status"].get<std::string>() + ":" + e.value("reject_reason", "");
+  EXPECT_EQ(status, (std::map<std::string, std::string>{{id, "active:"},
+                                                        {"g-0000000f0a9e", "rejected:bad_signature"},
+                                                        {"g-0000000f0a9f", "rejected:unsigned"}}));
+}
+
+// Revocation needs only the store: it works while the policy file is broken.
+TEST_F(PolicyCli, RevokeWorksWhileThePolicyIsBroken) {
+  std::string out;
+  ASSERT_EQ(cli(as("ci-bot", {"grant", "add", "--from", "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1h",
+                              "--reason", "deploy", "--json"}),
+                &out),
+            0)
+      << out;
+  const std::string id = nlohmann::json::parse(out)["id"];
+  const std::string good = sshring::testing::read_file(policy_);
+  sshring::testing::write_file(policy_, good + "\nthis is: [not yaml\n");
+  std::vector<std::string> revoke = {"grant",         "revoke",           id, "--reason", "leaked key",
+                                     "--grant-store", dir_.file("grants")};
+  EXPECT_EQ(cli(as("ci-bot", revoke), &out), 2);  // who signs must be named when the policy is unreadable
+  EXPECT_NE(out.find("--as NAME"), std::string::npos) << out;
+  revoke.insert(revoke.end(), {"--as", "ci-bot"});
+  ASSERT_EQ(cli(as("ci-bot", revoke), &out), 0) << out;
+  sshring::testing::write_file(policy_, good);
+  ASSERT_EQ(cli(with({"grant", "list", "--json"}), &out), 0) << out;
+  EXPECT_EQ(nlohmann::json::parse(out)[0]["status"], "revoked") << out;
+}
+
+// The same key source as `sshring connect`: a real ssh-agent holding the key.
+TEST_F(PolicyCli, SignsWithSshAgent) {
+  const std::string sock = dir_.file("agent.sock");
+  sshring::testing::Process agent(
+      {"ssh-agent", "-D", "-a", sock},
+      sshring::testing::Process::Options{dir_.file("agent.out"), dir_.file("agent.err"), "", "", {}});
+  for (int i = 0; i < 100 && ::access(sock.c_str(), F_OK) != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_EQ(::access(sock.c_str(), F_OK), 0) << "ssh-agent did not start";
+  ASSERT_EQ(sshring::testing::sh("SSH_AUTH_SOCK=" + sock + " ssh-add -q " + dir_.file("ci-bot") + " 2>&1"),
+            0);
+  std::string out;
+  ASSERT_EQ(cli(with({"grant", "add", "--from", "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1h", "--reason",
+                      "deploy", "--json"}),
+                &out, "USER=tester SSH_AUTH_SOCK=" + sock + " "),
+            0)
+      << out;
+  auto g = nlohmann::json::parse(out);
+  EXPECT_EQ(g["status"], "active");
+  EXPECT_EQ(g["request"]["requester"], "ci-bot");
+  agent.stop();
 }
 
 TEST_F(PolicyCli, ExpiryIsAuditedOnce) {
   std::string out;
-  ASSERT_EQ(cli(with({"grant", "add", "--who", "ci-bot", "--from", "10.2.3.4", "--to", "10.1.5.7", "--ttl",
-                      "1s", "--reason", "smoke"}),
+  ASSERT_EQ(cli(as("ci-bot", {"grant", "add", "--from", "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1s",
+                              "--reason", "smoke"}),
                 &out),
             0)
       << out;
@@ -234,8 +444,9 @@ TEST_F(PolicyCli, ConcurrentGrantAddsLoseNothing) {
   for (int i = 0; i < kProcs; ++i) {
     procs.emplace_back(
         std::vector<std::string>{sshring::testing::sshring_bin(), "grant", "add", "--policy", policy_,
-                                 "--audit-log", audit_, "--who", "ci-bot", "--from", "10.2.3.4", "--to",
-                                 "10.1.5.7", "--ttl", "1h", "--reason", "parallel " + std::to_string(i)},
+                                 "--audit-log", audit_, "--identity", dir_.file("ci-bot"), "--from",
+                                 "10.2.3.4", "--to", "10.1.5.7", "--ttl", "1h", "--reason",
+                                 "parallel " + std::to_string(i)},
         sshring::testing::Process::Options{dir_.file("out" + std::to_string(i)), "", "", "", {}});
   }
   for (auto& p : procs) EXPECT_EQ(p.wait(std::chrono::seconds(30)), 0);

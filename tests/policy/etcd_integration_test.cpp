@@ -42,11 +42,31 @@ const bool kPollStrategy = [] { return ::setenv("GRPC_POLL_STRATEGY", "poll", 0)
 
 constexpr auto kPropagationDeadline = 30s;  // generous: shared, loaded machines (the target is 1 s p99)
 
+// Grants are signed: ci-bot's key (made once per test process) is the one the policy lists for it,
+// and `grant add|revoke` sign with it (--identity).
+const std::string& ci_key() {
+  static TempDir dir;
+  static const std::string key = [] {
+    std::string k = dir.file("ci-bot");
+    if (sshring::testing::sh("ssh-keygen -q -t ed25519 -N '' -C ci-bot -f " + k) != 0)
+      throw std::runtime_error("ssh-keygen failed for " + k);
+    return k;
+  }();
+  return key;
+}
+
+std::string ci_pub() {
+  std::string pub = sshring::testing::read_file(ci_key() + ".pub");
+  pub.erase(pub.find_last_not_of('\n') + 1);
+  return pub;
+}
+
 std::string policy_text(const std::string& extra_principal = "") {
   std::string p =
       "version: 1\nrelays: [10.0.0.0/28]\nhosts: [{name: web, cidrs: [10.1.0.0/16]}]\n"
       "roles: [{name: ci, targets: [{cidrs: [10.1.0.0/16]}]}]\n"
-      "principals:\n  - {name: ci-bot, roles: [ci]}\n";
+      "principals:\n  - {name: ci-bot, roles: [ci], keys: [\"" +
+      ci_pub() + "\"]}\n";
   if (!extra_principal.empty()) p += "  - {name: " + extra_principal + ", roles: [ci]}\n";
   p += "opt_out:\n  - {id: ci-direct, who: {roles: [ci]}, from: [10.2.0.0/16], to: {cidrs: [10.1.5.0/24]}, "
        "max_ttl: 8h, require_grant: true, expires: 2099-01-01T00:00:00Z}\n";
@@ -165,9 +185,9 @@ class EtcdFleet : public ::testing::Test {
   // `grant add` as the grant writer; returns the grant id.
   std::string grant_add(const EtcdCluster& c, const std::string& to, std::string* out_text = nullptr) {
     std::string out;
-    int rc = cli(std::vector<std::string>{"grant", "add", "--who", "ci-bot", "--from", "10.2.0.0/16", "--to",
-                                          to, "--ttl", "1h", "--reason", "test", "--audit-log",
-                                          dir_.file("grant.audit.jsonl")} +
+    int rc = cli(std::vector<std::string>{"grant", "add", "--identity", ci_key(), "--who", "ci-bot", "--from",
+                                          "10.2.0.0/16", "--to", to, "--ttl", "1h", "--reason", "test",
+                                          "--audit-log", dir_.file("grant.audit.jsonl")} +
                      c.flags("sshring-grant"),
                  &out);
     if (out_text) *out_text = out;
@@ -215,8 +235,8 @@ TEST_F(EtcdFleet, PushGrantRevokeAndLeaderLossOnThreeMembers) {
               std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   auto grec = audit("grant.audit.jsonl");
   ASSERT_FALSE(grec.empty());
-  EXPECT_EQ(grec.back()["type"], "grant_add");
-  EXPECT_GT(grec.back()["etcd_revision"].get<int64_t>(), 0);
+  EXPECT_EQ(grec.back()["type"], "grant_request");
+  EXPECT_EQ(grec.back()["grant_id"], id);
 
   ASSERT_EQ(cli(std::vector<std::string>{"policy", "explain", "--flow", "10.2.3.4", "10.1.5.7:22"} +
                     etcd.flags("sshring-relay"),
@@ -225,15 +245,14 @@ TEST_F(EtcdFleet, PushGrantRevokeAndLeaderLossOnThreeMembers) {
       << out;
   EXPECT_NE(out.find("bypass_approved by grant " + id), std::string::npos) << out;
 
-  ASSERT_EQ(cli(std::vector<std::string>{"grant", "revoke", id, "--reason", "done", "--audit-log",
-                                         dir_.file("grant.audit.jsonl")} +
+  ASSERT_EQ(cli(std::vector<std::string>{"grant", "revoke", id, "--identity", ci_key(), "--reason", "done",
+                                         "--audit-log", dir_.file("grant.audit.jsonl")} +
                     etcd.flags("sshring-grant"),
                 &out),
             0)
       << out;
   ASSERT_TRUE(eventually([&] { return relay.flow("10.2.3.4", "10.1.5.7") == FlowTag::kBypassExpired; }));
-  EXPECT_GT(audit("grant.audit.jsonl").back()["etcd_revision"].get<int64_t>(),
-            grec.back()["etcd_revision"].get<int64_t>());
+  EXPECT_EQ(audit("grant.audit.jsonl").back()["type"], "grant_revoke");
 
   // Lose the leader mid-run: grants keep being added through the survivors, the consumer keeps
   // deciding (no restart) and sees every one.
@@ -329,8 +348,8 @@ TEST_F(EtcdFleet, CompactionPastAWatcherReListsAndLosesNothing) {
   std::vector<std::string> added;
   for (int i = 2; i < 6; ++i) added.push_back(grant_add(etcd, "10.1.5." + std::to_string(i) + "/32"));
   std::string out;
-  ASSERT_EQ(cli(std::vector<std::string>{"grant", "revoke", first, "--reason", "r", "--audit-log",
-                                         dir_.file("grant.audit.jsonl")} +
+  ASSERT_EQ(cli(std::vector<std::string>{"grant", "revoke", first, "--identity", ci_key(), "--reason", "r",
+                                         "--audit-log", dir_.file("grant.audit.jsonl")} +
                     etcd.flags("sshring-grant"),
                 &out),
             0)
@@ -361,12 +380,13 @@ TEST_F(EtcdFleet, ConcurrentGrantAddsAndRacingPushes) {
     threads.emplace_back([&, i] {
       // Each process its own audit log: the lock that serializes one log is not what is tested here.
       std::string out;
-      int rc = cli(std::vector<std::string>{"grant", "add", "--who", "ci-bot", "--from", "10.2.0.0/16",
-                                            "--to", "10.1.5." + std::to_string(100 + i) + "/32", "--ttl",
-                                            "1h", "--reason", "load", "--audit-log",
-                                            dir_.file("g" + std::to_string(i) + ".audit.jsonl")} +
-                       etcd.flags("sshring-grant"),
-                   &out);
+      int rc =
+          cli(std::vector<std::string>{"grant", "add", "--identity", ci_key(), "--who", "ci-bot", "--from",
+                                       "10.2.0.0/16", "--to", "10.1.5." + std::to_string(100 + i) + "/32",
+                                       "--ttl", "1h", "--reason", "load", "--audit-log",
+                                       dir_.file("g" + std::to_string(i) + ".audit.jsonl")} +
+                  etcd.flags("sshring-grant"),
+              &out);
       outs[i] = out;
       if (rc == 0) ids[i] = out.substr(out.find("g-"), 14);
     });
@@ -416,9 +436,9 @@ TEST_F(EtcdFleet, ReadOnlyCredentialsCannotWrite) {
   EtcdCluster etcd(1);
   push_ok(etcd, policy_text());
   std::string out;
-  EXPECT_EQ(cli(std::vector<std::string>{"grant", "add", "--who", "ci-bot", "--from", "10.2.0.0/16", "--to",
-                                         "10.1.5.0/24", "--ttl", "1h", "--reason", "x", "--audit-log",
-                                         dir_.file("a.audit.jsonl")} +
+  EXPECT_EQ(cli(std::vector<std::string>{"grant", "add", "--identity", ci_key(), "--who", "ci-bot", "--from",
+                                         "10.2.0.0/16", "--to", "10.1.5.0/24", "--ttl", "1h", "--reason", "x",
+                                         "--audit-log", dir_.file("a.audit.jsonl")} +
                     etcd.flags("sshring-agent"),
                 &out),
             1)

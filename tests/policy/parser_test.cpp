@@ -241,9 +241,9 @@ TEST(PolicyParser, MissingFileIsASystemError) {
 
 TEST(PolicyParser, ExamplePolicyParsesAndRoundTrips) {
   Policy p = load_policy_file(testing::example_policy_path());
-  ASSERT_EQ(p.principals.size(), 3u);
-  ASSERT_EQ(p.roles.size(), 4u);
-  ASSERT_EQ(p.opt_out.size(), 2u);
+  ASSERT_EQ(p.principals.size(), 5u);
+  ASSERT_EQ(p.roles.size(), 5u);
+  ASSERT_EQ(p.opt_out.size(), 3u);
   EXPECT_EQ(p.relays.size(), 2u);
   EXPECT_EQ(p.relays[1].to_string(), "fd00::/120");
   const Role* sre = p.find_role("sre");
@@ -260,8 +260,14 @@ TEST(PolicyParser, ExamplePolicyParsesAndRoundTrips) {
   EXPECT_EQ(oncall->windows[1].end_min, 1440);
   EXPECT_EQ(p.find_principal("alice")->keys[0].fingerprint, testing::kAliceFingerprint);
   EXPECT_EQ(p.opt_out[0].max_ttl_seconds, 8 * 3600);
-  EXPECT_EQ(format_rfc3339(p.opt_out[0].expires), "2027-06-30T00:00:00Z");
-  EXPECT_TRUE(p.opt_out[1].require_grant);
+  EXPECT_EQ(format_rfc3339(p.opt_out[0].expires), "2027-02-15T00:00:00Z");
+  EXPECT_TRUE(p.opt_out[0].standing);
+  EXPECT_EQ(p.opt_out[1].approvals_count, 2u);
+  EXPECT_EQ(p.opt_out[1].approvers.roles, std::vector<std::string>{"security"});
+  EXPECT_EQ(p.opt_out[1].request_ttl_seconds, 3600);
+  EXPECT_TRUE(p.opt_out[2].break_glass);
+  EXPECT_EQ(p.opt_out[2].review_within_seconds, 86400);
+  EXPECT_EQ(p.opt_out[2].reviewers.roles, std::vector<std::string>{"security"});
   EXPECT_EQ(p.hosts[1].ssh_ports.to_string(), "22,2200-2209");
 
   std::string emitted = to_yaml(p);
@@ -351,6 +357,60 @@ TEST(PolicyLint, OverlapWithoutContainment) {
   std::string all;
   for (const auto& l : lints) all += l.where + ": " + l.message + "\n";
   EXPECT_NE(all.find("opt_out[a]: overlaps opt_out[b]"), std::string::npos) << all;
+}
+
+// The grant-workflow fields: defaults, limits and contradictions, and the standing lint.
+TEST(PolicyParser, GrantRuleFields) {
+  auto rule = [](const std::string& extra) {
+    return "version: 1\nroles: [{name: r, targets: [{cidrs: [10.0.0.0/8]}]}, {name: sec, targets: [{cidrs: "
+           "[10.0.0.0/8]}]}]\nprincipals: [{name: p, roles: [r]}]\nopt_out:\n  - {id: a, who: {roles: [r]}, "
+           "from: [10.2.0.0/16], to: {cidrs: [10.1.0.0/16]}, max_ttl: 1h, expires: 2027-03-01T00:00:00Z" +
+           extra + "}\n";
+  };
+  Policy d = parse_policy(rule(""), "t.yaml");
+  EXPECT_EQ(d.opt_out[0].approvals_count, 0u);
+  EXPECT_FALSE(d.opt_out[0].standing);
+  EXPECT_EQ(d.opt_out[0].request_ttl_seconds, 3600);
+  EXPECT_EQ(d.opt_out[0].review_within_seconds, 86400);
+  Policy a = parse_policy(rule(", approvals: {count: 2, roles: [sec], principals: [p]}, request_ttl: 30m"),
+                          "t.yaml");
+  EXPECT_EQ(a.opt_out[0].approvals_count, 2u);
+  EXPECT_EQ(a.opt_out[0].approvers.principals, std::vector<std::string>{"p"});
+  EXPECT_EQ(a.opt_out[0].request_ttl_seconds, 1800);
+  EXPECT_EQ(parse_policy(rule(", require_approver: true"), "t.yaml").opt_out[0].approvals_count, 1u);
+  EXPECT_EQ(parse_policy(to_yaml(a), "again.yaml"), a);
+  struct Bad {
+    std::string extra;
+    const char* error;
+  } bad[] = {
+      {", approvals: {count: 17}", "approvals.count: expected an integer from 0 to 16"},
+      {", approvals: {roles: [nope]}", "approvals.roles[0]: unknown role 'nope'"},
+      {", approvals: {quorum: 2}", "unknown key 'quorum'"},
+      {", request_ttl: 8d", "request_ttl: invalid duration '8d'"},
+      {", standing: true, require_grant: true", "a standing rule cannot also set require_grant: true"},
+      {", break_glass: true, approvals: {count: 1}", "break_glass grants are self-approved"},
+      {", break_glass: true, standing: true", "a break_glass rule cannot be standing"},
+  };
+  for (const auto& b : bad) {
+    try {
+      parse_policy(rule(b.extra), "t.yaml");
+      ADD_FAILURE() << "accepted: " << b.extra;
+    } catch (const PolicyError& e) {
+      EXPECT_NE(std::string(e.what()).find(b.error), std::string::npos) << e.what();
+    }
+  }
+  std::string glass = rule(", break_glass: true");
+  glass.replace(glass.find("max_ttl: 1h"), 11, "max_ttl: 5h");
+  EXPECT_THROW(parse_policy(glass, "t.yaml"), PolicyError);
+  // A standing exception is flagged when it lasts more than 90 days from now.
+  Policy st = parse_policy(rule(", standing: true"), "t.yaml");
+  auto has_standing_lint = [&](UnixSeconds now) {
+    for (const auto& l : lint_policy(st, now))
+      if (l.message.find("standing exception") != std::string::npos) return true;
+    return false;
+  };
+  EXPECT_TRUE(has_standing_lint(1798761600 - 90 * 86400));  // 2026-10-03: 149 days left
+  EXPECT_FALSE(has_standing_lint(1798761600));              // 2027-01-01: 59 days left
 }
 
 }  // namespace

@@ -196,12 +196,13 @@ TEST(PolicyProperty, AuthorizeMatchesBruteForce) {
 }
 
 TEST(PolicyProperty, GlobMatchesReference) {
-  // Reference: naive recursive matcher.
+  // Reference: naive recursive matcher; wildcards never match a dot.
   std::function<bool(std::string_view, std::string_view)> ref = [&](std::string_view p, std::string_view s) {
     if (p.empty()) return s.empty();
-    if (p[0] == '*') return ref(p.substr(1), s) || (!s.empty() && ref(p, s.substr(1)));
+    if (p[0] == '*') return ref(p.substr(1), s) || (!s.empty() && s[0] != '.' && ref(p, s.substr(1)));
     if (s.empty()) return false;
-    return (p[0] == '?' || std::tolower(p[0]) == std::tolower(s[0])) && ref(p.substr(1), s.substr(1));
+    return ((p[0] == '?' && s[0] != '.') || std::tolower(p[0]) == std::tolower(s[0])) &&
+           ref(p.substr(1), s.substr(1));
   };
   Gen g(5);
   const char alphabet[] = "ab.*?";

@@ -1,4 +1,4 @@
-#include "relay/auth/client.h"
+#include "client/client.h"
 
 #include <fcntl.h>
 #include <netdb.h>
@@ -15,8 +15,9 @@
 #include <fstream>
 #include <sstream>
 
+#include "client/agent.h"
+#include "common/clock.h"
 #include "common/error.h"
-#include "relay/auth/agent.h"
 
 namespace sshring::relay::auth {
 namespace {
@@ -63,17 +64,45 @@ std::string read_small_file(const std::string& path) {
 
 }  // namespace
 
+std::string printable_text(std::string_view s) {
+  // The relay's text reaches the user's terminal: every byte outside printable ASCII (ESC sequences,
+  // C1 controls such as 0x9b CSI, newlines that could fake a second line) becomes '?'.
+  std::string out(s);
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
+  return out;
+}
+
 DeniedError::DeniedError(uint16_t reason, std::string message)
     : std::runtime_error(std::string("denied by relay: ") +
                          (reason >= 1 && reason <= kMaxReason ? reason_name(static_cast<Reason>(reason))
                                                               : "reason " + std::to_string(reason)) +
-                         (message.empty() ? "" : ": " + message)),
+                         (message.empty() ? "" : ": " + printable_text(message))),
       reason_(reason),
-      detail_(std::move(message)) {}
+      detail_(printable_text(message)) {}
 
 int DeniedError::exit_code() const {
   if (reason_ >= 1 && reason_ <= kMaxReason) return exit_code_for(static_cast<Reason>(reason_));
   return kExitCodeBase + kMaxReason + 1;
+}
+
+std::string deny_hint(const DeniedError& e, const std::string& sent_relay_id) {
+  if (e.reason() != static_cast<uint16_t>(Reason::kWrongRelay)) return {};
+  static constexpr std::string_view kMarker = "this relay's id is '";
+  const std::string& d = e.detail();
+  auto at = d.find(kMarker);
+  auto end = at == std::string::npos ? at : d.find('\'', at + kMarker.size());
+  if (end == std::string::npos)
+    return "the relay does not accept relay id '" + sent_relay_id +
+           "': pass the relay's id with --relay-id ID (ask its operator for its --relay-id)";
+  std::string want = d.substr(at + kMarker.size(), end - at - kMarker.size());
+  return "the relay's id is '" + want + "' but this client signed for '" + sent_relay_id +
+         "': add --relay-id " + want + " to the sshring connect command (the ProxyCommand in ~/.ssh/config)";
+}
+
+std::string effective_relay_id(const ConnectOptions& opts) {
+  if (!opts.relay_id.empty()) return opts.relay_id;
+  return split_host_port(opts.relay, "--relay").first;
 }
 
 Signer file_signer(const std::string& key_path) {
@@ -182,11 +211,7 @@ std::string login_name() {
   throw common::UsageError("cannot tell the login name: pass --principal");
 }
 
-uint64_t unix_ms_now() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
+uint64_t unix_ms_now() { return static_cast<uint64_t>(common::unix_now_ms()); }
 
 Connected connect_via_relay(const ConnectOptions& opts, const Signer& signer) {
   auto [host, port] = split_host_port(opts.relay, "--relay");
@@ -225,9 +250,9 @@ Connected connect_via_relay(const ConnectOptions& opts, const Signer& signer) {
   if (!fd) throw std::runtime_error("cannot connect to relay " + opts.relay + ": " + last_error);
   int one = 1;
   ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  Hello h = make_hello(signer, opts.relay_id.empty() ? host : opts.relay_id,
-                       opts.principal.empty() ? login_name() : opts.principal, opts.target, opts.port,
-                       unix_ms_now());
+  Hello h =
+      make_hello(signer, effective_relay_id(opts), opts.principal.empty() ? login_name() : opts.principal,
+                 opts.target, opts.port, unix_ms_now());
   Connected c;
   c.session_id = handshake_on(fd.get(), h, std::chrono::milliseconds(remaining_ms(deadline)));
   // Back to blocking for whoever uses the socket next (ssh after fd passing, or the pump).

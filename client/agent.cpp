@@ -1,4 +1,4 @@
-#include "relay/auth/agent.h"
+#include "client/agent.h"
 
 #include <sys/socket.h>
 #include <sys/un.h>

@@ -30,11 +30,14 @@ Hello make_hello(const Signer& signer, std::string relay_id, std::string princip
                  uint16_t port, uint64_t now_ms);
 
 // The relay said DENY.
+// `s` with every byte outside printable ASCII replaced by '?' (text from the relay, shown to a user).
+std::string printable_text(std::string_view s);
+
 class DeniedError : public std::runtime_error {
  public:
   DeniedError(uint16_t reason, std::string message);
   [[nodiscard]] uint16_t reason() const { return reason_; }
-  [[nodiscard]] const std::string& detail() const { return detail_; }
+  [[nodiscard]] const std::string& detail() const { return detail_; }  // printable ASCII only
   // 20 + reason, or kExitCodeBase + kMaxReason + 1 for codes this client does not know.
   [[nodiscard]] int exit_code() const;
 
@@ -42,6 +45,11 @@ class DeniedError : public std::runtime_error {
   uint16_t reason_;
   std::string detail_;
 };
+
+// For a DENY the user can fix on the client side: the line that says how (empty when there is none).
+// wrong_relay: the relay names its id (docs/protocol.md, "this relay's id is 'ID'"), so the hint says
+// which --relay-id to pass instead of `sent_relay_id`.
+std::string deny_hint(const DeniedError& e, const std::string& sent_relay_id);
 
 struct ConnectOptions {
   std::string relay;      // "HOST:PORT" ("[v6]:PORT"); HOST may be a name
@@ -56,6 +64,9 @@ struct Connected {
   common::UniqueFd fd;  // blocking TCP socket, positioned right after the OK frame
   uint64_t session_id = 0;
 };
+
+// The relay id the HELLO is signed for: --relay-id, else the HOST of --relay.
+std::string effective_relay_id(const ConnectOptions& opts);
 
 // Sends the HELLO on an already connected socket and reads the reply frame. Throws DeniedError,
 // std::runtime_error (protocol / IO) or common::SystemError.

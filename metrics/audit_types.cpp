@@ -1,0 +1,348 @@
+#include "metrics/audit_types.h"
+
+namespace sshring::metrics {
+
+namespace {
+
+using J = nlohmann::json;
+
+void put(J& j, const char* key, const std::string& v) {
+  if (!v.empty()) j[key] = v;
+}
+
+std::string str(const J& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+uint64_t num(const J& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number_unsigned() ? it->get<uint64_t>() : 0;
+}
+
+std::optional<uint64_t> opt_num(const J& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number_unsigned()) return std::nullopt;
+  return it->get<uint64_t>();
+}
+
+std::optional<bool> opt_bool(const J& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_boolean()) return std::nullopt;
+  return it->get<bool>();
+}
+
+J typed(const char* type) { return J{{"type", type}}; }
+
+void put_session(J& j, const SessionFields& s) {
+  put(j, "session_id", s.session_id);
+  put(j, "client", s.client);
+  put(j, "principal", s.principal);
+  put(j, "key_fp", s.key_fp);
+  put(j, "target_name", s.target_name);
+  put(j, "target_addr", s.target_addr);
+  put(j, "upstream_local", s.upstream_local);
+}
+
+void get_session(const J& j, SessionFields& s) {
+  s.session_id = str(j, "session_id");
+  s.client = str(j, "client");
+  s.principal = str(j, "principal");
+  s.key_fp = str(j, "key_fp");
+  s.target_name = str(j, "target_name");
+  s.target_addr = str(j, "target_addr");
+  s.upstream_local = str(j, "upstream_local");
+}
+
+void put_terms(J& j, const GrantTerms& g) {
+  j["grant_id"] = g.grant_id;
+  put(j, "who", g.who);
+  put(j, "from", g.from);
+  put(j, "to", g.to);
+  if (!g.ports.empty()) j["ports"] = g.ports;
+  put(j, "expires", g.expires);
+  put(j, "rule", g.rule);
+}
+
+void get_terms(const J& j, GrantTerms& g) {
+  g.grant_id = str(j, "grant_id");
+  g.who = str(j, "who");
+  g.from = str(j, "from");
+  g.to = str(j, "to");
+  g.ports.clear();
+  if (auto it = j.find("ports"); it != j.end() && it->is_array()) {
+    for (const auto& p : *it) {
+      if (p.is_number_unsigned() && p.get<uint64_t>() <= 65535) g.ports.push_back(p.get<uint16_t>());
+    }
+  }
+  g.expires = str(j, "expires");
+  g.rule = str(j, "rule");
+}
+
+J flow_json(const FlowKey& f) {
+  return J{{"src", f.src}, {"dst", f.dst}, {"sport", f.sport}, {"dport", f.dport}, {"proto", f.proto}};
+}
+
+FlowKey flow_from(const J& body) {
+  FlowKey f;
+  auto it = body.find("flow");
+  if (it == body.end() || !it->is_object()) return f;
+  f.src = str(*it, "src");
+  f.dst = str(*it, "dst");
+  f.sport = static_cast<uint16_t>(num(*it, "sport"));
+  f.dport = static_cast<uint16_t>(num(*it, "dport"));
+  f.proto = str(*it, "proto");
+  return f;
+}
+
+}  // namespace
+
+J SessionStart::to_json() const {
+  J j = typed(kType);
+  put_session(j, *this);
+  return j;
+}
+
+SessionStart SessionStart::from(const J& body) {
+  SessionStart r;
+  get_session(body, r);
+  return r;
+}
+
+J SessionEnd::to_json() const {
+  J j = typed(kType);
+  put_session(j, *this);
+  j["bytes_up"] = bytes_up;
+  j["bytes_down"] = bytes_down;
+  j["duration_ms"] = duration_ms;
+  j["reason"] = reason;
+  return j;
+}
+
+SessionEnd SessionEnd::from(const J& body) {
+  SessionEnd r;
+  get_session(body, r);
+  r.bytes_up = num(body, "bytes_up");
+  r.bytes_down = num(body, "bytes_down");
+  r.duration_ms = num(body, "duration_ms");
+  r.reason = str(body, "reason");
+  return r;
+}
+
+J SessionDeny::to_json() const {
+  J j = typed(kType);
+  put_session(j, *this);
+  j["reason"] = reason;
+  put(j, "detail", detail);
+  return j;
+}
+
+SessionDeny SessionDeny::from(const J& body) {
+  SessionDeny r;
+  get_session(body, r);
+  r.reason = str(body, "reason");
+  r.detail = str(body, "detail");
+  return r;
+}
+
+J GrantAdd::to_json() const {
+  J j = typed(kType);
+  put_terms(j, *this);
+  j["reason"] = reason;
+  put(j, "approver", approver);
+  j["actor"] = actor;
+  return j;
+}
+
+GrantAdd GrantAdd::from(const J& body) {
+  GrantAdd r;
+  get_terms(body, r);
+  r.reason = str(body, "reason");
+  r.approver = str(body, "approver");
+  r.actor = str(body, "actor");
+  return r;
+}
+
+J GrantRevoke::to_json() const {
+  J j = typed(kType);
+  put_terms(j, *this);
+  put(j, "reason", reason);
+  j["actor"] = actor;
+  return j;
+}
+
+GrantRevoke GrantRevoke::from(const J& body) {
+  GrantRevoke r;
+  get_terms(body, r);
+  r.reason = str(body, "reason");
+  r.actor = str(body, "actor");
+  return r;
+}
+
+J GrantExpire::to_json() const {
+  J j = typed(kType);
+  put_terms(j, *this);
+  put(j, "actor", actor);
+  return j;
+}
+
+GrantExpire GrantExpire::from(const J& body) {
+  GrantExpire r;
+  get_terms(body, r);
+  r.actor = str(body, "actor");
+  return r;
+}
+
+J FlowOpen::to_json() const {
+  J j = typed(kType);
+  j["flow"] = flow_json(flow);
+  j["tag"] = tag;
+  put(j, "grant_id", grant_id);
+  put(j, "first_seen", first_seen);
+  if (enforced) j["enforced"] = *enforced;
+  return j;
+}
+
+FlowOpen FlowOpen::from(const J& body) {
+  FlowOpen r;
+  r.flow = flow_from(body);
+  r.tag = str(body, "tag");
+  r.grant_id = str(body, "grant_id");
+  r.first_seen = str(body, "first_seen");
+  r.enforced = opt_bool(body, "enforced");
+  return r;
+}
+
+J FlowClose::to_json() const {
+  J j = typed(kType);
+  j["flow"] = flow_json(flow);
+  j["tag"] = tag;
+  put(j, "grant_id", grant_id);
+  j["packets_in"] = packets_in;
+  j["packets_out"] = packets_out;
+  j["bytes_in"] = bytes_in;
+  j["bytes_out"] = bytes_out;
+  put(j, "first_seen", first_seen);
+  put(j, "last_seen", last_seen);
+  j["end"] = end;
+  if (enforced) j["enforced"] = *enforced;
+  return j;
+}
+
+FlowClose FlowClose::from(const J& body) {
+  FlowClose r;
+  r.flow = flow_from(body);
+  r.tag = str(body, "tag");
+  r.grant_id = str(body, "grant_id");
+  r.packets_in = num(body, "packets_in");
+  r.packets_out = num(body, "packets_out");
+  r.bytes_in = num(body, "bytes_in");
+  r.bytes_out = num(body, "bytes_out");
+  r.first_seen = str(body, "first_seen");
+  r.last_seen = str(body, "last_seen");
+  r.end = str(body, "end");
+  r.enforced = opt_bool(body, "enforced");
+  return r;
+}
+
+J PolicyReload::to_json() const {
+  J j = typed(kType);
+  j["result"] = result;
+  put(j, "error", error);
+  put(j, "version", version);
+  return j;
+}
+
+PolicyReload PolicyReload::from(const J& body) {
+  return PolicyReload{str(body, "result"), str(body, "error"), str(body, "version")};
+}
+
+J LogRotate::to_json() const {
+  J j = typed(kType);
+  j["previous_file"] = previous_file;
+  return j;
+}
+
+LogRotate LogRotate::from(const J& body) { return LogRotate{str(body, "previous_file")}; }
+
+J LogRecover::to_json() const {
+  J j = typed(kType);
+  if (torn_offset) j["torn_offset"] = *torn_offset;
+  if (torn_bytes) j["torn_bytes"] = *torn_bytes;
+  put(j, "torn_text", torn_text);
+  put(j, "last_line_error", last_line_error);
+  put(j, "unsigned_tail", unsigned_tail);
+  return j;
+}
+
+LogRecover LogRecover::from(const J& body) {
+  LogRecover r;
+  r.torn_offset = opt_num(body, "torn_offset");
+  r.torn_bytes = opt_num(body, "torn_bytes");
+  r.torn_text = str(body, "torn_text");
+  r.last_line_error = str(body, "last_line_error");
+  r.unsigned_tail = str(body, "unsigned_tail");
+  return r;
+}
+
+J LogReopen::to_json() const {
+  J j = typed(kType);
+  j["reason"] = reason;
+  put(j, "moved_to", moved_to);
+  j["restored_bytes"] = restored_bytes;
+  return j;
+}
+
+LogReopen LogReopen::from(const J& body) {
+  return LogReopen{str(body, "reason"), str(body, "moved_to"), num(body, "restored_bytes")};
+}
+
+J LogGap::to_json() const {
+  J j = typed(kType);
+  j["dropped"] = dropped;
+  put(j, "first_dropped", first_dropped);
+  put(j, "last_dropped", last_dropped);
+  put(j, "error", error);
+  return j;
+}
+
+LogGap LogGap::from(const J& body) {
+  return LogGap{num(body, "dropped"), str(body, "first_dropped"), str(body, "last_dropped"), str(body, "error")};
+}
+
+J Checkpoint::to_json() const {
+  J j = typed(kType);
+  j["writer"] = writer;
+  j["key_fp"] = key_fp;
+  j["sig"] = sig;
+  j["every"] = every;
+  j["interval_s"] = interval_s;
+  j["final"] = final;
+  return j;
+}
+
+Checkpoint Checkpoint::from(const J& body) {
+  Checkpoint c;
+  c.writer = str(body, "writer");
+  c.key_fp = str(body, "key_fp");
+  c.sig = str(body, "sig");
+  c.every = num(body, "every");
+  c.interval_s = num(body, "interval_s");
+  auto f = opt_bool(body, "final");
+  c.final = f.value_or(false);
+  return c;
+}
+
+std::string checkpoint_message(const std::string& writer, uint64_t seq, const std::string& prev,
+                               const std::string& ts, uint64_t every, uint64_t interval_s, bool final) {
+  // NUL-separated so no field can shift into another; versioned so the format can change.
+  std::string m = "sshring-audit-checkpoint-v1";
+  for (const std::string& part : {writer, std::to_string(seq), prev, ts, std::to_string(every),
+                                  std::to_string(interval_s), std::string(final ? "final" : "periodic")}) {
+    m.push_back('\0');
+    m += part;
+  }
+  return m;
+}
+
+}  // namespace sshring::metrics

@@ -1,0 +1,197 @@
+// Typed audit records: one struct per record type (docs/audit.md). Writers build a struct and hand it to
+// AuditLog::append; readers get the same struct back from a parsed line with `record_as<T>`. Each
+// struct's to_json() writes only the type's fields (the log adds the envelope); from() reads them back
+// from a record that parse_record already validated, so a round trip is lossless.
+// Empty strings and unset optionals mean "absent" and are not written.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "metrics/audit_record.h"
+
+namespace sshring::metrics {
+
+// Fields shared by the three session record types.
+struct SessionFields {
+  std::string session_id;   // 16 hex digits
+  std::string client;       // ip:port
+  std::string principal;    // authenticated mode
+  std::string key_fp;       // SHA256:...
+  std::string target_name;  // host:port as requested
+  std::string target_addr;  // upstream ip:port
+  std::string upstream_local;
+};
+
+struct SessionStart : SessionFields {
+  static constexpr const char* kType = "session_start";
+  [[nodiscard]] nlohmann::json to_json() const;
+  static SessionStart from(const nlohmann::json& body);
+};
+
+struct SessionEnd : SessionFields {
+  static constexpr const char* kType = "session_end";
+  uint64_t bytes_up = 0;
+  uint64_t bytes_down = 0;
+  uint64_t duration_ms = 0;
+  std::string reason;  // session outcome
+  [[nodiscard]] nlohmann::json to_json() const;
+  static SessionEnd from(const nlohmann::json& body);
+};
+
+struct SessionDeny : SessionFields {
+  static constexpr const char* kType = "session_deny";
+  std::string reason;  // DENY reason name or the outcome of a session that ended undecided
+  std::string detail;  // the DENY message sent to the client
+  [[nodiscard]] nlohmann::json to_json() const;
+  static SessionDeny from(const nlohmann::json& body);
+};
+
+// A grant's terms: written into all three grant record types so each reads on its own.
+struct GrantTerms {
+  std::string grant_id;
+  std::string who;
+  std::string from;
+  std::string to;
+  std::vector<uint16_t> ports;
+  std::string expires;  // RFC 3339
+  std::string rule;
+};
+
+struct GrantAdd : GrantTerms {
+  static constexpr const char* kType = "grant_add";
+  std::string reason;
+  std::string approver;
+  std::string actor;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static GrantAdd from(const nlohmann::json& body);
+};
+
+struct GrantRevoke : GrantTerms {
+  static constexpr const char* kType = "grant_revoke";
+  std::string reason;
+  std::string actor;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static GrantRevoke from(const nlohmann::json& body);
+};
+
+struct GrantExpire : GrantTerms {
+  static constexpr const char* kType = "grant_expire";
+  std::string actor = "system";
+  [[nodiscard]] nlohmann::json to_json() const;
+  static GrantExpire from(const nlohmann::json& body);
+};
+
+struct FlowKey {
+  std::string src;  // IP, no port
+  std::string dst;
+  uint16_t sport = 0;
+  uint16_t dport = 0;
+  std::string proto = "tcp";
+};
+
+struct FlowOpen {
+  static constexpr const char* kType = "flow_open";
+  FlowKey flow;
+  std::string tag;       // proxied | bypass_approved | bypass_expired | bypass_unapproved
+  std::string grant_id;  // empty: none
+  std::string first_seen;
+  std::optional<bool> enforced;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static FlowOpen from(const nlohmann::json& body);
+};
+
+struct FlowClose {
+  static constexpr const char* kType = "flow_close";
+  FlowKey flow;
+  std::string tag;
+  std::string grant_id;
+  uint64_t packets_in = 0, packets_out = 0, bytes_in = 0, bytes_out = 0;
+  std::string first_seen;
+  std::string last_seen;
+  std::string end;  // fin | rst | local_close | evicted
+  std::optional<bool> enforced;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static FlowClose from(const nlohmann::json& body);
+};
+
+struct PolicyReload {
+  static constexpr const char* kType = "policy_reload";
+  std::string result = "success";
+  std::string error;
+  std::string version;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static PolicyReload from(const nlohmann::json& body);
+};
+
+// Written by the log itself.
+struct LogRotate {
+  static constexpr const char* kType = "log_rotate";
+  std::string previous_file;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static LogRotate from(const nlohmann::json& body);
+};
+
+struct LogRecover {
+  static constexpr const char* kType = "log_recover";
+  std::optional<uint64_t> torn_offset;
+  std::optional<uint64_t> torn_bytes;
+  std::string torn_text;
+  std::string last_line_error;
+  std::string unsigned_tail;  // the previous run ended without its final checkpoint (seq range)
+  [[nodiscard]] nlohmann::json to_json() const;
+  static LogRecover from(const nlohmann::json& body);
+};
+
+// The live file was deleted or replaced under the writer: the chain was restored into a new file.
+struct LogReopen {
+  static constexpr const char* kType = "log_reopen";
+  std::string reason;  // deleted | replaced
+  std::string moved_to;  // where a replacing file was moved (replaced only)
+  uint64_t restored_bytes = 0;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static LogReopen from(const nlohmann::json& body);
+};
+
+// Records the writer could not write (log unwritable for longer than its buffer lasts) and dropped
+// before they entered the chain; written as soon as the log is writable again.
+struct LogGap {
+  static constexpr const char* kType = "log_gap";
+  uint64_t dropped = 0;
+  std::string first_dropped;  // RFC 3339 of the first dropped record
+  std::string last_dropped;
+  std::string error;  // the write error that started it
+  [[nodiscard]] nlohmann::json to_json() const;
+  static LogGap from(const nlohmann::json& body);
+};
+
+// Signed by the writer's audit key over checkpoint_message(writer, seq, prev, ts).
+struct Checkpoint {
+  static constexpr const char* kType = "checkpoint";
+  std::string writer;  // component@host
+  std::string key_fp;  // SHA256:... of the signing key
+  std::string sig;     // base64 Ed25519 signature
+  uint64_t every = 0;  // records between checkpoints (at most)
+  uint64_t interval_s = 0;
+  bool final = false;  // written at clean shutdown
+  [[nodiscard]] nlohmann::json to_json() const;
+  static Checkpoint from(const nlohmann::json& body);
+};
+
+// The bytes a checkpoint signs: its envelope's seq, prev (the chain hash so far) and ts, the writer
+// and the interval it promises.
+std::string checkpoint_message(const std::string& writer, uint64_t seq, const std::string& prev,
+                               const std::string& ts, uint64_t every, uint64_t interval_s, bool final);
+
+// The typed view of a parsed record; nullopt when the record is of another type.
+template <class T>
+std::optional<T> record_as(const AuditRecord& rec) {
+  if (rec.type != T::kType) return std::nullopt;
+  return T::from(rec.body);
+}
+
+}  // namespace sshring::metrics

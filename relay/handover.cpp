@@ -1,0 +1,415 @@
+#include "relay/handover.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "relay/relay.h"
+
+namespace sshring::relay {
+namespace {
+
+// Message layout: u16 type, then the JSON body text.
+constexpr size_t kTypeBytes = 2;
+
+common::SockAddr addr_field(const nlohmann::json& b, const char* key) {
+  if (!b.contains(key)) return {};
+  const std::string text = b.at(key).get<std::string>();
+  if (text.empty()) return {};
+  auto a = common::SockAddr::parse(text);
+  if (!a) throw std::runtime_error(std::string("hand-over session: bad address in '") + key + "': " + text);
+  return *a;
+}
+
+std::string addr_text(const common::SockAddr& a) {
+  return a.len() ? a.to_string() : std::string();
+}
+
+}  // namespace
+
+const char* handover_msg_name(HandoverMsg t) {
+  switch (t) {
+    case HandoverMsg::kHello:
+      return "HELLO";
+    case HandoverMsg::kState:
+      return "STATE";
+    case HandoverMsg::kListener:
+      return "LISTENER";
+    case HandoverMsg::kSession:
+      return "SESSION";
+    case HandoverMsg::kEnd:
+      return "END";
+    case HandoverMsg::kReady:
+      return "READY";
+    case HandoverMsg::kDone:
+      return "DONE";
+    case HandoverMsg::kRefuse:
+      return "REFUSE";
+  }
+  return "?";
+}
+
+int send_handover(int sock, HandoverMsg type, const nlohmann::json& body, const std::vector<int>& fds) {
+  if (fds.size() > kHandoverMaxFds) return -E2BIG;
+  std::string text = body.dump();
+  std::string buf(kTypeBytes, '\0');
+  auto t = static_cast<uint16_t>(type);
+  buf[0] = static_cast<char>(t >> 8);
+  buf[1] = static_cast<char>(t & 0xff);
+  buf += text;
+  if (buf.size() > kHandoverMaxMessage) return -EMSGSIZE;
+  iovec iov{buf.data(), buf.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kHandoverMaxFds)] = {};
+  if (!fds.empty()) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  for (;;) {
+    ssize_t n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
+    if (n == static_cast<ssize_t>(buf.size())) return 0;
+    if (n < 0 && errno == EINTR) continue;
+    return n < 0 ? -errno : -EPROTO;
+  }
+}
+
+int recv_handover(int sock, HandoverMessage& out, int timeout_ms) {
+  out = HandoverMessage{};
+  pollfd p{sock, POLLIN, 0};
+  for (;;) {
+    int r = ::poll(&p, 1, timeout_ms);
+    if (r > 0) break;
+    if (r == 0) return -ETIMEDOUT;
+    if (errno != EINTR) return -errno;
+  }
+  std::string buf(kHandoverMaxMessage, '\0');
+  iovec iov{buf.data(), buf.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kHandoverMaxFds)] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return -errno;
+  // Take every descriptor first, so none leaks whatever the body says.
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      out.fds.emplace_back(fd);
+    }
+  }
+  if (n == 0) return -ECONNRESET;
+  if ((msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0 || static_cast<size_t>(n) < kTypeBytes) return -EPROTO;
+  out.type = static_cast<HandoverMsg>((static_cast<uint8_t>(buf[0]) << 8) | static_cast<uint8_t>(buf[1]));
+  out.body = nlohmann::json::parse(buf.begin() + kTypeBytes, buf.begin() + n, nullptr, false);
+  if (out.body.is_discarded() || !out.body.is_object()) return -EPROTO;
+  return 0;
+}
+
+nlohmann::json session_body(const SessionExport& s, std::vector<int>* fds) {
+  nlohmann::json b = {{"id", s.id},
+                      {"worker", s.worker},
+                      {"route", s.route},
+                      {"client", addr_text(s.client_addr)},
+                      {"listen", addr_text(s.listen_addr)},
+                      {"upstream", addr_text(s.upstream_addr)},
+                      {"upstream_local", addr_text(s.upstream_local)},
+                      {"age_ns", s.age_ns},
+                      {"idle_ns", s.idle_ns},
+                      {"handshake", s.handshake}};
+  fds->push_back(s.client.get());
+  fds->push_back(s.upstream.get());
+  nlohmann::json dirs = nlohmann::json::array();
+  for (const auto& d : s.dir) {
+    nlohmann::json j = {{"state", static_cast<int>(d.state)}, {"in_pipe", d.in_pipe}, {"bytes", d.bytes}};
+    if (d.in_pipe > 0) {
+      j["pipe_fd"] = fds->size();
+      fds->push_back(d.pipe_r.get());
+      fds->push_back(d.pipe_w.get());
+    }
+    dirs.push_back(j);
+  }
+  b["dirs"] = dirs;
+  return b;
+}
+
+SessionExport session_from_message(HandoverMessage& m) {
+  const nlohmann::json& b = m.body;
+  SessionExport s;
+  try {
+    s.id = b.at("id").get<uint64_t>();
+    s.worker = b.at("worker").get<uint32_t>();
+    s.route = b.at("route").get<std::string>();
+    s.client_addr = addr_field(b, "client");
+    s.listen_addr = addr_field(b, "listen");
+    s.upstream_addr = addr_field(b, "upstream");
+    s.upstream_local = addr_field(b, "upstream_local");
+    s.age_ns = b.at("age_ns").get<uint64_t>();
+    s.idle_ns = b.at("idle_ns").get<uint64_t>();
+    s.handshake = b.at("handshake").get<std::string>();
+    const auto& dirs = b.at("dirs");
+    if (!dirs.is_array() || dirs.size() != 2) throw std::runtime_error("'dirs' must hold two directions");
+    if (m.fds.size() < 2) throw std::runtime_error("missing the session's sockets");
+    s.client = std::move(m.fds[0]);
+    s.upstream = std::move(m.fds[1]);
+    for (int d = 0; d < 2; ++d) {
+      auto& out = s.dir[d];
+      int st = dirs[d].at("state").get<int>();
+      if (st < 0 || st > static_cast<int>(Pump::State::kFailed)) throw std::runtime_error("bad pump state");
+      out.state = static_cast<Pump::State>(st);
+      out.in_pipe = dirs[d].at("in_pipe").get<uint32_t>();
+      out.bytes = dirs[d].at("bytes").get<uint64_t>();
+      if (out.in_pipe > 0) {
+        size_t at = dirs[d].at("pipe_fd").get<size_t>();
+        if (at + 1 >= m.fds.size()) throw std::runtime_error("missing a pipe descriptor");
+        out.pipe_r = std::move(m.fds[at]);
+        out.pipe_w = std::move(m.fds[at + 1]);
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(std::string("hand-over session: ") + e.what());
+  }
+  return s;
+}
+
+namespace {
+
+constexpr int kStepTimeoutMs = 60'000;                   // any one message of the exchange
+constexpr auto kParkTimeout = std::chrono::seconds(30);  // handshakes finishing in the old relay
+
+sockaddr_un unix_addr(const std::string& path) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(a.sun_path))
+    throw common::UsageError("--control-socket " + path + ": path longer than " +
+                             std::to_string(sizeof(a.sun_path) - 1) + " bytes");
+  std::memcpy(a.sun_path, path.c_str(), path.size());
+  return a;
+}
+
+// Test hook: announce another state version (tests check that the new side refuses it loudly).
+uint32_t state_version_to_send() {
+  const char* v = std::getenv("SSHRING_TEST_HANDOVER_STATE_VERSION");
+  return v ? static_cast<uint32_t>(std::strtoul(v, nullptr, 10)) : kHandoverStateVersion;
+}
+
+}  // namespace
+
+HandoverServer::HandoverServer(Relay& relay, std::string path, std::function<void(const Counts&)> on_commit)
+    : relay_(relay), path_(std::move(path)), on_commit_(std::move(on_commit)) {
+  sockaddr_un a = unix_addr(path_);
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(path_).parent_path(), ec);
+  {
+    common::UniqueFd probe(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0)
+      throw common::UsageError(
+          "--control-socket " + path_ +
+          ": another relay is serving it (take it over with --takeover, or pick another path)");
+  }
+  ::unlink(path_.c_str());  // stale: its relay is gone
+  listen_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!listen_) common::throw_errno("control socket");
+  mode_t old = ::umask(0077);  // 0600 from the start, no window with a wider mode
+  int r = ::bind(listen_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  ::umask(old);
+  if (r != 0) common::throw_errno("bind control socket " + path_);
+  ::chmod(path_.c_str(), 0600);
+  if (::listen(listen_.get(), 4) != 0) common::throw_errno("listen on control socket " + path_);
+  thread_ = std::thread([this] { loop(); });
+}
+
+HandoverServer::~HandoverServer() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+  // The socket file belongs to whoever serves it now: remove it only if nobody took over.
+  if (!done_) ::unlink(path_.c_str());
+}
+
+void HandoverServer::loop() {
+  while (!stop_ && !done_) {
+    pollfd p{listen_.get(), POLLIN, 0};
+    if (::poll(&p, 1, 200) <= 0) continue;
+    common::UniqueFd c(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!c) continue;
+    ucred cred{};
+    socklen_t len = sizeof(cred);
+    if (::getsockopt(c.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+        (cred.uid != ::geteuid() && cred.uid != 0)) {
+      common::log_warn("control socket: refused a peer of another user",
+                       {{"uid", std::to_string(cred.uid)}, {"pid", std::to_string(cred.pid)}});
+      continue;
+    }
+    try {
+      serve(std::move(c));
+    } catch (const std::exception& e) {
+      common::log_error("hand-over failed; serving on", {{"error", e.what()}});
+    }
+  }
+}
+
+void HandoverServer::serve(common::UniqueFd conn) {
+  HandoverMessage m;
+  if (int r = recv_handover(conn.get(), m, kStepTimeoutMs); r != 0 || m.type != HandoverMsg::kHello) {
+    common::log_warn("control socket: no HELLO", {{"error", r ? strerror(-r) : handover_msg_name(m.type)}});
+    return;
+  }
+  if (m.body.value("protocol", 0u) != kHandoverProtocol) {
+    (void)send_handover(
+        conn.get(), HandoverMsg::kRefuse,
+        {{"error", "this relay speaks hand-over protocol " + std::to_string(kHandoverProtocol)}});
+    common::log_error("hand-over refused: the new relay speaks another protocol",
+                      {{"protocol", m.body.value("protocol", nlohmann::json(0)).dump()}});
+    return;
+  }
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  (void)::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len);
+  common::log_info("hand-over: parking sessions", {{"to_pid", std::to_string(cred.pid)}});
+  auto exp = relay_.park_for_handover(kParkTimeout);
+  if (!exp) {
+    (void)send_handover(conn.get(), HandoverMsg::kRefuse,
+                        {{"error", "the running relay did not become quiet"}});
+    common::log_error("hand-over aborted: workers did not park in time; serving on");
+    return;
+  }
+  Counts counts{exp->listeners.size(), exp->sessions.size(), cred.pid};
+  auto fail = [&](const std::string& why) {
+    relay_.resume_after_handover();
+    common::log_error("hand-over failed; this relay keeps every session and serves on", {{"error", why}});
+  };
+  int r = send_handover(conn.get(), HandoverMsg::kState,
+                        {{"state_version", state_version_to_send()},
+                         {"workers", exp->workers},
+                         {"next_seq", exp->next_seq},
+                         {"listeners", counts.listeners},
+                         {"sessions", counts.sessions},
+                         {"pid", ::getpid()}});
+  for (size_t i = 0; r == 0 && i < exp->listeners.size(); ++i)
+    r = send_handover(conn.get(), HandoverMsg::kListener,
+                      {{"route", exp->listeners[i].route}, {"worker", exp->listeners[i].worker}},
+                      {exp->listeners[i].fd.get()});
+  for (size_t i = 0; r == 0 && i < exp->sessions.size(); ++i) {
+    std::vector<int> fds;
+    nlohmann::json body = session_body(exp->sessions[i], &fds);
+    r = send_handover(conn.get(), HandoverMsg::kSession, body, fds);
+  }
+  if (r == 0)
+    r = send_handover(conn.get(), HandoverMsg::kEnd,
+                      {{"listeners", counts.listeners}, {"sessions", counts.sessions}});
+  exp.reset();  // this process's copies stay with the parked sessions
+  if (r != 0) return fail(std::string("sending state: ") + strerror(-r));
+  r = recv_handover(conn.get(), m, kStepTimeoutMs);
+  if (r != 0) return fail(r == -ECONNRESET ? "the new relay exited before READY" : std::string(strerror(-r)));
+  if (m.type != HandoverMsg::kReady)
+    return fail("the new relay refused: " + m.body.value("error", std::string("?")));
+  relay_.commit_handover();
+  try {
+    if (on_commit_) on_commit_(counts);
+  } catch (const std::exception& e) {
+    common::log_error("hand-over: commit hook failed", {{"error", e.what()}});
+  }
+  done_ = true;
+  listen_.reset();  // the new relay binds this path for the next hand-over
+  (void)send_handover(conn.get(), HandoverMsg::kDone, {{"sessions", counts.sessions}});
+  common::log_info("hand-over done", {{"sessions", std::to_string(counts.sessions)},
+                                      {"listeners", std::to_string(counts.listeners)},
+                                      {"to_pid", std::to_string(cred.pid)}});
+}
+
+HandoverClient::HandoverClient(const std::string& path) {
+  sockaddr_un a = unix_addr(path);
+  sock_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!sock_ || ::connect(sock_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0)
+    throw HandoverError(kTakeoverNoRelay, "--takeover: no relay answers on " + path + ": " + strerror(errno) +
+                                              " (is it running with --control-socket " + path + "?)");
+}
+
+RelayExport HandoverClient::receive() {
+  if (int r = send_handover(sock_.get(), HandoverMsg::kHello,
+                            {{"protocol", kHandoverProtocol}, {"pid", ::getpid()}});
+      r != 0)
+    throw HandoverError(kTakeoverFailed, std::string("--takeover: sending HELLO: ") + strerror(-r));
+  HandoverMessage m;
+  auto next = [&](const char* what) {
+    int r = recv_handover(sock_.get(), m, kStepTimeoutMs);
+    if (r != 0)
+      throw HandoverError(kTakeoverFailed,
+                          std::string("--takeover: waiting for ") + what + ": " + strerror(-r));
+    if (m.type == HandoverMsg::kRefuse)
+      throw HandoverError(kTakeoverRefused, "--takeover: the running relay refused: " +
+                                                m.body.value("error", std::string("?")));
+  };
+  next("STATE");
+  if (m.type != HandoverMsg::kState) throw HandoverError(kTakeoverFailed, "--takeover: expected STATE");
+  uint32_t version = m.body.value("state_version", 0u);
+  if (version != kHandoverStateVersion) {
+    std::string why = "hand-over state version " + std::to_string(version) +
+                      " cannot be read by this relay (it reads " + std::to_string(kHandoverStateVersion) +
+                      "); upgrade in steps or restart";
+    refuse(why);
+    throw HandoverError(kTakeoverRefused, "--takeover: " + why);
+  }
+  RelayExport out;
+  out.workers = m.body.value("workers", 1u);
+  out.next_seq = m.body.value("next_seq", uint64_t{0});
+  peer_pid_ = m.body.value("pid", 0);
+  for (;;) {
+    next("state");
+    if (m.type == HandoverMsg::kEnd) break;
+    if (m.type == HandoverMsg::kListener) {
+      if (m.fds.size() != 1) throw HandoverError(kTakeoverFailed, "--takeover: LISTENER without its socket");
+      out.listeners.push_back(
+          {m.body.value("route", std::string()), m.body.value("worker", 0u), std::move(m.fds[0])});
+    } else if (m.type == HandoverMsg::kSession) {
+      try {
+        out.sessions.push_back(session_from_message(m));
+      } catch (const std::exception& e) {
+        refuse(e.what());
+        throw HandoverError(kTakeoverRefused, std::string("--takeover: ") + e.what());
+      }
+    } else {
+      throw HandoverError(kTakeoverFailed,
+                          std::string("--takeover: unexpected ") + handover_msg_name(m.type));
+    }
+  }
+  return out;
+}
+
+void HandoverClient::refuse(const std::string& why) {
+  (void)send_handover(sock_.get(), HandoverMsg::kRefuse, {{"error", why}});
+}
+
+bool HandoverClient::ready_and_wait_done() {
+  if (int r = send_handover(sock_.get(), HandoverMsg::kReady, nlohmann::json::object()); r != 0)
+    throw HandoverError(kTakeoverFailed, std::string("--takeover: sending READY: ") + strerror(-r));
+  HandoverMessage m;
+  int r = recv_handover(sock_.get(), m, kStepTimeoutMs);
+  return r == 0 && m.type == HandoverMsg::kDone;
+}
+
+}  // namespace sshring::relay

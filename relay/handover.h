@@ -1,0 +1,187 @@
+// Live hand-over of a running relay to a new process (`sshring relay --takeover`, docs/operations.md).
+//
+// The old relay listens on a control socket (AF_UNIX SOCK_SEQPACKET, mode 0600, peer uid checked).
+// The new one connects and the two exchange messages, each one JSON object plus up to 8 descriptors
+// (SCM_RIGHTS):
+//
+//   new -> old  HELLO    {protocol}
+//   old         stops accepting (listeners stay open: clients wait in the backlog), lets sessions in
+//               the handshake finish, then parks every established session between two events
+//               (no poll, no splice in flight; bytes a full destination left in a pipe stay there)
+//   old -> new  STATE    {state_version, workers, next_seq, listeners, sessions}
+//               LISTENER {route, worker}                      + the listening socket
+//               SESSION  {id, route, addresses, ages, per-direction state, handshake}
+//                                                              + client, upstream[, pipe r, w]...
+//               END      {listeners, sessions}
+//   new         imports all of it into workers that do not run it yet; REFUSE {error} when it
+//               cannot read the state (another state_version, a route it lacks) or fails
+//   new -> old  READY
+//   old         drops what it handed over (its copies of the descriptors), writes its
+//               relay_handover audit record, flushes the audit log
+//   old -> new  DONE; the old process exits once its workers are empty
+//   new         opens the audit log (continuing the chain after the old record), writes its
+//               relay_handover record, then arms every session and listener.
+//
+// Until READY the old relay owns everything: a REFUSE, a crash or a silent peer (timeout) makes it
+// resume every parked session and its listeners where they stopped. A session moves as the same
+// kernel sockets, so its TCP state, buffered bytes and peers never notice.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/sockaddr.h"
+#include "common/unique_fd.h"
+#include "relay/pump.h"
+
+namespace sshring::relay {
+
+inline constexpr uint32_t kHandoverProtocol = 1;
+// What a SESSION message means; a relay imports only the state versions it knows.
+inline constexpr uint32_t kHandoverStateVersion = 1;
+inline constexpr size_t kHandoverMaxFds = 8;
+inline constexpr size_t kHandoverMaxMessage = 64 * 1024;
+
+enum class HandoverMsg : uint16_t {
+  kHello = 1,
+  kState,
+  kListener,
+  kSession,
+  kEnd,
+  kReady,
+  kDone,
+  kRefuse,
+};
+
+// One established session, parked between events.
+struct SessionExport {
+  uint64_t id = 0;
+  uint32_t worker = 0;
+  std::string route;  // the route's bound listen address
+  common::SockAddr client_addr, listen_addr, upstream_addr, upstream_local;
+  uint64_t age_ns = 0, idle_ns = 0;
+  struct Dir {
+    Pump::State state = Pump::State::kPollIn;
+    uint32_t in_pipe = 0;
+    uint64_t bytes = 0;
+    common::UniqueFd pipe_r, pipe_w;  // only with in_pipe > 0
+  } dir[2];
+  std::string handshake;  // Handshake::handover_state(); empty for static routes
+  common::UniqueFd client, upstream;
+};
+
+struct ListenerExport {
+  std::string route;  // bound address
+  uint32_t worker = 0;
+  common::UniqueFd fd;
+};
+
+struct RelayExport {
+  uint32_t workers = 0;
+  uint64_t next_seq = 0;  // per-worker sequence the importer continues from (session ids stay unique)
+  std::vector<ListenerExport> listeners;
+  std::vector<SessionExport> sessions;
+};
+
+// One message on the control socket.
+struct HandoverMessage {
+  HandoverMsg type = HandoverMsg::kRefuse;
+  nlohmann::json body = nlohmann::json::object();
+  std::vector<common::UniqueFd> fds;
+};
+
+// Sends one message (blocking). Returns 0 or -errno.
+int send_handover(int sock, HandoverMsg type, const nlohmann::json& body, const std::vector<int>& fds = {});
+// Receives one message, waiting up to timeout_ms (-1: forever). Returns 0, -errno, -ETIMEDOUT, or
+// -EPROTO for a message this side cannot parse; -ECONNRESET when the peer closed.
+int recv_handover(int sock, HandoverMessage& out, int timeout_ms);
+
+// SESSION messages: the body, with the descriptors to send appended to *fds; and back.
+// session_from_message() takes the message's descriptors and throws std::runtime_error naming the
+// field it could not read.
+nlohmann::json session_body(const SessionExport& s, std::vector<int>* fds);
+SessionExport session_from_message(HandoverMessage& m);
+
+const char* handover_msg_name(HandoverMsg t);
+
+}  // namespace sshring::relay
+
+#include <atomic>
+#include <functional>
+#include <optional>
+#include <thread>
+
+namespace sshring::relay {
+
+class Relay;
+
+// Old side: serves the control socket on its own thread. One hand-over at a time; a failed one
+// leaves the relay serving and the socket listening for the next attempt.
+class HandoverServer {
+ public:
+  struct Counts {
+    size_t listeners = 0, sessions = 0;
+    int peer_pid = 0;
+  };
+  // Binds `path` (mode 0600; a stale socket file is replaced, a live one is not: throws
+  // common::UsageError). `on_commit` runs once the new process is READY and before DONE is sent:
+  // write the relay_handover record and flush the audit log there, stop serving metrics.
+  HandoverServer(Relay& relay, std::string path, std::function<void(const Counts&)> on_commit);
+  ~HandoverServer();
+  HandoverServer(const HandoverServer&) = delete;
+  HandoverServer& operator=(const HandoverServer&) = delete;
+  // True once a hand-over went through (the relay's workers are exiting).
+  [[nodiscard]] bool handed_over() const { return done_.load(); }
+  [[nodiscard]] const std::string& path() const { return path_; }
+
+ private:
+  void loop();
+  void serve(common::UniqueFd conn);
+  Relay& relay_;
+  std::string path_;
+  std::function<void(const Counts&)> on_commit_;
+  common::UniqueFd listen_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+// New side. Each step throws HandoverError with the exit code `sshring relay --takeover` reports.
+class HandoverError : public std::runtime_error {
+ public:
+  HandoverError(int code, const std::string& what) : std::runtime_error(what), code_(code) {}
+  [[nodiscard]] int code() const { return code_; }
+
+ private:
+  int code_;
+};
+inline constexpr int kTakeoverNoRelay = 3;  // nothing to take over at the control socket
+inline constexpr int kTakeoverRefused = 4;  // state this relay cannot read (the old one serves on)
+inline constexpr int kTakeoverFailed = 5;   // failed half-way (the old one serves on)
+
+class HandoverClient {
+ public:
+  // Connects to the running relay's control socket.
+  explicit HandoverClient(const std::string& path);
+  // HELLO, then everything up to END. Refuses (REFUSE to the old side) unreadable state.
+  RelayExport receive();
+  // Tells the old side why this process gives up; it resumes serving.
+  void refuse(const std::string& why);
+  // READY, then waits for DONE (the old relay let go and flushed its audit log). Returns false when
+  // the old process went away without DONE (it is gone either way; this one carries on).
+  bool ready_and_wait_done();
+  [[nodiscard]] int peer_pid() const { return peer_pid_; }
+
+ private:
+  common::UniqueFd sock_;
+  int peer_pid_ = 0;
+};
+
+// The control socket path `relay` uses when none is given.
+inline constexpr const char* kDefaultControlSocket = "/run/sshring/relay.control";
+
+}  // namespace sshring::relay
