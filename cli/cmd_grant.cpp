@@ -30,7 +30,7 @@
 #include "policy/grant_audit.h"
 #include "policy/grant_store.h"
 #include "policy/parser.h"
-#include "relay/auth/client.h"
+#include "client/client.h"
 
 namespace {
 
