@@ -111,10 +111,11 @@ class Agent {
     policy::ReloaderOptions ro;
     ro.policy_path = opts_.policy_path;
     ro.grant_store = opts_.grant_store;
-    ro.metrics = server_ ? &policy_metrics_ : nullptr;
+    ro.observer = policy::observe(server_ ? &policy_metrics_ : nullptr);
+    ro.source = opts_.source;  // etcd (set by the CLI): policy_path is then unused
+    if (opts_.cache_dir) ro.cache_dir = *opts_.cache_dir;
+    // Counted by the observer; the audit record is written here.
     ro.on_grant_rejected = [this](const policy::CheckedGrant& c) {
-      if (server_ && policy_metrics_.grants_rejected)
-        policy_metrics_.grants_rejected->Add({{"reason", c.reject_reason}}).Increment();
       if (audit_) audit_->append(policy::grant_reject_record(c));
     };
     reloader_ = std::make_unique<policy::Reloader>(cache_, ro);

@@ -5,10 +5,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "bpf/loader.h"
+#include "policy/cache.h"
 
 namespace sshring::bpf {
 
@@ -26,6 +29,8 @@ struct AgentOptions {
   std::chrono::seconds idle_timeout{3600};  // flows silent this long are evicted and reported
   std::chrono::milliseconds tick{1000};     // clock sync, stats, live-flow walk cadence
   size_t max_rules = 0;                     // candidate rules the kernel can hold; 0: sized from the policy
+  std::shared_ptr<policy::SnapshotSource> source;  // policy and grants from a store (etcd) instead
+  std::optional<std::string> cache_dir;            // with a source: last good snapshot (default dir)
 };
 
 // Runs until `stop` becomes true (the CLI sets it from SIGINT/SIGTERM). Leaves programs attached

@@ -7,6 +7,7 @@
 
 #include "bpf/agent.h"
 #include "cli/command.h"
+#include "cli/store_flags.h"
 #include "common/duration.h"
 #include "common/error.h"
 #include "common/flags.h"
@@ -76,6 +77,8 @@ int run(const std::vector<std::string>& args) {
           "Exit codes: 0 stopped by SIGINT/SIGTERM, 1 runtime error, 2 bad usage (not root, unknown "
           "interface,\n"
           "another program on the hook).");
+  sshring::cli::add_etcd_flags(flags);  // --etcd: policy and grants from etcd, watched
+  sshring::cli::add_cache_flag(flags);
   if (!flags.parse(args)) return 0;
   if (flags.flag("verbose")) sshring::common::set_log_level(sshring::common::LogLevel::kDebug);
   auto ifaces = split_ifaces(flags.all("iface"));
@@ -88,6 +91,8 @@ int run(const std::vector<std::string>& args) {
   sshring::bpf::AgentOptions opts;
   opts.policy_path = flags.require("policy");
   opts.grant_store = flags.get_or("grant-store", "");
+  opts.source = sshring::cli::snapshot_source(flags);
+  opts.cache_dir = sshring::cli::cache_dir(flags);
   opts.ifaces = ifaces;
   opts.enforce = flags.flag("enforce");
   opts.metrics_listen = flags.get_or("metrics", "");

@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "cli/command.h"
+#include "cli/store_flags.h"
 #include "client/client.h"
 #include "common/duration.h"
 #include "common/error.h"
@@ -30,7 +31,6 @@
 #include "policy/grant_audit.h"
 #include "policy/grant_store.h"
 #include "policy/parser.h"
-
 
 namespace {
 
@@ -67,6 +67,7 @@ void common_flags(common::Flags& f) {
   f.value("audit-log", "FILE", "audit log for grant changes", std::string(kDefaultAuditLog));
   f.boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)");
   f.value("audit-key", "FILE", "Ed25519 key signing audit checkpoints (created 0600 if missing)");
+  cli::add_etcd_flags(f);  // --etcd: policy and grants in etcd instead of the file and directory
 }
 
 void signer_flags(common::Flags& f) {
@@ -169,14 +170,14 @@ Context open(const common::Flags& f, bool need_audit, bool allow_broken_policy =
   Context c;
   c.now = unix_now();
   try {
-    c.policy = policy::load_policy_file(f.get_or("policy", policy::kDefaultPolicyPath));
+    auto ps = cli::open_policy_and_store(f, true);  // --etcd, or the policy file and its grant store
+    c.policy = std::move(ps.policy);
+    c.store = std::move(ps.store);
   } catch (const std::exception& e) {
     if (!allow_broken_policy) throw;
     c.policy_error = e.what();
   }
-  std::string dir =
-      f.get_or("grant-store", c.policy ? c.policy->grant_store : std::string(policy::kDefaultGrantStore));
-  c.store = std::make_unique<policy::DirGrantStore>(dir, true);
+  if (!c.store) c.store = cli::open_grant_store_without_policy(f);
   if (need_audit) c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"),
                                      f.get_or("audit-key", ""));
   sweep(c);
@@ -542,12 +543,14 @@ int list(const std::vector<std::string>& args) {
   if (!f.parse(args)) return 0;
   Context c;
   c.now = unix_now();
-  c.policy = policy::load_policy_file(f.get_or("policy", policy::kDefaultPolicyPath));
-  std::string dir = f.get_or("grant-store", c.pol().grant_store);
+  auto ps = cli::open_policy_and_store(f, false);
+  c.policy = std::move(ps.policy);
+  std::string dir = ps.etcd ? std::string() : f.get_or("grant-store", c.pol().grant_store);
   std::vector<policy::SignedGrant> grants;
-  if (::access(dir.c_str(), F_OK) == 0) {
-    c.store = std::make_unique<policy::DirGrantStore>(dir, false);
-    if (::access(dir.c_str(), W_OK) == 0) {  // readers without write access just read
+  if (ps.store) {
+    c.store = std::move(ps.store);
+    // Readers without write access just read (etcd: list never writes; relays' roles are read-only).
+    if (!ps.etcd && ::access(dir.c_str(), W_OK) == 0) {
       c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"),
                                      f.get_or("audit-key", ""));
       sweep(c);

@@ -1,16 +1,30 @@
-// `sshring policy check|explain`: validate and lint a policy file; explain a session or flow decision.
+// `sshring policy check|explain|push|show|diff`: validate and lint a policy file; explain a session or
+// flow decision; publish the policy to etcd and look at what is live there.
+#include <fcntl.h>
 #include <netdb.h>
+#include <pwd.h>
+#include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "cli/command.h"
+#include "cli/store_flags.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/flags.h"
+#include "common/unique_fd.h"
+#include "metrics/audit.h"
+#include "policy/etcd/client.h"
+#include "policy/etcd/store.h"
 #include "policy/grant_store.h"
 #include "policy/parser.h"
 #include "policy/snapshot.h"
@@ -59,13 +73,10 @@ std::pair<std::string, uint16_t> split_host_port(const std::string& s, std::stri
 }
 
 std::shared_ptr<const policy::Snapshot> load_snapshot(const common::Flags& f, bool with_grants) {
-  auto pol = std::make_shared<policy::Policy>(
-      policy::load_policy_file(f.get_or("policy", policy::kDefaultPolicyPath)));
+  auto ps = cli::open_policy_and_store(f, false);  // --etcd, or the policy file and its grant store
+  auto pol = std::make_shared<policy::Policy>(std::move(ps.policy));
   std::vector<policy::SignedGrant> grants;
-  if (with_grants) {
-    std::string store = f.get_or("grant-store", pol->grant_store);
-    if (::access(store.c_str(), F_OK) == 0) grants = policy::DirGrantStore(store, false).load();
-  }
+  if (with_grants && ps.store) grants = ps.store->load();
   // Grants are honoured only after their signatures and their rule check out, as in relay and agent.
   return policy::Snapshot::build_checked(std::move(pol), grants, now_or_at(f), nullptr);
 }
@@ -146,6 +157,7 @@ int explain(const std::vector<std::string>& args) {
   f.value("flow", "SRC", "flow: source address; the destination DST:PORT follows as an argument");
   f.value("at", "TIME", "decide at TIME (RFC 3339) instead of now");
   f.boolean("json", "print the decision as JSON");
+  cli::add_etcd_flags(f);
   if (!f.parse(args)) return 0;
   const UnixSeconds now = now_or_at(f);
   nlohmann::json out;
@@ -254,20 +266,225 @@ int explain(const std::vector<std::string>& args) {
   return 0;
 }
 
+constexpr const char* kDefaultPolicyAudit = "/var/log/sshring/policy.audit.jsonl";
+
+std::string actor() {
+  for (const char* v : {"SUDO_USER", "USER", "LOGNAME"}) {
+    if (const char* s = std::getenv(v); s && *s) return s;
+  }
+  if (passwd* pw = ::getpwuid(::getuid())) return pw->pw_name;
+  return "uid:" + std::to_string(::getuid());
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UsageError(path + ": cannot read it");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// One writer per audit file: concurrent pushes on one machine take turns (as `grant` does).
+common::UniqueFd audit_turn(const std::string& audit_path) {
+  for (size_t i = 1; i < audit_path.size(); ++i)
+    if (audit_path[i] == '/') ::mkdir(audit_path.substr(0, i).c_str(), 0750);
+  std::string path = audit_path + ".lock";
+  common::UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640));
+  if (!fd) common::throw_errno("open " + path);
+  while (::flock(fd.get(), LOCK_EX) != 0)
+    if (errno != EINTR) common::throw_errno("lock " + path);
+  return fd;
+}
+
+void etcd_only_flags(common::Flags& f) {
+  cli::add_etcd_flags(f);
+}
+
+// What a refused push prints: who pushed what since the base, and how to go on.
+void refused(const policy::etcd::Keys& keys, const policy::etcd::PushResult& r, int64_t base,
+             const std::string& file) {
+  std::cerr << "sshring policy push: refused: the live policy under " << keys.policy_current();
+  if (r.live) {
+    std::cerr << " is at revision " << r.live->revision << " (" << r.live->digest << ", pushed by "
+              << r.live->author << " at " << r.live->pushed_at << ")";
+  } else {
+    std::cerr << " was deleted";
+  }
+  std::cerr << ", not revision " << base
+            << ": someone pushed since your base.\nReview it (sshring policy diff " << file
+            << " --etcd ...), then push again with --expect-revision " << (r.live ? r.live->revision : 0)
+            << "\n";
+}
+
+// The policy_push audit record, on disk before the command says yes. False if it could not be written.
+bool record_push(const common::Flags& f, const cli::EtcdTarget& t, const std::string& file,
+                 const std::string& text, int64_t revision, int64_t base) {
+  metrics::AuditLog audit(metrics::AuditOptions{.path = f.get_or("audit-log", kDefaultPolicyAudit),
+                                                .component = "policy",
+                                                .fsync_each = true,
+                                                .syslog = f.flag("audit-syslog")});
+  audit.append({{"type", "policy_push"},
+                {"actor", actor()},
+                {"file", file},
+                {"digest", "sha256:" + policy::etcd::sha256_hex(text)},
+                {"size", text.size()},
+                {"store", "etcd://" + t.client->describe().substr(5) + t.prefix},
+                {"etcd_revision", revision},
+                {"base_revision", base}});
+  audit.flush();
+  return audit.write_errors() == 0;
+}
+
+int push(const std::vector<std::string>& args) {
+  common::Flags f(
+      "policy push",
+      "sshring policy push FILE --etcd ENDPOINTS [--etcd-prefix /sshring] [--expect-revision N]",
+      "Validates FILE exactly like `policy check`, then publishes it to etcd atomically with its\n"
+      "digest, author and time. Refused when the live policy changed since the revision the push\n"
+      "is based on: --expect-revision N (shown by `policy show --etcd`), or else the revision read\n"
+      "just before the push. Every relay and agent watching the prefix picks it up.");
+  etcd_only_flags(f);
+  f.value("expect-revision", "N", "push only if the live policy is still at revision N (0: none pushed yet)");
+  f.value("audit-log", "FILE", "audit log for policy pushes", std::string(kDefaultPolicyAudit));
+  f.boolean("audit-syslog", "also send the audit record to syslog/journald");
+  f.boolean("strict", "refuse to push when the policy has lint warnings");
+  f.epilog("Exit codes: 0 pushed, 1 invalid, refused or failed, 2 usage error.\n");
+  if (!f.parse(args)) return 0;
+  if (f.positionals().size() != 1) throw UsageError("policy push: give exactly one FILE (see --help)");
+  const std::string& file = f.positionals()[0];
+  policy::Policy p;
+  try {
+    p = policy::load_policy_file(file);
+  } catch (const policy::PolicyError& e) {
+    std::cerr << e.what() << "\nsshring policy push: not pushed: " << file << " is invalid\n";
+    return 1;
+  }
+  const UnixSeconds now = now_or_at(f);
+  auto lints = policy::lint_policy(p, now);
+  for (const auto& l : lints) std::cerr << file << ": warning: " << l.where << ": " << l.message << "\n";
+  if (f.flag("strict") && !lints.empty()) {
+    std::cerr << "sshring policy push: not pushed: " << lints.size() << " warnings with --strict\n";
+    return 1;
+  }
+  auto t = cli::etcd_from_flags(f);
+  policy::etcd::Keys keys(t.prefix);
+  const std::string text = read_text(file);
+  auto turn = audit_turn(f.get_or("audit-log", kDefaultPolicyAudit));
+  int64_t base = 0;
+  if (f.has("expect-revision")) {
+    base = f.get_int("expect-revision", 0, 0, INT64_MAX);
+  } else if (auto live = policy::etcd::read_policy_meta(*t.client, keys)) {
+    base = live->revision;
+  }
+  auto r = policy::etcd::push_policy(*t.client, keys, text, actor(), now, base);
+  if (!r.pushed) {
+    refused(keys, r, base, file);
+    return 1;
+  }
+  bool audited = record_push(f, t, file, text, r.revision, base);
+  std::cout << file << " pushed to " << keys.policy_current() << " at revision " << r.revision
+            << " (sha256:" << policy::etcd::sha256_hex(text).substr(0, 16) << "..., " << lints.size()
+            << " warnings)\n";
+  return audited ? 0 : 1;
+}
+
+std::optional<policy::etcd::PublishedPolicy> live_policy(const common::Flags& f, std::string* where) {
+  auto t = cli::etcd_from_flags(f);
+  policy::etcd::Keys keys(t.prefix);
+  *where = keys.policy_current();
+  return policy::etcd::read_policy(*t.client, keys);
+}
+
+int show(const std::vector<std::string>& args) {
+  common::Flags f(
+      "policy show", "sshring policy show --etcd ENDPOINTS [--etcd-prefix /sshring] [--json]",
+      "Prints the live policy in etcd, after a header with its revision, digest, author and time.");
+  etcd_only_flags(f);
+  f.boolean("json", "print the metadata and the text as JSON");
+  if (!f.parse(args)) return 0;
+  if (!f.has("etcd")) throw UsageError("policy show: give --etcd ENDPOINTS");
+  std::string where;
+  auto live = live_policy(f, &where);
+  if (!live) {
+    std::cerr << "sshring policy show: no policy under " << where << " (push one with sshring policy push)\n";
+    return 1;
+  }
+  const auto& m = live->meta;
+  if (f.flag("json")) {
+    std::cout << nlohmann::json{{"key", where},        {"revision", m.revision},   {"digest", m.digest},
+                                {"author", m.author},  {"pushed_at", m.pushed_at}, {"size", m.size},
+                                {"policy", live->text}}
+                     .dump(2)
+              << "\n";
+    return 0;
+  }
+  std::cout << "# " << where << " revision " << m.revision << " (use --expect-revision " << m.revision
+            << ")\n# " << m.digest << ", " << m.size << " bytes, pushed by " << m.author << " at "
+            << m.pushed_at << "\n"
+            << live->text;
+  return 0;
+}
+
+int diff(const std::vector<std::string>& args) {
+  common::Flags f("policy diff", "sshring policy diff FILE --etcd ENDPOINTS [--etcd-prefix /sshring]",
+                  "Shows what pushing FILE would change: a unified diff from the live policy to FILE.");
+  etcd_only_flags(f);
+  f.epilog("Exit codes: 0 no difference, 1 different (or no live policy), 2 usage error.\n");
+  if (!f.parse(args)) return 0;
+  if (f.positionals().size() != 1) throw UsageError("policy diff: give exactly one FILE (see --help)");
+  if (!f.has("etcd")) throw UsageError("policy diff: give --etcd ENDPOINTS");
+  const std::string& file = f.positionals()[0];
+  const std::string text = read_text(file);
+  std::string where;
+  auto live = live_policy(f, &where);
+  std::string live_text = live ? live->text : "";
+  if (live_text == text) {
+    std::cout << file << " is the live policy (" << where << " revision " << live->meta.revision << ")\n";
+    return 0;
+  }
+  // diff(1) does the rendering; the live text goes through a private temp file.
+  char tmp[] = "/tmp/sshring-policy-live-XXXXXX";
+  common::UniqueFd fd(::mkstemp(tmp));
+  if (!fd) common::throw_errno("create a temporary file for policy diff");
+  std::ofstream(tmp, std::ios::binary) << live_text;
+  std::string label = where + (live ? "@" + std::to_string(live->meta.revision) : " (none)");
+  std::cout.flush();
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execlp("diff", "diff", "-u", "--label", label.c_str(), "--label", file.c_str(), tmp, file.c_str(),
+             static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int status = 0;
+  if (pid > 0) ::waitpid(pid, &status, 0);
+  ::unlink(tmp);
+  if (pid < 0 || !WIFEXITED(status) || WEXITSTATUS(status) > 1)
+    throw common::UsageError("policy diff: diff(1) failed (is diffutils installed?)");
+  return 1;
+}
+
 int run(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::cout << "Usage: sshring policy check FILE | explain ...\n\n"
-                 "  check FILE   validate and lint a policy file\n"
-                 "  explain      show the decision for a session (--principal) or a flow (--flow)\n\n"
-                 "Run 'sshring policy SUBCOMMAND --help' for options.\n";
+    std::cout
+        << "Usage: sshring policy check FILE | explain ... | push FILE --etcd ... | show | diff FILE\n\n"
+           "  check FILE   validate and lint a policy file\n"
+           "  explain      show the decision for a session (--principal) or a flow (--flow)\n"
+           "  push FILE    validate FILE and publish it to etcd (--etcd ENDPOINTS)\n"
+           "  show         print the live policy in etcd with its revision\n"
+           "  diff FILE    show what pushing FILE would change\n\n"
+           "Run 'sshring policy SUBCOMMAND --help' for options.\n";
     return args.empty() ? 2 : 0;
   }
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "check") return check(rest);
   if (args[0] == "explain") return explain(rest);
-  throw UsageError("unknown subcommand '" + args[0] + "'; expected check or explain (see --help)");
+  if (args[0] == "push") return push(rest);
+  if (args[0] == "show") return show(rest);
+  if (args[0] == "diff") return diff(rest);
+  throw UsageError("unknown subcommand '" + args[0] +
+                   "'; expected check, explain, push, show or diff (see --help)");
 }
 
-const sshring::cli::Registrar kPolicy{{"policy", "check and explain the access policy", run}};
+const sshring::cli::Registrar kPolicy{{"policy", "check, explain and publish (etcd) the access policy", run}};
 
 }  // namespace

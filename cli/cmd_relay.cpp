@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "cli/command.h"
+#include "cli/store_flags.h"
 #include "common/error.h"
 #include "common/flags.h"
 #include "common/log.h"
@@ -80,6 +81,8 @@ common::Flags relay_flags() {
       .boolean("takeover",
                "take over the relay serving --control-socket: its listeners and every established "
                "session move to this process without a reset; it exits when empty");
+  add_etcd_flags(f);  // --etcd: authenticated mode with policy and grants from etcd
+  add_cache_flag(f);
   f.epilog(
       "Examples:\n"
       "  sshring relay --listen 0.0.0.0:2222 --policy /etc/sshring/policy.yaml --relay-id relay-1 \\\n"
@@ -246,14 +249,16 @@ int run_relay_impl(const std::vector<std::string>& args) {
   if (metrics_server && audit) metrics::register_audit(*metrics_server, audit.get());
   // Authenticated mode (docs/protocol.md); declared before the relay so it outlives every session.
   std::unique_ptr<relay::auth::AuthService> auth;
-  if (auto policy = f.get("policy")) {
+  if (f.has("policy") || etcd_requested(f)) {
     if (metrics_server) policy_metrics = metrics::register_policy(*metrics_server);
     auth = std::make_unique<relay::auth::AuthService>(
-        relay::auth::AuthServiceOptions{.policy_path = *policy,
+        relay::auth::AuthServiceOptions{.policy_path = f.get_or("policy", ""),
                                         .relay_ids = f.all("relay-id"),
                                         .audit = audit.get(),
                                         .policy_metrics = metrics_server ? &policy_metrics : nullptr,
-                                        .auth = {.refuse_when_audit_unwritable = audit_refuses(f)}});
+                                        .auth = {.refuse_when_audit_unwritable = audit_refuses(f)},
+                                        .source = snapshot_source(f),
+                                        .cache_dir = cache_dir(f)});
   }
   std::shared_ptr<relay::HandshakeFactory> handshake = auth ? auth->factory() : nullptr;
   relay::RelayConfig cfg = build_relay_config(f, handshake);

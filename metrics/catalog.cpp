@@ -130,13 +130,58 @@ PolicyMetrics register_policy(Server& server) {
                             .Help("Break-glass grants currently in force.")
                             .Register(reg)
                             .Add({});
-  m.reviews_overdue =
-      &prometheus::BuildGauge()
-           .Name("sshring_grants_review_overdue")
-           .Help("Break-glass grants past their rule's review_within without a signed review.")
-           .Register(reg)
-           .Add({});
+  m.reviews_overdue = &prometheus::BuildGauge()
+                           .Name("sshring_grants_review_overdue")
+                           .Help("Break-glass grants past their rule's review_within without a signed review.")
+                           .Register(reg)
+                           .Add({});
+  m.source_up = &prometheus::BuildGauge()
+                     .Name("sshring_policy_source_up")
+                     .Help(
+                         "1 while the policy source (etcd) is connected and the snapshot is current, "
+                         "0 while deciding on the last good (cached) snapshot.")
+                     .Register(reg);
+  m.source_revision = &prometheus::BuildGauge()
+                           .Name("sshring_policy_source_revision")
+                           .Help("Store revision (etcd) the live snapshot is current to.")
+                           .Register(reg);
+  m.source_last_sync = &prometheus::BuildGauge()
+                            .Name("sshring_policy_source_last_sync_timestamp_seconds")
+                            .Help("Unix time the policy source last confirmed the snapshot is current.")
+                            .Register(reg);
+  m.source_staleness = &prometheus::BuildGauge()
+                            .Name("sshring_policy_source_staleness_seconds")
+                            .Help("Seconds since the policy source last confirmed the snapshot is current.")
+                            .Register(reg);
   return m;
+}
+
+void PolicyMetrics::reloaded(bool ok, int64_t now) {
+  if (reloads) reloads->Add({{"result", ok ? "success" : "failure"}}).Increment();
+  if (ok && last_success) last_success->Set(static_cast<double>(now));
+}
+
+void PolicyMetrics::grants(size_t live, size_t expiring_within_hour) {
+  if (grants_active) grants_active->Set(static_cast<double>(live));
+  if (grants_expiring) grants_expiring->Set(static_cast<double>(expiring_within_hour));
+}
+
+void PolicyMetrics::source(bool up, int64_t revision, int64_t last_sync, int64_t now) {
+  if (!source_up) return;
+  source_up->Add({}).Set(up ? 1 : 0);
+  source_revision->Add({}).Set(static_cast<double>(revision));
+  source_last_sync->Add({}).Set(static_cast<double>(last_sync));
+  // Never synced (started from the cache): as stale as the Unix epoch, so the alert fires.
+  source_staleness->Add({}).Set(static_cast<double>(last_sync > 0 ? now - last_sync : now));
+}
+
+void PolicyMetrics::break_glass(size_t live, size_t reviews_overdue_now) {
+  if (break_glass_live) break_glass_live->Set(static_cast<double>(live));
+  if (reviews_overdue) reviews_overdue->Set(static_cast<double>(reviews_overdue_now));
+}
+
+void PolicyMetrics::grant_rejected(const std::string& reason) {
+  if (grants_rejected) grants_rejected->Add({{"reason", reason}}).Increment();
 }
 
 // The kernel's degraded-path counters, live-flow enforcement, policy fit and pin health.

@@ -66,6 +66,8 @@ struct RelayMetrics {
 RelayMetrics register_relay(Server& server, const std::vector<const RelayWorkerStats*>& workers);
 
 // Policy reloads and grants, exported by every process that holds a snapshot (relay and agent).
+// The member functions are what the policy reloader reports (policy::ReloadObserver, wired by
+// policy::observe(&metrics) in the process that owns both); metrics does not depend on policy.
 struct PolicyMetrics {
   prometheus::Family<prometheus::Counter>* reloads = nullptr;  // sshring_policy_reloads_total{result}
   prometheus::Gauge* last_success = nullptr;     // sshring_policy_last_reload_success_timestamp_seconds
@@ -75,6 +77,18 @@ struct PolicyMetrics {
       nullptr;                                    // sshring_grants_rejected_total{reason}
   prometheus::Gauge* break_glass_live = nullptr;  // sshring_grants_break_glass_active
   prometheus::Gauge* reviews_overdue = nullptr;   // sshring_grants_review_overdue
+  // Only with a policy source (etcd): series appear on the first source() report.
+  // sshring_policy_source_up, _revision, _last_sync_timestamp_seconds, _staleness_seconds:
+  prometheus::Family<prometheus::Gauge>* source_up = nullptr;
+  prometheus::Family<prometheus::Gauge>* source_revision = nullptr;
+  prometheus::Family<prometheus::Gauge>* source_last_sync = nullptr;
+  prometheus::Family<prometheus::Gauge>* source_staleness = nullptr;
+
+  void reloaded(bool ok, int64_t now);
+  void grants(size_t live, size_t expiring_within_hour);
+  void source(bool up, int64_t revision, int64_t last_sync, int64_t now);
+  void break_glass(size_t live, size_t reviews_overdue_now);
+  void grant_rejected(const std::string& reason);
 };
 PolicyMetrics register_policy(Server& server);
 

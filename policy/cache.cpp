@@ -10,12 +10,13 @@
 
 #include <chrono>
 #include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/log.h"
-#include "metrics/catalog.h"
 #include "policy/grant_store.h"
 #include "policy/parser.h"
+#include "policy/snapshot_cache.h"
 
 namespace sshring::policy {
 namespace {
@@ -54,10 +55,18 @@ Reloader::Reloader(PolicyCache& cache, ReloaderOptions opts) : cache_(cache), op
   wake_ = common::UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   stop_ = common::UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake_ || !stop_) common::throw_errno("eventfd for policy reloader");
+  if (opts_.source) {
+    // The file the source reads the policy from (grant_store: etcd://... in a local policy) is
+    // watched like a plain policy file; otherwise there is no file to watch.
+    opts_.policy_path = opts_.source->policy_file();
+    // Changes arrive before start(): the eventfd keeps them until the thread runs.
+    opts_.source->start([this] { request_reload(); });
+  }
 }
 
 Reloader::~Reloader() {
   stop();
+  if (opts_.source) opts_.source->stop();
 }
 
 std::string Reloader::last_error() const {
@@ -77,39 +86,112 @@ bool Reloader::reload(std::string* error) {
     }
     if (error) *error = e.what();
     common::log_error("policy reload failed; keeping the last good policy",
-                      {{"file", opts_.policy_path}, {"error", e.what()}});
-    if (opts_.metrics && opts_.metrics->reloads)
-      opts_.metrics->reloads->Add({{"result", "failure"}}).Increment();
+                      {{"file", opts_.source ? opts_.source->id() : opts_.policy_path}, {"error", e.what()}});
+    if (opts_.observer) opts_.observer->reloaded(false, unix_now());
+    report_source();
     return false;
   }
 }
 
 void Reloader::reload_or_throw() {
   std::lock_guard lock(mu_);
-  auto policy = std::make_shared<Policy>(load_policy_file(opts_.policy_path));
-  std::string store = opts_.grant_store.empty() ? policy->grant_store : opts_.grant_store;
-  std::vector<SignedGrant> grants;
-  struct stat st {};
-  if (::stat(store.c_str(), &st) == 0) {
-    grants = DirGrantStore(store, false).load();
+  if (opts_.source) {
+    load_from_source();
   } else {
-    common::log_warn("grant store missing; no grants loaded", {{"store", store}});
+    auto policy = std::make_shared<Policy>(load_policy_file(opts_.policy_path));
+    std::string store = opts_.grant_store.empty() ? policy->grant_store : opts_.grant_store;
+    std::vector<SignedGrant> grants;
+    struct stat st {};
+    if (::stat(store.c_str(), &st) == 0) {
+      grants = DirGrantStore(store, false).load();
+    } else {
+      common::log_warn("grant store missing; no grants loaded", {{"store", store}});
+    }
+    size_t n = grants.size();
+    auto snap = Snapshot::build_checked(std::move(policy), grants, unix_now(), &signatures_,
+                                        next_generation_.fetch_add(1));
+    report_rejected(*snap);
+    cache_.publish(snap);
+    watched_store_ = store;
+    common::log_info("policy loaded", {{"file", opts_.policy_path},
+                                       {"grants", std::to_string(n)},
+                                       {"generation", std::to_string(snap->generation())}});
   }
-  size_t n = grants.size();
-  auto snap = Snapshot::build_checked(std::move(policy), grants, unix_now(), &signatures_,
-                                      next_generation_.fetch_add(1));
+  published_ = true;
+  ok_.fetch_add(1);
+  if (opts_.observer) opts_.observer->reloaded(true, unix_now());
+  update_gauges();
+  report_source();
+}
+
+namespace {
+
+// Parses what a source (or the disk cache) delivered. A grant the store holds but this build cannot
+// read is skipped with a warning, as the directory store does with unreadable files.
+std::shared_ptr<const Snapshot> build_from(const SourceData& d, SignatureCache* signatures,
+                                           uint64_t generation) {
+  auto policy = std::make_shared<Policy>(parse_policy(d.policy_text, d.policy_origin));
+  std::vector<SignedGrant> grants;
+  grants.reserve(d.grants.size());
+  for (const auto& text : d.grants) {
+    try {
+      grants.push_back(signed_grant_from_json(nlohmann::json::parse(text)));
+    } catch (const std::exception& e) {
+      common::log_warn("skipping unreadable grant", {{"policy", d.policy_origin}, {"error", e.what()}});
+    }
+  }
+  return Snapshot::build_checked(std::move(policy), grants, unix_now(), signatures, generation);
+}
+
+}  // namespace
+
+// Under mu_. The source first; at start-up (nothing published yet) the disk cache when the source has
+// nothing. A cache is written only from source data that built into a snapshot.
+void Reloader::load_from_source() {
+  SourceData d;
+  try {
+    d = opts_.source->read();
+  } catch (const std::exception& e) {
+    if (published_ || opts_.cache_dir.empty()) throw;
+    std::string why;
+    auto c = load_cached_snapshot(opts_.cache_dir, opts_.source->id(), &why);
+    if (!c) {
+      throw common::UsageError(std::string(e.what()) + "; and no usable cached snapshot (" + why +
+                               "): cannot start without a policy");
+    }
+    auto snap = build_from(c->data, &signatures_, next_generation_.fetch_add(1));
+    report_rejected(*snap);
+    cache_.publish(snap);
+    from_cache_.store(true);
+    common::log_warn("policy source unavailable; deciding on the cached snapshot",
+                     {{"source", opts_.source->id()},
+                      {"revision", std::to_string(c->data.revision)},
+                      {"saved_at", format_rfc3339(c->saved_at)},
+                      {"error", e.what()}});
+    return;
+  }
+  auto snap = build_from(d, &signatures_, next_generation_.fetch_add(1));
   report_rejected(*snap);
   cache_.publish(snap);
-  watched_store_ = store;
-  ok_.fetch_add(1);
-  common::log_info("policy loaded", {{"file", opts_.policy_path},
-                                     {"grants", std::to_string(n)},
+  from_cache_.store(false);
+  common::log_info("policy loaded", {{"source", opts_.source->id()},
+                                     {"revision", std::to_string(d.revision)},
+                                     {"grants", std::to_string(d.grants.size())},
                                      {"generation", std::to_string(snap->generation())}});
-  if (opts_.metrics) {
-    if (opts_.metrics->reloads) opts_.metrics->reloads->Add({{"result", "success"}}).Increment();
-    if (opts_.metrics->last_success) opts_.metrics->last_success->Set(static_cast<double>(unix_now()));
+  if (!opts_.cache_dir.empty()) {
+    try {
+      save_cached_snapshot(opts_.cache_dir, opts_.source->id(), d, unix_now());
+    } catch (const std::exception& e) {
+      // Deciding goes on; only a restart during an outage would miss this snapshot.
+      common::log_error("cannot write the snapshot cache", {{"dir", opts_.cache_dir}, {"error", e.what()}});
+    }
   }
-  update_gauges();
+}
+
+void Reloader::report_source() {
+  if (!opts_.observer || !opts_.source) return;
+  auto st = opts_.source->status();
+  opts_.observer->source(st.up && !from_cache_.load(), st.revision, st.last_sync, unix_now());
 }
 
 void Reloader::report_rejected(const Snapshot& snap) {
@@ -119,8 +201,8 @@ void Reloader::report_rejected(const Snapshot& snap) {
     std::string key = c.object.id() + "\n" + canonical_request(c.object.request) + c.object.signature +
                       std::to_string(c.object.decisions.size()) + c.reject_reason;
     if (!rejected_.count(key)) {
-      common::log_warn("grant rejected",
-                       {{"grant", c.object.id()}, {"reason", c.reject_reason}, {"detail", c.detail}});
+      common::log_warn("grant rejected", {{"grant", c.object.id()}, {"reason", c.reject_reason}, {"detail", c.detail}});
+      if (opts_.observer) opts_.observer->grant_rejected(c.reject_reason);
       if (opts_.on_grant_rejected) opts_.on_grant_rejected(c);
     }
     now_rejected.insert(std::move(key));
@@ -129,19 +211,12 @@ void Reloader::report_rejected(const Snapshot& snap) {
 }
 
 void Reloader::update_gauges() {
-  if (!opts_.metrics) return;
+  if (!opts_.observer) return;
   auto s = cache_.current();
   if (!s) return;
   UnixSeconds now = unix_now();
-  if (opts_.metrics->grants_active)
-    opts_.metrics->grants_active->Set(static_cast<double>(s->live_grants(now)));
-  if (opts_.metrics->grants_expiring) {
-    opts_.metrics->grants_expiring->Set(static_cast<double>(s->live_grants(now, 3600)));
-  }
-  if (opts_.metrics->break_glass_live)
-    opts_.metrics->break_glass_live->Set(static_cast<double>(s->break_glass_live(now)));
-  if (opts_.metrics->reviews_overdue)
-    opts_.metrics->reviews_overdue->Set(static_cast<double>(s->reviews_overdue(now)));
+  opts_.observer->grants(s->live_grants(now), s->live_grants(now, 3600));
+  opts_.observer->break_glass(s->break_glass_live(now), s->reviews_overdue(now));
 }
 
 void Reloader::request_reload() noexcept {
@@ -151,6 +226,7 @@ void Reloader::request_reload() noexcept {
 
 void Reloader::watch_store() {
   std::lock_guard lock(mu_);
+  if (opts_.source) return;  // the source watches its store
   if (!inotify_ || watched_store_ == watching_store_) return;
   // The store's parent may be the policy's directory (same inode, same wd): never drop that watch.
   if (store_wd_ >= 0 && store_wd_ != policy_wd_) ::inotify_rm_watch(inotify_.get(), store_wd_);
@@ -171,7 +247,7 @@ void Reloader::watch_store() {
 
 void Reloader::start() {
   if (thread_.joinable()) return;
-  if (opts_.watch) {
+  if (opts_.watch && !opts_.policy_path.empty()) {
     inotify_ = common::UniqueFd(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
     if (!inotify_) common::throw_errno("inotify_init1 for policy reloader");
     const std::string policy_dir = dir_of(opts_.policy_path);
@@ -264,6 +340,7 @@ void Reloader::run() {
     }
     if (now >= next_gauges) {
       update_gauges();
+      report_source();
       next_gauges = now + std::chrono::milliseconds(opts_.gauge_interval_ms);
     }
   }

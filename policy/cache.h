@@ -1,4 +1,5 @@
-// Publishing the current Snapshot, and reloading it when the policy file or the grant store changes.
+// Publishing the current Snapshot, and reloading it when the policy file or the grant store changes
+// (or, with a SnapshotSource such as etcd, when the source says so).
 //
 // Readers never lock on the fast path: a SnapshotReader keeps its own shared_ptr and compares the
 // cache's generation (one atomic load) between events; only when it changed does it re-fetch the
@@ -16,10 +17,7 @@
 
 #include "common/unique_fd.h"
 #include "policy/snapshot.h"
-
-namespace sshring::metrics {
-struct PolicyMetrics;
-}
+#include "policy/snapshot_cache.h"
 
 namespace sshring::policy {
 
@@ -59,25 +57,94 @@ class SnapshotReader {
   uint64_t seen_ = 0;
 };
 
+// A store that delivers policy and grants and says when they changed (etcd: policy/etcd/source.h).
+// The reloader builds snapshots from read(); the source keeps its own connection and watch.
+class SnapshotSource {
+ public:
+  struct Status {
+    bool up = false;            // connected and watching
+    int64_t revision = 0;       // the store revision the data is current to
+    UnixSeconds last_sync = 0;  // last time the source confirmed it is current (0: never)
+  };
+  virtual ~SnapshotSource() = default;
+  // Starts watching; `changed` (called from the source's thread) asks for a reload. Called once.
+  virtual void start(std::function<void()> changed) = 0;
+  virtual void stop() = 0;
+  // The current data. Throws (naming the store and the fix) when the source has never synced.
+  virtual SourceData read() = 0;
+  [[nodiscard]] virtual Status status() const = 0;
+  // Names the source in logs and keys its disk cache: "etcd://127.0.0.1:2379/sshring".
+  [[nodiscard]] virtual std::string id() const = 0;
+  // A local policy file the source reads the policy from (empty: the policy is in the store too).
+  [[nodiscard]] virtual std::string policy_file() const { return {}; }
+};
+
+// What the reloader reports; the caller owns what it reports to (metrics, tests), so policy depends
+// on no exporter. Called from the reloader's thread and from reload() callers.
+class ReloadObserver {
+ public:
+  virtual ~ReloadObserver() = default;
+  virtual void reloaded(bool ok, UnixSeconds now) = 0;
+  virtual void grants(size_t live, size_t expiring_within_hour) = 0;
+  // Only with a SnapshotSource; on every reload and every gauge tick.
+  virtual void source(bool up, int64_t revision, UnixSeconds last_sync, UnixSeconds now) = 0;
+  // Break-glass grants in force and those past their review deadline; on every gauge tick.
+  virtual void break_glass(size_t /*live*/, size_t /*reviews_overdue*/) {}
+  // Once per stored grant a reload refuses (the reason is a stable code: docs/policy.md).
+  virtual void grant_rejected(const std::string& /*reason*/) {}
+};
+
+// Adapts any object with these member functions (metrics::PolicyMetrics has them) without
+// policy naming its type. Null in, null out.
+template <class Sink>
+std::shared_ptr<ReloadObserver> observe(Sink* sink) {
+  struct Forward final : ReloadObserver {
+    explicit Forward(Sink* s) : s_(s) {}
+    void reloaded(bool ok, UnixSeconds now) override { s_->reloaded(ok, now); }
+    void grants(size_t live, size_t expiring) override { s_->grants(live, expiring); }
+    void source(bool up, int64_t rev, UnixSeconds last_sync, UnixSeconds now) override {
+      s_->source(up, rev, last_sync, now);
+    }
+    // Optional on the sink: one that reports only reloads and the source need not have these.
+    void break_glass(size_t live, size_t overdue) override {
+      if constexpr (requires { s_->break_glass(live, overdue); }) s_->break_glass(live, overdue);
+    }
+    void grant_rejected(const std::string& reason) override {
+      if constexpr (requires { s_->grant_rejected(reason); }) s_->grant_rejected(reason);
+    }
+    Sink* s_;
+  };
+  if (!sink) return nullptr;
+  return std::make_shared<Forward>(sink);
+}
+
 struct ReloaderOptions {
   std::string policy_path = "/etc/sshring/policy.yaml";
   // Overrides the policy's grant_store (tests); empty = use the policy's.
   std::string grant_store;
-  metrics::PolicyMetrics* metrics = nullptr;  // optional
+  // Policy and grants come from here instead of policy_path/grant_store (etcd). With a source, the
+  // last good data is kept in cache_dir and used when the source cannot deliver (etcd down).
+  std::shared_ptr<SnapshotSource> source;
+  std::string cache_dir = std::string(kDefaultCacheDir);  // empty: no disk cache
+  std::shared_ptr<ReloadObserver> observer;               // optional
   bool watch = true;                          // inotify on the policy file's directory and the grant store
   bool handle_sighup = true;                  // install a SIGHUP handler that requests a reload
   int debounce_ms = 100;                      // coalesce bursts of file events
   int gauge_interval_ms = 5000;  // refresh grant gauges (expiry needs no reload: decisions take now)
   // Called (on the reloading thread) once for each stored grant a reload refuses to honour (bad or
-  // missing signature, unknown key, missing rule, outside its rule, ...): the caller counts it
-  // (sshring_grants_rejected_total{reason}) and writes its grant_reject audit record. A grant is
-  // reported again only if its content changes.
+  // missing signature, unknown key, missing rule, outside its rule, ...), after the observer's
+  // grant_rejected (which counts sshring_grants_rejected_total{reason}): the caller writes its
+  // grant_reject audit record. A grant is reported again only if its content changes.
   std::function<void(const CheckedGrant&)> on_grant_rejected;
 };
 
 // Loads the policy and the grants into a Snapshot and publishes it into the cache. The background
-// thread (start()) reloads on inotify events and SIGHUP; a failed reload keeps the last good
-// snapshot, logs the error and counts sshring_policy_reloads_total{result="failure"}.
+// thread (start()) reloads on inotify events, SIGHUP and source changes; a failed reload keeps the
+// last good snapshot, logs the error and reports it to the observer.
+//
+// With a source: every good load is also written to the disk cache; when the source has nothing
+// (etcd down at start-up) the first load comes from the cache instead, and when there is no valid
+// cache either, reload_or_throw() throws: a consumer never decides on an empty policy.
 class Reloader {
  public:
   Reloader(PolicyCache& cache, ReloaderOptions opts);
@@ -97,9 +164,13 @@ class Reloader {
   [[nodiscard]] uint64_t reloads_ok() const noexcept { return ok_.load(); }
   [[nodiscard]] uint64_t reloads_failed() const noexcept { return failed_.load(); }
   [[nodiscard]] std::string last_error() const;
+  // True while the published snapshot came from the disk cache (the source has not delivered yet).
+  [[nodiscard]] bool serving_cache() const noexcept { return from_cache_.load(); }
 
  private:
   void run();
+  void load_from_source();
+  void report_source();
   void update_gauges();
   void report_rejected(const Snapshot& snap);
   void watch_store();
@@ -120,8 +191,10 @@ class Reloader {
   int store_wd_ = -1;
   std::string watching_store_;  // the store inotify currently watches
   std::atomic<uint64_t> next_generation_{1};
-  SignatureCache signatures_;                 // verified signatures, across reloads
-  std::unordered_set<std::string> rejected_;  // grants already reported to on_grant_rejected
+  std::atomic<bool> from_cache_{false};
+  bool published_ = false;                   // under mu_
+  SignatureCache signatures_;                // verified signatures, across reloads
+  std::unordered_set<std::string> rejected_; // grants already reported to on_grant_rejected
 };
 
 }  // namespace sshring::policy

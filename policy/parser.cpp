@@ -1,5 +1,7 @@
 #include "policy/parser.h"
 
+#include "policy/store_uri.h"
+
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -387,9 +389,13 @@ class Parser {
     p.version = static_cast<int>(integer(root["version"], "version", 1, 1));
     if (root["grant_store"]) {
       p.grant_store = scalar(root["grant_store"], "grant_store", "an absolute directory path", 4096);
-      if (p.grant_store.empty() || p.grant_store[0] != '/') {
+      std::string why;
+      if (is_etcd_uri(p.grant_store)) {
+        if (!parse_etcd_uri(p.grant_store, &why)) fail(root["grant_store"].Mark(), "grant_store", why);
+      } else if (p.grant_store.empty() || p.grant_store[0] != '/') {
         fail(root["grant_store"].Mark(), "grant_store",
-             "expected an absolute directory path, got '" + p.grant_store + "'");
+             "expected an absolute directory path, got '" + p.grant_store +
+                 "' (or etcd://HOST:PORT[,HOST:PORT]/PREFIX for the fleet store)");
       }
     }
     if (root["relays"]) p.relays = cidrs(root["relays"], "relays", kMaxRelays, false);

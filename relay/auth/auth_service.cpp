@@ -21,16 +21,16 @@ AuthService::AuthService(AuthServiceOptions opts) : ids_(opts.relay_ids) {
   policy::ReloaderOptions ro;
   ro.policy_path = opts.policy_path;
   ro.watch = opts.watch;
-  ro.metrics = opts.policy_metrics;
+  ro.observer = policy::observe(opts.policy_metrics);
+  ro.source = opts.source;  // etcd (set by the CLI): policy_path is then unused
+  if (opts.cache_dir) ro.cache_dir = *opts.cache_dir;
   ro.handle_sighup = false;  // the relay command owns signals and calls reload()
   if (!opts.audit_path.empty())
     audit_ = std::make_unique<metrics::AuditLog>(
         metrics::AuditOptions{.path = opts.audit_path, .component = "relay"});
-  // Stored grants this relay refuses to honour: counted once each, with one grant_reject record.
-  ro.on_grant_rejected = [metrics = opts.policy_metrics,
-                          audit = audit_ ? audit_.get() : opts.audit](const policy::CheckedGrant& c) {
-    if (metrics && metrics->grants_rejected)
-      metrics->grants_rejected->Add({{"reason", c.reject_reason}}).Increment();
+  // Stored grants this relay refuses to honour: counted once each (the observer), with one
+  // grant_reject record.
+  ro.on_grant_rejected = [audit = audit_ ? audit_.get() : opts.audit](const policy::CheckedGrant& c) {
     if (audit) audit->append(policy::grant_reject_record(c));
   };
   reloader_ = std::make_unique<policy::Reloader>(cache_, ro);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,8 @@ struct AuthServiceOptions {
   bool watch = true;                                 // reload on policy/grant file changes
   metrics::PolicyMetrics* policy_metrics = nullptr;  // reload and grant metrics (must outlive the service)
   AuthOptions auth;                                  // limits; relay_ids and audit are filled in from above
+  std::shared_ptr<policy::SnapshotSource> source;    // policy and grants from a store (etcd) instead
+  std::optional<std::string> cache_dir;              // with a source: last good snapshot (default dir)
 };
 
 class AuthService {

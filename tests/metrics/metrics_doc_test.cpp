@@ -37,7 +37,8 @@ TEST(MetricsDocTest, DocumentedFamiliesEqualServedFamilies) {
   RelayWorkerStats worker;
   AgentStats agent;
   auto relay = register_relay(server, {&worker});
-  register_policy(server);
+  auto policy = register_policy(server);
+  policy.source(true, 1, 1, 1);  // source series appear with the first report (etcd consumers)
   register_agent(server, &agent);
   sshring::testing::TempDir dir;
   AuditLog audit({.path = dir.file("a.jsonl"), .component = "relay"});

@@ -7,11 +7,6 @@
 #include <chrono>
 #include <thread>
 
-#include <prometheus/counter.h>
-#include <prometheus/gauge.h>
-#include <prometheus/registry.h>
-
-#include "metrics/catalog.h"
 #include "policy/cache.h"
 #include "policy/grant_store.h"
 #include "tests/policy/grant_fixture.h"
@@ -135,7 +130,10 @@ TEST(Reloader, ReloadsOnFileChangeKeepsLastGoodAndWatchesGrants) {
   // Fix it, then a grant lands in the store: both picked up without SIGHUP.
   sshring::testing::write_file(path, policy_text(store, "10.0.0.0/24"));
   ASSERT_TRUE(eventually([&] { return cache.generation() > gen; }));
+  const uint64_t before_store = rl.reloads_ok();
   DirGrantStore gs(store);
+  // Creating the store reloads (the reloader watched its parent) and moves the watch onto it.
+  ASSERT_TRUE(eventually([&] { return rl.reloads_ok() > before_store; }));
   const UnixSeconds t0 = ::time(nullptr);
   SignedGrant g = ci_grant("g-0123456789ab", t0, 3600);
   gs.add(g);
@@ -173,13 +171,23 @@ TEST(Reloader, SighupRequestsAReload) {
   EXPECT_NE(err.find("version: expected an integer from 1 to 1"), std::string::npos) << err;
 }
 
-TEST(Reloader, CountsReloadsAndGrantsInMetrics) {
-  prometheus::Registry reg;
-  metrics::PolicyMetrics m;
-  m.reloads = &prometheus::BuildCounter().Name("sshring_policy_reloads_total").Help("h").Register(reg);
-  m.last_success = &prometheus::BuildGauge().Name("last").Help("h").Register(reg).Add({});
-  m.grants_active = &prometheus::BuildGauge().Name("active").Help("h").Register(reg).Add({});
-  m.grants_expiring = &prometheus::BuildGauge().Name("expiring").Help("h").Register(reg).Add({});
+// What a caller's metrics would record, through policy::observe (no metrics library involved).
+struct Recorder {
+  int ok = 0, failed = 0;
+  int64_t last_success = 0;
+  size_t live = 0, expiring = 0;
+  int sources = 0;
+  size_t break_glass_live = 0, overdue = 0;
+  std::vector<std::string> rejected;
+  void reloaded(bool good, int64_t now) { good ? (++ok, last_success = now) : ++failed; }
+  void grants(size_t l, size_t e) { live = l, expiring = e; }
+  void source(bool, int64_t, int64_t, int64_t) { ++sources; }
+  void break_glass(size_t l, size_t o) { break_glass_live = l, overdue = o; }
+  void grant_rejected(const std::string& reason) { rejected.push_back(reason); }
+};
+
+TEST(Reloader, ReportsReloadsAndGrantsToItsObserver) {
+  Recorder m;
   sshring::testing::TempDir dir;
   const std::string path = dir.file("policy.yaml");
   const std::string store = dir.file("grants");
@@ -190,22 +198,31 @@ TEST(Reloader, CountsReloadsAndGrantsInMetrics) {
   DirGrantStore gs(store);
   for (int i = 0; i < 3; ++i)  // expired, expiring soon, later
     gs.add(ci_grant("g-00000000000" + std::to_string(i), now - 60, i == 0 ? 59 : (i == 1 ? 660 : 7260)));
+  // Tampered after signing: the reload refuses it and reports it once, not on every reload.
+  SignedGrant forged = ci_grant("g-00000000000f", now - 60, 3600);
+  forged.request.to = *Cidr::parse("10.1.5.7/32");
+  gs.add(forged);
   PolicyCache cache;
   ReloaderOptions o;
   o.policy_path = path;
-  o.metrics = &m;
+  o.observer = observe(&m);
   o.handle_sighup = false;
   o.watch = false;
   Reloader rl(cache, o);
   ASSERT_TRUE(rl.reload());
+  ASSERT_TRUE(rl.reload());
+  EXPECT_EQ(m.rejected, std::vector<std::string>{"bad_signature"});
+  EXPECT_EQ(m.break_glass_live, 0u);
   sshring::testing::write_file(path, "version: 1\nbogus: 1\n");
   EXPECT_FALSE(rl.reload());
-  EXPECT_EQ(m.reloads->Add({{"result", "success"}}).Value(), 1);
-  EXPECT_EQ(m.reloads->Add({{"result", "failure"}}).Value(), 1);
-  EXPECT_NEAR(m.last_success->Value(), static_cast<double>(now), 5);
-  EXPECT_EQ(m.grants_active->Value(), 2);
-  EXPECT_EQ(m.grants_expiring->Value(), 1);
+  EXPECT_EQ(m.ok, 2);
+  EXPECT_EQ(m.failed, 1);
+  EXPECT_NEAR(static_cast<double>(m.last_success), static_cast<double>(now), 5);
+  EXPECT_EQ(m.live, 2u);
+  EXPECT_EQ(m.expiring, 1u);
+  EXPECT_EQ(m.sources, 0);                          // no source, no source reports
   EXPECT_EQ(cache.current()->grants().size(), 3u);  // the failed reload kept the good snapshot
+  EXPECT_EQ(cache.current()->checked_grants().size(), 4u);
 }
 
 }  // namespace

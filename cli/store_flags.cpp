@@ -1,0 +1,161 @@
+#include "cli/store_flags.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+#include "policy/etcd/client.h"
+#include "policy/etcd/source.h"
+#include "policy/etcd/store.h"
+#include "policy/parser.h"
+#include "policy/snapshot_cache.h"
+#include "policy/store_uri.h"
+
+namespace sshring::cli {
+namespace {
+
+using common::UsageError;
+
+void tls_and_auth(const common::Flags& f, policy::etcd::ClientOptions* o) {
+  if (auto ca = f.get("etcd-cacert")) {
+    o->tls = true;
+    o->ca_file = *ca;
+  }
+  o->cert_file = f.get_or("etcd-cert", "");
+  o->key_file = f.get_or("etcd-key", "");
+  o->user = f.get_or("etcd-user", "");
+  if (!o->user.empty()) {
+    if (auto file = f.get("etcd-password-file")) {
+      std::ifstream in(*file);
+      if (!in) throw UsageError("--etcd-password-file " + *file + ": cannot read it");
+      std::getline(in, o->password);
+    } else if (const char* p = std::getenv("SSHRING_ETCD_PASSWORD")) {
+      o->password = p;
+    } else {
+      throw UsageError("--etcd-user " + o->user +
+                       " needs a password: --etcd-password-file FILE or SSHRING_ETCD_PASSWORD "
+                       "(or drop --etcd-user and authenticate with the client certificate's CN)");
+    }
+  }
+}
+
+std::string prefix_flag(const common::Flags& f) {
+  std::string p = f.get_or("etcd-prefix", policy::kDefaultEtcdPrefix);
+  std::string why;
+  if (!policy::valid_etcd_prefix(p, &why)) throw UsageError("--etcd-prefix: " + why);
+  return p;
+}
+
+}  // namespace
+
+void add_etcd_flags(common::Flags& f) {
+  f.value(
+       "etcd", "ENDPOINTS",
+       "read policy and grants from etcd instead of --policy FILE (e.g. https://10.0.0.1:2379,10.0.0.2:2379)")
+      .value("etcd-prefix", "PREFIX", "key prefix of this fleet in etcd",
+             std::string(policy::kDefaultEtcdPrefix))
+      .value("etcd-cacert", "FILE",
+             "CA certificate (PEM) that signed etcd's server certificates; turns on TLS")
+      .value("etcd-cert", "FILE",
+             "client certificate (PEM) for etcd; its CN is the etcd user without --etcd-user")
+      .value("etcd-key", "FILE", "private key (PEM) of --etcd-cert")
+      .value("etcd-user", "NAME",
+             "etcd user for password auth (password: --etcd-password-file or $SSHRING_ETCD_PASSWORD)")
+      .value("etcd-password-file", "FILE", "file whose first line is the --etcd-user password");
+}
+
+void add_cache_flag(common::Flags& f) {
+  f.value("cache-dir", "DIR", "with etcd: where the last good snapshot is kept (used while etcd is away)",
+          std::string(policy::kDefaultCacheDir));
+}
+
+bool etcd_requested(const common::Flags& f) {
+  return f.has("etcd");
+}
+
+EtcdTarget etcd_from_flags(const common::Flags& f) {
+  policy::etcd::ClientOptions o;
+  policy::etcd::parse_endpoints(f.require("etcd"), &o);
+  tls_and_auth(f, &o);
+  return {std::make_shared<policy::etcd::Client>(std::move(o)), prefix_flag(f)};
+}
+
+EtcdTarget etcd_from_uri(const common::Flags& f, const std::string& uri) {
+  std::string why;
+  auto u = policy::parse_etcd_uri(uri, &why);
+  if (!u) throw UsageError("grant_store " + uri + ": " + why);
+  policy::etcd::ClientOptions o;
+  o.endpoints = u->endpoints;
+  tls_and_auth(f, &o);
+  return {std::make_shared<policy::etcd::Client>(std::move(o)), u->prefix};
+}
+
+std::shared_ptr<policy::SnapshotSource> snapshot_source(const common::Flags& f,
+                                                        const std::string& policy_flag) {
+  if (etcd_requested(f)) {
+    if (f.has("grant-store")) throw UsageError("--etcd replaces --grant-store: grants are in etcd too");
+    auto t = etcd_from_flags(f);
+    return std::make_shared<policy::etcd::EtcdSource>(t.client, t.prefix);
+  }
+  // A local policy whose grants live in etcd.
+  std::string path = f.get_or(policy_flag, policy::kDefaultPolicyPath);
+  auto p = policy::load_policy_file(path);
+  if (!policy::is_etcd_uri(p.grant_store) || f.has("grant-store")) return nullptr;
+  auto t = etcd_from_uri(f, p.grant_store);
+  return std::make_shared<policy::etcd::EtcdSource>(t.client, t.prefix, path);
+}
+
+std::optional<std::string> cache_dir(const common::Flags& f) {
+  return f.get("cache-dir");
+}
+
+PolicyAndStore open_policy_and_store(const common::Flags& f, bool create_dir) {
+  PolicyAndStore out;
+  if (etcd_requested(f)) {
+    auto t = etcd_from_flags(f);
+    policy::etcd::Keys keys(t.prefix);
+    auto live = policy::etcd::read_policy(*t.client, keys);
+    if (!live) {
+      throw UsageError(t.client->describe() + ": no policy under " + keys.policy_current() +
+                       "; publish one with: sshring policy push FILE --etcd ...");
+    }
+    out.policy = policy::parse_policy(
+        live->text, "etcd:" + keys.policy_current() + "@" + std::to_string(live->meta.revision));
+    out.store = std::make_unique<policy::etcd::EtcdGrantStore>(t.client, t.prefix);
+    out.etcd = true;
+    return out;
+  }
+  out.policy = policy::load_policy_file(f.get_or("policy", policy::kDefaultPolicyPath));
+  std::string store = f.get_or("grant-store", out.policy.grant_store);
+  if (policy::is_etcd_uri(store)) {
+    auto t = etcd_from_uri(f, store);
+    out.store = std::make_unique<policy::etcd::EtcdGrantStore>(t.client, t.prefix);
+    out.etcd = true;
+  } else if (create_dir || ::access(store.c_str(), F_OK) == 0) {
+    out.store = std::make_unique<policy::DirGrantStore>(store, create_dir);
+  }
+  return out;
+}
+
+std::unique_ptr<policy::GrantStore> open_grant_store_without_policy(const common::Flags& f) {
+  if (etcd_requested(f)) {
+    auto t = etcd_from_flags(f);
+    return std::make_unique<policy::etcd::EtcdGrantStore>(t.client, t.prefix);
+  }
+  std::string store = f.get_or("grant-store", std::string(policy::kDefaultGrantStore));
+  if (policy::is_etcd_uri(store)) {
+    auto t = etcd_from_uri(f, store);
+    return std::make_unique<policy::etcd::EtcdGrantStore>(t.client, t.prefix);
+  }
+  return std::make_unique<policy::DirGrantStore>(store, true);
+}
+
+int64_t store_revision(const policy::GrantStore& s) {
+  auto* e = dynamic_cast<const policy::etcd::EtcdGrantStore*>(&s);
+  return e ? e->last_revision() : 0;
+}
+
+}  // namespace sshring::cli

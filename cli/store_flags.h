@@ -1,0 +1,57 @@
+// The --etcd flags every command that reads policy or grants shares (relay, agent, grant, policy),
+// and what they open: an etcd client, the grant store, the consumers' snapshot source. One helper so
+// each command adds its etcd support with a call instead of a copy.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/flags.h"
+#include "policy/cache.h"
+#include "policy/grant_store.h"
+#include "policy/model.h"
+
+namespace sshring::policy::etcd {
+class Client;
+}
+
+namespace sshring::cli {
+
+// --etcd, --etcd-prefix, --etcd-cacert, --etcd-cert, --etcd-key, --etcd-user, --etcd-password-file.
+void add_etcd_flags(common::Flags& f);
+// --cache-dir (relay and agent: where the last good snapshot is kept).
+void add_cache_flag(common::Flags& f);
+[[nodiscard]] bool etcd_requested(const common::Flags& f);
+
+struct EtcdTarget {
+  std::shared_ptr<policy::etcd::Client> client;
+  std::string prefix;
+};
+// From --etcd/--etcd-prefix and the TLS/auth flags. Throws common::UsageError on bad flags.
+EtcdTarget etcd_from_flags(const common::Flags& f);
+// From a policy's `grant_store: etcd://HOST:PORT/PREFIX`, with the TLS/auth flags.
+EtcdTarget etcd_from_uri(const common::Flags& f, const std::string& uri);
+
+// Relay and agent: the snapshot source the flags name (--etcd, or a --policy file whose grant_store is
+// etcd://), or null for the file + directory store. `policy_flag` is the policy file flag's name.
+std::shared_ptr<policy::SnapshotSource> snapshot_source(const common::Flags& f,
+                                                        const std::string& policy_flag = "policy");
+std::optional<std::string> cache_dir(const common::Flags& f);
+
+// grant and policy explain: the policy (from --etcd, else the --policy file) and its grant store
+// (etcd, or the directory: --grant-store, else the policy's). A missing directory store is null
+// unless `create_dir` is set.
+struct PolicyAndStore {
+  policy::Policy policy;
+  std::unique_ptr<policy::GrantStore> store;
+  bool etcd = false;
+};
+PolicyAndStore open_policy_and_store(const common::Flags& f, bool create_dir);
+// The grant store alone when the policy does not load (revocation needs only the store): etcd with
+// --etcd, else --grant-store or the default directory (created if missing).
+std::unique_ptr<policy::GrantStore> open_grant_store_without_policy(const common::Flags& f);
+// The etcd revision of the store's last write (0 for the directory store), for audit records.
+int64_t store_revision(const policy::GrantStore& s);
+
+}  // namespace sshring::cli

@@ -1,0 +1,107 @@
+// The consumers' disk cache of the last good snapshot, and the etcd store URI: round trip, and
+// every way a cache file can be wrong is refused (torn, edited, other source, other format).
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "policy/snapshot_cache.h"
+#include "policy/store_uri.h"
+#include "tests/support/process.h"
+
+namespace sshring::policy {
+namespace {
+
+SourceData sample() {
+  SourceData d;
+  d.policy_text = "version: 1\n";
+  d.policy_origin = "etcd:/sshring/policy/current@7";
+  d.grants = {R"({"id":"g-000000000001"})", R"({"id":"g-000000000002"})"};
+  d.revision = 42;
+  return d;
+}
+
+TEST(SnapshotCache, RoundTripsWhatTheSourceDelivered) {
+  sshring::testing::TempDir dir;
+  save_cached_snapshot(dir.file("cache"), "etcd://a:1/sshring", sample(), 1000);
+  std::string why;
+  auto c = load_cached_snapshot(dir.file("cache"), "etcd://a:1/sshring", &why);
+  ASSERT_TRUE(c) << why;
+  EXPECT_EQ(c->data.policy_text, sample().policy_text);
+  EXPECT_EQ(c->data.grants, sample().grants);
+  EXPECT_EQ(c->data.revision, 42);
+  EXPECT_EQ(c->saved_at, 1000);
+  // Rewriting replaces it whole (rename over the old file: no temp file stays behind).
+  auto d = sample();
+  d.revision = 43;
+  save_cached_snapshot(dir.file("cache"), "etcd://a:1/sshring", d, 1001);
+  c = load_cached_snapshot(dir.file("cache"), "etcd://a:1/sshring", &why);
+  ASSERT_TRUE(c) << why;
+  EXPECT_EQ(c->data.revision, 43);
+  std::string out;
+  sshring::testing::sh("ls -a " + dir.file("cache"), &out);
+  EXPECT_EQ(out.find(".tmp"), std::string::npos) << out;
+}
+
+TEST(SnapshotCache, RefusesMissingEditedTornAndForeignFiles) {
+  sshring::testing::TempDir dir;
+  const std::string cache = dir.file("cache");
+  const std::string src = "etcd://a:1/sshring";
+  std::string why;
+  EXPECT_FALSE(load_cached_snapshot(cache, src, &why));
+  EXPECT_NE(why.find("No such file"), std::string::npos) << why;
+
+  save_cached_snapshot(cache, src, sample(), 1000);
+  const std::string path = cached_snapshot_path(cache, src);
+  const std::string good = sshring::testing::read_file(path);
+
+  // An attacker (or a bad disk) adds a grant: the checksum no longer matches.
+  auto j = nlohmann::json::parse(good);
+  j["grants"].push_back(R"({"id":"g-ffffffffffff"})");
+  sshring::testing::write_file(path, j.dump());
+  EXPECT_FALSE(load_cached_snapshot(cache, src, &why));
+  EXPECT_NE(why.find("checksum mismatch"), std::string::npos) << why;
+
+  sshring::testing::write_file(path, good.substr(0, good.size() / 2));  // torn
+  EXPECT_FALSE(load_cached_snapshot(cache, src, &why));
+  EXPECT_NE(why.find("unreadable cache"), std::string::npos) << why;
+
+  // A valid file for another source copied over this one.
+  save_cached_snapshot(cache, "etcd://b:1/other", sample(), 1000);
+  sshring::testing::write_file(path,
+                               sshring::testing::read_file(cached_snapshot_path(cache, "etcd://b:1/other")));
+  EXPECT_FALSE(load_cached_snapshot(cache, src, &why));
+  EXPECT_NE(why.find("caches etcd://b:1/other"), std::string::npos) << why;
+
+  j = nlohmann::json::parse(good);
+  j["format"] = 99;
+  sshring::testing::write_file(path, j.dump());
+  EXPECT_FALSE(load_cached_snapshot(cache, src, &why));
+  sshring::testing::write_file(path, good);
+  EXPECT_TRUE(load_cached_snapshot(cache, src, &why)) << why;
+}
+
+TEST(StoreUri, ParsesEndpointsAndPrefix) {
+  std::string why;
+  auto u = parse_etcd_uri("etcd://10.0.0.1:2379,10.0.0.2:2379/fleet/a", &why);
+  ASSERT_TRUE(u) << why;
+  EXPECT_EQ(u->endpoints, (std::vector<std::string>{"10.0.0.1:2379", "10.0.0.2:2379"}));
+  EXPECT_EQ(u->prefix, "/fleet/a");
+  u = parse_etcd_uri("etcd://etcd.internal:2379", &why);
+  ASSERT_TRUE(u) << why;
+  EXPECT_EQ(u->prefix, "/sshring");
+  struct Bad {
+    const char* uri;
+    const char* why;
+  } bad[] = {{"etcd://10.0.0.1/x", "is not HOST:PORT"},  {"etcd://:2379/x", "is not HOST:PORT"},
+             {"etcd://a:23x9/x", "is not HOST:PORT"},    {"etcd://a:1,/x", "is not HOST:PORT"},
+             {"etcd://a:1/x/", "must not end with '/'"}, {"etcd://a:1/x//y", "no '//'"},
+             {"http://a:1/x", "expected etcd://"}};
+  for (const auto& b : bad) {
+    why.clear();
+    EXPECT_FALSE(parse_etcd_uri(b.uri, &why)) << b.uri;
+    EXPECT_NE(why.find(b.why), std::string::npos) << b.uri << ": " << why;
+  }
+}
+
+}  // namespace
+}  // namespace sshring::policy
