@@ -254,7 +254,8 @@ class Agent {
                                 .tag = tag_name(ev.tag),
                                 .grant_id = grant,
                                 .first_seen = LiveFlows::rfc3339_from_boot(ev.first_ns),
-                                .enforced = ev.type == SSHRING_EV_DENY ? std::optional<bool>(true) : std::nullopt}
+                                .enforced =
+                                    ev.type == SSHRING_EV_DENY ? std::optional<bool>(true) : std::nullopt}
                   .to_json();
     report(std::move(rec));
   }

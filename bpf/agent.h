@@ -20,9 +20,9 @@ struct AgentOptions {
   std::string grant_store;  // empty: the policy's grant_store
   std::vector<std::string> ifaces;
   bool enforce = false;
-  std::string metrics_listen;  // empty: no exporter
-  std::string audit_path;      // empty: no audit log
-  bool audit_syslog = false;   // also send audit records to syslog/journald
+  std::string metrics_listen;                    // empty: no exporter
+  std::string audit_path;                        // empty: no audit log
+  bool audit_syslog = false;                     // also send audit records to syslog/journald
   std::string audit_syslog_socket = "/dev/log";  // where --audit-syslog sends (RFC 5424)
   std::string audit_key;                         // Ed25519 checkpoint key (created if missing); empty: none
   std::string pin_dir = kDefaultPinDir;

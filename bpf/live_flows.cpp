@@ -56,7 +56,8 @@ policy::FlowClass classify(const policy::Snapshot& snap, const sshring_flow_key&
 }  // namespace
 
 metrics::FlowKey LiveFlows::flow_key(const sshring_flow_key& k) {
-  return {addr_string(k.client, k.family), addr_string(k.server, k.family), k.client_port, k.server_port, "tcp"};
+  return {addr_string(k.client, k.family), addr_string(k.server, k.family), k.client_port, k.server_port,
+          "tcp"};
 }
 
 nlohmann::json LiveFlows::flow_json(const sshring_flow_key& k) {

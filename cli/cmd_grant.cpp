@@ -178,8 +178,9 @@ Context open(const common::Flags& f, bool need_audit, bool allow_broken_policy =
     c.policy_error = e.what();
   }
   if (!c.store) c.store = cli::open_grant_store_without_policy(f);
-  if (need_audit) c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"),
-                                     f.get_or("audit-key", ""));
+  if (need_audit)
+    c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"),
+                         f.get_or("audit-key", ""));
   sweep(c);
   return c;
 }
@@ -552,7 +553,7 @@ int list(const std::vector<std::string>& args) {
     // Readers without write access just read (etcd: list never writes; relays' roles are read-only).
     if (!ps.etcd && ::access(dir.c_str(), W_OK) == 0) {
       c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"),
-                                     f.get_or("audit-key", ""));
+                           f.get_or("audit-key", ""));
       sweep(c);
     }
     grants = c.store->load();

@@ -211,7 +211,9 @@ std::string login_name() {
   throw common::UsageError("cannot tell the login name: pass --principal");
 }
 
-uint64_t unix_ms_now() { return static_cast<uint64_t>(common::unix_now_ms()); }
+uint64_t unix_ms_now() {
+  return static_cast<uint64_t>(common::unix_now_ms());
+}
 
 Connected connect_via_relay(const ConnectOptions& opts, const Signer& signer) {
   auto [host, port] = split_host_port(opts.relay, "--relay");

@@ -15,8 +15,12 @@ inline int64_t clock_ns(clockid_t id) noexcept {
   return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
 
-inline int64_t unix_now_s() noexcept { return clock_ns(CLOCK_REALTIME) / 1'000'000'000; }
-inline int64_t unix_now_ms() noexcept { return clock_ns(CLOCK_REALTIME) / 1'000'000; }
+inline int64_t unix_now_s() noexcept {
+  return clock_ns(CLOCK_REALTIME) / 1'000'000'000;
+}
+inline int64_t unix_now_ms() noexcept {
+  return clock_ns(CLOCK_REALTIME) / 1'000'000;
+}
 
 // Unix time in ns = CLOCK_BOOTTIME ns + this offset (what BPF's boot-time stamps are converted with).
 // It moves when the wall clock is stepped, so callers read it when they convert, not once.

@@ -20,8 +20,9 @@ inline const std::string kZeroHash(64, '0');
 
 // Record types (docs/audit.md). The log_* types and checkpoint are written by the log itself.
 inline constexpr const char* kRecordTypes[] = {
-    "session_start", "session_end", "session_deny", "grant_add",  "grant_revoke", "grant_expire", "flow_open",
-    "flow_close",    "flow_cut", "policy_reload", "log_rotate", "log_recover", "log_reopen",  "log_gap",      "checkpoint", "relay_handover",
+    "session_start", "session_end", "session_deny", "grant_add", "grant_revoke", "grant_expire", "flow_open",
+    "flow_close", "flow_cut", "policy_reload", "log_rotate", "log_recover", "log_reopen", "log_gap",
+    "checkpoint", "relay_handover",
     // signed grants (docs/policy.md)
     "grant_request", "grant_approve", "grant_deny", "grant_review", "grant_reject"};
 

@@ -1,5 +1,5 @@
-#include "common/clock.h"
 #include "metrics/audit_report.h"
+#include "common/clock.h"
 
 #include <algorithm>
 #include <cstdio>

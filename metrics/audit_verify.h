@@ -33,8 +33,8 @@ struct VerifyResult {
   std::optional<AuditFinding> error;   // the first bad record; checking stops there
   std::vector<AuditFinding> gaps;      // collector mode: missing seq ranges (checking goes on)
   uint64_t last_seq = 0;
-  std::string last_hash;  // SHA-256 of the last good line
-  std::string writer;     // component@host of the chain
+  std::string last_hash;       // SHA-256 of the last good line
+  std::string writer;          // component@host of the chain
   uint64_t checkpoints = 0;    // checkpoints whose signature verified
   uint64_t unsigned_tail = 0;  // records after the last verified checkpoint
   [[nodiscard]] bool ok() const { return !error.has_value() && gaps.empty(); }

@@ -130,11 +130,12 @@ PolicyMetrics register_policy(Server& server) {
                             .Help("Break-glass grants currently in force.")
                             .Register(reg)
                             .Add({});
-  m.reviews_overdue = &prometheus::BuildGauge()
-                           .Name("sshring_grants_review_overdue")
-                           .Help("Break-glass grants past their rule's review_within without a signed review.")
-                           .Register(reg)
-                           .Add({});
+  m.reviews_overdue =
+      &prometheus::BuildGauge()
+           .Name("sshring_grants_review_overdue")
+           .Help("Break-glass grants past their rule's review_within without a signed review.")
+           .Register(reg)
+           .Add({});
   m.source_up = &prometheus::BuildGauge()
                      .Name("sshring_policy_source_up")
                      .Help(

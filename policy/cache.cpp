@@ -1,5 +1,5 @@
-#include "common/clock.h"
 #include "policy/cache.h"
+#include "common/clock.h"
 
 #include <poll.h>
 #include <signal.h>
@@ -31,7 +31,9 @@ void on_sighup(int) {
   }
 }
 
-UnixSeconds unix_now() { return common::unix_now_s(); }
+UnixSeconds unix_now() {
+  return common::unix_now_s();
+}
 
 std::string dir_of(const std::string& path) {
   auto slash = path.rfind('/');
@@ -201,7 +203,8 @@ void Reloader::report_rejected(const Snapshot& snap) {
     std::string key = c.object.id() + "\n" + canonical_request(c.object.request) + c.object.signature +
                       std::to_string(c.object.decisions.size()) + c.reject_reason;
     if (!rejected_.count(key)) {
-      common::log_warn("grant rejected", {{"grant", c.object.id()}, {"reason", c.reject_reason}, {"detail", c.detail}});
+      common::log_warn("grant rejected",
+                       {{"grant", c.object.id()}, {"reason", c.reject_reason}, {"detail", c.detail}});
       if (opts_.observer) opts_.observer->grant_rejected(c.reject_reason);
       if (opts_.on_grant_rejected) opts_.on_grant_rejected(c);
     }

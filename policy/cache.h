@@ -127,9 +127,9 @@ struct ReloaderOptions {
   std::shared_ptr<SnapshotSource> source;
   std::string cache_dir = std::string(kDefaultCacheDir);  // empty: no disk cache
   std::shared_ptr<ReloadObserver> observer;               // optional
-  bool watch = true;                          // inotify on the policy file's directory and the grant store
-  bool handle_sighup = true;                  // install a SIGHUP handler that requests a reload
-  int debounce_ms = 100;                      // coalesce bursts of file events
+  bool watch = true;             // inotify on the policy file's directory and the grant store
+  bool handle_sighup = true;     // install a SIGHUP handler that requests a reload
+  int debounce_ms = 100;         // coalesce bursts of file events
   int gauge_interval_ms = 5000;  // refresh grant gauges (expiry needs no reload: decisions take now)
   // Called (on the reloading thread) once for each stored grant a reload refuses to honour (bad or
   // missing signature, unknown key, missing rule, outside its rule, ...), after the observer's
@@ -192,9 +192,9 @@ class Reloader {
   std::string watching_store_;  // the store inotify currently watches
   std::atomic<uint64_t> next_generation_{1};
   std::atomic<bool> from_cache_{false};
-  bool published_ = false;                   // under mu_
-  SignatureCache signatures_;                // verified signatures, across reloads
-  std::unordered_set<std::string> rejected_; // grants already reported to on_grant_rejected
+  bool published_ = false;                    // under mu_
+  SignatureCache signatures_;                 // verified signatures, across reloads
+  std::unordered_set<std::string> rejected_;  // grants already reported to on_grant_rejected
 };
 
 }  // namespace sshring::policy

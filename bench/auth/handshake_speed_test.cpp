@@ -12,9 +12,9 @@
 #include <memory>
 #include <vector>
 
+#include "client/client.h"
 #include "policy/parser.h"
 #include "relay/auth/auth_handshake.h"
-#include "client/client.h"
 #include "relay/auth/keys.h"
 
 namespace auth = sshring::relay::auth;

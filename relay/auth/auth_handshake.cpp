@@ -270,8 +270,8 @@ class AuthHandshake : public Handshake {
     // The id is not secret (clients type it); naming it lets the client say which --relay-id to pass.
     // The relay's id first: a DENY message is cut at 200 bytes.
     if (!relay_ok)
-      return s.deny(Reason::kWrongRelay,
-                    "this relay's id is '" + o.relay_ids.front() + "' (preamble is for '" + h.relay_id + "')");
+      return s.deny(Reason::kWrongRelay, "this relay's id is '" + o.relay_ids.front() +
+                                             "' (preamble is for '" + h.relay_id + "')");
     if (h.timestamp_ms > now_ms) {
       // A timestamp ahead of the relay would keep its nonce for skew + that much: bounded separately.
       uint64_t ahead = h.timestamp_ms - now_ms;

@@ -43,13 +43,13 @@ struct AuthOptions {
   // A timestamp ahead of the relay's clock by more than this is refused (stale) outright: its nonce
   // would be kept for max_skew + that much.
   std::chrono::milliseconds max_future_skew{5000};
-  size_t replay_capacity = 1u << 20;          // live nonces remembered (bounded memory)
-  size_t replay_per_principal = 0;            // live nonces of one principal; 0: replay_capacity / 16
-  uint32_t max_handshakes_per_source = 64;    // connections in handshake per client IP
-  std::shared_ptr<Resolver> resolver;         // null: an AresResolver with default options
-  metrics::RelayMetrics metrics;              // optional (null members are skipped)
-  metrics::AuditLog* audit = nullptr;         // optional; must outlive the factory
-  bool log_denials = true;                    // one log line per DENY
+  size_t replay_capacity = 1u << 20;        // live nonces remembered (bounded memory)
+  size_t replay_per_principal = 0;          // live nonces of one principal; 0: replay_capacity / 16
+  uint32_t max_handshakes_per_source = 64;  // connections in handshake per client IP
+  std::shared_ptr<Resolver> resolver;       // null: an AresResolver with default options
+  metrics::RelayMetrics metrics;            // optional (null members are skipped)
+  metrics::AuditLog* audit = nullptr;       // optional; must outlive the factory
+  bool log_denials = true;                  // one log line per DENY
   // `audit` set and unwritable (AuditLog::writable): refuse new sessions (DENY overloaded) rather than
   // admit sessions that would go unrecorded.
   bool refuse_when_audit_unwritable = true;

@@ -16,11 +16,11 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "client/client.h"
 #include "metrics/audit.h"
 #include "metrics/audit_verify.h"
 #include "policy/parser.h"
 #include "relay/auth/auth_service.h"
-#include "client/client.h"
 #include "relay/auth/keys.h"
 #include "tests/support/process.h"
 

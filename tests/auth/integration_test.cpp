@@ -23,11 +23,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "client/client.h"
 #include "common/unique_fd.h"
 #include "metrics/audit.h"
 #include "policy/parser.h"
 #include "relay/auth/auth_handshake.h"
-#include "client/client.h"
 #include "relay/relay.h"
 #include "tests/support/process.h"
 #include "tests/support/sshd.h"

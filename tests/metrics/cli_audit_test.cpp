@@ -69,10 +69,10 @@ TEST(AuditCliTest, GrantCommandRecordsVerifyAndReport) {
   const std::string bin = sshring::testing::sshring_bin();
   const std::string log = dir.file("grant.audit.jsonl");
   std::string out;
-  int rc = sshring::testing::run({bin, "grant", "add", "--policy", dir.file("policy.yaml"), "--identity", key,
-                                  "--from", "10.2.0.5", "--to", "10.1.5.7", "--ttl", "1h", "--reason",
-                                  "deploy INC-7", "--audit-log", log},
-                                 &out);
+  int rc = sshring::testing::run(
+      {bin, "grant", "add", "--policy", dir.file("policy.yaml"), "--identity", key, "--from", "10.2.0.5",
+       "--to", "10.1.5.7", "--ttl", "1h", "--reason", "deploy INC-7", "--audit-log", log},
+      &out);
   ASSERT_EQ(rc, 0) << out;
   auto id_start = out.find("g-");
   ASSERT_NE(id_start, std::string::npos) << out;
@@ -104,6 +104,16 @@ bool example_policy(const TempDir& dir) {
                  "grant_store: " + dir.file("grants"));
   for (size_t p; (p = policy.find("expires: 2027-")) != std::string::npos;)
     policy.replace(p, 14, "expires: 2099-");
+  // Grants are signed: ci-bot's key in the policy becomes one whose private half dir/ci-bot holds.
+  const std::string key = dir.file("ci-bot");
+  if (sshring::testing::sh("ssh-keygen -q -t ed25519 -N '' -C ci-runner -f " + key) != 0) return false;
+  std::string pub = sshring::testing::read_file(key + ".pub");
+  pub.erase(pub.find_last_not_of('\n') + 1);
+  const std::string example_key =
+      "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDbGuMWnp8lY9YGO88UD2iSYja7HzYOGXSnDg2phPduU ci-runner";
+  pos = policy.find(example_key);
+  if (pos == std::string::npos) return false;
+  policy.replace(pos, example_key.size(), pub);
   sshring::testing::write_file(dir.file("policy.yaml"), policy);
   return true;
 }
@@ -114,8 +124,8 @@ std::vector<std::string> grant_add(const TempDir& dir, const std::string& log, c
                                    "add",
                                    "--policy",
                                    dir.file("policy.yaml"),
-                                   "--who",
-                                   "ci-bot",
+                                   "--identity",
+                                   dir.file("ci-bot"),
                                    "--from",
                                    "10.2.0.5",
                                    "--to",
@@ -134,7 +144,7 @@ std::vector<std::string> grant_add(const TempDir& dir, const std::string& log, c
 TEST(AuditCliTest, GrantAddWithTheAuditLogOnAFullDeviceExitsOneAndStoresNothing) {
   if (!std::filesystem::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
   TempDir dir;
-  if (!example_policy(dir)) GTEST_SKIP() << "example policy has no grant_store line to redirect";
+  ASSERT_TRUE(example_policy(dir)) << "example policy has no grant_store line or ci-bot key to redirect";
   std::filesystem::create_symlink("/dev/full", dir.file("grant.audit.jsonl"));
   std::string cmd;
   for (const auto& a : grant_add(dir, dir.file("grant.audit.jsonl"))) cmd += "'" + a + "' ";
@@ -161,7 +171,7 @@ TEST(AuditCliTest, GrantAddWithTheAuditLogOnAFullDeviceExitsOneAndStoresNothing)
 // trusted-keys file, verify checks the checkpoints; a cut tail and a forged key fail with exit 1.
 TEST(AuditCliTest, SignedCheckpointsVerifyAndACutTailFails) {
   TempDir dir;
-  if (!example_policy(dir)) GTEST_SKIP() << "example policy has no grant_store line to redirect";
+  ASSERT_TRUE(example_policy(dir)) << "example policy has no grant_store line or ci-bot key to redirect";
   const std::string bin = sshring::testing::sshring_bin();
   const std::string log = dir.file("grant.audit.jsonl"), key = dir.file("grant.key");
   std::string out;
