@@ -338,7 +338,7 @@ int request(const std::vector<std::string>& args, bool one_step) {
   std::string audit_error;
   if (!c.audit->commit(policy::grant_request_record(g, actor(me, signer), policy::status_name(chk.status)),
                        &audit_error)) {
-    std::cerr << "sshring grant: not stored: " << audit_error << "\n";
+    std::cerr << "sshring grant: not added: " << audit_error << "\n";
     return 1;
   }
   c.store->add(g);

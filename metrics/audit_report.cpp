@@ -321,7 +321,8 @@ void AuditReport::fleet_json(nlohmann::ordered_json& out) const {
   auto& per_day = out["flows_per_day"] = nlohmann::ordered_json::array();
   for (const auto& [day, m] : days) per_day.push_back({{"day", day}, {"flows", tag_counts(m)}});
   auto& gdays = out["grants_per_day"] = nlohmann::ordered_json::array();
-  for (const auto& [day, m] : grant_days_) {
+  for (const auto& [day, counts] : grant_days_) {
+    const auto& m = counts;  // a lambda may not capture a structured binding (C++20 with clang 14)
     auto get = [&](const char* k) { return m.count(k) ? m.at(k) : 0; };
     gdays.push_back(
         {{"day", day}, {"added", get("added")}, {"revoked", get("revoked")}, {"expired", get("expired")}});

@@ -74,7 +74,8 @@ std::vector<std::vector<std::string>> find_audit_logs(const std::string& dir) {
   }
   if (ec) throw std::runtime_error("cannot list " + dir + ": " + ec.message());
   std::vector<std::vector<std::string>> out;
-  for (auto& [live, rotated] : logs) {
+  for (auto& [live_name, rotated] : logs) {
+    const std::string& live = live_name;  // a lambda may not capture a structured binding (clang 14)
     // FILE.YYYYMMDDTHHMMSSZ[.N]: by stamp, then by the .N of a clash within the same second.
     auto key = [&](const std::string& f) {
       std::string rest = f.substr(live.size() + 1);

@@ -177,6 +177,7 @@ opt_out:
     from: [10.78.1.0/24]
     to: {cidrs: [10.78.0.0/24], ports: [2214]}
     max_ttl: 1h
+    standing: true
     expires: 2030-03-17T17:46:50Z
 )";
 
