@@ -153,7 +153,8 @@ std::string AuditKey::public_line() const {
 }
 
 std::string AuditKey::fingerprint() const {
-  return ssh_fingerprint(ed25519_blob(impl_->raw_pub));
+  const std::string blob = ed25519_blob(impl_->raw_pub);
+  return ssh_fingerprint(blob);
 }
 
 std::string ed25519_blob(std::string_view raw32) {
