@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "bpf/agent.h"
+#include "bpf/loader.h"
 #include "cli/command.h"
 #include "cli/store_flags.h"
 #include "common/duration.h"
@@ -88,6 +89,8 @@ int run(const std::vector<std::string>& args) {
     std::cout << "detached " << n << " filter(s)\n";
     return 0;
   }
+  // Root first: refused before the policy or its store is opened, with the reason.
+  sshring::bpf::check_environment();
   sshring::bpf::AgentOptions opts;
   opts.policy_path = flags.require("policy");
   opts.grant_store = flags.get_or("grant-store", "");
