@@ -1,5 +1,7 @@
 #include "metrics/audit_record.h"
 
+#include "common/sha256.h"
+
 #include <openssl/evp.h>
 
 #include <algorithm>
@@ -237,17 +239,7 @@ int digits(std::string_view s, size_t pos, size_t n, bool* ok) {
 }  // namespace
 
 std::string sha256_hex(std::string_view data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-  static const char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(len * 2);
-  for (unsigned i = 0; i < len; ++i) {
-    out.push_back(kHex[md[i] >> 4]);
-    out.push_back(kHex[md[i] & 15]);
-  }
-  return out;
+  return common::sha256_hex(data);
 }
 
 std::string format_rfc3339_ms(std::chrono::system_clock::time_point t) {

@@ -9,6 +9,7 @@
 
 #include "common/duration.h"
 #include "common/error.h"
+#include "common/sha256.h"
 
 namespace sshring::policy {
 namespace {
@@ -43,17 +44,7 @@ void line(std::string* out, std::string_view key, std::string_view value) {
   out->push_back('\n');
 }
 
-std::string sha256_hex(std::string_view s) {
-  unsigned char md[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), md);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : md) {
-    out += kHex[c >> 4];
-    out += kHex[c & 15];
-  }
-  return out;
-}
+using common::sha256_hex;
 
 }  // namespace
 

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/sha256.h"
 #include "common/unique_fd.h"
 
 namespace sshring::policy {
@@ -17,17 +18,7 @@ namespace {
 
 constexpr int kFormat = 1;
 
-std::string sha256_hex(std::string_view data) {
-  unsigned char md[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), md);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : md) {
-    out += kHex[c >> 4];
-    out += kHex[c & 15];
-  }
-  return out;
-}
+using common::sha256_hex;
 
 void write_all(int fd, std::string_view data, const std::string& path) {
   size_t off = 0;

@@ -9,6 +9,7 @@
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "common/sha256.h"
 
 namespace sshring::policy::etcd {
 namespace {
@@ -70,15 +71,7 @@ std::optional<SignedGrant> parse_grant(const KeyValue& kv) {
 }  // namespace
 
 std::string sha256_hex(std::string_view data) {
-  unsigned char md[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), md);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : md) {
-    out += kHex[c >> 4];
-    out += kHex[c & 15];
-  }
-  return out;
+  return common::sha256_hex(data);
 }
 
 EtcdGrantStore::EtcdGrantStore(std::shared_ptr<Client> client, std::string prefix)
