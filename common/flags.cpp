@@ -128,7 +128,8 @@ std::string Flags::help_text() const {
     const Spec& s = specs_.at(name);
     std::string left = "  --" + name + (s.takes_value ? " " + s.placeholder : "");
     os << left;
-    if (left.size() < 28) {
+    // At least two spaces before the text: packaging/helpdoc (man pages, completion) splits there.
+    if (left.size() + 2 <= 28) {
       os << std::string(28 - left.size(), ' ');
     } else {
       os << "\n" << std::string(28, ' ');

@@ -62,3 +62,16 @@ TEST(Flags, HelpListsEveryOption) {
        {"--listen ADDR:PORT", "--workers N", "(default: 2)", "--route SPEC", "--verbose", "--help"})
     EXPECT_NE(h.find(s), std::string::npos) << s;
 }
+
+// man pages and completion (packaging/helpdoc) split a help line at the first run of two spaces:
+// a name plus placeholder one column short of the text column must still get two.
+TEST(Flags, HelpKeepsTwoSpacesBeforeEveryDescription) {
+  Flags f("x", "sshring x", "X.");
+  f.value("etcd-password-file", "FILE", "twenty-seven columns with its indent");
+  f.value("a-very-long-option-name-indeed", "FILE", "past the column");
+  std::string h = f.help_text();
+  EXPECT_NE(h.find("  --etcd-password-file FILE  twenty-seven"), std::string::npos) << h;
+  EXPECT_NE(h.find("  --a-very-long-option-name-indeed FILE\n                            past"),
+            std::string::npos)
+      << h;
+}
