@@ -5,6 +5,7 @@
 
 #include "cli/command.h"
 #include "common/error.h"
+#include "common/version.h"
 
 namespace sshring::cli {
 
@@ -41,7 +42,7 @@ int main(int argc, char** argv) {
   }
   std::string_view name = argv[1];
   if (name == "--version") {
-    std::cout << "sshring " << SSHRING_VERSION << "\n";
+    std::cout << "sshring " << sshring::common::version() << "\n";
     return 0;
   }
   for (const auto& c : commands()) {

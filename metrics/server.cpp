@@ -21,10 +21,7 @@
 #include "common/error.h"
 #include "common/sockaddr.h"
 #include "common/unique_fd.h"
-
-#ifndef SSHRING_METRICS_VERSION
-#define SSHRING_METRICS_VERSION "unknown"
-#endif
+#include "common/version.h"
 
 namespace sshring::metrics {
 
@@ -210,7 +207,7 @@ Server::Server(const std::string& listen, std::string component)
       .Name("sshring_build_info")
       .Help("Build information; always 1.")
       .Register(*registry_)
-      .Add({{"version", SSHRING_METRICS_VERSION}, {"component", component}})
+      .Add({{"version", common::version()}, {"component", component}})
       .Set(1);
   if (impl_->exposer) {
     impl_->exposer->RegisterCollectable(registry_);

@@ -173,7 +173,8 @@ done
 phase "install (apt, no network)"
 apt-get install -y -q "$deb1" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "apt-get install"; }
 check "installed $v1" test "$(dpkg-query -W -f='${Version}' sshring)" = "$v1"
-check "/usr/bin/sshring runs" /usr/bin/sshring --version
+check "/usr/bin/sshring --version prints the package version ($v1)" \
+  test "$(/usr/bin/sshring --version)" = "sshring $v1"
 uid=$(id -u sshring)
 check "system user sshring (uid $uid), group sshring" test "$uid" -lt 1000 -a "$(id -gn sshring)" = sshring
 owner() { test "$(stat -c '%U:%G %a' "$1")" = "$2" || { echo "  $1: $(stat -c '%U:%G %a' "$1")" >&2; return 1; }; }
