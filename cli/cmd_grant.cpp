@@ -336,8 +336,7 @@ int request(const std::vector<std::string>& args, bool one_step) {
     throw std::runtime_error("internal: a fresh request was rejected: " + chk.detail);
   // Acknowledged only once its record is on disk: no record, no grant.
   std::string audit_error;
-  if (!c.audit->commit(policy::grant_request_record(g, actor(me, signer), policy::status_name(chk.status)),
-                       &audit_error)) {
+  if (!c.audit->commit(policy::grant_request_record(chk, actor(me, signer)), &audit_error)) {
     std::cerr << "sshring grant: not added: " << audit_error << "\n";
     return 1;
   }

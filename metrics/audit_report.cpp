@@ -103,7 +103,13 @@ void AuditReport::add(const AuditRecord& rec) {
     g.in_window = g.in_window || in_window;
     const bool active = rec.type == "grant_add" || str(b, "status") == "active";
     if (requested || rec.type == "grant_approve") {
-      if (requested) g.terms = b;
+      if (requested) {
+        g.terms = b;
+        if (b.is_object() && b.value("break_glass", false)) {
+          g.break_glass = true;
+          g.review_due = str(b, "review_due");
+        }
+      }
       if (g.status == "unknown" || g.status == "pending") g.status = active ? "granted" : "pending";
     } else {
       g.status = rec.type == "grant_revoke" ? "revoked" : "expired";
@@ -112,6 +118,16 @@ void AuditReport::add(const AuditRecord& rec) {
       if (g.terms.is_null()) g.terms = b;
     }
     if (in_window) ++records_;
+    return;
+  }
+  if (rec.type == "grant_review") {  // learned from any time, like the grant it reviews
+    auto& g = grants_[str(b, "grant_id")];
+    if (g.reviewed_at.empty()) {
+      g.reviewed_by = str(b, "signer");
+      g.reviewed_at = rec.ts;
+    }
+    if (g.terms.is_null()) g.terms = b;
+    if (rec.ts_ms >= opts_.since_ms && rec.ts_ms <= opts_.until_ms) ++records_;
     return;
   }
   if (rec.ts_ms < opts_.since_ms || rec.ts_ms > opts_.until_ms) return;
@@ -245,7 +261,7 @@ nlohmann::ordered_json AuditReport::to_json() const {
     std::string status = g.status;
     if (status == "granted") {
       auto exp = parse_rfc3339_ms(str(g.terms, "expires"));
-      auto now = common::unix_now_ms();
+      auto now = opts_.now_ms ? opts_.now_ms : common::unix_now_ms();
       status = exp && *exp <= std::min(now, opts_.until_ms) ? "expired" : "active";
     }
     nlohmann::ordered_json j{
@@ -268,6 +284,33 @@ nlohmann::ordered_json AuditReport::to_json() const {
     }
     grants.push_back(std::move(j));
   }
+  // Every break-glass grant still awaiting its review, from any time (an unreviewed one does not
+  // age out of the report), and the ones reviewed or used in the window.
+  auto& glass = out["break_glass"] = nlohmann::ordered_json::array();
+  uint64_t overdue = 0;
+  const int64_t as_of = std::min(opts_.now_ms ? opts_.now_ms : common::unix_now_ms(), opts_.until_ms);
+  for (const auto& [id, g] : grants_) {
+    if (!g.break_glass) continue;
+    const bool reviewed = !g.reviewed_at.empty();
+    if (reviewed && !g.in_window && by_grant.find(id) == by_grant.end()) continue;
+    auto due = parse_rfc3339_ms(g.review_due);
+    // A missing or unreadable due time counts as overdue: the review cannot be shown to be on time.
+    const char* review = reviewed ? "reviewed" : (!due || *due < as_of) ? "overdue" : "awaiting";
+    overdue += std::string_view(review) == "overdue";
+    nlohmann::ordered_json j{{"grant_id", id},
+                             {"review", review},
+                             {"review_due", g.review_due},
+                             {"who", str(g.terms, "who")},
+                             {"requester", str(g.terms, "requester")},
+                             {"rule", str(g.terms, "rule")},
+                             {"reason", str(g.terms, "reason")}};
+    if (reviewed) {
+      j["reviewed_by"] = g.reviewed_by;
+      j["reviewed_at"] = g.reviewed_at;
+    }
+    glass.push_back(std::move(j));
+  }
+  out["break_glass_reviews_overdue"] = overdue;
   out["sessions"] = {{"ended", sessions_}, {"denied", denied_}, {"bytes", session_bytes_}};
   fleet_json(out);
   return out;
@@ -378,6 +421,17 @@ std::string AuditReport::to_text() const {
                     s(g["approver"]), s(g["flows"]), s(g["bytes"]), s(g["reason"])});
   }
   out << table({"GRANT", "STATUS", "WHO", "SCOPE", "EXPIRES", "APPROVER", "FLOWS", "BYTES", "REASON"}, rows);
+
+  out << "\nBreak-glass grants (" << j["break_glass"].size() << ", " << s(j["break_glass_reviews_overdue"])
+      << " overdue for review)\n";
+  rows.clear();
+  for (const auto& g : j["break_glass"]) {
+    std::string review = s(g["review"]);
+    if (g.contains("reviewed_by")) review += " by " + s(g["reviewed_by"]) + " at " + s(g["reviewed_at"]);
+    rows.push_back({s(g["grant_id"]), s(g["requester"]), s(g["who"]), s(g["rule"]), s(g["review_due"]),
+                    review, s(g["reason"])});
+  }
+  out << table({"GRANT", "REQUESTER", "WHO", "RULE", "REVIEW DUE", "REVIEW", "REASON"}, rows);
 
   for (const char* which : {"by_host", "by_principal", "by_rule"}) {
     std::string key = std::string(which).substr(3);

@@ -15,6 +15,7 @@ namespace sshring::metrics {
 struct ReportOptions {
   int64_t since_ms = 0;  // records with ts before this are ignored (grant terms are still learned)
   int64_t until_ms = INT64_MAX;
+  int64_t now_ms = 0;     // "now" for overdue reviews and expiry (0: the wall clock when the report is built)
   size_t top = 10;        // rows in the top sources / targets tables
   size_t max_flows = 50;  // unapproved/expired flows listed one by one
 };
@@ -45,6 +46,9 @@ class AuditReport {
     std::string ended_by;
     std::string ended_at;
     bool in_window = false;
+    // Break-glass grants (grant_request with break_glass): the after-the-fact review.
+    bool break_glass = false;
+    std::string review_due, reviewed_by, reviewed_at;
   };
   ReportOptions opts_;
   uint64_t records_ = 0, skipped_ = 0;

@@ -201,6 +201,17 @@ std::string AuditReport::to_html() const {
   }
   o << html_table({"grant", "status", "who", "scope", "expires", "approver", "flows", "reason"}, rows);
 
+  o << "<h2>Break-glass grants</h2>";
+  rows.clear();
+  for (const auto& g : j["break_glass"]) {
+    std::string review = cell(g["review"]);
+    if (g.contains("reviewed_by"))
+      review += " by " + cell(g["reviewed_by"]) + " at " + cell(g["reviewed_at"]);
+    rows.push_back({cell(g["grant_id"]), cell(g["requester"]), cell(g["who"]), cell(g["rule"]),
+                    cell(g["review_due"]), review, cell(g["reason"])});
+  }
+  o << html_table({"grant", "requester", "who", "rule", "review due", "review", "reason"}, rows);
+
   o << "<h2>Unapproved bypass sources</h2>";
   std::vector<std::string> srcs;
   std::vector<const OJ*> srows;

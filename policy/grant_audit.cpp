@@ -32,10 +32,15 @@ nlohmann::json with_actor(nlohmann::json rec, const GrantActor& by) {
 
 }  // namespace
 
-nlohmann::json grant_request_record(const SignedGrant& g, const GrantActor& by, std::string_view status) {
+nlohmann::json grant_request_record(const CheckedGrant& chk, const GrantActor& by) {
+  const SignedGrant& g = chk.object;
   auto rec = with_actor(terms("grant_request", g.request), by);
   rec["reason"] = g.request.reason;
-  rec["status"] = status;
+  rec["status"] = status_name(chk.status);
+  if (chk.break_glass) {
+    rec["break_glass"] = true;
+    if (chk.activated) rec["review_due"] = format_rfc3339(chk.review_due);
+  }
   return rec;
 }
 

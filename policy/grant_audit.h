@@ -20,7 +20,9 @@ struct GrantActor {
   std::string host;
 };
 
-nlohmann::json grant_request_record(const SignedGrant& g, const GrantActor& by, std::string_view status);
+// A new request as checked: its terms, status and, under a break_glass rule, break_glass and the
+// review_due time (`audit report` lists break-glass grants until they are reviewed).
+nlohmann::json grant_request_record(const CheckedGrant& chk, const GrantActor& by);
 nlohmann::json grant_approve_record(const SignedGrant& g, const GrantActor& by, std::string_view status);
 nlohmann::json grant_deny_record(const SignedGrant& g, const GrantActor& by, std::string_view reason);
 nlohmann::json grant_revoke_record(const SignedGrant& g, const GrantActor& by, std::string_view reason);

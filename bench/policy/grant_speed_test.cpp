@@ -137,6 +137,7 @@ BENCHMARK(BM_BuildChecked)
     ->ArgsProduct({{1, 3}, {0, 1}})
     ->ArgNames({"sigs", "cache"})
     ->Unit(benchmark::kMillisecond)
+    ->MeasureProcessCPUTime()
     ->UseRealTime();
 
 }  // namespace

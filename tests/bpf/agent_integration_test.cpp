@@ -495,7 +495,9 @@ TEST_F(AgentIntegration, CraftedPacketsDoNotReachSshdInEnforceMode) {
     sent["dropped_packet"] += static_cast<int>(a.packets.size());
   }
   EXPECT_EQ(sshd_connections(), conns) << "nothing reached sshd";
-  for (const auto& [e, n] : sent) {
+  for (const auto& kv : sent) {
+    const std::string& e = kv.first;  // not a structured binding: clang 14 cannot capture one
+    const int n = kv.second;
     SCOPED_TRACE(e);
     EXPECT_TRUE(eventually([&] { return ev(e.c_str()) >= before[e] + n; }, 5s))
         << e << ": " << ev(e.c_str()) << " < " << before[e] << " + " << n;

@@ -64,13 +64,18 @@ TEST(Flags, HelpListsEveryOption) {
 }
 
 // man pages and completion (packaging/helpdoc) split a help line at the first run of two spaces:
-// a name plus placeholder one column short of the text column must still get two.
+// a name plus placeholder one column short of the text column (27 of 28) goes on a line of its own,
+// as longer ones do, instead of running into its text with one space.
 TEST(Flags, HelpKeepsTwoSpacesBeforeEveryDescription) {
   Flags f("x", "sshring x", "X.");
   f.value("etcd-password-file", "FILE", "twenty-seven columns with its indent");
   f.value("a-very-long-option-name-indeed", "FILE", "past the column");
+  f.value("etcd-password-fil", "FILE", "twenty-six columns");
   std::string h = f.help_text();
-  EXPECT_NE(h.find("  --etcd-password-file FILE  twenty-seven"), std::string::npos) << h;
+  EXPECT_NE(h.find("  --etcd-password-file FILE\n                            twenty-seven"),
+            std::string::npos)
+      << h;
+  EXPECT_NE(h.find("  --etcd-password-fil FILE  twenty-six"), std::string::npos) << h;
   EXPECT_NE(h.find("  --a-very-long-option-name-indeed FILE\n                            past"),
             std::string::npos)
       << h;

@@ -1,6 +1,8 @@
 // `audit report` numbers on a crafted log, and the CLI end to end.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "metrics/audit.h"
 #include "metrics/audit_report.h"
 #include "metrics/audit_verify.h"
@@ -71,6 +73,69 @@ TEST(AuditReportTest, NumbersOnACraftedLog) {
   auto text = build(dir, 0).to_text();
   EXPECT_NE(text.find("INC-42 relay outage"), std::string::npos) << text;
   EXPECT_LT(text.find("bypass_unapproved"), text.find("bypass_approved")) << text;
+}
+
+// Break-glass grants stay in the report until reviewed, whatever the window; overdue once past
+// review_due (or when no due time was recorded); a reviewed one names its reviewer.
+TEST(AuditReportTest, BreakGlassReviewsAwaitingOverdueAndDone) {
+  TempDir dir;
+  {
+    AuditLog log({.path = dir.file("grant.audit.jsonl"), .component = "grant", .fsync_each = true});
+    auto request = [&](const char* id, const char* due, bool glass = true) {
+      nlohmann::json r{{"type", "grant_request"}, {"grant_id", id},      {"who", "alice"},
+                       {"from", "10.8.0.0/24"},   {"to", "10.1.2.3/32"}, {"ports", {22}},
+                       {"requester", "alice"},    {"rule", "glass"},     {"reason", "relay down"},
+                       {"status", "active"},      {"signer", "alice"},   {"key_fingerprint", "SHA256:alice"}};
+      if (glass) r["break_glass"] = true;
+      if (due) r["review_due"] = due;
+      log.append(r);
+    };
+    request("g-late", "2026-01-02T00:00:00Z");
+    request("g-due", "2026-01-09T00:00:00Z");
+    request("g-done", "2026-01-02T00:00:00Z");
+    request("g-nodue", nullptr);
+    request("g-plain", nullptr, false);
+    log.append({{"type", "grant_review"},
+                {"grant_id", "g-done"},
+                {"signer", "carol"},
+                {"key_fingerprint", "SHA256:carol"},
+                {"note", "ok"}});
+  }
+  const int64_t now = 1767571200000;  // 2026-01-05T00:00:00Z
+  // The window starts after every record was written: unreviewed ones are listed all the same.
+  AuditReport rep({.since_ms = INT64_MAX - 1, .now_ms = now});
+  for (const auto& log : find_audit_logs(dir.path()))
+    for (const auto& file : log)
+      for_each_line(file, [&](uint64_t, std::string_view line, bool complete) {
+        auto rec = parse_record(line, nullptr);
+        ASSERT_TRUE(complete && rec) << line;
+        rep.add(*rec);
+      });
+  auto j = rep.to_json();
+  std::map<std::string, std::string> review;
+  for (const auto& g : j["break_glass"])
+    review[g["grant_id"].get<std::string>()] = g["review"].get<std::string>();
+  EXPECT_EQ(review, (std::map<std::string, std::string>{
+                        {"g-due", "awaiting"}, {"g-late", "overdue"}, {"g-nodue", "overdue"}}))
+      << j["break_glass"];
+  EXPECT_EQ(j["break_glass_reviews_overdue"], 2);
+  const std::string text = rep.to_text();
+  EXPECT_NE(text.find("Break-glass grants (3, 2 overdue for review)"), std::string::npos) << text;
+
+  // In a window holding the review, the reviewed grant is listed with its reviewer.
+  AuditReport all({.now_ms = now});
+  for (const auto& log : find_audit_logs(dir.path()))
+    for (const auto& file : log)
+      for_each_line(file, [&](uint64_t, std::string_view line, bool complete) {
+        auto rec = parse_record(line, nullptr);
+        ASSERT_TRUE(complete && rec) << line;
+        all.add(*rec);
+      });
+  j = all.to_json();
+  ASSERT_EQ(j["break_glass"].size(), 4u) << j["break_glass"];
+  EXPECT_EQ(j["break_glass"][0]["grant_id"], "g-done");
+  EXPECT_EQ(j["break_glass"][0]["review"], "reviewed");
+  EXPECT_EQ(j["break_glass"][0]["reviewed_by"], "carol");
 }
 
 TEST(AuditReportTest, WindowExcludesOlderRecords) {

@@ -118,8 +118,11 @@ owner_pkg() { # the package that ships a library path (dpkg may know it under /l
   done
   return 1
 }
+# The cache listing goes to a file first: awk's early exit would otherwise end ldconfig with SIGPIPE,
+# which pipefail turns into a failed assignment and set -e into a silent end of the test.
+ldconfig -p >"$work/ldconfig"
 for lib in $(objdump -p "$x/usr/bin/sshring" | awk '$1 == "NEEDED" {print $2}'); do
-  path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ {print $NF; exit}')
+  path=$(awk -v l="$lib" '$1 == l && /x86-64/ {print $NF; exit}' "$work/ldconfig")
   pkg=$(owner_pkg "$path" || true)
   check "NEEDED $lib -> Depends has ${pkg:-?}" has_dep "${pkg:-no package for $lib}"
 done

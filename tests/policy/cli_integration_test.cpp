@@ -316,6 +316,20 @@ TEST_F(PolicyCli, BreakGlassIsLiveAtOnceAndReviewedBySomeoneElse) {
   EXPECT_EQ(nlohmann::json::parse(out)["status"], "active");
   EXPECT_NE(explain_flow("10.8.0.9", "10.1.2.3:22").find("bypass_approved by grant " + id),
             std::string::npos);
+  // Until someone reviews it, `audit report` lists it as awaiting review (due in review_within).
+  auto report = [&] {
+    std::string o;
+    EXPECT_EQ(cli({"audit", "report", "--json", audit_}, &o), 0) << o;
+    return nlohmann::json::parse(o)["break_glass"];
+  };
+  auto bg = report();
+  ASSERT_EQ(bg.size(), 1u) << bg;
+  EXPECT_EQ(bg[0]["grant_id"], id);
+  EXPECT_EQ(bg[0]["review"], "awaiting");
+  EXPECT_EQ(bg[0]["requester"], "alice");
+  EXPECT_EQ(bg[0]["reason"], "relay down INC-7");
+  EXPECT_EQ(audit_records(audit_)[0]["break_glass"], true);
+  EXPECT_EQ(audit_records(audit_)[0]["review_due"].get<std::string>().size(), 20u);  // RFC 3339, UTC
   EXPECT_EQ(cli(as("alice", {"grant", "review", id, "--note", "fine"}), &out), 1);
   EXPECT_NE(out.find("someone else must decide"), std::string::npos) << out;
   EXPECT_EQ(cli(as("bob", {"grant", "review", id, "--note", "fine"}), &out), 1);  // not a reviewer
@@ -332,6 +346,10 @@ TEST_F(PolicyCli, BreakGlassIsLiveAtOnceAndReviewedBySomeoneElse) {
   EXPECT_EQ(recs[1]["type"], "grant_review");
   EXPECT_EQ(recs[1]["signer"], "carol");
   EXPECT_EQ(recs[1]["note"], "relay outage confirmed");
+  bg = report();
+  ASSERT_EQ(bg.size(), 1u) << bg;
+  EXPECT_EQ(bg[0]["review"], "reviewed");
+  EXPECT_EQ(bg[0]["reviewed_by"], "carol");
 }
 
 // A grant file written by hand (or edited) is shown as rejected with its reason and never approves.

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstdio>
 #include <stdexcept>
 #include <thread>
 
@@ -40,18 +41,32 @@ void EtcdCluster::make_certs() {
 }
 
 EtcdCluster::EtcdCluster(int members, bool auth) {
-  token_ = "sshring-test-" + std::to_string(::getpid());
   make_certs();
-  for (int i = 0; i < members; ++i) {
-    Member m;
-    m.name = "m" + std::to_string(i);
-    m.client_port = free_port();
-    m.peer_port = free_port();
-    members_.push_back(std::move(m));
+  // Ports come from free_port(), so another process can take one before etcd binds it: a cluster
+  // that does not form is started once more on new ports (with new data dirs), its logs printed.
+  for (int attempt = 1;; ++attempt) {
+    token_ = "sshring-test-" + std::to_string(::getpid()) + "-" + std::to_string(attempt);
+    members_.clear();
+    for (int i = 0; i < members; ++i) {
+      Member m;
+      m.name = "m" + std::to_string(i) + "-" + std::to_string(attempt);
+      m.client_port = free_port();
+      m.peer_port = free_port();
+      members_.push_back(std::move(m));
+    }
+    for (int i = 0; i < members; ++i) start(i);
+    if (wait_healthy()) break;
+    std::string logs;
+    for (const auto& m : members_) {
+      std::string tail;
+      sh("tail -n 15 " + dir_.file(m.name + ".log") + " 2>&1", &tail);
+      logs += "--- " + m.name + " (client " + std::to_string(m.client_port) + ", peer " +
+              std::to_string(m.peer_port) + "):\n" + tail;
+    }
+    stop_all();
+    if (attempt == 2) throw std::runtime_error("etcd cluster did not become healthy (twice):\n" + logs);
+    std::fprintf(stderr, "etcd cluster did not become healthy; once more on new ports:\n%s", logs.c_str());
   }
-  for (int i = 0; i < members; ++i) start(i);
-  if (!wait_healthy())
-    throw std::runtime_error("etcd cluster did not become healthy; logs in " + dir_.path());
   if (auth) {
     std::string out;
     int rc = sh("ETCDCTL_API=3 ETCDCTL_ENDPOINTS=" + endpoints() + " ETCDCTL_CACERT=" + ca_ +

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -429,6 +430,55 @@ TEST_F(EtcdFleet, ConcurrentGrantAddsAndRacingPushes) {
       << d;
   EXPECT_NE(d.find("+  - {name: bob"), std::string::npos) << d;
   EXPECT_NE(d.find("-  - {name: alice"), std::string::npos) << d;
+}
+
+// The grant writer's etcd credential is not enough to mint an exception: grants written straight
+// into etcd (the genuine one widened after signing; one with its signature removed) reach the
+// readers, which reject them and keep honouring only the genuine grant.
+TEST_F(EtcdFleet, ForgedGrantsWrittenStraightIntoEtcdAreRejected) {
+  EtcdCluster etcd(1);
+  push_ok(etcd, policy_text());
+  Consumer relay(client_for(etcd, "sshring-relay"), dir_.file("cache-relay"));
+  relay.start();
+  std::string out;
+  const std::string id = grant_add(etcd, "10.1.5.0/24", &out);
+  ASSERT_FALSE(id.empty()) << out;
+  ASSERT_TRUE(eventually([&] { return relay.flow("10.2.3.4", "10.1.5.7") == FlowTag::kBypassApproved; }));
+
+  auto writer = client_for(etcd, "sshring-grant");
+  auto got = writer->get("/sshring/grants/" + id);
+  ASSERT_EQ(got.kvs.size(), 1u);
+  const auto genuine = nlohmann::json::parse(got.kvs[0].value);
+  const std::map<std::string, std::string> forged{{"g-f0f0f0f0f0f1", "bad_signature"},
+                                                  {"g-f0f0f0f0f0f2", "unsigned"}};
+  for (const auto& [fid, reason] : forged) {
+    auto j = genuine;
+    j["id"] = fid;
+    j["request"]["id"] = fid;
+    j["request"]["to"] = "10.1.0.0/16";  // every host instead of one subnet
+    j["request"]["ttl_seconds"] = 30 * 24 * 3600;
+    if (reason == "unsigned") j["signature"] = "";
+    writer->put("/sshring/grants/" + fid, j.dump());
+  }
+  auto rejected = [&] {
+    std::map<std::string, std::string> r;
+    for (const auto& c : relay.cache.current()->checked_grants())
+      if (c.status == GrantStatus::kRejected) r[c.object.request.id] = c.reject_reason;
+    return r;
+  };
+  ASSERT_TRUE(eventually([&] { return rejected() == forged; })) << rejected().size();
+  EXPECT_EQ(relay.flow("10.2.3.4", "10.1.9.9"), FlowTag::kBypassUnapproved);
+  EXPECT_EQ(relay.flow("10.2.3.4", "10.1.5.7"), FlowTag::kBypassApproved);  // the genuine one still
+  EXPECT_EQ(relay.grants(), 1u);
+  // `policy explain` (another reader, its own snapshot from etcd) refuses them too.
+  ASSERT_EQ(cli(std::vector<std::string>{"policy", "explain", "--flow", "10.2.3.4", "10.1.9.9:22"} +
+                    etcd.flags("sshring-relay"),
+                &out),
+            0)
+      << out;
+  EXPECT_EQ(out.find("bypass_approved"), std::string::npos) << out;
+  EXPECT_NE(out.find("bypass_unapproved"), std::string::npos) << out;
+  EXPECT_NE(out.find("is rejected"), std::string::npos) << out;
 }
 
 // Least privilege: what each credential may do is what etcd enforces.
