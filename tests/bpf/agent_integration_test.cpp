@@ -579,6 +579,37 @@ TEST_F(AgentIntegration, ExpiryAndRevocationEndLiveFlows) {
   stop_agent();
 }
 
+// Forged grant files in the agent's store never reach its kernel maps: alice's grant for another
+// source widened after signing to cover kUngranted, the same without its signature, and one signed
+// by a key no principal lists. A direct ssh from kUngranted stays bypass_unapproved (and is dropped
+// in enforce mode); each forgery is counted under its reason; the genuine grant keeps working.
+TEST_F(AgentIntegration, ForgedGrantFilesNeverReachTheKernelMaps) {
+  const int64_t now = ::time(nullptr);
+  auto widened = policy::signed_grant_to_json(make_grant("g-0000000000f1", "10.77.8.0/24", now + 3600));
+  widened["request"]["from"] = "10.77.0.0/16";
+  write_file(grants_ + "/g-0000000000f1.grant", widened.dump());
+  auto unsigned_one = widened;
+  unsigned_one["id"] = unsigned_one["request"]["id"] = "g-0000000000f2";
+  unsigned_one["signature"] = "";
+  write_file(grants_ + "/g-0000000000f2.grant", unsigned_one.dump());
+  auto r = policy::testing::request_for("alice", "ops", "10.77.2.0/24", "10.77.0.1/32", 3600, now);
+  r.ports = policy::PortSet::single(kSshPort);
+  auto stranger = policy::testing::signed_by(policy::testing::person("mallory"), r, "g-0000000000f3");
+  write_file(grants_ + "/g-0000000000f3.grant", policy::signed_grant_to_json(stranger).dump());
+
+  start_agent(true, "agent.log");
+  EXPECT_NE(ssh(kUngranted, "true", "", "3"), 0) << "enforce: a forged grant let ssh in";
+  auto open = wait_record(audit_, "flow_open", kUngranted);
+  ASSERT_TRUE(open.has_value());
+  EXPECT_EQ((*open)["tag"], "bypass_unapproved") << open->dump();
+  EXPECT_EQ(open->value("enforced", false), true) << open->dump();
+  for (const char* reason : {"bad_signature", "unsigned", "unknown_key"})
+    EXPECT_EQ(metric(*host_, std::string("sshring_grants_rejected_total{reason=\"") + reason + "\"}"), 1)
+        << reason;
+  EXPECT_EQ(ssh(kGranted, "true"), 0) << "the genuine grant of " << kGranted;
+  stop_agent();
+}
+
 // Sessions open before the agent starts in enforce mode: it seeds their flow entries at start, so the
 // approved one keeps running (its output keeps coming) and the unapproved one is cut.
 TEST_F(AgentIntegration, ConnectionsOpenBeforeStartAreSeeded) {
