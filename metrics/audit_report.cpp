@@ -167,14 +167,18 @@ void AuditReport::add(const AuditRecord& rec) {
   }
 }
 
+// A window bound as RFC 3339, clamped to what system_clock's nanoseconds hold (years 1678..2262):
+// an arbitrary millisecond count would overflow the conversion.
+static std::string window_bound(int64_t ms) {
+  constexpr int64_t kMaxMs = INT64_MAX / 1000000 - 1;
+  ms = std::clamp<int64_t>(ms, -kMaxMs, kMaxMs);
+  return format_rfc3339_ms(std::chrono::system_clock::time_point(std::chrono::milliseconds(ms)));
+}
+
 nlohmann::ordered_json AuditReport::to_json() const {
   nlohmann::ordered_json out;
-  out["window"] = {
-      {"since",
-       format_rfc3339_ms(std::chrono::system_clock::time_point(std::chrono::milliseconds(opts_.since_ms)))},
-      {"until", opts_.until_ms == INT64_MAX ? "now"
-                                            : format_rfc3339_ms(std::chrono::system_clock::time_point(
-                                                  std::chrono::milliseconds(opts_.until_ms)))}};
+  out["window"] = {{"since", window_bound(opts_.since_ms)},
+                   {"until", opts_.until_ms == INT64_MAX ? "now" : window_bound(opts_.until_ms)}};
   out["records"] = records_;
   out["skipped_lines"] = skipped_;
 
