@@ -255,6 +255,8 @@ nlohmann::ordered_json AuditReport::to_json() const {
   out["top_sources"] = top(sources, "src");
   out["top_targets"] = top(targets, "target");
 
+  // The report's "now" for expiry and overdue reviews: the end of the window, or the clock, read once.
+  const int64_t as_of = std::min(opts_.now_ms ? opts_.now_ms : common::unix_now_ms(), opts_.until_ms);
   auto& grants = out["grants"] = nlohmann::ordered_json::array();
   for (const auto& [id, g] : grants_) {
     auto used = by_grant.find(id);
@@ -265,8 +267,7 @@ nlohmann::ordered_json AuditReport::to_json() const {
     std::string status = g.status;
     if (status == "granted") {
       auto exp = parse_rfc3339_ms(str(g.terms, "expires"));
-      auto now = opts_.now_ms ? opts_.now_ms : common::unix_now_ms();
-      status = exp && *exp <= std::min(now, opts_.until_ms) ? "expired" : "active";
+      status = exp && *exp <= as_of ? "expired" : "active";
     }
     nlohmann::ordered_json j{
         {"grant_id", id},
@@ -292,7 +293,6 @@ nlohmann::ordered_json AuditReport::to_json() const {
   // age out of the report), and the ones reviewed or used in the window.
   auto& glass = out["break_glass"] = nlohmann::ordered_json::array();
   uint64_t overdue = 0;
-  const int64_t as_of = std::min(opts_.now_ms ? opts_.now_ms : common::unix_now_ms(), opts_.until_ms);
   for (const auto& [id, g] : grants_) {
     if (!g.break_glass) continue;
     const bool reviewed = !g.reviewed_at.empty();
