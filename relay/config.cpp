@@ -49,6 +49,12 @@ class Parser {
     return n.Scalar();
   }
 
+  // A mapping key may itself be a list or a map in YAML ("[]: 1"); a setting name is a plain word.
+  std::string key_name(const YAML::Node& k) const {
+    if (!k.IsScalar()) fail(k, "", "a setting name must be a plain word, not a list or a mapping");
+    return k.Scalar();
+  }
+
   std::chrono::milliseconds duration(const YAML::Node& n, const std::string& key, bool allow_zero) const {
     std::string v = scalar(n, key);
     auto d = parse_millis(v);
@@ -93,7 +99,7 @@ class Parser {
                                                 "idle_timeout", "drain_timeout", "handshake_timeout",
                                                 "pipe_size",    "splice_mode",   "routes"};
     for (const auto& kv : root) {
-      std::string key = kv.first.as<std::string>();
+      std::string key = key_name(kv.first);
       if (!kKeys.count(key))
         fail(kv.first, key,
              "unknown setting; expected one of workers, max_sessions, connect_timeout, idle_timeout, "
@@ -145,7 +151,7 @@ class Parser {
       Route r;
       bool has_listen = false;
       for (const auto& kv : item) {
-        std::string key = kv.first.as<std::string>();
+        std::string key = key_name(kv.first);
         if (key == "listen") {
           r.listen = address(kv.second, key);
           has_listen = true;

@@ -55,6 +55,9 @@ TEST(RelayConfigTest, ErrorsNameFileLineKeyAndFix) {
       {"workers: 1\n", {"routes", "required"}},
       {"- a\n- b\n", {"mapping"}},
       {"routes:\n  - listen: 127.0.0.1:1\n    upstream: 127.0.0.1:0\n", {"port must not be 0"}},
+      // Found by the fuzzer: a key that is itself a list threw YAML::BadConversion, not UsageError.
+      {"!:@ []:\n ", {"relay.yaml:1", "plain word"}},
+      {"routes:\n  - {listen: 127.0.0.1:1, [a]: b}\n", {"relay.yaml:2", "plain word"}},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.yaml);
