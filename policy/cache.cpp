@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -49,8 +50,14 @@ std::string base_of(const std::string& path) {
 }  // namespace
 
 void PolicyCache::publish(std::shared_ptr<const Snapshot> s) {
-  current_.store(std::move(s), std::memory_order_release);
+  std::shared_ptr<const Snapshot> old;
+  {
+    std::lock_guard lock(mu_);
+    old = std::exchange(current_, std::move(s));
+  }
+  // The generation moves after the pointer: a reader that sees it has changed fetches the new one.
   generation_.fetch_add(1, std::memory_order_acq_rel);
+  // `old` is released here, outside the lock: the last reference may free a large snapshot.
 }
 
 Reloader::Reloader(PolicyCache& cache, ReloaderOptions opts) : cache_(cache), opts_(std::move(opts)) {

@@ -3,7 +3,10 @@
 //
 // Readers never lock on the fast path: a SnapshotReader keeps its own shared_ptr and compares the
 // cache's generation (one atomic load) between events; only when it changed does it re-fetch the
-// pointer (std::atomic<std::shared_ptr> load). A reader holding an old snapshot keeps it alive.
+// pointer, under a mutex held for one shared_ptr copy. A reader holding an old snapshot keeps it
+// alive. (Not std::atomic<std::shared_ptr>: libstdc++ 12's lock bit inside it is invisible to
+// ThreadSanitizer, which then reports every publish against every fetch; a re-fetch happens once per
+// reload per worker, so the mutex costs nothing measurable.)
 #pragma once
 
 #include <atomic>
@@ -26,12 +29,14 @@ class PolicyCache {
   // Publishes a new snapshot and bumps the generation (release order).
   void publish(std::shared_ptr<const Snapshot> s);
   [[nodiscard]] std::shared_ptr<const Snapshot> current() const {
-    return current_.load(std::memory_order_acquire);
+    std::lock_guard lock(mu_);
+    return current_;
   }
   [[nodiscard]] uint64_t generation() const noexcept { return generation_.load(std::memory_order_acquire); }
 
  private:
-  std::atomic<std::shared_ptr<const Snapshot>> current_;
+  mutable std::mutex mu_;
+  std::shared_ptr<const Snapshot> current_;  // under mu_
   std::atomic<uint64_t> generation_{0};
 };
 
