@@ -184,8 +184,11 @@ SessionExport session_from_message(HandoverMessage& m) {
       out.in_pipe = dirs[d].at("in_pipe").get<uint32_t>();
       out.bytes = dirs[d].at("bytes").get<uint64_t>();
       if (out.in_pipe > 0) {
+        // Indices 0 and 1 are the sockets; a pair named twice (or past the end) is refused rather
+        // than read as an empty descriptor.
         size_t at = dirs[d].at("pipe_fd").get<size_t>();
-        if (at + 1 >= m.fds.size()) throw std::runtime_error("missing a pipe descriptor");
+        if (at < 2 || at >= m.fds.size() || m.fds.size() - at < 2 || !m.fds[at] || !m.fds[at + 1])
+          throw std::runtime_error("missing a pipe descriptor");
         out.pipe_r = std::move(m.fds[at]);
         out.pipe_w = std::move(m.fds[at + 1]);
       }
@@ -341,6 +344,8 @@ void HandoverServer::serve(common::UniqueFd conn) {
                                       {"to_pid", std::to_string(cred.pid)}});
 }
 
+HandoverClient::HandoverClient(common::UniqueFd connected) : sock_(std::move(connected)) {}
+
 HandoverClient::HandoverClient(const std::string& path) {
   sockaddr_un a = unix_addr(path);
   sock_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
@@ -350,6 +355,17 @@ HandoverClient::HandoverClient(const std::string& path) {
 }
 
 RelayExport HandoverClient::receive() {
+  // A field of the wrong type (nlohmann throws) is state this relay cannot read: refused like one.
+  try {
+    return receive_state();
+  } catch (const nlohmann::json::exception& e) {
+    std::string why = std::string("unreadable hand-over state: ") + e.what();
+    refuse(why);
+    throw HandoverError(kTakeoverRefused, "--takeover: " + why);
+  }
+}
+
+RelayExport HandoverClient::receive_state() {
   if (int r = send_handover(sock_.get(), HandoverMsg::kHello,
                             {{"protocol", kHandoverProtocol}, {"pid", ::getpid()}});
       r != 0)

@@ -167,6 +167,8 @@ class HandoverClient {
  public:
   // Connects to the running relay's control socket.
   explicit HandoverClient(const std::string& path);
+  // Uses an already connected control socket (tests, the fuzz target).
+  explicit HandoverClient(common::UniqueFd connected);
   // HELLO, then everything up to END. Refuses (REFUSE to the old side) unreadable state.
   RelayExport receive();
   // Tells the old side why this process gives up; it resumes serving.
@@ -177,6 +179,7 @@ class HandoverClient {
   [[nodiscard]] int peer_pid() const { return peer_pid_; }
 
  private:
+  RelayExport receive_state();
   common::UniqueFd sock_;
   int peer_pid_ = 0;
 };

@@ -1,0 +1,59 @@
+// Hand-over SESSION messages (relay/handover.h): a round trip, and descriptor indices that point at
+// the sockets or wrap around are refused (both were found by relay_handover_fuzz_test's inputs).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <limits>
+#include <stdexcept>
+
+#include "relay/handover.h"
+
+namespace relay = sshring::relay;
+using sshring::common::UniqueFd;
+
+namespace {
+
+relay::HandoverMessage message_with(size_t fds, const nlohmann::json& body) {
+  relay::HandoverMessage m;
+  m.type = relay::HandoverMsg::kSession;
+  m.body = body;
+  for (size_t i = 0; i < fds; ++i) m.fds.emplace_back(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  return m;
+}
+
+nlohmann::json body_with_pipe_at(nlohmann::json at) {
+  return {{"id", 1},
+          {"worker", 0},
+          {"route", "127.0.0.1:2222"},
+          {"age_ns", 1},
+          {"idle_ns", 1},
+          {"handshake", ""},
+          {"dirs",
+           {{{"state", 1}, {"in_pipe", 10}, {"bytes", 0}, {"pipe_fd", at}},
+            {{"state", 0}, {"in_pipe", 0}, {"bytes", 0}}}}};
+}
+
+}  // namespace
+
+TEST(HandoverMessage, SessionRoundTripsWithItsPipe) {
+  auto m = message_with(4, body_with_pipe_at(2));
+  relay::SessionExport s = relay::session_from_message(m);
+  EXPECT_EQ(s.id, 1u);
+  EXPECT_TRUE(s.client && s.upstream && s.dir[0].pipe_r && s.dir[0].pipe_w);
+  EXPECT_EQ(s.dir[0].in_pipe, 10u);
+  std::vector<int> fds;
+  nlohmann::json again = relay::session_body(s, &fds);
+  EXPECT_EQ(fds.size(), 4u);
+  EXPECT_EQ(again["dirs"][0]["pipe_fd"], 2);
+}
+
+TEST(HandoverMessage, PipeIndexOutsideTheDescriptorsIsRefused) {
+  for (nlohmann::json at : {nlohmann::json(std::numeric_limits<uint64_t>::max()), nlohmann::json(0),
+                            nlohmann::json(1), nlohmann::json(3), nlohmann::json(4)}) {
+    SCOPED_TRACE(at.dump());
+    auto m = message_with(4, body_with_pipe_at(at));
+    EXPECT_THROW(relay::session_from_message(m), std::runtime_error);
+  }
+}
