@@ -61,6 +61,11 @@ void parse_max_startups(std::string_view text, std::string_view what, AdmissionC
     cfg.rate = parse_u32(text.substr(c1 + 1, c2 - c1 - 1), what, text, kForm);
     cfg.full = parse_u32(text.substr(c2 + 1), what, text, kForm);
   }
+  // Checked here with `what` (a flag or a config key); validate() names the flags.
+  const std::string head = std::string(what) + " '" + std::string(text) + "': ";
+  if (cfg.full == 0) throw common::UsageError(head + "FULL must be at least 1");
+  if (cfg.start > cfg.full) throw common::UsageError(head + "START must not exceed FULL");
+  if (cfg.rate > 100) throw common::UsageError(head + "RATE is a percentage, 0..100");
   validate(cfg);
 }
 

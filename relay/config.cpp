@@ -10,6 +10,7 @@
 #include "common/duration.h"
 #include "common/error.h"
 #include "common/sockaddr.h"
+#include "relay/admission.h"
 
 namespace sshring::relay {
 
@@ -95,15 +96,26 @@ class Parser {
     }
     ConfigFile out;
     if (!root.IsMap()) fail(root, "", "expected a mapping with 'routes:' and optional limits");
-    static const std::set<std::string> kKeys = {"workers",      "max_sessions",  "connect_timeout",
-                                                "idle_timeout", "drain_timeout", "handshake_timeout",
-                                                "pipe_size",    "splice_mode",   "routes"};
+    static const std::set<std::string> kKeys = {"workers",
+                                                "max_sessions",
+                                                "connect_timeout",
+                                                "idle_timeout",
+                                                "drain_timeout",
+                                                "handshake_timeout",
+                                                "pipe_size",
+                                                "splice_mode",
+                                                "max_startups",
+                                                "max_startups_per_source",
+                                                "per_source_netblock",
+                                                "first_byte_timeout",
+                                                "routes"};
     for (const auto& kv : root) {
       std::string key = key_name(kv.first);
       if (!kKeys.count(key))
         fail(kv.first, key,
              "unknown setting; expected one of workers, max_sessions, connect_timeout, idle_timeout, "
-             "handshake_timeout, drain_timeout, pipe_size, splice_mode, routes");
+             "handshake_timeout, drain_timeout, pipe_size, splice_mode, max_startups, "
+             "max_startups_per_source, per_source_netblock, first_byte_timeout, routes");
       const YAML::Node& v = kv.second;
       RelayConfig& c = out.cfg;
       if (key == "workers") {
@@ -135,6 +147,22 @@ class Parser {
         } else {
           fail(v, key, "expected 'inline' or 'ring', got '" + m + "'");
         }
+      } else if (key == "max_startups" || key == "per_source_netblock") {
+        // The same forms as the flags (--max-startups, --per-source-netblock); errors name the line.
+        std::string text = scalar(v, key);
+        try {
+          if (key == "max_startups") {
+            parse_max_startups(text, key, c.startups);
+          } else {
+            parse_netblock(text, key, c.startups);
+          }
+        } catch (const common::UsageError& e) {
+          fail(v, "", e.what());
+        }
+      } else if (key == "max_startups_per_source") {
+        c.startups.per_source = static_cast<uint32_t>(integer(v, key, 1, 10'000'000));
+      } else if (key == "first_byte_timeout") {
+        c.startups.first_byte_timeout = duration(v, key, false);
       } else if (key == "routes") {
         parse_routes(v, c);
       }

@@ -8,13 +8,18 @@
 //   drain_timeout: 30s
 //   pipe_size: 1048576          # bytes per splice pipe
 //   splice_mode: inline         # inline | ring
+//   max_startups: 256:30:2048   # unauthenticated connections: start:rate:full (relay/admission.h)
+//   max_startups_per_source: 16
+//   per_source_netblock: 32:64  # what counts as one source: IPv4 /32, IPv6 /64
+//   first_byte_timeout: 3s
 //   routes:
 //     - listen: 0.0.0.0:2222
 //       upstream: 10.0.0.5:22
 //     - listen: "[::]:2223"
 //       upstream: "[fd00::5]:22"
 //
-// Errors name the file, the line and the key, and say what is expected.
+// Errors name the file, the line and the key, and say what is expected. Command-line flags override
+// the file's limits (flags given at start stay in force across reloads).
 #pragma once
 
 #include <chrono>

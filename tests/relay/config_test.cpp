@@ -29,6 +29,24 @@ TEST(RelayConfigTest, ParsesRoutesAndLimits) {
   EXPECT_FALSE(f.has_handshake_timeout);
 }
 
+TEST(RelayConfigTest, ParsesThePreAuthenticationBudget) {
+  auto f = parse_config(
+      "max_startups: 10:50:40\nmax_startups_per_source: 4\nper_source_netblock: 24:48\n"
+      "first_byte_timeout: 750ms\nroutes:\n  - listen: 127.0.0.1:2222\n    upstream: 10.0.0.5:22\n",
+      "relay.yaml");
+  EXPECT_EQ(f.cfg.startups.start, 10u);
+  EXPECT_EQ(f.cfg.startups.rate, 50u);
+  EXPECT_EQ(f.cfg.startups.full, 40u);
+  EXPECT_EQ(f.cfg.startups.per_source, 4u);
+  EXPECT_EQ(f.cfg.startups.v4_prefix, 24u);
+  EXPECT_EQ(f.cfg.startups.v6_prefix, 48u);
+  EXPECT_EQ(f.cfg.startups.first_byte_timeout, std::chrono::milliseconds(750));
+  // Absent: the defaults of relay/admission.h.
+  auto d = parse_config("routes:\n  - listen: 127.0.0.1:2222\n    upstream: 10.0.0.5:22\n", "relay.yaml");
+  EXPECT_EQ(d.cfg.startups.per_source, AdmissionConfig{}.per_source);
+  EXPECT_EQ(d.cfg.startups.v6_prefix, 64u);
+}
+
 struct BadCase {
   const char* yaml;
   std::vector<const char*> must_contain;
@@ -57,6 +75,11 @@ TEST(RelayConfigTest, ErrorsNameFileLineKeyAndFix) {
       {"routes:\n  - listen: 127.0.0.1:1\n    upstream: 127.0.0.1:0\n", {"port must not be 0"}},
       // Found by the fuzzer: a key that is itself a list threw YAML::BadConversion, not UsageError.
       {"!:@ []:\n ", {"relay.yaml:1", "plain word"}},
+      {"routes: []\nmax_startups: 100:30:10\n", {"relay.yaml:2", "max_startups"}},
+      {"max_startups: lots\nroutes: []\n", {"relay.yaml:1", "START:RATE:FULL"}},
+      {"per_source_netblock: 33:64\nroutes: []\n", {"relay.yaml:1", "per_source_netblock", "0..32"}},
+      {"max_startups_per_source: 0\nroutes: []\n", {"relay.yaml:1", "max_startups_per_source"}},
+      {"first_byte_timeout: 0\nroutes: []\n", {"relay.yaml:1", "first_byte_timeout"}},
       {"routes:\n  - {listen: 127.0.0.1:1, [a]: b}\n", {"relay.yaml:2", "plain word"}},
   };
   for (const auto& c : cases) {
