@@ -711,6 +711,56 @@ TEST_F(AuthRelay, HandshakeCapPerSourceThroughTheRelay) {
   capped.wait();
 }
 
+// Every session slot held by an authenticated session: the next verified client is refused (closed
+// without an OK, counted as overloaded) and never reaches the upstream. Silent connections around it
+// are startups and take none of the slots; once one session ends its slot serves the next client.
+TEST_F(AuthRelay, VerifiedClientIsRefusedOnlyWhenAuthenticatedSessionsHoldEverySlot) {
+  relay::RelayConfig cfg;
+  cfg.routes.push_back({.listen = *SockAddr::parse("127.0.0.1:0"), .handshake = s_->factory});
+  cfg.workers = 1;  // max_sessions is split over the workers: one worker holds exactly two
+  cfg.max_sessions = 2;
+  cfg.startups.per_source = 64;
+  cfg.log_sessions = false;
+  relay::Relay r(std::move(cfg));
+  r.start();
+  const uint16_t port = r.listen_addresses()[0].port();
+  const uint16_t up = s_->upstream.port();
+  auto wait_for = [](auto done) {
+    for (int i = 0; i < 500 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return done();
+  };
+  std::vector<UniqueFd> silent;
+  for (int i = 0; i < 10; ++i) silent.push_back(tcp_connect(port));
+  ASSERT_TRUE(wait_for([&] { return r.admission()->in_progress() == 10; }));
+  const int before = s_->upstream.accepts();
+  std::vector<UniqueFd> held;
+  for (int i = 0; i < 2; ++i) {
+    held.push_back(tcp_connect(port));
+    std::string h = hello(s_->user_key, "tester", "127.0.0.1", up);
+    ASSERT_EQ(::send(held.back().get(), h.data(), h.size(), MSG_NOSIGNAL), static_cast<ssize_t>(h.size()));
+  }
+  ASSERT_TRUE(wait_for([&] { return s_->upstream.accepts() == before + 2; })) << "the two sessions started";
+  ASSERT_EQ(r.sessions_total(relay::EndReason::kOverloaded), 0u) << "ten silent connections took a slot";
+
+  Exchange over = send_preamble(port, hello(s_->user_key, "tester", "127.0.0.1", up));
+  EXPECT_TRUE(over.closed);
+  EXPECT_FALSE(over.reply.status == auth::DecodeStatus::kOk && over.reply.reply.type == auth::FrameType::kOk);
+  // Counted when the worker finalizes the session, just after the client saw the close.
+  EXPECT_TRUE(wait_for([&] { return r.sessions_total(relay::EndReason::kOverloaded) == 1; }));
+  EXPECT_EQ(s_->upstream.accepts(), before + 2);
+
+  held.pop_back();  // one session ends; its slot comes back
+  bool ok = wait_for([&] {
+    Exchange again = send_preamble(port, hello(s_->user_key, "tester", "127.0.0.1", up));
+    return again.reply.status == auth::DecodeStatus::kOk && again.reply.reply.type == auth::FrameType::kOk;
+  });
+  EXPECT_TRUE(ok);
+  held.clear();
+  silent.clear();
+  r.stop();
+  r.wait();
+}
+
 namespace {
 
 // Opens `count` TCP connections to `relay` that never send a byte, each from the next address of
