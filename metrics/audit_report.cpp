@@ -75,6 +75,33 @@ void AuditReport::add_fleet(const AuditRecord& rec) {
     }
     return;
   }
+  if (rec.type == "grant_request" || rec.type == "grant_approve" || rec.type == "grant_deny") {
+    // Approvals and denials name only the grant: its rule and principal come from the request, read
+    // earlier from any time (add() learns it after this call, so a request is looked up in the body).
+    const nlohmann::json* terms = &b;
+    if (rec.type != "grant_request") {
+      auto g = grants_.find(str(b, "grant_id"));
+      if (g == grants_.end() || g->second.terms.is_null()) return;
+      terms = &g->second.terms;
+    }
+    std::string rule = str(*terms, "rule"), who = str(*terms, "who");
+    const bool live = str(b, "status") == "active";
+    if (live) ++grant_days_[rec.ts.substr(0, 10)]["added"];
+    for (auto* t : {&rules_[rule.empty() ? "(none)" : rule], &principals_[who.empty() ? "(none)" : who]}) {
+      if (rec.type == "grant_request") {
+        ++t->grants_requested;
+        if (live) ++t->grants_added;
+      } else if (rec.type == "grant_approve") {
+        if (live) {
+          ++t->grants_added;
+          ++t->grants_approved;
+        }
+      } else {
+        ++t->grants_denied;
+      }
+    }
+    return;
+  }
   if (rec.type != "grant_add" && rec.type != "grant_revoke" && rec.type != "grant_expire") return;
   std::string rule = str(b, "rule");
   std::string who = str(b, "who");
@@ -355,8 +382,10 @@ void AuditReport::fleet_json(nlohmann::ordered_json& out) const {
                      {"session_bytes", t.bytes},
                      {"flows", tag_counts(flows[k])},
                      {"grants",
-                      {{"added", t.grants_added},
+                      {{"requested", t.grants_requested},
+                       {"added", t.grants_added},
                        {"approved", t.grants_approved},
+                       {"denied", t.grants_denied},
                        {"revoked", t.grants_revoked},
                        {"expired", t.grants_expired}}}});
     }
@@ -445,11 +474,11 @@ std::string AuditReport::to_text() const {
       const auto& fl = r["flows"];
       const auto& g = r["grants"];
       rows.push_back({s(r[key]), s(r["sessions"]), s(r["denied"]), s(fl["bypass_unapproved"]),
-                      s(fl["bypass_expired"]), s(fl["bypass_approved"]), s(g["added"]), s(g["approved"]),
-                      s(g["revoked"]), s(g["expired"])});
+                      s(fl["bypass_expired"]), s(fl["bypass_approved"]), s(g["requested"]), s(g["added"]),
+                      s(g["approved"]), s(g["denied"]), s(g["revoked"]), s(g["expired"])});
     }
-    out << table({"NAME", "SESSIONS", "DENIED", "UNAPPROVED", "EXPIRED", "APPROVED", "GRANTS",
-                  "APPROVED_GRANTS", "REVOKED", "EXPIRED_GRANTS"},
+    out << table({"NAME", "SESSIONS", "DENIED", "UNAPPROVED", "EXPIRED", "APPROVED", "REQUESTS", "GRANTS",
+                  "APPROVED_GRANTS", "DENIED_GRANTS", "REVOKED", "EXPIRED_GRANTS"},
                  rows);
   }
 

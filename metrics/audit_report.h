@@ -58,8 +58,10 @@ class AuditReport {
   uint64_t sessions_ = 0, denied_ = 0, session_bytes_ = 0;
   // Fleet tables: per relay/agent host, per principal, per opt-out rule.
   struct Tally {
-    uint64_t sessions = 0, denied = 0, bytes = 0, grants_added = 0, grants_approved = 0, grants_revoked = 0,
-             grants_expired = 0;
+    // Grants: requested (signed requests), added (went live: grant_add, a request live at once or
+    // its activating approval), approved (live through an approval), denied (signed denials).
+    uint64_t sessions = 0, denied = 0, bytes = 0, grants_requested = 0, grants_added = 0, grants_approved = 0,
+             grants_denied = 0, grants_revoked = 0, grants_expired = 0;
   };
   std::map<std::string, Tally> hosts_, principals_, rules_;
   std::map<std::string, std::map<std::string, uint64_t>> grant_days_;  // day -> added|revoked|expired -> n

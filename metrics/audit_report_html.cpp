@@ -136,11 +136,12 @@ std::string fleet_table(const OJ& rows, const char* key) {
     const auto& f = r["flows"];
     const auto& g = r["grants"];
     out.push_back({cell(r[key]), cell(r["sessions"]), cell(r["denied"]), cell(f["bypass_unapproved"]),
-                   cell(f["bypass_expired"]), cell(f["bypass_approved"]), cell(g["added"]),
-                   cell(g["approved"]), cell(g["revoked"]), cell(g["expired"])});
+                   cell(f["bypass_expired"]), cell(f["bypass_approved"]), cell(g["requested"]),
+                   cell(g["added"]), cell(g["approved"]), cell(g["denied"]), cell(g["revoked"]),
+                   cell(g["expired"])});
   }
   return html_table({key, "sessions", "denied", "unapproved flows", "expired-grant flows", "approved flows",
-                     "grants added", "approved", "revoked", "expired"},
+                     "grant requests", "grants added", "approved", "denied", "revoked", "expired"},
                     out);
 }
 

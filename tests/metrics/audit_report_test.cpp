@@ -123,6 +123,58 @@ TEST(AuditReportTest, BreakGlassReviewsAwaitingOverdueAndDone) {
   EXPECT_EQ(j["break_glass"][0]["reviewed_by"], "carol");
 }
 
+// Signed grants per rule and per principal: requested, live (at once or by its approval), approved,
+// denied. A request left pending counts only as requested.
+TEST(AuditReportTest, SignedGrantRequestsApprovalsAndDenialsPerRuleAndPrincipal) {
+  TempDir dir;
+  {
+    AuditLog log({.path = dir.file("grant.audit.jsonl"), .component = "grant", .fsync_each = true});
+    auto request = [&](const char* id, const char* who, const char* rule, const char* status) {
+      log.append({{"type", "grant_request"},
+                  {"grant_id", id},
+                  {"who", who},
+                  {"from", "10.8.0.0/24"},
+                  {"to", "10.1.2.3/32"},
+                  {"ports", {22}},
+                  {"rule", rule},
+                  {"status", status},
+                  {"signer", who},
+                  {"key_fingerprint", std::string("SHA256:") + who}});
+    };
+    auto decide = [&](const char* type, const char* id, const char* status) {
+      nlohmann::json r{
+          {"type", type}, {"grant_id", id}, {"signer", "sec1"}, {"key_fingerprint", "SHA256:sec1"}};
+      if (status) r["status"] = status;
+      log.append(r);
+    };
+    request("g-ci", "ci-bot", "ci", "active");    // rule needs no approval: live at once
+    request("g-ok", "alice", "prod", "pending");  // approved below
+    request("g-no", "alice", "prod", "pending");  // denied below
+    request("g-wait", "bob", "prod", "pending");  // never decided
+    decide("grant_approve", "g-ok", "active");
+    decide("grant_deny", "g-no", nullptr);
+  }
+  auto j = build(dir, {}).to_json();
+  std::map<std::string, nlohmann::ordered_json> rule, who;
+  for (const auto& r : j["by_rule"]) rule[r["rule"].get<std::string>()] = r["grants"];
+  for (const auto& p : j["by_principal"]) who[p["principal"].get<std::string>()] = p["grants"];
+  EXPECT_EQ(rule["prod"]["requested"], 3) << j["by_rule"];
+  EXPECT_EQ(rule["prod"]["added"], 1);
+  EXPECT_EQ(rule["prod"]["approved"], 1);
+  EXPECT_EQ(rule["prod"]["denied"], 1);
+  EXPECT_EQ(rule["ci"]["requested"], 1);
+  EXPECT_EQ(rule["ci"]["added"], 1);
+  EXPECT_EQ(rule["ci"]["approved"], 0);
+  EXPECT_EQ(who["alice"]["requested"], 2) << j["by_principal"];
+  EXPECT_EQ(who["alice"]["denied"], 1);
+  EXPECT_EQ(who["bob"]["requested"], 1);
+  EXPECT_EQ(who["bob"]["added"], 0);
+  ASSERT_EQ(j["grants_per_day"].size(), 1u);
+  EXPECT_EQ(j["grants_per_day"][0]["added"], 2);
+  const std::string text = build(dir, {}).to_text();
+  EXPECT_NE(text.find("DENIED_GRANTS"), std::string::npos) << text;
+}
+
 TEST(AuditReportTest, WindowExcludesOlderRecords) {
   TempDir dir;
   craft(dir);
