@@ -462,7 +462,10 @@ TEST_F(EtcdFleet, ForgedGrantsWrittenStraightIntoEtcdAreRejected) {
   }
   auto rejected = [&] {
     std::map<std::string, std::string> r;
-    for (const auto& c : relay.cache.current()->checked_grants())
+    // The snapshot is held for the loop: a range-for over current()->checked_grants() would free the
+    // temporary shared_ptr before iterating (TSan caught a reload freeing it meanwhile).
+    const auto snap = relay.cache.current();
+    for (const auto& c : snap->checked_grants())
       if (c.status == GrantStatus::kRejected) r[c.object.request.id] = c.reject_reason;
     return r;
   };
