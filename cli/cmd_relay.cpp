@@ -14,6 +14,7 @@
 #include <functional>
 #include <iostream>
 #include <memory>
+#include <string_view>
 #include <thread>
 
 #include "cli/command.h"
@@ -244,8 +245,12 @@ int run_relay_impl(const std::vector<std::string>& args) {
   // serving (StopServing below) before the relay's worker stats go away.
   std::unique_ptr<metrics::Server> metrics_server;
   metrics::PolicyMetrics policy_metrics;
-  if (auto m = f.get("metrics"); m && !takeover)
-    metrics_server = std::make_unique<metrics::Server>(*m, "relay");
+  // With --takeover the families are registered now (policy reloads count from the first load) but
+  // the port is bound only once the old relay let go of it.
+  if (auto m = f.get("metrics")) {
+    metrics_server = std::make_unique<metrics::Server>("relay");
+    if (!takeover) metrics_server->listen(*m);
+  }
   if (metrics_server && audit) metrics::register_audit(*metrics_server, audit.get());
   // Authenticated mode (docs/protocol.md); declared before the relay so it outlives every session.
   std::unique_ptr<relay::auth::AuthService> auth;
@@ -309,14 +314,14 @@ int run_relay_impl(const std::vector<std::string>& args) {
     common::log_info("took over", {{"sessions", std::to_string(sessions)},
                                    {"listeners", std::to_string(listeners)},
                                    {"from_pid", std::to_string(tk.client->peer_pid())}});
-    if (auto m = f.get("metrics")) metrics_server = std::make_unique<metrics::Server>(*m, "relay");
+    if (metrics_server) metrics_server->listen(*f.get("metrics"));
     if (metrics_server && audit) metrics::register_audit(*metrics_server, audit.get());
-    stop_serving.server = metrics_server.get();
   } else {
     relay.start();
   }
+  metrics::RelayMetrics relay_metrics;
   if (auto m = f.get("metrics")) {
-    auto rm = metrics::register_relay(*metrics_server, relay.stats());
+    auto& rm = relay_metrics = metrics::register_relay(*metrics_server, relay.stats());
     if (rm.max_sessions) rm.max_sessions->Set(static_cast<double>(cfg.max_sessions));
     if (auth) auth->factory()->set_metrics(rm);
     common::log_info("metrics listening",
@@ -340,11 +345,16 @@ int run_relay_impl(const std::vector<std::string>& args) {
     // The new process is the service now (systemd tracks it instead of this one, which exits).
     if (c.peer_pid > 0) notify_systemd("MAINPID=" + std::to_string(c.peer_pid));
   };
+  // What each hand-over attempt on this (old) side came to.
+  prometheus::Family<prometheus::Counter>* handovers = relay_metrics.handovers;
   std::unique_ptr<relay::HandoverServer> handover;
   if (control != "none") {
     try {
       handover = std::make_unique<relay::HandoverServer>(
-          relay, control, [&](const relay::HandoverServer::Counts& c) { let_go(c); });
+          relay, control, [&](const relay::HandoverServer::Counts& c) { let_go(c); },
+          [handovers](std::string_view result) {
+            if (handovers) handovers->Add({{"result", std::string(result)}}).Increment();
+          });
     } catch (const common::UsageError& e) {
       common::log_warn("no hand-over control socket", {{"error", e.what()}});
     }

@@ -57,6 +57,13 @@ RelayMetrics register_relay(Server& server, const std::vector<const RelayWorkerS
                         .Help("Configured limit on concurrent sessions (all workers).")
                         .Register(reg)
                         .Add({});
+  m.handovers = &prometheus::BuildCounter()
+                     .Name("sshring_relay_handovers_total")
+                     .Help(
+                         "Live hand-overs to a new relay process on this relay's control socket, by "
+                         "result: done, refused, failed (this relay served on).")
+                     .Register(reg);
+  for (const char* r : {"done", "refused", "failed"}) m.handovers->Add({{"result", r}});
 
   server.add_collector([workers] {
     auto active = gauge_family("sshring_relay_sessions_active", "Sessions currently relayed.");

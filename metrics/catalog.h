@@ -60,6 +60,8 @@ struct RelayMetrics {
   prometheus::Family<prometheus::Counter>* decisions =
       nullptr;                                // sshring_policy_decisions_total{result,reason}
   prometheus::Gauge* max_sessions = nullptr;  // sshring_relay_sessions_max
+  // sshring_relay_handovers_total{result}: done, refused, failed (series exist from the start).
+  prometheus::Family<prometheus::Counter>* handovers = nullptr;
 };
 
 // Registers relay metrics. `workers` must outlive the server (the collector reads them).

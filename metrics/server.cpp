@@ -179,8 +179,22 @@ struct Server::Impl {
   std::unique_ptr<Ipv6Endpoint> ipv6;            // IPv6 (see Ipv6Endpoint)
 };
 
-Server::Server(const std::string& listen, std::string component)
+Server::Server(const std::string& listen, std::string component) : Server(std::move(component)) {
+  this->listen(listen);
+}
+
+Server::Server(std::string component)
     : impl_(std::make_unique<Impl>()), registry_(std::make_shared<prometheus::Registry>()) {
+  prometheus::BuildGauge()
+      .Name("sshring_build_info")
+      .Help("Build information; always 1.")
+      .Register(*registry_)
+      .Add({{"version", common::version()}, {"component", component}})
+      .Set(1);
+}
+
+void Server::listen(const std::string& listen) {
+  if (impl_->exposer || impl_->ipv6) throw std::runtime_error("metrics: already listening");
   // Validate here so the error names the flag's form rather than a civetweb message.
   auto addr = common::SockAddr::parse(listen);
   if (!addr) {
@@ -203,12 +217,6 @@ Server::Server(const std::string& listen, std::string component)
     throw std::runtime_error("metrics: cannot listen on " + listen + ": " + e.what() +
                              " (is the port in use or the address not local?)");
   }
-  prometheus::BuildGauge()
-      .Name("sshring_build_info")
-      .Help("Build information; always 1.")
-      .Register(*registry_)
-      .Add({{"version", common::version()}, {"component", component}})
-      .Set(1);
   if (impl_->exposer) {
     impl_->exposer->RegisterCollectable(registry_);
     impl_->exposer->RegisterCollectable(impl_->collectors);

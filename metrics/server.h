@@ -57,6 +57,11 @@ class Server {
   // Binds "ADDR:PORT" ("[::1]:9100" for IPv6; port 0 picks one, see port()). Registers
   // sshring_build_info{version,component}. Throws std::runtime_error naming the address on failure.
   Server(const std::string& listen, std::string component);
+  // Families and collectors can be registered at once; scrapes are served only after listen()
+  // (a relay taking over binds the port once the old process let go of it).
+  explicit Server(std::string component);
+  // Starts serving on "ADDR:PORT" (once). Throws std::runtime_error like the constructor.
+  void listen(const std::string& listen);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;

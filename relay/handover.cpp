@@ -222,8 +222,12 @@ uint32_t state_version_to_send() {
 
 }  // namespace
 
-HandoverServer::HandoverServer(Relay& relay, std::string path, std::function<void(const Counts&)> on_commit)
-    : relay_(relay), path_(std::move(path)), on_commit_(std::move(on_commit)) {
+HandoverServer::HandoverServer(Relay& relay, std::string path, std::function<void(const Counts&)> on_commit,
+                               std::function<void(std::string_view)> on_result)
+    : relay_(relay),
+      path_(std::move(path)),
+      on_commit_(std::move(on_commit)),
+      on_result_(std::move(on_result)) {
   sockaddr_un a = unix_addr(path_);
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(path_).parent_path(), ec);
@@ -267,27 +271,30 @@ void HandoverServer::loop() {
                        {{"uid", std::to_string(cred.uid)}, {"pid", std::to_string(cred.pid)}});
       continue;
     }
+    const char* result = "failed";
     try {
-      serve(std::move(c));
+      result = serve(std::move(c));
     } catch (const std::exception& e) {
       common::log_error("hand-over failed; serving on", {{"error", e.what()}});
     }
+    if (on_result_) on_result_(result);
   }
 }
 
-void HandoverServer::serve(common::UniqueFd conn) {
+const char* HandoverServer::serve(common::UniqueFd conn) {
   HandoverMessage m;
   if (int r = recv_handover(conn.get(), m, kStepTimeoutMs); r != 0 || m.type != HandoverMsg::kHello) {
     common::log_warn("control socket: no HELLO", {{"error", r ? strerror(-r) : handover_msg_name(m.type)}});
-    return;
+    return "failed";
   }
-  if (m.body.value("protocol", 0u) != kHandoverProtocol) {
+  const auto protocol = m.body.find("protocol");
+  if (protocol == m.body.end() || *protocol != kHandoverProtocol) {
     (void)send_handover(
         conn.get(), HandoverMsg::kRefuse,
         {{"error", "this relay speaks hand-over protocol " + std::to_string(kHandoverProtocol)}});
     common::log_error("hand-over refused: the new relay speaks another protocol",
-                      {{"protocol", m.body.value("protocol", nlohmann::json(0)).dump()}});
-    return;
+                      {{"protocol", protocol == m.body.end() ? "none" : protocol->dump()}});
+    return "refused";
   }
   ucred cred{};
   socklen_t len = sizeof(cred);
@@ -298,12 +305,27 @@ void HandoverServer::serve(common::UniqueFd conn) {
     (void)send_handover(conn.get(), HandoverMsg::kRefuse,
                         {{"error", "the running relay did not become quiet"}});
     common::log_error("hand-over aborted: workers did not park in time; serving on");
-    return;
+    return "failed";
   }
-  Counts counts{exp->listeners.size(), exp->sessions.size(), cred.pid};
-  auto fail = [&](const std::string& why) {
+  // From here every way out before READY resumes the parked sessions, an exception included.
+  try {
+    return send_state(conn, *exp, cred.pid);
+  } catch (const std::exception& e) {
+    relay_.resume_after_handover();
+    common::log_error("hand-over failed; this relay keeps every session and serves on",
+                      {{"error", e.what()}});
+    return "failed";
+  }
+}
+
+const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport& parked, int peer_pid) {
+  HandoverMessage m;
+  std::optional<RelayExport> exp(std::move(parked));
+  Counts counts{exp->listeners.size(), exp->sessions.size(), peer_pid};
+  auto fail = [&](const std::string& why, const char* result = "failed") {
     relay_.resume_after_handover();
     common::log_error("hand-over failed; this relay keeps every session and serves on", {{"error", why}});
+    return result;
   };
   int r = send_handover(conn.get(), HandoverMsg::kState,
                         {{"state_version", state_version_to_send()},
@@ -328,8 +350,12 @@ void HandoverServer::serve(common::UniqueFd conn) {
   if (r != 0) return fail(std::string("sending state: ") + strerror(-r));
   r = recv_handover(conn.get(), m, kStepTimeoutMs);
   if (r != 0) return fail(r == -ECONNRESET ? "the new relay exited before READY" : std::string(strerror(-r)));
-  if (m.type != HandoverMsg::kReady)
-    return fail("the new relay refused: " + m.body.value("error", std::string("?")));
+  if (m.type != HandoverMsg::kReady) {
+    const auto error = m.body.find("error");
+    return fail("the new relay refused: " +
+                    (error != m.body.end() && error->is_string() ? error->get<std::string>() : "?"),
+                m.type == HandoverMsg::kRefuse ? "refused" : "failed");
+  }
   relay_.commit_handover();
   try {
     if (on_commit_) on_commit_(counts);
@@ -341,7 +367,8 @@ void HandoverServer::serve(common::UniqueFd conn) {
   (void)send_handover(conn.get(), HandoverMsg::kDone, {{"sessions", counts.sessions}});
   common::log_info("hand-over done", {{"sessions", std::to_string(counts.sessions)},
                                       {"listeners", std::to_string(counts.listeners)},
-                                      {"to_pid", std::to_string(cred.pid)}});
+                                      {"to_pid", std::to_string(peer_pid)}});
+  return "done";
 }
 
 HandoverClient::HandoverClient(common::UniqueFd connected) : sock_(std::move(connected)) {}

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -130,7 +131,11 @@ class HandoverServer {
   // Binds `path` (mode 0600; a stale socket file is replaced, a live one is not: throws
   // common::UsageError). `on_commit` runs once the new process is READY and before DONE is sent:
   // write the relay_handover record and flush the audit log there, stop serving metrics.
-  HandoverServer(Relay& relay, std::string path, std::function<void(const Counts&)> on_commit);
+  // `on_result` (optional) is told how each attempt ended: "done", "refused" (the two sides cannot
+  // read each other) or "failed" (anything else; this relay serves on); on the control socket's
+  // thread.
+  HandoverServer(Relay& relay, std::string path, std::function<void(const Counts&)> on_commit,
+                 std::function<void(std::string_view)> on_result = {});
   ~HandoverServer();
   HandoverServer(const HandoverServer&) = delete;
   HandoverServer& operator=(const HandoverServer&) = delete;
@@ -140,10 +145,12 @@ class HandoverServer {
 
  private:
   void loop();
-  void serve(common::UniqueFd conn);
+  const char* serve(common::UniqueFd conn);
+  const char* send_state(const common::UniqueFd& conn, RelayExport& parked, int peer_pid);
   Relay& relay_;
   std::string path_;
   std::function<void(const Counts&)> on_commit_;
+  std::function<void(std::string_view)> on_result_;
   common::UniqueFd listen_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> done_{false};

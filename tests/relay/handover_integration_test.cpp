@@ -15,11 +15,13 @@
 #include <chrono>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <random>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "tests/metrics/scrape.h"
 #include "tests/support/process.h"
 #include "tests/support/sshd.h"
 
@@ -89,6 +91,7 @@ class Handover : public ::testing::Test {
   t::TempDir dir;
   t::Sshd sshd{t::Sshd::Options{.max_startups = 2000}};
   uint16_t port = t::free_port();
+  uint16_t metrics_port = t::free_port();  // each generation binds it once the one before let go
   std::string control = dir.file("relay.control");
   int generation = 0;
 
@@ -109,7 +112,8 @@ class Handover : public ::testing::Test {
                                   "--workers", "2",
                                   // Every client here is 127.0.0.1: admit a hand-over's backlog burst
                                   // (the default of 16 startups per source would refuse part of it).
-                                  "--max-startups-per-source", "64", "--quiet"};
+                                  "--max-startups-per-source", "64", "--quiet", "--metrics",
+                                  "127.0.0.1:" + std::to_string(metrics_port)};
     if (takeover) a.push_back("--takeover");
     return a;
   }
@@ -123,6 +127,20 @@ class Handover : public ::testing::Test {
   }
 
   std::string log(int gen) { return t::read_file(dir.file("relay" + std::to_string(gen) + ".log")); }
+
+  // The serving relay's sample `key` (e.g. sshring_relay_handovers_total{result="failed"}), waiting up
+  // to 10 s for the port (a relay that took over binds it only after the old one let go).
+  std::optional<double> metric(const std::string& key) {
+    for (int i = 0; i < 100; ++i) {
+      try {
+        return sshring::metrics::testing::sample(
+            sshring::metrics::testing::http_get("127.0.0.1", metrics_port, "/metrics"), key);
+      } catch (const std::exception&) {
+        std::this_thread::sleep_for(100ms);
+      }
+    }
+    return std::nullopt;
+  }
 
   bool wait_for_control() {
     for (int i = 0; i < 200; ++i) {
@@ -272,6 +290,8 @@ TEST_F(Handover, SessionsSurviveThreeHandoversAndACrashedTakeover) {
   for (int i = 0; i < 100 && log(1).find("keeps every session") == std::string::npos; ++i)
     std::this_thread::sleep_for(100ms);
   EXPECT_NE(log(1).find("keeps every session"), std::string::npos) << log(1);
+  EXPECT_EQ(metric("sshring_relay_handovers_total{result=\"failed\"}"), 1.0);
+  EXPECT_EQ(metric("sshring_relay_handovers_total{result=\"done\"}"), 0.0);
   stream_for(ss, rng, 2s);
   alive(ss, "after the crashed takeover");
 
@@ -284,6 +304,10 @@ TEST_F(Handover, SessionsSurviveThreeHandoversAndACrashedTakeover) {
     for (int i = 0; i < 100 && log(gen).find("took over") == std::string::npos; ++i)
       std::this_thread::sleep_for(100ms);
     EXPECT_NE(log(gen).find("took over"), std::string::npos) << log(gen);
+    // The new process serves metrics on the same port, its policy families included (its reloader
+    // counted the first load before the port was bound), and its own hand-over count starts at 0.
+    EXPECT_GE(metric("sshring_policy_reloads_total{result=\"success\"}").value_or(0), 1.0) << log(gen);
+    EXPECT_EQ(metric("sshring_relay_handovers_total{result=\"done\"}"), 0.0);
     stream_for(ss, rng, 3s);
     alive(ss, ("after hand-over " + std::to_string(round + 1)).c_str());
   }
@@ -358,6 +382,7 @@ TEST_F(Handover, StateOfAnotherVersionIsRefusedAndTheOldRelayServesOn) {
   EXPECT_EQ(next.wait(60s), 4) << log(2);
   EXPECT_NE(log(2).find("state version 99 cannot be read"), std::string::npos) << log(2);
   EXPECT_TRUE(relay.running());
+  EXPECT_EQ(metric("sshring_relay_handovers_total{result=\"refused\"}"), 1.0);
   stream_for(ss, rng, 2s);
   alive(ss, "after the refused takeover");
   finish(ss, rng);

@@ -4,16 +4,22 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/un.h>
+
 #include <condition_variable>
+#include <cstring>
+#include <functional>
 #include <mutex>
 #include <thread>
 
 #include <fcntl.h>
 #include <sched.h>
 
+#include "relay/handover.h"
 #include "relay/relay.h"
 #include "tests/relay/relay_fixtures.h"
 #include "tests/support/netns.h"
+#include "tests/support/process.h"
 
 namespace sshring::relay {
 namespace {
@@ -590,6 +596,73 @@ TEST_F(HandshakeSeamTest, OversizePreambleIsDenied) {
   ssize_t r = test::read_end(c.get(), 3s);
   EXPECT_TRUE(r == 0 || r == -ECONNRESET) << r;
   EXPECT_EQ(last_summary().reason, EndReason::kDenied);
+}
+
+}  // namespace
+}  // namespace sshring::relay
+
+namespace sshring::relay {
+namespace {
+
+// A peer on the control socket that takes the parked state and then answers with garbage (a REFUSE
+// whose error is not a string, bytes that are not a message, or nothing) must not leave the relay
+// parked: after each attempt it relays its live session and new clients again, and counts the
+// attempt (refused, failed, failed). The first answer used to throw past the resume.
+TEST(RelayTest, GarbageFromAHandoverPeerLeavesTheRelayServing) {
+  EchoServer echo;
+  Relay relay(static_cfg(echo.addr()));
+  relay.start();
+  auto la = relay.listen_addresses()[0];
+  auto held = test::tcp_connect(la);
+  ASSERT_TRUE(eventually([&] { return relay.sessions_active() == 1; }));
+  sshring::testing::TempDir dir;
+  std::mutex mu;
+  std::vector<std::string> results;
+  HandoverServer server(
+      relay, dir.file("relay.control"), [](const HandoverServer::Counts&) { ADD_FAILURE() << "committed"; },
+      [&](std::string_view r) {
+        std::lock_guard lock(mu);
+        results.emplace_back(r);
+      });
+  auto answer_with = [&](const std::function<void(int)>& answer) {
+    common::UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", dir.file("relay.control").c_str());
+    ASSERT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0) << std::strerror(errno);
+    ASSERT_EQ(send_handover(s.get(), HandoverMsg::kHello, {{"protocol", kHandoverProtocol}}), 0);
+    HandoverMessage m;
+    int sessions = 0;
+    do {
+      ASSERT_EQ(recv_handover(s.get(), m, 10000), 0);
+      sessions += m.type == HandoverMsg::kSession;
+    } while (m.type != HandoverMsg::kEnd);
+    EXPECT_EQ(sessions, 1);
+    answer(s.get());
+  };
+  const std::vector<std::function<void(int)>> answers = {
+      [](int s) {
+        EXPECT_EQ(send_handover(s, HandoverMsg::kRefuse, {{"error", 5}}), 0);
+      },
+      [](int s) { EXPECT_EQ(::send(s, "\x00\x06{not json", 11, MSG_NOSIGNAL), 11); }, [](int) {},  // hang up
+  };
+  for (size_t i = 0; i < answers.size(); ++i) {
+    SCOPED_TRACE(i);
+    answer_with(answers[i]);
+    ASSERT_TRUE(eventually([&] {
+      std::lock_guard lock(mu);
+      return results.size() == i + 1;
+    }));
+    expect_echo(la, 1000);  // new clients are relayed again
+    char b = static_cast<char>('a' + i), back = 0;
+    ASSERT_TRUE(test::write_all(held.get(), &b, 1));
+    ASSERT_TRUE(test::read_exact(held.get(), &back, 1)) << "the parked session was not resumed";
+    EXPECT_EQ(back, b);
+  }
+  EXPECT_EQ(results, (std::vector<std::string>{"refused", "failed", "failed"}));
+  EXPECT_FALSE(server.handed_over());
+  relay.stop();
+  relay.wait();
 }
 
 }  // namespace
