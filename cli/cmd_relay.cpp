@@ -123,7 +123,7 @@ std::chrono::milliseconds flag_millis(const common::Flags& f, std::string_view n
 // mode), --listen may come without --upstream and file routes may omit `upstream`: those routes get
 // the handshake, which picks the upstream per session.
 relay::RelayConfig build_relay_config(const common::Flags& f,
-                                      std::shared_ptr<relay::HandshakeFactory> handshake = nullptr) {
+                                      const std::shared_ptr<relay::HandshakeFactory>& handshake = nullptr) {
   relay::ConfigFile file;
   if (auto path = f.get("config")) file = relay::load_config_file(*path, handshake != nullptr);
   relay::RelayConfig cfg = std::move(file.cfg);

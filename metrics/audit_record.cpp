@@ -263,8 +263,8 @@ std::string format_rfc3339_ms(std::chrono::system_clock::time_point t) {
   std::tm tm{};
   ::gmtime_r(&secs, &tm);
   char buf[64];
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+  (void)std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
   return buf;
 }
 
@@ -285,7 +285,7 @@ std::optional<int64_t> parse_rfc3339_ms(std::string_view s) {
     size_t start = pos;
     int scale = 100;
     while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') {
-      ms += (s[pos] - '0') * scale;
+      ms += static_cast<int64_t>(s[pos] - '0') * scale;
       scale /= 10;
       ++pos;
     }
@@ -300,7 +300,7 @@ std::optional<int64_t> parse_rfc3339_ms(std::string_view s) {
     if (!ok || pos + 3 >= s.size() || s[pos + 3] != ':') return std::nullopt;
     int om = digits(s, pos + 4, 2, &ok);
     if (!ok || oh > 23 || om > 59) return std::nullopt;
-    offset_s = sign * (oh * 3600 + om * 60);
+    offset_s = sign * (int64_t{oh} * 3600 + int64_t{om} * 60);
     pos += 6;
   } else {
     return std::nullopt;
@@ -313,7 +313,7 @@ std::optional<int64_t> parse_rfc3339_ms(std::string_view s) {
   int64_t doy = (153 * (mon + (mon > 2 ? -3 : 9)) + 2) / 5 + day - 1;
   int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
   int64_t days = era * 146097 + doe - 719468;
-  int64_t secs = days * 86400 + hour * 3600 + min * 60 + sec - offset_s;
+  int64_t secs = days * 86400 + int64_t{hour} * 3600 + int64_t{min} * 60 + sec - offset_s;
   return secs * 1000 + ms;
 }
 
