@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pwd.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <set>
@@ -569,6 +571,73 @@ TEST_F(AuthRelay, SlowlorisIsCutByTheHandshakeTimeout) {
   slow.stop();
   slow.wait();
   EXPECT_EQ(s_->factory->decisions(code(auth::Reason::kTimeout)), timeouts + 1);
+}
+
+// Fail closed on the audit log, through a relay with real ssh: while the relay's audit log cannot be
+// written, ssh through it is refused (`sshring connect` says overloaded) and no shell runs; once the
+// disk has room again sessions go through, and the chain verifies across the outage.
+TEST_F(AuthRelay, SshIsRefusedWhileTheAuditLogIsUnwritableAndRecovers) {
+  if (::geteuid() != 0) {
+    if (std::getenv("CI")) FAIL() << "needs root to mount a small tmpfs";
+    GTEST_SKIP() << "needs root to mount a small tmpfs";
+  }
+  const std::string mnt = s_->dir.file("auditfs");
+  ::mkdir(mnt.c_str(), 0700);
+  ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=128k"), 0) << std::strerror(errno);
+  struct Unmount {
+    std::string p;
+    ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  const std::string log_path = mnt + "/relay.audit.jsonl";
+  {
+    sshring::metrics::AuditLog audit({.path = log_path, .component = "relay", .fsync_each = true});
+    auth::AuthOptions o;
+    o.relay_ids = {"test-relay"};
+    o.audit = &audit;
+    o.log_denials = false;
+    o.refuse_when_audit_unwritable = true;  // --audit-failure refuse, the default
+    auto factory = std::make_shared<auth::AuthHandshakeFactory>(s_->cache, o);
+    relay::RelayConfig cfg;
+    cfg.routes.push_back({.listen = *SockAddr::parse("127.0.0.1:0"), .handshake = factory});
+    cfg.workers = 1;
+    cfg.log_sessions = false;
+    relay::Relay r(std::move(cfg));
+    r.start();
+    const std::string via = "127.0.0.1:" + std::to_string(r.listen_addresses()[0].port());
+    std::string out;
+    ASSERT_EQ(ssh(false, "echo before", &out, "", std::chrono::seconds(60), via), 0);
+    EXPECT_EQ(out, "before\n");
+
+    const std::string filler = mnt + "/filler";
+    {
+      FILE* f = std::fopen(filler.c_str(), "w");
+      ASSERT_NE(f, nullptr);
+      std::string chunk(4096, 'x');
+      while (std::fwrite(chunk.data(), 1, chunk.size(), f) == chunk.size() && std::fflush(f) == 0) {
+      }
+      std::fclose(f);
+    }
+    // Sessions still go through until a record fails (the file's last page may have room left).
+    for (int i = 0; i < 20 && audit.writable(); ++i)
+      (void)ssh(false, "true", nullptr, "", std::chrono::seconds(60), via);
+    ASSERT_FALSE(audit.writable());
+    EXPECT_NE(ssh(false, "echo during", &out, "", std::chrono::seconds(60), via), 0);
+    EXPECT_EQ(out, "") << "a shell ran while the audit log was unwritable";
+    const std::string err = t::read_file(s_->dir.file("ssh.err"));
+    EXPECT_NE(err.find("overloaded"), std::string::npos) << err;
+
+    std::filesystem::remove(filler);
+    // The first refusal after the disk freed up writes its deny record; the next session is let in.
+    bool ok = false;
+    for (int i = 0; i < 5 && !ok; ++i)
+      ok = ssh(false, "echo after", &out, "", std::chrono::seconds(60), via) == 0 && out == "after\n";
+    EXPECT_TRUE(ok);
+    r.stop();
+    r.wait();
+    EXPECT_TRUE(audit.flush());
+  }
+  std::string verify;
+  EXPECT_EQ(t::run({t::sshring_bin(), "audit", "verify", log_path}, &verify), 0) << verify;
 }
 
 TEST_F(AuthRelay, ConnectCommandPrintsTheReasonAndExitsWithItsCode) {
