@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "common/error.h"
+#include "common/json_number.h"
 #include "common/log.h"
 #include "relay/relay.h"
 
@@ -29,6 +30,16 @@ common::SockAddr addr_field(const nlohmann::json& b, const char* key) {
   auto a = common::SockAddr::parse(text);
   if (!a) throw std::runtime_error(std::string("hand-over session: bad address in '") + key + "': " + text);
   return *a;
+}
+
+// A required whole-number field of a SESSION message, 0..max (see common/json_number.h).
+uint64_t number(const nlohmann::json& b, const char* key, uint64_t max = UINT64_MAX) {
+  auto v = common::json_uint(b, key, max);
+  if (!v) {
+    throw std::runtime_error(std::string("hand-over session: '") + key +
+                             "' must be a whole number from 0 to " + std::to_string(max));
+  }
+  return *v;
 }
 
 std::string addr_text(const common::SockAddr& a) {
@@ -161,15 +172,15 @@ SessionExport session_from_message(HandoverMessage& m) {
   const nlohmann::json& b = m.body;
   SessionExport s;
   try {
-    s.id = b.at("id").get<uint64_t>();
-    s.worker = b.at("worker").get<uint32_t>();
+    s.id = number(b, "id");
+    s.worker = static_cast<uint32_t>(number(b, "worker", UINT32_MAX));
     s.route = b.at("route").get<std::string>();
     s.client_addr = addr_field(b, "client");
     s.listen_addr = addr_field(b, "listen");
     s.upstream_addr = addr_field(b, "upstream");
     s.upstream_local = addr_field(b, "upstream_local");
-    s.age_ns = b.at("age_ns").get<uint64_t>();
-    s.idle_ns = b.at("idle_ns").get<uint64_t>();
+    s.age_ns = number(b, "age_ns");
+    s.idle_ns = number(b, "idle_ns");
     s.handshake = b.at("handshake").get<std::string>();
     const auto& dirs = b.at("dirs");
     if (!dirs.is_array() || dirs.size() != 2) throw std::runtime_error("'dirs' must hold two directions");
@@ -178,15 +189,15 @@ SessionExport session_from_message(HandoverMessage& m) {
     s.upstream = std::move(m.fds[1]);
     for (int d = 0; d < 2; ++d) {
       auto& out = s.dir[d];
-      int st = dirs[d].at("state").get<int>();
-      if (st < 0 || st > static_cast<int>(Pump::State::kFailed)) throw std::runtime_error("bad pump state");
-      out.state = static_cast<Pump::State>(st);
-      out.in_pipe = dirs[d].at("in_pipe").get<uint32_t>();
-      out.bytes = dirs[d].at("bytes").get<uint64_t>();
+      if (!dirs[d].is_object()) throw std::runtime_error("each direction must be an object");
+      out.state =
+          static_cast<Pump::State>(number(dirs[d], "state", static_cast<uint64_t>(Pump::State::kFailed)));
+      out.in_pipe = static_cast<uint32_t>(number(dirs[d], "in_pipe", UINT32_MAX));
+      out.bytes = number(dirs[d], "bytes");
       if (out.in_pipe > 0) {
         // Indices 0 and 1 are the sockets; a pair named twice (or past the end) is refused rather
         // than read as an empty descriptor.
-        size_t at = dirs[d].at("pipe_fd").get<size_t>();
+        size_t at = number(dirs[d], "pipe_fd", kHandoverMaxFds);
         if (at < 2 || at >= m.fds.size() || m.fds.size() - at < 2 || !m.fds[at] || !m.fds[at + 1])
           throw std::runtime_error("missing a pipe descriptor");
         out.pipe_r = std::move(m.fds[at]);
@@ -385,7 +396,9 @@ RelayExport HandoverClient::receive() {
   // A field of the wrong type (nlohmann throws) is state this relay cannot read: refused like one.
   try {
     return receive_state();
-  } catch (const nlohmann::json::exception& e) {
+  } catch (const HandoverError&) {
+    throw;
+  } catch (const std::exception& e) {
     std::string why = std::string("unreadable hand-over state: ") + e.what();
     refuse(why);
     throw HandoverError(kTakeoverRefused, "--takeover: " + why);
@@ -409,7 +422,7 @@ RelayExport HandoverClient::receive_state() {
   };
   next("STATE");
   if (m.type != HandoverMsg::kState) throw HandoverError(kTakeoverFailed, "--takeover: expected STATE");
-  uint32_t version = m.body.value("state_version", 0u);
+  const auto version = common::json_uint(m.body, "state_version", UINT32_MAX).value_or(0);
   if (version != kHandoverStateVersion) {
     std::string why = "hand-over state version " + std::to_string(version) +
                       " cannot be read by this relay (it reads " + std::to_string(kHandoverStateVersion) +
@@ -418,16 +431,18 @@ RelayExport HandoverClient::receive_state() {
     throw HandoverError(kTakeoverRefused, "--takeover: " + why);
   }
   RelayExport out;
-  out.workers = m.body.value("workers", 1u);
-  out.next_seq = m.body.value("next_seq", uint64_t{0});
-  peer_pid_ = m.body.value("pid", 0);
+  out.workers = static_cast<uint32_t>(common::json_uint(m.body, "workers", UINT32_MAX).value_or(1));
+  out.next_seq = common::json_uint(m.body, "next_seq").value_or(0);
+  peer_pid_ = static_cast<int>(common::json_uint(m.body, "pid", INT32_MAX).value_or(0));
   for (;;) {
     next("state");
     if (m.type == HandoverMsg::kEnd) break;
     if (m.type == HandoverMsg::kListener) {
       if (m.fds.size() != 1) throw HandoverError(kTakeoverFailed, "--takeover: LISTENER without its socket");
       out.listeners.push_back(
-          {m.body.value("route", std::string()), m.body.value("worker", 0u), std::move(m.fds[0])});
+          {m.body.value("route", std::string()),
+           static_cast<uint32_t>(common::json_uint(m.body, "worker", UINT32_MAX).value_or(0)),
+           std::move(m.fds[0])});
     } else if (m.type == HandoverMsg::kSession) {
       try {
         out.sessions.push_back(session_from_message(m));

@@ -8,6 +8,7 @@
 
 #include "common/clock.h"
 #include "common/error.h"
+#include "common/json_number.h"
 #include "common/log.h"
 #include "common/sha256.h"
 
@@ -46,8 +47,10 @@ PolicyMeta meta_from(const KeyValue& kv) {
   auto j = nlohmann::json::parse(kv.value);
   PolicyMeta m;
   m.digest = j.at("digest").get<std::string>();
-  m.size = j.at("size").get<size_t>();
-  m.chunks = j.at("chunks").get<size_t>();
+  auto size = common::json_uint(j, "size"), chunks = common::json_uint(j, "chunks");
+  if (!size || !chunks) throw std::runtime_error("policy meta: size and chunks must be whole numbers");
+  m.size = *size;
+  m.chunks = *chunks;
   m.author = j.value("author", "");
   m.pushed_at = j.value("pushed_at", "");
   m.push_id = j.value("push_id", "");

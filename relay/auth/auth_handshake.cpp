@@ -8,6 +8,7 @@
 
 #include "common/clock.h"
 #include "common/error.h"
+#include "common/json_number.h"
 #include "common/log.h"
 #include "metrics/audit.h"
 #include "metrics/audit_types.h"
@@ -491,7 +492,8 @@ std::unique_ptr<Handshake> AuthHandshakeFactory::adopt(uint64_t session_id, cons
                                                        const common::SockAddr& listen,
                                                        std::string_view state) {
   auto j = nlohmann::json::parse(state, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || j.value("v", 0) != 1 || !j.contains("principal")) return nullptr;
+  if (j.is_discarded() || !j.is_object() || common::json_uint(j, "v") != 1u || !j.contains("principal"))
+    return nullptr;
   auto s = std::make_shared<SessionState>();
   s->factory = this;
   s->session_id = session_id;
@@ -502,7 +504,7 @@ std::unique_ptr<Handshake> AuthHandshakeFactory::adopt(uint64_t session_id, cons
   s->principal = j.value("principal", "");
   s->key_fp = j.value("key_fp", "");
   s->target_name = j.value("target_name", "");
-  s->port = j.value("port", uint16_t{0});
+  s->port = static_cast<uint16_t>(common::json_uint(j, "port", 65535).value_or(0));
   if (auto a = common::SockAddr::parse(j.value("upstream", ""))) s->upstream = *a;
   if (auto a = common::SockAddr::parse(j.value("upstream_local", ""))) s->upstream_local = *a;
   s->session_counted = limits_.acquire_session(s->principal, UINT32_MAX);
