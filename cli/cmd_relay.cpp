@@ -345,14 +345,13 @@ int run_relay_impl(const std::vector<std::string>& args) {
     // The new process is the service now (systemd tracks it instead of this one, which exits).
     if (c.peer_pid > 0) notify_systemd("MAINPID=" + std::to_string(c.peer_pid));
   };
-  // What each hand-over attempt on this (old) side came to.
-  prometheus::Family<prometheus::Counter>* handovers = relay_metrics.handovers;
   std::unique_ptr<relay::HandoverServer> handover;
   if (control != "none") {
     try {
       handover = std::make_unique<relay::HandoverServer>(
           relay, control, [&](const relay::HandoverServer::Counts& c) { let_go(c); },
-          [handovers](std::string_view result) {
+          // What each hand-over attempt on this (old) side came to.
+          [handovers = relay_metrics.handovers](std::string_view result) {
             if (handovers) handovers->Add({{"result", std::string(result)}}).Increment();
           });
     } catch (const common::UsageError& e) {

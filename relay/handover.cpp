@@ -32,14 +32,19 @@ common::SockAddr addr_field(const nlohmann::json& b, const char* key) {
   return *a;
 }
 
-// A required whole-number field of a SESSION message, 0..max (see common/json_number.h).
+// A required whole-number field of a hand-over message, 0..max (see common/json_number.h).
 uint64_t number(const nlohmann::json& b, const char* key, uint64_t max = UINT64_MAX) {
   auto v = common::json_uint(b, key, max);
   if (!v) {
-    throw std::runtime_error(std::string("hand-over session: '") + key +
-                             "' must be a whole number from 0 to " + std::to_string(max));
+    throw std::runtime_error(std::string("hand-over: '") + key + "' must be a whole number from 0 to " +
+                             std::to_string(max));
   }
   return *v;
+}
+
+// An optional one: `fallback` when absent, refused like a required one when present but malformed.
+uint64_t number_or(const nlohmann::json& b, const char* key, uint64_t max, uint64_t fallback) {
+  return b.contains(key) ? number(b, key, max) : fallback;
 }
 
 std::string addr_text(const common::SockAddr& a) {
@@ -322,6 +327,7 @@ const char* HandoverServer::serve(common::UniqueFd conn) {
   try {
     return send_state(conn, *exp, cred.pid);
   } catch (const std::exception& e) {
+    if (done_) return "done";  // committed: the sessions are the new relay's now
     relay_.resume_after_handover();
     common::log_error("hand-over failed; this relay keeps every session and serves on",
                       {{"error", e.what()}});
@@ -422,7 +428,7 @@ RelayExport HandoverClient::receive_state() {
   };
   next("STATE");
   if (m.type != HandoverMsg::kState) throw HandoverError(kTakeoverFailed, "--takeover: expected STATE");
-  const auto version = common::json_uint(m.body, "state_version", UINT32_MAX).value_or(0);
+  const auto version = number_or(m.body, "state_version", UINT32_MAX, 0);
   if (version != kHandoverStateVersion) {
     std::string why = "hand-over state version " + std::to_string(version) +
                       " cannot be read by this relay (it reads " + std::to_string(kHandoverStateVersion) +
@@ -431,18 +437,17 @@ RelayExport HandoverClient::receive_state() {
     throw HandoverError(kTakeoverRefused, "--takeover: " + why);
   }
   RelayExport out;
-  out.workers = static_cast<uint32_t>(common::json_uint(m.body, "workers", UINT32_MAX).value_or(1));
-  out.next_seq = common::json_uint(m.body, "next_seq").value_or(0);
-  peer_pid_ = static_cast<int>(common::json_uint(m.body, "pid", INT32_MAX).value_or(0));
+  out.workers = static_cast<uint32_t>(number_or(m.body, "workers", UINT32_MAX, 1));
+  out.next_seq = number_or(m.body, "next_seq", UINT64_MAX, 0);
+  peer_pid_ = static_cast<int>(number_or(m.body, "pid", INT32_MAX, 0));
   for (;;) {
     next("state");
     if (m.type == HandoverMsg::kEnd) break;
     if (m.type == HandoverMsg::kListener) {
       if (m.fds.size() != 1) throw HandoverError(kTakeoverFailed, "--takeover: LISTENER without its socket");
-      out.listeners.push_back(
-          {m.body.value("route", std::string()),
-           static_cast<uint32_t>(common::json_uint(m.body, "worker", UINT32_MAX).value_or(0)),
-           std::move(m.fds[0])});
+      out.listeners.push_back({m.body.value("route", std::string()),
+                               static_cast<uint32_t>(number_or(m.body, "worker", UINT32_MAX, 0)),
+                               std::move(m.fds[0])});
     } else if (m.type == HandoverMsg::kSession) {
       try {
         out.sessions.push_back(session_from_message(m));
