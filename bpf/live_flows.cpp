@@ -133,7 +133,9 @@ bool LiveFlows::retag(const policy::Snapshot& snap, int64_t now, const sshring_f
   auto cls = classify(snap, k, now);
   if (tag_allowed(static_cast<uint8_t>(cls.tag))) return false;
   f.tag = static_cast<uint8_t>(cls.tag);
-  if (!cls.id.empty()) f.grant = sync_.number_for(std::string(cls.id));
+  // The grant that admitted the flow is the one whose end re-tags it; the policy's best cover now
+  // may be another ended grant (ties break by id). Only a flow that had none takes that one's name.
+  if (f.grant == 0 && !cls.id.empty()) f.grant = sync_.number_for(std::string(cls.id));
   f.expires_unix = 0;
   // BPF_EXIST: if the kernel closed it meanwhile, nothing to re-tag. Concurrent counter adds of the
   // kernel between our read and this write are lost (a few packets, once per flow).

@@ -71,6 +71,14 @@ std::optional<json> wait_record(const std::string& path, const std::string& type
   return std::nullopt;
 }
 
+// Every record from `src`, one per line: printed when a check on them fails.
+std::string records_from(const std::string& path, const std::string& src) {
+  std::string out;
+  for (auto& r : read_records(path))
+    if (r.contains("flow") && r["flow"].value("src", "") == src) out += r.dump() + "\n";
+  return out;
+}
+
 uint64_t iface_bytes(const NetNs& ns, const std::string& dev) {
   std::string out;
   ns.exec("cat /sys/class/net/" + dev + "/statistics/rx_bytes /sys/class/net/" + dev + "/statistics/tx_bytes",
@@ -142,9 +150,9 @@ opt_out:
     r.reason = "integration test";
     return policy::testing::signed_by(alice_, r, id);
   }
-  void revoke(policy::DirGrantStore& store, const char* id) {
+  void revoke(policy::DirGrantStore& store, const char* id, int64_t at = ::time(nullptr)) {
     ASSERT_TRUE(store.update(id, [&](policy::SignedGrant& g) {
-      policy::testing::add_decision(g, alice_, policy::DecisionKind::kRevoke, ::time(nullptr), "done");
+      policy::testing::add_decision(g, alice_, policy::DecisionKind::kRevoke, at, "done");
     }));
   }
   policy::testing::Person alice_ = policy::testing::person("alice");
@@ -546,7 +554,8 @@ TEST_F(AgentIntegration, ExpiryAndRevocationEndLiveFlows) {
   std::this_thread::sleep_for(1s);
   ASSERT_TRUE(revoked.running());
   const auto t0 = std::chrono::steady_clock::now();
-  revoke(store, "g-0000000000c3");
+  const int64_t c3_revoked = ::time(nullptr);
+  revoke(store, "g-0000000000c3", c3_revoked);
   auto rc2 = revoked.wait(10s);
   const auto took = std::chrono::steady_clock::now() - t0;
   ASSERT_TRUE(rc2.has_value()) << "session not cut after revoke";
@@ -569,13 +578,17 @@ TEST_F(AgentIntegration, ExpiryAndRevocationEndLiveFlows) {
   Process counted = ssh_bg(kUngranted, "sleep 8", dir_.file("counted.out"));
   ASSERT_TRUE(wait_record(audit_, "flow_open", kUngranted, 0, 15s, "bypass_approved").has_value());
   double retagged = metric(*host_, "sshring_agent_flows_retagged_total");
-  revoke(store, "g-0000000000d4");
+  // Revoked in the same second as c3: both now end at the same instant and the policy's tie-break
+  // (lower id) picks c3 as the flow's cover. The re-tag must keep the grant that admitted the flow.
+  revoke(store, "g-0000000000d4", c3_revoked);
   EXPECT_TRUE(
       eventually([&] { return metric(*host_, "sshring_agent_flows_retagged_total") > retagged; }, 5s));
   EXPECT_EQ(counted.wait(20s).value_or(-1), 0) << "count mode does not cut";
   auto closed = wait_record(audit_, "flow_close", kUngranted, 1, 15s, "bypass_expired");
   ASSERT_TRUE(closed.has_value()) << "the close carries the new tag";
-  EXPECT_EQ((*closed)["grant_id"], "g-0000000000d4") << "(the first such close is the cut c3 flow)";
+  EXPECT_EQ((*closed)["grant_id"], "g-0000000000d4")
+      << "the close names the grant that admitted the flow (the first such close is the cut c3 flow)\n"
+      << records_from(audit_, kUngranted);
   stop_agent();
 }
 
