@@ -11,19 +11,20 @@
 
 namespace {
 
-namespace auth = sshring::relay::auth;
+namespace protocol = sshring::protocol;
+namespace client = sshring::client;
 using sshring::common::Flags;
 
 std::string exit_code_table() {
   std::string t =
       "Exit codes: 0 ok (fd passing: socket handed to ssh), 1 error (relay unreachable, agent, I/O),\n"
       "2 usage, and for each DENY reason 20 + its code:\n";
-  for (uint16_t r = 1; r <= auth::kMaxReason; ++r) {
-    auto reason = static_cast<auth::Reason>(r);
-    t += "  " + std::to_string(auth::exit_code_for(reason)) + "  " + auth::reason_name(reason) + ": " +
-         auth::reason_description(reason) + "\n";
+  for (uint16_t r = 1; r <= protocol::kMaxReason; ++r) {
+    auto reason = static_cast<protocol::Reason>(r);
+    t += "  " + std::to_string(protocol::exit_code_for(reason)) + "  " + protocol::reason_name(reason) +
+         ": " + protocol::reason_description(reason) + "\n";
   }
-  t += "  " + std::to_string(auth::kExitCodeBase + auth::kMaxReason + 1) +
+  t += "  " + std::to_string(protocol::kExitCodeBase + protocol::kMaxReason + 1) +
        "  a reason newer than this client\n";
   t += "\n~/.ssh/config (sshring ssh-config prints this for you):\n"
        "  Host *.corp.example\n"
@@ -56,7 +57,7 @@ int run(const std::vector<std::string>& args) {
   try {
     if (!f.parse(args)) return 0;
     if (f.positionals().size() != 2) throw sshring::common::UsageError("expected TARGET PORT (e.g. %h %p)");
-    auth::ConnectOptions o;
+    client::ConnectOptions o;
     o.relay = f.require("relay");
     o.relay_id = f.get_or("relay-id", "");
     o.principal = f.get_or("principal", "");
@@ -67,23 +68,23 @@ int run(const std::vector<std::string>& args) {
       throw sshring::common::UsageError("PORT '" + f.positionals()[1] + "': expected 1-65535");
     o.port = static_cast<uint16_t>(port);
     o.timeout = std::chrono::seconds(f.get_int("timeout", 15, 1, 3600));
-    auth::Signer signer = f.has("identity") ? auth::file_signer(f.require("identity"))
-                                            : auth::agent_signer(f.get_or("agent-key", ""));
+    client::Signer signer = f.has("identity") ? client::file_signer(f.require("identity"))
+                                              : client::agent_signer(f.get_or("agent-key", ""));
     if (f.flag("fdpass") && f.flag("stdio"))
       throw sshring::common::UsageError("--fdpass and --stdio exclude each other");
     // Decided before connecting, so a wrong guess costs no session.
     bool fdpass =
-        f.flag("fdpass") || (!f.flag("stdio") && auth::is_fdpass_channel(STDIN_FILENO, STDOUT_FILENO));
-    sent_relay_id = auth::effective_relay_id(o);
-    auth::Connected c = auth::connect_via_relay(o, signer);
+        f.flag("fdpass") || (!f.flag("stdio") && client::is_fdpass_channel(STDIN_FILENO, STDOUT_FILENO));
+    sent_relay_id = client::effective_relay_id(o);
+    client::Connected c = client::connect_via_relay(o, signer);
     if (fdpass) {
-      auth::send_fd(STDOUT_FILENO, c.fd.get());
+      client::send_fd(STDOUT_FILENO, c.fd.get());
       return 0;
     }
-    return auth::run_stdio(c.fd.get());
-  } catch (const auth::DeniedError& e) {
+    return client::run_stdio(c.fd.get());
+  } catch (const client::DeniedError& e) {
     std::cerr << "sshring connect: " << e.what() << "\n";
-    if (std::string hint = auth::deny_hint(e, sent_relay_id); !hint.empty())
+    if (std::string hint = client::deny_hint(e, sent_relay_id); !hint.empty())
       std::cerr << "sshring connect: " << hint << "\n";
     return e.exit_code();
   } catch (const sshring::common::UsageError& e) {

@@ -32,6 +32,8 @@
 #include "policy/grant_store.h"
 #include "policy/parser.h"
 
+namespace client = sshring::client;
+
 namespace {
 
 using namespace sshring;
@@ -80,8 +82,8 @@ void signer_flags(common::Flags& f) {
 // The one place that turns a person's SSH key into a grant signer: the same key sources as
 // `sshring connect` (client/client.h).
 policy::SshsigSigner make_signer(const common::Flags& f) {
-  relay::auth::Signer s = f.has("identity") ? relay::auth::file_signer(f.require("identity"))
-                                            : relay::auth::agent_signer(f.get_or("agent-key", ""));
+  client::Signer s = f.has("identity") ? client::file_signer(f.require("identity"))
+                                       : client::agent_signer(f.get_or("agent-key", ""));
   policy::SshsigSigner out;
   out.key = policy::ed25519_key(s.public_key);
   out.sign_raw = [sign = s.sign](std::string_view data) {

@@ -7,6 +7,8 @@
 #include "common/error.h"
 #include "common/flags.h"
 
+namespace client = sshring::client;
+
 namespace {
 
 using sshring::common::Flags;
@@ -48,7 +50,7 @@ int run(const std::vector<std::string>& args) {
     if (!f.parse(args)) return 0;
     if (f.positionals().size() != 1) throw UsageError("expected one HOST-PATTERN argument (quote it)");
     std::string relay = f.require("relay");
-    (void)sshring::relay::auth::split_host_port(relay, "--relay");  // fail now, not at ssh time
+    (void)client::split_host_port(relay, "--relay");  // fail now, not at ssh time
     std::string pattern = f.positionals()[0];
     check_line(pattern, "HOST-PATTERN");
     if (pattern.find_first_not_of(" \t") == std::string::npos) throw UsageError("HOST-PATTERN is empty");

@@ -10,9 +10,9 @@
 #include <stdexcept>
 
 #include "common/error.h"
-#include "relay/auth/wire.h"
+#include "protocol/wire.h"
 
-namespace sshring::relay::auth {
+namespace sshring::client {
 namespace {
 
 // Message numbers from PROTOCOL.agent / draft-miller-ssh-agent.
@@ -78,12 +78,12 @@ AgentClient AgentClient::from_env() {
 }
 
 std::string AgentClient::request(const std::string& body) {
-  Writer w;
+  protocol::Writer w;
   w.str32(body);
   write_all(fd_.get(), w.data(), path_);
   char len_buf[4];
   read_all(fd_.get(), len_buf, 4, path_);
-  uint32_t len = Reader(std::string_view(len_buf, 4)).u32();
+  uint32_t len = protocol::Reader(std::string_view(len_buf, 4)).u32();
   if (len == 0 || len > kMaxAgentReply) throw std::runtime_error("ssh-agent " + path_ + ": bad reply length");
   std::string reply(len, '\0');
   read_all(fd_.get(), reply.data(), len, path_);
@@ -91,10 +91,10 @@ std::string AgentClient::request(const std::string& body) {
 }
 
 std::vector<AgentClient::Identity> AgentClient::identities() {
-  Writer w;
+  protocol::Writer w;
   w.u8(kRequestIdentities);
   std::string reply = request(w.data());
-  Reader r(reply);
+  protocol::Reader r(reply);
   uint8_t type = r.u8();
   if (type != kIdentitiesAnswer) throw std::runtime_error("ssh-agent " + path_ + ": cannot list identities");
   uint32_t n = r.u32();
@@ -110,35 +110,35 @@ std::vector<AgentClient::Identity> AgentClient::identities() {
   return out;
 }
 
-std::vector<Ed25519PublicKey> AgentClient::ed25519_keys() {
-  std::vector<Ed25519PublicKey> out;
+std::vector<protocol::Ed25519PublicKey> AgentClient::ed25519_keys() {
+  std::vector<protocol::Ed25519PublicKey> out;
   for (const auto& id : identities())
-    if (auto k = parse_ed25519_key_blob(id.blob)) out.push_back(*k);
+    if (auto k = protocol::parse_ed25519_key_blob(id.blob)) out.push_back(*k);
   return out;
 }
 
-Ed25519Signature AgentClient::sign(const Ed25519PublicKey& key, std::string_view data) {
-  Writer w;
+protocol::Ed25519Signature AgentClient::sign(const protocol::Ed25519PublicKey& key, std::string_view data) {
+  protocol::Writer w;
   w.u8(kSignRequest);
-  w.str32(ed25519_key_blob(key));
+  w.str32(protocol::ed25519_key_blob(key));
   w.str32(data);
   w.u32(0);  // flags: none apply to Ed25519
   std::string reply = request(w.data());
-  Reader r(reply);
+  protocol::Reader r(reply);
   uint8_t type = r.u8();
   if (type == kAgentFailure)
-    throw std::runtime_error("ssh-agent " + path_ + " refused to sign with " + fingerprint(key));
+    throw std::runtime_error("ssh-agent " + path_ + " refused to sign with " + protocol::fingerprint(key));
   if (type != kSignResponse) throw std::runtime_error("ssh-agent " + path_ + ": unexpected reply to sign");
   auto sig_blob = r.str32(1024);
   if (!r.done()) throw std::runtime_error("ssh-agent " + path_ + ": malformed sign response");
-  Reader s(sig_blob);
+  protocol::Reader s(sig_blob);
   auto alg = s.str32(64);
   auto raw = s.str32(128);
-  if (!s.done() || alg != kSshEd25519 || raw.size() != 64)
+  if (!s.done() || alg != protocol::kSshEd25519 || raw.size() != 64)
     throw std::runtime_error("ssh-agent " + path_ + ": not an ssh-ed25519 signature");
-  Ed25519Signature sig;
+  protocol::Ed25519Signature sig;
   std::memcpy(sig.data(), raw.data(), 64);
   return sig;
 }
 
-}  // namespace sshring::relay::auth
+}  // namespace sshring::client

@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "common/unique_fd.h"
-#include "relay/auth/keys.h"
+#include "protocol/keys.h"
 
-namespace sshring::relay::auth {
+namespace sshring::client {
 
 class AgentClient {
  public:
@@ -28,10 +28,10 @@ class AgentClient {
   // SSH_AGENTC_REQUEST_IDENTITIES. Throws std::runtime_error on protocol errors.
   std::vector<Identity> identities();
   // The Ed25519 keys among identities(), in agent order.
-  std::vector<Ed25519PublicKey> ed25519_keys();
+  std::vector<protocol::Ed25519PublicKey> ed25519_keys();
   // SSH_AGENTC_SIGN_REQUEST for an ssh-ed25519 key; returns the raw 64-byte signature. Throws
   // std::runtime_error when the agent refuses (e.g. the key is not loaded or confirmation denied).
-  Ed25519Signature sign(const Ed25519PublicKey& key, std::string_view data);
+  protocol::Ed25519Signature sign(const protocol::Ed25519PublicKey& key, std::string_view data);
 
  private:
   std::string request(const std::string& body);
@@ -39,4 +39,4 @@ class AgentClient {
   std::string path_;
 };
 
-}  // namespace sshring::relay::auth
+}  // namespace sshring::client

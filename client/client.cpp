@@ -19,7 +19,7 @@
 #include "common/clock.h"
 #include "common/error.h"
 
-namespace sshring::relay::auth {
+namespace sshring::client {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -75,19 +75,21 @@ std::string printable_text(std::string_view s) {
 
 DeniedError::DeniedError(uint16_t reason, std::string message)
     : std::runtime_error(std::string("denied by relay: ") +
-                         (reason >= 1 && reason <= kMaxReason ? reason_name(static_cast<Reason>(reason))
-                                                              : "reason " + std::to_string(reason)) +
+                         (reason >= 1 && reason <= protocol::kMaxReason
+                              ? protocol::reason_name(static_cast<protocol::Reason>(reason))
+                              : "reason " + std::to_string(reason)) +
                          (message.empty() ? "" : ": " + printable_text(message))),
       reason_(reason),
       detail_(printable_text(message)) {}
 
 int DeniedError::exit_code() const {
-  if (reason_ >= 1 && reason_ <= kMaxReason) return exit_code_for(static_cast<Reason>(reason_));
-  return kExitCodeBase + kMaxReason + 1;
+  if (reason_ >= 1 && reason_ <= protocol::kMaxReason)
+    return protocol::exit_code_for(static_cast<protocol::Reason>(reason_));
+  return protocol::kExitCodeBase + protocol::kMaxReason + 1;
 }
 
 std::string deny_hint(const DeniedError& e, const std::string& sent_relay_id) {
-  if (e.reason() != static_cast<uint16_t>(Reason::kWrongRelay)) return {};
+  if (e.reason() != static_cast<uint16_t>(protocol::Reason::kWrongRelay)) return {};
   static constexpr std::string_view kMarker = "this relay's id is '";
   const std::string& d = e.detail();
   auto at = d.find(kMarker);
@@ -106,7 +108,7 @@ std::string effective_relay_id(const ConnectOptions& opts) {
 }
 
 Signer file_signer(const std::string& key_path) {
-  auto key = std::make_shared<Ed25519PrivateKey>(Ed25519PrivateKey::load_file(key_path));
+  auto key = std::make_shared<protocol::Ed25519PrivateKey>(protocol::Ed25519PrivateKey::load_file(key_path));
   Signer s;
   s.public_key = key->public_key();
   s.sign = [key](std::string_view data) { return key->sign(data); };
@@ -119,43 +121,44 @@ Signer agent_signer(const std::string& select_pub) {
   Signer s;
   if (!select_pub.empty()) {
     std::string line = select_pub.rfind("ssh-", 0) == 0 ? select_pub : read_small_file(select_pub);
-    auto want = parse_openssh_public_key(line);
+    auto want = protocol::parse_openssh_public_key(line);
     if (!want) throw common::UsageError(select_pub + ": not an ssh-ed25519 public key");
     bool found = false;
     for (const auto& k : keys) found = found || k == *want;
-    if (!found) throw common::UsageError("ssh-agent has no key " + fingerprint(*want) + " (ssh-add it)");
+    if (!found)
+      throw common::UsageError("ssh-agent has no key " + protocol::fingerprint(*want) + " (ssh-add it)");
     s.public_key = *want;
   } else {
     if (keys.empty())
       throw common::UsageError("ssh-agent holds no ed25519 key: ssh-add one, or pass --identity KEYFILE");
     s.public_key = keys.front();
   }
-  Ed25519PublicKey pk = s.public_key;
+  protocol::Ed25519PublicKey pk = s.public_key;
   s.sign = [agent, pk](std::string_view data) { return agent->sign(pk, data); };
   return s;
 }
 
-Hello make_hello(const Signer& signer, std::string relay_id, std::string principal, std::string target,
-                 uint16_t port, uint64_t now_ms) {
-  Hello h;
+protocol::Hello make_hello(const Signer& signer, std::string relay_id, std::string principal,
+                           std::string target, uint16_t port, uint64_t now_ms) {
+  protocol::Hello h;
   h.relay_id = std::move(relay_id);
   h.principal = std::move(principal);
   h.target = std::move(target);
   h.port = port;
   h.timestamp_ms = now_ms;
-  random_bytes(h.nonce.data(), h.nonce.size());
-  h.algorithm = KeyAlgorithm::kEd25519;
+  protocol::random_bytes(h.nonce.data(), h.nonce.size());
+  h.algorithm = protocol::KeyAlgorithm::kEd25519;
   h.public_key.assign(reinterpret_cast<const char*>(signer.public_key.data()), signer.public_key.size());
-  auto sig = signer.sign(transcript(h));
+  auto sig = signer.sign(protocol::transcript(h));
   h.signature.assign(reinterpret_cast<const char*>(sig.data()), sig.size());
   return h;
 }
 
-uint64_t handshake_on(int fd, const Hello& hello, std::chrono::milliseconds timeout) {
+uint64_t handshake_on(int fd, const protocol::Hello& hello, std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
   std::string frame;
   try {
-    frame = encode_hello(hello);
+    frame = protocol::encode_hello(hello);
   } catch (const std::invalid_argument& e) {
     throw common::UsageError(e.what());
   }
@@ -170,15 +173,17 @@ uint64_t handshake_on(int fd, const Hello& hello, std::chrono::milliseconds time
     off += static_cast<size_t>(n);
   }
   // Exactly one frame: the header, then its payload. Bytes after it belong to SSH.
-  std::array<uint8_t, kHeaderSize + kMaxDenyPayload> buf{};
-  read_exact(fd, buf.data(), kHeaderSize, deadline);
-  int len = reply_payload_length(std::span<const uint8_t, kHeaderSize>(buf.data(), kHeaderSize));
+  std::array<uint8_t, protocol::kHeaderSize + protocol::kMaxDenyPayload> buf{};
+  read_exact(fd, buf.data(), protocol::kHeaderSize, deadline);
+  int len = protocol::reply_payload_length(
+      std::span<const uint8_t, protocol::kHeaderSize>(buf.data(), protocol::kHeaderSize));
   if (len < 0)
     throw std::runtime_error("the relay's reply is not an sshring frame (is --relay an sshring relay?)");
-  read_exact(fd, buf.data() + kHeaderSize, static_cast<size_t>(len), deadline);
-  ReplyDecode d = decode_reply(std::span<const uint8_t>(buf.data(), kHeaderSize + static_cast<size_t>(len)));
-  if (d.status != DecodeStatus::kOk) throw std::runtime_error("malformed reply from the relay");
-  if (d.reply.type == FrameType::kDeny) throw DeniedError(d.reply.reason, d.reply.message);
+  read_exact(fd, buf.data() + protocol::kHeaderSize, static_cast<size_t>(len), deadline);
+  protocol::ReplyDecode d = protocol::decode_reply(
+      std::span<const uint8_t>(buf.data(), protocol::kHeaderSize + static_cast<size_t>(len)));
+  if (d.status != protocol::DecodeStatus::kOk) throw std::runtime_error("malformed reply from the relay");
+  if (d.reply.type == protocol::FrameType::kDeny) throw DeniedError(d.reply.reason, d.reply.message);
   return d.reply.session_id;
 }
 
@@ -252,7 +257,7 @@ Connected connect_via_relay(const ConnectOptions& opts, const Signer& signer) {
   if (!fd) throw std::runtime_error("cannot connect to relay " + opts.relay + ": " + last_error);
   int one = 1;
   ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  Hello h =
+  protocol::Hello h =
       make_hello(signer, effective_relay_id(opts), opts.principal.empty() ? login_name() : opts.principal,
                  opts.target, opts.port, unix_ms_now());
   Connected c;
@@ -340,4 +345,4 @@ int pump_stdio(int sock, int in_fd, int out_fd) {
   }
 }
 
-}  // namespace sshring::relay::auth
+}  // namespace sshring::client

@@ -10,15 +10,15 @@
 #include <string>
 
 #include "common/unique_fd.h"
-#include "relay/auth/keys.h"
-#include "relay/auth/preamble.h"
+#include "protocol/keys.h"
+#include "protocol/preamble.h"
 
-namespace sshring::relay::auth {
+namespace sshring::client {
 
 // Something that signs a transcript with an Ed25519 key: a key file or an ssh-agent.
 struct Signer {
-  Ed25519PublicKey public_key{};
-  std::function<Ed25519Signature(std::string_view)> sign;
+  protocol::Ed25519PublicKey public_key{};
+  std::function<protocol::Ed25519Signature(std::string_view)> sign;
 };
 Signer file_signer(const std::string& key_path);
 // Uses SSH_AUTH_SOCK. `select_pub`: optional public key file (.pub) or "ssh-ed25519 ..." line
@@ -26,8 +26,8 @@ Signer file_signer(const std::string& key_path);
 Signer agent_signer(const std::string& select_pub = {});
 
 // Builds a signed HELLO (fresh random nonce, current time).
-Hello make_hello(const Signer& signer, std::string relay_id, std::string principal, std::string target,
-                 uint16_t port, uint64_t now_ms);
+protocol::Hello make_hello(const Signer& signer, std::string relay_id, std::string principal,
+                           std::string target, uint16_t port, uint64_t now_ms);
 
 // The relay said DENY.
 // `s` with every byte outside printable ASCII replaced by '?' (text from the relay, shown to a user).
@@ -70,7 +70,7 @@ std::string effective_relay_id(const ConnectOptions& opts);
 
 // Sends the HELLO on an already connected socket and reads the reply frame. Throws DeniedError,
 // std::runtime_error (protocol / IO) or common::SystemError.
-uint64_t handshake_on(int fd, const Hello& hello, std::chrono::milliseconds timeout);
+uint64_t handshake_on(int fd, const protocol::Hello& hello, std::chrono::milliseconds timeout);
 // Resolves and connects to the relay, then handshake_on(). Throws like it, plus UsageError.
 Connected connect_via_relay(const ConnectOptions& opts, const Signer& signer);
 
@@ -87,4 +87,4 @@ void send_fd(int channel, int fd);
 // ends. Returns 0, or 1 on an I/O error (printed to stderr).
 int pump_stdio(int sock, int in_fd = 0, int out_fd = 1);
 
-}  // namespace sshring::relay::auth
+}  // namespace sshring::client

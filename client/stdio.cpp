@@ -13,7 +13,7 @@
 
 #include "client/client.h"
 
-namespace sshring::relay::auth {
+namespace sshring::client {
 namespace {
 
 // Up to one full pipe per call; the kernel caps it at what the pipe holds.
@@ -126,4 +126,4 @@ int run_stdio(int sock, int in_fd, int out_fd) {
   return are_pipes(in_fd, out_fd) ? splice_stdio(sock, in_fd, out_fd) : pump_stdio(sock, in_fd, out_fd);
 }
 
-}  // namespace sshring::relay::auth
+}  // namespace sshring::client

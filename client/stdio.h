@@ -7,7 +7,7 @@
 // a socket) falls back to the read/write copy loop.
 #pragma once
 
-namespace sshring::relay::auth {
+namespace sshring::client {
 
 // True when in_fd and out_fd are the same unnamed AF_UNIX stream socket, which is how ssh hands a
 // ProxyCommand its fd-passing channel (a socketpair dup'ed onto stdin and stdout). A named peer
@@ -26,4 +26,4 @@ int splice_stdio(int sock, int in_fd = 0, int out_fd = 1);
 // splice_stdio() when both stdio fds are pipes, else pump_stdio().
 int run_stdio(int sock, int in_fd = 0, int out_fd = 1);
 
-}  // namespace sshring::relay::auth
+}  // namespace sshring::client

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -17,34 +18,19 @@
 #include "common/base64.h"
 #include "common/error.h"
 #include "common/unique_fd.h"
+#include "protocol/keys.h"
 
 namespace sshring::metrics {
 
 namespace {
 
-struct PkeyFree {
-  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
-using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
-struct MdCtxFree {
-  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
-};
-using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
+using protocol::MdCtx;
+using protocol::Pkey;
 
-void put_string(std::string& out, std::string_view s) {
-  uint32_t n = static_cast<uint32_t>(s.size());
-  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>((n >> shift) & 0xff));
-  out.append(s);
-}
-
-bool get_string(std::string_view& in, std::string_view* out) {
-  if (in.size() < 4) return false;
-  uint32_t n = 0;
-  for (int i = 0; i < 4; ++i) n = (n << 8) | static_cast<unsigned char>(in[i]);
-  if (in.size() - 4 < n) return false;
-  *out = in.substr(4, n);
-  in.remove_prefix(4 + n);
-  return true;
+protocol::Ed25519PublicKey as_key(std::string_view raw32) {
+  protocol::Ed25519PublicKey k{};
+  std::memcpy(k.data(), raw32.data(), std::min(raw32.size(), k.size()));
+  return k;
 }
 
 std::string raw_public(EVP_PKEY* k) {
@@ -149,39 +135,15 @@ std::string AuditKey::sign(std::string_view msg) const {
 }
 
 std::string AuditKey::public_line() const {
-  return "ssh-ed25519 " + common::base64_encode(ed25519_blob(impl_->raw_pub));
+  return protocol::format_openssh_public_key(as_key(impl_->raw_pub));
 }
 
 std::string AuditKey::fingerprint() const {
-  const std::string blob = ed25519_blob(impl_->raw_pub);
-  return ssh_fingerprint(blob);
-}
-
-std::string ed25519_blob(std::string_view raw32) {
-  std::string blob;
-  put_string(blob, "ssh-ed25519");
-  put_string(blob, raw32);
-  return blob;
-}
-
-std::string ssh_fingerprint(std::string_view blob) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  // cppcheck 2.10 follows the view into the caller's temporary and reports a lifetime error; the
-  // caller's string outlives this call.
-  // cppcheck-suppress [invalidLifetime, danglingTemporaryLifetime]
-  EVP_Digest(blob.data(), blob.size(), md, &len, EVP_sha256(), nullptr);
-  return "SHA256:" + common::base64_encode(std::string_view(reinterpret_cast<char*>(md), len), false);
+  return protocol::fingerprint(as_key(impl_->raw_pub));
 }
 
 bool AuditPublicKey::verify(std::string_view msg, std::string_view sig) const {
-  if (sig.size() != 64 || raw.size() != 32) return false;
-  Pkey k(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr,
-                                     reinterpret_cast<const unsigned char*>(raw.data()), raw.size()));
-  MdCtx ctx(EVP_MD_CTX_new());
-  if (!k || !ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, k.get()) != 1) return false;
-  return EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(sig.data()), sig.size(),
-                          reinterpret_cast<const unsigned char*>(msg.data()), msg.size()) == 1;
+  return raw.size() == 32 && protocol::ed25519_verify(as_key(raw), msg, sig);
 }
 
 std::optional<AuditPublicKey> parse_public_key(std::string_view type, std::string_view b64,
@@ -190,13 +152,12 @@ std::optional<AuditPublicKey> parse_public_key(std::string_view type, std::strin
     if (error) *error = why;
     return std::nullopt;
   };
-  if (type != "ssh-ed25519") return fail("key type must be ssh-ed25519");
+  if (type != protocol::kSshEd25519) return fail("key type must be ssh-ed25519");
   auto blob = common::base64_decode(b64);
   if (!blob) return fail("key is not valid base64");
-  std::string_view in(*blob), t, raw;
-  if (!get_string(in, &t) || t != "ssh-ed25519" || !get_string(in, &raw) || raw.size() != 32 || !in.empty())
-    return fail("key blob is not an ssh-ed25519 public key");
-  return AuditPublicKey{std::string(raw), ssh_fingerprint(*blob)};
+  auto key = protocol::parse_ed25519_key_blob(*blob);
+  if (!key) return fail("key blob is not an ssh-ed25519 public key");
+  return AuditPublicKey{std::string(key->begin(), key->end()), protocol::ssh_fingerprint(*blob)};
 }
 
 TrustedKeys TrustedKeys::load(const std::string& path) {

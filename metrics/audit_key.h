@@ -67,8 +67,4 @@ class TrustedKeys {
   std::multimap<std::string, AuditPublicKey> keys_;
 };
 
-// SSH wire blob of an Ed25519 public key and its OpenSSH fingerprint.
-std::string ed25519_blob(std::string_view raw32);
-std::string ssh_fingerprint(std::string_view blob);
-
 }  // namespace sshring::metrics

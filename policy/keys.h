@@ -24,7 +24,5 @@ struct PublicKey {
 PublicKey parse_authorized_key(std::string_view line);
 // Builds the key from raw Ed25519 bytes (as the relay receives them).
 PublicKey ed25519_key(const std::array<uint8_t, 32>& raw, std::string_view comment = {});
-// "SHA256:..." of an SSH wire blob.
-std::string fingerprint_sha256(std::string_view blob);
 
 }  // namespace sshring::policy

@@ -364,15 +364,22 @@ const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport
     r = send_handover(conn.get(), HandoverMsg::kEnd,
                       {{"listeners", counts.listeners}, {"sessions", counts.sessions}});
   exp.reset();  // this process's copies stay with the parked sessions
-  if (r != 0) return fail(std::string("sending state: ") + strerror(-r));
+  auto answer_error = [&] {
+    const auto error = m.body.find("error");
+    return error != m.body.end() && error->is_string() ? error->get<std::string>() : std::string("?");
+  };
+  if (r != 0) {
+    // A new relay that refuses the STATE message answers and exits at once, so our later sends can
+    // fail; its REFUSE is still queued on the socket and says why.
+    if (recv_handover(conn.get(), m, kStepTimeoutMs) == 0 && m.type == HandoverMsg::kRefuse)
+      return fail("the new relay refused: " + answer_error(), "refused");
+    return fail(std::string("sending state: ") + strerror(-r));
+  }
   r = recv_handover(conn.get(), m, kStepTimeoutMs);
   if (r != 0) return fail(r == -ECONNRESET ? "the new relay exited before READY" : std::string(strerror(-r)));
-  if (m.type != HandoverMsg::kReady) {
-    const auto error = m.body.find("error");
-    return fail("the new relay refused: " +
-                    (error != m.body.end() && error->is_string() ? error->get<std::string>() : "?"),
+  if (m.type != HandoverMsg::kReady)
+    return fail("the new relay refused: " + answer_error(),
                 m.type == HandoverMsg::kRefuse ? "refused" : "failed");
-  }
   relay_.commit_handover();
   try {
     if (on_commit_) on_commit_(counts);

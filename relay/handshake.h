@@ -1,5 +1,5 @@
 // The seam between the relay's data path (relay/worker) and the authenticated preamble
-// (relay/preamble, relay/auth). A session runs: accept -> [handshake] -> connect upstream -> splice.
+// (relay/auth, speaking protocol/preamble.h). A session runs: accept -> [handshake] -> connect upstream -> splice.
 // Static routes use no handshake; authenticated mode creates one Handshake per accepted client.
 //
 // Threading: every Handshake method runs on the owning worker's thread. Work that may block (name

@@ -14,10 +14,12 @@
 
 #include "client/client.h"
 #include "policy/parser.h"
+#include "protocol/keys.h"
 #include "relay/auth/auth_handshake.h"
-#include "relay/auth/keys.h"
 
 namespace auth = sshring::relay::auth;
+namespace protocol = sshring::protocol;
+namespace client = sshring::client;
 namespace relay = sshring::relay;
 namespace policy = sshring::policy;
 using sshring::common::SockAddr;
@@ -33,8 +35,8 @@ class NullContext : public relay::HandshakeContext {
 };
 
 struct Setup {
-  std::shared_ptr<auth::Ed25519PrivateKey> key =
-      std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::generate());
+  std::shared_ptr<protocol::Ed25519PrivateKey> key =
+      std::make_shared<protocol::Ed25519PrivateKey>(protocol::Ed25519PrivateKey::generate());
   policy::PolicyCache cache;
   std::shared_ptr<auth::Resolver> resolver = std::make_shared<auth::AresResolver>();
   std::vector<std::string> frames;
@@ -45,16 +47,17 @@ struct Setup {
         "principals:\n";
     // A realistic policy size: many principals, the one we use somewhere in the middle.
     for (int i = 0; i < 2000; ++i) {
-      auto other = auth::Ed25519PrivateKey::generate();
+      auto other = protocol::Ed25519PrivateKey::generate();
       yaml += "  - name: user" + std::to_string(i) + "\n    roles: [dev]\n    keys: [\"" +
-              auth::format_openssh_public_key(i == 1000 ? key->public_key() : other.public_key()) + "\"]\n";
+              protocol::format_openssh_public_key(i == 1000 ? key->public_key() : other.public_key()) +
+              "\"]\n";
     }
     cache.publish(policy::Snapshot::build(std::make_shared<policy::Policy>(policy::parse_policy(yaml)), {}));
-    auth::Signer signer{key->public_key(), [k = key](std::string_view d) { return k->sign(d); }};
+    client::Signer signer{key->public_key(), [k = key](std::string_view d) { return k->sign(d); }};
     frames.reserve(kFrames);
     for (int i = 0; i < kFrames; ++i)
-      frames.push_back(
-          auth::encode_hello(auth::make_hello(signer, "bench-relay", "user1000", "10.1.2.3", 22, kNowMs)));
+      frames.push_back(protocol::encode_hello(
+          client::make_hello(signer, "bench-relay", "user1000", "10.1.2.3", 22, kNowMs)));
   }
 };
 
@@ -75,12 +78,12 @@ Setup& setup() {
 
 void BM_OpenSslEd25519Verify(benchmark::State& state) {
   auto& s = setup();
-  auto d = auth::decode_hello({reinterpret_cast<const uint8_t*>(s.frames[0].data()), s.frames[0].size()});
-  std::string tr = auth::transcript(d.hello);
-  auth::Pkey pk = auth::ed25519_public_pkey(s.key->public_key());
+  auto d = protocol::decode_hello({reinterpret_cast<const uint8_t*>(s.frames[0].data()), s.frames[0].size()});
+  std::string tr = protocol::transcript(d.hello);
+  protocol::Pkey pk = protocol::ed25519_public_pkey(s.key->public_key());
   for (auto _ : state) {
     // What any verifier must do per message with OpenSSL 3: a digest context and one verify.
-    auth::MdCtx ctx(EVP_MD_CTX_new());
+    protocol::MdCtx ctx(EVP_MD_CTX_new());
     EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, pk.get());
     int ok = EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(d.hello.signature.data()), 64,
                               reinterpret_cast<const unsigned char*>(tr.data()), tr.size());
@@ -117,7 +120,7 @@ void BM_DecodeOnly(benchmark::State& state) {
   size_t i = 0;
   for (auto _ : state) {
     const std::string& f = s.frames[i++ % s.frames.size()];
-    benchmark::DoNotOptimize(auth::decode_hello({reinterpret_cast<const uint8_t*>(f.data()), f.size()}));
+    benchmark::DoNotOptimize(protocol::decode_hello({reinterpret_cast<const uint8_t*>(f.data()), f.size()}));
   }
   state.SetItemsProcessed(state.iterations());
 }

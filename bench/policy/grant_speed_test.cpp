@@ -23,7 +23,9 @@
 #include "policy/grant.h"
 #include "policy/snapshot.h"
 #include "policy/sshsig.h"
-#include "relay/auth/keys.h"
+#include "protocol/keys.h"
+
+namespace protocol = sshring::protocol;
 
 namespace {
 
@@ -34,14 +36,13 @@ constexpr int kPrincipals = 1000;
 constexpr UnixSeconds kNow = 1800000000;
 
 struct Signer {
-  std::shared_ptr<sshring::relay::auth::Ed25519PrivateKey> key;
+  std::shared_ptr<protocol::Ed25519PrivateKey> key;
   SshsigSigner s;
 };
 
 Signer make_signer(const std::string& name) {
   Signer out;
-  out.key = std::make_shared<sshring::relay::auth::Ed25519PrivateKey>(
-      sshring::relay::auth::Ed25519PrivateKey::generate());
+  out.key = std::make_shared<protocol::Ed25519PrivateKey>(protocol::Ed25519PrivateKey::generate());
   auto k = out.key;
   out.s = SshsigSigner{ed25519_key(k->public_key(), name), [k](std::string_view d) {
                          auto sig = k->sign(d);

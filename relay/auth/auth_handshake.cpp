@@ -12,7 +12,7 @@
 #include "common/log.h"
 #include "metrics/audit.h"
 #include "metrics/audit_types.h"
-#include "relay/auth/keys.h"
+#include "protocol/keys.h"
 #include "relay/session_id.h"
 
 namespace sshring::relay::auth {
@@ -36,9 +36,9 @@ struct SessionState {
   bool decided = false;  // a DENY or a connect decision was made
   bool denied = false;
   bool connected = false;
-  Reason deny_reason = Reason::kMalformed;  // the exact reason (audit, metrics, log)
-  std::string deny_message;                 // the exact detail (audit, log)
-  std::string deny_reply;                   // the DENY frame sent (may say less than the above)
+  protocol::Reason deny_reason = protocol::Reason::kMalformed;  // the exact reason (audit, metrics, log)
+  std::string deny_message;                                     // the exact detail (audit, log)
+  std::string deny_reply;  // the DENY frame sent (may say less than the above)
 
   std::shared_ptr<const policy::Snapshot> snap;
   std::string principal;
@@ -56,18 +56,20 @@ struct SessionState {
 
   // `wire`: the code the client sees when it must not learn `r` (identity failures before the
   // signature is verified all go out as kNotAuthenticated with one fixed message).
-  HandshakeStep deny(Reason r, std::string message, std::optional<Reason> wire = std::nullopt) {
+  HandshakeStep deny(protocol::Reason r, std::string message,
+                     std::optional<protocol::Reason> wire = std::nullopt) {
     decided = true;
     denied = true;
     deny_reason = r;
     deny_message = std::move(message);
-    deny_reply = wire ? encode_deny(*wire, kNotAuthenticatedMessage) : encode_deny(r, deny_message);
+    deny_reply = wire ? protocol::encode_deny(*wire, protocol::kNotAuthenticatedMessage)
+                      : protocol::encode_deny(r, deny_message);
     leave_handshake();
-    factory->count_decision(static_cast<uint16_t>(r), reason_name(r));
+    factory->count_decision(static_cast<uint16_t>(r), protocol::reason_name(r));
     if (factory->opts_.log_denials)
       common::log_warn("session denied", {{"session", session_id_string(session_id)},
                                           {"client", client.to_string()},
-                                          {"reason", reason_name(r)},
+                                          {"reason", protocol::reason_name(r)},
                                           {"principal", principal},
                                           {"target", target_name},
                                           {"detail", deny_message}});
@@ -91,7 +93,8 @@ struct SessionState {
 
   // Runs on the worker thread once the name resolved (or failed).
   HandshakeStep finish_resolution(const std::string& error, const std::vector<common::SockAddr>& addrs) {
-    if (!error.empty()) return deny(Reason::kResolveFailed, "cannot resolve " + target_name + ": " + error);
+    if (!error.empty())
+      return deny(protocol::Reason::kResolveFailed, "cannot resolve " + target_name + ": " + error);
     uint64_t now_ms = factory->now_ms();
     policy::Decision last;
     std::string tried;
@@ -112,10 +115,11 @@ struct SessionState {
       tried += a.ip_string();
     }
     if (last.reason == policy::Reason::kOutsideTimeWindow)
-      return deny(Reason::kOutsideTimeWindow, "outside the allowed time window");
+      return deny(protocol::Reason::kOutsideTimeWindow, "outside the allowed time window");
     if (last.reason == policy::Reason::kPortNotAllowed)
-      return deny(Reason::kPortNotAllowed, target_name + ":" + std::to_string(port) + ": port not allowed");
-    return deny(Reason::kAddressNotAllowed,
+      return deny(protocol::Reason::kPortNotAllowed,
+                  target_name + ":" + std::to_string(port) + ": port not allowed");
+    return deny(protocol::Reason::kAddressNotAllowed,
                 target_name + " resolved to " + tried + ", not allowed by policy");
   }
 };
@@ -123,25 +127,25 @@ struct SessionState {
 namespace {
 
 // Maps a policy refusal onto the wire reason.
-Reason from_policy(policy::Reason r) {
+protocol::Reason from_policy(policy::Reason r) {
   switch (r) {
     case policy::Reason::kUnknownPrincipal:
-      return Reason::kUnknownPrincipal;
+      return protocol::Reason::kUnknownPrincipal;
     case policy::Reason::kKeyNotListed:
-      return Reason::kKeyNotListed;
+      return protocol::Reason::kKeyNotListed;
     case policy::Reason::kTargetNotAllowed:
-      return Reason::kTargetNotAllowed;
+      return protocol::Reason::kTargetNotAllowed;
     case policy::Reason::kPortNotAllowed:
-      return Reason::kPortNotAllowed;
+      return protocol::Reason::kPortNotAllowed;
     case policy::Reason::kOutsideTimeWindow:
-      return Reason::kOutsideTimeWindow;
+      return protocol::Reason::kOutsideTimeWindow;
     case policy::Reason::kTooManySessions:
-      return Reason::kTooManySessions;
+      return protocol::Reason::kTooManySessions;
     case policy::Reason::kNoPolicy:
     case policy::Reason::kAllowed:
       break;
   }
-  return Reason::kOverloaded;
+  return protocol::Reason::kOverloaded;
 }
 
 }  // namespace
@@ -162,22 +166,22 @@ class AuthHandshake : public Handshake {
       return again;
     }
     if (s.over_handshake_cap)
-      return s.deny(Reason::kTooManyHandshakes,
+      return s.deny(protocol::Reason::kTooManyHandshakes,
                     "too many connections in handshake from " + s.client.ip_string());
     if (const auto& o = s.factory->opts_; o.audit && o.refuse_when_audit_unwritable && !o.audit->writable())
-      return s.deny(Reason::kOverloaded, "relay overloaded; try again later");
-    HelloDecode d = decode_hello(received);
+      return s.deny(protocol::Reason::kOverloaded, "relay overloaded; try again later");
+    protocol::HelloDecode d = protocol::decode_hello(received);
     switch (d.status) {
-      case DecodeStatus::kNeedMore:
+      case protocol::DecodeStatus::kNeedMore:
         return HandshakeStep{};
-      case DecodeStatus::kMalformed:
-        return s.deny(Reason::kMalformed, std::string(d.error));
-      case DecodeStatus::kUnsupportedVersion:
-        return s.deny(Reason::kUnsupportedVersion, "this relay speaks preamble version 1");
-      case DecodeStatus::kOk:
+      case protocol::DecodeStatus::kMalformed:
+        return s.deny(protocol::Reason::kMalformed, std::string(d.error));
+      case protocol::DecodeStatus::kUnsupportedVersion:
+        return s.deny(protocol::Reason::kUnsupportedVersion, "this relay speaks preamble version 1");
+      case protocol::DecodeStatus::kOk:
         break;
     }
-    const Hello& h = d.hello;
+    const protocol::Hello& h = d.hello;
     s.consumed = d.consumed;
     s.principal = h.principal;
     s.target_name = h.target;
@@ -204,7 +208,7 @@ class AuthHandshake : public Handshake {
       r.upstream_local = local.to_string();
       append(audit, r.to_json());
     }
-    return encode_ok(s.session_id);
+    return protocol::encode_ok(s.session_id);
   }
 
   std::string on_upstream_failed(int err) override {
@@ -216,7 +220,7 @@ class AuthHandshake : public Handshake {
                                                    {"principal", s.principal},
                                                    {"target", s.upstream.to_string()},
                                                    {"error", std::strerror(err)}});
-    return encode_deny(Reason::kTargetUnreachable, msg);
+    return protocol::encode_deny(protocol::Reason::kTargetUnreachable, msg);
   }
 
   // Hand-over (relay/handover.h): the context an established session's session_end record needs.
@@ -241,13 +245,14 @@ class AuthHandshake : public Handshake {
     s.session_counted = false;
     bool timed_out = !s.decided && sum.reason == EndReason::kHandshakeTimeout;
     if (timed_out)
-      s.factory->count_decision(static_cast<uint16_t>(Reason::kTimeout), reason_name(Reason::kTimeout));
+      s.factory->count_decision(static_cast<uint16_t>(protocol::Reason::kTimeout),
+                                protocol::reason_name(protocol::Reason::kTimeout));
     auto* audit = s.factory->opts_.audit;
     if (audit == nullptr || ended_logged_) return;
     ended_logged_ = true;
     if (s.denied || !s.decided) {
       metrics::SessionDeny r{session_fields()};
-      r.reason = s.denied ? reason_name(s.deny_reason) : end_reason_name(sum.reason);
+      r.reason = s.denied ? protocol::reason_name(s.deny_reason) : end_reason_name(sum.reason);
       r.detail = s.deny_message;
       append(audit, r.to_json());
       return;
@@ -263,7 +268,7 @@ class AuthHandshake : public Handshake {
 
  private:
   // Relay id and clock: nothing here depends on who the client claims to be.
-  std::optional<HandshakeStep> check_freshness(const Hello& h, uint64_t now_ms) {
+  std::optional<HandshakeStep> check_freshness(const protocol::Hello& h, uint64_t now_ms) {
     SessionState& s = *s_;
     const AuthOptions& o = s.factory->opts_;
     bool relay_ok = false;
@@ -271,17 +276,18 @@ class AuthHandshake : public Handshake {
     // The id is not secret (clients type it); naming it lets the client say which --relay-id to pass.
     // The relay's id first: a DENY message is cut at 200 bytes.
     if (!relay_ok)
-      return s.deny(Reason::kWrongRelay, "this relay's id is '" + o.relay_ids.front() +
-                                             "' (preamble is for '" + h.relay_id + "')");
+      return s.deny(protocol::Reason::kWrongRelay, "this relay's id is '" + o.relay_ids.front() +
+                                                       "' (preamble is for '" + h.relay_id + "')");
     if (h.timestamp_ms > now_ms) {
       // A timestamp ahead of the relay would keep its nonce for skew + that much: bounded separately.
       uint64_t ahead = h.timestamp_ms - now_ms;
       if (ahead > static_cast<uint64_t>(o.max_future_skew.count()))
-        return s.deny(Reason::kStale,
+        return s.deny(protocol::Reason::kStale,
                       "timestamp is " + std::to_string(ahead / 1000) + "s ahead of the relay's clock");
     } else if (now_ms - h.timestamp_ms > static_cast<uint64_t>(o.max_skew.count())) {
-      return s.deny(Reason::kStale, "timestamp is " + std::to_string((now_ms - h.timestamp_ms) / 1000) +
-                                        "s behind the relay's clock");
+      return s.deny(
+          protocol::Reason::kStale,
+          "timestamp is " + std::to_string((now_ms - h.timestamp_ms) / 1000) + "s behind the relay's clock");
     }
     return std::nullopt;
   }
@@ -289,13 +295,13 @@ class AuthHandshake : public Handshake {
   // Principal, key and signature. The signature is verified against the presented key in every case,
   // so the three failures cost the same time; the client sees one code and one message for all of
   // them, the audit record and metrics the exact reason.
-  std::optional<HandshakeStep> check_identity(const Hello& h) {
+  std::optional<HandshakeStep> check_identity(const protocol::Hello& h) {
     SessionState& s = *s_;
     s.snap = s.factory->cache_.current();
-    if (!s.snap) return s.deny(Reason::kOverloaded, "no policy loaded");
-    Ed25519PublicKey raw;
+    if (!s.snap) return s.deny(protocol::Reason::kOverloaded, "no policy loaded");
+    protocol::Ed25519PublicKey raw;
     std::memcpy(raw.data(), h.public_key.data(), raw.size());
-    const bool signature_ok = ed25519_verify(raw, transcript(h), h.signature);
+    const bool signature_ok = protocol::ed25519_verify(raw, protocol::transcript(h), h.signature);
     const policy::Principal* p = s.snap->find_principal(h.principal);
     const policy::PublicKey* key = nullptr;
     if (p != nullptr)
@@ -303,40 +309,43 @@ class AuthHandshake : public Handshake {
         if (k.ed25519.size() == h.public_key.size() &&
             std::memcmp(k.ed25519.data(), h.public_key.data(), k.ed25519.size()) == 0)
           key = &k;
-    s.key_fp = key != nullptr ? key->fingerprint : fingerprint(raw);
+    s.key_fp = key != nullptr ? key->fingerprint : protocol::fingerprint(raw);
     if (p == nullptr)
-      return s.deny(Reason::kUnknownPrincipal, "unknown principal '" + h.principal + "'",
-                    Reason::kNotAuthenticated);
+      return s.deny(protocol::Reason::kUnknownPrincipal, "unknown principal '" + h.principal + "'",
+                    protocol::Reason::kNotAuthenticated);
     if (key == nullptr)
-      return s.deny(Reason::kKeyNotListed, "key " + s.key_fp + " is not listed for '" + h.principal + "'",
-                    Reason::kNotAuthenticated);
+      return s.deny(protocol::Reason::kKeyNotListed,
+                    "key " + s.key_fp + " is not listed for '" + h.principal + "'",
+                    protocol::Reason::kNotAuthenticated);
     if (!signature_ok)
-      return s.deny(Reason::kBadSignature, "signature does not verify", Reason::kNotAuthenticated);
+      return s.deny(protocol::Reason::kBadSignature, "signature does not verify",
+                    protocol::Reason::kNotAuthenticated);
     return std::nullopt;
   }
 
   // Only HELLOs signed by a listed key of a known principal reach the cache, each principal within
   // its share.
-  std::optional<HandshakeStep> check_replay(const Hello& h, uint64_t now_ms) {
+  std::optional<HandshakeStep> check_replay(const protocol::Hello& h, uint64_t now_ms) {
     SessionState& s = *s_;
     AuthHandshakeFactory& f = *s.factory;
     switch (f.replay_.check_and_insert(h.principal, h.nonce, h.timestamp_ms, {now_ms, f.mono_ms()})) {
       case ReplayCache::Result::kFresh:
         return std::nullopt;
       case ReplayCache::Result::kReplayed:
-        return s.deny(Reason::kReplayed, "nonce already used");
+        return s.deny(protocol::Reason::kReplayed, "nonce already used");
       case ReplayCache::Result::kFull:
-        return s.deny(Reason::kOverloaded, "replay cache full");
+        return s.deny(protocol::Reason::kOverloaded, "replay cache full");
       case ReplayCache::Result::kTooOld:
-        return s.deny(Reason::kStale, "timestamp is older than what the replay cache still remembers");
+        return s.deny(protocol::Reason::kStale,
+                      "timestamp is older than what the replay cache still remembers");
       case ReplayCache::Result::kPrincipalFull:
-        return s.deny(Reason::kOverloaded, "replay cache share of '" + h.principal + "' full");
+        return s.deny(protocol::Reason::kOverloaded, "replay cache share of '" + h.principal + "' full");
     }
-    return s.deny(Reason::kOverloaded, "replay cache");
+    return s.deny(protocol::Reason::kOverloaded, "replay cache");
   }
 
   // Policy on the name (or the literal address), the principal's session limit, then resolution.
-  HandshakeStep check_policy(const Hello& h, uint64_t now_ms) {
+  HandshakeStep check_policy(const protocol::Hello& h, uint64_t now_ms) {
     SessionState& s = *s_;
     AuthHandshakeFactory& f = *s.factory;
     auto now_s = static_cast<policy::UnixSeconds>(now_ms / 1000);
@@ -355,13 +364,14 @@ class AuthHandshake : public Handshake {
       dec = s.snap->name_allowed(h.principal, h.target, h.port, now_s);
     }
     if (!dec.allowed) {
-      Reason r = from_policy(dec.reason);
-      return s.deny(r, std::string(reason_description(r)) + ": " + h.target + ":" + std::to_string(h.port));
+      protocol::Reason r = from_policy(dec.reason);
+      return s.deny(
+          r, std::string(protocol::reason_description(r)) + ": " + h.target + ":" + std::to_string(h.port));
     }
     uint32_t max = s.snap->max_sessions_for(h.principal);
     if (!f.limits_.acquire_session(h.principal, max))
-      return s.deny(Reason::kTooManySessions, "'" + h.principal + "' has " + std::to_string(max) +
-                                                  " sessions, the most its roles allow");
+      return s.deny(protocol::Reason::kTooManySessions, "'" + h.principal + "' has " + std::to_string(max) +
+                                                            " sessions, the most its roles allow");
     s.session_counted = true;
     if (literal) return s.connect(*literal);
     resolve(h);
@@ -372,7 +382,7 @@ class AuthHandshake : public Handshake {
 
   // Resolves off the loop. The callback may run after this handshake is gone: it only posts while
   // the session is alive, and the worker ignores a resume for an ended session.
-  void resolve(const Hello& h) {
+  void resolve(const protocol::Hello& h) {
     std::weak_ptr<SessionState> weak = s_;
     s_->factory->resolver_->resolve(h.target, h.port,
                                     [weak](std::string error, std::vector<common::SockAddr> addrs) {
@@ -430,7 +440,7 @@ AuthHandshakeFactory::AuthHandshakeFactory(const policy::PolicyCache& cache, Aut
               opts_.replay_per_principal) {
   if (opts_.relay_ids.empty()) throw common::UsageError("authenticated relay: give at least one --relay-id");
   for (const auto& id : opts_.relay_ids)
-    if (id.empty() || id.size() > kMaxRelayId)
+    if (id.empty() || id.size() > protocol::kMaxRelayId)
       throw common::UsageError("--relay-id '" + id + "': 1 to 128 printable characters");
   if (opts_.max_skew.count() <= 0) throw common::UsageError("authenticated relay: max skew must be positive");
   if (opts_.max_future_skew.count() < 0 || opts_.max_future_skew > opts_.max_skew)
@@ -461,11 +471,11 @@ uint64_t AuthHandshakeFactory::mono_ms() const {
 }
 
 uint64_t AuthHandshakeFactory::decisions(uint16_t reason) const {
-  return reason <= kMaxReason ? decisions_[reason].load(std::memory_order_relaxed) : 0;
+  return reason <= protocol::kMaxReason ? decisions_[reason].load(std::memory_order_relaxed) : 0;
 }
 
 void AuthHandshakeFactory::count_decision(uint16_t reason, std::string_view name) {
-  if (reason <= kMaxReason) decisions_[reason].fetch_add(1, std::memory_order_relaxed);
+  if (reason <= protocol::kMaxReason) decisions_[reason].fetch_add(1, std::memory_order_relaxed);
   if (auto* fam = decisions_family_.load(std::memory_order_acquire))
     fam->Add({{"result", reason == 0 ? "allow" : "deny"}, {"reason", std::string(name)}}).Increment();
 }

@@ -24,7 +24,7 @@
 
 #include "metrics/catalog.h"
 #include "policy/cache.h"
-#include "relay/auth/preamble.h"
+#include "protocol/preamble.h"
 #include "relay/auth/replay_cache.h"
 #include "relay/auth/resolver.h"
 #include "relay/auth/session_limits.h"
@@ -101,7 +101,7 @@ class AuthHandshakeFactory : public HandshakeFactory,
   std::shared_ptr<Resolver> resolver_;
   ReplayCache replay_;
   SessionLimits limits_;
-  std::array<std::atomic<uint64_t>, kMaxReason + 1> decisions_{};
+  std::array<std::atomic<uint64_t>, protocol::kMaxReason + 1> decisions_{};
   std::atomic<prometheus::Histogram*> handshake_seconds_{nullptr};
   std::atomic<prometheus::Histogram*> connect_seconds_{nullptr};  // decision to upstream connected
   std::atomic<prometheus::Family<prometheus::Counter>*> decisions_family_{nullptr};

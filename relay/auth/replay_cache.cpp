@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "relay/auth/keys.h"
+#include "protocol/keys.h"
 
 namespace sshring::relay::auth {
 namespace {
@@ -27,7 +27,7 @@ ReplayCache::ReplayCache(uint64_t skew_ms, size_t capacity, size_t per_principal
     : skew_ms_(skew_ms),
       shard_capacity_(capacity / kShards + 1),
       per_principal_(per_principal ? per_principal : capacity / 16 + 1) {
-  random_bytes(reinterpret_cast<uint8_t*>(&seed_), sizeof(seed_));
+  protocol::random_bytes(reinterpret_cast<uint8_t*>(&seed_), sizeof(seed_));
   for (size_t i = 0; i < kShards; ++i) shards_.push_back(std::make_unique<Shard>(seed_));
 }
 

@@ -21,13 +21,13 @@
 #include <unordered_set>
 #include <vector>
 
-#include "relay/auth/preamble.h"
+#include "protocol/preamble.h"
 
 namespace sshring::relay::auth {
 
 class ReplayCache {
  public:
-  using Nonce = std::array<uint8_t, kNonceSize>;
+  using Nonce = std::array<uint8_t, protocol::kNonceSize>;
   enum class Result : uint8_t { kFresh, kReplayed, kFull, kPrincipalFull, kTooOld };
   struct Now {
     uint64_t wall_ms;  // Unix milliseconds (what timestamps are compared with)

@@ -11,10 +11,11 @@
 #include "common/error.h"
 
 #include "client/client.h"
-#include "relay/auth/keys.h"
+#include "protocol/keys.h"
 #include "tests/support/process.h"
 
-namespace auth = sshring::relay::auth;
+namespace protocol = sshring::protocol;
+namespace client = sshring::client;
 namespace t = sshring::testing;
 
 namespace {
@@ -38,10 +39,10 @@ class AuthAgent : public ::testing::Test {
   void add(const std::string& key) {
     ASSERT_EQ(t::sh("SSH_AUTH_SOCK=" + sock_ + " ssh-add -q " + key + " 2>&1"), 0);
   }
-  auth::Ed25519PublicKey pub(const std::string& name) {
-    auto k = auth::parse_openssh_public_key(t::read_file(dir_.file(name + ".pub")));
+  protocol::Ed25519PublicKey pub(const std::string& name) {
+    auto k = protocol::parse_openssh_public_key(t::read_file(dir_.file(name + ".pub")));
     EXPECT_TRUE(k);
-    return k.value_or(auth::Ed25519PublicKey{});
+    return k.value_or(protocol::Ed25519PublicKey{});
   }
 
   t::TempDir dir_;
@@ -49,7 +50,7 @@ class AuthAgent : public ::testing::Test {
   t::Process agent_;
 };
 
-std::string_view view(const auth::Ed25519Signature& s) {
+std::string_view view(const protocol::Ed25519Signature& s) {
   return {reinterpret_cast<const char*>(s.data()), s.size()};
 }
 
@@ -58,7 +59,7 @@ std::string_view view(const auth::Ed25519Signature& s) {
 TEST_F(AuthAgent, ListsIdentitiesAndSignsWithEd25519) {
   add(dir_.file("ec"));
   add(dir_.file("k1"));
-  auth::AgentClient agent(sock_);
+  client::AgentClient agent(sock_);
   auto ids = agent.identities();
   ASSERT_EQ(ids.size(), 2u);
   auto keys = agent.ed25519_keys();
@@ -66,16 +67,16 @@ TEST_F(AuthAgent, ListsIdentitiesAndSignsWithEd25519) {
   EXPECT_EQ(keys[0], pub("k1"));
   std::string data = "transcript bytes \x01\x02";
   auto sig = agent.sign(keys[0], data);
-  EXPECT_TRUE(auth::ed25519_verify(keys[0], data, view(sig)));
-  EXPECT_FALSE(auth::ed25519_verify(keys[0], data + "x", view(sig)));
+  EXPECT_TRUE(protocol::ed25519_verify(keys[0], data, view(sig)));
+  EXPECT_FALSE(protocol::ed25519_verify(keys[0], data + "x", view(sig)));
   // Ed25519 is deterministic: the agent and the key file produce the same signature.
-  auto file_key = auth::Ed25519PrivateKey::load_file(dir_.file("k1"));
+  auto file_key = protocol::Ed25519PrivateKey::load_file(dir_.file("k1"));
   EXPECT_EQ(file_key.sign(data), sig);
 }
 
 TEST_F(AuthAgent, RefusesKeysItDoesNotHold) {
   add(dir_.file("k1"));
-  auth::AgentClient agent(sock_);
+  client::AgentClient agent(sock_);
   EXPECT_THROW(agent.sign(pub("k2"), "data"), std::runtime_error);
   // The connection stays usable after a refusal.
   EXPECT_EQ(agent.ed25519_keys().size(), 1u);
@@ -85,26 +86,26 @@ TEST_F(AuthAgent, SignerFromEnvironmentPicksTheRequestedKey) {
   add(dir_.file("k1"));
   add(dir_.file("k2"));
   ::setenv("SSH_AUTH_SOCK", sock_.c_str(), 1);
-  auth::Signer first = auth::agent_signer();
+  client::Signer first = client::agent_signer();
   EXPECT_EQ(first.public_key, pub("k1"));
-  auth::Signer chosen = auth::agent_signer(dir_.file("k2.pub"));
+  client::Signer chosen = client::agent_signer(dir_.file("k2.pub"));
   EXPECT_EQ(chosen.public_key, pub("k2"));
-  auto h = auth::make_hello(chosen, "relay", "alice", "host", 22, auth::unix_ms_now());
-  EXPECT_TRUE(auth::ed25519_verify(pub("k2"), auth::transcript(h), h.signature));
+  auto h = client::make_hello(chosen, "relay", "alice", "host", 22, client::unix_ms_now());
+  EXPECT_TRUE(protocol::ed25519_verify(pub("k2"), protocol::transcript(h), h.signature));
   ::unsetenv("SSH_AUTH_SOCK");
-  EXPECT_THROW(auth::agent_signer(), sshring::common::UsageError);
+  EXPECT_THROW(client::agent_signer(), sshring::common::UsageError);
 }
 
 TEST_F(AuthAgent, EmptyAgentAndMissingSocket) {
   ::setenv("SSH_AUTH_SOCK", sock_.c_str(), 1);
-  EXPECT_THROW(auth::agent_signer(), sshring::common::UsageError);
+  EXPECT_THROW(client::agent_signer(), sshring::common::UsageError);
   ::unsetenv("SSH_AUTH_SOCK");
-  EXPECT_THROW(auth::AgentClient(dir_.file("nope.sock")), sshring::common::SystemError);
+  EXPECT_THROW(client::AgentClient(dir_.file("nope.sock")), sshring::common::SystemError);
 }
 
 TEST_F(AuthAgent, KeyFileSigner) {
-  auth::Signer s = auth::file_signer(dir_.file("k1"));
+  client::Signer s = client::file_signer(dir_.file("k1"));
   EXPECT_EQ(s.public_key, pub("k1"));
-  auto h = auth::make_hello(s, "relay", "svc-ci", "10.0.0.5", 2222, auth::unix_ms_now());
-  EXPECT_TRUE(auth::ed25519_verify(pub("k1"), auth::transcript(h), h.signature));
+  auto h = client::make_hello(s, "relay", "svc-ci", "10.0.0.5", 2222, client::unix_ms_now());
+  EXPECT_TRUE(protocol::ed25519_verify(pub("k1"), protocol::transcript(h), h.signature));
 }

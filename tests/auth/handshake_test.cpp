@@ -20,11 +20,13 @@
 #include "metrics/audit.h"
 #include "metrics/audit_verify.h"
 #include "policy/parser.h"
+#include "protocol/keys.h"
 #include "relay/auth/auth_service.h"
-#include "relay/auth/keys.h"
 #include "tests/support/process.h"
 
 namespace auth = sshring::relay::auth;
+namespace protocol = sshring::protocol;
+namespace client = sshring::client;
 namespace relay = sshring::relay;
 namespace policy = sshring::policy;
 using sshring::common::SockAddr;
@@ -64,9 +66,9 @@ class Context : public relay::HandshakeContext {
 };
 
 struct AuthHandshake : ::testing::Test {
-  auth::Ed25519PrivateKey alice = auth::Ed25519PrivateKey::generate();
-  auth::Ed25519PrivateKey bob = auth::Ed25519PrivateKey::generate();
-  auth::Ed25519PrivateKey stranger = auth::Ed25519PrivateKey::generate();
+  protocol::Ed25519PrivateKey alice = protocol::Ed25519PrivateKey::generate();
+  protocol::Ed25519PrivateKey bob = protocol::Ed25519PrivateKey::generate();
+  protocol::Ed25519PrivateKey stranger = protocol::Ed25519PrivateKey::generate();
   policy::PolicyCache cache;
   std::shared_ptr<auth::AuthHandshakeFactory> factory;
   Context ctx;
@@ -90,11 +92,11 @@ roles:
 principals:
   - name: alice
     roles: [dev, night]
-    keys: [")" + auth::format_openssh_public_key(alice.public_key(), "alice") +
+    keys: [")" + protocol::format_openssh_public_key(alice.public_key(), "alice") +
                        R"("]
   - name: bob
     roles: [dev]
-    keys: [")" + auth::format_openssh_public_key(bob.public_key(), "bob") +
+    keys: [")" + protocol::format_openssh_public_key(bob.public_key(), "bob") +
                        R"("]
 )";
     cache.publish(policy::Snapshot::build(std::make_shared<policy::Policy>(policy::parse_policy(yaml)), {}));
@@ -111,14 +113,14 @@ principals:
     factory = std::make_shared<auth::AuthHandshakeFactory>(cache, o);
   }
 
-  auth::Signer signer(const auth::Ed25519PrivateKey& k) {
-    auto copy =
-        std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::from_openssh(k.to_openssh(), "k"));
+  client::Signer signer(const protocol::Ed25519PrivateKey& k) {
+    auto copy = std::make_shared<protocol::Ed25519PrivateKey>(
+        protocol::Ed25519PrivateKey::from_openssh(k.to_openssh(), "k"));
     return {k.public_key(), [copy](std::string_view d) { return copy->sign(d); }};
   }
-  std::string hello(const auth::Ed25519PrivateKey& k, const std::string& principal, const std::string& target,
-                    uint16_t port = 22, const std::string& relay_id = "relay-a") {
-    return auth::encode_hello(auth::make_hello(signer(k), relay_id, principal, target, port, clock));
+  std::string hello(const protocol::Ed25519PrivateKey& k, const std::string& principal,
+                    const std::string& target, uint16_t port = 22, const std::string& relay_id = "relay-a") {
+    return protocol::encode_hello(client::make_hello(signer(k), relay_id, principal, target, port, clock));
   }
 
   struct Session {
@@ -141,8 +143,10 @@ principals:
   }
   static uint16_t deny_reason(const relay::HandshakeStep& st) {
     if (st.kind != Kind::kReject) return 0;
-    auto d = auth::decode_reply({reinterpret_cast<const uint8_t*>(st.reply.data()), st.reply.size()});
-    return d.status == auth::DecodeStatus::kOk && d.reply.type == auth::FrameType::kDeny ? d.reply.reason : 0;
+    auto d = protocol::decode_reply({reinterpret_cast<const uint8_t*>(st.reply.data()), st.reply.size()});
+    return d.status == protocol::DecodeStatus::kOk && d.reply.type == protocol::FrameType::kDeny
+               ? d.reply.reason
+               : 0;
   }
   void end(Session& s, relay::EndReason r = relay::EndReason::kClosed) {
     relay::SessionSummary sum;
@@ -151,7 +155,7 @@ principals:
   }
 };
 
-uint16_t code(auth::Reason r) {
+uint16_t code(protocol::Reason r) {
   return static_cast<uint16_t>(r);
 }
 
@@ -166,9 +170,9 @@ TEST_F(AuthHandshake, AllowsAnAddressTargetAndKeepsGluedBytes) {
   EXPECT_EQ(st.consumed, frame.size());
   EXPECT_EQ(factory->limits().sessions_of("alice"), 1u);
   std::string ok = s->hs->on_upstream_connected(*SockAddr::parse("127.0.0.1:50000"));
-  auto d = auth::decode_reply({reinterpret_cast<const uint8_t*>(ok.data()), ok.size()});
-  ASSERT_EQ(d.status, auth::DecodeStatus::kOk);
-  EXPECT_EQ(d.reply.type, auth::FrameType::kOk);
+  auto d = protocol::decode_reply({reinterpret_cast<const uint8_t*>(ok.data()), ok.size()});
+  ASSERT_EQ(d.status, protocol::DecodeStatus::kOk);
+  EXPECT_EQ(d.reply.type, protocol::FrameType::kOk);
   EXPECT_EQ(d.reply.session_id, 1u);
   end(*s);
   EXPECT_EQ(factory->limits().sessions_of("alice"), 0u);
@@ -213,12 +217,12 @@ TEST_F(AuthHandshake, RealDnsPathThroughCares) {
   auto st = feed(*s, hello(alice, "alice", "localhost"));
   // The cidr-only target lets any name pass the name check; the resolved loopback address is then
   // refused (no entry both names localhost and covers 127.0.0.1), and the message names it.
-  EXPECT_EQ(deny_reason(st), code(auth::Reason::kAddressNotAllowed));
+  EXPECT_EQ(deny_reason(st), code(protocol::Reason::kAddressNotAllowed));
   EXPECT_NE(st.reply.find("127.0.0.1"), std::string::npos);
   end(*s);
   auto t = open();
   auto st2 = feed(*t, hello(alice, "alice", "nonexistent.allowed.test"));
-  EXPECT_EQ(deny_reason(st2), code(auth::Reason::kResolveFailed));
+  EXPECT_EQ(deny_reason(st2), code(protocol::Reason::kResolveFailed));
   end(*t);
 }
 
@@ -226,68 +230,68 @@ TEST_F(AuthHandshake, Denials) {
   struct Case {
     const char* name;
     std::function<std::string()> input;
-    auth::Reason want;                                // the exact reason (decision metrics, audit)
-    std::optional<auth::Reason> wire = std::nullopt;  // what the client sees, when it must see less
+    protocol::Reason want;                                // the exact reason (decision metrics, audit)
+    std::optional<protocol::Reason> wire = std::nullopt;  // what the client sees, when it must see less
   };
-  const auto hidden = auth::Reason::kNotAuthenticated;
+  const auto hidden = protocol::Reason::kNotAuthenticated;
   std::vector<Case> cases = {
       {"unknown principal", [&] { return hello(alice, "mallory", "10.1.0.1"); },
-       auth::Reason::kUnknownPrincipal, hidden},
-      {"key not listed", [&] { return hello(stranger, "alice", "10.1.0.1"); }, auth::Reason::kKeyNotListed,
-       hidden},
-      {"someone else's key", [&] { return hello(bob, "alice", "10.1.0.1"); }, auth::Reason::kKeyNotListed,
+       protocol::Reason::kUnknownPrincipal, hidden},
+      {"key not listed", [&] { return hello(stranger, "alice", "10.1.0.1"); },
+       protocol::Reason::kKeyNotListed, hidden},
+      {"someone else's key", [&] { return hello(bob, "alice", "10.1.0.1"); }, protocol::Reason::kKeyNotListed,
        hidden},
       {"wrong signature",
        [&] {
-         auto h = auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock);
+         auto h = client::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock);
          h.signature[0] ^= 1;
-         return auth::encode_hello(h);
+         return protocol::encode_hello(h);
        },
-       auth::Reason::kBadSignature, hidden},
+       protocol::Reason::kBadSignature, hidden},
       {"unknown principal with a bad signature",
        [&] {
-         auto h = auth::make_hello(signer(stranger), "relay-a", "mallory", "10.1.0.1", 22, clock);
+         auto h = client::make_hello(signer(stranger), "relay-a", "mallory", "10.1.0.1", 22, clock);
          h.signature[5] ^= 1;
-         return auth::encode_hello(h);
+         return protocol::encode_hello(h);
        },
-       auth::Reason::kUnknownPrincipal, hidden},
+       protocol::Reason::kUnknownPrincipal, hidden},
       {"signed for another target",
        [&] {
-         auto h = auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock);
+         auto h = client::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock);
          h.target = "10.1.0.2";  // redirect attempt: signature no longer matches
-         return auth::encode_hello(h);
+         return protocol::encode_hello(h);
        },
-       auth::Reason::kBadSignature, hidden},
+       protocol::Reason::kBadSignature, hidden},
       {"another relay", [&] { return hello(alice, "alice", "10.1.0.1", 22, "relay-b"); },
-       auth::Reason::kWrongRelay},
+       protocol::Reason::kWrongRelay},
       {"target not allowed", [&] { return hello(alice, "alice", "10.3.0.1"); },
-       auth::Reason::kTargetNotAllowed},
+       protocol::Reason::kTargetNotAllowed},
       {"port not allowed", [&] { return hello(alice, "alice", "db.allowed.test", 23); },
-       auth::Reason::kPortNotAllowed},
+       protocol::Reason::kPortNotAllowed},
       {"port not allowed on an address", [&] { return hello(alice, "alice", "10.1.0.1", 23); },
-       auth::Reason::kPortNotAllowed},
+       protocol::Reason::kPortNotAllowed},
       {"name resolving to a disallowed address", [&] { return hello(alice, "alice", "evil.allowed.test"); },
-       auth::Reason::kAddressNotAllowed},
+       protocol::Reason::kAddressNotAllowed},
       {"outside time window", [&] { return hello(alice, "alice", "10.2.0.1"); },
-       auth::Reason::kOutsideTimeWindow},
+       protocol::Reason::kOutsideTimeWindow},
       {"stale",
        [&] {
-         return auth::encode_hello(
-             auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock - 31000));
+         return protocol::encode_hello(
+             client::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock - 31000));
        },
-       auth::Reason::kStale},
+       protocol::Reason::kStale},
       {"from the future",
        [&] {
-         return auth::encode_hello(
-             auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock + 31000));
+         return protocol::encode_hello(
+             client::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock + 31000));
        },
-       auth::Reason::kStale},
+       protocol::Reason::kStale},
       {"further in the future than max_future_skew",
        [&] {
-         return auth::encode_hello(
-             auth::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock + 5001));
+         return protocol::encode_hello(
+             client::make_hello(signer(alice), "relay-a", "alice", "10.1.0.1", 22, clock + 5001));
        },
-       auth::Reason::kStale},
+       protocol::Reason::kStale},
       {"impossible length (valid HELLOs are at most 669 bytes)",
        [&] {
          std::string f = hello(alice, "alice", "10.1.0.1");
@@ -295,22 +299,22 @@ TEST_F(AuthHandshake, Denials) {
          f[7] = static_cast<char>(0xa0);
          return f.substr(0, 8);
        },
-       auth::Reason::kMalformed},
-      {"garbage", [] { return std::string("SSH-2.0-OpenSSH_9.2\r\n"); }, auth::Reason::kMalformed},
+       protocol::Reason::kMalformed},
+      {"garbage", [] { return std::string("SSH-2.0-OpenSSH_9.2\r\n"); }, protocol::Reason::kMalformed},
       {"oversized",
        [&] {
          std::string f = hello(alice, "alice", "10.1.0.1");
          f[6] = 0x20;  // declares an 8 KiB payload
          return f;
        },
-       auth::Reason::kMalformed},
+       protocol::Reason::kMalformed},
       {"version 2",
        [&] {
          std::string f = hello(alice, "alice", "10.1.0.1");
          f[4] = 2;
          return f;
        },
-       auth::Reason::kUnsupportedVersion},
+       protocol::Reason::kUnsupportedVersion},
   };
   for (const auto& c : cases) {
     auto s = open();
@@ -331,11 +335,11 @@ TEST_F(AuthHandshake, ReplayedPreambleIsDenied) {
   end(*a);
   clock += 5000;  // still inside the skew window
   auto b = open("10.9.0.2:1");
-  EXPECT_EQ(deny_reason(feed(*b, frame)), code(auth::Reason::kReplayed));
+  EXPECT_EQ(deny_reason(feed(*b, frame)), code(protocol::Reason::kReplayed));
   end(*b);
   clock += 60000;  // outside the window the clock check refuses it
   auto c = open("10.9.0.2:1");
-  EXPECT_EQ(deny_reason(feed(*c, frame)), code(auth::Reason::kStale));
+  EXPECT_EQ(deny_reason(feed(*c, frame)), code(protocol::Reason::kStale));
   end(*c);
 }
 
@@ -343,13 +347,13 @@ TEST_F(AuthHandshake, ReplayedPreambleIsDenied) {
 // of the replay cache, so another principal still gets in (without the share, the cache would be full
 // and everyone would be refused as overloaded).
 TEST_F(AuthHandshake, ReplayFloodByARolelessPrincipalDoesNotDenyAnother) {
-  auth::Ed25519PrivateKey loner = auth::Ed25519PrivateKey::generate();
+  protocol::Ed25519PrivateKey loner = protocol::Ed25519PrivateKey::generate();
   std::string yaml =
       "version: 1\nroles:\n  - name: dev\n    targets:\n      - cidrs: [10.1.0.0/16]\n"
       "principals:\n  - name: alice\n    roles: [dev]\n    keys: [\"" +
-      auth::format_openssh_public_key(alice.public_key(), "alice") +
+      protocol::format_openssh_public_key(alice.public_key(), "alice") +
       "\"]\n  - name: loner\n    roles: []\n    keys: [\"" +
-      auth::format_openssh_public_key(loner.public_key(), "loner") + "\"]\n";
+      protocol::format_openssh_public_key(loner.public_key(), "loner") + "\"]\n";
   policy::PolicyCache small_cache;
   small_cache.publish(
       policy::Snapshot::build(std::make_shared<policy::Policy>(policy::parse_policy(yaml)), {}));
@@ -367,8 +371,8 @@ TEST_F(AuthHandshake, ReplayFloodByARolelessPrincipalDoesNotDenyAnother) {
     s->hs = f->create(i + 1, *SockAddr::parse("10.9.0.1:1"), *SockAddr::parse("127.0.0.1:2222"), ctx,
                       [](relay::HandshakeStep) {});
     uint16_t r = deny_reason(feed(*s, hello(loner, "loner", "10.1.0.1")));
-    overloaded += r == code(auth::Reason::kOverloaded);
-    not_allowed += r == code(auth::Reason::kTargetNotAllowed);
+    overloaded += r == code(protocol::Reason::kOverloaded);
+    not_allowed += r == code(protocol::Reason::kTargetNotAllowed);
     s->hs->on_end({});
   }
   EXPECT_EQ(not_allowed, 40);  // the nonces that were stored (signature verified, principal known)
@@ -389,7 +393,7 @@ TEST_F(AuthHandshake, ReplayFloodByARolelessPrincipalDoesNotDenyAnother) {
     s->hs = f->create(9000 + i, *SockAddr::parse("10.9.0.3:1"), *SockAddr::parse("127.0.0.1:2222"), ctx,
                       [](relay::HandshakeStep) {});
     EXPECT_EQ(deny_reason(feed(*s, hello(stranger, "alice", "10.1.0.1"))),
-              code(auth::Reason::kNotAuthenticated));
+              code(protocol::Reason::kNotAuthenticated));
     s->hs->on_end({});
   }
   EXPECT_EQ(f->replay_cache().size(), 45u);
@@ -426,7 +430,7 @@ TEST_F(AuthHandshake, WallClockStepsDoNotAdmitAReplay) {
   // ... and back to 2 s after the capture: inside the skew window, so only the cache stops it.
   clock = t0 + 2000;
   mono += 1000;
-  EXPECT_EQ(deny_reason(attempt(captured)), code(auth::Reason::kReplayed));
+  EXPECT_EQ(deny_reason(attempt(captured)), code(protocol::Reason::kReplayed));
 
   // A new relay: both clocks move past the window and a sweep forgets the nonce ...
   f = std::make_shared<auth::AuthHandshakeFactory>(cache, o);
@@ -438,7 +442,7 @@ TEST_F(AuthHandshake, WallClockStepsDoNotAdmitAReplay) {
   // ... then the wall clock is stepped back 29 s: the timestamp is acceptable again, the nonce is
   // gone, and the shard's memory of what it forgot refuses it.
   clock = t0 + 2000;
-  EXPECT_EQ(deny_reason(attempt(captured)), code(auth::Reason::kStale));
+  EXPECT_EQ(deny_reason(attempt(captured)), code(protocol::Reason::kStale));
   // An honest HELLO made now (after every forgotten timestamp) still gets in.
   clock = t0 + 31'001;
   EXPECT_EQ(attempt(hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
@@ -449,7 +453,8 @@ TEST_F(AuthHandshake, SessionLimitPerPrincipal) {
   EXPECT_EQ(feed(*a, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
   EXPECT_EQ(feed(*b, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
   auto c = open();
-  EXPECT_EQ(deny_reason(feed(*c, hello(alice, "alice", "10.1.0.1"))), code(auth::Reason::kTooManySessions));
+  EXPECT_EQ(deny_reason(feed(*c, hello(alice, "alice", "10.1.0.1"))),
+            code(protocol::Reason::kTooManySessions));
   end(*c, relay::EndReason::kDenied);
   // Another principal is not affected; ending a session frees a slot.
   auto d = open();
@@ -468,14 +473,14 @@ TEST_F(AuthHandshake, HandshakeCapPerSourceAddress) {
   for (int i = 0; i < 3; ++i) idle.push_back(open("10.9.0.7:" + std::to_string(1000 + i)));
   auto over = open("10.9.0.7:2000");
   EXPECT_EQ(deny_reason(feed(*over, hello(alice, "alice", "10.1.0.1"))),
-            code(auth::Reason::kTooManyHandshakes));
+            code(protocol::Reason::kTooManyHandshakes));
   end(*over, relay::EndReason::kDenied);
   auto other_source = open("10.9.0.8:2000");
   EXPECT_EQ(feed(*other_source, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
   end(*other_source);
   // A slowloris connection that times out frees its slot.
   end(*idle[0], relay::EndReason::kHandshakeTimeout);
-  EXPECT_EQ(factory->decisions(code(auth::Reason::kTimeout)), 1u);
+  EXPECT_EQ(factory->decisions(code(protocol::Reason::kTimeout)), 1u);
   auto again = open("10.9.0.7:3000");
   EXPECT_EQ(feed(*again, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
   end(*again);
@@ -486,9 +491,9 @@ TEST_F(AuthHandshake, UpstreamFailureIsTargetUnreachable) {
   auto s = open();
   ASSERT_EQ(feed(*s, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
   std::string deny = s->hs->on_upstream_failed(ECONNREFUSED);
-  auto d = auth::decode_reply({reinterpret_cast<const uint8_t*>(deny.data()), deny.size()});
-  ASSERT_EQ(d.status, auth::DecodeStatus::kOk);
-  EXPECT_EQ(d.reply.reason, code(auth::Reason::kTargetUnreachable));
+  auto d = protocol::decode_reply({reinterpret_cast<const uint8_t*>(deny.data()), deny.size()});
+  ASSERT_EQ(d.status, protocol::DecodeStatus::kOk);
+  EXPECT_EQ(d.reply.reason, code(protocol::Reason::kTargetUnreachable));
   end(*s, relay::EndReason::kConnectFailed);
   EXPECT_EQ(factory->limits().sessions_of("alice"), 0u);
 }
@@ -535,21 +540,21 @@ TEST_F(AuthHandshake, AnAnswerAfterTheSessionEndedIsNotCounted) {
     ctx.run_until([] { return false; }, std::chrono::milliseconds(50));  // runs the posted answer
     EXPECT_FALSE(s->resumed.has_value());
   }
-  EXPECT_EQ(factory->decisions(code(auth::Reason::kTimeout)), 2u);
-  EXPECT_EQ(factory->decisions(code(auth::Reason::kResolveFailed)), 0u);
-  EXPECT_EQ(factory->decisions(code(auth::Reason::kAddressNotAllowed)), 0u);
+  EXPECT_EQ(factory->decisions(code(protocol::Reason::kTimeout)), 2u);
+  EXPECT_EQ(factory->decisions(code(protocol::Reason::kResolveFailed)), 0u);
+  EXPECT_EQ(factory->decisions(code(protocol::Reason::kAddressNotAllowed)), 0u);
   EXPECT_EQ(factory->limits().sessions_of("alice"), 0u);
 }
 
 TEST(AuthService, LoadsThePolicyFileAndReloads) {
   sshring::testing::TempDir dir;
-  auto key = std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::generate());
+  auto key = std::make_shared<protocol::Ed25519PrivateKey>(protocol::Ed25519PrivateKey::generate());
   auto policy_for = [&](const std::string& principal) {
     return "version: 1\ngrant_store: " + dir.file("grants") +
            "\nroles:\n  - name: dev\n    targets:\n      - cidrs: [10.0.0.0/8]\n"
            "principals:\n  - name: " +
            principal + "\n    roles: [dev]\n    keys: [\"" +
-           auth::format_openssh_public_key(key->public_key()) + "\"]\n";
+           protocol::format_openssh_public_key(key->public_key()) + "\"]\n";
   };
   sshring::testing::write_file(dir.file("policy.yaml"), policy_for("carol"));
   auth::AuthServiceOptions o;
@@ -560,12 +565,12 @@ TEST(AuthService, LoadsThePolicyFileAndReloads) {
   o.auth.log_denials = false;
   auth::AuthService svc(o);
   Context ctx;
-  auth::Signer signer{key->public_key(), [key](std::string_view d) { return key->sign(d); }};
+  client::Signer signer{key->public_key(), [key](std::string_view d) { return key->sign(d); }};
   auto attempt = [&](const std::string& principal) {
     auto hs = svc.factory()->create(1, *SockAddr::parse("192.0.2.1:1"), *SockAddr::parse("127.0.0.1:2"), ctx,
                                     [](relay::HandshakeStep) {});
-    std::string f =
-        auth::encode_hello(auth::make_hello(signer, "r1", principal, "10.0.0.1", 22, auth::unix_ms_now()));
+    std::string f = protocol::encode_hello(
+        client::make_hello(signer, "r1", principal, "10.0.0.1", 22, client::unix_ms_now()));
     auto st = hs->on_data({reinterpret_cast<const uint8_t*>(f.data()), f.size()});
     hs->on_end(relay::SessionSummary{});
     return st.kind;
@@ -595,7 +600,7 @@ TEST_F(AuthHandshake, DecisionsAndHandshakeTimeReachPrometheus) {
   end(*a);
   auto b = open();
   EXPECT_EQ(deny_reason(feed(*b, hello(alice, "mallory", "10.1.0.1"))),
-            code(auth::Reason::kNotAuthenticated));
+            code(protocol::Reason::kNotAuthenticated));
   end(*b, relay::EndReason::kDenied);
   EXPECT_EQ(decisions.Add({{"result", "allow"}, {"reason", "allowed"}}).Value(), 1);
   EXPECT_EQ(decisions.Add({{"result", "deny"}, {"reason", "unknown_principal"}}).Value(), 1);
@@ -632,7 +637,7 @@ TEST_F(AuthHandshake, RefusesNewSessionsWhileTheAuditLogIsUnwritable) {
     bool ok = st.kind == Kind::kConnect;
     if (ok) s->hs->on_upstream_connected(*SockAddr::parse("127.0.0.1:50000"));
     end(*s);
-    if (!ok) EXPECT_EQ(deny_reason(st), code(auth::Reason::kOverloaded));
+    if (!ok) EXPECT_EQ(deny_reason(st), code(protocol::Reason::kOverloaded));
     return ok;
   };
   EXPECT_TRUE(admitted());

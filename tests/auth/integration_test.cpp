@@ -35,6 +35,8 @@
 #include "tests/support/sshd.h"
 
 namespace auth = sshring::relay::auth;
+namespace protocol = sshring::protocol;
+namespace client = sshring::client;
 namespace relay = sshring::relay;
 namespace policy = sshring::policy;
 namespace t = sshring::testing;
@@ -145,7 +147,7 @@ std::string read_all(int fd, std::chrono::milliseconds timeout, bool* closed) {
 
 struct Exchange {
   bool closed = false;
-  auth::ReplyDecode reply;
+  protocol::ReplyDecode reply;
   std::string raw;
   std::string after;  // bytes after the reply frame
 };
@@ -159,22 +161,23 @@ Exchange send_preamble(uint16_t port, const std::string& bytes, bool half_close 
   (void)!::send(fd.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
   if (half_close) ::shutdown(fd.get(), SHUT_WR);
   e.raw = read_all(fd.get(), timeout, &e.closed);
-  e.reply = auth::decode_reply({reinterpret_cast<const uint8_t*>(e.raw.data()), e.raw.size()});
-  if (e.reply.status == auth::DecodeStatus::kOk) e.after = e.raw.substr(e.reply.consumed);
+  e.reply = protocol::decode_reply({reinterpret_cast<const uint8_t*>(e.raw.data()), e.raw.size()});
+  if (e.reply.status == protocol::DecodeStatus::kOk) e.after = e.raw.substr(e.reply.consumed);
   return e;
 }
 
 uint16_t deny_code(const Exchange& e) {
-  if (e.reply.status != auth::DecodeStatus::kOk || e.reply.reply.type != auth::FrameType::kDeny) return 0;
+  if (e.reply.status != protocol::DecodeStatus::kOk || e.reply.reply.type != protocol::FrameType::kDeny)
+    return 0;
   return e.reply.reply.reason;
 }
-uint16_t code(auth::Reason r) {
+uint16_t code(protocol::Reason r) {
   return static_cast<uint16_t>(r);
 }
 
 const char* kDayNames[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
 
-auth::Signer signer_of(std::shared_ptr<auth::Ed25519PrivateKey> k) {
+client::Signer signer_of(std::shared_ptr<protocol::Ed25519PrivateKey> k) {
   return {k->public_key(), [k](std::string_view d) { return k->sign(d); }};
 }
 
@@ -192,13 +195,13 @@ class AuthRelay : public ::testing::Test {
     Upstream upstream;
     t::Process agent;
     std::string agent_sock;
-    std::shared_ptr<auth::Ed25519PrivateKey> user_key;  // the sshd user key, also listed in the policy
-    std::shared_ptr<auth::Ed25519PrivateKey> limited_key =
-        std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::generate());
-    std::shared_ptr<auth::Ed25519PrivateKey> night_key =
-        std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::generate());
-    std::shared_ptr<auth::Ed25519PrivateKey> stranger_key =
-        std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::generate());
+    std::shared_ptr<protocol::Ed25519PrivateKey> user_key;  // the sshd user key, also listed in the policy
+    std::shared_ptr<protocol::Ed25519PrivateKey> limited_key =
+        std::make_shared<protocol::Ed25519PrivateKey>(protocol::Ed25519PrivateKey::generate());
+    std::shared_ptr<protocol::Ed25519PrivateKey> night_key =
+        std::make_shared<protocol::Ed25519PrivateKey>(protocol::Ed25519PrivateKey::generate());
+    std::shared_ptr<protocol::Ed25519PrivateKey> stranger_key =
+        std::make_shared<protocol::Ed25519PrivateKey>(protocol::Ed25519PrivateKey::generate());
     policy::PolicyCache cache;
     std::unique_ptr<sshring::metrics::AuditLog> audit;
     std::shared_ptr<auth::AuthHandshakeFactory> factory;
@@ -239,8 +242,8 @@ class AuthRelay : public ::testing::Test {
       }
       if (t::sh("SSH_AUTH_SOCK=" + agent_sock + " ssh-add -q " + sshd.user_key() + " 2>&1") != 0)
         throw std::runtime_error("ssh-add failed");
-      user_key =
-          std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::load_file(sshd.user_key()));
+      user_key = std::make_shared<protocol::Ed25519PrivateKey>(
+          protocol::Ed25519PrivateKey::load_file(sshd.user_key()));
       std::time_t now = std::time(nullptr);
       std::tm tm{};
       gmtime_r(&now, &tm);
@@ -268,10 +271,10 @@ class AuthRelay : public ::testing::Test {
           sshd.user_pubkey() +
           "\"]\n"
           "  - name: limited\n    roles: [single]\n    keys: [\"" +
-          auth::format_openssh_public_key(limited_key->public_key()) +
+          protocol::format_openssh_public_key(limited_key->public_key()) +
           "\"]\n"
           "  - name: nightowl\n    roles: [night]\n    keys: [\"" +
-          auth::format_openssh_public_key(night_key->public_key()) + "\"]\n";
+          protocol::format_openssh_public_key(night_key->public_key()) + "\"]\n";
       cache.publish(
           policy::Snapshot::build(std::make_shared<policy::Policy>(policy::parse_policy(yaml)), {}));
       audit = std::make_unique<sshring::metrics::AuditLog>(
@@ -301,10 +304,10 @@ class AuthRelay : public ::testing::Test {
     }
   };
 
-  std::string hello(const std::shared_ptr<auth::Ed25519PrivateKey>& k, const std::string& principal,
+  std::string hello(const std::shared_ptr<protocol::Ed25519PrivateKey>& k, const std::string& principal,
                     const std::string& target, uint16_t port, const std::string& relay_id = "test-relay") {
-    return auth::encode_hello(
-        auth::make_hello(signer_of(k), relay_id, principal, target, port, auth::unix_ms_now()));
+    return protocol::encode_hello(
+        client::make_hello(signer_of(k), relay_id, principal, target, port, client::unix_ms_now()));
   }
 
   // `relay`: ADDR:PORT of another relay than the shared one.
@@ -380,8 +383,8 @@ TEST_F(AuthRelay, GluedBytesAreForwardedInOrderAndTheBannerIsNotLost) {
   int before = s_->upstream.accepts();
   std::string glued = hello(s_->user_key, "tester", "127.0.0.1", s_->upstream.port()) + "SSH-2.0-glued\r\n";
   Exchange e = send_preamble(s_->relay_port, glued + "more-bytes");
-  ASSERT_EQ(e.reply.status, auth::DecodeStatus::kOk);
-  ASSERT_EQ(e.reply.reply.type, auth::FrameType::kOk) << deny_code(e);
+  ASSERT_EQ(e.reply.status, protocol::DecodeStatus::kOk);
+  ASSERT_EQ(e.reply.reply.type, protocol::FrameType::kOk) << deny_code(e);
   EXPECT_NE(e.reply.reply.session_id, 0u);
   EXPECT_EQ(e.after, Upstream::kBanner);  // the upstream's first bytes, right after the OK
   EXPECT_EQ(s_->upstream.accepts(), before + 1);
@@ -392,12 +395,12 @@ TEST_F(AuthRelay, GluedBytesAreForwardedInOrderAndTheBannerIsNotLost) {
   EXPECT_EQ(got.back(), "SSH-2.0-glued\r\nmore-bytes");
 
   // The client library reads exactly the OK frame, leaving the banner in the socket.
-  auto c = auth::connect_via_relay({.relay = "127.0.0.1:" + std::to_string(s_->relay_port),
-                                    .relay_id = "test-relay",
-                                    .principal = "tester",
-                                    .target = "sshd.allowed.test",
-                                    .port = s_->sshd.port()},
-                                   signer_of(s_->user_key));
+  auto c = client::connect_via_relay({.relay = "127.0.0.1:" + std::to_string(s_->relay_port),
+                                      .relay_id = "test-relay",
+                                      .principal = "tester",
+                                      .target = "sshd.allowed.test",
+                                      .port = s_->sshd.port()},
+                                     signer_of(s_->user_key));
   bool closed = false;
   ::shutdown(c.fd.get(), SHUT_WR);
   std::string banner = read_all(c.fd.get(), std::chrono::seconds(5), &closed);
@@ -408,20 +411,20 @@ TEST_F(AuthRelay, DenialsNeverReachTheUpstream) {
   uint16_t up = s_->upstream.port();
   auto replayed = hello(s_->user_key, "tester", "127.0.0.1", up);
   Exchange first = send_preamble(s_->relay_port, replayed);
-  ASSERT_EQ(first.reply.reply.type, auth::FrameType::kOk);
+  ASSERT_EQ(first.reply.reply.type, protocol::FrameType::kOk);
   int before = s_->upstream.accepts();
 
   auto tampered_target = [&] {
-    auto h = auth::make_hello(signer_of(s_->user_key), "test-relay", "tester", "127.0.0.1", up,
-                              auth::unix_ms_now());
+    auto h = client::make_hello(signer_of(s_->user_key), "test-relay", "tester", "127.0.0.1", up,
+                                client::unix_ms_now());
     h.port = s_->sshd.port();  // signed for one target, sent for another
-    return auth::encode_hello(h);
+    return protocol::encode_hello(h);
   };
   auto bad_sig = [&] {
-    auto h = auth::make_hello(signer_of(s_->user_key), "test-relay", "tester", "127.0.0.1", up,
-                              auth::unix_ms_now());
+    auto h = client::make_hello(signer_of(s_->user_key), "test-relay", "tester", "127.0.0.1", up,
+                                client::unix_ms_now());
     h.signature[63] ^= 0x40;
-    return auth::encode_hello(h);
+    return protocol::encode_hello(h);
   };
   auto truncated = [&] {
     std::string f = hello(s_->user_key, "tester", "127.0.0.1", up);
@@ -436,27 +439,28 @@ TEST_F(AuthRelay, DenialsNeverReachTheUpstream) {
   struct Case {
     const char* name;
     std::string bytes;
-    auth::Reason want;  // on the wire (the audit record keeps the exact reason)
+    protocol::Reason want;  // on the wire (the audit record keeps the exact reason)
   };
-  const auto hidden = auth::Reason::kNotAuthenticated;
+  const auto hidden = protocol::Reason::kNotAuthenticated;
   std::vector<Case> cases = {
       {"unknown principal", hello(s_->user_key, "nobody", "127.0.0.1", up), hidden},
       {"key not listed", hello(s_->stranger_key, "tester", "127.0.0.1", up), hidden},
       {"wrong signature", bad_sig(), hidden},
-      {"target not allowed", hello(s_->user_key, "tester", "127.0.0.3", up), auth::Reason::kTargetNotAllowed},
-      {"port not allowed", hello(s_->user_key, "tester", "127.0.0.1", 9), auth::Reason::kPortNotAllowed},
+      {"target not allowed", hello(s_->user_key, "tester", "127.0.0.3", up),
+       protocol::Reason::kTargetNotAllowed},
+      {"port not allowed", hello(s_->user_key, "tester", "127.0.0.1", 9), protocol::Reason::kPortNotAllowed},
       {"name resolving to a disallowed address", hello(s_->user_key, "tester", "evil.allowed.test", up),
-       auth::Reason::kAddressNotAllowed},
+       protocol::Reason::kAddressNotAllowed},
       {"outside time window", hello(s_->night_key, "nightowl", "127.0.0.1", up),
-       auth::Reason::kOutsideTimeWindow},
-      {"replayed preamble", replayed, auth::Reason::kReplayed},
+       protocol::Reason::kOutsideTimeWindow},
+      {"replayed preamble", replayed, protocol::Reason::kReplayed},
       {"preamble for another target", tampered_target(), hidden},
       {"preamble for another relay", hello(s_->user_key, "tester", "127.0.0.1", up, "other-relay"),
-       auth::Reason::kWrongRelay},
-      {"truncated", truncated(), auth::Reason::kMalformed},
-      {"oversized", oversized(), auth::Reason::kMalformed},
-      {"garbage", "GET / HTTP/1.0\r\n\r\n", auth::Reason::kMalformed},
-      {"ssh banner instead of a preamble", "SSH-2.0-OpenSSH_9.2p1\r\n", auth::Reason::kMalformed},
+       protocol::Reason::kWrongRelay},
+      {"truncated", truncated(), protocol::Reason::kMalformed},
+      {"oversized", oversized(), protocol::Reason::kMalformed},
+      {"garbage", "GET / HTTP/1.0\r\n\r\n", protocol::Reason::kMalformed},
+      {"ssh banner instead of a preamble", "SSH-2.0-OpenSSH_9.2p1\r\n", protocol::Reason::kMalformed},
   };
   for (const auto& c : cases) {
     Exchange e = send_preamble(s_->relay_port, c.bytes);
@@ -474,14 +478,15 @@ TEST_F(AuthRelay, DenialsNeverReachTheUpstream) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   ASSERT_EQ(s_->upstream.accepts(), before + 1);
   Exchange over = send_preamble(s_->relay_port, hello(s_->limited_key, "limited", "127.0.0.1", up));
-  EXPECT_EQ(deny_code(over), code(auth::Reason::kTooManySessions));
+  EXPECT_EQ(deny_code(over), code(protocol::Reason::kTooManySessions));
   EXPECT_EQ(s_->upstream.accepts(), before + 1);
   held.reset();
   // Once it ended, the slot is free again.
   bool ok = false;
   for (int i = 0; i < 50 && !ok; ++i) {
     Exchange again = send_preamble(s_->relay_port, hello(s_->limited_key, "limited", "127.0.0.1", up));
-    ok = again.reply.status == auth::DecodeStatus::kOk && again.reply.reply.type == auth::FrameType::kOk;
+    ok = again.reply.status == protocol::DecodeStatus::kOk &&
+         again.reply.reply.type == protocol::FrameType::kOk;
     if (!ok) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_TRUE(ok);
@@ -496,7 +501,7 @@ TEST_F(AuthRelay, DenialsNeverReachTheUpstream) {
       ++starts;
       EXPECT_TRUE(r.contains("upstream_local"));
       const auto& key = r["principal"] == "limited" ? s_->limited_key : s_->user_key;
-      EXPECT_EQ(r["key_fp"], auth::fingerprint(key->public_key())) << r.dump();
+      EXPECT_EQ(r["key_fp"], protocol::fingerprint(key->public_key())) << r.dump();
     }
     if (r["type"] == "session_end") ++ends;
   }
@@ -513,10 +518,10 @@ TEST_F(AuthRelay, DenialsNeverReachTheUpstream) {
 TEST_F(AuthRelay, IdentityFailuresLookTheSameOnTheWire) {
   uint16_t up = s_->upstream.port();
   auto bad_sig = [&] {
-    auto h = auth::make_hello(signer_of(s_->user_key), "test-relay", "tester", "127.0.0.1", up,
-                              auth::unix_ms_now());
+    auto h = client::make_hello(signer_of(s_->user_key), "test-relay", "tester", "127.0.0.1", up,
+                                client::unix_ms_now());
     h.signature[10] ^= 0x01;
-    return auth::encode_hello(h);
+    return protocol::encode_hello(h);
   };
   std::vector<std::pair<std::string, std::string>> cases = {
       {"unknown_principal", hello(s_->user_key, "nobody-" + std::to_string(::getpid()), "127.0.0.1", up)},
@@ -531,7 +536,8 @@ TEST_F(AuthRelay, IdentityFailuresLookTheSameOnTheWire) {
     EXPECT_TRUE(e.closed) << why;
     wire.push_back(e.raw);
   }
-  std::string want = auth::encode_deny(auth::Reason::kNotAuthenticated, auth::kNotAuthenticatedMessage);
+  std::string want =
+      protocol::encode_deny(protocol::Reason::kNotAuthenticated, protocol::kNotAuthenticatedMessage);
   for (size_t i = 0; i < wire.size(); ++i) EXPECT_EQ(wire[i], want) << cases[i].first;
   // The newest audit records keep the exact reasons (two workers: in either order). A record is
   // written once the worker finalized the session, which can be just after the client saw the close.
@@ -557,7 +563,7 @@ TEST_F(AuthRelay, SlowlorisIsCutByTheHandshakeTimeout) {
   slow.start();
   uint16_t port = slow.listen_addresses()[0].port();
   int before = s_->upstream.accepts();
-  uint64_t timeouts = s_->factory->decisions(code(auth::Reason::kTimeout));
+  uint64_t timeouts = s_->factory->decisions(code(protocol::Reason::kTimeout));
   std::string frame = hello(s_->user_key, "tester", "127.0.0.1", s_->upstream.port());
   UniqueFd fd = tcp_connect(port);
   auto start = std::chrono::steady_clock::now();
@@ -570,7 +576,7 @@ TEST_F(AuthRelay, SlowlorisIsCutByTheHandshakeTimeout) {
   EXPECT_EQ(s_->upstream.accepts(), before);
   slow.stop();
   slow.wait();
-  EXPECT_EQ(s_->factory->decisions(code(auth::Reason::kTimeout)), timeouts + 1);
+  EXPECT_EQ(s_->factory->decisions(code(protocol::Reason::kTimeout)), timeouts + 1);
 }
 
 // Fail closed on the audit log, through a relay with real ssh: while the relay's audit log cannot be
@@ -645,11 +651,11 @@ TEST_F(AuthRelay, ConnectCommandPrintsTheReasonAndExitsWithItsCode) {
   t::write_file(key, s_->night_key->to_openssh(), 0600);
   struct Case {
     std::string principal, target;
-    auth::Reason want;
+    protocol::Reason want;
   };
-  std::vector<Case> cases = {{"nobody", "127.0.0.1", auth::Reason::kNotAuthenticated},
-                             {"nightowl", "127.0.0.1", auth::Reason::kOutsideTimeWindow},
-                             {"nightowl", "127.0.0.3", auth::Reason::kTargetNotAllowed}};
+  std::vector<Case> cases = {{"nobody", "127.0.0.1", protocol::Reason::kNotAuthenticated},
+                             {"nightowl", "127.0.0.1", protocol::Reason::kOutsideTimeWindow},
+                             {"nightowl", "127.0.0.3", protocol::Reason::kTargetNotAllowed}};
   for (const auto& c : cases) {
     t::Process::Options po;
     po.stdout_path = s_->dir.file("connect.out");
@@ -658,10 +664,10 @@ TEST_F(AuthRelay, ConnectCommandPrintsTheReasonAndExitsWithItsCode) {
                   "--relay-id", "test-relay", "--principal", c.principal, "--identity", key, c.target,
                   std::to_string(s_->upstream.port())},
                  po);
-    EXPECT_EQ(p.wait(std::chrono::seconds(20)), auth::exit_code_for(c.want)) << c.principal;
+    EXPECT_EQ(p.wait(std::chrono::seconds(20)), protocol::exit_code_for(c.want)) << c.principal;
     std::string err = t::read_file(po.stderr_path);
     EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
-    EXPECT_NE(err.find(auth::reason_name(c.want)), std::string::npos) << err;
+    EXPECT_NE(err.find(protocol::reason_name(c.want)), std::string::npos) << err;
   }
 }
 
@@ -693,13 +699,13 @@ TEST_F(AuthRelay, TwoHundredConcurrentLibssh2Sessions) {
         cv.wait_for(lock, std::chrono::seconds(90), [&] { return ready.load() == kSessions; });
       };
       try {
-        auto c = auth::connect_via_relay({.relay = "127.0.0.1:" + std::to_string(s_->relay_port),
-                                          .relay_id = "test-relay",
-                                          .principal = "tester",
-                                          .target = "127.0.0.1",
-                                          .port = s_->bulk_port,
-                                          .timeout = std::chrono::seconds(60)},
-                                         signer_of(s_->user_key));
+        auto c = client::connect_via_relay({.relay = "127.0.0.1:" + std::to_string(s_->relay_port),
+                                            .relay_id = "test-relay",
+                                            .principal = "tester",
+                                            .target = "127.0.0.1",
+                                            .port = s_->bulk_port,
+                                            .timeout = std::chrono::seconds(60)},
+                                           signer_of(s_->user_key));
         LIBSSH2_SESSION* session = libssh2_session_init();
         libssh2_session_set_timeout(session, 60000);
         std::unique_ptr<LIBSSH2_SESSION, void (*)(LIBSSH2_SESSION*)> guard(session, [](LIBSSH2_SESSION* s) {
@@ -766,13 +772,14 @@ TEST_F(AuthRelay, HandshakeCapPerSourceThroughTheRelay) {
   for (int i = 0; i < 200 && factory->limits().handshakes_from(*SockAddr::parse("127.0.0.1:0")) < 2; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   Exchange over = send_preamble(port, hello(s_->user_key, "tester", "127.0.0.1", s_->upstream.port()));
-  EXPECT_EQ(deny_code(over), code(auth::Reason::kTooManyHandshakes));
+  EXPECT_EQ(deny_code(over), code(protocol::Reason::kTooManyHandshakes));
   EXPECT_EQ(s_->upstream.accepts(), before);
   idle.clear();  // they go away; their slots come back
   bool ok = false;
   for (int i = 0; i < 100 && !ok; ++i) {
     Exchange again = send_preamble(port, hello(s_->user_key, "tester", "127.0.0.1", s_->upstream.port()));
-    ok = again.reply.status == auth::DecodeStatus::kOk && again.reply.reply.type == auth::FrameType::kOk;
+    ok = again.reply.status == protocol::DecodeStatus::kOk &&
+         again.reply.reply.type == protocol::FrameType::kOk;
     if (!ok) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_TRUE(ok);
@@ -813,7 +820,8 @@ TEST_F(AuthRelay, VerifiedClientIsRefusedOnlyWhenAuthenticatedSessionsHoldEveryS
 
   Exchange over = send_preamble(port, hello(s_->user_key, "tester", "127.0.0.1", up));
   EXPECT_TRUE(over.closed);
-  EXPECT_FALSE(over.reply.status == auth::DecodeStatus::kOk && over.reply.reply.type == auth::FrameType::kOk);
+  EXPECT_FALSE(over.reply.status == protocol::DecodeStatus::kOk &&
+               over.reply.reply.type == protocol::FrameType::kOk);
   // Counted when the worker finalizes the session, just after the client saw the close.
   EXPECT_TRUE(wait_for([&] { return r.sessions_total(relay::EndReason::kOverloaded) == 1; }));
   EXPECT_EQ(s_->upstream.accepts(), before + 2);
@@ -821,7 +829,8 @@ TEST_F(AuthRelay, VerifiedClientIsRefusedOnlyWhenAuthenticatedSessionsHoldEveryS
   held.pop_back();  // one session ends; its slot comes back
   bool ok = wait_for([&] {
     Exchange again = send_preamble(port, hello(s_->user_key, "tester", "127.0.0.1", up));
-    return again.reply.status == auth::DecodeStatus::kOk && again.reply.reply.type == auth::FrameType::kOk;
+    return again.reply.status == protocol::DecodeStatus::kOk &&
+           again.reply.reply.type == protocol::FrameType::kOk;
   });
   EXPECT_TRUE(ok);
   held.clear();
@@ -1004,7 +1013,7 @@ TEST_F(AuthRelay, ConnectPrintsTheDenyTextWithoutTerminalEscapes) {
     UniqueFd c(::accept4(lfd.get(), nullptr, nullptr, SOCK_CLOEXEC));
     char buf[2048];
     (void)!::recv(c.get(), buf, sizeof(buf), 0);
-    std::string deny = auth::encode_deny(auth::Reason::kTargetNotAllowed, evil);
+    std::string deny = protocol::encode_deny(protocol::Reason::kTargetNotAllowed, evil);
     (void)!::send(c.get(), deny.data(), deny.size(), MSG_NOSIGNAL);
   });
   std::string key = s_->dir.file("escape_key");
@@ -1014,7 +1023,7 @@ TEST_F(AuthRelay, ConnectPrintsTheDenyTextWithoutTerminalEscapes) {
   t::Process p({t::sshring_bin(), "connect", "--relay", "127.0.0.1:" + std::to_string(ntohs(a.sin_port)),
                 "--relay-id", "test-relay", "--principal", "nightowl", "--identity", key, "127.0.0.1", "22"},
                po);
-  EXPECT_EQ(p.wait(std::chrono::seconds(20)), auth::exit_code_for(auth::Reason::kTargetNotAllowed));
+  EXPECT_EQ(p.wait(std::chrono::seconds(20)), protocol::exit_code_for(protocol::Reason::kTargetNotAllowed));
   fake.join();
   std::string err = t::read_file(po.stderr_path);
   EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;

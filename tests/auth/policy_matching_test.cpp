@@ -9,10 +9,10 @@
 #include "policy/model.h"
 #include "policy/parser.h"
 #include "policy/snapshot.h"
-#include "relay/auth/keys.h"
+#include "protocol/keys.h"
 
 namespace policy = sshring::policy;
-namespace auth = sshring::relay::auth;
+namespace protocol = sshring::protocol;
 
 namespace {
 
@@ -47,7 +47,7 @@ TEST(PolicyMatching, GlobWildcardsStayInsideOneLabel) {
 class NamesOnlyTargets : public ::testing::Test {
  protected:
   void SetUp() override {
-    key_ = auth::format_openssh_public_key(auth::Ed25519PrivateKey::generate().public_key(), "k");
+    key_ = protocol::format_openssh_public_key(protocol::Ed25519PrivateKey::generate().public_key(), "k");
     std::string yaml =
         "version: 1\nroles:\n"
         "  - name: web\n    targets:\n"
@@ -97,7 +97,8 @@ TEST_F(NamesOnlyTargets, AnEntryWhoseCidrsListTheAddressAllowsIt) {
 }
 
 TEST(PolicyLint, WideRelaysAreFlagged) {
-  std::string key = auth::format_openssh_public_key(auth::Ed25519PrivateKey::generate().public_key(), "k");
+  std::string key =
+      protocol::format_openssh_public_key(protocol::Ed25519PrivateKey::generate().public_key(), "k");
   auto lints_for = [&](const std::string& relays) {
     std::string yaml = "version: 1\nrelays: " + relays +
                        "\nroles:\n  - name: r\n    targets: [{cidrs: [10.0.0.0/8]}]\n"

@@ -6,23 +6,24 @@
 #include <cstring>
 #include <span>
 
-#include "relay/auth/preamble.h"
+#include "protocol/preamble.h"
 
-namespace auth = sshring::relay::auth;
+namespace protocol = sshring::protocol;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::span<const uint8_t> in(data, size);
-  auto d = auth::decode_hello(in);
-  if (d.status == auth::DecodeStatus::kOk) {
-    if (d.consumed > size || d.consumed > auth::kHeaderSize + auth::kMaxHelloPayload) std::abort();
+  auto d = protocol::decode_hello(in);
+  if (d.status == protocol::DecodeStatus::kOk) {
+    if (d.consumed > size || d.consumed > protocol::kHeaderSize + protocol::kMaxHelloPayload) std::abort();
     // A decoded frame re-encodes to the same bytes (one canonical encoding).
-    std::string again = auth::encode_hello(d.hello);
+    std::string again = protocol::encode_hello(d.hello);
     if (again.size() != d.consumed || std::memcmp(again.data(), data, again.size()) != 0) std::abort();
-    (void)auth::transcript(d.hello);
+    (void)protocol::transcript(d.hello);
   }
-  if (d.status == auth::DecodeStatus::kNeedMore && size > auth::kHeaderSize + auth::kMaxHelloPayload)
+  if (d.status == protocol::DecodeStatus::kNeedMore &&
+      size > protocol::kHeaderSize + protocol::kMaxHelloPayload)
     std::abort();
-  auto r = auth::decode_reply(in);
-  if (r.status == auth::DecodeStatus::kOk && r.consumed > size) std::abort();
+  auto r = protocol::decode_reply(in);
+  if (r.status == protocol::DecodeStatus::kOk && r.consumed > size) std::abort();
   return 0;
 }

@@ -1,5 +1,5 @@
 // Preamble codec, limits, transcript binding, signatures, keys and the replay cache.
-#include "relay/auth/preamble.h"
+#include "protocol/preamble.h"
 
 #include <gtest/gtest.h>
 
@@ -8,17 +8,20 @@
 #include <set>
 #include <thread>
 
+#include "common/base64.h"
 #include "common/error.h"
 
 #include "client/client.h"
-#include "relay/auth/keys.h"
+#include "protocol/keys.h"
+#include "protocol/wire.h"
 #include "relay/auth/replay_cache.h"
 #include "relay/auth/session_limits.h"
-#include "relay/auth/wire.h"
 #include "tests/support/process.h"
 
 namespace auth = sshring::relay::auth;
-using auth::DecodeStatus;
+namespace protocol = sshring::protocol;
+namespace client = sshring::client;
+using protocol::DecodeStatus;
 
 namespace {
 
@@ -26,20 +29,20 @@ std::span<const uint8_t> bytes(const std::string& s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
-auth::Signer key_signer(const auth::Ed25519PrivateKey& k) {
-  auto shared =
-      std::make_shared<auth::Ed25519PrivateKey>(auth::Ed25519PrivateKey::from_openssh(k.to_openssh(), "t"));
-  return auth::Signer{k.public_key(), [shared](std::string_view d) { return shared->sign(d); }};
+client::Signer key_signer(const protocol::Ed25519PrivateKey& k) {
+  auto shared = std::make_shared<protocol::Ed25519PrivateKey>(
+      protocol::Ed25519PrivateKey::from_openssh(k.to_openssh(), "t"));
+  return client::Signer{k.public_key(), [shared](std::string_view d) { return shared->sign(d); }};
 }
 
-auth::Hello sample(const auth::Ed25519PrivateKey& k) {
-  return auth::make_hello(key_signer(k), "relay-1", "alice", "db1.example", 22, 1700000000000);
+protocol::Hello sample(const protocol::Ed25519PrivateKey& k) {
+  return client::make_hello(key_signer(k), "relay-1", "alice", "db1.example", 22, 1700000000000);
 }
 
-bool verify(const auth::Hello& h) {
-  auth::Ed25519PublicKey pk;
+bool verify(const protocol::Hello& h) {
+  protocol::Ed25519PublicKey pk;
   std::memcpy(pk.data(), h.public_key.data(), 32);
-  return auth::ed25519_verify(pk, auth::transcript(h), h.signature);
+  return protocol::ed25519_verify(pk, protocol::transcript(h), h.signature);
 }
 
 }  // namespace
@@ -47,33 +50,33 @@ bool verify(const auth::Hello& h) {
 TEST(AuthWire, Base64RoundTripAndRejects) {
   for (std::string s : std::vector<std::string>{"", "f", "fo", "foo", "foob", "fooba", "foobar",
                                                 std::string("\0\xff\x10", 3)}) {
-    auto enc = auth::base64_encode(s);
-    auto dec = auth::base64_decode(enc);
+    auto enc = sshring::common::base64_encode(s);
+    auto dec = sshring::common::base64_decode(enc);
     ASSERT_TRUE(dec) << enc;
     EXPECT_EQ(*dec, s);
-    EXPECT_EQ(*auth::base64_decode(auth::base64_encode(s, false)), s);
+    EXPECT_EQ(*sshring::common::base64_decode(sshring::common::base64_encode(s, false)), s);
   }
-  EXPECT_EQ(auth::base64_encode("foobar"), "Zm9vYmFy");
-  EXPECT_FALSE(auth::base64_decode("Zm9v!"));
-  EXPECT_FALSE(auth::base64_decode("Zm=9v"));
-  EXPECT_FALSE(auth::base64_decode("Z"));
+  EXPECT_EQ(sshring::common::base64_encode("foobar"), "Zm9vYmFy");
+  EXPECT_FALSE(sshring::common::base64_decode("Zm9v!"));
+  EXPECT_FALSE(sshring::common::base64_decode("Zm=9v"));
+  EXPECT_FALSE(sshring::common::base64_decode("Z"));
 }
 
 TEST(AuthWire, ReaderIsBounded) {
   std::string s(
-      "\x00\x05"
+      "\x00\x00\x00\x05"
       "abc",
-      5);
-  auth::Reader r(s);
-  EXPECT_TRUE(r.str16(10).empty());
+      7);
+  protocol::Reader r(s);
+  EXPECT_TRUE(r.str32(10).empty());
   EXPECT_FALSE(r.ok());
-  auth::Reader r2(
+  protocol::Reader r2(
       std::string_view("\x03"
                        "abcd",
                        5));
   EXPECT_EQ(r2.str8(3), "abc");
   EXPECT_FALSE(r2.done());
-  auth::Reader r3(
+  protocol::Reader r3(
       std::string_view("\x04"
                        "abcd",
                        5));
@@ -82,11 +85,11 @@ TEST(AuthWire, ReaderIsBounded) {
 }
 
 TEST(AuthPreamble, HelloRoundTrip) {
-  auto k = auth::Ed25519PrivateKey::generate();
-  auth::Hello h = sample(k);
-  std::string frame = auth::encode_hello(h);
-  ASSERT_LE(frame.size(), auth::kHeaderSize + auth::kMaxHelloPayload);
-  auto d = auth::decode_hello(bytes(frame));
+  auto k = protocol::Ed25519PrivateKey::generate();
+  protocol::Hello h = sample(k);
+  std::string frame = protocol::encode_hello(h);
+  ASSERT_LE(frame.size(), protocol::kHeaderSize + protocol::kMaxHelloPayload);
+  auto d = protocol::decode_hello(bytes(frame));
   ASSERT_EQ(d.status, DecodeStatus::kOk) << d.error;
   EXPECT_EQ(d.consumed, frame.size());
   EXPECT_EQ(d.hello.relay_id, "relay-1");
@@ -100,19 +103,19 @@ TEST(AuthPreamble, HelloRoundTrip) {
 }
 
 TEST(AuthPreamble, EveryPrefixNeedsMoreAndGluedBytesAreLeftAlone) {
-  auto k = auth::Ed25519PrivateKey::generate();
-  std::string frame = auth::encode_hello(sample(k));
+  auto k = protocol::Ed25519PrivateKey::generate();
+  std::string frame = protocol::encode_hello(sample(k));
   for (size_t n = 0; n < frame.size(); ++n)
-    EXPECT_EQ(auth::decode_hello(bytes(frame.substr(0, n))).status, DecodeStatus::kNeedMore) << n;
+    EXPECT_EQ(protocol::decode_hello(bytes(frame.substr(0, n))).status, DecodeStatus::kNeedMore) << n;
   std::string glued = frame + "SSH-2.0-OpenSSH_9.2\r\n";
-  auto d = auth::decode_hello(bytes(glued));
+  auto d = protocol::decode_hello(bytes(glued));
   ASSERT_EQ(d.status, DecodeStatus::kOk);
   EXPECT_EQ(glued.substr(d.consumed), "SSH-2.0-OpenSSH_9.2\r\n");
 }
 
 TEST(AuthPreamble, MalformedInputsAreRejectedEarly) {
-  auto k = auth::Ed25519PrivateKey::generate();
-  std::string frame = auth::encode_hello(sample(k));
+  auto k = protocol::Ed25519PrivateKey::generate();
+  std::string frame = protocol::encode_hello(sample(k));
   struct Case {
     const char* name;
     std::string input;
@@ -129,7 +132,7 @@ TEST(AuthPreamble, MalformedInputsAreRejectedEarly) {
   longer += "x";  // a trailing byte inside the declared payload
   std::string empty_payload = frame.substr(0, 6) + std::string("\0\0", 2);
   std::string bad_field = frame;
-  bad_field[auth::kHeaderSize] = 0x7f;  // relay id length over its limit
+  bad_field[protocol::kHeaderSize] = 0x7f;  // relay id length over its limit
   std::vector<Case> cases = {
       {"ssh banner", "SSH-2.0-OpenSSH_9.2\r\n", DecodeStatus::kMalformed},
       {"http", "GET / HTTP/1.1\r\n", DecodeStatus::kMalformed},
@@ -142,45 +145,45 @@ TEST(AuthPreamble, MalformedInputsAreRejectedEarly) {
       {"empty", empty_payload, DecodeStatus::kMalformed},
       {"field over limit", bad_field, DecodeStatus::kMalformed},
   };
-  for (const auto& c : cases) EXPECT_EQ(auth::decode_hello(bytes(c.input)).status, c.want) << c.name;
+  for (const auto& c : cases) EXPECT_EQ(protocol::decode_hello(bytes(c.input)).status, c.want) << c.name;
 }
 
 TEST(AuthPreamble, FieldLimitsOnEncode) {
-  auto k = auth::Ed25519PrivateKey::generate();
+  auto k = protocol::Ed25519PrivateKey::generate();
   auto h = sample(k);
-  h.principal = std::string(auth::kMaxPrincipal + 1, 'a');
-  EXPECT_THROW(auth::encode_hello(h), std::invalid_argument);
+  h.principal = std::string(protocol::kMaxPrincipal + 1, 'a');
+  EXPECT_THROW(protocol::encode_hello(h), std::invalid_argument);
   h = sample(k);
   h.target = "bad host";
-  EXPECT_THROW(auth::encode_hello(h), std::invalid_argument);
+  EXPECT_THROW(protocol::encode_hello(h), std::invalid_argument);
   h = sample(k);
   h.port = 0;
-  EXPECT_THROW(auth::encode_hello(h), std::invalid_argument);
+  EXPECT_THROW(protocol::encode_hello(h), std::invalid_argument);
   h = sample(k);
-  h.relay_id = std::string(auth::kMaxRelayId, 'r');
-  h.principal = std::string(auth::kMaxPrincipal, 'p');
-  h.target = std::string(auth::kMaxTarget, 't');
-  auto sig = k.sign(auth::transcript(h));
+  h.relay_id = std::string(protocol::kMaxRelayId, 'r');
+  h.principal = std::string(protocol::kMaxPrincipal, 'p');
+  h.target = std::string(protocol::kMaxTarget, 't');
+  auto sig = k.sign(protocol::transcript(h));
   h.signature.assign(reinterpret_cast<const char*>(sig.data()), 64);
-  std::string max_frame = auth::encode_hello(h);
-  EXPECT_LE(max_frame.size(), auth::kHeaderSize + auth::kMaxHelloPayload);
-  EXPECT_EQ(auth::decode_hello(bytes(max_frame)).status, DecodeStatus::kOk);
+  std::string max_frame = protocol::encode_hello(h);
+  EXPECT_LE(max_frame.size(), protocol::kHeaderSize + protocol::kMaxHelloPayload);
+  EXPECT_EQ(protocol::decode_hello(bytes(max_frame)).status, DecodeStatus::kOk);
 }
 
 TEST(AuthPreamble, TranscriptBindsEveryField) {
-  auto k = auth::Ed25519PrivateKey::generate();
+  auto k = protocol::Ed25519PrivateKey::generate();
   auto h = sample(k);
   ASSERT_TRUE(verify(h));
-  std::vector<std::function<void(auth::Hello&)>> edits = {
-      [](auth::Hello& x) { x.relay_id = "relay-2"; },
-      [](auth::Hello& x) { x.principal = "bob"; },
-      [](auth::Hello& x) { x.target = "db2.example"; },
-      [](auth::Hello& x) { x.port = 2222; },
-      [](auth::Hello& x) { x.timestamp_ms += 1; },
-      [](auth::Hello& x) { x.nonce[3] ^= 1; },
-      [](auth::Hello& x) { x.signature[10] ^= 1; },
+  std::vector<std::function<void(protocol::Hello&)>> edits = {
+      [](protocol::Hello& x) { x.relay_id = "relay-2"; },
+      [](protocol::Hello& x) { x.principal = "bob"; },
+      [](protocol::Hello& x) { x.target = "db2.example"; },
+      [](protocol::Hello& x) { x.port = 2222; },
+      [](protocol::Hello& x) { x.timestamp_ms += 1; },
+      [](protocol::Hello& x) { x.nonce[3] ^= 1; },
+      [](protocol::Hello& x) { x.signature[10] ^= 1; },
       // Moving bytes between adjacent fields must change the transcript too (length prefixes).
-      [](auth::Hello& x) {
+      [](protocol::Hello& x) {
         x.relay_id = "relay-1a";
         x.principal = "lice";
       },
@@ -190,37 +193,39 @@ TEST(AuthPreamble, TranscriptBindsEveryField) {
     edits[i](c);
     EXPECT_FALSE(verify(c)) << "edit " << i;
   }
-  auto other = auth::Ed25519PrivateKey::generate();
+  auto other = protocol::Ed25519PrivateKey::generate();
   auto c = h;
   c.public_key.assign(reinterpret_cast<const char*>(other.public_key().data()), 32);
   EXPECT_FALSE(verify(c));
 }
 
 TEST(AuthPreamble, ReplyFrames) {
-  std::string ok = auth::encode_ok(0x1122334455667788ull);
-  auto d = auth::decode_reply(bytes(ok + "SSH-2.0-x\r\n"));
+  std::string ok = protocol::encode_ok(0x1122334455667788ull);
+  auto d = protocol::decode_reply(bytes(ok + "SSH-2.0-x\r\n"));
   ASSERT_EQ(d.status, DecodeStatus::kOk);
-  EXPECT_EQ(d.reply.type, auth::FrameType::kOk);
+  EXPECT_EQ(d.reply.type, protocol::FrameType::kOk);
   EXPECT_EQ(d.reply.session_id, 0x1122334455667788ull);
   EXPECT_EQ(d.consumed, ok.size());
-  std::string deny = auth::encode_deny(auth::Reason::kBadSignature, std::string(500, 'm'));
-  auto dd = auth::decode_reply(bytes(deny));
+  std::string deny = protocol::encode_deny(protocol::Reason::kBadSignature, std::string(500, 'm'));
+  auto dd = protocol::decode_reply(bytes(deny));
   ASSERT_EQ(dd.status, DecodeStatus::kOk);
-  EXPECT_EQ(dd.reply.reason, static_cast<uint16_t>(auth::Reason::kBadSignature));
-  EXPECT_EQ(dd.reply.message.size(), auth::kMaxDenyMessage);
-  EXPECT_EQ(auth::decode_reply(bytes(auth::encode_hello(sample(auth::Ed25519PrivateKey::generate())))).status,
-            DecodeStatus::kMalformed);
+  EXPECT_EQ(dd.reply.reason, static_cast<uint16_t>(protocol::Reason::kBadSignature));
+  EXPECT_EQ(dd.reply.message.size(), protocol::kMaxDenyMessage);
+  EXPECT_EQ(
+      protocol::decode_reply(bytes(protocol::encode_hello(sample(protocol::Ed25519PrivateKey::generate()))))
+          .status,
+      DecodeStatus::kMalformed);
 }
 
 TEST(AuthPreamble, ReasonNamesAndExitCodesAreDistinct) {
   std::set<std::string> names;
   std::set<int> codes;
-  for (uint16_t r = 1; r <= auth::kMaxReason; ++r) {
-    names.insert(auth::reason_name(static_cast<auth::Reason>(r)));
-    codes.insert(auth::exit_code_for(static_cast<auth::Reason>(r)));
+  for (uint16_t r = 1; r <= protocol::kMaxReason; ++r) {
+    names.insert(protocol::reason_name(static_cast<protocol::Reason>(r)));
+    codes.insert(protocol::exit_code_for(static_cast<protocol::Reason>(r)));
   }
-  EXPECT_EQ(names.size(), auth::kMaxReason);
-  EXPECT_EQ(codes.size(), auth::kMaxReason);
+  EXPECT_EQ(names.size(), protocol::kMaxReason);
+  EXPECT_EQ(codes.size(), protocol::kMaxReason);
   EXPECT_EQ(names.count("unknown"), 0u);
 }
 
@@ -229,25 +234,25 @@ TEST(AuthKeys, OpenSshKeyFileFromSshKeygen) {
   ASSERT_EQ(sshring::testing::run(
                 {"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "t@x", "-f", dir.file("k")}),
             0);
-  auto key = auth::Ed25519PrivateKey::load_file(dir.file("k"));
-  auto pub = auth::parse_openssh_public_key(sshring::testing::read_file(dir.file("k.pub")));
+  auto key = protocol::Ed25519PrivateKey::load_file(dir.file("k"));
+  auto pub = protocol::parse_openssh_public_key(sshring::testing::read_file(dir.file("k.pub")));
   ASSERT_TRUE(pub);
   EXPECT_EQ(key.public_key(), *pub);
   std::string fp_out;
   ASSERT_EQ(sshring::testing::run({"ssh-keygen", "-l", "-f", dir.file("k.pub")}, &fp_out), 0);
-  EXPECT_NE(fp_out.find(auth::fingerprint(*pub)), std::string::npos) << fp_out;
+  EXPECT_NE(fp_out.find(protocol::fingerprint(*pub)), std::string::npos) << fp_out;
   auto sig = key.sign("hello");
-  EXPECT_TRUE(
-      auth::ed25519_verify(*pub, "hello", std::string_view(reinterpret_cast<const char*>(sig.data()), 64)));
-  EXPECT_FALSE(
-      auth::ed25519_verify(*pub, "hellO", std::string_view(reinterpret_cast<const char*>(sig.data()), 64)));
+  EXPECT_TRUE(protocol::ed25519_verify(*pub, "hello",
+                                       std::string_view(reinterpret_cast<const char*>(sig.data()), 64)));
+  EXPECT_FALSE(protocol::ed25519_verify(*pub, "hellO",
+                                        std::string_view(reinterpret_cast<const char*>(sig.data()), 64)));
 
   // Our writer produces files ssh-keygen accepts.
-  auto gen = auth::Ed25519PrivateKey::generate();
+  auto gen = protocol::Ed25519PrivateKey::generate();
   sshring::testing::write_file(dir.file("g"), gen.to_openssh("gen"), 0600);
   std::string derived;
   ASSERT_EQ(sshring::testing::run({"ssh-keygen", "-y", "-f", dir.file("g")}, &derived), 0);
-  EXPECT_EQ(auth::parse_openssh_public_key(derived), gen.public_key());
+  EXPECT_EQ(protocol::parse_openssh_public_key(derived), gen.public_key());
 }
 
 TEST(AuthKeys, RejectsEncryptedAndOtherTypes) {
@@ -255,16 +260,16 @@ TEST(AuthKeys, RejectsEncryptedAndOtherTypes) {
   ASSERT_EQ(
       sshring::testing::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", dir.file("enc")}), 0);
   try {
-    auth::Ed25519PrivateKey::load_file(dir.file("enc"));
+    protocol::Ed25519PrivateKey::load_file(dir.file("enc"));
     FAIL() << "encrypted key accepted";
   } catch (const sshring::common::UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("encrypted"), std::string::npos) << e.what();
   }
   ASSERT_EQ(sshring::testing::run({"ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", dir.file("ec")}), 0);
-  EXPECT_THROW(auth::Ed25519PrivateKey::load_file(dir.file("ec")), sshring::common::UsageError);
-  EXPECT_FALSE(auth::parse_openssh_public_key(sshring::testing::read_file(dir.file("ec.pub"))));
-  EXPECT_THROW(auth::Ed25519PrivateKey::from_openssh("garbage", "x"), sshring::common::UsageError);
-  EXPECT_THROW(auth::Ed25519PrivateKey::load_file(dir.file("missing")), sshring::common::UsageError);
+  EXPECT_THROW(protocol::Ed25519PrivateKey::load_file(dir.file("ec")), sshring::common::UsageError);
+  EXPECT_FALSE(protocol::parse_openssh_public_key(sshring::testing::read_file(dir.file("ec.pub"))));
+  EXPECT_THROW(protocol::Ed25519PrivateKey::from_openssh("garbage", "x"), sshring::common::UsageError);
+  EXPECT_THROW(protocol::Ed25519PrivateKey::load_file(dir.file("missing")), sshring::common::UsageError);
 }
 
 TEST(AuthReplayCache, RemembersForTheSkewWindowOnly) {
@@ -288,7 +293,7 @@ TEST(AuthReplayCache, BoundedMemoryFailsClosed) {
   size_t fresh = 0, full = 0;
   for (int i = 0; i < 1000; ++i) {
     auth::ReplayCache::Nonce n{};
-    auth::random_bytes(n.data(), n.size());
+    protocol::random_bytes(n.data(), n.size());
     auto r = c.check_and_insert(n, now, now);
     fresh += r == auth::ReplayCache::Result::kFresh;
     full += r == auth::ReplayCache::Result::kFull;
@@ -298,7 +303,7 @@ TEST(AuthReplayCache, BoundedMemoryFailsClosed) {
   EXPECT_GT(full, 0u);
   // Once the window has passed, space comes back.
   auth::ReplayCache::Nonce n{};
-  auth::random_bytes(n.data(), n.size());
+  protocol::random_bytes(n.data(), n.size());
   EXPECT_EQ(c.check_and_insert(n, now + 40000, now + 40000), auth::ReplayCache::Result::kFresh);
 }
 
@@ -339,19 +344,19 @@ TEST(AuthSessionLimits, PerSourceAndPerPrincipal) {
 }
 
 TEST(AuthClient, SplitHostPort) {
-  EXPECT_EQ(auth::split_host_port("relay.example:2222", "--relay"),
+  EXPECT_EQ(client::split_host_port("relay.example:2222", "--relay"),
             std::make_pair(std::string("relay.example"), uint16_t{2222}));
-  EXPECT_EQ(auth::split_host_port("[::1]:22", "--relay").first, "::1");
-  EXPECT_THROW(auth::split_host_port("relay", "--relay"), sshring::common::UsageError);
-  EXPECT_THROW(auth::split_host_port("relay:0", "--relay"), sshring::common::UsageError);
-  EXPECT_THROW(auth::split_host_port("::1:22", "--relay"), sshring::common::UsageError);
+  EXPECT_EQ(client::split_host_port("[::1]:22", "--relay").first, "::1");
+  EXPECT_THROW(client::split_host_port("relay", "--relay"), sshring::common::UsageError);
+  EXPECT_THROW(client::split_host_port("relay:0", "--relay"), sshring::common::UsageError);
+  EXPECT_THROW(client::split_host_port("::1:22", "--relay"), sshring::common::UsageError);
 }
 
 TEST(AuthClient, DenyTextIsMadePrintable) {
-  auth::DeniedError e(9,
-                      "a\x1b[31mb\nc\x9b"
-                      "d\x7f");
+  client::DeniedError e(9,
+                        "a\x1b[31mb\nc\x9b"
+                        "d\x7f");
   EXPECT_STREQ(e.what(), "denied by relay: target_not_allowed: a?[31mb?c?d?");
   EXPECT_EQ(e.detail(), "a?[31mb?c?d?");
-  EXPECT_EQ(auth::printable_text("plain text 1-2"), "plain text 1-2");
+  EXPECT_EQ(client::printable_text("plain text 1-2"), "plain text 1-2");
 }

@@ -9,12 +9,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include "relay/auth/preamble.h"
+#include "protocol/preamble.h"
 #include "tests/support/process.h"
 #include "tests/support/sshd.h"
 
 namespace t = sshring::testing;
-namespace auth = sshring::relay::auth;
+namespace protocol = sshring::protocol;
 
 namespace {
 
@@ -68,7 +68,8 @@ TEST(RelayCommand, PolicyModeEndToEnd) {
                   "cli-relay", "--principal", "ops-user", "--identity", sshd.user_key(), "127.0.0.1",
                   std::to_string(sshd.port())},
                  t::Process::Options{.stdout_path = dir.file("c.out"), .stderr_path = dir.file("c.err")});
-    refused = c.wait(std::chrono::seconds(10)) == auth::exit_code_for(auth::Reason::kNotAuthenticated);
+    refused =
+        c.wait(std::chrono::seconds(10)) == protocol::exit_code_for(protocol::Reason::kNotAuthenticated);
     if (!refused) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_TRUE(refused);

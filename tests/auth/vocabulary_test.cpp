@@ -9,13 +9,13 @@
 
 #include "metrics/catalog.h"
 #include "policy/snapshot.h"
+#include "protocol/preamble.h"
 #include "relay/admission.h"
-#include "relay/auth/preamble.h"
 #include "relay/handshake.h"
 #include "relay/session_id.h"
 #include "tests/support/process.h"
 
-namespace auth = sshring::relay::auth;
+namespace protocol = sshring::protocol;
 namespace relay = sshring::relay;
 namespace policy = sshring::policy;
 namespace metrics = sshring::metrics;
@@ -34,27 +34,27 @@ std::string doc(const std::string& name) {
 TEST(Vocabulary, EveryDenyReasonHasANameAndAProtocolDocRow) {
   const std::string protocol = doc("protocol.md");
   std::set<std::string> names;
-  for (uint16_t code = 1; code <= auth::kMaxReason; ++code) {
-    auto r = static_cast<auth::Reason>(code);
-    std::string name = auth::reason_name(r);
+  for (uint16_t code = 1; code <= protocol::kMaxReason; ++code) {
+    auto r = static_cast<protocol::Reason>(code);
+    std::string name = protocol::reason_name(r);
     EXPECT_NE(name, "unknown") << code;
-    EXPECT_STRNE(auth::reason_description(r), "unknown reason") << code;
+    EXPECT_STRNE(protocol::reason_description(r), "unknown reason") << code;
     EXPECT_TRUE(names.insert(name).second) << name << " is used twice";
     // "| 18   | `not_authenticated`   | 38   | ..."
     std::regex row("\\| " + std::to_string(code) + " +\\| `" + name + "` +\\| " +
-                   std::to_string(auth::exit_code_for(r)) + " +\\|");
+                   std::to_string(protocol::exit_code_for(r)) + " +\\|");
     EXPECT_TRUE(std::regex_search(protocol, row))
         << "docs/protocol.md has no row for " << code << " " << name;
   }
-  std::regex newer(std::to_string(auth::kExitCodeBase + auth::kMaxReason + 1) + " a DENY code newer");
+  std::regex newer(std::to_string(protocol::kExitCodeBase + protocol::kMaxReason + 1) + " a DENY code newer");
   EXPECT_TRUE(std::regex_search(protocol, newer)) << "docs/protocol.md: exit code for newer reasons";
 }
 
 TEST(Vocabulary, PolicyReasonsAreSpelledAsTheRelaySpellsThem) {
   const std::string policy_doc = doc("policy.md");
   std::set<std::string> relay_names;
-  for (uint16_t code = 1; code <= auth::kMaxReason; ++code)
-    relay_names.insert(auth::reason_name(static_cast<auth::Reason>(code)));
+  for (uint16_t code = 1; code <= protocol::kMaxReason; ++code)
+    relay_names.insert(protocol::reason_name(static_cast<protocol::Reason>(code)));
   const policy::Reason reasons[] = {policy::Reason::kAllowed,         policy::Reason::kUnknownPrincipal,
                                     policy::Reason::kKeyNotListed,    policy::Reason::kTargetNotAllowed,
                                     policy::Reason::kPortNotAllowed,  policy::Reason::kOutsideTimeWindow,
@@ -84,12 +84,12 @@ TEST(Vocabulary, SessionOutcomesAndStartupRefusalsAreDocumented) {
     EXPECT_NE(metrics_doc.find(label), std::string::npos) << "docs/metrics.md lacks refusal " << label;
   }
   // Every DENY name the audit record can carry is listed in docs/audit.md.
-  for (uint16_t code = 1; code <= auth::kMaxReason; ++code) {
-    auto r = static_cast<auth::Reason>(code);
-    if (r == auth::Reason::kTimeout || r == auth::Reason::kNotAuthenticated ||
-        r == auth::Reason::kTargetUnreachable)
+  for (uint16_t code = 1; code <= protocol::kMaxReason; ++code) {
+    auto r = static_cast<protocol::Reason>(code);
+    if (r == protocol::Reason::kTimeout || r == protocol::Reason::kNotAuthenticated ||
+        r == protocol::Reason::kTargetUnreachable)
       continue;  // timeout: an outcome; not_authenticated: wire only; target_unreachable: a session_end
-    std::string name = std::string("`") + auth::reason_name(r) + "`";
+    std::string name = std::string("`") + protocol::reason_name(r) + "`";
     EXPECT_NE(audit_doc.find(name), std::string::npos) << "docs/audit.md lacks " << name;
   }
 }

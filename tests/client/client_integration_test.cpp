@@ -14,12 +14,12 @@
 #include <openssl/evp.h>
 
 #include "common/unique_fd.h"
-#include "relay/auth/preamble.h"
+#include "protocol/preamble.h"
 #include "tests/support/process.h"
 #include "tests/support/sshd.h"
 
 namespace t = sshring::testing;
-namespace auth = sshring::relay::auth;
+namespace protocol = sshring::protocol;
 using sshring::common::UniqueFd;
 
 namespace {
@@ -182,7 +182,7 @@ TEST_F(ClientThroughRelay, WrongRelayIdSaysWhichIdToPass) {
                      " --principal tester --identity " + s_->sshd.user_key() + " 127.0.0.1 " +
                      std::to_string(s_->sshd.port()) + " </dev/null 2>&1",
                  &out);
-  EXPECT_EQ(rc, auth::exit_code_for(auth::Reason::kWrongRelay)) << out;
+  EXPECT_EQ(rc, protocol::exit_code_for(protocol::Reason::kWrongRelay)) << out;
   EXPECT_NE(out.find("wrong_relay"), std::string::npos) << out;
   EXPECT_NE(out.find("add --relay-id client-relay"), std::string::npos) << out;
   EXPECT_NE(out.find("signed for '127.0.0.1'"), std::string::npos) << out;

@@ -16,7 +16,7 @@
 #include "client/stdio.h"
 #include "common/unique_fd.h"
 
-namespace auth = sshring::relay::auth;
+namespace client = sshring::client;
 using sshring::common::UniqueFd;
 
 namespace {
@@ -80,9 +80,9 @@ std::string read_to_eof(int fd) {
 TEST(ClientStdio, SplicesBothWaysAndHalfClosesAfterStdinEof) {
   Pipe in, out;
   auto [client, relay] = tcp_pair();
-  ASSERT_TRUE(auth::are_pipes(in.r.get(), out.w.get()));
+  ASSERT_TRUE(client::are_pipes(in.r.get(), out.w.get()));
   auto rc = std::async(std::launch::async,
-                       [&, c = client.get()] { return auth::splice_stdio(c, in.r.get(), out.w.get()); });
+                       [&, c = client.get()] { return client::splice_stdio(c, in.r.get(), out.w.get()); });
   const std::string up = random_bytes(8 << 20, 1);
   const std::string down = random_bytes(6 << 20, 2);
   std::thread feeder([&] {
@@ -110,7 +110,7 @@ TEST(ClientStdio, StdoutGoneEndsCleanly) {
   Pipe in, out;
   auto [client, relay] = tcp_pair();
   auto rc = std::async(std::launch::async,
-                       [&, c = client.get()] { return auth::splice_stdio(c, in.r.get(), out.w.get()); });
+                       [&, c = client.get()] { return client::splice_stdio(c, in.r.get(), out.w.get()); });
   out.r.reset();
   std::thread sender([&, r = relay.get()] {
     std::string chunk(1 << 16, 'x');
@@ -128,7 +128,7 @@ TEST(ClientStdio, RelayResetEndsTheSession) {
   Pipe in, out;
   auto [client, relay] = tcp_pair();
   auto rc = std::async(std::launch::async,
-                       [&, c = client.get()] { return auth::splice_stdio(c, in.r.get(), out.w.get()); });
+                       [&, c = client.get()] { return client::splice_stdio(c, in.r.get(), out.w.get()); });
   linger lg{1, 0};
   ::setsockopt(relay.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
   relay.reset();  // RST
@@ -142,13 +142,13 @@ TEST(ClientStdio, FdPassChannelDetection) {
   UniqueFd a(sp[0]), b(sp[1]);
   UniqueFd dup(::fcntl(a.get(), F_DUPFD_CLOEXEC, 0));
   // What ssh does for ProxyUseFdpass: one end of a socketpair on stdin and stdout.
-  EXPECT_TRUE(auth::is_fdpass_channel(a.get(), dup.get()));
+  EXPECT_TRUE(client::is_fdpass_channel(a.get(), dup.get()));
   // Two different sockets, pipes, a TCP socket: not ssh's channel.
-  EXPECT_FALSE(auth::is_fdpass_channel(a.get(), b.get()));
+  EXPECT_FALSE(client::is_fdpass_channel(a.get(), b.get()));
   Pipe p;
-  EXPECT_FALSE(auth::is_fdpass_channel(p.r.get(), p.w.get()));
+  EXPECT_FALSE(client::is_fdpass_channel(p.r.get(), p.w.get()));
   auto [c, s] = tcp_pair();
-  EXPECT_FALSE(auth::is_fdpass_channel(c.get(), c.get()));
+  EXPECT_FALSE(client::is_fdpass_channel(c.get(), c.get()));
   // A socket connected to a named listener (journald's stdout stream looks like this): not it.
   std::string path = "/tmp/sshring-stdio-test-" + std::to_string(::getpid()) + ".sock";
   ::unlink(path.c_str());
@@ -160,6 +160,6 @@ TEST(ClientStdio, FdPassChannelDetection) {
   ASSERT_EQ(::listen(l.get(), 1), 0);
   UniqueFd named(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   ASSERT_EQ(::connect(named.get(), reinterpret_cast<sockaddr*>(&un), sizeof(un)), 0);
-  EXPECT_FALSE(auth::is_fdpass_channel(named.get(), named.get()));
+  EXPECT_FALSE(client::is_fdpass_channel(named.get(), named.get()));
   ::unlink(path.c_str());
 }

@@ -8,13 +8,15 @@
 
 #include "policy/grant.h"
 #include "policy/parser.h"
-#include "relay/auth/keys.h"
+#include "protocol/keys.h"
+
+namespace protocol = sshring::protocol;
 
 namespace sshring::policy::testing {
 
 struct Person {
   std::string name;
-  std::shared_ptr<relay::auth::Ed25519PrivateKey> key;
+  std::shared_ptr<protocol::Ed25519PrivateKey> key;
   PublicKey pub;
   [[nodiscard]] SshsigSigner signer() const {
     auto k = key;
@@ -28,7 +30,7 @@ struct Person {
 
 inline Person person(std::string name) {
   Person p;
-  p.key = std::make_shared<relay::auth::Ed25519PrivateKey>(relay::auth::Ed25519PrivateKey::generate());
+  p.key = std::make_shared<protocol::Ed25519PrivateKey>(protocol::Ed25519PrivateKey::generate());
   p.pub = ed25519_key(p.key->public_key(), name + "@test");
   p.name = std::move(name);
   return p;

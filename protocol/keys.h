@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-namespace sshring::relay::auth {
+namespace sshring::protocol {
 
 struct PkeyFree {
   void operator()(EVP_PKEY* p) const noexcept { EVP_PKEY_free(p); }
@@ -34,7 +34,9 @@ std::optional<Ed25519PublicKey> parse_ed25519_key_blob(std::string_view blob);
 // "ssh-ed25519 AAAA... [comment]" -> key. nullopt for other types or malformed lines.
 std::optional<Ed25519PublicKey> parse_openssh_public_key(std::string_view line);
 std::string format_openssh_public_key(const Ed25519PublicKey& key, std::string_view comment = {});
-// "SHA256:" + unpadded base64 of SHA-256(blob), as ssh-keygen -l prints it.
+// "SHA256:" + unpadded base64 of SHA-256(blob), as ssh-keygen -l prints it: of any key blob, and of
+// an Ed25519 key's.
+std::string ssh_fingerprint(std::string_view blob);
 std::string fingerprint(const Ed25519PublicKey& key);
 
 // Verifies an Ed25519 signature. Never throws; false on any failure.
@@ -67,4 +69,4 @@ class Ed25519PrivateKey {
 // 16 random bytes from the OpenSSL DRBG (throws on failure; control plane).
 void random_bytes(uint8_t* out, size_t n);
 
-}  // namespace sshring::relay::auth
+}  // namespace sshring::protocol

@@ -1,11 +1,11 @@
-#include "relay/auth/preamble.h"
+#include "protocol/preamble.h"
 
 #include <algorithm>
 #include <stdexcept>
 
-#include "relay/auth/wire.h"
+#include "protocol/wire.h"
 
-namespace sshring::relay::auth {
+namespace sshring::protocol {
 namespace {
 
 constexpr std::string_view kTranscriptContext{"sshring-preamble-v1\0", 20};
@@ -292,4 +292,4 @@ int reply_payload_length(std::span<const uint8_t, kHeaderSize> header) {
   return hdr.status == DecodeStatus::kOk ? static_cast<int>(hdr.payload) : -1;
 }
 
-}  // namespace sshring::relay::auth
+}  // namespace sshring::protocol

@@ -1,8 +1,6 @@
-// Bounds-checked big-endian readers and writers for the preamble and the SSH agent protocol, plus
-// base64 (OpenSSH key files). Readers never throw: a short or malformed input sets a sticky error.
+// Bounds-checked big-endian readers and writers: the preamble, the SSH agent protocol, SSH key blobs
+// and SSHSIG signatures. Readers never throw: a short or malformed input sets a sticky error.
 #pragma once
-
-#include "common/base64.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -11,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-namespace sshring::relay::auth {
+namespace sshring::protocol {
 
 class Reader {
  public:
@@ -26,8 +24,6 @@ class Reader {
   std::string_view bytes(size_t n);
   // u8 length prefix, then that many bytes; error if the length exceeds `max`.
   std::string_view str8(size_t max);
-  // u16 length prefix.
-  std::string_view str16(size_t max);
   // u32 length prefix (SSH "string").
   std::string_view str32(size_t max);
 
@@ -52,7 +48,6 @@ class Writer {
   void u64(uint64_t v);
   void bytes(std::string_view b) { out_.append(b); }
   void str8(std::string_view s);  // caller guarantees s.size() <= 255
-  void str16(std::string_view s);
   void str32(std::string_view s);
   [[nodiscard]] const std::string& data() const { return out_; }
   std::string take() { return std::move(out_); }
@@ -62,8 +57,4 @@ class Writer {
   std::string out_;
 };
 
-// One base64 for the project (strict; callers strip whitespace where a format allows it).
-using common::base64_decode;
-using common::base64_encode;
-
-}  // namespace sshring::relay::auth
+}  // namespace sshring::protocol

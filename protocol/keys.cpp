@@ -1,4 +1,4 @@
-#include "relay/auth/keys.h"
+#include "protocol/keys.h"
 
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -8,11 +8,11 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "common/base64.h"
 #include "common/error.h"
-#include "policy/keys.h"
-#include "relay/auth/wire.h"
+#include "protocol/wire.h"
 
-namespace sshring::relay::auth {
+namespace sshring::protocol {
 namespace {
 
 constexpr std::string_view kBegin = "-----BEGIN OPENSSH PRIVATE KEY-----";
@@ -53,19 +53,26 @@ std::optional<Ed25519PublicKey> parse_openssh_public_key(std::string_view line) 
   auto end = line.find_first_of(" \t\r\n");
   auto b64 = line.substr(0, end);
   if (b64.size() > 128) return std::nullopt;
-  auto blob = base64_decode(b64);
+  auto blob = common::base64_decode(b64);
   if (!blob) return std::nullopt;
   return parse_ed25519_key_blob(*blob);
 }
 
 std::string format_openssh_public_key(const Ed25519PublicKey& key, std::string_view comment) {
-  std::string s = std::string(kSshEd25519) + " " + base64_encode(ed25519_key_blob(key));
+  std::string s = std::string(kSshEd25519) + " " + common::base64_encode(ed25519_key_blob(key));
   if (!comment.empty()) s += " " + std::string(comment);
   return s;
 }
 
+std::string ssh_fingerprint(std::string_view blob) {
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(blob.data()), blob.size(), md);
+  return "SHA256:" +
+         common::base64_encode(std::string_view(reinterpret_cast<const char*>(md), sizeof md), false);
+}
+
 std::string fingerprint(const Ed25519PublicKey& key) {
-  return policy::fingerprint_sha256(ed25519_key_blob(key));
+  return ssh_fingerprint(ed25519_key_blob(key));
 }
 
 Pkey ed25519_public_pkey(const Ed25519PublicKey& key) {
@@ -126,7 +133,7 @@ Ed25519PrivateKey Ed25519PrivateKey::from_openssh(std::string_view pem, std::str
   std::string body;  // the PEM body wraps its base64 over lines
   for (char c : pem.substr(b + kBegin.size(), e - b - kBegin.size()))
     if (c != ' ' && c != '\n' && c != '\r' && c != '\t') body.push_back(c);
-  auto raw = base64_decode(body);
+  auto raw = common::base64_decode(body);
   if (!raw) bad_key(source, "bad base64");
   Reader r(*raw);
   if (r.bytes(kAuthMagic.size()) != kAuthMagic) bad_key(source, "not openssh-key-v1");
@@ -196,7 +203,7 @@ std::string Ed25519PrivateKey::to_openssh(std::string_view comment) const {
   w.u32(1);
   w.str32(ed25519_key_blob(public_));
   w.str32(priv.data());
-  std::string b64 = base64_encode(w.data());
+  std::string b64 = common::base64_encode(w.data());
   std::string out = std::string(kBegin) + "\n";
   for (size_t i = 0; i < b64.size(); i += 70) out += b64.substr(i, 70) + "\n";
   out += std::string(kEnd) + "\n";
@@ -204,4 +211,4 @@ std::string Ed25519PrivateKey::to_openssh(std::string_view comment) const {
   return out;
 }
 
-}  // namespace sshring::relay::auth
+}  // namespace sshring::protocol

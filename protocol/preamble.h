@@ -12,7 +12,7 @@
 #include <string>
 #include <string_view>
 
-namespace sshring::relay::auth {
+namespace sshring::protocol {
 
 inline constexpr std::array<uint8_t, 4> kMagic = {'S', 'R', 'N', 'G'};
 inline constexpr uint8_t kVersion = 1;
@@ -135,4 +135,4 @@ ReplyDecode decode_reply(std::span<const uint8_t> in);
 // Used by the client to read exactly one frame from the socket and nothing more.
 int reply_payload_length(std::span<const uint8_t, kHeaderSize> header);
 
-}  // namespace sshring::relay::auth
+}  // namespace sshring::protocol

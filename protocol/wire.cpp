@@ -1,8 +1,8 @@
-#include "relay/auth/wire.h"
+#include "protocol/wire.h"
 
 #include <array>
 
-namespace sshring::relay::auth {
+namespace sshring::protocol {
 
 bool Reader::need(size_t n) {
   if (!ok_ || data_.size() - pos_ < n) {
@@ -53,12 +53,6 @@ std::string_view Reader::str8(size_t max) {
   return ok_ ? bytes(n) : std::string_view{};
 }
 
-std::string_view Reader::str16(size_t max) {
-  size_t n = u16();
-  if (n > max) ok_ = false;
-  return ok_ ? bytes(n) : std::string_view{};
-}
-
 std::string_view Reader::str32(size_t max) {
   size_t n = u32();
   if (n > max) ok_ = false;
@@ -83,14 +77,9 @@ void Writer::str8(std::string_view s) {
   bytes(s);
 }
 
-void Writer::str16(std::string_view s) {
-  u16(static_cast<uint16_t>(s.size()));
-  bytes(s);
-}
-
 void Writer::str32(std::string_view s) {
   u32(static_cast<uint32_t>(s.size()));
   bytes(s);
 }
 
-}  // namespace sshring::relay::auth
+}  // namespace sshring::protocol
