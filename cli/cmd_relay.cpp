@@ -225,180 +225,212 @@ void notify_systemd(const std::string& state) {
     common::log_warn("cannot notify systemd", {{"socket", path}, {"error", std::strerror(errno)}});
 }
 
-// --takeover: everything of the running relay's, parked, before this process writes a byte of audit.
-struct Takeover {
-  std::unique_ptr<relay::HandoverClient> client;
-  relay::RelayExport state;
-};
-
-int run_relay_impl(const std::vector<std::string>& args) {
-  common::Flags f = relay_flags();
-  if (!f.parse(args)) return 0;
-  const bool takeover = f.flag("takeover");
-  const std::string control = f.get_or("control-socket", relay::kDefaultControlSocket);
-  if (takeover && control == "none") throw common::UsageError("--takeover needs a --control-socket PATH");
-  // One session_end record per session (docs/audit.md), batched off the hot loop by AuditLog. With
-  // --takeover the log opens only after the old relay wrote its last record (one chain).
-  std::shared_ptr<metrics::AuditLog> audit;
-  if (!takeover) audit = open_audit(f);
-  // The exporter comes first so the policy reloader can count reloads from its first load; it stops
-  // serving (StopServing below) before the relay's worker stats go away.
-  std::unique_ptr<metrics::Server> metrics_server;
-  metrics::PolicyMetrics policy_metrics;
-  // With --takeover the families are registered now (policy reloads count from the first load) but
-  // the port is bound only once the old relay let go of it.
-  if (auto m = f.get("metrics")) {
-    metrics_server = std::make_unique<metrics::Server>("relay");
-    if (!takeover) metrics_server->listen(*m);
-  }
-  if (metrics_server && audit) metrics::register_audit(*metrics_server, audit.get());
-  // Authenticated mode (docs/protocol.md); declared before the relay so it outlives every session.
-  std::unique_ptr<relay::auth::AuthService> auth;
-  if (f.has("policy") || etcd_requested(f)) {
-    if (metrics_server) policy_metrics = metrics::register_policy(*metrics_server);
-    auth = std::make_unique<relay::auth::AuthService>(
-        relay::auth::AuthServiceOptions{.policy_path = f.get_or("policy", ""),
-                                        .relay_ids = f.all("relay-id"),
-                                        .audit = audit.get(),
-                                        .policy_metrics = metrics_server ? &policy_metrics : nullptr,
-                                        .auth = {.refuse_when_audit_unwritable = audit_refuses(f)},
-                                        .source = snapshot_source(f),
-                                        .cache_dir = cache_dir(f)});
-  }
-  std::shared_ptr<relay::HandshakeFactory> handshake = auth ? auth->factory() : nullptr;
-  relay::RelayConfig cfg = build_relay_config(f, handshake);
-  if (f.get("audit-log") && !auth) {
-    // Static routes only: in authenticated mode the handshake's on_end writes the session records.
-    // By reference: with --takeover the log opens after start, before any session can end.
-    cfg.on_session_end = [&audit](const relay::SessionSummary& s) {
-      if (audit) audit->append(session_end_record(s));
-    };
+// One relay process: its parts are members in the order they start, so they are destroyed in the
+// reverse order: the hand-over server first, the metrics exporter stops serving before the relay's
+// stats go away, and the auth service outlives every session.
+class RelayProcess {
+ public:
+  explicit RelayProcess(const common::Flags& f)
+      : f_(f),
+        takeover_(f.flag("takeover")),
+        control_(f.get_or("control-socket", relay::kDefaultControlSocket)) {
+    if (takeover_ && control_ == "none") throw common::UsageError("--takeover needs a --control-socket PATH");
   }
 
-  // Signals go to this thread only (workers inherit the mask), read with sigtimedwait.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-
-  relay::Relay relay(cfg);
-  struct StopServing {
-    metrics::Server* server;
-    ~StopServing() {
-      if (server) server->stop();
+  int run() {
+    open_outputs();
+    start_auth();
+    handshake_ = auth_ ? auth_->factory() : nullptr;
+    cfg_ = build_relay_config(f_, handshake_);
+    if (f_.get("audit-log") && !auth_) {
+      // Static routes only: in authenticated mode the handshake's on_end writes the session records.
+      // By reference: with --takeover the log opens after start, before any session can end.
+      cfg_.on_session_end = [this](const relay::SessionSummary& s) {
+        if (audit_) audit_->append(session_end_record(s));
+      };
     }
-  } stop_serving{metrics_server.get()};  // destroyed before `relay`: no scrape reads freed stats
-  Takeover tk;
-  if (takeover) {
-    tk.client = std::make_unique<relay::HandoverClient>(control);
-    tk.state = tk.client->receive();
-    size_t sessions = tk.state.sessions.size(), listeners = tk.state.listeners.size();
+    // Signals go to this thread only (workers inherit the mask), read with sigtimedwait.
+    sigemptyset(&signals_);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&signals_, sig);
+    pthread_sigmask(SIG_BLOCK, &signals_, nullptr);
+
+    relay_ = std::make_unique<relay::Relay>(cfg_);
+    stop_serving_.server = metrics_server_.get();
+    if (takeover_)
+      take_over();
+    else
+      relay_->start();
+    register_relay_metrics();
+    for (const auto& a : relay_->listen_addresses())
+      common::log_info("relay listening",
+                       {{"listen", a.to_string()}, {"workers", std::to_string(relay_->worker_count())}});
+    serve_handovers();
+    if (takeover_) relay_->resume_after_handover();
+    notify_systemd("READY=1\nMAINPID=" + std::to_string(::getpid()));
+    wait_for_signals();
+    relay_->wait();
+    if (audit_) audit_->flush();
+    common::log_info("relay stopped");
+    return 0;
+  }
+
+ private:
+  // One session_end record per session (docs/audit.md), batched off the hot loop by AuditLog. With
+  // --takeover the log opens only after the old relay wrote its last record (one chain). The exporter
+  // comes first so the policy reloader can count reloads from its first load; with --takeover its
+  // families are registered now but the port is bound only once the old relay let go of it.
+  void open_outputs() {
+    if (!takeover_) audit_ = open_audit(f_);
+    if (auto m = f_.get("metrics")) {
+      metrics_server_ = std::make_unique<metrics::Server>("relay");
+      if (!takeover_) metrics_server_->listen(*m);
+    }
+    if (metrics_server_ && audit_) metrics::register_audit(*metrics_server_, audit_.get());
+  }
+
+  // Authenticated mode (docs/protocol.md).
+  void start_auth() {
+    if (!f_.has("policy") && !etcd_requested(f_)) return;
+    if (metrics_server_) policy_metrics_ = metrics::register_policy(*metrics_server_);
+    auth_ = std::make_unique<relay::auth::AuthService>(
+        relay::auth::AuthServiceOptions{.policy_path = f_.get_or("policy", ""),
+                                        .relay_ids = f_.all("relay-id"),
+                                        .audit = audit_.get(),
+                                        .policy_metrics = metrics_server_ ? &policy_metrics_ : nullptr,
+                                        .auth = {.refuse_when_audit_unwritable = audit_refuses(f_)},
+                                        .source = snapshot_source(f_),
+                                        .cache_dir = cache_dir(f_)});
+  }
+
+  // --takeover: everything of the running relay's, parked, before this process writes a byte of audit.
+  void take_over() {
+    takeover_client_ = std::make_unique<relay::HandoverClient>(control_);
+    relay::RelayExport state = takeover_client_->receive();
+    const size_t sessions = state.sessions.size(), listeners = state.listeners.size();
     try {
-      relay.start_from(std::move(tk.state));
+      relay_->start_from(std::move(state));
     } catch (const std::exception& e) {
-      tk.client->refuse(e.what());
+      takeover_client_->refuse(e.what());
       throw relay::HandoverError(relay::kTakeoverRefused, std::string("--takeover: ") + e.what());
     }
     // Test hook: die half-way, after taking everything and before READY.
     if (const char* crash = std::getenv("SSHRING_TEST_HANDOVER_CRASH");
         crash && std::string(crash) == "before_ready")
       std::abort();
-    if (!tk.client->ready_and_wait_done())
+    if (!takeover_client_->ready_and_wait_done())
       common::log_warn(
           "--takeover: the old relay went away without DONE; carrying on with what it handed over");
-    audit = open_audit(f);
-    if (auth) auth->factory()->set_audit(audit.get());
-    if (audit) audit->append(handover_record("received", {listeners, sessions, tk.client->peer_pid()}));
+    const int from = takeover_client_->peer_pid();
+    audit_ = open_audit(f_);
+    if (auth_) auth_->factory()->set_audit(audit_.get());
+    if (audit_) audit_->append(handover_record("received", {listeners, sessions, from}));
     common::log_info("took over", {{"sessions", std::to_string(sessions)},
                                    {"listeners", std::to_string(listeners)},
-                                   {"from_pid", std::to_string(tk.client->peer_pid())}});
-    if (metrics_server) metrics_server->listen(*f.get("metrics"));
-    if (metrics_server && audit) metrics::register_audit(*metrics_server, audit.get());
-  } else {
-    relay.start();
+                                   {"from_pid", std::to_string(from)}});
+    if (metrics_server_) metrics_server_->listen(*f_.get("metrics"));
+    if (metrics_server_ && audit_) metrics::register_audit(*metrics_server_, audit_.get());
   }
-  metrics::RelayMetrics relay_metrics;
-  if (auto m = f.get("metrics")) {
-    auto& rm = relay_metrics = metrics::register_relay(*metrics_server, relay.stats());
-    if (rm.max_sessions) rm.max_sessions->Set(static_cast<double>(cfg.max_sessions));
-    if (auth) auth->factory()->set_metrics(rm);
+
+  void register_relay_metrics() {
+    auto m = f_.get("metrics");
+    if (!m) return;
+    relay_metrics_ = metrics::register_relay(*metrics_server_, relay_->stats());
+    if (relay_metrics_.max_sessions) relay_metrics_.max_sessions->Set(static_cast<double>(cfg_.max_sessions));
+    if (auth_) auth_->factory()->set_metrics(relay_metrics_);
     common::log_info("metrics listening",
-                     {{"metrics", *m}, {"port", std::to_string(metrics_server->port())}});
+                     {{"metrics", *m}, {"port", std::to_string(metrics_server_->port())}});
   }
-  for (const auto& a : relay.listen_addresses())
-    common::log_info("relay listening",
-                     {{"listen", a.to_string()}, {"workers", std::to_string(relay.worker_count())}});
-  // The control socket for the next hand-over; at commit this relay writes its record, flushes the
-  // audit log and stops serving metrics so the new process can take the port.
-  auto let_go = [&](const relay::HandoverServer::Counts& c) {
-    if (audit) {
-      audit->append(handover_record("sent", c));
-      audit->flush();
+
+  // At commit this relay writes its record, flushes the audit log and lets go of it (one writer per
+  // file: the new relay continues its chain; no session is left here to write to it), and stops
+  // serving metrics so the new process can take the port.
+  void let_go(const relay::HandoverServer::Counts& c) {
+    if (audit_) {
+      audit_->append(handover_record("sent", c));
+      audit_->flush();
     }
-    // Let go of the audit file (one writer per file): the new relay continues its chain. No session
-    // is left here to write to it.
-    if (auth) auth->factory()->set_audit(nullptr);
-    audit.reset();
-    if (metrics_server) metrics_server->stop();
+    if (auth_) auth_->factory()->set_audit(nullptr);
+    audit_.reset();
+    if (metrics_server_) metrics_server_->stop();
     // The new process is the service now (systemd tracks it instead of this one, which exits).
     if (c.peer_pid > 0) notify_systemd("MAINPID=" + std::to_string(c.peer_pid));
-  };
-  std::unique_ptr<relay::HandoverServer> handover;
-  if (control != "none") {
+  }
+
+  // The control socket for the next hand-over.
+  void serve_handovers() {
+    if (control_ == "none") return;
     try {
-      handover = std::make_unique<relay::HandoverServer>(
-          relay, control, [&](const relay::HandoverServer::Counts& c) { let_go(c); },
+      handover_ = std::make_unique<relay::HandoverServer>(
+          *relay_, control_, [this](const relay::HandoverServer::Counts& c) { let_go(c); },
           // What each hand-over attempt on this (old) side came to.
-          [handovers = relay_metrics.handovers](std::string_view result) {
+          [handovers = relay_metrics_.handovers](std::string_view result) {
             if (handovers) handovers->Add({{"result", std::string(result)}}).Increment();
           });
     } catch (const common::UsageError& e) {
       common::log_warn("no hand-over control socket", {{"error", e.what()}});
     }
   }
-  if (takeover) relay.resume_after_handover();
-  notify_systemd("READY=1\nMAINPID=" + std::to_string(::getpid()));
 
-  // What SIGHUP reloads; each hook logs its own outcome and keeps the running state on errors.
-  // (Authenticated mode adds its policy reload here.)
-  std::vector<std::function<void()>> on_sighup;
-  if (auth) on_sighup.push_back([&] { auth->reload(); });
-  if (f.get("config")) {
-    on_sighup.push_back([&] {
+  // What SIGHUP reloads; each logs its own outcome and keeps the running state on errors.
+  void reload() {
+    if (auth_) auth_->reload();
+    if (f_.get("config")) {
       try {
-        relay.reload(build_relay_config(f, handshake));
-        common::log_info("config reloaded", {{"config", *f.get("config")}});
+        relay_->reload(build_relay_config(f_, handshake_));
+        common::log_info("config reloaded", {{"config", *f_.get("config")}});
       } catch (const std::exception& e) {
         common::log_error("config reload failed; keeping the running config", {{"error", e.what()}});
       }
-    });
+    }
+    if (!auth_ && !f_.get("config")) common::log_warn("SIGHUP ignored: nothing to reload (no --config)");
   }
 
-  bool draining = false;
-  while (!relay.finished()) {
-    timespec ts{0, 200'000'000};
-    int sig = sigtimedwait(&set, nullptr, &ts);
-    if (sig == SIGHUP) {
-      if (on_sighup.empty()) common::log_warn("SIGHUP ignored: nothing to reload (no --config)");
-      for (auto& hook : on_sighup) hook();
-    } else if (sig == SIGTERM || sig == SIGINT) {
-      if (!draining) {
+  // SIGHUP reloads; the first SIGTERM/SIGINT drains, a second one closes every session now.
+  void wait_for_signals() {
+    bool draining = false;
+    while (!relay_->finished()) {
+      timespec ts{0, 200'000'000};
+      int sig = sigtimedwait(&signals_, nullptr, &ts);
+      if (sig == SIGHUP) {
+        reload();
+      } else if ((sig == SIGTERM || sig == SIGINT) && !draining) {
         draining = true;
         common::log_info("draining", {{"signal", sig == SIGTERM ? "TERM" : "INT"},
-                                      {"active", std::to_string(relay.sessions_active())}});
-        relay.begin_drain();
-      } else {
+                                      {"active", std::to_string(relay_->sessions_active())}});
+        relay_->begin_drain();
+      } else if (sig == SIGTERM || sig == SIGINT) {
         common::log_warn("second signal: closing every session now");
-        relay.stop();
+        relay_->stop();
       }
     }
   }
-  relay.wait();
-  if (audit) audit->flush();
-  common::log_info("relay stopped");
-  return 0;
+
+  const common::Flags& f_;
+  const bool takeover_;
+  const std::string control_;
+  std::shared_ptr<metrics::AuditLog> audit_;
+  std::unique_ptr<metrics::Server> metrics_server_;
+  metrics::PolicyMetrics policy_metrics_;
+  std::unique_ptr<relay::auth::AuthService> auth_;
+  std::shared_ptr<relay::HandshakeFactory> handshake_;
+  relay::RelayConfig cfg_;
+  sigset_t signals_{};
+  std::unique_ptr<relay::Relay> relay_;
+  struct StopServing {
+    metrics::Server* server = nullptr;
+    ~StopServing() {
+      if (server) server->stop();
+    }
+  } stop_serving_;  // destroyed before relay_: no scrape reads freed stats
+  std::unique_ptr<relay::HandoverClient> takeover_client_;
+  metrics::RelayMetrics relay_metrics_;
+  std::unique_ptr<relay::HandoverServer> handover_;
+};
+
+int run_relay_impl(const std::vector<std::string>& args) {
+  common::Flags f = relay_flags();
+  if (!f.parse(args)) return 0;
+  return RelayProcess(f).run();
 }
 
 int run_relay(const std::vector<std::string>& args) {

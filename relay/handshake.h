@@ -1,6 +1,6 @@
 // The seam between the relay's data path (relay/worker) and the authenticated preamble
-// (relay/auth, speaking protocol/preamble.h). A session runs: accept -> [handshake] -> connect upstream -> splice.
-// Static routes use no handshake; authenticated mode creates one Handshake per accepted client.
+// (relay/auth, speaking protocol/preamble.h). A session runs: accept -> [handshake] -> connect upstream ->
+// splice. Static routes use no handshake; authenticated mode creates one Handshake per accepted client.
 //
 // Threading: every Handshake method runs on the owning worker's thread. Work that may block (name
 // resolution, anything slow) runs elsewhere and comes back through HandshakeContext::post(), which
