@@ -387,166 +387,161 @@ class Parser {
     check_map(root, "", {"version", "grant_store", "relays", "hosts", "principals", "roles", "opt_out"},
               {"version"});
     p.version = static_cast<int>(integer(root["version"], "version", 1, 1));
-    if (root["grant_store"]) {
-      p.grant_store = scalar(root["grant_store"], "grant_store", "an absolute directory path", 4096);
-      std::string why;
-      if (is_etcd_uri(p.grant_store)) {
-        if (!parse_etcd_uri(p.grant_store, &why)) fail(root["grant_store"].Mark(), "grant_store", why);
-      } else if (p.grant_store.empty() || p.grant_store[0] != '/') {
-        fail(root["grant_store"].Mark(), "grant_store",
-             "expected an absolute directory path, got '" + p.grant_store +
-                 "' (or etcd://HOST:PORT[,HOST:PORT]/PREFIX for the fleet store)");
-      }
-    }
+    if (root["grant_store"]) p.grant_store = grant_store(root["grant_store"]);
     if (root["relays"]) p.relays = cidrs(root["relays"], "relays", kMaxRelays, false);
-
-    std::map<std::string, YAML::Mark> seen_hosts;
+    std::set<std::string> hosts, roles, principals, rules;
     if (root["hosts"]) {
       const YAML::Node l = seq(root["hosts"], "hosts", kMaxHosts, false);
-      for (size_t i = 0; i < l.size(); ++i) {
-        std::string key = idx("hosts", i);
-        check_map(l[i], key, {"name", "cidrs", "ssh_ports"}, {"name", "cidrs"});
-        HostGroup h;
-        h.name = name(l[i]["name"], sub(key, "name"));
-        if (!seen_hosts.emplace(h.name, l[i]["name"].Mark()).second) {
-          fail(l[i]["name"].Mark(), sub(key, "name"), "duplicate host group name '" + h.name + "'");
-        }
-        h.cidrs = cidrs(l[i]["cidrs"], sub(key, "cidrs"), kMaxListItems, true);
-        if (l[i]["ssh_ports"]) h.ssh_ports = ports(l[i]["ssh_ports"], sub(key, "ssh_ports"));
-        p.hosts.push_back(std::move(h));
-      }
+      for (size_t i = 0; i < l.size(); ++i) p.hosts.push_back(host_group(l[i], idx("hosts", i), hosts));
     }
-
-    std::set<std::string> role_names;
     if (root["roles"]) {
       const YAML::Node l = seq(root["roles"], "roles", kMaxRoles, false);
-      for (size_t i = 0; i < l.size(); ++i) {
-        std::string key = idx("roles", i);
-        check_map(l[i], key, {"name", "targets", "max_sessions", "windows"}, {"name", "targets"});
-        Role r;
-        r.name = name(l[i]["name"], sub(key, "name"));
-        if (!role_names.insert(r.name).second) {
-          fail(l[i]["name"].Mark(), sub(key, "name"), "duplicate role name '" + r.name + "'");
-        }
-        const YAML::Node tl = seq(l[i]["targets"], sub(key, "targets"), kMaxListItems, false);
-        for (size_t j = 0; j < tl.size(); ++j)
-          r.targets.push_back(target(tl[j], idx(sub(key, "targets"), j)));
-        if (l[i]["max_sessions"]) {
-          r.max_sessions =
-              static_cast<uint32_t>(integer(l[i]["max_sessions"], sub(key, "max_sessions"), 1, 100000));
-        }
-        if (l[i]["windows"]) {
-          const YAML::Node wl = seq(l[i]["windows"], sub(key, "windows"), kMaxWindows, false);
-          for (size_t j = 0; j < wl.size(); ++j)
-            r.windows.push_back(window(wl[j], idx(sub(key, "windows"), j)));
-        }
-        p.roles.push_back(std::move(r));
-      }
+      for (size_t i = 0; i < l.size(); ++i) p.roles.push_back(role(l[i], idx("roles", i), roles));
     }
-
-    std::set<std::string> principal_names;
     if (root["principals"]) {
       const YAML::Node l = seq(root["principals"], "principals", kMaxPrincipals, false);
-      for (size_t i = 0; i < l.size(); ++i) {
-        std::string key = idx("principals", i);
-        check_map(l[i], key, {"name", "roles", "keys"}, {"name"});
-        Principal pr;
-        pr.name = name(l[i]["name"], sub(key, "name"));
-        if (!principal_names.insert(pr.name).second) {
-          fail(l[i]["name"].Mark(), sub(key, "name"), "duplicate principal name '" + pr.name + "'");
-        }
-        if (l[i]["roles"]) {
-          pr.roles = names(l[i]["roles"], sub(key, "roles"), kMaxListItems);
-          for (size_t j = 0; j < pr.roles.size(); ++j) {
-            if (!role_names.count(pr.roles[j])) {
-              fail(l[i]["roles"][j].Mark(), idx(sub(key, "roles"), j),
-                   "unknown role '" + pr.roles[j] + "'; define it under roles:");
-            }
-          }
-        }
-        if (l[i]["keys"]) {
-          const YAML::Node kl = seq(l[i]["keys"], sub(key, "keys"), kMaxKeysPerPrincipal, false);
-          std::set<std::string> fps;
-          for (size_t j = 0; j < kl.size(); ++j) {
-            std::string line =
-                scalar(kl[j], idx(sub(key, "keys"), j), "an authorized_keys line \"ssh-ed25519 AAAA...\"");
-            try {
-              pr.keys.push_back(parse_authorized_key(line));
-            } catch (const common::UsageError& e) {
-              fail(kl[j].Mark(), idx(sub(key, "keys"), j), e.what());
-            }
-            if (!fps.insert(pr.keys.back().fingerprint).second) {
-              fail(kl[j].Mark(), idx(sub(key, "keys"), j), "duplicate key " + pr.keys.back().fingerprint);
-            }
-          }
-        }
-        p.principals.push_back(std::move(pr));
-      }
+      for (size_t i = 0; i < l.size(); ++i)
+        p.principals.push_back(principal(l[i], idx("principals", i), roles, principals));
     }
-
     if (root["opt_out"]) {
-      std::set<std::string> ids;
       const YAML::Node l = seq(root["opt_out"], "opt_out", kMaxOptOut, false);
-      for (size_t i = 0; i < l.size(); ++i) {
-        std::string key = idx("opt_out", i);
-        const auto& n = l[i];
-        check_map(n, key,
-                  {"id", "description", "who", "from", "to", "max_ttl", "require_reason", "require_approver",
-                   "require_grant", "expires", "approvals", "requesters", "reviewers", "request_ttl",
-                   "standing", "break_glass", "review_within"},
-                  {"id", "who", "from", "to", "max_ttl", "expires"});
-        OptOutRule r;
-        r.id = name(n["id"], sub(key, "id"));
-        if (r.id.starts_with("g-"))
-          fail(n["id"].Mark(), sub(key, "id"), "ids starting with 'g-' are reserved for grants");
-        if (!ids.insert(r.id).second)
-          fail(n["id"].Mark(), sub(key, "id"), "duplicate opt_out id '" + r.id + "'");
-        if (n["description"]) r.description = scalar(n["description"], sub(key, "description"), "text");
-        std::string wk = sub(key, "who");
-        check_map(n["who"], wk, {"roles", "principals"});
-        if (n["who"]["roles"]) {
-          r.who_roles = names(n["who"]["roles"], sub(wk, "roles"), kMaxListItems);
-          for (size_t j = 0; j < r.who_roles.size(); ++j) {
-            if (!role_names.count(r.who_roles[j])) {
-              fail(n["who"]["roles"][j].Mark(), idx(sub(wk, "roles"), j),
-                   "unknown role '" + r.who_roles[j] + "'; define it under roles:");
-            }
-          }
-        }
-        if (n["who"]["principals"])
-          r.who_principals = names(n["who"]["principals"], sub(wk, "principals"), kMaxListItems);
-        if (r.who_roles.empty() && r.who_principals.empty()) {
-          fail(n["who"].Mark(), wk, "who needs at least one role or principal");
-        }
-        r.from = cidrs(n["from"], sub(key, "from"), kMaxListItems, true);
-        std::string tk = sub(key, "to");
-        check_map(n["to"], tk, {"cidrs", "ports"}, {"cidrs"});
-        r.to_cidrs = cidrs(n["to"]["cidrs"], sub(tk, "cidrs"), kMaxListItems, true);
-        if (n["to"]["ports"]) r.to_ports = ports(n["to"]["ports"], sub(tk, "ports"));
-        std::string ttl = scalar(n["max_ttl"], sub(key, "max_ttl"), "a duration like 8h", 32);
-        auto d = common::parse_duration(ttl);
-        if (!d || d->count() <= 0) {
-          fail(n["max_ttl"].Mark(), sub(key, "max_ttl"),
-               "invalid duration '" + ttl + "'; expected e.g. 30m, 8h, 1d");
-        }
-        r.max_ttl_seconds = d->count();
-        if (n["require_reason"]) r.require_reason = boolean(n["require_reason"], sub(key, "require_reason"));
-        if (n["require_approver"])
-          r.require_approver = boolean(n["require_approver"], sub(key, "require_approver"));
-        if (n["require_grant"]) r.require_grant = boolean(n["require_grant"], sub(key, "require_grant"));
-        std::string ex = scalar(n["expires"], sub(key, "expires"), "a time like 2027-06-30T00:00:00Z", 40);
-        if (!parse_rfc3339(ex, &r.expires)) {
-          fail(n["expires"].Mark(), sub(key, "expires"),
-               "invalid time '" + ex + "'; expected RFC 3339 like 2027-06-30T00:00:00Z");
-        }
-        grant_fields(n, key, role_names, &r);
-        p.opt_out.push_back(std::move(r));
-      }
+      for (size_t i = 0; i < l.size(); ++i)
+        p.opt_out.push_back(opt_out_rule(l[i], idx("opt_out", i), roles, rules));
     }
     return p;
   }
 
  private:
+  std::string grant_store(const YAML::Node& n) const {
+    std::string store = scalar(n, "grant_store", "an absolute directory path", 4096);
+    std::string why;
+    if (is_etcd_uri(store)) {
+      if (!parse_etcd_uri(store, &why)) fail(n.Mark(), "grant_store", why);
+    } else if (store.empty() || store[0] != '/') {
+      fail(n.Mark(), "grant_store",
+           "expected an absolute directory path, got '" + store +
+               "' (or etcd://HOST:PORT[,HOST:PORT]/PREFIX for the fleet store)");
+    }
+    return store;
+  }
+
+  // The name under `key`, refused if `seen` has it already (`what`: "host group", "role", ...).
+  std::string unique_name(const YAML::Node& n, const std::string& key, const char* what,
+                          std::set<std::string>& seen) const {
+    std::string s = name(n, key);
+    if (!seen.insert(s).second) fail(n.Mark(), key, std::string("duplicate ") + what + " name '" + s + "'");
+    return s;
+  }
+
+  // Each of `list` (under `key`) must be a role defined above.
+  void check_roles(const YAML::Node& n, const std::string& key, const std::vector<std::string>& list,
+                   const std::set<std::string>& roles) const {
+    for (size_t j = 0; j < list.size(); ++j) {
+      if (!roles.count(list[j]))
+        fail(n[j].Mark(), idx(key, j), "unknown role '" + list[j] + "'; define it under roles:");
+    }
+  }
+
+  HostGroup host_group(const YAML::Node& n, const std::string& key, std::set<std::string>& seen) const {
+    check_map(n, key, {"name", "cidrs", "ssh_ports"}, {"name", "cidrs"});
+    HostGroup h;
+    h.name = unique_name(n["name"], sub(key, "name"), "host group", seen);
+    h.cidrs = cidrs(n["cidrs"], sub(key, "cidrs"), kMaxListItems, true);
+    if (n["ssh_ports"]) h.ssh_ports = ports(n["ssh_ports"], sub(key, "ssh_ports"));
+    return h;
+  }
+
+  Role role(const YAML::Node& n, const std::string& key, std::set<std::string>& seen) const {
+    check_map(n, key, {"name", "targets", "max_sessions", "windows"}, {"name", "targets"});
+    Role r;
+    r.name = unique_name(n["name"], sub(key, "name"), "role", seen);
+    const YAML::Node tl = seq(n["targets"], sub(key, "targets"), kMaxListItems, false);
+    for (size_t j = 0; j < tl.size(); ++j) r.targets.push_back(target(tl[j], idx(sub(key, "targets"), j)));
+    if (n["max_sessions"])
+      r.max_sessions = static_cast<uint32_t>(integer(n["max_sessions"], sub(key, "max_sessions"), 1, 100000));
+    if (n["windows"]) {
+      const YAML::Node wl = seq(n["windows"], sub(key, "windows"), kMaxWindows, false);
+      for (size_t j = 0; j < wl.size(); ++j) r.windows.push_back(window(wl[j], idx(sub(key, "windows"), j)));
+    }
+    return r;
+  }
+
+  Principal principal(const YAML::Node& n, const std::string& key, const std::set<std::string>& roles,
+                      std::set<std::string>& seen) const {
+    check_map(n, key, {"name", "roles", "keys"}, {"name"});
+    Principal pr;
+    pr.name = unique_name(n["name"], sub(key, "name"), "principal", seen);
+    if (n["roles"]) {
+      pr.roles = names(n["roles"], sub(key, "roles"), kMaxListItems);
+      check_roles(n["roles"], sub(key, "roles"), pr.roles, roles);
+    }
+    if (!n["keys"]) return pr;
+    const YAML::Node kl = seq(n["keys"], sub(key, "keys"), kMaxKeysPerPrincipal, false);
+    std::set<std::string> fps;
+    for (size_t j = 0; j < kl.size(); ++j) {
+      const std::string k = idx(sub(key, "keys"), j);
+      std::string line = scalar(kl[j], k, "an authorized_keys line \"ssh-ed25519 AAAA...\"");
+      try {
+        pr.keys.push_back(parse_authorized_key(line));
+      } catch (const common::UsageError& e) {
+        fail(kl[j].Mark(), k, e.what());
+      }
+      if (!fps.insert(pr.keys.back().fingerprint).second)
+        fail(kl[j].Mark(), k, "duplicate key " + pr.keys.back().fingerprint);
+    }
+    return pr;
+  }
+
+  OptOutRule opt_out_rule(const YAML::Node& n, const std::string& key, const std::set<std::string>& roles,
+                          std::set<std::string>& seen) const {
+    check_map(n, key,
+              {"id", "description", "who", "from", "to", "max_ttl", "require_reason", "require_approver",
+               "require_grant", "expires", "approvals", "requesters", "reviewers", "request_ttl", "standing",
+               "break_glass", "review_within"},
+              {"id", "who", "from", "to", "max_ttl", "expires"});
+    OptOutRule r;
+    r.id = name(n["id"], sub(key, "id"));
+    if (r.id.starts_with("g-"))
+      fail(n["id"].Mark(), sub(key, "id"), "ids starting with 'g-' are reserved for grants");
+    if (!seen.insert(r.id).second)
+      fail(n["id"].Mark(), sub(key, "id"), "duplicate opt_out id '" + r.id + "'");
+    if (n["description"]) r.description = scalar(n["description"], sub(key, "description"), "text");
+    who(n["who"], sub(key, "who"), roles, &r);
+    r.from = cidrs(n["from"], sub(key, "from"), kMaxListItems, true);
+    std::string tk = sub(key, "to");
+    check_map(n["to"], tk, {"cidrs", "ports"}, {"cidrs"});
+    r.to_cidrs = cidrs(n["to"]["cidrs"], sub(tk, "cidrs"), kMaxListItems, true);
+    if (n["to"]["ports"]) r.to_ports = ports(n["to"]["ports"], sub(tk, "ports"));
+    std::string ttl = scalar(n["max_ttl"], sub(key, "max_ttl"), "a duration like 8h", 32);
+    auto d = common::parse_duration(ttl);
+    if (!d || d->count() <= 0)
+      fail(n["max_ttl"].Mark(), sub(key, "max_ttl"),
+           "invalid duration '" + ttl + "'; expected e.g. 30m, 8h, 1d");
+    r.max_ttl_seconds = d->count();
+    if (n["require_reason"]) r.require_reason = boolean(n["require_reason"], sub(key, "require_reason"));
+    if (n["require_approver"])
+      r.require_approver = boolean(n["require_approver"], sub(key, "require_approver"));
+    if (n["require_grant"]) r.require_grant = boolean(n["require_grant"], sub(key, "require_grant"));
+    std::string ex = scalar(n["expires"], sub(key, "expires"), "a time like 2027-06-30T00:00:00Z", 40);
+    if (!parse_rfc3339(ex, &r.expires))
+      fail(n["expires"].Mark(), sub(key, "expires"),
+           "invalid time '" + ex + "'; expected RFC 3339 like 2027-06-30T00:00:00Z");
+    grant_fields(n, key, roles, &r);
+    return r;
+  }
+
+  void who(const YAML::Node& n, const std::string& key, const std::set<std::string>& roles,
+           OptOutRule* r) const {
+    check_map(n, key, {"roles", "principals"});
+    if (n["roles"]) {
+      r->who_roles = names(n["roles"], sub(key, "roles"), kMaxListItems);
+      check_roles(n["roles"], sub(key, "roles"), r->who_roles, roles);
+    }
+    if (n["principals"]) r->who_principals = names(n["principals"], sub(key, "principals"), kMaxListItems);
+    if (r->who_roles.empty() && r->who_principals.empty())
+      fail(n.Mark(), key, "who needs at least one role or principal");
+  }
+
   std::string source_;
 };
 
