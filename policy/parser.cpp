@@ -627,140 +627,153 @@ Policy load_policy_file(const std::string& path) {
   return parse_policy(data, path);
 }
 
-std::string to_yaml(const Policy& p) {
-  YAML::Emitter e;
-  auto cidr_list = [&](const std::vector<Cidr>& l) {
-    e << YAML::Flow << YAML::BeginSeq;
-    for (const auto& c : l) e << c.to_string();
-    e << YAML::EndSeq;
-  };
-  auto port_list = [&](const PortSet& ps) {
-    e << YAML::Flow << YAML::BeginSeq;
+namespace {
+
+// Writes a Policy back as YAML that parse_policy() reads to the same Policy (every field spelled
+// out, lists in flow style).
+class YamlWriter {
+ public:
+  std::string write(const Policy& p) {
+    e_ << YAML::BeginMap;
+    e_ << YAML::Key << "version" << YAML::Value << p.version;
+    e_ << YAML::Key << "grant_store" << YAML::Value << p.grant_store;
+    e_ << YAML::Key << "relays" << YAML::Value;
+    cidrs(p.relays);
+    each("hosts", p.hosts, &YamlWriter::host);
+    each("principals", p.principals, &YamlWriter::principal);
+    each("roles", p.roles, &YamlWriter::role);
+    each("opt_out", p.opt_out, &YamlWriter::opt_out);
+    e_ << YAML::EndMap;
+    return std::string(e_.c_str()) + "\n";
+  }
+
+ private:
+  template <typename T>
+  void each(const char* key, const std::vector<T>& list, void (YamlWriter::*one)(const T&)) {
+    e_ << YAML::Key << key << YAML::Value << YAML::BeginSeq;
+    for (const auto& x : list) (this->*one)(x);
+    e_ << YAML::EndSeq;
+  }
+  void cidrs(const std::vector<Cidr>& l) {
+    e_ << YAML::Flow << YAML::BeginSeq;
+    for (const auto& c : l) e_ << c.to_string();
+    e_ << YAML::EndSeq;
+  }
+  void ports(const PortSet& ps) {
+    e_ << YAML::Flow << YAML::BeginSeq;
     for (const auto& r : ps.ranges()) {
-      if (r.lo == r.hi) {
-        e << r.lo;
-      } else {
-        e << YAML::DoubleQuoted << (std::to_string(r.lo) + "-" + std::to_string(r.hi));
-      }
+      if (r.lo == r.hi)
+        e_ << r.lo;
+      else
+        e_ << YAML::DoubleQuoted << (std::to_string(r.lo) + "-" + std::to_string(r.hi));
     }
-    e << YAML::EndSeq;
-  };
-  auto str_list = [&](const std::vector<std::string>& l) {
-    e << YAML::Flow << YAML::BeginSeq;
-    for (const auto& s : l) e << YAML::DoubleQuoted << s;
-    e << YAML::EndSeq;
-  };
-  auto hhmm = [](int m) {
+    e_ << YAML::EndSeq;
+  }
+  void strings(const std::vector<std::string>& l) {
+    e_ << YAML::Flow << YAML::BeginSeq;
+    for (const auto& s : l) e_ << YAML::DoubleQuoted << s;
+    e_ << YAML::EndSeq;
+  }
+  static std::string hhmm(int m) {
     char b[8];
     std::snprintf(b, sizeof b, "%02d:%02d", m / 60, m % 60);
-    return std::string(b);
-  };
-  e << YAML::BeginMap;
-  e << YAML::Key << "version" << YAML::Value << p.version;
-  e << YAML::Key << "grant_store" << YAML::Value << p.grant_store;
-  e << YAML::Key << "relays" << YAML::Value;
-  cidr_list(p.relays);
-  e << YAML::Key << "hosts" << YAML::Value << YAML::BeginSeq;
-  for (const auto& h : p.hosts) {
-    e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << h.name << YAML::Key << "cidrs"
-      << YAML::Value;
-    cidr_list(h.cidrs);
-    e << YAML::Key << "ssh_ports" << YAML::Value;
-    port_list(h.ssh_ports);
-    e << YAML::EndMap;
+    return b;
   }
-  e << YAML::EndSeq;
-  e << YAML::Key << "principals" << YAML::Value << YAML::BeginSeq;
-  for (const auto& pr : p.principals) {
-    e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << pr.name << YAML::Key << "roles"
-      << YAML::Value;
-    str_list(pr.roles);
-    e << YAML::Key << "keys" << YAML::Value << YAML::BeginSeq;
-    for (const auto& k : pr.keys) e << YAML::DoubleQuoted << k.line;
-    e << YAML::EndSeq << YAML::EndMap;
+  static std::string duration(int64_t s) { return common::format_duration(std::chrono::seconds(s)); }
+
+  void host(const HostGroup& h) {
+    e_ << YAML::BeginMap << YAML::Key << "name" << YAML::Value << h.name << YAML::Key << "cidrs"
+       << YAML::Value;
+    cidrs(h.cidrs);
+    e_ << YAML::Key << "ssh_ports" << YAML::Value;
+    ports(h.ssh_ports);
+    e_ << YAML::EndMap;
   }
-  e << YAML::EndSeq;
-  e << YAML::Key << "roles" << YAML::Value << YAML::BeginSeq;
-  for (const auto& r : p.roles) {
-    e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << r.name;
-    e << YAML::Key << "targets" << YAML::Value << YAML::BeginSeq;
-    for (const auto& t : r.targets) {
-      e << YAML::BeginMap;
-      if (!t.cidrs.empty()) {
-        e << YAML::Key << "cidrs" << YAML::Value;
-        cidr_list(t.cidrs);
-      }
-      if (!t.names.empty()) {
-        e << YAML::Key << "names" << YAML::Value;
-        str_list(t.names);
-      }
-      e << YAML::Key << "ports" << YAML::Value;
-      port_list(t.ports);
-      e << YAML::EndMap;
+  void principal(const Principal& pr) {
+    e_ << YAML::BeginMap << YAML::Key << "name" << YAML::Value << pr.name << YAML::Key << "roles"
+       << YAML::Value;
+    strings(pr.roles);
+    e_ << YAML::Key << "keys" << YAML::Value << YAML::BeginSeq;
+    for (const auto& k : pr.keys) e_ << YAML::DoubleQuoted << k.line;
+    e_ << YAML::EndSeq << YAML::EndMap;
+  }
+  void target(const Target& t) {
+    e_ << YAML::BeginMap;
+    if (!t.cidrs.empty()) {
+      e_ << YAML::Key << "cidrs" << YAML::Value;
+      cidrs(t.cidrs);
     }
-    e << YAML::EndSeq;
-    if (r.max_sessions) e << YAML::Key << "max_sessions" << YAML::Value << *r.max_sessions;
-    if (!r.windows.empty()) {
-      e << YAML::Key << "windows" << YAML::Value << YAML::BeginSeq;
-      for (const auto& w : r.windows) {
-        std::string days;
-        for (int d = 0; d < 7; ++d) {
-          int dd = (d + 1) % 7;  // Mon first
-          if (w.days & (1u << dd)) days += (days.empty() ? "" : ",") + std::string(kDayNames[dd]);
-        }
-        e << YAML::Flow << YAML::BeginMap << YAML::Key << "days" << YAML::Value << days << YAML::Key
-          << "hours" << YAML::Value << YAML::DoubleQuoted << (hhmm(w.start_min) + "-" + hhmm(w.end_min))
-          << YAML::Key << "tz" << YAML::Value << w.tz_name << YAML::EndMap;
-      }
-      e << YAML::EndSeq;
+    if (!t.names.empty()) {
+      e_ << YAML::Key << "names" << YAML::Value;
+      strings(t.names);
     }
-    e << YAML::EndMap;
+    e_ << YAML::Key << "ports" << YAML::Value;
+    ports(t.ports);
+    e_ << YAML::EndMap;
   }
-  e << YAML::EndSeq;
-  e << YAML::Key << "opt_out" << YAML::Value << YAML::BeginSeq;
-  for (const auto& r : p.opt_out) {
-    e << YAML::BeginMap << YAML::Key << "id" << YAML::Value << r.id;
+  void window(const Window& w) {
+    std::string days;
+    for (int d = 0; d < 7; ++d) {
+      int dd = (d + 1) % 7;  // Mon first
+      if (w.days & (1u << dd)) days += (days.empty() ? "" : ",") + std::string(kDayNames[dd]);
+    }
+    e_ << YAML::Flow << YAML::BeginMap << YAML::Key << "days" << YAML::Value << days << YAML::Key << "hours"
+       << YAML::Value << YAML::DoubleQuoted << (hhmm(w.start_min) + "-" + hhmm(w.end_min)) << YAML::Key
+       << "tz" << YAML::Value << w.tz_name << YAML::EndMap;
+  }
+  void role(const Role& r) {
+    e_ << YAML::BeginMap << YAML::Key << "name" << YAML::Value << r.name;
+    each("targets", r.targets, &YamlWriter::target);
+    if (r.max_sessions) e_ << YAML::Key << "max_sessions" << YAML::Value << *r.max_sessions;
+    if (!r.windows.empty()) each("windows", r.windows, &YamlWriter::window);
+    e_ << YAML::EndMap;
+  }
+  void principal_set(const char* k, const PrincipalSet& ps, const uint32_t* count) {
+    e_ << YAML::Key << k << YAML::Value << YAML::BeginMap;
+    if (count) e_ << YAML::Key << "count" << YAML::Value << *count;
+    e_ << YAML::Key << "roles" << YAML::Value;
+    strings(ps.roles);
+    e_ << YAML::Key << "principals" << YAML::Value;
+    strings(ps.principals);
+    e_ << YAML::EndMap;
+  }
+  void opt_out(const OptOutRule& r) {
+    e_ << YAML::BeginMap << YAML::Key << "id" << YAML::Value << r.id;
     if (!r.description.empty())
-      e << YAML::Key << "description" << YAML::Value << YAML::DoubleQuoted << r.description;
-    e << YAML::Key << "who" << YAML::Value << YAML::BeginMap << YAML::Key << "roles" << YAML::Value;
-    str_list(r.who_roles);
-    e << YAML::Key << "principals" << YAML::Value;
-    str_list(r.who_principals);
-    e << YAML::EndMap << YAML::Key << "from" << YAML::Value;
-    cidr_list(r.from);
-    e << YAML::Key << "to" << YAML::Value << YAML::BeginMap << YAML::Key << "cidrs" << YAML::Value;
-    cidr_list(r.to_cidrs);
-    e << YAML::Key << "ports" << YAML::Value;
-    port_list(r.to_ports);
-    e << YAML::EndMap;
-    e << YAML::Key << "max_ttl" << YAML::Value
-      << common::format_duration(std::chrono::seconds(r.max_ttl_seconds));
-    e << YAML::Key << "require_reason" << YAML::Value << r.require_reason;
-    e << YAML::Key << "require_approver" << YAML::Value << r.require_approver;
-    e << YAML::Key << "require_grant" << YAML::Value << r.require_grant;
-    e << YAML::Key << "expires" << YAML::Value << format_rfc3339(r.expires);
-    auto set = [&](const char* k, const PrincipalSet& ps, const uint32_t* count) {
-      e << YAML::Key << k << YAML::Value << YAML::BeginMap;
-      if (count) e << YAML::Key << "count" << YAML::Value << *count;
-      e << YAML::Key << "roles" << YAML::Value;
-      str_list(ps.roles);
-      e << YAML::Key << "principals" << YAML::Value;
-      str_list(ps.principals);
-      e << YAML::EndMap;
-    };
-    set("approvals", r.approvers, &r.approvals_count);
-    set("requesters", r.requesters, nullptr);
-    set("reviewers", r.reviewers, nullptr);
-    auto dur = [](int64_t s) { return common::format_duration(std::chrono::seconds(s)); };
-    e << YAML::Key << "request_ttl" << YAML::Value << dur(r.request_ttl_seconds);
-    e << YAML::Key << "review_within" << YAML::Value << dur(r.review_within_seconds);
-    e << YAML::Key << "standing" << YAML::Value << r.standing;
-    e << YAML::Key << "break_glass" << YAML::Value << r.break_glass;
-    e << YAML::EndMap;
+      e_ << YAML::Key << "description" << YAML::Value << YAML::DoubleQuoted << r.description;
+    e_ << YAML::Key << "who" << YAML::Value << YAML::BeginMap << YAML::Key << "roles" << YAML::Value;
+    strings(r.who_roles);
+    e_ << YAML::Key << "principals" << YAML::Value;
+    strings(r.who_principals);
+    e_ << YAML::EndMap << YAML::Key << "from" << YAML::Value;
+    cidrs(r.from);
+    e_ << YAML::Key << "to" << YAML::Value << YAML::BeginMap << YAML::Key << "cidrs" << YAML::Value;
+    cidrs(r.to_cidrs);
+    e_ << YAML::Key << "ports" << YAML::Value;
+    ports(r.to_ports);
+    e_ << YAML::EndMap;
+    e_ << YAML::Key << "max_ttl" << YAML::Value << duration(r.max_ttl_seconds);
+    e_ << YAML::Key << "require_reason" << YAML::Value << r.require_reason;
+    e_ << YAML::Key << "require_approver" << YAML::Value << r.require_approver;
+    e_ << YAML::Key << "require_grant" << YAML::Value << r.require_grant;
+    e_ << YAML::Key << "expires" << YAML::Value << format_rfc3339(r.expires);
+    principal_set("approvals", r.approvers, &r.approvals_count);
+    principal_set("requesters", r.requesters, nullptr);
+    principal_set("reviewers", r.reviewers, nullptr);
+    e_ << YAML::Key << "request_ttl" << YAML::Value << duration(r.request_ttl_seconds);
+    e_ << YAML::Key << "review_within" << YAML::Value << duration(r.review_within_seconds);
+    e_ << YAML::Key << "standing" << YAML::Value << r.standing;
+    e_ << YAML::Key << "break_glass" << YAML::Value << r.break_glass;
+    e_ << YAML::EndMap;
   }
-  e << YAML::EndSeq;
-  e << YAML::EndMap;
-  return std::string(e.c_str()) + "\n";
+
+  YAML::Emitter e_;
+};
+
+}  // namespace
+
+std::string to_yaml(const Policy& p) {
+  return YamlWriter().write(p);
 }
 
 namespace {
@@ -785,15 +798,25 @@ void lint_relays(const Policy& p, std::vector<Lint>& out) {
 
 }  // namespace
 
-std::vector<Lint> lint_policy(const Policy& p, UnixSeconds now) {
-  std::vector<Lint> out;
-  auto is_all = [](const Cidr& c) { return c.len == 0; };
+namespace {
+
+bool any_overlap(const std::vector<Cidr>& a, const std::vector<Cidr>& b) {
+  for (const auto& x : a)
+    for (const auto& y : b)
+      if (x.overlaps(y)) return true;
+  return false;
+}
+
+bool all_within(const std::vector<Cidr>& inner, const std::vector<Cidr>& outer) {
+  return std::all_of(inner.begin(), inner.end(), [&](const Cidr& c) {
+    return std::any_of(outer.begin(), outer.end(), [&](const Cidr& d) { return d.contains(c); });
+  });
+}
+
+// Roles no principal uses, and targets another target of the same role already allows.
+void lint_roles(const Policy& p, std::vector<Lint>& out) {
   std::set<std::string> used_roles;
-  std::set<std::string> principal_names;
-  for (const auto& pr : p.principals) {
-    principal_names.insert(pr.name);
-    for (const auto& r : pr.roles) used_roles.insert(r);
-  }
+  for (const auto& pr : p.principals) used_roles.insert(pr.roles.begin(), pr.roles.end());
   for (const auto& r : p.roles) {
     if (!used_roles.count(r.name))
       out.push_back({"roles[" + r.name + "]", "role is not used by any principal"});
@@ -804,11 +827,7 @@ std::vector<Lint> lint_policy(const Policy& p, UnixSeconds now) {
         const Target& b = r.targets[j];
         // b shadows a if a's every constraint is implied by b's (b is at least as permissive).
         if (!a.names.empty() || !b.names.empty() || a.cidrs.empty() || b.cidrs.empty()) continue;
-        bool covered =
-            b.ports.contains(a.ports) && std::all_of(a.cidrs.begin(), a.cidrs.end(), [&](const Cidr& c) {
-              return std::any_of(b.cidrs.begin(), b.cidrs.end(),
-                                 [&](const Cidr& d) { return d.contains(c); });
-            });
+        bool covered = b.ports.contains(a.ports) && all_within(a.cidrs, b.cidrs);
         if (covered && (i > j || a != b)) {
           out.push_back({"roles[" + r.name + "].targets[" + std::to_string(i) + "]",
                          "shadowed by targets[" + std::to_string(j) + "], which allows everything it does"});
@@ -817,7 +836,10 @@ std::vector<Lint> lint_policy(const Policy& p, UnixSeconds now) {
       }
     }
   }
-  lint_relays(p, out);
+}
+
+// Principals without keys, and keys listed for two principals.
+void lint_keys(const Policy& p, std::vector<Lint>& out) {
   std::map<std::string, std::string> key_owner;
   for (const auto& pr : p.principals) {
     if (pr.keys.empty())
@@ -831,62 +853,71 @@ std::vector<Lint> lint_policy(const Policy& p, UnixSeconds now) {
       }
     }
   }
-  for (size_t i = 0; i < p.opt_out.size(); ++i) {
-    const auto& r = p.opt_out[i];
-    std::string where = "opt_out[" + r.id + "]";
-    for (const auto& c : r.from) {
-      if (is_all(c)) out.push_back({where, "from " + c.to_string() + " allows direct SSH from every source"});
-    }
-    for (const auto& c : r.to_cidrs) {
-      if (is_all(c)) out.push_back({where, "to " + c.to_string() + " allows direct SSH to every host"});
-    }
-    if (r.max_ttl_seconds > kSaneMaxTtlSeconds) {
-      out.push_back({where, "max_ttl " + common::format_duration(std::chrono::seconds(r.max_ttl_seconds)) +
-                                " is over the sane maximum of 24h"});
-    }
-    if (r.expires <= now) out.push_back({where, "rule expired at " + format_rfc3339(r.expires)});
-    if (r.standing && r.expires > now + kStandingWarnSeconds)
-      out.push_back({where, "standing exception lasts until " + format_rfc3339(r.expires) +
-                                ", more than 90 days; review it and set a nearer expires"});
-    if (r.require_grant)
-      out.push_back({where,
-                     "require_grant is the default now (only standing rules approve flows by themselves); "
-                     "remove it"});
-    for (const auto& w : r.who_principals) {
-      if (!principal_names.count(w))
-        out.push_back({where, "who.principals names '" + w + "', which is not a principal"});
-    }
-    for (size_t j = 0; j < p.opt_out.size(); ++j) {
-      if (i == j) continue;
-      const auto& o = p.opt_out[j];
-      auto any_overlap = [](const std::vector<Cidr>& a, const std::vector<Cidr>& b) {
-        for (const auto& x : a)
-          for (const auto& y : b)
-            if (x.overlaps(y)) return true;
-        return false;
-      };
-      auto all_within = [](const std::vector<Cidr>& inner, const std::vector<Cidr>& outer) {
-        return std::all_of(inner.begin(), inner.end(), [&](const Cidr& c) {
-          return std::any_of(outer.begin(), outer.end(), [&](const Cidr& d) { return d.contains(c); });
-        });
-      };
-      if (!any_overlap(r.from, o.from) || !any_overlap(r.to_cidrs, o.to_cidrs) ||
-          !r.to_ports.overlaps(o.to_ports)) {
+}
+
+// One opt-out rule on its own: too wide, too long, expired, naming nobody.
+void lint_rule(const OptOutRule& r, UnixSeconds now, const std::set<std::string>& principal_names,
+               std::vector<Lint>& out) {
+  const std::string where = "opt_out[" + r.id + "]";
+  for (const auto& c : r.from)
+    if (c.len == 0) out.push_back({where, "from " + c.to_string() + " allows direct SSH from every source"});
+  for (const auto& c : r.to_cidrs)
+    if (c.len == 0) out.push_back({where, "to " + c.to_string() + " allows direct SSH to every host"});
+  if (r.max_ttl_seconds > kSaneMaxTtlSeconds) {
+    out.push_back({where, "max_ttl " + common::format_duration(std::chrono::seconds(r.max_ttl_seconds)) +
+                              " is over the sane maximum of 24h"});
+  }
+  if (r.expires <= now) out.push_back({where, "rule expired at " + format_rfc3339(r.expires)});
+  if (r.standing && r.expires > now + kStandingWarnSeconds)
+    out.push_back({where, "standing exception lasts until " + format_rfc3339(r.expires) +
+                              ", more than 90 days; review it and set a nearer expires"});
+  if (r.require_grant)
+    out.push_back({where,
+                   "require_grant is the default now (only standing rules approve flows by themselves); "
+                   "remove it"});
+  for (const auto& w : r.who_principals) {
+    if (!principal_names.count(w))
+      out.push_back({where, "who.principals names '" + w + "', which is not a principal"});
+  }
+}
+
+// Rule i against every other rule: shadowed by one, or overlapping one.
+void lint_overlaps(const Policy& p, size_t i, std::vector<Lint>& out) {
+  const auto& r = p.opt_out[i];
+  const std::string where = "opt_out[" + r.id + "]";
+  for (size_t j = 0; j < p.opt_out.size(); ++j) {
+    if (i == j) continue;
+    const auto& o = p.opt_out[j];
+    if (!any_overlap(r.from, o.from) || !any_overlap(r.to_cidrs, o.to_cidrs) ||
+        !r.to_ports.overlaps(o.to_ports))
+      continue;
+    bool shadowed =
+        all_within(r.from, o.from) && all_within(r.to_cidrs, o.to_cidrs) && o.to_ports.contains(r.to_ports);
+    if (shadowed && (r != o || j < i)) {
+      bool same =
+          all_within(o.from, r.from) && all_within(o.to_cidrs, r.to_cidrs) && r.to_ports.contains(o.to_ports);
+      if (!same || j < i) {
+        out.push_back({where, "flows it covers are all covered by opt_out[" + o.id + "] (shadowed)"});
         continue;
       }
-      bool shadowed =
-          all_within(r.from, o.from) && all_within(r.to_cidrs, o.to_cidrs) && o.to_ports.contains(r.to_ports);
-      if (shadowed && (r != o || j < i)) {
-        bool same = all_within(o.from, r.from) && all_within(o.to_cidrs, r.to_cidrs) &&
-                    r.to_ports.contains(o.to_ports);
-        if (!same || j < i) {
-          out.push_back({where, "flows it covers are all covered by opt_out[" + o.id + "] (shadowed)"});
-          continue;
-        }
-      }
-      if (!shadowed && i < j)
-        out.push_back({where, "overlaps opt_out[" + o.id + "] (same sources, targets and ports)"});
     }
+    if (!shadowed && i < j)
+      out.push_back({where, "overlaps opt_out[" + o.id + "] (same sources, targets and ports)"});
+  }
+}
+
+}  // namespace
+
+std::vector<Lint> lint_policy(const Policy& p, UnixSeconds now) {
+  std::vector<Lint> out;
+  lint_roles(p, out);
+  lint_relays(p, out);
+  lint_keys(p, out);
+  std::set<std::string> principal_names;
+  for (const auto& pr : p.principals) principal_names.insert(pr.name);
+  for (size_t i = 0; i < p.opt_out.size(); ++i) {
+    lint_rule(p.opt_out[i], now, principal_names, out);
+    lint_overlaps(p, i, out);
   }
   return out;
 }
