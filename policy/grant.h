@@ -186,6 +186,15 @@ class GrantChecker {
 
  private:
   bool verify(std::string_view sig, std::string_view msg, std::string* fp, std::string* why) const;
+  // The decisions in time order, each counted or told why not: when the grant became active (enough
+  // approvals inside the request window), the first deny, the first revoke.
+  struct Tally {
+    std::optional<UnixSeconds> activation;
+    const CheckedApproval* deny = nullptr;
+    const CheckedApproval* revoke = nullptr;
+    size_t approvers = 0;  // distinct approvers counted
+  };
+  Tally tally(const OptOutRule& rule, CheckedGrant& c) const;
   void evaluate(const OptOutRule& rule, CheckedGrant& c, UnixSeconds now) const;
   const Policy& policy_;
   SignatureCache* cache_;

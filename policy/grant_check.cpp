@@ -188,7 +188,7 @@ CheckedGrant GrantChecker::check(const SignedGrant& g, UnixSeconds now) const {
   return c;
 }
 
-void GrantChecker::evaluate(const OptOutRule& rule, CheckedGrant& c, UnixSeconds now) const {
+GrantChecker::Tally GrantChecker::tally(const OptOutRule& rule, CheckedGrant& c) const {
   const GrantRequest& r = c.object.request;
   auto find = [&](std::string_view n) { return principal(n); };
   std::vector<size_t> order(c.decisions.size());
@@ -200,7 +200,7 @@ void GrantChecker::evaluate(const OptOutRule& rule, CheckedGrant& c, UnixSeconds
   const UnixSeconds window_end = r.created + rule.request_ttl_seconds;
   c.pending_until = window_end;
   std::set<std::string> approvers;
-  std::optional<UnixSeconds> activation, revoke_at;
+  std::optional<UnixSeconds> activation;
   if (need == 0) activation = r.created;
   const CheckedApproval* deny = nullptr;
   const CheckedApproval* revoke = nullptr;
@@ -239,7 +239,14 @@ void GrantChecker::evaluate(const OptOutRule& rule, CheckedGrant& c, UnixSeconds
     if (!a.counted) no = a.signer + " already approved";
     if (approvers.size() >= need) activation = a.at;
   }
-  if (revoke) revoke_at = revoke->at;
+  return {activation, deny, revoke, approvers.size()};
+}
+
+void GrantChecker::evaluate(const OptOutRule& rule, CheckedGrant& c, UnixSeconds now) const {
+  const GrantRequest& r = c.object.request;
+  const UnixSeconds window_end = r.created + rule.request_ttl_seconds;
+  const uint32_t need = rule.break_glass ? 0 : rule.approvals_count;
+  const auto [activation, deny, revoke, approvers] = tally(rule, c);
   if (deny) {
     c.status = GrantStatus::kDenied;
     c.detail = "denied by " + deny->signer + (deny->note.empty() ? "" : ": " + deny->note);
@@ -254,7 +261,7 @@ void GrantChecker::evaluate(const OptOutRule& rule, CheckedGrant& c, UnixSeconds
       c.detail = "request expired unapproved at " + format_rfc3339(window_end);
     } else {
       c.status = GrantStatus::kPending;
-      c.detail = "needs " + std::to_string(need - approvers.size()) + " more approval(s); pending until " +
+      c.detail = "needs " + std::to_string(need - approvers) + " more approval(s); pending until " +
                  format_rfc3339(window_end);
     }
     return;
@@ -280,9 +287,9 @@ void GrantChecker::evaluate(const OptOutRule& rule, CheckedGrant& c, UnixSeconds
   if (now < t.effective_expiry()) {
     c.status = GrantStatus::kActive;
     c.detail = "until " + format_rfc3339(t.effective_expiry());
-  } else if (revoke && *revoke_at < t.expires) {
+  } else if (revoke && revoke->at < t.expires) {
     c.status = GrantStatus::kRevoked;
-    c.detail = "revoked by " + revoke->signer + " at " + format_rfc3339(*revoke_at) +
+    c.detail = "revoked by " + revoke->signer + " at " + format_rfc3339(revoke->at) +
                (revoke->note.empty() ? "" : ": " + revoke->note);
   } else {
     c.status = GrantStatus::kExpired;
