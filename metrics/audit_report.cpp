@@ -208,16 +208,21 @@ nlohmann::ordered_json AuditReport::to_json() const {
                    {"until", opts_.until_ms == INT64_MAX ? "now" : window_bound(opts_.until_ms)}};
   out["records"] = records_;
   out["skipped_lines"] = skipped_;
+  const FlowTotals totals = flows_json(out);
+  // The report's "now" for expiry and overdue reviews: the end of the window, or the clock, read once.
+  const int64_t as_of = std::min(opts_.now_ms ? opts_.now_ms : common::unix_now_ms(), opts_.until_ms);
+  grants_json(out, totals.by_grant, as_of);
+  break_glass_json(out, totals.by_grant, as_of);
+  out["sessions"] = {{"ended", sessions_}, {"denied", denied_}, {"bytes", session_bytes_}};
+  fleet_json(out);
+  return out;
+}
 
-  struct Agg {
-    uint64_t flows = 0, bytes = 0;
-  };
-  std::map<std::string, Agg> by_tag;
-  struct Peer {
-    uint64_t flows = 0, bytes = 0, unapproved = 0, expired = 0;
-  };
+// Flows by tag, the flagged (unapproved, expired) ones, and the top bypass sources and targets.
+AuditReport::FlowTotals AuditReport::flows_json(nlohmann::ordered_json& out) const {
+  FlowTotals totals;
+  std::map<std::string, FlowTotals::Sum> by_tag;
   std::map<std::string, Peer> sources, targets;
-  std::map<std::string, Agg> by_grant;
   std::vector<const Flow*> flagged;
   for (const auto& key : flow_order_) {
     const auto& f = flows_.at(key);
@@ -225,8 +230,8 @@ nlohmann::ordered_json AuditReport::to_json() const {
     ++t.flows;
     t.bytes += f.bytes;
     if (!f.grant_id.empty()) {
-      ++by_grant[f.grant_id].flows;
-      by_grant[f.grant_id].bytes += f.bytes;
+      ++totals.by_grant[f.grant_id].flows;
+      totals.by_grant[f.grant_id].bytes += f.bytes;
     }
     if (f.tag == "proxied") continue;
     for (auto* p : {&sources[f.src], &targets[f.host + " " + target_of(f.dst, f.dport)]}) {
@@ -241,7 +246,7 @@ nlohmann::ordered_json AuditReport::to_json() const {
   auto& tags = out["flows_by_tag"] = nlohmann::ordered_json::array();
   for (const char* tag : kTagOrder) {
     auto it = by_tag.find(tag);
-    Agg a = it == by_tag.end() ? Agg{} : it->second;
+    FlowTotals::Sum a = it == by_tag.end() ? FlowTotals::Sum{} : it->second;
     tags.push_back({{"tag", tag}, {"flows", a.flows}, {"bytes", a.bytes}});
   }
 
@@ -262,33 +267,37 @@ nlohmann::ordered_json AuditReport::to_json() const {
                   {"grant_id", f->grant_id}});
   }
   out["flagged_flows_total"] = flagged.size();
+  out["top_sources"] = top_json(sources, "src");
+  out["top_targets"] = top_json(targets, "target");
+  return totals;
+}
 
-  auto top = [&](const std::map<std::string, Peer>& m, const char* key) {
-    std::vector<std::pair<std::string, Peer>> v(m.begin(), m.end());
-    std::stable_sort(v.begin(), v.end(), [](const auto& a, const auto& b) {
-      if (a.second.unapproved != b.second.unapproved) return a.second.unapproved > b.second.unapproved;
-      return a.second.flows > b.second.flows;
-    });
-    auto arr = nlohmann::ordered_json::array();
-    for (size_t i = 0; i < v.size() && i < opts_.top; ++i) {
-      arr.push_back({{key, v[i].first},
-                     {"flows", v[i].second.flows},
-                     {"unapproved", v[i].second.unapproved},
-                     {"expired", v[i].second.expired},
-                     {"bytes", v[i].second.bytes}});
-    }
-    return arr;
-  };
-  out["top_sources"] = top(sources, "src");
-  out["top_targets"] = top(targets, "target");
+// The `top` peers, most unapproved flows first, then most flows.
+nlohmann::ordered_json AuditReport::top_json(const std::map<std::string, Peer>& m, const char* key) const {
+  std::vector<std::pair<std::string, Peer>> v(m.begin(), m.end());
+  std::stable_sort(v.begin(), v.end(), [](const auto& a, const auto& b) {
+    if (a.second.unapproved != b.second.unapproved) return a.second.unapproved > b.second.unapproved;
+    return a.second.flows > b.second.flows;
+  });
+  auto arr = nlohmann::ordered_json::array();
+  for (size_t i = 0; i < v.size() && i < opts_.top; ++i) {
+    arr.push_back({{key, v[i].first},
+                   {"flows", v[i].second.flows},
+                   {"unapproved", v[i].second.unapproved},
+                   {"expired", v[i].second.expired},
+                   {"bytes", v[i].second.bytes}});
+  }
+  return arr;
+}
 
-  // The report's "now" for expiry and overdue reviews: the end of the window, or the clock, read once.
-  const int64_t as_of = std::min(opts_.now_ms ? opts_.now_ms : common::unix_now_ms(), opts_.until_ms);
+// Grants recorded in the window or used by a flow in it, with their status as of `as_of`.
+void AuditReport::grants_json(nlohmann::ordered_json& out,
+                              const std::map<std::string, FlowTotals::Sum>& by_grant, int64_t as_of) const {
   auto& grants = out["grants"] = nlohmann::ordered_json::array();
   for (const auto& [id, g] : grants_) {
     auto used = by_grant.find(id);
     if (!g.in_window && used == by_grant.end()) continue;
-    Agg a = used == by_grant.end() ? Agg{} : used->second;
+    FlowTotals::Sum a = used == by_grant.end() ? FlowTotals::Sum{} : used->second;
     // A grant without a revoke/expire record is active until its expiry (the expire record is only
     // written when a grant command sweeps the store).
     std::string status = g.status;
@@ -316,8 +325,13 @@ nlohmann::ordered_json AuditReport::to_json() const {
     }
     grants.push_back(std::move(j));
   }
-  // Every break-glass grant still awaiting its review, from any time (an unreviewed one does not
-  // age out of the report), and the ones reviewed or used in the window.
+}
+
+// Every break-glass grant still awaiting its review, from any time (an unreviewed one does not
+// age out of the report), and the ones reviewed or used in the window.
+void AuditReport::break_glass_json(nlohmann::ordered_json& out,
+                                   const std::map<std::string, FlowTotals::Sum>& by_grant,
+                                   int64_t as_of) const {
   auto& glass = out["break_glass"] = nlohmann::ordered_json::array();
   uint64_t overdue = 0;
   for (const auto& [id, g] : grants_) {
@@ -342,9 +356,6 @@ nlohmann::ordered_json AuditReport::to_json() const {
     glass.push_back(std::move(j));
   }
   out["break_glass_reviews_overdue"] = overdue;
-  out["sessions"] = {{"ended", sessions_}, {"denied", denied_}, {"bytes", session_bytes_}};
-  fleet_json(out);
-  return out;
 }
 
 // Flow counts by tag for one table row.

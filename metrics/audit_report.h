@@ -67,6 +67,22 @@ class AuditReport {
   std::map<std::string, std::map<std::string, uint64_t>> grant_days_;  // day -> added|revoked|expired -> n
   void add_fleet(const AuditRecord& rec);
   void fleet_json(nlohmann::ordered_json& out) const;
+  // to_json, one section a method.
+  struct FlowTotals {
+    struct Sum {
+      uint64_t flows = 0, bytes = 0;
+    };
+    std::map<std::string, Sum> by_grant;  // flows and bytes each grant carried
+  };
+  struct Peer {
+    uint64_t flows = 0, bytes = 0, unapproved = 0, expired = 0;
+  };
+  FlowTotals flows_json(nlohmann::ordered_json& out) const;
+  nlohmann::ordered_json top_json(const std::map<std::string, Peer>& m, const char* key) const;
+  void grants_json(nlohmann::ordered_json& out, const std::map<std::string, FlowTotals::Sum>& by_grant,
+                   int64_t as_of) const;
+  void break_glass_json(nlohmann::ordered_json& out, const std::map<std::string, FlowTotals::Sum>& by_grant,
+                        int64_t as_of) const;
 };
 
 }  // namespace sshring::metrics
