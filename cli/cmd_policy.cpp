@@ -141,6 +141,116 @@ int check(const std::vector<std::string>& args) {
   return f.flag("strict") && !lints.empty() ? 1 : 0;
 }
 
+// `policy explain --flow`: what the host agent would tag the flow.
+int explain_flow(const common::Flags& f, UnixSeconds now) {
+  nlohmann::json out;
+  if (f.positionals().size() != 1) throw UsageError("policy explain --flow SRC DST:PORT: give DST:PORT once");
+  auto src = policy::IpAddr::parse(*f.get("flow"));
+  if (!src) throw UsageError("--flow '" + *f.get("flow") + "': expected an IP address");
+  auto [dst_text, port] = split_host_port(f.positionals()[0], "--flow destination");
+  auto dst = policy::IpAddr::parse(dst_text);
+  if (!dst) throw UsageError("--flow destination '" + dst_text + "': expected an IP address");
+  auto snap = load_snapshot(f, true);
+  auto fc = snap->classify_flow(*src, *dst, port, now);
+  out = {{"kind", "flow"},
+         {"source", src->to_string()},
+         {"dest", dst->to_string()},
+         {"port", port},
+         {"tag", std::string(policy::flow_tag_name(fc.tag))},
+         {"id", std::string(fc.id)},
+         {"protected", snap->protects(*dst, port)}};
+  if (!fc.id.empty()) out["expires"] = policy::format_rfc3339(fc.expires);
+  out["rejected_grants"] = rejected_covering(*snap, *src, *dst, port);
+  if (!f.flag("json")) {
+    std::cout << "flow " << src->to_string() << " -> " << f.positionals()[0] << ": "
+              << policy::flow_tag_name(fc.tag);
+    if (!fc.id.empty()) {
+      std::cout << " by " << (fc.id.starts_with("g-") ? "grant " : "opt_out rule ") << fc.id
+                << (fc.tag == policy::FlowTag::kBypassApproved ? " (expires " : " (expired ")
+                << policy::format_rfc3339(fc.expires) << ")";
+    } else if (fc.tag == policy::FlowTag::kProxied) {
+      std::cout << " (source is a relay)";
+    } else {
+      std::cout << " (no grant or opt_out rule covers it)";
+    }
+    std::cout << "\n";
+    for (const auto& r : rejected_covering(*snap, *src, *dst, port))
+      std::cout << "note: grant " << r["id"].get<std::string>() << " would cover it but is rejected ("
+                << r["reason"].get<std::string>() << "): " << r["detail"].get<std::string>() << "\n";
+    if (!snap->protects(*dst, port))
+      std::cout << "note: " << f.positionals()[0] << " is not a protected SSH port of any host group\n";
+    return 0;
+  }
+  std::cout << out.dump(2) << "\n";
+  return 0;
+}
+
+// `policy explain --principal`: what the relay would decide for the session.
+int explain_session(const common::Flags& f, UnixSeconds now) {
+  nlohmann::json out;
+  std::string principal = f.require("principal");
+  std::string from_text = f.require("from");
+  auto from = policy::IpAddr::parse(from_text);
+  if (!from) throw UsageError("--from '" + from_text + "': expected an IP address");
+  auto [host, port] = split_host_port(f.require("to"), "--to");
+  policy::AuthzRequest req;
+  req.principal = principal;
+  req.source = *from;
+  req.port = port;
+  req.now = now;
+  std::string key = f.get_or("key", "");
+  req.key_fingerprint = key;
+  req.skip_key_check = key.empty();
+  std::string name;
+  if (auto a = policy::IpAddr::parse(host)) {
+    req.target = *a;
+  } else {
+    name = host;
+    req.target_name = name;
+    if (auto addr = f.get("addr")) {
+      auto a2 = policy::IpAddr::parse(*addr);
+      if (!a2) throw UsageError("--addr '" + *addr + "': expected an IP address");
+      req.target = *a2;
+    } else {
+      addrinfo hints{};
+      hints.ai_socktype = SOCK_STREAM;
+      addrinfo* res = nullptr;
+      if (::getaddrinfo(host.c_str(), nullptr, &hints, &res) == 0 && res) {
+        if (auto a3 = policy::IpAddr::from_sockaddr(res->ai_addr)) req.target = *a3;
+        ::freeaddrinfo(res);
+      }
+    }
+  }
+  auto snap = load_snapshot(f, false);
+  policy::Decision d =
+      req.target.valid() ? snap->authorize(req) : snap->name_allowed(principal, name, port, now);
+  out = {{"kind", "session"},
+         {"principal", principal},
+         {"source", from->to_string()},
+         {"target", host},
+         {"address", req.target.valid() ? req.target.to_string() : ""},
+         {"port", port},
+         {"decision", d.allowed ? "allow" : "deny"},
+         {"reason", std::string(policy::reason_name(d.reason))},
+         {"rule", std::string(d.rule)},
+         {"key_checked", !key.empty()},
+         {"max_sessions", snap->max_sessions_for(principal)}};
+  if (!f.flag("json")) {
+    std::cout << "session " << principal << " from " << from->to_string() << " to " << host << ":" << port;
+    if (!name.empty())
+      std::cout << " (" << (req.target.valid() ? req.target.to_string() : "unresolved") << ")";
+    std::cout << ": " << (d.allowed ? "allow" : "deny") << " (" << policy::reason_name(d.reason) << ")";
+    if (!d.rule.empty()) std::cout << " by " << d.rule;
+    std::cout << "\n";
+    if (key.empty()) std::cout << "note: key not checked (give --key SHA256:...)\n";
+    if (d.allowed) std::cout << "max_sessions: " << snap->max_sessions_for(principal) << "\n";
+    if (!req.target.valid()) std::cout << "note: " << host << " did not resolve; only the name was checked\n";
+    return 0;
+  }
+  std::cout << out.dump(2) << "\n";
+  return 0;
+}
+
 int explain(const std::vector<std::string>& args) {
   common::Flags f("policy explain",
                   "sshring policy explain [--policy FILE] --principal NAME --from IP --to HOST:PORT\n"
@@ -160,110 +270,7 @@ int explain(const std::vector<std::string>& args) {
   cli::add_etcd_flags(f);
   if (!f.parse(args)) return 0;
   const UnixSeconds now = now_or_at(f);
-  nlohmann::json out;
-  if (f.has("flow")) {
-    if (f.positionals().size() != 1)
-      throw UsageError("policy explain --flow SRC DST:PORT: give DST:PORT once");
-    auto src = policy::IpAddr::parse(*f.get("flow"));
-    if (!src) throw UsageError("--flow '" + *f.get("flow") + "': expected an IP address");
-    auto [dst_text, port] = split_host_port(f.positionals()[0], "--flow destination");
-    auto dst = policy::IpAddr::parse(dst_text);
-    if (!dst) throw UsageError("--flow destination '" + dst_text + "': expected an IP address");
-    auto snap = load_snapshot(f, true);
-    auto fc = snap->classify_flow(*src, *dst, port, now);
-    out = {{"kind", "flow"},
-           {"source", src->to_string()},
-           {"dest", dst->to_string()},
-           {"port", port},
-           {"tag", std::string(policy::flow_tag_name(fc.tag))},
-           {"id", std::string(fc.id)},
-           {"protected", snap->protects(*dst, port)}};
-    if (!fc.id.empty()) out["expires"] = policy::format_rfc3339(fc.expires);
-    out["rejected_grants"] = rejected_covering(*snap, *src, *dst, port);
-    if (!f.flag("json")) {
-      std::cout << "flow " << src->to_string() << " -> " << f.positionals()[0] << ": "
-                << policy::flow_tag_name(fc.tag);
-      if (!fc.id.empty()) {
-        std::cout << " by " << (fc.id.starts_with("g-") ? "grant " : "opt_out rule ") << fc.id
-                  << (fc.tag == policy::FlowTag::kBypassApproved ? " (expires " : " (expired ")
-                  << policy::format_rfc3339(fc.expires) << ")";
-      } else if (fc.tag == policy::FlowTag::kProxied) {
-        std::cout << " (source is a relay)";
-      } else {
-        std::cout << " (no grant or opt_out rule covers it)";
-      }
-      std::cout << "\n";
-      for (const auto& r : rejected_covering(*snap, *src, *dst, port))
-        std::cout << "note: grant " << r["id"].get<std::string>() << " would cover it but is rejected ("
-                  << r["reason"].get<std::string>() << "): " << r["detail"].get<std::string>() << "\n";
-      if (!snap->protects(*dst, port))
-        std::cout << "note: " << f.positionals()[0] << " is not a protected SSH port of any host group\n";
-      return 0;
-    }
-  } else {
-    std::string principal = f.require("principal");
-    std::string from_text = f.require("from");
-    auto from = policy::IpAddr::parse(from_text);
-    if (!from) throw UsageError("--from '" + from_text + "': expected an IP address");
-    auto [host, port] = split_host_port(f.require("to"), "--to");
-    policy::AuthzRequest req;
-    req.principal = principal;
-    req.source = *from;
-    req.port = port;
-    req.now = now;
-    std::string key = f.get_or("key", "");
-    req.key_fingerprint = key;
-    req.skip_key_check = key.empty();
-    std::string name;
-    if (auto a = policy::IpAddr::parse(host)) {
-      req.target = *a;
-    } else {
-      name = host;
-      req.target_name = name;
-      if (auto addr = f.get("addr")) {
-        auto a2 = policy::IpAddr::parse(*addr);
-        if (!a2) throw UsageError("--addr '" + *addr + "': expected an IP address");
-        req.target = *a2;
-      } else {
-        addrinfo hints{};
-        hints.ai_socktype = SOCK_STREAM;
-        addrinfo* res = nullptr;
-        if (::getaddrinfo(host.c_str(), nullptr, &hints, &res) == 0 && res) {
-          if (auto a3 = policy::IpAddr::from_sockaddr(res->ai_addr)) req.target = *a3;
-          ::freeaddrinfo(res);
-        }
-      }
-    }
-    auto snap = load_snapshot(f, false);
-    policy::Decision d =
-        req.target.valid() ? snap->authorize(req) : snap->name_allowed(principal, name, port, now);
-    out = {{"kind", "session"},
-           {"principal", principal},
-           {"source", from->to_string()},
-           {"target", host},
-           {"address", req.target.valid() ? req.target.to_string() : ""},
-           {"port", port},
-           {"decision", d.allowed ? "allow" : "deny"},
-           {"reason", std::string(policy::reason_name(d.reason))},
-           {"rule", std::string(d.rule)},
-           {"key_checked", !key.empty()},
-           {"max_sessions", snap->max_sessions_for(principal)}};
-    if (!f.flag("json")) {
-      std::cout << "session " << principal << " from " << from->to_string() << " to " << host << ":" << port;
-      if (!name.empty())
-        std::cout << " (" << (req.target.valid() ? req.target.to_string() : "unresolved") << ")";
-      std::cout << ": " << (d.allowed ? "allow" : "deny") << " (" << policy::reason_name(d.reason) << ")";
-      if (!d.rule.empty()) std::cout << " by " << d.rule;
-      std::cout << "\n";
-      if (key.empty()) std::cout << "note: key not checked (give --key SHA256:...)\n";
-      if (d.allowed) std::cout << "max_sessions: " << snap->max_sessions_for(principal) << "\n";
-      if (!req.target.valid())
-        std::cout << "note: " << host << " did not resolve; only the name was checked\n";
-      return 0;
-    }
-  }
-  std::cout << out.dump(2) << "\n";
-  return 0;
+  return f.has("flow") ? explain_flow(f, now) : explain_session(f, now);
 }
 
 constexpr const char* kDefaultPolicyAudit = "/var/log/sshring/policy.audit.jsonl";
