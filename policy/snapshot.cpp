@@ -264,22 +264,12 @@ Decision decide(const Compiled& c, const Compiled::PrincipalC& p, std::string_vi
   return best;
 }
 
-}  // namespace
-
-std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> policy,
-                                                std::vector<Grant> grants, uint64_t generation) {
-  std::shared_ptr<Snapshot> s(new Snapshot());
-  s->policy_ = std::move(policy);
-  s->grants_ = std::move(grants);
-  s->generation_ = generation;
-  const Policy& p = *s->policy_;
-  auto c = std::make_shared<Compiled>();
-
-  std::unordered_map<std::string_view, uint32_t> role_index;
-  c->roles.resize(p.roles.size());
+// Each role's targets: labels for decisions, ports, and a CIDR trie to the targets that list addresses.
+void compile_roles(const Policy& p, Compiled& c, std::unordered_map<std::string_view, uint32_t>& role_index) {
+  c.roles.resize(p.roles.size());
   for (uint32_t i = 0; i < p.roles.size(); ++i) {
     const Role& r = p.roles[i];
-    auto& rc = c->roles[i];
+    auto& rc = c.roles[i];
     rc.role = &r;
     role_index.emplace(r.name, i);
     rc.window_label = "role:" + r.name + "/windows";
@@ -297,68 +287,91 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> po
         }
       }
     }
+    rc.cidr_targets.freeze();
   }
-  c->principals.resize(p.principals.size());
-  c->principal_index.build(p.principals.size());
+}
+
+// Principals by name (with their roles' indexes and session cap) and keys by fingerprint.
+void compile_principals(const Policy& p, Compiled& c,
+                        const std::unordered_map<std::string_view, uint32_t>& role_index) {
+  c.principals.resize(p.principals.size());
+  c.principal_index.build(p.principals.size());
   size_t nkeys = 0;
   for (const auto& pr : p.principals) nkeys += pr.keys.size();
-  c->key_index.build(nkeys);
+  c.key_index.build(nkeys);
   for (uint32_t i = 0; i < p.principals.size(); ++i) {
     const Principal& pr = p.principals[i];
-    auto& pc = c->principals[i];
+    auto& pc = c.principals[i];
     pc.principal = &pr;
     pc.name = pr.name;
     pc.label = "principal:" + pr.name;
     std::optional<uint32_t> max;
     for (const auto& rn : pr.roles) {
       auto it = role_index.find(rn);
-      if (it == role_index.end()) {
+      if (it == role_index.end())
         throw common::UsageError("principal " + pr.name + " names unknown role " + rn);
-      }
       pc.roles.push_back(it->second);
       if (auto m = p.roles[it->second].max_sessions) max = std::max(max.value_or(0), *m);
     }
     pc.max_sessions = max.value_or(kDefaultMaxSessions);
-    c->principal_index.insert(pr.name, i, [&](uint32_t j) { return c->principals[j].name == pr.name; });
+    c.principal_index.insert(pr.name, i, [&](uint32_t j) { return c.principals[j].name == pr.name; });
     for (const auto& k : pr.keys) {
       pc.fingerprints.push_back(k.fingerprint);
-      auto ki = static_cast<uint32_t>(c->keys.size());
-      if (c->key_index.insert(k.fingerprint, ki,
-                              [&](uint32_t j) { return c->keys[j].key->fingerprint == k.fingerprint; })) {
-        c->keys.push_back(KeyOwner{&pr, &k});
+      auto ki = static_cast<uint32_t>(c.keys.size());
+      if (c.key_index.insert(k.fingerprint, ki,
+                             [&](uint32_t j) { return c.keys[j].key->fingerprint == k.fingerprint; })) {
+        c.keys.push_back(KeyOwner{&pr, &k});
       }
     }
   }
+}
 
-  for (const auto& r : p.relays) s->relays_.insert(r);
-  for (uint32_t i = 0; i < p.hosts.size(); ++i) {
-    for (const auto& cidr : p.hosts[i].cidrs) s->hosts_.insert(cidr).push_back(i);
-  }
+}  // namespace
 
+// Flow entries (standing rules and grants) in a source trie whose values index destination tries.
+void Snapshot::index_flows(Compiled& c) {
+  const Policy& p = *policy_;
   for (const auto& r : p.opt_out) {
     if (!r.standing) continue;  // least privilege: other rules approve through grants only
     for (const auto& f : r.from) {
       for (const auto& t : r.to_cidrs)
-        s->entries_.push_back(FlowEntry{f, t, r.to_ports, r.expires, r.id, false});
+        entries_.push_back(FlowEntry{f, t, r.to_ports, r.expires, r.id, false});
     }
   }
-  for (const auto& g : s->grants_) {
-    if (!p.find_rule(g.rule)) ++s->orphan_grants_;
-    s->entries_.push_back(FlowEntry{g.from, g.to, g.ports, g.effective_expiry(), g.id, true});
+  for (const auto& g : grants_) {
+    if (!p.find_rule(g.rule)) ++orphan_grants_;
+    entries_.push_back(FlowEntry{g.from, g.to, g.ports, g.effective_expiry(), g.id, true});
   }
-  for (uint32_t e = 0; e < s->entries_.size(); ++e) {
-    const auto& fe = s->entries_[e];
-    uint32_t& di = c->flow_src.insert(fe.from);
+  for (uint32_t e = 0; e < entries_.size(); ++e) {
+    const auto& fe = entries_[e];
+    uint32_t& di = c.flow_src.insert(fe.from);
     if (di == 0) {  // 0 = fresh slot; store index + 1
-      c->flow_dst.emplace_back();
-      di = static_cast<uint32_t>(c->flow_dst.size());
+      c.flow_dst.emplace_back();
+      di = static_cast<uint32_t>(c.flow_dst.size());
     }
-    c->flow_dst[di - 1].insert(fe.to).push_back(e);
-    c->entries.push_back(Compiled::EntryC{fe.expires, FastPorts(fe.ports)});
+    c.flow_dst[di - 1].insert(fe.to).push_back(e);
+    c.entries.push_back(Compiled::EntryC{fe.expires, FastPorts(fe.ports)});
   }
-  for (auto& rc : c->roles) rc.cidr_targets.freeze();
-  c->flow_src.freeze();
-  for (auto& t : c->flow_dst) t.freeze();
+  c.flow_src.freeze();
+  for (auto& t : c.flow_dst) t.freeze();
+}
+
+std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> policy,
+                                                std::vector<Grant> grants, uint64_t generation) {
+  std::shared_ptr<Snapshot> s(new Snapshot());
+  s->policy_ = std::move(policy);
+  s->grants_ = std::move(grants);
+  s->generation_ = generation;
+  const Policy& p = *s->policy_;
+  auto c = std::make_shared<Compiled>();
+  std::unordered_map<std::string_view, uint32_t> role_index;
+  compile_roles(p, *c, role_index);
+  compile_principals(p, *c, role_index);
+  for (const auto& r : p.relays) s->relays_.insert(r);
+  for (uint32_t i = 0; i < p.hosts.size(); ++i) {
+    for (const auto& cidr : p.hosts[i].cidrs) s->hosts_.insert(cidr).push_back(i);
+  }
+  s->index_flows(*c);
   s->relays_.freeze();
   s->hosts_.freeze();
   s->compiled_ = std::move(c);

@@ -182,6 +182,7 @@ class Snapshot {
 
  private:
   Snapshot() = default;
+  void index_flows(Compiled& c);
   std::shared_ptr<const Policy> policy_;
   std::vector<Grant> grants_;
   std::vector<CheckedGrant> checked_;
