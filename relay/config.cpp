@@ -1,6 +1,7 @@
 #include "relay/config.h"
 
 #include <yaml-cpp/yaml.h>
+#include <algorithm>
 
 #include <cctype>
 #include <fstream>
@@ -96,80 +97,89 @@ class Parser {
     }
     ConfigFile out;
     if (!root.IsMap()) fail(root, "", "expected a mapping with 'routes:' and optional limits");
-    static const std::set<std::string> kKeys = {"workers",
-                                                "max_sessions",
-                                                "connect_timeout",
-                                                "idle_timeout",
-                                                "drain_timeout",
-                                                "handshake_timeout",
-                                                "pipe_size",
-                                                "splice_mode",
-                                                "max_startups",
-                                                "max_startups_per_source",
-                                                "per_source_netblock",
-                                                "first_byte_timeout",
-                                                "routes"};
     for (const auto& kv : root) {
       std::string key = key_name(kv.first);
-      if (!kKeys.count(key))
-        fail(kv.first, key,
-             "unknown setting; expected one of workers, max_sessions, connect_timeout, idle_timeout, "
-             "handshake_timeout, drain_timeout, pipe_size, splice_mode, max_startups, "
-             "max_startups_per_source, per_source_netblock, first_byte_timeout, routes");
-      const YAML::Node& v = kv.second;
-      RelayConfig& c = out.cfg;
-      if (key == "workers") {
-        c.workers = static_cast<unsigned>(integer(v, key, 0, 256));
-        out.has_workers = true;
-      } else if (key == "max_sessions") {
-        c.max_sessions = static_cast<uint32_t>(integer(v, key, 1, 10'000'000));
-        out.has_max_sessions = true;
-      } else if (key == "connect_timeout") {
-        c.connect_timeout = duration(v, key, false);
-        out.has_connect_timeout = true;
-      } else if (key == "idle_timeout") {
-        c.idle_timeout = duration(v, key, true);
-        out.has_idle_timeout = true;
-      } else if (key == "handshake_timeout") {
-        c.handshake_timeout = duration(v, key, false);
-        out.has_handshake_timeout = true;
-      } else if (key == "drain_timeout") {
-        c.drain_timeout = duration(v, key, true);
-        out.has_drain_timeout = true;
-      } else if (key == "pipe_size") {
-        c.pipe_size = static_cast<uint32_t>(integer(v, key, 4096, 1u << 30));
-      } else if (key == "splice_mode") {
-        std::string m = scalar(v, key);
-        if (m == "inline") {
-          c.splice_mode = SpliceMode::kInline;
-        } else if (m == "ring") {
-          c.splice_mode = SpliceMode::kRing;
-        } else {
-          fail(v, key, "expected 'inline' or 'ring', got '" + m + "'");
-        }
-      } else if (key == "max_startups" || key == "per_source_netblock") {
-        // The same forms as the flags (--max-startups, --per-source-netblock); errors name the line.
-        std::string text = scalar(v, key);
-        try {
-          if (key == "max_startups") {
-            parse_max_startups(text, key, c.startups);
-          } else {
-            parse_netblock(text, key, c.startups);
-          }
-        } catch (const common::UsageError& e) {
-          fail(v, "", e.what());
-        }
-      } else if (key == "max_startups_per_source") {
-        c.startups.per_source = static_cast<uint32_t>(integer(v, key, 1, 10'000'000));
-      } else if (key == "first_byte_timeout") {
-        c.startups.first_byte_timeout = duration(v, key, false);
-      } else if (key == "routes") {
-        parse_routes(v, c);
+      if (std::find(std::begin(kSettings), std::end(kSettings), key) == std::end(kSettings)) {
+        std::string all;
+        for (const char* k : kSettings) all += (all.empty() ? "" : ", ") + std::string(k);
+        fail(kv.first, key, "unknown setting; expected one of " + all);
       }
+      setting(key, kv.second, out);
     }
     if (out.cfg.routes.empty())
       fail(root, "routes", "at least one route is required (- listen: ..., upstream: ...)");
     return out;
+  }
+
+ private:
+  static constexpr const char* kSettings[] = {"workers",
+                                              "max_sessions",
+                                              "connect_timeout",
+                                              "idle_timeout",
+                                              "handshake_timeout",
+                                              "drain_timeout",
+                                              "pipe_size",
+                                              "splice_mode",
+                                              "max_startups",
+                                              "max_startups_per_source",
+                                              "per_source_netblock",
+                                              "first_byte_timeout",
+                                              "routes"};
+
+  // One top-level setting (a key of kSettings).
+  void setting(const std::string& key, const YAML::Node& v, ConfigFile& out) {
+    RelayConfig& c = out.cfg;
+    if (key == "workers") {
+      c.workers = static_cast<unsigned>(integer(v, key, 0, 256));
+      out.has_workers = true;
+    } else if (key == "max_sessions") {
+      c.max_sessions = static_cast<uint32_t>(integer(v, key, 1, 10'000'000));
+      out.has_max_sessions = true;
+    } else if (key == "connect_timeout") {
+      c.connect_timeout = duration(v, key, false);
+      out.has_connect_timeout = true;
+    } else if (key == "idle_timeout") {
+      c.idle_timeout = duration(v, key, true);
+      out.has_idle_timeout = true;
+    } else if (key == "handshake_timeout") {
+      c.handshake_timeout = duration(v, key, false);
+      out.has_handshake_timeout = true;
+    } else if (key == "drain_timeout") {
+      c.drain_timeout = duration(v, key, true);
+      out.has_drain_timeout = true;
+    } else if (key == "pipe_size") {
+      c.pipe_size = static_cast<uint32_t>(integer(v, key, 4096, 1u << 30));
+    } else if (key == "splice_mode") {
+      c.splice_mode = splice_mode(v, key);
+    } else if (key == "max_startups" || key == "per_source_netblock") {
+      startups(v, key, c.startups);
+    } else if (key == "max_startups_per_source") {
+      c.startups.per_source = static_cast<uint32_t>(integer(v, key, 1, 10'000'000));
+    } else if (key == "first_byte_timeout") {
+      c.startups.first_byte_timeout = duration(v, key, false);
+    } else if (key == "routes") {
+      parse_routes(v, c);
+    }
+  }
+
+  SpliceMode splice_mode(const YAML::Node& v, const std::string& key) const {
+    std::string m = scalar(v, key);
+    if (m == "inline") return SpliceMode::kInline;
+    if (m == "ring") return SpliceMode::kRing;
+    fail(v, key, "expected 'inline' or 'ring', got '" + m + "'");
+  }
+
+  // The same forms as the flags (--max-startups, --per-source-netblock); errors name the line.
+  void startups(const YAML::Node& v, const std::string& key, AdmissionConfig& limits) const {
+    std::string text = scalar(v, key);
+    try {
+      if (key == "max_startups")
+        parse_max_startups(text, key, limits);
+      else
+        parse_netblock(text, key, limits);
+    } catch (const common::UsageError& e) {
+      fail(v, "", e.what());
+    }
   }
 
   void parse_routes(const YAML::Node& list, RelayConfig& c) {
@@ -201,7 +211,6 @@ class Parser {
     }
   }
 
- private:
   std::string source_;
   bool upstream_optional_;
 };
