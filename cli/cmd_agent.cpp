@@ -33,17 +33,17 @@ std::vector<std::string> split_ifaces(const std::vector<std::string>& values) {
   return out;
 }
 
-int run(const std::vector<std::string>& args) {
-  using sshring::common::Flags;
-  Flags flags("agent",
-              "sshring agent --policy FILE --iface IFACE[,IFACE] [OPTIONS]\n       sshring agent --detach "
-              "--iface IFACE[,IFACE] [--pin-dir DIR]",
-              "Counts and tags every direct SSH flow to this host with eBPF programs on the tc hooks of the "
-              "given interfaces: proxied (from a relay), bypass_approved (a live grant covers it), "
-              "bypass_expired (only an expired grant does), bypass_unapproved (nothing does). Writes one "
-              "audit record per flow open and close and exports Prometheus metrics. Programs stay attached "
-              "and maps pinned when the agent exits, so counting goes on across restarts; --detach removes "
-              "them. Needs root.");
+sshring::common::Flags agent_flags() {
+  sshring::common::Flags flags(
+      "agent",
+      "sshring agent --policy FILE --iface IFACE[,IFACE] [OPTIONS]\n       sshring agent --detach "
+      "--iface IFACE[,IFACE] [--pin-dir DIR]",
+      "Counts and tags every direct SSH flow to this host with eBPF programs on the tc hooks of the "
+      "given interfaces: proxied (from a relay), bypass_approved (a live grant covers it), "
+      "bypass_expired (only an expired grant does), bypass_unapproved (nothing does). Writes one "
+      "audit record per flow open and close and exports Prometheus metrics. Programs stay attached "
+      "and maps pinned when the agent exits, so counting goes on across restarts; --detach removes "
+      "them. Needs root.");
   flags.value("policy", "FILE", "policy file (grants come from its grant_store)", "/etc/sshring/policy.yaml")
       .value("grant-store", "DIR", "grant store directory (default: the policy's grant_store)")
       .multi("iface", "IFACE[,IFACE]", "interfaces to attach to (comma-separated)")
@@ -80,17 +80,11 @@ int run(const std::vector<std::string>& args) {
           "another program on the hook).");
   sshring::cli::add_etcd_flags(flags);  // --etcd: policy and grants from etcd, watched
   sshring::cli::add_cache_flag(flags);
-  if (!flags.parse(args)) return 0;
-  if (flags.flag("verbose")) sshring::common::set_log_level(sshring::common::LogLevel::kDebug);
-  auto ifaces = split_ifaces(flags.all("iface"));
-  std::string pin_dir = flags.get_or("pin-dir", sshring::bpf::kDefaultPinDir);
-  if (flags.flag("detach")) {
-    int n = sshring::bpf::detach_agent(ifaces, pin_dir);
-    std::cout << "detached " << n << " filter(s)\n";
-    return 0;
-  }
-  // Root first: refused before the policy or its store is opened, with the reason.
-  sshring::bpf::check_environment();
+  return flags;
+}
+
+sshring::bpf::AgentOptions agent_options(const sshring::common::Flags& flags,
+                                         const std::vector<std::string>& ifaces, const std::string& pin_dir) {
   sshring::bpf::AgentOptions opts;
   opts.policy_path = flags.require("policy");
   opts.grant_store = flags.get_or("grant-store", "");
@@ -115,7 +109,23 @@ int run(const std::vector<std::string>& args) {
   }
   opts.idle_timeout =
       sshring::common::parse_duration_or_throw(flags.get_or("idle-timeout", "1h"), "--idle-timeout");
+  return opts;
+}
 
+int run(const std::vector<std::string>& args) {
+  sshring::common::Flags flags = agent_flags();
+  if (!flags.parse(args)) return 0;
+  if (flags.flag("verbose")) sshring::common::set_log_level(sshring::common::LogLevel::kDebug);
+  auto ifaces = split_ifaces(flags.all("iface"));
+  std::string pin_dir = flags.get_or("pin-dir", sshring::bpf::kDefaultPinDir);
+  if (flags.flag("detach")) {
+    int n = sshring::bpf::detach_agent(ifaces, pin_dir);
+    std::cout << "detached " << n << " filter(s)\n";
+    return 0;
+  }
+  // Root first: refused before the policy or its store is opened, with the reason.
+  sshring::bpf::check_environment();
+  sshring::bpf::AgentOptions opts = agent_options(flags, ifaces, pin_dir);
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   ::sigaction(SIGINT, &sa, nullptr);
