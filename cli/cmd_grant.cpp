@@ -396,7 +396,7 @@ nlohmann::json decision_record(const DecisionSpec& spec, const policy::SignedGra
 }
 
 // Loads the grant, refuses what the policy would not count, signs the decision, stores it.
-int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const std::string& help) {
+common::Flags decide_flags(const DecisionSpec& spec, const std::string& help) {
   std::string usage = std::string("sshring grant ") + spec.name + " ID" +
                       (spec.note_required ? std::string(" --") + spec.note_flag + " \"...\"" : "") +
                       " [--policy FILE] [--identity KEYFILE]";
@@ -407,6 +407,22 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
           spec.note_required ? "why (required; signed and audited)" : "a note (signed and audited)");
   f.boolean("json", "print the grant and its new status as JSON");
   f.epilog("Exit codes: 0 recorded, 1 refused or failed, 2 usage error.\n");
+  return f;
+}
+
+// Who decides: the principal owning the signing key, or (a revoke while the policy does not load)
+// the name given with --as, checked by readers against the signature.
+std::string decider(const Context& c, const policy::SshsigSigner& signer, const common::Flags& f) {
+  if (c.policy) return signer_principal(c.pol(), signer, f);
+  if (!f.has("as"))
+    throw UsageError("the policy does not load (" + c.policy_error +
+                     "); to revoke anyway, say who you are with --as NAME");
+  std::cerr << "sshring grant revoke: warning: the policy does not load; readers will check the signature\n";
+  return f.require("as");
+}
+
+int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const std::string& help) {
+  common::Flags f = decide_flags(spec, help);
   if (!f.parse(args)) return 0;
   if (f.positionals().size() != 1)
     throw UsageError(std::string("grant ") + spec.name + ": give exactly one grant ID (see grant list)");
@@ -417,17 +433,7 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
   const bool revoke = spec.kind == policy::DecisionKind::kRevoke;
   Context c = open(f, true, revoke);
   auto signer = make_signer(f);
-  std::string me;
-  if (c.policy) {
-    me = signer_principal(c.pol(), signer, f);
-  } else {
-    if (!f.has("as"))
-      throw UsageError("the policy does not load (" + c.policy_error +
-                       "); to revoke anyway, say who you are with --as NAME");
-    me = f.require("as");
-    std::cerr
-        << "sshring grant revoke: warning: the policy does not load; readers will check the signature\n";
-  }
+  const std::string me = decider(c, signer, f);
   policy::GrantDecision d{spec.kind, me, c.now, note, os_user(), host_name(), {}};
   struct Refused : std::runtime_error {
     using std::runtime_error::runtime_error;
