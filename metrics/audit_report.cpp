@@ -416,33 +416,33 @@ void AuditReport::fleet_json(nlohmann::ordered_json& out) const {
   }
 }
 
-std::string AuditReport::to_text() const {
-  auto j = to_json();
-  std::ostringstream out;
-  auto s = [](const nlohmann::ordered_json& v) {
-    if (v.is_string()) return v.get<std::string>();
-    if (v.is_array()) {
-      std::string r;
-      for (const auto& e : v) r += (r.empty() ? "" : ",") + (e.is_string() ? e.get<std::string>() : e.dump());
-      return r;
-    }
-    return v.dump();
-  };
-  out << "sshring audit report  " << s(j["window"]["since"]) << " .. " << s(j["window"]["until"]) << "  ("
-      << s(j["records"]) << " records";
-  if (j["skipped_lines"].get<uint64_t>() > 0)
-    out << ", " << s(j["skipped_lines"]) << " unreadable lines skipped";
-  out << ")\n\nFlows by tag\n";
+namespace {
+
+// One table cell: strings as they are, lists comma-joined, anything else as JSON.
+std::string cell(const nlohmann::ordered_json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_array()) {
+    std::string r;
+    for (const auto& e : v) r += (r.empty() ? "" : ",") + (e.is_string() ? e.get<std::string>() : e.dump());
+    return r;
+  }
+  return v.dump();
+}
+
+// Flows by tag, the flagged flows, and the top bypass sources and targets.
+void text_flows(const nlohmann::ordered_json& j, std::ostringstream& out) {
+  out << "\nFlows by tag\n";
   std::vector<std::vector<std::string>> rows;
-  for (const auto& t : j["flows_by_tag"]) rows.push_back({s(t["tag"]), s(t["flows"]), s(t["bytes"])});
+  for (const auto& t : j["flows_by_tag"])
+    rows.push_back({cell(t["tag"]), cell(t["flows"]), cell(t["bytes"])});
   out << table({"TAG", "FLOWS", "BYTES"}, rows);
 
-  out << "\nUnapproved and expired-grant flows (" << s(j["flagged_flows_total"]) << ")\n";
+  out << "\nUnapproved and expired-grant flows (" << cell(j["flagged_flows_total"]) << ")\n";
   rows.clear();
   for (const auto& f : j["flagged_flows"]) {
-    rows.push_back({s(f["tag"]), s(f["host"]), s(f["src"]) + ":" + s(f["sport"]),
-                    target_of(s(f["dst"]), f["dport"].get<uint64_t>()), s(f["first_seen"]), s(f["bytes"]),
-                    s(f["end"]), s(f["grant_id"])});
+    rows.push_back({cell(f["tag"]), cell(f["host"]), cell(f["src"]) + ":" + cell(f["sport"]),
+                    target_of(cell(f["dst"]), f["dport"].get<uint64_t>()), cell(f["first_seen"]),
+                    cell(f["bytes"]), cell(f["end"]), cell(f["grant_id"])});
   }
   out << table({"TAG", "HOST", "SOURCE", "TARGET", "FIRST SEEN", "BYTES", "END", "GRANT"}, rows);
 
@@ -451,50 +451,72 @@ std::string AuditReport::to_text() const {
     out << "\nTop " << (src ? "sources" : "targets") << " of bypass flows\n";
     rows.clear();
     for (const auto& p : j[which]) {
-      rows.push_back(
-          {s(p[src ? "src" : "target"]), s(p["flows"]), s(p["unapproved"]), s(p["expired"]), s(p["bytes"])});
+      rows.push_back({cell(p[src ? "src" : "target"]), cell(p["flows"]), cell(p["unapproved"]),
+                      cell(p["expired"]), cell(p["bytes"])});
     }
     out << table({src ? "SOURCE" : "HOST TARGET", "FLOWS", "UNAPPROVED", "EXPIRED", "BYTES"}, rows);
   }
+}
 
+// Grants, and break-glass grants with their reviews.
+void text_grants(const nlohmann::ordered_json& j, std::ostringstream& out) {
   out << "\nGrants\n";
-  rows.clear();
+  std::vector<std::vector<std::string>> rows;
   for (const auto& g : j["grants"]) {
-    rows.push_back({s(g["grant_id"]), s(g["status"]), s(g["who"]),
-                    s(g["from"]) + " -> " + s(g["to"]) + ":" + s(g["ports"]), s(g["expires"]),
-                    s(g["approver"]), s(g["flows"]), s(g["bytes"]), s(g["reason"])});
+    rows.push_back({cell(g["grant_id"]), cell(g["status"]), cell(g["who"]),
+                    cell(g["from"]) + " -> " + cell(g["to"]) + ":" + cell(g["ports"]), cell(g["expires"]),
+                    cell(g["approver"]), cell(g["flows"]), cell(g["bytes"]), cell(g["reason"])});
   }
   out << table({"GRANT", "STATUS", "WHO", "SCOPE", "EXPIRES", "APPROVER", "FLOWS", "BYTES", "REASON"}, rows);
 
-  out << "\nBreak-glass grants (" << j["break_glass"].size() << ", " << s(j["break_glass_reviews_overdue"])
+  out << "\nBreak-glass grants (" << j["break_glass"].size() << ", " << cell(j["break_glass_reviews_overdue"])
       << " overdue for review)\n";
   rows.clear();
   for (const auto& g : j["break_glass"]) {
-    std::string review = s(g["review"]);
-    if (g.contains("reviewed_by")) review += " by " + s(g["reviewed_by"]) + " at " + s(g["reviewed_at"]);
-    rows.push_back({s(g["grant_id"]), s(g["requester"]), s(g["who"]), s(g["rule"]), s(g["review_due"]),
-                    review, s(g["reason"])});
+    std::string review = cell(g["review"]);
+    if (g.contains("reviewed_by"))
+      review += " by " + cell(g["reviewed_by"]) + " at " + cell(g["reviewed_at"]);
+    rows.push_back({cell(g["grant_id"]), cell(g["requester"]), cell(g["who"]), cell(g["rule"]),
+                    cell(g["review_due"]), review, cell(g["reason"])});
   }
   out << table({"GRANT", "REQUESTER", "WHO", "RULE", "REVIEW DUE", "REVIEW", "REASON"}, rows);
+}
 
+// Per host, principal and rule.
+void text_per(const nlohmann::ordered_json& j, std::ostringstream& out) {
   for (const char* which : {"by_host", "by_principal", "by_rule"}) {
     std::string key = std::string(which).substr(3);
     out << "\nPer " << key << "\n";
-    rows.clear();
+    std::vector<std::vector<std::string>> rows;
     for (const auto& r : j[which]) {
       const auto& fl = r["flows"];
       const auto& g = r["grants"];
-      rows.push_back({s(r[key]), s(r["sessions"]), s(r["denied"]), s(fl["bypass_unapproved"]),
-                      s(fl["bypass_expired"]), s(fl["bypass_approved"]), s(g["requested"]), s(g["added"]),
-                      s(g["approved"]), s(g["denied"]), s(g["revoked"]), s(g["expired"])});
+      rows.push_back({cell(r[key]), cell(r["sessions"]), cell(r["denied"]), cell(fl["bypass_unapproved"]),
+                      cell(fl["bypass_expired"]), cell(fl["bypass_approved"]), cell(g["requested"]),
+                      cell(g["added"]), cell(g["approved"]), cell(g["denied"]), cell(g["revoked"]),
+                      cell(g["expired"])});
     }
     out << table({"NAME", "SESSIONS", "DENIED", "UNAPPROVED", "EXPIRED", "APPROVED", "REQUESTS", "GRANTS",
                   "APPROVED_GRANTS", "DENIED_GRANTS", "REVOKED", "EXPIRED_GRANTS"},
                  rows);
   }
+}
 
-  out << "\nProxied sessions: " << s(j["sessions"]["ended"]) << " ended, " << s(j["sessions"]["denied"])
-      << " denied, " << s(j["sessions"]["bytes"]) << " bytes\n";
+}  // namespace
+
+std::string AuditReport::to_text() const {
+  auto j = to_json();
+  std::ostringstream out;
+  out << "sshring audit report  " << cell(j["window"]["since"]) << " .. " << cell(j["window"]["until"])
+      << "  (" << cell(j["records"]) << " records";
+  if (j["skipped_lines"].get<uint64_t>() > 0)
+    out << ", " << cell(j["skipped_lines"]) << " unreadable lines skipped";
+  out << ")\n";
+  text_flows(j, out);
+  text_grants(j, out);
+  text_per(j, out);
+  out << "\nProxied sessions: " << cell(j["sessions"]["ended"]) << " ended, " << cell(j["sessions"]["denied"])
+      << " denied, " << cell(j["sessions"]["bytes"]) << " bytes\n";
   return out.str();
 }
 
