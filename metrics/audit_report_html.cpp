@@ -147,21 +147,10 @@ std::string fleet_table(const OJ& rows, const char* key) {
 
 }  // namespace
 
-std::string AuditReport::to_html() const {
-  OJ j = to_json();
-  std::ostringstream o;
-  o << "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>sshring audit report</title>"
-       "<style>body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px "
-       "0 20px}"
-       "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}th{background:#f0f0f0}"
-       "h2{border-bottom:1px solid #ddd;margin-top:28px}svg{background:#fafafa;border:1px solid #eee}</style>"
-       "</head><body>\n";
-  o << "<h1>sshring audit report</h1><p>Window " << cell(j["window"]["since"]) << " .. "
-    << cell(j["window"]["until"]) << ": " << cell(j["records"]) << " records, " << cell(j["skipped_lines"])
-    << " unreadable lines skipped. "
-    << "Proxied sessions: " << cell(j["sessions"]["ended"]) << " ended, " << cell(j["sessions"]["denied"])
-    << " denied.</p>\n";
+namespace {
 
+// Bypass flows per day by tag, and their totals.
+void html_flows(const OJ& j, std::ostringstream& o) {
   o << "<h2>Bypass flows</h2>";
   std::vector<std::string> days;
   std::vector<const OJ*> dayrows;
@@ -175,15 +164,10 @@ std::string AuditReport::to_html() const {
   for (const auto& t : j["flows_by_tag"])
     rows.push_back({cell(t["tag"]), cell(t["flows"]), cell(t["bytes"])});
   o << html_table({"tag", "flows", "bytes"}, rows);
+}
 
-  o << "<h2>Per rule</h2>" << fleet_chart(j["by_rule"], "rule", "flows_per_rule", "Flows per opt-out rule")
-    << fleet_table(j["by_rule"], "rule");
-  o << "<h2>Per principal</h2>"
-    << fleet_chart(j["by_principal"], "principal", "flows_per_principal",
-                   "Flows per principal (through their grants)")
-    << fleet_table(j["by_principal"], "principal");
-  o << "<h2>Per host</h2>" << fleet_table(j["by_host"], "host");
-
+// Grants over time and in the window, and break-glass grants with their reviews.
+void html_grants(const OJ& j, std::ostringstream& o) {
   o << "<h2>Grants</h2>";
   std::vector<std::string> gdays;
   std::vector<const OJ*> grows;
@@ -194,7 +178,7 @@ std::string AuditReport::to_html() const {
   o << chart("grants_over_time", "Grants over time", gdays,
              {std::begin(kGrantSeries), std::end(kGrantSeries)},
              [&](size_t i, const char* k) { return (*grows[i])[k].get<double>(); });
-  rows.clear();
+  std::vector<std::vector<std::string>> rows;
   for (const auto& g : j["grants"]) {
     rows.push_back({cell(g["grant_id"]), cell(g["status"]), cell(g["who"]),
                     cell(g["from"]) + " &rarr; " + cell(g["to"]) + ":" + cell(g["ports"]), cell(g["expires"]),
@@ -212,7 +196,10 @@ std::string AuditReport::to_html() const {
                     cell(g["review_due"]), review, cell(g["reason"])});
   }
   o << html_table({"grant", "requester", "who", "rule", "review due", "review", "reason"}, rows);
+}
 
+// Sources of unapproved flows, and the flagged flows.
+void html_unapproved(const OJ& j, std::ostringstream& o) {
   o << "<h2>Unapproved bypass sources</h2>";
   std::vector<std::string> srcs;
   std::vector<const OJ*> srows;
@@ -223,13 +210,43 @@ std::string AuditReport::to_html() const {
   }
   o << chart("top_unapproved_sources", "Top unapproved sources", srcs, {kTags[0]},
              [&](size_t i, const char*) { return (*srows[i])["unapproved"].get<double>(); });
-  rows.clear();
+  std::vector<std::vector<std::string>> rows;
   for (const auto& f : j["flagged_flows"]) {
     rows.push_back({cell(f["tag"]), cell(f["host"]), cell(f["src"]) + ":" + cell(f["sport"]),
                     cell(f["dst"]) + ":" + cell(f["dport"]), cell(f["first_seen"]), cell(f["bytes"]),
                     cell(f["end"])});
   }
   o << html_table({"tag", "host", "source", "target", "first seen", "bytes", "end"}, rows);
+}
+
+}  // namespace
+
+std::string AuditReport::to_html() const {
+  OJ j = to_json();
+  std::ostringstream o;
+  o << "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>sshring audit report</title>"
+       "<style>body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px "
+       "0 20px}"
+       "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}th{background:#f0f0f0}"
+       "h2{border-bottom:1px solid #ddd;margin-top:28px}svg{background:#fafafa;border:1px solid #eee}</style>"
+       "</head><body>\n";
+  o << "<h1>sshring audit report</h1><p>Window " << cell(j["window"]["since"]) << " .. "
+    << cell(j["window"]["until"]) << ": " << cell(j["records"]) << " records, " << cell(j["skipped_lines"])
+    << " unreadable lines skipped. "
+    << "Proxied sessions: " << cell(j["sessions"]["ended"]) << " ended, " << cell(j["sessions"]["denied"])
+    << " denied.</p>\n";
+
+  html_flows(j, o);
+  o << "<h2>Per rule</h2>" << fleet_chart(j["by_rule"], "rule", "flows_per_rule", "Flows per opt-out rule")
+    << fleet_table(j["by_rule"], "rule");
+  o << "<h2>Per principal</h2>"
+    << fleet_chart(j["by_principal"], "principal", "flows_per_principal",
+                   "Flows per principal (through their grants)")
+    << fleet_table(j["by_principal"], "principal");
+  o << "<h2>Per host</h2>" << fleet_table(j["by_host"], "host");
+
+  html_grants(j, o);
+  html_unapproved(j, o);
   o << "</body></html>\n";
   return o.str();
 }
