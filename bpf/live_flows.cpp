@@ -71,8 +71,8 @@ std::string LiveFlows::rfc3339_from_boot(uint64_t boot_ns) {
   tm t{};
   ::gmtime_r(&secs, &t);
   char buf[64];
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900, t.tm_mon + 1,
-                t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>((unix_ns / 1000000) % 1000));
+  (void)std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900, t.tm_mon + 1,
+                      t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>((unix_ns / 1000000) % 1000));
   return buf;
 }
 

@@ -253,7 +253,7 @@ policy::GrantRequest read_request(const common::Flags& f, const std::string& sig
 }
 
 // The rule for `req`: break-glass rules only when asked for (--break-glass), never by accident.
-const policy::OptOutRule* choose_rule(const Context& c, policy::GrantRequest req, bool break_glass,
+const policy::OptOutRule* choose_rule(const Context& c, const policy::GrantRequest& req, bool break_glass,
                                       std::string* refusal) {
   std::string why;
   for (const auto& r : c.pol().opt_out) {
@@ -567,6 +567,7 @@ int list(const std::vector<std::string>& args) {
   }
   policy::GrantChecker checker(c.pol(), nullptr);
   std::vector<policy::CheckedGrant> checked;
+  checked.reserve(grants.size());
   for (const auto& g : grants) checked.push_back(checker.check(g, c.now));
   if (f.flag("json")) {
     nlohmann::json a = nlohmann::json::array();

@@ -73,7 +73,7 @@ std::string printable_text(std::string_view s) {
   return out;
 }
 
-DeniedError::DeniedError(uint16_t reason, std::string message)
+DeniedError::DeniedError(uint16_t reason, const std::string& message)
     : std::runtime_error(std::string("denied by relay: ") +
                          (reason >= 1 && reason <= protocol::kMaxReason
                               ? protocol::reason_name(static_cast<protocol::Reason>(reason))
@@ -294,7 +294,7 @@ void send_fd(int channel, int fd) {
 }
 
 int pump_stdio(int sock, int in_fd, int out_fd) {
-  constexpr size_t kBuf = 128 * 1024;
+  constexpr size_t kBuf = size_t{128} * 1024;
   std::unique_ptr<char[]> up(new char[kBuf]);
   std::unique_ptr<char[]> down(new char[kBuf]);
   bool in_open = true;

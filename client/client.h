@@ -35,7 +35,7 @@ std::string printable_text(std::string_view s);
 
 class DeniedError : public std::runtime_error {
  public:
-  DeniedError(uint16_t reason, std::string message);
+  DeniedError(uint16_t reason, const std::string& message);
   [[nodiscard]] uint16_t reason() const { return reason_; }
   [[nodiscard]] const std::string& detail() const { return detail_; }  // printable ASCII only
   // 20 + reason, or kExitCodeBase + kMaxReason + 1 for codes this client does not know.

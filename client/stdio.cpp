@@ -90,7 +90,7 @@ bool are_pipes(int in_fd, int out_fd) {
 
 int splice_stdio(int sock, int in_fd, int out_fd) {
   // A splice into a pipe whose reader (ssh) is gone raises SIGPIPE; we want EPIPE instead.
-  ::signal(SIGPIPE, SIG_IGN);
+  (void)::signal(SIGPIPE, SIG_IGN);
   int fl = ::fcntl(sock, F_GETFL);
   if (fl < 0 || ::fcntl(sock, F_SETFL, fl | O_NONBLOCK) != 0) {
     std::perror("sshring connect: making the relay socket non-blocking");

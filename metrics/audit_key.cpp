@@ -46,14 +46,14 @@ Pkey read_pem(const std::string& path) {
   if (::stat(path.c_str(), &st) != 0) common::throw_errno("audit key " + path);
   if ((st.st_mode & 077) != 0) {
     char mode[8];
-    std::snprintf(mode, sizeof(mode), "%03o", static_cast<unsigned>(st.st_mode & 0777));
+    (void)std::snprintf(mode, sizeof(mode), "%03o", static_cast<unsigned>(st.st_mode & 0777));
     throw std::runtime_error("audit key " + path + " is accessible by group or others (mode " + mode +
                              "); run chmod 600 " + path);
   }
   FILE* fp = std::fopen(path.c_str(), "r");
   if (!fp) common::throw_errno("open audit key " + path);
   Pkey k(PEM_read_PrivateKey(fp, nullptr, nullptr, nullptr));
-  std::fclose(fp);
+  (void)std::fclose(fp);  // read only: nothing to lose
   if (!k || EVP_PKEY_get_id(k.get()) != EVP_PKEY_ED25519)
     throw std::runtime_error(
         "audit key " + path +
@@ -86,7 +86,7 @@ Pkey create_pem(const std::string& path) {
   if (!fp) common::throw_errno("create audit key " + path);
   bool wrote = PEM_write_PrivateKey(fp, k.get(), nullptr, nullptr, 0, nullptr, nullptr) == 1;
   wrote = std::fflush(fp) == 0 && ::fsync(::fileno(fp)) == 0 && wrote;
-  std::fclose(fp);
+  wrote = std::fclose(fp) == 0 && wrote;
   if (!wrote) {
     ::unlink(path.c_str());
     throw std::runtime_error("audit key " + path + ": could not write the new key");
@@ -176,8 +176,10 @@ TrustedKeys TrustedKeys::load(const std::string& path) {
         continue;
       }
     }
-    throw std::runtime_error(path + ":" + std::to_string(no) + ": " + why +
-                             " (get a writer's key with `sshring audit key --pub --audit-key FILE`)");
+    std::string msg = path + ":" + std::to_string(no) + ": ";
+    msg += why;
+    msg += " (get a writer's key with `sshring audit key --pub --audit-key FILE`)";
+    throw std::runtime_error(msg);
   }
   return keys;
 }

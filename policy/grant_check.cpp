@@ -177,10 +177,11 @@ CheckedGrant GrantChecker::check(const SignedGrant& g, UnixSeconds now) const {
     std::string dfp;
     if (d.signature.empty()) return reject("bad_decision", what + ": not signed");
     if (!verify(d.signature, canonical_decision(r, d), &dfp, &why))
-      return reject("bad_decision", what + ": " + why);
+      return reject("bad_decision", what.append(": ").append(why));
     const Principal* o = key_owner(dfp);
     if (!o || o->name != d.signer)
-      return reject("bad_decision", what + ": signed by " + dfp + ", not a key of " + d.signer);
+      return reject("bad_decision",
+                    what.append(": signed by ").append(dfp).append(", not a key of ").append(d.signer));
     if (d.at > now + kClockSkewSeconds) return reject("future_time", what + ": time is in the future");
     c.decisions.push_back(CheckedApproval{d.kind, d.signer, dfp, d.at, d.note, false, {}});
   }

@@ -18,15 +18,6 @@
 
 namespace sshring::policy {
 
-PolicyError::PolicyError(std::string file, int line, int column, std::string key, std::string message)
-    : common::UsageError(file + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " +
-                         (key.empty() ? std::string() : key + ": ") + message),
-      file_(std::move(file)),
-      line_(line),
-      column_(column),
-      key_(std::move(key)),
-      message_(std::move(message)) {}
-
 namespace {
 
 // Printable text only: control characters and invalid UTF-8 would corrupt logs, audit records and
@@ -676,7 +667,7 @@ class YamlWriter {
   }
   static std::string hhmm(int m) {
     char b[8];
-    std::snprintf(b, sizeof b, "%02d:%02d", m / 60, m % 60);
+    (void)std::snprintf(b, sizeof b, "%02d:%02d", m / 60, m % 60);
     return b;
   }
   static std::string duration(int64_t s) { return common::format_duration(std::chrono::seconds(s)); }

@@ -11,22 +11,10 @@
 
 namespace sshring::policy {
 
-// "policy.yaml:12:5: principals[0].keys[1]: expected an ssh-ed25519 authorized_keys line (...)".
-class PolicyError : public common::UsageError {
+// A policy file error: "policy.yaml:12:5: principals[0].keys[1]: expected ... (...)".
+class PolicyError : public common::SourceError {
  public:
-  PolicyError(std::string file, int line, int column, std::string key, std::string message);
-  [[nodiscard]] const std::string& file() const noexcept { return file_; }
-  [[nodiscard]] int line() const noexcept { return line_; }      // 1-based; 0 if unknown
-  [[nodiscard]] int column() const noexcept { return column_; }  // 1-based; 0 if unknown
-  [[nodiscard]] const std::string& key() const noexcept { return key_; }
-  [[nodiscard]] const std::string& message() const noexcept { return message_; }
-
- private:
-  std::string file_;
-  int line_;
-  int column_;
-  std::string key_;
-  std::string message_;
+  using common::SourceError::SourceError;
 };
 
 // Parses YAML text. `source` names the input in errors. Throws PolicyError.

@@ -18,7 +18,7 @@ namespace {
 constexpr std::string_view kBegin = "-----BEGIN OPENSSH PRIVATE KEY-----";
 constexpr std::string_view kEnd = "-----END OPENSSH PRIVATE KEY-----";
 constexpr std::string_view kAuthMagic{"openssh-key-v1\0", 15};
-constexpr size_t kMaxKeyFile = 16 * 1024;
+constexpr size_t kMaxKeyFile = size_t{16} * 1024;
 
 [[noreturn]] void bad_key(std::string_view source, std::string_view what) {
   throw common::UsageError("key file " + std::string(source) + ": " + std::string(what) +

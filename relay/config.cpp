@@ -41,9 +41,9 @@ class Parser {
       : source_(std::move(source)), upstream_optional_(upstream_optional) {}
 
   [[noreturn]] void fail(const YAML::Node& n, const std::string& key, const std::string& msg) const {
-    std::string where = source_;
-    if (n.IsDefined() && n.Mark().line >= 0) where += ":" + std::to_string(n.Mark().line + 1);
-    throw common::UsageError("config " + where + ": " + (key.empty() ? "" : "key '" + key + "': ") + msg);
+    const bool known = n.IsDefined() && n.Mark().line >= 0;
+    throw common::SourceError(source_, known ? n.Mark().line + 1 : 0, known ? n.Mark().column + 1 : 0, key,
+                              msg);
   }
 
   std::string scalar(const YAML::Node& n, const std::string& key) const {
@@ -92,8 +92,7 @@ class Parser {
     try {
       root = YAML::Load(std::string(text));
     } catch (const YAML::Exception& e) {
-      throw common::UsageError("config " + source_ + ":" + std::to_string(e.mark.line + 1) +
-                               ": not valid YAML: " + e.msg);
+      throw common::SourceError(source_, e.mark.line + 1, e.mark.column + 1, "", "not valid YAML: " + e.msg);
     }
     ConfigFile out;
     if (!root.IsMap()) fail(root, "", "expected a mapping with 'routes:' and optional limits");

@@ -52,10 +52,24 @@ struct BadCase {
   std::vector<const char*> must_contain;
 };
 
+// The relay config and the policy report bad input the same way: FILE:LINE:COLUMN: KEY: MESSAGE.
+TEST(RelayConfigTest, ErrorsHaveThePolicyFileStyle) {
+  try {
+    parse_config("workers: many\nroutes: []\n", "relay.yaml");
+    FAIL() << "no error";
+  } catch (const common::SourceError& e) {
+    EXPECT_EQ(e.file(), "relay.yaml");
+    EXPECT_EQ(e.line(), 1);
+    EXPECT_EQ(e.column(), 10);
+    EXPECT_EQ(e.key(), "workers");
+    EXPECT_EQ(std::string(e.what()), "relay.yaml:1:10: workers: " + e.message());
+  }
+}
+
 TEST(RelayConfigTest, ErrorsNameFileLineKeyAndFix) {
   const std::vector<BadCase> cases = {
       {"routes:\n  - listen: 127.0.0.1:2222\n    upstream: nowhere\n",
-       {"relay.yaml:3", "key 'upstream'", "ADDR:PORT", "nowhere"}},
+       {"relay.yaml:3:15: upstream: ", "ADDR:PORT", "nowhere"}},
       {"connect_timeout: soon\nroutes:\n  - listen: 127.0.0.1:1\n    upstream: 127.0.0.1:2\n",
        {"relay.yaml:1", "connect_timeout", "500ms", "soon"}},
       {"wokers: 2\nroutes: []\n", {"relay.yaml:1", "wokers", "unknown setting", "workers"}},
