@@ -12,6 +12,7 @@
 #include "bpf/sock_diag.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "metrics/audit_types.h"
 #include "metrics/catalog.h"
 #include "policy/flow_tag.h"
 #include "policy/snapshot.h"
@@ -78,18 +79,17 @@ std::string LiveFlows::rfc3339_from_boot(uint64_t boot_ns) {
 
 nlohmann::json LiveFlows::close_record(const sshring_flow_key& k, const sshring_flow& f, const char* end,
                                        const std::string& grant) {
-  nlohmann::json rec = {{"type", "flow_close"},
-                        {"flow", flow_json(k)},
-                        {"tag", tag_name(f.tag)},
-                        {"first_seen", rfc3339_from_boot(f.first_ns)},
-                        {"packets_in", f.packets[0]},
-                        {"packets_out", f.packets[1]},
-                        {"bytes_in", f.bytes[0]},
-                        {"bytes_out", f.bytes[1]},
-                        {"last_seen", rfc3339_from_boot(f.last_ns)},
-                        {"end", end}};
-  if (!grant.empty()) rec["grant_id"] = grant;
-  return rec;
+  return metrics::FlowClose{.flow = flow_key(k),
+                            .tag = tag_name(f.tag),
+                            .grant_id = grant,
+                            .packets_in = f.packets[0],
+                            .packets_out = f.packets[1],
+                            .bytes_in = f.bytes[0],
+                            .bytes_out = f.bytes[1],
+                            .first_seen = rfc3339_from_boot(f.first_ns),
+                            .last_seen = rfc3339_from_boot(f.last_ns),
+                            .end = end}
+      .to_json();
 }
 
 size_t LiveFlows::seed(const policy::Snapshot& snap, int64_t now_unix) {
@@ -115,13 +115,12 @@ size_t LiveFlows::seed(const policy::Snapshot& snap, int64_t now_unix) {
     if (bpf_map_update_elem(fd, &s.key, &f, BPF_NOEXIST) != 0) continue;
     made++;
     stats_.flows_seeded.add();
-    nlohmann::json rec = {{"type", "flow_open"},
-                          {"flow", flow_json(s.key)},
-                          {"tag", tag_name(f.tag)},
-                          {"first_seen", rfc3339_from_boot(boot)},
-                          {"seeded", true}};
-    if (!cls.id.empty()) rec["grant_id"] = std::string(cls.id);
-    report_(std::move(rec));
+    report_(metrics::FlowOpen{.flow = flow_key(s.key),
+                              .tag = tag_name(f.tag),
+                              .grant_id = std::string(cls.id),
+                              .first_seen = rfc3339_from_boot(boot),
+                              .seeded = true}
+                .to_json());
   }
   return made;
 }
@@ -158,18 +157,17 @@ void LiveFlows::cut(const sshring_flow_key& k, const sshring_flow& f) {
     return;
   }
   stats_.flows_cut.add();
-  nlohmann::json rec = {{"type", "flow_cut"},
-                        {"flow", flow_json(k)},
-                        {"tag", tag_name(f.tag)},
-                        {"reason", f.tag == SSHRING_TAG_EXPIRED ? "grant_expired" : "unapproved"},
-                        {"first_seen", rfc3339_from_boot(f.first_ns)},
-                        {"packets_in", f.packets[0]},
-                        {"packets_out", f.packets[1]},
-                        {"bytes_in", f.bytes[0]},
-                        {"bytes_out", f.bytes[1]},
-                        {"enforced", true}};
-  if (!grant.empty()) rec["grant_id"] = grant;
-  report_(std::move(rec));
+  report_(metrics::FlowCut{.flow = flow_key(k),
+                           .tag = tag_name(f.tag),
+                           .reason = f.tag == SSHRING_TAG_EXPIRED ? "grant_expired" : "unapproved",
+                           .grant_id = grant,
+                           .first_seen = rfc3339_from_boot(f.first_ns),
+                           .packets_in = f.packets[0],
+                           .packets_out = f.packets[1],
+                           .bytes_in = f.bytes[0],
+                           .bytes_out = f.bytes[1],
+                           .enforced = true}
+              .to_json());
 }
 
 bool LiveFlows::evict_idle(const sshring_flow_key& k, const sshring_flow& f, bool enforce) {

@@ -23,6 +23,7 @@
 #include "common/flags.h"
 #include "common/unique_fd.h"
 #include "metrics/audit.h"
+#include "metrics/audit_types.h"
 #include "policy/etcd/client.h"
 #include "policy/etcd/store.h"
 #include "policy/grant_store.h"
@@ -330,14 +331,14 @@ bool record_push(const common::Flags& f, const cli::EtcdTarget& t, const std::st
                                                 .component = "policy",
                                                 .fsync_each = true,
                                                 .syslog = f.flag("audit-syslog")});
-  audit.append({{"type", "policy_push"},
-                {"actor", actor()},
-                {"file", file},
-                {"digest", "sha256:" + policy::etcd::sha256_hex(text)},
-                {"size", text.size()},
-                {"store", "etcd://" + t.client->describe().substr(5) + t.prefix},
-                {"etcd_revision", revision},
-                {"base_revision", base}});
+  audit.append(metrics::PolicyPush{.actor = actor(),
+                                   .file = file,
+                                   .digest = "sha256:" + policy::etcd::sha256_hex(text),
+                                   .size = text.size(),
+                                   .store = "etcd://" + t.client->describe().substr(5) + t.prefix,
+                                   .etcd_revision = static_cast<uint64_t>(std::max<int64_t>(revision, 0)),
+                                   .base_revision = static_cast<uint64_t>(std::max<int64_t>(base, 0))}
+                   .to_json());
   audit.flush();
   return audit.write_errors() == 0;
 }

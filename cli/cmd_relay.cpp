@@ -189,11 +189,11 @@ bool audit_refuses(const common::Flags& f) {
 }
 
 nlohmann::json handover_record(const char* side, const relay::HandoverServer::Counts& c) {
-  return {{"type", "relay_handover"},
-          {"side", side},
-          {"sessions", c.sessions},
-          {"listeners", c.listeners},
-          {"peer_pid", c.peer_pid}};
+  return metrics::RelayHandover{.side = side,
+                                .sessions = c.sessions,
+                                .listeners = c.listeners,
+                                .peer_pid = static_cast<uint64_t>(std::max(c.peer_pid, 0))}
+      .to_json();
 }
 
 std::shared_ptr<metrics::AuditLog> open_audit(const common::Flags& f) {

@@ -22,7 +22,7 @@ inline const std::string kZeroHash(64, '0');
 inline constexpr const char* kRecordTypes[] = {
     "session_start", "session_end", "session_deny", "grant_add", "grant_revoke", "grant_expire", "flow_open",
     "flow_close", "flow_cut", "policy_reload", "log_rotate", "log_recover", "log_reopen", "log_gap",
-    "checkpoint", "relay_handover",
+    "checkpoint", "relay_handover", "policy_push",
     // signed grants (docs/policy.md)
     "grant_request", "grant_approve", "grant_deny", "grant_review", "grant_reject"};
 

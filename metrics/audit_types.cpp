@@ -202,6 +202,7 @@ J FlowOpen::to_json() const {
   put(j, "grant_id", grant_id);
   put(j, "first_seen", first_seen);
   if (enforced) j["enforced"] = *enforced;
+  if (seeded) j["seeded"] = *seeded;
   return j;
 }
 
@@ -212,6 +213,7 @@ FlowOpen FlowOpen::from(const J& body) {
   r.grant_id = str(body, "grant_id");
   r.first_seen = str(body, "first_seen");
   r.enforced = opt_bool(body, "enforced");
+  r.seeded = opt_bool(body, "seeded");
   return r;
 }
 
@@ -244,6 +246,78 @@ FlowClose FlowClose::from(const J& body) {
   r.last_seen = str(body, "last_seen");
   r.end = str(body, "end");
   r.enforced = opt_bool(body, "enforced");
+  return r;
+}
+
+J FlowCut::to_json() const {
+  J j = typed(kType);
+  j["flow"] = flow_json(flow);
+  j["tag"] = tag;
+  j["reason"] = reason;
+  put(j, "grant_id", grant_id);
+  put(j, "first_seen", first_seen);
+  j["packets_in"] = packets_in;
+  j["packets_out"] = packets_out;
+  j["bytes_in"] = bytes_in;
+  j["bytes_out"] = bytes_out;
+  if (enforced) j["enforced"] = *enforced;
+  return j;
+}
+
+FlowCut FlowCut::from(const J& body) {
+  FlowCut r;
+  r.flow = flow_from(body);
+  r.tag = str(body, "tag");
+  r.reason = str(body, "reason");
+  r.grant_id = str(body, "grant_id");
+  r.first_seen = str(body, "first_seen");
+  r.packets_in = num(body, "packets_in");
+  r.packets_out = num(body, "packets_out");
+  r.bytes_in = num(body, "bytes_in");
+  r.bytes_out = num(body, "bytes_out");
+  r.enforced = opt_bool(body, "enforced");
+  return r;
+}
+
+J PolicyPush::to_json() const {
+  J j = typed(kType);
+  j["actor"] = actor;
+  put(j, "file", file);
+  j["digest"] = digest;
+  j["size"] = size;
+  j["store"] = store;
+  j["etcd_revision"] = etcd_revision;
+  if (base_revision) j["base_revision"] = *base_revision;
+  return j;
+}
+
+PolicyPush PolicyPush::from(const J& body) {
+  PolicyPush r;
+  r.actor = str(body, "actor");
+  r.file = str(body, "file");
+  r.digest = str(body, "digest");
+  r.size = num(body, "size");
+  r.store = str(body, "store");
+  r.etcd_revision = num(body, "etcd_revision");
+  r.base_revision = opt_num(body, "base_revision");
+  return r;
+}
+
+J RelayHandover::to_json() const {
+  J j = typed(kType);
+  j["side"] = side;
+  j["sessions"] = sessions;
+  j["listeners"] = listeners;
+  if (peer_pid) j["peer_pid"] = *peer_pid;
+  return j;
+}
+
+RelayHandover RelayHandover::from(const J& body) {
+  RelayHandover r;
+  r.side = str(body, "side");
+  r.sessions = num(body, "sessions");
+  r.listeners = num(body, "listeners");
+  r.peer_pid = opt_num(body, "peer_pid");
   return r;
 }
 

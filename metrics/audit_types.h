@@ -101,6 +101,7 @@ struct FlowOpen {
   std::string grant_id;  // empty: none
   std::string first_seen;
   std::optional<bool> enforced;
+  std::optional<bool> seeded;  // true: open before the agent started, found by its socket dump
   [[nodiscard]] nlohmann::json to_json() const;
   static FlowOpen from(const nlohmann::json& body);
 };
@@ -117,6 +118,44 @@ struct FlowClose {
   std::optional<bool> enforced;
   [[nodiscard]] nlohmann::json to_json() const;
   static FlowClose from(const nlohmann::json& body);
+};
+
+// Enforce mode ended a live flow (its grant expired or was revoked, or it was never approved).
+struct FlowCut {
+  static constexpr const char* kType = "flow_cut";
+  FlowKey flow;
+  std::string tag;
+  std::string reason;  // grant_expired | unapproved
+  std::string grant_id;
+  std::string first_seen;
+  uint64_t packets_in = 0, packets_out = 0, bytes_in = 0, bytes_out = 0;
+  std::optional<bool> enforced;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static FlowCut from(const nlohmann::json& body);
+};
+
+// `sshring policy push`: a policy written to the fleet store.
+struct PolicyPush {
+  static constexpr const char* kType = "policy_push";
+  std::string actor;
+  std::string file;
+  std::string digest;  // sha256:HEX of the text pushed
+  uint64_t size = 0;
+  std::string store;  // etcd://HOST:PORT/PREFIX
+  uint64_t etcd_revision = 0;
+  std::optional<uint64_t> base_revision;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static PolicyPush from(const nlohmann::json& body);
+};
+
+// A relay hand-over, written by both sides: "sent" by the old relay, "received" by the new one.
+struct RelayHandover {
+  static constexpr const char* kType = "relay_handover";
+  std::string side;
+  uint64_t sessions = 0, listeners = 0;
+  std::optional<uint64_t> peer_pid;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static RelayHandover from(const nlohmann::json& body);
 };
 
 struct PolicyReload {

@@ -86,7 +86,7 @@ std::vector<GrantExpire> samples() {
 }
 template <>
 std::vector<FlowOpen> samples() {
-  return {FlowOpen{flow(), "bypass_approved", "g-1", "2026-12-01T11:00:00.001Z", true},
+  return {FlowOpen{flow(), "bypass_approved", "g-1", "2026-12-01T11:00:00.001Z", true, true},
           FlowOpen{.flow = flow(), .tag = "proxied"}};
 }
 template <>
@@ -94,6 +94,23 @@ std::vector<FlowClose> samples() {
   return {FlowClose{flow(), "bypass_expired", "g-1", 1, 2, 3, 4, "2026-12-01T11:00:00.001Z",
                     "2026-12-01T11:00:09.001Z", "rst", false},
           FlowClose{.flow = flow(), .tag = "bypass_unapproved", .end = "fin"}};
+}
+template <>
+std::vector<FlowCut> samples() {
+  return {
+      FlowCut{flow(), "bypass_expired", "grant_expired", "g-1", "2026-12-01T11:00:00.001Z", 5, 6, 7, 8, true},
+      FlowCut{.flow = flow(), .tag = "bypass_unapproved", .reason = "unapproved"}};
+}
+template <>
+std::vector<PolicyPush> samples() {
+  return {
+      PolicyPush{"alice@ops", "policy.yaml", "sha256:00ff", 1234, "etcd://127.0.0.1:2379/sshring/", 42, 41},
+      PolicyPush{
+          .actor = "ci", .digest = "sha256:ab", .size = 1, .store = "etcd://e:1/p/", .etcd_revision = 2}};
+}
+template <>
+std::vector<RelayHandover> samples() {
+  return {RelayHandover{"sent", 10, 2, 4242}, RelayHandover{.side = "received"}};
 }
 template <>
 std::vector<PolicyReload> samples() {
@@ -123,9 +140,9 @@ std::vector<Checkpoint> samples() {
 
 template <class T>
 class AuditTypesTest : public ::testing::Test {};
-using AllTypes =
-    ::testing::Types<SessionStart, SessionEnd, SessionDeny, GrantAdd, GrantRevoke, GrantExpire, FlowOpen,
-                     FlowClose, PolicyReload, LogRotate, LogRecover, LogReopen, LogGap, Checkpoint>;
+using AllTypes = ::testing::Types<SessionStart, SessionEnd, SessionDeny, GrantAdd, GrantRevoke, GrantExpire,
+                                  FlowOpen, FlowClose, FlowCut, PolicyPush, RelayHandover, PolicyReload,
+                                  LogRotate, LogRecover, LogReopen, LogGap, Checkpoint>;
 TYPED_TEST_SUITE(AuditTypesTest, AllTypes);
 
 TYPED_TEST(AuditTypesTest, RoundTripsThroughTheLogAndTheReader) {
@@ -157,14 +174,14 @@ TYPED_TEST(AuditTypesTest, RoundTripsThroughTheLogAndTheReader) {
 // The reader's type list and the typed structs agree.
 TEST(AuditTypesListTest, EveryRecordTypeHasAStruct) {
   std::set<std::string> structs = {
-      SessionStart::kType, SessionEnd::kType, SessionDeny::kType, GrantAdd::kType,     GrantRevoke::kType,
-      GrantExpire::kType,  FlowOpen::kType,   FlowClose::kType,   PolicyReload::kType, LogRotate::kType,
-      LogRecover::kType,   LogReopen::kType,  LogGap::kType,      Checkpoint::kType};
-  // Written today without a metrics/ struct (signed grants build theirs in policy/grant_audit.cpp,
-  // the agent its flow_cut, the relay its relay_handover): the list can only shrink. A new record
-  // type must come with a struct.
-  const std::set<std::string> untyped = {"flow_cut",      "grant_approve", "grant_deny",    "grant_reject",
-                                         "grant_request", "grant_review",  "relay_handover"};
+      SessionStart::kType,  SessionEnd::kType,   SessionDeny::kType, GrantAdd::kType,   GrantRevoke::kType,
+      GrantExpire::kType,   FlowOpen::kType,     FlowClose::kType,   FlowCut::kType,    PolicyPush::kType,
+      RelayHandover::kType, PolicyReload::kType, LogRotate::kType,   LogRecover::kType, LogReopen::kType,
+      LogGap::kType,        Checkpoint::kType};
+  // Written today without a metrics/ struct (signed grants build theirs in policy/grant_audit.cpp):
+  // the list can only shrink. A new record type must come with a struct.
+  const std::set<std::string> untyped = {"grant_approve", "grant_deny", "grant_reject", "grant_request",
+                                         "grant_review"};
   for (const auto& t : untyped) structs.insert(t);
   std::set<std::string> listed(std::begin(kRecordTypes), std::end(kRecordTypes));
   EXPECT_EQ(structs, listed);
