@@ -127,7 +127,11 @@ int recv_handover(int sock, HandoverMessage& out, int timeout_ms) {
   do {
     n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
-  if (n < 0) return -errno;
+  // A peer that closes with our messages unread leaves ECONNRESET on this socket, and the kernel
+  // reports it before the messages the peer sent us first (its REFUSE, say). Those are still queued:
+  // read them, so that the reset is what we see after them.
+  if (n < 0 && errno == ECONNRESET) n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  if (n < 0) return errno == EAGAIN ? -ECONNRESET : -errno;
   // Take every descriptor first, so none leaks whatever the body says.
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;

@@ -98,7 +98,8 @@ struct HandoverMessage {
 // Sends one message (blocking). Returns 0 or -errno.
 int send_handover(int sock, HandoverMsg type, const nlohmann::json& body, const std::vector<int>& fds = {});
 // Receives one message, waiting up to timeout_ms (-1: forever). Returns 0, -errno, -ETIMEDOUT, or
-// -EPROTO for a message this side cannot parse; -ECONNRESET when the peer closed.
+// -EPROTO for a message this side cannot parse; -ECONNRESET when the peer closed and nothing it sent
+// before closing is left to read.
 int recv_handover(int sock, HandoverMessage& out, int timeout_ms);
 
 // SESSION messages: the body, with the descriptors to send appended to *fds; and back.

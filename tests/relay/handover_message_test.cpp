@@ -1,6 +1,8 @@
 // Hand-over SESSION messages (relay/handover.h): a round trip, and descriptor indices that point at
-// the sockets or wrap around are refused (both were found by relay_handover_fuzz_test's inputs).
+// the sockets or wrap around are refused (both were found by relay_handover_fuzz_test's inputs), and
+// a peer's last message is read even when it closed with ours unread.
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -74,4 +76,23 @@ TEST(HandoverMessage, NumbersThatAreNotWholeAreRefused) {
   auto body = body_with_pipe_at(nlohmann::json::parse("38446744073709551615"));
   auto m = message_with(4, body);
   EXPECT_THROW(relay::session_from_message(m), std::runtime_error);
+}
+
+// The new relay that refuses the state answers REFUSE and exits with the rest of the state unread. The
+// kernel then reports ECONNRESET before the queued REFUSE; the sender must still read why (CI saw the
+// hand-over counted "failed" instead of "refused" when the exit won the race).
+TEST(HandoverMessage, RefuseQueuedBeforeThePeerClosedIsReadBeforeTheReset) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd old_relay(sv[0]), new_relay(sv[1]);
+  ASSERT_EQ(relay::send_handover(old_relay.get(), relay::HandoverMsg::kState, {{"state_version", 99}}), 0);
+  ASSERT_EQ(relay::send_handover(old_relay.get(), relay::HandoverMsg::kEnd, nlohmann::json::object()), 0);
+  relay::HandoverMessage m;
+  ASSERT_EQ(relay::recv_handover(new_relay.get(), m, 1000), 0);
+  ASSERT_EQ(relay::send_handover(new_relay.get(), relay::HandoverMsg::kRefuse, {{"error", "version 99"}}), 0);
+  new_relay.reset();  // END still unread: the kernel marks the old relay's socket reset
+  ASSERT_EQ(relay::recv_handover(old_relay.get(), m, 1000), 0);
+  EXPECT_EQ(m.type, relay::HandoverMsg::kRefuse);
+  EXPECT_EQ(m.body.value("error", std::string()), "version 99");
+  EXPECT_EQ(relay::recv_handover(old_relay.get(), m, 1000), -ECONNRESET);
 }
