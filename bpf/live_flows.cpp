@@ -10,6 +10,7 @@
 #include "bpf/loader.h"
 #include "bpf/map_iter.h"
 #include "bpf/sock_diag.h"
+#include "common/civil_time.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "metrics/audit_types.h"
@@ -67,14 +68,8 @@ nlohmann::json LiveFlows::flow_json(const sshring_flow_key& k) {
 }
 
 std::string LiveFlows::rfc3339_from_boot(uint64_t boot_ns) {
-  int64_t unix_ns = static_cast<int64_t>(boot_ns) + common::realtime_minus_boottime_ns();
-  time_t secs = unix_ns / 1000000000;
-  tm t{};
-  ::gmtime_r(&secs, &t);
-  char buf[64];
-  (void)std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900, t.tm_mon + 1,
-                      t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>((unix_ns / 1000000) % 1000));
-  return buf;
+  const int64_t unix_ns = static_cast<int64_t>(boot_ns) + common::realtime_minus_boottime_ns();
+  return common::format_rfc3339_ms(common::floor_div(unix_ns, 1'000'000));
 }
 
 nlohmann::json LiveFlows::close_record(const sshring_flow_key& k, const sshring_flow& f, const char* end,

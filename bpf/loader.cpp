@@ -29,8 +29,6 @@ using common::throw_errno;
 
 namespace {
 
-using common::clock_ns;
-
 bool is_bpffs(const std::string& path) {
   struct statfs st {};
   return ::statfs(path.c_str(), &st) == 0 && st.f_type == BPF_FS_MAGIC;
@@ -322,8 +320,15 @@ TcHook::~TcHook() {
   if (!active_ || keep_) return;
   LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex_,
               .attach_point = ingress_ ? BPF_TC_INGRESS : BPF_TC_EGRESS);
-  // Remove only our filter, and only if it is still the program we attached.
-  if (auto slot = query_tc_slot(ifindex_, ingress_); slot && slot->prog_id == prog_id_) {
+  // Remove only our filter, and only if it is still the program we attached. The query allocates (a
+  // name string): if that fails, leave the filter rather than throw from a destructor.
+  std::optional<TcSlot> slot;
+  try {
+    slot = query_tc_slot(ifindex_, ingress_);
+  } catch (const std::exception&) {
+    slot.reset();
+  }
+  if (slot && slot->prog_id == prog_id_) {
     LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kTcHandle, .priority = kTcPriority);
     bpf_tc_detach(&hook, &opts);
   }

@@ -22,6 +22,7 @@
 #include "cli/command.h"
 #include "cli/store_flags.h"
 #include "client/client.h"
+#include "common/civil_time.h"
 #include "common/duration.h"
 #include "common/error.h"
 #include "common/flags.h"
@@ -287,7 +288,7 @@ void print_result(const common::Flags& f, const policy::CheckedGrant& chk) {
             << " (" << chk.detail << ")\n";
   if (chk.break_glass && chk.activated)
     std::cout << "break-glass: this fires a critical alert; someone else must review it before "
-              << policy::format_rfc3339(chk.review_due) << " (sshring grant review " << r.id
+              << common::format_rfc3339(chk.review_due) << " (sshring grant review " << r.id
               << " --note ...)\n";
 }
 
@@ -492,7 +493,7 @@ nlohmann::json list_json(const policy::CheckedGrant& c, UnixSeconds now) {
     nlohmann::json j = {{"decision", policy::decision_name(d.kind)},
                         {"signer", d.signer},
                         {"key_fingerprint", d.fingerprint},
-                        {"at", policy::format_rfc3339(d.at)},
+                        {"at", common::format_rfc3339(d.at)},
                         {"counted", d.counted},
                         {"note", d.note}};
     if (!d.counted) j["not_counted"] = d.not_counted_why;
@@ -512,19 +513,19 @@ nlohmann::json list_json(const policy::CheckedGrant& c, UnixSeconds now) {
                       {"ports", r.ports.to_string()},
                       {"ttl_seconds", r.ttl_seconds},
                       {"reason", r.reason},
-                      {"requested", policy::format_rfc3339(r.created)},
+                      {"requested", common::format_rfc3339(r.created)},
                       {"decisions", decisions},
                       {"live", c.honoured() && c.terms.live(now)}};
   if (c.status == policy::GrantStatus::kRejected) j["reject_reason"] = c.reject_reason;
   if (c.activated) {
-    j["active_from"] = policy::format_rfc3339(c.terms.created);
-    j["expires"] = policy::format_rfc3339(c.terms.effective_expiry());
+    j["active_from"] = common::format_rfc3339(c.terms.created);
+    j["expires"] = common::format_rfc3339(c.terms.effective_expiry());
     j["time_left_seconds"] = j["live"].get<bool>() ? c.terms.effective_expiry() - now : 0;
   }
   if (c.break_glass) {
     j["break_glass"] = true;
     j["reviewed"] = c.reviewed;
-    j["review_due"] = policy::format_rfc3339(c.review_due);
+    j["review_due"] = common::format_rfc3339(c.review_due);
     j["review_overdue"] = c.review_overdue(now);
   }
   return j;
@@ -586,7 +587,7 @@ int list(const std::vector<std::string>& args) {
     std::cout << std::setw(15) << r.id << std::setw(10) << status << std::setw(12) << r.who << std::setw(12)
               << r.requester << std::setw(20) << r.from.to_string() << std::setw(24)
               << (r.to.to_string() + ":" + r.ports.to_string()) << std::setw(22)
-              << (g.activated ? policy::format_rfc3339(g.terms.effective_expiry()) : "-") << std::setw(34)
+              << (g.activated ? common::format_rfc3339(g.terms.effective_expiry()) : "-") << std::setw(34)
               << approvers_text(g) << r.reason << " / " << g.detail << "\n";
   }
   return 0;

@@ -18,6 +18,7 @@
 
 #include "cli/command.h"
 #include "cli/store_flags.h"
+#include "common/civil_time.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/flags.h"
@@ -39,7 +40,7 @@ using policy::UnixSeconds;
 UnixSeconds now_or_at(const common::Flags& f) {
   if (auto at = f.get("at")) {
     UnixSeconds t;
-    if (!policy::parse_rfc3339(*at, &t)) {
+    if (!common::parse_rfc3339(*at, &t)) {
       throw UsageError("--at '" + *at + "': expected a time like 2026-12-01T09:30:00Z");
     }
     return t;
@@ -160,7 +161,7 @@ int explain_flow(const common::Flags& f, UnixSeconds now) {
          {"tag", std::string(policy::flow_tag_name(fc.tag))},
          {"id", std::string(fc.id)},
          {"protected", snap->protects(*dst, port)}};
-  if (!fc.id.empty()) out["expires"] = policy::format_rfc3339(fc.expires);
+  if (!fc.id.empty()) out["expires"] = common::format_rfc3339(fc.expires);
   out["rejected_grants"] = rejected_covering(*snap, *src, *dst, port);
   if (!f.flag("json")) {
     std::cout << "flow " << src->to_string() << " -> " << f.positionals()[0] << ": "
@@ -168,7 +169,7 @@ int explain_flow(const common::Flags& f, UnixSeconds now) {
     if (!fc.id.empty()) {
       std::cout << " by " << (fc.id.starts_with("g-") ? "grant " : "opt_out rule ") << fc.id
                 << (fc.tag == policy::FlowTag::kBypassApproved ? " (expires " : " (expired ")
-                << policy::format_rfc3339(fc.expires) << ")";
+                << common::format_rfc3339(fc.expires) << ")";
     } else if (fc.tag == policy::FlowTag::kProxied) {
       std::cout << " (source is a relay)";
     } else {

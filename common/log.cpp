@@ -3,9 +3,10 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <chrono>
 #include <cstdio>
-#include <ctime>
+
+#include "common/civil_time.h"
+#include "common/clock.h"
 
 namespace sshring::common {
 namespace {
@@ -50,16 +51,8 @@ void set_log_level(LogLevel level) {
 
 void log(LogLevel level, std::string_view msg, std::initializer_list<LogField> fields) {
   if (level < g_level.load(std::memory_order_relaxed)) return;
-  auto now = std::chrono::system_clock::now();
-  auto secs = std::chrono::system_clock::to_time_t(now);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char ts[40];
-  std::snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03lldZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<long long>(ms));
   std::string line = "ts=";
-  line += ts;
+  line += format_rfc3339_ms(unix_now_ms());
   line += " level=";
   line += level_name(level);
   line += " msg=";

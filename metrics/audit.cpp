@@ -29,6 +29,8 @@
 #include <thread>
 
 #include "common/base64.h"
+#include "common/civil_time.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/unique_fd.h"
@@ -89,8 +91,7 @@ std::string utc_stamp() {
   std::tm tm{};
   ::gmtime_r(&now, &tm);
   char stamp[32];
-  std::strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
-  return stamp;
+  return std::strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm) > 0 ? stamp : "unknown-time";
 }
 
 // "relay.audit.jsonl.20261130T145324Z" (plus ".N" if that name exists or was just chosen).
@@ -278,19 +279,20 @@ struct AuditLog::Impl {
     return text;
   }
 
-  // format_rfc3339_ms, with the seconds part formatted once per second (the hot path). Caller holds mu.
+  // common::format_rfc3339_ms, with the seconds part formatted once per second (the hot path). Caller
+  // holds mu.
   std::string now_rfc3339() {
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                  std::chrono::system_clock::now().time_since_epoch())
-                  .count();
+    const int64_t ms = common::unix_now_ms();
     if (ms / 1000 != ts_cache_sec) {
       ts_cache_sec = ms / 1000;
-      ts_cache = format_rfc3339_ms(std::chrono::system_clock::time_point(std::chrono::milliseconds(ms)));
+      ts_cache = common::format_rfc3339_ms(ms);
     }
-    char frac[4];
-    std::snprintf(frac, sizeof(frac), "%03d", static_cast<int>(ms % 1000));
+    const auto frac = static_cast<unsigned>(ms - ts_cache_sec * 1000);  // 0..999
     std::string out = ts_cache;
-    out.replace(out.size() - 4, 3, frac);  // "...SS.mmmZ"
+    char* mmm = out.data() + out.size() - 4;  // "...SS.mmmZ"
+    mmm[0] = static_cast<char>('0' + frac / 100);
+    mmm[1] = static_cast<char>('0' + frac / 10 % 10);
+    mmm[2] = static_cast<char>('0' + frac % 10);
     return out;
   }
   int64_t ts_cache_sec = -1;
@@ -493,7 +495,7 @@ struct AuditLog::Impl {
   // While unwritable, records beyond the buffer are dropped before they enter the chain, and counted.
   bool drop_if_full_locked() {
     if (ok.load(std::memory_order_relaxed) || pending_bytes < opts.max_pending_bytes) return false;
-    std::string ts = format_rfc3339_ms(std::chrono::system_clock::now());
+    std::string ts = common::format_rfc3339_ms(common::unix_now_ms());
     if (gap.dropped++ == 0) {
       gap.first_dropped = ts;
       gap.error = last_error;
@@ -547,14 +549,24 @@ AuditLog::~AuditLog() {
   auto& d = *impl_;
   {
     std::lock_guard lk(d.mu);
-    if (d.key) d.checkpoint_locked(/*final=*/true);
+    try {
+      if (d.key) d.checkpoint_locked(/*final=*/true);
+    } catch (const std::exception&) {
+      // Out of memory: the chain ends without its final checkpoint, as after a crash.
+    }
     d.stop = true;
   }
   d.wake_cv.notify_all();
-  if (d.writer.joinable()) d.writer.join();
-  if (!flush()) {
-    common::log_error("audit log closed with records not on disk",
-                      {{"file", d.opts.path}, {"error", d.last_error}});
+  // What can throw from here is allocation (the last write, the log line): the records it concerns
+  // already count as write errors, and a destructor must not throw.
+  try {
+    if (d.writer.joinable()) d.writer.join();
+    if (!flush()) {
+      common::log_error("audit log closed with records not on disk",
+                        {{"file", d.opts.path}, {"error", d.last_error}});
+    }
+  } catch (const std::exception&) {
+    return;
   }
 }
 

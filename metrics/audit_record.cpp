@@ -1,5 +1,6 @@
 #include "metrics/audit_record.h"
 
+#include "common/civil_time.h"
 #include "common/sha256.h"
 
 #include <openssl/evp.h>
@@ -231,91 +232,10 @@ bool check_flow(const nlohmann::json& flow, std::string* error) {
   return true;
 }
 
-int digits(std::string_view s, size_t pos, size_t n, bool* ok) {
-  int v = 0;
-  if (pos + n > s.size()) {
-    *ok = false;
-    return 0;
-  }
-  for (size_t i = pos; i < pos + n; ++i) {
-    if (s[i] < '0' || s[i] > '9') {
-      *ok = false;
-      return 0;
-    }
-    v = v * 10 + (s[i] - '0');
-  }
-  return v;
-}
-
 }  // namespace
 
 std::string sha256_hex(std::string_view data) {
   return common::sha256_hex(data);
-}
-
-std::string format_rfc3339_ms(std::chrono::system_clock::time_point t) {
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
-  std::time_t secs = static_cast<std::time_t>(ms / 1000);
-  int frac = static_cast<int>(ms % 1000);
-  if (frac < 0) {
-    frac += 1000;
-    --secs;
-  }
-  std::tm tm{};
-  ::gmtime_r(&secs, &tm);
-  char buf[64];
-  (void)std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
-  return buf;
-}
-
-std::optional<int64_t> parse_rfc3339_ms(std::string_view s) {
-  bool ok = true;
-  if (s.size() < 20 || s.size() > 40 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') ||
-      s[13] != ':' || s[16] != ':') {
-    return std::nullopt;
-  }
-  int year = digits(s, 0, 4, &ok), mon = digits(s, 5, 2, &ok), day = digits(s, 8, 2, &ok);
-  int hour = digits(s, 11, 2, &ok), min = digits(s, 14, 2, &ok), sec = digits(s, 17, 2, &ok);
-  if (!ok || mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 || sec > 60)
-    return std::nullopt;
-  size_t pos = 19;
-  int64_t ms = 0;
-  if (pos < s.size() && s[pos] == '.') {
-    ++pos;
-    size_t start = pos;
-    int scale = 100;
-    while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') {
-      ms += static_cast<int64_t>(s[pos] - '0') * scale;
-      scale /= 10;
-      ++pos;
-    }
-    if (pos == start) return std::nullopt;
-  }
-  int64_t offset_s = 0;
-  if (pos < s.size() && (s[pos] == 'Z' || s[pos] == 'z')) {
-    ++pos;
-  } else if (pos < s.size() && (s[pos] == '+' || s[pos] == '-')) {
-    int sign = s[pos] == '+' ? 1 : -1;
-    int oh = digits(s, pos + 1, 2, &ok);
-    if (!ok || pos + 3 >= s.size() || s[pos + 3] != ':') return std::nullopt;
-    int om = digits(s, pos + 4, 2, &ok);
-    if (!ok || oh > 23 || om > 59) return std::nullopt;
-    offset_s = sign * (int64_t{oh} * 3600 + int64_t{om} * 60);
-    pos += 6;
-  } else {
-    return std::nullopt;
-  }
-  if (pos != s.size()) return std::nullopt;
-  // Days from civil (Howard Hinnant's algorithm): no timegm/TZ dependence.
-  int y = year - (mon <= 2);
-  int64_t era = (y >= 0 ? y : y - 399) / 400;
-  int64_t yoe = y - era * 400;
-  int64_t doy = (153 * (mon + (mon > 2 ? -3 : 9)) + 2) / 5 + day - 1;
-  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  int64_t days = era * 146097 + doe - 719468;
-  int64_t secs = days * 86400 + int64_t{hour} * 3600 + int64_t{min} * 60 + sec - offset_s;
-  return secs * 1000 + ms;
 }
 
 std::optional<AuditRecord> parse_record(std::string_view line, std::string* error) {
@@ -351,7 +271,7 @@ std::optional<AuditRecord> parse_record(std::string_view line, std::string* erro
   r.host = b["host"].get<std::string>();
   r.prev = b["prev"].get<std::string>();
   r.seq = b["seq"].get<uint64_t>();
-  auto ts = parse_rfc3339_ms(r.ts);
+  auto ts = common::parse_rfc3339_ms(r.ts);
   if (!ts) {
     fail(error, "field 'ts' is not an RFC 3339 time ('" + r.ts.substr(0, 40) + "')");
     return std::nullopt;

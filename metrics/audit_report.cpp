@@ -1,4 +1,5 @@
 #include "metrics/audit_report.h"
+#include "common/civil_time.h"
 #include "common/clock.h"
 
 #include <algorithm>
@@ -194,12 +195,8 @@ void AuditReport::add(const AuditRecord& rec) {
   }
 }
 
-// A window bound as RFC 3339, clamped to what system_clock's nanoseconds hold (years 1678..2262):
-// an arbitrary millisecond count would overflow the conversion.
 static std::string window_bound(int64_t ms) {
-  constexpr int64_t kMaxMs = INT64_MAX / 1000000 - 1;
-  ms = std::clamp<int64_t>(ms, -kMaxMs, kMaxMs);
-  return format_rfc3339_ms(std::chrono::system_clock::time_point(std::chrono::milliseconds(ms)));
+  return common::format_rfc3339_ms(ms);
 }
 
 nlohmann::ordered_json AuditReport::to_json() const {
@@ -302,7 +299,7 @@ void AuditReport::grants_json(nlohmann::ordered_json& out,
     // written when a grant command sweeps the store).
     std::string status = g.status;
     if (status == "granted") {
-      auto exp = parse_rfc3339_ms(str(g.terms, "expires"));
+      auto exp = common::parse_rfc3339_ms(str(g.terms, "expires"));
       status = exp && *exp <= as_of ? "expired" : "active";
     }
     nlohmann::ordered_json j{
@@ -338,7 +335,7 @@ void AuditReport::break_glass_json(nlohmann::ordered_json& out,
     if (!g.break_glass) continue;
     const bool reviewed = !g.reviewed_at.empty();
     if (reviewed && !g.in_window && by_grant.find(id) == by_grant.end()) continue;
-    auto due = parse_rfc3339_ms(g.review_due);
+    auto due = common::parse_rfc3339_ms(g.review_due);
     // A missing or unreadable due time counts as overdue: the review cannot be shown to be on time.
     const char* review = reviewed ? "reviewed" : (!due || *due < as_of) ? "overdue" : "awaiting";
     overdue += std::string_view(review) == "overdue";

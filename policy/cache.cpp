@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "common/civil_time.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "policy/grant_store.h"
@@ -175,7 +176,7 @@ void Reloader::load_from_source() {
     common::log_warn("policy source unavailable; deciding on the cached snapshot",
                      {{"source", opts_.source->id()},
                       {"revision", std::to_string(c->data.revision)},
-                      {"saved_at", format_rfc3339(c->saved_at)},
+                      {"saved_at", common::format_rfc3339(c->saved_at)},
                       {"error", e.what()}});
     return;
   }

@@ -59,7 +59,7 @@ struct Cidr {
 struct PortRange {
   uint16_t lo = 0;
   uint16_t hi = 0;
-  auto operator<=>(const PortRange&) const = default;
+  auto operator<=>(const PortRange&) const = default;  // NOLINT(modernize-use-nullptr): tidy 14 misreads it
 };
 
 class PortSet {

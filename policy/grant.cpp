@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <set>
 
+#include "common/civil_time.h"
 #include "common/duration.h"
 #include "common/error.h"
 #include "common/sha256.h"
@@ -138,7 +139,7 @@ nlohmann::json signed_grant_to_json(const SignedGrant& g) {
       {"ports", r.ports.to_string()},
       {"ttl_seconds", r.ttl_seconds},
       {"created_unix", r.created},
-      {"created", format_rfc3339(r.created)},
+      {"created", common::format_rfc3339(r.created)},
       {"reason", r.reason},
       {"os_user", r.os_user},
       {"host", r.host},
@@ -148,7 +149,7 @@ nlohmann::json signed_grant_to_json(const SignedGrant& g) {
     ds.push_back({{"decision", decision_name(d.kind)},
                   {"signer", d.signer},
                   {"at_unix", d.at},
-                  {"at", format_rfc3339(d.at)},
+                  {"at", common::format_rfc3339(d.at)},
                   {"note", d.note},
                   {"os_user", d.os_user},
                   {"host", d.host},

@@ -116,7 +116,7 @@ std::string_view status_name(GrantStatus s) noexcept;
 // across reloads. Thread-safe. Holds at most `capacity` entries (oldest generation dropped first).
 class SignatureCache {
  public:
-  explicit SignatureCache(size_t capacity = 4 * 100000) : capacity_(capacity) {}
+  explicit SignatureCache(size_t capacity = size_t{4} * 100000) : capacity_(capacity) {}
   // The verified signer's fingerprint, or nullopt (why in *why) if the signature is bad.
   std::optional<std::string> verify(std::string_view armored, std::string_view message, std::string* why);
   // Drops entries not used since the previous call (call once per snapshot build).

@@ -1,5 +1,7 @@
 #include "policy/grant_audit.h"
 
+#include "common/civil_time.h"
+
 namespace sshring::policy {
 namespace {
 
@@ -39,7 +41,7 @@ nlohmann::json grant_request_record(const CheckedGrant& chk, const GrantActor& b
   rec["status"] = status_name(chk.status);
   if (chk.break_glass) {
     rec["break_glass"] = true;
-    if (chk.activated) rec["review_due"] = format_rfc3339(chk.review_due);
+    if (chk.activated) rec["review_due"] = common::format_rfc3339(chk.review_due);
   }
   return rec;
 }
@@ -82,7 +84,7 @@ nlohmann::json grant_reject_record(const CheckedGrant& c) {
 nlohmann::json grant_expire_record(const CheckedGrant& c) {
   auto rec = terms("grant_expire", c.object.request);
   rec["actor"] = "system";
-  rec["expires"] = format_rfc3339(c.activated ? c.terms.expires : c.pending_until);
+  rec["expires"] = common::format_rfc3339(c.activated ? c.terms.expires : c.pending_until);
   return rec;
 }
 

@@ -3,6 +3,7 @@
 #include <numeric>
 #include <set>
 
+#include "common/civil_time.h"
 #include "common/duration.h"
 #include "policy/grant.h"
 
@@ -89,9 +90,9 @@ const OptOutRule* find_allowing_rule(const Policy& policy, const GrantRequest& r
   for (const auto& r : policy.opt_out) {
     if (!req.rule.empty() && r.id != req.rule) continue;
     std::string no = rule_refusal(policy, r, req);
-    if (no.empty() && r.expires <= now) no = "the rule expired at " + format_rfc3339(r.expires);
+    if (no.empty() && r.expires <= now) no = "the rule expired at " + common::format_rfc3339(r.expires);
     if (no.empty() && now + req.ttl_seconds > r.expires)
-      no = "the grant would outlive the rule, which expires at " + format_rfc3339(r.expires);
+      no = "the grant would outlive the rule, which expires at " + common::format_rfc3339(r.expires);
     if (no.empty()) return &r;
     why += "rule " + r.id + ": " + no + "\n";
   }
@@ -164,7 +165,7 @@ CheckedGrant GrantChecker::check(const SignedGrant& g, UnixSeconds now) const {
     return reject("signer_mismatch",
                   "request names requester " + r.requester + " but " + fp + " is " + owner->name + "'s key");
   if (r.created > now + kClockSkewSeconds)
-    return reject("future_time", "request time " + format_rfc3339(r.created) + " is in the future");
+    return reject("future_time", "request time " + common::format_rfc3339(r.created) + " is in the future");
   auto rit = rules_.find(r.rule);
   const OptOutRule* rule = rit == rules_.end() ? nullptr : rit->second;
   if (!rule) return reject("missing_rule", "rule '" + r.rule + "' is not in the policy");
@@ -259,11 +260,11 @@ void GrantChecker::evaluate(const OptOutRule& rule, CheckedGrant& c, UnixSeconds
       c.detail = "withdrawn by " + revoke->signer + " before approval";
     } else if (now >= window_end) {
       c.status = GrantStatus::kExpired;
-      c.detail = "request expired unapproved at " + format_rfc3339(window_end);
+      c.detail = "request expired unapproved at " + common::format_rfc3339(window_end);
     } else {
       c.status = GrantStatus::kPending;
       c.detail = "needs " + std::to_string(need - approvers) + " more approval(s); pending until " +
-                 format_rfc3339(window_end);
+                 common::format_rfc3339(window_end);
     }
     return;
   }
@@ -287,14 +288,14 @@ void GrantChecker::evaluate(const OptOutRule& rule, CheckedGrant& c, UnixSeconds
   c.review_due = *activation + rule.review_within_seconds;
   if (now < t.effective_expiry()) {
     c.status = GrantStatus::kActive;
-    c.detail = "until " + format_rfc3339(t.effective_expiry());
+    c.detail = "until " + common::format_rfc3339(t.effective_expiry());
   } else if (revoke && revoke->at < t.expires) {
     c.status = GrantStatus::kRevoked;
-    c.detail = "revoked by " + revoke->signer + " at " + format_rfc3339(revoke->at) +
+    c.detail = "revoked by " + revoke->signer + " at " + common::format_rfc3339(revoke->at) +
                (revoke->note.empty() ? "" : ": " + revoke->note);
   } else {
     c.status = GrantStatus::kExpired;
-    c.detail = "expired at " + format_rfc3339(t.expires);
+    c.detail = "expired at " + common::format_rfc3339(t.expires);
   }
 }
 

@@ -46,9 +46,9 @@ class GrantStore {
   [[nodiscard]] virtual std::string location() const = 0;
 };
 
-inline constexpr int64_t kDefaultGrantRetentionSeconds = 7 * 86400;
+inline constexpr int64_t kDefaultGrantRetentionSeconds = int64_t{7} * 86400;
 inline constexpr size_t kMaxGrants = 100000;
-inline constexpr size_t kMaxGrantFileBytes = 64 * 1024;
+inline constexpr size_t kMaxGrantFileBytes = size_t{64} * 1024;
 
 // The last second at which anything in the object could still take effect, from its own (unverified)
 // times: its latest time plus its TTL plus the longest request_ttl a policy may set.

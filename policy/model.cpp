@@ -2,6 +2,8 @@
 
 #include <cctype>
 
+#include "common/civil_time.h"
+
 namespace sshring::policy {
 
 bool Window::contains(UnixSeconds now) const noexcept {
@@ -10,7 +12,7 @@ bool Window::contains(UnixSeconds now) const noexcept {
   int64_t days_since = local / 86400;
   if (local % 86400 < 0) --days_since;
   const auto minute = static_cast<uint16_t>((local - days_since * 86400) / 60);
-  const unsigned wday = weekday_from_days(days_since);
+  const unsigned wday = common::weekday_from_days(days_since);
   const unsigned yday = (wday + 6) % 7;
   if (start_min < end_min) return (days >> wday & 1u) && minute >= start_min && minute < end_min;
   // Across midnight: the evening part belongs to today, the morning part to the day before.

@@ -93,10 +93,10 @@ struct PrincipalSet {
 };
 
 inline constexpr int64_t kDefaultRequestTtlSeconds = 3600;
-inline constexpr int64_t kMaxRequestTtlSeconds = 7 * 86400;
+inline constexpr int64_t kMaxRequestTtlSeconds = int64_t{7} * 86400;
 inline constexpr int64_t kDefaultReviewWithinSeconds = 86400;
-inline constexpr int64_t kMaxBreakGlassTtlSeconds = 4 * 3600;
-inline constexpr int64_t kStandingWarnSeconds = 90 * 86400;
+inline constexpr int64_t kMaxBreakGlassTtlSeconds = int64_t{4} * 3600;
+inline constexpr int64_t kStandingWarnSeconds = int64_t{90} * 86400;
 inline constexpr uint32_t kMaxApprovals = 16;
 
 // A rule under which direct (non-relayed) SSH is allowed, through grants only (least privilege),

@@ -1,5 +1,6 @@
 #include "policy/parser.h"
 
+#include "common/civil_time.h"
 #include "policy/store_uri.h"
 
 #include <yaml-cpp/yaml.h>
@@ -514,7 +515,7 @@ class Parser {
       r.require_approver = boolean(n["require_approver"], sub(key, "require_approver"));
     if (n["require_grant"]) r.require_grant = boolean(n["require_grant"], sub(key, "require_grant"));
     std::string ex = scalar(n["expires"], sub(key, "expires"), "a time like 2027-06-30T00:00:00Z", 40);
-    if (!parse_rfc3339(ex, &r.expires))
+    if (!common::parse_rfc3339(ex, &r.expires))
       fail(n["expires"].Mark(), sub(key, "expires"),
            "invalid time '" + ex + "'; expected RFC 3339 like 2027-06-30T00:00:00Z");
     grant_fields(n, key, roles, &r);
@@ -747,7 +748,7 @@ class YamlWriter {
     e_ << YAML::Key << "require_reason" << YAML::Value << r.require_reason;
     e_ << YAML::Key << "require_approver" << YAML::Value << r.require_approver;
     e_ << YAML::Key << "require_grant" << YAML::Value << r.require_grant;
-    e_ << YAML::Key << "expires" << YAML::Value << format_rfc3339(r.expires);
+    e_ << YAML::Key << "expires" << YAML::Value << common::format_rfc3339(r.expires);
     principal_set("approvals", r.approvers, &r.approvals_count);
     principal_set("requesters", r.requesters, nullptr);
     principal_set("reviewers", r.reviewers, nullptr);
@@ -858,9 +859,9 @@ void lint_rule(const OptOutRule& r, UnixSeconds now, const std::set<std::string>
     out.push_back({where, "max_ttl " + common::format_duration(std::chrono::seconds(r.max_ttl_seconds)) +
                               " is over the sane maximum of 24h"});
   }
-  if (r.expires <= now) out.push_back({where, "rule expired at " + format_rfc3339(r.expires)});
+  if (r.expires <= now) out.push_back({where, "rule expired at " + common::format_rfc3339(r.expires)});
   if (r.standing && r.expires > now + kStandingWarnSeconds)
-    out.push_back({where, "standing exception lasts until " + format_rfc3339(r.expires) +
+    out.push_back({where, "standing exception lasts until " + common::format_rfc3339(r.expires) +
                               ", more than 90 days; review it and set a nearer expires"});
   if (r.require_grant)
     out.push_back({where,

@@ -29,7 +29,7 @@ struct Lint {
   std::string where;    // "opt_out[ci-direct]"
   std::string message;  // "from 0.0.0.0/0 opens direct SSH to every source"
 };
-inline constexpr int64_t kSaneMaxTtlSeconds = 24 * 3600;
+inline constexpr int64_t kSaneMaxTtlSeconds = int64_t{24} * 3600;
 // `relays` prefixes shorter than these are linted as overly wide (every host inside is trusted).
 inline constexpr unsigned kMinRelayPrefixV4 = 16;
 inline constexpr unsigned kMinRelayPrefixV6 = 48;

@@ -7,9 +7,17 @@
 #include <fstream>
 #include <iterator>
 
+#include "common/civil_time.h"
 #include "common/error.h"
 
 namespace sshring::policy {
+
+using common::civil_from_days;
+using common::days_from_civil;
+using common::floor_div;
+using common::is_leap_year;
+using common::month_days;
+using common::weekday_from_days;
 
 struct TimeZoneBuilder {
   static std::shared_ptr<TimeZone> make(std::string name) {
@@ -30,31 +38,6 @@ struct TimeZoneBuilder {
 };
 
 namespace {
-
-bool is_leap(int64_t y) {
-  return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-}
-unsigned month_days(int64_t y, unsigned m) {
-  static constexpr unsigned kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-  return m == 2 && is_leap(y) ? 29 : kDays[m - 1];
-}
-
-int64_t floor_div(int64_t a, int64_t b) {
-  return a / b - ((a % b != 0) && ((a < 0) != (b < 0)));
-}
-
-void civil_from_days(int64_t z, int64_t* y, unsigned* m, unsigned* d) {
-  z += 719468;
-  const int64_t era = floor_div(z, 146097);
-  const unsigned doe = static_cast<unsigned>(z - era * 146097);
-  const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  const int64_t yy = static_cast<int64_t>(yoe) + era * 400;
-  const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  const unsigned mp = (5 * doy + 2) / 153;
-  *d = doy - (153 * mp + 2) / 5 + 1;
-  *m = mp < 10 ? mp + 3 : mp - 9;
-  *y = yy + (*m <= 2);
-}
 
 // --- POSIX TZ strings -------------------------------------------------------------------------------
 
@@ -138,11 +121,11 @@ bool parse_when(Cursor& c, TimeZone::PosixRule::When* w) {
 // Day number (days since epoch) of a rule date in year y.
 int64_t rule_day(const TimeZone::PosixRule::When& w, int64_t y) {
   int64_t jan1 = days_from_civil(y, 1, 1);
-  if (w.kind == 'J') return jan1 + w.day - 1 + (is_leap(y) && w.day >= 60 ? 1 : 0);
+  if (w.kind == 'J') return jan1 + w.day - 1 + (is_leap_year(y) && w.day >= 60 ? 1 : 0);
   if (w.kind == 'D') return jan1 + w.day;
   int64_t first = days_from_civil(y, static_cast<unsigned>(w.month), 1);
   unsigned wd = weekday_from_days(first);
-  int64_t day = first + (static_cast<unsigned>(w.wday) + 7 - wd) % 7 + (w.week - 1) * 7;
+  int64_t day = first + (static_cast<unsigned>(w.wday) + 7 - wd) % 7 + int64_t{w.week - 1} * 7;
   int64_t mlen = month_days(y, static_cast<unsigned>(w.month));
   while (day >= first + mlen) day -= 7;
   return day;
@@ -176,7 +159,7 @@ std::shared_ptr<const TimeZone> parse_tzif(std::string_view name, const std::str
   if (n < 44 || std::memcmp(u, "TZif", 4) != 0) bad_zone(name, "not a TZif file");
   auto counts = [&](size_t off, uint32_t c[6]) {
     if (off + 44 > n) bad_zone(name, "truncated TZif header");
-    for (int i = 0; i < 6; ++i) c[i] = be32(u + off + 20 + 4 * i);
+    for (int i = 0; i < 6; ++i) c[i] = be32(u + off + 20 + static_cast<size_t>(i) * 4);
   };
   uint32_t c[6];
   counts(0, c);
@@ -200,14 +183,16 @@ std::shared_ptr<const TimeZone> parse_tzif(std::string_view name, const std::str
   const unsigned char* idx = times + size_t{timecnt} * tsize;
   const unsigned char* types = idx + timecnt;
   std::vector<int32_t> type_off(typecnt);
-  for (uint32_t i = 0; i < typecnt; ++i) type_off[i] = static_cast<int32_t>(be32(types + 6 * i));
+  for (uint32_t i = 0; i < typecnt; ++i)
+    type_off[i] = static_cast<int32_t>(be32(types + static_cast<size_t>(i) * 6));
   std::vector<int64_t> trans(timecnt);
   std::vector<int32_t> offs(timecnt);
   for (uint32_t i = 0; i < timecnt; ++i) {
     if (tsize == 8) {
-      trans[i] = static_cast<int64_t>((uint64_t{be32(times + 8 * i)} << 32) | be32(times + 8 * i + 4));
+      trans[i] = static_cast<int64_t>((uint64_t{be32(times + static_cast<size_t>(i) * 8)} << 32) |
+                                      be32(times + static_cast<size_t>(i) * 8 + 4));
     } else {
-      trans[i] = static_cast<int32_t>(be32(times + 4 * i));
+      trans[i] = static_cast<int32_t>(be32(times + static_cast<size_t>(i) * 4));
     }
     if (idx[i] >= typecnt) bad_zone(name, "TZif transition names a missing type");
     offs[i] = type_off[idx[i]];
@@ -230,19 +215,6 @@ std::shared_ptr<const TimeZone> parse_tzif(std::string_view name, const std::str
 }
 
 }  // namespace
-
-int64_t days_from_civil(int64_t y, unsigned m, unsigned d) noexcept {
-  y -= m <= 2;
-  const int64_t era = floor_div(y, 400);
-  const unsigned yoe = static_cast<unsigned>(y - era * 400);
-  const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + static_cast<int64_t>(doe) - 719468;
-}
-
-unsigned weekday_from_days(int64_t z) noexcept {
-  return static_cast<unsigned>(z >= -4 ? (z + 4) % 7 : (z + 5) % 7 + 6);
-}
 
 std::shared_ptr<const TimeZone> TimeZone::from_posix(std::string_view rule) {
   Cursor c{rule};
@@ -331,66 +303,6 @@ int32_t TimeZone::offset_at(int64_t t) const noexcept {
   auto it = std::upper_bound(transitions_.begin(), transitions_.end(), t);
   if (it == transitions_.begin()) return initial_offset_;
   return offsets_[static_cast<size_t>(it - transitions_.begin() - 1)];
-}
-
-bool parse_rfc3339(std::string_view s, int64_t* out) {
-  auto num = [&](size_t pos, size_t len, int* v) {
-    if (pos + len > s.size()) return false;
-    *v = 0;
-    for (size_t i = pos; i < pos + len; ++i) {
-      if (!std::isdigit(static_cast<unsigned char>(s[i]))) return false;
-      *v = *v * 10 + (s[i] - '0');
-    }
-    return true;
-  };
-  int y, mo, d, h = 0, mi = 0, se = 0;
-  if (!num(0, 4, &y) || s.size() < 10 || s[4] != '-' || !num(5, 2, &mo) || s[7] != '-' || !num(8, 2, &d)) {
-    return false;
-  }
-  if (mo < 1 || mo > 12 || d < 1 || d > static_cast<int>(month_days(y, static_cast<unsigned>(mo))))
-    return false;
-  int32_t offset = 0;
-  if (s.size() > 10) {
-    if ((s[10] != 'T' && s[10] != 't' && s[10] != ' ') || !num(11, 2, &h) || s.size() < 16 || s[13] != ':' ||
-        !num(14, 2, &mi)) {
-      return false;
-    }
-    size_t p = 16;
-    if (p < s.size() && s[p] == ':') {
-      if (!num(p + 1, 2, &se)) return false;
-      p += 3;
-    }
-    if (h > 23 || mi > 59 || se > 60) return false;
-    if (p >= s.size()) return false;  // a time needs a zone: Z or an offset
-    if (s[p] == 'Z' || s[p] == 'z') {
-      if (p + 1 != s.size()) return false;
-    } else if (s[p] == '+' || s[p] == '-') {
-      int oh, om;
-      if (s.size() != p + 6 || !num(p + 1, 2, &oh) || s[p + 3] != ':' || !num(p + 4, 2, &om) || oh > 23 ||
-          om > 59) {
-        return false;
-      }
-      offset = (s[p] == '-' ? -1 : 1) * (oh * 3600 + om * 60);
-    } else {
-      return false;
-    }
-  }
-  *out = days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * 86400 + h * 3600 +
-         mi * 60 + se - offset;
-  return true;
-}
-
-std::string format_rfc3339(int64_t t) {
-  int64_t days = floor_div(t, 86400);
-  int64_t secs = t - days * 86400;
-  int64_t y;
-  unsigned m, d;
-  civil_from_days(days, &y, &m, &d);
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "%04lld-%02u-%02uT%02lld:%02lld:%02lldZ", static_cast<long long>(y), m, d,
-                static_cast<long long>(secs / 3600), static_cast<long long>(secs / 60 % 60),
-                static_cast<long long>(secs % 60));
-  return buf;
 }
 
 }  // namespace sshring::policy

@@ -47,13 +47,4 @@ class TimeZone {
   friend struct TimeZoneBuilder;
 };
 
-// Civil-calendar helpers (proleptic Gregorian, UTC).
-int64_t days_from_civil(int64_t y, unsigned m, unsigned d) noexcept;
-// 0 = Sunday ... 6 = Saturday.
-unsigned weekday_from_days(int64_t days) noexcept;
-// Parses "2027-06-30T00:00:00Z" or with an offset "+02:00"; also a bare date "2027-06-30" (midnight
-// UTC). nullopt-like: returns false if malformed.
-bool parse_rfc3339(std::string_view text, int64_t* unix_seconds);
-std::string format_rfc3339(int64_t unix_seconds);  // "2027-06-30T00:00:00Z"
-
 }  // namespace sshring::policy

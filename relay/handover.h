@@ -45,7 +45,7 @@ inline constexpr uint32_t kHandoverProtocol = 1;
 // What a SESSION message means; a relay imports only the state versions it knows.
 inline constexpr uint32_t kHandoverStateVersion = 1;
 inline constexpr size_t kHandoverMaxFds = 8;
-inline constexpr size_t kHandoverMaxMessage = 64 * 1024;
+inline constexpr size_t kHandoverMaxMessage = size_t{64} * 1024;
 
 enum class HandoverMsg : uint16_t {
   kHello = 1,

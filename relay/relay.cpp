@@ -102,7 +102,7 @@ void Relay::start() {
   if (started_) throw common::UsageError("relay already started");
   validate(cfg_);
   // Writes to a peer that went away must fail with EPIPE, not kill the process.
-  ::signal(SIGPIPE, SIG_IGN);
+  (void)::signal(SIGPIPE, SIG_IGN);
   unsigned n = cfg_.workers ? cfg_.workers : std::max(1u, std::thread::hardware_concurrency());
   if (!cfg_.admission) cfg_.admission = std::make_shared<Admission>(cfg_.startups);
   std::vector<std::vector<common::UniqueFd>> fds;  // [route][worker]
@@ -189,7 +189,7 @@ size_t route_of(const std::vector<Route>& routes, const std::vector<common::Sock
 void Relay::start_from(RelayExport in) {
   if (started_) throw common::UsageError("relay already started");
   validate(cfg_);
-  ::signal(SIGPIPE, SIG_IGN);
+  (void)::signal(SIGPIPE, SIG_IGN);
   const unsigned n = in.workers ? in.workers : 1;
   // [route][worker]: the old process's listener, else a new one in the same SO_REUSEPORT group.
   std::vector<std::vector<common::UniqueFd>> fds(cfg_.routes.size());

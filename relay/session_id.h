@@ -10,7 +10,7 @@ namespace sshring::relay {
 
 inline std::string session_id_string(uint64_t id) {
   char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(id));
+  (void)std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(id));
   return buf;
 }
 

@@ -10,6 +10,7 @@
 
 #include <cstring>
 #include <exception>
+#include <utility>
 
 #include "common/clock.h"
 #include "common/error.h"
@@ -78,13 +79,9 @@ int PipePool::acquire(PipePair& out) {
 void PipePool::release(PipePair& p, bool clean) {
   if (!p.valid()) return;
   --in_use_;
-  if (clean && free_.size() < keep_) {
-    free_.push_back(std::move(p));
-  } else {
-    p.r.reset();
-    p.w.reset();
-  }
-  p.capacity = 0;
+  // Either way the session's slot is left empty (no descriptors, no capacity).
+  PipePair taken = std::exchange(p, PipePair{});
+  if (clean && free_.size() < keep_) free_.push_back(std::move(taken));
 }
 
 Worker::Limits Worker::limits_from(const RelayConfig& cfg, unsigned nworkers) {
@@ -155,7 +152,7 @@ void Worker::request_stop() {
 }
 
 void Worker::request_reload(const RelayConfig& cfg, std::vector<Route> table, std::vector<bool> removed,
-                            std::shared_ptr<std::vector<RouteSlot>> added) {
+                            const std::shared_ptr<std::vector<RouteSlot>>& added) {
   post([this, cfg, table = std::move(table), removed = std::move(removed), added] {
     limits_ = limits_from(cfg, nworkers_);
     cfg_.log_sessions = cfg.log_sessions;

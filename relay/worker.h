@@ -117,6 +117,7 @@ struct RouteSlot {
   bool removed = false;
 };
 
+// NOLINTNEXTLINE(bugprone-reserved-identifier): clang-tidy 14 names the implicit copy's loop index.
 struct Session {
   enum class Phase : uint8_t { kFree, kHandshake, kPending, kConnecting, kReplying, kSplicing, kRejecting };
   uint32_t index = 0;
@@ -193,7 +194,7 @@ class Worker final : public HandshakeContext {
   // `table`: every route by slot index (append-only); `removed[i]`: slot i stops accepting;
   // `added`: listeners for slots beyond the current table.
   void request_reload(const RelayConfig& cfg, std::vector<Route> table, std::vector<bool> removed,
-                      std::shared_ptr<std::vector<RouteSlot>> added);
+                      const std::shared_ptr<std::vector<RouteSlot>>& added);
 
   // Hand-over, old side. Stops accepting (listeners stay open), lets handshakes finish, parks every
   // established session, then calls `done` on the worker thread with copies (dup) of what it holds.

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "common/civil_time.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/json_number.h"
@@ -39,7 +40,7 @@ std::string random_hex(size_t bytes) {
 
 std::string chunk_key(const Keys& k, std::string_view digest_hex, size_t i) {
   char n[16];
-  std::snprintf(n, sizeof n, "%04zu", i);
+  (void)std::snprintf(n, sizeof n, "%04zu", i);
   return k.policy_blob(digest_hex) + n;
 }
 
@@ -221,9 +222,12 @@ PushResult push_policy(Client& c, const Keys& k, const std::string& text, const 
   for (size_t i = 0; i < chunks; ++i)
     c.put(chunk_key(k, hex, i), text.substr(i * kPolicyChunkBytes, kPolicyChunkBytes));
   const std::string push_id = random_hex(8);
-  nlohmann::json meta = {
-      {"digest", "sha256:" + hex},        {"size", text.size()}, {"chunks", chunks}, {"author", author},
-      {"pushed_at", format_rfc3339(now)}, {"push_id", push_id}};
+  nlohmann::json meta = {{"digest", "sha256:" + hex},
+                         {"size", text.size()},
+                         {"chunks", chunks},
+                         {"author", author},
+                         {"pushed_at", common::format_rfc3339(now)},
+                         {"push_id", push_id}};
   auto t = c.txn({{k.policy_current(), Compare::Target::kMod, base_revision}},
                  {{Op::Kind::kPut, k.policy_current(), meta.dump()}});
   PushResult out;

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "common/civil_time.h"
 #include "metrics/audit_record.h"
 #include "metrics/audit_report.h"
 
@@ -16,6 +17,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)rep.to_json().dump();
     (void)rep.to_text();
   }
-  (void)sshring::metrics::parse_rfc3339_ms(line.substr(0, 40));
+  (void)sshring::common::parse_rfc3339_ms(line.substr(0, 40));
   return 0;
 }

@@ -165,7 +165,9 @@ TYPED_TEST(AuditTypesTest, RoundTripsThroughTheLogAndTheReader) {
     ASSERT_TRUE(back);
     EXPECT_EQ(back->to_json(), all[i].to_json()) << line;
     // Another type's view of it is refused.
-    if (std::string(TypeParam::kType) != SessionEnd::kType) EXPECT_FALSE(record_as<SessionEnd>(*rec));
+    if (std::string(TypeParam::kType) != SessionEnd::kType) {
+      EXPECT_FALSE(record_as<SessionEnd>(*rec));
+    }
     ++i;
   }
   EXPECT_EQ(i, all.size());

@@ -379,7 +379,9 @@ TEST(GrantCheck, ManyGrantsCheckedInParallelKeepOrderAndVerdicts) {
       ASSERT_EQ(checked[i].object.request.id, gs[i].request.id) << i;
       const bool forged = i % 7 == 3;
       EXPECT_EQ(checked[i].status, forged ? GrantStatus::kRejected : GrantStatus::kActive) << i;
-      if (forged) EXPECT_EQ(checked[i].reject_reason, "bad_signature") << i;
+      if (forged) {
+        EXPECT_EQ(checked[i].reject_reason, "bad_signature") << i;
+      }
       rejected += forged;
     }
     EXPECT_EQ(snap->live_grants(kT + 5), gs.size() - rejected);

@@ -2,6 +2,7 @@
 // its YAML round trip, and the lints of `policy check`.
 #include <gtest/gtest.h>
 
+#include "common/civil_time.h"
 #include "policy/parser.h"
 #include "tests/policy/test_util.h"
 #include "tests/support/process.h"
@@ -260,7 +261,7 @@ TEST(PolicyParser, ExamplePolicyParsesAndRoundTrips) {
   EXPECT_EQ(oncall->windows[1].end_min, 1440);
   EXPECT_EQ(p.find_principal("alice")->keys[0].fingerprint, testing::kAliceFingerprint);
   EXPECT_EQ(p.opt_out[0].max_ttl_seconds, 8 * 3600);
-  EXPECT_EQ(format_rfc3339(p.opt_out[0].expires), "2027-02-15T00:00:00Z");
+  EXPECT_EQ(common::format_rfc3339(p.opt_out[0].expires), "2027-02-15T00:00:00Z");
   EXPECT_TRUE(p.opt_out[0].standing);
   EXPECT_EQ(p.opt_out[1].approvals_count, 2u);
   EXPECT_EQ(p.opt_out[1].approvers.roles, std::vector<std::string>{"security"});

@@ -138,7 +138,9 @@ TEST(PolicyProperty, SourceTableReproducesClassify) {
       FlowTag got = !row ? FlowTag::kBypassUnapproved
                          : (t < row->max_expires ? FlowTag::kBypassApproved : FlowTag::kBypassExpired);
       ASSERT_EQ(flow_tag_name(got), flow_tag_name(want.tag));
-      if (row) ASSERT_EQ(row->id, want.id);
+      if (row) {
+        ASSERT_EQ(row->id, want.id);
+      }
     }
   }
 }
@@ -188,7 +190,9 @@ TEST(PolicyProperty, AuthorizeMatchesBruteForce) {
     }
     Decision d = s->address_allowed(pr.name, name, addr, port, 0);
     ASSERT_EQ(d.allowed, want) << pr.name << " " << addr.to_string() << ":" << port << " " << name;
-    if (!want) ASSERT_EQ(d.reason, port_miss ? Reason::kPortNotAllowed : Reason::kTargetNotAllowed);
+    if (!want) {
+      ASSERT_EQ(d.reason, port_miss ? Reason::kPortNotAllowed : Reason::kTargetNotAllowed);
+    }
     allowed += want;
   }
   EXPECT_GT(allowed, 500u);
