@@ -326,7 +326,7 @@ TcHook::~TcHook() {
   try {
     slot = query_tc_slot(ifindex_, ingress_);
   } catch (const std::exception&) {
-    slot.reset();
+    // slot stays empty
   }
   if (slot && slot->prog_id == prog_id_) {
     LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kTcHandle, .priority = kTcPriority);

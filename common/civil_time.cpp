@@ -1,5 +1,6 @@
 #include "common/civil_time.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <optional>
@@ -127,7 +128,13 @@ std::optional<int64_t> parse_rfc3339_ms(std::string_view text) {
 
 namespace {
 
+// RFC 3339 has four-digit years: times outside 0000-01-01 .. 9999-12-31 print as those bounds (and
+// the arithmetic below stays far from overflow whatever number a record or flag carried).
+constexpr int64_t kMinSeconds = -62167219200;  // 0000-01-01T00:00:00Z
+constexpr int64_t kMaxSeconds = 253402300799;  // 9999-12-31T23:59:59Z
+
 std::string format(int64_t unix_seconds, int millis) {
+  unix_seconds = std::clamp(unix_seconds, kMinSeconds, kMaxSeconds);
   const int64_t days = floor_div(unix_seconds, 86400);
   const int64_t secs = unix_seconds - days * 86400;
   int64_t y;
@@ -153,8 +160,8 @@ std::string format_rfc3339(int64_t unix_seconds) {
 }
 
 std::string format_rfc3339_ms(int64_t unix_millis) {
-  return format(floor_div(unix_millis, 1000),
-                static_cast<int>(unix_millis - floor_div(unix_millis, 1000) * 1000));
+  const auto rem = static_cast<int>(unix_millis % 1000);  // no multiplication back: INT64_MIN is fine
+  return format(floor_div(unix_millis, 1000), rem < 0 ? rem + 1000 : rem);
 }
 
 }  // namespace sshring::common

@@ -283,8 +283,8 @@ struct AuditLog::Impl {
   // holds mu.
   std::string now_rfc3339() {
     const int64_t ms = common::unix_now_ms();
-    if (ms / 1000 != ts_cache_sec) {
-      ts_cache_sec = ms / 1000;
+    if (common::floor_div(ms, 1000) != ts_cache_sec) {
+      ts_cache_sec = common::floor_div(ms, 1000);
       ts_cache = common::format_rfc3339_ms(ms);
     }
     const auto frac = static_cast<unsigned>(ms - ts_cache_sec * 1000);  // 0..999
@@ -566,7 +566,7 @@ AuditLog::~AuditLog() {
                         {{"file", d.opts.path}, {"error", d.last_error}});
     }
   } catch (const std::exception&) {
-    return;
+    // see above
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <ctime>
 
 #include "common/clock.h"
@@ -42,6 +43,11 @@ TEST(CivilTime, FormatsRoundTripAndAgreeWithGlibc) {
   EXPECT_EQ(common::format_rfc3339(-1), "1969-12-31T23:59:59Z");
   EXPECT_EQ(common::format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
   EXPECT_EQ(common::format_rfc3339_ms(1500), "1970-01-01T00:00:01.500Z");
+  // Out of the four-digit range (a crafted record's number): the bounds, no overflow (UBSan checks).
+  EXPECT_EQ(common::format_rfc3339_ms(INT64_MIN), "0000-01-01T00:00:00.192Z");
+  EXPECT_EQ(common::format_rfc3339_ms(INT64_MAX), "9999-12-31T23:59:59.807Z");
+  EXPECT_EQ(common::format_rfc3339(INT64_MIN), "0000-01-01T00:00:00Z");
+  EXPECT_EQ(common::format_rfc3339(INT64_MAX), "9999-12-31T23:59:59Z");
   const int64_t now = common::unix_now_ms();
   EXPECT_EQ(common::parse_rfc3339_ms(common::format_rfc3339_ms(now)), now);
   // Every day from 1900 to 2100 against gmtime_r.
