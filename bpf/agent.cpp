@@ -15,6 +15,7 @@
 #include "bpf/kernel_policy.h"
 #include "bpf/live_flows.h"
 #include "bpf/pin_check.h"
+#include "bridge/grant_records.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "metrics/audit.h"
@@ -24,7 +25,6 @@
 #include "metrics/server.h"
 #include "policy/cache.h"
 #include "policy/flow_tag.h"
-#include "policy/grant_audit.h"
 #include "policy/snapshot.h"
 
 namespace sshring::bpf {
@@ -116,7 +116,7 @@ class Agent {
     if (opts_.cache_dir) ro.cache_dir = *opts_.cache_dir;
     // Counted by the observer; the audit record is written here.
     ro.on_grant_rejected = [this](const policy::CheckedGrant& c) {
-      if (audit_) audit_->append(policy::grant_reject_record(c));
+      if (audit_) audit_->append(bridge::grant_reject_record(c));
     };
     reloader_ = std::make_unique<policy::Reloader>(cache_, ro);
     reloader_->reload_or_throw();

@@ -19,6 +19,7 @@
 #include <optional>
 #include <tuple>
 
+#include "bridge/grant_records.h"
 #include "cli/command.h"
 #include "cli/store_flags.h"
 #include "client/client.h"
@@ -29,7 +30,6 @@
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "metrics/audit.h"
-#include "policy/grant_audit.h"
 #include "policy/grant_store.h"
 #include "policy/parser.h"
 
@@ -164,7 +164,7 @@ void sweep(Context& c) {
     auto chk = checker.check(g, c.now);
     if (chk.status != policy::GrantStatus::kExpired) continue;
     c.store->update(g.id(), [](policy::SignedGrant& s) { s.expire_recorded = true; });
-    if (c.audit) c.audit->append(policy::grant_expire_record(chk));
+    if (c.audit) c.audit->append(bridge::grant_expire_record(chk));
   }
 }
 
@@ -188,7 +188,7 @@ Context open(const common::Flags& f, bool need_audit, bool allow_broken_policy =
   return c;
 }
 
-policy::GrantActor actor(const std::string& principal, const policy::SshsigSigner& s) {
+bridge::GrantActor actor(const std::string& principal, const policy::SshsigSigner& s) {
   return {principal, s.key.fingerprint, os_user(), host_name()};
 }
 
@@ -339,7 +339,7 @@ int request(const std::vector<std::string>& args, bool one_step) {
     throw std::runtime_error("internal: a fresh request was rejected: " + chk.detail);
   // Acknowledged only once its record is on disk: no record, no grant.
   std::string audit_error;
-  if (!c.audit->commit(policy::grant_request_record(chk, actor(me, signer)), &audit_error)) {
+  if (!c.audit->commit(bridge::grant_request_record(chk, actor(me, signer)), &audit_error)) {
     std::cerr << "sshring grant: not added: " << audit_error << "\n";
     return 1;
   }
@@ -381,17 +381,17 @@ std::string decision_refusal(const policy::CheckedGrant& chk, const policy::OptO
 }
 
 nlohmann::json decision_record(const DecisionSpec& spec, const policy::SignedGrant& g,
-                               const policy::GrantActor& by, const std::string& note,
+                               const bridge::GrantActor& by, const std::string& note,
                                const policy::CheckedGrant& after) {
   switch (spec.kind) {
     case policy::DecisionKind::kApprove:
-      return policy::grant_approve_record(g, by, policy::status_name(after.status));
+      return bridge::grant_approve_record(g, by, policy::status_name(after.status)).to_json();
     case policy::DecisionKind::kDeny:
-      return policy::grant_deny_record(g, by, note);
+      return bridge::grant_deny_record(g, by, note).to_json();
     case policy::DecisionKind::kReview:
-      return policy::grant_review_record(g, by, note);
+      return bridge::grant_review_record(g, by, note).to_json();
     case policy::DecisionKind::kRevoke:
-      return policy::grant_revoke_record(g, by, note);
+      return bridge::grant_revoke_record(g, by, note).to_json();
   }
   return {};
 }

@@ -84,7 +84,7 @@ const TypeSpec kTypes[] = {
       {"signer", Kind::kString, true},
       {"key_fingerprint", Kind::kString, true},
       {"os_user", Kind::kString, false},
-      {"host", Kind::kString, false},
+      {"signer_host", Kind::kString, false},
       {"break_glass", Kind::kBool, false},
       {"review_due", Kind::kString, false}}},
     {"grant_approve",

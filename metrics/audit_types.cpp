@@ -61,9 +61,11 @@ void put_terms(J& j, const GrantTerms& g) {
   put(j, "who", g.who);
   put(j, "from", g.from);
   put(j, "to", g.to);
-  if (!g.ports.empty()) j["ports"] = g.ports;
+  j["ports"] = g.ports;  // required by the signed-grant types, even when empty
   put(j, "expires", g.expires);
   put(j, "rule", g.rule);
+  if (g.ttl_seconds) j["ttl_seconds"] = *g.ttl_seconds;
+  put(j, "requester", g.requester);
 }
 
 void get_terms(const J& j, GrantTerms& g) {
@@ -79,6 +81,40 @@ void get_terms(const J& j, GrantTerms& g) {
   }
   g.expires = str(j, "expires");
   g.rule = str(j, "rule");
+  g.ttl_seconds = opt_num(j, "ttl_seconds");
+  g.requester = str(j, "requester");
+}
+
+void put_signer(J& j, const GrantSigner& s) {
+  put(j, "signer", s.signer);
+  put(j, "key_fingerprint", s.key_fingerprint);
+  put(j, "os_user", s.os_user);
+  put(j, "signer_host", s.signer_host);
+}
+
+void get_signer(const J& j, GrantSigner& s) {
+  s.signer = str(j, "signer");
+  s.key_fingerprint = str(j, "key_fingerprint");
+  s.os_user = str(j, "os_user");
+  s.signer_host = str(j, "signer_host");
+}
+
+// The signed-grant records: terms, signer, then the type's own fields (written by `fields`).
+template <class R, class Fields>
+J signed_json(const R& r, Fields fields) {
+  J j = typed(R::kType);
+  put_terms(j, r);
+  put_signer(j, r);
+  fields(j);
+  return j;
+}
+
+template <class R>
+R signed_from(const J& body) {
+  R r;
+  get_terms(body, r);
+  get_signer(body, r);
+  return r;
 }
 
 J flow_json(const FlowKey& f) {
@@ -166,18 +202,94 @@ GrantAdd GrantAdd::from(const J& body) {
 }
 
 J GrantRevoke::to_json() const {
-  J j = typed(kType);
-  put_terms(j, *this);
-  put(j, "reason", reason);
-  j["actor"] = actor;
-  return j;
+  return signed_json(*this, [&](J& j) {
+    put(j, "reason", reason);
+    j["actor"] = actor;
+  });
 }
 
 GrantRevoke GrantRevoke::from(const J& body) {
-  GrantRevoke r;
-  get_terms(body, r);
+  auto r = signed_from<GrantRevoke>(body);
   r.reason = str(body, "reason");
   r.actor = str(body, "actor");
+  return r;
+}
+
+J GrantRequest::to_json() const {
+  return signed_json(*this, [&](J& j) {
+    put(j, "actor", actor);
+    put(j, "reason", reason);
+    j["status"] = status;
+    if (break_glass) j["break_glass"] = *break_glass;
+    put(j, "review_due", review_due);
+  });
+}
+
+GrantRequest GrantRequest::from(const J& body) {
+  auto r = signed_from<GrantRequest>(body);
+  r.actor = str(body, "actor");
+  r.reason = str(body, "reason");
+  r.status = str(body, "status");
+  r.break_glass = opt_bool(body, "break_glass");
+  r.review_due = str(body, "review_due");
+  return r;
+}
+
+J GrantApprove::to_json() const {
+  return signed_json(*this, [&](J& j) {
+    put(j, "actor", actor);
+    j["status"] = status;
+  });
+}
+
+GrantApprove GrantApprove::from(const J& body) {
+  auto r = signed_from<GrantApprove>(body);
+  r.actor = str(body, "actor");
+  r.status = str(body, "status");
+  return r;
+}
+
+J GrantDeny::to_json() const {
+  return signed_json(*this, [&](J& j) {
+    put(j, "actor", actor);
+    put(j, "reason", reason);
+  });
+}
+
+GrantDeny GrantDeny::from(const J& body) {
+  auto r = signed_from<GrantDeny>(body);
+  r.actor = str(body, "actor");
+  r.reason = str(body, "reason");
+  return r;
+}
+
+J GrantReview::to_json() const {
+  return signed_json(*this, [&](J& j) {
+    put(j, "actor", actor);
+    put(j, "note", note);
+  });
+}
+
+GrantReview GrantReview::from(const J& body) {
+  auto r = signed_from<GrantReview>(body);
+  r.actor = str(body, "actor");
+  r.note = str(body, "note");
+  return r;
+}
+
+J GrantReject::to_json() const {
+  return signed_json(*this, [&](J& j) {
+    put(j, "actor", actor);
+    j["reason"] = reason;
+    put(j, "detail", detail);
+  });
+}
+
+GrantReject GrantReject::from(const J& body) {
+  auto r = signed_from<GrantReject>(body);
+  r.actor = str(body, "actor");
+  r.reason = str(body, "reason");
+  r.detail = str(body, "detail");
   return r;
 }
 

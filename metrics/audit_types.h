@@ -51,7 +51,7 @@ struct SessionDeny : SessionFields {
   static SessionDeny from(const nlohmann::json& body);
 };
 
-// A grant's terms: written into all three grant record types so each reads on its own.
+// A grant's terms: written into every grant record type so each reads on its own.
 struct GrantTerms {
   std::string grant_id;
   std::string who;
@@ -60,6 +60,18 @@ struct GrantTerms {
   std::vector<uint16_t> ports;
   std::string expires;  // RFC 3339
   std::string rule;
+  std::optional<uint64_t> ttl_seconds;  // signed grants: the TTL asked for
+  std::string requester;                // signed grants: the principal who asked
+};
+
+// Who signed a signed-grant decision: the principal, its key's fingerprint, and the OS user and host
+// recorded beside the signature (never trusted: shown so a reviewer can spot a mismatch). The host is
+// `signer_host` because `host` is the envelope's (the writer's) host.
+struct GrantSigner {
+  std::string signer;
+  std::string key_fingerprint;  // SHA256:...
+  std::string os_user;
+  std::string signer_host;
 };
 
 struct GrantAdd : GrantTerms {
@@ -71,12 +83,62 @@ struct GrantAdd : GrantTerms {
   static GrantAdd from(const nlohmann::json& body);
 };
 
-struct GrantRevoke : GrantTerms {
+struct GrantRevoke : GrantTerms, GrantSigner {
   static constexpr const char* kType = "grant_revoke";
   std::string reason;
   std::string actor;
   [[nodiscard]] nlohmann::json to_json() const;
   static GrantRevoke from(const nlohmann::json& body);
+};
+
+// A signed request as checked (docs/policy.md): its status, and under a break_glass rule
+// break_glass and, once live, review_due (`audit report` lists such grants until reviewed).
+struct GrantRequest : GrantTerms, GrantSigner {
+  static constexpr const char* kType = "grant_request";
+  std::string actor;
+  std::string reason;
+  std::string status;
+  std::optional<bool> break_glass;
+  std::string review_due;  // RFC 3339
+  [[nodiscard]] nlohmann::json to_json() const;
+  static GrantRequest from(const nlohmann::json& body);
+};
+
+// One approval; status is the grant's status after it.
+struct GrantApprove : GrantTerms, GrantSigner {
+  static constexpr const char* kType = "grant_approve";
+  std::string actor;
+  std::string status;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static GrantApprove from(const nlohmann::json& body);
+};
+
+struct GrantDeny : GrantTerms, GrantSigner {
+  static constexpr const char* kType = "grant_deny";
+  std::string actor;
+  std::string reason;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static GrantDeny from(const nlohmann::json& body);
+};
+
+// A break-glass grant reviewed after the fact.
+struct GrantReview : GrantTerms, GrantSigner {
+  static constexpr const char* kType = "grant_review";
+  std::string actor;
+  std::string note;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static GrantReview from(const nlohmann::json& body);
+};
+
+// A stored grant a reader (relay, agent, CLI) refused to honour: a stable reason code
+// (docs/policy.md) and a detail. The signer fields are the requester's, as recorded; signer is empty.
+struct GrantReject : GrantTerms, GrantSigner {
+  static constexpr const char* kType = "grant_reject";
+  std::string actor = "system";
+  std::string reason;
+  std::string detail;
+  [[nodiscard]] nlohmann::json to_json() const;
+  static GrantReject from(const nlohmann::json& body);
 };
 
 struct GrantExpire : GrantTerms {

@@ -4,9 +4,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include "bridge/grant_records.h"
 #include "metrics/audit.h"
 #include "metrics/catalog.h"
-#include "policy/grant_audit.h"
 
 namespace sshring::relay::auth {
 
@@ -31,7 +31,7 @@ AuthService::AuthService(AuthServiceOptions opts) : ids_(opts.relay_ids) {
   // Stored grants this relay refuses to honour: counted once each (the observer), with one
   // grant_reject record.
   ro.on_grant_rejected = [audit = audit_ ? audit_.get() : opts.audit](const policy::CheckedGrant& c) {
-    if (audit) audit->append(policy::grant_reject_record(c));
+    if (audit) audit->append(bridge::grant_reject_record(c));
   };
   reloader_ = std::make_unique<policy::Reloader>(cache_, ro);
   reloader_->reload_or_throw();

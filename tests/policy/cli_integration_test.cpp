@@ -270,6 +270,10 @@ TEST_F(PolicyCli, GrantRequestApproveRevokeWithAuditRecords) {
     EXPECT_EQ(recs[i]["key_fingerprint"], fingerprint(signers[i]));
     EXPECT_EQ(recs[i]["component"], "grant");
     EXPECT_FALSE(recs[i]["host"].get<std::string>().empty());
+    // The signer's recorded host survives beside the envelope's (it was once overwritten by it).
+    EXPECT_EQ(recs[i].value("signer_host", ""), g["request"]["host"].get<std::string>());
+    EXPECT_EQ(recs[i]["requester"], "alice");
+    EXPECT_EQ(recs[i]["ttl_seconds"], 3600);
   }
   EXPECT_EQ(recs[0]["os_user"], "mallory");
   EXPECT_EQ(recs[0]["who"], "alice");
