@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "policy/snapshot.h"
+#include "policy/snapshot.h"
 
 namespace sshring::bpf {
 
@@ -89,8 +90,7 @@ void fold_sources(const KernelPolicy& kp, FoldedPolicy& fp) {
   auto later_first = [&](size_t a, size_t b) {
     const KernelRule& x = kp.rules[a];
     const KernelRule& y = kp.rules[b];
-    if (x.expires != y.expires) return x.expires > y.expires;
-    return x.id < y.id;
+    return policy::decides_before(x.expires, x.id, y.expires, y.id);
   };
   for (const policy::Cidr& p : by_from.prefixes()) {
     FoldedSource src{p, {}};

@@ -491,10 +491,7 @@ FlowClass Snapshot::classify_flow(const IpAddr& source, const IpAddr& dest, uint
       es.each([&](uint32_t e) {
         const auto& ce = c.entries[e];
         if (!ce.ports.contains(port)) return;
-        if (!best || ce.expires > best->expires ||
-            (ce.expires == best->expires && entries_[e].id < best->id)) {
-          best = &entries_[e];
-        }
+        if (!best || decides_before(ce.expires, entries_[e].id, best->expires, best->id)) best = &entries_[e];
       });
     });
   });
@@ -524,7 +521,7 @@ std::vector<SourceRow> Snapshot::source_table(const IpAddr& dest, uint16_t port)
   for (const auto& e : entries_) {
     if (!e.to.contains(dest) || !e.ports.contains(port)) continue;
     SourceRow& r = rows.insert(e.from);
-    if (r.id.empty() || e.expires > r.max_expires || (e.expires == r.max_expires && e.id < r.id)) {
+    if (r.id.empty() || decides_before(e.expires, e.id, r.max_expires, r.id)) {
       r = SourceRow{e.from, e.expires, e.id};
     }
   }
@@ -533,7 +530,7 @@ std::vector<SourceRow> Snapshot::source_table(const IpAddr& dest, uint16_t port)
     SourceRow best = row;
     rows.for_each_match(row.from.addr, [&](const SourceRow& a, const Cidr& c) {
       if (c.len > row.from.len) return;  // only ancestors (and itself)
-      if (a.max_expires > best.max_expires || (a.max_expires == best.max_expires && a.id < best.id)) {
+      if (decides_before(a.max_expires, a.id, best.max_expires, best.id)) {
         best.max_expires = a.max_expires;
         best.id = a.id;
       }

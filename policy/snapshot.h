@@ -94,6 +94,14 @@ struct FlowClass {
 };
 
 // What the eBPF agent loads into kernel maps.
+// Which of two matching flow entries decides a flow: the later expiry, ties to the smaller id. Every
+// place that picks one (classify_flow, source_table, the agent's kernel fold) uses this order, so
+// the kernel and userspace agree on ties.
+[[nodiscard]] inline bool decides_before(UnixSeconds a_expires, std::string_view a_id, UnixSeconds b_expires,
+                                         std::string_view b_id) noexcept {
+  return a_expires != b_expires ? a_expires > b_expires : a_id < b_id;
+}
+
 struct FlowEntry {
   Cidr from;
   Cidr to;

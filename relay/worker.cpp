@@ -480,7 +480,7 @@ void Worker::start_handshake(Session& s) {
     Session& t = *slots_[idx];
     if (t.gen != gen || t.ending) return;
     if (t.in_hs_call) {  // called from inside on_data(): apply once it has returned kPending
-      t.early_step = std::move(step);
+      t.early_step = std::make_unique<HandshakeStep>(std::move(step));
       return;
     }
     if (t.phase != Session::Phase::kPending) return;
