@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -54,9 +55,13 @@ class EofEcho {
         ::getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&a), &len) != 0)
       throw std::runtime_error("listen");
     port_ = ntohs(a.sin_port);
+    stop_.reset(::eventfd(0, EFD_CLOEXEC));
+    if (!stop_) throw std::runtime_error("eventfd");
     thread_ = std::thread([this] {
-      pollfd p{fd_.get(), POLLIN, 0};
-      if (::poll(&p, 1, 60000) <= 0) return;
+      // Waits for the one client, or for the destructor (a test that never connects must not hold
+      // its process for the whole poll timeout).
+      pollfd p[2] = {{fd_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
+      if (::poll(p, 2, 60000) <= 0 || (p[0].revents & POLLIN) == 0) return;
       UniqueFd c(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
       size_t total = 0;
       char buf[65536];
@@ -65,11 +70,16 @@ class EofEcho {
       (void)!::send(c.get(), answer.data(), answer.size(), MSG_NOSIGNAL);
     });
   }
-  ~EofEcho() { thread_.join(); }
+  ~EofEcho() {
+    const uint64_t one = 1;
+    (void)!::write(stop_.get(), &one, sizeof(one));
+    thread_.join();
+  }
   uint16_t port() const { return port_; }
 
  private:
   UniqueFd fd_;
+  UniqueFd stop_;
   uint16_t port_ = 0;
   std::thread thread_;
 };
