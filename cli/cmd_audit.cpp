@@ -13,12 +13,14 @@
 #include "metrics/audit_key.h"
 #include "metrics/audit_report.h"
 #include "metrics/audit_verify.h"
+#include "policy/parser.h"
 
 namespace {
 
 using sshring::common::Flags;
 using sshring::common::UsageError;
 namespace m = sshring::metrics;
+namespace policy = sshring::policy;
 
 constexpr const char* kDefaultDir = "/var/log/sshring";
 
@@ -34,10 +36,19 @@ m::VerifyOptions verify_options(const Flags& f, std::optional<m::TrustedKeys>& t
   m::VerifyOptions o;
   o.require_head = true;
   o.collector = f.flag("collector");
-  if (auto p = f.get("trusted-keys")) {
-    trusted = m::TrustedKeys::load(*p);
-    o.trusted = &*trusted;
+  if (auto p = f.get("trusted-keys")) trusted = m::TrustedKeys::load(*p);
+  // The policy's audit_keys are trusted as --trusted-keys lines would be (both may be given).
+  if (auto p = f.get("policy")) {
+    const policy::Policy pol = policy::load_policy_file(*p);
+    if (pol.audit_keys.empty())
+      throw std::runtime_error(*p + " lists no audit_keys; add them there or give --trusted-keys FILE");
+    if (!trusted) trusted.emplace();
+    for (const auto& k : pol.audit_keys) {
+      trusted->add(k.writer, m::AuditPublicKey{.raw = std::string(k.key.ed25519.begin(), k.key.ed25519.end()),
+                                               .fingerprint = k.key.fingerprint});
+    }
   }
+  if (trusted) o.trusted = &*trusted;
   if (f.has("from-seq")) o.from_seq = static_cast<uint64_t>(f.get_int("from-seq", 0, 1, INT64_MAX));
   return o;
 }
@@ -92,8 +103,10 @@ void write_textfile(const std::string& path, const std::string& lines) {
 int verify(const std::vector<std::string>& args) {
   Flags f(
       "audit verify",
-      "sshring audit verify [--trusted-keys FILE] [--from-seq N] [--collector] [--dir DIR] [FILE...]",
-      "Checks the hash chain of audit log files and, with --trusted-keys, the signed checkpoints in it.\n"
+      "sshring audit verify [--trusted-keys FILE] [--policy FILE] [--from-seq N] [--collector] [--dir DIR] "
+      "[FILE...]",
+      "Checks the hash chain of audit log files and, with trusted keys (--trusted-keys, or the policy's\n"
+      "audit_keys with --policy), the signed checkpoints in it.\n"
       "FILEs form one chain in the order given: rotated files oldest first (FILE.YYYYMMDDTHHMMSSZ), then\n"
       "the live FILE. Without FILE, verifies every log in DIR (each writer's chain on a collector).\n"
       "Names the first bad record as FILE:LINE with the reason: edited, reordered or deleted records; a\n"
@@ -104,6 +117,9 @@ int verify(const std::vector<std::string>& args) {
   f.value("trusted-keys", "FILE",
           "trusted audit keys, one 'WRITER-ID ssh-ed25519 BASE64' per line ('*' = any writer); "
           "see `sshring audit key --pub`");
+  f.value("policy", "FILE",
+          "trust the audit_keys the policy lists (writer and ssh-ed25519 key, docs/policy.md); "
+          "with --trusted-keys, both are trusted");
   f.value("from-seq", "N",
           "retained history starts at seq N: a chain whose first record is N or earlier "
           "is not a missing head");

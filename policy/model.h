@@ -29,7 +29,8 @@ inline constexpr size_t kMaxRoles = 5000;
 inline constexpr size_t kMaxOptOut = 5000;
 inline constexpr size_t kMaxHosts = 5000;
 inline constexpr size_t kMaxRelays = 1000;
-inline constexpr size_t kMaxListItems = 1000;  // cidrs, names, targets, roles of a principal, ...
+inline constexpr size_t kMaxAuditKeys = 10000;  // one per writer of a large fleet
+inline constexpr size_t kMaxListItems = 1000;   // cidrs, names, targets, roles of a principal, ...
 inline constexpr size_t kMaxKeysPerPrincipal = 64;
 inline constexpr size_t kMaxWindows = 32;
 inline constexpr size_t kMaxNameLength = 128;
@@ -125,6 +126,14 @@ struct OptOutRule {
   bool operator==(const OptOutRule&) const = default;
 };
 
+// A writer's audit signing key (docs/audit.md, "Signed checkpoints"): `sshring audit verify --policy`
+// trusts it for that writer's checkpoints, as a --trusted-keys line would.
+struct AuditKeyEntry {
+  std::string writer;  // component@host, or "*" for any writer
+  PublicKey key;       // ssh-ed25519 only
+  bool operator==(const AuditKeyEntry&) const = default;
+};
+
 struct Policy {
   int version = 1;
   std::string source;  // file name the policy came from (for messages)
@@ -134,6 +143,7 @@ struct Policy {
   std::vector<Principal> principals;
   std::vector<Role> roles;
   std::vector<OptOutRule> opt_out;
+  std::vector<AuditKeyEntry> audit_keys;
 
   [[nodiscard]] const Principal* find_principal(std::string_view name) const;
   [[nodiscard]] const Role* find_role(std::string_view name) const;
@@ -143,7 +153,8 @@ struct Policy {
   [[nodiscard]] bool in_set(const PrincipalSet& set, std::string_view name) const;
   bool operator==(const Policy& o) const {
     return version == o.version && grant_store == o.grant_store && relays == o.relays && hosts == o.hosts &&
-           principals == o.principals && roles == o.roles && opt_out == o.opt_out;
+           principals == o.principals && roles == o.roles && opt_out == o.opt_out &&
+           audit_keys == o.audit_keys;
   }
 };
 

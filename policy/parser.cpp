@@ -118,11 +118,15 @@ class Parser {
     return n.Scalar();
   }
 
+  static bool valid_name(const std::string& s) {
+    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' || c == '@';
+    });
+  }
+
   std::string name(const YAML::Node& n, const std::string& key) const {
     std::string s = scalar(n, key, "a name (letters, digits, '.', '_', '-', '@')", kMaxNameLength);
-    if (s.empty() || !std::all_of(s.begin(), s.end(), [](char c) {
-          return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' || c == '@';
-        })) {
+    if (!valid_name(s)) {
       fail(n.Mark(), key, "invalid name '" + s + "'; use letters, digits, '.', '_', '-', '@'");
     }
     return s;
@@ -376,7 +380,8 @@ class Parser {
     p.source = source_;
     if (!root || root.IsNull())
       fail(YAML::Mark(), "", "empty policy; expected a mapping starting with 'version: 1'");
-    check_map(root, "", {"version", "grant_store", "relays", "hosts", "principals", "roles", "opt_out"},
+    check_map(root, "",
+              {"version", "grant_store", "relays", "hosts", "principals", "roles", "opt_out", "audit_keys"},
               {"version"});
     p.version = static_cast<int>(integer(root["version"], "version", 1, 1));
     if (root["grant_store"]) p.grant_store = grant_store(root["grant_store"]);
@@ -395,6 +400,7 @@ class Parser {
       for (size_t i = 0; i < l.size(); ++i)
         p.principals.push_back(principal(l[i], idx("principals", i), roles, principals));
     }
+    if (root["audit_keys"]) p.audit_keys = audit_keys(root["audit_keys"]);
     if (root["opt_out"]) {
       const YAML::Node l = seq(root["opt_out"], "opt_out", kMaxOptOut, false);
       for (size_t i = 0; i < l.size(); ++i)
@@ -456,6 +462,34 @@ class Parser {
       for (size_t j = 0; j < wl.size(); ++j) r.windows.push_back(window(wl[j], idx(sub(key, "windows"), j)));
     }
     return r;
+  }
+
+  // audit_keys: [{writer: relay@bastion1, key: "ssh-ed25519 AAAA..."}]; writer "*" = any writer.
+  std::vector<AuditKeyEntry> audit_keys(const YAML::Node& n) const {
+    const YAML::Node l = seq(n, "audit_keys", kMaxAuditKeys, false);
+    std::vector<AuditKeyEntry> out;
+    std::set<std::pair<std::string, std::string>> seen;
+    for (size_t i = 0; i < l.size(); ++i) {
+      const std::string key = idx("audit_keys", i);
+      check_map(l[i], key, {"writer", "key"}, {"writer", "key"});
+      AuditKeyEntry e;
+      e.writer = scalar(l[i]["writer"], sub(key, "writer"), "a writer id (component@host) or '*'", 253);
+      // Longer than a name: the host part may be a full DNS name.
+      if (e.writer != "*" && !valid_name(e.writer))
+        fail(l[i]["writer"].Mark(), sub(key, "writer"),
+             "invalid writer '" + e.writer +
+                 "'; use component@host as the log writes it (relay@bastion1), or '*'");
+      const std::string line = scalar(l[i]["key"], sub(key, "key"), "a public key \"ssh-ed25519 AAAA...\"");
+      try {
+        e.key = parse_authorized_key(line);
+      } catch (const common::UsageError& err) {
+        fail(l[i]["key"].Mark(), sub(key, "key"), err.what());
+      }
+      if (!seen.emplace(e.writer, e.key.fingerprint).second)
+        fail(l[i].Mark(), key, "duplicate audit key " + e.key.fingerprint + " for writer '" + e.writer + "'");
+      out.push_back(std::move(e));
+    }
+    return out;
   }
 
   Principal principal(const YAML::Node& n, const std::string& key, const std::set<std::string>& roles,
@@ -635,6 +669,7 @@ class YamlWriter {
     each("principals", p.principals, &YamlWriter::principal);
     each("roles", p.roles, &YamlWriter::role);
     each("opt_out", p.opt_out, &YamlWriter::opt_out);
+    if (!p.audit_keys.empty()) each("audit_keys", p.audit_keys, &YamlWriter::audit_key);
     e_ << YAML::EndMap;
     return std::string(e_.c_str()) + "\n";
   }
@@ -712,6 +747,10 @@ class YamlWriter {
     e_ << YAML::Flow << YAML::BeginMap << YAML::Key << "days" << YAML::Value << days << YAML::Key << "hours"
        << YAML::Value << YAML::DoubleQuoted << (hhmm(w.start_min) + "-" + hhmm(w.end_min)) << YAML::Key
        << "tz" << YAML::Value << w.tz_name << YAML::EndMap;
+  }
+  void audit_key(const AuditKeyEntry& k) {
+    e_ << YAML::BeginMap << YAML::Key << "writer" << YAML::Value << YAML::DoubleQuoted << k.writer
+       << YAML::Key << "key" << YAML::Value << k.key.line << YAML::EndMap;
   }
   void role(const Role& r) {
     e_ << YAML::BeginMap << YAML::Key << "name" << YAML::Value << r.name;

@@ -203,5 +203,51 @@ TEST(AuditCliTest, SignedCheckpointsVerifyAndACutTailFails) {
   EXPECT_NE(out.find("without a final checkpoint"), std::string::npos) << out;
 }
 
+// The policy's audit_keys are trusted like --trusted-keys lines: the right key for any writer ('*')
+// verifies; the same key listed only for another writer, or another key, does not; a policy without
+// audit_keys is a usage error rather than a silent chain-only check.
+TEST(AuditCliTest, PolicyAuditKeysAreTrustedForTheirWriterOnly) {
+  TempDir dir;
+  ASSERT_TRUE(example_policy(dir)) << "example policy has no grant_store line or ci-bot key to redirect";
+  const std::string bin = sshring::testing::sshring_bin();
+  const std::string log = dir.file("grant.audit.jsonl"), key = dir.file("grant.key");
+  std::string out;
+  for (int i = 0; i < 2; ++i) ASSERT_EQ(sshring::testing::run(grant_add(dir, log, key), &out), 0) << out;
+  ASSERT_EQ(sshring::testing::run({bin, "audit", "key", "--audit-key", key, "--pub"}, &out), 0) << out;
+  const std::string pub = out.substr(0, out.find('\n'));
+  ASSERT_EQ(pub.rfind("ssh-ed25519 ", 0), 0u) << pub;
+  ASSERT_EQ(sshring::testing::run({bin, "audit", "key", "--audit-key", dir.file("other.key"), "--pub"}, &out),
+            0);
+  const std::string other = out.substr(0, out.find('\n'));
+  auto policy_with = [&](const std::string& name, const std::string& writer, const std::string& k) {
+    sshring::testing::write_file(
+        dir.file(name), "version: 1\naudit_keys:\n  - writer: \"" + writer + "\"\n    key: \"" + k + "\"\n");
+    return dir.file(name);
+  };
+
+  EXPECT_EQ(sshring::testing::run(
+                {bin, "audit", "verify", "--policy", policy_with("any.yaml", "*", pub), log}, &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("2 signed checkpoints"), std::string::npos) << out;
+  EXPECT_EQ(sshring::testing::run({bin, "audit", "verify", "--policy",
+                                   policy_with("elsewhere.yaml", "relay@elsewhere", pub), log},
+                                  &out),
+            1)
+      << out;
+  EXPECT_EQ(sshring::testing::run(
+                {bin, "audit", "verify", "--policy", policy_with("other.yaml", "*", other), log}, &out),
+            1)
+      << out;
+  EXPECT_NE(out.find("signature does not verify"), std::string::npos) << out;
+
+  sshring::testing::write_file(dir.file("none.yaml"), "version: 1\n");
+  EXPECT_EQ(sshring::testing::sh(
+                bin + " audit verify --policy " + dir.file("none.yaml") + " " + log + " 2>&1", &out),
+            2)
+      << out;
+  EXPECT_NE(out.find("lists no audit_keys"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace sshring::metrics

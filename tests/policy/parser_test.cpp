@@ -196,6 +196,20 @@ std::vector<ErrorCase> error_cases() {
       {"invalid_utf8", replace(b, "alice@laptop", "alic\x9b@laptop"),
        "principals[0].keys[0]: value contains control characters or invalid UTF-8; use printable text"},
       {"key_not_string", replace(b, "relays: [10.0.0.0/28]", "? [a]\n: b"), "keys must be plain strings"},
+      {"audit_key_not_a_list", b + "audit_keys: {writer: x}\n", "t.yaml:21:13: audit_keys: expected a list"},
+      {"audit_key_missing_key", b + "audit_keys:\n  - writer: relay@h1\n",
+       "audit_keys[0]: missing required key 'key'"},
+      {"audit_key_bad_writer", b + "audit_keys:\n  - {writer: \"relay h1\", key: \"" + kAliceKey + "\"}\n",
+       "audit_keys[0].writer: invalid writer 'relay h1'; use component@host"},
+      {"audit_key_not_ed25519", b + "audit_keys:\n  - {writer: \"*\", key: \"ssh-rsa AAAAB3NzaC1yc2E=\"}\n",
+       "audit_keys[0].key: "},
+      {"audit_key_duplicate",
+       b + "audit_keys:\n  - {writer: \"*\", key: \"" + kAliceKey + "\"}\n  - {writer: \"*\", key: \"" +
+           kAliceKey + "\"}\n",
+       "audit_keys[1]: duplicate audit key SHA256:"},
+      {"audit_key_unknown_field",
+       b + "audit_keys:\n  - {writer: \"*\", key: \"" + kAliceKey + "\", why: x}\n",
+       "audit_keys[0].why: unknown key 'why'; expected one of writer, key"},
   };
 }
 
@@ -211,6 +225,22 @@ TEST(PolicyParser, EveryErrorPathNamesFileLineKeyAndExpectation) {
       EXPECT_EQ(e.file(), "t.yaml");
     }
   }
+}
+
+// audit_keys: one entry per writer (or '*'), the same key may serve two writers; the YAML writer
+// keeps them.
+TEST(PolicyParser, AuditKeysParseAndRoundTrip) {
+  const std::string text = base() + "audit_keys:\n  - writer: relay@bastion1.example.com\n    key: \"" +
+                           kAliceKey + "\"\n  - {writer: \"*\", key: \"" + kBobKey +
+                           "\"}\n  - {writer: agent@db1, key: \"" + kAliceKey + "\"}\n";
+  Policy p = parse_policy(text, "t.yaml");
+  ASSERT_EQ(p.audit_keys.size(), 3u);
+  EXPECT_EQ(p.audit_keys[0].writer, "relay@bastion1.example.com");
+  EXPECT_EQ(p.audit_keys[1].writer, "*");
+  EXPECT_EQ(p.audit_keys[0].key.fingerprint, p.audit_keys[2].key.fingerprint);
+  EXPECT_NE(p.audit_keys[0].key.fingerprint, p.audit_keys[1].key.fingerprint);
+  EXPECT_EQ(parse_policy(to_yaml(p), "again.yaml"), p);
+  EXPECT_TRUE(parse_policy(base(), "t.yaml").audit_keys.empty());
 }
 
 TEST(PolicyParser, FileTooLarge) {
