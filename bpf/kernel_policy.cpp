@@ -12,7 +12,6 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "policy/snapshot.h"
-#include "policy/snapshot.h"
 
 namespace sshring::bpf {
 

@@ -135,11 +135,11 @@ struct Session {
   common::SockAddr client_addr, listen_addr, upstream_addr, upstream_local;
   std::shared_ptr<HandshakeFactory> factory;  // keeps the factory alive for this session's handshake
   std::unique_ptr<Handshake> hs;
-  bool in_hs_call = false;                  // inside create()/on_data(): a resume() is held until it returns
+  bool in_hs_call = false;  // inside create()/on_data(): a resume() is held until it returns
   // A resume() that arrived before kPending was returned; rare, so held by pointer (an inline
   // optional would add ~190 bytes to every idle session).
   std::unique_ptr<HandshakeStep> early_step;
-  std::vector<uint8_t> hs_buf;              // allocated only for handshake routes (kMaxHandshakeBytes)
+  std::vector<uint8_t> hs_buf;  // allocated only for handshake routes (kMaxHandshakeBytes)
   size_t hs_len = 0;
   std::string to_client;  // reply frames (OK/DENY)
   size_t to_client_off = 0;
