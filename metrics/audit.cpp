@@ -49,6 +49,8 @@ namespace {
 constexpr size_t kTailScan = 1 << 20;
 // Batched mode: wake the writer early once this much is pending.
 constexpr size_t kWakeBytes = 64u << 10;
+// Batched mode: records waiting in the inbox that wake the writer thread before its interval.
+constexpr size_t kWakeRecords = 256;
 
 std::string hostname() {
   char buf[256] = {};
@@ -159,6 +161,19 @@ struct AuditLog::Impl {
   std::chrono::steady_clock::time_point last_checkpoint = std::chrono::steady_clock::now();
   std::string last_error;
   LogGap gap;  // records dropped while unwritable, not yet recorded
+
+  // Batched mode: append() only stamps the record and queues it here, under its own lock; the writer
+  // thread (or whoever flushes, commits or reads stats) seals the inbox into the chain in order. So the
+  // caller's thread (a relay worker, the agent's event loop) never pays for serializing, hashing and
+  // checkpoint signing. Lock order: mu, then inbox_mu.
+  struct Inbound {
+    nlohmann::json record;                 // append(json)
+    std::function<nlohmann::json()> make;  // append(typed): built when sealed
+    int64_t ts_ms;
+  };
+  std::mutex inbox_mu;
+  std::vector<Inbound> inbox;
+  std::atomic<size_t> inbox_size{0};
 
   // Counters readable without the lock.
   std::atomic<bool> ok{true};
@@ -281,8 +296,20 @@ struct AuditLog::Impl {
 
   // common::format_rfc3339_ms, with the seconds part formatted once per second (the hot path). Caller
   // holds mu.
-  std::string now_rfc3339() {
-    const int64_t ms = common::unix_now_ms();
+  std::string now_rfc3339() { return format_ts(common::unix_now_ms()); }
+  // The time a sealed record carries. A record stamped at append() can be sealed after one stamped a
+  // little later (a commit or a checkpoint sealed while it sat in the inbox); such small inversions
+  // take the chain's last time, so times never go back along the chain. A larger step back is the
+  // clock itself (NTP, an operator) and is kept, so the log shows it.
+  int64_t chain_time(int64_t ms) {
+    constexpr int64_t kQueueSlackMs = 1000;
+    if (ms < last_ts_ms && last_ts_ms - ms < kQueueSlackMs) ms = last_ts_ms;
+    last_ts_ms = ms;
+    return ms;
+  }
+  int64_t last_ts_ms = 0;
+  std::string format_ts(int64_t ms) {
+    ms = chain_time(ms);
     if (common::floor_div(ms, 1000) != ts_cache_sec) {
       ts_cache_sec = common::floor_div(ms, 1000);
       ts_cache = common::format_rfc3339_ms(ms);
@@ -303,9 +330,9 @@ struct AuditLog::Impl {
     return pending.back();
   }
 
-  void put_locked(nlohmann::json record) {
+  void put_locked(nlohmann::json record, int64_t ts_ms) {
     Chunk& c = tail_chunk();
-    std::string text = seal(std::move(record), now_rfc3339(), &c.syslog);
+    std::string text = seal(std::move(record), format_ts(ts_ms), &c.syslog);
     c.data += text;
     pending_bytes += text.size();
     logical_size += text.size();
@@ -341,14 +368,14 @@ struct AuditLog::Impl {
     if (due_count || due_time) checkpoint_locked(false);
   }
 
-  void enqueue_locked(nlohmann::json record) {
-    put_locked(std::move(record));
+  void enqueue_locked(nlohmann::json record, int64_t ts_ms = common::unix_now_ms()) {
+    put_locked(std::move(record), ts_ms);
     maybe_checkpoint_locked();
     if (opts.rotate_bytes > 0 && logical_size >= opts.rotate_bytes) {
       std::string name = rotated_name(opts.path, rotated_names);
       pending.emplace_back().rotate_to = name;
       logical_size = 0;
-      put_locked(LogRotate{fs::path(name).filename().string()}.to_json());
+      put_locked(LogRotate{fs::path(name).filename().string()}.to_json(), common::unix_now_ms());
       maybe_checkpoint_locked();
     }
   }
@@ -453,9 +480,46 @@ struct AuditLog::Impl {
     return i;
   }
 
+  // Batched append: stamped under the inbox lock, so the chain's order is also the order of the
+  // timestamps; the writer is woken once enough is waiting (else its interval picks it up).
+  void push_inbox(nlohmann::json record, std::function<nlohmann::json()> make) {
+    size_t queued = 0;
+    {
+      std::lock_guard ilk(inbox_mu);
+      inbox.push_back({std::move(record), std::move(make), common::unix_now_ms()});
+      queued = inbox.size();
+      inbox_size.store(queued, std::memory_order_relaxed);
+    }
+    if (queued == kWakeRecords) wake_cv.notify_one();
+  }
+
+  // Seals what append() queued in the inbox into the chain, in order. Caller holds mu.
+  void absorb_locked() {
+    std::vector<Inbound> batch;
+    {
+      std::lock_guard ilk(inbox_mu);
+      batch.swap(inbox);
+      inbox_size.store(0, std::memory_order_relaxed);
+    }
+    for (auto& in : batch) {
+      if (drop_if_full_locked()) continue;
+      if (in.make) {
+        try {
+          in.record = in.make();
+        } catch (const std::exception& e) {  // allocation: lost like a dropped record, and counted
+          dropped.fetch_add(1, std::memory_order_relaxed);
+          common::log_error("audit record could not be built", {{"file", opts.path}, {"error", e.what()}});
+          continue;
+        }
+      }
+      enqueue_locked(std::move(in.record), in.ts_ms);
+    }
+  }
+
   // Writes the queue. Called with `lk` (on mu) held; returns with it held. True if all of it is on disk.
   bool drain(std::unique_lock<std::mutex>& lk) {
     drain_cv.wait(lk, [&] { return !draining; });
+    absorb_locked();
     if (pending.empty()) return ok.load(std::memory_order_relaxed);
     draining = true;
     std::deque<Chunk> work;
@@ -508,7 +572,11 @@ struct AuditLog::Impl {
   void writer_loop() {
     std::unique_lock lk(mu);
     while (true) {
-      wake_cv.wait_for(lk, opts.batch_interval, [&] { return stop || pending_bytes >= kWakeBytes; });
+      wake_cv.wait_for(lk, opts.batch_interval, [&] {
+        return stop || pending_bytes >= kWakeBytes ||
+               inbox_size.load(std::memory_order_relaxed) >= kWakeRecords;
+      });
+      absorb_locked();
       if (!stop) maybe_checkpoint_locked();
       if (!pending.empty()) drain(lk);
       if (stop) return;
@@ -550,6 +618,7 @@ AuditLog::~AuditLog() {
   {
     std::lock_guard lk(d.mu);
     try {
+      d.absorb_locked();
       if (d.key) d.checkpoint_locked(/*final=*/true);
     } catch (const std::exception&) {
       // Out of memory: the chain ends without its final checkpoint, as after a crash.
@@ -581,24 +650,33 @@ void check_record(const nlohmann::json& record) {
 void AuditLog::append(nlohmann::json record) {
   check_record(record);
   auto& d = *impl_;
+  if (!d.opts.fsync_each) {
+    d.push_inbox(std::move(record), nullptr);
+    return;
+  }
+  // fsync-each: sealed and written before append returns. Unwritable: retry first, drop only if the
+  // buffer is still full.
   std::unique_lock lk(d.mu);
-  // Unwritable: retry first (batched mode retries on the writer thread), drop only if still full.
-  if (d.opts.fsync_each && !d.ok.load(std::memory_order_relaxed) &&
-      d.pending_bytes >= d.opts.max_pending_bytes)
-    d.drain(lk);
+  if (!d.ok.load(std::memory_order_relaxed) && d.pending_bytes >= d.opts.max_pending_bytes) d.drain(lk);
   if (d.drop_if_full_locked()) return;
   d.enqueue_locked(std::move(record));
+  d.drain(lk);
+}
+
+void AuditLog::append_deferred(std::function<nlohmann::json()> make) {
+  auto& d = *impl_;
   if (d.opts.fsync_each) {
-    d.drain(lk);
-  } else if (d.pending_bytes >= kWakeBytes) {
-    d.wake_cv.notify_one();
+    append(make());
+    return;
   }
+  d.push_inbox(nullptr, std::move(make));
 }
 
 bool AuditLog::commit(nlohmann::json record, std::string* error) {
   check_record(record);
   auto& d = *impl_;
   std::unique_lock lk(d.mu);
+  d.absorb_locked();  // records appended before this one go first
   auto fail = [&](const std::string& why) {
     if (error) *error = "audit log " + d.opts.path + " cannot be written (" + why + ")";
     return false;
@@ -652,6 +730,7 @@ AuditStats AuditLog::stats() const {
   AuditStats s;
   {
     std::lock_guard lk(d.mu);
+    d.absorb_locked();  // what was appended counts as sealed once anyone asks
     s.records = d.appended;
   }
   s.checkpoints = d.checkpoints.load(std::memory_order_relaxed);

@@ -13,6 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <functional>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -62,10 +64,16 @@ class AuditLog {
   // host, seq and prev. Thread-safe; in batched mode it does not wait for the disk. Never throws on
   // I/O failure (counted, logged, retried).
   void append(nlohmann::json record);
-  // A typed record (metrics/audit_types.h).
+  // A typed record (metrics/audit_types.h). In batched mode its JSON is built by the thread that seals
+  // it, not by the caller: a relay worker pays for one move and one allocation per record.
   template <class R>
   requires requires(const R& r) { r.to_json(); }
-  void append(const R& r) { append(r.to_json()); }
+  void append(R r) {
+    append_deferred([r = std::move(r)] { return r.to_json(); });
+  }
+  // Appends the record `make` returns, called later on the sealing thread (at once in fsync-each
+  // mode). `make` must return an object with a "type" field and must not touch this log.
+  void append_deferred(std::function<nlohmann::json()> make);
   // Appends and waits until the record is on disk. On failure the record is taken back out of the
   // chain (it never reaches the file) and false is returned with *error set.
   bool commit(nlohmann::json record, std::string* error = nullptr);

@@ -206,7 +206,7 @@ class AuthHandshake : public Handshake {
     if (auto* audit = s.factory->opts_.audit) {
       metrics::SessionStart r{session_fields()};
       r.upstream_local = local.to_string();
-      append(audit, r.to_json());
+      append(audit, std::move(r));
     }
     return protocol::encode_ok(s.session_id);
   }
@@ -254,7 +254,7 @@ class AuthHandshake : public Handshake {
       metrics::SessionDeny r{session_fields()};
       r.reason = s.denied ? protocol::reason_name(s.deny_reason) : end_reason_name(sum.reason);
       r.detail = s.deny_message;
-      append(audit, r.to_json());
+      append(audit, std::move(r));
       return;
     }
     metrics::SessionEnd r{session_fields()};
@@ -263,7 +263,7 @@ class AuthHandshake : public Handshake {
     r.bytes_down = sum.bytes_upstream_to_client;
     r.duration_ms = sum.duration_ns / 1000000;
     r.reason = end_reason_name(sum.reason);
-    append(audit, r.to_json());
+    append(audit, std::move(r));
   }
 
  private:
@@ -421,7 +421,8 @@ class AuthHandshake : public Handshake {
     return r;
   }
 
-  static void append(metrics::AuditLog* audit, nlohmann::json r) {
+  template <class R>
+  static void append(metrics::AuditLog* audit, R r) {
     try {
       audit->append(std::move(r));
     } catch (const std::exception& e) {

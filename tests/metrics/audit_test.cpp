@@ -10,6 +10,7 @@
 
 #include "metrics/audit.h"
 #include "metrics/audit_record.h"
+#include "metrics/audit_types.h"
 #include "metrics/audit_verify.h"
 #include "tests/support/process.h"
 
@@ -296,6 +297,56 @@ TEST(AuditLogTest, ConcurrentAppendsKeepAValidChain) {
     }
   }
   EXPECT_EQ(ids.size(), static_cast<size_t>(kThreads * kEach));
+}
+
+// Batched appends are sealed later, on the writer thread; typed ones are even built there. The chain
+// still holds every record once, in an order whose timestamps never go back, with commits (sealed on
+// the caller's thread) interleaved from another thread, and a typed record reads back as it was given.
+TEST(AuditLogTest, QueuedAppendsKeepTheirOrderAndTimesAcrossThreadsAndCommits) {
+  TempDir dir;
+  AuditOptions o;
+  o.path = dir.file("relay.audit.jsonl");
+  o.component = "relay";
+  o.batch_interval = std::chrono::milliseconds(1);
+  constexpr int kEach = 400, kCommits = 20;
+  {
+    AuditLog log(o);
+    std::thread json_writer([&] {
+      for (int i = 0; i < kEach; ++i) log.append(session_end(i));
+    });
+    std::thread typed_writer([&] {
+      for (int i = 0; i < kEach; ++i) {
+        SessionEnd e;
+        e.session_id = "t" + std::to_string(i);
+        e.reason = "closed";
+        e.bytes_up = static_cast<uint64_t>(i);
+        log.append(e);
+      }
+    });
+    std::thread committer([&] {
+      for (int i = 0; i < kCommits; ++i) EXPECT_TRUE(log.commit(session_end(100000 + i)));
+    });
+    json_writer.join();
+    typed_writer.join();
+    committer.join();
+    EXPECT_EQ(log.stats().records, static_cast<uint64_t>(2 * kEach + kCommits));
+    EXPECT_TRUE(log.flush());
+  }
+  auto res = verify_chain({o.path});
+  ASSERT_TRUE(res.ok()) << res.error->to_string();
+  int64_t last_ms = 0;
+  std::set<std::string> ids;
+  for (const auto& l : lines_of(o.path)) {
+    auto r = parse_record(l, nullptr);
+    ASSERT_TRUE(r) << l;
+    EXPECT_GE(r->ts_ms, last_ms) << l;
+    last_ms = r->ts_ms;
+    if (auto e = record_as<SessionEnd>(*r)) {
+      ids.insert(e->session_id);
+      if (e->session_id[0] == 't') EXPECT_EQ("t" + std::to_string(e->bytes_up), e->session_id);
+    }
+  }
+  EXPECT_EQ(ids.size(), static_cast<size_t>(2 * kEach + kCommits));
 }
 
 TEST(AuditLogTest, BatchedModeReachesDiskWithinTheBound) {
