@@ -104,7 +104,8 @@ std::optional<CachedSnapshot> load_cached_snapshot(const std::string& dir, const
     c.data.policy_text = j.at("policy").get<std::string>();
     c.data.policy_origin = j.at("policy_origin").get<std::string>();
     c.data.grants = j.at("grants").get<std::vector<std::string>>();
-    if (j.at("format").get<int>() != kFormat) {
+    // Compared as JSON: a get<int>() would wrap a crafted 4294967297 onto format 1.
+    if (j.at("format") != nlohmann::json(kFormat)) {
       *why = path + ": cache format " + j.at("format").dump() + " is not " + std::to_string(kFormat);
       return std::nullopt;
     }

@@ -73,9 +73,13 @@ TEST(SnapshotCache, RefusesMissingEditedTornAndForeignFiles) {
   EXPECT_NE(why.find("caches etcd://b:1/other"), std::string::npos) << why;
 
   j = nlohmann::json::parse(good);
-  j["format"] = 99;
-  sshring::testing::write_file(path, j.dump());
-  EXPECT_FALSE(load_cached_snapshot(cache, src, &why));
+  // Another format, one that wraps onto ours as a 32-bit int, and one of another JSON type.
+  for (const nlohmann::json& f : {nlohmann::json(99), nlohmann::json(4294967297ull), nlohmann::json("1")}) {
+    j["format"] = f;
+    sshring::testing::write_file(path, j.dump());
+    EXPECT_FALSE(load_cached_snapshot(cache, src, &why)) << f.dump();
+    EXPECT_NE(why.find("cache format"), std::string::npos) << why;
+  }
   sshring::testing::write_file(path, good);
   EXPECT_TRUE(load_cached_snapshot(cache, src, &why)) << why;
 }
