@@ -21,6 +21,7 @@
 #include <fstream>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -642,6 +643,54 @@ TEST_F(AuthRelay, SshIsRefusedWhileTheAuditLogIsUnwritableAndRecovers) {
     r.wait();
     EXPECT_TRUE(audit.flush());
   }
+  std::string verify;
+  EXPECT_EQ(t::run({t::sshring_bin(), "audit", "verify", log_path}, &verify), 0) << verify;
+}
+
+// `rm` of the live audit file while the relay runs: the writer notices before its next write, puts the
+// chain so far into a new file at the path with a log_reopen record, and the next session is recorded
+// there; verify follows the whole chain in the one new file.
+TEST_F(AuthRelay, LiveAuditFileRemovedWhileTheRelayRunsKeepsTheChain) {
+  const std::string log_path = s_->dir.file("rm-relay.audit.jsonl");
+  {
+    sshring::metrics::AuditLog audit({.path = log_path, .component = "relay"});  // batched, as the relay runs
+    auth::AuthOptions o;
+    o.relay_ids = {"test-relay"};
+    o.audit = &audit;
+    o.log_denials = false;
+    auto factory = std::make_shared<auth::AuthHandshakeFactory>(s_->cache, o);
+    relay::RelayConfig cfg;
+    cfg.routes.push_back({.listen = *SockAddr::parse("127.0.0.1:0"), .handshake = factory});
+    cfg.workers = 1;
+    cfg.log_sessions = false;
+    relay::Relay r(std::move(cfg));
+    r.start();
+    const std::string via = "127.0.0.1:" + std::to_string(r.listen_addresses()[0].port());
+    std::string out;
+    ASSERT_EQ(ssh(false, "echo one", &out, "", std::chrono::seconds(60), via), 0);
+    ASSERT_TRUE(audit.flush());
+    ASSERT_TRUE(std::filesystem::remove(log_path));
+    ASSERT_EQ(ssh(false, "echo two", &out, "", std::chrono::seconds(60), via), 0);
+    EXPECT_EQ(out, "two\n");
+    r.stop();
+    r.wait();
+    EXPECT_TRUE(audit.flush());
+    EXPECT_EQ(audit.stats().reopened, 1u);
+  }
+  ASSERT_TRUE(std::filesystem::exists(log_path));
+  int ends = 0, reopens = 0;
+  std::istringstream in(t::read_file(log_path));
+  for (std::string line; std::getline(in, line);) {
+    auto rec = nlohmann::json::parse(line);
+    if (rec["type"] == "session_end") ++ends;
+    if (rec["type"] == "log_reopen") {
+      ++reopens;
+      EXPECT_EQ(rec["reason"], "deleted");
+      EXPECT_EQ(ends, 1) << "the reopen comes after the first session and before the second";
+    }
+  }
+  EXPECT_EQ(ends, 2);
+  EXPECT_EQ(reopens, 1);
   std::string verify;
   EXPECT_EQ(t::run({t::sshring_bin(), "audit", "verify", log_path}, &verify), 0) << verify;
 }
