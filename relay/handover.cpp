@@ -339,6 +339,21 @@ const char* HandoverServer::serve(common::UniqueFd conn) {
   }
 }
 
+namespace {
+// Descriptors the parked workers failed to duplicate (EMFILE: every socket and pipe handed over needs
+// one more descriptor in this process while the hand-over runs).
+size_t missing_descriptors(const RelayExport& e) {
+  size_t n = 0;
+  for (const auto& l : e.listeners) n += l.fd ? 0 : 1;
+  for (const auto& s : e.sessions) {
+    n += (s.client ? 0 : 1) + (s.upstream ? 0 : 1);
+    for (const auto& d : s.dir)
+      if (d.in_pipe > 0) n += (d.pipe_r ? 0 : 1) + (d.pipe_w ? 0 : 1);
+  }
+  return n;
+}
+}  // namespace
+
 const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport& parked, int peer_pid) {
   HandoverMessage m;
   std::optional<RelayExport> exp(std::move(parked));
@@ -348,6 +363,15 @@ const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport
     common::log_error("hand-over failed; this relay keeps every session and serves on", {{"error", why}});
     return result;
   };
+  // Checked before anything is sent: a descriptor of -1 in SCM_RIGHTS fails the send with EBADF,
+  // which names neither the cause nor the fix.
+  if (const size_t missing = missing_descriptors(*exp); missing > 0) {
+    exp.reset();
+    return fail("could not duplicate " + std::to_string(missing) + " of the descriptors of " +
+                std::to_string(counts.sessions) + " sessions and " + std::to_string(counts.listeners) +
+                " listeners (descriptor limit: a hand-over needs one more per socket and pipe it moves; "
+                "raise LimitNOFILE)");
+  }
   int r = send_handover(conn.get(), HandoverMsg::kState,
                         {{"state_version", state_version_to_send()},
                          {"workers", exp->workers},

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -379,6 +380,56 @@ TEST_F(Handover, NoClientFailsWhileConnectingDuringAHandover) {
   }
   EXPECT_EQ(ok, clients) << log(1) << log(2);
   EXPECT_TRUE(next.running()) << log(2);
+}
+
+// A relay near its descriptor limit can not duplicate every socket it would hand over. It says so
+// (the limit, and the fix) before it sends anything, keeps its sessions and serves on; before, a -1
+// went into SCM_RIGHTS and the send failed with "Bad file descriptor" while the new relay waited 60 s.
+TEST_F(Handover, ADescriptorLimitFailsTheHandoverCleanlyAndTheOldRelayServesOn) {
+  t::Process relay = start_relay(false);
+  ASSERT_TRUE(t::wait_for_port("127.0.0.1", port)) << log(1);
+  ASSERT_TRUE(wait_for_control()) << log(1);
+  const int kSessions = 12;
+  std::vector<t::Process> cs;
+  auto connect = [&](const std::string& out) {
+    return t::Process(
+        std::vector<std::string>{"sh", "-c",
+                                 "sleep 25 | " + t::sshring_bin() +
+                                     " connect --relay 127.0.0.1:" + std::to_string(port) +
+                                     " --relay-id ho-relay --principal tester --identity " + sshd.user_key() +
+                                     " 127.0.0.1 " + std::to_string(sshd.port()) + " > " + out},
+        t::Process::Options{});
+  };
+  for (int i = 0; i < kSessions; ++i) cs.push_back(connect(dir.file("s" + std::to_string(i))));
+  for (int i = 0; i < kSessions; ++i) {
+    const std::string f = dir.file("s" + std::to_string(i));
+    for (int n = 0; n < 100 && t::read_file(f).rfind("SSH-2.0", 0) != 0; ++n)
+      std::this_thread::sleep_for(100ms);
+    ASSERT_EQ(t::read_file(f).rfind("SSH-2.0", 0), 0u) << "session " << i << " did not reach sshd";
+  }
+  // Room for half of the duplicates the hand-over needs (two per session).
+  size_t open_fds = 0;
+  for ([[maybe_unused]] const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(relay.pid()) + "/fd"))
+    ++open_fds;
+  const std::string limit = std::to_string(open_fds + kSessions);
+  ASSERT_EQ(t::run({"prlimit", "--pid", std::to_string(relay.pid()), "--nofile=" + limit + ":" + limit}), 0);
+
+  t::Process next = start_relay(true);
+  EXPECT_NE(next.wait(30s), 0) << log(2);
+  EXPECT_NE(log(1).find("could not duplicate"), std::string::npos) << log(1);
+  EXPECT_NE(log(1).find("raise LimitNOFILE"), std::string::npos) << log(1);
+  EXPECT_TRUE(relay.running()) << log(1);
+  EXPECT_EQ(metric_when("sshring_relay_handovers_total{result=\"failed\"}", 1.0), 1.0);
+  for (int i = 0; i < kSessions; ++i) EXPECT_TRUE(cs[i].running()) << "session " << i << " ended";
+  // The old relay still takes new sessions (it has room again once the duplicates are closed).
+  t::Process late = connect(dir.file("late"));
+  bool banner = false;
+  for (int n = 0; n < 100 && !banner; ++n) {
+    banner = t::read_file(dir.file("late")).rfind("SSH-2.0", 0) == 0;
+    if (!banner) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(banner) << log(1);
 }
 
 TEST_F(Handover, StateOfAnotherVersionIsRefusedAndTheOldRelayServesOn) {
