@@ -4,19 +4,24 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
 #include <utility>
+#include <vector>
 
 namespace sshring::testing {
 
@@ -145,7 +150,61 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
+namespace {
+struct UniqueFdLike {
+  int fd;
+  ~UniqueFdLike() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// True if 127.0.0.1:port can be bound for TCP now.
+bool bindable(uint16_t port) {
+  UniqueFdLike fd{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  return fd.fd >= 0 && ::bind(fd.fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+}
+
+// The first port of the kernel's ephemeral range (source ports of outgoing connections).
+int ephemeral_low() {
+  std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+  int lo = 0;
+  return (in >> lo) ? lo : 0;
+}
+}  // namespace
+
+// Tests run in parallel (scripts/test: two per core), and a port handed out here is bound later by
+// another process (a relay, sshd, etcd). Two races made that flaky: the kernel's port 0 hands out
+// ephemeral ports, which any test's outgoing connection may take as its source port meanwhile; and
+// two test processes could be handed the same port. So the port comes from below the ephemeral range,
+// and a lock file per port (held until this process exits) keeps it from every other test process.
 uint16_t free_port() {
+  static std::mutex mu;
+  static std::vector<int> held;  // lock files, open until exit
+  std::lock_guard lk(mu);
+  const int lo = 20000, hi = std::min(32000, ephemeral_low() > 0 ? ephemeral_low() : 32000);
+  if (hi - lo >= 1000) {
+    std::error_code ec;
+    const std::string dir = "/tmp/sshring-test-ports";
+    std::filesystem::create_directories(dir, ec);
+    thread_local std::mt19937 rng(std::random_device{}() ^ static_cast<unsigned>(::getpid()));
+    for (int attempt = 0; attempt < 2000; ++attempt) {
+      const auto port = static_cast<uint16_t>(lo + static_cast<int>(rng() % static_cast<unsigned>(hi - lo)));
+      const std::string lock = dir + "/" + std::to_string(port);
+      int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+      if (fd < 0) break;
+      if (::flock(fd, LOCK_EX | LOCK_NB) != 0 || !bindable(port)) {
+        ::close(fd);
+        continue;
+      }
+      held.push_back(fd);
+      return port;
+    }
+  }
+  // Fallback (no usable range or lock dir): the kernel's choice.
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;

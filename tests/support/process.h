@@ -65,7 +65,8 @@ class TempDir {
 void write_file(const std::string& path, const std::string& content, int mode = 0644);
 std::string read_file(const std::string& path);
 
-// A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read, close).
+// A TCP port on 127.0.0.1, free a moment ago, below the kernel's ephemeral range and reserved for this
+// process against other test processes (a lock file under /tmp/sshring-test-ports, held until exit).
 uint16_t free_port();
 // Polls until a TCP connect to host:port succeeds or the timeout passes.
 bool wait_for_port(const std::string& host, uint16_t port,
