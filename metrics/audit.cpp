@@ -708,6 +708,7 @@ bool AuditLog::commit(nlohmann::json record, std::string* error) {
 bool AuditLog::flush() {
   auto& d = *impl_;
   std::unique_lock lk(d.mu);
+  d.absorb_locked();  // what append() queued counts as appended before this call
   uint64_t target = d.appended;
   d.drain(lk);
   return d.durable >= target;

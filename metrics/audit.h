@@ -13,10 +13,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include <functional>
-
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 

@@ -375,6 +375,16 @@ TEST(AuditLogTest, WriteErrorsAreCountedNotThrown) {
   EXPECT_EQ(log.write_errors(), 2u);
 }
 
+// Batched: flush() counts what append() queued; a record that did not reach the disk makes it false.
+TEST(AuditLogTest, BatchedFlushIsFalseWhileQueuedRecordsCannotBeWritten) {
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  AuditLog log({.path = "/dev/full", .component = "relay"});
+  log.append(session_end(1));
+  EXPECT_FALSE(log.flush());
+  EXPECT_FALSE(log.writable());
+  EXPECT_GE(log.write_errors(), 1u);
+}
+
 // With syslog on, records still go to the file unchanged (syslog(3) itself cannot fail visibly).
 TEST(AuditLogTest, SyslogCopyKeepsTheFileChain) {
   TempDir dir;
