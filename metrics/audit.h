@@ -19,6 +19,8 @@
 #include <memory>
 #include <string>
 
+#include "metrics/audit_body.h"
+
 namespace sshring::metrics {
 
 inline constexpr uint64_t kDefaultCheckpointEvery = 1000;
@@ -63,16 +65,24 @@ class AuditLog {
   // host, seq and prev. Thread-safe; in batched mode it does not wait for the disk. Never throws on
   // I/O failure (counted, logged, retried).
   void append(nlohmann::json record);
-  // A typed record (metrics/audit_types.h). In batched mode its JSON is built by the thread that seals
-  // it, not by the caller: a relay worker pays for one move and one allocation per record.
+  // A typed record (metrics/audit_types.h). In batched mode its line is built by the thread that
+  // seals it, not by the caller: a relay worker pays for one move and one allocation per record. Types
+  // with fields() (the session records) are written straight into the line, without a json object.
   template <class R>
   requires requires(const R& r) { r.to_json(); }
   void append(R r) {
-    append_deferred([r = std::move(r)] { return r.to_json(); });
+    if constexpr (requires(BodyFields & f) { r.fields(f); }) {
+      append_fields_deferred(R::kType, [r = std::move(r)](BodyFields& f) { r.fields(f); });
+    } else {
+      append_deferred([r = std::move(r)] { return r.to_json(); });
+    }
   }
   // Appends the record `make` returns, called later on the sealing thread (at once in fsync-each
   // mode). `make` must return an object with a "type" field and must not touch this log.
   void append_deferred(std::function<nlohmann::json()> make);
+  // Appends a record of `type` (a literal) whose fields `fill` lists, called later on the sealing
+  // thread; the views it adds must stay valid while it runs (they point into the closure).
+  void append_fields_deferred(const char* type, std::function<void(BodyFields&)> fill);
   // Appends and waits until the record is on disk. On failure the record is taken back out of the
   // chain (it never reaches the file) and false is returned with *error set.
   bool commit(nlohmann::json record, std::string* error = nullptr);

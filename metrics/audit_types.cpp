@@ -36,16 +36,6 @@ J typed(const char* type) {
   return J{{"type", type}};
 }
 
-void put_session(J& j, const SessionFields& s) {
-  put(j, "session_id", s.session_id);
-  put(j, "client", s.client);
-  put(j, "principal", s.principal);
-  put(j, "key_fp", s.key_fp);
-  put(j, "target_name", s.target_name);
-  put(j, "target_addr", s.target_addr);
-  put(j, "upstream_local", s.upstream_local);
-}
-
 void get_session(const J& j, SessionFields& s) {
   s.session_id = str(j, "session_id");
   s.client = str(j, "client");
@@ -135,10 +125,24 @@ FlowKey flow_from(const J& body) {
 
 }  // namespace
 
+void SessionFields::fields(BodyFields& f) const {
+  f.str("session_id", session_id);
+  f.str("client", client);
+  f.str("principal", principal);
+  f.str("key_fp", key_fp);
+  f.str("target_name", target_name);
+  f.str("target_addr", target_addr);
+  f.str("upstream_local", upstream_local);
+}
+
+void SessionStart::fields(BodyFields& f) const {
+  SessionFields::fields(f);
+}
+
 J SessionStart::to_json() const {
-  J j = typed(kType);
-  put_session(j, *this);
-  return j;
+  BodyFields f;
+  fields(f);
+  return f.to_json(kType);
 }
 
 SessionStart SessionStart::from(const J& body) {
@@ -147,14 +151,18 @@ SessionStart SessionStart::from(const J& body) {
   return r;
 }
 
+void SessionEnd::fields(BodyFields& f) const {
+  SessionFields::fields(f);
+  f.num("bytes_up", bytes_up);
+  f.num("bytes_down", bytes_down);
+  f.num("duration_ms", duration_ms);
+  f.str_always("reason", reason);
+}
+
 J SessionEnd::to_json() const {
-  J j = typed(kType);
-  put_session(j, *this);
-  j["bytes_up"] = bytes_up;
-  j["bytes_down"] = bytes_down;
-  j["duration_ms"] = duration_ms;
-  j["reason"] = reason;
-  return j;
+  BodyFields f;
+  fields(f);
+  return f.to_json(kType);
 }
 
 SessionEnd SessionEnd::from(const J& body) {
@@ -167,12 +175,16 @@ SessionEnd SessionEnd::from(const J& body) {
   return r;
 }
 
+void SessionDeny::fields(BodyFields& f) const {
+  SessionFields::fields(f);
+  f.str_always("reason", reason);
+  f.str("detail", detail);
+}
+
 J SessionDeny::to_json() const {
-  J j = typed(kType);
-  put_session(j, *this);
-  j["reason"] = reason;
-  put(j, "detail", detail);
-  return j;
+  BodyFields f;
+  fields(f);
+  return f.to_json(kType);
 }
 
 SessionDeny SessionDeny::from(const J& body) {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "metrics/audit_body.h"
 #include "metrics/audit_record.h"
 
 namespace sshring::metrics {
@@ -25,10 +26,13 @@ struct SessionFields {
   std::string target_name;  // host:port as requested
   std::string target_addr;  // upstream ip:port
   std::string upstream_local;
+  void fields(BodyFields& f) const;
 };
 
 struct SessionStart : SessionFields {
   static constexpr const char* kType = "session_start";
+  // The hot path (AuditLog writes these straight into the line); to_json() is the same fields.
+  void fields(BodyFields& f) const;
   [[nodiscard]] nlohmann::json to_json() const;
   static SessionStart from(const nlohmann::json& body);
 };
@@ -39,6 +43,8 @@ struct SessionEnd : SessionFields {
   uint64_t bytes_down = 0;
   uint64_t duration_ms = 0;
   std::string reason;  // session outcome
+  // The hot path (AuditLog writes these straight into the line); to_json() is the same fields.
+  void fields(BodyFields& f) const;
   [[nodiscard]] nlohmann::json to_json() const;
   static SessionEnd from(const nlohmann::json& body);
 };
@@ -47,6 +53,8 @@ struct SessionDeny : SessionFields {
   static constexpr const char* kType = "session_deny";
   std::string reason;  // DENY reason name or the outcome of a session that ended undecided
   std::string detail;  // the DENY message sent to the client
+  // The hot path (AuditLog writes these straight into the line); to_json() is the same fields.
+  void fields(BodyFields& f) const;
   [[nodiscard]] nlohmann::json to_json() const;
   static SessionDeny from(const nlohmann::json& body);
 };

@@ -13,6 +13,7 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -106,7 +107,8 @@ BENCHMARK(BM_OpenSslEd25519Verify)->Iterations(kFrames)->Unit(benchmark::kMicros
 struct ScratchDir {
   std::string path;
   ScratchDir() {
-    std::string tmpl = "/tmp/sshring-auth-bench-XXXXXX";
+    const char* base = std::getenv("AUDIT_BENCH_DIR");  // default /tmp; a tmpfs leaves the disk out
+    std::string tmpl = std::string(base ? base : "/tmp") + "/sshring-auth-bench-XXXXXX";
     path = ::mkdtemp(tmpl.data()) ? tmpl : "";
   }
   ~ScratchDir() {

@@ -7,6 +7,7 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -251,6 +252,10 @@ bool wait_for_port(const std::string& host, uint16_t port, std::chrono::millisec
 
 std::string sshring_bin() {
   return SSHRING_BIN;
+}
+
+bool make_full_device(const std::string& path) {
+  return ::mknod(path.c_str(), S_IFCHR | 0600, makedev(1, 7)) == 0;
 }
 
 }  // namespace sshring::testing

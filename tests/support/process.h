@@ -48,6 +48,11 @@ int run(const std::vector<std::string>& argv, std::string* out = nullptr, const 
 int sh(const std::string& cmd, std::string* out = nullptr);
 
 // A fresh directory under /tmp, removed recursively on destruction.
+// Makes `path` a private full device (the /dev/full node, 1:7: every write fails with ENOSPC). Tests
+// that share /dev/full itself collide on the audit log's one-writer lock when run in parallel. False if
+// the node cannot be made.
+bool make_full_device(const std::string& path);
+
 class TempDir {
  public:
   TempDir();
