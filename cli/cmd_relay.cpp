@@ -56,6 +56,9 @@ common::Flags relay_flags() {
       .value("max-startups-per-source", "N",
              "unauthenticated connections per source network, counted at accept (default 16)")
       .value("per-source-netblock", "V4:V6", "prefix lengths that make one source network (default 32:64)")
+      .value("max-handshakes-per-source", "N",
+             "authenticated routes: connections per client IP past their first byte and not yet\n"
+             "connected upstream (default 64; raise it for many clients behind one NAT)")
       .value("first-byte-timeout", "D",
              "close an unauthenticated connection that sent nothing by then (default 3s)")
       .value("connect-timeout", "D", "upstream connect timeout, e.g. 5s or 500ms (default 5s)")
@@ -288,6 +291,15 @@ class RelayProcess {
     if (metrics_server_ && audit_) metrics::register_audit(*metrics_server_, audit_.get());
   }
 
+  relay::auth::AuthOptions auth_options() const {
+    relay::auth::AuthOptions o;
+    o.refuse_when_audit_unwritable = audit_refuses(f_);
+    if (f_.has("max-handshakes-per-source"))
+      o.max_handshakes_per_source =
+          static_cast<uint32_t>(f_.get_int("max-handshakes-per-source", 64, 1, 10'000'000));
+    return o;
+  }
+
   // Authenticated mode (docs/protocol.md).
   void start_auth() {
     if (!f_.has("policy") && !etcd_requested(f_)) return;
@@ -297,7 +309,7 @@ class RelayProcess {
                                         .relay_ids = f_.all("relay-id"),
                                         .audit = audit_.get(),
                                         .policy_metrics = metrics_server_ ? &policy_metrics_ : nullptr,
-                                        .auth = {.refuse_when_audit_unwritable = audit_refuses(f_)},
+                                        .auth = auth_options(),
                                         .source = snapshot_source(f_),
                                         .cache_dir = cache_dir(f_)});
   }

@@ -20,7 +20,8 @@ void append_json_string(std::string& out, std::string_view s) {
   }
   std::string cut(s.substr(0, kMaxStringBytes));
   if (s.size() > kMaxStringBytes) cut.append(kTruncatedMark);
-  out += nlohmann::json(std::move(cut)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  const nlohmann::json escaped = std::move(cut);
+  out += escaped.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 void BodyFields::add(Field f) {

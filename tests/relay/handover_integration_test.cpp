@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/metrics/scrape.h"
+#include "tests/relay/relay_fixtures.h"
 #include "tests/support/process.h"
 #include "tests/support/sshd.h"
 
@@ -34,7 +35,13 @@ namespace {
 // How many ssh sessions stream through the hand-overs (SSHRING_HANDOVER_SESSIONS overrides).
 int session_count() {
   const char* v = std::getenv("SSHRING_HANDOVER_SESSIONS");
-  return v ? std::atoi(v) : 50;
+  return v ? std::atoi(v) : 200;
+}
+
+// How many clients connect around a hand-over (SSHRING_HANDOVER_CLIENTS overrides).
+int client_count() {
+  const char* v = std::getenv("SSHRING_HANDOVER_CLIENTS");
+  return v ? std::atoi(v) : 1000;
 }
 
 struct Sha {
@@ -91,6 +98,7 @@ class Handover : public ::testing::Test {
  protected:
   t::TempDir dir;
   t::Sshd sshd{t::Sshd::Options{.max_startups = 2000}};
+  sshring::relay::test::BannerServer banner;  // the target of the thousand connecting clients
   uint16_t port = t::free_port();
   uint16_t metrics_port = t::free_port();  // each generation binds it once the one before let go
   std::string control = dir.file("relay.control");
@@ -101,20 +109,21 @@ class Handover : public ::testing::Test {
     t::write_file(dir.file("policy.yaml"),
                   "version: 1\nroles:\n  - name: ops\n    max_sessions: 5000\n    targets:\n"
                   "      - cidrs: [127.0.0.1/32]\n        ports: [" +
-                      std::to_string(sshd.port()) +
+                      std::to_string(sshd.port()) + ", " + std::to_string(banner.addr().port()) +
                       "]\nprincipals:\n  - name: tester\n    roles: [ops]\n    keys: [\"" +
                       sshd.user_pubkey() + "\"]\n");
   }
 
   std::vector<std::string> relay_argv(bool takeover) {
-    std::vector<std::string> a = {t::sshring_bin(), "relay", "--listen", "127.0.0.1:" + std::to_string(port),
-                                  "--policy", dir.file("policy.yaml"), "--relay-id", "ho-relay",
-                                  "--audit-log", dir.file("audit.jsonl"), "--control-socket", control,
-                                  "--workers", "2",
-                                  // Every client here is 127.0.0.1: admit a hand-over's backlog burst
-                                  // (the default of 16 startups per source would refuse part of it).
-                                  "--max-startups-per-source", "64", "--quiet", "--metrics",
-                                  "127.0.0.1:" + std::to_string(metrics_port)};
+    std::vector<std::string> a = {
+        t::sshring_bin(), "relay", "--listen", "127.0.0.1:" + std::to_string(port), "--policy",
+        dir.file("policy.yaml"), "--relay-id", "ho-relay", "--audit-log", dir.file("audit.jsonl"),
+        "--control-socket", control, "--workers", "2",
+        // Every client here is 127.0.0.1, and a thousand connect around one
+        // hand-over: admit them all, so what is tested is the hand-over
+        // (admission's caps have their own tests).
+        "--max-startups-per-source", "2048", "--max-startups", "2048:30:4096", "--max-handshakes-per-source",
+        "2048", "--quiet", "--metrics", "127.0.0.1:" + std::to_string(metrics_port)};
     if (takeover) a.push_back("--takeover");
     return a;
   }
@@ -354,18 +363,19 @@ TEST_F(Handover, NoClientFailsWhileConnectingDuringAHandover) {
   t::Process relay = start_relay(false);
   ASSERT_TRUE(t::wait_for_port("127.0.0.1", port)) << log(1);
   ASSERT_TRUE(wait_for_control()) << log(1);
-  // Clients that handshake and read sshd's banner, started before, during and after the hand-over.
-  // All from 127.0.0.1: stay under the relay's per-source startup cap (64 here, relay_argv), which a
-  // hand-over reaches sooner because the clients that waited in the backlog arrive together.
-  const int clients = 60;
+  // Clients that handshake and read the target's banner, started before, during and after the hand-over,
+  // each after a random delay of up to 3 s: at the hand-over some are in the backlog, some in the
+  // handshake, some relaying.
+  const int clients = client_count();
   std::vector<t::Process> cs;
+  cs.reserve(static_cast<size_t>(clients));
   auto launch = [&](int i) {
     cs.emplace_back(
         std::vector<std::string>{"sh", "-c",
-                                 "sleep 0.$((RANDOM % 10)) 2>/dev/null; " + t::sshring_bin() +
+                                 "sleep $((RANDOM % 3)).$((RANDOM % 10)) 2>/dev/null; " + t::sshring_bin() +
                                      " connect --relay 127.0.0.1:" + std::to_string(port) +
                                      " --relay-id ho-relay --principal tester --identity " + sshd.user_key() +
-                                     " 127.0.0.1 " + std::to_string(sshd.port()) +
+                                     " 127.0.0.1 " + std::to_string(banner.addr().port()) +
                                      " < /dev/null | head -c 7 > " + dir.file("c" + std::to_string(i))},
         t::Process::Options{});
   };

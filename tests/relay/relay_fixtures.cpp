@@ -111,6 +111,31 @@ common::SockAddr local_addr(int fd) {
   return a;
 }
 
+BannerServer::BannerServer(std::string banner) : banner_(std::move(banner)) {
+  listen_ = listen_any("127.0.0.1");
+  addr_ = local_addr(listen_.get());
+  stop_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  thread_ = std::thread([this] { loop(); });
+}
+
+BannerServer::~BannerServer() {
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(stop_.get(), &one, sizeof(one));
+  thread_.join();
+}
+
+void BannerServer::loop() {
+  pollfd fds[2] = {{listen_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
+  while (::poll(fds, 2, 1000) >= 0 && (fds[1].revents & POLLIN) == 0) {
+    if ((fds[0].revents & POLLIN) == 0) continue;
+    common::UniqueFd c(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!c) continue;
+    // A few dozen bytes into an empty socket buffer: the write does not block.
+    if (::write(c.get(), banner_.data(), banner_.size()) == static_cast<ssize_t>(banner_.size()))
+      served_.fetch_add(1);
+  }
+}
+
 EchoServer::EchoServer(const char* ip, uint64_t reset_after) : reset_after_(reset_after) {
   listen_ = listen_any(ip);
   int fl = ::fcntl(listen_.get(), F_GETFL);

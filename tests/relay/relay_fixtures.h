@@ -55,6 +55,27 @@ class EchoServer {
   std::thread thread_;
 };
 
+// A server that speaks first, as sshd does: each connection gets `banner` and is closed. It accepts
+// as fast as connections come (sshd forks per connection and drops SYNs past its backlog of 128,
+// which makes sshd, not the relay, what a thousand connecting clients measure).
+class BannerServer {
+ public:
+  explicit BannerServer(std::string banner = "SSH-2.0-sshring-test\r\n");
+  ~BannerServer();
+  BannerServer(const BannerServer&) = delete;
+  BannerServer& operator=(const BannerServer&) = delete;
+  [[nodiscard]] const common::SockAddr& addr() const { return addr_; }
+  [[nodiscard]] uint64_t served() const { return served_.load(); }
+
+ private:
+  void loop();
+  std::string banner_;
+  common::UniqueFd listen_, stop_;
+  common::SockAddr addr_;
+  std::atomic<uint64_t> served_{0};
+  std::thread thread_;
+};
+
 // /proc probes for a process (self when pid == 0).
 int count_fds(pid_t pid = 0);
 int count_pipe_fds(pid_t pid = 0);

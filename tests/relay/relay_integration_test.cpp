@@ -648,6 +648,9 @@ TEST(RelayTest, GarbageFromAHandoverPeerLeavesTheRelayServing) {
   };
   for (size_t i = 0; i < answers.size(); ++i) {
     SCOPED_TRACE(i);
+    // The previous round's echo client has closed, but the relay may not have ended its session yet;
+    // parking it too would make the count below 2.
+    ASSERT_TRUE(eventually([&] { return relay.sessions_active() == 1; }));
     answer_with(answers[i]);
     ASSERT_TRUE(eventually([&] {
       std::lock_guard lock(mu);
