@@ -163,8 +163,16 @@ void sweep(Context& c) {
     if (g.expire_recorded) continue;
     auto chk = checker.check(g, c.now);
     if (chk.status != policy::GrantStatus::kExpired) continue;
-    c.store->update(g.id(), [](policy::SignedGrant& s) { s.expire_recorded = true; });
-    if (c.audit) c.audit->append(bridge::grant_expire_record(chk));
+    std::optional<uint64_t> base;
+    c.store->update(g.id(), [&](policy::SignedGrant& s) {
+      s.expire_recorded = true;
+      base = cli::base_revision(*c.store);
+    });
+    if (c.audit) {
+      auto rec = bridge::grant_expire_record(chk);
+      rec.etcd_base_revision = base;
+      c.audit->append(rec);
+    }
   }
 }
 
@@ -339,7 +347,9 @@ int request(const std::vector<std::string>& args, bool one_step) {
     throw std::runtime_error("internal: a fresh request was rejected: " + chk.detail);
   // Acknowledged only once its record is on disk: no record, no grant.
   std::string audit_error;
-  if (!c.audit->commit(bridge::grant_request_record(chk, actor(me, signer)), &audit_error)) {
+  auto rec = bridge::grant_request_record(chk, actor(me, signer));
+  rec.etcd_base_revision = cli::base_revision(*c.store);
+  if (!c.audit->commit(rec, &audit_error)) {
     std::cerr << "sshring grant: not added: " << audit_error << "\n";
     return 1;
   }
@@ -380,18 +390,24 @@ std::string decision_refusal(const policy::CheckedGrant& chk, const policy::OptO
   return policy::decider_refusal(p, *rule, r, me, kind);
 }
 
+template <class R>
+nlohmann::json based_on(R rec, std::optional<uint64_t> base) {
+  rec.etcd_base_revision = base;
+  return rec.to_json();
+}
+
 nlohmann::json decision_record(const DecisionSpec& spec, const policy::SignedGrant& g,
                                const bridge::GrantActor& by, const std::string& note,
-                               const policy::CheckedGrant& after) {
+                               const policy::CheckedGrant& after, std::optional<uint64_t> base) {
   switch (spec.kind) {
     case policy::DecisionKind::kApprove:
-      return bridge::grant_approve_record(g, by, policy::status_name(after.status)).to_json();
+      return based_on(bridge::grant_approve_record(g, by, policy::status_name(after.status)), base);
     case policy::DecisionKind::kDeny:
-      return bridge::grant_deny_record(g, by, note).to_json();
+      return based_on(bridge::grant_deny_record(g, by, note), base);
     case policy::DecisionKind::kReview:
-      return bridge::grant_review_record(g, by, note).to_json();
+      return based_on(bridge::grant_review_record(g, by, note), base);
     case policy::DecisionKind::kRevoke:
-      return bridge::grant_revoke_record(g, by, note).to_json();
+      return based_on(bridge::grant_revoke_record(g, by, note), base);
   }
   return {};
 }
@@ -460,7 +476,9 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
       now_checked.object = g;
       if (c.policy) now_checked = policy::check_grant(c.pol(), g, c.now, nullptr);
       std::string audit_error;
-      if (!c.audit->commit(decision_record(spec, g, actor(me, signer), note, now_checked), &audit_error))
+      if (!c.audit->commit(
+              decision_record(spec, g, actor(me, signer), note, now_checked, cli::base_revision(*c.store)),
+              &audit_error))
         throw AuditFailed(audit_error);
     });
   } catch (const Refused& e) {

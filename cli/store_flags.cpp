@@ -153,9 +153,10 @@ std::unique_ptr<policy::GrantStore> open_grant_store_without_policy(const common
   return std::make_unique<policy::DirGrantStore>(store, true);
 }
 
-int64_t store_revision(const policy::GrantStore& s) {
-  auto* e = dynamic_cast<const policy::etcd::EtcdGrantStore*>(&s);
-  return e ? e->last_revision() : 0;
+std::optional<uint64_t> base_revision(const policy::GrantStore& s) {
+  const int64_t r = s.base_revision();
+  if (r <= 0) return std::nullopt;
+  return static_cast<uint64_t>(r);
 }
 
 }  // namespace sshring::cli

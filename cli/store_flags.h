@@ -51,7 +51,7 @@ PolicyAndStore open_policy_and_store(const common::Flags& f, bool create_dir);
 // The grant store alone when the policy does not load (revocation needs only the store): etcd with
 // --etcd, else --grant-store or the default directory (created if missing).
 std::unique_ptr<policy::GrantStore> open_grant_store_without_policy(const common::Flags& f);
-// The etcd revision of the store's last write (0 for the directory store), for audit records.
-int64_t store_revision(const policy::GrantStore& s);
+// GrantStore::base_revision for an audit record: nullopt for a store without revisions.
+std::optional<uint64_t> base_revision(const policy::GrantStore& s);
 
 }  // namespace sshring::cli

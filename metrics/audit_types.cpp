@@ -56,6 +56,7 @@ void put_terms(J& j, const GrantTerms& g) {
   put(j, "rule", g.rule);
   if (g.ttl_seconds) j["ttl_seconds"] = *g.ttl_seconds;
   put(j, "requester", g.requester);
+  if (g.etcd_base_revision) j["etcd_base_revision"] = *g.etcd_base_revision;
 }
 
 void get_terms(const J& j, GrantTerms& g) {
@@ -73,6 +74,7 @@ void get_terms(const J& j, GrantTerms& g) {
   g.rule = str(j, "rule");
   g.ttl_seconds = opt_num(j, "ttl_seconds");
   g.requester = str(j, "requester");
+  g.etcd_base_revision = opt_num(j, "etcd_base_revision");
 }
 
 void put_signer(J& j, const GrantSigner& s) {

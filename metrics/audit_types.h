@@ -70,6 +70,8 @@ struct GrantTerms {
   std::string rule;
   std::optional<uint64_t> ttl_seconds;  // signed grants: the TTL asked for
   std::string requester;                // signed grants: the principal who asked
+  // etcd stores: the revision the change was made against (GrantStore::base_revision).
+  std::optional<uint64_t> etcd_base_revision;
 };
 
 // Who signed a signed-grant decision: the principal, its key's fingerprint, and the OS user and host

@@ -44,6 +44,11 @@ class GrantStore {
   virtual size_t prune(UnixSeconds now, int64_t retention_seconds) = 0;
   // Where it lives (a directory for the embedded store), for messages and inotify.
   [[nodiscard]] virtual std::string location() const = 0;
+  // For audit records, which are durable before the write they describe and so cannot name its
+  // revision: inside update's `change`, the revision of the object being changed (the write applies
+  // to exactly that version or not at all); elsewhere the store's revision at its last load(). 0 for
+  // a store without revisions (the directory store).
+  [[nodiscard]] virtual int64_t base_revision() const noexcept { return 0; }
 };
 
 inline constexpr int64_t kDefaultGrantRetentionSeconds = int64_t{7} * 86400;

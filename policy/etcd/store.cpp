@@ -94,6 +94,7 @@ std::vector<SignedGrant> EtcdGrantStore::load() const {
     throw common::UsageError(location() + " holds more than " + std::to_string(kMaxGrants) +
                              " grants; revoke or prune some");
   }
+  base_revision_ = r.revision;
   std::vector<SignedGrant> out;
   out.reserve(r.kvs.size());
   for (const auto& kv : r.kvs)
@@ -151,6 +152,7 @@ std::optional<SignedGrant> EtcdGrantStore::update(std::string_view id,
       throw common::UsageError("grant " + std::string(id) + " in " + location() +
                                " is unreadable; see the warning above");
     }
+    base_revision_ = r.kvs[0].mod_revision;
     change(*g);
     // A decision can move the horizon: the grant follows to the lease of its new bucket.
     const int64_t lease =

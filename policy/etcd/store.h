@@ -62,7 +62,8 @@ class EtcdGrantStore final : public GrantStore {
                                     const std::function<void(SignedGrant&)>& change) override;
   size_t prune(UnixSeconds now, int64_t retention_seconds) override;
   [[nodiscard]] std::string location() const override;
-  // The etcd revision of this store's last write (for audit records); 0 before any.
+  [[nodiscard]] int64_t base_revision() const noexcept override { return base_revision_; }
+  // The etcd revision of this store's last write; 0 before any.
   [[nodiscard]] int64_t last_revision() const noexcept { return last_revision_; }
 
  private:
@@ -70,6 +71,7 @@ class EtcdGrantStore final : public GrantStore {
   std::shared_ptr<Client> client_;
   Keys keys_;
   int64_t last_revision_ = 0;
+  mutable int64_t base_revision_ = 0;  // set by load(), and by update() before each change
 };
 
 struct PolicyMeta {

@@ -344,7 +344,9 @@ TEST(AuditLogTest, QueuedAppendsKeepTheirOrderAndTimesAcrossThreadsAndCommits) {
     last_ms = r->ts_ms;
     if (auto e = record_as<SessionEnd>(*r)) {
       ids.insert(e->session_id);
-      if (e->session_id[0] == 't') EXPECT_EQ("t" + std::to_string(e->bytes_up), e->session_id);
+      if (e->session_id[0] == 't') {
+        EXPECT_EQ("t" + std::to_string(e->bytes_up), e->session_id);
+      }
     }
   }
   EXPECT_EQ(ids.size(), static_cast<size_t>(2 * kEach + kCommits));

@@ -238,6 +238,14 @@ TEST_F(EtcdFleet, PushGrantRevokeAndLeaderLossOnThreeMembers) {
   ASSERT_FALSE(grec.empty());
   EXPECT_EQ(grec.back()["type"], "grant_request");
   EXPECT_EQ(grec.back()["grant_id"], id);
+  // The record is durable before the write, so it names the revision the grant was checked against
+  // (the store as the command read it), not the write's own.
+  auto added = client_for(etcd, "sshring-agent")->get(etcd::Keys("/sshring").grant(id));
+  ASSERT_EQ(added.kvs.size(), 1u);
+  const int64_t added_at = added.kvs[0].mod_revision;
+  ASSERT_TRUE(grec.back().contains("etcd_base_revision")) << grec.back().dump();
+  EXPECT_GE(grec.back()["etcd_base_revision"].get<int64_t>(), recs[0]["etcd_revision"].get<int64_t>());
+  EXPECT_LT(grec.back()["etcd_base_revision"].get<int64_t>(), added_at);
 
   ASSERT_EQ(cli(std::vector<std::string>{"policy", "explain", "--flow", "10.2.3.4", "10.1.5.7:22"} +
                     etcd.flags("sshring-relay"),
@@ -246,6 +254,8 @@ TEST_F(EtcdFleet, PushGrantRevokeAndLeaderLossOnThreeMembers) {
       << out;
   EXPECT_NE(out.find("bypass_approved by grant " + id), std::string::npos) << out;
 
+  // Another write first, so the store's latest revision is past the version the revoke changes.
+  ASSERT_FALSE(grant_add(etcd, "10.1.5.128/25", &out).empty()) << out;
   ASSERT_EQ(cli(std::vector<std::string>{"grant", "revoke", id, "--identity", ci_key(), "--reason", "done",
                                          "--audit-log", dir_.file("grant.audit.jsonl")} +
                     etcd.flags("sshring-grant"),
@@ -254,6 +264,8 @@ TEST_F(EtcdFleet, PushGrantRevokeAndLeaderLossOnThreeMembers) {
       << out;
   ASSERT_TRUE(eventually([&] { return relay.flow("10.2.3.4", "10.1.5.7") == FlowTag::kBypassExpired; }));
   EXPECT_EQ(audit("grant.audit.jsonl").back()["type"], "grant_revoke");
+  // The revoke was written only over the version it names (compare-and-swap on mod_revision).
+  EXPECT_EQ(audit("grant.audit.jsonl").back().value("etcd_base_revision", int64_t{0}), added_at);
 
   // Lose the leader mid-run: grants keep being added through the survivors, the consumer keeps
   // deciding (no restart) and sees every one.
