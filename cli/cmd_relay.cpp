@@ -28,6 +28,7 @@
 #include "metrics/audit_types.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
+#include "policy/etcd/session_ledger.h"
 #include "relay/auth/auth_service.h"
 #include "relay/config.h"
 #include "relay/handover.h"
@@ -102,6 +103,9 @@ common::Flags relay_flags() {
       "      upstream: 10.0.0.5:22\n"
       "\n"
       "Live upgrade: start the new binary with the same flags plus --takeover (docs/operations.md).\n"
+      "\n"
+      "With --etcd, relays count each principal's sessions together: max_sessions holds across the\n"
+      "fleet (counts under PREFIX/sessions/counts/, one lease per relay process; docs/etcd.md).\n"
       "\n"
       "Exit codes: 0 after a drain or after handing everything to a --takeover process, 1 on runtime\n"
       "errors, 2 on bad flags or config; with --takeover also 3 no relay answers on the control\n"
@@ -304,14 +308,52 @@ class RelayProcess {
   void start_auth() {
     if (!f_.has("policy") && !etcd_requested(f_)) return;
     if (metrics_server_) policy_metrics_ = metrics::register_policy(*metrics_server_);
+    auto ids = f_.all("relay-id");
+    ledger_ = session_ledger(f_, ids.empty() ? relay::auth::default_relay_id() : ids.front());
+    if (ledger_) {
+      ledger_->start();
+      if (metrics_server_) register_ledger_metrics();
+    }
+    auto auth = auth_options();
+    auth.session_ledger = ledger_;
     auth_ = std::make_unique<relay::auth::AuthService>(
         relay::auth::AuthServiceOptions{.policy_path = f_.get_or("policy", ""),
                                         .relay_ids = f_.all("relay-id"),
                                         .audit = audit_.get(),
                                         .policy_metrics = metrics_server_ ? &policy_metrics_ : nullptr,
-                                        .auth = auth_options(),
+                                        .auth = std::move(auth),
                                         .source = snapshot_source(f_),
                                         .cache_dir = cache_dir(f_)});
+  }
+
+  // Fleet-wide session counts (docs/etcd.md): whether they are current, what the other relays hold.
+  void register_ledger_metrics() {
+    metrics_server_->add_collector([weak = std::weak_ptr(ledger_)] {
+      std::vector<prometheus::MetricFamily> out;
+      auto l = weak.lock();
+      if (!l) return out;
+      const auto st = l->status();
+      auto up = metrics::gauge_family("sshring_relay_fleet_sessions_up",
+                                      "1 when this relay's session counts are in etcd and the other relays' "
+                                      "are watched; 0 while it decides on the last counts it saw.");
+      metrics::add_sample(up, {}, st.up ? 1 : 0);
+      auto others =
+          metrics::gauge_family("sshring_relay_fleet_sessions_others",
+                                "Live sessions the other relays of the fleet report, all principals.");
+      metrics::add_sample(others, {}, static_cast<double>(st.others));
+      auto relays = metrics::gauge_family("sshring_relay_fleet_relays_others",
+                                          "Other relay processes that report session counts.");
+      metrics::add_sample(relays, {}, static_cast<double>(st.instances));
+      auto errors = metrics::counter_family("sshring_relay_fleet_sessions_errors_total",
+                                            "Failed etcd calls of the fleet session counts (writes, lease "
+                                            "keep-alives, lists, watches).");
+      metrics::add_sample(errors, {}, static_cast<double>(st.errors));
+      out.push_back(std::move(up));
+      out.push_back(std::move(others));
+      out.push_back(std::move(relays));
+      out.push_back(std::move(errors));
+      return out;
+    });
   }
 
   // --takeover: everything of the running relay's, parked, before this process writes a byte of audit.
@@ -435,6 +477,7 @@ class RelayProcess {
     }
   } stop_serving_;  // destroyed before relay_: no scrape reads freed stats
   std::unique_ptr<relay::HandoverClient> takeover_client_;
+  std::shared_ptr<policy::etcd::EtcdSessionLedger> ledger_;
   metrics::RelayMetrics relay_metrics_;
   std::unique_ptr<relay::HandoverServer> handover_;
 };

@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "policy/etcd/client.h"
+#include "policy/etcd/session_ledger.h"
 #include "policy/etcd/source.h"
 #include "policy/etcd/store.h"
 #include "policy/parser.h"
@@ -93,19 +94,39 @@ EtcdTarget etcd_from_uri(const common::Flags& f, const std::string& uri) {
   return {std::make_shared<policy::etcd::Client>(std::move(o)), u->prefix};
 }
 
-std::shared_ptr<policy::SnapshotSource> snapshot_source(const common::Flags& f,
-                                                        const std::string& policy_flag) {
+namespace {
+
+// The etcd that --etcd, or the --policy file's `grant_store: etcd://...`, names; nullopt for files.
+std::optional<EtcdTarget> consumer_etcd(const common::Flags& f, const std::string& policy_flag,
+                                        std::string* policy_file) {
   if (etcd_requested(f)) {
     if (f.has("grant-store")) throw UsageError("--etcd replaces --grant-store: grants are in etcd too");
-    auto t = etcd_from_flags(f);
-    return std::make_shared<policy::etcd::EtcdSource>(t.client, t.prefix);
+    return etcd_from_flags(f);
   }
-  // A local policy whose grants live in etcd.
   std::string path = f.get_or(policy_flag, policy::kDefaultPolicyPath);
   auto p = policy::load_policy_file(path);
-  if (!policy::is_etcd_uri(p.grant_store) || f.has("grant-store")) return nullptr;
-  auto t = etcd_from_uri(f, p.grant_store);
-  return std::make_shared<policy::etcd::EtcdSource>(t.client, t.prefix, path);
+  if (!policy::is_etcd_uri(p.grant_store) || f.has("grant-store")) return std::nullopt;
+  *policy_file = path;
+  return etcd_from_uri(f, p.grant_store);
+}
+
+}  // namespace
+
+std::shared_ptr<policy::SnapshotSource> snapshot_source(const common::Flags& f,
+                                                        const std::string& policy_flag) {
+  std::string local_policy;  // set when only the grants are in etcd
+  auto t = consumer_etcd(f, policy_flag, &local_policy);
+  if (!t) return nullptr;
+  return std::make_shared<policy::etcd::EtcdSource>(t->client, t->prefix, local_policy);
+}
+
+std::shared_ptr<policy::etcd::EtcdSessionLedger> session_ledger(const common::Flags& f,
+                                                                const std::string& relay_id) {
+  std::string local_policy;
+  auto t = consumer_etcd(f, "policy", &local_policy);
+  if (!t) return nullptr;
+  return std::make_shared<policy::etcd::EtcdSessionLedger>(t->client, t->prefix,
+                                                           policy::etcd::LedgerOptions{.relay_id = relay_id});
 }
 
 std::optional<std::string> cache_dir(const common::Flags& f) {

@@ -14,7 +14,8 @@
 
 namespace sshring::policy::etcd {
 class Client;
-}
+class EtcdSessionLedger;
+}  // namespace sshring::policy::etcd
 
 namespace sshring::cli {
 
@@ -37,6 +38,10 @@ EtcdTarget etcd_from_uri(const common::Flags& f, const std::string& uri);
 // etcd://), or null for the file + directory store. `policy_flag` is the policy file flag's name.
 std::shared_ptr<policy::SnapshotSource> snapshot_source(const common::Flags& f,
                                                         const std::string& policy_flag = "policy");
+// Relay: fleet-wide session counts (max_sessions across relays) on the etcd snapshot_source reads,
+// not started yet; null for the file + directory store.
+std::shared_ptr<policy::etcd::EtcdSessionLedger> session_ledger(const common::Flags& f,
+                                                                const std::string& relay_id);
 std::optional<std::string> cache_dir(const common::Flags& f);
 
 // grant and policy explain: the policy (from --etcd, else the --policy file) and its grant store

@@ -399,7 +399,7 @@ namespace {
 
 class GrpcWatch final : public WatchStream {
  public:
-  GrpcWatch(Client::Impl& impl, size_t member, std::string prefix, int64_t start)
+  GrpcWatch(Client::Impl& impl, size_t member, std::string prefix, std::string range_end, int64_t start)
       : impl_(impl), member_(member) {
     impl_.prepare(ctx_, false);  // a watch lives as long as the consumer: no deadline
     // Fail (instead of silently stalling) when this member loses the cluster's leader.
@@ -407,7 +407,7 @@ class GrpcWatch final : public WatchStream {
     rw_ = impl_.members[member].watch->Watch(&ctx_);
     pb::WatchRequest req;
     auto* c = req.mutable_create_request();
-    c->set_range_end(prefix_end(prefix));
+    c->set_range_end(range_end.empty() ? prefix_end(prefix) : std::move(range_end));
     c->set_key(std::move(prefix));
     c->set_start_revision(start);
     c->set_progress_notify(true);
@@ -468,11 +468,13 @@ class GrpcWatch final : public WatchStream {
 
 }  // namespace
 
-std::unique_ptr<WatchStream> Client::watch(std::string_view prefix, int64_t start_revision) {
+std::unique_ptr<WatchStream> Client::watch(std::string_view prefix, int64_t start_revision,
+                                           std::string_view range_end) {
   // Authenticate first (a watch cannot renew its token mid-stream); the Range also proves the
   // member is there before the stream is opened on it.
   get(prefix);
-  return std::make_unique<GrpcWatch>(*impl_, impl_->current.load(), std::string(prefix), start_revision);
+  return std::make_unique<GrpcWatch>(*impl_, impl_->current.load(), std::string(prefix),
+                                     std::string(range_end), start_revision);
 }
 
 }  // namespace sshring::policy::etcd

@@ -144,8 +144,10 @@ class Client {
   int64_t lease_keepalive(int64_t id);
   void lease_revoke(int64_t id);
   void compact(int64_t revision);
-  // A watch of `prefix` from `start_revision` (0 = now). Opens on the current member.
-  std::unique_ptr<WatchStream> watch(std::string_view prefix, int64_t start_revision);
+  // A watch of `prefix` from `start_revision` (0 = now). Opens on the current member. With
+  // `range_end`, the watch covers [prefix, range_end) instead of the keys starting with `prefix`.
+  std::unique_ptr<WatchStream> watch(std::string_view prefix, int64_t start_revision,
+                                     std::string_view range_end = {});
 
   [[nodiscard]] const ClientOptions& options() const noexcept { return opts_; }
   // "etcd 127.0.0.1:2379,127.0.0.1:2381" for messages.

@@ -167,7 +167,7 @@ void EtcdSource::watch_once() {
   }
   std::unique_ptr<WatchStream> w;
   try {
-    w = client_->watch(keys_.all(), from);
+    w = client_->watch(keys_.grants(), from, keys_.snapshot_range_end());
   } catch (const std::exception& e) {
     std::lock_guard lock(mu_);
     if (up_ || last_error_ != e.what())

@@ -5,6 +5,7 @@
 //   PREFIX/policy/current               {"digest","size","chunks","author","pushed_at","push_id"}
 //   PREFIX/policy/blob/<sha256>/<nnnn>  the policy text in chunks of at most 1 MiB
 //   PREFIX/leases/<unix>                the lease id that garbage-collects grants of one hour bucket
+//   PREFIX/sessions/counts/<principal>/<relay instance>   live sessions (policy/etcd/session_ledger.h)
 //
 // Policy push: the chunks are written first under the text's digest (invisible to readers until
 // referenced), then one Txn replaces policy/current if its mod_revision is still the base the pusher
@@ -45,6 +46,11 @@ class Keys {
   [[nodiscard]] std::string lease(int64_t bucket_end) const {
     return p_ + "/leases/" + std::to_string(bucket_end);
   }
+  // Live session counts per principal and relay process (policy/etcd/session_ledger.h).
+  [[nodiscard]] std::string session_counts() const { return p_ + "/sessions/counts/"; }
+  // What snapshot consumers watch: grants, leases and policy, in key order; not sessions/, which
+  // relays rewrite whenever a session starts or ends (agents need none of it).
+  [[nodiscard]] std::string snapshot_range_end() const { return prefix_end(p_ + "/policy/"); }
 
  private:
   std::string p_;

@@ -370,8 +370,10 @@ class AuthHandshake : public Handshake {
     }
     uint32_t max = s.snap->max_sessions_for(h.principal);
     if (!f.limits_.acquire_session(h.principal, max))
-      return s.deny(protocol::Reason::kTooManySessions, "'" + h.principal + "' has " + std::to_string(max) +
-                                                            " sessions, the most its roles allow");
+      return s.deny(protocol::Reason::kTooManySessions,
+                    "'" + h.principal + "' has " + std::to_string(max) + " sessions" +
+                        (f.limits_.fleet_wide() ? " on the relays of this fleet" : "") +
+                        ", the most its roles allow");
     s.session_counted = true;
     if (literal) return s.connect(*literal);
     resolve(h);
@@ -448,6 +450,7 @@ AuthHandshakeFactory::AuthHandshakeFactory(const policy::PolicyCache& cache, Aut
     throw common::UsageError("authenticated relay: max future skew must be between 0 and the max skew");
   if (opts_.max_handshakes_per_source == 0) opts_.max_handshakes_per_source = 1;
   resolver_ = opts_.resolver ? opts_.resolver : std::make_shared<AresResolver>();
+  limits_.set_ledger(opts_.session_ledger);
   set_metrics(opts_.metrics);
 }
 

@@ -47,9 +47,11 @@ struct AuthOptions {
   size_t replay_per_principal = 0;          // live nonces of one principal; 0: replay_capacity / 16
   uint32_t max_handshakes_per_source = 64;  // connections in handshake per client IP
   std::shared_ptr<Resolver> resolver;       // null: an AresResolver with default options
-  metrics::RelayMetrics metrics;            // optional (null members are skipped)
-  metrics::AuditLog* audit = nullptr;       // optional; must outlive the factory
-  bool log_denials = true;                  // one log line per DENY
+  // Fleet-wide max_sessions (etcd); null: each relay counts only its own sessions.
+  std::shared_ptr<policy::SessionLedger> session_ledger;
+  metrics::RelayMetrics metrics;       // optional (null members are skipped)
+  metrics::AuditLog* audit = nullptr;  // optional; must outlive the factory
+  bool log_denials = true;             // one log line per DENY
   // `audit` set and unwritable (AuditLog::writable): refuse new sessions (DENY overloaded) rather than
   // admit sessions that would go unrecorded.
   bool refuse_when_audit_unwritable = true;

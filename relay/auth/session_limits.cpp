@@ -54,14 +54,13 @@ uint32_t SessionLimits::handshakes_from(const common::SockAddr& client) const {
 
 bool SessionLimits::acquire_session(std::string_view principal, uint32_t max) {
   std::lock_guard lock(mu_);
+  const uint64_t elsewhere = ledger_ ? ledger_->others(principal) : 0;
   auto it = sessions_.find(principal);
-  if (it == sessions_.end()) {
-    if (max == 0) return false;
-    sessions_.emplace(std::string(principal), 1);
-    return true;
-  }
-  if (it->second >= max) return false;
+  const uint64_t here = it == sessions_.end() ? 0 : it->second;
+  if (here + elsewhere >= max) return false;
+  if (it == sessions_.end()) it = sessions_.emplace(std::string(principal), 0).first;
   ++it->second;
+  if (ledger_) ledger_->publish(principal, it->second);
   return true;
 }
 
@@ -69,7 +68,9 @@ void SessionLimits::release_session(std::string_view principal) {
   std::lock_guard lock(mu_);
   auto it = sessions_.find(principal);
   if (it == sessions_.end()) return;
-  if (--it->second == 0) sessions_.erase(it);
+  const uint32_t left = --it->second;
+  if (ledger_) ledger_->publish(principal, left);
+  if (left == 0) sessions_.erase(it);
 }
 
 uint32_t SessionLimits::sessions_of(std::string_view principal) const {

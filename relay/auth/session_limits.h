@@ -1,15 +1,19 @@
 // Counters shared by every worker and touched only when a handshake starts or a session ends:
-// connections in handshake per source address, and live sessions per principal.
+// connections in handshake per source address, and live sessions per principal. With a
+// policy::SessionLedger (etcd) a principal's limit counts the other relays' sessions too, and every
+// change of this relay's count is published to it.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 
 #include "common/sockaddr.h"
+#include "policy/session_ledger.h"
 
 namespace sshring::relay::auth {
 
@@ -21,7 +25,12 @@ class SessionLimits {
   void leave_handshake(const common::SockAddr& client);
   [[nodiscard]] uint32_t handshakes_from(const common::SockAddr& client) const;
 
-  // Counts one more live session of `principal`; false (nothing counted) when `max` are live.
+  // Set once, before any session.
+  void set_ledger(std::shared_ptr<policy::SessionLedger> ledger) { ledger_ = std::move(ledger); }
+  [[nodiscard]] bool fleet_wide() const noexcept { return ledger_ != nullptr; }
+
+  // Counts one more live session of `principal`; false (nothing counted) when `max` are live here
+  // and, with a ledger, on the other relays.
   bool acquire_session(std::string_view principal, uint32_t max);
   void release_session(std::string_view principal);
   [[nodiscard]] uint32_t sessions_of(std::string_view principal) const;
@@ -37,6 +46,7 @@ class SessionLimits {
   };
   static IpKey key_of(const common::SockAddr& a);
 
+  std::shared_ptr<policy::SessionLedger> ledger_;
   mutable std::mutex mu_;
   std::unordered_map<IpKey, uint32_t, IpKeyHash> handshakes_;
   std::unordered_map<std::string, uint32_t, StringHash, std::equal_to<>> sessions_;

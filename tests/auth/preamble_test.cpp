@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include <cstring>
 #include <functional>
 #include <set>
@@ -341,6 +343,37 @@ TEST(AuthSessionLimits, PerSourceAndPerPrincipal) {
   l.release_session("alice");
   EXPECT_EQ(l.sessions_of("alice"), 0u);
   EXPECT_TRUE(l.acquire_session("alice", 1));
+}
+
+// With a ledger, a principal's limit counts what the other relays report, and every change of the
+// local count is published (release down to 0 included, so the fleet sees the last session end).
+TEST(AuthSessionLimits, FleetLedgerCountsOtherRelaysAndHearsEveryChange) {
+  struct Ledger : sshring::policy::SessionLedger {
+    std::map<std::string, uint32_t, std::less<>> remote, published;
+    void publish(std::string_view p, uint32_t n) override { published[std::string(p)] = n; }
+    uint32_t others(std::string_view p) const override {
+      auto it = remote.find(p);
+      return it == remote.end() ? 0 : it->second;
+    }
+  };
+  auto ledger = std::make_shared<Ledger>();
+  auth::SessionLimits l;
+  l.set_ledger(ledger);
+  ledger->remote["alice"] = 2;
+  EXPECT_TRUE(l.acquire_session("alice", 3));
+  EXPECT_EQ(ledger->published["alice"], 1u);
+  EXPECT_FALSE(l.acquire_session("alice", 3));  // 1 here + 2 elsewhere
+  EXPECT_EQ(l.sessions_of("alice"), 1u);
+  ledger->remote["alice"] = UINT32_MAX;  // a huge remote count does not wrap around
+  EXPECT_FALSE(l.acquire_session("alice", UINT32_MAX));
+  ledger->remote["alice"] = 0;  // the other relay's lease expired
+  EXPECT_TRUE(l.acquire_session("alice", 3));
+  EXPECT_EQ(ledger->published["alice"], 2u);
+  l.release_session("alice");
+  l.release_session("alice");
+  EXPECT_EQ(ledger->published["alice"], 0u);
+  EXPECT_FALSE(l.acquire_session("bob", 0));
+  EXPECT_FALSE(ledger->published.contains("bob"));  // a refusal publishes nothing
 }
 
 TEST(AuthClient, SplitHostPort) {

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <signal.h>
 #include <stdlib.h>
 
 #include <atomic>
@@ -25,6 +26,7 @@
 #include "policy/etcd/store.h"
 #include "tests/policy/etcd_cluster.h"
 #include "tests/support/process.h"
+#include "tests/support/sshd.h"
 
 namespace sshring::policy {
 namespace {
@@ -536,6 +538,105 @@ TEST_F(EtcdFleet, ReadOnlyCredentialsCannotWrite) {
   EXPECT_EQ(cli(std::vector<std::string>{"policy", "push", file} + etcd.flags("sshring-policy"), &out), 1)
       << out;
   EXPECT_NE(out.find("not pushed"), std::string::npos) << out;
+}
+
+// Fleet-wide max_sessions: two relay processes on one etcd (same relay id, as behind one load
+// balancer) count a principal's sessions together. Three through A fill the limit, a fourth through B
+// is refused; A killed (no clean shutdown) stops counting when its lease expires, and B admits again;
+// B stopped cleanly takes its counts out of etcd at once (it revokes its lease).
+TEST_F(EtcdFleet, MaxSessionsHoldAcrossRelays) {
+  namespace t = sshring::testing;
+  EtcdCluster etcd(1);
+  t::Sshd sshd;
+  push_ok(etcd,
+          "version: 1\nroles: [{name: ops, max_sessions: 3, targets: [{cidrs: [127.0.0.1/32], ports: [" +
+              std::to_string(sshd.port()) + "]}]}]\nprincipals:\n  - {name: alice, roles: [ops], keys: [\"" +
+              sshd.user_pubkey() + "\"]}\n");
+  struct Relay {
+    uint16_t port = t::free_port(), metrics = t::free_port();
+    std::string log;
+    t::Process proc;
+  };
+  auto start = [&](Relay& r, const std::string& name) {
+    r.log = dir_.file(name + ".log");
+    r.proc = t::Process(
+        std::vector<std::string>{t::sshring_bin(), "relay", "--listen", "127.0.0.1:" + std::to_string(r.port),
+                                 "--metrics", "127.0.0.1:" + std::to_string(r.metrics), "--relay-id", "fleet",
+                                 "--control-socket", "none", "--drain-timeout", "1s", "--cache-dir",
+                                 dir_.file(name + "-cache")} +
+            etcd.flags("sshring-relay"),
+        t::Process::Options{.stderr_path = r.log});
+    ASSERT_TRUE(t::wait_for_port("127.0.0.1", r.port, 30s)) << t::read_file(r.log);
+    ASSERT_TRUE(t::wait_for_port("127.0.0.1", r.metrics, 30s)) << t::read_file(r.log);
+  };
+  auto scrape = [&](const Relay& r) {
+    std::string m;
+    t::sh("curl -s http://127.0.0.1:" + std::to_string(r.metrics) + "/metrics", &m);
+    return m;
+  };
+  auto connect_cmd = [&](const Relay& r) {
+    return t::sshring_bin() + " connect --relay 127.0.0.1:" + std::to_string(r.port) +
+           " --relay-id fleet --principal alice --identity " + sshd.user_key() + " 127.0.0.1 " +
+           std::to_string(sshd.port());
+  };
+  // One session that stays open (its stdin is a sleep); true once sshd's banner came back.
+  std::vector<t::Process> held;
+  auto hold = [&](const Relay& r, int i) {
+    const std::string out = dir_.file("s" + std::to_string(i));
+    held.emplace_back(
+        std::vector<std::string>{"sh", "-c",
+                                 "sleep 120 | " + connect_cmd(r) + " > " + out + " 2> " + out + ".err"},
+        t::Process::Options{});
+    return eventually([&] { return t::read_file(out).rfind("SSH-2.0", 0) == 0; });
+  };
+  // A session that only reads the banner: exit code 0 and "SSH-2.0", or the refusal in *out.
+  int onces = 0;
+  auto once = [&](const Relay& r, std::string* out) {
+    const std::string f = dir_.file("once" + std::to_string(onces++));
+    const int rc = t::sh(connect_cmd(r) + " < /dev/null > " + f + " 2>&1");
+    *out = t::read_file(f);
+    return rc == 0 && out->rfind("SSH-2.0", 0) == 0;
+  };
+  auto counts = [&] {
+    std::string out;
+    etcd.etcdctl("get --prefix /sshring/sessions/counts/", &out);
+    return out;
+  };
+
+  Relay a, b;
+  start(a, "relay-a");
+  start(b, "relay-b");
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(hold(a, i)) << "session " << i << t::read_file(a.log);
+  // A's count is in etcd under its lease; B sees it.
+  EXPECT_TRUE(eventually([&] { return counts().find("\"count\":3") != std::string::npos; })) << counts();
+  ASSERT_TRUE(eventually([&] {
+    return scrape(b).find("sshring_relay_fleet_sessions_others 3") != std::string::npos;
+  })) << scrape(b)
+      << t::read_file(b.log);
+  EXPECT_NE(scrape(b).find("sshring_relay_fleet_sessions_up 1"), std::string::npos) << scrape(b);
+  EXPECT_NE(scrape(b).find("sshring_relay_fleet_relays_others 1"), std::string::npos) << scrape(b);
+
+  std::string out;
+  EXPECT_FALSE(once(b, &out)) << "a 4th session through relay B was admitted";
+  EXPECT_NE(out.find("too_many_sessions"), std::string::npos) << out;
+  EXPECT_FALSE(once(a, &out)) << "a 4th session through relay A was admitted";
+  EXPECT_NE(out.find("too_many_sessions"), std::string::npos) << out;
+
+  // A dies without revoking: its sessions count until the lease (10 s) expires, then B admits again.
+  a.proc.signal(SIGKILL);
+  a.proc.wait(10s);
+  ASSERT_TRUE(eventually([&] {
+    return scrape(b).find("sshring_relay_fleet_sessions_others 0") != std::string::npos;
+  })) << scrape(b);
+  EXPECT_TRUE(once(b, &out)) << out << t::read_file(b.log);
+
+  // B holds one and stops cleanly: its count is gone from etcd once it exited, not a lease later.
+  ASSERT_TRUE(hold(b, 9)) << t::read_file(b.log);
+  EXPECT_TRUE(eventually([&] { return counts().find("\"count\":1") != std::string::npos; })) << counts();
+  b.proc.signal(SIGTERM);  // drains for 1 s, then closes the held session
+  EXPECT_EQ(b.proc.wait(30s), 0) << t::read_file(b.log);
+  EXPECT_EQ(counts().find("/sshring/sessions/counts/"), std::string::npos) << counts();
+  for (auto& h : held) ::kill(-h.pid(), SIGKILL);  // each client's shell, sleep and connect
 }
 
 // The relay process on etcd: starts from etcd, exports its source metrics.
