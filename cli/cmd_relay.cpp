@@ -28,6 +28,7 @@
 #include "metrics/audit_types.h"
 #include "metrics/catalog.h"
 #include "metrics/server.h"
+#include "policy/etcd/nonce_claims.h"
 #include "policy/etcd/session_ledger.h"
 #include "relay/auth/auth_service.h"
 #include "relay/config.h"
@@ -60,6 +61,11 @@ common::Flags relay_flags() {
       .value("max-handshakes-per-source", "N",
              "authenticated routes: connections per client IP past their first byte and not yet\n"
              "connected upstream (default 64; raise it for many clients behind one NAT)")
+      .value("shared-replay", "MODE",
+             "with --etcd: each preamble nonce is also claimed in etcd, so a preamble replayed to\n"
+             "another relay with the same --relay-id is refused. auto (default): when etcd does not\n"
+             "answer, decide on this relay's replay cache (counted); require: refuse then; off: this\n"
+             "relay's cache only (no etcd write per session)")
       .value("first-byte-timeout", "D",
              "close an unauthenticated connection that sent nothing by then (default 3s)")
       .value("connect-timeout", "D", "upstream connect timeout, e.g. 5s or 500ms (default 5s)")
@@ -309,13 +315,23 @@ class RelayProcess {
     if (!f_.has("policy") && !etcd_requested(f_)) return;
     if (metrics_server_) policy_metrics_ = metrics::register_policy(*metrics_server_);
     auto ids = f_.all("relay-id");
-    ledger_ = session_ledger(f_, ids.empty() ? relay::auth::default_relay_id() : ids.front());
-    if (ledger_) {
-      ledger_->start();
-      if (metrics_server_) register_ledger_metrics();
-    }
     auto auth = auth_options();
+    const std::string shared = f_.get_or("shared-replay", "auto");
+    if (shared != "auto" && shared != "require" && shared != "off")
+      throw common::UsageError("--shared-replay " + shared + ": use auto, require or off");
+    std::optional<std::chrono::milliseconds> window;
+    if (shared != "off") window = auth.max_skew + auth.max_future_skew;  // a nonce is live this long
+    auto fleet = fleet_relay(f_, ids.empty() ? relay::auth::default_relay_id() : ids.front(), window);
+    if (shared == "require" && !fleet.claims)
+      throw common::UsageError("--shared-replay require needs --etcd (or an etcd:// grant store)");
+    ledger_ = fleet.ledger;
+    claims_ = fleet.claims;
+    if (ledger_) ledger_->start();
+    if (claims_) claims_->start();
+    if (metrics_server_ && ledger_) register_fleet_metrics();
     auth.session_ledger = ledger_;
+    auth.nonce_claims = claims_;
+    auth.require_nonce_claims = shared == "require";
     auth_ = std::make_unique<relay::auth::AuthService>(
         relay::auth::AuthServiceOptions{.policy_path = f_.get_or("policy", ""),
                                         .relay_ids = f_.all("relay-id"),
@@ -327,9 +343,21 @@ class RelayProcess {
   }
 
   // Fleet-wide session counts (docs/etcd.md): whether they are current, what the other relays hold.
-  void register_ledger_metrics() {
-    metrics_server_->add_collector([weak = std::weak_ptr(ledger_)] {
+  void register_fleet_metrics() {
+    metrics_server_->add_collector([weak = std::weak_ptr(ledger_), weak_claims = std::weak_ptr(claims_)] {
       std::vector<prometheus::MetricFamily> out;
+      if (auto c = weak_claims.lock()) {
+        const auto n = c->counts();
+        auto claims = metrics::counter_family(
+            "sshring_relay_replay_claims_total",
+            "Preamble nonces claimed in etcd for every relay with this relay id, by answer: fresh, "
+            "replayed (refused), unavailable (decided on the local replay cache, or refused with "
+            "--shared-replay require).");
+        metrics::add_sample(claims, {{"result", "fresh"}}, static_cast<double>(n.fresh));
+        metrics::add_sample(claims, {{"result", "replayed"}}, static_cast<double>(n.replayed));
+        metrics::add_sample(claims, {{"result", "unavailable"}}, static_cast<double>(n.unavailable));
+        out.push_back(std::move(claims));
+      }
       auto l = weak.lock();
       if (!l) return out;
       const auto st = l->status();
@@ -478,6 +506,7 @@ class RelayProcess {
   } stop_serving_;  // destroyed before relay_: no scrape reads freed stats
   std::unique_ptr<relay::HandoverClient> takeover_client_;
   std::shared_ptr<policy::etcd::EtcdSessionLedger> ledger_;
+  std::shared_ptr<policy::etcd::EtcdNonceClaims> claims_;
   metrics::RelayMetrics relay_metrics_;
   std::unique_ptr<relay::HandoverServer> handover_;
 };

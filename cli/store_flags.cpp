@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "policy/etcd/client.h"
+#include "policy/etcd/nonce_claims.h"
 #include "policy/etcd/session_ledger.h"
 #include "policy/etcd/source.h"
 #include "policy/etcd/store.h"
@@ -120,13 +121,23 @@ std::shared_ptr<policy::SnapshotSource> snapshot_source(const common::Flags& f,
   return std::make_shared<policy::etcd::EtcdSource>(t->client, t->prefix, local_policy);
 }
 
-std::shared_ptr<policy::etcd::EtcdSessionLedger> session_ledger(const common::Flags& f,
-                                                                const std::string& relay_id) {
+FleetRelay fleet_relay(const common::Flags& f, const std::string& relay_id,
+                       std::optional<std::chrono::milliseconds> claim_window) {
   std::string local_policy;
   auto t = consumer_etcd(f, "policy", &local_policy);
-  if (!t) return nullptr;
-  return std::make_shared<policy::etcd::EtcdSessionLedger>(t->client, t->prefix,
-                                                           policy::etcd::LedgerOptions{.relay_id = relay_id});
+  if (!t) return {};
+  FleetRelay out;
+  out.ledger = std::make_shared<policy::etcd::EtcdSessionLedger>(
+      t->client, t->prefix, policy::etcd::LedgerOptions{.relay_id = relay_id});
+  if (claim_window) {
+    // A claim sits in a handshake (10 s timeout): its own client gives up within about 2 s.
+    policy::etcd::ClientOptions o = t->client->options();
+    o.timeout = std::chrono::milliseconds(1000);
+    out.claims = std::make_shared<policy::etcd::EtcdNonceClaims>(
+        std::make_shared<policy::etcd::Client>(std::move(o)), t->prefix,
+        policy::etcd::NonceClaimOptions{.window = *claim_window});
+  }
+  return out;
 }
 
 std::optional<std::string> cache_dir(const common::Flags& f) {

@@ -3,6 +3,7 @@
 // each command adds its etcd support with a call instead of a copy.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -15,6 +16,7 @@
 namespace sshring::policy::etcd {
 class Client;
 class EtcdSessionLedger;
+class EtcdNonceClaims;
 }  // namespace sshring::policy::etcd
 
 namespace sshring::cli {
@@ -38,10 +40,15 @@ EtcdTarget etcd_from_uri(const common::Flags& f, const std::string& uri);
 // etcd://), or null for the file + directory store. `policy_flag` is the policy file flag's name.
 std::shared_ptr<policy::SnapshotSource> snapshot_source(const common::Flags& f,
                                                         const std::string& policy_flag = "policy");
-// Relay: fleet-wide session counts (max_sessions across relays) on the etcd snapshot_source reads,
-// not started yet; null for the file + directory store.
-std::shared_ptr<policy::etcd::EtcdSessionLedger> session_ledger(const common::Flags& f,
-                                                                const std::string& relay_id);
+// Relay on etcd (the one snapshot_source reads): fleet-wide session counts (max_sessions across
+// relays) and, with a `claim_window`, preamble nonces claimed across the relays sharing a relay id;
+// neither started yet. Both null for the file + directory store.
+struct FleetRelay {
+  std::shared_ptr<policy::etcd::EtcdSessionLedger> ledger;
+  std::shared_ptr<policy::etcd::EtcdNonceClaims> claims;
+};
+FleetRelay fleet_relay(const common::Flags& f, const std::string& relay_id,
+                       std::optional<std::chrono::milliseconds> claim_window);
 std::optional<std::string> cache_dir(const common::Flags& f);
 
 // grant and policy explain: the policy (from --etcd, else the --policy file) and its grant store

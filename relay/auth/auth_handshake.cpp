@@ -190,6 +190,7 @@ class AuthHandshake : public Handshake {
     if (auto refused = check_freshness(h, now_ms)) return *refused;
     if (auto refused = check_identity(h)) return *refused;
     if (auto refused = check_replay(h, now_ms)) return *refused;
+    if (s.factory->opts_.nonce_claims) return claim_nonce(h);
     return check_policy(h, now_ms);
   }
 
@@ -342,6 +343,47 @@ class AuthHandshake : public Handshake {
         return s.deny(protocol::Reason::kOverloaded, "replay cache share of '" + h.principal + "' full");
     }
     return s.deny(protocol::Reason::kOverloaded, "replay cache");
+  }
+
+  // The nonce is fresh here; claims it for every relay with this relay id, off the loop. The answer
+  // comes back on the worker: while the session lives this handshake does too (both end there).
+  HandshakeStep claim_nonce(const protocol::Hello& h) {
+    std::weak_ptr<SessionState> weak = s_;
+    auto hello = std::make_shared<const protocol::Hello>(h);
+    s_->factory->opts_.nonce_claims->claim(h.relay_id, h.principal, h.nonce,
+                                           [weak, hello, self = this](policy::NonceClaims::Result r) {
+                                             auto st = weak.lock();
+                                             if (!st) return;
+                                             std::lock_guard lock(st->mu);
+                                             if (st->ended) return;
+                                             st->ctx->post([st, hello, self, r] {
+                                               {
+                                                 std::lock_guard lock(st->mu);
+                                                 if (st->ended) return;
+                                               }
+                                               if (st->decided) return;
+                                               st->resume(self->after_claim(*hello, r));
+                                             });
+                                           });
+    HandshakeStep pending;
+    pending.kind = HandshakeStep::Kind::kPending;
+    return pending;
+  }
+
+  HandshakeStep after_claim(const protocol::Hello& h, policy::NonceClaims::Result r) {
+    SessionState& s = *s_;
+    switch (r) {
+      case policy::NonceClaims::Result::kFresh:
+        break;
+      case policy::NonceClaims::Result::kReplayed:
+        return s.deny(protocol::Reason::kReplayed, "nonce already used at a relay with this relay id");
+      case policy::NonceClaims::Result::kUnavailable:
+        // The local cache said fresh; without the shared answer only a relay told to require it refuses.
+        if (s.factory->opts_.require_nonce_claims)
+          return s.deny(protocol::Reason::kOverloaded, "replay check unavailable; try again later");
+        break;
+    }
+    return check_policy(h, s.factory->now_ms());
   }
 
   // Policy on the name (or the literal address), the principal's session limit, then resolution.

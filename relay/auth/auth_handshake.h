@@ -7,7 +7,8 @@
 //
 // Per session, on the worker thread: parse HELLO -> relay id -> clock skew (past and future) ->
 // principal, key and Ed25519 signature (one wire code for all three: not_authenticated) -> replay
-// cache (per-principal share) -> policy on the name -> per-principal session limit -> resolve
+// cache (per-principal share) -> with etcd, the nonce claimed for every relay of this relay id (off
+// the loop, policy::NonceClaims) -> policy on the name -> per-principal session limit -> resolve
 // the name off the loop (AresResolver thread, back through HandshakeContext::post) -> policy on each
 // resolved address, the first allowed one is the upstream -> OK once connected. Every deny is one
 // DENY frame with a stable reason, one audit record (session_deny) and one decision metric.
@@ -24,6 +25,7 @@
 
 #include "metrics/catalog.h"
 #include "policy/cache.h"
+#include "policy/nonce_claims.h"
 #include "protocol/preamble.h"
 #include "relay/auth/replay_cache.h"
 #include "relay/auth/resolver.h"
@@ -49,6 +51,11 @@ struct AuthOptions {
   std::shared_ptr<Resolver> resolver;       // null: an AresResolver with default options
   // Fleet-wide max_sessions (etcd); null: each relay counts only its own sessions.
   std::shared_ptr<policy::SessionLedger> session_ledger;
+  // Preamble nonces claimed across the relays that share a relay id (etcd), after the local replay
+  // cache; null: the local cache only. `require_nonce_claims`: refuse (overloaded) when the claim
+  // cannot be answered, instead of deciding on the local cache.
+  std::shared_ptr<policy::NonceClaims> nonce_claims;
+  bool require_nonce_claims = false;
   metrics::RelayMetrics metrics;       // optional (null members are skipped)
   metrics::AuditLog* audit = nullptr;  // optional; must outlive the factory
   bool log_denials = true;             // one log line per DENY

@@ -7,8 +7,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -20,10 +23,14 @@
 #include <sstream>
 #include <thread>
 
+#include "client/client.h"
+#include "common/unique_fd.h"
 #include "policy/cache.h"
 #include "policy/etcd/client.h"
 #include "policy/etcd/source.h"
 #include "policy/etcd/store.h"
+#include "protocol/keys.h"
+#include "protocol/preamble.h"
 #include "tests/policy/etcd_cluster.h"
 #include "tests/support/process.h"
 #include "tests/support/sshd.h"
@@ -538,6 +545,121 @@ TEST_F(EtcdFleet, ReadOnlyCredentialsCannotWrite) {
   EXPECT_EQ(cli(std::vector<std::string>{"policy", "push", file} + etcd.flags("sshring-policy"), &out), 1)
       << out;
   EXPECT_NE(out.find("not pushed"), std::string::npos) << out;
+}
+
+// What a relay answered to `bytes` sent on a fresh connection (written at once, then half-closed).
+struct Answer {
+  protocol::ReplyDecode reply;
+  std::string after;  // bytes after the reply (the target's, once relayed)
+};
+Answer send_to(uint16_t port, const std::string& bytes) {
+  Answer a;
+  common::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(port);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) return a;
+  (void)!::send(fd.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  ::shutdown(fd.get(), SHUT_WR);
+  std::string raw;
+  const auto deadline = Clock::now() + 20s;
+  while (Clock::now() < deadline && raw.find("SSH-2.0") == std::string::npos) {
+    pollfd p{fd.get(), POLLIN, 0};
+    if (::poll(&p, 1, 200) <= 0) continue;
+    char buf[4096];
+    ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+    if (n <= 0) break;
+    raw.append(buf, static_cast<size_t>(n));
+  }
+  a.reply = protocol::decode_reply({reinterpret_cast<const uint8_t*>(raw.data()), raw.size()});
+  if (a.reply.status == protocol::DecodeStatus::kOk) a.after = raw.substr(a.reply.consumed);
+  return a;
+}
+bool relayed(const Answer& a) {
+  return a.reply.status == protocol::DecodeStatus::kOk && a.reply.reply.type == protocol::FrameType::kOk &&
+         a.after.find("SSH-2.0") != std::string::npos;
+}
+int denied_with(const Answer& a) {
+  if (a.reply.status != protocol::DecodeStatus::kOk || a.reply.reply.type != protocol::FrameType::kDeny)
+    return -1;
+  return a.reply.reply.reason;
+}
+
+// A preamble is signed for a relay id, not for one relay: captured on the way to relay A, it is
+// valid at every relay answering to that id until its timestamp is stale. The attack: replay it to
+// relay B. With the nonce claimed in etcd B refuses it (`replayed`); a relay with
+// --shared-replay off, which only has its own cache, lets it through (what the claim prevents).
+// etcd away: auto decides on the local cache (counted), require refuses.
+TEST_F(EtcdFleet, PreambleReplayedToAnotherRelayIsRefused) {
+  namespace t = sshring::testing;
+  EtcdCluster etcd(1);
+  t::Sshd sshd;
+  push_ok(etcd, "version: 1\nroles: [{name: ops, targets: [{cidrs: [127.0.0.1/32], ports: [" +
+                    std::to_string(sshd.port()) +
+                    "]}]}]\nprincipals:\n  - {name: alice, roles: [ops], keys: [\"" + sshd.user_pubkey() +
+                    "\"]}\n");
+  struct Relay {
+    uint16_t port = t::free_port(), metrics = t::free_port();
+    std::string log;
+    t::Process proc;
+  };
+  auto start = [&](Relay& r, const std::string& name, const std::string& mode) {
+    r.log = dir_.file(name + ".log");
+    r.proc = t::Process(
+        std::vector<std::string>{t::sshring_bin(), "relay", "--listen", "127.0.0.1:" + std::to_string(r.port),
+                                 "--metrics", "127.0.0.1:" + std::to_string(r.metrics), "--relay-id", "fleet",
+                                 "--control-socket", "none", "--shared-replay", mode, "--cache-dir",
+                                 dir_.file(name + "-cache")} +
+            etcd.flags("sshring-relay"),
+        t::Process::Options{.stderr_path = r.log});
+    ASSERT_TRUE(t::wait_for_port("127.0.0.1", r.port, 30s)) << t::read_file(r.log);
+    ASSERT_TRUE(t::wait_for_port("127.0.0.1", r.metrics, 30s)) << t::read_file(r.log);
+  };
+  auto scrape = [&](const Relay& r) {
+    std::string m;
+    t::sh("curl -s http://127.0.0.1:" + std::to_string(r.metrics) + "/metrics", &m);
+    return m;
+  };
+  auto key =
+      std::make_shared<protocol::Ed25519PrivateKey>(protocol::Ed25519PrivateKey::load_file(sshd.user_key()));
+  auto hello = [&] {
+    client::Signer signer{key->public_key(), [key](std::string_view d) { return key->sign(d); }};
+    return protocol::encode_hello(
+        client::make_hello(signer, "fleet", "alice", "127.0.0.1", sshd.port(), client::unix_ms_now()));
+  };
+  const int kReplayed = static_cast<int>(protocol::Reason::kReplayed);
+  const int kOverloaded = static_cast<int>(protocol::Reason::kOverloaded);
+
+  Relay a, b, local_only, strict;
+  start(a, "relay-a", "auto");
+  start(b, "relay-b", "auto");
+  start(local_only, "relay-local", "off");
+  start(strict, "relay-strict", "require");
+
+  const std::string captured = hello();
+  EXPECT_TRUE(relayed(send_to(a.port, captured))) << t::read_file(a.log);
+  EXPECT_EQ(denied_with(send_to(b.port, captured)), kReplayed) << t::read_file(b.log);
+  EXPECT_EQ(denied_with(send_to(a.port, captured)), kReplayed);  // A's own cache
+  EXPECT_TRUE(relayed(send_to(local_only.port, captured)))
+      << "without the shared claim the replay gets through: " << t::read_file(local_only.log);
+  // Fresh preambles pass everywhere (a claim is per nonce, not per principal).
+  EXPECT_TRUE(relayed(send_to(b.port, hello()))) << t::read_file(b.log);
+  EXPECT_TRUE(relayed(send_to(strict.port, hello()))) << t::read_file(strict.log);
+  std::string m = scrape(b);
+  EXPECT_NE(m.find("sshring_relay_replay_claims_total{result=\"replayed\"} 1"), std::string::npos) << m;
+  EXPECT_NE(m.find("sshring_relay_replay_claims_total{result=\"fresh\"} 1"), std::string::npos) << m;
+  std::string keys;
+  etcd.etcdctl("get --prefix --keys-only /sshring/sessions/nonces/fleet/", &keys);
+  EXPECT_EQ(std::count(keys.begin(), keys.end(), '/') / 5, 3) << keys;  // three fresh nonces claimed
+
+  etcd.stop_all();
+  EXPECT_TRUE(relayed(send_to(a.port, hello()))) << t::read_file(a.log);
+  EXPECT_NE(scrape(a).find("sshring_relay_replay_claims_total{result=\"unavailable\"} 1"), std::string::npos)
+      << scrape(a);
+  EXPECT_EQ(denied_with(send_to(strict.port, hello())), kOverloaded) << t::read_file(strict.log);
+  // The local cache still holds while etcd is away.
+  EXPECT_EQ(denied_with(send_to(b.port, captured)), kReplayed);
 }
 
 // Fleet-wide max_sessions: two relay processes on one etcd (same relay id, as behind one load
