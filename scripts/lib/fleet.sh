@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # A small fleet in network namespaces, for the demo and the end-to-end test.
 #
-#   client1 (10.77.0.11) ─┐
+#   admin   (10.77.0.5)  ─┐   etcd: the fleet's policy store (grants)
+#   client1 (10.77.0.11) ─┤
 #   client2 (10.77.0.12) ─┤
 #   relay   (10.77.0.2)  ─┼── bridge in namespace "sw"
 #   target1 (10.77.0.21) ─┤    (every host has eth0 on it)
@@ -12,9 +13,9 @@
 
 FLEET_PREFIX=${FLEET_PREFIX:-"srd$$"}
 FLEET_SUBNET=10.77.0
-declare -A FLEET_IP=([client1]=$FLEET_SUBNET.11 [client2]=$FLEET_SUBNET.12 [relay]=$FLEET_SUBNET.2
+declare -A FLEET_IP=([admin]=$FLEET_SUBNET.5 [client1]=$FLEET_SUBNET.11 [client2]=$FLEET_SUBNET.12 [relay]=$FLEET_SUBNET.2
                      [target1]=$FLEET_SUBNET.21 [target2]=$FLEET_SUBNET.22)
-FLEET_HOSTS=(client1 client2 relay target1 target2)
+FLEET_HOSTS=(admin client1 client2 relay target1 target2)
 
 ns() { echo "$FLEET_PREFIX-$1"; }
 in_ns() { local host=$1; shift; ip netns exec "$(ns "$host")" "$@"; }
