@@ -344,44 +344,25 @@ class RelayProcess {
 
   // Fleet-wide session counts (docs/etcd.md): whether they are current, what the other relays hold.
   void register_fleet_metrics() {
-    metrics_server_->add_collector([weak = std::weak_ptr(ledger_), weak_claims = std::weak_ptr(claims_)] {
-      std::vector<prometheus::MetricFamily> out;
-      if (auto c = weak_claims.lock()) {
-        const auto n = c->counts();
-        auto claims = metrics::counter_family(
-            "sshring_relay_replay_claims_total",
-            "Preamble nonces claimed in etcd for every relay with this relay id, by answer: fresh, "
-            "replayed (refused), unavailable (decided on the local replay cache, or refused with "
-            "--shared-replay require).");
-        metrics::add_sample(claims, {{"result", "fresh"}}, static_cast<double>(n.fresh));
-        metrics::add_sample(claims, {{"result", "replayed"}}, static_cast<double>(n.replayed));
-        metrics::add_sample(claims, {{"result", "unavailable"}}, static_cast<double>(n.unavailable));
-        out.push_back(std::move(claims));
-      }
-      auto l = weak.lock();
-      if (!l) return out;
-      const auto st = l->status();
-      auto up = metrics::gauge_family("sshring_relay_fleet_sessions_up",
-                                      "1 when this relay's session counts are in etcd and the other relays' "
-                                      "are watched; 0 while it decides on the last counts it saw.");
-      metrics::add_sample(up, {}, st.up ? 1 : 0);
-      auto others =
-          metrics::gauge_family("sshring_relay_fleet_sessions_others",
-                                "Live sessions the other relays of the fleet report, all principals.");
-      metrics::add_sample(others, {}, static_cast<double>(st.others));
-      auto relays = metrics::gauge_family("sshring_relay_fleet_relays_others",
-                                          "Other relay processes that report session counts.");
-      metrics::add_sample(relays, {}, static_cast<double>(st.instances));
-      auto errors = metrics::counter_family("sshring_relay_fleet_sessions_errors_total",
-                                            "Failed etcd calls of the fleet session counts (writes, lease "
-                                            "keep-alives, lists, watches).");
-      metrics::add_sample(errors, {}, static_cast<double>(st.errors));
-      out.push_back(std::move(up));
-      out.push_back(std::move(others));
-      out.push_back(std::move(relays));
-      out.push_back(std::move(errors));
-      return out;
-    });
+    metrics::register_fleet(
+        *metrics_server_,
+        [ledger = std::weak_ptr(ledger_), claims = std::weak_ptr(claims_),
+         with_claims = claims_ != nullptr]() -> std::optional<metrics::FleetStats> {
+          auto l = ledger.lock();
+          if (!l) return std::nullopt;
+          const auto st = l->status();
+          metrics::FleetStats f{
+              .up = st.up, .others = st.others, .relays = st.instances, .errors = st.errors};
+          if (auto c = claims.lock(); c && with_claims) {
+            const auto n = c->counts();
+            f.claims = true;
+            f.fresh = n.fresh;
+            f.replayed = n.replayed;
+            f.unavailable = n.unavailable;
+            f.failed = n.failed;
+          }
+          return f;
+        });
   }
 
   // --takeover: everything of the running relay's, parked, before this process writes a byte of audit.

@@ -133,6 +133,7 @@ FleetRelay fleet_relay(const common::Flags& f, const std::string& relay_id,
     // A claim sits in a handshake (10 s timeout): its own client gives up within about 2 s.
     policy::etcd::ClientOptions o = t->client->options();
     o.timeout = std::chrono::milliseconds(1000);
+    o.single_pass = true;
     out.claims = std::make_shared<policy::etcd::EtcdNonceClaims>(
         std::make_shared<policy::etcd::Client>(std::move(o)), t->prefix,
         policy::etcd::NonceClaimOptions{.window = *claim_window});

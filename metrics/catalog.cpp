@@ -225,6 +225,47 @@ static void append_agent_enforcement(const AgentStats& s, std::vector<prometheus
         s.pins_private);
 }
 
+void register_fleet(Server& server, std::function<std::optional<FleetStats>()> read) {
+  server.add_collector([read = std::move(read)] {
+    std::vector<prometheus::MetricFamily> out;
+    const auto st = read();
+    if (!st) return out;
+    auto up =
+        gauge_family("sshring_relay_fleet_sessions_up",
+                     "1 when this relay's session counts are in etcd and the other relays' are watched; 0 "
+                     "while it decides on the last counts it saw.");
+    add_sample(up, {}, st->up ? 1 : 0);
+    auto others = gauge_family("sshring_relay_fleet_sessions_others",
+                               "Live sessions the other relays of the fleet report.");
+    add_sample(others, {}, static_cast<double>(st->others));
+    auto relays = gauge_family("sshring_relay_fleet_relays_others",
+                               "Other relay processes that report session counts.");
+    add_sample(relays, {}, static_cast<double>(st->relays));
+    auto errors =
+        counter_family("sshring_relay_fleet_sessions_errors_total",
+                       "Failed etcd calls of the fleet session counts (writes, lease keep-alives, lists, "
+                       "watches) and values that are not counts.");
+    add_sample(errors, {}, static_cast<double>(st->errors));
+    out.push_back(std::move(up));
+    out.push_back(std::move(others));
+    out.push_back(std::move(relays));
+    out.push_back(std::move(errors));
+    if (st->claims) {
+      auto claims = counter_family(
+          "sshring_relay_replay_claims_total",
+          "Preamble nonces claimed in etcd for every relay with this relay id, by answer: fresh, replayed "
+          "(refused), unavailable (etcd unreachable: decided on the local replay cache, or refused with "
+          "--shared-replay require), failed (etcd refused or too many claims waiting: refused).");
+      add_sample(claims, {{"result", "fresh"}}, static_cast<double>(st->fresh));
+      add_sample(claims, {{"result", "replayed"}}, static_cast<double>(st->replayed));
+      add_sample(claims, {{"result", "unavailable"}}, static_cast<double>(st->unavailable));
+      add_sample(claims, {{"result", "failed"}}, static_cast<double>(st->failed));
+      out.push_back(std::move(claims));
+    }
+    return out;
+  });
+}
+
 void register_agent(Server& server, const AgentStats* stats) {
   server.add_collector([stats] {
     auto flows = counter_family("sshring_bypass_flows_total", "Direct SSH flows seen by the agent, by tag.");

@@ -10,7 +10,9 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "metrics/server.h"
@@ -93,6 +95,18 @@ struct PolicyMetrics {
   void grant_rejected(const std::string& reason);
 };
 PolicyMetrics register_policy(Server& server);
+
+// A relay on etcd: fleet-wide session counts and cross-relay nonce claims, read at scrape time.
+struct FleetStats {
+  bool up = false;      // sshring_relay_fleet_sessions_up
+  uint64_t others = 0;  // sshring_relay_fleet_sessions_others
+  uint64_t relays = 0;  // sshring_relay_fleet_relays_others
+  uint64_t errors = 0;  // sshring_relay_fleet_sessions_errors_total
+  bool claims = false;  // nonce claims on (--shared-replay auto|require): the family below is served
+  uint64_t fresh = 0, replayed = 0, unavailable = 0, failed = 0;  // sshring_relay_replay_claims_total{result}
+};
+// `read` runs on the exposer thread; nullopt (the relay's parts are gone) serves nothing.
+void register_fleet(Server& server, std::function<std::optional<FleetStats>()> read);
 
 // Label `event` of sshring_agent_kernel_events_total: the kernel's stat counters, index = the BPF
 // `enum sshring_stat` (bpf/sshring_consts.h; bpf/abi_check.h asserts the two lists agree).

@@ -17,7 +17,8 @@ class NonceClaims {
   enum class Result : uint8_t {
     kFresh,        // this claim was the first
     kReplayed,     // another relay (or an earlier handshake) claimed the nonce
-    kUnavailable,  // the store could not answer in time (the caller decides: local cache, or refuse)
+    kUnavailable,  // the store could not be reached in time (the caller decides: local cache, or refuse)
+    kFailed,       // the store refused (permission, quota) or too many claims wait: refuse the session
   };
   virtual ~NonceClaims() = default;
   // Claims `nonce` for `relay_id` for at least the freshness window the implementation was built

@@ -106,7 +106,11 @@ Worker::Worker(unsigned index, unsigned nworkers, const RelayConfig& cfg)
   wake_fd_.reset(fd);
 }
 
-Worker::~Worker() = default;
+Worker::~Worker() {
+  // Sessions first: their handshakes mark themselves ended, so an off-loop answer (resolver, nonce
+  // claim) arriving now posts nothing; post_mu_ and posted_ would otherwise go before them.
+  slots_.clear();
+}
 
 void Worker::add_listener(const Route& route, const common::SockAddr& bound, common::UniqueFd fd) {
   RouteSlot slot;

@@ -213,7 +213,9 @@ struct Client::Impl {
     std::string last_endpoint;
     // At least kRounds passes, and retry for up to two call timeouts (an election takes seconds).
     const auto give_up = std::chrono::steady_clock::now() + 2 * opts.timeout;
-    for (int round = 0; round < kRounds || std::chrono::steady_clock::now() < give_up; ++round) {
+    const int rounds = opts.single_pass ? 1 : kRounds;
+    for (int round = 0; round < rounds || (!opts.single_pass && std::chrono::steady_clock::now() < give_up);
+         ++round) {
       if (round > 0) std::this_thread::sleep_for(kRoundPause);
       size_t start = current.load();
       for (size_t i = 0; i < members.size(); ++i) {

@@ -34,6 +34,9 @@ struct ClientOptions {
   std::string user;       // etcd user for password auth (empty: none, or the certificate's CN)
   std::string password;
   std::chrono::milliseconds timeout{5000};  // per call, per member
+  // One pass over the members and no retry rounds: for callers with a deadline of their own (a
+  // nonce claim inside a handshake) that would rather answer "unavailable" than wait out an election.
+  bool single_pass = false;
 };
 
 // "https://10.0.0.1:2379,10.0.0.2:2379" -> endpoints and tls (https on any endpoint turns TLS on).

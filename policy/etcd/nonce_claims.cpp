@@ -30,7 +30,7 @@ EtcdNonceClaims::~EtcdNonceClaims() {
   cv_.notify_all();
   for (auto& t : threads_)
     if (t.joinable()) t.join();
-  for (auto& j : left) j.done(Result::kUnavailable);
+  for (auto& j : left) j.done(Result::kFailed);
 }
 
 void EtcdNonceClaims::start() {
@@ -57,9 +57,9 @@ void EtcdNonceClaims::claim(std::string_view relay_id, std::string_view principa
       cv_.notify_one();
       return;
     }
-    ++counts_.unavailable;
+    ++counts_.failed;  // a burst beyond what etcd takes: refused, not decided without the claim
   }
-  j.done(Result::kUnavailable);
+  j.done(Result::kFailed);
 }
 
 EtcdNonceClaims::Counts EtcdNonceClaims::counts() const {
@@ -73,43 +73,65 @@ int64_t EtcdNonceClaims::current_lease() {
   if (lease_ == 0 || now >= lease_until_) {
     const auto ttl = std::chrono::duration_cast<std::chrono::seconds>(2 * opts_.window).count() + 1;
     lease_ = client_->lease_grant(ttl);
-    lease_until_ = now + opts_.window;
+    lease_until_ = now + opts_.window / 2;
   }
   return lease_;
 }
 
 NonceClaims::Result EtcdNonceClaims::attempt(const Job& j) {
-  const auto now = std::chrono::steady_clock::now();
-  {
-    // etcd failed a moment ago: answer at once instead of holding every handshake for a timeout;
-    // one claim per kProbeEvery tries again.
-    std::lock_guard lock(lease_mu_);
-    if (down_.load() && now < probe_at_) return Result::kUnavailable;
-    probe_at_ = now + kProbeEvery;
+  const int64_t now_ns = std::chrono::steady_clock::now().time_since_epoch().count();
+  // etcd was unreachable a moment ago: answer at once instead of holding every handshake for a
+  // timeout; one claim per kProbeEvery (whoever swaps the probe time first) asks again.
+  if (down_.load()) {
+    int64_t at = probe_at_ns_.load();
+    if (now_ns < at ||
+        !probe_at_ns_.compare_exchange_strong(at, now_ns + std::chrono::nanoseconds(kProbeEvery).count()))
+      return Result::kUnavailable;
   }
+  Op put;
+  put.key = j.key;
+  // The token tells this claim's own write from another relay's: a Txn the client retried on
+  // another member after its first attempt applied fails its compare on our own key.
+  put.value = j.principal + " " + std::to_string(token_.fetch_add(1)) + "@" + instance_;
+  TxnResult r;
   try {
-    Op put;
-    put.key = j.key;
-    // The token tells this claim's own write from another relay's: a Txn the client retried on
-    // another member after its first attempt applied fails its compare on our own key.
-    put.value = j.principal + " " + std::to_string(token_.fetch_add(1)) + "@" + instance_;
     put.lease = current_lease();
-    TxnResult r = client_->txn({Compare{j.key, Compare::Target::kCreate, 0}}, {put});
-    if (!r.succeeded) {
-      auto now = client_->get(j.key);
-      if (!(now.kvs.size() == 1 && now.kvs[0].value == put.value)) return Result::kReplayed;
-    }
-    if (down_.exchange(false))
-      common::log_info("nonce claims answered again", {{"etcd", client_->describe()}});
-    return Result::kFresh;
+    r = client_->txn({Compare{j.key, Compare::Target::kCreate, 0}}, {put});
+  } catch (const EtcdError& e) {
+    return failed(e, e.unavailable());
   } catch (const std::exception& e) {
-    if (!down_.exchange(true))
-      common::log_warn("nonce claims failing; etcd does not answer",
-                       {{"etcd", client_->describe()}, {"error", e.what()}});
-    std::lock_guard lock(lease_mu_);
-    lease_ = 0;  // the lease may be what failed (expired while etcd was away): take a new one
-    return Result::kUnavailable;
+    return failed(e, false);
   }
+  mark_up();
+  if (r.succeeded) return Result::kFresh;
+  try {
+    auto now = client_->get(j.key);
+    if (now.kvs.size() == 1 && now.kvs[0].value == put.value) return Result::kFresh;
+  } catch (const std::exception&) {
+    // The key exists and we cannot tell whose it is: a replay (fail closed).
+  }
+  return Result::kReplayed;
+}
+
+NonceClaims::Result EtcdNonceClaims::failed(const std::exception& e, bool unreachable) {
+  if (!unreachable) {
+    common::log_error("nonce claim refused by etcd; refusing the session",
+                      {{"etcd", client_->describe()}, {"error", e.what()}});
+    return Result::kFailed;
+  }
+  if (!down_.exchange(true)) {
+    probe_at_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count() +
+                       std::chrono::nanoseconds(kProbeEvery).count());
+    common::log_warn("nonce claims failing; etcd does not answer",
+                     {{"etcd", client_->describe()}, {"error", e.what()}});
+  }
+  std::lock_guard lock(lease_mu_);
+  lease_ = 0;  // the lease may have expired while etcd was away: take a new one
+  return Result::kUnavailable;
+}
+
+void EtcdNonceClaims::mark_up() {
+  if (down_.exchange(false)) common::log_info("nonce claims answered again", {{"etcd", client_->describe()}});
 }
 
 void EtcdNonceClaims::run() {
@@ -122,7 +144,20 @@ void EtcdNonceClaims::run() {
     lock.unlock();
     const Result r = attempt(j);
     lock.lock();
-    (r == Result::kFresh ? counts_.fresh : r == Result::kReplayed ? counts_.replayed : counts_.unavailable)++;
+    switch (r) {
+      case Result::kFresh:
+        ++counts_.fresh;
+        break;
+      case Result::kReplayed:
+        ++counts_.replayed;
+        break;
+      case Result::kUnavailable:
+        ++counts_.unavailable;
+        break;
+      case Result::kFailed:
+        ++counts_.failed;
+        break;
+    }
     lock.unlock();
     j.done(r);
     lock.lock();

@@ -4,13 +4,16 @@
 // A claim is one Txn: create PREFIX/sessions/nonces/<relay-id>/<nonce hex> if it does not exist
 // (compare create_revision == 0); a failed compare is a replay. Keys expire with a lease shared by
 // every claim of this process in one period: a lease granted at t with TTL 2 x window takes claims
-// until t + window, so each key outlives the preamble's freshness window (the relay refuses older
-// timestamps itself) and this process holds at most two live leases, however many claims it makes.
+// until t + window / 2, so each key outlives the preamble's freshness window by half a window (room
+// for relays whose clocks disagree; the relay refuses older timestamps itself) and this process holds
+// at most four live leases, however many claims it makes.
 //
 // Claims run on 16 threads of their own (gRPC calls block), from a bounded queue; a full queue,
-// a failed call or etcd away answers kUnavailable; after a failure, claims answer kUnavailable at once
-// and one claim every 2 s asks etcd again. Cost: one etcd write (a Raft proposal) per
-// authenticated handshake, measured in bench/fleet.
+// etcd unreachable (or too slow: one pass over the members) answers kUnavailable; after that, claims
+// answer kUnavailable at once and one claim every 2 s asks etcd again. A full queue, or an error
+// etcd answered with (permission, quota), answers kFailed: the relay refuses those sessions. A claim
+// whose compare failed is a replay even if reading the key back then fails (fail closed). Cost: one etcd
+// write (a Raft proposal) per authenticated handshake, measured in bench/fleet.
 #pragma once
 
 #include <atomic>
@@ -48,7 +51,7 @@ class EtcdNonceClaims final : public NonceClaims {
              std::function<void(Result)> done) override;
 
   struct Counts {
-    uint64_t fresh = 0, replayed = 0, unavailable = 0;
+    uint64_t fresh = 0, replayed = 0, unavailable = 0, failed = 0;
   };
   [[nodiscard]] Counts counts() const;
 
@@ -60,6 +63,8 @@ class EtcdNonceClaims final : public NonceClaims {
   };
   void run();
   Result attempt(const Job& j);
+  Result failed(const std::exception& e, bool unreachable);
+  void mark_up();
   int64_t current_lease();  // throws EtcdError
 
   std::shared_ptr<Client> client_;
@@ -73,10 +78,10 @@ class EtcdNonceClaims final : public NonceClaims {
   bool stopping_ = false;
   Counts counts_;
 
-  std::mutex lease_mu_;  // one lease grant at a time
+  std::mutex lease_mu_;  // one lease grant at a time (claims that find etcd down never take it)
   int64_t lease_ = 0;
   std::chrono::steady_clock::time_point lease_until_{};  // take claims on lease_ until then
-  std::chrono::steady_clock::time_point probe_at_{};     // while down_: the next claim that asks etcd
+  std::atomic<int64_t> probe_at_ns_{0};  // while down_: steady-clock ns of the next claim that asks etcd
 
   std::atomic<uint64_t> token_{0};
   std::atomic<bool> down_{false};  // the last claim failed (log transitions only)

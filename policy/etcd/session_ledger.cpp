@@ -170,7 +170,7 @@ bool EtcdSessionLedger::write_dirty() {
   }
 }
 
-void EtcdSessionLedger::keep_alive() {
+bool EtcdSessionLedger::keep_alive() {
   int64_t lease;
   {
     std::lock_guard lock(mu_);
@@ -183,32 +183,33 @@ void EtcdSessionLedger::keep_alive() {
       // Expired while etcd was away (or revoked): every count went with it.
       common::log_warn("fleet session lease lost; writing every count again", {{"instance", instance_}});
       lease = client_->lease_grant(opts_.ttl.count());
-    } else {
-      std::lock_guard lock(mu_);
-      next_keepalive_ = std::chrono::steady_clock::now() + opts_.ttl / 3;
-      return;
     }
     std::lock_guard lock(mu_);
     lease_ = lease;
     next_keepalive_ = std::chrono::steady_clock::now() + opts_.ttl / 3;
+    // Every count again, each round: an unconditional put that a retried call delivered late (after
+    // a newer one) would otherwise stand until this relay's count changed; so it stands a round at most.
     for (const auto& [p, n] : mine_)
       if (n > 0) dirty_.insert(p);
+    return true;
   } catch (const std::exception& e) {
     fail("fleet session lease not kept alive; retrying", e);
     std::lock_guard lock(mu_);
     write_up_ = false;
     next_keepalive_ = std::chrono::steady_clock::now() + kMinBackoff * 5;
+    return false;
   }
 }
 
 void EtcdSessionLedger::write_loop() {
   auto backoff = kMinBackoff;
+  bool lease_ok = false;  // the last keep-alive (or grant) succeeded
   std::unique_lock lock(mu_);
   while (!stopping_) {
     const bool keepalive_due = lease_ == 0 || std::chrono::steady_clock::now() >= next_keepalive_;
     if (keepalive_due) {
       lock.unlock();
-      keep_alive();
+      lease_ok = keep_alive();
       lock.lock();
       if (lease_ == 0) {  // no lease: nothing can be written yet, however many counts wait
         if (cv_.wait_for(lock, backoff, [&] { return stopping_; })) break;
@@ -227,12 +228,13 @@ void EtcdSessionLedger::write_loop() {
       }
     }
     backoff = kMinBackoff;
-    write_up_ = true;
+    write_up_ = lease_ok;  // counts written and the lease they live on kept alive
     if (!wait(lock, next_keepalive_)) break;
   }
   const int64_t lease = lease_;
+  const bool reachable = write_up_;
   lock.unlock();
-  if (lease == 0) return;
+  if (lease == 0 || !reachable) return;  // etcd away: the lease expires by itself within the TTL
   try {
     client_->lease_revoke(lease);  // this process's counts leave etcd now, not after the TTL
   } catch (const std::exception& e) {
@@ -241,7 +243,9 @@ void EtcdSessionLedger::write_loop() {
   }
 }
 
-void EtcdSessionLedger::apply(const std::string& key, const std::string* value) {
+// One key of another instance into `remote` and `totals` (value null: deleted).
+void EtcdSessionLedger::apply(const std::string& key, const std::string* value, RemoteMap& remote,
+                              TotalsMap& totals, uint64_t* errors) const {
   if (!key.starts_with(prefix_)) return;
   const std::string rest = key.substr(prefix_.size());
   const size_t slash = rest.rfind('/');
@@ -251,32 +255,46 @@ void EtcdSessionLedger::apply(const std::string& key, const std::string* value) 
   if (value) {
     auto n = parse_count(*value);
     if (!n) {
-      common::log_warn("fleet session count not understood; ignored", {{"key", key}});
-      ++errors_;
+      ++*errors;
       return;
     }
     r.count = *n;
   }
-  auto it = remote_.find(key);
-  if (it != remote_.end()) {
-    auto t = totals_.find(it->second.principal);
-    if (t != totals_.end() && (t->second -= it->second.count) == 0) totals_.erase(t);
-    remote_.erase(it);
+  auto it = remote.find(key);
+  if (it != remote.end()) {
+    auto t = totals.find(it->second.principal);
+    if (t != totals.end() && (t->second -= it->second.count) == 0) totals.erase(t);
+    remote.erase(it);
   }
   if (!value || r.count == 0) return;
-  totals_[r.principal] += r.count;
-  remote_.emplace(key, std::move(r));
+  totals[r.principal] += r.count;
+  remote.emplace(key, std::move(r));
 }
 
 void EtcdSessionLedger::relist_and_watch() {
   RangeResult all = client_->list(prefix_);
+  // Built outside the lock (workers wait on it under the session counters' lock), swapped in.
+  RemoteMap remote;
+  TotalsMap totals;
+  uint64_t bad = 0;
+  for (const auto& kv : all.kvs) apply(kv.key, &kv.value, remote, totals, &bad);
+  if (bad) common::log_warn("fleet session counts not understood; ignored", {{"keys", std::to_string(bad)}});
   {
     std::lock_guard lock(mu_);
-    remote_.clear();
-    totals_.clear();
-    for (const auto& kv : all.kvs) apply(kv.key, &kv.value);
+    remote_.swap(remote);
+    totals_.swap(totals);
+    errors_ += bad;
+    if (stopping_) return;
   }
   auto w = client_->watch(prefix_, all.revision + 1);
+  struct Clear {  // watch_ never outlives the stream, however this returns
+    EtcdSessionLedger* self;
+    ~Clear() {
+      std::lock_guard lock(self->mu_);
+      self->watch_ = nullptr;
+      self->watch_up_ = false;
+    }
+  } clear{this};
   {
     std::lock_guard lock(mu_);
     if (stopping_) return;
@@ -287,11 +305,9 @@ void EtcdSessionLedger::relist_and_watch() {
   while (w->next(&b)) {
     if (b.compact_revision != 0 || b.canceled) break;  // list again
     std::lock_guard lock(mu_);
-    for (const auto& ev : b.events) apply(ev.kv.key, ev.type == EventType::kPut ? &ev.kv.value : nullptr);
+    for (const auto& ev : b.events)
+      apply(ev.kv.key, ev.type == EventType::kPut ? &ev.kv.value : nullptr, remote_, totals_, &errors_);
   }
-  std::lock_guard lock(mu_);
-  watch_ = nullptr;
-  watch_up_ = false;
 }
 
 void EtcdSessionLedger::watch_loop() {
@@ -306,9 +322,6 @@ void EtcdSessionLedger::watch_loop() {
       relist_and_watch();
     } catch (const std::exception& e) {
       fail("fleet session counts not watched; keeping the last ones", e);
-      std::lock_guard lock(mu_);
-      watch_ = nullptr;
-      watch_up_ = false;
     }
     if (std::chrono::steady_clock::now() - started > std::chrono::seconds(5)) backoff = kMinBackoff;
     std::unique_lock lock(mu_);

@@ -64,10 +64,19 @@ class EtcdSessionLedger final : public SessionLedger {
  private:
   void write_loop();
   void watch_loop();
+  struct Remote {
+    std::string principal;
+    std::string instance;
+    uint32_t count = 0;
+  };
+  using RemoteMap = std::map<std::string, Remote>;                 // etcd key -> another instance's count
+  using TotalsMap = std::map<std::string, uint64_t, std::less<>>;  // principal -> sum over RemoteMap
+
   bool write_dirty();
-  void keep_alive();
+  bool keep_alive();
   void relist_and_watch();
-  void apply(const std::string& key, const std::string* value);  // value null: deleted
+  void apply(const std::string& key, const std::string* value, RemoteMap& remote, TotalsMap& totals,
+             uint64_t* errors) const;
   void fail(const char* what, const std::exception& e);
   bool wait(std::unique_lock<std::mutex>& lock, std::chrono::steady_clock::time_point until);
 
@@ -85,13 +94,8 @@ class EtcdSessionLedger final : public SessionLedger {
   std::chrono::steady_clock::time_point next_keepalive_{};
   bool write_up_ = false;
   bool watch_up_ = false;
-  struct Remote {
-    std::string principal;
-    std::string instance;
-    uint32_t count = 0;
-  };
-  std::map<std::string, Remote> remote_;                 // etcd key -> another instance's count
-  std::map<std::string, uint64_t, std::less<>> totals_;  // principal -> sum over remote_
+  RemoteMap remote_;
+  TotalsMap totals_;
   WatchStream* watch_ = nullptr;
   uint64_t errors_ = 0;
   uint64_t published_ = 0;

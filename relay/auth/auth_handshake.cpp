@@ -377,6 +377,8 @@ class AuthHandshake : public Handshake {
         break;
       case policy::NonceClaims::Result::kReplayed:
         return s.deny(protocol::Reason::kReplayed, "nonce already used at a relay with this relay id");
+      case policy::NonceClaims::Result::kFailed:
+        return s.deny(protocol::Reason::kOverloaded, "replay check refused by the store or overloaded");
       case policy::NonceClaims::Result::kUnavailable:
         // The local cache said fresh; without the shared answer only a relay told to require it refuses.
         if (s.factory->opts_.require_nonce_claims)
@@ -563,7 +565,8 @@ std::unique_ptr<Handshake> AuthHandshakeFactory::adopt(uint64_t session_id, cons
   s->port = static_cast<uint16_t>(common::json_uint(j, "port", 65535).value_or(0));
   if (auto a = common::SockAddr::parse(j.value("upstream", ""))) s->upstream = *a;
   if (auto a = common::SockAddr::parse(j.value("upstream_local", ""))) s->upstream_local = *a;
-  s->session_counted = limits_.acquire_session(s->principal, UINT32_MAX);
+  limits_.count_session(s->principal);
+  s->session_counted = true;
   return std::make_unique<AuthHandshake>(std::move(s));
 }
 

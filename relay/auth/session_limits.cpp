@@ -64,6 +64,14 @@ bool SessionLimits::acquire_session(std::string_view principal, uint32_t max) {
   return true;
 }
 
+void SessionLimits::count_session(std::string_view principal) {
+  std::lock_guard lock(mu_);
+  auto it = sessions_.find(principal);
+  if (it == sessions_.end()) it = sessions_.emplace(std::string(principal), 0).first;
+  ++it->second;
+  if (ledger_) ledger_->publish(principal, it->second);
+}
+
 void SessionLimits::release_session(std::string_view principal) {
   std::lock_guard lock(mu_);
   auto it = sessions_.find(principal);

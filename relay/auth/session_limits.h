@@ -32,6 +32,8 @@ class SessionLimits {
   // Counts one more live session of `principal`; false (nothing counted) when `max` are live here
   // and, with a ledger, on the other relays.
   bool acquire_session(std::string_view principal, uint32_t max);
+  // Counts a session that already runs (hand-over), whatever the limit and the ledger say.
+  void count_session(std::string_view principal);
   void release_session(std::string_view principal);
   [[nodiscard]] uint32_t sessions_of(std::string_view principal) const;
 

@@ -40,6 +40,7 @@ TEST(MetricsDocTest, DocumentedFamiliesEqualServedFamilies) {
   auto policy = register_policy(server);
   policy.source(true, 1, 1, 1);  // source series appear with the first report (etcd consumers)
   register_agent(server, &agent);
+  register_fleet(server, [] { return std::optional<FleetStats>(FleetStats{.claims = true}); });
   sshring::testing::TempDir dir;
   AuditLog audit({.path = dir.file("a.jsonl"), .component = "relay"});
   register_audit(server, &audit);
