@@ -664,8 +664,8 @@ TEST_F(EtcdFleet, PreambleReplayedToAnotherRelayIsRefused) {
 
 // Fleet-wide max_sessions: two relay processes on one etcd (same relay id, as behind one load
 // balancer) count a principal's sessions together. Three through A fill the limit, a fourth through B
-// is refused; A killed (no clean shutdown) stops counting when its lease expires, and B admits again;
-// B stopped cleanly takes its counts out of etcd at once (it revokes its lease).
+// is refused, also while etcd is away; A killed (no clean shutdown) stops counting when its lease
+// expires, and B admits again; B stopped cleanly takes its counts out of etcd at once.
 TEST_F(EtcdFleet, MaxSessionsHoldAcrossRelays) {
   namespace t = sshring::testing;
   EtcdCluster etcd(1);
@@ -743,6 +743,20 @@ TEST_F(EtcdFleet, MaxSessionsHoldAcrossRelays) {
   EXPECT_NE(out.find("too_many_sessions"), std::string::npos) << out;
   EXPECT_FALSE(once(a, &out)) << "a 4th session through relay A was admitted";
   EXPECT_NE(out.find("too_many_sessions"), std::string::npos) << out;
+
+  // etcd away: B says so and keeps deciding on the counts it last saw (never fewer), so the 4th is
+  // still refused; etcd back: both resync by themselves.
+  etcd.stop_all();
+  EXPECT_TRUE(eventually([&] {
+    return scrape(b).find("sshring_relay_fleet_sessions_up 0") != std::string::npos;
+  })) << scrape(b);
+  EXPECT_FALSE(once(b, &out)) << "a 4th session through relay B was admitted while etcd was away";
+  EXPECT_NE(out.find("too_many_sessions"), std::string::npos) << out;
+  etcd.start_all();
+  ASSERT_TRUE(etcd.wait_healthy());
+  EXPECT_TRUE(eventually(
+      [&] { return scrape(b).find("sshring_relay_fleet_sessions_up 1") != std::string::npos; }, 60s))
+      << scrape(b) << t::read_file(b.log);
 
   // A dies without revoking: its sessions count until the lease (10 s) expires, then B admits again.
   a.proc.signal(SIGKILL);
