@@ -49,7 +49,8 @@ EtcdSessionLedger::EtcdSessionLedger(std::shared_ptr<Client> client, std::string
     : client_(std::move(client)),
       prefix_(std::move(prefix) + "/sessions/counts/"),
       opts_(std::move(opts)),
-      instance_(random_instance()) {}
+      instance_(random_instance()),
+      host_(host_name()) {}
 
 EtcdSessionLedger::~EtcdSessionLedger() {
   {
@@ -135,8 +136,7 @@ bool EtcdSessionLedger::write_dirty() {
         op.kind = Op::Kind::kDelete;
       } else {
         op.value =
-            nlohmann::json{
-                {"count", n}, {"relay_id", opts_.relay_id}, {"host", host_name()}, {"pid", ::getpid()}}
+            nlohmann::json{{"count", n}, {"relay_id", opts_.relay_id}, {"host", host_}, {"pid", ::getpid()}}
                 .dump();
         op.lease = lease;
       }

@@ -84,6 +84,7 @@ class EtcdSessionLedger final : public SessionLedger {
   std::string prefix_;  // PREFIX/sessions/counts/
   LedgerOptions opts_;
   std::string instance_;
+  std::string host_;  // written into each value
 
   mutable std::mutex mu_;  // guards everything below
   std::condition_variable cv_;

@@ -211,6 +211,30 @@ class EtcdFleet : public ::testing::Test {
       if (!line.empty()) out.push_back(nlohmann::json::parse(line));
     return out;
   }
+  // A `sshring relay` process on etcd as the relay user, relay id "fleet", with its metrics port.
+  struct Relay {
+    uint16_t port = sshring::testing::free_port(), metrics = sshring::testing::free_port();
+    std::string log;
+    sshring::testing::Process proc;
+  };
+  void start_relay(const EtcdCluster& c, Relay& r, const std::string& name,
+                   const std::vector<std::string>& extra) {
+    namespace t = sshring::testing;
+    r.log = dir_.file(name + ".log");
+    r.proc = t::Process(
+        std::vector<std::string>{t::sshring_bin(), "relay", "--listen", "127.0.0.1:" + std::to_string(r.port),
+                                 "--metrics", "127.0.0.1:" + std::to_string(r.metrics), "--relay-id", "fleet",
+                                 "--control-socket", "none", "--cache-dir", dir_.file(name + "-cache")} +
+            extra + c.flags("sshring-relay"),
+        t::Process::Options{.stderr_path = r.log});
+    ASSERT_TRUE(t::wait_for_port("127.0.0.1", r.port, 30s)) << t::read_file(r.log);
+    ASSERT_TRUE(t::wait_for_port("127.0.0.1", r.metrics, 30s)) << t::read_file(r.log);
+  }
+  static std::string scrape(const Relay& r) {
+    std::string m;
+    sshring::testing::sh("curl -s http://127.0.0.1:" + std::to_string(r.metrics) + "/metrics", &m);
+    return m;
+  }
   TempDir dir_;
   int pushes_ = 0;
 };
@@ -599,28 +623,6 @@ TEST_F(EtcdFleet, PreambleReplayedToAnotherRelayIsRefused) {
                     std::to_string(sshd.port()) +
                     "]}]}]\nprincipals:\n  - {name: alice, roles: [ops], keys: [\"" + sshd.user_pubkey() +
                     "\"]}\n");
-  struct Relay {
-    uint16_t port = t::free_port(), metrics = t::free_port();
-    std::string log;
-    t::Process proc;
-  };
-  auto start = [&](Relay& r, const std::string& name, const std::string& mode) {
-    r.log = dir_.file(name + ".log");
-    r.proc = t::Process(
-        std::vector<std::string>{t::sshring_bin(), "relay", "--listen", "127.0.0.1:" + std::to_string(r.port),
-                                 "--metrics", "127.0.0.1:" + std::to_string(r.metrics), "--relay-id", "fleet",
-                                 "--control-socket", "none", "--shared-replay", mode, "--cache-dir",
-                                 dir_.file(name + "-cache")} +
-            etcd.flags("sshring-relay"),
-        t::Process::Options{.stderr_path = r.log});
-    ASSERT_TRUE(t::wait_for_port("127.0.0.1", r.port, 30s)) << t::read_file(r.log);
-    ASSERT_TRUE(t::wait_for_port("127.0.0.1", r.metrics, 30s)) << t::read_file(r.log);
-  };
-  auto scrape = [&](const Relay& r) {
-    std::string m;
-    t::sh("curl -s http://127.0.0.1:" + std::to_string(r.metrics) + "/metrics", &m);
-    return m;
-  };
   auto key =
       std::make_shared<protocol::Ed25519PrivateKey>(protocol::Ed25519PrivateKey::load_file(sshd.user_key()));
   auto hello = [&] {
@@ -632,10 +634,10 @@ TEST_F(EtcdFleet, PreambleReplayedToAnotherRelayIsRefused) {
   const int kOverloaded = static_cast<int>(protocol::Reason::kOverloaded);
 
   Relay a, b, local_only, strict;
-  start(a, "relay-a", "auto");
-  start(b, "relay-b", "auto");
-  start(local_only, "relay-local", "off");
-  start(strict, "relay-strict", "require");
+  start_relay(etcd, a, "relay-a", {"--shared-replay", "auto"});
+  start_relay(etcd, b, "relay-b", {"--shared-replay", "auto"});
+  start_relay(etcd, local_only, "relay-local", {"--shared-replay", "off"});
+  start_relay(etcd, strict, "relay-strict", {"--shared-replay", "require"});
 
   const std::string captured = hello();
   EXPECT_TRUE(relayed(send_to(a.port, captured))) << t::read_file(a.log);
@@ -674,28 +676,6 @@ TEST_F(EtcdFleet, MaxSessionsHoldAcrossRelays) {
           "version: 1\nroles: [{name: ops, max_sessions: 3, targets: [{cidrs: [127.0.0.1/32], ports: [" +
               std::to_string(sshd.port()) + "]}]}]\nprincipals:\n  - {name: alice, roles: [ops], keys: [\"" +
               sshd.user_pubkey() + "\"]}\n");
-  struct Relay {
-    uint16_t port = t::free_port(), metrics = t::free_port();
-    std::string log;
-    t::Process proc;
-  };
-  auto start = [&](Relay& r, const std::string& name) {
-    r.log = dir_.file(name + ".log");
-    r.proc = t::Process(
-        std::vector<std::string>{t::sshring_bin(), "relay", "--listen", "127.0.0.1:" + std::to_string(r.port),
-                                 "--metrics", "127.0.0.1:" + std::to_string(r.metrics), "--relay-id", "fleet",
-                                 "--control-socket", "none", "--drain-timeout", "1s", "--cache-dir",
-                                 dir_.file(name + "-cache")} +
-            etcd.flags("sshring-relay"),
-        t::Process::Options{.stderr_path = r.log});
-    ASSERT_TRUE(t::wait_for_port("127.0.0.1", r.port, 30s)) << t::read_file(r.log);
-    ASSERT_TRUE(t::wait_for_port("127.0.0.1", r.metrics, 30s)) << t::read_file(r.log);
-  };
-  auto scrape = [&](const Relay& r) {
-    std::string m;
-    t::sh("curl -s http://127.0.0.1:" + std::to_string(r.metrics) + "/metrics", &m);
-    return m;
-  };
   auto connect_cmd = [&](const Relay& r) {
     return t::sshring_bin() + " connect --relay 127.0.0.1:" + std::to_string(r.port) +
            " --relay-id fleet --principal alice --identity " + sshd.user_key() + " 127.0.0.1 " +
@@ -726,8 +706,8 @@ TEST_F(EtcdFleet, MaxSessionsHoldAcrossRelays) {
   };
 
   Relay a, b;
-  start(a, "relay-a");
-  start(b, "relay-b");
+  start_relay(etcd, a, "relay-a", {"--drain-timeout", "1s"});
+  start_relay(etcd, b, "relay-b", {"--drain-timeout", "1s"});
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(hold(a, i)) << "session " << i << t::read_file(a.log);
   // A's count is in etcd under its lease; B sees it.
   EXPECT_TRUE(eventually([&] { return counts().find("\"count\":3") != std::string::npos; })) << counts();
