@@ -132,6 +132,15 @@ PolicyMetrics register_policy(Server& server) {
                                "narrowed rule, ...), by reason; each grant counts once.")
                            .Register(reg);
   for (auto reason : common::kGrantRejectReasons) m.grants_rejected->Add({{"reason", std::string(reason)}});
+  m.cache_write_failures =
+      &prometheus::BuildCounter()
+           .Name("sshring_policy_cache_write_failures_total")
+           .Help(
+               "Snapshots from the policy source that could not be written to the disk "
+               "cache (--cache-dir); a restart during an etcd outage would start from an "
+               "older one.")
+           .Register(reg)
+           .Add({});
   m.break_glass_live = &prometheus::BuildGauge()
                             .Name("sshring_grants_break_glass_active")
                             .Help("Break-glass grants currently in force.")
@@ -190,6 +199,10 @@ void PolicyMetrics::break_glass(size_t live, size_t reviews_overdue_now) {
 
 void PolicyMetrics::grant_rejected(const std::string& reason) {
   if (grants_rejected) grants_rejected->Add({{"reason", reason}}).Increment();
+}
+
+void PolicyMetrics::cache_write_failed() {
+  if (cache_write_failures) cache_write_failures->Increment();
 }
 
 // The kernel's degraded-path counters, live-flow enforcement, policy fit and pin health.

@@ -78,9 +78,10 @@ struct PolicyMetrics {
   prometheus::Gauge* grants_active = nullptr;    // sshring_grants_active
   prometheus::Gauge* grants_expiring = nullptr;  // sshring_grants_expiring_within_hour
   prometheus::Family<prometheus::Counter>* grants_rejected =
-      nullptr;                                    // sshring_grants_rejected_total{reason}
-  prometheus::Gauge* break_glass_live = nullptr;  // sshring_grants_break_glass_active
-  prometheus::Gauge* reviews_overdue = nullptr;   // sshring_grants_review_overdue
+      nullptr;                                          // sshring_grants_rejected_total{reason}
+  prometheus::Gauge* break_glass_live = nullptr;        // sshring_grants_break_glass_active
+  prometheus::Gauge* reviews_overdue = nullptr;         // sshring_grants_review_overdue
+  prometheus::Counter* cache_write_failures = nullptr;  // sshring_policy_cache_write_failures_total
   // Only with a policy source (etcd): series appear on the first source() report.
   // sshring_policy_source_up, _revision, _last_sync_timestamp_seconds, _staleness_seconds:
   prometheus::Family<prometheus::Gauge>* source_up = nullptr;
@@ -93,6 +94,7 @@ struct PolicyMetrics {
   void source(bool up, int64_t revision, int64_t last_sync, int64_t now);
   void break_glass(size_t live, size_t reviews_overdue_now);
   void grant_rejected(const std::string& reason);
+  void cache_write_failed();
 };
 PolicyMetrics register_policy(Server& server);
 

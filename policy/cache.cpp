@@ -10,7 +10,6 @@
 
 #include <chrono>
 #include <cstring>
-#include <nlohmann/json.hpp>
 #include <utility>
 
 #include "common/civil_time.h"
@@ -136,21 +135,15 @@ void Reloader::reload_or_throw() {
 
 namespace {
 
-// Parses what a source (or the disk cache) delivered. A grant the store holds but this build cannot
-// read is skipped with a warning, as the directory store does with unreadable files.
-std::shared_ptr<const Snapshot> build_from(const SourceData& d, SignatureCache* signatures,
+// Parses and checks what a source (or the disk cache) delivered, reusing what the memo kept of the
+// previous build. A grant the store holds but this build cannot read is skipped with a warning (once
+// per text), as the directory store does with unreadable files.
+std::shared_ptr<const Snapshot> build_from(const SourceData& d, GrantMemo& memo, SignatureCache* signatures,
                                            uint64_t generation) {
-  auto policy = std::make_shared<Policy>(parse_policy(d.policy_text, d.policy_origin));
-  std::vector<SignedGrant> grants;
-  grants.reserve(d.grants.size());
-  for (const auto& text : d.grants) {
-    try {
-      grants.push_back(signed_grant_from_json(nlohmann::json::parse(text)));
-    } catch (const std::exception& e) {
-      common::log_warn("skipping unreadable grant", {{"policy", d.policy_origin}, {"error", e.what()}});
-    }
-  }
-  return Snapshot::build_checked(std::move(policy), grants, unix_now(), signatures, generation);
+  auto r = memo.build(d.policy_text, d.policy_origin, d.grants, unix_now(), signatures);
+  for (const auto& why : r.unreadable)
+    common::log_warn("skipping unreadable grant", {{"policy", d.policy_origin}, {"error", why}});
+  return Snapshot::build_from_checked(std::move(r.policy), std::move(r.checked), generation);
 }
 
 }  // namespace
@@ -169,7 +162,7 @@ void Reloader::load_from_source() {
       throw common::UsageError(std::string(e.what()) + "; and no usable cached snapshot (" + why +
                                "): cannot start without a policy");
     }
-    auto snap = build_from(c->data, &signatures_, next_generation_.fetch_add(1));
+    auto snap = build_from(c->data, memo_, &signatures_, next_generation_.fetch_add(1));
     report_rejected(*snap);
     cache_.publish(snap);
     from_cache_.store(true);
@@ -180,7 +173,7 @@ void Reloader::load_from_source() {
                       {"error", e.what()}});
     return;
   }
-  auto snap = build_from(d, &signatures_, next_generation_.fetch_add(1));
+  auto snap = build_from(d, memo_, &signatures_, next_generation_.fetch_add(1));
   report_rejected(*snap);
   cache_.publish(snap);
   from_cache_.store(false);
@@ -189,13 +182,18 @@ void Reloader::load_from_source() {
                                      {"grants", std::to_string(d.grants.size())},
                                      {"generation", std::to_string(snap->generation())}});
   if (!opts_.cache_dir.empty()) {
-    try {
-      save_cached_snapshot(opts_.cache_dir, opts_.source->id(), d, unix_now());
-    } catch (const std::exception& e) {
-      // Deciding goes on; only a restart during an outage would miss this snapshot.
-      common::log_error("cannot write the snapshot cache", {{"dir", opts_.cache_dir}, {"error", e.what()}});
-    }
+    if (!cache_writer_)
+      cache_writer_ =
+          std::make_unique<SnapshotCacheWriter>(opts_.cache_dir, opts_.source->id(), [o = opts_.observer] {
+            if (o) o->cache_write_failed();
+          });
+    cache_writer_->submit(std::move(d), unix_now());
   }
+}
+
+void Reloader::flush_cache() {
+  std::lock_guard lock(mu_);
+  if (cache_writer_) cache_writer_->flush();
 }
 
 void Reloader::report_source() {

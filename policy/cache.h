@@ -19,6 +19,7 @@
 #include <unordered_set>
 
 #include "common/unique_fd.h"
+#include "policy/grant_memo.h"
 #include "policy/snapshot.h"
 #include "policy/snapshot_cache.h"
 
@@ -97,6 +98,8 @@ class ReloadObserver {
   virtual void break_glass(size_t /*live*/, size_t /*reviews_overdue*/) {}
   // Once per stored grant a reload refuses (the reason is a stable code: docs/policy.md).
   virtual void grant_rejected(const std::string& /*reason*/) {}
+  // A snapshot from the source the disk cache could not take (called from the cache's writer thread).
+  virtual void cache_write_failed() {}
 };
 
 // Adapts any object with these member functions (metrics::PolicyMetrics has them) without
@@ -116,6 +119,9 @@ std::shared_ptr<ReloadObserver> observe(Sink* sink) {
     }
     void grant_rejected(const std::string& reason) override {
       if constexpr (requires { s_->grant_rejected(reason); }) s_->grant_rejected(reason);
+    }
+    void cache_write_failed() override {
+      if constexpr (requires { s_->cache_write_failed(); }) s_->cache_write_failed();
     }
     Sink* s_;
   };
@@ -171,6 +177,9 @@ class Reloader {
   [[nodiscard]] std::string last_error() const;
   // True while the published snapshot came from the disk cache (the source has not delivered yet).
   [[nodiscard]] bool serving_cache() const noexcept { return from_cache_.load(); }
+  // Returns once the disk cache holds the last snapshot loaded from the source (it is written on a
+  // thread of its own; the destructor flushes too).
+  void flush_cache();
 
  private:
   void run();
@@ -197,9 +206,11 @@ class Reloader {
   std::string watching_store_;  // the store inotify currently watches
   std::atomic<uint64_t> next_generation_{1};
   std::atomic<bool> from_cache_{false};
-  bool published_ = false;                    // under mu_
-  SignatureCache signatures_;                 // verified signatures, across reloads
-  std::unordered_set<std::string> rejected_;  // grants already reported to on_grant_rejected
+  bool published_ = false;     // under mu_
+  SignatureCache signatures_;  // verified signatures, across reloads
+  GrantMemo memo_;             // the previous build's checks (source reloads), under mu_
+  std::unique_ptr<SnapshotCacheWriter> cache_writer_;  // under mu_; made at the first source load
+  std::unordered_set<std::string> rejected_;           // grants already reported to on_grant_rejected
 };
 
 }  // namespace sshring::policy

@@ -378,43 +378,59 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> po
   return s;
 }
 
+std::vector<CheckedGrant> check_grants(const Policy& policy, const std::vector<const SignedGrant*>& stored,
+                                       UnixSeconds now, SignatureCache* cache) {
+  std::vector<CheckedGrant> checked(stored.size());
+  // A cold build is Ed25519 verifications (~100 us each here, one per request and decision), so
+  // it is spread over the cores once there are enough grants to pay for the threads. check() is
+  // const and never throws; the signature cache is thread-safe; each thread fills its own slice.
+  const GrantChecker checker(policy, cache);
+  auto check_range = [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) checked[i] = checker.check(*stored[i], now);
+  };
+  constexpr size_t kGrantsPerThread = 256;
+  const size_t cores = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8);
+  const size_t parts = std::clamp<size_t>(stored.size() / kGrantsPerThread, 1, cores);
+  const size_t chunk = (stored.size() + parts - 1) / parts;
+  std::vector<std::jthread> helpers;
+  size_t inline_from = stored.size();
+  for (size_t p = 1; p < parts; ++p) {
+    const size_t begin = p * chunk, end = std::min(stored.size(), begin + chunk);
+    try {
+      helpers.emplace_back(check_range, begin, end);
+    } catch (const std::system_error&) {  // no thread to be had: this one does the rest
+      inline_from = begin;
+      break;
+    }
+  }
+  check_range(0, std::min(stored.size(), chunk));
+  check_range(inline_from, stored.size());
+  return checked;  // the helpers join first
+}
+
 std::shared_ptr<const Snapshot> Snapshot::build_checked(std::shared_ptr<const Policy> policy,
                                                         const std::vector<SignedGrant>& stored,
                                                         UnixSeconds now, SignatureCache* cache,
                                                         uint64_t generation) {
-  std::vector<CheckedGrant> checked(stored.size());
-  {
-    // A cold build is Ed25519 verifications (~100 us each here, one per request and decision), so
-    // it is spread over the cores once there are enough grants to pay for the threads. check() is
-    // const and never throws; the signature cache is thread-safe; each thread fills its own slice.
-    const GrantChecker checker(*policy, cache);
-    auto check_range = [&](size_t begin, size_t end) {
-      for (size_t i = begin; i < end; ++i) checked[i] = checker.check(stored[i], now);
-    };
-    constexpr size_t kGrantsPerThread = 256;
-    const size_t cores = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8);
-    const size_t parts = std::clamp<size_t>(stored.size() / kGrantsPerThread, 1, cores);
-    const size_t chunk = (stored.size() + parts - 1) / parts;
-    std::vector<std::jthread> helpers;
-    size_t inline_from = stored.size();
-    for (size_t p = 1; p < parts; ++p) {
-      const size_t begin = p * chunk, end = std::min(stored.size(), begin + chunk);
-      try {
-        helpers.emplace_back(check_range, begin, end);
-      } catch (const std::system_error&) {  // no thread to be had: this one does the rest
-        inline_from = begin;
-        break;
-      }
-    }
-    check_range(0, std::min(stored.size(), chunk));
-    check_range(inline_from, stored.size());
-  }  // joins the helpers
+  std::vector<const SignedGrant*> ptrs;
+  ptrs.reserve(stored.size());
+  for (const auto& g : stored) ptrs.push_back(&g);
+  auto checked = check_grants(*policy, ptrs, now, cache);
+  if (cache) cache->end_generation();
+  std::vector<CheckedGrants::Ptr> shared;
+  shared.reserve(checked.size());
+  for (auto& c : checked) shared.push_back(std::make_shared<const CheckedGrant>(std::move(c)));
+  return build_from_checked(std::move(policy), std::move(shared), generation);
+}
+
+std::shared_ptr<const Snapshot> Snapshot::build_from_checked(std::shared_ptr<const Policy> policy,
+                                                             std::vector<CheckedGrants::Ptr> checked,
+                                                             uint64_t generation) {
   std::vector<Grant> honoured;
   for (const auto& c : checked)
-    if (c.honoured()) honoured.push_back(c.terms);
-  if (cache) cache->end_generation();
+    if (c->honoured()) honoured.push_back(c->terms);
   auto s = build(std::move(policy), std::move(honoured), generation);
-  const_cast<Snapshot&>(*s).checked_ = std::move(checked);  // not yet shared with anyone
+  const_cast<Snapshot&>(*s).checked_ = CheckedGrants(std::move(checked));  // not yet shared with anyone
   return s;
 }
 

@@ -42,7 +42,9 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -127,6 +129,50 @@ struct KeyOwner {
   const PublicKey* key = nullptr;
 };
 
+// Every stored grant with its check, in store order. The checks are shared (a reloader's GrantMemo
+// hands the same unchanged ones to each new snapshot instead of copying them); iterating yields
+// `const CheckedGrant&`.
+class CheckedGrants {
+ public:
+  using Ptr = std::shared_ptr<const CheckedGrant>;
+  class iterator {
+   public:
+    using iterator_category = std::random_access_iterator_tag;
+    using value_type = CheckedGrant;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const CheckedGrant*;
+    using reference = const CheckedGrant&;
+    iterator() = default;
+    explicit iterator(std::vector<Ptr>::const_iterator it) : it_(it) {}
+    reference operator*() const noexcept { return **it_; }
+    pointer operator->() const noexcept { return it_->get(); }
+    iterator& operator++() noexcept {
+      ++it_;
+      return *this;
+    }
+    iterator operator++(int) noexcept { return iterator(it_++); }
+    bool operator==(const iterator& o) const noexcept = default;
+
+   private:
+    std::vector<Ptr>::const_iterator it_;
+  };
+  CheckedGrants() = default;
+  explicit CheckedGrants(std::vector<Ptr> v) : v_(std::move(v)) {}
+  [[nodiscard]] iterator begin() const noexcept { return iterator(v_.begin()); }
+  [[nodiscard]] iterator end() const noexcept { return iterator(v_.end()); }
+  [[nodiscard]] size_t size() const noexcept { return v_.size(); }
+  [[nodiscard]] bool empty() const noexcept { return v_.empty(); }
+  const CheckedGrant& operator[](size_t i) const noexcept { return *v_[i]; }
+
+ private:
+  std::vector<Ptr> v_;
+};
+
+// Checks every stored grant against `policy` at `now` (GrantChecker::check, on every core once there
+// are enough grants), in order. `cache` (may be null) remembers verified signatures.
+std::vector<CheckedGrant> check_grants(const Policy& policy, const std::vector<const SignedGrant*>& stored,
+                                       UnixSeconds now, SignatureCache* cache);
+
 class Snapshot {
  public:
   // Compiles policy + grants. Grants whose opt_out rule no longer exists are kept (they were
@@ -142,6 +188,12 @@ class Snapshot {
                                                        const std::vector<SignedGrant>& stored,
                                                        UnixSeconds now, SignatureCache* cache,
                                                        uint64_t generation = 0);
+
+  // Builds from grants already checked against `policy` (a reloader's GrantMemo reuses the checks
+  // of unchanged grants): the honoured ones decide, the whole list stays in checked_grants().
+  static std::shared_ptr<const Snapshot> build_from_checked(std::shared_ptr<const Policy> policy,
+                                                            std::vector<CheckedGrants::Ptr> checked,
+                                                            uint64_t generation = 0);
 
   [[nodiscard]] Decision authorize(const AuthzRequest& req) const noexcept;
   // Pre-resolution check: could `name` on `port` be allowed for some address (entries with names
@@ -178,7 +230,7 @@ class Snapshot {
   [[nodiscard]] const std::vector<Grant>& grants() const noexcept { return grants_; }
   [[nodiscard]] size_t orphan_grants() const noexcept { return orphan_grants_; }
   // Every stored grant with its status (build_checked only; empty after build()).
-  [[nodiscard]] const std::vector<CheckedGrant>& checked_grants() const noexcept { return checked_; }
+  [[nodiscard]] const CheckedGrants& checked_grants() const noexcept { return checked_; }
   // Break-glass grants in force at `now`, and break-glass grants past review_within unreviewed.
   [[nodiscard]] size_t break_glass_live(UnixSeconds now) const noexcept;
   [[nodiscard]] size_t reviews_overdue(UnixSeconds now) const noexcept;
@@ -193,7 +245,7 @@ class Snapshot {
   void index_flows(Compiled& c);
   std::shared_ptr<const Policy> policy_;
   std::vector<Grant> grants_;
-  std::vector<CheckedGrant> checked_;
+  CheckedGrants checked_;
   std::vector<FlowEntry> entries_;
   CidrTrie<char> relays_;
   CidrTrie<std::vector<uint32_t>> hosts_;  // -> host group indices

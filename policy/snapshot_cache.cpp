@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "common/sha256.h"
 #include "common/unique_fd.h"
 
@@ -57,9 +58,11 @@ bool read_all(const std::string& path, std::string* out, std::string* why) {
 
 // The checksummed part: everything but the checksum itself (nlohmann sorts keys: deterministic).
 nlohmann::json body(const std::string& source, const SourceData& d, UnixSeconds saved_at) {
-  return {{"format", kFormat},      {"source", source},        {"saved_at", saved_at},
-          {"revision", d.revision}, {"policy", d.policy_text}, {"policy_origin", d.policy_origin},
-          {"grants", d.grants}};
+  auto grants = nlohmann::json::array();
+  for (const auto& g : d.grants) grants.push_back(*g);
+  return {{"format", kFormat},          {"source", source},        {"saved_at", saved_at},
+          {"revision", d.revision},     {"policy", d.policy_text}, {"policy_origin", d.policy_origin},
+          {"grants", std::move(grants)}};
 }
 
 }  // namespace
@@ -72,10 +75,13 @@ void save_cached_snapshot(const std::string& dir, const std::string& source, con
                           UnixSeconds now) {
   if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST)
     common::throw_errno("create cache directory " + dir);
-  nlohmann::json j = body(source, data, now);
-  std::string text = j.dump();
-  j["sha256"] = sha256_hex(text);
-  text = j.dump();
+  // The checksum is over the body as dumped; load re-dumps the body it parsed and compares. The
+  // member is appended to the same text rather than dumping everything a second time (at 100,000
+  // grants that is tens of MiB); key order in the file does not matter to the parser.
+  std::string text = body(source, data, now).dump();
+  const std::string sum = sha256_hex(text);
+  text.pop_back();  // the closing brace
+  text += R"(,"sha256":")" + sum + "\"}";
   const std::string path = cached_snapshot_path(dir, source);
   const std::string tmp = path + ".tmp";
   {
@@ -103,7 +109,8 @@ std::optional<CachedSnapshot> load_cached_snapshot(const std::string& dir, const
     c.data.revision = j.at("revision").get<int64_t>();
     c.data.policy_text = j.at("policy").get<std::string>();
     c.data.policy_origin = j.at("policy_origin").get<std::string>();
-    c.data.grants = j.at("grants").get<std::vector<std::string>>();
+    for (auto& g : j.at("grants").get<std::vector<std::string>>())
+      c.data.grants.push_back(std::make_shared<const std::string>(std::move(g)));
     // Compared as JSON: a get<int>() would wrap a crafted 4294967297 onto format 1.
     if (j.at("format") != nlohmann::json(kFormat)) {
       *why = path + ": cache format " + j.at("format").dump() + " is not " + std::to_string(kFormat);
@@ -121,6 +128,69 @@ std::optional<CachedSnapshot> load_cached_snapshot(const std::string& dir, const
   } catch (const std::exception& e) {
     *why = path + ": unreadable cache (" + e.what() + ")";
     return std::nullopt;
+  }
+}
+
+SnapshotCacheWriter::SnapshotCacheWriter(std::string dir, std::string source,
+                                         std::function<void()> on_failure)
+    : dir_(std::move(dir)),
+      source_(std::move(source)),
+      on_failure_(std::move(on_failure)),
+      thread_([this] { run(); }) {}
+
+SnapshotCacheWriter::~SnapshotCacheWriter() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();  // writes what is pending first
+}
+
+void SnapshotCacheWriter::submit(SourceData d, UnixSeconds now) {
+  {
+    std::lock_guard lock(mu_);
+    pending_ = std::move(d);
+    pending_at_ = now;
+    ++submitted_;
+  }
+  cv_.notify_all();
+}
+
+void SnapshotCacheWriter::flush() {
+  std::unique_lock lock(mu_);
+  const uint64_t want = submitted_;
+  cv_.wait(lock, [&] { return done_ >= want; });
+}
+
+uint64_t SnapshotCacheWriter::failed() const {
+  std::lock_guard lock(mu_);
+  return failed_;
+}
+
+void SnapshotCacheWriter::run() {
+  std::unique_lock lock(mu_);
+  while (true) {
+    cv_.wait(lock, [&] { return pending_ || stopping_; });
+    if (!pending_) return;  // stopping, nothing left
+    SourceData d = std::move(*pending_);
+    pending_.reset();
+    const UnixSeconds at = pending_at_;
+    const uint64_t covers = submitted_;  // everything submitted so far is this or older
+    lock.unlock();
+    bool ok = true;
+    try {
+      save_cached_snapshot(dir_, source_, d, at);
+    } catch (const std::exception& e) {
+      // Deciding goes on; only a restart during an outage would miss this snapshot.
+      common::log_error("cannot write the snapshot cache", {{"dir", dir_}, {"error", e.what()}});
+      ok = false;
+    }
+    if (!ok && on_failure_) on_failure_();
+    lock.lock();
+    if (!ok) ++failed_;
+    done_ = covers;
+    cv_.notify_all();
   }
 }
 

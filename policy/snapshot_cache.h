@@ -7,9 +7,14 @@
 // and the source must match, otherwise the file is refused (and the caller fails closed).
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "policy/model.h"
@@ -19,12 +24,16 @@ namespace sshring::policy {
 inline constexpr std::string_view kDefaultCacheDir = "/var/lib/sshring/cache";
 inline constexpr size_t kMaxCacheBytes = 256u << 20;  // 8 MiB policy + 100,000 grants of a few KiB
 
+// One stored grant's serialized text. Immutable and shared: a source hands the same object out until
+// the grant changes, which lets a reloader recognise an unchanged grant by identity (GrantMemo).
+using GrantText = std::shared_ptr<const std::string>;
+
 // The inputs of one Snapshot as a source delivers them.
 struct SourceData {
-  std::string policy_text;          // YAML, as pushed
-  std::string policy_origin;        // names the policy in errors ("etcd:/sshring/policy@42")
-  std::vector<std::string> grants;  // one serialized grant per entry, as stored
-  int64_t revision = 0;             // the store's revision (0 for sources without one)
+  std::string policy_text;        // YAML, as pushed
+  std::string policy_origin;      // names the policy in errors ("etcd:/sshring/policy@42")
+  std::vector<GrantText> grants;  // one serialized grant per entry, as stored; never null
+  int64_t revision = 0;           // the store's revision (0 for sources without one)
 };
 
 struct CachedSnapshot {
@@ -39,6 +48,38 @@ void save_cached_snapshot(const std::string& dir, const std::string& source, con
 // nullopt with *why when there is no usable cache (missing, corrupt, other source).
 std::optional<CachedSnapshot> load_cached_snapshot(const std::string& dir, const std::string& source,
                                                    std::string* why);
+// Writes the newest data handed to it on a thread of its own, so that writing a large cache (tens of
+// MiB at 100,000 grants) never holds up the next reload; data handed over while a write runs
+// replaces any not yet written (only the newest matters). Errors are logged and counted: deciding
+// goes on. The destructor writes what is pending before it returns.
+class SnapshotCacheWriter {
+ public:
+  // `on_failure` (may be empty) is called on the writer's thread after each failed write.
+  SnapshotCacheWriter(std::string dir, std::string source, std::function<void()> on_failure = {});
+  ~SnapshotCacheWriter();
+  SnapshotCacheWriter(const SnapshotCacheWriter&) = delete;
+  SnapshotCacheWriter& operator=(const SnapshotCacheWriter&) = delete;
+  void submit(SourceData d, UnixSeconds now);
+  // Returns once everything submitted before the call is on disk (or failed).
+  void flush();
+  [[nodiscard]] uint64_t failed() const;
+
+ private:
+  void run();
+  const std::string dir_;
+  const std::string source_;
+  const std::function<void()> on_failure_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<SourceData> pending_;
+  UnixSeconds pending_at_ = 0;
+  uint64_t submitted_ = 0;
+  uint64_t done_ = 0;  // submissions covered by a finished write
+  uint64_t failed_ = 0;
+  bool stopping_ = false;
+  std::thread thread_;  // last: starts after the members it uses
+};
+
 // The file save/load use for `source` in `dir`.
 std::string cached_snapshot_path(const std::string& dir, const std::string& source);
 

@@ -101,8 +101,16 @@ bool EtcdSource::list() {
     if (policy_file_.empty()) p = read_policy(*client_, keys_, r.revision);
     {
       std::lock_guard lock(mu_);
-      grants_.clear();
-      for (auto& kv : r.kvs) grants_.emplace(std::move(kv.key), std::move(kv.value));
+      // An unchanged grant keeps its text object, so the reloader reuses its check after a re-list.
+      std::map<std::string, GrantText> listed;
+      for (auto& kv : r.kvs) {
+        auto old = grants_.find(kv.key);
+        GrantText text = old != grants_.end() && *old->second == kv.value
+                             ? old->second
+                             : std::make_shared<const std::string>(std::move(kv.value));
+        listed.emplace(std::move(kv.key), std::move(text));
+      }
+      grants_ = std::move(listed);
       policy_ = std::move(p);
       revision_ = r.revision;
       synced_ = true;
@@ -146,7 +154,7 @@ bool EtcdSource::apply(const WatchBatch& b) {
     if (!ev.kv.key.starts_with(keys_.grants())) continue;
     changed = true;
     if (ev.type == EventType::kPut) {
-      grants_[ev.kv.key] = ev.kv.value;
+      grants_[ev.kv.key] = std::make_shared<const std::string>(ev.kv.value);
     } else {
       grants_.erase(ev.kv.key);
     }

@@ -55,8 +55,8 @@ class EtcdSource final : public SnapshotSource {
   std::string policy_file_;
   std::function<void()> changed_;
 
-  mutable std::mutex mu_;                      // guards everything below
-  std::map<std::string, std::string> grants_;  // key -> grant JSON
+  mutable std::mutex mu_;                    // guards everything below
+  std::map<std::string, GrantText> grants_;  // key -> grant JSON (a new object when it changes)
   std::optional<PublishedPolicy> policy_;
   bool synced_ = false;  // a list succeeded at least once
   bool up_ = false;

@@ -15,7 +15,8 @@ SourceData sample() {
   SourceData d;
   d.policy_text = "version: 1\n";
   d.policy_origin = "etcd:/sshring/policy/current@7";
-  d.grants = {R"({"id":"g-000000000001"})", R"({"id":"g-000000000002"})"};
+  for (const char* g : {R"({"id":"g-000000000001"})", R"({"id":"g-000000000002"})"})
+    d.grants.push_back(std::make_shared<const std::string>(g));
   d.revision = 42;
   return d;
 }
@@ -27,7 +28,9 @@ TEST(SnapshotCache, RoundTripsWhatTheSourceDelivered) {
   auto c = load_cached_snapshot(dir.file("cache"), "etcd://a:1/sshring", &why);
   ASSERT_TRUE(c) << why;
   EXPECT_EQ(c->data.policy_text, sample().policy_text);
-  EXPECT_EQ(c->data.grants, sample().grants);
+  ASSERT_EQ(c->data.grants.size(), 2u);
+  EXPECT_EQ(*c->data.grants[0], *sample().grants[0]);
+  EXPECT_EQ(*c->data.grants[1], *sample().grants[1]);
   EXPECT_EQ(c->data.revision, 42);
   EXPECT_EQ(c->saved_at, 1000);
   // Rewriting replaces it whole (rename over the old file: no temp file stays behind).
@@ -82,6 +85,39 @@ TEST(SnapshotCache, RefusesMissingEditedTornAndForeignFiles) {
   }
   sshring::testing::write_file(path, good);
   EXPECT_TRUE(load_cached_snapshot(cache, src, &why)) << why;
+}
+
+// The writer behind the reloader: the newest data wins, flush() waits for it, and data still pending
+// when the writer goes away is written, not dropped. A directory it cannot create is counted.
+TEST(SnapshotCache, WriterWritesTheNewestAndLosesNothingAtShutdown) {
+  sshring::testing::TempDir dir;
+  const std::string src = "etcd://a:1/sshring";
+  std::string why;
+  {
+    SnapshotCacheWriter w(dir.file("cache"), src);
+    for (int64_t rev = 1; rev <= 50; ++rev) {
+      auto d = sample();
+      d.revision = rev;
+      w.submit(std::move(d), 1000 + rev);
+    }
+    w.flush();
+    auto c = load_cached_snapshot(dir.file("cache"), src, &why);
+    ASSERT_TRUE(c) << why;
+    EXPECT_EQ(c->data.revision, 50);
+    EXPECT_EQ(c->saved_at, 1050);
+    auto d = sample();
+    d.revision = 51;
+    w.submit(std::move(d), 2000);  // still pending when `w` is destroyed
+  }
+  auto c = load_cached_snapshot(dir.file("cache"), src, &why);
+  ASSERT_TRUE(c) << why;
+  EXPECT_EQ(c->data.revision, 51);
+
+  sshring::testing::write_file(dir.file("file"), "x");
+  SnapshotCacheWriter bad(dir.file("file") + "/cache", src);
+  bad.submit(sample(), 1);
+  bad.flush();
+  EXPECT_EQ(bad.failed(), 1u);
 }
 
 TEST(StoreUri, ParsesEndpointsAndPrefix) {
