@@ -18,6 +18,9 @@ namespace {
 constexpr auto kMinBackoff = std::chrono::milliseconds(200);
 constexpr auto kMaxBackoff = std::chrono::milliseconds(5000);
 constexpr size_t kOpsPerTxn = 64;  // etcd takes 128 per Txn by default
+// A watch silent this long, progress reports included (one is asked for every keep-alive round,
+// ttl / 3), is stuck on a hung member: it is cancelled and the counts listed again.
+constexpr auto kWatchStall = std::chrono::seconds(5);
 
 std::string random_instance() {
   std::random_device rd;
@@ -201,6 +204,20 @@ bool EtcdSessionLedger::keep_alive() {
   }
 }
 
+// On the writer's keep-alive rounds: a progress request keeps a healthy watch talking; a silent one
+// is cancelled (the watcher lists again). Under mu_.
+void EtcdSessionLedger::check_watch() {
+  if (!watch_) return;
+  if (std::chrono::steady_clock::now() - watch_heard_ > kWatchStall) {
+    common::log_warn("fleet session watch silent; listing again", {{"instance", instance_}});
+    ++errors_;
+    watch_up_ = false;
+    watch_->cancel();
+    return;
+  }
+  watch_->request_progress();
+}
+
 void EtcdSessionLedger::write_loop() {
   auto backoff = kMinBackoff;
   bool lease_ok = false;  // the last keep-alive (or grant) succeeded
@@ -211,6 +228,7 @@ void EtcdSessionLedger::write_loop() {
       lock.unlock();
       lease_ok = keep_alive();
       lock.lock();
+      check_watch();
       if (lease_ == 0) {  // no lease: nothing can be written yet, however many counts wait
         if (cv_.wait_for(lock, backoff, [&] { return stopping_; })) break;
         backoff = std::min(backoff * 2, kMaxBackoff);
@@ -299,12 +317,14 @@ void EtcdSessionLedger::relist_and_watch() {
     std::lock_guard lock(mu_);
     if (stopping_) return;
     watch_ = w.get();
+    watch_heard_ = std::chrono::steady_clock::now();
     watch_up_ = true;
   }
   WatchBatch b;
   while (w->next(&b)) {
     if (b.compact_revision != 0 || b.canceled) break;  // list again
     std::lock_guard lock(mu_);
+    watch_heard_ = std::chrono::steady_clock::now();
     for (const auto& ev : b.events)
       apply(ev.kv.key, ev.type == EventType::kPut ? &ev.kv.value : nullptr, remote_, totals_, &errors_);
   }

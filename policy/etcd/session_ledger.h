@@ -8,7 +8,9 @@
 // of a principal is written, many principals in one Txn) and keeps the lease alive; a lost lease is
 // re-granted and every count written again. Another thread lists PREFIX/sessions/counts/ and watches
 // it, keeping the sum of the other instances' counts per principal; a watch that ends or fell behind
-// a compaction lists again.
+// a compaction lists again. Each keep-alive round asks the watch for a progress report; a watch that
+// has said nothing for kWatchStall (a member that hangs rather than refuses) is cancelled and listed
+// again, through whichever member answers.
 //
 // What that guarantees (docs/etcd.md): a relay admits a session only if its own count plus what the
 // others reported is below the limit. Two relays may each admit the last slot within one watch round
@@ -74,6 +76,7 @@ class EtcdSessionLedger final : public SessionLedger {
 
   bool write_dirty();
   bool keep_alive();
+  void check_watch();
   void relist_and_watch();
   void apply(const std::string& key, const std::string* value, RemoteMap& remote, TotalsMap& totals,
              uint64_t* errors) const;
@@ -98,6 +101,7 @@ class EtcdSessionLedger final : public SessionLedger {
   RemoteMap remote_;
   TotalsMap totals_;
   WatchStream* watch_ = nullptr;
+  std::chrono::steady_clock::time_point watch_heard_{};  // last message on watch_ (progress included)
   uint64_t errors_ = 0;
   uint64_t published_ = 0;
 

@@ -27,6 +27,7 @@
 #include "common/unique_fd.h"
 #include "policy/cache.h"
 #include "policy/etcd/client.h"
+#include "policy/etcd/session_ledger.h"
 #include "policy/etcd/source.h"
 #include "policy/etcd/store.h"
 #include "protocol/keys.h"
@@ -757,6 +758,30 @@ TEST_F(EtcdFleet, MaxSessionsHoldAcrossRelays) {
 }
 
 // The relay process on etcd: starts from etcd, exports its source metrics.
+// A member that hangs (SIGSTOP: connections stay open, nothing answers) under a relay's session
+// count watch: the relay's progress requests go unanswered, it cancels the watch and lists again
+// through another member, so it keeps hearing the other relays' counts. Without that it would keep
+// the hung member's last counts for as long as the member hangs.
+TEST_F(EtcdFleet, SessionCountsKeepFlowingWhenAMemberHangs) {
+  EtcdCluster etcd(3);
+  etcd::EtcdSessionLedger a(client_for(etcd, "sshring-relay", 1), "/sshring", {.relay_id = "r1"});
+  etcd::EtcdSessionLedger b(client_for(etcd, "sshring-relay"), "/sshring",
+                            {.relay_id = "r1"});  // member 0 first
+  a.start();
+  b.start();
+  a.publish("alice", 2);
+  ASSERT_TRUE(eventually([&] { return b.others("alice") == 2; }, 30s));
+  ASSERT_EQ(::kill(etcd.pid(0), SIGSTOP), 0);
+  struct Cont {
+    pid_t pid;
+    ~Cont() { ::kill(pid, SIGCONT); }
+  } cont{etcd.pid(0)};
+  a.publish("alice", 3);
+  EXPECT_TRUE(eventually([&] { return b.others("alice") == 3; }, 60s))
+      << "others=" << b.others("alice") << " up=" << b.status().up << " errors=" << b.status().errors;
+  EXPECT_GT(b.status().errors, 0u);  // the silent watch was noticed, not just lucky
+}
+
 TEST_F(EtcdFleet, RelayProcessReadsPolicyFromEtcd) {
   EtcdCluster etcd(1);
   push_ok(etcd, policy_text());

@@ -2,6 +2,9 @@
 // every way a cache file can be wrong is refused (torn, edited, other source, other format).
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
+
 #include <nlohmann/json.hpp>
 
 #include "policy/snapshot_cache.h"
@@ -112,6 +115,27 @@ TEST(SnapshotCache, WriterWritesTheNewestAndLosesNothingAtShutdown) {
   auto c = load_cached_snapshot(dir.file("cache"), src, &why);
   ASSERT_TRUE(c) << why;
   EXPECT_EQ(c->data.revision, 51);
+
+  // Writes are an interval apart: a change right after a write waits (here: a minute) unless
+  // someone flushes.
+  {
+    SnapshotCacheWriter w(dir.file("slow"), src, {}, std::chrono::minutes(1));
+    auto d = sample();
+    d.revision = 1;
+    w.submit(std::move(d), 1);
+    w.flush();
+    d = sample();
+    d.revision = 2;
+    w.submit(std::move(d), 2);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    c = load_cached_snapshot(dir.file("slow"), src, &why);
+    ASSERT_TRUE(c) << why;
+    EXPECT_EQ(c->data.revision, 1);  // held back
+    w.flush();
+    c = load_cached_snapshot(dir.file("slow"), src, &why);
+    ASSERT_TRUE(c) << why;
+    EXPECT_EQ(c->data.revision, 2);
+  }
 
   sshring::testing::write_file(dir.file("file"), "x");
   SnapshotCacheWriter bad(dir.file("file") + "/cache", src);
