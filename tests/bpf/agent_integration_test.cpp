@@ -24,6 +24,7 @@
 #include "policy/grant.h"
 #include "policy/grant_store.h"
 #include "tests/bpf/raw_inject.h"
+#include "tests/policy/etcd_cluster.h"
 #include "tests/policy/grant_fixture.h"
 #include "tests/support/netns.h"
 #include "tests/support/process.h"
@@ -157,11 +158,14 @@ opt_out:
   }
   policy::testing::Person alice_ = policy::testing::person("alice");
 
-  void start_agent(bool enforce, const std::string& log_name, const std::string& idle = "1h") {
-    std::vector<std::string> argv = {sshring_bin(),    "agent", "--policy",  dir_.file("policy.yaml"),
-                                     "--iface",        "vh",    "--pin-dir", pin_dir_,
-                                     "--audit-log",    audit_,  "--metrics", "127.0.0.1:9465",
-                                     "--idle-timeout", idle};
+  // `source`: where the policy comes from (default: --policy with the test's file).
+  void start_agent(bool enforce, const std::string& log_name, const std::string& idle = "1h",
+                   std::vector<std::string> source = {}) {
+    if (source.empty()) source = {"--policy", dir_.file("policy.yaml")};
+    std::vector<std::string> argv = {sshring_bin(), "agent",          "--iface",        "vh",
+                                     "--pin-dir",   pin_dir_,         "--audit-log",    audit_,
+                                     "--metrics",   "127.0.0.1:9465", "--idle-timeout", idle};
+    argv.insert(argv.end(), source.begin(), source.end());
     if (enforce) argv.push_back("--enforce");
     Process::Options o;
     o.netns = host_->name();
@@ -589,6 +593,99 @@ TEST_F(AgentIntegration, ExpiryAndRevocationEndLiveFlows) {
   EXPECT_EQ((*closed)["grant_id"], "g-0000000000d4")
       << "the close names the grant that admitted the flow (the first such close is the cut c3 flow)\n"
       << records_from(audit_, kUngranted);
+  stop_agent();
+}
+
+// The fleet path end to end: a three-member etcd (TLS, client certificates, the roles of
+// deploy/etcd/roles.sh) in the host namespace, the policy pushed and a grant added by an admin
+// command, the agent on etcd with the read-only agent role. A direct ssh is tagged bypass_approved once
+// the grant is in the kernel maps, and bypass_expired after `grant revoke`; the leader is killed in
+// between and the revoke goes through the surviving members; the agent never restarts.
+TEST_F(AgentIntegration, GrantsFromAThreeMemberEtcdReachTheKernel) {
+  EtcdCluster etcd(3, true, host_->name());
+  const std::string key = dir_.file("admin-key");
+  ASSERT_EQ(sh("ssh-keygen -q -t ed25519 -N '' -C alice -f " + key), 0);
+  std::string pub = read_file(key + ".pub");
+  pub.erase(pub.find_last_not_of('\n') + 1);
+  write_file(dir_.file("fleet.yaml"), R"(version: 1
+relays: [10.77.9.0/24]
+hosts:
+  - name: test
+    cidrs: [10.77.0.0/24]
+    ssh_ports: [2222]
+roles: [{name: ops, targets: [{cidrs: [10.77.0.0/24]}]}]
+principals: [{name: alice, roles: [ops], keys: [")" +
+                                          pub +
+                                          R"("]}]
+opt_out:
+  - id: ops
+    who: {principals: [alice]}
+    from: [10.77.0.0/16]
+    to: {cidrs: [10.77.0.0/24], ports: [2222]}
+    max_ttl: 8h
+    require_grant: true
+    expires: 2099-01-01T00:00:00Z
+)");
+  // The admin's commands, in the host namespace (where etcd listens), each with its own etcd user.
+  auto admin = [&](std::vector<std::string> args, const std::string& user, std::string* out) {
+    std::string cmd = etcd.in_ns() + "env USER=tester " + sshring_bin();
+    for (const auto& a : args) cmd += " '" + a + "'";
+    for (const auto& f : etcd.flags(user)) cmd += " '" + f + "'";
+    return sh(cmd + " 2>&1", out);
+  };
+  std::string out;
+  ASSERT_EQ(admin({"policy", "push", dir_.file("fleet.yaml"), "--audit-log", dir_.file("admin.audit.jsonl")},
+                  "sshring-policy", &out),
+            0)
+      << out;
+  std::vector<std::string> source = {"--cache-dir", dir_.file("cache")};
+  for (const auto& f : etcd.flags("sshring-agent")) source.push_back(f);
+  start_agent(false, "agent.log", "1h", source);
+  auto synced = [&] { return count(read_file(dir_.file("agent.log")), "kernel maps synced"); };
+
+  // Before any grant: unapproved.
+  ASSERT_EQ(ssh(kGranted, "true"), 0);
+  auto first = wait_record(audit_, "flow_open", kGranted);
+  ASSERT_TRUE(first.has_value()) << records_from(audit_, kGranted);
+  EXPECT_EQ((*first)["tag"], "bypass_unapproved");
+
+  size_t syncs = synced();
+  ASSERT_EQ(admin({"grant", "add", "--identity", key, "--who", "alice", "--from", "10.77.1.0/24", "--to",
+                   "10.77.0.1/32:2222", "--ttl", "1h", "--reason", "INC-7 fleet test", "--audit-log",
+                   dir_.file("admin.audit.jsonl")},
+                  "sshring-grant", &out),
+            0)
+      << out;
+  const std::string id = out.substr(out.find("g-"), 14);
+  ASSERT_TRUE(eventually([&] { return synced() > syncs; }, 30s)) << read_file(dir_.file("agent.log"));
+  ASSERT_EQ(ssh(kGranted, "true"), 0);
+  auto approved = wait_record(audit_, "flow_open", kGranted, 0, 15s, "bypass_approved");
+  ASSERT_TRUE(approved.has_value()) << records_from(audit_, kGranted);
+  EXPECT_EQ((*approved)["grant_id"], id);
+
+  // Lose the leader; the revoke goes through the others and reaches the agent all the same.
+  const int leader = etcd.leader();
+  ASSERT_GE(leader, 0);
+  etcd.kill(leader);
+  syncs = synced();
+  ASSERT_EQ(admin({"grant", "revoke", id, "--identity", key, "--reason", "done", "--audit-log",
+                   dir_.file("admin.audit.jsonl")},
+                  "sshring-grant", &out),
+            0)
+      << out;
+  ASSERT_TRUE(eventually([&] { return synced() > syncs; }, 60s)) << read_file(dir_.file("agent.log"));
+  ASSERT_EQ(ssh(kGranted, "true"), 0);
+  auto expired = wait_record(audit_, "flow_open", kGranted, 0, 15s, "bypass_expired");
+  ASSERT_TRUE(expired.has_value()) << records_from(audit_, kGranted);
+  EXPECT_EQ((*expired)["grant_id"], id);
+  EXPECT_TRUE(agent_->running());
+  // The agent's credentials are read-only: it cannot mint a grant.
+  EXPECT_NE(admin({"grant", "add", "--identity", key, "--who", "alice", "--from", "10.77.2.0/24", "--to",
+                   "10.77.0.1/32:2222", "--ttl", "1h", "--reason", "forged", "--audit-log",
+                   dir_.file("forged.audit.jsonl")},
+                  "sshring-agent", &out),
+            0)
+      << out;
   stop_agent();
 }
 

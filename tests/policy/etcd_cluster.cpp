@@ -40,7 +40,7 @@ void EtcdCluster::make_certs() {
   for (const char* u : kUsers) issue(u, "extendedKeyUsage=clientAuth\\n");
 }
 
-EtcdCluster::EtcdCluster(int members, bool auth) {
+EtcdCluster::EtcdCluster(int members, bool auth, std::string netns) : netns_(std::move(netns)) {
   make_certs();
   // Ports come from free_port(), so another process can take one before etcd binds it: a cluster
   // that does not form is started once more on new ports (with new data dirs), its logs printed.
@@ -69,7 +69,7 @@ EtcdCluster::EtcdCluster(int members, bool auth) {
   }
   if (auth) {
     std::string out;
-    int rc = sh("ETCDCTL_API=3 ETCDCTL_ENDPOINTS=" + endpoints() + " ETCDCTL_CACERT=" + ca_ +
+    int rc = sh(in_ns() + "env ETCDCTL_API=3 ETCDCTL_ENDPOINTS=" + endpoints() + " ETCDCTL_CACERT=" + ca_ +
                     " ETCDCTL_CERT=" + cert("root") + " ETCDCTL_KEY=" + key("root") + " sh " +
                     SSHRING_SOURCE_DIR + "/deploy/etcd/roles.sh --prefix /sshring --enable-auth 2>&1",
                 &out);
@@ -96,7 +96,7 @@ std::vector<std::string> EtcdCluster::flags(const std::string& user) const {
 }
 
 int EtcdCluster::etcdctl(const std::string& args, std::string* out) const {
-  return sh("ETCDCTL_API=3 etcdctl --endpoints=" + endpoints() + " --cacert=" + ca_ +
+  return sh(in_ns() + "env ETCDCTL_API=3 etcdctl --endpoints=" + endpoints() + " --cacert=" + ca_ +
                 " --cert=" + cert("root") + " --key=" + key("root") + " " + args + " 2>&1",
             out);
 }
@@ -111,6 +111,7 @@ void EtcdCluster::start(int i) {
   const std::string peer = "http://127.0.0.1:" + std::to_string(m.peer_port);
   const std::string client = endpoint(i);
   Process::Options o;
+  o.netns = netns_;
   o.stdout_path = dir_.file(m.name + ".log");
   o.stderr_path = dir_.file(m.name + ".log");
   // Generous Raft timing: the test machines are shared and loaded.
@@ -195,7 +196,7 @@ bool EtcdCluster::wait_healthy(int timeout_s) const {
     for (int i = 0; i < size(); ++i) {
       if (!members_[i].proc) continue;
       std::string out;
-      if (sh("ETCDCTL_API=3 etcdctl --endpoints=" + endpoint(i) + " --cacert=" + ca_ +
+      if (sh(in_ns() + "env ETCDCTL_API=3 etcdctl --endpoints=" + endpoint(i) + " --cacert=" + ca_ +
                  " --cert=" + dir_.file("root.pem") + " --key=" + dir_.file("root-key.pem") +
                  " endpoint health --command-timeout=3s 2>&1",
              &out) != 0) {

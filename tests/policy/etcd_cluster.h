@@ -16,7 +16,10 @@ class EtcdCluster {
  public:
   // Certificates for these users are made: root, sshring-agent, sshring-relay, sshring-grant,
   // sshring-policy (CN = user name).
-  explicit EtcdCluster(int members = 1, bool auth = true);
+  // With `netns`, the members run inside that network namespace (on its loopback), for consumers
+  // that run there (an agent attached to a veth of the namespace); etcdctl runs there too, and so
+  // must every other client (`in_ns()` prefixes a shell command).
+  explicit EtcdCluster(int members = 1, bool auth = true, std::string netns = "");
   ~EtcdCluster();
 
   // "https://127.0.0.1:P1,https://127.0.0.1:P2,..." (all members, or only member i).
@@ -42,6 +45,8 @@ class EtcdCluster {
   // Waits until every running member answers `endpoint health`.
   bool wait_healthy(int timeout_s = 60) const;
   [[nodiscard]] const std::string& dir() const { return dir_.path(); }
+  // "ip netns exec NS " when the members run in a namespace, else "".
+  [[nodiscard]] std::string in_ns() const { return netns_.empty() ? "" : "ip netns exec " + netns_ + " "; }
 
  private:
   struct Member {
@@ -52,6 +57,7 @@ class EtcdCluster {
   };
   void make_certs();
   TempDir dir_;
+  std::string netns_;
   std::string ca_;
   std::vector<Member> members_;
   std::string token_;
