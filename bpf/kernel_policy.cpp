@@ -231,8 +231,10 @@ std::map<MapKey, sshring_rule_span> MapSync::write_rules(const KernelPolicy& kp,
     }
   }
   const size_t half = obj_.rule_capacity();
+  // (memcmp of two empty vectors would pass it null pointers: undefined even for 0 bytes.)
   bool same = active_half_ >= 0 && flat.size() == active_rules_.size() &&
-              std::memcmp(flat.data(), active_rules_.data(), flat.size() * sizeof(sshring_rule)) == 0;
+              (flat.empty() ||
+               std::memcmp(flat.data(), active_rules_.data(), flat.size() * sizeof(sshring_rule)) == 0);
   if (!same) {
     active_half_ = active_half_ == 0 ? 1 : 0;
     int fd = obj_.map_fd("rules");

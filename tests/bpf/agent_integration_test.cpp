@@ -646,7 +646,7 @@ opt_out:
   // Before any grant: unapproved.
   ASSERT_EQ(ssh(kGranted, "true"), 0);
   auto first = wait_record(audit_, "flow_open", kGranted);
-  ASSERT_TRUE(first.has_value()) << records_from(audit_, kGranted);
+  ASSERT_TRUE(first.has_value()) << records_from(audit_, kGranted) << read_file(dir_.file("agent.log"));
   EXPECT_EQ((*first)["tag"], "bypass_unapproved");
 
   size_t syncs = synced();
