@@ -3,13 +3,14 @@
 //
 //   ssh_load rate --target H:P --user U --key FILE [--relay H:P --relay-id ID --principal P
 //                 --relay-key FILE] [--in-flight 64] [--seconds 20] [--max N]
-//       Whole SSH sessions (TCP connect, preamble, key exchange, publickey auth, channel, exec
-//       "true", exit status, close), `in-flight` at a time, until `seconds` pass or `max` sessions
-//       are done. Prints one JSON line: sessions per second and the setup time p50/p99.
+//       Whole SSH sessions (TCP connect, preamble, key exchange, publickey auth, a channel with the
+//       sftp subsystem and one SFTP round trip, close), `in-flight` at a time, until `seconds` pass
+//       or `max` sessions are done. Prints one JSON line: sessions per second, setup p50/p99.
+//       sshd must serve `Subsystem sftp internal-sftp`: no shell starts per session.
 //   ssh_load hold --count N --ready FILE --go FILE [the same connection flags; --targets H:P,H:P,...
 //                 spreads sessions over several sshd]
-//       Opens N authenticated SSH sessions (each with a channel running "cat"), touches READY, waits
-//       for GO (at most --hold-max seconds), then checks every session still echoes one byte.
+//       Opens N authenticated SSH sessions (each with an sftp channel), touches READY, waits for GO
+//       (at most --hold-max seconds), then checks every session still answers an SFTP round trip.
 //   ssh_load relay-hold --count N --ready FILE --go FILE --relay H:P --target H:P ...
 //       N authenticated relay sessions (preamble only) to a plain sink, held and checked the same way.
 //
@@ -164,9 +165,35 @@ struct Ssh {
   }
 };
 
-// Key exchange, publickey auth and a session channel running `cmd`. Throws with what failed.
-std::unique_ptr<Ssh> open_ssh(const Args& a, const client::Signer* signer, const std::string& target,
-                              const char* cmd) {
+// One SFTP INIT -> VERSION exchange on a channel running the sftp subsystem: proof that the whole path
+// (client, relay, sshd) carries a request and its answer.
+bool sftp_roundtrip(LIBSSH2_CHANNEL* ch) {
+  static const unsigned char init[9] = {0, 0, 0, 5, 1, 0, 0, 0, 3};  // length 5, SSH_FXP_INIT, version 3
+  if (libssh2_channel_write(ch, reinterpret_cast<const char*>(init), sizeof init) != sizeof init)
+    return false;
+  unsigned char head[5];
+  size_t got = 0;
+  while (got < sizeof head) {
+    ssize_t n = libssh2_channel_read(ch, reinterpret_cast<char*>(head) + got, sizeof head - got);
+    if (n <= 0) return false;
+    got += static_cast<size_t>(n);
+  }
+  const uint32_t len = (uint32_t{head[0]} << 24) | (head[1] << 16) | (head[2] << 8) | head[3];
+  if (head[4] != 2 || len < 5 || len > 4096) return false;  // SSH_FXP_VERSION
+  std::vector<char> rest(len - 1);
+  got = 0;
+  while (got < rest.size()) {
+    ssize_t n = libssh2_channel_read(ch, rest.data() + got, rest.size() - got);
+    if (n <= 0) return false;
+    got += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Key exchange, publickey auth and a session channel with sshd's in-process sftp server (no shell
+// starts: the user's shell profile stays out of the numbers), checked with one SFTP round trip.
+// Throws with what failed.
+std::unique_ptr<Ssh> open_ssh(const Args& a, const client::Signer* signer, const std::string& target) {
   auto s = std::make_unique<Ssh>();
   s->fd = open_tcp(a, signer, target);
   s->session = libssh2_session_init();
@@ -178,7 +205,8 @@ std::unique_ptr<Ssh> open_ssh(const Args& a, const client::Signer* signer, const
     throw std::runtime_error("ssh userauth");
   s->channel = libssh2_channel_open_session(s->session);
   if (!s->channel) throw std::runtime_error("ssh channel");
-  if (libssh2_channel_exec(s->channel, cmd) != 0) throw std::runtime_error("ssh exec");
+  if (libssh2_channel_subsystem(s->channel, "sftp") != 0) throw std::runtime_error("ssh subsystem sftp");
+  if (!sftp_roundtrip(s->channel)) throw std::runtime_error("sftp round trip");
   return s;
 }
 
@@ -195,13 +223,10 @@ int rate(const Args& a, const client::Signer* signer) {
       while (Clock::now() < until && started.fetch_add(1) < a.max) {
         const auto s0 = Clock::now();
         try {
-          auto s = open_ssh(a, signer, a.targets[static_cast<size_t>(w) % a.targets.size()], "true");
-          char buf[64];
-          while (libssh2_channel_read(s->channel, buf, sizeof buf) > 0) {
-          }
+          auto s = open_ssh(a, signer, a.targets[static_cast<size_t>(w) % a.targets.size()]);
+          libssh2_channel_send_eof(s->channel);
           libssh2_channel_close(s->channel);
           libssh2_channel_wait_closed(s->channel);
-          if (libssh2_channel_get_exit_status(s->channel) != 0) throw std::runtime_error("exit status");
           std::lock_guard lock(mu);
           setup.push_back(ms_since(s0));
         } catch (const std::exception& e) {
@@ -302,12 +327,10 @@ int main(int argc, char** argv) {
     if (a.mode == "rate") return rate(a, sp);
     if (a.mode == "hold") {
       return hold(a, [&](int i) -> std::function<bool()> {
-        std::shared_ptr<Ssh> s = open_ssh(a, sp, a.targets[static_cast<size_t>(i) % a.targets.size()], "cat");
+        std::shared_ptr<Ssh> s = open_ssh(a, sp, a.targets[static_cast<size_t>(i) % a.targets.size()]);
         return [s] {
           libssh2_session_set_timeout(s->session, 10000);
-          if (libssh2_channel_write(s->channel, "x", 1) != 1) return false;
-          char c = 0;
-          return libssh2_channel_read(s->channel, &c, 1) == 1 && c == 'x';
+          return sftp_roundtrip(s->channel);
         };
       });
     }
