@@ -472,9 +472,26 @@ Session* Worker::alloc_session() {
   return slots_[i].get();
 }
 
+void Worker::take_hs_buf(Session& s) {
+  if (s.hs_buf.size() == kMaxHandshakeBytes) return;
+  if (!hs_bufs_.empty()) {
+    s.hs_buf = std::move(hs_bufs_.back());
+    hs_bufs_.pop_back();
+    return;
+  }
+  s.hs_buf.resize(kMaxHandshakeBytes);
+}
+
+// Only with no receive into the buffer in the ring (the handshake decided, or the session is done).
+void Worker::release_hs_buf(Session& s) {
+  if (s.hs_buf.size() == kMaxHandshakeBytes && hs_bufs_.size() < kKeepHsBufs)
+    hs_bufs_.push_back(std::move(s.hs_buf));
+  std::vector<uint8_t>().swap(s.hs_buf);
+}
+
 void Worker::start_handshake(Session& s) {
   s.phase = Session::Phase::kHandshake;
-  s.hs_buf.resize(kMaxHandshakeBytes);
+  take_hs_buf(s);
   s.hs_len = 0;
   s.deadline_ns = now_ns_ + limits_.handshake_timeout_ns;
   uint32_t idx = s.index;
@@ -532,6 +549,7 @@ void Worker::apply_step(Session& s, HandshakeStep step) {
       s.to_upstream.assign(s.hs_buf.begin() + static_cast<ptrdiff_t>(consumed),
                            s.hs_buf.begin() + static_cast<ptrdiff_t>(s.hs_len));
       s.to_upstream_off = 0;
+      release_hs_buf(s);
       start_connect(s, step.upstream);
       return;
     }
@@ -982,6 +1000,7 @@ void Worker::finalize(Session& s) {
   if (cfg_.log_sessions) log_session_end(s, sum);
   stats_.sessions_total[static_cast<size_t>(sum.reason)].add();
   stats_.sessions_active.add(-1);
+  release_hs_buf(s);
   s.reset();
   free_slots_.push_back(s.index);
   --active_;
@@ -1104,6 +1123,7 @@ void Worker::drop_parked(Session& s) {
   s.upstream.reset();
   s.hs.reset();
   stats_.sessions_active.add(-1);
+  release_hs_buf(s);
   s.reset();
   free_slots_.push_back(s.index);
   --active_;

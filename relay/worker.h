@@ -139,7 +139,7 @@ struct Session {
   // A resume() that arrived before kPending was returned; rare, so held by pointer (an inline
   // optional would add ~190 bytes to every idle session).
   std::unique_ptr<HandshakeStep> early_step;
-  std::vector<uint8_t> hs_buf;  // allocated only for handshake routes (kMaxHandshakeBytes)
+  std::vector<uint8_t> hs_buf;  // kMaxHandshakeBytes while in the handshake, from the worker's pool
   size_t hs_len = 0;
   std::string to_client;  // reply frames (OK/DENY)
   size_t to_client_off = 0;
@@ -155,15 +155,14 @@ struct Session {
   Admission::SourceKey startup_key{};
 
   // Back to a free slot: every field but the slot's identity (index) and generation, which moves on
-  // so that stale resumes and completions are ignored.
+  // so that stale resumes and completions are ignored. (The handshake buffer went back to the
+  // worker's pool before: Worker::release_hs_buf.)
   void reset() {
     const uint32_t keep_index = index;
     const uint32_t next_gen = gen + 1;
-    std::vector<uint8_t> buf = std::move(hs_buf);  // keeps its capacity for the next handshake
     *this = Session{};
     index = keep_index;
     gen = next_gen;
-    hs_buf = std::move(buf);
   }
 };
 
@@ -299,6 +298,13 @@ class Worker final : public HandshakeContext {
   uint32_t startups_ = 0;  // sessions in active_ that are still unauthenticated
   uint64_t seq_ = 0;
   PipePool pipes_;
+  // Handshake buffers (kMaxHandshakeBytes each) of sessions no longer in the handshake, for the next
+  // ones: an established session holds none (8 KiB each would be most of its memory), and at most
+  // kKeepHsBufs wait here.
+  static constexpr size_t kKeepHsBufs = 64;
+  std::vector<std::vector<uint8_t>> hs_bufs_;
+  void take_hs_buf(Session& s);
+  void release_hs_buf(Session& s);
   metrics::RelayWorkerStats stats_;
   uint64_t now_ns_ = 0;
   __kernel_timespec tick_ts_{};

@@ -13,6 +13,7 @@
 //       (at most --hold-max seconds), then checks every session still answers an SFTP round trip.
 //   ssh_load relay-hold --count N --ready FILE --go FILE --relay H:P --target H:P ...
 //       N authenticated relay sessions (preamble only) to a plain sink, held and checked the same way.
+//   --source-ip A binds every connection to source address A (127.0.0.x: more ephemeral ports).
 //
 // Every loop is bounded by count and time. Exit 0 when every session did what it should, else 1.
 #include <arpa/inet.h>
@@ -50,7 +51,7 @@ namespace client = sshring::client;
 struct Args {
   std::string mode;
   std::vector<std::string> targets;  // "H:P"
-  std::string user, key, relay, relay_id = "bench", principal = "bench", relay_key;
+  std::string user, key, relay, relay_id = "bench", principal = "bench", relay_key, source_ip;
   int in_flight = 64, count = 0, max = 1000000, threads = 16;
   double seconds = 20, hold_max = 600;
   std::string ready, go;
@@ -87,6 +88,8 @@ Args parse(int argc, char** argv) {
       a.principal = v;
     } else if (k == "--relay-key") {
       a.relay_key = v;
+    } else if (k == "--source-ip") {
+      a.source_ip = v;
     } else if (k == "--in-flight") {
       a.in_flight = std::stoi(v);
     } else if (k == "--threads") {
@@ -128,24 +131,33 @@ double pct(std::vector<double> v, double p) {
 // A TCP connection to `target`, through the relay (preamble done) or straight.
 sshring::common::UniqueFd open_tcp(const Args& a, const client::Signer* signer, const std::string& target) {
   auto [host, port] = client::split_host_port(target, "--target");
-  if (!a.relay.empty()) {
-    auto c = client::connect_via_relay({.relay = a.relay,
-                                        .relay_id = a.relay_id,
-                                        .principal = a.principal,
-                                        .target = host,
-                                        .port = port,
-                                        .timeout = std::chrono::seconds(60)},
-                                       *signer);
-    return std::move(c.fd);
-  }
-  // Straight to sshd: the same connect, without the relay.
+  auto [chost, cport] = a.relay.empty() ? std::pair{host, port} : client::split_host_port(a.relay, "--relay");
   sockaddr_in sa{};
   sa.sin_family = AF_INET;
-  sa.sin_port = htons(port);
-  if (::inet_pton(AF_INET, host.c_str(), &sa.sin_addr) != 1) throw std::runtime_error("target must be IPv4");
+  sa.sin_port = htons(cport);
+  if (::inet_pton(AF_INET, chost.c_str(), &sa.sin_addr) != 1)
+    throw std::runtime_error("addresses must be IPv4");
   sshring::common::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd || ::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
+  if (!fd) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
+  if (!a.source_ip.empty()) {
+    // One loopback source address has ~28,000 ephemeral ports towards one listener: tens of
+    // thousands of sessions to one relay port need several source addresses.
+    sockaddr_in src{};
+    src.sin_family = AF_INET;
+    if (::inet_pton(AF_INET, a.source_ip.c_str(), &src.sin_addr) != 1)
+      throw std::runtime_error("bad --source-ip");
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&src), sizeof src) != 0)
+      throw std::runtime_error(std::string("bind: ") + std::strerror(errno));
+  }
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
     throw std::runtime_error(std::string("connect: ") + std::strerror(errno));
+  if (!a.relay.empty()) {
+    const auto now_ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                  std::chrono::system_clock::now().time_since_epoch())
+                                                  .count());
+    client::handshake_on(fd.get(), client::make_hello(*signer, a.relay_id, a.principal, host, port, now_ms),
+                         std::chrono::seconds(60));
+  }
   return fd;
 }
 
