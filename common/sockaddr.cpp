@@ -73,21 +73,21 @@ SockAddr SockAddr::parse_or_throw(std::string_view text, std::string_view what) 
 }
 
 uint16_t SockAddr::port() const noexcept {
-  if (ss_.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&ss_)->sin_port);
-  if (ss_.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&ss_)->sin6_port);
+  if (ss_.sa.sa_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&ss_)->sin_port);
+  if (ss_.sa.sa_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&ss_)->sin6_port);
   return 0;
 }
 
 void SockAddr::set_port(uint16_t port) noexcept {
-  if (ss_.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&ss_)->sin_port = htons(port);
-  if (ss_.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&ss_)->sin6_port = htons(port);
+  if (ss_.sa.sa_family == AF_INET) reinterpret_cast<sockaddr_in*>(&ss_)->sin_port = htons(port);
+  if (ss_.sa.sa_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&ss_)->sin6_port = htons(port);
 }
 
 std::string SockAddr::ip_string() const {
   char buf[INET6_ADDRSTRLEN] = {};
-  if (ss_.ss_family == AF_INET) {
+  if (ss_.sa.sa_family == AF_INET) {
     inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss_)->sin_addr, buf, sizeof(buf));
-  } else if (ss_.ss_family == AF_INET6) {
+  } else if (ss_.sa.sa_family == AF_INET6) {
     inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&ss_)->sin6_addr, buf, sizeof(buf));
   } else {
     return "?";
@@ -96,7 +96,7 @@ std::string SockAddr::ip_string() const {
 }
 
 std::string SockAddr::to_string() const {
-  if (ss_.ss_family == AF_INET6) return "[" + ip_string() + "]:" + std::to_string(port());
+  if (ss_.sa.sa_family == AF_INET6) return "[" + ip_string() + "]:" + std::to_string(port());
   return ip_string() + ":" + std::to_string(port());
 }
 

@@ -28,7 +28,7 @@ class SockAddr {
   [[nodiscard]] socklen_t len() const noexcept { return len_; }
   socklen_t* len_mut() noexcept { return &len_; }
   void set_len(socklen_t len) noexcept { len_ = len; }
-  [[nodiscard]] int family() const noexcept { return ss_.ss_family; }
+  [[nodiscard]] int family() const noexcept { return ss_.sa.sa_family; }
   [[nodiscard]] uint16_t port() const noexcept;
   void set_port(uint16_t port) noexcept;
   // "1.2.3.4:22" or "[::1]:22".
@@ -37,8 +37,19 @@ class SockAddr {
   [[nodiscard]] std::string ip_string() const;
 
  private:
-  sockaddr_storage ss_{};
+  // Room for sockaddr_in6, the largest family it holds, not sockaddr_storage's 128 bytes: every
+  // relay session keeps several of these.
+  union Storage {
+    sockaddr sa;
+    sockaddr_in v4;
+    sockaddr_in6 v6;
+  };
+  Storage ss_{};
   socklen_t len_ = 0;
+
+ public:
+  // What get_mut() can take: set_len(kCapacity) before getsockname/getpeername.
+  static constexpr socklen_t kCapacity = sizeof(Storage);
 };
 
 }  // namespace sshring::common

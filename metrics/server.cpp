@@ -74,7 +74,7 @@ class Ipv6Endpoint {
     if (::bind(listen_.get(), addr.get(), addr.len()) != 0) common::throw_errno("bind " + addr.to_string());
     if (::listen(listen_.get(), 16) != 0) common::throw_errno("listen " + addr.to_string());
     common::SockAddr bound;
-    *bound.len_mut() = sizeof(sockaddr_storage);
+    *bound.len_mut() = common::SockAddr::kCapacity;
     if (::getsockname(listen_.get(), bound.get_mut(), bound.len_mut()) != 0)
       common::throw_errno("getsockname");
     port_ = bound.port();

@@ -72,7 +72,7 @@ std::vector<common::UniqueFd> bind_all(const common::SockAddr& listen, unsigned 
     fds.push_back(bind_listener(addr));
     if (w == 0) {
       common::SockAddr got;
-      got.set_len(sizeof(sockaddr_storage));
+      got.set_len(common::SockAddr::kCapacity);
       if (::getsockname(fds[0].get(), got.get_mut(), got.len_mut()) != 0) common::throw_errno("getsockname");
       addr = got;
       bound = got;

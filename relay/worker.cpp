@@ -362,7 +362,7 @@ void Worker::on_accept(uint32_t route, int res, uint32_t flags) {
     return;
   }
   common::SockAddr peer;
-  peer.set_len(sizeof(sockaddr_storage));
+  peer.set_len(common::SockAddr::kCapacity);
   if (::getpeername(res, peer.get_mut(), peer.len_mut()) != 0) peer = {};
   // Handshake routes: unauthenticated connections take a startup slot, not a session slot.
   const bool startup = r.route.handshake != nullptr && cfg_.admission != nullptr;
@@ -615,7 +615,7 @@ void Worker::on_connected(Session& s, int res) {
     end(s, EndReason::kConnectFailed);
     return;
   }
-  s.upstream_local.set_len(sizeof(sockaddr_storage));
+  s.upstream_local.set_len(common::SockAddr::kCapacity);
   if (::getsockname(s.upstream.get(), s.upstream_local.get_mut(), s.upstream_local.len_mut()) != 0)
     s.upstream_local = {};
   s.phase = Session::Phase::kReplying;

@@ -271,6 +271,10 @@ std::string Client::describe() const {
   return s;
 }
 
+std::string Client::current_endpoint() const {
+  return opts_.endpoints[impl_->current.load() % opts_.endpoints.size()];
+}
+
 RangeResult Client::get(std::string_view key, int64_t revision) {
   pb::RangeRequest req;
   req.set_key(std::string(key));

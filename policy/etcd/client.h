@@ -155,6 +155,8 @@ class Client {
   [[nodiscard]] const ClientOptions& options() const noexcept { return opts_; }
   // "etcd 127.0.0.1:2379,127.0.0.1:2381" for messages.
   [[nodiscard]] std::string describe() const;
+  // The member calls (and new watches) go to now: the one that answered last ("127.0.0.1:2379").
+  [[nodiscard]] std::string current_endpoint() const;
 
   struct Impl;
 

@@ -764,18 +764,23 @@ TEST_F(EtcdFleet, MaxSessionsHoldAcrossRelays) {
 // the hung member's last counts for as long as the member hangs.
 TEST_F(EtcdFleet, SessionCountsKeepFlowingWhenAMemberHangs) {
   EtcdCluster etcd(3);
-  etcd::EtcdSessionLedger a(client_for(etcd, "sshring-relay", 1), "/sshring", {.relay_id = "r1"});
-  etcd::EtcdSessionLedger b(client_for(etcd, "sshring-relay"), "/sshring",
-                            {.relay_id = "r1"});  // member 0 first
+  auto b_client = client_for(etcd, "sshring-relay");
+  etcd::EtcdSessionLedger a(client_for(etcd, "sshring-relay"), "/sshring", {.relay_id = "r1"});
+  etcd::EtcdSessionLedger b(b_client, "/sshring", {.relay_id = "r1"});
   a.start();
   b.start();
   a.publish("alice", 2);
   ASSERT_TRUE(eventually([&] { return b.others("alice") == 2; }, 30s));
-  ASSERT_EQ(::kill(etcd.pid(0), SIGSTOP), 0);
+  // Hang the member B talks to (and so watches on); A's writes move to another member by themselves.
+  int hung = -1;
+  for (int i = 0; i < etcd.size(); ++i)
+    if (etcd.endpoint(i).ends_with("//" + b_client->current_endpoint())) hung = i;
+  ASSERT_GE(hung, 0) << b_client->current_endpoint();
+  ASSERT_EQ(::kill(etcd.pid(hung), SIGSTOP), 0);
   struct Cont {
     pid_t pid;
     ~Cont() { ::kill(pid, SIGCONT); }
-  } cont{etcd.pid(0)};
+  } cont{etcd.pid(hung)};
   a.publish("alice", 3);
   EXPECT_TRUE(eventually([&] { return b.others("alice") == 3; }, 60s))
       << "others=" << b.others("alice") << " up=" << b.status().up << " errors=" << b.status().errors;

@@ -106,7 +106,7 @@ common::UniqueFd listen_any(const char* ip, int backlog) {
 
 common::SockAddr local_addr(int fd) {
   common::SockAddr a;
-  a.set_len(sizeof(sockaddr_storage));
+  a.set_len(sshring::common::SockAddr::kCapacity);
   ::getsockname(fd, a.get_mut(), a.len_mut());
   return a;
 }

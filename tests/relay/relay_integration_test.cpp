@@ -501,7 +501,7 @@ TEST_F(HandshakeSeamTest, ConnectForwardsGluedBytesFirstAndRepliesBeforeSplicing
   ASSERT_TRUE(u);
   test::set_timeout(u.get(), 5s);
   common::SockAddr upstream_peer;
-  upstream_peer.set_len(sizeof(sockaddr_storage));
+  upstream_peer.set_len(sshring::common::SockAddr::kCapacity);
   ::getpeername(u.get(), upstream_peer.get_mut(), upstream_peer.len_mut());
   std::string ok = read_line(c.get());
   EXPECT_EQ(ok, "OK " + upstream_peer.to_string() + "\n");
