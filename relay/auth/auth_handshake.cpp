@@ -60,6 +60,7 @@ struct SessionState {
                      std::optional<protocol::Reason> wire = std::nullopt) {
     decided = true;
     denied = true;
+    snap.reset();  // decided: see connect()
     deny_reason = r;
     deny_message = std::move(message);
     deny_reply = wire ? protocol::encode_deny(*wire, protocol::kNotAuthenticatedMessage)
@@ -81,6 +82,9 @@ struct SessionState {
 
   HandshakeStep connect(const common::SockAddr& addr) {
     decided = true;
+    // The snapshot decided; a session that lives for hours must not keep this policy version (and
+    // its grants: megabytes with a fleet's store) alive through every reload after it.
+    snap.reset();
     upstream = addr;
     connect_started = std::chrono::steady_clock::now();
     factory->count_decision(0, "allowed");

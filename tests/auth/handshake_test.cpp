@@ -179,6 +179,30 @@ TEST_F(AuthHandshake, AllowsAnAddressTargetAndKeepsGluedBytes) {
   EXPECT_EQ(factory->limits().handshakes_from(*SockAddr::parse("10.9.0.1:1")), 0u);
 }
 
+// An established session does not keep the policy snapshot it was decided on: after a reload the
+// old snapshot (a fleet's can hold 100,000 grants) is freed while the session lives on. Both ways
+// of deciding are checked: an address target, and a name resolved off the loop.
+TEST_F(AuthHandshake, AnEstablishedSessionDoesNotPinItsSnapshot) {
+  for (const char* target : {"10.1.2.3", "db.allowed.test"}) {
+    std::weak_ptr<const policy::Snapshot> decided_on = cache.current();
+    auto s = open();
+    auto st = feed(*s, hello(alice, "alice", target, 22));
+    ASSERT_EQ(st.kind, Kind::kConnect) << target << ": " << deny_reason(st);
+    s->hs->on_upstream_connected(*SockAddr::parse("127.0.0.1:50000"));
+    cache.publish(policy::Snapshot::build(std::make_shared<policy::Policy>(cache.current()->policy()), {}));
+    EXPECT_TRUE(decided_on.expired()) << target << ": the session still holds the old snapshot";
+    end(*s);
+  }
+  // A denied one neither.
+  std::weak_ptr<const policy::Snapshot> decided_on = cache.current();
+  auto d = open();
+  auto st = feed(*d, hello(stranger, "alice", "10.1.2.3", 22));
+  ASSERT_EQ(st.kind, Kind::kReject);
+  cache.publish(policy::Snapshot::build(std::make_shared<policy::Policy>(cache.current()->policy()), {}));
+  EXPECT_TRUE(decided_on.expired());
+  end(*d);
+}
+
 TEST_F(AuthHandshake, ByteByByteNeedsMoreThenDecides) {
   auto s = open();
   std::string frame = hello(alice, "alice", "10.1.2.3");
