@@ -529,6 +529,17 @@ TEST_F(EtcdFleet, ForgedGrantsWrittenStraightIntoEtcdAreRejected) {
   EXPECT_EQ(out.find("bypass_approved"), std::string::npos) << out;
   EXPECT_NE(out.find("bypass_unapproved"), std::string::npos) << out;
   EXPECT_NE(out.find("is rejected"), std::string::npos) << out;
+
+  // The genuine grant overwritten in place with a widened copy: the consumer checked (and remembers)
+  // the genuine text, but the new value is checked afresh, refused, and the grant no longer counts.
+  auto widened = genuine;
+  widened["request"]["to"] = "10.1.0.0/16";
+  writer->put("/sshring/grants/" + id, widened.dump());
+  ASSERT_TRUE(eventually([&] { return rejected().count(id) == 1; })) << rejected().size();
+  EXPECT_EQ(rejected().at(id), "bad_signature");
+  EXPECT_EQ(relay.flow("10.2.3.4", "10.1.9.9"), FlowTag::kBypassUnapproved);
+  EXPECT_EQ(relay.flow("10.2.3.4", "10.1.5.7"), FlowTag::kBypassUnapproved);  // fails closed
+  EXPECT_EQ(relay.grants(), 0u);
 }
 
 // Least privilege: what each credential may do is what etcd enforces.
