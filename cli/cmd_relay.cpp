@@ -34,7 +34,6 @@
 #include "relay/config.h"
 #include "relay/handover.h"
 #include "relay/relay.h"
-#include "relay/session_id.h"
 
 namespace sshring::cli {
 namespace {
@@ -181,17 +180,19 @@ relay::RelayConfig build_relay_config(const common::Flags& f,
 
 namespace {
 
-metrics::SessionEnd session_end_record(const relay::SessionSummary& s) {
-  metrics::SessionEnd r;
-  r.session_id = relay::session_id_string(s.session_id);
-  r.client = s.client.to_string();
-  if (s.upstream.len()) r.target_addr = s.upstream.to_string();
-  if (s.upstream_local.len()) r.upstream_local = s.upstream_local.to_string();
-  r.bytes_up = s.bytes_client_to_upstream;
-  r.bytes_down = s.bytes_upstream_to_client;
-  r.duration_ms = s.duration_ns / 1'000'000;
-  r.reason = relay::end_reason_name(s.reason);
-  return r;
+// Raw values: the audit log's sealing thread formats them, not the worker.
+metrics::SessionEvent session_end_record(const relay::SessionSummary& s) {
+  metrics::SessionEvent e;
+  e.type = metrics::SessionEnd::kType;
+  e.session_id = s.session_id;
+  e.client = s.client;
+  e.target_addr = s.upstream;
+  e.upstream_local = s.upstream_local;
+  e.bytes_up = s.bytes_client_to_upstream;
+  e.bytes_down = s.bytes_upstream_to_client;
+  e.duration_ms = s.duration_ns / 1'000'000;
+  e.reason = relay::end_reason_name(s.reason);
+  return e;
 }
 
 bool audit_refuses(const common::Flags& f) {
@@ -259,7 +260,7 @@ class RelayProcess {
       // Static routes only: in authenticated mode the handshake's on_end writes the session records.
       // By reference: with --takeover the log opens after start, before any session can end.
       cfg_.on_session_end = [this](const relay::SessionSummary& s) {
-        if (audit_) audit_->append(session_end_record(s));
+        if (audit_) audit_->append_session(session_end_record(s));
       };
     }
     // Signals go to this thread only (workers inherit the mask), read with sigtimedwait.

@@ -16,6 +16,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
@@ -167,9 +168,10 @@ struct AuditLog::Impl {
   struct Inbound {
     nlohmann::json record;                 // append(json)
     std::function<nlohmann::json()> make;  // append(typed): built when sealed
-    const char* type;                      // append(typed with fields()): written when sealed
+    const char* type = nullptr;            // append(typed with fields()): written when sealed
     std::function<void(BodyFields&)> fill;
-    int64_t ts_ms;
+    SessionEvent session;  // append_session (session.type set): formatted when sealed
+    int64_t ts_ms = 0;
   };
   std::mutex inbox_mu;
   std::vector<Inbound> inbox;
@@ -542,11 +544,24 @@ struct AuditLog::Impl {
     {
       std::lock_guard ilk(inbox_mu);
       batch.swap(inbox);
+      // Room for the next batch, so producers do not grow the vector record by record.
+      inbox.reserve(std::max<size_t>(batch.size(), kWakeRecords));
       inbox_size.store(0, std::memory_order_relaxed);
     }
     if (batch.empty()) return;
     for (auto& in : batch) {
       if (drop_if_full_locked()) continue;
+      if (in.session.type != nullptr) {
+        try {
+          SessionFields text;
+          enqueue_fields_locked(
+              in.session.type, [&](BodyFields& f) { in.session.fields(f, text); }, in.ts_ms);
+        } catch (const std::exception& e) {  // allocation: lost like a dropped record, and counted
+          dropped.fetch_add(1, std::memory_order_relaxed);
+          common::log_error("audit record could not be built", {{"file", opts.path}, {"error", e.what()}});
+        }
+        continue;
+      }
       if (in.fill) {
         try {
           enqueue_fields_locked(in.type, in.fill, in.ts_ms);
@@ -716,7 +731,9 @@ void AuditLog::append(nlohmann::json record) {
   check_record(record);
   auto& d = *impl_;
   if (!d.opts.fsync_each) {
-    d.push_inbox({.record = std::move(record), .make = {}, .type = nullptr, .fill = {}, .ts_ms = 0});
+    Impl::Inbound in;
+    in.record = std::move(record);
+    d.push_inbox(std::move(in));
     return;
   }
   // fsync-each: sealed and written before append returns. Unwritable: retry first, drop only if the
@@ -734,7 +751,23 @@ void AuditLog::append_deferred(std::function<nlohmann::json()> make) {
     append(make());
     return;
   }
-  d.push_inbox({.record = nullptr, .make = std::move(make), .type = nullptr, .fill = {}, .ts_ms = 0});
+  Impl::Inbound in;
+  in.make = std::move(make);
+  d.push_inbox(std::move(in));
+}
+
+void AuditLog::append_session(const SessionEvent& e) {
+  auto& d = *impl_;
+  if (d.opts.fsync_each) {
+    SessionFields text;
+    BodyFields f;
+    e.fields(f, text);
+    append(f.to_json(e.type));
+    return;
+  }
+  Impl::Inbound in;
+  in.session = e;
+  d.push_inbox(std::move(in));
 }
 
 void AuditLog::append_fields_deferred(const char* type, std::function<void(BodyFields&)> fill) {
@@ -745,7 +778,10 @@ void AuditLog::append_fields_deferred(const char* type, std::function<void(BodyF
     append(f.to_json(type));
     return;
   }
-  d.push_inbox({.record = nullptr, .make = {}, .type = type, .fill = std::move(fill), .ts_ms = 0});
+  Impl::Inbound in;
+  in.type = type;
+  in.fill = std::move(fill);
+  d.push_inbox(std::move(in));
 }
 
 bool AuditLog::commit(nlohmann::json record, std::string* error) {

@@ -23,6 +23,8 @@
 
 namespace sshring::metrics {
 
+struct SessionEvent;  // metrics/audit_types.h
+
 inline constexpr uint64_t kDefaultCheckpointEvery = 1000;
 inline constexpr std::chrono::seconds kDefaultCheckpointInterval{60};
 
@@ -77,6 +79,9 @@ class AuditLog {
       append_deferred([r = std::move(r)] { return r.to_json(); });
     }
   }
+  // A session_start or session_end from a relay worker: queued as raw values and formatted on the
+  // sealing thread (at once in fsync-each mode). No allocation on the caller's thread.
+  void append_session(const SessionEvent& e);
   // Appends the record `make` returns, called later on the sealing thread (at once in fsync-each
   // mode). `make` must return an object with a "type" field and must not touch this log.
   void append_deferred(std::function<nlohmann::json()> make);

@@ -1,5 +1,9 @@
 #include "metrics/audit_types.h"
 
+#include <string_view>
+
+#include "common/session_id.h"
+
 namespace sshring::metrics {
 
 namespace {
@@ -175,6 +179,26 @@ SessionEnd SessionEnd::from(const J& body) {
   r.duration_ms = num(body, "duration_ms");
   r.reason = str(body, "reason");
   return r;
+}
+
+void SessionEvent::fields(BodyFields& f, SessionFields& text) const {
+  text.session_id = common::session_id_string(session_id);
+  text.client = client.to_string();
+  if (target_addr.len() != 0) text.target_addr = target_addr.to_string();
+  if (upstream_local.len() != 0) text.upstream_local = upstream_local.to_string();
+  if (names && !names->target_host.empty())
+    text.target_name = names->target_host + ":" + std::to_string(names->target_port);
+  text.fields(f);
+  if (names) {  // views into the shared names: no copy
+    f.str("principal", names->principal);
+    f.str("key_fp", names->key_fp);
+  }
+  if (std::string_view(type) == SessionEnd::kType) {
+    f.num("bytes_up", bytes_up);
+    f.num("bytes_down", bytes_down);
+    f.num("duration_ms", duration_ms);
+    f.str_always("reason", reason);
+  }
 }
 
 void SessionDeny::fields(BodyFields& f) const {

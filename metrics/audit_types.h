@@ -8,10 +8,12 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "common/sockaddr.h"
 #include "metrics/audit_body.h"
 #include "metrics/audit_record.h"
 
@@ -47,6 +49,34 @@ struct SessionEnd : SessionFields {
   void fields(BodyFields& f) const;
   [[nodiscard]] nlohmann::json to_json() const;
   static SessionEnd from(const nlohmann::json& body);
+};
+
+// The names a session's records repeat: the relay's own copy, shared by the session's events.
+struct SessionNames {
+  std::string principal;
+  std::string key_fp;
+  std::string target_host;  // as requested; the record's target_name is host:port
+  uint16_t target_port = 0;
+};
+
+// A session_start or session_end record as a relay worker hands it to AuditLog::append_session: raw
+// values, no text. The sealing thread formats them (fields()), so a worker's cost per record is a copy
+// of this struct and a reference count, with no allocation and no formatting.
+struct SessionEvent {
+  const char* type = nullptr;  // SessionStart::kType or SessionEnd::kType
+  uint64_t session_id = 0;
+  common::SockAddr client;
+  common::SockAddr target_addr;               // unset: absent
+  common::SockAddr upstream_local;            // unset: absent
+  std::shared_ptr<const SessionNames> names;  // null: absent (unauthenticated relay)
+  // session_end only
+  uint64_t bytes_up = 0;
+  uint64_t bytes_down = 0;
+  uint64_t duration_ms = 0;
+  const char* reason = "";  // a literal: the session outcome
+  // The record's fields, the same as SessionStart's or SessionEnd's with these values formatted;
+  // the text goes into `text`, which must outlive `f`.
+  void fields(BodyFields& f, SessionFields& text) const;
 };
 
 struct SessionDeny : SessionFields {

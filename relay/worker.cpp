@@ -15,7 +15,7 @@
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
-#include "relay/session_id.h"
+#include "common/session_id.h"
 
 namespace sshring::relay {
 namespace {
@@ -511,7 +511,8 @@ void Worker::start_handshake(Session& s) {
   try {
     s.hs = s.factory->create(s.id, s.client_addr, s.listen_addr, *this, std::move(resume));
   } catch (const std::exception& e) {
-    common::log_error("handshake create failed", {{"session", session_id_string(s.id)}, {"error", e.what()}});
+    common::log_error("handshake create failed",
+                      {{"session", common::session_id_string(s.id)}, {"error", e.what()}});
   }
   if (!s.hs) {
     end(s, EndReason::kDenied);
@@ -653,6 +654,11 @@ void Worker::submit_send_upstream(Session& s) {
 void Worker::maybe_start_splicing(Session& s) {
   if (s.ending || s.phase != Session::Phase::kReplying) return;
   if (s.to_client_off < s.to_client.size() || s.to_upstream_off < s.to_upstream.size()) return;
+  // Sent: a session that lives for hours must not keep its reply frame and glued bytes (the offsets
+  // stay, they count bytes).
+  std::string().swap(s.to_client);
+  s.to_client_off = 0;
+  std::vector<uint8_t>().swap(s.to_upstream);
   s.phase = Session::Phase::kSplicing;
   s.pump[0].set_eager(cfg_.splice_mode == SpliceMode::kInline);
   s.pump[1].set_eager(cfg_.splice_mode == SpliceMode::kInline);
@@ -952,7 +958,7 @@ SessionSummary Worker::summary_of(const Session& s) const {
 
 void Worker::log_session_end(const Session& s, const SessionSummary& sum) {
   std::initializer_list<common::LogField> fields = {
-      {"session", session_id_string(sum.session_id)},
+      {"session", common::session_id_string(sum.session_id)},
       {"client", sum.client.to_string()},
       {"listen", s.listen_addr.to_string()},
       {"upstream", s.upstream_addr.len() ? sum.upstream.to_string() : "-"},

@@ -14,9 +14,11 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "common/sockaddr.h"
 #include "metrics/audit.h"
 #include "metrics/audit_types.h"
 
@@ -104,6 +106,52 @@ void BM_AppendCallerCost(benchmark::State& state) {
       benchmark::Counter(static_cast<double>(state.iterations() * kBatch),
                          benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
+// The same for what the relay appends now: session records as raw values (append_session), formatted
+// by the writer thread. The session's names are built while the timer is paused: the relay makes them
+// once per session, from the preamble, audit log or not.
+void BM_AppendSessionCallerCost(benchmark::State& state) {
+  Dir dir;
+  sshring::metrics::AuditOptions o;
+  o.path = dir.path + "/relay.audit.jsonl";
+  o.component = "relay";
+  o.key_path = dir.path + "/relay.key";
+  constexpr int kBatch = 64;
+  std::vector<sshring::metrics::SessionEvent> events;
+  uint64_t i = 0;
+  sshring::metrics::AuditLog log(o);
+  const auto client = *sshring::common::SockAddr::parse("10.0.0.9:41022");
+  const auto target = *sshring::common::SockAddr::parse("10.0.5.7:22");
+  const auto local = *sshring::common::SockAddr::parse("10.0.0.2:50112");
+  for (auto _ : state) {
+    state.PauseTiming();
+    log.flush();
+    events.clear();
+    for (int n = 0; n < kBatch; ++n, ++i) {
+      sshring::metrics::SessionEvent e;
+      e.type = sshring::metrics::SessionEnd::kType;
+      e.session_id = 10000 + i;
+      e.client = client;
+      e.target_addr = target;
+      e.upstream_local = local;
+      e.names = std::make_shared<const sshring::metrics::SessionNames>(
+          sshring::metrics::SessionNames{.principal = "alice",
+                                         .key_fp = "SHA256:uSlnCwl4aFqOKeiIZnIqHkR1ODvAvSnUbIpcAu0RN5I",
+                                         .target_host = "db1.internal",
+                                         .target_port = 22});
+      e.bytes_up = 4096 + i;
+      e.bytes_down = 1 << 20;
+      e.duration_ms = 1234;
+      e.reason = "closed";
+      events.push_back(std::move(e));
+    }
+    state.ResumeTiming();
+    for (const auto& e : events) log.append_session(e);
+  }
+  state.SetItemsProcessed(state.iterations() * kBatch);
+  state.counters["per_record"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * kBatch),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
 void BM_AppendFsyncEach(benchmark::State& state) {
   run(state, true);
 }
@@ -117,6 +165,7 @@ BENCHMARK(BM_AppendBatched)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_AppendCallerCost)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_AppendSessionCallerCost)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_AppendFsyncEach)->ArgName("checkpoints")->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 BENCHMARK_MAIN();

@@ -76,6 +76,8 @@ std::shared_ptr<auth::AuthHandshakeFactory> make_factory(Setup& s,
   o.audit = audit;
   o.relay_ids = {"bench-relay"};
   o.clock_ms = [] { return kNowMs; };
+  // Both clocks still: the frames all carry kNowMs, and a slow run (valgrind) must not age them.
+  o.mono_ms = [] { return uint64_t{0}; };
   o.log_denials = false;
   o.resolver = s.resolver;
   return std::make_shared<auth::AuthHandshakeFactory>(s.cache, o);
@@ -137,7 +139,14 @@ void BM_FullHandshake(benchmark::State& state) {
     const std::string& f = s.frames[i++ % s.frames.size()];
     auto hs = factory->create(id++, client, listen, ctx, [](relay::HandshakeStep) {});
     auto step = hs->on_data({reinterpret_cast<const uint8_t*>(f.data()), f.size()});
-    if (step.kind != relay::HandshakeStep::Kind::kConnect) state.SkipWithError("handshake not allowed");
+    if (step.kind != relay::HandshakeStep::Kind::kConnect) {
+      std::string why = "handshake not allowed:";
+      for (uint16_t r = 1; r <= protocol::kMaxReason; ++r)
+        if (factory->decisions(r) != 0)
+          why += std::string(" ") + protocol::reason_name(static_cast<protocol::Reason>(r));
+      state.SkipWithError(why.c_str());
+      break;
+    }
     benchmark::DoNotOptimize(hs->on_upstream_connected(listen));
     hs->on_end(sum);
   }

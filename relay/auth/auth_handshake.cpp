@@ -10,10 +10,10 @@
 #include "common/error.h"
 #include "common/json_number.h"
 #include "common/log.h"
+#include "common/session_id.h"
 #include "metrics/audit.h"
 #include "metrics/audit_types.h"
 #include "protocol/keys.h"
-#include "relay/session_id.h"
 
 namespace sshring::relay::auth {
 
@@ -41,10 +41,9 @@ struct SessionState {
   std::string deny_reply;  // the DENY frame sent (may say less than the above)
 
   std::shared_ptr<const policy::Snapshot> snap;
-  std::string principal;
-  std::string key_fp;
-  std::string target_name;
-  uint16_t port = 0;
+  // Principal, key and target as the preamble set them; also what this session's audit records name
+  // (shared with them, so set before the first record and not changed after).
+  std::shared_ptr<metrics::SessionNames> names = std::make_shared<metrics::SessionNames>();
   size_t consumed = 0;
   common::SockAddr upstream;
   common::SockAddr upstream_local;
@@ -68,11 +67,11 @@ struct SessionState {
     leave_handshake();
     factory->count_decision(static_cast<uint16_t>(r), protocol::reason_name(r));
     if (factory->opts_.log_denials)
-      common::log_warn("session denied", {{"session", session_id_string(session_id)},
+      common::log_warn("session denied", {{"session", common::session_id_string(session_id)},
                                           {"client", client.to_string()},
                                           {"reason", protocol::reason_name(r)},
-                                          {"principal", principal},
-                                          {"target", target_name},
+                                          {"principal", names->principal},
+                                          {"target", names->target_host},
                                           {"detail", deny_message}});
     HandshakeStep s;
     s.kind = HandshakeStep::Kind::kReject;
@@ -98,7 +97,7 @@ struct SessionState {
   // Runs on the worker thread once the name resolved (or failed).
   HandshakeStep finish_resolution(const std::string& error, const std::vector<common::SockAddr>& addrs) {
     if (!error.empty())
-      return deny(protocol::Reason::kResolveFailed, "cannot resolve " + target_name + ": " + error);
+      return deny(protocol::Reason::kResolveFailed, "cannot resolve " + names->target_host + ": " + error);
     uint64_t now_ms = factory->now_ms();
     policy::Decision last;
     std::string tried;
@@ -106,12 +105,12 @@ struct SessionState {
       auto ip = policy::IpAddr::from_sockaddr(a.get());
       if (!ip) continue;
       policy::AuthzRequest req;
-      req.principal = principal;
-      req.key_fingerprint = key_fp;
+      req.principal = names->principal;
+      req.key_fingerprint = names->key_fp;
       req.source = policy::IpAddr::from_sockaddr(client.get()).value_or(policy::IpAddr{});
-      req.target_name = target_name;
+      req.target_name = names->target_host;
       req.target = *ip;
-      req.port = port;
+      req.port = names->target_port;
       req.now = static_cast<policy::UnixSeconds>(now_ms / 1000);
       last = snap->authorize(req);
       if (last.allowed) return connect(a);
@@ -122,9 +121,9 @@ struct SessionState {
       return deny(protocol::Reason::kOutsideTimeWindow, "outside the allowed time window");
     if (last.reason == policy::Reason::kPortNotAllowed)
       return deny(protocol::Reason::kPortNotAllowed,
-                  target_name + ":" + std::to_string(port) + ": port not allowed");
+                  names->target_host + ":" + std::to_string(names->target_port) + ": port not allowed");
     return deny(protocol::Reason::kAddressNotAllowed,
-                target_name + " resolved to " + tried + ", not allowed by policy");
+                names->target_host + " resolved to " + tried + ", not allowed by policy");
   }
 };
 
@@ -187,9 +186,9 @@ class AuthHandshake : public Handshake {
     }
     const protocol::Hello& h = d.hello;
     s.consumed = d.consumed;
-    s.principal = h.principal;
-    s.target_name = h.target;
-    s.port = h.port;
+    s.names->principal = h.principal;
+    s.names->target_host = h.target;
+    s.names->target_port = h.port;
     const uint64_t now_ms = s.factory->now_ms();
     if (auto refused = check_freshness(h, now_ms)) return *refused;
     if (auto refused = check_identity(h)) return *refused;
@@ -208,11 +207,8 @@ class AuthHandshake : public Handshake {
     if (auto* h = s.factory->handshake_seconds_.load(std::memory_order_acquire)) h->Observe(elapsed);
     if (auto* h = s.factory->connect_seconds_.load(std::memory_order_acquire))
       h->Observe(std::chrono::duration<double>(now - s.connect_started).count());
-    if (auto* audit = s.factory->opts_.audit) {
-      metrics::SessionStart r{session_fields()};
-      r.upstream_local = local.to_string();
-      append(audit, std::move(r));
-    }
+    if (auto* audit = s.factory->opts_.audit)
+      append_session(audit, session_event(metrics::SessionStart::kType));
     return protocol::encode_ok(s.session_id);
   }
 
@@ -221,8 +217,8 @@ class AuthHandshake : public Handshake {
     s.leave_handshake();
     std::string msg = "connect to " + s.upstream.to_string() + ": " + std::strerror(err);
     if (s.factory->opts_.log_denials)
-      common::log_warn("upstream connect failed", {{"session", session_id_string(s.session_id)},
-                                                   {"principal", s.principal},
+      common::log_warn("upstream connect failed", {{"session", common::session_id_string(s.session_id)},
+                                                   {"principal", s.names->principal},
                                                    {"target", s.upstream.to_string()},
                                                    {"error", std::strerror(err)}});
     return protocol::encode_deny(protocol::Reason::kTargetUnreachable, msg);
@@ -233,10 +229,10 @@ class AuthHandshake : public Handshake {
     const SessionState& s = *s_;
     if (!s.connected || s.denied) return {};
     nlohmann::json j = {{"v", 1},
-                        {"principal", s.principal},
-                        {"key_fp", s.key_fp},
-                        {"target_name", s.target_name},
-                        {"port", s.port},
+                        {"principal", s.names->principal},
+                        {"key_fp", s.names->key_fp},
+                        {"target_name", s.names->target_host},
+                        {"port", s.names->target_port},
                         {"upstream", s.upstream.len() ? s.upstream.to_string() : ""},
                         {"upstream_local", s.upstream_local.len() ? s.upstream_local.to_string() : ""}};
     return j.dump();
@@ -246,7 +242,7 @@ class AuthHandshake : public Handshake {
     SessionState& s = *s_;
     mark_ended();
     s.leave_handshake();
-    if (s.session_counted) s.factory->limits_.release_session(s.principal);
+    if (s.session_counted) s.factory->limits_.release_session(s.names->principal);
     s.session_counted = false;
     bool timed_out = !s.decided && sum.reason == EndReason::kHandshakeTimeout;
     if (timed_out)
@@ -262,13 +258,12 @@ class AuthHandshake : public Handshake {
       append(audit, std::move(r));
       return;
     }
-    metrics::SessionEnd r{session_fields()};
-    if (s.upstream_local.len() != 0) r.upstream_local = s.upstream_local.to_string();
-    r.bytes_up = sum.bytes_client_to_upstream;
-    r.bytes_down = sum.bytes_upstream_to_client;
-    r.duration_ms = sum.duration_ns / 1000000;
-    r.reason = end_reason_name(sum.reason);
-    append(audit, std::move(r));
+    metrics::SessionEvent e = session_event(metrics::SessionEnd::kType);
+    e.bytes_up = sum.bytes_client_to_upstream;
+    e.bytes_down = sum.bytes_upstream_to_client;
+    e.duration_ms = sum.duration_ns / 1000000;
+    e.reason = end_reason_name(sum.reason);
+    append_session(audit, e);
   }
 
  private:
@@ -314,13 +309,13 @@ class AuthHandshake : public Handshake {
         if (k.ed25519.size() == h.public_key.size() &&
             std::memcmp(k.ed25519.data(), h.public_key.data(), k.ed25519.size()) == 0)
           key = &k;
-    s.key_fp = key != nullptr ? key->fingerprint : protocol::fingerprint(raw);
+    s.names->key_fp = key != nullptr ? key->fingerprint : protocol::fingerprint(raw);
     if (p == nullptr)
       return s.deny(protocol::Reason::kUnknownPrincipal, "unknown principal '" + h.principal + "'",
                     protocol::Reason::kNotAuthenticated);
     if (key == nullptr)
       return s.deny(protocol::Reason::kKeyNotListed,
-                    "key " + s.key_fp + " is not listed for '" + h.principal + "'",
+                    "key " + s.names->key_fp + " is not listed for '" + h.principal + "'",
                     protocol::Reason::kNotAuthenticated);
     if (!signature_ok)
       return s.deny(protocol::Reason::kBadSignature, "signature does not verify",
@@ -402,7 +397,7 @@ class AuthHandshake : public Handshake {
     if (literal) {
       policy::AuthzRequest req;
       req.principal = h.principal;
-      req.key_fingerprint = s.key_fp;
+      req.key_fingerprint = s.names->key_fp;
       req.source = policy::IpAddr::from_sockaddr(s.client.get()).value_or(policy::IpAddr{});
       req.target = policy::IpAddr::from_sockaddr(literal->get()).value_or(policy::IpAddr{});
       req.port = h.port;
@@ -462,13 +457,36 @@ class AuthHandshake : public Handshake {
   metrics::SessionFields session_fields() const {
     const SessionState& s = *s_;
     metrics::SessionFields r;
-    r.session_id = session_id_string(s.session_id);
+    r.session_id = common::session_id_string(s.session_id);
     r.client = s.client.to_string();
-    r.principal = s.principal;
-    r.key_fp = s.key_fp;
-    if (!s.target_name.empty()) r.target_name = s.target_name + ":" + std::to_string(s.port);
+    r.principal = s.names->principal;
+    r.key_fp = s.names->key_fp;
+    if (!s.names->target_host.empty())
+      r.target_name = s.names->target_host + ":" + std::to_string(s.names->target_port);
     if (s.upstream.len() != 0) r.target_addr = s.upstream.to_string();
     return r;
+  }
+
+  // session_start / session_end: raw values, formatted by the audit log's sealing thread; the names
+  // are shared, not copied.
+  metrics::SessionEvent session_event(const char* type) const {
+    const SessionState& s = *s_;
+    metrics::SessionEvent e;
+    e.type = type;
+    e.session_id = s.session_id;
+    e.client = s.client;
+    e.target_addr = s.upstream;
+    e.upstream_local = s.upstream_local;
+    e.names = s.names;
+    return e;
+  }
+
+  static void append_session(metrics::AuditLog* audit, const metrics::SessionEvent& e) {
+    try {
+      audit->append_session(e);
+    } catch (const std::exception& ex) {
+      common::log_error("audit append failed", {{"error", ex.what()}});
+    }
   }
 
   template <class R>
@@ -563,13 +581,13 @@ std::unique_ptr<Handshake> AuthHandshakeFactory::adopt(uint64_t session_id, cons
   s->listen = listen;
   s->decided = true;
   s->connected = true;
-  s->principal = j.value("principal", "");
-  s->key_fp = j.value("key_fp", "");
-  s->target_name = j.value("target_name", "");
-  s->port = static_cast<uint16_t>(common::json_uint(j, "port", 65535).value_or(0));
+  s->names->principal = j.value("principal", "");
+  s->names->key_fp = j.value("key_fp", "");
+  s->names->target_host = j.value("target_name", "");
+  s->names->target_port = static_cast<uint16_t>(common::json_uint(j, "port", 65535).value_or(0));
   if (auto a = common::SockAddr::parse(j.value("upstream", ""))) s->upstream = *a;
   if (auto a = common::SockAddr::parse(j.value("upstream_local", ""))) s->upstream_local = *a;
-  limits_.count_session(s->principal);
+  limits_.count_session(s->names->principal);
   s->session_counted = true;
   return std::make_unique<AuthHandshake>(std::move(s));
 }

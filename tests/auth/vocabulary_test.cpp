@@ -7,12 +7,12 @@
 #include <set>
 #include <string>
 
+#include "common/session_id.h"
 #include "metrics/catalog.h"
 #include "policy/snapshot.h"
 #include "protocol/preamble.h"
 #include "relay/admission.h"
 #include "relay/handshake.h"
-#include "relay/session_id.h"
 #include "tests/support/process.h"
 
 namespace protocol = sshring::protocol;
@@ -95,8 +95,8 @@ TEST(Vocabulary, SessionOutcomesAndStartupRefusalsAreDocumented) {
 }
 
 TEST(Vocabulary, SessionIdsHaveOneTextForm) {
-  EXPECT_EQ(relay::session_id_string(0x2a), "000000000000002a");
-  EXPECT_EQ(relay::session_id_string(~0ull), "ffffffffffffffff");
+  EXPECT_EQ(sshring::common::session_id_string(0x2a), "000000000000002a");
+  EXPECT_EQ(sshring::common::session_id_string(~0ull), "ffffffffffffffff");
   EXPECT_NE(doc("protocol.md").find("16 hex digits"), std::string::npos);
 }
 

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/session_id.h"
 #include "metrics/audit.h"
 #include "metrics/audit_record.h"
 #include "metrics/audit_types.h"
@@ -482,6 +483,89 @@ TEST(AuditLogTest, SessionRecordsWrittenFromTheirFieldsEqualTheJsonPath) {
   ASSERT_TRUE(end);
   EXPECT_EQ(end->bytes_down, UINT64_MAX);
   EXPECT_EQ(end->session_id, "s" + pick(0));
+}
+
+// A relay worker hands session records over as raw values (append_session); the sealing thread
+// formats them. The line must be the one the typed record with the same values, formatted, writes:
+// IPv4 and IPv6 addresses, unset ones absent, hostile names, in batched and fsync-each mode.
+TEST(AuditLogTest, SessionEventsFromRawValuesEqualTheTypedRecords) {
+  const std::vector<std::string> names = {"",
+                                          "alice",
+                                          "a\"b",
+                                          std::string("nul\0byte", 8),
+                                          "bad\xff\xfeutf8",
+                                          std::string(4097, 'x'),
+                                          "</script><b>"};
+  const std::vector<std::string> addrs = {"10.0.0.9:41022", "[2001:db8::7]:22", "[::1]:5", ""};
+  TempDir dir;
+  for (bool fsync_each : {false, true}) {
+    std::string raw_file = dir.file(fsync_each ? "raw-sync.jsonl" : "raw.jsonl");
+    std::string typed_file = dir.file(fsync_each ? "typed-sync.jsonl" : "typed.jsonl");
+    {
+      AuditLog raw({.path = raw_file, .component = "relay", .fsync_each = fsync_each});
+      AuditLog typed({.path = typed_file, .component = "relay", .fsync_each = fsync_each});
+      auto addr = [](const std::string& a) {
+        return a.empty() ? sshring::common::SockAddr{} : *sshring::common::SockAddr::parse(a);
+      };
+      for (size_t i = 0; i < 2 * names.size(); ++i) {
+        SessionEvent e;
+        e.session_id = 0xa1 + (i << 40);
+        e.client = addr(addrs[i % addrs.size()].empty() ? addrs[0] : addrs[i % addrs.size()]);
+        e.target_addr = addr(addrs[(i + 1) % addrs.size()]);
+        e.upstream_local = addr(addrs[(i + 2) % addrs.size()]);
+        if (i % names.size() != 0)  // and once without names (unauthenticated relay)
+          e.names =
+              std::make_shared<const SessionNames>(SessionNames{.principal = names[i % names.size()],
+                                                                .key_fp = names[(i + 1) % names.size()],
+                                                                .target_host = names[(i + 2) % names.size()],
+                                                                .target_port = static_cast<uint16_t>(i)});
+        SessionFields f{.session_id = sshring::common::session_id_string(e.session_id),
+                        .client = e.client.to_string(),
+                        .principal = e.names ? e.names->principal : "",
+                        .key_fp = e.names ? e.names->key_fp : "",
+                        .target_name = e.names && !e.names->target_host.empty()
+                                           ? e.names->target_host + ":" + std::to_string(i)
+                                           : "",
+                        .target_addr = e.target_addr.len() ? e.target_addr.to_string() : "",
+                        .upstream_local = e.upstream_local.len() ? e.upstream_local.to_string() : ""};
+        e.type = SessionStart::kType;
+        raw.append_session(e);
+        typed.append(SessionStart{f});
+        e.type = SessionEnd::kType;
+        e.bytes_up = i;
+        e.bytes_down = UINT64_MAX - i;
+        e.duration_ms = 1000 * i;
+        e.reason = i % 2 ? "client_closed" : "upstream_closed";
+        raw.append_session(e);
+        SessionEnd en{f};
+        en.bytes_up = e.bytes_up;
+        en.bytes_down = e.bytes_down;
+        en.duration_ms = e.duration_ms;
+        en.reason = e.reason;
+        typed.append(en);
+      }
+    }
+    auto a = lines_of(raw_file);
+    auto b = lines_of(typed_file);
+    ASSERT_EQ(a.size(), 4 * names.size());
+    ASSERT_EQ(a.size(), b.size());
+    const std::regex times(R"re("ts":"[^"]*"|"prev":"[0-9a-f]{64}")re");
+    for (size_t i = 0; i < a.size(); ++i)
+      EXPECT_EQ(std::regex_replace(a[i], times, ""), std::regex_replace(b[i], times, "")) << "line " << i + 1;
+    auto res = verify_chain({raw_file});
+    EXPECT_TRUE(res.ok()) << res.error->to_string();
+    // Addresses are written as text, principal and session id as the typed reader gets them back.
+    std::string error;
+    auto rec = parse_record(a[3], &error);
+    ASSERT_TRUE(rec) << error;
+    auto end = record_as<SessionEnd>(*rec);
+    ASSERT_TRUE(end);
+    EXPECT_EQ(end->session_id, "00000100000000a1");
+    EXPECT_EQ(end->client, "[2001:db8::7]:22");
+    EXPECT_EQ(end->principal, "alice");
+    EXPECT_EQ(end->bytes_down, UINT64_MAX - 1);
+    EXPECT_EQ(end->reason, "client_closed");
+  }
 }
 
 struct ParseCase {

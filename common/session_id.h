@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <string>
 
-namespace sshring::relay {
+namespace sshring::common {
 
 inline std::string session_id_string(uint64_t id) {
   char buf[17];
@@ -14,4 +14,4 @@ inline std::string session_id_string(uint64_t id) {
   return buf;
 }
 
-}  // namespace sshring::relay
+}  // namespace sshring::common
