@@ -37,13 +37,17 @@ struct SessionState {
   bool denied = false;
   bool connected = false;
   protocol::Reason deny_reason = protocol::Reason::kMalformed;  // the exact reason (audit, metrics, log)
-  std::string deny_message;                                     // the exact detail (audit, log)
-  std::string deny_reply;  // the DENY frame sent (may say less than the above)
+  // Only a denied session has these (an established one lives for hours without).
+  struct DenyText {
+    std::string message;  // the exact detail (audit, log)
+    std::string reply;    // the DENY frame sent (may say less than the above)
+  };
+  std::unique_ptr<DenyText> deny_text;
 
   std::shared_ptr<const policy::Snapshot> snap;
   // Principal, key and target as the preamble set them; also what this session's audit records name
-  // (shared with them, so set before the first record and not changed after).
-  std::shared_ptr<metrics::SessionNames> names = std::make_shared<metrics::SessionNames>();
+  // (they share this state, so these are set before the first record and not changed after).
+  metrics::SessionNames names;
   size_t consumed = 0;
   common::SockAddr upstream;
   common::SockAddr upstream_local;
@@ -61,21 +65,22 @@ struct SessionState {
     denied = true;
     snap.reset();  // decided: see connect()
     deny_reason = r;
-    deny_message = std::move(message);
-    deny_reply = wire ? protocol::encode_deny(*wire, protocol::kNotAuthenticatedMessage)
-                      : protocol::encode_deny(r, deny_message);
+    deny_text = std::make_unique<DenyText>();
+    deny_text->message = std::move(message);
+    deny_text->reply = wire ? protocol::encode_deny(*wire, protocol::kNotAuthenticatedMessage)
+                            : protocol::encode_deny(r, deny_text->message);
     leave_handshake();
     factory->count_decision(static_cast<uint16_t>(r), protocol::reason_name(r));
     if (factory->opts_.log_denials)
       common::log_warn("session denied", {{"session", common::session_id_string(session_id)},
                                           {"client", client.to_string()},
                                           {"reason", protocol::reason_name(r)},
-                                          {"principal", names->principal},
-                                          {"target", names->target_host},
-                                          {"detail", deny_message}});
+                                          {"principal", names.principal},
+                                          {"target", names.target_host},
+                                          {"detail", deny_text->message}});
     HandshakeStep s;
     s.kind = HandshakeStep::Kind::kReject;
-    s.reply = deny_reply;
+    s.reply = deny_text->reply;
     return s;
   }
 
@@ -97,7 +102,7 @@ struct SessionState {
   // Runs on the worker thread once the name resolved (or failed).
   HandshakeStep finish_resolution(const std::string& error, const std::vector<common::SockAddr>& addrs) {
     if (!error.empty())
-      return deny(protocol::Reason::kResolveFailed, "cannot resolve " + names->target_host + ": " + error);
+      return deny(protocol::Reason::kResolveFailed, "cannot resolve " + names.target_host + ": " + error);
     uint64_t now_ms = factory->now_ms();
     policy::Decision last;
     std::string tried;
@@ -105,12 +110,12 @@ struct SessionState {
       auto ip = policy::IpAddr::from_sockaddr(a.get());
       if (!ip) continue;
       policy::AuthzRequest req;
-      req.principal = names->principal;
-      req.key_fingerprint = names->key_fp;
+      req.principal = names.principal;
+      req.key_fingerprint = names.key_fp;
       req.source = policy::IpAddr::from_sockaddr(client.get()).value_or(policy::IpAddr{});
-      req.target_name = names->target_host;
+      req.target_name = names.target_host;
       req.target = *ip;
-      req.port = names->target_port;
+      req.port = names.target_port;
       req.now = static_cast<policy::UnixSeconds>(now_ms / 1000);
       last = snap->authorize(req);
       if (last.allowed) return connect(a);
@@ -121,9 +126,9 @@ struct SessionState {
       return deny(protocol::Reason::kOutsideTimeWindow, "outside the allowed time window");
     if (last.reason == policy::Reason::kPortNotAllowed)
       return deny(protocol::Reason::kPortNotAllowed,
-                  names->target_host + ":" + std::to_string(names->target_port) + ": port not allowed");
+                  names.target_host + ":" + std::to_string(names.target_port) + ": port not allowed");
     return deny(protocol::Reason::kAddressNotAllowed,
-                names->target_host + " resolved to " + tried + ", not allowed by policy");
+                names.target_host + " resolved to " + tried + ", not allowed by policy");
   }
 };
 
@@ -164,7 +169,7 @@ class AuthHandshake : public Handshake {
       HandshakeStep again;
       if (s.denied) {
         again.kind = HandshakeStep::Kind::kReject;
-        again.reply = s.deny_reply;
+        again.reply = s.deny_text->reply;
       }
       return again;
     }
@@ -186,9 +191,9 @@ class AuthHandshake : public Handshake {
     }
     const protocol::Hello& h = d.hello;
     s.consumed = d.consumed;
-    s.names->principal = h.principal;
-    s.names->target_host = h.target;
-    s.names->target_port = h.port;
+    s.names.principal = h.principal;
+    s.names.target_host = h.target;
+    s.names.target_port = h.port;
     const uint64_t now_ms = s.factory->now_ms();
     if (auto refused = check_freshness(h, now_ms)) return *refused;
     if (auto refused = check_identity(h)) return *refused;
@@ -218,7 +223,7 @@ class AuthHandshake : public Handshake {
     std::string msg = "connect to " + s.upstream.to_string() + ": " + std::strerror(err);
     if (s.factory->opts_.log_denials)
       common::log_warn("upstream connect failed", {{"session", common::session_id_string(s.session_id)},
-                                                   {"principal", s.names->principal},
+                                                   {"principal", s.names.principal},
                                                    {"target", s.upstream.to_string()},
                                                    {"error", std::strerror(err)}});
     return protocol::encode_deny(protocol::Reason::kTargetUnreachable, msg);
@@ -229,10 +234,10 @@ class AuthHandshake : public Handshake {
     const SessionState& s = *s_;
     if (!s.connected || s.denied) return {};
     nlohmann::json j = {{"v", 1},
-                        {"principal", s.names->principal},
-                        {"key_fp", s.names->key_fp},
-                        {"target_name", s.names->target_host},
-                        {"port", s.names->target_port},
+                        {"principal", s.names.principal},
+                        {"key_fp", s.names.key_fp},
+                        {"target_name", s.names.target_host},
+                        {"port", s.names.target_port},
                         {"upstream", s.upstream.len() ? s.upstream.to_string() : ""},
                         {"upstream_local", s.upstream_local.len() ? s.upstream_local.to_string() : ""}};
     return j.dump();
@@ -242,7 +247,7 @@ class AuthHandshake : public Handshake {
     SessionState& s = *s_;
     mark_ended();
     s.leave_handshake();
-    if (s.session_counted) s.factory->limits_.release_session(s.names->principal);
+    if (s.session_counted) s.factory->limits_.release_session(s.names.principal);
     s.session_counted = false;
     bool timed_out = !s.decided && sum.reason == EndReason::kHandshakeTimeout;
     if (timed_out)
@@ -254,7 +259,7 @@ class AuthHandshake : public Handshake {
     if (s.denied || !s.decided) {
       metrics::SessionDeny r{session_fields()};
       r.reason = s.denied ? protocol::reason_name(s.deny_reason) : end_reason_name(sum.reason);
-      r.detail = s.deny_message;
+      if (s.deny_text) r.detail = s.deny_text->message;
       append(audit, std::move(r));
       return;
     }
@@ -309,13 +314,13 @@ class AuthHandshake : public Handshake {
         if (k.ed25519.size() == h.public_key.size() &&
             std::memcmp(k.ed25519.data(), h.public_key.data(), k.ed25519.size()) == 0)
           key = &k;
-    s.names->key_fp = key != nullptr ? key->fingerprint : protocol::fingerprint(raw);
+    s.names.key_fp = key != nullptr ? key->fingerprint : protocol::fingerprint(raw);
     if (p == nullptr)
       return s.deny(protocol::Reason::kUnknownPrincipal, "unknown principal '" + h.principal + "'",
                     protocol::Reason::kNotAuthenticated);
     if (key == nullptr)
       return s.deny(protocol::Reason::kKeyNotListed,
-                    "key " + s.names->key_fp + " is not listed for '" + h.principal + "'",
+                    "key " + s.names.key_fp + " is not listed for '" + h.principal + "'",
                     protocol::Reason::kNotAuthenticated);
     if (!signature_ok)
       return s.deny(protocol::Reason::kBadSignature, "signature does not verify",
@@ -397,7 +402,7 @@ class AuthHandshake : public Handshake {
     if (literal) {
       policy::AuthzRequest req;
       req.principal = h.principal;
-      req.key_fingerprint = s.names->key_fp;
+      req.key_fingerprint = s.names.key_fp;
       req.source = policy::IpAddr::from_sockaddr(s.client.get()).value_or(policy::IpAddr{});
       req.target = policy::IpAddr::from_sockaddr(literal->get()).value_or(policy::IpAddr{});
       req.port = h.port;
@@ -459,10 +464,10 @@ class AuthHandshake : public Handshake {
     metrics::SessionFields r;
     r.session_id = common::session_id_string(s.session_id);
     r.client = s.client.to_string();
-    r.principal = s.names->principal;
-    r.key_fp = s.names->key_fp;
-    if (!s.names->target_host.empty())
-      r.target_name = s.names->target_host + ":" + std::to_string(s.names->target_port);
+    r.principal = s.names.principal;
+    r.key_fp = s.names.key_fp;
+    if (!s.names.target_host.empty())
+      r.target_name = s.names.target_host + ":" + std::to_string(s.names.target_port);
     if (s.upstream.len() != 0) r.target_addr = s.upstream.to_string();
     return r;
   }
@@ -477,7 +482,7 @@ class AuthHandshake : public Handshake {
     e.client = s.client;
     e.target_addr = s.upstream;
     e.upstream_local = s.upstream_local;
-    e.names = s.names;
+    e.names = std::shared_ptr<const metrics::SessionNames>(s_, &s_->names);  // aliases the state: no copy
     return e;
   }
 
@@ -581,13 +586,13 @@ std::unique_ptr<Handshake> AuthHandshakeFactory::adopt(uint64_t session_id, cons
   s->listen = listen;
   s->decided = true;
   s->connected = true;
-  s->names->principal = j.value("principal", "");
-  s->names->key_fp = j.value("key_fp", "");
-  s->names->target_host = j.value("target_name", "");
-  s->names->target_port = static_cast<uint16_t>(common::json_uint(j, "port", 65535).value_or(0));
+  s->names.principal = j.value("principal", "");
+  s->names.key_fp = j.value("key_fp", "");
+  s->names.target_host = j.value("target_name", "");
+  s->names.target_port = static_cast<uint16_t>(common::json_uint(j, "port", 65535).value_or(0));
   if (auto a = common::SockAddr::parse(j.value("upstream", ""))) s->upstream = *a;
   if (auto a = common::SockAddr::parse(j.value("upstream_local", ""))) s->upstream_local = *a;
-  limits_.count_session(s->names->principal);
+  limits_.count_session(s->names.principal);
   s->session_counted = true;
   return std::make_unique<AuthHandshake>(std::move(s));
 }
