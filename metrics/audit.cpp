@@ -168,10 +168,10 @@ struct AuditLog::Impl {
   struct Inbound {
     nlohmann::json record;                 // append(json)
     std::function<nlohmann::json()> make;  // append(typed): built when sealed
-    const char* type = nullptr;            // append(typed with fields()): written when sealed
+    const char* type;                      // append(typed with fields()): written when sealed
     std::function<void(BodyFields&)> fill;
     SessionEvent session;  // append_session (session.type set): formatted when sealed
-    int64_t ts_ms = 0;
+    int64_t ts_ms;
   };
   std::mutex inbox_mu;
   std::vector<Inbound> inbox;
@@ -731,9 +731,8 @@ void AuditLog::append(nlohmann::json record) {
   check_record(record);
   auto& d = *impl_;
   if (!d.opts.fsync_each) {
-    Impl::Inbound in;
-    in.record = std::move(record);
-    d.push_inbox(std::move(in));
+    d.push_inbox(
+        {.record = std::move(record), .make = {}, .type = nullptr, .fill = {}, .session = {}, .ts_ms = 0});
     return;
   }
   // fsync-each: sealed and written before append returns. Unwritable: retry first, drop only if the
@@ -751,9 +750,8 @@ void AuditLog::append_deferred(std::function<nlohmann::json()> make) {
     append(make());
     return;
   }
-  Impl::Inbound in;
-  in.make = std::move(make);
-  d.push_inbox(std::move(in));
+  d.push_inbox(
+      {.record = nullptr, .make = std::move(make), .type = nullptr, .fill = {}, .session = {}, .ts_ms = 0});
 }
 
 void AuditLog::append_session(const SessionEvent& e) {
@@ -765,9 +763,7 @@ void AuditLog::append_session(const SessionEvent& e) {
     append(f.to_json(e.type));
     return;
   }
-  Impl::Inbound in;
-  in.session = e;
-  d.push_inbox(std::move(in));
+  d.push_inbox({.record = nullptr, .make = {}, .type = nullptr, .fill = {}, .session = e, .ts_ms = 0});
 }
 
 void AuditLog::append_fields_deferred(const char* type, std::function<void(BodyFields&)> fill) {
@@ -778,10 +774,8 @@ void AuditLog::append_fields_deferred(const char* type, std::function<void(BodyF
     append(f.to_json(type));
     return;
   }
-  Impl::Inbound in;
-  in.type = type;
-  in.fill = std::move(fill);
-  d.push_inbox(std::move(in));
+  d.push_inbox(
+      {.record = nullptr, .make = {}, .type = type, .fill = std::move(fill), .session = {}, .ts_ms = 0});
 }
 
 bool AuditLog::commit(nlohmann::json record, std::string* error) {
