@@ -27,6 +27,7 @@
 #include "common/duration.h"
 #include "common/error.h"
 #include "common/flags.h"
+#include "common/host.h"
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "metrics/audit.h"
@@ -55,12 +56,6 @@ std::string os_user() {
   }
   if (passwd* pw = ::getpwuid(::getuid())) return pw->pw_name;
   return "uid:" + std::to_string(::getuid());
-}
-
-std::string host_name() {
-  char buf[256] = {};
-  if (::gethostname(buf, sizeof buf - 1) != 0) return "unknown";
-  return buf;
 }
 
 void common_flags(common::Flags& f) {
@@ -197,7 +192,7 @@ Context open(const common::Flags& f, bool need_audit, bool allow_broken_policy =
 }
 
 bridge::GrantActor actor(const std::string& principal, const policy::SshsigSigner& s) {
-  return {principal, s.key.fingerprint, os_user(), host_name()};
+  return {principal, s.key.fingerprint, os_user(), common::host_name("unknown")};
 }
 
 // "10.1.5.7", "10.1.5.0/24:22", "10.1.5.7:22,2222", "[fd01::/64]:22" -> CIDR + ports.
@@ -257,7 +252,7 @@ policy::GrantRequest read_request(const common::Flags& f, const std::string& sig
   if (req.reason.size() > policy::kMaxTextLength) throw UsageError("--reason: at most 1024 characters");
   req.rule = f.get_or("rule", "");
   req.os_user = os_user();
-  req.host = host_name();
+  req.host = common::host_name("unknown");
   return req;
 }
 
@@ -451,7 +446,7 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
   Context c = open(f, true, revoke);
   auto signer = make_signer(f);
   const std::string me = decider(c, signer, f);
-  policy::GrantDecision d{spec.kind, me, c.now, note, os_user(), host_name(), {}};
+  policy::GrantDecision d{spec.kind, me, c.now, note, os_user(), common::host_name("unknown"), {}};
   struct Refused : std::runtime_error {
     using std::runtime_error::runtime_error;
   };

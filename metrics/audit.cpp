@@ -25,14 +25,18 @@
 #include <deque>
 #include <filesystem>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <set>
+#include <stdexcept>
+#include <string_view>
 #include <thread>
 
 #include "common/base64.h"
 #include "common/civil_time.h"
 #include "common/clock.h"
 #include "common/error.h"
+#include "common/host.h"
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "metrics/audit_key.h"
@@ -52,12 +56,6 @@ constexpr size_t kTailScan = 1 << 20;
 constexpr size_t kWakeBytes = 1u << 20;
 // Batched mode: records waiting in the inbox that wake the writer thread before its interval.
 constexpr size_t kWakeRecords = 256;
-
-std::string hostname() {
-  char buf[256] = {};
-  if (::gethostname(buf, sizeof(buf) - 1) != 0) return "unknown";
-  return buf;
-}
 
 // Writes all of `data`; false with *err set on failure.
 bool write_all(int fd, std::string_view data, std::string* err) {
@@ -137,7 +135,7 @@ struct Chunk {
 
 struct AuditLog::Impl {
   AuditOptions opts;
-  std::string host = hostname();
+  std::string host = common::host_name("unknown");
   std::string writer_id;  // component@host
   std::optional<AuditKey> key;
   std::string key_fp;
@@ -540,12 +538,19 @@ struct AuditLog::Impl {
 
   // Seals what append() queued in the inbox into the chain, in order. Caller holds mu.
   void absorb_locked() {
+    // Room for the next batch, made before the lock so producers do not wait for it, and so they do
+    // not grow the vector record by record. Only an optimization: without memory, producers grow it.
+    std::vector<Inbound> fresh;
+    try {
+      fresh.reserve(std::max<size_t>(inbox_size.load(std::memory_order_relaxed), kWakeRecords));
+    } catch (const std::bad_alloc&) {
+      fresh = {};
+    }
     std::vector<Inbound> batch;
     {
       std::lock_guard ilk(inbox_mu);
       batch.swap(inbox);
-      // Room for the next batch, so producers do not grow the vector record by record.
-      inbox.reserve(std::max<size_t>(batch.size(), kWakeRecords));
+      inbox.swap(fresh);
       inbox_size.store(0, std::memory_order_relaxed);
     }
     if (batch.empty()) return;
@@ -755,6 +760,9 @@ void AuditLog::append_deferred(std::function<nlohmann::json()> make) {
 }
 
 void AuditLog::append_session(const SessionEvent& e) {
+  if (e.type == nullptr ||
+      (std::string_view(e.type) != SessionStart::kType && std::string_view(e.type) != SessionEnd::kType))
+    throw std::invalid_argument("append_session: type must be SessionStart::kType or SessionEnd::kType");
   auto& d = *impl_;
   if (d.opts.fsync_each) {
     SessionFields text;

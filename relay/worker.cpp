@@ -654,8 +654,8 @@ void Worker::submit_send_upstream(Session& s) {
 void Worker::maybe_start_splicing(Session& s) {
   if (s.ending || s.phase != Session::Phase::kReplying) return;
   if (s.to_client_off < s.to_client.size() || s.to_upstream_off < s.to_upstream.size()) return;
-  // Sent: a session that lives for hours must not keep its reply frame and glued bytes (the offsets
-  // stay, they count bytes).
+  // Sent: a session that lives for hours must not keep its reply frame and glued bytes
+  // (to_upstream_off stays: it counts bytes).
   std::string().swap(s.to_client);
   s.to_client_off = 0;
   std::vector<uint8_t>().swap(s.to_upstream);

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/host.h"
 #include "common/log.h"
 
 namespace sshring::policy::etcd {
@@ -33,12 +34,6 @@ std::string random_instance() {
   return s;
 }
 
-std::string host_name() {
-  char buf[256] = {};
-  if (::gethostname(buf, sizeof(buf) - 1) != 0) return "";
-  return buf;
-}
-
 // A count another relay wrote; nullopt if the value is not ours (it is then ignored and counted).
 std::optional<uint32_t> parse_count(const std::string& value) {
   auto j = nlohmann::json::parse(value, nullptr, false);
@@ -53,7 +48,7 @@ EtcdSessionLedger::EtcdSessionLedger(std::shared_ptr<Client> client, std::string
       prefix_(std::move(prefix) + "/sessions/counts/"),
       opts_(std::move(opts)),
       instance_(random_instance()),
-      host_(host_name()) {}
+      host_(common::host_name("")) {}
 
 EtcdSessionLedger::~EtcdSessionLedger() {
   {

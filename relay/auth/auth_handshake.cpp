@@ -61,14 +61,16 @@ struct SessionState {
   // signature is verified all go out as kNotAuthenticated with one fixed message).
   HandshakeStep deny(protocol::Reason r, std::string message,
                      std::optional<protocol::Reason> wire = std::nullopt) {
+    // The text first: `denied` promises it (on_data answers a repeat call with its reply).
+    auto text = std::make_unique<DenyText>();
+    text->message = std::move(message);
+    text->reply = wire ? protocol::encode_deny(*wire, protocol::kNotAuthenticatedMessage)
+                       : protocol::encode_deny(r, text->message);
+    deny_text = std::move(text);
     decided = true;
     denied = true;
     snap.reset();  // decided: see connect()
     deny_reason = r;
-    deny_text = std::make_unique<DenyText>();
-    deny_text->message = std::move(message);
-    deny_text->reply = wire ? protocol::encode_deny(*wire, protocol::kNotAuthenticatedMessage)
-                            : protocol::encode_deny(r, deny_text->message);
     leave_handshake();
     factory->count_decision(static_cast<uint16_t>(r), protocol::reason_name(r));
     if (factory->opts_.log_denials)

@@ -5,15 +5,14 @@
 #include <unistd.h>
 
 #include "bridge/grant_records.h"
+#include "common/host.h"
 #include "metrics/audit.h"
 #include "metrics/catalog.h"
 
 namespace sshring::relay::auth {
 
 std::string default_relay_id() {
-  char buf[256] = {};
-  if (::gethostname(buf, sizeof(buf) - 1) != 0 || buf[0] == '\0') return "sshring-relay";
-  return buf;
+  return common::host_name("sshring-relay");
 }
 
 AuthService::AuthService(AuthServiceOptions opts) : ids_(opts.relay_ids) {

@@ -545,6 +545,16 @@ TEST(AuditLogTest, SessionEventsFromRawValuesEqualTheTypedRecords) {
         typed.append(en);
       }
     }
+    {
+      // Only the two session types; anything else is a caller's bug, refused before it is queued.
+      AuditLog log({.path = dir.file("refused.jsonl"), .component = "relay", .fsync_each = fsync_each});
+      SessionEvent bad;
+      EXPECT_THROW(log.append_session(bad), std::invalid_argument);
+      bad.type = "session_deny";
+      EXPECT_THROW(log.append_session(bad), std::invalid_argument);
+      EXPECT_TRUE(log.flush());
+      EXPECT_EQ(log.stats().records, 0u);
+    }
     auto a = lines_of(raw_file);
     auto b = lines_of(typed_file);
     ASSERT_EQ(a.size(), 4 * names.size());
