@@ -759,10 +759,10 @@ void AuditLog::append_deferred(std::function<nlohmann::json()> make) {
       {.record = nullptr, .make = std::move(make), .type = nullptr, .fill = {}, .session = {}, .ts_ms = 0});
 }
 
-void AuditLog::append_session(const SessionEvent& e) {
-  if (e.type == nullptr ||
-      (std::string_view(e.type) != SessionStart::kType && std::string_view(e.type) != SessionEnd::kType))
-    throw std::invalid_argument("append_session: type must be SessionStart::kType or SessionEnd::kType");
+void AuditLog::append_session(SessionEvent e) {
+  const std::string_view type = e.type != nullptr ? e.type : "";
+  if (type != SessionStart::kType && type != SessionEnd::kType && type != SessionDeny::kType)
+    throw std::invalid_argument("append_session: type must be session_start, session_end or session_deny");
   auto& d = *impl_;
   if (d.opts.fsync_each) {
     SessionFields text;
@@ -771,7 +771,8 @@ void AuditLog::append_session(const SessionEvent& e) {
     append(f.to_json(e.type));
     return;
   }
-  d.push_inbox({.record = nullptr, .make = {}, .type = nullptr, .fill = {}, .session = e, .ts_ms = 0});
+  d.push_inbox(
+      {.record = nullptr, .make = {}, .type = nullptr, .fill = {}, .session = std::move(e), .ts_ms = 0});
 }
 
 void AuditLog::append_fields_deferred(const char* type, std::function<void(BodyFields&)> fill) {

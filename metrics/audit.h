@@ -79,9 +79,10 @@ class AuditLog {
       append_deferred([r = std::move(r)] { return r.to_json(); });
     }
   }
-  // A session_start or session_end from a relay worker: queued as raw values and formatted on the
-  // sealing thread (at once in fsync-each mode). No allocation on the caller's thread.
-  void append_session(const SessionEvent& e);
+  // A session_start, session_end or session_deny from a relay: queued as raw values and formatted on
+  // the sealing thread (at once in fsync-each mode). No allocation on the caller's thread. Throws
+  // std::invalid_argument for any other type.
+  void append_session(SessionEvent e);
   // Appends the record `make` returns, called later on the sealing thread (at once in fsync-each
   // mode). `make` must return an object with a "type" field and must not touch this log.
   void append_deferred(std::function<nlohmann::json()> make);

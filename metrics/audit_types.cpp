@@ -193,11 +193,15 @@ void SessionEvent::fields(BodyFields& f, SessionFields& text) const {
     f.str("principal", names->principal);
     f.str("key_fp", names->key_fp);
   }
-  if (std::string_view(type) == SessionEnd::kType) {
+  const std::string_view t = type;
+  if (t == SessionEnd::kType) {
     f.num("bytes_up", bytes_up);
     f.num("bytes_down", bytes_down);
     f.num("duration_ms", duration_ms);
     f.str_always("reason", reason);
+  } else if (t == SessionDeny::kType) {
+    f.str_always("reason", reason);
+    f.str("detail", detail);
   }
 }
 

@@ -59,11 +59,11 @@ struct SessionNames {
   uint16_t target_port = 0;
 };
 
-// A session_start or session_end record as a relay worker hands it to AuditLog::append_session: raw
-// values, no text. The sealing thread formats them (fields()), so a worker's cost per record is a copy
+// A session record (start, end or deny) as a relay worker hands it to AuditLog::append_session: raw
+// values, no text. The sealing thread formats them (fields()), so a worker's cost per record is a move
 // of this struct and a reference count, with no allocation and no formatting.
 struct SessionEvent {
-  const char* type = nullptr;  // SessionStart::kType or SessionEnd::kType
+  const char* type = nullptr;  // SessionStart::kType, SessionEnd::kType or SessionDeny::kType
   uint64_t session_id = 0;
   common::SockAddr client;
   common::SockAddr target_addr;               // unset: absent
@@ -73,9 +73,10 @@ struct SessionEvent {
   uint64_t bytes_up = 0;
   uint64_t bytes_down = 0;
   uint64_t duration_ms = 0;
-  const char* reason = "";  // a literal: the session outcome
-  // The record's fields, the same as SessionStart's or SessionEnd's with these values formatted;
-  // the text goes into `text`, which must outlive `f`.
+  const char* reason = "";  // session_end and session_deny: a literal (outcome or DENY reason)
+  std::string detail;       // session_deny only: the DENY message
+  // The record's fields, the same as the typed record's (SessionStart, SessionEnd, SessionDeny) with
+  // these values formatted; the text goes into `text`, which must outlive `f`.
   void fields(BodyFields& f, SessionFields& text) const;
 };
 

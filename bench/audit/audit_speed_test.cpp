@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/sockaddr.h"
@@ -80,77 +81,70 @@ void BM_AppendBatched(benchmark::State& state) {
   run(state, false);
 }
 
-// What a relay worker pays per record: only the append() calls are timed, at a relay-like pace (a
-// batch of 64, then the writer seals and writes them while the timer is paused), so the number is the
-// caller's cost with the writer thread live, not the writer's throughput.
-void BM_AppendCallerCost(benchmark::State& state) {
+// What a relay worker pays per record: only the append calls are timed, at a relay-like pace (a batch
+// of 64, then the writer seals and writes them while the timer is paused), so the number is the
+// caller's cost with the writer thread live, not the writer's throughput. `make(i)` builds record i
+// (untimed), `append(log, record)` hands it over (timed).
+template <class Make, class Append>
+void caller_cost(benchmark::State& state, Make make, Append append) {
   Dir dir;
   sshring::metrics::AuditOptions o;
   o.path = dir.path + "/relay.audit.jsonl";
   o.component = "relay";
   o.key_path = dir.path + "/relay.key";
   constexpr int kBatch = 64;
-  std::vector<sshring::metrics::SessionEnd> recs;
+  std::vector<decltype(make(uint64_t{0}))> recs;
   uint64_t i = 0;
   sshring::metrics::AuditLog log(o);
   for (auto _ : state) {
     state.PauseTiming();
     log.flush();
     recs.clear();
-    for (int n = 0; n < kBatch; ++n) recs.push_back(record(i++));
+    for (int n = 0; n < kBatch; ++n) recs.push_back(make(i++));
     state.ResumeTiming();
-    for (auto& r : recs) log.append(std::move(r));
+    for (auto& r : recs) append(log, r);
   }
   state.SetItemsProcessed(state.iterations() * kBatch);
   state.counters["per_record"] =
       benchmark::Counter(static_cast<double>(state.iterations() * kBatch),
                          benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
-// The same for what the relay appends now: session records as raw values (append_session), formatted
-// by the writer thread. The session's names are built while the timer is paused: the relay makes them
-// once per session, from the preamble, audit log or not.
+
+// A typed record, built into its line on the writer thread.
+void BM_AppendCallerCost(benchmark::State& state) {
+  caller_cost(state, record, [](sshring::metrics::AuditLog& log, sshring::metrics::SessionEnd& r) {
+    log.append(std::move(r));
+  });
+}
+
+// What the relay appends: session records as raw values (append_session), formatted by the writer
+// thread. The session's names are built untimed: the relay makes them once per session, from the
+// preamble, audit log or not.
 void BM_AppendSessionCallerCost(benchmark::State& state) {
-  Dir dir;
-  sshring::metrics::AuditOptions o;
-  o.path = dir.path + "/relay.audit.jsonl";
-  o.component = "relay";
-  o.key_path = dir.path + "/relay.key";
-  constexpr int kBatch = 64;
-  std::vector<sshring::metrics::SessionEvent> events;
-  uint64_t i = 0;
-  sshring::metrics::AuditLog log(o);
   const auto client = *sshring::common::SockAddr::parse("10.0.0.9:41022");
   const auto target = *sshring::common::SockAddr::parse("10.0.5.7:22");
   const auto local = *sshring::common::SockAddr::parse("10.0.0.2:50112");
-  for (auto _ : state) {
-    state.PauseTiming();
-    log.flush();
-    events.clear();
-    for (int n = 0; n < kBatch; ++n, ++i) {
-      sshring::metrics::SessionEvent e;
-      e.type = sshring::metrics::SessionEnd::kType;
-      e.session_id = 10000 + i;
-      e.client = client;
-      e.target_addr = target;
-      e.upstream_local = local;
-      e.names = std::make_shared<const sshring::metrics::SessionNames>(
-          sshring::metrics::SessionNames{.principal = "alice",
-                                         .key_fp = "SHA256:uSlnCwl4aFqOKeiIZnIqHkR1ODvAvSnUbIpcAu0RN5I",
-                                         .target_host = "db1.internal",
-                                         .target_port = 22});
-      e.bytes_up = 4096 + i;
-      e.bytes_down = 1 << 20;
-      e.duration_ms = 1234;
-      e.reason = "closed";
-      events.push_back(std::move(e));
-    }
-    state.ResumeTiming();
-    for (const auto& e : events) log.append_session(e);
-  }
-  state.SetItemsProcessed(state.iterations() * kBatch);
-  state.counters["per_record"] =
-      benchmark::Counter(static_cast<double>(state.iterations() * kBatch),
-                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  auto make = [&](uint64_t i) {
+    sshring::metrics::SessionEvent e;
+    e.type = sshring::metrics::SessionEnd::kType;
+    e.session_id = 10000 + i;
+    e.client = client;
+    e.target_addr = target;
+    e.upstream_local = local;
+    e.names = std::make_shared<const sshring::metrics::SessionNames>(
+        sshring::metrics::SessionNames{.principal = "alice",
+                                       .key_fp = "SHA256:uSlnCwl4aFqOKeiIZnIqHkR1ODvAvSnUbIpcAu0RN5I",
+                                       .target_host = "db1.internal",
+                                       .target_port = 22});
+    e.bytes_up = 4096 + i;
+    e.bytes_down = 1 << 20;
+    e.duration_ms = 1234;
+    e.reason = "closed";
+    return e;
+  };
+  caller_cost(state, make, [](sshring::metrics::AuditLog& log, sshring::metrics::SessionEvent& e) {
+    log.append_session(std::move(e));
+  });
 }
 void BM_AppendFsyncEach(benchmark::State& state) {
   run(state, true);

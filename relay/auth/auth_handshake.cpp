@@ -259,10 +259,10 @@ class AuthHandshake : public Handshake {
     if (audit == nullptr || ended_logged_) return;
     ended_logged_ = true;
     if (s.denied || !s.decided) {
-      metrics::SessionDeny r{session_fields()};
-      r.reason = s.denied ? protocol::reason_name(s.deny_reason) : end_reason_name(sum.reason);
-      if (s.deny_text) r.detail = s.deny_text->message;
-      append(audit, std::move(r));
+      metrics::SessionEvent e = session_event(metrics::SessionDeny::kType);
+      e.reason = s.denied ? protocol::reason_name(s.deny_reason) : end_reason_name(sum.reason);
+      if (s.deny_text) e.detail = std::move(s.deny_text->message);  // its last use
+      append_session(audit, std::move(e));
       return;
     }
     metrics::SessionEvent e = session_event(metrics::SessionEnd::kType);
@@ -270,7 +270,7 @@ class AuthHandshake : public Handshake {
     e.bytes_down = sum.bytes_upstream_to_client;
     e.duration_ms = sum.duration_ns / 1000000;
     e.reason = end_reason_name(sum.reason);
-    append_session(audit, e);
+    append_session(audit, std::move(e));
   }
 
  private:
@@ -461,21 +461,8 @@ class AuthHandshake : public Handshake {
     s_->ended = true;
   }
 
-  metrics::SessionFields session_fields() const {
-    const SessionState& s = *s_;
-    metrics::SessionFields r;
-    r.session_id = common::session_id_string(s.session_id);
-    r.client = s.client.to_string();
-    r.principal = s.names.principal;
-    r.key_fp = s.names.key_fp;
-    if (!s.names.target_host.empty())
-      r.target_name = s.names.target_host + ":" + std::to_string(s.names.target_port);
-    if (s.upstream.len() != 0) r.target_addr = s.upstream.to_string();
-    return r;
-  }
-
-  // session_start / session_end: raw values, formatted by the audit log's sealing thread; the names
-  // are shared, not copied.
+  // A session record as raw values, formatted by the audit log's sealing thread; the names are
+  // shared, not copied.
   metrics::SessionEvent session_event(const char* type) const {
     const SessionState& s = *s_;
     metrics::SessionEvent e;
@@ -488,20 +475,11 @@ class AuthHandshake : public Handshake {
     return e;
   }
 
-  static void append_session(metrics::AuditLog* audit, const metrics::SessionEvent& e) {
+  static void append_session(metrics::AuditLog* audit, metrics::SessionEvent e) {
     try {
-      audit->append_session(e);
+      audit->append_session(std::move(e));
     } catch (const std::exception& ex) {
       common::log_error("audit append failed", {{"error", ex.what()}});
-    }
-  }
-
-  template <class R>
-  static void append(metrics::AuditLog* audit, R r) {
-    try {
-      audit->append(std::move(r));
-    } catch (const std::exception& e) {
-      common::log_error("audit append failed", {{"error", e.what()}});
     }
   }
 

@@ -485,8 +485,8 @@ TEST(AuditLogTest, SessionRecordsWrittenFromTheirFieldsEqualTheJsonPath) {
   EXPECT_EQ(end->session_id, "s" + pick(0));
 }
 
-// A relay worker hands session records over as raw values (append_session); the sealing thread
-// formats them. The line must be the one the typed record with the same values, formatted, writes:
+// A relay worker hands session records over as raw values (append_session: start, end and deny); the
+// sealing thread formats them. The line must be the one the typed record with the same values writes:
 // IPv4 and IPv6 addresses, unset ones absent, hostile names, in batched and fsync-each mode.
 TEST(AuditLogTest, SessionEventsFromRawValuesEqualTheTypedRecords) {
   const std::vector<std::string> names = {"",
@@ -543,21 +543,29 @@ TEST(AuditLogTest, SessionEventsFromRawValuesEqualTheTypedRecords) {
         en.duration_ms = e.duration_ms;
         en.reason = e.reason;
         typed.append(en);
+        e.type = SessionDeny::kType;
+        e.reason = "bad_signature";
+        e.detail = names[(i + 3) % names.size()];
+        raw.append_session(e);
+        SessionDeny de{f};
+        de.reason = e.reason;
+        de.detail = e.detail;
+        typed.append(de);
       }
     }
     {
-      // Only the two session types; anything else is a caller's bug, refused before it is queued.
+      // Only the three session types; anything else is a caller's bug, refused before it is queued.
       AuditLog log({.path = dir.file("refused.jsonl"), .component = "relay", .fsync_each = fsync_each});
       SessionEvent bad;
       EXPECT_THROW(log.append_session(bad), std::invalid_argument);
-      bad.type = "session_deny";
+      bad.type = "grant_add";
       EXPECT_THROW(log.append_session(bad), std::invalid_argument);
       EXPECT_TRUE(log.flush());
       EXPECT_EQ(log.stats().records, 0u);
     }
     auto a = lines_of(raw_file);
     auto b = lines_of(typed_file);
-    ASSERT_EQ(a.size(), 4 * names.size());
+    ASSERT_EQ(a.size(), 6 * names.size());
     ASSERT_EQ(a.size(), b.size());
     const std::regex times(R"re("ts":"[^"]*"|"prev":"[0-9a-f]{64}")re");
     for (size_t i = 0; i < a.size(); ++i)
@@ -566,7 +574,7 @@ TEST(AuditLogTest, SessionEventsFromRawValuesEqualTheTypedRecords) {
     EXPECT_TRUE(res.ok()) << res.error->to_string();
     // Addresses are written as text, principal and session id as the typed reader gets them back.
     std::string error;
-    auto rec = parse_record(a[3], &error);
+    auto rec = parse_record(a[4], &error);  // the second session's session_end
     ASSERT_TRUE(rec) << error;
     auto end = record_as<SessionEnd>(*rec);
     ASSERT_TRUE(end);
