@@ -1,5 +1,6 @@
 #include "relay/handover.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -143,7 +144,13 @@ int recv_handover(int sock, HandoverMessage& out, int timeout_ms) {
     }
   }
   if (n == 0) return -ECONNRESET;
-  if ((msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0 || static_cast<size_t>(n) < kTypeBytes) return -EPROTO;
+  // The kernel truncates the descriptors (MSG_CTRUNC) when this process has no room for them: say
+  // so, rather than blame the peer's message.
+  if ((msg.msg_flags & MSG_CTRUNC) != 0) {
+    common::UniqueFd probe(::fcntl(sock, F_DUPFD_CLOEXEC, 0));
+    return !probe && (errno == EMFILE || errno == ENFILE) ? -EMFILE : -EPROTO;
+  }
+  if ((msg.msg_flags & MSG_TRUNC) != 0 || static_cast<size_t>(n) < kTypeBytes) return -EPROTO;
   out.type = static_cast<HandoverMsg>((static_cast<uint8_t>(buf[0]) << 8) | static_cast<uint8_t>(buf[1]));
   out.body = nlohmann::json::parse(buf.begin() + kTypeBytes, buf.begin() + n, nullptr, false);
   if (out.body.is_discarded() || !out.body.is_object()) return -EPROTO;
@@ -340,16 +347,11 @@ const char* HandoverServer::serve(common::UniqueFd conn) {
 }
 
 namespace {
-// Descriptors the parked workers failed to duplicate (EMFILE: every socket and pipe handed over needs
-// one more descriptor in this process while the hand-over runs).
+// Listeners the parked workers failed to duplicate (EMFILE; sessions' descriptors are not
+// duplicated, only listeners, one per worker and route).
 size_t missing_descriptors(const RelayExport& e) {
   size_t n = 0;
   for (const auto& l : e.listeners) n += l.fd ? 0 : 1;
-  for (const auto& s : e.sessions) {
-    n += (s.client ? 0 : 1) + (s.upstream ? 0 : 1);
-    for (const auto& d : s.dir)
-      if (d.in_pipe > 0) n += (d.pipe_r ? 0 : 1) + (d.pipe_w ? 0 : 1);
-  }
   return n;
 }
 }  // namespace
@@ -367,10 +369,9 @@ const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport
   // which names neither the cause nor the fix.
   if (const size_t missing = missing_descriptors(*exp); missing > 0) {
     exp.reset();
-    return fail("could not duplicate " + std::to_string(missing) + " of the descriptors of " +
-                std::to_string(counts.sessions) + " sessions and " + std::to_string(counts.listeners) +
-                " listeners (descriptor limit: a hand-over needs one more per socket and pipe it moves; "
-                "raise LimitNOFILE)");
+    return fail("could not duplicate " + std::to_string(missing) + " of the " +
+                std::to_string(counts.listeners) +
+                " listeners (descriptor limit: a hand-over needs one more per listener; raise LimitNOFILE)");
   }
   int r = send_handover(conn.get(), HandoverMsg::kState,
                         {{"state_version", state_version_to_send()},
@@ -396,18 +397,24 @@ const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport
     const auto error = m.body.find("error");
     return error != m.body.end() && error->is_string() ? error->get<std::string>() : std::string("?");
   };
+  // A REFUSE says "failed" when the new relay could read the state but not take it (out of
+  // descriptors, say); otherwise the two versions cannot read each other.
+  auto refusal_result = [&] {
+    const auto result = m.body.find("result");
+    return result != m.body.end() && *result == "failed" ? "failed" : "refused";
+  };
   if (r != 0) {
     // A new relay that refuses the STATE message answers and exits at once, so our later sends can
     // fail; its REFUSE is still queued on the socket and says why.
     if (recv_handover(conn.get(), m, kStepTimeoutMs) == 0 && m.type == HandoverMsg::kRefuse)
-      return fail("the new relay refused: " + answer_error(), "refused");
+      return fail("the new relay refused: " + answer_error(), refusal_result());
     return fail(std::string("sending state: ") + strerror(-r));
   }
   r = recv_handover(conn.get(), m, kStepTimeoutMs);
   if (r != 0) return fail(r == -ECONNRESET ? "the new relay exited before READY" : std::string(strerror(-r)));
   if (m.type != HandoverMsg::kReady)
     return fail("the new relay refused: " + answer_error(),
-                m.type == HandoverMsg::kRefuse ? "refused" : "failed");
+                m.type == HandoverMsg::kRefuse ? refusal_result() : "failed");
   relay_.commit_handover();
   try {
     if (on_commit_) on_commit_(counts);
@@ -454,6 +461,13 @@ RelayExport HandoverClient::receive_state() {
   HandoverMessage m;
   auto next = [&](const char* what) {
     int r = recv_handover(sock_.get(), m, kStepTimeoutMs);
+    if (r == -EMFILE) {
+      const std::string why =
+          "the new relay ran out of descriptors receiving the sessions (it needs 2 per session and 1 per "
+          "listener; raise LimitNOFILE)";
+      refuse(why, true);
+      throw HandoverError(kTakeoverFailed, "--takeover: " + why);
+    }
     if (r != 0)
       throw HandoverError(kTakeoverFailed,
                           std::string("--takeover: waiting for ") + what + ": " + strerror(-r));
@@ -498,8 +512,10 @@ RelayExport HandoverClient::receive_state() {
   return out;
 }
 
-void HandoverClient::refuse(const std::string& why) {
-  (void)send_handover(sock_.get(), HandoverMsg::kRefuse, {{"error", why}});
+void HandoverClient::refuse(const std::string& why, bool failed) {
+  nlohmann::json body = {{"error", why}};
+  if (failed) body["result"] = "failed";
+  (void)send_handover(sock_.get(), HandoverMsg::kRefuse, body);
 }
 
 bool HandoverClient::ready_and_wait_done() {

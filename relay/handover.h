@@ -15,8 +15,9 @@
 //               END      {listeners, sessions}
 //   new         imports all of it into workers that do not run it yet; REFUSE {error} when it
 //               cannot read the state (another state_version, a route it lacks) or fails
+//               ({error, result: "failed"}: it read the state but could not take it)
 //   new -> old  READY
-//   old         drops what it handed over (its copies of the descriptors), writes its
+//   old         drops what it handed over (closes its descriptors), writes its
 //               relay_handover audit record, flushes the audit log
 //   old -> new  DONE; the old process exits once its workers are empty
 //   new         opens the audit log (continuing the chain after the old record), writes its
@@ -58,6 +59,30 @@ enum class HandoverMsg : uint16_t {
   kRefuse,
 };
 
+// A descriptor a hand-over moves. The receiving side owns what it was sent. The sending side only
+// borrows the parked worker's own descriptor: the worker keeps it open, and touches neither it nor
+// its session, until the hand-over commits or resumes (Worker::request_park), so handing sessions
+// over takes no spare descriptors from a relay that may be near its limit.
+class HandoverFd {
+ public:
+  HandoverFd() = default;
+  HandoverFd(common::UniqueFd owned) noexcept : owned_(std::move(owned)) {}  // NOLINT: implicit on purpose
+  static HandoverFd borrow(int fd) noexcept {
+    HandoverFd h;
+    h.borrowed_ = fd;
+    return h;
+  }
+  [[nodiscard]] int get() const noexcept { return owned_ ? owned_.get() : borrowed_; }
+  explicit operator bool() const noexcept { return get() >= 0; }
+  [[nodiscard]] bool owned() const noexcept { return owned_.valid(); }
+  // The owned descriptor; a borrowed one is not this object's to give (empty).
+  common::UniqueFd take() noexcept { return std::move(owned_); }
+
+ private:
+  common::UniqueFd owned_;
+  int borrowed_ = -1;
+};
+
 // One established session, parked between events.
 struct SessionExport {
   uint64_t id = 0;
@@ -69,10 +94,10 @@ struct SessionExport {
     Pump::State state = Pump::State::kPollIn;
     uint32_t in_pipe = 0;
     uint64_t bytes = 0;
-    common::UniqueFd pipe_r, pipe_w;  // only with in_pipe > 0
+    HandoverFd pipe_r, pipe_w;  // only with in_pipe > 0
   } dir[2];
   std::string handshake;  // Handshake::handover_state(); empty for static routes
-  common::UniqueFd client, upstream;
+  HandoverFd client, upstream;
 };
 
 struct ListenerExport {
@@ -98,7 +123,8 @@ struct HandoverMessage {
 // Sends one message (blocking). Returns 0 or -errno.
 int send_handover(int sock, HandoverMsg type, const nlohmann::json& body, const std::vector<int>& fds = {});
 // Receives one message, waiting up to timeout_ms (-1: forever). Returns 0, -errno, -ETIMEDOUT, or
-// -EPROTO for a message this side cannot parse; -ECONNRESET when the peer closed and nothing it sent
+// -EPROTO for a message this side cannot parse, -EMFILE when this process had no room for the descriptors
+// that came with it; -ECONNRESET when the peer closed and nothing it sent
 // before closing is left to read.
 int recv_handover(int sock, HandoverMessage& out, int timeout_ms);
 
@@ -179,8 +205,9 @@ class HandoverClient {
   explicit HandoverClient(common::UniqueFd connected);
   // HELLO, then everything up to END. Refuses (REFUSE to the old side) unreadable state.
   RelayExport receive();
-  // Tells the old side why this process gives up; it resumes serving.
-  void refuse(const std::string& why);
+  // Tells the old side why this process gives up; it resumes serving. `failed`: the state was
+  // readable but this process could not take it (counted as failed, not refused).
+  void refuse(const std::string& why, bool failed = false);
   // READY, then waits for DONE (the old relay let go and flushed its audit log). Returns false when
   // the old process went away without DONE (it is gone either way; this one carries on).
   bool ready_and_wait_done();

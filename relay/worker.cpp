@@ -142,17 +142,25 @@ void Worker::request_drain() {
 }
 
 void Worker::request_stop() {
-  post([this] {
-    stopping_ = true;
-    draining_ = true;
-    close_listeners();
-    for (auto& sp : slots_) {
-      Session& s = *sp;
-      if (s.phase == Session::Phase::kFree) continue;
-      end(s, EndReason::kDrained);
-      settle(s);
-    }
-  });
+  post([this] { stop_now(); });
+}
+
+void Worker::stop_now() {
+  // Parked, the sessions are the hand-over's (it may be sending their descriptors right now): they
+  // end once it lets go, here on resume; a commit drops them anyway.
+  if (hold_ == Hold::kParked) {
+    stop_after_hold_ = true;
+    return;
+  }
+  stopping_ = true;
+  draining_ = true;
+  close_listeners();
+  for (auto& sp : slots_) {
+    Session& s = *sp;
+    if (s.phase == Session::Phase::kFree) continue;
+    end(s, EndReason::kDrained);
+    settle(s);
+  }
 }
 
 void Worker::request_reload(const RelayConfig& cfg, std::vector<Route> table, std::vector<bool> removed,
@@ -1071,10 +1079,10 @@ void Worker::check_park() {
   on_parked_ = nullptr;
 }
 
+// The export borrows the session's descriptors: parked, the session is left alone until the
+// hand-over commits (drop_parked closes them) or resumes.
 SessionExport Worker::export_session(const Session& s) {
-  auto dup = [](const common::UniqueFd& fd) {
-    return common::UniqueFd(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
-  };
+  auto borrow = [](const common::UniqueFd& fd) { return HandoverFd::borrow(fd.get()); };
   SessionExport e;
   e.id = s.id;
   e.worker = index_;
@@ -1085,15 +1093,15 @@ SessionExport Worker::export_session(const Session& s) {
   e.upstream_local = s.upstream_local;
   e.age_ns = now_ns_ - s.start_ns;
   e.idle_ns = now_ns_ - s.last_active_ns;
-  e.client = dup(s.client);
-  e.upstream = dup(s.upstream);
+  e.client = borrow(s.client);
+  e.upstream = borrow(s.upstream);
   for (int d = 0; d < 2; ++d) {
     e.dir[d].state = s.pump[d].state();
     e.dir[d].in_pipe = s.pump[d].in_pipe();
     e.dir[d].bytes = s.pump[d].bytes() + (d == 0 ? s.to_upstream_off : 0);
     if (e.dir[d].in_pipe > 0) {
-      e.dir[d].pipe_r = dup(s.pipe[d].r);
-      e.dir[d].pipe_w = dup(s.pipe[d].w);
+      e.dir[d].pipe_r = borrow(s.pipe[d].r);
+      e.dir[d].pipe_w = borrow(s.pipe[d].w);
     }
   }
   if (s.hs) e.handshake = s.hs->handover_state();
@@ -1117,6 +1125,7 @@ void Worker::request_resume() {
       if (sp->phase == Session::Phase::kSplicing && !sp->ending && sp->inflight == 0) rearm_parked(*sp);
     if (!draining_)
       for (uint32_t i = 0; i < routes_.size(); ++i) arm_accept(i);
+    if (std::exchange(stop_after_hold_, false)) stop_now();
   });
 }
 
@@ -1137,6 +1146,7 @@ void Worker::drop_parked(Session& s) {
 
 void Worker::request_commit() {
   post([this] {
+    hold_ = Hold::kNone;  // a stop that waited for the hand-over finds nothing left to end
     for (auto& sp : slots_)
       if (sp->phase == Session::Phase::kSplicing) drop_parked(*sp);
     draining_ = true;
@@ -1157,8 +1167,8 @@ void Worker::import_session(SessionExport& e, uint32_t route, std::unique_ptr<Ha
   s->phase = Session::Phase::kSplicing;
   s->id = e.id;
   s->route = route;
-  s->client = std::move(e.client);
-  s->upstream = std::move(e.upstream);
+  s->client = e.client.take();
+  s->upstream = e.upstream.take();
   s->client_addr = e.client_addr;
   s->listen_addr = e.listen_addr;
   s->upstream_addr = e.upstream_addr;
@@ -1171,8 +1181,8 @@ void Worker::import_session(SessionExport& e, uint32_t route, std::unique_ptr<Ha
     auto& x = e.dir[d];
     s->pump[d].restore(x.state, x.in_pipe, x.bytes, eager);
     if (x.in_pipe > 0) {
-      s->pipe[d].r = std::move(x.pipe_r);
-      s->pipe[d].w = std::move(x.pipe_w);
+      s->pipe[d].r = x.pipe_r.take();
+      s->pipe[d].w = x.pipe_w.take();
       int cap = ::fcntl(s->pipe[d].w.get(), F_GETPIPE_SZ);
       s->pipe[d].capacity = cap > 0 ? static_cast<uint32_t>(cap) : 65536u;
       pipes_.adopt();

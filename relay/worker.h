@@ -264,6 +264,7 @@ class Worker final : public HandshakeContext {
   // Hand-over helpers.
   [[nodiscard]] bool parking() const { return hold_ == Hold::kParking || hold_ == Hold::kParked || held_; }
   void check_park();
+  void stop_now();
   void cancel_polls(Session& s);
   void rearm_parked(Session& s);
   SessionExport export_session(const Session& s);
@@ -312,6 +313,7 @@ class Worker final : public HandshakeContext {
   uint64_t last_exhaustion_log_ns_ = 0;  // the pause is logged at most every 10 s
   bool draining_ = false;
   bool stopping_ = false;
+  bool stop_after_hold_ = false;  // request_stop() arrived while the hand-over held the sessions
   // Hand-over: kDraining lets handshakes finish (no accepts), kParking cancels the polls of
   // established sessions, kParked holds them still until resume or commit.
   enum class Hold : uint8_t { kNone, kDraining, kParking, kParked };

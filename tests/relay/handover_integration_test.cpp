@@ -103,6 +103,12 @@ class Handover : public ::testing::Test {
   uint16_t metrics_port = t::free_port();  // each generation binds it once the one before let go
   std::string control = dir.file("relay.control");
   int generation = 0;
+  // Process groups of hold_sessions(): the pipeline's sleep and `sshring connect` outlive the shell
+  // a Process stops, and would hold the test's output open until the sleep ends.
+  std::vector<pid_t> held_groups;
+  ~Handover() override {
+    for (pid_t g : held_groups) ::kill(-g, SIGKILL);
+  }
 
   void SetUp() override {
     ::signal(SIGPIPE, SIG_IGN);  // a write to an ssh that died must fail the test, not kill it
@@ -128,15 +134,40 @@ class Handover : public ::testing::Test {
     return a;
   }
 
-  t::Process start_relay(bool takeover, std::vector<std::string> env = {}) {
+  // `wrap`: a command the relay runs under (prlimit, say).
+  t::Process start_relay(bool takeover, std::vector<std::string> env = {},
+                         std::vector<std::string> wrap = {}) {
     ++generation;
+    std::vector<std::string> argv = relay_argv(takeover);
+    argv.insert(argv.begin(), wrap.begin(), wrap.end());
     return t::Process(
-        relay_argv(takeover),
-        t::Process::Options{.stderr_path = dir.file("relay" + std::to_string(generation) + ".log"),
-                            .env = std::move(env)});
+        argv, t::Process::Options{.stderr_path = dir.file("relay" + std::to_string(generation) + ".log"),
+                                  .env = std::move(env)});
   }
 
   std::string log(int gen) { return t::read_file(dir.file("relay" + std::to_string(gen) + ".log")); }
+
+  // `n` sessions held open by `sshring connect` (stdin a sleeping pipe), each past sshd's banner.
+  std::vector<t::Process> hold_sessions(int n, const std::string& prefix) {
+    std::vector<t::Process> cs;
+    for (int i = 0; i < n; ++i) {
+      cs.emplace_back(
+          std::vector<std::string>{
+              "sh", "-c",
+              "sleep 90 | " + t::sshring_bin() + " connect --relay 127.0.0.1:" + std::to_string(port) +
+                  " --relay-id ho-relay --principal tester --identity " + sshd.user_key() + " 127.0.0.1 " +
+                  std::to_string(sshd.port()) + " > " + dir.file(prefix + std::to_string(i))},
+          t::Process::Options{});
+      held_groups.push_back(cs.back().pid());
+    }
+    for (int i = 0; i < n; ++i) {
+      const std::string f = dir.file(prefix + std::to_string(i));
+      for (int k = 0; k < 100 && t::read_file(f).rfind("SSH-2.0", 0) != 0; ++k)
+        std::this_thread::sleep_for(100ms);
+      if (t::read_file(f).rfind("SSH-2.0", 0) != 0) ADD_FAILURE() << "session " << i << " did not reach sshd";
+    }
+    return cs;
+  }
 
   // The serving relay's sample `key` (e.g. sshring_relay_handovers_total{result="failed"}), waiting up
   // to 10 s for the port (a relay that took over binds it only after the old one let go).
@@ -408,54 +439,60 @@ TEST_F(Handover, NoClientFailsWhileConnectingDuringAHandover) {
   EXPECT_TRUE(next.running()) << log(2);
 }
 
-// A relay near its descriptor limit can not duplicate every socket it would hand over. It says so
-// (the limit, and the fix) before it sends anything, keeps its sessions and serves on; before, a -1
-// went into SCM_RIGHTS and the send failed with "Bad file descriptor" while the new relay waited 60 s.
-TEST_F(Handover, ADescriptorLimitFailsTheHandoverCleanlyAndTheOldRelayServesOn) {
+size_t open_fds(int pid) {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd"))
+    ++n;
+  return n;
+}
+
+// The old relay hands its sessions' own descriptors over, duplicating none: one at its descriptor
+// limit, with room for the control connection and its listeners only, hands over every session.
+// (Before, it needed a second descriptor per socket and so could hand over at most half its limit.)
+TEST_F(Handover, ARelayAtItsDescriptorLimitHandsOverEverySession) {
   t::Process relay = start_relay(false);
   ASSERT_TRUE(t::wait_for_port("127.0.0.1", port)) << log(1);
   ASSERT_TRUE(wait_for_control()) << log(1);
   const int kSessions = 12;
-  std::vector<t::Process> cs;
-  auto connect = [&](const std::string& out) {
-    return t::Process(
-        std::vector<std::string>{"sh", "-c",
-                                 "sleep 25 | " + t::sshring_bin() +
-                                     " connect --relay 127.0.0.1:" + std::to_string(port) +
-                                     " --relay-id ho-relay --principal tester --identity " + sshd.user_key() +
-                                     " 127.0.0.1 " + std::to_string(sshd.port()) + " > " + out},
-        t::Process::Options{});
-  };
-  for (int i = 0; i < kSessions; ++i) cs.push_back(connect(dir.file("s" + std::to_string(i))));
-  for (int i = 0; i < kSessions; ++i) {
-    const std::string f = dir.file("s" + std::to_string(i));
-    for (int n = 0; n < 100 && t::read_file(f).rfind("SSH-2.0", 0) != 0; ++n)
-      std::this_thread::sleep_for(100ms);
-    ASSERT_EQ(t::read_file(f).rfind("SSH-2.0", 0), 0u) << "session " << i << " did not reach sshd";
-  }
-  // Room for half of the duplicates the hand-over needs (two per session).
-  size_t open_fds = 0;
-  for ([[maybe_unused]] const auto& e :
-       std::filesystem::directory_iterator("/proc/" + std::to_string(relay.pid()) + "/fd"))
-    ++open_fds;
-  const std::string limit = std::to_string(open_fds + kSessions);
+  std::vector<t::Process> cs = hold_sessions(kSessions, "s");
+  // The control connection, and a duplicate of each of the 2 workers' listeners.
+  const std::string limit = std::to_string(open_fds(relay.pid()) + 3);
   ASSERT_EQ(t::run({"prlimit", "--pid", std::to_string(relay.pid()), "--nofile=" + limit + ":" + limit}), 0);
 
   t::Process next = start_relay(true);
-  EXPECT_NE(next.wait(30s), 0) << log(2);
-  EXPECT_NE(log(1).find("could not duplicate"), std::string::npos) << log(1);
-  EXPECT_NE(log(1).find("raise LimitNOFILE"), std::string::npos) << log(1);
+  EXPECT_EQ(relay.wait(30s), 0) << log(1);
+  EXPECT_NE(log(2).find("msg=\"took over\" sessions=12"), std::string::npos) << log(2);
+  EXPECT_TRUE(next.running()) << log(2);
+  EXPECT_EQ(metric_when("sshring_relay_sessions_active", kSessions), double{kSessions}) << log(2);
+  for (int i = 0; i < kSessions; ++i) EXPECT_TRUE(cs[i].running()) << "session " << i << " ended";
+  std::vector<t::Process> late = hold_sessions(1, "late");
+  EXPECT_EQ(metric_when("sshring_relay_sessions_active", kSessions + 1.0), kSessions + 1.0) << log(2);
+}
+
+// A new relay without room for the descriptors it is sent says so (the limit, and the fix), tells
+// the old relay, which counts a failed hand-over, keeps its sessions and serves on.
+TEST_F(Handover, ANewRelayOutOfDescriptorsGivesUpAndTheOldRelayServesOn) {
+  t::Process relay = start_relay(false);
+  ASSERT_TRUE(t::wait_for_port("127.0.0.1", port)) << log(1);
+  ASSERT_TRUE(wait_for_control()) << log(1);
+  const int kSessions = 40;
+  std::vector<t::Process> cs = hold_sessions(kSessions, "s");
+  // Enough to start and connect, not for 80 sockets.
+  t::Process next = start_relay(true, {}, {"prlimit", "--nofile=64:64", "--"});
+  EXPECT_EQ(next.wait(30s), 5) << log(2);
+  EXPECT_NE(log(2).find("ran out of descriptors receiving the sessions"), std::string::npos) << log(2);
+  EXPECT_NE(log(2).find("raise LimitNOFILE"), std::string::npos) << log(2);
+  EXPECT_NE(log(1).find("ran out of descriptors"), std::string::npos) << log(1);
   EXPECT_TRUE(relay.running()) << log(1);
   EXPECT_EQ(metric_when("sshring_relay_handovers_total{result=\"failed\"}", 1.0), 1.0);
   for (int i = 0; i < kSessions; ++i) EXPECT_TRUE(cs[i].running()) << "session " << i << " ended";
-  // The old relay still takes new sessions (it has room again once the duplicates are closed).
-  t::Process late = connect(dir.file("late"));
-  bool banner = false;
-  for (int n = 0; n < 100 && !banner; ++n) {
-    banner = t::read_file(dir.file("late")).rfind("SSH-2.0", 0) == 0;
-    if (!banner) std::this_thread::sleep_for(100ms);
-  }
-  EXPECT_TRUE(banner) << log(1);
+  // The old relay still takes new sessions, and a relay with room takes everything over.
+  std::vector<t::Process> late = hold_sessions(1, "late");
+  t::Process third = start_relay(true);
+  EXPECT_EQ(relay.wait(30s), 0) << log(1);
+  EXPECT_NE(log(3).find("msg=\"took over\" sessions=41"), std::string::npos) << log(3);
+  for (int i = 0; i < kSessions; ++i) EXPECT_TRUE(cs[i].running()) << "session " << i << " ended";
 }
 
 TEST_F(Handover, StateOfAnotherVersionIsRefusedAndTheOldRelayServesOn) {

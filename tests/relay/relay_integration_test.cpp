@@ -6,6 +6,9 @@
 
 #include <sys/un.h>
 
+#include <poll.h>
+
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <functional>
@@ -666,6 +669,58 @@ TEST(RelayTest, GarbageFromAHandoverPeerLeavesTheRelayServing) {
   EXPECT_FALSE(server.handed_over());
   relay.stop();
   relay.wait();
+}
+
+// The old relay sends its sessions' own sockets (no duplicates), so while a hand-over holds them
+// nothing may close them: a stop that arrives then waits. Here the peer has the state (the very
+// socket the client is connected to) when the relay is told to stop; the session stays open until
+// the peer hangs up, and then the stop ends it.
+TEST(RelayTest, AStopWhileAHandoverHoldsTheSessionsWaitsForIt) {
+  EchoServer echo;
+  Relay relay(static_cfg(echo.addr()));
+  relay.start();
+  auto la = relay.listen_addresses()[0];
+  auto held = test::tcp_connect(la);
+  ASSERT_TRUE(eventually([&] { return relay.sessions_active() == 1; }));
+  sshring::testing::TempDir dir;
+  std::atomic<int> attempts{0};
+  HandoverServer server(
+      relay, dir.file("relay.control"), [](const HandoverServer::Counts&) { ADD_FAILURE() << "committed"; },
+      [&](std::string_view) { ++attempts; });
+  common::UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", dir.file("relay.control").c_str());
+  ASSERT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0) << std::strerror(errno);
+  ASSERT_EQ(send_handover(s.get(), HandoverMsg::kHello, {{"protocol", kHandoverProtocol}}), 0);
+  HandoverMessage m;
+  std::vector<common::UniqueFd> sockets;
+  do {
+    ASSERT_EQ(recv_handover(s.get(), m, 10000), 0);
+    if (m.type == HandoverMsg::kSession)
+      for (auto& fd : m.fds) sockets.push_back(std::move(fd));
+  } while (m.type != HandoverMsg::kEnd);
+  ASSERT_EQ(sockets.size(), 2u);
+  // The first is the relay's end of our connection.
+  common::SockAddr peer, mine;
+  peer.set_len(common::SockAddr::kCapacity);
+  mine.set_len(common::SockAddr::kCapacity);
+  ASSERT_EQ(::getpeername(sockets[0].get(), peer.get_mut(), peer.len_mut()), 0);
+  ASSERT_EQ(::getsockname(held.get(), mine.get_mut(), mine.len_mut()), 0);
+  EXPECT_EQ(peer.to_string(), mine.to_string());
+
+  relay.stop();
+  pollfd p{held.get(), POLLIN | POLLRDHUP, 0};
+  EXPECT_EQ(::poll(&p, 1, 500), 0) << "the relay closed a session the hand-over holds";
+  EXPECT_EQ(relay.sessions_active(), 1);
+  sockets.clear();
+  s.reset();  // the peer hangs up: the relay takes its session back, and the stop ends it
+  char b = 0;
+  EXPECT_FALSE(test::read_exact(held.get(), &b, 1)) << "the session outlived the stop";
+  EXPECT_TRUE(eventually([&] { return attempts.load() == 1; }));
+  EXPECT_FALSE(server.handed_over());
+  relay.wait();
+  EXPECT_EQ(relay.sessions_active(), 0);
 }
 
 }  // namespace
