@@ -109,14 +109,9 @@ int send_handover(int sock, HandoverMsg type, const nlohmann::json& body, const 
 
 int recv_handover(int sock, HandoverMessage& out, int timeout_ms) {
   out = HandoverMessage{};
-  pollfd p{sock, POLLIN, 0};
-  for (;;) {
-    int r = ::poll(&p, 1, timeout_ms);
-    if (r > 0) break;
-    if (r == 0) return -ETIMEDOUT;
-    if (errno != EINTR) return -errno;
-  }
-  std::string buf(kHandoverMaxMessage, '\0');
+  // One buffer per thread: a hand-over reads one message per session while every session waits,
+  // and allocating and clearing 64 KiB for each was a tenth of the time.
+  thread_local std::string buf(kHandoverMaxMessage, '\0');
   iovec iov{buf.data(), buf.size()};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kHandoverMaxFds)] = {};
   msghdr msg{};
@@ -124,10 +119,19 @@ int recv_handover(int sock, HandoverMessage& out, int timeout_ms) {
   msg.msg_iovlen = 1;
   msg.msg_control = control;
   msg.msg_controllen = sizeof(control);
+  // Read first and wait only when nothing is queued: mid hand-over the next message is usually
+  // there already, and a poll before each read was one more system call per session.
   ssize_t n;
-  do {
-    n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
+  for (;;) {
+    n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n >= 0 || errno == ECONNRESET) break;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) return -errno;
+    pollfd p{sock, POLLIN, 0};
+    int r = ::poll(&p, 1, timeout_ms);
+    if (r == 0) return -ETIMEDOUT;
+    if (r < 0 && errno != EINTR) return -errno;
+  }
   // A peer that closes with our messages unread leaves ECONNRESET on this socket, and the kernel
   // reports it before the messages the peer sent us first (its REFUSE, say). Those are still queued:
   // read them, so that the reset is what we see after them.
@@ -334,6 +338,9 @@ const char* HandoverServer::serve(common::UniqueFd conn) {
     common::log_error("hand-over aborted: workers did not park in time; serving on");
     return "failed";
   }
+  common::log_info("hand-over: sessions parked; sending them",
+                   {{"sessions", std::to_string(exp->sessions.size())},
+                    {"listeners", std::to_string(exp->listeners.size())}});
   // From here every way out before READY resumes the parked sessions, an exception included.
   try {
     return send_state(conn, *exp, cred.pid);

@@ -320,6 +320,7 @@ class Worker final : public HandshakeContext {
   Hold hold_ = Hold::kNone;
   bool held_ = false;  // new side: started from a hand-over, waiting for request_resume()
   std::function<void(Parked)> on_parked_;
+  uint32_t park_cursor_ = 0;  // check_park(): sessions before it were found quiet
   struct Import {
     SessionExport s;
     uint32_t route;
