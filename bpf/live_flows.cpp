@@ -147,8 +147,11 @@ void LiveFlows::cut(const sshring_flow_key& k, const sshring_flow& f) {
   std::string grant = sync_.grant_name(f.grant);
   if (rc != 0) {
     stats_.flow_cut_errors.add();
-    common::log_warn("agent: cannot end a flow enforce mode refuses; its packets are dropped",
-                     {{"flow", flow_json(k).dump()}, {"error", std::strerror(-rc)}});
+    // No local socket (a refused SYN never made one) is the common case and can be had for one
+    // spoofed packet each: counted, not logged.
+    if (rc != -ENOENT)
+      common::log_warn("agent: cannot end a flow enforce mode refuses; its packets are dropped",
+                       {{"flow", flow_json(k).dump()}, {"error", std::strerror(-rc)}});
     return;
   }
   stats_.flows_cut.add();

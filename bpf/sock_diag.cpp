@@ -52,8 +52,10 @@ TcpSocket from_msg(const inet_diag_msg& m) {
   return s;
 }
 
-// The request for one exact 4-tuple in `family` (a v4 key asked as AF_INET6 uses mapped addresses).
-Request exact_request(const sshring_flow_key& key, uint8_t family, uint16_t type, uint16_t flags) {
+// The request for one exact 4-tuple in `family` (a v4 key asked as AF_INET6 uses mapped addresses);
+// with a cookie, only the socket that has it.
+Request exact_request(const sshring_flow_key& key, uint8_t family, uint16_t type, uint16_t flags,
+                      const uint32_t* cookie = nullptr) {
   Request r{};
   r.nlh.nlmsg_len = sizeof(r);
   r.nlh.nlmsg_type = type;
@@ -71,7 +73,8 @@ Request exact_request(const sshring_flow_key& key, uint8_t family, uint16_t type
     std::memcpy(r.req.id.idiag_src, key.server, 16);
     std::memcpy(r.req.id.idiag_dst, key.client, 16);
   }
-  r.req.id.idiag_cookie[0] = r.req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+  r.req.id.idiag_cookie[0] = cookie ? cookie[0] : INET_DIAG_NOCOOKIE;
+  r.req.id.idiag_cookie[1] = cookie ? cookie[1] : INET_DIAG_NOCOOKIE;
   return r;
 }
 
@@ -103,16 +106,49 @@ int transact(int fd, const Request& r, F&& on_msg) {
   }
 }
 
-// Runs an exact-tuple request as AF_INET and, for IPv4 keys not found, again as AF_INET6 with mapped
-// addresses (a dual-stack listener's sockets).
-template <class F>
-int exact(const sshring_flow_key& key, uint16_t type, uint16_t flags, F&& on_msg) {
-  common::UniqueFd fd = open_diag();
-  if (!fd) return -errno;
-  int rc = transact(fd.get(), exact_request(key, key.family == 4 ? AF_INET : AF_INET6, type, flags), on_msg);
-  if (rc == -ENOENT && key.family == 4)
-    rc = transact(fd.get(), exact_request(key, AF_INET6, type, flags), on_msg);
-  return rc;
+// The connection with exactly this 4-tuple. The kernel's exact lookup falls back to the listener on
+// the server address and port when no connection has the tuple (an unapproved SYN that enforce mode
+// dropped never made one), so each answer is checked: the same peer, and not a listener.
+struct Found {
+  int rc = -ENOENT;  // 0 when found, else -ENOENT or the error
+  uint8_t family = 0;
+  uint32_t cookie[2] = {};
+};
+
+bool is_tuple(const inet_diag_msg& m, const sshring_flow_key& key) {
+  if (m.idiag_state == TCP_LISTEN) return false;
+  const TcpSocket s = from_msg(m);
+  return s.key.family == key.family && s.key.client_port == key.client_port &&
+         s.key.server_port == key.server_port && std::memcmp(s.key.client, key.client, 16) == 0 &&
+         std::memcmp(s.key.server, key.server, 16) == 0;
+}
+
+// Asks as AF_INET and, for IPv4 keys not found, again as AF_INET6 with mapped addresses (a
+// dual-stack listener's sockets).
+Found find(int fd, const sshring_flow_key& key) {
+  Found f;
+  const uint8_t first = key.family == 4 ? AF_INET : AF_INET6;
+  for (uint8_t family : {first, static_cast<uint8_t>(AF_INET6)}) {
+    bool hit = false;
+    int rc = transact(fd, exact_request(key, family, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST),
+                      [&](const inet_diag_msg& m) {
+                        if (hit || !is_tuple(m, key)) return;
+                        hit = true;
+                        f.cookie[0] = m.id.idiag_cookie[0];
+                        f.cookie[1] = m.id.idiag_cookie[1];
+                      });
+    if (hit) {
+      f.rc = 0;
+      f.family = family;
+      return f;
+    }
+    if (rc != 0 && rc != -ENOENT) {
+      f.rc = rc;
+      return f;
+    }
+    if (family == AF_INET6) break;
+  }
+  return f;
 }
 
 }  // namespace
@@ -140,14 +176,21 @@ int dump_tcp(uint32_t state_mask, std::vector<TcpSocket>* out) {
 }
 
 int tcp_exists(const sshring_flow_key& key) {
-  bool found = false;
-  int rc = exact(key, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, [&](const inet_diag_msg&) { found = true; });
-  if (found) return 1;
-  return rc == -ENOENT || rc == 0 ? 0 : rc;
+  common::UniqueFd fd = open_diag();
+  if (!fd) return -errno;
+  const Found f = find(fd.get(), key);
+  return f.rc == 0 ? 1 : f.rc == -ENOENT ? 0 : f.rc;
 }
 
+// Destroys by cookie: the kernel looks the tuple up again and ends only the socket we found, so
+// neither its fallback to the listener nor a new connection on a reused tuple can be hit.
 int destroy_tcp(const sshring_flow_key& key) {
-  return exact(key, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, [](const inet_diag_msg&) {});
+  common::UniqueFd fd = open_diag();
+  if (!fd) return -errno;
+  const Found f = find(fd.get(), key);
+  if (f.rc != 0) return f.rc;
+  return transact(fd.get(), exact_request(key, f.family, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, f.cookie),
+                  [](const inet_diag_msg&) {});
 }
 
 }  // namespace sshring::bpf

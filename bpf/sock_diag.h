@@ -23,10 +23,12 @@ uint32_t live_tcp_states();
 // Returns 0 or -errno.
 int dump_tcp(uint32_t state_mask, std::vector<TcpSocket>* out);
 
-// 1 if a socket with exactly this 4-tuple exists, 0 if not, -errno on error.
+// 1 if a connection with exactly this 4-tuple exists, 0 if not, -errno on error. A listener on the
+// server address and port is not that connection (the kernel's exact lookup falls back to it).
 int tcp_exists(const sshring_flow_key& key);
 
-// Aborts the local socket of this 4-tuple (SOCK_DESTROY). 0, -ENOENT if there is none, or -errno.
+// Aborts the local socket of the connection with this 4-tuple (SOCK_DESTROY, by its cookie). 0,
+// -ENOENT if there is none (never the listener), or -errno.
 int destroy_tcp(const sshring_flow_key& key);
 
 }  // namespace sshring::bpf

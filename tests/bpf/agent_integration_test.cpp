@@ -519,6 +519,46 @@ TEST_F(AgentIntegration, CraftedPacketsDoNotReachSshdInEnforceMode) {
   stop_agent();
 }
 
+// A flow entry whose connection never came to be: a spoofed SYN from an address nobody holds, which
+// the host answered into the void until its half-open connection expired. Once enforce mode is on
+// the agent refuses the flow and tries to end its socket. There is none, and the kernel's exact
+// lookup falls back to the listener on the server address and port: the agent used to destroy
+// sshd's listening socket, and every client after it was refused (one spoofed packet, a host cut
+// off). Ending such a flow now finds nothing and counts it, and sshd keeps listening.
+TEST_F(AgentIntegration, EndingAFlowWithNoSocketLeavesSshdListening) {
+  std::string mac;
+  host_->exec("cat /sys/class/net/vh/address", &mac);
+  mac.erase(mac.find_last_not_of("\n ") + 1);
+  // The host gives up a half-open connection after one SYN-ACK retry (about 3 s, not a minute).
+  ASSERT_EQ(host_->exec("sysctl -qw net.ipv4.tcp_synack_retries=1"), 0);
+  start_agent(false, "count.log");
+  const char* kSpoofed = "10.77.2.99";  // in the client's subnet, held by no one: no RST comes back
+  (void)inject_and_listen(
+      cli_->name(), "vc", mac,
+      ipv4_packets({.src = kSpoofed, .dst = kHostAddr, .sport = 40001, .dport = kSshPort}), 40001, 200ms);
+  auto open = wait_record(audit_, "flow_open", kSpoofed);
+  ASSERT_TRUE(open.has_value()) << "count mode tracks the spoofed SYN";
+  EXPECT_EQ((*open)["tag"], "bypass_unapproved");
+  auto half_open = [&] {
+    std::string out;
+    host_->exec("ss -Htn state syn-recv", &out);
+    return out.find(kSpoofed) != std::string::npos;
+  };
+  ASSERT_TRUE(eventually([&] { return !half_open(); }, 20s)) << "the half-open connection did not expire";
+  stop_agent();
+
+  start_agent(true, "enforce.log");  // its first walk refuses the flow left in the pinned map
+  EXPECT_TRUE(eventually([&] { return metric(*host_, "sshring_agent_flow_cut_errors_total") >= 1; }, 10s))
+      << read_file(dir_.file("enforce.log"));
+  EXPECT_EQ(metric(*host_, "sshring_agent_flows_cut_total"), 0) << "nothing to end, nothing ended";
+  std::string listening;
+  host_->exec("ss -Htln sport = :" + std::to_string(kSshPort), &listening);
+  EXPECT_NE(listening.find(std::string(kHostAddr) + ":" + std::to_string(kSshPort)), std::string::npos)
+      << "sshd's listener was destroyed";
+  EXPECT_EQ(ssh(kGranted, "true"), 0) << "a client with a grant is refused: sshd stopped listening";
+  stop_agent();
+}
+
 // Enforce mode ends a live session when its grant expires and when it is revoked: the client sees its
 // connection reset within about a second, a flow_cut record names the grant. Count mode only re-tags.
 TEST_F(AgentIntegration, ExpiryAndRevocationEndLiveFlows) {

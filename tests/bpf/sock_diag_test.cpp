@@ -1,0 +1,142 @@
+// bpf/sock_diag.h against the kernel, on loopback in this process's namespace: the exact lookup and
+// SOCK_DESTROY name one 4-tuple, and a tuple with no connection must never reach the listening
+// socket the kernel's lookup falls back to (destroying that stopped sshd accepting anyone).
+#include "bpf/sock_diag.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "common/unique_fd.h"
+
+namespace sshring::bpf {
+namespace {
+
+using common::UniqueFd;
+
+// kV4: an AF_INET listener; kV6: AF_INET6 on ::1; kMapped: AF_INET6 on ::ffff:127.0.0.1, whose
+// connections are IPv4 flows held by IPv6 sockets (a dual-stack sshd's).
+enum class Kind { kV4, kV6, kMapped };
+
+struct Addr {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+};
+
+Addr loopback(Kind k, uint16_t port) {
+  Addr a;
+  if (k == Kind::kV4) {
+    auto* s = reinterpret_cast<sockaddr_in*>(&a.ss);
+    s->sin_family = AF_INET;
+    s->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    s->sin_port = htons(port);
+    a.len = sizeof(*s);
+  } else {
+    auto* s = reinterpret_cast<sockaddr_in6*>(&a.ss);
+    s->sin6_family = AF_INET6;
+    if (k == Kind::kV6) {
+      s->sin6_addr = in6addr_loopback;
+    } else {
+      EXPECT_EQ(::inet_pton(AF_INET6, "::ffff:127.0.0.1", &s->sin6_addr), 1);
+    }
+    s->sin6_port = htons(port);
+    a.len = sizeof(*s);
+  }
+  return a;
+}
+
+uint16_t port_of(int fd) {
+  Addr a;
+  a.len = sizeof(a.ss);
+  EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a.ss), &a.len), 0);
+  return ntohs(a.ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&a.ss)->sin_port
+                                         : reinterpret_cast<sockaddr_in6*>(&a.ss)->sin6_port);
+}
+
+// The flow key the kernel program would make: IPv4 for kV4 and kMapped.
+sshring_flow_key key_for(Kind k, uint16_t server_port, uint16_t client_port) {
+  sshring_flow_key key{};
+  key.server_port = server_port;
+  key.client_port = client_port;
+  if (k == Kind::kV6) {
+    key.family = 6;
+    std::memcpy(key.server, &in6addr_loopback, 16);
+    std::memcpy(key.client, &in6addr_loopback, 16);
+  } else {
+    key.family = 4;
+    key.server[0] = key.client[0] = htonl(INADDR_LOOPBACK);
+  }
+  return key;
+}
+
+class SockDiag : public ::testing::TestWithParam<Kind> {
+ protected:
+  void SetUp() override {
+    const Kind k = GetParam();
+    listener_.reset(::socket(k == Kind::kV4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ASSERT_TRUE(listener_);
+    Addr a = loopback(k, 0);
+    ASSERT_EQ(::bind(listener_.get(), reinterpret_cast<sockaddr*>(&a.ss), a.len), 0) << std::strerror(errno);
+    ASSERT_EQ(::listen(listener_.get(), 16), 0);
+    port_ = port_of(listener_.get());
+  }
+  // A client of the listener (the peer is IPv4 for kMapped); empty if the connect failed.
+  UniqueFd connect_client() {
+    const Kind k = GetParam() == Kind::kMapped ? Kind::kV4 : GetParam();
+    UniqueFd c(::socket(k == Kind::kV4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    Addr a = loopback(k, port_);
+    if (::connect(c.get(), reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0) c.reset();
+    return c;
+  }
+  bool still_listening() {
+    int on = 0;
+    socklen_t len = sizeof(on);
+    return ::getsockopt(listener_.get(), SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on == 1 &&
+           static_cast<bool>(connect_client());
+  }
+  UniqueFd listener_;
+  uint16_t port_ = 0;
+};
+
+// The attack: an unapproved client's SYN is dropped by enforce mode, so its flow has no socket, and
+// the agent's sweep then ends it. The kernel's exact lookup fell back to the listener on the server
+// address and port, and SOCK_DESTROY aborted it: sshd stopped accepting everyone.
+TEST_P(SockDiag, ATupleWithNoConnectionLeavesTheListenerAlone) {
+  const sshring_flow_key ghost = key_for(GetParam(), port_, 40001);
+  EXPECT_EQ(tcp_exists(ghost), 0);
+  EXPECT_EQ(destroy_tcp(ghost), -ENOENT);
+  EXPECT_TRUE(still_listening()) << "the listener was destroyed";
+}
+
+// The connection that does exist is found and ended: the client sees a reset, the listener stays.
+TEST_P(SockDiag, AnEstablishedTupleIsFoundAndDestroyed) {
+  UniqueFd c = connect_client();
+  ASSERT_TRUE(c);
+  UniqueFd served(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(served);
+  const sshring_flow_key k = key_for(GetParam(), port_, port_of(c.get()));
+  EXPECT_EQ(tcp_exists(k), 1);
+  EXPECT_EQ(destroy_tcp(k), 0);
+  EXPECT_EQ(tcp_exists(k), 0);
+  pollfd p{c.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 2000), 1);
+  char b;
+  EXPECT_LT(::recv(c.get(), &b, 1, 0), 0);
+  EXPECT_EQ(errno, ECONNRESET);
+  EXPECT_TRUE(still_listening()) << "the listener went with the flow";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Families, SockDiag, ::testing::Values(Kind::kV4, Kind::kV6, Kind::kMapped), [](const auto& i) {
+      return std::string(i.param == Kind::kV4 ? "v4" : i.param == Kind::kV6 ? "v6" : "mapped");
+    });
+
+}  // namespace
+}  // namespace sshring::bpf
