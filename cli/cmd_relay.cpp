@@ -464,6 +464,7 @@ class RelayProcess {
         relay_->begin_drain();
       } else if (sig == SIGTERM || sig == SIGINT) {
         common::log_warn("second signal: closing every session now");
+        if (handover_) handover_->abort();  // a hand-over holding the sessions lets go of them first
         relay_->stop();
       }
     }

@@ -8,10 +8,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <stdexcept>
+#include <thread>
 
 #include "common/error.h"
 #include "common/json_number.h"
@@ -281,6 +283,14 @@ HandoverServer::HandoverServer(Relay& relay, std::string path, std::function<voi
   thread_ = std::thread([this] { loop(); });
 }
 
+void HandoverServer::abort() {
+  std::lock_guard lock(conn_mu_);
+  if (conn_fd_ < 0 || ready_) return;
+  aborted_ = true;
+  ::shutdown(conn_fd_, SHUT_RDWR);
+  common::log_warn("hand-over aborted: the relay was told to stop; it keeps its sessions and stops");
+}
+
 HandoverServer::~HandoverServer() {
   stop_ = true;
   if (thread_.joinable()) thread_.join();
@@ -293,7 +303,15 @@ void HandoverServer::loop() {
     pollfd p{listen_.get(), POLLIN, 0};
     if (::poll(&p, 1, 200) <= 0) continue;
     common::UniqueFd c(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (!c) continue;
+    if (!c) {
+      // Out of descriptors the connection stays in the backlog and poll reports it at once: back
+      // off instead of spinning (a hand-over needs one spare descriptor and one per listener).
+      if (errno == EMFILE || errno == ENFILE) {
+        common::log_warn("control socket: cannot accept a hand-over (descriptor limit; raise LimitNOFILE)");
+        for (int i = 0; i < 10 && !stop_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      continue;
+    }
     ucred cred{};
     socklen_t len = sizeof(cred);
     if (::getsockopt(c.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
@@ -313,6 +331,25 @@ void HandoverServer::loop() {
 }
 
 const char* HandoverServer::serve(common::UniqueFd conn) {
+  // Every blocking step on the connection is bounded (a peer that stops reading leaves sendmsg
+  // waiting), and abort() can cut it short; either way the relay resumes and serves on.
+  const timeval step{kStepTimeoutMs / 1000, 0};
+  (void)::setsockopt(conn.get(), SOL_SOCKET, SO_SNDTIMEO, &step, sizeof(step));
+  struct Active {
+    HandoverServer& s;
+    Active(HandoverServer& srv, int fd) : s(srv) {
+      std::lock_guard lock(s.conn_mu_);
+      s.conn_fd_ = fd;
+      s.ready_ = false;
+      s.aborted_ = false;
+    }
+    ~Active() {
+      std::lock_guard lock(s.conn_mu_);
+      s.conn_fd_ = -1;
+    }
+    Active(const Active&) = delete;
+    Active& operator=(const Active&) = delete;
+  } active(*this, conn.get());
   HandoverMessage m;
   if (int r = recv_handover(conn.get(), m, kStepTimeoutMs); r != 0 || m.type != HandoverMsg::kHello) {
     common::log_warn("control socket: no HELLO", {{"error", r ? strerror(-r) : handover_msg_name(m.type)}});
@@ -422,6 +459,11 @@ const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport
   if (m.type != HandoverMsg::kReady)
     return fail("the new relay refused: " + answer_error(),
                 m.type == HandoverMsg::kRefuse ? refusal_result() : "failed");
+  {
+    std::lock_guard lock(conn_mu_);
+    if (aborted_) return fail("aborted (the relay was told to stop)");
+    ready_ = true;  // from here the new relay owns the sessions: abort() no longer applies
+  }
   relay_.commit_handover();
   try {
     if (on_commit_) on_commit_(counts);

@@ -140,6 +140,7 @@ const char* handover_msg_name(HandoverMsg t);
 
 #include <atomic>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -169,6 +170,9 @@ class HandoverServer {
   // True once a hand-over went through (the relay's workers are exiting).
   [[nodiscard]] bool handed_over() const { return done_.load(); }
   [[nodiscard]] const std::string& path() const { return path_; }
+  // Cuts a hand-over in progress short, unless the new relay already said READY (then it owns the
+  // sessions): this relay resumes them, and a stop that waited for the hand-over goes ahead.
+  void abort();
 
  private:
   void loop();
@@ -181,6 +185,10 @@ class HandoverServer {
   common::UniqueFd listen_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> done_{false};
+  std::mutex conn_mu_;  // the connection of the hand-over in progress, for abort()
+  int conn_fd_ = -1;
+  bool ready_ = false;
+  bool aborted_ = false;
   std::thread thread_;
 };
 

@@ -146,9 +146,10 @@ void Worker::request_stop() {
 }
 
 void Worker::stop_now() {
-  // Parked, the sessions are the hand-over's (it may be sending their descriptors right now): they
-  // end once it lets go, here on resume; a commit drops them anyway.
-  if (hold_ == Hold::kParked) {
+  // During a hand-over the sessions are the hand-over's (parked, it may be sending their
+  // descriptors right now): they end once it lets go, here on resume; a commit drops them anyway.
+  // The hand-over's own timeouts bound the wait, and HandoverServer::abort() shortens it.
+  if (hold_ != Hold::kNone) {
     stop_after_hold_ = true;
     return;
   }

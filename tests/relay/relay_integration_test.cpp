@@ -671,56 +671,107 @@ TEST(RelayTest, GarbageFromAHandoverPeerLeavesTheRelayServing) {
   relay.wait();
 }
 
+// A fake new relay on `path`: HELLO, then everything through END. Returns the connection (empty
+// on failure) and appends the descriptors of every SESSION to *sockets.
+common::UniqueFd take_state(const std::string& path, std::vector<common::UniqueFd>* sockets) {
+  common::UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", path.c_str());
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) return {};
+  if (send_handover(s.get(), HandoverMsg::kHello, {{"protocol", kHandoverProtocol}}) != 0) return {};
+  HandoverMessage m;
+  do {
+    if (recv_handover(s.get(), m, 10000) != 0) return {};
+    if (m.type == HandoverMsg::kSession)
+      for (auto& fd : m.fds) sockets->push_back(std::move(fd));
+  } while (m.type != HandoverMsg::kEnd);
+  return s;
+}
+
+// The relay's end of `client`'s connection is `relay_side` (the same kernel socket).
+void expect_same_connection(int relay_side, int client) {
+  common::SockAddr peer, mine;
+  peer.set_len(common::SockAddr::kCapacity);
+  mine.set_len(common::SockAddr::kCapacity);
+  ASSERT_EQ(::getpeername(relay_side, peer.get_mut(), peer.len_mut()), 0);
+  ASSERT_EQ(::getsockname(client, mine.get_mut(), mine.len_mut()), 0);
+  EXPECT_EQ(peer.to_string(), mine.to_string());
+}
+
 // The old relay sends its sessions' own sockets (no duplicates), so while a hand-over holds them
-// nothing may close them: a stop that arrives then waits. Here the peer has the state (the very
-// socket the client is connected to) when the relay is told to stop; the session stays open until
-// the peer hangs up, and then the stop ends it.
+// nothing may close them: a stop that arrives then waits. Here the peer has taken the state (the
+// very socket the client is connected to, then closed its copy, so a close in the relay would
+// reach the client) when the relay is told to stop; the session stays open until the peer hangs
+// up, and then the stop ends it.
 TEST(RelayTest, AStopWhileAHandoverHoldsTheSessionsWaitsForIt) {
   EchoServer echo;
   Relay relay(static_cfg(echo.addr()));
   relay.start();
-  auto la = relay.listen_addresses()[0];
-  auto held = test::tcp_connect(la);
+  auto held = test::tcp_connect(relay.listen_addresses()[0]);
   ASSERT_TRUE(eventually([&] { return relay.sessions_active() == 1; }));
   sshring::testing::TempDir dir;
   std::atomic<int> attempts{0};
   HandoverServer server(
       relay, dir.file("relay.control"), [](const HandoverServer::Counts&) { ADD_FAILURE() << "committed"; },
       [&](std::string_view) { ++attempts; });
-  common::UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", dir.file("relay.control").c_str());
-  ASSERT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0) << std::strerror(errno);
-  ASSERT_EQ(send_handover(s.get(), HandoverMsg::kHello, {{"protocol", kHandoverProtocol}}), 0);
-  HandoverMessage m;
   std::vector<common::UniqueFd> sockets;
-  do {
-    ASSERT_EQ(recv_handover(s.get(), m, 10000), 0);
-    if (m.type == HandoverMsg::kSession)
-      for (auto& fd : m.fds) sockets.push_back(std::move(fd));
-  } while (m.type != HandoverMsg::kEnd);
+  common::UniqueFd s = take_state(dir.file("relay.control"), &sockets);
+  ASSERT_TRUE(s);
   ASSERT_EQ(sockets.size(), 2u);
-  // The first is the relay's end of our connection.
-  common::SockAddr peer, mine;
-  peer.set_len(common::SockAddr::kCapacity);
-  mine.set_len(common::SockAddr::kCapacity);
-  ASSERT_EQ(::getpeername(sockets[0].get(), peer.get_mut(), peer.len_mut()), 0);
-  ASSERT_EQ(::getsockname(held.get(), mine.get_mut(), mine.len_mut()), 0);
-  EXPECT_EQ(peer.to_string(), mine.to_string());
+  expect_same_connection(sockets[0].get(), held.get());
+  sockets.clear();
 
   relay.stop();
   pollfd p{held.get(), POLLIN | POLLRDHUP, 0};
   EXPECT_EQ(::poll(&p, 1, 500), 0) << "the relay closed a session the hand-over holds";
   EXPECT_EQ(relay.sessions_active(), 1);
-  sockets.clear();
   s.reset();  // the peer hangs up: the relay takes its session back, and the stop ends it
   char b = 0;
   EXPECT_FALSE(test::read_exact(held.get(), &b, 1)) << "the session outlived the stop";
   EXPECT_TRUE(eventually([&] { return attempts.load() == 1; }));
   EXPECT_FALSE(server.handed_over());
+  ASSERT_TRUE(eventually([&] { return relay.finished(); })) << "the stop was lost";
   relay.wait();
   EXPECT_EQ(relay.sessions_active(), 0);
+}
+
+// A new relay that takes the state and then says nothing would hold a stopping relay for the whole
+// READY timeout (60 s); abort() (the second signal) cuts it short: the relay resumes its sessions,
+// counts a failed hand-over, and the stop that waited ends them.
+TEST(RelayTest, AnAbortedHandoverLetsTheWaitingStopGoAhead) {
+  EchoServer echo;
+  Relay relay(static_cfg(echo.addr()));
+  relay.start();
+  auto held = test::tcp_connect(relay.listen_addresses()[0]);
+  ASSERT_TRUE(eventually([&] { return relay.sessions_active() == 1; }));
+  sshring::testing::TempDir dir;
+  std::mutex mu;
+  std::vector<std::string> results;
+  HandoverServer server(
+      relay, dir.file("relay.control"), [](const HandoverServer::Counts&) { ADD_FAILURE() << "committed"; },
+      [&](std::string_view r) {
+        std::lock_guard lock(mu);
+        results.emplace_back(r);
+      });
+  server.abort();  // nothing in progress: a no-op
+  std::vector<common::UniqueFd> sockets;
+  common::UniqueFd s = take_state(dir.file("relay.control"), &sockets);
+  ASSERT_TRUE(s);
+  sockets.clear();
+  relay.stop();
+  EXPECT_EQ(relay.sessions_active(), 1);
+  server.abort();
+  // Well inside the 60 s the hand-over would otherwise wait for READY.
+  pollfd p{held.get(), POLLIN | POLLRDHUP, 0};
+  ASSERT_EQ(::poll(&p, 1, 10000), 1) << "the stop still waits for the hand-over";
+  char b = 0;
+  EXPECT_LE(::recv(held.get(), &b, 1, 0), 0) << "the session outlived the stop";
+  ASSERT_TRUE(eventually([&] { return relay.finished(); })) << "the stop did not go ahead";
+  relay.wait();
+  std::lock_guard lock(mu);
+  EXPECT_EQ(results, std::vector<std::string>{"failed"});
+  EXPECT_FALSE(server.handed_over());
 }
 
 }  // namespace
