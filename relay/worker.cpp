@@ -802,7 +802,14 @@ void Worker::on_pump_cqe(Session& s, Op op, int res) {
     const DirOps& o = kDirOps[d];
     Pump& p = s.pump[d];
     if (op == o.poll_in || op == o.poll_out) {
-      if (res == -ECANCELED) return;  // parked for a hand-over; the pump stays where it was
+      if (res == -ECANCELED) {
+        // Parked for a hand-over: the pump stays where it was. A hand-over that gave up while this
+        // cancel was on its way has resumed already and skipped this session (it was not quiet
+        // yet): poll again, or it would wait for nothing until its idle timeout.
+        if (!parking() && !s.ending && s.phase == Session::Phase::kSplicing)
+          arm_poll(s, dir_io(s, d), op == o.poll_out);
+        return;
+      }
       drive(s, d, op == o.poll_in ? p.on_readable() : p.on_writable());
       return;
     }
