@@ -145,13 +145,17 @@ void LiveFlows::cut(const sshring_flow_key& k, const sshring_flow& f) {
   if (!cut_tried_.insert(key_bytes(k)).second) return;  // tried already: the kernel drops its packets
   int rc = destroy_tcp(k);
   std::string grant = sync_.grant_name(f.grant);
+  // No local socket (a SYN that never became a connection, a flow this host forwards): nothing to
+  // end, and one spoofed packet can make one, so it is counted apart and not logged; the kernel
+  // drops the flow's packets either way.
+  if (rc == -ENOENT) {
+    stats_.flows_without_socket.add();
+    return;
+  }
   if (rc != 0) {
     stats_.flow_cut_errors.add();
-    // No local socket (a refused SYN never made one) is the common case and can be had for one
-    // spoofed packet each: counted, not logged.
-    if (rc != -ENOENT)
-      common::log_warn("agent: cannot end a flow enforce mode refuses; its packets are dropped",
-                       {{"flow", flow_json(k).dump()}, {"error", std::strerror(-rc)}});
+    common::log_warn("agent: cannot end a flow enforce mode refuses; its packets are dropped",
+                     {{"flow", flow_json(k).dump()}, {"error", std::strerror(-rc)}});
     return;
   }
   stats_.flows_cut.add();

@@ -227,8 +227,12 @@ static void append_agent_enforcement(const AgentStats& s, std::vector<prometheus
   counter("sshring_agent_flows_retagged_total",
           "Live flows re-tagged because their grant expired or was revoked.", s.flows_retagged);
   counter("sshring_agent_flows_cut_total", "Live flows ended by enforce mode (SOCK_DESTROY).", s.flows_cut);
-  counter("sshring_agent_flow_cut_errors_total", "Flows enforce mode could not end (no local socket, error).",
+  counter("sshring_agent_flow_cut_errors_total", "Flows enforce mode refuses whose socket it could not end.",
           s.flow_cut_errors);
+  counter("sshring_agent_refused_flows_without_socket_total",
+          "Flows enforce mode refuses that have no local socket to end (a SYN that never became a "
+          "connection, a forwarded flow).",
+          s.flows_without_socket);
   gauge("sshring_agent_policy_fits", "1 when the whole policy fits the kernel maps, 0 when rules were cut.",
         s.policy_fits);
   gauge("sshring_agent_policy_rules_not_loaded", "Candidate rules left out of the kernel maps (fail closed).",

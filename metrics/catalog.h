@@ -131,9 +131,10 @@ struct AgentStats {
   LocalCounter flows_retagged;                              // sshring_agent_flows_retagged_total
   LocalCounter flows_cut;                                   // sshring_agent_flows_cut_total
   LocalCounter flow_cut_errors;                             // sshring_agent_flow_cut_errors_total
-  LocalGauge policy_fits;                                   // sshring_agent_policy_fits (0/1)
-  LocalGauge rules_not_loaded;                              // sshring_agent_policy_rules_not_loaded
-  LocalGauge pins_private;                                  // sshring_agent_pins_private (0/1)
+  LocalCounter flows_without_socket;  // sshring_agent_refused_flows_without_socket_total
+  LocalGauge policy_fits;             // sshring_agent_policy_fits (0/1)
+  LocalGauge rules_not_loaded;        // sshring_agent_policy_rules_not_loaded
+  LocalGauge pins_private;            // sshring_agent_pins_private (0/1)
 };
 void register_agent(Server& server, const AgentStats* stats);
 

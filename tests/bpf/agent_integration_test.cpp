@@ -548,8 +548,11 @@ TEST_F(AgentIntegration, EndingAFlowWithNoSocketLeavesSshdListening) {
   stop_agent();
 
   start_agent(true, "enforce.log");  // its first walk refuses the flow left in the pinned map
-  EXPECT_TRUE(eventually([&] { return metric(*host_, "sshring_agent_flow_cut_errors_total") >= 1; }, 10s))
+  EXPECT_TRUE(eventually(
+      [&] { return metric(*host_, "sshring_agent_refused_flows_without_socket_total") >= 1; }, 10s))
       << read_file(dir_.file("enforce.log"));
+  EXPECT_EQ(metric(*host_, "sshring_agent_flow_cut_errors_total"), 0)
+      << "nothing failed: there was nothing to end";
   EXPECT_EQ(metric(*host_, "sshring_agent_flows_cut_total"), 0) << "nothing to end, nothing ended";
   std::string listening;
   host_->exec("ss -Htln sport = :" + std::to_string(kSshPort), &listening);
