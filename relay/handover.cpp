@@ -479,7 +479,8 @@ const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport
   return "done";
 }
 
-HandoverClient::HandoverClient(common::UniqueFd connected) : sock_(std::move(connected)) {}
+HandoverClient::HandoverClient(common::UniqueFd connected, std::chrono::milliseconds ready_budget)
+    : sock_(std::move(connected)), ready_budget_(ready_budget) {}
 
 HandoverClient::HandoverClient(const std::string& path) {
   sockaddr_un a = unix_addr(path);
@@ -540,7 +541,10 @@ RelayExport HandoverClient::receive_state() {
   peer_pid_ = static_cast<int>(number_or(m.body, "pid", INT32_MAX, 0));
   for (;;) {
     next("state");
-    if (m.type == HandoverMsg::kEnd) break;
+    if (m.type == HandoverMsg::kEnd) {
+      end_at_ = std::chrono::steady_clock::now();
+      break;
+    }
     if (m.type == HandoverMsg::kListener) {
       if (m.fds.size() != 1) throw HandoverError(kTakeoverFailed, "--takeover: LISTENER without its socket");
       out.listeners.push_back({m.body.value("route", std::string()),
@@ -568,6 +572,15 @@ void HandoverClient::refuse(const std::string& why, bool failed) {
 }
 
 bool HandoverClient::ready_and_wait_done() {
+  if (const auto took = std::chrono::steady_clock::now() - end_at_; took > ready_budget_) {
+    const std::string why =
+        "taking over took " +
+        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()) +
+        " ms, more than the " + std::to_string(ready_budget_.count()) +
+        " ms the running relay is sure to wait for READY; it keeps every session";
+    refuse(why, true);
+    throw HandoverError(kTakeoverFailed, "--takeover: " + why);
+  }
   if (int r = send_handover(sock_.get(), HandoverMsg::kReady, nlohmann::json::object()); r != 0)
     throw HandoverError(kTakeoverFailed, std::string("--takeover: sending READY: ") + strerror(-r));
   HandoverMessage m;

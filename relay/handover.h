@@ -28,6 +28,7 @@
 // kernel sockets, so its TCP state, buffered bytes and peers never notice.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -47,6 +48,8 @@ inline constexpr uint32_t kHandoverProtocol = 1;
 inline constexpr uint32_t kHandoverStateVersion = 1;
 inline constexpr size_t kHandoverMaxFds = 8;
 inline constexpr size_t kHandoverMaxMessage = size_t{64} * 1024;
+// How long the new relay may take from END to READY: half of the old relay's 60 s wait for READY.
+inline constexpr std::chrono::milliseconds kHandoverReadyBudget{30'000};
 
 enum class HandoverMsg : uint16_t {
   kHello = 1,
@@ -209,8 +212,9 @@ class HandoverClient {
  public:
   // Connects to the running relay's control socket.
   explicit HandoverClient(const std::string& path);
-  // Uses an already connected control socket (tests, the fuzz target).
-  explicit HandoverClient(common::UniqueFd connected);
+  // Uses an already connected control socket (tests, the fuzz target); `ready_budget` as below.
+  explicit HandoverClient(common::UniqueFd connected,
+                          std::chrono::milliseconds ready_budget = kHandoverReadyBudget);
   // HELLO, then everything up to END. Refuses (REFUSE to the old side) unreadable state.
   RelayExport receive();
   // Tells the old side why this process gives up; it resumes serving. `failed`: the state was
@@ -218,6 +222,9 @@ class HandoverClient {
   void refuse(const std::string& why, bool failed = false);
   // READY, then waits for DONE (the old relay let go and flushed its audit log). Returns false when
   // the old process went away without DONE (it is gone either way; this one carries on).
+  // Refuses instead (throws HandoverError) when more than the ready budget passed since END: the
+  // old relay gives up waiting for READY after 60 s and serves on, and a READY that arrived just
+  // after that would leave both processes serving the same sockets.
   bool ready_and_wait_done();
   [[nodiscard]] int peer_pid() const { return peer_pid_; }
 
@@ -225,6 +232,8 @@ class HandoverClient {
   RelayExport receive_state();
   common::UniqueFd sock_;
   int peer_pid_ = 0;
+  std::chrono::milliseconds ready_budget_ = kHandoverReadyBudget;
+  std::chrono::steady_clock::time_point end_at_{};  // when END arrived
 };
 
 // The control socket path `relay` uses when none is given.

@@ -7,8 +7,10 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <limits>
 #include <stdexcept>
+#include <thread>
 
 #include "relay/handover.h"
 
@@ -96,3 +98,70 @@ TEST(HandoverMessage, RefuseQueuedBeforeThePeerClosedIsReadBeforeTheReset) {
   EXPECT_EQ(m.body.value("error", std::string()), "version 99");
   EXPECT_EQ(relay::recv_handover(old_relay.get(), m, 1000), -ECONNRESET);
 }
+
+namespace {
+
+// A new relay that took longer than its ready budget from END to READY refuses instead: the old
+// relay may have given up waiting (60 s) and resumed, and a late READY would leave both serving the
+// same sockets. The old side sees REFUSE with result "failed", never READY.
+TEST(HandoverClientTest, ALateReadyBecomesARefusal) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd old_side(sv[1]);
+  relay::HandoverClient client{UniqueFd(sv[0]), std::chrono::milliseconds(100)};
+  std::thread old_relay([&] {
+    relay::HandoverMessage m;
+    ASSERT_EQ(relay::recv_handover(old_side.get(), m, 5000), 0);
+    ASSERT_EQ(m.type, relay::HandoverMsg::kHello);
+    ASSERT_EQ(relay::send_handover(old_side.get(), relay::HandoverMsg::kState,
+                                   {{"state_version", relay::kHandoverStateVersion},
+                                    {"workers", 1},
+                                    {"next_seq", 0},
+                                    {"listeners", 0},
+                                    {"sessions", 0}}),
+              0);
+    ASSERT_EQ(
+        relay::send_handover(old_side.get(), relay::HandoverMsg::kEnd, {{"listeners", 0}, {"sessions", 0}}),
+        0);
+  });
+  relay::RelayExport state = client.receive();
+  old_relay.join();
+  EXPECT_EQ(state.workers, 1u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a slow import
+  try {
+    client.ready_and_wait_done();
+    ADD_FAILURE() << "READY sent after the budget";
+  } catch (const relay::HandoverError& e) {
+    EXPECT_EQ(e.code(), relay::kTakeoverFailed);
+    EXPECT_NE(std::string(e.what()).find("keeps every session"), std::string::npos) << e.what();
+  }
+  relay::HandoverMessage m;
+  ASSERT_EQ(relay::recv_handover(old_side.get(), m, 5000), 0);
+  EXPECT_EQ(m.type, relay::HandoverMsg::kRefuse);
+  EXPECT_EQ(m.body.value("result", std::string()), "failed");
+}
+
+// Within the budget READY goes out as before.
+TEST(HandoverClientTest, AReadyInTimeIsSent) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd old_side(sv[1]);
+  relay::HandoverClient client{UniqueFd(sv[0])};
+  std::thread old_relay([&] {
+    relay::HandoverMessage m;
+    ASSERT_EQ(relay::recv_handover(old_side.get(), m, 5000), 0);
+    ASSERT_EQ(relay::send_handover(
+                  old_side.get(), relay::HandoverMsg::kState,
+                  {{"state_version", relay::kHandoverStateVersion}, {"workers", 1}, {"next_seq", 0}}),
+              0);
+    ASSERT_EQ(relay::send_handover(old_side.get(), relay::HandoverMsg::kEnd, nlohmann::json::object()), 0);
+    ASSERT_EQ(relay::recv_handover(old_side.get(), m, 5000), 0);
+    EXPECT_EQ(m.type, relay::HandoverMsg::kReady);
+    ASSERT_EQ(relay::send_handover(old_side.get(), relay::HandoverMsg::kDone, nlohmann::json::object()), 0);
+  });
+  (void)client.receive();
+  EXPECT_TRUE(client.ready_and_wait_done());
+  old_relay.join();
+}
+
+}  // namespace
