@@ -108,15 +108,18 @@ int transact(int fd, const Request& r, F&& on_msg) {
 
 // The connection with exactly this 4-tuple. The kernel's exact lookup falls back to the listener on
 // the server address and port when no connection has the tuple (an unapproved SYN that enforce mode
-// dropped never made one), so each answer is checked: the same peer, and not a listener.
+// dropped never made one), so each answer is checked: the same peer, a connection (not a listener,
+// not TIME_WAIT: nothing left to end), a real cookie.
 struct Found {
   int rc = -ENOENT;  // 0 when found, else -ENOENT or the error
   uint8_t family = 0;
   uint32_t cookie[2] = {};
+  uint32_t ifindex = 0;  // the socket's bound device, which an exact lookup must name
 };
 
 bool is_tuple(const inet_diag_msg& m, const sshring_flow_key& key) {
-  if (m.idiag_state == TCP_LISTEN) return false;
+  if (m.idiag_state == TCP_LISTEN || m.idiag_state == TCP_TIME_WAIT) return false;
+  if (m.id.idiag_cookie[0] == INET_DIAG_NOCOOKIE && m.id.idiag_cookie[1] == INET_DIAG_NOCOOKIE) return false;
   const TcpSocket s = from_msg(m);
   return s.key.family == key.family && s.key.client_port == key.client_port &&
          s.key.server_port == key.server_port && std::memcmp(s.key.client, key.client, 16) == 0 &&
@@ -124,25 +127,41 @@ bool is_tuple(const inet_diag_msg& m, const sshring_flow_key& key) {
 }
 
 // Asks as AF_INET and, for IPv4 keys not found, again as AF_INET6 with mapped addresses (a
-// dual-stack listener's sockets).
+// dual-stack listener's sockets). A socket bound to a device (an IPv6 link-local peer's, one in a
+// VRF or under SO_BINDTODEVICE) is invisible to an exact lookup that names no device, so a miss
+// ends with a dump of the family's live connections, matched here.
 Found find(int fd, const sshring_flow_key& key) {
   Found f;
+  auto take = [&](const inet_diag_msg& m, uint8_t family) {
+    if (f.rc == 0 || !is_tuple(m, key)) return;
+    f.rc = 0;
+    f.family = family;
+    f.cookie[0] = m.id.idiag_cookie[0];
+    f.cookie[1] = m.id.idiag_cookie[1];
+    f.ifindex = m.id.idiag_if;
+  };
   const uint8_t first = key.family == 4 ? AF_INET : AF_INET6;
   for (uint8_t family : {first, static_cast<uint8_t>(AF_INET6)}) {
-    bool hit = false;
     int rc = transact(fd, exact_request(key, family, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST),
-                      [&](const inet_diag_msg& m) {
-                        if (hit || !is_tuple(m, key)) return;
-                        hit = true;
-                        f.cookie[0] = m.id.idiag_cookie[0];
-                        f.cookie[1] = m.id.idiag_cookie[1];
-                      });
-    if (hit) {
-      f.rc = 0;
-      f.family = family;
+                      [&](const inet_diag_msg& m) { take(m, family); });
+    if (f.rc == 0) return f;
+    if (rc != 0 && rc != -ENOENT) {
+      f.rc = rc;
       return f;
     }
-    if (rc != 0 && rc != -ENOENT) {
+    if (family == AF_INET6) break;
+  }
+  for (uint8_t family : {first, static_cast<uint8_t>(AF_INET6)}) {
+    Request r{};
+    r.nlh.nlmsg_len = sizeof(r);
+    r.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    r.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    r.req.sdiag_family = family;
+    r.req.sdiag_protocol = IPPROTO_TCP;
+    r.req.idiag_states = live_tcp_states();
+    int rc = transact(fd, r, [&](const inet_diag_msg& m) { take(m, family); });
+    if (f.rc == 0) return f;
+    if (rc != 0) {
       f.rc = rc;
       return f;
     }
@@ -189,8 +208,9 @@ int destroy_tcp(const sshring_flow_key& key) {
   if (!fd) return -errno;
   const Found f = find(fd.get(), key);
   if (f.rc != 0) return f.rc;
-  return transact(fd.get(), exact_request(key, f.family, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, f.cookie),
-                  [](const inet_diag_msg&) {});
+  Request r = exact_request(key, f.family, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, f.cookie);
+  r.req.id.idiag_if = f.ifindex;
+  return transact(fd.get(), r, [](const inet_diag_msg&) {});
 }
 
 }  // namespace sshring::bpf

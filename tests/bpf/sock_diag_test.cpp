@@ -4,9 +4,11 @@
 #include "bpf/sock_diag.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +17,7 @@
 #include <string>
 
 #include "common/unique_fd.h"
+#include "tests/support/netns.h"
 
 namespace sshring::bpf {
 namespace {
@@ -137,6 +140,91 @@ INSTANTIATE_TEST_SUITE_P(
     Families, SockDiag, ::testing::Values(Kind::kV4, Kind::kV6, Kind::kMapped), [](const auto& i) {
       return std::string(i.param == Kind::kV4 ? "v4" : i.param == Kind::kV6 ? "v6" : "mapped");
     });
+
+}  // namespace
+}  // namespace sshring::bpf
+
+namespace sshring::bpf {
+namespace {
+
+// Runs in network namespace `name` until destroyed, then returns to the namespace it came from.
+class InNetns {
+ public:
+  explicit InNetns(const std::string& name)
+      : home_(::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)),
+        there_(::open(("/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC)) {
+    ok_ = home_ && there_ && ::setns(there_.get(), CLONE_NEWNET) == 0;
+  }
+  ~InNetns() {
+    if (ok_) (void)::setns(home_.get(), CLONE_NEWNET);
+  }
+  InNetns(const InNetns&) = delete;
+  InNetns& operator=(const InNetns&) = delete;
+  [[nodiscard]] bool ok() const { return ok_; }
+
+ private:
+  UniqueFd home_, there_;
+  bool ok_ = false;
+};
+
+// An IPv6 link-local peer: the server's connection socket is bound to the interface it came in on,
+// so an exact lookup that names no device misses it (and falls back to the listener). The agent
+// must still see it alive and be able to end it; before, a live link-local session looked gone and
+// was evicted after its idle time, then dropped.
+TEST(SockDiagLinkLocal, AConnectionBoundToItsInterfaceIsFoundAndDestroyed) {
+  std::string why;
+  if (!testing::can_use_netns(&why)) GTEST_SKIP() << why;
+  testing::NetNs server_ns("sdiag-srv"), client_ns("sdiag-cli");
+  testing::link_veth(server_ns, "ds", "10.250.0.1/24", client_ns, "dc", "10.250.0.2/24", "fe80::a/64",
+                     "fe80::b/64");
+  UniqueFd client, listener, served;
+  uint16_t port = 0;
+  {
+    InNetns in(client_ns.name());
+    ASSERT_TRUE(in.ok());
+    client.reset(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  }
+  InNetns in(server_ns.name());
+  ASSERT_TRUE(in.ok());
+  listener.reset(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in6 any{};
+  any.sin6_family = AF_INET6;
+  any.sin6_addr = in6addr_any;  // inside the test's own namespace
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&any), sizeof(any)), 0)
+      << std::strerror(errno);
+  ASSERT_EQ(::listen(listener.get(), 4), 0);
+  port = port_of(listener.get());
+  sockaddr_in6 to{};
+  to.sin6_family = AF_INET6;
+  ASSERT_EQ(::inet_pton(AF_INET6, "fe80::a", &to.sin6_addr), 1);
+  to.sin6_port = htons(port);
+  std::string ifindex;
+  ASSERT_EQ(client_ns.exec("cat /sys/class/net/dc/ifindex", &ifindex), 0);
+  to.sin6_scope_id = static_cast<uint32_t>(std::stoul(ifindex));
+  // The client socket belongs to the client namespace whatever namespace this thread is in now
+  // (link_veth adds the addresses without duplicate detection: usable at once).
+  ASSERT_EQ(::connect(client.get(), reinterpret_cast<sockaddr*>(&to), sizeof(to)), 0) << std::strerror(errno);
+  served.reset(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(served);
+  sshring_flow_key k{};
+  k.family = 6;
+  k.server_port = port;
+  k.client_port = port_of(client.get());
+  ASSERT_EQ(::inet_pton(AF_INET6, "fe80::a", k.server), 1);
+  ASSERT_EQ(::inet_pton(AF_INET6, "fe80::b", k.client), 1);
+  EXPECT_EQ(tcp_exists(k), 1) << "a live link-local connection looked gone";
+  EXPECT_EQ(destroy_tcp(k), 0);
+  EXPECT_EQ(tcp_exists(k), 0);
+  pollfd p{client.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 2000), 1);
+  char b;
+  EXPECT_LT(::recv(client.get(), &b, 1, 0), 0);
+  EXPECT_EQ(errno, ECONNRESET);
+  int on = 0;
+  socklen_t len = sizeof(on);
+  ASSERT_EQ(::getsockopt(listener.get(), SOL_SOCKET, SO_ACCEPTCONN, &on, &len), 0);
+  EXPECT_EQ(on, 1) << "the listener went with the flow";
+}
 
 }  // namespace
 }  // namespace sshring::bpf
