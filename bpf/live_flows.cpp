@@ -173,7 +173,10 @@ void LiveFlows::cut(const sshring_flow_key& k, const sshring_flow& f) {
 }
 
 bool LiveFlows::evict_idle(const sshring_flow_key& k, const sshring_flow& f, bool enforce) {
-  if (enforce && tag_allowed(f.tag) && tcp_exists(k) == 1) return false;  // alive: keep it
+  // Alive, or not known to be gone (a diag error): keep it. Evicting a live approved flow would cut
+  // it at its next packet; keeping an approved one costs only its entry, and its grant's end is
+  // still checked by the kernel per packet and by the walk.
+  if (enforce && tag_allowed(f.tag) && tcp_exists(k) != 0) return false;
   // Delete first: if the kernel closed it meanwhile, it already reported the close.
   if (bpf_map_delete_elem(obj_.map_fd("flows"), &k) != 0) return false;
   report_(close_record(k, f, "evicted", sync_.grant_name(f.grant)));
