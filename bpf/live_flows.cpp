@@ -141,9 +141,9 @@ bool LiveFlows::retag(const policy::Snapshot& snap, int64_t now, const sshring_f
   return true;
 }
 
-void LiveFlows::cut(const sshring_flow_key& k, const sshring_flow& f) {
+void LiveFlows::cut(const sshring_flow_key& k, const sshring_flow& f, ConnectionDump* dump) {
   if (!cut_tried_.insert(key_bytes(k)).second) return;  // tried already: the kernel drops its packets
-  int rc = destroy_tcp(k);
+  int rc = destroy_tcp(k, dump);
   std::string grant = sync_.grant_name(f.grant);
   // No local socket (a SYN that never became a connection, a flow this host forwards): nothing to
   // end, and one spoofed packet can make one, so it is counted apart and not logged; the kernel
@@ -172,11 +172,12 @@ void LiveFlows::cut(const sshring_flow_key& k, const sshring_flow& f) {
               .to_json());
 }
 
-bool LiveFlows::evict_idle(const sshring_flow_key& k, const sshring_flow& f, bool enforce) {
+bool LiveFlows::evict_idle(const sshring_flow_key& k, const sshring_flow& f, bool enforce,
+                           ConnectionDump* dump) {
   // Alive, or not known to be gone (a diag error): keep it. Evicting a live approved flow would cut
   // it at its next packet; keeping an approved one costs only its entry, and its grant's end is
   // still checked by the kernel per packet and by the walk.
-  if (enforce && tag_allowed(f.tag) && tcp_exists(k) != 0) return false;
+  if (enforce && tag_allowed(f.tag) && tcp_exists(k, dump) != 0) return false;
   // Delete first: if the kernel closed it meanwhile, it already reported the close.
   if (bpf_map_delete_elem(obj_.map_fd("flows"), &k) != 0) return false;
   report_(close_record(k, f, "evicted", sync_.grant_name(f.grant)));
@@ -195,13 +196,14 @@ void LiveFlows::walk(const policy::Snapshot& snap, int64_t now_unix, bool enforc
   });
   int64_t tracked = 0;
   std::set<std::vector<uint8_t>> present;
+  ConnectionDump dump;  // listed at most once per walk, on the first flow an exact lookup misses
   for (auto& [k, f] : all) {
     if (present.count(key_bytes(k))) continue;  // seen twice: the walk restarted after a kernel delete
-    if (boot > f.last_ns && boot - f.last_ns > idle_ns && evict_idle(k, f, enforce)) continue;
+    if (boot > f.last_ns && boot - f.last_ns > idle_ns && evict_idle(k, f, enforce, &dump)) continue;
     tracked++;
     present.insert(key_bytes(k));
     retag(snap, now_unix, k, f);
-    if (enforce && !tag_allowed(f.tag)) cut(k, f);
+    if (enforce && !tag_allowed(f.tag)) cut(k, f, &dump);
   }
   std::erase_if(cut_tried_, [&](const auto& kb) { return !present.count(kb); });
   stats_.flows_tracked.set(tracked);

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include "bpf/sock_diag.h"
 #include "bpf/sshring_structs.h"
 #include "metrics/audit_types.h"
 
@@ -58,8 +59,9 @@ class LiveFlows {
 
  private:
   bool retag(const policy::Snapshot& snap, int64_t now, const sshring_flow_key& k, sshring_flow& f);
-  void cut(const sshring_flow_key& k, const sshring_flow& f);
-  bool evict_idle(const sshring_flow_key& k, const sshring_flow& f, bool enforce);
+  // `dump`: the walk's shared list of device-bound connections (bpf/sock_diag.h).
+  void cut(const sshring_flow_key& k, const sshring_flow& f, ConnectionDump* dump);
+  bool evict_idle(const sshring_flow_key& k, const sshring_flow& f, bool enforce, ConnectionDump* dump);
 
   const BpfObject& obj_;
   MapSync& sync_;

@@ -117,41 +117,21 @@ struct Found {
   uint32_t ifindex = 0;  // the socket's bound device, which an exact lookup must name
 };
 
-bool is_tuple(const inet_diag_msg& m, const sshring_flow_key& key) {
-  if (m.idiag_state == TCP_LISTEN || m.idiag_state == TCP_TIME_WAIT) return false;
-  if (m.id.idiag_cookie[0] == INET_DIAG_NOCOOKIE && m.id.idiag_cookie[1] == INET_DIAG_NOCOOKIE) return false;
-  const TcpSocket s = from_msg(m);
-  return s.key.family == key.family && s.key.client_port == key.client_port &&
-         s.key.server_port == key.server_port && std::memcmp(s.key.client, key.client, 16) == 0 &&
-         std::memcmp(s.key.server, key.server, 16) == 0;
+bool same_key(const sshring_flow_key& a, const sshring_flow_key& b) {
+  return a.family == b.family && a.client_port == b.client_port && a.server_port == b.server_port &&
+         std::memcmp(a.client, b.client, 16) == 0 && std::memcmp(a.server, b.server, 16) == 0;
 }
 
-// Asks as AF_INET and, for IPv4 keys not found, again as AF_INET6 with mapped addresses (a
-// dual-stack listener's sockets). A socket bound to a device (an IPv6 link-local peer's, one in a
-// VRF or under SO_BINDTODEVICE) is invisible to an exact lookup that names no device, so a miss
-// ends with a dump of the family's live connections, matched here.
-Found find(int fd, const sshring_flow_key& key) {
-  Found f;
-  auto take = [&](const inet_diag_msg& m, uint8_t family) {
-    if (f.rc == 0 || !is_tuple(m, key)) return;
-    f.rc = 0;
-    f.family = family;
-    f.cookie[0] = m.id.idiag_cookie[0];
-    f.cookie[1] = m.id.idiag_cookie[1];
-    f.ifindex = m.id.idiag_if;
-  };
-  const uint8_t first = key.family == 4 ? AF_INET : AF_INET6;
-  for (uint8_t family : {first, static_cast<uint8_t>(AF_INET6)}) {
-    int rc = transact(fd, exact_request(key, family, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST),
-                      [&](const inet_diag_msg& m) { take(m, family); });
-    if (f.rc == 0) return f;
-    if (rc != 0 && rc != -ENOENT) {
-      f.rc = rc;
-      return f;
-    }
-    if (family == AF_INET6) break;
-  }
-  for (uint8_t family : {first, static_cast<uint8_t>(AF_INET6)}) {
+// A connection an answer may name: not a listener, not TIME_WAIT, with a real cookie.
+bool is_connection(const inet_diag_msg& m) {
+  if (m.idiag_state == TCP_LISTEN || m.idiag_state == TCP_TIME_WAIT) return false;
+  return !(m.id.idiag_cookie[0] == INET_DIAG_NOCOOKIE && m.id.idiag_cookie[1] == INET_DIAG_NOCOOKIE);
+}
+
+void load(int fd, ConnectionDump& d) {
+  d.loaded = true;
+  d.loads++;
+  for (uint8_t family : {AF_INET, AF_INET6}) {
     Request r{};
     r.nlh.nlmsg_len = sizeof(r);
     r.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
@@ -159,13 +139,59 @@ Found find(int fd, const sshring_flow_key& key) {
     r.req.sdiag_family = family;
     r.req.sdiag_protocol = IPPROTO_TCP;
     r.req.idiag_states = live_tcp_states();
-    int rc = transact(fd, r, [&](const inet_diag_msg& m) { take(m, family); });
-    if (f.rc == 0) return f;
+    int rc = transact(fd, r, [&](const inet_diag_msg& m) {
+      if (!is_connection(m)) return;
+      d.entries.push_back({.key = from_msg(m).key,
+                           .family = family,
+                           .cookie = {m.id.idiag_cookie[0], m.id.idiag_cookie[1]},
+                           .ifindex = m.id.idiag_if});
+    });
     if (rc != 0) {
+      d.rc = rc;
+      d.entries.clear();
+      return;
+    }
+  }
+}
+
+// Asks as AF_INET and, for IPv4 keys not found, again as AF_INET6 with mapped addresses (a
+// dual-stack listener's sockets); then the dump (`shared`, else one of its own) for sockets bound
+// to a device.
+Found find(int fd, const sshring_flow_key& key, ConnectionDump* shared) {
+  Found f;
+  const uint8_t first = key.family == 4 ? AF_INET : AF_INET6;
+  for (uint8_t family : {first, static_cast<uint8_t>(AF_INET6)}) {
+    int rc = transact(fd, exact_request(key, family, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST),
+                      [&](const inet_diag_msg& m) {
+                        if (f.rc == 0 || !is_connection(m) || !same_key(from_msg(m).key, key)) return;
+                        f.rc = 0;
+                        f.family = family;
+                        f.cookie[0] = m.id.idiag_cookie[0];
+                        f.cookie[1] = m.id.idiag_cookie[1];
+                        f.ifindex = m.id.idiag_if;
+                      });
+    if (f.rc == 0) return f;
+    if (rc != 0 && rc != -ENOENT) {
       f.rc = rc;
       return f;
     }
     if (family == AF_INET6) break;
+  }
+  ConnectionDump own;
+  ConnectionDump& d = shared ? *shared : own;
+  if (!d.loaded) load(fd, d);
+  if (d.rc != 0) {
+    f.rc = d.rc;
+    return f;
+  }
+  for (const auto& e : d.entries) {
+    if (!same_key(e.key, key)) continue;
+    f.rc = 0;
+    f.family = e.family;
+    f.cookie[0] = e.cookie[0];
+    f.cookie[1] = e.cookie[1];
+    f.ifindex = e.ifindex;
+    return f;
   }
   return f;
 }
@@ -194,19 +220,19 @@ int dump_tcp(uint32_t state_mask, std::vector<TcpSocket>* out) {
   return 0;
 }
 
-int tcp_exists(const sshring_flow_key& key) {
+int tcp_exists(const sshring_flow_key& key, ConnectionDump* shared) {
   common::UniqueFd fd = open_diag();
   if (!fd) return -errno;
-  const Found f = find(fd.get(), key);
+  const Found f = find(fd.get(), key, shared);
   return f.rc == 0 ? 1 : f.rc == -ENOENT ? 0 : f.rc;
 }
 
 // Destroys by cookie: the kernel looks the tuple up again and ends only the socket we found, so
 // neither its fallback to the listener nor a new connection on a reused tuple can be hit.
-int destroy_tcp(const sshring_flow_key& key) {
+int destroy_tcp(const sshring_flow_key& key, ConnectionDump* shared) {
   common::UniqueFd fd = open_diag();
   if (!fd) return -errno;
-  const Found f = find(fd.get(), key);
+  const Found f = find(fd.get(), key, shared);
   if (f.rc != 0) return f.rc;
   Request r = exact_request(key, f.family, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, f.cookie);
   r.req.id.idiag_if = f.ifindex;

@@ -136,6 +136,22 @@ TEST_P(SockDiag, AnEstablishedTupleIsFoundAndDestroyed) {
   EXPECT_TRUE(still_listening()) << "the listener went with the flow";
 }
 
+// Flows without sockets can be planted with spoofed SYNs: a walk over many of them lists the
+// connections once (on the first miss), not once per flow, and still finds a live one.
+TEST_P(SockDiag, AWalkSharesOneDumpAcrossItsMisses) {
+  UniqueFd c = connect_client();
+  ASSERT_TRUE(c);
+  UniqueFd served(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ConnectionDump dump;
+  for (uint16_t i = 0; i < 200; ++i) {
+    EXPECT_EQ(tcp_exists(key_for(GetParam(), port_, static_cast<uint16_t>(41000 + i)), &dump), 0);
+    EXPECT_EQ(destroy_tcp(key_for(GetParam(), port_, static_cast<uint16_t>(41000 + i)), &dump), -ENOENT);
+  }
+  EXPECT_EQ(dump.loads, 1u);
+  EXPECT_EQ(tcp_exists(key_for(GetParam(), port_, port_of(c.get())), &dump), 1);
+  EXPECT_TRUE(still_listening());
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Families, SockDiag, ::testing::Values(Kind::kV4, Kind::kV6, Kind::kMapped), [](const auto& i) {
       return std::string(i.param == Kind::kV4 ? "v4" : i.param == Kind::kV6 ? "v6" : "mapped");
