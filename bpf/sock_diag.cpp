@@ -78,6 +78,18 @@ Request exact_request(const sshring_flow_key& key, uint8_t family, uint16_t type
   return r;
 }
 
+// Every TCP socket of `family` in one of `states` (bit 1 << TCP_*).
+Request dump_request(uint8_t family, uint32_t states) {
+  Request r{};
+  r.nlh.nlmsg_len = sizeof(r);
+  r.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  r.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  r.req.sdiag_family = family;
+  r.req.sdiag_protocol = IPPROTO_TCP;
+  r.req.idiag_states = states;
+  return r;
+}
+
 // Sends one request and reads replies until DONE or an error/ack; `on_msg` sees each diag message.
 template <class F>
 int transact(int fd, const Request& r, F&& on_msg) {
@@ -132,14 +144,7 @@ void load(int fd, ConnectionDump& d) {
   d.loaded = true;
   d.loads++;
   for (uint8_t family : {AF_INET, AF_INET6}) {
-    Request r{};
-    r.nlh.nlmsg_len = sizeof(r);
-    r.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    r.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    r.req.sdiag_family = family;
-    r.req.sdiag_protocol = IPPROTO_TCP;
-    r.req.idiag_states = live_tcp_states();
-    int rc = transact(fd, r, [&](const inet_diag_msg& m) {
+    int rc = transact(fd, dump_request(family, live_tcp_states()), [&](const inet_diag_msg& m) {
       if (!is_connection(m)) return;
       d.entries.push_back({.key = from_msg(m).key,
                            .family = family,
@@ -207,14 +212,8 @@ int dump_tcp(uint32_t state_mask, std::vector<TcpSocket>* out) {
   common::UniqueFd fd = open_diag();
   if (!fd) return -errno;
   for (uint8_t family : {AF_INET, AF_INET6}) {
-    Request r{};
-    r.nlh.nlmsg_len = sizeof(r);
-    r.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    r.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    r.req.sdiag_family = family;
-    r.req.sdiag_protocol = IPPROTO_TCP;
-    r.req.idiag_states = state_mask;
-    int rc = transact(fd.get(), r, [&](const inet_diag_msg& m) { out->push_back(from_msg(m)); });
+    int rc = transact(fd.get(), dump_request(family, state_mask),
+                      [&](const inet_diag_msg& m) { out->push_back(from_msg(m)); });
     if (rc < 0) return rc;
   }
   return 0;

@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -607,69 +608,33 @@ TEST_F(HandshakeSeamTest, OversizePreambleIsDenied) {
 namespace sshring::relay {
 namespace {
 
-// A peer on the control socket that takes the parked state and then answers with garbage (a REFUSE
-// whose error is not a string, bytes that are not a message, or nothing) must not leave the relay
-// parked: after each attempt it relays its live session and new clients again, and counts the
-// attempt (refused, failed, failed). The first answer used to throw past the resume.
-TEST(RelayTest, GarbageFromAHandoverPeerLeavesTheRelayServing) {
+// A relay with one live session (`held`) and a control socket, each hand-over attempt's result
+// recorded; nothing here may commit.
+struct HandoverRig {
   EchoServer echo;
-  Relay relay(static_cfg(echo.addr()));
-  relay.start();
-  auto la = relay.listen_addresses()[0];
-  auto held = test::tcp_connect(la);
-  ASSERT_TRUE(eventually([&] { return relay.sessions_active() == 1; }));
+  Relay relay{static_cfg(echo.addr())};
+  common::UniqueFd held;
   sshring::testing::TempDir dir;
   std::mutex mu;
   std::vector<std::string> results;
-  HandoverServer server(
-      relay, dir.file("relay.control"), [](const HandoverServer::Counts&) { ADD_FAILURE() << "committed"; },
-      [&](std::string_view r) {
-        std::lock_guard lock(mu);
-        results.emplace_back(r);
-      });
-  auto answer_with = [&](const std::function<void(int)>& answer) {
-    common::UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", dir.file("relay.control").c_str());
-    ASSERT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0) << std::strerror(errno);
-    ASSERT_EQ(send_handover(s.get(), HandoverMsg::kHello, {{"protocol", kHandoverProtocol}}), 0);
-    HandoverMessage m;
-    int sessions = 0;
-    do {
-      ASSERT_EQ(recv_handover(s.get(), m, 10000), 0);
-      sessions += m.type == HandoverMsg::kSession;
-    } while (m.type != HandoverMsg::kEnd);
-    EXPECT_EQ(sessions, 1);
-    answer(s.get());
-  };
-  const std::vector<std::function<void(int)>> answers = {
-      [](int s) {
-        EXPECT_EQ(send_handover(s, HandoverMsg::kRefuse, {{"error", 5}}), 0);
-      },
-      [](int s) { EXPECT_EQ(::send(s, "\x00\x06{not json", 11, MSG_NOSIGNAL), 11); }, [](int) {},  // hang up
-  };
-  for (size_t i = 0; i < answers.size(); ++i) {
-    SCOPED_TRACE(i);
-    // The previous round's echo client has closed, but the relay may not have ended its session yet;
-    // parking it too would make the count below 2.
-    ASSERT_TRUE(eventually([&] { return relay.sessions_active() == 1; }));
-    answer_with(answers[i]);
-    ASSERT_TRUE(eventually([&] {
-      std::lock_guard lock(mu);
-      return results.size() == i + 1;
-    }));
-    expect_echo(la, 1000);  // new clients are relayed again
-    char b = static_cast<char>('a' + i), back = 0;
-    ASSERT_TRUE(test::write_all(held.get(), &b, 1));
-    ASSERT_TRUE(test::read_exact(held.get(), &back, 1)) << "the parked session was not resumed";
-    EXPECT_EQ(back, b);
+  std::unique_ptr<HandoverServer> server;
+
+  HandoverRig() {
+    relay.start();
+    held = test::tcp_connect(relay.listen_addresses()[0]);
+    server = std::make_unique<HandoverServer>(
+        relay, control(), [](const HandoverServer::Counts&) { ADD_FAILURE() << "committed"; },
+        [this](std::string_view r) {
+          std::lock_guard lock(mu);
+          results.emplace_back(r);
+        });
   }
-  EXPECT_EQ(results, (std::vector<std::string>{"refused", "failed", "failed"}));
-  EXPECT_FALSE(server.handed_over());
-  relay.stop();
-  relay.wait();
-}
+  std::string control() { return dir.file("relay.control"); }
+  std::vector<std::string> results_now() {
+    std::lock_guard lock(mu);
+    return results;
+  }
+};
 
 // A fake new relay on `path`: HELLO, then everything through END. Returns the connection (empty
 // on failure) and appends the descriptors of every SESSION to *sockets.
@@ -689,14 +654,41 @@ common::UniqueFd take_state(const std::string& path, std::vector<common::UniqueF
   return s;
 }
 
-// The relay's end of `client`'s connection is `relay_side` (the same kernel socket).
-void expect_same_connection(int relay_side, int client) {
-  common::SockAddr peer, mine;
-  peer.set_len(common::SockAddr::kCapacity);
-  mine.set_len(common::SockAddr::kCapacity);
-  ASSERT_EQ(::getpeername(relay_side, peer.get_mut(), peer.len_mut()), 0);
-  ASSERT_EQ(::getsockname(client, mine.get_mut(), mine.len_mut()), 0);
-  EXPECT_EQ(peer.to_string(), mine.to_string());
+// A peer on the control socket that takes the parked state and then answers with garbage (a REFUSE
+// whose error is not a string, bytes that are not a message, or nothing) must not leave the relay
+// parked: after each attempt it relays its live session and new clients again, and counts the
+// attempt (refused, failed, failed). The first answer used to throw past the resume.
+TEST(RelayTest, GarbageFromAHandoverPeerLeavesTheRelayServing) {
+  HandoverRig rig;
+  const auto la = rig.relay.listen_addresses()[0];
+  const std::vector<std::function<void(int)>> answers = {
+      [](int s) {
+        EXPECT_EQ(send_handover(s, HandoverMsg::kRefuse, {{"error", 5}}), 0);
+      },
+      [](int s) { EXPECT_EQ(::send(s, "\x00\x06{not json", 11, MSG_NOSIGNAL), 11); }, [](int) {},  // hang up
+  };
+  for (size_t i = 0; i < answers.size(); ++i) {
+    SCOPED_TRACE(i);
+    // The previous round's echo client has closed, but the relay may not have ended its session yet;
+    // parking it too would make the count below 2.
+    ASSERT_TRUE(eventually([&] { return rig.relay.sessions_active() == 1; }));
+    std::vector<common::UniqueFd> sockets;
+    common::UniqueFd s = take_state(rig.control(), &sockets);
+    ASSERT_TRUE(s);
+    EXPECT_EQ(sockets.size(), 2u);  // one session
+    answers[i](s.get());
+    s.reset();
+    ASSERT_TRUE(eventually([&] { return rig.results_now().size() == i + 1; }));
+    expect_echo(la, 1000);  // new clients are relayed again
+    char b = static_cast<char>('a' + i), back = 0;
+    ASSERT_TRUE(test::write_all(rig.held.get(), &b, 1));
+    ASSERT_TRUE(test::read_exact(rig.held.get(), &back, 1)) << "the parked session was not resumed";
+    EXPECT_EQ(back, b);
+  }
+  EXPECT_EQ(rig.results_now(), (std::vector<std::string>{"refused", "failed", "failed"}));
+  EXPECT_FALSE(rig.server->handed_over());
+  rig.relay.stop();
+  rig.relay.wait();
 }
 
 // The old relay sends its sessions' own sockets (no duplicates), so while a hand-over holds them
@@ -705,73 +697,58 @@ void expect_same_connection(int relay_side, int client) {
 // reach the client) when the relay is told to stop; the session stays open until the peer hangs
 // up, and then the stop ends it.
 TEST(RelayTest, AStopWhileAHandoverHoldsTheSessionsWaitsForIt) {
-  EchoServer echo;
-  Relay relay(static_cfg(echo.addr()));
-  relay.start();
-  auto held = test::tcp_connect(relay.listen_addresses()[0]);
-  ASSERT_TRUE(eventually([&] { return relay.sessions_active() == 1; }));
-  sshring::testing::TempDir dir;
-  std::atomic<int> attempts{0};
-  HandoverServer server(
-      relay, dir.file("relay.control"), [](const HandoverServer::Counts&) { ADD_FAILURE() << "committed"; },
-      [&](std::string_view) { ++attempts; });
+  HandoverRig rig;
+  ASSERT_TRUE(eventually([&] { return rig.relay.sessions_active() == 1; }));
   std::vector<common::UniqueFd> sockets;
-  common::UniqueFd s = take_state(dir.file("relay.control"), &sockets);
+  common::UniqueFd s = take_state(rig.control(), &sockets);
   ASSERT_TRUE(s);
   ASSERT_EQ(sockets.size(), 2u);
-  expect_same_connection(sockets[0].get(), held.get());
+  // The first is the relay's end of our connection.
+  common::SockAddr peer, mine;
+  peer.set_len(common::SockAddr::kCapacity);
+  mine.set_len(common::SockAddr::kCapacity);
+  ASSERT_EQ(::getpeername(sockets[0].get(), peer.get_mut(), peer.len_mut()), 0);
+  ASSERT_EQ(::getsockname(rig.held.get(), mine.get_mut(), mine.len_mut()), 0);
+  EXPECT_EQ(peer.to_string(), mine.to_string());
   sockets.clear();
 
-  relay.stop();
-  pollfd p{held.get(), POLLIN | POLLRDHUP, 0};
+  rig.relay.stop();
+  pollfd p{rig.held.get(), POLLIN | POLLRDHUP, 0};
   EXPECT_EQ(::poll(&p, 1, 500), 0) << "the relay closed a session the hand-over holds";
-  EXPECT_EQ(relay.sessions_active(), 1);
+  EXPECT_EQ(rig.relay.sessions_active(), 1);
   s.reset();  // the peer hangs up: the relay takes its session back, and the stop ends it
   char b = 0;
-  EXPECT_FALSE(test::read_exact(held.get(), &b, 1)) << "the session outlived the stop";
-  EXPECT_TRUE(eventually([&] { return attempts.load() == 1; }));
-  EXPECT_FALSE(server.handed_over());
-  ASSERT_TRUE(eventually([&] { return relay.finished(); })) << "the stop was lost";
-  relay.wait();
-  EXPECT_EQ(relay.sessions_active(), 0);
+  EXPECT_FALSE(test::read_exact(rig.held.get(), &b, 1)) << "the session outlived the stop";
+  EXPECT_TRUE(eventually([&] { return rig.results_now().size() == 1; }));
+  EXPECT_FALSE(rig.server->handed_over());
+  ASSERT_TRUE(eventually([&] { return rig.relay.finished(); })) << "the stop was lost";
+  rig.relay.wait();
+  EXPECT_EQ(rig.relay.sessions_active(), 0);
 }
 
 // A new relay that takes the state and then says nothing would hold a stopping relay for the whole
 // READY timeout (60 s); abort() (the second signal) cuts it short: the relay resumes its sessions,
 // counts a failed hand-over, and the stop that waited ends them.
 TEST(RelayTest, AnAbortedHandoverLetsTheWaitingStopGoAhead) {
-  EchoServer echo;
-  Relay relay(static_cfg(echo.addr()));
-  relay.start();
-  auto held = test::tcp_connect(relay.listen_addresses()[0]);
-  ASSERT_TRUE(eventually([&] { return relay.sessions_active() == 1; }));
-  sshring::testing::TempDir dir;
-  std::mutex mu;
-  std::vector<std::string> results;
-  HandoverServer server(
-      relay, dir.file("relay.control"), [](const HandoverServer::Counts&) { ADD_FAILURE() << "committed"; },
-      [&](std::string_view r) {
-        std::lock_guard lock(mu);
-        results.emplace_back(r);
-      });
-  server.abort();  // nothing in progress: a no-op
+  HandoverRig rig;
+  ASSERT_TRUE(eventually([&] { return rig.relay.sessions_active() == 1; }));
+  rig.server->abort();  // nothing in progress: a no-op
   std::vector<common::UniqueFd> sockets;
-  common::UniqueFd s = take_state(dir.file("relay.control"), &sockets);
+  common::UniqueFd s = take_state(rig.control(), &sockets);
   ASSERT_TRUE(s);
   sockets.clear();
-  relay.stop();
-  EXPECT_EQ(relay.sessions_active(), 1);
-  server.abort();
+  rig.relay.stop();
+  EXPECT_EQ(rig.relay.sessions_active(), 1);
+  rig.server->abort();
   // Well inside the 60 s the hand-over would otherwise wait for READY.
-  pollfd p{held.get(), POLLIN | POLLRDHUP, 0};
+  pollfd p{rig.held.get(), POLLIN | POLLRDHUP, 0};
   ASSERT_EQ(::poll(&p, 1, 10000), 1) << "the stop still waits for the hand-over";
   char b = 0;
-  EXPECT_LE(::recv(held.get(), &b, 1, 0), 0) << "the session outlived the stop";
-  ASSERT_TRUE(eventually([&] { return relay.finished(); })) << "the stop did not go ahead";
-  relay.wait();
-  std::lock_guard lock(mu);
-  EXPECT_EQ(results, std::vector<std::string>{"failed"});
-  EXPECT_FALSE(server.handed_over());
+  EXPECT_LE(::recv(rig.held.get(), &b, 1, 0), 0) << "the session outlived the stop";
+  ASSERT_TRUE(eventually([&] { return rig.relay.finished(); })) << "the stop did not go ahead";
+  rig.relay.wait();
+  EXPECT_EQ(rig.results_now(), std::vector<std::string>{"failed"});
+  EXPECT_FALSE(rig.server->handed_over());
 }
 
 }  // namespace
