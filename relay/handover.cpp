@@ -286,7 +286,6 @@ HandoverServer::HandoverServer(Relay& relay, std::string path, std::function<voi
 void HandoverServer::abort() {
   std::lock_guard lock(conn_mu_);
   if (conn_fd_ < 0 || ready_) return;
-  aborted_ = true;
   ::shutdown(conn_fd_, SHUT_RDWR);
   common::log_warn("hand-over aborted: the relay was told to stop; it keeps its sessions and stops");
 }
@@ -341,7 +340,6 @@ const char* HandoverServer::serve(common::UniqueFd conn) {
       std::lock_guard lock(s.conn_mu_);
       s.conn_fd_ = fd;
       s.ready_ = false;
-      s.aborted_ = false;
     }
     ~Active() {
       std::lock_guard lock(s.conn_mu_);
@@ -461,7 +459,6 @@ const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport
                 m.type == HandoverMsg::kRefuse ? refusal_result() : "failed");
   {
     std::lock_guard lock(conn_mu_);
-    if (aborted_) return fail("aborted (the relay was told to stop)");
     ready_ = true;  // from here the new relay owns the sessions: abort() no longer applies
   }
   relay_.commit_handover();

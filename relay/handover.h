@@ -77,7 +77,6 @@ class HandoverFd {
   }
   [[nodiscard]] int get() const noexcept { return owned_ ? owned_.get() : borrowed_; }
   explicit operator bool() const noexcept { return get() >= 0; }
-  [[nodiscard]] bool owned() const noexcept { return owned_.valid(); }
   // The owned descriptor; a borrowed one is not this object's to give (empty).
   common::UniqueFd take() noexcept { return std::move(owned_); }
 
@@ -125,10 +124,10 @@ struct HandoverMessage {
 
 // Sends one message (blocking). Returns 0 or -errno.
 int send_handover(int sock, HandoverMsg type, const nlohmann::json& body, const std::vector<int>& fds = {});
-// Receives one message, waiting up to timeout_ms (-1: forever). Returns 0, -errno, -ETIMEDOUT, or
-// -EPROTO for a message this side cannot parse, -EMFILE when this process had no room for the descriptors
-// that came with it; -ECONNRESET when the peer closed and nothing it sent
-// before closing is left to read.
+// Receives one message, waiting up to timeout_ms (-1: forever). Returns 0, -errno, -ETIMEDOUT,
+// -EPROTO for a message this side cannot parse, -EMFILE when this process had no room for the
+// descriptors that came with it, or -ECONNRESET when the peer closed and nothing it sent before
+// closing is left to read.
 int recv_handover(int sock, HandoverMessage& out, int timeout_ms);
 
 // SESSION messages: the body, with the descriptors to send appended to *fds; and back.
@@ -173,8 +172,10 @@ class HandoverServer {
   // True once a hand-over went through (the relay's workers are exiting).
   [[nodiscard]] bool handed_over() const { return done_.load(); }
   [[nodiscard]] const std::string& path() const { return path_; }
-  // Cuts a hand-over in progress short, unless the new relay already said READY (then it owns the
-  // sessions): this relay resumes them, and a stop that waited for the hand-over goes ahead.
+  // Cuts a hand-over in progress short, unless the new relay's READY was read (then it owns the
+  // sessions): this relay resumes them, and a stop that waited for the hand-over goes ahead. A
+  // READY already queued when the connection is cut is still read and honoured: the new relay has
+  // sent it and will serve, so this one must let go, not resume.
   void abort();
 
  private:
@@ -191,7 +192,6 @@ class HandoverServer {
   std::mutex conn_mu_;  // the connection of the hand-over in progress, for abort()
   int conn_fd_ = -1;
   bool ready_ = false;
-  bool aborted_ = false;
   std::thread thread_;
 };
 
