@@ -124,9 +124,7 @@ int transact(int fd, const Request& r, F&& on_msg) {
 // not TIME_WAIT: nothing left to end), a real cookie.
 struct Found {
   int rc = -ENOENT;  // 0 when found, else -ENOENT or the error
-  uint8_t family = 0;
-  uint32_t cookie[2] = {};
-  uint32_t ifindex = 0;  // the socket's bound device, which an exact lookup must name
+  ConnectionDump::Entry at;
 };
 
 bool same_key(const sshring_flow_key& a, const sshring_flow_key& b) {
@@ -140,16 +138,19 @@ bool is_connection(const inet_diag_msg& m) {
   return !(m.id.idiag_cookie[0] == INET_DIAG_NOCOOKIE && m.id.idiag_cookie[1] == INET_DIAG_NOCOOKIE);
 }
 
+ConnectionDump::Entry entry_of(const inet_diag_msg& m, uint8_t family) {
+  return {.key = from_msg(m).key,
+          .family = family,
+          .cookie = {m.id.idiag_cookie[0], m.id.idiag_cookie[1]},
+          .ifindex = m.id.idiag_if};
+}
+
 void load(int fd, ConnectionDump& d) {
   d.loaded = true;
   d.loads++;
   for (uint8_t family : {AF_INET, AF_INET6}) {
     int rc = transact(fd, dump_request(family, live_tcp_states()), [&](const inet_diag_msg& m) {
-      if (!is_connection(m)) return;
-      d.entries.push_back({.key = from_msg(m).key,
-                           .family = family,
-                           .cookie = {m.id.idiag_cookie[0], m.id.idiag_cookie[1]},
-                           .ifindex = m.id.idiag_if});
+      if (is_connection(m)) d.entries.push_back(entry_of(m, family));
     });
     if (rc != 0) {
       d.rc = rc;
@@ -168,12 +169,11 @@ Found find(int fd, const sshring_flow_key& key, ConnectionDump* shared) {
   for (uint8_t family : {first, static_cast<uint8_t>(AF_INET6)}) {
     int rc = transact(fd, exact_request(key, family, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST),
                       [&](const inet_diag_msg& m) {
-                        if (f.rc == 0 || !is_connection(m) || !same_key(from_msg(m).key, key)) return;
+                        if (f.rc == 0 || !is_connection(m)) return;
+                        ConnectionDump::Entry e = entry_of(m, family);
+                        if (!same_key(e.key, key)) return;
                         f.rc = 0;
-                        f.family = family;
-                        f.cookie[0] = m.id.idiag_cookie[0];
-                        f.cookie[1] = m.id.idiag_cookie[1];
-                        f.ifindex = m.id.idiag_if;
+                        f.at = e;
                       });
     if (f.rc == 0) return f;
     if (rc != 0 && rc != -ENOENT) {
@@ -192,10 +192,7 @@ Found find(int fd, const sshring_flow_key& key, ConnectionDump* shared) {
   for (const auto& e : d.entries) {
     if (!same_key(e.key, key)) continue;
     f.rc = 0;
-    f.family = e.family;
-    f.cookie[0] = e.cookie[0];
-    f.cookie[1] = e.cookie[1];
-    f.ifindex = e.ifindex;
+    f.at = e;
     return f;
   }
   return f;
@@ -233,8 +230,8 @@ int destroy_tcp(const sshring_flow_key& key, ConnectionDump* shared) {
   if (!fd) return -errno;
   const Found f = find(fd.get(), key, shared);
   if (f.rc != 0) return f.rc;
-  Request r = exact_request(key, f.family, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, f.cookie);
-  r.req.id.idiag_if = f.ifindex;
+  Request r = exact_request(key, f.at.family, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, f.at.cookie);
+  r.req.id.idiag_if = f.at.ifindex;
   return transact(fd.get(), r, [](const inet_diag_msg&) {});
 }
 
