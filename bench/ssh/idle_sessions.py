@@ -4,8 +4,9 @@
   idle_sessions.py echo PORT                      an echo sink for many connections
   idle_sessions.py client PORT N READY_FILE GO_FILE
       opens N connections, pings 50 of them every 5 ms, touches READY_FILE after half a second and
-      from then records the longest gap between answers until GO_FILE exists, then checks every connection still echoes; prints
-      one JSON line (max_gap_end: when the longest gap ended, Unix time).
+      from then records the longest gap between answers until GO_FILE exists, then checks every
+      connection still echoes; prints one JSON line (max_gap_end: when the longest gap ended, Unix
+      time).
 """
 import json, os, resource, selectors, socket, sys, time
 
