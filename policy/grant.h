@@ -206,6 +206,11 @@ class GrantChecker {
 // One-off check (builds a GrantChecker).
 CheckedGrant check_grant(const Policy& policy, const SignedGrant& g, UnixSeconds now, SignatureCache* cache);
 
+// Checks every stored grant against `policy` at `now` (GrantChecker::check, on every core once there
+// are enough grants), in order. `cache` (may be null) remembers verified signatures.
+std::vector<CheckedGrant> check_grants(const Policy& policy, const std::vector<const SignedGrant*>& stored,
+                                       UnixSeconds now, SignatureCache* cache);
+
 // Which opt_out rule allows `req` (who, from, to, ports, TTL, reason, requester) at `now`. On refusal
 // returns nullptr and fills *refusal with one line per rule considered ("rule ci-direct: ttl 12h
 // exceeds max_ttl 8h"), or why none applies.

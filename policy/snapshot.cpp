@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <climits>
 #include <map>
-#include <system_error>
-#include <thread>
 
 #include "common/error.h"
 
@@ -376,36 +374,6 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const Policy> po
   s->hosts_.freeze();
   s->compiled_ = std::move(c);
   return s;
-}
-
-std::vector<CheckedGrant> check_grants(const Policy& policy, const std::vector<const SignedGrant*>& stored,
-                                       UnixSeconds now, SignatureCache* cache) {
-  std::vector<CheckedGrant> checked(stored.size());
-  // A cold build is Ed25519 verifications (~100 us each here, one per request and decision), so
-  // it is spread over the cores once there are enough grants to pay for the threads. check() is
-  // const and never throws; the signature cache is thread-safe; each thread fills its own slice.
-  const GrantChecker checker(policy, cache);
-  auto check_range = [&](size_t begin, size_t end) {
-    for (size_t i = begin; i < end; ++i) checked[i] = checker.check(*stored[i], now);
-  };
-  constexpr size_t kGrantsPerThread = 256;
-  const size_t cores = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8);
-  const size_t parts = std::clamp<size_t>(stored.size() / kGrantsPerThread, 1, cores);
-  const size_t chunk = (stored.size() + parts - 1) / parts;
-  std::vector<std::jthread> helpers;
-  size_t inline_from = stored.size();
-  for (size_t p = 1; p < parts; ++p) {
-    const size_t begin = p * chunk, end = std::min(stored.size(), begin + chunk);
-    try {
-      helpers.emplace_back(check_range, begin, end);
-    } catch (const std::system_error&) {  // no thread to be had: this one does the rest
-      inline_from = begin;
-      break;
-    }
-  }
-  check_range(0, std::min(stored.size(), chunk));
-  check_range(inline_from, stored.size());
-  return checked;  // the helpers join first
 }
 
 std::shared_ptr<const Snapshot> Snapshot::build_checked(std::shared_ptr<const Policy> policy,

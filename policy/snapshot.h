@@ -168,11 +168,6 @@ class CheckedGrants {
   std::vector<Ptr> v_;
 };
 
-// Checks every stored grant against `policy` at `now` (GrantChecker::check, on every core once there
-// are enough grants), in order. `cache` (may be null) remembers verified signatures.
-std::vector<CheckedGrant> check_grants(const Policy& policy, const std::vector<const SignedGrant*>& stored,
-                                       UnixSeconds now, SignatureCache* cache);
-
 class Snapshot {
  public:
   // Compiles policy + grants. Grants whose opt_out rule no longer exists are kept (they were
