@@ -114,6 +114,9 @@ class Agent {
     ro.observer = policy::observe(server_ ? &policy_metrics_ : nullptr);
     ro.source = opts_.source;  // etcd (set by the CLI): policy_path is then unused
     if (opts_.cache_dir) ro.cache_dir = *opts_.cache_dir;
+    // Revocations and denials this process verified outlive their removal from the store; on disk
+    // where a cache directory is in use (given, or the default one with a source).
+    if (opts_.cache_dir || ro.source) ro.ledger_path = policy::decision_ledger_path(ro.cache_dir);
     // Counted by the observer; the audit record is written here.
     ro.on_grant_rejected = [this](const policy::CheckedGrant& c) {
       if (audit_) audit_->append(bridge::grant_reject_record(c));

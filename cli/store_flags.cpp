@@ -70,7 +70,10 @@ void add_etcd_flags(common::Flags& f) {
 }
 
 void add_cache_flag(common::Flags& f) {
-  f.value("cache-dir", "DIR", "with etcd: where the last good snapshot is kept (used while etcd is away)",
+  f.value("cache-dir", "DIR",
+          "where the last good snapshot (with etcd: used while etcd is away) and the revocations and "
+          "denials this process verified (they stay in force if removed from the store) are kept; "
+          "given, or with etcd, the revocations survive restarts, else they are kept in memory",
           std::string(policy::kDefaultCacheDir));
 }
 
@@ -141,7 +144,10 @@ FleetRelay fleet_relay(const common::Flags& f, const std::string& relay_id,
   return out;
 }
 
+// Only when given, or with etcd (which uses the default): a process on a directory store keeps
+// nothing on disk unless told where.
 std::optional<std::string> cache_dir(const common::Flags& f) {
+  if (!f.has("cache-dir") && !etcd_requested(f)) return std::nullopt;
   return f.get("cache-dir");
 }
 

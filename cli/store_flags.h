@@ -49,6 +49,7 @@ struct FleetRelay {
 };
 FleetRelay fleet_relay(const common::Flags& f, const std::string& relay_id,
                        std::optional<std::chrono::milliseconds> claim_window);
+// --cache-dir when given or with --etcd (then possibly the default), else nullopt.
 std::optional<std::string> cache_dir(const common::Flags& f);
 
 // grant and policy explain: the policy (from --etcd, else the --policy file) and its grant store

@@ -141,6 +141,14 @@ PolicyMetrics register_policy(Server& server) {
                "older one.")
            .Register(reg)
            .Add({});
+  m.decisions_restored =
+      &prometheus::BuildCounter()
+           .Name("sshring_grant_decisions_restored_total")
+           .Help(
+               "Checks of a stored grant that lacked a signed revocation or denial this process had "
+               "verified before: someone removed it from the grant store. It is applied anyway.")
+           .Register(reg)
+           .Add({});
   m.break_glass_live = &prometheus::BuildGauge()
                             .Name("sshring_grants_break_glass_active")
                             .Help("Break-glass grants currently in force.")
@@ -203,6 +211,10 @@ void PolicyMetrics::grant_rejected(const std::string& reason) {
 
 void PolicyMetrics::cache_write_failed() {
   if (cache_write_failures) cache_write_failures->Increment();
+}
+
+void PolicyMetrics::decision_restored() {
+  if (decisions_restored) decisions_restored->Increment();
 }
 
 // The kernel's degraded-path counters, live-flow enforcement, policy fit and pin health.

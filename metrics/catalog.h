@@ -82,6 +82,7 @@ struct PolicyMetrics {
   prometheus::Gauge* break_glass_live = nullptr;        // sshring_grants_break_glass_active
   prometheus::Gauge* reviews_overdue = nullptr;         // sshring_grants_review_overdue
   prometheus::Counter* cache_write_failures = nullptr;  // sshring_policy_cache_write_failures_total
+  prometheus::Counter* decisions_restored = nullptr;    // sshring_grant_decisions_restored_total
   // Only with a policy source (etcd): series appear on the first source() report.
   // sshring_policy_source_up, _revision, _last_sync_timestamp_seconds, _staleness_seconds:
   prometheus::Family<prometheus::Gauge>* source_up = nullptr;
@@ -95,6 +96,7 @@ struct PolicyMetrics {
   void break_glass(size_t live, size_t reviews_overdue_now);
   void grant_rejected(const std::string& reason);
   void cache_write_failed();
+  void decision_restored();
 };
 PolicyMetrics register_policy(Server& server);
 

@@ -60,7 +60,12 @@ void PolicyCache::publish(std::shared_ptr<const Snapshot> s) {
   // `old` is released here, outside the lock: the last reference may free a large snapshot.
 }
 
-Reloader::Reloader(PolicyCache& cache, ReloaderOptions opts) : cache_(cache), opts_(std::move(opts)) {
+Reloader::Reloader(PolicyCache& cache, ReloaderOptions opts)
+    : cache_(cache), opts_(std::move(opts)), ledger_(opts_.ledger_path) {
+  if (std::string why; !ledger_.load(&why)) {
+    common::log_error("cannot read the remembered grant decisions; starting without them",
+                      {{"file", opts_.ledger_path}, {"error", why}});
+  }
   wake_ = common::UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   stop_ = common::UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake_ || !stop_) common::throw_errno("eventfd for policy reloader");
@@ -117,8 +122,14 @@ void Reloader::reload_or_throw() {
       common::log_warn("grant store missing; no grants loaded", {{"store", store}});
     }
     size_t n = grants.size();
+    std::vector<std::string> restored;
+    for (auto& g : grants)
+      if (ledger_.restore(g) > 0) restored.push_back(g.id());
     auto snap = Snapshot::build_checked(std::move(policy), grants, unix_now(), &signatures_,
                                         next_generation_.fetch_add(1));
+    for (const auto& c : snap->checked_grants()) ledger_.remember(c);
+    report_restored(restored);
+    save_ledger();
     report_rejected(*snap);
     cache_.publish(snap);
     watched_store_ = store;
@@ -139,10 +150,12 @@ namespace {
 // previous build. A grant the store holds but this build cannot read is skipped with a warning (once
 // per text), as the directory store does with unreadable files.
 std::shared_ptr<const Snapshot> build_from(const SourceData& d, GrantMemo& memo, SignatureCache* signatures,
+                                           DecisionLedger& ledger, std::vector<std::string>& restored,
                                            uint64_t generation) {
-  auto r = memo.build(d.policy_text, d.policy_origin, d.grants, unix_now(), signatures);
+  auto r = memo.build(d.policy_text, d.policy_origin, d.grants, unix_now(), signatures, &ledger);
   for (const auto& why : r.unreadable)
     common::log_warn("skipping unreadable grant", {{"policy", d.policy_origin}, {"error", why}});
+  restored = std::move(r.restored);
   return Snapshot::build_from_checked(std::move(r.policy), std::move(r.checked), generation);
 }
 
@@ -162,7 +175,10 @@ void Reloader::load_from_source() {
       throw common::UsageError(std::string(e.what()) + "; and no usable cached snapshot (" + why +
                                "): cannot start without a policy");
     }
-    auto snap = build_from(c->data, memo_, &signatures_, next_generation_.fetch_add(1));
+    std::vector<std::string> restored;
+    auto snap = build_from(c->data, memo_, &signatures_, ledger_, restored, next_generation_.fetch_add(1));
+    report_restored(restored);
+    save_ledger();
     report_rejected(*snap);
     cache_.publish(snap);
     from_cache_.store(true);
@@ -173,7 +189,10 @@ void Reloader::load_from_source() {
                       {"error", e.what()}});
     return;
   }
-  auto snap = build_from(d, memo_, &signatures_, next_generation_.fetch_add(1));
+  std::vector<std::string> restored;
+  auto snap = build_from(d, memo_, &signatures_, ledger_, restored, next_generation_.fetch_add(1));
+  report_restored(restored);
+  save_ledger();
   report_rejected(*snap);
   cache_.publish(snap);
   from_cache_.store(false);
@@ -200,6 +219,23 @@ void Reloader::report_source() {
   if (!opts_.observer || !opts_.source) return;
   auto st = opts_.source->status();
   opts_.observer->source(st.up && !from_cache_.load(), st.revision, st.last_sync, unix_now());
+}
+
+void Reloader::report_restored(const std::vector<std::string>& ids) {
+  for (const auto& id : ids) {
+    common::log_error("a signed revocation or denial is gone from the grant store; still applying it",
+                      {{"grant", id}, {"store", opts_.source ? opts_.source->id() : watched_store_}});
+    if (opts_.observer) opts_.observer->decision_restored();
+  }
+}
+
+// Under mu_, after each build: what the ledger learned is on disk before the next one.
+void Reloader::save_ledger() {
+  ledger_.prune(unix_now());
+  std::string why;
+  if (!ledger_.save(&why))
+    common::log_warn("cannot save the remembered grant decisions; they stay in memory",
+                     {{"file", ledger_.path()}, {"error", why}});
 }
 
 void Reloader::report_rejected(const Snapshot& snap) {

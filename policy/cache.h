@@ -19,6 +19,7 @@
 #include <unordered_set>
 
 #include "common/unique_fd.h"
+#include "policy/decision_ledger.h"
 #include "policy/grant_memo.h"
 #include "policy/snapshot.h"
 #include "policy/snapshot_cache.h"
@@ -100,6 +101,9 @@ class ReloadObserver {
   virtual void grant_rejected(const std::string& /*reason*/) {}
   // A snapshot from the source the disk cache could not take (called from the cache's writer thread).
   virtual void cache_write_failed() {}
+  // Once per check of a stored grant that lacks a revocation or denial this reader had verified
+  // before (policy/decision_ledger.h): the reader applies it anyway, but someone removed it.
+  virtual void decision_restored() {}
 };
 
 // Adapts any object with these member functions (metrics::PolicyMetrics has them) without
@@ -123,6 +127,9 @@ std::shared_ptr<ReloadObserver> observe(Sink* sink) {
     void cache_write_failed() override {
       if constexpr (requires { s_->cache_write_failed(); }) s_->cache_write_failed();
     }
+    void decision_restored() override {
+      if constexpr (requires { s_->decision_restored(); }) s_->decision_restored();
+    }
     Sink* s_;
   };
   if (!sink) return nullptr;
@@ -137,10 +144,13 @@ struct ReloaderOptions {
   // last good data is kept in cache_dir and used when the source cannot deliver (etcd down).
   std::shared_ptr<SnapshotSource> source;
   std::string cache_dir = std::string(kDefaultCacheDir);  // empty: no disk cache
-  std::shared_ptr<ReloadObserver> observer;               // optional
-  bool watch = true;             // inotify on the policy file's directory and the grant store
-  bool handle_sighup = true;     // install a SIGHUP handler that requests a reload
-  int debounce_ms = 100;         // coalesce bursts of file events
+  // Where the revocations and denials this reader verified are kept across restarts
+  // (policy/decision_ledger.h); empty: in memory only.
+  std::string ledger_path;
+  std::shared_ptr<ReloadObserver> observer;  // optional
+  bool watch = true;                         // inotify on the policy file's directory and the grant store
+  bool handle_sighup = true;                 // install a SIGHUP handler that requests a reload
+  int debounce_ms = 100;                     // coalesce bursts of file events
   int gauge_interval_ms = 5000;  // refresh grant gauges (expiry needs no reload: decisions take now)
   // Called (on the reloading thread) once for each stored grant a reload refuses to honour (bad or
   // missing signature, unknown key, missing rule, outside its rule, ...), after the observer's
@@ -187,6 +197,8 @@ class Reloader {
   void report_source();
   void update_gauges();
   void report_rejected(const Snapshot& snap);
+  void report_restored(const std::vector<std::string>& ids);
+  void save_ledger();
   void watch_store();
   PolicyCache& cache_;
   ReloaderOptions opts_;
@@ -209,6 +221,7 @@ class Reloader {
   bool published_ = false;     // under mu_
   SignatureCache signatures_;  // verified signatures, across reloads
   GrantMemo memo_;             // the previous build's checks (source reloads), under mu_
+  DecisionLedger ledger_;      // remembered revocations and denials, under mu_
   std::unique_ptr<SnapshotCacheWriter> cache_writer_;  // under mu_; made at the first source load
   std::unordered_set<std::string> rejected_;           // grants already reported to on_grant_rejected
 };

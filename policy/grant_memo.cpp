@@ -27,7 +27,7 @@ UnixSeconds recheck_time(const CheckedGrant& c, UnixSeconds now) noexcept {
 
 GrantMemo::Result GrantMemo::build(const std::string& policy_text, const std::string& policy_origin,
                                    const std::vector<GrantText>& grant_texts, UnixSeconds now,
-                                   SignatureCache* signatures) {
+                                   SignatureCache* signatures, DecisionLedger* ledger) {
   Result out;
   const bool same_policy = policy_ && policy_text == policy_text_ && policy_origin == policy_origin_;
   if (!same_policy) {
@@ -60,11 +60,20 @@ GrantMemo::Result GrantMemo::build(const std::string& policy_text, const std::st
     e.seen = build;
     if (!e.parsed) continue;
     slots.push_back(&e);
-    if (e.checked && e.checked_at <= now && now < e.recheck_at) {
+    const uint64_t lv = ledger ? ledger->version(e.parsed->id()) : 0;
+    if (e.checked && e.checked_at <= now && now < e.recheck_at && e.ledger_version == lv) {
       ++out.reused;
       continue;
     }
-    to_check.push_back(&*e.parsed);
+    e.restored.reset();
+    if (lv != 0) {
+      SignedGrant g = *e.parsed;
+      if (ledger->restore(g) > 0) {
+        out.restored.push_back(g.id());
+        e.restored = std::move(g);
+      }
+    }
+    to_check.push_back(e.restored ? &*e.restored : &*e.parsed);
     to_check_slots.push_back(&e);
   }
 
@@ -72,6 +81,10 @@ GrantMemo::Result GrantMemo::build(const std::string& policy_text, const std::st
   auto checked = check_grants(*policy_, to_check, now, signatures);
   for (size_t i = 0; i < checked.size(); ++i) {
     Entry& e = *to_check_slots[i];
+    if (ledger) {
+      ledger->remember(checked[i]);
+      e.ledger_version = ledger->version(checked[i].object.id());
+    }
     e.recheck_at = recheck_time(checked[i], now);
     e.checked_at = now;
     e.checked = std::make_shared<const CheckedGrant>(std::move(checked[i]));

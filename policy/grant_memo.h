@@ -16,6 +16,10 @@
 //     window (pending_until), an active grant's end (effective expiry); and the clock has not gone
 //     back past the time of the check. Expired, revoked, denied and other rejected grants stay so.
 // Texts that no longer appear are forgotten at the end of each build.
+//
+// With a DecisionLedger, every grant is checked with the revocations and denials the ledger
+// remembers for it added back (policy/decision_ledger.h), and a check is redone when the ledger
+// learns something new about that grant.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +29,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "policy/decision_ledger.h"
 #include "policy/grant.h"
 #include "policy/model.h"
 #include "policy/snapshot.h"
@@ -40,20 +45,27 @@ class GrantMemo {
     std::vector<std::string> unreadable;      // why, once per text, the first build it appears in
     size_t reused = 0;                        // checks taken from the previous build
     size_t rechecked = 0;                     // grants checked in this one
+    // Grants the store no longer shows a remembered revocation or denial in (each time one of them is
+    // checked): someone removed a signed decision from the store.
+    std::vector<std::string> restored;
   };
 
   // Parses `policy_text` (or reuses the last parse: same text and origin) and checks every grant
   // text at `now`. Throws what parse_policy throws for a bad policy (and then changes nothing).
+  // `ledger` (may be null) restores remembered decisions before each check and learns from it.
   Result build(const std::string& policy_text, const std::string& policy_origin,
-               const std::vector<GrantText>& grant_texts, UnixSeconds now, SignatureCache* signatures);
+               const std::vector<GrantText>& grant_texts, UnixSeconds now, SignatureCache* signatures,
+               DecisionLedger* ledger = nullptr);
 
   [[nodiscard]] size_t size() const noexcept { return entries_.size(); }
 
  private:
   struct Entry {
-    GrantText text;                     // keeps the key's object (and so its address) alive
-    std::optional<SignedGrant> parsed;  // nullopt: unreadable
-    CheckedGrants::Ptr checked;         // null until checked against the current policy
+    GrantText text;                       // keeps the key's object (and so its address) alive
+    std::optional<SignedGrant> parsed;    // nullopt: unreadable
+    std::optional<SignedGrant> restored;  // parsed plus the ledger's decisions, when it had any
+    uint64_t ledger_version = 0;          // the ledger's version of this grant at the check
+    CheckedGrants::Ptr checked;           // null until checked against the current policy
     UnixSeconds checked_at = 0;
     UnixSeconds recheck_at = 0;  // the first second at which the check may come out differently
     uint64_t seen = 0;           // the build that last used it

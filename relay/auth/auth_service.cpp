@@ -23,6 +23,9 @@ AuthService::AuthService(AuthServiceOptions opts) : ids_(opts.relay_ids) {
   ro.observer = policy::observe(opts.policy_metrics);
   ro.source = opts.source;  // etcd (set by the CLI): policy_path is then unused
   if (opts.cache_dir) ro.cache_dir = *opts.cache_dir;
+  // Revocations and denials this process verified outlive their removal from the store; on disk
+  // where a cache directory is in use (given, or the default one with a source).
+  if (opts.cache_dir || ro.source) ro.ledger_path = policy::decision_ledger_path(ro.cache_dir);
   ro.handle_sighup = false;  // the relay command owns signals and calls reload()
   if (!opts.audit_path.empty())
     audit_ = std::make_unique<metrics::AuditLog>(
