@@ -115,9 +115,20 @@ void Reloader::reload_or_throw() {
     auto policy = std::make_shared<Policy>(load_policy_file(opts_.policy_path));
     std::string store = opts_.grant_store.empty() ? policy->grant_store : opts_.grant_store;
     std::vector<SignedGrant> grants;
+    std::string store_error;
     struct stat st {};
     if (::stat(store.c_str(), &st) == 0) {
-      grants = DirGrantStore(store, false).load();
+      try {
+        grants = DirGrantStore(store, false).load();
+      } catch (const std::exception& e) {
+        // A store that cannot be read (flooded, broken permissions) must not hold back the policy
+        // (a principal removed from it): the new policy goes out with the grants of the last
+        // snapshot from the same store, each checked again against it. At start there are none.
+        auto last = cache_.current();
+        if (!published_ || !last || store != watched_store_) throw;
+        store_error = e.what();
+        for (const auto& c : last->checked_grants()) grants.push_back(c.object);
+      }
     } else {
       common::log_warn("grant store missing; no grants loaded", {{"store", store}});
     }
@@ -133,6 +144,15 @@ void Reloader::reload_or_throw() {
     report_rejected(*snap);
     cache_.publish(snap);
     watched_store_ = store;
+    if (!store_error.empty()) {
+      common::log_error("grant store unreadable; the policy is in force with the last grants read",
+                        {{"file", opts_.policy_path}, {"store", store}, {"error", store_error}});
+      failed_.fetch_add(1);
+      last_error_ = "grant store unreadable: " + store_error;
+      if (opts_.observer) opts_.observer->reloaded(false, unix_now());
+      update_gauges();
+      return;
+    }
     common::log_info("policy loaded", {{"file", opts_.policy_path},
                                        {"grants", std::to_string(n)},
                                        {"generation", std::to_string(snap->generation())}});

@@ -91,13 +91,21 @@ bool read_small(int dfd, const std::string& name, std::string* out, size_t limit
   return true;
 }
 
+// Why a file is skipped goes to *skip (empty: a file that vanished, with quiet_missing); null logs it.
 std::optional<SignedGrant> read_grant(int dfd, const std::string& dir, const std::string& name,
-                                      bool quiet_missing) {
+                                      bool quiet_missing, std::string* skip = nullptr) {
   std::string data, why;
-  if (!read_small(dfd, name, &data, kMaxGrantFileBytes, &why)) {
-    if (!(quiet_missing && why == std::strerror(ENOENT)))
-      common::log_warn("skipping grant file", {{"file", dir + "/" + name}, {"error", why}});
+  auto skipped = [&](const char* what, const std::string& err) {
+    if (skip) {
+      *skip = err;
+    } else {
+      common::log_warn(what, {{"file", dir + "/" + name}, {"error", err}});
+    }
     return std::nullopt;
+  };
+  if (!read_small(dfd, name, &data, kMaxGrantFileBytes, &why)) {
+    if (quiet_missing && why == std::strerror(ENOENT)) return std::nullopt;
+    return skipped("skipping grant file", why);
   }
   try {
     auto g = signed_grant_from_json(nlohmann::json::parse(data));
@@ -105,8 +113,7 @@ std::optional<SignedGrant> read_grant(int dfd, const std::string& dir, const std
       throw common::UsageError("file name does not match its id " + g.id());
     return g;
   } catch (const std::exception& e) {
-    common::log_warn("skipping unreadable grant file", {{"file", dir + "/" + name}, {"error", e.what()}});
-    return std::nullopt;
+    return skipped("skipping unreadable grant file", e.what());
   }
 }
 
@@ -185,17 +192,34 @@ int DirGrantStore::open_dir() const {
 
 std::vector<SignedGrant> DirGrantStore::load() const {
   UniqueFd dfd(open_dir());
-  auto names = list_names(dfd.get(), dir_, "", kSuffix, kMaxGrants);
-  if (names.size() > kMaxGrants) {
-    throw common::UsageError("grant store " + dir_ + " holds more than " + std::to_string(kMaxGrants) +
-                             " grants; revoke or prune some");
+  // Only grants count toward kMaxGrants: files that are not one (planted by whoever can write the
+  // store) are skipped with one warning per load, so junk cannot push the real grants over the
+  // limit. The names read are bounded too, at a multiple of it.
+  auto names = list_names(dfd.get(), dir_, "", kSuffix, kMaxStoreFiles);
+  if (names.size() > kMaxStoreFiles) {
+    throw common::UsageError("grant store " + dir_ + " holds more than " + std::to_string(kMaxStoreFiles) +
+                             " *.grant files; remove the ones that are not grants, or prune");
   }
   std::vector<SignedGrant> out;
-  out.reserve(names.size());
+  out.reserve(std::min(names.size(), kMaxGrants));
+  size_t skipped = 0;
+  std::string first_skip;
   for (const auto& n : names) {
     if (n[0] == '.') continue;
+    std::string why;
     // A file can vanish between readdir and open (pruned by a writer): that is not an error.
-    if (auto g = read_grant(dfd.get(), dir_, n, true)) out.push_back(std::move(*g));
+    if (auto g = read_grant(dfd.get(), dir_, n, true, &why)) {
+      out.push_back(std::move(*g));
+    } else if (!why.empty() && skipped++ == 0) {
+      first_skip = n + ": " + why;
+    }
+  }
+  if (skipped > 0)
+    common::log_warn("skipping files in the grant store that are not readable grants",
+                     {{"store", dir_}, {"files", std::to_string(skipped)}, {"first", first_skip}});
+  if (out.size() > kMaxGrants) {
+    throw common::UsageError("grant store " + dir_ + " holds more than " + std::to_string(kMaxGrants) +
+                             " grants; revoke or prune some");
   }
   return out;
 }

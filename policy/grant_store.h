@@ -53,6 +53,8 @@ class GrantStore {
 
 inline constexpr int64_t kDefaultGrantRetentionSeconds = int64_t{7} * 86400;
 inline constexpr size_t kMaxGrants = 100000;
+// A directory store reads at most this many *.grant names per load (grants and whatever else).
+inline constexpr size_t kMaxStoreFiles = kMaxGrants * 4;
 inline constexpr size_t kMaxGrantFileBytes = size_t{64} * 1024;
 
 // The last second at which anything in the object could still take effect, from its own (unverified)

@@ -174,6 +174,45 @@ TEST(Reloader, SighupRequestsAReload) {
 }
 
 // What a caller's metrics would record, through policy::observe (no metrics library involved).
+// A grant store that cannot be read (here: made writable by others, which readers refuse; a flood
+// of files does the same) must not hold back the policy: a rule removed from it takes effect.
+TEST(Reloader, AnUnreadableGrantStoreDoesNotHoldBackThePolicy) {
+  sshring::testing::TempDir dir;
+  const std::string path = dir.file("policy.yaml");
+  const std::string store = dir.file("grants");
+  sshring::testing::write_file(path, policy_text(store, "10.0.0.0/28"));
+  DirGrantStore gs(store);
+  const UnixSeconds t0 = ::time(nullptr);
+  gs.add(ci_grant("g-0000000000aa", t0 - 10, 3600));
+  PolicyCache cache;
+  ReloaderOptions o;
+  o.policy_path = path;
+  o.handle_sighup = false;
+  o.watch = false;
+  Reloader rl(cache, o);
+  ASSERT_TRUE(rl.reload());
+  const auto client = *IpAddr::parse("10.2.9.9");
+  const auto dst = *IpAddr::parse("10.1.5.1");
+  EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, t0).tag, FlowTag::kBypassApproved);
+
+  ASSERT_EQ(::chmod(store.c_str(), 0777), 0);
+  // The policy changes (another relay range): it goes out with the grants last read.
+  sshring::testing::write_file(path, policy_text(store, "10.0.0.0/24"));
+  rl.reload();
+  EXPECT_EQ(rl.reloads_failed(), 1u);
+  EXPECT_NE(rl.last_error().find("grant store unreadable"), std::string::npos) << rl.last_error();
+  EXPECT_TRUE(cache.current()->is_relay(*IpAddr::parse("10.0.0.200")));
+  EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, t0).tag, FlowTag::kBypassApproved);
+  // The rule is removed: its grant stops matching although the store is still unreadable.
+  std::string text = policy_text(store, "10.0.0.0/24");
+  text = text.substr(0, text.find("opt_out:"));
+  sshring::testing::write_file(path, text);
+  rl.reload();
+  EXPECT_EQ(rl.reloads_failed(), 2u);
+  EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, t0).tag, FlowTag::kBypassUnapproved);
+  ASSERT_EQ(::chmod(store.c_str(), 0750), 0);
+}
+
 struct Recorder {
   int ok = 0, failed = 0;
   int64_t last_success = 0;

@@ -1,6 +1,7 @@
 // The embedded grant store: durability layout, update and prune, hostile files (symlinks, FIFOs,
 // oversize, unsafe directories), concurrent writers in several processes, writers killed mid-write;
 // and the opt_out checks behind `grant request`.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -103,6 +104,26 @@ TEST(GrantStore, ReadersIgnoreTornForeignAndHostileFiles) {
   // Updating through a symlinked grant file finds nothing and writes nothing through it.
   EXPECT_FALSE(store.update("g-eeeeeeeeeeee", [](SignedGrant&) {}));
   EXPECT_THROW(store.add(make("g-eeeeeeeeeeee", 1)), common::UsageError);  // the name is taken
+}
+
+// A flood of files that are not grants (anyone who can write the store can make them) neither
+// hides the real grants nor pushes the store over its grant limit.
+TEST(GrantStore, FilesThatAreNotGrantsDoNotCountTowardTheLimit) {
+  sshring::testing::TempDir dir;
+  const std::string store = dir.file("grants");
+  DirGrantStore gs(store);
+  const SignedGrant g = make("g-00000000a11e", 1800000000);
+  gs.add(g);
+  for (size_t i = 0; i <= kMaxGrants; ++i) {
+    char name[32];
+    std::snprintf(name, sizeof name, "/j%07zu.grant", i);
+    int fd = ::open((store + name).c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    ASSERT_GE(fd, 0) << name;
+    ::close(fd);
+  }
+  auto loaded = gs.load();
+  ASSERT_EQ(loaded.size(), 1u);
+  EXPECT_EQ(loaded[0], g);
 }
 
 TEST(GrantStore, PlantedSymlinksAreNeverFollowed) {
