@@ -58,14 +58,15 @@ struct SessionState {
   }
 
   // `wire`: the code the client sees when it must not learn `r` (identity failures before the
-  // signature is verified all go out as kNotAuthenticated with one fixed message).
+  // signature is verified all go out as kNotAuthenticated with one fixed message). `told`: what the
+  // client reads instead of `message` when that holds more than it should learn.
   HandshakeStep deny(protocol::Reason r, std::string message,
-                     std::optional<protocol::Reason> wire = std::nullopt) {
+                     std::optional<protocol::Reason> wire = std::nullopt, std::string told = {}) {
     // The text first: `denied` promises it (on_data answers a repeat call with its reply).
     auto text = std::make_unique<DenyText>();
     text->message = std::move(message);
     text->reply = wire ? protocol::encode_deny(*wire, protocol::kNotAuthenticatedMessage)
-                       : protocol::encode_deny(r, text->message);
+                       : protocol::encode_deny(r, told.empty() ? text->message : told);
     deny_text = std::move(text);
     decided = true;
     denied = true;
@@ -129,8 +130,11 @@ struct SessionState {
     if (last.reason == policy::Reason::kPortNotAllowed)
       return deny(protocol::Reason::kPortNotAllowed,
                   names.target_host + ":" + std::to_string(names.target_port) + ": port not allowed");
+    // The addresses go to the audit record, not to the client: the relay's resolver is not an
+    // oracle for what internal names resolve to.
     return deny(protocol::Reason::kAddressNotAllowed,
-                names.target_host + " resolved to " + tried + ", not allowed by policy");
+                names.target_host + " resolved to " + tried + ", not allowed by policy", std::nullopt,
+                names.target_host + " resolved to no address the policy allows");
   }
 };
 
