@@ -199,7 +199,8 @@ class Agent {
     synced_generation_ = cache_.generation();
     if (!snap) return;
     obj_->sync_clock();
-    auto r = sync_->apply(KernelPolicy::from_snapshot(*snap));
+    refresh_local();
+    auto r = sync_->apply(KernelPolicy::from_snapshot(*snap, local_));
     stats_.policy_fits.set(r.truncated == 0 ? 1 : 0);
     stats_.rules_not_loaded.set(static_cast<int64_t>(r.truncated));
     if (r.truncated)
@@ -217,6 +218,19 @@ class Agent {
                                                        {"changed", std::to_string(r.changed)},
                                                        {"rules", std::to_string(r.rules_loaded)}});
     report(metrics::PolicyReload{.version = std::to_string(snap->generation())}.to_json());
+  }
+
+  // True if this namespace's addresses changed. A failed listing keeps the last one.
+  bool refresh_local() {
+    try {
+      auto now = local_addresses();
+      if (now == local_) return false;
+      local_ = std::move(now);
+      return true;
+    } catch (const std::exception& e) {
+      log_warn("agent: cannot list local addresses; keeping the last list", {{"error", e.what()}});
+      return false;
+    }
   }
 
   void walk_live() {
@@ -278,6 +292,11 @@ class Agent {
       stats_.bytes_by_tag[t - 1].add(tags[t].bytes - last_tags_[t].bytes);
     }
     last_tags_ = tags;
+    // An address added since (DHCP, a new interface, a VIP) is protected within a tick.
+    if (auto snap = cache_.current(); snap && refresh_local()) {
+      log_info("agent: local addresses changed; protecting them", {});
+      sync_policy();
+    }
     walk_live();
   }
 
@@ -294,6 +313,7 @@ class Agent {
   uint64_t synced_generation_ = 0;
   std::vector<uint64_t> last_stats_;
   std::vector<sshring_tag_counters> last_tags_;
+  std::vector<policy::IpAddr> local_;  // this namespace's addresses at the last policy sync
 };
 
 }  // namespace

@@ -1,6 +1,8 @@
 #include "bpf/kernel_policy.h"
 
 #include <bpf/bpf.h>
+#include <ifaddrs.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cstring>
@@ -141,10 +143,41 @@ sshring_lpm_key lpm_host_key(const policy::IpAddr& a) {
   return lpm_key(policy::Cidr::host(a));
 }
 
-KernelPolicy KernelPolicy::from_snapshot(const policy::Snapshot& snap) {
+std::vector<policy::IpAddr> local_addresses() {
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) throw_errno("getifaddrs");
+  std::vector<policy::IpAddr> out;
+  for (const ifaddrs* i = list; i; i = i->ifa_next) {
+    if (!i->ifa_addr || (i->ifa_addr->sa_family != AF_INET && i->ifa_addr->sa_family != AF_INET6)) continue;
+    if (auto a = policy::IpAddr::from_sockaddr(i->ifa_addr)) out.push_back(*a);
+  }
+  ::freeifaddrs(list);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+KernelPolicy KernelPolicy::from_snapshot(const policy::Snapshot& snap,
+                                         const std::vector<policy::IpAddr>& local) {
   KernelPolicy kp;
   kp.relays = snap.relay_cidrs();
-  for (const auto& h : snap.protected_hosts()) kp.protected_dsts.push_back({h.cidr, h.ports.ranges()});
+  const auto hosts = snap.protected_hosts();
+  for (const auto& h : hosts) kp.protected_dsts.push_back({h.cidr, h.ports.ranges()});
+  // sshd listening on 0.0.0.0 / :: answers on every local address; the unlisted ones would be a
+  // door no tag or drop covers.
+  std::vector<policy::PortRange> ports;
+  std::vector<const policy::IpAddr*> unlisted;
+  for (const auto& a : local) {
+    bool listed = false;
+    for (const auto& h : hosts) {
+      if (!h.cidr.contains(a)) continue;
+      listed = true;
+      for (const auto& r : h.ports.ranges()) ports.push_back(r);
+    }
+    if (!listed) unlisted.push_back(&a);
+  }
+  if (!ports.empty())
+    for (const auto* a : unlisted) kp.protected_dsts.push_back({policy::Cidr::host(*a), ports});
   for (const auto& e : snap.flow_entries()) {
     for (const auto& r : e.ports.ranges())
       kp.rules.push_back({e.from, e.to, r.lo, r.hi, std::min(e.expires, kMaxExpiry), e.id});

@@ -562,6 +562,67 @@ TEST_F(AgentIntegration, EndingAFlowWithNoSocketLeavesSshdListening) {
   stop_agent();
 }
 
+// sshd on 0.0.0.0 or :: answers on every address of its host, not only the ones the policy lists. A
+// secondary address (here on the host's loopback, reached over the veth: Linux accepts a packet for
+// any local address on any interface) and the IPv6 link-local address every interface has are
+// protected too: before, an unapproved client reached a listener on them in enforce mode, untagged.
+TEST_F(AgentIntegration, UnlistedAddressesOfTheHostAreProtected) {
+  ASSERT_EQ(run({"ip", "-n", host_->name(), "addr", "add", "10.66.0.1/32", "dev", "lo"}), 0);
+  ASSERT_EQ(run({"ip", "-n", cli_->name(), "route", "add", "10.66.0.1/32", "dev", "vc"}), 0);
+  std::string ll;  // the host's link-local address on vh, once duplicate detection is done
+  ASSERT_TRUE(eventually(
+      [&] {
+        std::string out;
+        host_->exec("ip -6 -o addr show dev vh scope link | grep -v tentative", &out);
+        auto at = out.find("fe80::");
+        if (at == std::string::npos) return false;
+        ll = out.substr(at, out.find('/', at) - at);
+        return true;
+      },
+      10s))
+      << "no link-local address on vh";
+  const std::string server = dir_.file("listen.py");
+  write_file(server, R"(import socket, sys, threading
+def serve(s):
+    while True:
+        c, _ = s.accept(); c.sendall(b"ECHO\n"); c.close()
+a = socket.socket(); a.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+a.bind(("10.66.0.1", 2222)); a.listen(8)
+b = socket.socket(socket.AF_INET6); b.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+b.bind(socket.getaddrinfo(sys.argv[1] + "%vh", 2222, socket.AF_INET6)[0][4]); b.listen(8)
+threading.Thread(target=serve, args=(a,), daemon=True).start()
+open(sys.argv[2], "w").close()
+serve(b)
+)");
+  Process::Options o;
+  o.netns = host_->name();
+  o.stderr_path = dir_.file("listen.err");
+  Process listener({"python3", server, ll, dir_.file("listening")}, o);
+  ASSERT_TRUE(eventually([&] { return ::access(dir_.file("listening").c_str(), F_OK) == 0; }, 10s))
+      << read_file(dir_.file("listen.err"));
+  // 0: the listener answered; else refused or timed out.
+  const std::string client = dir_.file("reach.py");
+  write_file(client, R"(import socket, sys
+ai = socket.getaddrinfo(sys.argv[1], 2222)[0]
+s = socket.socket(ai[0]); s.settimeout(3)
+if len(sys.argv) > 2: s.bind((sys.argv[2], 0))
+s.connect(ai[4]); sys.exit(0 if s.recv(5) == b"ECHO\n" else 1)
+)");
+  auto reach = [&](const std::string& host, const std::string& bind) {
+    return cli_->exec("timeout 10 python3 " + client + " " + host + (bind.empty() ? "" : " " + bind));
+  };
+  const std::string v6 = ll + "%vc";
+  ASSERT_EQ(reach("10.66.0.1", kUngranted), 0) << "the listener is reachable before the agent runs";
+  ASSERT_EQ(reach(v6, ""), 0) << "the link-local listener is reachable before the agent runs";
+
+  start_agent(true, "enforce.log");
+  EXPECT_NE(reach("10.66.0.1", kUngranted), 0) << "an unlisted local address let an unapproved client in";
+  EXPECT_NE(reach(v6, ""), 0) << "the link-local address let an unapproved client in";
+  EXPECT_TRUE(wait_record(audit_, "flow_open", kUngranted).has_value()) << "the refused flow was not logged";
+  EXPECT_EQ(ssh(kGranted, "true"), 0) << "the listed address still serves a granted client";
+  stop_agent();
+}
+
 // Enforce mode ends a live session when its grant expires and when it is revoked: the client sees its
 // connection reset within about a second, a flow_cut record names the grant. Count mode only re-tags.
 TEST_F(AgentIntegration, ExpiryAndRevocationEndLiveFlows) {
