@@ -444,7 +444,8 @@ TEST_F(KernelTest, LiveFlowExpiresInKernelTime) {
   obj_->set_enforce(true);
   ack.flags = kRst;
   EXPECT_EQ(run_prog(obj_->ingress_fd(), build_packet(ack)).retval, kPass);
-  EXPECT_FALSE(flow(syn).has_value()) << "RST closes it";
+  ASSERT_TRUE(flow(syn).has_value()) << "an inbound RST only marks it (the socket may ignore it)";
+  EXPECT_EQ(flow(syn)->fin, SSHRING_RST_C2S);
 
   // A proxied flow the agent re-tagged unapproved (relay removed from the policy).
   PacketSpec relay{.src = "10.77.9.30", .sport = 46001};
@@ -533,16 +534,27 @@ TEST_F(KernelTest, CountsBothWaysAndReportsOpenAndClose) {
   EXPECT_EQ(f->bytes[1], bytes_s2c);
   EXPECT_EQ(f->fin, SSHRING_FIN_C2S);
   out(kFin | kAck, 0);
-  EXPECT_FALSE(flow(c2s).has_value()) << "FIN both ways closes the flow";
+  ASSERT_TRUE(flow(c2s).has_value()) << "FIN both ways: closing, the last ACK must still pass";
+  EXPECT_EQ(flow(c2s)->fin, SSHRING_FIN_BOTH);
+  obj_->set_enforce(true);
+  in(kAck, 0);  // the last ACK
+  obj_->set_enforce(false);
+  ring_buffer__consume(rb);
+  ASSERT_EQ(got.size(), 1u) << "no close before the socket's TCP_CLOSE or a new SYN";
+  // A new connection on the key after a FIN pair: the old one is reported closed by FIN.
+  in(kSyn, 0);
+  const uint64_t syn_bytes = build_packet(c2s).size();
+  bytes_c2s -= syn_bytes;
 
   ring_buffer__consume(rb);
-  ASSERT_EQ(got.size(), 2u);
+  ASSERT_EQ(got.size(), 3u);
   EXPECT_EQ(got[0].type, SSHRING_EV_OPEN);
   EXPECT_EQ(got[0].tag, SSHRING_TAG_APPROVED);
   EXPECT_EQ(got[1].type, SSHRING_EV_CLOSE);
   EXPECT_EQ(got[1].reason, SSHRING_CLOSE_FIN);
-  EXPECT_EQ(got[1].packets[0], 5u);
+  EXPECT_EQ(got[1].packets[0], 6u);  // and the last ACK
   EXPECT_EQ(got[1].packets[1], 4u);  // SYN-ACK, 2 data, FIN
+  EXPECT_EQ(got[2].type, SSHRING_EV_OPEN);
   EXPECT_EQ(got[1].bytes[0], bytes_c2s);
   EXPECT_EQ(got[1].bytes[1], bytes_s2c);
   EXPECT_EQ(got[1].key.client_port, 43000);
@@ -550,12 +562,12 @@ TEST_F(KernelTest, CountsBothWaysAndReportsOpenAndClose) {
   EXPECT_LE(got[1].first_ns, got[1].last_ns);
 
   auto tags_after = obj_->tag_counters();
-  EXPECT_EQ(tags_after[SSHRING_TAG_APPROVED].flows - tags_before[SSHRING_TAG_APPROVED].flows, 1u);
-  EXPECT_EQ(tags_after[SSHRING_TAG_APPROVED].packets - tags_before[SSHRING_TAG_APPROVED].packets, 9u);
+  EXPECT_EQ(tags_after[SSHRING_TAG_APPROVED].flows - tags_before[SSHRING_TAG_APPROVED].flows, 2u);
+  EXPECT_EQ(tags_after[SSHRING_TAG_APPROVED].packets - tags_before[SSHRING_TAG_APPROVED].packets, 11u);
   EXPECT_EQ(tags_after[SSHRING_TAG_APPROVED].bytes - tags_before[SSHRING_TAG_APPROVED].bytes,
-            bytes_c2s + bytes_s2c);
+            bytes_c2s + bytes_s2c + syn_bytes);
 
-  // RST from either side closes at once.
+  // An outbound RST (the host's own stack ends the connection) closes at once.
   PacketSpec r{.src = "10.77.9.9", .sport = 43001};
   run_prog(obj_->ingress_fd(), build_packet(r));
   ASSERT_TRUE(flow(r).has_value());
