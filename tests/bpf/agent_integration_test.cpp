@@ -568,6 +568,23 @@ TEST_F(AgentIntegration, OutOfWindowRstDoesNotFreezeASessionInEnforceMode) {
   stop_agent();
 }
 
+// L3 devices (tun, WireGuard, ipip) hand tc the IP header with no Ethernet header in front; the
+// classifier would read it as Ethernet and pass everything unseen. The agent refuses to attach.
+TEST_F(AgentIntegration, AttachingToAnL3InterfaceIsRefused) {
+  ASSERT_EQ(run({"ip", "-n", host_->name(), "tuntap", "add", "sshrtun0", "mode", "tun"}), 0);
+  ASSERT_EQ(run({"ip", "-n", host_->name(), "link", "set", "sshrtun0", "up"}), 0);
+  std::string out;
+  // Bounded: an agent that attaches runs until stopped (timeout's 124 fails the check below).
+  int rc = sh("ip netns exec " + host_->name() + " timeout 20 " + sshring_bin() + " agent --policy " +
+                  dir_.file("policy.yaml") + " --iface vh,sshrtun0 --enforce --pin-dir " + pin_dir_ + " 2>&1",
+              &out);
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_NE(out.find("interface 'sshrtun0' has link type 65534 (none: tun, WireGuard), not Ethernet"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(count(tc_filters(), "handle 0x5353"), 0u) << "nothing attached, not even to vh";
+}
+
 // The client closes first: its FIN, the server's FIN, then the client's last ACK. The entry used to
 // be deleted at the second FIN, so enforce mode dropped that ACK as untracked and the server socket
 // sat in LAST-ACK retransmitting its FIN. Now the entry lasts until the socket closes.
