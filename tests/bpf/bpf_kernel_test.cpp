@@ -604,7 +604,9 @@ TEST_F(KernelTest, MapSyncConvergesOnReload) {
 
 // The tp_btf hook on inet_sock_set_state closes flows whose socket ends on this host without a FIN
 // pair on the wire: a real loopback connection, aborted by the server side (SO_LINGER 0).
-TEST(SockStateHook, LocalAbortClosesTheFlow) {
+// The socket-close hook on a real loopback connection: the close reason comes from the socket. An
+// inbound RST marked in the entry is the end only if the socket took it (sk_err ECONNRESET).
+TEST(SockStateHook, ClosesTheFlowWithTheSocketsReason) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to load BPF programs";
   if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) GTEST_SKIP() << "kernel has no BTF";
   std::optional<BpfObject> obj;
@@ -613,54 +615,67 @@ TEST(SockStateHook, LocalAbortClosesTheFlow) {
   } catch (const std::exception& e) {
     FAIL() << "cannot load/attach the BPF object (verifier or loader error): " << e.what();
   }
-  common::UniqueFd lis(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(sa);
-  ASSERT_EQ(::bind(lis.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-  ASSERT_EQ(::listen(lis.get(), 1), 0);
-  ASSERT_EQ(::getsockname(lis.get(), reinterpret_cast<sockaddr*>(&sa), &len), 0);
-  common::UniqueFd cli(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  ASSERT_EQ(::connect(cli.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-  sockaddr_in peer{};
-  len = sizeof(peer);
-  common::UniqueFd srv(::accept(lis.get(), reinterpret_cast<sockaddr*>(&peer), &len));
-  ASSERT_TRUE(srv.valid());
-
-  // The flow as the TC program would have recorded it at the SYN.
-  sshring_flow_key key{};
-  key.family = 4;
-  key.client[0] = htonl(INADDR_LOOPBACK);
-  key.server[0] = htonl(INADDR_LOOPBACK);
-  key.client_port = ntohs(peer.sin_port);
-  key.server_port = ntohs(sa.sin_port);
-  sshring_flow f{};
-  f.tag = SSHRING_TAG_UNAPPROVED;
-  f.packets[0] = 3;
-  f.bytes[0] = 200;
-  ASSERT_EQ(bpf_map_update_elem(obj->map_fd("flows"), &key, &f, BPF_ANY), 0);
-
-  std::vector<sshring_event> got;
-  auto cb = [](void* ctx, void* data, size_t size) {
-    if (size >= sizeof(sshring_event))
-      static_cast<std::vector<sshring_event>*>(ctx)->push_back(*static_cast<sshring_event*>(data));
-    return 0;
+  struct Case {
+    const char* name;
+    uint32_t marks;    // fin bits the TC program left in the entry
+    bool peer_aborts;  // the client resets the server socket, else the server aborts its own
+    uint8_t reason;
   };
-  ring_buffer* rb = ring_buffer__new(obj->events_fd(), cb, &got, nullptr);
-  ASSERT_NE(rb, nullptr);
-  linger lg{1, 0};
-  ASSERT_EQ(::setsockopt(srv.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
-  srv.reset();  // RST: the server socket goes straight to TCP_CLOSE
-  for (int i = 0; i < 50 && got.empty(); i++) ring_buffer__poll(rb, 20);
-  ring_buffer__free(rb);
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].type, SSHRING_EV_CLOSE);
-  EXPECT_EQ(got[0].reason, SSHRING_CLOSE_LOCAL);
-  EXPECT_EQ(got[0].bytes[0], 200u);
-  EXPECT_EQ(got[0].key.client_port, key.client_port);
-  sshring_flow after{};
-  EXPECT_NE(bpf_map_lookup_elem(obj->map_fd("flows"), &key, &after), 0) << "entry removed";
+  for (const Case& c : {Case{"local_abort", 0, false, SSHRING_CLOSE_LOCAL},
+                        Case{"abort_after_ignored_rst", SSHRING_RST_C2S, false, SSHRING_CLOSE_LOCAL},
+                        Case{"peer_rst_taken", SSHRING_RST_C2S, true, SSHRING_CLOSE_RST}}) {
+    SCOPED_TRACE(c.name);
+    common::UniqueFd lis(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(sa);
+    ASSERT_EQ(::bind(lis.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    ASSERT_EQ(::listen(lis.get(), 1), 0);
+    ASSERT_EQ(::getsockname(lis.get(), reinterpret_cast<sockaddr*>(&sa), &len), 0);
+    common::UniqueFd cli(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ASSERT_EQ(::connect(cli.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    sockaddr_in peer{};
+    len = sizeof(peer);
+    common::UniqueFd srv(::accept(lis.get(), reinterpret_cast<sockaddr*>(&peer), &len));
+    ASSERT_TRUE(srv.valid());
+
+    // The flow as the TC program would have recorded it at the SYN.
+    sshring_flow_key key{};
+    key.family = 4;
+    key.client[0] = htonl(INADDR_LOOPBACK);
+    key.server[0] = htonl(INADDR_LOOPBACK);
+    key.client_port = ntohs(peer.sin_port);
+    key.server_port = ntohs(sa.sin_port);
+    sshring_flow f{};
+    f.tag = SSHRING_TAG_UNAPPROVED;
+    f.fin = c.marks;
+    f.packets[0] = 3;
+    f.bytes[0] = 200;
+    ASSERT_EQ(bpf_map_update_elem(obj->map_fd("flows"), &key, &f, BPF_ANY), 0);
+
+    std::vector<sshring_event> got;
+    auto cb = [](void* ctx, void* data, size_t size) {
+      if (size >= sizeof(sshring_event))
+        static_cast<std::vector<sshring_event>*>(ctx)->push_back(*static_cast<sshring_event*>(data));
+      return 0;
+    };
+    ring_buffer* rb = ring_buffer__new(obj->events_fd(), cb, &got, nullptr);
+    ASSERT_NE(rb, nullptr);
+    linger lg{1, 0};
+    common::UniqueFd& aborts = c.peer_aborts ? cli : srv;
+    ASSERT_EQ(::setsockopt(aborts.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+    aborts.reset();  // sends an RST; the aborting socket goes straight to TCP_CLOSE
+    for (int i = 0; i < 50 && got.empty(); i++) ring_buffer__poll(rb, 20);
+    ring_buffer__free(rb);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].type, SSHRING_EV_CLOSE);
+    EXPECT_EQ(got[0].reason, c.reason);
+    EXPECT_EQ(got[0].bytes[0], 200u);
+    EXPECT_EQ(got[0].key.client_port, key.client_port);
+    sshring_flow after{};
+    EXPECT_NE(bpf_map_lookup_elem(obj->map_fd("flows"), &key, &after), 0) << "entry removed";
+  }
 }
 
 }  // namespace
