@@ -187,6 +187,19 @@ bool LiveFlows::end_closing(const sshring_flow_key& k, const sshring_flow& f, ui
   return true;
 }
 
+// The mark stays in the entry (clearing it would mean writing the entry back and losing the kernel's
+// concurrent counter adds), so the set keeps this run from repeating the record; an agent restart
+// reports such a flow once more.
+void LiveFlows::report_lost_open(const sshring_flow_key& k, const sshring_flow& f) {
+  if (!f.open_lost || !late_opened_.insert(key_bytes(k)).second) return;
+  report_(metrics::FlowOpen{.flow = flow_key(k),
+                            .tag = tag_name(f.tag),
+                            .grant_id = sync_.grant_name(f.grant),
+                            .first_seen = rfc3339_from_boot(f.first_ns),
+                            .late = true}
+              .to_json());
+}
+
 bool LiveFlows::evict_idle(const sshring_flow_key& k, const sshring_flow& f, bool enforce,
                            ConnectionDump* dump) {
   // Alive, or not known to be gone (a diag error): keep it. Evicting a live approved flow would cut
@@ -214,6 +227,7 @@ void LiveFlows::walk(const policy::Snapshot& snap, int64_t now_unix, bool enforc
   ConnectionDump dump;  // listed at most once per walk, on the first flow an exact lookup misses
   for (auto& [k, f] : all) {
     if (present.count(key_bytes(k))) continue;  // seen twice: the walk restarted after a kernel delete
+    report_lost_open(k, f);  // first: a flow that ends in this walk still gets its open record
     if (end_closing(k, f, boot, &dump)) continue;
     if (boot > f.last_ns && boot - f.last_ns > idle_ns && evict_idle(k, f, enforce, &dump)) continue;
     tracked++;
@@ -222,6 +236,7 @@ void LiveFlows::walk(const policy::Snapshot& snap, int64_t now_unix, bool enforc
     if (enforce && !tag_allowed(f.tag)) cut(k, f, &dump);
   }
   std::erase_if(cut_tried_, [&](const auto& kb) { return !present.count(kb); });
+  std::erase_if(late_opened_, [&](const auto& kb) { return !present.count(kb); });
   stats_.flows_tracked.set(tracked);
 }
 

@@ -65,6 +65,8 @@ class LiveFlows {
   void cut(const sshring_flow_key& k, const sshring_flow& f, ConnectionDump* dump);
   // Entries the kernel marked closing (FIN pair, inbound RST) whose connection is gone.
   bool end_closing(const sshring_flow_key& k, const sshring_flow& f, uint64_t boot, ConnectionDump* dump);
+  // A flow whose open event the kernel could not queue: its flow_open, once per agent run.
+  void report_lost_open(const sshring_flow_key& k, const sshring_flow& f);
   bool evict_idle(const sshring_flow_key& k, const sshring_flow& f, bool enforce, ConnectionDump* dump);
 
   static constexpr uint64_t kClosingQuietNs = 2'000'000'000;  // a closing entry left alone this long
@@ -72,7 +74,8 @@ class LiveFlows {
   MapSync& sync_;
   metrics::AgentStats& stats_;
   Report report_;
-  std::set<std::vector<uint8_t>> cut_tried_;  // keys a destroy was already attempted for
+  std::set<std::vector<uint8_t>> cut_tried_;    // keys a destroy was already attempted for
+  std::set<std::vector<uint8_t>> late_opened_;  // keys whose lost open this run reported
 };
 
 }  // namespace sshring::bpf

@@ -390,12 +390,13 @@ static __always_inline __u8 classify(const struct pkt* p, __u32* grant, __s64* e
   return SSHRING_TAG_EXPIRED;
 }
 
-static __always_inline void emit(__u8 type, __u8 reason, const struct sshring_flow_key* key,
-                                 const struct sshring_flow* f) {
+/* Returns 0 if the event was lost (ring buffer full: counted). */
+static __always_inline int emit(__u8 type, __u8 reason, const struct sshring_flow_key* key,
+                                const struct sshring_flow* f) {
   struct sshring_event* ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
   if (!ev) {
     stat_inc(SSHRING_STAT_RINGBUF_FULL);
-    return;
+    return 0;
   }
   ev->type = type;
   ev->tag = f->tag;
@@ -410,6 +411,7 @@ static __always_inline void emit(__u8 type, __u8 reason, const struct sshring_fl
   ev->bytes[0] = f->bytes[0];
   ev->bytes[1] = f->bytes[1];
   bpf_ringbuf_submit(ev, 0);
+  return 1;
 }
 
 /* Enforce mode, ingress: count a dropped non-SYN packet and drop it. */
@@ -475,7 +477,11 @@ static __always_inline int open_flow(const struct pkt* p, const struct sshring_f
   if (!tag_allowed(nf.tag) && enforce_on()) return deny_syn(key, &nf);
   tag_add(nf.tag, 1, len);
   if (bpf_map_update_elem(&flows, key, &nf, BPF_NOEXIST) == 0) {
-    emit(SSHRING_EV_OPEN, 0, key, &nf);
+    /* A flood can fill the ring: the entry says so, and the agent's walk reports the open late. */
+    if (!emit(SSHRING_EV_OPEN, 0, key, &nf)) {
+      struct sshring_flow* f = bpf_map_lookup_elem(&flows, key);
+      if (f) f->open_lost = 1;
+    }
     return TC_ACT_UNSPEC;
   }
   /* -EEXIST: another CPU inserted the same SYN first; anything else: map full. */

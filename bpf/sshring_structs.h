@@ -64,8 +64,9 @@ struct sshring_flow {
   __u32 grant;        /* 0: none */
   __u32 fin;          /* SSHRING_FIN_* / SSHRING_RST_C2S marks seen so far */
   __u8 tag;
-  __u8 origin; /* SSHRING_ORIGIN_* */
-  __u8 pad[6];
+  __u8 origin;    /* SSHRING_ORIGIN_* */
+  __u8 open_lost; /* 1: the ring buffer was full at the open event; the agent's walk reports it */
+  __u8 pad[5];
 };
 
 struct sshring_event {

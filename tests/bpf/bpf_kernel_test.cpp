@@ -14,8 +14,12 @@
 #include <vector>
 
 #include "bpf/kernel_policy.h"
+#include "bpf/live_flows.h"
 #include "bpf/loader.h"
 #include "common/unique_fd.h"
+#include "metrics/catalog.h"
+#include "policy/parser.h"
+#include "policy/snapshot.h"
 #include "tests/bpf/packet.h"
 
 namespace sshring::bpf {
@@ -582,6 +586,42 @@ TEST_F(KernelTest, CountsBothWaysAndReportsOpenAndClose) {
   EXPECT_EQ(got[1].reason, SSHRING_CLOSE_RST);
   EXPECT_EQ(got[1].tag, SSHRING_TAG_PROXIED);
   ring_buffer__free(rb);
+}
+
+// A SYN flood fills the ring buffer (nothing consumes it here): the flows made meanwhile lose their
+// open event. Each such entry is marked, and the agent's walk writes its flow_open (late) once.
+TEST_F(KernelTest, LostOpenEventsAreReportedByTheWalk) {
+  const int n = SSHRING_RINGBUF_BYTES / sizeof(sshring_event) + 100;  // more than the ring holds
+  PacketSpec syn{.src = "10.77.9.7"};
+  for (int i = 0; i < n; i++) {
+    syn.sport = static_cast<uint16_t>(1024 + i);
+    ASSERT_EQ(run_prog(obj_->ingress_fd(), build_packet(syn)).retval, kPass);
+  }
+  const uint64_t lost = stat(SSHRING_STAT_RINGBUF_FULL);
+  ASSERT_GT(lost, 0u);
+  syn.sport = 1024;
+  EXPECT_EQ(flow(syn)->open_lost, 0) << "its event was queued";
+  syn.sport = static_cast<uint16_t>(1024 + n - 1);
+  EXPECT_EQ(flow(syn)->open_lost, 1);
+
+  auto pol = std::make_shared<const policy::Policy>(policy::parse_policy(R"(version: 1
+relays: [10.77.9.0/24]
+hosts: [{name: t, cidrs: [10.77.0.0/16], ssh_ports: [22]}]
+)",
+                                                                         "lost-open.yaml"));
+  auto snap = policy::Snapshot::build(pol, {});
+  metrics::AgentStats stats;
+  std::vector<nlohmann::json> records;
+  LiveFlows live(*obj_, *sync_, stats, [&](nlohmann::json r) { records.push_back(std::move(r)); });
+  auto late_opens = [&] {
+    return std::count_if(records.begin(), records.end(), [](const nlohmann::json& r) {
+      return r.value("type", "") == "flow_open" && r.value("late", false) && r.value("tag", "") == "proxied";
+    });
+  };
+  live.walk(*snap, now_, false, std::chrono::hours(1));
+  EXPECT_EQ(static_cast<uint64_t>(late_opens()), lost);
+  live.walk(*snap, now_, false, std::chrono::hours(1));
+  EXPECT_EQ(static_cast<uint64_t>(late_opens()), lost) << "once per flow";
 }
 
 TEST_F(KernelTest, MapSyncConvergesOnReload) {
