@@ -70,7 +70,7 @@ class Agent {
     if (opts_.ifaces.empty())
       throw common::UsageError("--iface is required (e.g. --iface eth0 or --iface eth0,eth1)");
     std::vector<int> ifindexes;
-    for (const auto& name : opts_.ifaces) ifindexes.push_back(ifindex_of(name));
+    for (const auto& name : opts_.ifaces) ifindexes.push_back(attachable_ifindex(name));
     start_outputs();
     load();
     attach(ifindexes);

@@ -172,6 +172,34 @@ void LiveFlows::cut(const sshring_flow_key& k, const sshring_flow& f, Connection
               .to_json());
 }
 
+// The kernel marks an entry at a FIN pair or an inbound RST and leaves it to the socket's TCP_CLOSE
+// (bpf/sshring.bpf.c). Without a local socket (a half-open connection that was reset, a flow this
+// host forwards) no TCP_CLOSE comes: such an entry ends here once it is quiet and no connection has
+// its tuple. Quiet first, so a forwarded flow's last ACK passes and a live one can still speak.
+bool LiveFlows::end_closing(const sshring_flow_key& k, const sshring_flow& f, uint64_t boot,
+                            ConnectionDump* dump) {
+  const bool rst = f.fin & SSHRING_RST_C2S;
+  if (!rst && (f.fin & SSHRING_FIN_BOTH) != SSHRING_FIN_BOTH) return false;
+  if (boot < f.last_ns + kClosingQuietNs) return false;
+  if (tcp_exists(k, dump) != 0) return false;  // alive (an ignored RST), or unknown: keep it
+  if (bpf_map_delete_elem(obj_.map_fd("flows"), &k) != 0) return false;
+  report_(close_record(k, f, rst ? "rst" : "fin", sync_.grant_name(f.grant)));
+  return true;
+}
+
+// The mark stays in the entry (clearing it would mean writing the entry back and losing the kernel's
+// concurrent counter adds), so the set keeps this run from repeating the record; an agent restart
+// reports such a flow once more.
+void LiveFlows::report_lost_open(const sshring_flow_key& k, const sshring_flow& f) {
+  if (!f.open_lost || !late_opened_.insert(key_bytes(k)).second) return;
+  report_(metrics::FlowOpen{.flow = flow_key(k),
+                            .tag = tag_name(f.tag),
+                            .grant_id = sync_.grant_name(f.grant),
+                            .first_seen = rfc3339_from_boot(f.first_ns),
+                            .late = true}
+              .to_json());
+}
+
 bool LiveFlows::evict_idle(const sshring_flow_key& k, const sshring_flow& f, bool enforce,
                            ConnectionDump* dump) {
   // Alive, or not known to be gone (a diag error): keep it. Evicting a live approved flow would cut
@@ -199,6 +227,8 @@ void LiveFlows::walk(const policy::Snapshot& snap, int64_t now_unix, bool enforc
   ConnectionDump dump;  // listed at most once per walk, on the first flow an exact lookup misses
   for (auto& [k, f] : all) {
     if (present.count(key_bytes(k))) continue;  // seen twice: the walk restarted after a kernel delete
+    report_lost_open(k, f);  // first: a flow that ends in this walk still gets its open record
+    if (end_closing(k, f, boot, &dump)) continue;
     if (boot > f.last_ns && boot - f.last_ns > idle_ns && evict_idle(k, f, enforce, &dump)) continue;
     tracked++;
     present.insert(key_bytes(k));
@@ -206,6 +236,7 @@ void LiveFlows::walk(const policy::Snapshot& snap, int64_t now_unix, bool enforc
     if (enforce && !tag_allowed(f.tag)) cut(k, f, &dump);
   }
   std::erase_if(cut_tried_, [&](const auto& kb) { return !present.count(kb); });
+  std::erase_if(late_opened_, [&](const auto& kb) { return !present.count(kb); });
   stats_.flows_tracked.set(tracked);
 }
 

@@ -8,6 +8,8 @@
 //           mode every flow whose tag does not allow it is ended with SOCK_DESTROY (the local socket
 //           aborts and resets the peer) and reported as a `flow_cut`. Idle entries are evicted
 //           (in enforce mode only once their socket is gone: an evicted live flow would be cut).
+//           Entries the kernel marked closing (FIN pair, inbound RST) with no local socket are
+//           closed (the socket's TCP_CLOSE ends the others in the kernel).
 //
 // The kernel also turns an approved flow expired on its first packet after expiry (bpf/sshring.bpf.c),
 // so tags are right to the packet; user space is needed for revocations, for idle flows, and to end
@@ -61,13 +63,19 @@ class LiveFlows {
   bool retag(const policy::Snapshot& snap, int64_t now, const sshring_flow_key& k, sshring_flow& f);
   // `dump`: the walk's shared list of device-bound connections (bpf/sock_diag.h).
   void cut(const sshring_flow_key& k, const sshring_flow& f, ConnectionDump* dump);
+  // Entries the kernel marked closing (FIN pair, inbound RST) whose connection is gone.
+  bool end_closing(const sshring_flow_key& k, const sshring_flow& f, uint64_t boot, ConnectionDump* dump);
+  // A flow whose open event the kernel could not queue: its flow_open, once per agent run.
+  void report_lost_open(const sshring_flow_key& k, const sshring_flow& f);
   bool evict_idle(const sshring_flow_key& k, const sshring_flow& f, bool enforce, ConnectionDump* dump);
 
+  static constexpr uint64_t kClosingQuietNs = 2'000'000'000;  // a closing entry left alone this long
   const BpfObject& obj_;
   MapSync& sync_;
   metrics::AgentStats& stats_;
   Report report_;
-  std::set<std::vector<uint8_t>> cut_tried_;  // keys a destroy was already attempted for
+  std::set<std::vector<uint8_t>> cut_tried_;    // keys a destroy was already attempted for
+  std::set<std::vector<uint8_t>> late_opened_;  // keys whose lost open this run reported
 };
 
 }  // namespace sshring::bpf

@@ -4,7 +4,10 @@
 #include <bpf/libbpf.h>
 #include <linux/magic.h>
 #include <net/if.h>
+#include <net/if_arp.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <time.h>
@@ -21,6 +24,7 @@
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "common/unique_fd.h"
 #include "sshring.skel.h"  // generated into the build tree
 
 namespace sshring::bpf {
@@ -365,6 +369,47 @@ int ifindex_of(const std::string& name) {
   if (idx == 0)
     throw common::UsageError("interface '" + name + "' not found in this network namespace (see `ip link`)");
   return static_cast<int>(idx);
+}
+
+namespace {
+
+const char* link_type_name(int type) {
+  switch (type) {
+    case ARPHRD_NONE:
+      return "none: tun, WireGuard";
+    case ARPHRD_TUNNEL:
+      return "ipip";
+    case ARPHRD_TUNNEL6:
+      return "ip6tnl";
+    case ARPHRD_SIT:
+      return "sit";
+    case ARPHRD_IPGRE:
+      return "gre";
+    case ARPHRD_PPP:
+      return "ppp";
+    default:
+      return "not Ethernet";
+  }
+}
+
+}  // namespace
+
+int attachable_ifindex(const std::string& name) {
+  int idx = ifindex_of(name);
+  // SIOCGIFHWADDR answers for this network namespace (sysfs may show another under setns).
+  common::UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!s) throw_errno("socket for SIOCGIFHWADDR");
+  struct ifreq ifr {};
+  std::snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name.c_str());
+  if (::ioctl(s.get(), SIOCGIFHWADDR, &ifr) != 0) throw_errno("link type of interface '" + name + "'");
+  const int type = ifr.ifr_hwaddr.sa_family;
+  if (type == ARPHRD_ETHER || type == ARPHRD_LOOPBACK) return idx;
+  throw common::UsageError("interface '" + name + "' has link type " + std::to_string(type) + " (" +
+                           link_type_name(type) +
+                           "), not Ethernet: the classifier parses Ethernet frames only and would pass "
+                           "this interface's traffic unseen, enforce mode included. Attach to the "
+                           "Ethernet interface the traffic arrives on, or leave '" +
+                           name + "' out of --iface");
 }
 
 }  // namespace sshring::bpf

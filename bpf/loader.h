@@ -119,4 +119,11 @@ int detach_tc(int ifindex, bool destroy_qdisc);
 // Interface name -> index, throwing a clear error when it does not exist.
 int ifindex_of(const std::string& name);
 
+// ifindex_of for an interface the classifier may attach to: one whose tc hook sees an Ethernet
+// header (ARPHRD_ETHER; loopback's frames carry one too). Throws a UsageError naming the interface
+// and its link type otherwise: on an L3 device (tun, WireGuard, ipip, gre, ppp) skb->data starts
+// at the IP header, the parser would read it as Ethernet and pass every packet unseen, enforce mode
+// included. Fail closed: refuse to attach rather than run blind.
+int attachable_ifindex(const std::string& name);
+
 }  // namespace sshring::bpf

@@ -35,6 +35,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define IPPROTO_ICMPV6 58
 #define IPPROTO_NONE 59
 #define TCP_CLOSE 7
+#define EPIPE 32
+#define ECONNRESET 104
 
 struct {
   __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -388,12 +390,13 @@ static __always_inline __u8 classify(const struct pkt* p, __u32* grant, __s64* e
   return SSHRING_TAG_EXPIRED;
 }
 
-static __always_inline void emit(__u8 type, __u8 reason, const struct sshring_flow_key* key,
-                                 const struct sshring_flow* f) {
+/* Returns 0 if the event was lost (ring buffer full: counted). */
+static __always_inline int emit(__u8 type, __u8 reason, const struct sshring_flow_key* key,
+                                const struct sshring_flow* f) {
   struct sshring_event* ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
   if (!ev) {
     stat_inc(SSHRING_STAT_RINGBUF_FULL);
-    return;
+    return 0;
   }
   ev->type = type;
   ev->tag = f->tag;
@@ -408,6 +411,7 @@ static __always_inline void emit(__u8 type, __u8 reason, const struct sshring_fl
   ev->bytes[0] = f->bytes[0];
   ev->bytes[1] = f->bytes[1];
   bpf_ringbuf_submit(ev, 0);
+  return 1;
 }
 
 /* Enforce mode, ingress: count a dropped non-SYN packet and drop it. */
@@ -473,7 +477,11 @@ static __always_inline int open_flow(const struct pkt* p, const struct sshring_f
   if (!tag_allowed(nf.tag) && enforce_on()) return deny_syn(key, &nf);
   tag_add(nf.tag, 1, len);
   if (bpf_map_update_elem(&flows, key, &nf, BPF_NOEXIST) == 0) {
-    emit(SSHRING_EV_OPEN, 0, key, &nf);
+    /* A flood can fill the ring: the entry says so, and the agent's walk reports the open late. */
+    if (!emit(SSHRING_EV_OPEN, 0, key, &nf)) {
+      struct sshring_flow* f = bpf_map_lookup_elem(&flows, key);
+      if (f) f->open_lost = 1;
+    }
     return TC_ACT_UNSPEC;
   }
   /* -EEXIST: another CPU inserted the same SYN first; anything else: map full. */
@@ -503,15 +511,25 @@ static __always_inline int syn_keeps_flow(const struct pkt* p, const struct sshr
   __u32 grant;
   __s64 expires;
   __u8 tag = classify(p, &grant, &expires);
-  if (tag == f->tag && grant == f->grant) return 1;
-  stat_inc(SSHRING_STAT_RECLASSIFIED);
-  emit(SSHRING_EV_CLOSE, SSHRING_CLOSE_REOPEN, key, f);
+  /* After a FIN pair the connection is over (its entry waits for the last ACK): a SYN is a new one. */
+  int closed = (f->fin & SSHRING_FIN_BOTH) == SSHRING_FIN_BOTH;
+  if (tag == f->tag && grant == f->grant && !closed) return 1;
+  if (closed) {
+    emit(SSHRING_EV_CLOSE, SSHRING_CLOSE_FIN, key, f);
+  } else {
+    stat_inc(SSHRING_STAT_RECLASSIFIED);
+    emit(SSHRING_EV_CLOSE, SSHRING_CLOSE_REOPEN, key, f);
+  }
   bpf_map_delete_elem(&flows, key);
   return 0;
 }
 
 /* A packet of a tracked flow: count it, expire it in kernel time, refuse it in enforce mode if its
- * tag no longer allows it (RSTs pass so the peers learn), close on FIN both ways or RST. */
+ * tag no longer allows it (RSTs pass so the peers learn). An outbound RST (our own stack's) closes
+ * it. An inbound RST and a FIN pair only mark it: an RST may be out of window, which the socket
+ * ignores (deleting here let one spoofed RST per port freeze every session: enforce mode drops
+ * packets without an entry), and after the FIN pair the last ACK must still pass. The entry goes at
+ * the socket's TCP_CLOSE (sshring_sock_state) or, with no local socket, in the agent's walk. */
 static __always_inline int tracked(const struct pkt* p, const struct sshring_flow_key* key,
                                    struct sshring_flow* f, int dir, __u64 len) {
   __sync_fetch_and_add(&f->packets[dir], 1);
@@ -524,16 +542,13 @@ static __always_inline int tracked(const struct pkt* p, const struct sshring_flo
   tag_add(f->tag, 0, len);
   if (dir == SSHRING_DIR_C2S && !tag_allowed(f->tag) && !(p->flags & TCP_RST) && enforce_on())
     return drop_packet();
-  if (p->flags & TCP_RST) {
+  if ((p->flags & TCP_RST) && dir == SSHRING_DIR_S2C) {
     emit(SSHRING_EV_CLOSE, SSHRING_CLOSE_RST, key, f);
     bpf_map_delete_elem(&flows, key);
+  } else if (p->flags & TCP_RST) {
+    __sync_fetch_and_or(&f->fin, SSHRING_RST_C2S);
   } else if (p->flags & TCP_FIN) {
-    __u32 bit = dir == SSHRING_DIR_C2S ? SSHRING_FIN_C2S : SSHRING_FIN_S2C;
-    __u32 seen = __sync_fetch_and_or(&f->fin, bit) | bit;
-    if (seen == (SSHRING_FIN_C2S | SSHRING_FIN_S2C)) {
-      emit(SSHRING_EV_CLOSE, SSHRING_CLOSE_FIN, key, f);
-      bpf_map_delete_elem(&flows, key);
-    }
+    __sync_fetch_and_or(&f->fin, dir == SSHRING_DIR_C2S ? SSHRING_FIN_C2S : SSHRING_FIN_S2C);
   }
   return TC_ACT_UNSPEC;
 }
@@ -564,7 +579,8 @@ int sshring_egress(struct __sk_buff* skb) {
   return handle(skb, 0);
 }
 
-/* Sockets that end locally (timeouts, aborts, process exits) without a FIN pair on the wire.
+/* A local socket reached TCP_CLOSE: its flow ends here, whether by a FIN pair, an accepted RST or
+ * locally (timeouts, aborts, process exits).
  * tp_btf attaches by BTF id, so it needs no tracefs (absent inside `ip netns exec`). */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(sshring_sock_state, struct sock* sk, int oldstate, int newstate) {
@@ -596,8 +612,16 @@ int BPF_PROG(sshring_sock_state, struct sock* sk, int oldstate, int newstate) {
   key.client_port = bpf_ntohs(c->skc_dport);
   struct sshring_flow* f = bpf_map_lookup_elem(&flows, &key);
   if (!f) return 0;
-  stat_inc(SSHRING_STAT_CLOSED_LOCAL);
-  emit(SSHRING_EV_CLOSE, SSHRING_CLOSE_LOCAL, &key, f);
+  /* Why it ended: an inbound RST the socket accepted (tcp_reset sets sk_err before TCP_CLOSE;
+   * ECONNRESET, or EPIPE in CLOSE_WAIT), else the FIN pair, else a local end (abort, timeout). */
+  __u8 reason = SSHRING_CLOSE_LOCAL;
+  int err = sk->sk_err;
+  if ((f->fin & SSHRING_RST_C2S) && (err == ECONNRESET || err == EPIPE))
+    reason = SSHRING_CLOSE_RST;
+  else if ((f->fin & SSHRING_FIN_BOTH) == SSHRING_FIN_BOTH)
+    reason = SSHRING_CLOSE_FIN;
+  if (reason == SSHRING_CLOSE_LOCAL) stat_inc(SSHRING_STAT_CLOSED_LOCAL);
+  emit(SSHRING_EV_CLOSE, reason, &key, f);
   bpf_map_delete_elem(&flows, &key);
   return 0;
 }

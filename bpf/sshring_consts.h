@@ -35,8 +35,14 @@
 #define SSHRING_DIR_C2S 0
 #define SSHRING_DIR_S2C 1
 
+/* Close marks in sshring_flow.fin. The kernel does not delete an entry at the second FIN or at an
+ * inbound RST: the FIN pair still needs its last ACK, and an RST may be out of window (spoofed) and
+ * ignored by the socket. The entry goes when the local socket reaches TCP_CLOSE (tracepoint) or, with
+ * no local socket, when the agent's walk finds it marked, quiet and without a connection. */
 #define SSHRING_FIN_C2S 1
 #define SSHRING_FIN_S2C 2
+#define SSHRING_FIN_BOTH (SSHRING_FIN_C2S | SSHRING_FIN_S2C)
+#define SSHRING_RST_C2S 4 /* an inbound RST was seen; the socket decides whether it ended the flow */
 
 #define SSHRING_EV_OPEN 1
 #define SSHRING_EV_CLOSE 2
@@ -63,7 +69,7 @@ enum sshring_stat {
   SSHRING_STAT_FLOW_MAP_FULL,   /* flow insert failed */
   SSHRING_STAT_UNTRACKED,       /* non-SYN packet to a protected port without a flow entry */
   SSHRING_STAT_DROPPED,         /* SYNs dropped in enforce mode */
-  SSHRING_STAT_CLOSED_LOCAL,    /* flows closed by the socket tracepoint */
+  SSHRING_STAT_CLOSED_LOCAL,    /* flows the socket tracepoint closed without FIN pair or taken RST */
   SSHRING_STAT_DROPPED_PACKETS, /* enforce: non-SYN packets dropped (the four paths above + cut flows) */
   SSHRING_STAT_EXPIRED_LIVE,    /* a live flow's grant expired: the kernel re-tagged it */
   SSHRING_STAT_RECLASSIFIED,    /* a SYN on an existing key was classified differently */

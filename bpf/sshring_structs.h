@@ -62,10 +62,11 @@ struct sshring_flow {
   __u64 bytes[2];     /* skb->len: L2 frame bytes as seen at the hook */
   __s64 expires_unix; /* of the rule that approved it; 0: no expiry (proxied, or not approved) */
   __u32 grant;        /* 0: none */
-  __u32 fin;          /* SSHRING_FIN_* bits seen so far */
+  __u32 fin;          /* SSHRING_FIN_* / SSHRING_RST_C2S marks seen so far */
   __u8 tag;
-  __u8 origin; /* SSHRING_ORIGIN_* */
-  __u8 pad[6];
+  __u8 origin;    /* SSHRING_ORIGIN_* */
+  __u8 open_lost; /* 1: the ring buffer was full at the open event; the agent's walk reports it */
+  __u8 pad[5];
 };
 
 struct sshring_event {

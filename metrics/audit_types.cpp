@@ -357,6 +357,7 @@ J FlowOpen::to_json() const {
   put(j, "first_seen", first_seen);
   if (enforced) j["enforced"] = *enforced;
   if (seeded) j["seeded"] = *seeded;
+  if (late) j["late"] = *late;
   return j;
 }
 
@@ -368,6 +369,7 @@ FlowOpen FlowOpen::from(const J& body) {
   r.first_seen = str(body, "first_seen");
   r.enforced = opt_bool(body, "enforced");
   r.seeded = opt_bool(body, "seeded");
+  r.late = opt_bool(body, "late");
   return r;
 }
 

@@ -205,6 +205,7 @@ struct FlowOpen {
   std::string first_seen;
   std::optional<bool> enforced;
   std::optional<bool> seeded;  // true: open before the agent started, found by its socket dump
+  std::optional<bool> late;    // true: the kernel's open event was lost; the agent's walk found the flow
   [[nodiscard]] nlohmann::json to_json() const;
   static FlowOpen from(const nlohmann::json& body);
 };

@@ -519,6 +519,96 @@ TEST_F(AgentIntegration, CraftedPacketsDoNotReachSshdInEnforceMode) {
   stop_agent();
 }
 
+// One RST with a live session's 4-tuple and a sequence number outside its window, spoofed from the
+// client namespace: the host's TCP ignores it (the socket stays established). The kernel program used
+// to delete the flow entry on any inbound RST, and enforce mode then dropped every later packet of
+// the session as untracked: a port sweep of such RSTs froze every proxied session. The session must
+// keep exchanging data, and its close record must not say it ended by RST.
+TEST_F(AgentIntegration, OutOfWindowRstDoesNotFreezeASessionInEnforceMode) {
+  std::string mac;
+  host_->exec("cat /sys/class/net/vh/address", &mac);
+  mac.erase(mac.find_last_not_of("\n ") + 1);
+  start_agent(true, "enforce.log");
+  // A line a second from the relay's client, echoed by the server: each echo needs client->server
+  // packets to pass.
+  std::string line = "(for i in 1 2 3 4 5 6 7 8; do echo ping $i; sleep 1; done) | ";
+  for (const auto& a : sshd_->ssh_base_args()) line += "'" + a + "' ";
+  line += std::string("-b ") + kRelay + " -p " + std::to_string(kSshPort) + " " + kHostAddr + " cat";
+  const std::string out = dir_.file("echo.out");
+  Process::Options po;
+  po.netns = cli_->name();
+  po.stdout_path = out;
+  po.stderr_path = out + ".err";
+  Process session({"sh", "-c", line}, po);
+  ASSERT_TRUE(eventually([&] { return read_file(out).find("ping 1") != std::string::npos; }, 20s))
+      << read_file(out + ".err");
+
+  // The session's client port, from the client's side of the connection.
+  std::string ss;
+  cli_->exec("ss -Htn state established '( dport = :" + std::to_string(kSshPort) + " )'", &ss);
+  const std::string local = std::string(kRelay) + ":";
+  const size_t at = ss.find(local);
+  ASSERT_NE(at, std::string::npos) << ss;
+  const auto port = static_cast<uint16_t>(std::stoi(ss.substr(at + local.size())));
+  // raw_inject sends sequence number 1: out of window for a connection with a random ISN.
+  (void)inject_and_listen(
+      cli_->name(), "vc", mac,
+      ipv4_packets(
+          {.src = kRelay, .dst = kHostAddr, .sport = port, .dport = kSshPort, .flags = 0x04 /* RST */}),
+      port, 200ms);
+
+  auto rc = session.wait(30s);
+  ASSERT_TRUE(rc.has_value()) << "the session froze after the spoofed RST; got:\n" << read_file(out);
+  EXPECT_EQ(*rc, 0) << read_file(out + ".err");
+  EXPECT_NE(read_file(out).find("ping 8"), std::string::npos) << read_file(out);
+  auto close = wait_record(audit_, "flow_close", kRelay);
+  ASSERT_TRUE(close.has_value()) << records_from(audit_, kRelay);
+  EXPECT_NE((*close)["end"], "rst") << "the RST did not end the connection: " << close->dump();
+  EXPECT_EQ((*close)["tag"], "proxied");
+  stop_agent();
+}
+
+// L3 devices (tun, WireGuard, ipip) hand tc the IP header with no Ethernet header in front; the
+// classifier would read it as Ethernet and pass everything unseen. The agent refuses to attach.
+TEST_F(AgentIntegration, AttachingToAnL3InterfaceIsRefused) {
+  ASSERT_EQ(run({"ip", "-n", host_->name(), "tuntap", "add", "sshrtun0", "mode", "tun"}), 0);
+  ASSERT_EQ(run({"ip", "-n", host_->name(), "link", "set", "sshrtun0", "up"}), 0);
+  std::string out;
+  // Bounded: an agent that attaches runs until stopped (timeout's 124 fails the check below).
+  int rc = sh("ip netns exec " + host_->name() + " timeout 20 " + sshring_bin() + " agent --policy " +
+                  dir_.file("policy.yaml") + " --iface vh,sshrtun0 --enforce --pin-dir " + pin_dir_ + " 2>&1",
+              &out);
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_NE(out.find("interface 'sshrtun0' has link type 65534 (none: tun, WireGuard), not Ethernet"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(count(tc_filters(), "handle 0x5353"), 0u) << "nothing attached, not even to vh";
+}
+
+// The client closes first: its FIN, the server's FIN, then the client's last ACK. The entry used to
+// be deleted at the second FIN, so enforce mode dropped that ACK as untracked and the server socket
+// sat in LAST-ACK retransmitting its FIN. Now the entry lasts until the socket closes.
+TEST_F(AgentIntegration, LastAckPassesWhenTheClientClosesFirstInEnforceMode) {
+  start_agent(true, "enforce.log");
+  const std::string script = dir_.file("close_first.sh");
+  // Read sshd's banner (so nothing is unread: close sends a FIN, not an RST), then close.
+  write_file(script, std::string("exec 3<>/dev/tcp/") + kHostAddr + "/" + std::to_string(kSshPort) +
+                         " || exit 1\nread -r -t 5 banner <&3 || exit 2\n"
+                         "case \"$banner\" in SSH-*) ;; *) exit 3 ;; esac\nexec 3<&-\n");
+  ASSERT_EQ(cli_->exec("bash " + script), 0) << "an approved client reaches sshd";
+  auto close = wait_record(audit_, "flow_close", kGranted);
+  ASSERT_TRUE(close.has_value()) << records_from(audit_, kGranted);
+  EXPECT_EQ((*close)["end"], "fin") << close->dump();
+  auto lingering = [&] {
+    std::string ss;
+    host_->exec("ss -Htn state last-ack '( sport = :" + std::to_string(kSshPort) + " )'", &ss);
+    return ss;
+  };
+  EXPECT_TRUE(eventually([&] { return lingering().empty(); }, 3s))
+      << "the server socket is stuck in LAST-ACK: " << lingering();
+  stop_agent();
+}
+
 // A flow entry whose connection never came to be: a spoofed SYN from an address nobody holds, which
 // the host answered into the void until its half-open connection expired. Once enforce mode is on
 // the agent refuses the flow and tries to end its socket. There is none, and the kernel's exact

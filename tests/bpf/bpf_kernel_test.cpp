@@ -14,8 +14,12 @@
 #include <vector>
 
 #include "bpf/kernel_policy.h"
+#include "bpf/live_flows.h"
 #include "bpf/loader.h"
 #include "common/unique_fd.h"
+#include "metrics/catalog.h"
+#include "policy/parser.h"
+#include "policy/snapshot.h"
 #include "tests/bpf/packet.h"
 
 namespace sshring::bpf {
@@ -444,7 +448,8 @@ TEST_F(KernelTest, LiveFlowExpiresInKernelTime) {
   obj_->set_enforce(true);
   ack.flags = kRst;
   EXPECT_EQ(run_prog(obj_->ingress_fd(), build_packet(ack)).retval, kPass);
-  EXPECT_FALSE(flow(syn).has_value()) << "RST closes it";
+  ASSERT_TRUE(flow(syn).has_value()) << "an inbound RST only marks it (the socket may ignore it)";
+  EXPECT_EQ(flow(syn)->fin, SSHRING_RST_C2S);
 
   // A proxied flow the agent re-tagged unapproved (relay removed from the policy).
   PacketSpec relay{.src = "10.77.9.30", .sport = 46001};
@@ -533,16 +538,27 @@ TEST_F(KernelTest, CountsBothWaysAndReportsOpenAndClose) {
   EXPECT_EQ(f->bytes[1], bytes_s2c);
   EXPECT_EQ(f->fin, SSHRING_FIN_C2S);
   out(kFin | kAck, 0);
-  EXPECT_FALSE(flow(c2s).has_value()) << "FIN both ways closes the flow";
+  ASSERT_TRUE(flow(c2s).has_value()) << "FIN both ways: closing, the last ACK must still pass";
+  EXPECT_EQ(flow(c2s)->fin, SSHRING_FIN_BOTH);
+  obj_->set_enforce(true);
+  in(kAck, 0);  // the last ACK
+  obj_->set_enforce(false);
+  ring_buffer__consume(rb);
+  ASSERT_EQ(got.size(), 1u) << "no close before the socket's TCP_CLOSE or a new SYN";
+  // A new connection on the key after a FIN pair: the old one is reported closed by FIN.
+  in(kSyn, 0);
+  const uint64_t syn_bytes = build_packet(c2s).size();
+  bytes_c2s -= syn_bytes;
 
   ring_buffer__consume(rb);
-  ASSERT_EQ(got.size(), 2u);
+  ASSERT_EQ(got.size(), 3u);
   EXPECT_EQ(got[0].type, SSHRING_EV_OPEN);
   EXPECT_EQ(got[0].tag, SSHRING_TAG_APPROVED);
   EXPECT_EQ(got[1].type, SSHRING_EV_CLOSE);
   EXPECT_EQ(got[1].reason, SSHRING_CLOSE_FIN);
-  EXPECT_EQ(got[1].packets[0], 5u);
+  EXPECT_EQ(got[1].packets[0], 6u);  // and the last ACK
   EXPECT_EQ(got[1].packets[1], 4u);  // SYN-ACK, 2 data, FIN
+  EXPECT_EQ(got[2].type, SSHRING_EV_OPEN);
   EXPECT_EQ(got[1].bytes[0], bytes_c2s);
   EXPECT_EQ(got[1].bytes[1], bytes_s2c);
   EXPECT_EQ(got[1].key.client_port, 43000);
@@ -550,12 +566,12 @@ TEST_F(KernelTest, CountsBothWaysAndReportsOpenAndClose) {
   EXPECT_LE(got[1].first_ns, got[1].last_ns);
 
   auto tags_after = obj_->tag_counters();
-  EXPECT_EQ(tags_after[SSHRING_TAG_APPROVED].flows - tags_before[SSHRING_TAG_APPROVED].flows, 1u);
-  EXPECT_EQ(tags_after[SSHRING_TAG_APPROVED].packets - tags_before[SSHRING_TAG_APPROVED].packets, 9u);
+  EXPECT_EQ(tags_after[SSHRING_TAG_APPROVED].flows - tags_before[SSHRING_TAG_APPROVED].flows, 2u);
+  EXPECT_EQ(tags_after[SSHRING_TAG_APPROVED].packets - tags_before[SSHRING_TAG_APPROVED].packets, 11u);
   EXPECT_EQ(tags_after[SSHRING_TAG_APPROVED].bytes - tags_before[SSHRING_TAG_APPROVED].bytes,
-            bytes_c2s + bytes_s2c);
+            bytes_c2s + bytes_s2c + syn_bytes);
 
-  // RST from either side closes at once.
+  // An outbound RST (the host's own stack ends the connection) closes at once.
   PacketSpec r{.src = "10.77.9.9", .sport = 43001};
   run_prog(obj_->ingress_fd(), build_packet(r));
   ASSERT_TRUE(flow(r).has_value());
@@ -570,6 +586,42 @@ TEST_F(KernelTest, CountsBothWaysAndReportsOpenAndClose) {
   EXPECT_EQ(got[1].reason, SSHRING_CLOSE_RST);
   EXPECT_EQ(got[1].tag, SSHRING_TAG_PROXIED);
   ring_buffer__free(rb);
+}
+
+// A SYN flood fills the ring buffer (nothing consumes it here): the flows made meanwhile lose their
+// open event. Each such entry is marked, and the agent's walk writes its flow_open (late) once.
+TEST_F(KernelTest, LostOpenEventsAreReportedByTheWalk) {
+  const int n = SSHRING_RINGBUF_BYTES / sizeof(sshring_event) + 100;  // more than the ring holds
+  PacketSpec syn{.src = "10.77.9.7"};
+  for (int i = 0; i < n; i++) {
+    syn.sport = static_cast<uint16_t>(1024 + i);
+    ASSERT_EQ(run_prog(obj_->ingress_fd(), build_packet(syn)).retval, kPass);
+  }
+  const uint64_t lost = stat(SSHRING_STAT_RINGBUF_FULL);
+  ASSERT_GT(lost, 0u);
+  syn.sport = 1024;
+  EXPECT_EQ(flow(syn)->open_lost, 0) << "its event was queued";
+  syn.sport = static_cast<uint16_t>(1024 + n - 1);
+  EXPECT_EQ(flow(syn)->open_lost, 1);
+
+  auto pol = std::make_shared<const policy::Policy>(policy::parse_policy(R"(version: 1
+relays: [10.77.9.0/24]
+hosts: [{name: t, cidrs: [10.77.0.0/16], ssh_ports: [22]}]
+)",
+                                                                         "lost-open.yaml"));
+  auto snap = policy::Snapshot::build(pol, {});
+  metrics::AgentStats stats;
+  std::vector<nlohmann::json> records;
+  LiveFlows live(*obj_, *sync_, stats, [&](nlohmann::json r) { records.push_back(std::move(r)); });
+  auto late_opens = [&] {
+    return std::count_if(records.begin(), records.end(), [](const nlohmann::json& r) {
+      return r.value("type", "") == "flow_open" && r.value("late", false) && r.value("tag", "") == "proxied";
+    });
+  };
+  live.walk(*snap, now_, false, std::chrono::hours(1));
+  EXPECT_EQ(static_cast<uint64_t>(late_opens()), lost);
+  live.walk(*snap, now_, false, std::chrono::hours(1));
+  EXPECT_EQ(static_cast<uint64_t>(late_opens()), lost) << "once per flow";
 }
 
 TEST_F(KernelTest, MapSyncConvergesOnReload) {
@@ -592,7 +644,9 @@ TEST_F(KernelTest, MapSyncConvergesOnReload) {
 
 // The tp_btf hook on inet_sock_set_state closes flows whose socket ends on this host without a FIN
 // pair on the wire: a real loopback connection, aborted by the server side (SO_LINGER 0).
-TEST(SockStateHook, LocalAbortClosesTheFlow) {
+// The socket-close hook on a real loopback connection: the close reason comes from the socket. An
+// inbound RST marked in the entry is the end only if the socket took it (sk_err ECONNRESET).
+TEST(SockStateHook, ClosesTheFlowWithTheSocketsReason) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to load BPF programs";
   if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) GTEST_SKIP() << "kernel has no BTF";
   std::optional<BpfObject> obj;
@@ -601,54 +655,67 @@ TEST(SockStateHook, LocalAbortClosesTheFlow) {
   } catch (const std::exception& e) {
     FAIL() << "cannot load/attach the BPF object (verifier or loader error): " << e.what();
   }
-  common::UniqueFd lis(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(sa);
-  ASSERT_EQ(::bind(lis.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-  ASSERT_EQ(::listen(lis.get(), 1), 0);
-  ASSERT_EQ(::getsockname(lis.get(), reinterpret_cast<sockaddr*>(&sa), &len), 0);
-  common::UniqueFd cli(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  ASSERT_EQ(::connect(cli.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-  sockaddr_in peer{};
-  len = sizeof(peer);
-  common::UniqueFd srv(::accept(lis.get(), reinterpret_cast<sockaddr*>(&peer), &len));
-  ASSERT_TRUE(srv.valid());
-
-  // The flow as the TC program would have recorded it at the SYN.
-  sshring_flow_key key{};
-  key.family = 4;
-  key.client[0] = htonl(INADDR_LOOPBACK);
-  key.server[0] = htonl(INADDR_LOOPBACK);
-  key.client_port = ntohs(peer.sin_port);
-  key.server_port = ntohs(sa.sin_port);
-  sshring_flow f{};
-  f.tag = SSHRING_TAG_UNAPPROVED;
-  f.packets[0] = 3;
-  f.bytes[0] = 200;
-  ASSERT_EQ(bpf_map_update_elem(obj->map_fd("flows"), &key, &f, BPF_ANY), 0);
-
-  std::vector<sshring_event> got;
-  auto cb = [](void* ctx, void* data, size_t size) {
-    if (size >= sizeof(sshring_event))
-      static_cast<std::vector<sshring_event>*>(ctx)->push_back(*static_cast<sshring_event*>(data));
-    return 0;
+  struct Case {
+    const char* name;
+    uint32_t marks;    // fin bits the TC program left in the entry
+    bool peer_aborts;  // the client resets the server socket, else the server aborts its own
+    uint8_t reason;
   };
-  ring_buffer* rb = ring_buffer__new(obj->events_fd(), cb, &got, nullptr);
-  ASSERT_NE(rb, nullptr);
-  linger lg{1, 0};
-  ASSERT_EQ(::setsockopt(srv.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
-  srv.reset();  // RST: the server socket goes straight to TCP_CLOSE
-  for (int i = 0; i < 50 && got.empty(); i++) ring_buffer__poll(rb, 20);
-  ring_buffer__free(rb);
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].type, SSHRING_EV_CLOSE);
-  EXPECT_EQ(got[0].reason, SSHRING_CLOSE_LOCAL);
-  EXPECT_EQ(got[0].bytes[0], 200u);
-  EXPECT_EQ(got[0].key.client_port, key.client_port);
-  sshring_flow after{};
-  EXPECT_NE(bpf_map_lookup_elem(obj->map_fd("flows"), &key, &after), 0) << "entry removed";
+  for (const Case& c : {Case{"local_abort", 0, false, SSHRING_CLOSE_LOCAL},
+                        Case{"abort_after_ignored_rst", SSHRING_RST_C2S, false, SSHRING_CLOSE_LOCAL},
+                        Case{"peer_rst_taken", SSHRING_RST_C2S, true, SSHRING_CLOSE_RST}}) {
+    SCOPED_TRACE(c.name);
+    common::UniqueFd lis(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(sa);
+    ASSERT_EQ(::bind(lis.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    ASSERT_EQ(::listen(lis.get(), 1), 0);
+    ASSERT_EQ(::getsockname(lis.get(), reinterpret_cast<sockaddr*>(&sa), &len), 0);
+    common::UniqueFd cli(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ASSERT_EQ(::connect(cli.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    sockaddr_in peer{};
+    len = sizeof(peer);
+    common::UniqueFd srv(::accept(lis.get(), reinterpret_cast<sockaddr*>(&peer), &len));
+    ASSERT_TRUE(srv.valid());
+
+    // The flow as the TC program would have recorded it at the SYN.
+    sshring_flow_key key{};
+    key.family = 4;
+    key.client[0] = htonl(INADDR_LOOPBACK);
+    key.server[0] = htonl(INADDR_LOOPBACK);
+    key.client_port = ntohs(peer.sin_port);
+    key.server_port = ntohs(sa.sin_port);
+    sshring_flow f{};
+    f.tag = SSHRING_TAG_UNAPPROVED;
+    f.fin = c.marks;
+    f.packets[0] = 3;
+    f.bytes[0] = 200;
+    ASSERT_EQ(bpf_map_update_elem(obj->map_fd("flows"), &key, &f, BPF_ANY), 0);
+
+    std::vector<sshring_event> got;
+    auto cb = [](void* ctx, void* data, size_t size) {
+      if (size >= sizeof(sshring_event))
+        static_cast<std::vector<sshring_event>*>(ctx)->push_back(*static_cast<sshring_event*>(data));
+      return 0;
+    };
+    ring_buffer* rb = ring_buffer__new(obj->events_fd(), cb, &got, nullptr);
+    ASSERT_NE(rb, nullptr);
+    linger lg{1, 0};
+    common::UniqueFd& aborts = c.peer_aborts ? cli : srv;
+    ASSERT_EQ(::setsockopt(aborts.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+    aborts.reset();  // sends an RST; the aborting socket goes straight to TCP_CLOSE
+    for (int i = 0; i < 50 && got.empty(); i++) ring_buffer__poll(rb, 20);
+    ring_buffer__free(rb);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].type, SSHRING_EV_CLOSE);
+    EXPECT_EQ(got[0].reason, c.reason);
+    EXPECT_EQ(got[0].bytes[0], 200u);
+    EXPECT_EQ(got[0].key.client_port, key.client_port);
+    sshring_flow after{};
+    EXPECT_NE(bpf_map_lookup_elem(obj->map_fd("flows"), &key, &after), 0) << "entry removed";
+  }
 }
 
 }  // namespace
