@@ -25,6 +25,7 @@
 #include "metrics/server.h"
 #include "policy/cache.h"
 #include "policy/flow_tag.h"
+#include "policy/local_addresses.h"
 #include "policy/snapshot.h"
 
 namespace sshring::bpf {
@@ -223,7 +224,7 @@ class Agent {
   // True if this namespace's addresses changed. A failed listing keeps the last one.
   bool refresh_local() {
     try {
-      auto now = local_addresses();
+      auto now = policy::local_addresses();
       if (now == local_) return false;
       local_ = std::move(now);
       return true;

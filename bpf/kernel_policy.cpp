@@ -1,8 +1,6 @@
 #include "bpf/kernel_policy.h"
 
 #include <bpf/bpf.h>
-#include <ifaddrs.h>
-#include <sys/socket.h>
 
 #include <algorithm>
 #include <cstring>
@@ -141,20 +139,6 @@ sshring_lpm_key lpm_key(const policy::Cidr& c) {
 
 sshring_lpm_key lpm_host_key(const policy::IpAddr& a) {
   return lpm_key(policy::Cidr::host(a));
-}
-
-std::vector<policy::IpAddr> local_addresses() {
-  ifaddrs* list = nullptr;
-  if (::getifaddrs(&list) != 0) throw_errno("getifaddrs");
-  std::vector<policy::IpAddr> out;
-  for (const ifaddrs* i = list; i; i = i->ifa_next) {
-    if (!i->ifa_addr || (i->ifa_addr->sa_family != AF_INET && i->ifa_addr->sa_family != AF_INET6)) continue;
-    if (auto a = policy::IpAddr::from_sockaddr(i->ifa_addr)) out.push_back(*a);
-  }
-  ::freeifaddrs(list);
-  std::sort(out.begin(), out.end());
-  out.erase(std::unique(out.begin(), out.end()), out.end());
-  return out;
 }
 
 KernelPolicy KernelPolicy::from_snapshot(const policy::Snapshot& snap,

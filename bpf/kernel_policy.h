@@ -48,16 +48,13 @@ struct KernelPolicy {
   std::vector<KernelProtected> protected_dsts;
   std::vector<KernelRule> rules;  // one per (entry, port range)
 
-  // `local`: this host's own addresses (local_addresses()). Those no protected prefix covers, such as
+  // `local`: this host's own addresses (policy::local_addresses()). Those no protected prefix covers, such as
   // the IPv6 link-local address every interface has or a secondary address, get the ports of the
   // prefixes that cover the others: a protected host is protected on every address it answers on,
   // not only on the ones the policy lists. A host none of whose addresses is listed gets nothing.
   static KernelPolicy from_snapshot(const policy::Snapshot& snap,
                                     const std::vector<policy::IpAddr>& local = {});
 };
-
-// The addresses of this network namespace's interfaces (getifaddrs), sorted and unique.
-std::vector<policy::IpAddr> local_addresses();
 
 // Key/value conversions shared with tests.
 sshring_lpm_key lpm_key(const policy::Cidr& c);

@@ -207,12 +207,12 @@ int rank(Reason r) {
 }
 
 Decision decide(const Compiled& c, const Compiled::PrincipalC& p, std::string_view name, const IpAddr& addr,
-                uint16_t port, UnixSeconds now, bool defer_addr) {
+                uint16_t port, UnixSeconds now, bool defer_addr, bool addr_local = false) {
   Decision best{false, Reason::kTargetNotAllowed, p.label};
   auto consider = [&](Reason r, std::string_view rule) {
     if (rank(r) > rank(best.reason)) best = Decision{false, r, rule};
   };
-  const bool special = addr.valid() && special_address(addr);
+  const bool special = addr.valid() && (addr_local || special_address(addr));
   for (uint32_t ri : p.roles) {
     const auto& rc = c.roles[ri];
     const Role& role = *rc.role;
@@ -429,7 +429,7 @@ Decision Snapshot::authorize(const AuthzRequest& req) const noexcept {
     }
     if (!listed) return Decision{false, Reason::kKeyNotListed, pc.label};
   }
-  return decide(c, pc, req.target_name, req.target, req.port, req.now, false);
+  return decide(c, pc, req.target_name, req.target, req.port, req.now, false, req.target_local);
 }
 
 Decision Snapshot::name_allowed(std::string_view principal, std::string_view name, uint16_t port,

@@ -81,6 +81,9 @@ struct AuthzRequest {
   uint16_t port = 22;
   UnixSeconds now = 0;
   bool skip_key_check = false;  // for `policy explain` without a key
+  // `target` is an address of the deciding host itself (the relay's): like loopback, a name may lead
+  // there only through an entry whose cidrs list it.
+  bool target_local = false;
 };
 
 struct Decision {

@@ -1,5 +1,6 @@
 #include "relay/auth/auth_handshake.h"
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -13,6 +14,7 @@
 #include "common/session_id.h"
 #include "metrics/audit.h"
 #include "metrics/audit_types.h"
+#include "policy/local_addresses.h"
 #include "protocol/keys.h"
 
 namespace sshring::relay::auth {
@@ -120,6 +122,7 @@ struct SessionState {
       req.target = *ip;
       req.port = names.target_port;
       req.now = static_cast<policy::UnixSeconds>(now_ms / 1000);
+      req.target_local = factory->is_local(*ip);
       last = snap->authorize(req);
       if (last.allowed) return connect(a);
       if (!tried.empty()) tried += ",";
@@ -527,6 +530,22 @@ uint64_t AuthHandshakeFactory::mono_ms() const {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                    std::chrono::steady_clock::now().time_since_epoch())
                                    .count());
+}
+
+bool AuthHandshakeFactory::is_local(const policy::IpAddr& a) const {
+  const auto now = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             std::chrono::steady_clock::now().time_since_epoch())
+                                             .count());
+  std::lock_guard lock(local_mu_);
+  if (local_read_ms_ == 0 || now - local_read_ms_ >= 1000) {
+    try {
+      local_ = policy::local_addresses();
+    } catch (const std::exception& e) {
+      common::log_warn("cannot list this host's addresses; keeping the last list", {{"error", e.what()}});
+    }
+    local_read_ms_ = now;
+  }
+  return std::binary_search(local_.begin(), local_.end(), a);
 }
 
 uint64_t AuthHandshakeFactory::decisions(uint16_t reason) const {

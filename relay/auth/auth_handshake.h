@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -99,6 +100,8 @@ class AuthHandshakeFactory : public HandshakeFactory,
   [[nodiscard]] uint64_t mono_ms() const;
   // Counts by reason (index = Reason value; 0 = allowed) for tests and logs.
   [[nodiscard]] uint64_t decisions(uint16_t reason) const;
+  // True if `a` is an address of this host (its network namespace), re-read at most once a second.
+  [[nodiscard]] bool is_local(const policy::IpAddr& a) const;
 
  private:
   friend class AuthHandshake;
@@ -114,6 +117,9 @@ class AuthHandshakeFactory : public HandshakeFactory,
   std::atomic<prometheus::Histogram*> handshake_seconds_{nullptr};
   std::atomic<prometheus::Histogram*> connect_seconds_{nullptr};  // decision to upstream connected
   std::atomic<prometheus::Family<prometheus::Counter>*> decisions_family_{nullptr};
+  mutable std::mutex local_mu_;
+  mutable std::vector<policy::IpAddr> local_;  // under local_mu_, sorted
+  mutable uint64_t local_read_ms_ = 0;         // mono_ms() of the last listing (0: never)
 };
 
 }  // namespace sshring::relay::auth

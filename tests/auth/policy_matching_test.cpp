@@ -6,6 +6,9 @@
 #include <memory>
 #include <string>
 
+#include <algorithm>
+
+#include "policy/local_addresses.h"
 #include "policy/model.h"
 #include "policy/parser.h"
 #include "policy/snapshot.h"
@@ -62,8 +65,9 @@ class NamesOnlyTargets : public ::testing::Test {
         key_ + "x\"]}\n";
     snap_ = policy::Snapshot::build(std::make_shared<policy::Policy>(policy::parse_policy(yaml)), {});
   }
-  policy::Decision decide(const char* principal, const char* name, const char* addr) {
+  policy::Decision decide(const char* principal, const char* name, const char* addr, bool local = false) {
     policy::AuthzRequest r;
+    r.target_local = local;
     r.principal = principal;
     r.target_name = name;
     r.target = *policy::IpAddr::parse(addr);
@@ -94,6 +98,21 @@ TEST_F(NamesOnlyTargets, AnEntryWhoseCidrsListTheAddressAllowsIt) {
   EXPECT_TRUE(decide("ops", "meta.cloud.test", "169.254.169.254").allowed);
   EXPECT_FALSE(decide("ops", "db.corp.test", "169.254.169.254").allowed);  // only via the cidr entry
   EXPECT_FALSE(decide("ops", "meta.cloud.test", "169.254.169.253").allowed);
+}
+
+// The relay's own host answers on more than loopback: its LAN address, a VIP. A name that resolves to
+// one of them (the relay marks it target_local) is refused like loopback unless cidrs list it.
+TEST_F(NamesOnlyTargets, RefuseTheRelaysOwnAddresses) {
+  EXPECT_TRUE(decide("alice", "db.corp.test", "10.20.30.40").allowed);
+  EXPECT_FALSE(decide("alice", "db.corp.test", "10.20.30.40", true).allowed);
+  EXPECT_FALSE(decide("alice", "db.corp.test", "2001:db8::5", true).allowed);
+  EXPECT_TRUE(decide("ops", "meta.cloud.test", "169.254.169.254", true).allowed);  // listed by cidrs
+}
+
+TEST(PolicyLocalAddresses, ListLoopbackAndNothingForeign) {
+  auto local = policy::local_addresses();
+  EXPECT_TRUE(std::binary_search(local.begin(), local.end(), *policy::IpAddr::parse("127.0.0.1")));
+  EXPECT_FALSE(std::binary_search(local.begin(), local.end(), *policy::IpAddr::parse("192.0.2.1")));
 }
 
 TEST(PolicyLint, WideRelaysAreFlagged) {
