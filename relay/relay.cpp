@@ -98,13 +98,19 @@ Relay::~Relay() {
   }
 }
 
-void Relay::start() {
+void Relay::prepare_start() {
   if (started_) throw common::UsageError("relay already started");
   validate(cfg_);
   // Writes to a peer that went away must fail with EPIPE, not kill the process.
   (void)::signal(SIGPIPE, SIG_IGN);
-  unsigned n = cfg_.workers ? cfg_.workers : std::max(1u, std::thread::hardware_concurrency());
+  // The pre-authentication budget (--max-startups, the per-source cap, the first-byte timeout): every
+  // way of starting goes through here, so no start path can leave the front door without it.
   if (!cfg_.admission) cfg_.admission = std::make_shared<Admission>(cfg_.startups);
+}
+
+void Relay::start() {
+  prepare_start();
+  unsigned n = cfg_.workers ? cfg_.workers : std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::vector<common::UniqueFd>> fds;  // [route][worker]
   bound_.clear();
   for (const Route& r : cfg_.routes) {
@@ -187,9 +193,7 @@ size_t route_of(const std::vector<Route>& routes, const std::vector<common::Sock
 }  // namespace
 
 void Relay::start_from(RelayExport in) {
-  if (started_) throw common::UsageError("relay already started");
-  validate(cfg_);
-  (void)::signal(SIGPIPE, SIG_IGN);
+  prepare_start();
   const unsigned n = in.workers ? in.workers : 1;
   // [route][worker]: the old process's listener, else a new one in the same SO_REUSEPORT group.
   std::vector<std::vector<common::UniqueFd>> fds(cfg_.routes.size());
@@ -290,8 +294,13 @@ void Relay::reload(RelayConfig cfg) {
     cfg_ = std::move(cfg);
     return;
   }
-  cfg.admission = cfg_.admission;  // startups in progress stay counted across reloads
-  cfg.admission->configure(cfg.startups);
+  // Startups in progress stay counted across reloads. A started relay always has its admission
+  // (prepare_start); should it not, the reload creates one rather than following a null pointer.
+  cfg.admission = cfg_.admission;
+  if (cfg.admission)
+    cfg.admission->configure(cfg.startups);
+  else
+    cfg.admission = std::make_shared<Admission>(cfg.startups);
   unsigned n = static_cast<unsigned>(workers_.size());
   std::vector<Route> table = table_;
   std::vector<bool> removed = removed_;

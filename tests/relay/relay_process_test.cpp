@@ -380,6 +380,48 @@ TEST(RelayProcessTest, SighupReloadsConfigFile) {
   EXPECT_TRUE(p.running());
 }
 
+// A relay that took over (`--takeover`) reloads its config file on SIGHUP like any other; it used
+// to follow a null admission pointer there and die with SIGSEGV, dropping every session.
+TEST(RelayProcessTest, SighupAfterTakeoverReloadsAndServes) {
+  test::EchoServer first;
+  auto l2 = test::listen_any();
+  TempDir dir;
+  std::string cfg = dir.file("relay.yaml");
+  uint16_t port = testing::free_port();
+  auto write_cfg = [&](const std::string& up) {
+    testing::write_file(
+        cfg, "routes:\n  - listen: 127.0.0.1:" + std::to_string(port) + "\n    upstream: " + up + "\n");
+  };
+  write_cfg(first.addr().to_string());
+  const std::vector<std::string> argv = {
+      testing::sshring_bin(), "relay", "--config", cfg, "--control-socket", dir.file("ctl/relay.control")};
+  Process::Options o;
+  o.stderr_path = dir.file("old.log");
+  Process old(argv, o);
+  ASSERT_TRUE(testing::wait_for_port("127.0.0.1", port)) << testing::read_file(dir.file("old.log"));
+  std::vector<std::string> take = argv;
+  take.push_back("--takeover");
+  o.stderr_path = dir.file("new.log");
+  Process p(take, o);
+  ASSERT_EQ(old.wait(30s), 0) << testing::read_file(dir.file("old.log"))
+                              << testing::read_file(dir.file("new.log"));
+  ASSERT_TRUE(eventually(
+      [&] { return testing::read_file(dir.file("new.log")).find("took over") != std::string::npos; }));
+  write_cfg(test::local_addr(l2.get()).to_string());
+  p.signal(SIGHUP);
+  ASSERT_TRUE(eventually([&] {
+    return !p.running() ||
+           testing::read_file(dir.file("new.log")).find("config reloaded") != std::string::npos;
+  })) << testing::read_file(dir.file("new.log"));
+  ASSERT_TRUE(p.running()) << "the relay died on SIGHUP: " << testing::read_file(dir.file("new.log"));
+  auto via = *common::SockAddr::parse("127.0.0.1:" + std::to_string(port));
+  auto c = test::tcp_connect(via);
+  ASSERT_TRUE(c);
+  pollfd pfd{l2.get(), POLLIN, 0};
+  EXPECT_EQ(::poll(&pfd, 1, 3000), 1) << "the new upstream got no connection";
+  EXPECT_TRUE(p.running());
+}
+
 TEST(RelayProcessTest, OutOfDescriptorsIsSurvivedWithoutSpinning) {
   test::EchoServer echo;
   // 40 descriptors: a handful of sessions fit, the rest hit EMFILE.
