@@ -255,6 +255,37 @@ uint32_t state_version_to_send() {
 
 }  // namespace
 
+std::string control_directory_problem(const std::string& path, bool create) {
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  if (create) {
+    // One component at a time, each new one 0700 (umask can only narrow it).
+    std::filesystem::path p;
+    for (const auto& part : dir) {
+      p /= part;
+      if (::mkdir(p.c_str(), 0700) != 0 && errno != EEXIST)
+        return "cannot create control socket directory " + p.string() + ": " + strerror(errno);
+    }
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0)
+    return "control socket directory " + dir.string() + ": " + strerror(errno);
+  const std::string fix =
+      " (use a directory only this user can write, mode 0700, such as systemd's "
+      "RuntimeDirectory=)";
+  if (!S_ISDIR(st.st_mode)) return "control socket directory " + dir.string() + " is not a directory";
+  if (st.st_uid != ::geteuid() && st.st_uid != 0)
+    return "control socket directory " + dir.string() + " belongs to uid " + std::to_string(st.st_uid) +
+           ", not this user or root" + fix;
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return "control socket directory " + dir.string() + " is writable by group or others (mode " + mode +
+           ")" + fix;
+  }
+  return {};
+}
+
 HandoverServer::HandoverServer(Relay& relay, std::string path, std::function<void(const Counts&)> on_commit,
                                std::function<void(std::string_view)> on_result)
     : relay_(relay),
@@ -262,8 +293,8 @@ HandoverServer::HandoverServer(Relay& relay, std::string path, std::function<voi
       on_commit_(std::move(on_commit)),
       on_result_(std::move(on_result)) {
   sockaddr_un a = unix_addr(path_);
-  std::error_code ec;
-  std::filesystem::create_directories(std::filesystem::path(path_).parent_path(), ec);
+  if (std::string why = control_directory_problem(path_, true); !why.empty())
+    throw common::UsageError("--control-socket " + path_ + ": " + why);
   {
     common::UniqueFd probe(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
     if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0)
@@ -485,6 +516,18 @@ HandoverClient::HandoverClient(const std::string& path) {
   if (!sock_ || ::connect(sock_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0)
     throw HandoverError(kTakeoverNoRelay, "--takeover: no relay answers on " + path + ": " + strerror(errno) +
                                               " (is it running with --control-socket " + path + "?)");
+  // Whoever serves the socket hands this process listeners and sessions: it must be our own relay.
+  if (std::string why = control_directory_problem(path, false); !why.empty())
+    throw HandoverError(kTakeoverNoRelay, "--takeover: not taking over through " + path + ": " + why);
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(sock_.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+    throw HandoverError(kTakeoverNoRelay, "--takeover: SO_PEERCRED on " + path + ": " + strerror(errno));
+  if (cred.uid != ::geteuid() && cred.uid != 0)
+    throw HandoverError(kTakeoverNoRelay,
+                        "--takeover: the process serving " + path + " (pid " + std::to_string(cred.pid) +
+                            ") runs as uid " + std::to_string(cred.uid) +
+                            ", not this user or root: not a relay of ours; nothing taken over");
 }
 
 RelayExport HandoverClient::receive() {
@@ -533,9 +576,21 @@ RelayExport HandoverClient::receive_state() {
     throw HandoverError(kTakeoverRefused, "--takeover: " + why);
   }
   RelayExport out;
-  out.workers = static_cast<uint32_t>(number_or(m.body, "workers", UINT32_MAX, 1));
+  // Bounded: the peer's numbers size this process's workers, rings and tables (refused as
+  // unreadable state by receive() when out of range).
+  out.workers = static_cast<uint32_t>(number_or(m.body, "workers", kHandoverMaxWorkers, 1));
+  if (out.workers == 0) out.workers = 1;
   out.next_seq = number_or(m.body, "next_seq", UINT64_MAX, 0);
   peer_pid_ = static_cast<int>(number_or(m.body, "pid", INT32_MAX, 0));
+  (void)number_or(m.body, "listeners", uint64_t{out.workers} * kHandoverMaxListenersPerWorker, 0);
+  (void)number_or(m.body, "sessions", kHandoverMaxSessions, 0);
+  const uint64_t max_listeners = uint64_t{out.workers} * kHandoverMaxListenersPerWorker;
+  auto too_many = [&](const char* what, uint64_t max) {
+    const std::string why = std::string("the running relay sent more ") + what +
+                            " than a relay has (at most " + std::to_string(max) + ")";
+    refuse(why);
+    return HandoverError(kTakeoverRefused, "--takeover: " + why);
+  };
   for (;;) {
     next("state");
     if (m.type == HandoverMsg::kEnd) {
@@ -544,10 +599,12 @@ RelayExport HandoverClient::receive_state() {
     }
     if (m.type == HandoverMsg::kListener) {
       if (m.fds.size() != 1) throw HandoverError(kTakeoverFailed, "--takeover: LISTENER without its socket");
+      if (out.listeners.size() >= max_listeners) throw too_many("listeners", max_listeners);
       out.listeners.push_back({m.body.value("route", std::string()),
-                               static_cast<uint32_t>(number_or(m.body, "worker", UINT32_MAX, 0)),
+                               static_cast<uint32_t>(number_or(m.body, "worker", out.workers - 1, 0)),
                                std::move(m.fds[0])});
     } else if (m.type == HandoverMsg::kSession) {
+      if (out.sessions.size() >= kHandoverMaxSessions) throw too_many("sessions", kHandoverMaxSessions);
       try {
         out.sessions.push_back(session_from_message(m));
       } catch (const std::exception& e) {

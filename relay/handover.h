@@ -47,6 +47,11 @@ inline constexpr uint32_t kHandoverProtocol = 1;
 // What a SESSION message means; a relay imports only the state versions it knows.
 inline constexpr uint32_t kHandoverStateVersion = 1;
 inline constexpr size_t kHandoverMaxFds = 8;
+// Bounds on what a STATE may announce: the most workers a relay runs (--workers, relay::validate),
+// listeners per worker, and sessions (--max-sessions at most). A peer asking for more is refused.
+inline constexpr uint32_t kHandoverMaxWorkers = 256;
+inline constexpr uint64_t kHandoverMaxListenersPerWorker = 1024;
+inline constexpr uint64_t kHandoverMaxSessions = 10'000'000;
 inline constexpr size_t kHandoverMaxMessage = size_t{64} * 1024;
 // How long the new relay may take from END to READY: half of the old relay's 60 s wait for READY.
 inline constexpr std::chrono::milliseconds kHandoverReadyBudget{30'000};
@@ -210,7 +215,9 @@ inline constexpr int kTakeoverFailed = 5;   // failed half-way (the old one serv
 
 class HandoverClient {
  public:
-  // Connects to the running relay's control socket.
+  // Connects to the running relay's control socket, after checking its directory
+  // (control_directory_problem), then checks that the process serving it runs as this user or
+  // root (SO_PEERCRED) before anything is sent: kTakeoverNoRelay otherwise.
   explicit HandoverClient(const std::string& path);
   // Uses an already connected control socket (tests, the fuzz target); `ready_budget` as below.
   explicit HandoverClient(common::UniqueFd connected,
@@ -235,6 +242,12 @@ class HandoverClient {
   std::chrono::milliseconds ready_budget_ = kHandoverReadyBudget;
   std::chrono::steady_clock::time_point end_at_{};  // when END arrived
 };
+
+// Why the directory of control socket `path` cannot be trusted, or "" when it can: it must be a
+// directory owned by this user or root and writable by neither group nor others (whoever can write
+// it can put their own socket there, serve the next --takeover and hand it listeners and sessions
+// of their choosing). `create`: make it first when missing, mode 0700 (its missing parents too).
+std::string control_directory_problem(const std::string& path, bool create);
 
 // The control socket path `relay` uses when none is given.
 inline constexpr const char* kDefaultControlSocket = "/run/sshring/relay.control";

@@ -38,7 +38,9 @@ void validate(const RelayConfig& cfg) {
   }
   if (cfg.max_sessions == 0) throw common::UsageError("max_sessions must be at least 1");
   validate(cfg.startups);
-  if (cfg.workers > 256) throw common::UsageError("workers must be between 0 (one per CPU) and 256");
+  static_assert(kHandoverMaxWorkers == 256, "a hand-over accepts as many workers as a relay may run");
+  if (cfg.workers > kHandoverMaxWorkers)
+    throw common::UsageError("workers must be between 0 (one per CPU) and 256");
   if (cfg.connect_timeout.count() <= 0) throw common::UsageError("connect_timeout must be positive");
   if (cfg.handshake_timeout.count() <= 0) throw common::UsageError("handshake_timeout must be positive");
   if (cfg.idle_timeout.count() < 0) throw common::UsageError("idle_timeout must be 0 (none) or positive");

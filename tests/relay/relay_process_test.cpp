@@ -1,10 +1,15 @@
 // The built `sshring relay` as a child process: bulk integrity, many sessions, idle cost, signals,
 // fd exhaustion and a real OpenSSH session. Clients and upstreams live in this test process, so
 // /proc/<relay pid> shows only the relay's own descriptors, threads and memory.
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -420,6 +425,58 @@ TEST(RelayProcessTest, SighupAfterTakeoverReloadsAndServes) {
   pollfd pfd{l2.get(), POLLIN, 0};
   EXPECT_EQ(::poll(&pfd, 1, 3000), 1) << "the new upstream got no connection";
   EXPECT_TRUE(p.running());
+}
+
+// `--takeover` takes listeners and sessions only from a relay of its own user (or root): a process
+// of another user serving the control socket (here nobody, in a directory it may not write: the
+// socket was bound by root and served after dropping to nobody) is refused before HELLO, with the
+// uid named, exit 3, nothing bound. It used to adopt whatever that process sent.
+TEST(RelayProcessTest, TakeoverRefusesAControlSocketServedByAnotherUser) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to serve a socket as another user";
+  TempDir dir;
+  const std::string path = dir.file("relay.control");
+  int report[2];
+  ASSERT_EQ(::pipe2(report, O_CLOEXEC), 0);
+  const pid_t fake = ::fork();
+  ASSERT_GE(fake, 0);
+  if (fake == 0) {  // the fake old relay: only syscalls from here on
+    int s = ::socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", path.c_str());
+    if (::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::chmod(path.c_str(), 0666) != 0 ||
+        ::syscall(SYS_setresgid, 65534, 65534, 65534) != 0 ||
+        ::syscall(SYS_setresuid, 65534, 65534, 65534) != 0 || ::listen(s, 4) != 0)
+      ::_exit(10);
+    pollfd p{s, POLLIN, 0};
+    if (::poll(&p, 1, 20000) != 1) ::_exit(11);
+    int c = ::accept(s, nullptr, nullptr);
+    char buf[256];
+    pollfd q{c, POLLIN, 0};
+    // A HELLO would come at once; the refusing relay closes the connection instead.
+    const bool hello = ::poll(&q, 1, 5000) == 1 && ::recv(c, buf, sizeof(buf), MSG_DONTWAIT) > 0;
+    const char r = hello ? 'H' : 'N';
+    (void)!::write(report[1], &r, 1);
+    ::_exit(0);
+  }
+  ::close(report[1]);
+  for (int i = 0; i < 200 && ::access(path.c_str(), F_OK) != 0; ++i) std::this_thread::sleep_for(10ms);
+  const uint16_t port = testing::free_port();
+  std::string out;
+  const int rc = testing::sh(testing::sshring_bin() + " relay --listen 127.0.0.1:" + std::to_string(port) +
+                                 " --upstream 127.0.0.1:1 --control-socket " + path + " --takeover 2>&1",
+                             &out);
+  char r = '?';
+  EXPECT_EQ(::read(report[0], &r, 1), 1);
+  ::close(report[0]);
+  int st = 0;
+  ::waitpid(fake, &st, 0);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  EXPECT_EQ(rc, 3) << out;
+  EXPECT_NE(out.find("runs as uid 65534"), std::string::npos) << out;
+  EXPECT_EQ(r, 'N') << "the new relay sent HELLO to a process of another user";
+  EXPECT_FALSE(test::tcp_connect(*common::SockAddr::parse("127.0.0.1:" + std::to_string(port))))
+      << "the refused relay serves anyway";
 }
 
 TEST(RelayProcessTest, OutOfDescriptorsIsSurvivedWithoutSpinning) {
