@@ -3,7 +3,10 @@
 // handshake, and only for HELLOs whose signature verified for a known principal. Memory is bounded:
 // when a shard is full of live entries it refuses new ones (fail closed, the handshake is denied as
 // "overloaded") rather than forgetting a live nonce, and each principal has a bounded share, so one
-// principal's flood of valid HELLOs fills its own share, not the cache other principals need.
+// principal's flood of valid HELLOs fills its own share, not the cache other principals need. The
+// share is bounded in each shard too (a fraction of the shard: no principal can fill one), and the
+// shard is picked by a keyed hash of the whole nonce (seeded per process), so a client cannot aim its
+// nonces at one shard either.
 //
 // Entries are dropped on the monotonic clock: at insert the deadline is now_mono + (timestamp + skew
 // - now_wall), so a wall clock stepped forward cannot flush live nonces early. A wall clock stepped
@@ -36,7 +39,8 @@ class ReplayCache {
 
   // `skew_ms`: a HELLO is accepted while |now - timestamp| <= skew_ms, so its nonce is kept until
   // timestamp + skew_ms. `capacity`: most live nonces kept (split over the shards).
-  // `per_principal`: most live nonces of one principal (0: capacity / 16 + 1).
+  // `per_principal`: most live nonces of one principal (0: capacity / 16 + 1); in one shard at most
+  // 2 * per_principal / 16 + 1 of them (twice its even spread), and never more than half the shard.
   ReplayCache(uint64_t skew_ms, size_t capacity, size_t per_principal = 0);
 
   // Inserts the nonce unless it is live already. Expired entries of the shard are dropped first.
@@ -69,7 +73,8 @@ class ReplayCache {
     mutable std::mutex mu;
     std::unordered_set<Nonce, NonceHash> live;
     std::priority_queue<Entry, std::vector<Entry>, std::greater<>> by_expiry;
-    uint64_t forgotten_ts = 0;  // newest timestamp of a dropped entry
+    uint64_t forgotten_ts = 0;                        // newest timestamp of a dropped entry
+    std::unordered_map<uint64_t, size_t> principals;  // live nonces per principal key in this shard
   };
 
   [[nodiscard]] uint64_t principal_key(std::string_view principal) const;
@@ -78,7 +83,9 @@ class ReplayCache {
   uint64_t skew_ms_;
   size_t shard_capacity_;
   size_t per_principal_;
+  size_t per_principal_shard_;
   uint64_t seed_;
+  uint64_t shard_seed_;  // picks the shard (another key than the shards' own hash tables)
   std::vector<std::unique_ptr<Shard>> shards_;
   // Live nonces per principal key; locked after a shard's mutex, never before.
   mutable std::mutex principals_mu_;
