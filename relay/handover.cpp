@@ -74,6 +74,8 @@ const char* handover_msg_name(HandoverMsg t) {
       return "DONE";
     case HandoverMsg::kRefuse:
       return "REFUSE";
+    case HandoverMsg::kReplay:
+      return "REPLAY";
   }
   return "?";
 }
@@ -247,10 +249,19 @@ sockaddr_un unix_addr(const std::string& path) {
   return a;
 }
 
-// Test hook: announce another state version (tests check that the new side refuses it loudly).
-uint32_t state_version_to_send() {
-  const char* v = std::getenv("SSHRING_TEST_HANDOVER_STATE_VERSION");
-  return v ? static_cast<uint32_t>(std::strtoul(v, nullptr, 10)) : kHandoverStateVersion;
+// The newest state version both sides read: the new relay lists what it reads in HELLO (a relay
+// from before version 2 lists nothing and reads 1). Test hook: announce another state version (tests
+// check that the new side refuses it loudly).
+uint32_t state_version_to_send(const nlohmann::json& hello) {
+  if (const char* v = std::getenv("SSHRING_TEST_HANDOVER_STATE_VERSION"))
+    return static_cast<uint32_t>(std::strtoul(v, nullptr, 10));
+  uint32_t best = kHandoverOldestStateVersion;
+  const auto listed = hello.find("state_versions");
+  if (listed != hello.end() && listed->is_array())
+    for (const auto& v : *listed)
+      if (v.is_number_unsigned() && v.get<uint64_t>() <= kHandoverStateVersion)
+        best = std::max(best, static_cast<uint32_t>(v.get<uint64_t>()));
+  return best;
 }
 
 }  // namespace
@@ -409,7 +420,7 @@ const char* HandoverServer::serve(common::UniqueFd conn) {
                     {"listeners", std::to_string(exp->listeners.size())}});
   // From here every way out before READY resumes the parked sessions, an exception included.
   try {
-    return send_state(conn, *exp, cred.pid);
+    return send_state(conn, *exp, cred.pid, state_version_to_send(m.body));
   } catch (const std::exception& e) {
     if (done_) return "done";  // committed: the sessions are the new relay's now
     relay_.resume_after_handover();
@@ -429,7 +440,8 @@ size_t missing_descriptors(const RelayExport& e) {
 }
 }  // namespace
 
-const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport& parked, int peer_pid) {
+const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport& parked, int peer_pid,
+                                       uint32_t version) {
   HandoverMessage m;
   std::optional<RelayExport> exp(std::move(parked));
   Counts counts{exp->listeners.size(), exp->sessions.size(), peer_pid};
@@ -447,7 +459,7 @@ const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport
                 " listeners (descriptor limit: a hand-over needs one more per listener; raise LimitNOFILE)");
   }
   int r = send_handover(conn.get(), HandoverMsg::kState,
-                        {{"state_version", state_version_to_send()},
+                        {{"state_version", version},
                          {"workers", exp->workers},
                          {"next_seq", exp->next_seq},
                          {"listeners", counts.listeners},
@@ -462,6 +474,15 @@ const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport
     nlohmann::json body = session_body(exp->sessions[i], &fds);
     r = send_handover(conn.get(), HandoverMsg::kSession, body, fds);
   }
+  size_t replay_parts = 0;
+  for (size_t i = 0; r == 0 && version >= 2 && i < exp->replay.size(); ++i)
+    for (size_t k = 0; r == 0 && k < exp->replay[i].parts.size(); ++k, ++replay_parts)
+      r = send_handover(conn.get(), HandoverMsg::kReplay,
+                        {{"route", exp->replay[i].route}, {"part", exp->replay[i].parts[k]}});
+  if (r == 0 && version < 2 && !exp->replay.empty())
+    common::log_warn(
+        "hand-over: the new relay reads state version 1, which has no replay cache: a HELLO "
+        "accepted here can be used once more with it within the skew window");
   if (r == 0)
     r = send_handover(conn.get(), HandoverMsg::kEnd,
                       {{"listeners", counts.listeners}, {"sessions", counts.sessions}});
@@ -544,8 +565,11 @@ RelayExport HandoverClient::receive() {
 }
 
 RelayExport HandoverClient::receive_state() {
-  if (int r = send_handover(sock_.get(), HandoverMsg::kHello,
-                            {{"protocol", kHandoverProtocol}, {"pid", ::getpid()}});
+  nlohmann::json versions = nlohmann::json::array();
+  for (uint32_t v = kHandoverOldestStateVersion; v <= kHandoverStateVersion; ++v) versions.push_back(v);
+  if (int r =
+          send_handover(sock_.get(), HandoverMsg::kHello,
+                        {{"protocol", kHandoverProtocol}, {"state_versions", versions}, {"pid", ::getpid()}});
       r != 0)
     throw HandoverError(kTakeoverFailed, std::string("--takeover: sending HELLO: ") + strerror(-r));
   HandoverMessage m;
@@ -568,14 +592,17 @@ RelayExport HandoverClient::receive_state() {
   next("STATE");
   if (m.type != HandoverMsg::kState) throw HandoverError(kTakeoverFailed, "--takeover: expected STATE");
   const auto version = number_or(m.body, "state_version", UINT32_MAX, 0);
-  if (version != kHandoverStateVersion) {
+  if (version < kHandoverOldestStateVersion || version > kHandoverStateVersion) {
     std::string why = "hand-over state version " + std::to_string(version) +
-                      " cannot be read by this relay (it reads " + std::to_string(kHandoverStateVersion) +
-                      "); upgrade in steps or restart";
+                      " cannot be read by this relay (it reads " +
+                      std::to_string(kHandoverOldestStateVersion) + " to " +
+                      std::to_string(kHandoverStateVersion) + "); upgrade in steps or restart";
     refuse(why);
     throw HandoverError(kTakeoverRefused, "--takeover: " + why);
   }
   RelayExport out;
+  out.state_version = static_cast<uint32_t>(version);
+  size_t replay_parts = 0;
   // Bounded: the peer's numbers size this process's workers, rings and tables (refused as
   // unreadable state by receive() when out of range).
   out.workers = static_cast<uint32_t>(number_or(m.body, "workers", kHandoverMaxWorkers, 1));
@@ -603,6 +630,14 @@ RelayExport HandoverClient::receive_state() {
       out.listeners.push_back({m.body.value("route", std::string()),
                                static_cast<uint32_t>(number_or(m.body, "worker", out.workers - 1, 0)),
                                std::move(m.fds[0])});
+    } else if (m.type == HandoverMsg::kReplay && out.state_version >= 2) {
+      if (++replay_parts > kHandoverMaxReplayParts)
+        throw too_many("replay cache parts", kHandoverMaxReplayParts);
+      const std::string route = m.body.at("route").get<std::string>();
+      std::string part = m.body.at("part").get<std::string>();
+      if (part.size() > kMaxReplayPartBytes) throw std::runtime_error("hand-over: a REPLAY part is too long");
+      if (out.replay.empty() || out.replay.back().route != route) out.replay.push_back({route, {}});
+      out.replay.back().parts.push_back(std::move(part));
     } else if (m.type == HandoverMsg::kSession) {
       if (out.sessions.size() >= kHandoverMaxSessions) throw too_many("sessions", kHandoverMaxSessions);
       try {

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
 
@@ -170,6 +171,15 @@ std::optional<RelayExport> Relay::park_for_handover(std::chrono::milliseconds ti
     for (auto& l : p.listeners) out.listeners.push_back(std::move(l));
     for (auto& s : p.sessions) out.sessions.push_back(std::move(s));
   }
+  // Every worker is parked: no HELLO is being checked, so each replay cache is complete.
+  std::vector<const HandshakeFactory*> seen;
+  for (size_t i = 0; i < table_.size(); ++i) {
+    const HandshakeFactory* h = table_[i].handshake.get();
+    if (removed_[i] || !h || std::find(seen.begin(), seen.end(), h) != seen.end()) continue;
+    seen.push_back(h);
+    if (auto parts = h->handover_replay(); !parts.empty())
+      out.replay.push_back({bound_[i].to_string(), std::move(parts)});
+  }
   return out;
 }
 
@@ -239,7 +249,37 @@ void Relay::start_from(RelayExport in) {
     uint32_t w = s.worker % n;
     workers_[w]->add_import(std::move(s), static_cast<uint32_t>(i), std::move(hs));
   }
+  adopt_replay(in);
   launch();
+}
+
+void Relay::adopt_replay(const RelayExport& in) {
+  // By route; a route this relay lacks hands its cache to the first authenticated route here (the
+  // CLI shares one handshake factory, so one cache, between all of them).
+  std::vector<HandshakeFactory*> adopted;
+  auto first_auth = [&]() -> HandshakeFactory* {
+    for (const Route& r : cfg_.routes)
+      if (r.handshake) return r.handshake.get();
+    return nullptr;
+  };
+  for (const ReplayExport& r : in.replay) {
+    const size_t i = route_of(cfg_.routes, bound_, r.route);
+    HandshakeFactory* h =
+        i < cfg_.routes.size() && cfg_.routes[i].handshake ? cfg_.routes[i].handshake.get() : first_auth();
+    if (!h) continue;  // no authenticated route here: nothing to protect
+    if (std::find(adopted.begin(), adopted.end(), h) != adopted.end()) {
+      common::log_warn("hand-over: a second replay cache for one handshake; keeping the first",
+                       {{"listen", r.route}});
+      continue;
+    }
+    if (!h->adopt_replay(r.parts))
+      throw common::UsageError("hand-over: cannot read the replay cache state of " + r.route);
+    adopted.push_back(h);
+  }
+  if (in.state_version < 2 && first_auth())
+    common::log_warn(
+        "hand-over: the running relay hands over no replay cache (state version 1): a HELLO it accepted "
+        "within the skew window can be used once more here");
 }
 
 std::vector<common::SockAddr> Relay::listen_addresses() const {

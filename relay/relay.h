@@ -153,6 +153,8 @@ class Relay {
  private:
   // What start() and start_from() share: validation, SIGPIPE, the admission.
   void prepare_start();
+  // start_from: the old process's replay caches into this one's handshake factories.
+  void adopt_replay(const RelayExport& in);
   RelayConfig cfg_;
   // Route slots, append-only across reloads (workers index their listeners the same way).
   std::vector<Route> table_;

@@ -93,6 +93,50 @@ size_t ReplayCache::live_of(std::string_view principal) const {
   return it == principals_.end() ? 0 : it->second;
 }
 
+ReplayCache::Snapshot ReplayCache::snapshot(uint64_t mono_now_ms) const {
+  Snapshot out;
+  out.seed = seed_;
+  out.shard_seed = shard_seed_;
+  for (size_t i = 0; i < kShards; ++i) {
+    const Shard& s = *shards_[i];
+    std::lock_guard lock(s.mu);
+    out.forgotten_ts[i] = s.forgotten_ts;
+    auto q = s.by_expiry;  // a copy: the queue has no iteration
+    for (; !q.empty(); q.pop()) {
+      const Entry& e = q.top();
+      if (e.mono_expiry_ms < mono_now_ms) {  // expired, not yet pruned: forgotten
+        out.forgotten_ts[i] = std::max(out.forgotten_ts[i], e.timestamp_ms);
+        continue;
+      }
+      out.items.push_back({e.nonce, e.timestamp_ms, e.principal, e.mono_expiry_ms - mono_now_ms});
+    }
+  }
+  return out;
+}
+
+bool ReplayCache::restore(const Snapshot& snap, uint64_t mono_now_ms) {
+  if (size() != 0) return false;
+  std::lock_guard plock(principals_mu_);
+  seed_ = snap.seed;
+  shard_seed_ = snap.shard_seed;
+  principals_.clear();
+  shards_.clear();
+  for (size_t i = 0; i < kShards; ++i) {
+    shards_.push_back(std::make_unique<Shard>(seed_));
+    shards_.back()->forgotten_ts = snap.forgotten_ts[i];
+  }
+  for (const auto& it : snap.items) {
+    Shard& s = *shards_[NonceHash{shard_seed_}(it.nonce) % kShards];
+    if (!s.live.insert(it.nonce).second) continue;
+    s.by_expiry.push(Entry{mono_now_ms + it.left_ms, it.timestamp_ms, it.principal, it.nonce});
+    if (it.principal != 0) {
+      ++s.principals[it.principal];
+      ++principals_[it.principal];
+    }
+  }
+  return true;
+}
+
 size_t ReplayCache::size() const {
   size_t n = 0;
   for (const auto& s : shards_) {

@@ -55,8 +55,27 @@ class ReplayCache {
   [[nodiscard]] size_t live_of(std::string_view principal) const;
   [[nodiscard]] uint64_t skew_ms() const { return skew_ms_; }
 
- private:
   static constexpr size_t kShards = 16;
+  // Hand-over (relay/handover.h): everything a new process needs to refuse what this one accepted.
+  // The keys come along, so principal keys and shards mean the same in both processes.
+  struct Snapshot {
+    struct Item {
+      Nonce nonce{};
+      uint64_t timestamp_ms = 0;
+      uint64_t principal = 0;  // keyed hash of the name (0: none)
+      uint64_t left_ms = 0;    // until it expires, on the monotonic clock
+    };
+    uint64_t seed = 0, shard_seed = 0;
+    std::array<uint64_t, kShards> forgotten_ts{};
+    std::vector<Item> items;
+  };
+  [[nodiscard]] Snapshot snapshot(uint64_t mono_now_ms) const;
+  // Into an empty cache only (a process that took over, before its first HELLO): takes the keys,
+  // each shard's forgotten timestamp and every live nonce (even past this cache's capacity: a live
+  // nonce is never dropped). False, nothing changed, when the cache is not empty.
+  bool restore(const Snapshot& snap, uint64_t mono_now_ms);
+
+ private:
   struct Entry {
     uint64_t mono_expiry_ms;
     uint64_t timestamp_ms;

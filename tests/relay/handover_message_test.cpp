@@ -225,6 +225,44 @@ TEST(HandoverClientTest, AListenerOfAWorkerTheStateDoesNotHaveIsRefused) {
   EXPECT_EQ(o.answer, relay::HandoverMsg::kRefuse);
 }
 
+// State version 2 carries the replay cache in REPLAY parts; HELLO lists the versions this relay
+// reads, and a relay from before version 2 (state version 1, no REPLAY) is still taken over.
+TEST(HandoverClientTest, ReplayPartsArriveWithVersionTwoAndVersionOneIsStillRead) {
+  for (const uint32_t version : {2u, 1u}) {
+    SCOPED_TRACE(version);
+    int sv[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    UniqueFd old_side(sv[1]);
+    relay::HandoverClient client{UniqueFd(sv[0])};
+    nlohmann::json hello;
+    std::thread old_relay([&] {
+      relay::HandoverMessage m;
+      ASSERT_EQ(relay::recv_handover(old_side.get(), m, 5000), 0);
+      hello = m.body;
+      ASSERT_EQ(relay::send_handover(old_side.get(), relay::HandoverMsg::kState,
+                                     {{"state_version", version}, {"workers", 1}}),
+                0);
+      if (version >= 2)
+        for (const char* part : {"keys 1 2 forgot", "aa:1:2:3"})
+          ASSERT_EQ(relay::send_handover(old_side.get(), relay::HandoverMsg::kReplay,
+                                         {{"route", "127.0.0.1:2222"}, {"part", part}}),
+                    0);
+      ASSERT_EQ(relay::send_handover(old_side.get(), relay::HandoverMsg::kEnd, nlohmann::json::object()), 0);
+    });
+    relay::RelayExport state = client.receive();
+    old_relay.join();
+    EXPECT_EQ(hello["state_versions"], nlohmann::json::array({1, 2}));
+    EXPECT_EQ(state.state_version, version);
+    if (version >= 2) {
+      ASSERT_EQ(state.replay.size(), 1u);
+      EXPECT_EQ(state.replay[0].route, "127.0.0.1:2222");
+      EXPECT_EQ(state.replay[0].parts, (std::vector<std::string>{"keys 1 2 forgot", "aa:1:2:3"}));
+    } else {
+      EXPECT_TRUE(state.replay.empty());
+    }
+  }
+}
+
 // The control socket's directory: created 0700 when missing; refused when another user owns it or
 // group or others can write it (they could serve the next --takeover).
 TEST(ControlDirectory, OnlyADirectoryOfThisUserWritableByItAloneIsTrusted) {

@@ -479,6 +479,86 @@ TEST(RelayProcessTest, TakeoverRefusesAControlSocketServedByAnotherUser) {
       << "the refused relay serves anyway";
 }
 
+// The replay cache moves with a live hand-over: a HELLO (captured from `sshring connect`) used with
+// the old relay is refused by the one that took over (`replayed`), inside the skew window; it used
+// to be accepted once more, as after a restart.
+TEST(RelayProcessTest, AHelloUsedBeforeATakeoverIsRefusedAfterIt) {
+  TempDir dir;
+  ASSERT_EQ(testing::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", dir.file("key")}), 0);
+  std::string pub = testing::read_file(dir.file("key.pub"));
+  while (!pub.empty() && (pub.back() == '\n' || pub.back() == '\r')) pub.pop_back();
+  auto target = test::listen_any();
+  const uint16_t tport = test::local_addr(target.get()).port();
+  testing::write_file(dir.file("policy.yaml"),
+                      "version: 1\nroles:\n  - name: ops\n    targets:\n"
+                      "      - cidrs: [127.0.0.1/32]\n        ports: [" +
+                          std::to_string(tport) +
+                          "]\nprincipals:\n  - name: tester\n    roles: [ops]\n"
+                          "    keys: [\"" +
+                          pub + "\"]\n");
+  // Capture a HELLO: `sshring connect` against a listener that only reads.
+  auto capture = test::listen_any();
+  Process client({testing::sshring_bin(), "connect", "--relay", test::local_addr(capture.get()).to_string(),
+                  "--relay-id", "rp", "--principal", "tester", "--identity", dir.file("key"), "127.0.0.1",
+                  std::to_string(tport)},
+                 Process::Options{.stderr_path = dir.file("connect.log")});
+  pollfd pc{capture.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&pc, 1, 10000), 1) << testing::read_file(dir.file("connect.log"));
+  common::UniqueFd cc(::accept4(capture.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  std::string frame;
+  for (char buf[4096];;) {
+    pollfd q{cc.get(), POLLIN, 0};
+    if (::poll(&q, 1, frame.empty() ? 10000 : 300) != 1) break;
+    const ssize_t n = ::recv(cc.get(), buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    frame.append(buf, static_cast<size_t>(n));
+  }
+  ASSERT_FALSE(frame.empty());
+  cc.reset();
+  client.signal(SIGTERM);
+  (void)client.wait(5s);
+
+  const uint16_t port = testing::free_port();
+  const auto via = *common::SockAddr::parse("127.0.0.1:" + std::to_string(port));
+  const std::vector<std::string> argv = {testing::sshring_bin(),
+                                         "relay",
+                                         "--listen",
+                                         via.to_string(),
+                                         "--policy",
+                                         dir.file("policy.yaml"),
+                                         "--relay-id",
+                                         "rp",
+                                         "--workers",
+                                         "1",
+                                         "--control-socket",
+                                         dir.file("ctl/relay.control")};
+  // Sends the captured HELLO; true when the relay connected to the target.
+  auto use = [&] {
+    auto c = test::tcp_connect(via);
+    EXPECT_TRUE(c);
+    EXPECT_TRUE(test::write_all(c.get(), frame.data(), frame.size()));
+    pollfd p{target.get(), POLLIN, 0};
+    if (::poll(&p, 1, 2000) != 1) return false;
+    common::UniqueFd up(::accept4(target.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    return true;
+  };
+  Process old(argv, Process::Options{.stderr_path = dir.file("old.log")});
+  ASSERT_TRUE(testing::wait_for_port("127.0.0.1", port)) << testing::read_file(dir.file("old.log"));
+  EXPECT_TRUE(use()) << testing::read_file(dir.file("old.log"));
+  EXPECT_FALSE(use()) << "replayed to the same process";
+  std::vector<std::string> take = argv;
+  take.push_back("--takeover");
+  Process next(take, Process::Options{.stderr_path = dir.file("new.log")});
+  ASSERT_EQ(old.wait(30s), 0) << testing::read_file(dir.file("old.log"));
+  ASSERT_TRUE(eventually(
+      [&] { return testing::read_file(dir.file("new.log")).find("took over") != std::string::npos; }));
+  EXPECT_FALSE(use()) << "a HELLO used before the takeover was accepted again after it";
+  EXPECT_TRUE(eventually([&] {
+    return testing::read_file(dir.file("new.log")).find("reason=replayed") != std::string::npos;
+  })) << testing::read_file(dir.file("new.log"));
+  EXPECT_TRUE(next.running());
+}
+
 TEST(RelayProcessTest, OutOfDescriptorsIsSurvivedWithoutSpinning) {
   test::EchoServer echo;
   // 40 descriptors: a handful of sessions fit, the rest hit EMFILE.
