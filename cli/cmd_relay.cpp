@@ -86,7 +86,8 @@ common::Flags relay_flags() {
       .multi("relay-id", "ID", "authenticated mode: an id clients sign for (default: host name)")
       .boolean("quiet", "no per-session log lines")
       .value("control-socket", "PATH",
-             "hand-over control socket (mode 0600, same user only); 'none' disables it",
+             "hand-over control socket (mode 0600, same user only, in a directory only this user or root "
+             "can write); 'none' disables it",
              relay::kDefaultControlSocket)
       .boolean("takeover",
                "take over the relay serving --control-socket: its listeners and every established "
@@ -113,8 +114,9 @@ common::Flags relay_flags() {
       "fleet (counts under PREFIX/sessions/counts/, one lease per relay process; docs/etcd.md).\n"
       "\n"
       "Exit codes: 0 after a drain or after handing everything to a --takeover process, 1 on runtime\n"
-      "errors, 2 on bad flags or config; with --takeover also 3 no relay answers on the control\n"
-      "socket (nothing was taken over), 4 the running relay's state cannot be read here or it\n"
+      "errors, 2 on bad flags or config; with --takeover also 3 no relay of this user answers on the\n"
+      "control socket (or its directory is not this user's alone: nothing was taken over), 4 the running "
+      "relay's state cannot be read here or it\n"
       "refused, 5 the hand-over failed half-way; after 3, 4 and 5 the running relay serves on.");
   return f;
 }

@@ -74,6 +74,8 @@ const char* handover_msg_name(HandoverMsg t) {
       return "DONE";
     case HandoverMsg::kRefuse:
       return "REFUSE";
+    case HandoverMsg::kReplay:
+      return "REPLAY";
   }
   return "?";
 }
@@ -247,13 +249,53 @@ sockaddr_un unix_addr(const std::string& path) {
   return a;
 }
 
-// Test hook: announce another state version (tests check that the new side refuses it loudly).
-uint32_t state_version_to_send() {
-  const char* v = std::getenv("SSHRING_TEST_HANDOVER_STATE_VERSION");
-  return v ? static_cast<uint32_t>(std::strtoul(v, nullptr, 10)) : kHandoverStateVersion;
+// The newest state version both sides read: the new relay lists what it reads in HELLO (a relay
+// from before version 2 lists nothing and reads 1). Test hook: announce another state version (tests
+// check that the new side refuses it loudly).
+uint32_t state_version_to_send(const nlohmann::json& hello) {
+  if (const char* v = std::getenv("SSHRING_TEST_HANDOVER_STATE_VERSION"))
+    return static_cast<uint32_t>(std::strtoul(v, nullptr, 10));
+  uint32_t best = kHandoverOldestStateVersion;
+  const auto listed = hello.find("state_versions");
+  if (listed != hello.end() && listed->is_array())
+    for (const auto& v : *listed)
+      if (v.is_number_unsigned() && v.get<uint64_t>() <= kHandoverStateVersion)
+        best = std::max(best, static_cast<uint32_t>(v.get<uint64_t>()));
+  return best;
 }
 
 }  // namespace
+
+std::string control_directory_problem(const std::string& path, bool create) {
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  if (create) {
+    // One component at a time, each new one 0700 (umask can only narrow it).
+    std::filesystem::path p;
+    for (const auto& part : dir) {
+      p /= part;
+      if (::mkdir(p.c_str(), 0700) != 0 && errno != EEXIST)
+        return "cannot create control socket directory " + p.string() + ": " + strerror(errno);
+    }
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0)
+    return "control socket directory " + dir.string() + ": " + strerror(errno);
+  const std::string fix =
+      " (use a directory only this user can write, mode 0700, such as systemd's "
+      "RuntimeDirectory=)";
+  if (!S_ISDIR(st.st_mode)) return "control socket directory " + dir.string() + " is not a directory";
+  if (st.st_uid != ::geteuid() && st.st_uid != 0)
+    return "control socket directory " + dir.string() + " belongs to uid " + std::to_string(st.st_uid) +
+           ", not this user or root" + fix;
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return "control socket directory " + dir.string() + " is writable by group or others (mode " + mode +
+           ")" + fix;
+  }
+  return {};
+}
 
 HandoverServer::HandoverServer(Relay& relay, std::string path, std::function<void(const Counts&)> on_commit,
                                std::function<void(std::string_view)> on_result)
@@ -262,8 +304,8 @@ HandoverServer::HandoverServer(Relay& relay, std::string path, std::function<voi
       on_commit_(std::move(on_commit)),
       on_result_(std::move(on_result)) {
   sockaddr_un a = unix_addr(path_);
-  std::error_code ec;
-  std::filesystem::create_directories(std::filesystem::path(path_).parent_path(), ec);
+  if (std::string why = control_directory_problem(path_, true); !why.empty())
+    throw common::UsageError("--control-socket " + path_ + ": " + why);
   {
     common::UniqueFd probe(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
     if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0)
@@ -378,7 +420,7 @@ const char* HandoverServer::serve(common::UniqueFd conn) {
                     {"listeners", std::to_string(exp->listeners.size())}});
   // From here every way out before READY resumes the parked sessions, an exception included.
   try {
-    return send_state(conn, *exp, cred.pid);
+    return send_state(conn, *exp, cred.pid, state_version_to_send(m.body));
   } catch (const std::exception& e) {
     if (done_) return "done";  // committed: the sessions are the new relay's now
     relay_.resume_after_handover();
@@ -398,7 +440,8 @@ size_t missing_descriptors(const RelayExport& e) {
 }
 }  // namespace
 
-const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport& parked, int peer_pid) {
+const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport& parked, int peer_pid,
+                                       uint32_t version) {
   HandoverMessage m;
   std::optional<RelayExport> exp(std::move(parked));
   Counts counts{exp->listeners.size(), exp->sessions.size(), peer_pid};
@@ -416,7 +459,7 @@ const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport
                 " listeners (descriptor limit: a hand-over needs one more per listener; raise LimitNOFILE)");
   }
   int r = send_handover(conn.get(), HandoverMsg::kState,
-                        {{"state_version", state_version_to_send()},
+                        {{"state_version", version},
                          {"workers", exp->workers},
                          {"next_seq", exp->next_seq},
                          {"listeners", counts.listeners},
@@ -431,6 +474,15 @@ const char* HandoverServer::send_state(const common::UniqueFd& conn, RelayExport
     nlohmann::json body = session_body(exp->sessions[i], &fds);
     r = send_handover(conn.get(), HandoverMsg::kSession, body, fds);
   }
+  size_t replay_parts = 0;
+  for (size_t i = 0; r == 0 && version >= 2 && i < exp->replay.size(); ++i)
+    for (size_t k = 0; r == 0 && k < exp->replay[i].parts.size(); ++k, ++replay_parts)
+      r = send_handover(conn.get(), HandoverMsg::kReplay,
+                        {{"route", exp->replay[i].route}, {"part", exp->replay[i].parts[k]}});
+  if (r == 0 && version < 2 && !exp->replay.empty())
+    common::log_warn(
+        "hand-over: the new relay reads state version 1, which has no replay cache: a HELLO "
+        "accepted here can be used once more with it within the skew window");
   if (r == 0)
     r = send_handover(conn.get(), HandoverMsg::kEnd,
                       {{"listeners", counts.listeners}, {"sessions", counts.sessions}});
@@ -485,6 +537,18 @@ HandoverClient::HandoverClient(const std::string& path) {
   if (!sock_ || ::connect(sock_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0)
     throw HandoverError(kTakeoverNoRelay, "--takeover: no relay answers on " + path + ": " + strerror(errno) +
                                               " (is it running with --control-socket " + path + "?)");
+  // Whoever serves the socket hands this process listeners and sessions: it must be our own relay.
+  if (std::string why = control_directory_problem(path, false); !why.empty())
+    throw HandoverError(kTakeoverNoRelay, "--takeover: not taking over through " + path + ": " + why);
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(sock_.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+    throw HandoverError(kTakeoverNoRelay, "--takeover: SO_PEERCRED on " + path + ": " + strerror(errno));
+  if (cred.uid != ::geteuid() && cred.uid != 0)
+    throw HandoverError(kTakeoverNoRelay,
+                        "--takeover: the process serving " + path + " (pid " + std::to_string(cred.pid) +
+                            ") runs as uid " + std::to_string(cred.uid) +
+                            ", not this user or root: not a relay of ours; nothing taken over");
 }
 
 RelayExport HandoverClient::receive() {
@@ -501,8 +565,11 @@ RelayExport HandoverClient::receive() {
 }
 
 RelayExport HandoverClient::receive_state() {
-  if (int r = send_handover(sock_.get(), HandoverMsg::kHello,
-                            {{"protocol", kHandoverProtocol}, {"pid", ::getpid()}});
+  nlohmann::json versions = nlohmann::json::array();
+  for (uint32_t v = kHandoverOldestStateVersion; v <= kHandoverStateVersion; ++v) versions.push_back(v);
+  if (int r =
+          send_handover(sock_.get(), HandoverMsg::kHello,
+                        {{"protocol", kHandoverProtocol}, {"state_versions", versions}, {"pid", ::getpid()}});
       r != 0)
     throw HandoverError(kTakeoverFailed, std::string("--takeover: sending HELLO: ") + strerror(-r));
   HandoverMessage m;
@@ -525,17 +592,32 @@ RelayExport HandoverClient::receive_state() {
   next("STATE");
   if (m.type != HandoverMsg::kState) throw HandoverError(kTakeoverFailed, "--takeover: expected STATE");
   const auto version = number_or(m.body, "state_version", UINT32_MAX, 0);
-  if (version != kHandoverStateVersion) {
+  if (version < kHandoverOldestStateVersion || version > kHandoverStateVersion) {
     std::string why = "hand-over state version " + std::to_string(version) +
-                      " cannot be read by this relay (it reads " + std::to_string(kHandoverStateVersion) +
-                      "); upgrade in steps or restart";
+                      " cannot be read by this relay (it reads " +
+                      std::to_string(kHandoverOldestStateVersion) + " to " +
+                      std::to_string(kHandoverStateVersion) + "); upgrade in steps or restart";
     refuse(why);
     throw HandoverError(kTakeoverRefused, "--takeover: " + why);
   }
   RelayExport out;
-  out.workers = static_cast<uint32_t>(number_or(m.body, "workers", UINT32_MAX, 1));
+  out.state_version = static_cast<uint32_t>(version);
+  size_t replay_parts = 0;
+  // Bounded: the peer's numbers size this process's workers, rings and tables (refused as
+  // unreadable state by receive() when out of range).
+  out.workers = static_cast<uint32_t>(number_or(m.body, "workers", kHandoverMaxWorkers, 1));
+  if (out.workers == 0) out.workers = 1;
   out.next_seq = number_or(m.body, "next_seq", UINT64_MAX, 0);
   peer_pid_ = static_cast<int>(number_or(m.body, "pid", INT32_MAX, 0));
+  (void)number_or(m.body, "listeners", uint64_t{out.workers} * kHandoverMaxListenersPerWorker, 0);
+  (void)number_or(m.body, "sessions", kHandoverMaxSessions, 0);
+  const uint64_t max_listeners = uint64_t{out.workers} * kHandoverMaxListenersPerWorker;
+  auto too_many = [&](const char* what, uint64_t max) {
+    const std::string why = std::string("the running relay sent more ") + what +
+                            " than a relay has (at most " + std::to_string(max) + ")";
+    refuse(why);
+    return HandoverError(kTakeoverRefused, "--takeover: " + why);
+  };
   for (;;) {
     next("state");
     if (m.type == HandoverMsg::kEnd) {
@@ -544,10 +626,20 @@ RelayExport HandoverClient::receive_state() {
     }
     if (m.type == HandoverMsg::kListener) {
       if (m.fds.size() != 1) throw HandoverError(kTakeoverFailed, "--takeover: LISTENER without its socket");
+      if (out.listeners.size() >= max_listeners) throw too_many("listeners", max_listeners);
       out.listeners.push_back({m.body.value("route", std::string()),
-                               static_cast<uint32_t>(number_or(m.body, "worker", UINT32_MAX, 0)),
+                               static_cast<uint32_t>(number_or(m.body, "worker", out.workers - 1, 0)),
                                std::move(m.fds[0])});
+    } else if (m.type == HandoverMsg::kReplay && out.state_version >= 2) {
+      if (++replay_parts > kHandoverMaxReplayParts)
+        throw too_many("replay cache parts", kHandoverMaxReplayParts);
+      const std::string route = m.body.at("route").get<std::string>();
+      std::string part = m.body.at("part").get<std::string>();
+      if (part.size() > kMaxReplayPartBytes) throw std::runtime_error("hand-over: a REPLAY part is too long");
+      if (out.replay.empty() || out.replay.back().route != route) out.replay.push_back({route, {}});
+      out.replay.back().parts.push_back(std::move(part));
     } else if (m.type == HandoverMsg::kSession) {
+      if (out.sessions.size() >= kHandoverMaxSessions) throw too_many("sessions", kHandoverMaxSessions);
       try {
         out.sessions.push_back(session_from_message(m));
       } catch (const std::exception& e) {

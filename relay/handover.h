@@ -4,7 +4,7 @@
 // The new one connects and the two exchange messages, each one JSON object plus up to 8 descriptors
 // (SCM_RIGHTS):
 //
-//   new -> old  HELLO    {protocol}
+//   new -> old  HELLO    {protocol, state_versions}
 //   old         stops accepting (listeners stay open: clients wait in the backlog), lets sessions in
 //               the handshake finish, then parks every established session between two events
 //               (no poll, no splice in flight; bytes a full destination left in a pipe stay there)
@@ -12,6 +12,7 @@
 //               LISTENER {route, worker}                      + the listening socket
 //               SESSION  {id, route, addresses, ages, per-direction state, handshake}
 //                                                              + client, upstream[, pipe r, w]...
+//               REPLAY   {route, part}  (state version 2: the replay cache, in parts)
 //               END      {listeners, sessions}
 //   new         imports all of it into workers that do not run it yet; REFUSE {error} when it
 //               cannot read the state (another state_version, a route it lacks) or fails
@@ -44,9 +45,19 @@
 namespace sshring::relay {
 
 inline constexpr uint32_t kHandoverProtocol = 1;
-// What a SESSION message means; a relay imports only the state versions it knows.
-inline constexpr uint32_t kHandoverStateVersion = 1;
+// What the state messages mean; a relay imports only the state versions it knows. The new relay's
+// HELLO lists the versions it reads (`state_versions`; none listed: 1 only) and the old one sends the
+// newest both know. 2 adds REPLAY (the replay cache); 1 has none (a HELLO the old relay accepted could
+// be used once more with the new one within the skew window: the new one warns).
+inline constexpr uint32_t kHandoverStateVersion = 2;
+inline constexpr uint32_t kHandoverOldestStateVersion = 1;
 inline constexpr size_t kHandoverMaxFds = 8;
+// Bounds on what a STATE may announce: the most workers a relay runs (--workers, relay::validate),
+// listeners per worker, and sessions (--max-sessions at most). A peer asking for more is refused.
+inline constexpr uint32_t kHandoverMaxWorkers = 256;
+inline constexpr uint64_t kHandoverMaxListenersPerWorker = 1024;
+inline constexpr uint64_t kHandoverMaxSessions = 10'000'000;
+inline constexpr uint64_t kHandoverMaxReplayParts = 65536;  // of HandshakeFactory::kMaxReplayPartBytes
 inline constexpr size_t kHandoverMaxMessage = size_t{64} * 1024;
 // How long the new relay may take from END to READY: half of the old relay's 60 s wait for READY.
 inline constexpr std::chrono::milliseconds kHandoverReadyBudget{30'000};
@@ -60,6 +71,7 @@ enum class HandoverMsg : uint16_t {
   kReady,
   kDone,
   kRefuse,
+  kReplay,
 };
 
 // A descriptor a hand-over moves. The receiving side owns what it was sent. The sending side only
@@ -108,11 +120,20 @@ struct ListenerExport {
   common::UniqueFd fd;
 };
 
+// A handshake factory's replay protection (HandshakeFactory::handover_replay), by the bound address
+// of a route that uses it.
+struct ReplayExport {
+  std::string route;
+  std::vector<std::string> parts;
+};
+
 struct RelayExport {
+  uint32_t state_version = kHandoverStateVersion;  // what the old relay sent (1: no replay state)
   uint32_t workers = 0;
   uint64_t next_seq = 0;  // per-worker sequence the importer continues from (session ids stay unique)
   std::vector<ListenerExport> listeners;
   std::vector<SessionExport> sessions;
+  std::vector<ReplayExport> replay;
 };
 
 // One message on the control socket.
@@ -181,7 +202,7 @@ class HandoverServer {
  private:
   void loop();
   const char* serve(common::UniqueFd conn);
-  const char* send_state(const common::UniqueFd& conn, RelayExport& parked, int peer_pid);
+  const char* send_state(const common::UniqueFd& conn, RelayExport& parked, int peer_pid, uint32_t version);
   Relay& relay_;
   std::string path_;
   std::function<void(const Counts&)> on_commit_;
@@ -210,7 +231,9 @@ inline constexpr int kTakeoverFailed = 5;   // failed half-way (the old one serv
 
 class HandoverClient {
  public:
-  // Connects to the running relay's control socket.
+  // Connects to the running relay's control socket, after checking its directory
+  // (control_directory_problem), then checks that the process serving it runs as this user or
+  // root (SO_PEERCRED) before anything is sent: kTakeoverNoRelay otherwise.
   explicit HandoverClient(const std::string& path);
   // Uses an already connected control socket (tests, the fuzz target); `ready_budget` as below.
   explicit HandoverClient(common::UniqueFd connected,
@@ -235,6 +258,12 @@ class HandoverClient {
   std::chrono::milliseconds ready_budget_ = kHandoverReadyBudget;
   std::chrono::steady_clock::time_point end_at_{};  // when END arrived
 };
+
+// Why the directory of control socket `path` cannot be trusted, or "" when it can: it must be a
+// directory owned by this user or root and writable by neither group nor others (whoever can write
+// it can put their own socket there, serve the next --takeover and hand it listeners and sessions
+// of their choosing). `create`: make it first when missing, mode 0700 (its missing parents too).
+std::string control_directory_problem(const std::string& path, bool create);
 
 // The control socket path `relay` uses when none is given.
 inline constexpr const char* kDefaultControlSocket = "/run/sshring/relay.control";

@@ -14,6 +14,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/sockaddr.h"
 
@@ -109,7 +110,16 @@ class HandshakeFactory {
     (void)state;
     return nullptr;
   }
+  // Hand-over of the replay protection (relay/handover.h, REPLAY messages): what this factory must
+  // keep refusing (nonces it accepted that are still inside their skew window), as text parts of at
+  // most kMaxReplayPartBytes, characters [0-9a-z :] only; empty: nothing to hand over ...
+  [[nodiscard]] virtual std::vector<std::string> handover_replay() const { return {}; }
+  // ... and, in the process that takes over, before its first session: takes them. False when the
+  // parts cannot be read (the hand-over is refused).
+  virtual bool adopt_replay(const std::vector<std::string>& parts) { return parts.empty(); }
 };
+
+inline constexpr size_t kMaxReplayPartBytes = 48 * 1024;
 
 // Largest client preamble the worker buffers before the handshake must decide.
 inline constexpr size_t kMaxHandshakeBytes = 8192;

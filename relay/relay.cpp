@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
 
@@ -38,7 +39,9 @@ void validate(const RelayConfig& cfg) {
   }
   if (cfg.max_sessions == 0) throw common::UsageError("max_sessions must be at least 1");
   validate(cfg.startups);
-  if (cfg.workers > 256) throw common::UsageError("workers must be between 0 (one per CPU) and 256");
+  static_assert(kHandoverMaxWorkers == 256, "a hand-over accepts as many workers as a relay may run");
+  if (cfg.workers > kHandoverMaxWorkers)
+    throw common::UsageError("workers must be between 0 (one per CPU) and 256");
   if (cfg.connect_timeout.count() <= 0) throw common::UsageError("connect_timeout must be positive");
   if (cfg.handshake_timeout.count() <= 0) throw common::UsageError("handshake_timeout must be positive");
   if (cfg.idle_timeout.count() < 0) throw common::UsageError("idle_timeout must be 0 (none) or positive");
@@ -98,13 +101,19 @@ Relay::~Relay() {
   }
 }
 
-void Relay::start() {
+void Relay::prepare_start() {
   if (started_) throw common::UsageError("relay already started");
   validate(cfg_);
   // Writes to a peer that went away must fail with EPIPE, not kill the process.
   (void)::signal(SIGPIPE, SIG_IGN);
-  unsigned n = cfg_.workers ? cfg_.workers : std::max(1u, std::thread::hardware_concurrency());
+  // The pre-authentication budget (--max-startups, the per-source cap, the first-byte timeout): every
+  // way of starting goes through here, so no start path can leave the front door without it.
   if (!cfg_.admission) cfg_.admission = std::make_shared<Admission>(cfg_.startups);
+}
+
+void Relay::start() {
+  prepare_start();
+  unsigned n = cfg_.workers ? cfg_.workers : std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::vector<common::UniqueFd>> fds;  // [route][worker]
   bound_.clear();
   for (const Route& r : cfg_.routes) {
@@ -162,6 +171,15 @@ std::optional<RelayExport> Relay::park_for_handover(std::chrono::milliseconds ti
     for (auto& l : p.listeners) out.listeners.push_back(std::move(l));
     for (auto& s : p.sessions) out.sessions.push_back(std::move(s));
   }
+  // Every worker is parked: no HELLO is being checked, so each replay cache is complete.
+  std::vector<const HandshakeFactory*> seen;
+  for (size_t i = 0; i < table_.size(); ++i) {
+    const HandshakeFactory* h = table_[i].handshake.get();
+    if (removed_[i] || !h || std::find(seen.begin(), seen.end(), h) != seen.end()) continue;
+    seen.push_back(h);
+    if (auto parts = h->handover_replay(); !parts.empty())
+      out.replay.push_back({bound_[i].to_string(), std::move(parts)});
+  }
   return out;
 }
 
@@ -187,9 +205,7 @@ size_t route_of(const std::vector<Route>& routes, const std::vector<common::Sock
 }  // namespace
 
 void Relay::start_from(RelayExport in) {
-  if (started_) throw common::UsageError("relay already started");
-  validate(cfg_);
-  (void)::signal(SIGPIPE, SIG_IGN);
+  prepare_start();
   const unsigned n = in.workers ? in.workers : 1;
   // [route][worker]: the old process's listener, else a new one in the same SO_REUSEPORT group.
   std::vector<std::vector<common::UniqueFd>> fds(cfg_.routes.size());
@@ -233,7 +249,37 @@ void Relay::start_from(RelayExport in) {
     uint32_t w = s.worker % n;
     workers_[w]->add_import(std::move(s), static_cast<uint32_t>(i), std::move(hs));
   }
+  adopt_replay(in);
   launch();
+}
+
+void Relay::adopt_replay(const RelayExport& in) {
+  // By route; a route this relay lacks hands its cache to the first authenticated route here (the
+  // CLI shares one handshake factory, so one cache, between all of them).
+  std::vector<HandshakeFactory*> adopted;
+  auto first_auth = [&]() -> HandshakeFactory* {
+    for (const Route& r : cfg_.routes)
+      if (r.handshake) return r.handshake.get();
+    return nullptr;
+  };
+  for (const ReplayExport& r : in.replay) {
+    const size_t i = route_of(cfg_.routes, bound_, r.route);
+    HandshakeFactory* h =
+        i < cfg_.routes.size() && cfg_.routes[i].handshake ? cfg_.routes[i].handshake.get() : first_auth();
+    if (!h) continue;  // no authenticated route here: nothing to protect
+    if (std::find(adopted.begin(), adopted.end(), h) != adopted.end()) {
+      common::log_warn("hand-over: a second replay cache for one handshake; keeping the first",
+                       {{"listen", r.route}});
+      continue;
+    }
+    if (!h->adopt_replay(r.parts))
+      throw common::UsageError("hand-over: cannot read the replay cache state of " + r.route);
+    adopted.push_back(h);
+  }
+  if (in.state_version < 2 && first_auth())
+    common::log_warn(
+        "hand-over: the running relay hands over no replay cache (state version 1): a HELLO it accepted "
+        "within the skew window can be used once more here");
 }
 
 std::vector<common::SockAddr> Relay::listen_addresses() const {
@@ -290,8 +336,13 @@ void Relay::reload(RelayConfig cfg) {
     cfg_ = std::move(cfg);
     return;
   }
-  cfg.admission = cfg_.admission;  // startups in progress stay counted across reloads
-  cfg.admission->configure(cfg.startups);
+  // Startups in progress stay counted across reloads. A started relay always has its admission
+  // (prepare_start); should it not, the reload creates one rather than following a null pointer.
+  cfg.admission = cfg_.admission;
+  if (cfg.admission)
+    cfg.admission->configure(cfg.startups);
+  else
+    cfg.admission = std::make_shared<Admission>(cfg.startups);
   unsigned n = static_cast<unsigned>(workers_.size());
   std::vector<Route> table = table_;
   std::vector<bool> removed = removed_;

@@ -78,7 +78,7 @@ struct RelayConfig {
   // Handshake routes: connections accepted but not yet authenticated have their own budget and do not
   // count against max_sessions (relay/admission.h).
   AdmissionConfig startups;
-  std::shared_ptr<Admission> admission;  // shared by the workers; start() creates it when null
+  std::shared_ptr<Admission> admission;  // shared by the workers; start()/start_from() create it when null
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds idle_timeout{0};  // 0: none
   std::chrono::milliseconds handshake_timeout{10000};
@@ -151,6 +151,10 @@ class Relay {
   [[nodiscard]] const Admission* admission() const { return cfg_.admission.get(); }
 
  private:
+  // What start() and start_from() share: validation, SIGPIPE, the admission.
+  void prepare_start();
+  // start_from: the old process's replay caches into this one's handshake factories.
+  void adopt_replay(const RelayExport& in);
   RelayConfig cfg_;
   // Route slots, append-only across reloads (workers index their listeners the same way).
   std::vector<Route> table_;

@@ -1,9 +1,11 @@
 #include "relay/auth/auth_handshake.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <mutex>
 #include <optional>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -546,6 +548,82 @@ bool AuthHandshakeFactory::is_local(const policy::IpAddr& a) const {
     local_read_ms_ = now;
   }
   return std::binary_search(local_.begin(), local_.end(), a);
+}
+
+// Replay hand-over parts: "keys SEED SHARD_SEED forgot F0 .. F15", then parts of items
+// "NONCEHEX:TIMESTAMP:PRINCIPAL:LEFT_MS" separated by spaces (decimal numbers).
+std::vector<std::string> AuthHandshakeFactory::handover_replay() const {
+  const ReplayCache::Snapshot snap = replay_.snapshot(mono_ms());
+  std::vector<std::string> parts;
+  std::string head = "keys " + std::to_string(snap.seed) + " " + std::to_string(snap.shard_seed) + " forgot";
+  for (uint64_t f : snap.forgotten_ts) head += " " + std::to_string(f);
+  parts.push_back(std::move(head));
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string part;
+  for (const auto& it : snap.items) {
+    std::string item;
+    for (uint8_t b : it.nonce) item += {kHex[b >> 4], kHex[b & 15]};
+    item += ":" + std::to_string(it.timestamp_ms) + ":" + std::to_string(it.principal) + ":" +
+            std::to_string(it.left_ms);
+    if (part.size() + item.size() + 1 > kMaxReplayPartBytes) parts.push_back(std::exchange(part, {}));
+    if (!part.empty()) part += ' ';
+    part += item;
+  }
+  if (!part.empty()) parts.push_back(std::move(part));
+  return parts;
+}
+
+namespace {
+bool parse_u64(std::string_view t, uint64_t& out) {
+  if (t.empty() || t.size() > 20) return false;
+  auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), out);
+  return ec == std::errc() && p == t.data() + t.size();
+}
+std::vector<std::string_view> split(std::string_view t, char sep) {
+  std::vector<std::string_view> out;
+  for (size_t at = 0;;) {
+    size_t next = t.find(sep, at);
+    out.push_back(t.substr(at, next == std::string_view::npos ? std::string_view::npos : next - at));
+    if (next == std::string_view::npos) return out;
+    at = next + 1;
+  }
+}
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+}  // namespace
+
+bool AuthHandshakeFactory::adopt_replay(const std::vector<std::string>& parts) {
+  if (parts.empty()) return true;
+  ReplayCache::Snapshot snap;
+  const auto head = split(parts[0], ' ');
+  if (head.size() != 4 + ReplayCache::kShards || head[0] != "keys" || head[3] != "forgot" ||
+      !parse_u64(head[1], snap.seed) || !parse_u64(head[2], snap.shard_seed))
+    return false;
+  for (size_t i = 0; i < ReplayCache::kShards; ++i)
+    if (!parse_u64(head[4 + i], snap.forgotten_ts[i])) return false;
+  const uint64_t max_left = static_cast<uint64_t>((opts_.max_skew + opts_.max_future_skew).count());
+  for (size_t p = 1; p < parts.size(); ++p) {
+    if (parts[p].size() > kMaxReplayPartBytes) return false;
+    for (std::string_view item : split(parts[p], ' ')) {
+      const auto f = split(item, ':');
+      ReplayCache::Snapshot::Item it;
+      if (f.size() != 4 || f[0].size() != 2 * it.nonce.size() || !parse_u64(f[1], it.timestamp_ms) ||
+          !parse_u64(f[2], it.principal) || !parse_u64(f[3], it.left_ms))
+        return false;
+      for (size_t i = 0; i < it.nonce.size(); ++i) {
+        const int hi = hex_digit(f[0][2 * i]), lo = hex_digit(f[0][2 * i + 1]);
+        if (hi < 0 || lo < 0) return false;
+        it.nonce[i] = static_cast<uint8_t>(hi << 4 | lo);
+      }
+      // Kept at most as long as this relay's own skew would keep it (its clock check refuses it then).
+      it.left_ms = std::min(it.left_ms, max_left);
+      snap.items.push_back(it);
+    }
+  }
+  return replay_.restore(snap, mono_ms());
 }
 
 uint64_t AuthHandshakeFactory::decisions(uint16_t reason) const {

@@ -86,6 +86,10 @@ class AuthHandshakeFactory : public HandshakeFactory,
   // Hand-over: rebuilds an established session's handshake from handover_state().
   std::unique_ptr<Handshake> adopt(uint64_t session_id, const common::SockAddr& client,
                                    const common::SockAddr& listen, std::string_view state) override;
+  // Hand-over: the replay cache (its keys, forgotten timestamps and live nonces), so a HELLO used
+  // with the old process is refused by the new one.
+  [[nodiscard]] std::vector<std::string> handover_replay() const override;
+  bool adopt_replay(const std::vector<std::string>& parts) override;
   // Sets the audit log after construction, before any session runs (`relay --takeover` opens the log
   // only once the old relay wrote its last record).
   void set_audit(metrics::AuditLog* audit) { opts_.audit = audit; }

@@ -3,7 +3,10 @@
 // handshake, and only for HELLOs whose signature verified for a known principal. Memory is bounded:
 // when a shard is full of live entries it refuses new ones (fail closed, the handshake is denied as
 // "overloaded") rather than forgetting a live nonce, and each principal has a bounded share, so one
-// principal's flood of valid HELLOs fills its own share, not the cache other principals need.
+// principal's flood of valid HELLOs fills its own share, not the cache other principals need. The
+// share is bounded in each shard too (a fraction of the shard: no principal can fill one), and the
+// shard is picked by a keyed hash of the whole nonce (seeded per process), so a client cannot aim its
+// nonces at one shard either.
 //
 // Entries are dropped on the monotonic clock: at insert the deadline is now_mono + (timestamp + skew
 // - now_wall), so a wall clock stepped forward cannot flush live nonces early. A wall clock stepped
@@ -36,7 +39,8 @@ class ReplayCache {
 
   // `skew_ms`: a HELLO is accepted while |now - timestamp| <= skew_ms, so its nonce is kept until
   // timestamp + skew_ms. `capacity`: most live nonces kept (split over the shards).
-  // `per_principal`: most live nonces of one principal (0: capacity / 16 + 1).
+  // `per_principal`: most live nonces of one principal (0: capacity / 16 + 1); in one shard at most
+  // 2 * per_principal / 16 + 1 of them (twice its even spread), and never more than half the shard.
   ReplayCache(uint64_t skew_ms, size_t capacity, size_t per_principal = 0);
 
   // Inserts the nonce unless it is live already. Expired entries of the shard are dropped first.
@@ -51,8 +55,27 @@ class ReplayCache {
   [[nodiscard]] size_t live_of(std::string_view principal) const;
   [[nodiscard]] uint64_t skew_ms() const { return skew_ms_; }
 
- private:
   static constexpr size_t kShards = 16;
+  // Hand-over (relay/handover.h): everything a new process needs to refuse what this one accepted.
+  // The keys come along, so principal keys and shards mean the same in both processes.
+  struct Snapshot {
+    struct Item {
+      Nonce nonce{};
+      uint64_t timestamp_ms = 0;
+      uint64_t principal = 0;  // keyed hash of the name (0: none)
+      uint64_t left_ms = 0;    // until it expires, on the monotonic clock
+    };
+    uint64_t seed = 0, shard_seed = 0;
+    std::array<uint64_t, kShards> forgotten_ts{};
+    std::vector<Item> items;
+  };
+  [[nodiscard]] Snapshot snapshot(uint64_t mono_now_ms) const;
+  // Into an empty cache only (a process that took over, before its first HELLO): takes the keys,
+  // each shard's forgotten timestamp and every live nonce (even past this cache's capacity: a live
+  // nonce is never dropped). False, nothing changed, when the cache is not empty.
+  bool restore(const Snapshot& snap, uint64_t mono_now_ms);
+
+ private:
   struct Entry {
     uint64_t mono_expiry_ms;
     uint64_t timestamp_ms;
@@ -69,7 +92,8 @@ class ReplayCache {
     mutable std::mutex mu;
     std::unordered_set<Nonce, NonceHash> live;
     std::priority_queue<Entry, std::vector<Entry>, std::greater<>> by_expiry;
-    uint64_t forgotten_ts = 0;  // newest timestamp of a dropped entry
+    uint64_t forgotten_ts = 0;                        // newest timestamp of a dropped entry
+    std::unordered_map<uint64_t, size_t> principals;  // live nonces per principal key in this shard
   };
 
   [[nodiscard]] uint64_t principal_key(std::string_view principal) const;
@@ -78,7 +102,9 @@ class ReplayCache {
   uint64_t skew_ms_;
   size_t shard_capacity_;
   size_t per_principal_;
+  size_t per_principal_shard_;
   uint64_t seed_;
+  uint64_t shard_seed_;  // picks the shard (another key than the shards' own hash tables)
   std::vector<std::unique_ptr<Shard>> shards_;
   // Live nonces per principal key; locked after a shard's mutex, never before.
   mutable std::mutex principals_mu_;

@@ -110,8 +110,10 @@ principals:
     o.resolver = std::make_shared<auth::AresResolver>(ro);
     o.clock_ms = [this] { return clock; };
     o.log_denials = false;
+    opts = o;
     factory = std::make_shared<auth::AuthHandshakeFactory>(cache, o);
   }
+  auth::AuthOptions opts;  // what `factory` was built with (a new process's factory: the same)
 
   client::Signer signer(const protocol::Ed25519PrivateKey& k) {
     auto copy = std::make_shared<protocol::Ed25519PrivateKey>(
@@ -367,6 +369,44 @@ TEST_F(AuthHandshake, ReplayedPreambleIsDenied) {
   auto c = open("10.9.0.2:1");
   EXPECT_EQ(deny_reason(feed(*c, frame)), code(protocol::Reason::kStale));
   end(*c);
+}
+
+// A live hand-over carries the replay cache: a HELLO used with the old process is refused by the
+// new one while its timestamp is in the window (it used to be accepted once more), a new HELLO is
+// accepted, the principal's share counts what it used before, and unreadable state is refused.
+TEST_F(AuthHandshake, ReplayCacheMovesWithAHandover) {
+  std::vector<std::string> frames;
+  for (int i = 0; i < 3; ++i) {
+    frames.push_back(hello(alice, "alice", "10.1.0.1"));
+    auto a = open();
+    EXPECT_EQ(feed(*a, frames.back()).kind, Kind::kConnect);
+    end(*a);
+  }
+  const std::vector<std::string> parts = factory->handover_replay();
+  ASSERT_EQ(parts.size(), 2u);  // the keys, then one part of nonces
+  for (const auto& p : parts)
+    EXPECT_EQ(p.find_first_not_of("0123456789abcdefghijklmnopqrstuvwxyz :"), std::string::npos);
+  auto next = std::make_shared<auth::AuthHandshakeFactory>(cache, opts);
+  ASSERT_TRUE(next->adopt_replay(parts));
+  EXPECT_EQ(next->replay_cache().size(), 3u);
+  EXPECT_EQ(next->replay_cache().live_of("alice"), 3u);
+  factory = next;
+  clock += 5000;
+  for (const auto& f : frames) {
+    auto b = open("10.9.0.2:1");
+    EXPECT_EQ(deny_reason(feed(*b, f)), code(protocol::Reason::kReplayed));
+    end(*b);
+  }
+  auto c = open("10.9.0.2:1");
+  EXPECT_EQ(feed(*c, hello(alice, "alice", "10.1.0.1")).kind, Kind::kConnect);
+  end(*c);
+  EXPECT_FALSE(next->adopt_replay(parts)) << "a cache in use takes no hand-over state";
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"keys 1 2 forgot 0"}, std::vector<std::string>{parts[0], "zz:1:2:3"},
+        std::vector<std::string>{parts[0], parts[1] + " 00"}}) {
+    auto fresh = std::make_shared<auth::AuthHandshakeFactory>(cache, opts);
+    EXPECT_FALSE(fresh->adopt_replay(bad)) << bad.back();
+  }
 }
 
 // A principal with a listed key but no role floods valid HELLOs: its nonces fill only its own share

@@ -309,6 +309,45 @@ TEST(AuthReplayCache, BoundedMemoryFailsClosed) {
   EXPECT_EQ(c.check_and_insert(n, now + 40000, now + 40000), auth::ReplayCache::Result::kFresh);
 }
 
+// One principal's flood cannot deny another's fresh nonces: the shard is picked by a keyed hash of
+// the whole nonce (the flood below keeps the two bytes that used to pick it constant, putting every
+// nonce in one shard, which it filled), and each principal holds at most a fraction of any shard.
+TEST(AuthReplayCache, OnePrincipalsFloodCannotFillAShardForAnother) {
+  const uint64_t wall = 1'800'000'000'000ull, mono = 1'000'000;
+  auto flood = [&](auth::ReplayCache& c, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      auth::ReplayCache::Nonce x{};
+      protocol::random_bytes(x.data(), x.size());
+      x[0] = 0;
+      x[15] = 0;
+      (void)c.check_and_insert("mallory", x, wall, {wall, mono});
+    }
+  };
+  auto refused_of_alice = [&](auth::ReplayCache& c, size_t n) {
+    size_t refused = 0;
+    for (size_t i = 0; i < n; ++i) {
+      auth::ReplayCache::Nonce x{};
+      protocol::random_bytes(x.data(), x.size());
+      refused += c.check_and_insert("alice", x, wall + 1000, {wall + 1000, mono + 1000}) !=
+                 auth::ReplayCache::Result::kFresh;
+    }
+    return refused;
+  };
+  {
+    auth::ReplayCache c(30000, size_t{1} << 20);  // the relay's defaults: a shard is one principal's share
+    flood(c, 70000);
+    EXPECT_EQ(c.live_of("mallory"), (size_t{1} << 20) / 16 + 1);
+    EXPECT_EQ(refused_of_alice(c, 16000), 0u);  // was about 1 in 16 (kFull)
+  }
+  {
+    // A principal allowed the whole cache still gets at most half of each shard.
+    auth::ReplayCache c(30000, 1600, 1600);  // 16 shards x 101
+    flood(c, 5000);
+    EXPECT_LE(c.live_of("mallory"), 16u * 50u);
+    EXPECT_EQ(refused_of_alice(c, 300), 0u);  // was about 1 in 16 (kFull) too
+  }
+}
+
 TEST(AuthReplayCache, ConcurrentInsertsOfOneNonceAdmitExactlyOne) {
   auth::ReplayCache c(30000, 10000);
   auth::ReplayCache::Nonce n{};

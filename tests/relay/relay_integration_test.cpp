@@ -602,6 +602,62 @@ TEST_F(HandshakeSeamTest, OversizePreambleIsDenied) {
   EXPECT_EQ(last_summary().reason, EndReason::kDenied);
 }
 
+// A relay started from a hand-over (start_from, the `--takeover` path) has the same front door as
+// one started fresh: the per-source cap refuses the excess of a flood of silent connections at
+// once, the first-byte timeout ends the rest, and a reload (SIGHUP) keeps it serving. It used to
+// start without its Admission: every silent connection was held like a session, and the reload
+// followed the null pointer.
+TEST(RelayTest, ARelayThatTookOverKeepsItsAdmissionAndReloads) {
+  auto log = std::make_shared<SeamLog>();
+  RelayConfig cfg;
+  Route r;
+  r.listen = addr("127.0.0.1:0");
+  r.handshake = std::make_shared<LineFactory>(log);
+  cfg.routes.push_back(r);
+  cfg.log_sessions = false;
+  cfg.handshake_timeout = 10s;
+  cfg.startups.per_source = 4;
+  cfg.startups.first_byte_timeout = 300ms;
+  // The old relay's listener, as a hand-over brings it.
+  auto l = test::listen_any();
+  const auto la = test::local_addr(l.get());
+  cfg.routes[0].listen = la;
+  RelayExport in;
+  in.workers = 1;
+  in.listeners.push_back({la.to_string(), 0, std::move(l)});
+  Relay relay(cfg);
+  relay.start_from(std::move(in));
+  relay.resume_after_handover();
+  ASSERT_NE(relay.admission(), nullptr) << "start_from left the relay without its admission";
+
+  std::vector<common::UniqueFd> cs;
+  for (int i = 0; i < 12; ++i) cs.push_back(test::tcp_connect(la));
+  // Past the per-source cap: reset at accept. The first four: closed by the first-byte timeout.
+  int ended = 0;
+  for (auto& c : cs) {
+    ASSERT_TRUE(c);
+    ssize_t e = test::read_end(c.get(), 2s);
+    if (e == 0 || e == -ECONNRESET) ++ended;
+  }
+  EXPECT_EQ(ended, 12) << "silent connections were held past the first-byte timeout";
+  EXPECT_TRUE(eventually([&] { return relay.admission()->in_progress() == 0; }));
+
+  RelayConfig next = cfg;
+  next.startups.per_source = 2;
+  relay.reload(next);
+  EXPECT_EQ(relay.admission()->config().per_source, 2u);
+  // Still serving: a client that speaks is relayed.
+  auto up = test::listen_any();
+  auto c = test::tcp_connect(la);
+  ASSERT_TRUE(c);
+  const std::string line = test::local_addr(up.get()).to_string() + "\n";
+  ASSERT_TRUE(test::write_all(c.get(), line.data(), line.size()));
+  pollfd p{up.get(), POLLIN, 0};
+  EXPECT_EQ(::poll(&p, 1, 3000), 1) << "the relay stopped serving after the reload";
+  relay.stop();
+  relay.wait();
+}
+
 }  // namespace
 }  // namespace sshring::relay
 

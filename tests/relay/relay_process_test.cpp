@@ -1,10 +1,15 @@
 // The built `sshring relay` as a child process: bulk integrity, many sessions, idle cost, signals,
 // fd exhaustion and a real OpenSSH session. Clients and upstreams live in this test process, so
 // /proc/<relay pid> shows only the relay's own descriptors, threads and memory.
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -378,6 +383,180 @@ TEST(RelayProcessTest, SighupReloadsConfigFile) {
   ASSERT_TRUE(eventually(
       [&] { return testing::read_file(dir.file("log")).find("reload failed") != std::string::npos; }));
   EXPECT_TRUE(p.running());
+}
+
+// A relay that took over (`--takeover`) reloads its config file on SIGHUP like any other; it used
+// to follow a null admission pointer there and die with SIGSEGV, dropping every session.
+TEST(RelayProcessTest, SighupAfterTakeoverReloadsAndServes) {
+  test::EchoServer first;
+  auto l2 = test::listen_any();
+  TempDir dir;
+  std::string cfg = dir.file("relay.yaml");
+  uint16_t port = testing::free_port();
+  auto write_cfg = [&](const std::string& up) {
+    testing::write_file(
+        cfg, "routes:\n  - listen: 127.0.0.1:" + std::to_string(port) + "\n    upstream: " + up + "\n");
+  };
+  write_cfg(first.addr().to_string());
+  const std::vector<std::string> argv = {
+      testing::sshring_bin(), "relay", "--config", cfg, "--control-socket", dir.file("ctl/relay.control")};
+  Process::Options o;
+  o.stderr_path = dir.file("old.log");
+  Process old(argv, o);
+  ASSERT_TRUE(testing::wait_for_port("127.0.0.1", port)) << testing::read_file(dir.file("old.log"));
+  std::vector<std::string> take = argv;
+  take.push_back("--takeover");
+  o.stderr_path = dir.file("new.log");
+  Process p(take, o);
+  ASSERT_EQ(old.wait(30s), 0) << testing::read_file(dir.file("old.log"))
+                              << testing::read_file(dir.file("new.log"));
+  ASSERT_TRUE(eventually(
+      [&] { return testing::read_file(dir.file("new.log")).find("took over") != std::string::npos; }));
+  write_cfg(test::local_addr(l2.get()).to_string());
+  p.signal(SIGHUP);
+  ASSERT_TRUE(eventually([&] {
+    return !p.running() ||
+           testing::read_file(dir.file("new.log")).find("config reloaded") != std::string::npos;
+  })) << testing::read_file(dir.file("new.log"));
+  ASSERT_TRUE(p.running()) << "the relay died on SIGHUP: " << testing::read_file(dir.file("new.log"));
+  auto via = *common::SockAddr::parse("127.0.0.1:" + std::to_string(port));
+  auto c = test::tcp_connect(via);
+  ASSERT_TRUE(c);
+  pollfd pfd{l2.get(), POLLIN, 0};
+  EXPECT_EQ(::poll(&pfd, 1, 3000), 1) << "the new upstream got no connection";
+  EXPECT_TRUE(p.running());
+}
+
+// `--takeover` takes listeners and sessions only from a relay of its own user (or root): a process
+// of another user serving the control socket (here nobody, in a directory it may not write: the
+// socket was bound by root and served after dropping to nobody) is refused before HELLO, with the
+// uid named, exit 3, nothing bound. It used to adopt whatever that process sent.
+TEST(RelayProcessTest, TakeoverRefusesAControlSocketServedByAnotherUser) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to serve a socket as another user";
+  TempDir dir;
+  const std::string path = dir.file("relay.control");
+  int report[2];
+  ASSERT_EQ(::pipe2(report, O_CLOEXEC), 0);
+  const pid_t fake = ::fork();
+  ASSERT_GE(fake, 0);
+  if (fake == 0) {  // the fake old relay: only syscalls from here on
+    int s = ::socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", path.c_str());
+    if (::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::chmod(path.c_str(), 0666) != 0 ||
+        ::syscall(SYS_setresgid, 65534, 65534, 65534) != 0 ||
+        ::syscall(SYS_setresuid, 65534, 65534, 65534) != 0 || ::listen(s, 4) != 0)
+      ::_exit(10);
+    pollfd p{s, POLLIN, 0};
+    if (::poll(&p, 1, 20000) != 1) ::_exit(11);
+    int c = ::accept(s, nullptr, nullptr);
+    char buf[256];
+    pollfd q{c, POLLIN, 0};
+    // A HELLO would come at once; the refusing relay closes the connection instead.
+    const bool hello = ::poll(&q, 1, 5000) == 1 && ::recv(c, buf, sizeof(buf), MSG_DONTWAIT) > 0;
+    const char r = hello ? 'H' : 'N';
+    (void)!::write(report[1], &r, 1);
+    ::_exit(0);
+  }
+  ::close(report[1]);
+  for (int i = 0; i < 200 && ::access(path.c_str(), F_OK) != 0; ++i) std::this_thread::sleep_for(10ms);
+  const uint16_t port = testing::free_port();
+  std::string out;
+  const int rc = testing::sh(testing::sshring_bin() + " relay --listen 127.0.0.1:" + std::to_string(port) +
+                                 " --upstream 127.0.0.1:1 --control-socket " + path + " --takeover 2>&1",
+                             &out);
+  char r = '?';
+  EXPECT_EQ(::read(report[0], &r, 1), 1);
+  ::close(report[0]);
+  int st = 0;
+  ::waitpid(fake, &st, 0);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  EXPECT_EQ(rc, 3) << out;
+  EXPECT_NE(out.find("runs as uid 65534"), std::string::npos) << out;
+  EXPECT_EQ(r, 'N') << "the new relay sent HELLO to a process of another user";
+  EXPECT_FALSE(test::tcp_connect(*common::SockAddr::parse("127.0.0.1:" + std::to_string(port))))
+      << "the refused relay serves anyway";
+}
+
+// The replay cache moves with a live hand-over: a HELLO (captured from `sshring connect`) used with
+// the old relay is refused by the one that took over (`replayed`), inside the skew window; it used
+// to be accepted once more, as after a restart.
+TEST(RelayProcessTest, AHelloUsedBeforeATakeoverIsRefusedAfterIt) {
+  TempDir dir;
+  ASSERT_EQ(testing::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", dir.file("key")}), 0);
+  std::string pub = testing::read_file(dir.file("key.pub"));
+  while (!pub.empty() && (pub.back() == '\n' || pub.back() == '\r')) pub.pop_back();
+  auto target = test::listen_any();
+  const uint16_t tport = test::local_addr(target.get()).port();
+  testing::write_file(dir.file("policy.yaml"),
+                      "version: 1\nroles:\n  - name: ops\n    targets:\n"
+                      "      - cidrs: [127.0.0.1/32]\n        ports: [" +
+                          std::to_string(tport) +
+                          "]\nprincipals:\n  - name: tester\n    roles: [ops]\n"
+                          "    keys: [\"" +
+                          pub + "\"]\n");
+  // Capture a HELLO: `sshring connect` against a listener that only reads.
+  auto capture = test::listen_any();
+  Process client({testing::sshring_bin(), "connect", "--relay", test::local_addr(capture.get()).to_string(),
+                  "--relay-id", "rp", "--principal", "tester", "--identity", dir.file("key"), "127.0.0.1",
+                  std::to_string(tport)},
+                 Process::Options{.stderr_path = dir.file("connect.log")});
+  pollfd pc{capture.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&pc, 1, 10000), 1) << testing::read_file(dir.file("connect.log"));
+  common::UniqueFd cc(::accept4(capture.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  std::string frame;
+  for (char buf[4096];;) {
+    pollfd q{cc.get(), POLLIN, 0};
+    if (::poll(&q, 1, frame.empty() ? 10000 : 300) != 1) break;
+    const ssize_t n = ::recv(cc.get(), buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    frame.append(buf, static_cast<size_t>(n));
+  }
+  ASSERT_FALSE(frame.empty());
+  cc.reset();
+  client.signal(SIGTERM);
+  (void)client.wait(5s);
+
+  const uint16_t port = testing::free_port();
+  const auto via = *common::SockAddr::parse("127.0.0.1:" + std::to_string(port));
+  const std::vector<std::string> argv = {testing::sshring_bin(),
+                                         "relay",
+                                         "--listen",
+                                         via.to_string(),
+                                         "--policy",
+                                         dir.file("policy.yaml"),
+                                         "--relay-id",
+                                         "rp",
+                                         "--workers",
+                                         "1",
+                                         "--control-socket",
+                                         dir.file("ctl/relay.control")};
+  // Sends the captured HELLO; true when the relay connected to the target.
+  auto use = [&] {
+    auto c = test::tcp_connect(via);
+    EXPECT_TRUE(c);
+    EXPECT_TRUE(test::write_all(c.get(), frame.data(), frame.size()));
+    pollfd p{target.get(), POLLIN, 0};
+    if (::poll(&p, 1, 2000) != 1) return false;
+    common::UniqueFd up(::accept4(target.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    return true;
+  };
+  Process old(argv, Process::Options{.stderr_path = dir.file("old.log")});
+  ASSERT_TRUE(testing::wait_for_port("127.0.0.1", port)) << testing::read_file(dir.file("old.log"));
+  EXPECT_TRUE(use()) << testing::read_file(dir.file("old.log"));
+  EXPECT_FALSE(use()) << "replayed to the same process";
+  std::vector<std::string> take = argv;
+  take.push_back("--takeover");
+  Process next(take, Process::Options{.stderr_path = dir.file("new.log")});
+  ASSERT_EQ(old.wait(30s), 0) << testing::read_file(dir.file("old.log"));
+  ASSERT_TRUE(eventually(
+      [&] { return testing::read_file(dir.file("new.log")).find("took over") != std::string::npos; }));
+  EXPECT_FALSE(use()) << "a HELLO used before the takeover was accepted again after it";
+  EXPECT_TRUE(eventually([&] {
+    return testing::read_file(dir.file("new.log")).find("reason=replayed") != std::string::npos;
+  })) << testing::read_file(dir.file("new.log"));
+  EXPECT_TRUE(next.running());
 }
 
 TEST(RelayProcessTest, OutOfDescriptorsIsSurvivedWithoutSpinning) {
