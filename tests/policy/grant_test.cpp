@@ -449,6 +449,29 @@ TEST(GrantCheck, SignedRevocationEndsTheGrant) {
   EXPECT_EQ(snap->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 99).tag, FlowTag::kBypassApproved);
 }
 
+// Two objects for one id (a planted copy without the revocation) must not widen access: identical
+// copies count once, differing ones are all refused.
+TEST(GrantCheck, DuplicateIdsNeverWidenAccess) {
+  World w;
+  auto pol = w.policy();
+  auto g =
+      signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT), "g-0000000000e2");
+  auto revoked = g;
+  add_decision(revoked, w.carol, DecisionKind::kRevoke, kT + 100, "done");
+  for (const auto& stored : {std::vector<SignedGrant>{revoked, g}, std::vector<SignedGrant>{g, revoked}}) {
+    auto snap = Snapshot::build_checked(pol, stored, kT + 200, nullptr);
+    EXPECT_EQ(snap->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 200).tag,
+              FlowTag::kBypassUnapproved);
+    EXPECT_TRUE(snap->grants().empty());
+    ASSERT_EQ(snap->checked_grants().size(), 2u);
+    for (const auto& c : snap->checked_grants()) EXPECT_EQ(c.reject_reason, "duplicate_id");
+  }
+  auto same = Snapshot::build_checked(pol, {g, g}, kT + 200, nullptr);
+  EXPECT_EQ(same->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 200).tag, FlowTag::kBypassApproved);
+  EXPECT_EQ(same->grants().size(), 1u);
+  EXPECT_EQ(same->checked_grants().size(), 1u);
+}
+
 TEST(GrantCheck, OnlyStandingRulesApproveWithoutGrants) {
   World w;
   auto snap = Snapshot::build_checked(w.policy(), {}, kT, nullptr);
