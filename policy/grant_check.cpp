@@ -302,6 +302,15 @@ void GrantChecker::evaluate(const OptOutRule& rule, CheckedGrant& c, UnixSeconds
     }
     return;
   }
+  if (now < *activation) {
+    // Dated ahead of this reader's clock (within the skew): not usable before it starts, so it never
+    // lives longer than its ttl (<= max_ttl) from when it can first be used. Checked again then.
+    c.status = revoke ? GrantStatus::kRevoked : GrantStatus::kPending;
+    c.pending_until = *activation;
+    c.detail = revoke ? "withdrawn by " + revoke->signer + " before it started"
+                      : "starts at " + common::format_rfc3339(*activation) + " (dated ahead of this clock)";
+    return;
+  }
   c.activated = true;
   Grant& t = c.terms;
   t.id = r.id;

@@ -472,6 +472,35 @@ TEST(GrantCheck, DuplicateIdsNeverWidenAccess) {
   EXPECT_EQ(same->checked_grants().size(), 1u);
 }
 
+// A requester signs `created` up to the clock skew ahead (a forged, future-dated request under a
+// rule that needs no approval): it is pending until then, so it never lives past max_ttl from the
+// moment it can first be used.
+TEST(GrantCheck, FutureDatedRequestIsPendingUntilItStarts) {
+  World w;
+  auto pol = w.policy();
+  auto g = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 8 * 3600, kT + 290),
+                     "g-0000000000e3");
+  auto early = check_grant(*pol, g, kT, nullptr);
+  EXPECT_EQ(early.status, GrantStatus::kPending) << early.detail;
+  EXPECT_FALSE(early.honoured());
+  EXPECT_EQ(early.pending_until, kT + 290);
+  auto snap = Snapshot::build_checked(pol, {g}, kT, nullptr);
+  EXPECT_EQ(snap->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT).tag, FlowTag::kBypassUnapproved);
+  auto started = check_grant(*pol, g, kT + 290, nullptr);
+  EXPECT_EQ(started.status, GrantStatus::kActive) << started.detail;
+  EXPECT_EQ(started.terms.effective_expiry() - (kT + 290), 8 * 3600);  // max_ttl from first use
+
+  // The same for the approval that completes a request, dated ahead.
+  auto a = signed_by(w.alice, request_for("alice", "two-of-security", "10.9.1.0/24", "10.1.2.3/32", 3600, kT),
+                     "g-0000000000e4");
+  add_decision(a, w.carol, DecisionKind::kApprove, kT + 10);
+  add_decision(a, w.dave, DecisionKind::kApprove, kT + 250);
+  auto c = check_grant(*pol, a, kT + 20, nullptr);
+  EXPECT_EQ(c.status, GrantStatus::kPending) << c.detail;
+  EXPECT_EQ(c.pending_until, kT + 250);
+  EXPECT_EQ(check_grant(*pol, a, kT + 250, nullptr).status, GrantStatus::kActive);
+}
+
 TEST(GrantCheck, OnlyStandingRulesApproveWithoutGrants) {
   World w;
   auto snap = Snapshot::build_checked(w.policy(), {}, kT, nullptr);
