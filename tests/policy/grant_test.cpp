@@ -501,6 +501,40 @@ TEST(GrantCheck, FutureDatedRequestIsPendingUntilItStarts) {
   EXPECT_EQ(check_grant(*pol, a, kT + 250, nullptr).status, GrantStatus::kActive);
 }
 
+// A correctly signed grant whose text carries terminal control sequences (forged straight into the
+// store, bypassing the CLI's check) is rejected by every reader, and escaped wherever it is shown.
+TEST(GrantCheck, ControlCharactersInGrantTextAreRejected) {
+  World w;
+  auto pol = w.policy();
+  auto r = request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT);
+  r.reason = "deploy\r\x1b[49C10.2.1.7/32";
+  auto g = signed_by(w.ci, r, "g-0000000000e5");
+  auto c = check_grant(*pol, g, kT + 5, nullptr);
+  EXPECT_EQ(c.status, GrantStatus::kRejected);
+  EXPECT_EQ(c.reject_reason, "outside_rule") << c.detail;
+  EXPECT_NE(c.detail.find("reason"), std::string::npos) << c.detail;
+  auto h =
+      signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT), "g-0000000000e6");
+  h.request.host =
+      "host\x9b"
+      "31m";  // a lone byte: invalid UTF-8 (a C1 CSI on 8-bit terminals)
+  sign_request(h, w.ci.signer());
+  EXPECT_EQ(check_grant(*pol, h, kT + 5, nullptr).reject_reason, "outside_rule");
+  auto d = signed_by(w.alice, request_for("alice", "two-of-security", "10.9.1.0/24", "10.1.2.3/32", 3600, kT),
+                     "g-0000000000e7");
+  add_decision(d, w.carol, DecisionKind::kApprove, kT + 10, "ok\x1b]0;title\x07");
+  EXPECT_EQ(check_grant(*pol, d, kT + 20, nullptr).reject_reason, "bad_decision");
+  auto snap = Snapshot::build_checked(pol, {g}, kT + 5, nullptr);
+  EXPECT_EQ(snap->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 5).tag, FlowTag::kBypassUnapproved);
+
+  EXPECT_EQ(printable_escape("ok caf\xc3\xa9 \\ \x1b[2J\r\n\x7f\xff"),
+            "ok caf\xc3\xa9 \\\\ \\x1b[2J\\x0d\\x0a\\x7f\\xff");
+  EXPECT_EQ(printable_escape("a\xe2\x80\xae"
+                             "b\xe2\x81\xa6"),
+            "a\\u{202e}b\\u{2066}");
+  EXPECT_EQ(printable_escape("\xe2\x82\xac"), "\xe2\x82\xac");  // the euro sign stays
+}
+
 TEST(GrantCheck, OnlyStandingRulesApproveWithoutGrants) {
   World w;
   auto snap = Snapshot::build_checked(w.policy(), {}, kT, nullptr);
