@@ -562,12 +562,13 @@ TEST_F(EtcdFleet, ShadowCopyUnderAnotherKeyIsSkippedAndTheRevokeHolds) {
   // One shadow written before the consumer lists again (a fresh consumer), one while it watches; one
   // under a well-formed id of another grant.
   writer->put("/sshring/grants/zz-shadow-" + id, got.kvs[0].value);
-  writer->put("/sshring/grants/g-0123456789ab", got.kvs[0].value);
-  ASSERT_TRUE(eventually([&] { return relay.source->misplaced() >= 2; })) << relay.source->misplaced();
+  const int64_t planted = writer->put("/sshring/grants/g-0123456789ab", got.kvs[0].value);
+  ASSERT_TRUE(eventually([&] { return relay.source->status().revision >= planted; }));
   Consumer fresh(client_for(etcd, "sshring-relay"), dir_.file("cache-fresh"));
   fresh.start();
-  EXPECT_EQ(fresh.source->misplaced(), 2u);
   EXPECT_EQ(fresh.grants(), 1u);
+  EXPECT_EQ(fresh.source->misplaced(), 2u);
+  EXPECT_TRUE(eventually([&] { return relay.source->misplaced() >= 2; })) << relay.source->misplaced();
 
   ASSERT_EQ(cli(std::vector<std::string>{"grant", "revoke", id, "--identity", ci_key(), "--reason",
                                          "compromised", "--audit-log", dir_.file("grant.audit.jsonl")} +
