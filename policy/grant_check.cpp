@@ -206,8 +206,8 @@ CheckedGrant GrantChecker::check(const SignedGrant& g, UnixSeconds now) const {
   if (!owner)
     return reject("unknown_key", "request signed by " + fp + ", a key no principal of the policy lists");
   if (owner->name != r.requester)
-    return reject("signer_mismatch",
-                  "request names requester " + r.requester + " but " + fp + " is " + owner->name + "'s key");
+    return reject("signer_mismatch", "request names requester " + printable_escape(r.requester) + " but " +
+                                         fp + " is " + owner->name + "'s key");
   for (const auto& [field, text] : request_texts(r))
     if (!printable_utf8(text))
       return reject("outside_rule",
@@ -221,8 +221,8 @@ CheckedGrant GrantChecker::check(const SignedGrant& g, UnixSeconds now) const {
   if (!no.empty()) return reject("outside_rule", "rule " + rule->id + ": " + no);
   for (size_t i = 0; i < g.decisions.size(); ++i) {
     const GrantDecision& d = g.decisions[i];
-    std::string what =
-        "decision " + std::to_string(i) + " (" + std::string(decision_name(d.kind)) + " by " + d.signer + ")";
+    std::string what = "decision " + std::to_string(i) + " (" + std::string(decision_name(d.kind)) + " by " +
+                       printable_escape(d.signer) + ")";
     std::string dfp;
     if (d.signature.empty()) return reject("bad_decision", what + ": not signed");
     if (!verify(d.signature, canonical_decision(r, d), &dfp, &why))

@@ -526,6 +526,19 @@ TEST(GrantCheck, ControlCharactersInGrantTextAreRejected) {
   EXPECT_EQ(check_grant(*pol, d, kT + 20, nullptr).reject_reason, "bad_decision");
   auto snap = Snapshot::build_checked(pol, {g}, kT + 5, nullptr);
   EXPECT_EQ(snap->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 5).tag, FlowTag::kBypassUnapproved);
+  // Rejections decided before the text check quote no raw control character in their detail.
+  auto m = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT, "x\x1b[2J"),
+                     "g-0000000000e8");
+  auto mc = check_grant(*pol, m, kT + 5, nullptr);
+  EXPECT_EQ(mc.reject_reason, "signer_mismatch");
+  EXPECT_EQ(mc.detail.find('\x1b'), std::string::npos) << mc.detail;
+  auto n = signed_by(w.alice, request_for("alice", "two-of-security", "10.9.1.0/24", "10.1.2.3/32", 3600, kT),
+                     "g-0000000000e9");
+  add_decision(n, w.carol, DecisionKind::kApprove, kT + 10);
+  n.decisions[0].signer = "carol\x1b[2J";  // no longer the signer's name (and the signature breaks)
+  auto nc = check_grant(*pol, n, kT + 20, nullptr);
+  EXPECT_EQ(nc.reject_reason, "bad_decision");
+  EXPECT_EQ(nc.detail.find('\x1b'), std::string::npos) << nc.detail;
 
   EXPECT_EQ(printable_escape("ok caf\xc3\xa9 \\ \x1b[2J\r\n\x7f\xff"),
             "ok caf\xc3\xa9 \\\\ \\x1b[2J\\x0d\\x0a\\x7f\\xff");
