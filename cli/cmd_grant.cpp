@@ -17,6 +17,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <sstream>
 #include <tuple>
 
 #include "bridge/grant_records.h"
@@ -56,6 +57,21 @@ std::string os_user() {
   }
   if (passwd* pw = ::getpwuid(::getuid())) return pw->pw_name;
   return "uid:" + std::to_string(::getuid());
+}
+
+// Untrusted text (anything a grant carries, written by whoever can write the store) as printed.
+std::string shown(std::string_view s) {
+  return policy::printable_escape(s);
+}
+
+// Text that is signed into a grant or decision and shown to approvers: printable UTF-8 only, the
+// rule every reader applies (a grant with control characters is rejected).
+void require_printable(std::string_view text, const std::string& what) {
+  if (!policy::printable_utf8(text))
+    throw UsageError(what +
+                     ": control characters and invalid UTF-8 are not allowed (it is shown to "
+                     "approvers and signed): '" +
+                     shown(text) + "'");
 }
 
 void common_flags(common::Flags& f) {
@@ -253,6 +269,12 @@ policy::GrantRequest read_request(const common::Flags& f, const std::string& sig
   req.rule = f.get_or("rule", "");
   req.os_user = os_user();
   req.host = common::host_name("unknown");
+  for (const auto& [field, text] : policy::request_texts(req)) {
+    const std::string name(field);
+    require_printable(text, name == "os_user" ? "the login name ($SUDO_USER, $USER or $LOGNAME)"
+                            : name == "host"  ? "the host name"
+                                              : "--" + name);
+  }
   return req;
 }
 
@@ -286,9 +308,9 @@ void print_result(const common::Flags& f, const policy::CheckedGrant& chk) {
     std::cout << j.dump(2) << "\n";
     return;
   }
-  std::cout << r.id << " " << policy::status_name(chk.status) << " under rule " << r.rule << ": " << r.who
-            << " from " << r.from.to_string() << " to " << r.to.to_string() << ":" << r.ports.to_string()
-            << " (" << chk.detail << ")\n";
+  std::cout << r.id << " " << policy::status_name(chk.status) << " under rule " << shown(r.rule) << ": "
+            << shown(r.who) << " from " << r.from.to_string() << " to " << r.to.to_string() << ":"
+            << r.ports.to_string() << " (" << shown(chk.detail) << ")\n";
   if (chk.break_glass && chk.activated)
     std::cout << "break-glass: this fires a critical alert; someone else must review it before "
               << common::format_rfc3339(chk.review_due) << " (sshring grant review " << r.id
@@ -407,6 +429,23 @@ nlohmann::json decision_record(const DecisionSpec& spec, const policy::SignedGra
   return {};
 }
 
+// The canonical terms of the request a decision signs, escaped, one per line (on stderr, before the
+// signature is made), so an approver sees what they sign rather than what a list rendered.
+std::string signing_terms(const char* decision, const policy::GrantRequest& r) {
+  std::ostringstream o;
+  o << "signing " << decision << " of " << r.id << ":\n"
+    << "  who:       " << shown(r.who) << " (requested by " << shown(r.requester) << ")\n"
+    << "  from:      " << r.from.to_string() << "\n"
+    << "  to:        " << r.to.to_string() << "\n"
+    << "  ports:     " << r.ports.to_string() << "\n"
+    << "  ttl:       " << common::format_duration(std::chrono::seconds(r.ttl_seconds)) << "\n"
+    << "  rule:      " << shown(r.rule) << "\n"
+    << "  requested: " << common::format_rfc3339(r.created) << " from " << shown(r.os_user) << "@"
+    << shown(r.host) << "\n"
+    << "  reason:    " << shown(r.reason) << "\n";
+  return o.str();
+}
+
 // Loads the grant, refuses what the policy would not count, signs the decision, stores it.
 common::Flags decide_flags(const DecisionSpec& spec, const std::string& help) {
   std::string usage = std::string("sshring grant ") + spec.name + " ID" +
@@ -442,11 +481,15 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
   std::string note = spec.note_required ? f.require(spec.note_flag) : f.get_or(spec.note_flag, "");
   if (note.size() > policy::kMaxTextLength)
     throw UsageError(std::string("--") + spec.note_flag + ": at most 1024 characters");
+  require_printable(note, std::string("--") + spec.note_flag);
   const bool revoke = spec.kind == policy::DecisionKind::kRevoke;
   Context c = open(f, true, revoke);
   auto signer = make_signer(f);
   const std::string me = decider(c, signer, f);
   policy::GrantDecision d{spec.kind, me, c.now, note, os_user(), common::host_name("unknown"), {}};
+  require_printable(d.os_user, "the login name ($SUDO_USER, $USER or $LOGNAME)");
+  require_printable(d.host, "the host name");
+  bool terms_shown = false;
   struct Refused : std::runtime_error {
     using std::runtime_error::runtime_error;
   };
@@ -464,6 +507,10 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
       }
       if (g.decisions.size() >= policy::kMaxDecisions)
         throw UsageError("grant " + id + " holds 64 decisions already");
+      if (!terms_shown) {  // what the signature is bound to, from the signed request itself
+        std::cerr << signing_terms(spec.name, g.request);
+        terms_shown = true;
+      }
       policy::sign_decision(g.request, d, signer);
       g.decisions.push_back(d);
       // The record is durable before the store is written: no record, no change (the throw aborts).
@@ -477,15 +524,15 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
         throw AuditFailed(audit_error);
     });
   } catch (const Refused& e) {
-    std::cerr << "sshring grant " << spec.name << ": refused: " << e.what() << "\n";
+    std::cerr << "sshring grant " << spec.name << ": refused: " << shown(e.what()) << "\n";
     return 1;
   } catch (const AuditFailed& e) {
     std::cerr << "sshring grant " << spec.name << ": not stored: " << e.what() << "\n";
     return 1;
   }
   if (!stored) {
-    std::cerr << "sshring grant " << spec.name << ": no grant '" << id << "' in " << c.store->location()
-              << " (see sshring grant list)\n";
+    std::cerr << "sshring grant " << spec.name << ": no grant '" << shown(id) << "' in "
+              << c.store->location() << " (see sshring grant list)\n";
     return 1;
   }
   policy::CheckedGrant after;
@@ -494,7 +541,7 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
   if (c.policy) {
     print_result(f, after);
   } else {
-    std::cout << id << " revoke signed by " << me << "\n";
+    std::cout << shown(id) << " revoke signed by " << shown(me) << "\n";
   }
   return 0;
 }
@@ -549,7 +596,7 @@ std::string approvers_text(const policy::CheckedGrant& c) {
   for (const auto& d : c.decisions) {
     if (d.kind != policy::DecisionKind::kApprove || !d.counted) continue;
     if (!out.empty()) out += ",";
-    out += d.signer + "(" + d.fingerprint.substr(0, 15) + ")";
+    out += shown(d.signer) + "(" + d.fingerprint.substr(0, 15) + ")";
   }
   return out.empty() ? "-" : out;
 }
@@ -597,11 +644,11 @@ int list(const std::vector<std::string>& args) {
     const auto& r = g.object.request;
     std::string status(policy::status_name(g.status));
     if (g.break_glass && g.activated) status += g.reviewed ? "*" : "!";
-    std::cout << std::setw(15) << r.id << std::setw(10) << status << std::setw(12) << r.who << std::setw(12)
-              << r.requester << std::setw(20) << r.from.to_string() << std::setw(24)
+    std::cout << std::setw(15) << shown(r.id) << std::setw(10) << status << std::setw(12) << shown(r.who)
+              << std::setw(12) << shown(r.requester) << std::setw(20) << r.from.to_string() << std::setw(24)
               << (r.to.to_string() + ":" + r.ports.to_string()) << std::setw(22)
               << (g.activated ? common::format_rfc3339(g.terms.effective_expiry()) : "-") << std::setw(34)
-              << approvers_text(g) << r.reason << " / " << g.detail << "\n";
+              << approvers_text(g) << shown(r.reason) << " / " << shown(g.detail) << "\n";
   }
   return 0;
 }

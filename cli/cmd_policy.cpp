@@ -177,8 +177,9 @@ int explain_flow(const common::Flags& f, UnixSeconds now) {
     }
     std::cout << "\n";
     for (const auto& r : rejected_covering(*snap, *src, *dst, port))
-      std::cout << "note: grant " << r["id"].get<std::string>() << " would cover it but is rejected ("
-                << r["reason"].get<std::string>() << "): " << r["detail"].get<std::string>() << "\n";
+      std::cout << "note: grant " << policy::printable_escape(r["id"].get<std::string>())
+                << " would cover it but is rejected (" << r["reason"].get<std::string>()
+                << "): " << policy::printable_escape(r["detail"].get<std::string>()) << "\n";
     if (!snap->protects(*dst, port))
       std::cout << "note: " << f.positionals()[0] << " is not a protected SSH port of any host group\n";
     return 0;

@@ -8,9 +8,9 @@
 
 namespace sshring::common {
 
-inline constexpr std::array<std::string_view, 8> kGrantRejectReasons = {
-    "unsigned",    "bad_signature", "unknown_key",  "signer_mismatch",
-    "future_time", "missing_rule",  "outside_rule", "bad_decision",
+inline constexpr std::array<std::string_view, 9> kGrantRejectReasons = {
+    "unsigned",     "bad_signature", "unknown_key",  "signer_mismatch", "future_time",
+    "missing_rule", "outside_rule",  "bad_decision", "duplicate_id",
 };
 
 constexpr bool is_grant_reject_reason(std::string_view r) {

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 
@@ -26,17 +27,32 @@ const char* level_name(LogLevel l) {
   return "?";
 }
 
+// Control characters (values can carry text from untrusted input: a grant's fields, a peer's
+// bytes) are escaped, so a log line cannot drive the terminal or journal viewer showing it.
+bool is_control(char ch) {
+  auto c = static_cast<unsigned char>(ch);
+  return c < 0x20 || c == 0x7f;
+}
+
 void append_value(std::string& out, std::string_view v) {
-  bool quote = v.empty() || v.find_first_of(" \"=\t\n") != std::string_view::npos;
+  bool quote = v.empty() || v.find_first_of(" \"=") != std::string_view::npos ||
+               std::any_of(v.begin(), v.end(), is_control);
   if (!quote) {
     out.append(v);
     return;
   }
+  static constexpr char kHex[] = "0123456789abcdef";
   out.push_back('"');
   for (char c : v) {
     if (c == '"' || c == '\\') out.push_back('\\');
     if (c == '\n') {
       out.append("\\n");
+      continue;
+    }
+    if (is_control(c)) {
+      out.append("\\x");
+      out.push_back(kHex[static_cast<unsigned char>(c) >> 4]);
+      out.push_back(kHex[static_cast<unsigned char>(c) & 15]);
       continue;
     }
     out.push_back(c);

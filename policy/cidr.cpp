@@ -117,12 +117,15 @@ std::optional<Cidr> Cidr::parse(std::string_view text, std::string* why) {
   if (!addr) return fail("not an IPv4 or IPv6 address");
   Cidr c{*addr, static_cast<uint8_t>(addr->bits())};
   if (slash != std::string_view::npos) {
+    // A v4-mapped v6 prefix (::ffff:a.b.c.d/L) was normalized to v4: its length is a v6 length
+    // (96..128), checked as such and then shifted to the v4 one.
+    const bool mapped = addr->is_v4() && text.substr(0, slash).find(':') != std::string_view::npos;
+    const uint32_t max_len = mapped ? 128 : addr->bits();
     uint32_t len = 0;
-    if (!parse_u32(text.substr(slash + 1), addr->bits(), &len)) {
-      return fail("prefix length must be 0.." + std::to_string(addr->bits()));
+    if (!parse_u32(text.substr(slash + 1), max_len, &len)) {
+      return fail("prefix length must be 0.." + std::to_string(max_len));
     }
-    // A v4-mapped v6 prefix was normalized to v4: shift its length accordingly.
-    if (addr->is_v4() && text.find(':') != std::string_view::npos) {
+    if (mapped) {
       if (len < 96) return fail("IPv4-mapped prefix shorter than /96");
       len -= 96;
     }

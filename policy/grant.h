@@ -16,6 +16,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include <array>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -216,6 +217,10 @@ std::vector<CheckedGrant> check_grants(const Policy& policy, const std::vector<c
 // exceeds max_ttl 8h"), or why none applies.
 const OptOutRule* find_allowing_rule(const Policy& policy, const GrantRequest& req, UnixSeconds now,
                                      std::string* refusal);
+// The request's free-text fields by name: every one must be printable_utf8 (policy/parser.h), at
+// request time (the CLI) and in every reader (check: outside_rule), so no stored grant can carry
+// terminal control sequences to an approver's screen.
+std::array<std::pair<const char*, std::string_view>, 6> request_texts(const GrantRequest& r) noexcept;
 // Empty if `req` fits `rule` (ignoring the rule's expiry), else why not.
 std::string rule_refusal(const Policy& policy, const OptOutRule& rule, const GrantRequest& req);
 // Whether `principal` may approve (kApprove/kDeny) or review (kReview) requests under `rule` for `req`.

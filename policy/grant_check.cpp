@@ -10,6 +10,7 @@
 #include "common/civil_time.h"
 #include "common/duration.h"
 #include "policy/grant.h"
+#include "policy/parser.h"
 
 namespace sshring::policy {
 namespace {
@@ -77,6 +78,15 @@ std::string decider_refusal_with(const OptOutRule& rule, const GrantRequest& req
 }
 
 }  // namespace
+
+std::array<std::pair<const char*, std::string_view>, 6> request_texts(const GrantRequest& r) noexcept {
+  return {{{"who", r.who},
+           {"requester", r.requester},
+           {"rule", r.rule},
+           {"reason", r.reason},
+           {"os_user", r.os_user},
+           {"host", r.host}}};
+}
 
 std::string rule_refusal(const Policy& policy, const OptOutRule& rule, const GrantRequest& req) {
   return rule_refusal_with(rule, req, [&](std::string_view n) { return policy.find_principal(n); });
@@ -196,8 +206,12 @@ CheckedGrant GrantChecker::check(const SignedGrant& g, UnixSeconds now) const {
   if (!owner)
     return reject("unknown_key", "request signed by " + fp + ", a key no principal of the policy lists");
   if (owner->name != r.requester)
-    return reject("signer_mismatch",
-                  "request names requester " + r.requester + " but " + fp + " is " + owner->name + "'s key");
+    return reject("signer_mismatch", "request names requester " + printable_escape(r.requester) + " but " +
+                                         fp + " is " + owner->name + "'s key");
+  for (const auto& [field, text] : request_texts(r))
+    if (!printable_utf8(text))
+      return reject("outside_rule",
+                    std::string("request field ") + field + " holds a control character or invalid UTF-8");
   if (r.created > now + kClockSkewSeconds)
     return reject("future_time", "request time " + common::format_rfc3339(r.created) + " is in the future");
   auto rit = rules_.find(r.rule);
@@ -207,8 +221,8 @@ CheckedGrant GrantChecker::check(const SignedGrant& g, UnixSeconds now) const {
   if (!no.empty()) return reject("outside_rule", "rule " + rule->id + ": " + no);
   for (size_t i = 0; i < g.decisions.size(); ++i) {
     const GrantDecision& d = g.decisions[i];
-    std::string what =
-        "decision " + std::to_string(i) + " (" + std::string(decision_name(d.kind)) + " by " + d.signer + ")";
+    std::string what = "decision " + std::to_string(i) + " (" + std::string(decision_name(d.kind)) + " by " +
+                       printable_escape(d.signer) + ")";
     std::string dfp;
     if (d.signature.empty()) return reject("bad_decision", what + ": not signed");
     if (!verify(d.signature, canonical_decision(r, d), &dfp, &why))
@@ -217,6 +231,9 @@ CheckedGrant GrantChecker::check(const SignedGrant& g, UnixSeconds now) const {
     if (!o || o->name != d.signer)
       return reject("bad_decision",
                     what.append(": signed by ").append(dfp).append(", not a key of ").append(d.signer));
+    if (!printable_utf8(d.signer) || !printable_utf8(d.note) || !printable_utf8(d.os_user) ||
+        !printable_utf8(d.host))
+      return reject("bad_decision", what + ": holds a control character or invalid UTF-8");
     if (d.at > now + kClockSkewSeconds) return reject("future_time", what + ": time is in the future");
     c.decisions.push_back(CheckedApproval{d.kind, d.signer, dfp, d.at, d.note, false, {}});
   }
@@ -300,6 +317,15 @@ void GrantChecker::evaluate(const OptOutRule& rule, CheckedGrant& c, UnixSeconds
       c.detail = "needs " + std::to_string(need - approvers) + " more approval(s); pending until " +
                  common::format_rfc3339(window_end);
     }
+    return;
+  }
+  if (now < *activation) {
+    // Dated ahead of this reader's clock (within the skew): not usable before it starts, so it never
+    // lives longer than its ttl (<= max_ttl) from when it can first be used. Checked again then.
+    c.status = revoke ? GrantStatus::kRevoked : GrantStatus::kPending;
+    c.pending_until = *activation;
+    c.detail = revoke ? "withdrawn by " + revoke->signer + " before it started"
+                      : "starts at " + common::format_rfc3339(*activation) + " (dated ahead of this clock)";
     return;
   }
   c.activated = true;

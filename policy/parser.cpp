@@ -19,10 +19,6 @@
 
 namespace sshring::policy {
 
-namespace {
-
-// Printable text only: control characters and invalid UTF-8 would corrupt logs, audit records and
-// the YAML we emit.
 bool printable_utf8(std::string_view s) {
   for (size_t i = 0; i < s.size();) {
     auto c = static_cast<unsigned char>(s[i]);
@@ -49,6 +45,43 @@ bool printable_utf8(std::string_view s) {
   }
   return true;
 }
+
+std::string printable_escape(std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    auto c = static_cast<unsigned char>(s[i]);
+    size_t len = c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+    std::string_view one = s.substr(i, len);
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (one.size() != len || !printable_utf8(one)) {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+      len = 1;
+    } else if (len == 3 && c == 0xe2) {
+      const uint32_t cp = ((c & 0x0fu) << 12) | ((static_cast<unsigned char>(one[1]) & 0x3fu) << 6) |
+                          (static_cast<unsigned char>(one[2]) & 0x3fu);
+      const bool bidi =
+          cp == 0x200e || cp == 0x200f || (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
+      if (bidi) {
+        out += "\\u{";
+        for (int shift = 12; shift >= 0; shift -= 4) out += kHex[(cp >> shift) & 15];
+        out += "}";
+      } else {
+        out += one;
+      }
+    } else {
+      out += one;
+    }
+    i += len;
+  }
+  return out;
+}
+
+namespace {
 
 constexpr const char* kDayNames[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
 

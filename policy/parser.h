@@ -18,6 +18,16 @@ class PolicyError : public common::SourceError {
 };
 
 // Parses YAML text. `source` names the input in errors. Throws PolicyError.
+// Printable text only: false for control characters (C0, DEL, C1) and invalid or overlong UTF-8,
+// which would corrupt logs, audit records, terminals and the YAML we emit. The policy parser and the
+// grant code (request text, decision notes) use the same rule.
+[[nodiscard]] bool printable_utf8(std::string_view s);
+// `s` made safe to print to a terminal: printable UTF-8 stays as it is, a backslash becomes "\\",
+// every other byte "\xHH", and the bidirectional overrides and isolates (U+200E, U+200F,
+// U+202A-U+202E, U+2066-U+2069), which reorder what a screen shows, "\u{XXXX}". Injective, so
+// two different texts never print alike.
+[[nodiscard]] std::string printable_escape(std::string_view s);
+
 Policy parse_policy(std::string_view text, std::string_view source = "policy.yaml");
 // Reads and parses a file (size-limited). Throws PolicyError (or common::SystemError if unreadable).
 Policy load_policy_file(const std::string& path);

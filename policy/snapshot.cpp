@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 
@@ -391,9 +392,50 @@ std::shared_ptr<const Snapshot> Snapshot::build_checked(std::shared_ptr<const Po
   return build_from_checked(std::move(policy), std::move(shared), generation);
 }
 
+namespace {
+
+// One grant id, one grant: a store (or a cache) delivering several objects for an id must not widen
+// access. Identical copies count once (the later ones are dropped); copies that differ in any way
+// (another request, fewer or other decisions) are all refused as "duplicate_id", which is at least as
+// restrictive as the most restrictive copy and cannot be steered by choosing which copy to add.
+void dedupe_by_id(std::vector<CheckedGrants::Ptr>& checked) {
+  std::map<std::string, std::vector<size_t>> by_id;
+  for (size_t i = 0; i < checked.size(); ++i) by_id[checked[i]->object.request.id].push_back(i);
+  std::vector<bool> drop(checked.size(), false);
+  bool any = false;
+  for (const auto& [id, idx] : by_id) {
+    if (idx.size() < 2) continue;
+    any = true;
+    const std::string first = signed_grant_to_json(checked[idx[0]]->object).dump();
+    bool same = true;
+    for (size_t k = 1; k < idx.size() && same; ++k)
+      same = signed_grant_to_json(checked[idx[k]]->object).dump() == first;
+    for (size_t k = same ? 1 : 0; k < idx.size(); ++k) {
+      if (same) {
+        drop[idx[k]] = true;
+        continue;
+      }
+      auto c = std::make_shared<CheckedGrant>(*checked[idx[k]]);
+      c->status = GrantStatus::kRejected;
+      c->reject_reason = "duplicate_id";
+      c->detail = "the store holds " + std::to_string(idx.size()) + " different objects for grant " +
+                  std::string(id) + "; none is honoured";
+      checked[idx[k]] = std::move(c);
+    }
+  }
+  if (!any) return;
+  size_t out = 0;
+  for (size_t i = 0; i < checked.size(); ++i)
+    if (!drop[i]) checked[out++] = std::move(checked[i]);
+  checked.resize(out);
+}
+
+}  // namespace
+
 std::shared_ptr<const Snapshot> Snapshot::build_from_checked(std::shared_ptr<const Policy> policy,
                                                              std::vector<CheckedGrants::Ptr> checked,
                                                              uint64_t generation) {
+  dedupe_by_id(checked);
   std::vector<Grant> honoured;
   for (const auto& c : checked)
     if (c->honoured()) honoured.push_back(c->terms);

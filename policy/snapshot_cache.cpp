@@ -34,10 +34,57 @@ void write_all(int fd, std::string_view data, const std::string& path) {
   }
 }
 
-bool read_all(const std::string& path, std::string* out, std::string* why) {
-  common::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+// Who may have written `st`: this process's user or root, and nobody through group or other write
+// bits. The checksum only detects corruption; whoever can write the cache can rewrite it with a new
+// checksum (the policy and grants a consumer starts from while etcd is away), so ownership and mode
+// are what keep others out. Empty if trusted, else why not (with the fix).
+std::string untrusted(const struct stat& st, const std::string& what) {
+  if (st.st_uid != ::geteuid() && st.st_uid != 0)
+    return what + " is owned by uid " + std::to_string(st.st_uid) + ", neither us (uid " +
+           std::to_string(::geteuid()) + ") nor root; chown it to the service user";
+  if (st.st_mode & (S_IWGRP | S_IWOTH))
+    return what + " is writable by group or others; run chmod go-w " + what;
+  return {};
+}
+
+// The cache directory, opened without following a symlink and checked (untrusted); -1 with *why.
+int open_cache_dir(const std::string& dir, std::string* why) {
+  common::UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd) {
+    *why = errno == ENOTDIR || errno == ELOOP
+               ? "cache directory " + dir + " is not a directory (symlinks are refused)"
+               : "cache directory " + dir + ": " + std::strerror(errno);
+    return -1;
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    *why = "stat cache directory " + dir + ": " + std::strerror(errno);
+    return -1;
+  }
+  if (auto no = untrusted(st, "cache directory " + dir); !no.empty()) {
+    *why = no;
+    return -1;
+  }
+  return fd.release();
+}
+
+bool read_all(int dfd, const std::string& name, const std::string& path, std::string* out, std::string* why) {
+  common::UniqueFd fd(::openat(dfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (!fd) {
+    *why = errno == ELOOP ? path + ": a symlink (refused)" : path + ": " + std::strerror(errno);
+    return false;
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
     *why = path + ": " + std::strerror(errno);
+    return false;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    *why = path + ": not a regular file (refused)";
+    return false;
+  }
+  if (auto no = untrusted(st, path); !no.empty()) {
+    *why = no;
     return false;
   }
   char buf[65536];
@@ -76,6 +123,9 @@ void save_cached_snapshot(const std::string& dir, const std::string& source, con
                           UnixSeconds now) {
   if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST)
     common::throw_errno("create cache directory " + dir);
+  std::string why;
+  common::UniqueFd dfd(open_cache_dir(dir, &why));
+  if (!dfd) throw common::UsageError(why);
   // The checksum is over the body as dumped; load re-dumps the body it parsed and compares. The
   // member is appended to the same text rather than dumping everything a second time (at 100,000
   // grants that is tens of MiB); key order in the file does not matter to the parser.
@@ -84,23 +134,33 @@ void save_cached_snapshot(const std::string& dir, const std::string& source, con
   text.pop_back();  // the closing brace
   text += R"(,"sha256":")" + sum + "\"}";
   const std::string path = cached_snapshot_path(dir, source);
-  const std::string tmp = path + ".tmp";
+  const std::string name = path.substr(dir.size() + 1), tmp_name = name + ".tmp", tmp = path + ".tmp";
   {
-    common::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
+    // Never an existing file: a planted symlink or file at the temp name is not written through.
+    // One left by a write that died (or planted) is removed first; unlink removes a symlink itself.
+    constexpr int kFlags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+    common::UniqueFd fd(::openat(dfd.get(), tmp_name.c_str(), kFlags, 0640));
+    if (!fd && errno == EEXIST) {
+      if (::unlinkat(dfd.get(), tmp_name.c_str(), 0) != 0 && errno != ENOENT)
+        common::throw_errno("remove stale " + tmp);
+      fd = common::UniqueFd(::openat(dfd.get(), tmp_name.c_str(), kFlags, 0640));
+    }
     if (!fd) common::throw_errno("create " + tmp);
     write_all(fd.get(), text, tmp);
     if (::fsync(fd.get()) != 0) common::throw_errno("fsync " + tmp);
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) common::throw_errno("rename " + tmp + " to " + path);
-  common::UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!d || ::fsync(d.get()) != 0) common::throw_errno("fsync cache directory " + dir);
+  if (::renameat(dfd.get(), tmp_name.c_str(), dfd.get(), name.c_str()) != 0)
+    common::throw_errno("rename " + tmp + " to " + path);
+  if (::fsync(dfd.get()) != 0) common::throw_errno("fsync cache directory " + dir);
 }
 
 std::optional<CachedSnapshot> load_cached_snapshot(const std::string& dir, const std::string& source,
                                                    std::string* why) {
   const std::string path = cached_snapshot_path(dir, source);
+  common::UniqueFd dfd(open_cache_dir(dir, why));
+  if (!dfd) return std::nullopt;
   std::string text;
-  if (!read_all(path, &text, why)) return std::nullopt;
+  if (!read_all(dfd.get(), path.substr(dir.size() + 1), path, &text, why)) return std::nullopt;
   try {
     auto j = nlohmann::json::parse(text);
     std::string sum = j.at("sha256").get<std::string>();
@@ -118,7 +178,7 @@ std::optional<CachedSnapshot> load_cached_snapshot(const std::string& dir, const
       return std::nullopt;
     }
     if (sha256_hex(body(c.source, c.data, c.saved_at).dump()) != sum) {
-      *why = path + ": checksum mismatch (a torn or edited cache file); it is ignored";
+      *why = path + ": checksum mismatch (a corrupt or torn cache file); it is ignored";
       return std::nullopt;
     }
     if (c.source != source) {

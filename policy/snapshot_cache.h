@@ -3,8 +3,12 @@
 //
 // One file per source (<dir>/snapshot-<hash of the source>.json) holding the policy text, every
 // grant's JSON as the store holds it, the store revision and a SHA-256 over all of it. Written
-// atomically (temp file, fsync, rename, fsync of the directory); on load the checksum, the format
-// and the source must match, otherwise the file is refused (and the caller fails closed).
+// atomically (a fresh temp file, O_EXCL|O_NOFOLLOW, fsync, rename, fsync of the directory); on load
+// the checksum, the format and the source must match, otherwise the file is refused (and the caller
+// fails closed). The checksum detects corruption, not tampering: it is unkeyed, and anyone who can
+// write the file can recompute it. What keeps others from writing it is ownership and mode, which
+// both load and save check: the directory and the file must be owned by this process's user (or
+// root) and not writable by group or others, and neither may be a symlink.
 #pragma once
 
 #include <chrono>
@@ -43,10 +47,12 @@ struct CachedSnapshot {
   UnixSeconds saved_at = 0;
 };
 
-// Throws common::SystemError naming the file on I/O errors.
+// Throws common::SystemError naming the file on I/O errors, common::UsageError for a directory
+// that is not trusted (owner, mode, symlink).
 void save_cached_snapshot(const std::string& dir, const std::string& source, const SourceData& data,
                           UnixSeconds now);
-// nullopt with *why when there is no usable cache (missing, corrupt, other source).
+// nullopt with *why when there is no usable cache (missing, corrupt, other source, or a directory or
+// file that others could have written).
 std::optional<CachedSnapshot> load_cached_snapshot(const std::string& dir, const std::string& source,
                                                    std::string* why);
 // Writes the newest data handed to it on a thread of its own (at a lower CPU priority), so that

@@ -104,6 +104,7 @@ bool EtcdSource::list() {
       // An unchanged grant keeps its text object, so the reloader reuses its check after a re-list.
       std::map<std::string, GrantText> listed;
       for (auto& kv : r.kvs) {
+        if (is_misplaced(kv)) continue;
         auto old = grants_.find(kv.key);
         GrantText text = old != grants_.end() && *old->second == kv.value
                              ? old->second
@@ -131,6 +132,16 @@ bool EtcdSource::list() {
   }
 }
 
+// A value under another key than its own id's (etcd/store.h grant_key_matches) is never a grant.
+bool EtcdSource::is_misplaced(const KeyValue& kv) {
+  std::string why;
+  if (grant_key_matches(keys_, kv.key, kv.value, &why)) return false;
+  misplaced_.fetch_add(1);
+  common::log_warn("skipping a grant stored under another key than its id",
+                   {{"source", id()}, {"key", kv.key}, {"error", why}});
+  return true;
+}
+
 void EtcdSource::mark_synced(int64_t revision) {
   revision_ = std::max(revision_, revision);
   up_ = true;
@@ -153,7 +164,7 @@ bool EtcdSource::apply(const WatchBatch& b) {
   for (const auto& ev : b.events) {
     if (!ev.kv.key.starts_with(keys_.grants())) continue;
     changed = true;
-    if (ev.type == EventType::kPut) {
+    if (ev.type == EventType::kPut && !is_misplaced(ev.kv)) {
       grants_[ev.kv.key] = std::make_shared<const std::string>(ev.kv.value);
     } else {
       grants_.erase(ev.kv.key);

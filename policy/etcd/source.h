@@ -41,12 +41,15 @@ class EtcdSource final : public SnapshotSource {
 
   // Watches re-created after a compaction (tests, and a log line each time).
   [[nodiscard]] uint64_t relists() const noexcept { return relists_.load(); }
+  // Grant values skipped (each time seen) because their key is not keys.grant(their id).
+  [[nodiscard]] uint64_t misplaced() const noexcept { return misplaced_.load(); }
 
  private:
   void run();
   bool list();
   void watch_once();
   bool apply(const WatchBatch& b);
+  bool is_misplaced(const KeyValue& kv);
   void mark_synced(int64_t revision);
   bool wait_for(std::chrono::milliseconds d);
 
@@ -68,6 +71,7 @@ class EtcdSource final : public SnapshotSource {
   std::condition_variable cv_;
 
   std::atomic<uint64_t> relists_{0};
+  std::atomic<uint64_t> misplaced_{0};
   std::thread thread_;
   std::thread ticker_;
 };

@@ -78,6 +78,18 @@ std::string sha256_hex(std::string_view data) {
   return common::sha256_hex(data);
 }
 
+bool grant_key_matches(const Keys& k, std::string_view key, std::string_view value, std::string* why) {
+  auto j = nlohmann::json::parse(value, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return true;
+  auto it = j.find("id");
+  if (it == j.end() || !it->is_string()) return true;
+  const auto& id = it->get_ref<const std::string&>();
+  if (key == k.grant(id)) return true;
+  if (why)
+    *why = "the value is grant " + id.substr(0, 64) + ", which belongs under " + k.grant(id.substr(0, 64));
+  return false;
+}
+
 EtcdGrantStore::EtcdGrantStore(std::shared_ptr<Client> client, std::string prefix)
     : client_(std::move(client)), keys_(std::move(prefix)) {}
 
@@ -97,8 +109,16 @@ std::vector<SignedGrant> EtcdGrantStore::load() const {
   base_revision_ = r.revision;
   std::vector<SignedGrant> out;
   out.reserve(r.kvs.size());
-  for (const auto& kv : r.kvs)
+  for (const auto& kv : r.kvs) {
+    std::string why;
+    if (!grant_key_matches(keys_, kv.key, kv.value, &why)) {
+      ++misplaced_;
+      common::log_warn("skipping a grant stored under another key than its id",
+                       {{"key", kv.key}, {"error", why}});
+      continue;
+    }
     if (auto g = parse_grant(kv)) out.push_back(std::move(*g));
+  }
   return out;
 }
 
@@ -151,6 +171,10 @@ std::optional<SignedGrant> EtcdGrantStore::update(std::string_view id,
     if (!g) {
       throw common::UsageError("grant " + std::string(id) + " in " + location() +
                                " is unreadable; see the warning above");
+    }
+    if (g->id() != id) {
+      throw common::UsageError(key + " in " + location() + " holds grant " + g->id() + ", not " +
+                               std::string(id) + "; refusing to change it");
     }
     base_revision_ = r.kvs[0].mod_revision;
     change(*g);

@@ -1,7 +1,8 @@
 // sshring's keys in etcd, the grant store on them, and publishing the policy.
 //
 // Layout under a prefix (default /sshring; docs/etcd.md):
-//   PREFIX/grants/<id>                  one grant, its JSON exactly as the grant code serializes it
+//   PREFIX/grants/<id>                  one grant, its JSON exactly as the grant code serializes it;
+//                                       a value under any other key than its own id's is skipped
 //   PREFIX/policy/current               {"digest","size","chunks","author","pushed_at","push_id"}
 //   PREFIX/policy/blob/<sha256>/<nnnn>  the policy text in chunks of at most 1 MiB
 //   PREFIX/leases/<unix>                the lease id that garbage-collects grants of one hour bucket
@@ -71,6 +72,8 @@ class EtcdGrantStore final : public GrantStore {
   [[nodiscard]] int64_t base_revision() const noexcept override { return base_revision_; }
   // The etcd revision of this store's last write; 0 before any.
   [[nodiscard]] int64_t last_revision() const noexcept { return last_revision_; }
+  // Values skipped by load() because their key is not keys.grant(their id) (grant_key_matches).
+  [[nodiscard]] uint64_t misplaced() const noexcept { return misplaced_; }
 
  private:
   int64_t bucket_lease(UnixSeconds expires, UnixSeconds now);
@@ -78,6 +81,7 @@ class EtcdGrantStore final : public GrantStore {
   Keys keys_;
   int64_t last_revision_ = 0;
   mutable int64_t base_revision_ = 0;  // set by load(), and by update() before each change
+  mutable uint64_t misplaced_ = 0;
 };
 
 struct PolicyMeta {
@@ -113,5 +117,12 @@ PushResult push_policy(Client& c, const Keys& k, const std::string& text, const 
                        UnixSeconds now, int64_t base_revision);
 
 std::string sha256_hex(std::string_view data);
+
+// A grant value read from etcd belongs under exactly keys.grant(<the id it carries>). False (and
+// *why set) when `value` names another id: a copy planted under another key (a "shadow" that a
+// revoke, which rewrites PREFIX/grants/<id>, would never reach). A value with no readable id is
+// not judged here: it cannot parse as a grant, and the grant reader skips it as unreadable.
+[[nodiscard]] bool grant_key_matches(const Keys& k, std::string_view key, std::string_view value,
+                                     std::string* why);
 
 }  // namespace sshring::policy::etcd

@@ -398,6 +398,54 @@ TEST_F(PolicyCli, ForgedGrantFilesAreRejectedByExplainAndList) {
                                                         {"g-0000000f0a9f", "rejected:unsigned"}}));
 }
 
+// A requester hides a request's scope from approvers with terminal control sequences in its text
+// (F5): refused at request time, escaped in every text output, and approve shows the signed terms.
+TEST_F(PolicyCli, ControlCharactersAreRefusedAndEscaped) {
+  std::string out;
+  const std::string disguise = "kernel patch INC-42\r\x1b[49C10.9.1.7/32         10.1.2.3/32:22\x1b[K";
+  EXPECT_EQ(cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3:22", "--ttl",
+                             "1h", "--reason", disguise}),
+                &out),
+            2)
+      << out;
+  EXPECT_NE(out.find("--reason: control characters and invalid UTF-8 are not allowed"), std::string::npos)
+      << out;
+  EXPECT_EQ(out.find('\x1b'), std::string::npos) << out;
+  EXPECT_EQ(cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3:22", "--ttl",
+                             "1h", "--reason", "fine"}),
+                &out, "USER=\"$(printf 'al\\033ice')\" "),
+            2)
+      << out;
+  EXPECT_NE(out.find("the login name"), std::string::npos) << out;
+
+  ASSERT_EQ(cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3:22", "--ttl",
+                             "1h", "--reason", "kernel patch INC-42", "--json"}),
+                &out),
+            0)
+      << out;
+  auto g = nlohmann::json::parse(out);
+  const std::string id = g["id"];
+  // The approver sees the canonical terms the signature is bound to.
+  ASSERT_EQ(cli(as("carol", {"grant", "approve", id}), &out), 0) << out;
+  for (const char* line :
+       {"signing approve of ", "  who:       alice (requested by alice)", "  from:      10.9.0.0/24",
+        "  to:        10.1.2.3/32", "  ports:     22", "  ttl:       1h", "  reason:    kernel patch INC-42"})
+    EXPECT_NE(out.find(line), std::string::npos) << line << "\n" << out;
+  // A note with a control character is refused before anything is signed.
+  EXPECT_EQ(cli(as("dave", {"grant", "deny", id, "--reason", "no\x1b[2J"}), &out), 2) << out;
+
+  // A stored grant (written straight into the store) carrying the disguise: listed escaped.
+  g.erase("status");
+  g.erase("detail");
+  g["id"] = g["request"]["id"] = "g-0000000f0e5c";
+  g["request"]["reason"] = disguise;
+  sshring::testing::write_file(dir_.file("grants/g-0000000f0e5c.grant"), g.dump());
+  ASSERT_EQ(cli(with({"grant", "list"}), &out), 0) << out;
+  EXPECT_EQ(out.find('\x1b'), std::string::npos) << out;
+  EXPECT_EQ(out.find('\r'), std::string::npos) << out;
+  EXPECT_NE(out.find("kernel patch INC-42\\x0d\\x1b[49C10.9.1.7/32"), std::string::npos) << out;
+}
+
 // Revocation needs only the store: it works while the policy file is broken.
 TEST_F(PolicyCli, RevokeWorksWhileThePolicyIsBroken) {
   std::string out;

@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "client/client.h"
+#include "common/error.h"
 #include "common/unique_fd.h"
 #include "policy/cache.h"
 #include "policy/etcd/client.h"
@@ -540,6 +541,66 @@ TEST_F(EtcdFleet, ForgedGrantsWrittenStraightIntoEtcdAreRejected) {
   EXPECT_EQ(relay.flow("10.2.3.4", "10.1.9.9"), FlowTag::kBypassUnapproved);
   EXPECT_EQ(relay.flow("10.2.3.4", "10.1.5.7"), FlowTag::kBypassUnapproved);  // fails closed
   EXPECT_EQ(relay.grants(), 0u);
+}
+
+// A store writer copies a live signed grant to another key (a "shadow" no revoke of the id reaches).
+// Every reader skips a value whose key is not PREFIX/grants/<its id>: the watching consumer, the
+// store the CLI loads, `grant list` and `policy explain`; the revoke then ends the grant everywhere.
+TEST_F(EtcdFleet, ShadowCopyUnderAnotherKeyIsSkippedAndTheRevokeHolds) {
+  EtcdCluster etcd(1);
+  push_ok(etcd, policy_text());
+  Consumer relay(client_for(etcd, "sshring-relay"), dir_.file("cache-relay"));
+  relay.start();
+  std::string out;
+  const std::string id = grant_add(etcd, "10.1.5.0/24", &out);
+  ASSERT_FALSE(id.empty()) << out;
+  ASSERT_TRUE(eventually([&] { return relay.flow("10.2.3.4", "10.1.5.7") == FlowTag::kBypassApproved; }));
+
+  auto writer = client_for(etcd, "sshring-grant");
+  auto got = writer->get("/sshring/grants/" + id);
+  ASSERT_EQ(got.kvs.size(), 1u);
+  // One shadow written before the consumer lists again (a fresh consumer), one while it watches; one
+  // under a well-formed id of another grant.
+  writer->put("/sshring/grants/zz-shadow-" + id, got.kvs[0].value);
+  const int64_t planted = writer->put("/sshring/grants/g-0123456789ab", got.kvs[0].value);
+  ASSERT_TRUE(eventually([&] { return relay.source->status().revision >= planted; }));
+  Consumer fresh(client_for(etcd, "sshring-relay"), dir_.file("cache-fresh"));
+  fresh.start();
+  EXPECT_EQ(fresh.grants(), 1u);
+  EXPECT_EQ(fresh.source->misplaced(), 2u);
+  EXPECT_TRUE(eventually([&] { return relay.source->misplaced() >= 2; })) << relay.source->misplaced();
+
+  ASSERT_EQ(cli(std::vector<std::string>{"grant", "revoke", id, "--identity", ci_key(), "--reason",
+                                         "compromised", "--audit-log", dir_.file("grant.audit.jsonl")} +
+                    etcd.flags("sshring-grant"),
+                &out),
+            0)
+      << out;
+  ASSERT_TRUE(eventually([&] { return relay.flow("10.2.3.4", "10.1.5.7") == FlowTag::kBypassExpired; }));
+  ASSERT_TRUE(eventually([&] { return fresh.flow("10.2.3.4", "10.1.5.7") == FlowTag::kBypassExpired; }));
+  EXPECT_EQ(relay.grants(), 1u);
+
+  etcd::EtcdGrantStore store(writer, "/sshring");
+  auto loaded = store.load();
+  ASSERT_EQ(loaded.size(), 1u);
+  EXPECT_EQ(loaded[0].id(), id);
+  EXPECT_EQ(store.misplaced(), 2u);
+  // A rewrite of the key that holds another id's grant is refused, not applied to the copy.
+  EXPECT_THROW(store.update("g-0123456789ab", [](SignedGrant&) {}), common::UsageError);
+
+  ASSERT_EQ(cli(std::vector<std::string>{"grant", "list", "--json"} + etcd.flags("sshring-grant"), &out), 0)
+      << out;
+  const std::string row = "\"id\": \"" + id + "\"";
+  size_t listed = 0;
+  for (size_t at = out.find(row); at != std::string::npos; at = out.find(row, at + 1)) ++listed;
+  EXPECT_EQ(listed, 1u) << out;
+  EXPECT_EQ(out.find("\"active\""), std::string::npos) << out;
+  ASSERT_EQ(cli(std::vector<std::string>{"policy", "explain", "--flow", "10.2.3.4", "10.1.5.7:22"} +
+                    etcd.flags("sshring-relay"),
+                &out),
+            0)
+      << out;
+  EXPECT_EQ(out.find("bypass_approved"), std::string::npos) << out;
 }
 
 // Least privilege: what each credential may do is what etcd enforces.

@@ -449,6 +449,105 @@ TEST(GrantCheck, SignedRevocationEndsTheGrant) {
   EXPECT_EQ(snap->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 99).tag, FlowTag::kBypassApproved);
 }
 
+// Two objects for one id (a planted copy without the revocation) must not widen access: identical
+// copies count once, differing ones are all refused.
+TEST(GrantCheck, DuplicateIdsNeverWidenAccess) {
+  World w;
+  auto pol = w.policy();
+  auto g =
+      signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT), "g-0000000000e2");
+  auto revoked = g;
+  add_decision(revoked, w.carol, DecisionKind::kRevoke, kT + 100, "done");
+  for (const auto& stored : {std::vector<SignedGrant>{revoked, g}, std::vector<SignedGrant>{g, revoked}}) {
+    auto snap = Snapshot::build_checked(pol, stored, kT + 200, nullptr);
+    EXPECT_EQ(snap->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 200).tag,
+              FlowTag::kBypassUnapproved);
+    EXPECT_TRUE(snap->grants().empty());
+    ASSERT_EQ(snap->checked_grants().size(), 2u);
+    for (const auto& c : snap->checked_grants()) EXPECT_EQ(c.reject_reason, "duplicate_id");
+  }
+  auto same = Snapshot::build_checked(pol, {g, g}, kT + 200, nullptr);
+  EXPECT_EQ(same->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 200).tag, FlowTag::kBypassApproved);
+  EXPECT_EQ(same->grants().size(), 1u);
+  EXPECT_EQ(same->checked_grants().size(), 1u);
+}
+
+// A requester signs `created` up to the clock skew ahead (a forged, future-dated request under a
+// rule that needs no approval): it is pending until then, so it never lives past max_ttl from the
+// moment it can first be used.
+TEST(GrantCheck, FutureDatedRequestIsPendingUntilItStarts) {
+  World w;
+  auto pol = w.policy();
+  auto g = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 8 * 3600, kT + 290),
+                     "g-0000000000e3");
+  auto early = check_grant(*pol, g, kT, nullptr);
+  EXPECT_EQ(early.status, GrantStatus::kPending) << early.detail;
+  EXPECT_FALSE(early.honoured());
+  EXPECT_EQ(early.pending_until, kT + 290);
+  auto snap = Snapshot::build_checked(pol, {g}, kT, nullptr);
+  EXPECT_EQ(snap->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT).tag, FlowTag::kBypassUnapproved);
+  auto started = check_grant(*pol, g, kT + 290, nullptr);
+  EXPECT_EQ(started.status, GrantStatus::kActive) << started.detail;
+  EXPECT_EQ(started.terms.effective_expiry() - (kT + 290), 8 * 3600);  // max_ttl from first use
+
+  // The same for the approval that completes a request, dated ahead.
+  auto a = signed_by(w.alice, request_for("alice", "two-of-security", "10.9.1.0/24", "10.1.2.3/32", 3600, kT),
+                     "g-0000000000e4");
+  add_decision(a, w.carol, DecisionKind::kApprove, kT + 10);
+  add_decision(a, w.dave, DecisionKind::kApprove, kT + 250);
+  auto c = check_grant(*pol, a, kT + 20, nullptr);
+  EXPECT_EQ(c.status, GrantStatus::kPending) << c.detail;
+  EXPECT_EQ(c.pending_until, kT + 250);
+  EXPECT_EQ(check_grant(*pol, a, kT + 250, nullptr).status, GrantStatus::kActive);
+}
+
+// A correctly signed grant whose text carries terminal control sequences (forged straight into the
+// store, bypassing the CLI's check) is rejected by every reader, and escaped wherever it is shown.
+TEST(GrantCheck, ControlCharactersInGrantTextAreRejected) {
+  World w;
+  auto pol = w.policy();
+  auto r = request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT);
+  r.reason = "deploy\r\x1b[49C10.2.1.7/32";
+  auto g = signed_by(w.ci, r, "g-0000000000e5");
+  auto c = check_grant(*pol, g, kT + 5, nullptr);
+  EXPECT_EQ(c.status, GrantStatus::kRejected);
+  EXPECT_EQ(c.reject_reason, "outside_rule") << c.detail;
+  EXPECT_NE(c.detail.find("reason"), std::string::npos) << c.detail;
+  auto h =
+      signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT), "g-0000000000e6");
+  h.request.host =
+      "host\x9b"
+      "31m";  // a lone byte: invalid UTF-8 (a C1 CSI on 8-bit terminals)
+  sign_request(h, w.ci.signer());
+  EXPECT_EQ(check_grant(*pol, h, kT + 5, nullptr).reject_reason, "outside_rule");
+  auto d = signed_by(w.alice, request_for("alice", "two-of-security", "10.9.1.0/24", "10.1.2.3/32", 3600, kT),
+                     "g-0000000000e7");
+  add_decision(d, w.carol, DecisionKind::kApprove, kT + 10, "ok\x1b]0;title\x07");
+  EXPECT_EQ(check_grant(*pol, d, kT + 20, nullptr).reject_reason, "bad_decision");
+  auto snap = Snapshot::build_checked(pol, {g}, kT + 5, nullptr);
+  EXPECT_EQ(snap->classify_flow(ip("10.2.1.1"), ip("10.1.5.7"), 22, kT + 5).tag, FlowTag::kBypassUnapproved);
+  // Rejections decided before the text check quote no raw control character in their detail.
+  auto m = signed_by(w.ci, request_for("ci-bot", "ci", "10.2.1.0/24", "10.1.5.7/32", 3600, kT, "x\x1b[2J"),
+                     "g-0000000000e8");
+  auto mc = check_grant(*pol, m, kT + 5, nullptr);
+  EXPECT_EQ(mc.reject_reason, "signer_mismatch");
+  EXPECT_EQ(mc.detail.find('\x1b'), std::string::npos) << mc.detail;
+  auto n = signed_by(w.alice, request_for("alice", "two-of-security", "10.9.1.0/24", "10.1.2.3/32", 3600, kT),
+                     "g-0000000000e9");
+  add_decision(n, w.carol, DecisionKind::kApprove, kT + 10);
+  n.decisions[0].signer = "carol\x1b[2J";  // no longer the signer's name (and the signature breaks)
+  auto nc = check_grant(*pol, n, kT + 20, nullptr);
+  EXPECT_EQ(nc.reject_reason, "bad_decision");
+  EXPECT_EQ(nc.detail.find('\x1b'), std::string::npos) << nc.detail;
+
+  EXPECT_EQ(printable_escape("ok caf\xc3\xa9 \\ \x1b[2J\r\n\x7f\xff"),
+            "ok caf\xc3\xa9 \\\\ \\x1b[2J\\x0d\\x0a\\x7f\\xff");
+  EXPECT_EQ(printable_escape("a\xe2\x80\xae"
+                             "b\xe2\x81\xa6"),
+            "a\\u{202e}b\\u{2066}");
+  EXPECT_EQ(printable_escape("\xe2\x82\xac"), "\xe2\x82\xac");  // the euro sign stays
+}
+
 TEST(GrantCheck, OnlyStandingRulesApproveWithoutGrants) {
   World w;
   auto snap = Snapshot::build_checked(w.policy(), {}, kT, nullptr);

@@ -58,6 +58,23 @@ TEST(Cidr, ParseAndContain) {
   EXPECT_TRUE(cidr("10.1.0.0/16").overlaps(cidr("10.0.0.0/8")));
 }
 
+// IPv4-mapped IPv6 prefixes: the length is a v6 length (96..128), normalized to the v4 prefix.
+TEST(Cidr, V4MappedPrefixes) {
+  EXPECT_EQ(cidr("::ffff:10.7.3.0/120").to_string(), "10.7.3.0/24");
+  EXPECT_EQ(cidr("::ffff:10.7.3.5/128").to_string(), "10.7.3.5/32");
+  EXPECT_EQ(cidr("::ffff:10.0.0.0/104").to_string(), "10.0.0.0/8");
+  EXPECT_EQ(cidr("::ffff:0.0.0.0/96").to_string(), "0.0.0.0/0");
+  EXPECT_EQ(cidr("::ffff:10.7.3.4").to_string(), "10.7.3.4/32");
+  std::string why;
+  EXPECT_FALSE(Cidr::parse("::ffff:10.7.3.0/95", &why));
+  EXPECT_EQ(why, "IPv4-mapped prefix shorter than /96");
+  EXPECT_FALSE(Cidr::parse("::ffff:10.7.3.0/129", &why));
+  EXPECT_EQ(why, "prefix length must be 0..128");
+  EXPECT_FALSE(Cidr::parse("::ffff:10.7.3.1/120", &why));  // host bits, as for v4
+  EXPECT_NE(why.find("did you mean 10.7.3.0/24"), std::string::npos) << why;
+  EXPECT_FALSE(Cidr::parse("10.7.3.0/33"));  // a plain v4 length still stops at 32
+}
+
 TEST(PortSet, ParseMergeContain) {
   auto p = PortSet::parse("22,2200-2299,2300,80");
   ASSERT_TRUE(p);

@@ -1,5 +1,8 @@
 // The consumers' disk cache of the last good snapshot, and the etcd store URI: round trip, and
 // every way a cache file can be wrong is refused (torn, edited, other source, other format).
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -7,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
 #include "policy/snapshot_cache.h"
 #include "policy/store_uri.h"
 #include "tests/support/process.h"
@@ -88,6 +92,73 @@ TEST(SnapshotCache, RefusesMissingEditedTornAndForeignFiles) {
   }
   sshring::testing::write_file(path, good);
   EXPECT_TRUE(load_cached_snapshot(cache, src, &why)) << why;
+}
+
+// Whoever can write the cache can rewrite it with a fresh checksum (the policy a consumer starts
+// from while etcd is away), so a cache others could write is refused on load and on save, and a
+// planted symlink is never followed.
+TEST(SnapshotCache, RefusesACacheOthersCouldWriteAndFollowsNoSymlink) {
+  sshring::testing::TempDir dir;
+  const std::string cache = dir.file("cache");
+  const std::string src = "etcd://a:1/sshring";
+  std::string why;
+  save_cached_snapshot(cache, src, sample(), 1000);
+  const std::string path = cached_snapshot_path(cache, src);
+  ASSERT_TRUE(load_cached_snapshot(cache, src, &why)) << why;
+
+  // A world-writable (or group-writable) directory: refused both ways, with the fix in the message.
+  for (mode_t mode : {01777, 0770}) {
+    ASSERT_EQ(::chmod(cache.c_str(), mode), 0);
+    EXPECT_FALSE(load_cached_snapshot(cache, src, &why));
+    EXPECT_NE(why.find("is writable by group or others; run chmod go-w"), std::string::npos) << why;
+    try {
+      save_cached_snapshot(cache, src, sample(), 1001);
+      ADD_FAILURE() << "saved into a directory others can write";
+    } catch (const common::UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find("writable by group or others"), std::string::npos) << e.what();
+    }
+  }
+  ASSERT_EQ(::chmod(cache.c_str(), 0750), 0);
+  // The file itself group-writable, or a symlink to a good cache elsewhere.
+  ASSERT_EQ(::chmod(path.c_str(), 0660), 0);
+  EXPECT_FALSE(load_cached_snapshot(cache, src, &why));
+  EXPECT_NE(why.find("writable by group or others"), std::string::npos) << why;
+  ASSERT_EQ(::chmod(path.c_str(), 0640), 0);
+  save_cached_snapshot(dir.file("elsewhere"), src, sample(), 1000);
+  ASSERT_EQ(::rename(path.c_str(), (path + ".moved").c_str()), 0);
+  ASSERT_EQ(::symlink(cached_snapshot_path(dir.file("elsewhere"), src).c_str(), path.c_str()), 0);
+  EXPECT_FALSE(load_cached_snapshot(cache, src, &why));
+  EXPECT_NE(why.find("a symlink (refused)"), std::string::npos) << why;
+  ASSERT_EQ(::rename((path + ".moved").c_str(), path.c_str()), 0);
+  // The directory a symlink to a trusted one.
+  ASSERT_EQ(::symlink(cache.c_str(), dir.file("link").c_str()), 0);
+  EXPECT_FALSE(load_cached_snapshot(dir.file("link"), src, &why));
+  EXPECT_NE(why.find("symlinks are refused"), std::string::npos) << why;
+  // Owned by another user (needs root to set up).
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chown(path.c_str(), 4242, 4242), 0);
+    EXPECT_FALSE(load_cached_snapshot(cache, src, &why));
+    EXPECT_NE(why.find("is owned by uid 4242"), std::string::npos) << why;
+    ASSERT_EQ(::chown(path.c_str(), 0, 0), 0);
+  }
+
+  // A symlink planted at the temp name: the save does not write through it (the victim keeps its
+  // contents), replaces it, and the cache is good.
+  const std::string victim = dir.file("victim");
+  sshring::testing::write_file(victim, "precious\n");
+  ASSERT_EQ(::symlink(victim.c_str(), (path + ".tmp").c_str()), 0);
+  save_cached_snapshot(cache, src, sample(), 1002);
+  EXPECT_EQ(sshring::testing::read_file(victim), "precious\n");
+  struct stat st {};
+  EXPECT_NE(::lstat((path + ".tmp").c_str(), &st), 0);  // renamed into place, not left behind
+  auto c = load_cached_snapshot(cache, src, &why);
+  ASSERT_TRUE(c) << why;
+  EXPECT_EQ(c->saved_at, 1002);
+  // A stale regular temp file (a write that died) is replaced too.
+  sshring::testing::write_file(path + ".tmp", "half a write");
+  save_cached_snapshot(cache, src, sample(), 1003);
+  ASSERT_TRUE((c = load_cached_snapshot(cache, src, &why))) << why;
+  EXPECT_EQ(c->saved_at, 1003);
 }
 
 // The writer behind the reloader: the newest data wins, flush() waits for it, and data still pending
