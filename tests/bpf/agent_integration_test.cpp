@@ -659,18 +659,25 @@ TEST_F(AgentIntegration, EndingAFlowWithNoSocketLeavesSshdListening) {
 TEST_F(AgentIntegration, UnlistedAddressesOfTheHostAreProtected) {
   ASSERT_EQ(run({"ip", "-n", host_->name(), "addr", "add", "10.66.0.1/32", "dev", "lo"}), 0);
   ASSERT_EQ(run({"ip", "-n", cli_->name(), "route", "add", "10.66.0.1/32", "dev", "vc"}), 0);
-  std::string ll;  // the host's link-local address on vh, once duplicate detection is done
-  ASSERT_TRUE(eventually(
-      [&] {
-        std::string out;
-        host_->exec("ip -6 -o addr show dev vh scope link | grep -v tentative", &out);
-        auto at = out.find("fe80::");
-        if (at == std::string::npos) return false;
-        ll = out.substr(at, out.find('/', at) - at);
-        return true;
-      },
-      10s))
-      << "no link-local address on vh";
+  // Each side's link-local address, once duplicate address detection is done with it (a tentative
+  // one can neither accept nor be the source of a connection).
+  auto link_local = [](const NetNs& ns, const char* dev) {
+    std::string ll;
+    (void)eventually(
+        [&] {
+          std::string out;
+          ns.exec(std::string("ip -6 -o addr show dev ") + dev + " scope link | grep -v tentative", &out);
+          auto at = out.find("fe80::");
+          if (at == std::string::npos) return false;
+          ll = out.substr(at, out.find('/', at) - at);
+          return true;
+        },
+        10s);
+    return ll;
+  };
+  const std::string ll = link_local(*host_, "vh");
+  ASSERT_FALSE(ll.empty()) << "no link-local address on vh";
+  ASSERT_FALSE(link_local(*cli_, "vc").empty()) << "no link-local address on vc";
   const std::string server = dir_.file("listen.py");
   write_file(server, R"(import socket, sys, threading
 def serve(s):
