@@ -275,6 +275,15 @@ void Reloader::report_rejected(const Snapshot& snap) {
   rejected_ = std::move(now_rejected);
 }
 
+bool Reloader::pending_due() const {
+  auto s = cache_.current();
+  if (!s) return false;
+  const UnixSeconds now = unix_now();
+  for (const auto& c : s->checked_grants())
+    if (c.status == GrantStatus::kPending && c.pending_until <= now) return true;
+  return false;
+}
+
 void Reloader::update_gauges() {
   if (!opts_.observer) return;
   auto s = cache_.current();
@@ -407,6 +416,12 @@ void Reloader::run() {
       update_gauges();
       report_source();
       next_gauges = now + std::chrono::milliseconds(opts_.gauge_interval_ms);
+      // A pending grant whose time has come (one dated a little ahead of this clock starts; one
+      // awaiting approval expires) changes only when checked again: nothing else may change by then.
+      if (!pending && pending_due()) {
+        pending = true;
+        due = now;
+      }
     }
   }
 }

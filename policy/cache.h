@@ -196,6 +196,8 @@ class Reloader {
   void load_from_source();
   void report_source();
   void update_gauges();
+  // True if a pending grant of the current snapshot is due to be checked again (pending_until).
+  [[nodiscard]] bool pending_due() const;
   void report_rejected(const Snapshot& snap);
   void report_restored(const std::vector<std::string>& ids);
   void save_ledger();

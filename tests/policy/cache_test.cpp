@@ -213,6 +213,38 @@ TEST(Reloader, AnUnreadableGrantStoreDoesNotHoldBackThePolicy) {
   ASSERT_EQ(::chmod(store.c_str(), 0750), 0);
 }
 
+// A grant dated a little ahead of this reader's clock is pending until it starts. Nothing in the
+// store changes then, yet it must become active on its own.
+TEST(Reloader, AGrantDatedAheadStartsWithoutAStoreChange) {
+  sshring::testing::TempDir dir;
+  const std::string path = dir.file("policy.yaml");
+  const std::string store = dir.file("grants");
+  sshring::testing::write_file(path, policy_text(store, "10.0.0.0/28"));
+  DirGrantStore gs(store);
+  const UnixSeconds start = ::time(nullptr) + 2;
+  gs.add(ci_grant("g-0000000000ab", start, 3600));
+  PolicyCache cache;
+  ReloaderOptions o;
+  o.policy_path = path;
+  o.handle_sighup = false;
+  o.watch = false;
+  o.gauge_interval_ms = 100;
+  Reloader rl(cache, o);
+  ASSERT_TRUE(rl.reload());
+  rl.start();
+  const auto client = *IpAddr::parse("10.2.9.9");
+  const auto dst = *IpAddr::parse("10.1.5.1");
+  EXPECT_EQ(cache.current()->checked_grants()[0].status, GrantStatus::kPending);
+  EXPECT_NE(cache.current()->classify_flow(client, dst, 22, start - 1).tag, FlowTag::kBypassApproved);
+  EXPECT_TRUE(eventually(
+      [&] {
+        return cache.current()->classify_flow(client, dst, 22, ::time(nullptr)).tag ==
+               FlowTag::kBypassApproved;
+      },
+      8s));
+  rl.stop();
+}
+
 struct Recorder {
   int ok = 0, failed = 0;
   int64_t last_success = 0;
