@@ -803,6 +803,8 @@ TEST(RelayTest, AnAbortedHandoverLetsTheWaitingStopGoAhead) {
   EXPECT_LE(::recv(rig.held.get(), &b, 1, 0), 0) << "the session outlived the stop";
   ASSERT_TRUE(eventually([&] { return rig.relay.finished(); })) << "the stop did not go ahead";
   rig.relay.wait();
+  // The server thread reports the result after it resumed the sessions, so possibly after the stop.
+  EXPECT_TRUE(eventually([&] { return !rig.results_now().empty(); }));
   EXPECT_EQ(rig.results_now(), std::vector<std::string>{"failed"});
   EXPECT_FALSE(rig.server->handed_over());
 }
