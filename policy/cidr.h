@@ -33,7 +33,7 @@ struct IpAddr {
   // Bit i counted from the most significant bit of the first byte.
   [[nodiscard]] unsigned bit(unsigned i) const noexcept { return (bytes[i >> 3] >> (7 - (i & 7))) & 1u; }
   [[nodiscard]] std::string to_string() const;
-  auto operator<=>(const IpAddr&) const = default;
+  auto operator<=>(const IpAddr&) const = default;  // NOLINT(modernize-use-nullptr): tidy 14 misreads it
 };
 
 // A prefix "10.0.0.0/8", "fd00::/120". A bare address is a host prefix (/32 or /128).

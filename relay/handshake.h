@@ -119,7 +119,7 @@ class HandshakeFactory {
   virtual bool adopt_replay(const std::vector<std::string>& parts) { return parts.empty(); }
 };
 
-inline constexpr size_t kMaxReplayPartBytes = 48 * 1024;
+inline constexpr size_t kMaxReplayPartBytes = size_t{48} * 1024;
 
 // Largest client preamble the worker buffers before the handshake must decide.
 inline constexpr size_t kMaxHandshakeBytes = 8192;

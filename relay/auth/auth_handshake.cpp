@@ -65,7 +65,7 @@ struct SessionState {
   // signature is verified all go out as kNotAuthenticated with one fixed message). `told`: what the
   // client reads instead of `message` when that holds more than it should learn.
   HandshakeStep deny(protocol::Reason r, std::string message,
-                     std::optional<protocol::Reason> wire = std::nullopt, std::string told = {}) {
+                     std::optional<protocol::Reason> wire = std::nullopt, const std::string& told = {}) {
     // The text first: `denied` promises it (on_data answers a repeat call with its reply).
     auto text = std::make_unique<DenyText>();
     text->message = std::move(message);
