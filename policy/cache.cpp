@@ -140,9 +140,9 @@ void Reloader::reload_or_throw() {
                                         next_generation_.fetch_add(1));
     for (const auto& c : snap->checked_grants()) ledger_.remember(c);
     report_restored(restored);
-    save_ledger();
     report_rejected(*snap);
     cache_.publish(snap);
+    save_ledger();  // after publishing: a revocation must not wait on a disk
     watched_store_ = store;
     if (!store_error.empty()) {
       common::log_error("grant store unreadable; the policy is in force with the last grants read",
@@ -198,9 +198,9 @@ void Reloader::load_from_source() {
     std::vector<std::string> restored;
     auto snap = build_from(c->data, memo_, &signatures_, ledger_, restored, next_generation_.fetch_add(1));
     report_restored(restored);
-    save_ledger();
     report_rejected(*snap);
     cache_.publish(snap);
+    save_ledger();  // after publishing: a revocation must not wait on a disk
     from_cache_.store(true);
     common::log_warn("policy source unavailable; deciding on the cached snapshot",
                      {{"source", opts_.source->id()},
@@ -212,9 +212,9 @@ void Reloader::load_from_source() {
   std::vector<std::string> restored;
   auto snap = build_from(d, memo_, &signatures_, ledger_, restored, next_generation_.fetch_add(1));
   report_restored(restored);
-  save_ledger();
   report_rejected(*snap);
   cache_.publish(snap);
+  save_ledger();  // after publishing: a revocation must not wait on a disk
   from_cache_.store(false);
   common::log_info("policy loaded", {{"source", opts_.source->id()},
                                      {"revision", std::to_string(d.revision)},
@@ -357,6 +357,7 @@ void Reloader::run() {
   using Clock = std::chrono::steady_clock;
   bool pending = false;
   Clock::time_point due{};
+  uint64_t due_tried_generation = 0;
   Clock::time_point next_gauges = Clock::now() + std::chrono::milliseconds(opts_.gauge_interval_ms);
   while (true) {
     auto now = Clock::now();
@@ -418,7 +419,10 @@ void Reloader::run() {
       next_gauges = now + std::chrono::milliseconds(opts_.gauge_interval_ms);
       // A pending grant whose time has come (one dated a little ahead of this clock starts; one
       // awaiting approval expires) changes only when checked again: nothing else may change by then.
-      if (!pending && pending_due()) {
+      // Once per snapshot: a reload that fails publishes nothing, and is not retried every tick.
+      if (const uint64_t gen = cache_.generation();
+          !pending && gen != due_tried_generation && pending_due()) {
+        due_tried_generation = gen;
         pending = true;
         due = now;
       }

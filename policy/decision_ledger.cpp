@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -31,10 +32,10 @@ std::string dir_of(const std::string& path) {
   return slash == 0 ? "/" : path.substr(0, slash);
 }
 
-// Whoever can write the ledger can make a reader forget: it must be this user's alone.
+// Whoever can write the ledger can make a reader forget: it must be this user's (or root's) alone.
 bool safe(const struct stat& st, const std::string& what, std::string* why) {
-  if (st.st_uid != ::geteuid()) {
-    *why = what + " is owned by uid " + std::to_string(st.st_uid) + ", not this process's " +
+  if (st.st_uid != ::geteuid() && st.st_uid != 0) {
+    *why = what + " is owned by uid " + std::to_string(st.st_uid) + ", neither root nor this process's " +
            std::to_string(::geteuid());
     return false;
   }
@@ -73,50 +74,88 @@ size_t DecisionLedger::restore(SignedGrant& g) const {
   if (map_.empty()) return 0;
   auto it = map_.find(key_of(g.request));
   if (it == map_.end()) return 0;
+  // The same decision in another armor is the same decision: compare what was signed.
   size_t added = 0;
   for (const auto& d : it->second.decisions) {
-    if (std::find(g.decisions.begin(), g.decisions.end(), d) != g.decisions.end()) continue;
+    const std::string signed_text = canonical_decision(g.request, d);
+    if (std::any_of(g.decisions.begin(), g.decisions.end(), [&](const GrantDecision& x) {
+          return x.kind == d.kind && canonical_decision(g.request, x) == signed_text;
+        }))
+      continue;
     g.decisions.push_back(d);
     ++added;
   }
   return added;
 }
 
+// Only the earliest counted revoke and the earliest counted deny of a request decide anything
+// (tally() uses those), so those are all that is kept: two decisions per request at most, however
+// many copies (the same decision in another armor, or more revokes) a store writer plants.
 bool DecisionLedger::remember(const CheckedGrant& c) {
   if (c.status == GrantStatus::kRejected) return false;
   const SignedGrant& g = c.object;
   // check() lists one checked decision per stored one, in order, for every grant it did not reject.
   if (c.decisions.size() != g.decisions.size()) return false;
-  SignedGrant* kept = nullptr;
-  bool learned = false;
+  const GrantDecision* earliest[2] = {nullptr, nullptr};  // revoke, deny
   for (size_t i = 0; i < g.decisions.size(); ++i) {
     const GrantDecision& d = g.decisions[i];
     if (!remembered_kind(d.kind) || !c.decisions[i].counted) continue;
-    if (!kept) {
-      auto [it, fresh] = map_.try_emplace(key_of(g.request));
-      kept = &it->second;
-      if (fresh) {
-        kept->request = g.request;
-        kept->signature = g.signature;
-      }
+    const GrantDecision*& e = earliest[d.kind == DecisionKind::kRevoke ? 0 : 1];
+    if (!e || d.at < e->at) e = &d;
+  }
+  if (!earliest[0] && !earliest[1]) return false;
+  auto [it, fresh] = map_.try_emplace(key_of(g.request));
+  SignedGrant& kept = it->second;
+  if (fresh) {
+    kept.request = g.request;
+    kept.signature = g.signature;
+  }
+  bool learned = false;
+  for (const GrantDecision* d : earliest) {
+    if (!d) continue;
+    auto same_kind = std::find_if(kept.decisions.begin(), kept.decisions.end(),
+                                  [&](const GrantDecision& k) { return k.kind == d->kind; });
+    if (same_kind == kept.decisions.end()) {
+      kept.decisions.push_back(*d);
+    } else if (d->at < same_kind->at) {
+      *same_kind = *d;
+    } else {
+      continue;
     }
-    if (std::find(kept->decisions.begin(), kept->decisions.end(), d) != kept->decisions.end()) continue;
-    kept->decisions.push_back(d);
     learned = true;
   }
   if (!learned) return false;
   versions_[g.id()] = next_version_++;
+  learned_at_[it->first] = next_version_;
   dirty_ = true;
-  if (map_.size() > kMaxEntries) {
-    // Forget the requests whose effect ends first.
-    std::vector<std::pair<UnixSeconds, std::string>> by_end;
-    by_end.reserve(map_.size());
-    for (const auto& [k, v] : map_) by_end.emplace_back(grant_horizon(v), k);
-    const size_t drop = map_.size() - kMaxEntries;
-    std::nth_element(by_end.begin(), by_end.begin() + static_cast<std::ptrdiff_t>(drop), by_end.end());
-    for (size_t i = 0; i < drop; ++i) map_.erase(by_end[i].second);
-  }
+  if (map_.size() > kMaxEntries) evict();
   return true;
+}
+
+// Over the cap, the requester holding the most entries loses its oldest one, so nobody can push
+// out another principal's revocations by minting and withdrawing requests of their own.
+void DecisionLedger::evict() {
+  std::unordered_map<std::string, size_t> per_requester;  // owns its keys: entries go below
+  for (const auto& [k, v] : map_) ++per_requester[v.request.requester];
+  while (map_.size() > kMaxEntries) {
+    auto top = std::max_element(per_requester.begin(), per_requester.end(),
+                                [](const auto& a, const auto& b) { return a.second < b.second; });
+    const std::string* victim = nullptr;
+    uint64_t oldest = UINT64_MAX;
+    for (const auto& [k, v] : map_) {
+      if (v.request.requester != top->first) continue;
+      const uint64_t at = learned_at_[k];
+      if (at < oldest) {
+        oldest = at;
+        victim = &k;
+      }
+    }
+    if (!victim) break;
+    --top->second;
+    const std::string key = *victim;
+    learned_at_.erase(key);
+    map_.erase(key);
+  }
 }
 
 uint64_t DecisionLedger::version(std::string_view id) const noexcept {
@@ -127,12 +166,22 @@ uint64_t DecisionLedger::version(std::string_view id) const noexcept {
 
 void DecisionLedger::prune(UnixSeconds now) {
   const size_t before = map_.size();
-  std::erase_if(map_, [&](const auto& kv) { return grant_horizon(kv.second) < now; });
-  if (map_.size() != before) dirty_ = true;
+  std::erase_if(map_, [&](const auto& kv) {
+    if (grant_horizon(kv.second) >= now) return false;
+    learned_at_.erase(kv.first);
+    return true;
+  });
+  if (map_.size() == before) return;
+  dirty_ = true;
+  std::unordered_map<std::string, uint64_t> live;
+  for (const auto& [k, v] : map_)
+    if (auto it = versions_.find(v.id()); it != versions_.end()) live.insert(*it);
+  versions_ = std::move(live);
 }
 
 bool DecisionLedger::load(std::string* why) {
   map_.clear();
+  learned_at_.clear();
   if (path_.empty()) return true;
   common::UniqueFd fd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (!fd) {
@@ -165,19 +214,36 @@ bool DecisionLedger::load(std::string* why) {
     }
     off += static_cast<size_t>(n);
   }
+  nlohmann::json j;
   try {
-    auto j = nlohmann::json::parse(text);
-    if (j.at("format").get<std::string>() != kFormat) throw std::runtime_error("not " + std::string(kFormat));
-    for (const auto& gj : j.at("grants")) {
+    j = nlohmann::json::parse(text);
+    if (!j.is_object() || j.value("format", "") != kFormat || !j.contains("grants") ||
+        !j["grants"].is_array())
+      throw std::runtime_error("not a " + std::string(kFormat) + " file");
+  } catch (const std::exception& e) {
+    // Kept for whoever investigates, and out of the way of the next save.
+    const std::string aside = path_ + ".unreadable";
+    (void)::rename(path_.c_str(), aside.c_str());
+    *why = path_ + ": " + e.what() + " (moved to " + aside + ")";
+    return false;
+  }
+  // One bad entry costs that entry only.
+  size_t bad = 0;
+  for (const auto& gj : j["grants"]) {
+    try {
       SignedGrant g = signed_grant_from_json(gj);
       std::erase_if(g.decisions, [](const GrantDecision& d) { return !remembered_kind(d.kind); });
       if (g.decisions.empty()) continue;
       versions_[g.id()] = next_version_++;
-      map_.insert_or_assign(key_of(g.request), std::move(g));
+      std::string key = key_of(g.request);
+      learned_at_[key] = next_version_;
+      map_.insert_or_assign(std::move(key), std::move(g));
+    } catch (const std::exception&) {
+      ++bad;
     }
-  } catch (const std::exception& e) {
-    map_.clear();
-    *why = path_ + ": " + e.what();
+  }
+  if (bad > 0) {
+    *why = path_ + ": " + std::to_string(bad) + " unreadable entries skipped";
     return false;
   }
   return true;

@@ -13,8 +13,9 @@
 // afresh) until nothing in that request can take effect any more (grant_horizon).
 //
 // With a path the ledger survives restarts (one JSON file, written atomically, mode 0600, in a
-// directory that must be owned by the running user and not writable by others). A reader that never
-// saw a decision cannot restore it: the store's own access control and the audit log (every
+// directory that must be owned by the running user or root and not writable by others). A file that
+// does not parse is moved aside (never overwritten); an entry that does not parse costs that entry. A reader
+// that never saw a decision cannot restore it: the store's own access control and the audit log (every
 // decision is an audit record before the store holds it) cover that.
 #pragma once
 
@@ -58,16 +59,19 @@ class DecisionLedger {
   [[nodiscard]] size_t size() const noexcept { return map_.size(); }
   [[nodiscard]] const std::string& path() const noexcept { return path_; }
 
-  // More remembered requests than this and the oldest are forgotten first (a store holds at most
-  // kMaxGrants grants; this leaves room for the ones pruned from the store but not yet from here).
-  static constexpr size_t kMaxEntries = size_t{200} * 1000;
+  // More remembered requests than this and the requester with the most entries loses its oldest
+  // (a store holds at most kMaxGrants grants; this leaves room for ones pruned from the store but
+  // not yet from here). An entry holds at most one revoke and one deny: ~2 KiB on disk.
+  static constexpr size_t kMaxEntries = size_t{150} * 1000;
 
  private:
   // Keyed by the grant id and the request's hash: one id may have been used for another request.
   static std::string key_of(const GrantRequest& r);
+  void evict();
   std::string path_;
-  std::unordered_map<std::string, SignedGrant> map_;    // the request, its signature and the decisions
-  std::unordered_map<std::string, uint64_t> versions_;  // by grant id
+  std::unordered_map<std::string, SignedGrant> map_;      // the request, its signature and the decisions
+  std::unordered_map<std::string, uint64_t> versions_;    // by grant id
+  std::unordered_map<std::string, uint64_t> learned_at_;  // by key: when last learned (version order)
   uint64_t next_version_ = 1;
   bool dirty_ = false;
 };

@@ -205,6 +205,59 @@ TEST(DecisionLedger, SurvivesARestartInAFileOnlyItsOwnerCanWrite) {
   EXPECT_NE(why.find("writable by group or others"), std::string::npos) << why;
 }
 
+// The same signed revoke in many armors (line breaks anywhere in it still verify), or more revokes:
+// the ledger keeps one revoke per request, so no store writer can grow an entry past what a file
+// load accepts and make a restarted reader drop the ledger.
+TEST(DecisionLedger, CopiesOfARevokeInOtherArmorsKeepOneEntry) {
+  sshring::testing::TempDir dir;
+  const std::string path = decision_ledger_path(dir.file("cache"));
+  const UnixSeconds now = now_s();
+  const SignedGrant before = approved(now);
+  SignedGrant revoked = before;
+  add_decision(revoked, people().carol, DecisionKind::kRevoke, now - 10);
+  const GrantDecision real = revoked.decisions.back();
+  DecisionLedger ledger(path);
+  GrantMemo memo;
+  for (int round = 0; round < 3; ++round) {
+    SignedGrant planted = before;
+    const size_t body = real.signature.find('\n') + 1;  // after the armor's first line
+    for (int i = 0; i < 60; ++i) {
+      GrantDecision d = real;
+      d.signature.insert(body + static_cast<size_t>(round * 60 + i) % 64 + 1, "\n");
+      planted.decisions.push_back(d);
+    }
+    auto r = memo.build(people().yaml(), "t", {text_of(planted)}, now, nullptr, &ledger);
+    ASSERT_EQ(status_in(r), GrantStatus::kRevoked) << r.checked[0]->detail;
+  }
+  std::string why;
+  ASSERT_TRUE(ledger.save(&why)) << why;
+  DecisionLedger after(path);
+  ASSERT_TRUE(after.load(&why)) << why;
+  ASSERT_EQ(after.size(), 1u);
+  SignedGrant restored = before;
+  EXPECT_EQ(after.restore(restored), 1u);
+  EXPECT_EQ(restored.decisions.size(), before.decisions.size() + 1);
+  // A stored copy that already has the decision, in any armor, gets nothing added.
+  SignedGrant same = revoked;
+  same.decisions.back().signature.insert(40, "\n");
+  EXPECT_EQ(after.restore(same), 0u);
+}
+
+// A ledger file that does not parse is moved aside, not overwritten by the next save.
+TEST(DecisionLedger, AnUnreadableFileIsKeptAside) {
+  sshring::testing::TempDir dir;
+  const std::string cache = dir.file("cache");
+  ASSERT_EQ(::mkdir(cache.c_str(), 0700), 0);
+  const std::string path = decision_ledger_path(cache);
+  sshring::testing::write_file(path, "{not json");
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  DecisionLedger ledger(path);
+  std::string why;
+  EXPECT_FALSE(ledger.load(&why));
+  EXPECT_NE(why.find("moved to"), std::string::npos) << why;
+  EXPECT_EQ(sshring::testing::read_file(path + ".unreadable"), "{not json");
+}
+
 TEST(DecisionLedger, ForgetsRequestsThatCanNoLongerTakeEffect) {
   const UnixSeconds now = now_s();
   DecisionLedger ledger;
