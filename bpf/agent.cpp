@@ -77,7 +77,8 @@ class Agent {
     attach(ifindexes);
     // Seed after attaching (a connection set up meanwhile is in the dump), enforce after seeding.
     if (auto snap = cache_.current()) {
-      size_t n = live_->seed(*snap, ::time(nullptr));
+      refresh_local();
+      size_t n = live_->seed(*snap, ::time(nullptr), local_);
       log_info("agent: seeded flow entries for open connections", {{"flows", std::to_string(n)}});
     }
     obj_->set_enforce(opts_.enforce);

@@ -87,7 +87,19 @@ nlohmann::json LiveFlows::close_record(const sshring_flow_key& k, const sshring_
       .to_json();
 }
 
-size_t LiveFlows::seed(const policy::Snapshot& snap, int64_t now_unix) {
+size_t LiveFlows::seed(const policy::Snapshot& snap, int64_t now_unix,
+                       const std::vector<policy::IpAddr>& local) {
+  // What the kernel protects, unlisted local addresses included: a connection to one of those that
+  // got no entry would be dropped as untracked in enforce mode.
+  const KernelPolicy kp = KernelPolicy::from_snapshot(snap, local);
+  auto protects = [&](const policy::IpAddr& a, uint16_t port) {
+    for (const auto& d : kp.protected_dsts) {
+      if (!d.dst.contains(a)) continue;
+      for (const auto& r : d.ports)
+        if (port >= r.lo && port <= r.hi) return true;
+    }
+    return false;
+  };
   std::vector<TcpSocket> socks;
   if (int rc = dump_tcp(live_tcp_states(), &socks); rc < 0) {
     common::log_warn("agent: cannot list open TCP connections (inet_diag); none seeded",
@@ -98,7 +110,7 @@ size_t LiveFlows::seed(const policy::Snapshot& snap, int64_t now_unix) {
   const uint64_t boot = static_cast<uint64_t>(clock_ns(CLOCK_BOOTTIME));
   size_t made = 0;
   for (const TcpSocket& s : socks) {
-    if (!snap.protects(ip_of(s.key.server, s.key.family), s.key.server_port)) continue;
+    if (!protects(ip_of(s.key.server, s.key.family), s.key.server_port)) continue;
     auto cls = classify(snap, s.key, now_unix);
     sshring_flow f{};
     f.tag = static_cast<uint8_t>(cls.tag);

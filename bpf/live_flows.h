@@ -27,6 +27,7 @@
 #include "bpf/sock_diag.h"
 #include "bpf/sshring_structs.h"
 #include "metrics/audit_types.h"
+#include "policy/cidr.h"
 
 namespace sshring::policy {
 class Snapshot;
@@ -47,7 +48,8 @@ class LiveFlows {
       : obj_(obj), sync_(sync), stats_(stats), report_(std::move(report)) {}
 
   // Returns how many entries were made.
-  size_t seed(const policy::Snapshot& snap, int64_t now_unix);
+  // `local`: this host's addresses, protected as the kernel protects them (KernelPolicy::from_snapshot).
+  size_t seed(const policy::Snapshot& snap, int64_t now_unix, const std::vector<policy::IpAddr>& local = {});
   void walk(const policy::Snapshot& snap, int64_t now_unix, bool enforce, std::chrono::seconds idle);
 
   // The `flow` of an audit record, typed and as JSON.

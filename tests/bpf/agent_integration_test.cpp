@@ -720,6 +720,52 @@ s.connect(ai[4]); sys.exit(0 if s.recv(5) == b"ECHO\n" else 1)
   stop_agent();
 }
 
+// A relay's session to an address the policy does not list but the agent protects (here a secondary
+// one) that was open before the agent started is seeded like any other: enforce mode keeps it.
+TEST_F(AgentIntegration, ASessionOpenBeforeStartToAnUnlistedAddressIsSeeded) {
+  ASSERT_EQ(run({"ip", "-n", host_->name(), "addr", "add", "10.66.0.1/32", "dev", "lo"}), 0);
+  ASSERT_EQ(run({"ip", "-n", cli_->name(), "route", "add", "10.66.0.1/32", "dev", "vc"}), 0);
+  const std::string server = dir_.file("echo.py");
+  write_file(server, R"(import socket, sys
+a = socket.socket(); a.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+a.bind(("10.66.0.1", 2222)); a.listen(1); open(sys.argv[1], "w").close()
+c, _ = a.accept()
+while True:
+    b = c.recv(64)
+    if not b: break
+    c.sendall(b)
+)");
+  Process::Options so;
+  so.netns = host_->name();
+  so.stderr_path = dir_.file("echo.err");
+  Process echo({"python3", server, dir_.file("echo.ready")}, so);
+  ASSERT_TRUE(eventually([&] { return ::access(dir_.file("echo.ready").c_str(), F_OK) == 0; }, 10s));
+  // The client echoes one line per file that appears: go0 before the agent, go1 after it.
+  const std::string client = dir_.file("client.py");
+  write_file(client, R"(import os, socket, sys, time
+s = socket.socket(); s.settimeout(5); s.bind((sys.argv[1], 0)); s.connect(("10.66.0.1", 2222))
+for i in range(2):
+    while not os.path.exists(sys.argv[2] + str(i)): time.sleep(0.05)
+    s.sendall(b"line%d\n" % i)
+    print(s.recv(64).decode().strip(), flush=True)
+)");
+  Process::Options co;
+  co.netns = cli_->name();
+  co.stdout_path = dir_.file("client.out");
+  co.stderr_path = dir_.file("client.err");
+  Process c({"python3", client, kRelay, dir_.file("go")}, co);
+  write_file(dir_.file("go0"), "");
+  ASSERT_TRUE(
+      eventually([&] { return read_file(dir_.file("client.out")).find("line0") != std::string::npos; }, 10s))
+      << read_file(dir_.file("client.err"));
+  start_agent(true, "enforce.log");
+  write_file(dir_.file("go1"), "");
+  EXPECT_TRUE(
+      eventually([&] { return read_file(dir_.file("client.out")).find("line1") != std::string::npos; }, 10s))
+      << "the session open before the agent was dropped: " << read_file(dir_.file("client.err"));
+  stop_agent();
+}
+
 // Enforce mode ends a live session when its grant expires and when it is revoked: the client sees its
 // connection reset within about a second, a flow_cut record names the grant. Count mode only re-tags.
 TEST_F(AgentIntegration, ExpiryAndRevocationEndLiveFlows) {
