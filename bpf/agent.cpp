@@ -71,7 +71,20 @@ class Agent {
     if (opts_.ifaces.empty())
       throw common::UsageError("--iface is required (e.g. --iface eth0 or --iface eth0,eth1)");
     std::vector<int> ifindexes;
-    for (const auto& name : opts_.ifaces) ifindexes.push_back(attachable_ifindex(name));
+    std::string refused;
+    for (const auto& name : opts_.ifaces) {
+      const int idx = attachable_ifindex(name, &refused);
+      if (idx >= 0) {
+        ifindexes.push_back(idx);
+        continue;
+      }
+      // Refusing to start would leave an older agent's programs attached everywhere with maps no
+      // one syncs (revocations never arrive). Run on the rest, and take ours off this one.
+      const int removed = detach_tc(ifindex_of(name), false);
+      common::log_error("agent: not attaching to an interface it cannot see into; serving the others",
+                        {{"iface", name}, {"filters_removed", std::to_string(removed)}, {"error", refused}});
+    }
+    if (ifindexes.empty()) throw common::UsageError(refused);
     start_outputs();
     load();
     attach(ifindexes);

@@ -394,7 +394,7 @@ const char* link_type_name(int type) {
 
 }  // namespace
 
-int attachable_ifindex(const std::string& name) {
+int attachable_ifindex(const std::string& name, std::string* refused) {
   int idx = ifindex_of(name);
   // SIOCGIFHWADDR answers for this network namespace (sysfs may show another under setns).
   common::UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
@@ -404,12 +404,15 @@ int attachable_ifindex(const std::string& name) {
   if (::ioctl(s.get(), SIOCGIFHWADDR, &ifr) != 0) throw_errno("link type of interface '" + name + "'");
   const int type = ifr.ifr_hwaddr.sa_family;
   if (type == ARPHRD_ETHER || type == ARPHRD_LOOPBACK) return idx;
-  throw common::UsageError("interface '" + name + "' has link type " + std::to_string(type) + " (" +
-                           link_type_name(type) +
-                           "), not Ethernet: the classifier parses Ethernet frames only and would pass "
-                           "this interface's traffic unseen, enforce mode included. Attach to the "
-                           "Ethernet interface the traffic arrives on, or leave '" +
-                           name + "' out of --iface");
+  std::string why = "interface '" + name + "' has link type " + std::to_string(type) + " (" +
+                    link_type_name(type) +
+                    "), not Ethernet: the classifier parses Ethernet frames only and would pass "
+                    "this interface's traffic unseen, enforce mode included. Attach to the "
+                    "Ethernet interface the traffic arrives on, or leave '" +
+                    name + "' out of --iface";
+  if (!refused) throw common::UsageError(why);
+  *refused = std::move(why);
+  return -1;
 }
 
 }  // namespace sshring::bpf

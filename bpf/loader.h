@@ -123,7 +123,8 @@ int ifindex_of(const std::string& name);
 // header (ARPHRD_ETHER; loopback's frames carry one too). Throws a UsageError naming the interface
 // and its link type otherwise: on an L3 device (tun, WireGuard, ipip, gre, ppp) skb->data starts
 // at the IP header, the parser would read it as Ethernet and pass every packet unseen, enforce mode
-// included. Fail closed: refuse to attach rather than run blind.
-int attachable_ifindex(const std::string& name);
+// included. Fail closed: refuse to attach rather than run blind. With `refused`, such an interface
+// returns -1 and the message goes there instead.
+int attachable_ifindex(const std::string& name, std::string* refused = nullptr);
 
 }  // namespace sshring::bpf

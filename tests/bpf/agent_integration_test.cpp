@@ -569,20 +569,33 @@ TEST_F(AgentIntegration, OutOfWindowRstDoesNotFreezeASessionInEnforceMode) {
 }
 
 // L3 devices (tun, WireGuard, ipip) hand tc the IP header with no Ethernet header in front; the
-// classifier would read it as Ethernet and pass everything unseen. The agent refuses to attach.
+// classifier would read it as Ethernet and pass everything unseen. The agent does not attach there.
+// With nothing else to watch it exits 2; with other interfaces it serves those (refusing to start
+// would leave an older agent's programs attached with maps no one syncs).
 TEST_F(AgentIntegration, AttachingToAnL3InterfaceIsRefused) {
   ASSERT_EQ(run({"ip", "-n", host_->name(), "tuntap", "add", "sshrtun0", "mode", "tun"}), 0);
   ASSERT_EQ(run({"ip", "-n", host_->name(), "link", "set", "sshrtun0", "up"}), 0);
+  const std::string agent = "ip netns exec " + host_->name() + " timeout 20 " + sshring_bin() +
+                            " agent --policy " + dir_.file("policy.yaml") + " --enforce --pin-dir " +
+                            pin_dir_;
   std::string out;
   // Bounded: an agent that attaches runs until stopped (timeout's 124 fails the check below).
-  int rc = sh("ip netns exec " + host_->name() + " timeout 20 " + sshring_bin() + " agent --policy " +
-                  dir_.file("policy.yaml") + " --iface vh,sshrtun0 --enforce --pin-dir " + pin_dir_ + " 2>&1",
-              &out);
+  int rc = sh(agent + " --iface sshrtun0 2>&1", &out);
   EXPECT_EQ(rc, 2) << out;
   EXPECT_NE(out.find("interface 'sshrtun0' has link type 65534 (none: tun, WireGuard), not Ethernet"),
             std::string::npos)
       << out;
-  EXPECT_EQ(count(tc_filters(), "handle 0x5353"), 0u) << "nothing attached, not even to vh";
+  EXPECT_EQ(count(tc_filters(), "handle 0x5353"), 0u) << "nothing attached";
+
+  start_agent(true, "both.log", "1h", {"--policy", dir_.file("policy.yaml"), "--iface", "vh,sshrtun0"});
+  const std::string log = read_file(dir_.file("both.log"));
+  EXPECT_NE(log.find("not attaching to an interface it cannot see into"), std::string::npos) << log;
+  EXPECT_EQ(count(tc_filters(), "handle 0x5353"), 2u) << "vh is watched, both ways";
+  std::string tun;
+  host_->exec("tc filter show dev sshrtun0 ingress; tc filter show dev sshrtun0 egress", &tun);
+  EXPECT_EQ(count(tun, "handle 0x5353"), 0u) << tun;
+  EXPECT_EQ(ssh(kUngranted, "true", "", "5") == 0, false) << "enforce mode runs on vh";
+  stop_agent();
 }
 
 // The client closes first: its FIN, the server's FIN, then the client's last ACK. The entry used to
