@@ -400,7 +400,7 @@ int attachable_ifindex(const std::string& name, std::string* refused) {
   common::UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!s) throw_errno("socket for SIOCGIFHWADDR");
   struct ifreq ifr {};
-  std::snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name.c_str());
+  (void)std::snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name.c_str());
   if (::ioctl(s.get(), SIOCGIFHWADDR, &ifr) != 0) throw_errno("link type of interface '" + name + "'");
   const int type = ifr.ifr_hwaddr.sa_family;
   if (type == ARPHRD_ETHER || type == ARPHRD_LOOPBACK) return idx;

@@ -211,7 +211,9 @@ std::vector<SignedGrant> DirGrantStore::load() const {
     if (auto g = read_grant(dfd.get(), dir_, n, true, &why)) {
       out.push_back(std::move(*g));
     } else if (!why.empty() && skipped++ == 0) {
-      first_skip = n + ": " + why;
+      first_skip = n;
+      first_skip += ": ";
+      first_skip += why;
     }
   }
   if (skipped > 0)

@@ -290,7 +290,7 @@ std::string control_directory_problem(const std::string& path, bool create) {
            ", not this user or root" + fix;
   if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
     char mode[8];
-    std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    (void)std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
     return "control socket directory " + dir.string() + " is writable by group or others (mode " + mode +
            ")" + fix;
   }
