@@ -185,17 +185,18 @@ void LiveFlows::cut(const sshring_flow_key& k, const sshring_flow& f, Connection
 }
 
 // The kernel marks an entry at a FIN pair or an inbound RST and leaves it to the socket's TCP_CLOSE
-// (bpf/sshring.bpf.c). Without a local socket (a half-open connection that was reset, a flow this
-// host forwards) no TCP_CLOSE comes: such an entry ends here once it is quiet and no connection has
-// its tuple. Quiet first, so a forwarded flow's last ACK passes and a live one can still speak.
+// (bpf/sshring.bpf.c). Without a local socket (a flow this host forwards to a container or VM) no
+// TCP_CLOSE comes: after a FIN pair such an entry ends here once it is quiet and no connection has
+// its tuple (quiet first, so a forwarded flow's last ACK passes). An RST alone proves nothing here:
+// nobody on this host judged whether it was in the window, and a spoofed one would freeze a
+// forwarded session in enforce mode. Such an entry is left to the idle eviction.
 bool LiveFlows::end_closing(const sshring_flow_key& k, const sshring_flow& f, uint64_t boot,
                             ConnectionDump* dump) {
-  const bool rst = f.fin & SSHRING_RST_C2S;
-  if (!rst && (f.fin & SSHRING_FIN_BOTH) != SSHRING_FIN_BOTH) return false;
+  if ((f.fin & SSHRING_FIN_BOTH) != SSHRING_FIN_BOTH) return false;
   if (boot < f.last_ns + kClosingQuietNs) return false;
   if (tcp_exists(k, dump) != 0) return false;  // alive (an ignored RST), or unknown: keep it
   if (bpf_map_delete_elem(obj_.map_fd("flows"), &k) != 0) return false;
-  report_(close_record(k, f, rst ? "rst" : "fin", sync_.grant_name(f.grant)));
+  report_(close_record(k, f, (f.fin & SSHRING_RST_C2S) ? "rst" : "fin", sync_.grant_name(f.grant)));
   return true;
 }
 
