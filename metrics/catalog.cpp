@@ -4,6 +4,7 @@
 #include "common/grant_reject.h"
 
 #include <iterator>
+#include <mutex>
 
 namespace sshring::metrics {
 
@@ -178,6 +179,12 @@ PolicyMetrics register_policy(Server& server) {
                             .Name("sshring_policy_source_staleness_seconds")
                             .Help("Seconds since the policy source last confirmed the snapshot is current.")
                             .Register(reg);
+  m.misplaced_grants = &prometheus::BuildCounter()
+                            .Name("sshring_policy_source_misplaced_grants_total")
+                            .Help(
+                                "Grant values the policy source (etcd) skipped, each time seen, because "
+                                "they are stored under another key than their grant's id.")
+                            .Register(reg);
   return m;
 }
 
@@ -198,6 +205,17 @@ void PolicyMetrics::source(bool up, int64_t revision, int64_t last_sync, int64_t
   source_last_sync->Add({}).Set(static_cast<double>(last_sync));
   // Never synced (started from the cache): as stale as the Unix epoch, so the alert fires.
   source_staleness->Add({}).Set(static_cast<double>(last_sync > 0 ? now - last_sync : now));
+  misplaced_grants->Add({});
+}
+
+void PolicyMetrics::source_misplaced(uint64_t total) {
+  if (!misplaced_grants) return;
+  // The counter follows the source's running total; reports come from more than one thread.
+  static std::mutex mu;
+  std::lock_guard lock(mu);
+  auto& c = misplaced_grants->Add({});
+  const double now = static_cast<double>(total);
+  if (now > c.Value()) c.Increment(now - c.Value());
 }
 
 void PolicyMetrics::break_glass(size_t live, size_t reviews_overdue_now) {

@@ -89,10 +89,12 @@ struct PolicyMetrics {
   prometheus::Family<prometheus::Gauge>* source_revision = nullptr;
   prometheus::Family<prometheus::Gauge>* source_last_sync = nullptr;
   prometheus::Family<prometheus::Gauge>* source_staleness = nullptr;
+  prometheus::Family<prometheus::Counter>* misplaced_grants = nullptr;  // ..._misplaced_grants_total
 
   void reloaded(bool ok, int64_t now);
   void grants(size_t live, size_t expiring_within_hour);
   void source(bool up, int64_t revision, int64_t last_sync, int64_t now);
+  void source_misplaced(uint64_t total);
   void break_glass(size_t live, size_t reviews_overdue_now);
   void grant_rejected(const std::string& reason);
   void cache_write_failed();

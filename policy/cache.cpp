@@ -239,6 +239,7 @@ void Reloader::report_source() {
   if (!opts_.observer || !opts_.source) return;
   auto st = opts_.source->status();
   opts_.observer->source(st.up && !from_cache_.load(), st.revision, st.last_sync, unix_now());
+  opts_.observer->source_misplaced(st.misplaced);
 }
 
 void Reloader::report_restored(const std::vector<std::string>& ids) {

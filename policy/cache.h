@@ -72,6 +72,7 @@ class SnapshotSource {
     bool up = false;            // connected and watching
     int64_t revision = 0;       // the store revision the data is current to
     UnixSeconds last_sync = 0;  // last time the source confirmed it is current (0: never)
+    uint64_t misplaced = 0;     // grant values skipped, each time seen: stored under another key
   };
   virtual ~SnapshotSource() = default;
   // Starts watching; `changed` (called from the source's thread) asks for a reload. Called once.
@@ -101,6 +102,8 @@ class ReloadObserver {
   virtual void grant_rejected(const std::string& /*reason*/) {}
   // A snapshot from the source the disk cache could not take (called from the cache's writer thread).
   virtual void cache_write_failed() {}
+  // With a source: the running total of grant values it skipped for their key (Status::misplaced).
+  virtual void source_misplaced(uint64_t /*total*/) {}
   // Once per check of a stored grant that lacks a revocation or denial this reader had verified
   // before (policy/decision_ledger.h): the reader applies it anyway, but someone removed it.
   virtual void decision_restored() {}
@@ -126,6 +129,9 @@ std::shared_ptr<ReloadObserver> observe(Sink* sink) {
     }
     void cache_write_failed() override {
       if constexpr (requires { s_->cache_write_failed(); }) s_->cache_write_failed();
+    }
+    void source_misplaced(uint64_t total) override {
+      if constexpr (requires { s_->source_misplaced(total); }) s_->source_misplaced(total);
     }
     void decision_restored() override {
       if constexpr (requires { s_->decision_restored(); }) s_->decision_restored();

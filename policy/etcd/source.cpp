@@ -285,7 +285,7 @@ SourceData EtcdSource::read() {
 
 SnapshotSource::Status EtcdSource::status() const {
   std::lock_guard lock(mu_);
-  return {up_, revision_, last_sync_};
+  return {up_, revision_, last_sync_, misplaced_.load()};
 }
 
 }  // namespace sshring::policy::etcd

@@ -148,6 +148,23 @@ TEST(CatalogTest, RelayCountersAfterKnownTraffic) {
   EXPECT_EQ(sample(body, "sshring_relay_sessions_total{outcome=\"closed\"}"), 15);
 }
 
+// The source reports a running total of skipped grant values; the counter follows it, never back.
+TEST(CatalogTest, MisplacedGrantsFollowTheSourcesTotal) {
+  Server server("127.0.0.1:0", "agent");
+  auto policy = register_policy(server);
+  policy.decision_restored();
+  policy.source(true, 7, 1700000000, 1700000001);
+  policy.source_misplaced(3);
+  policy.source_misplaced(3);
+  auto body = http_get("127.0.0.1", server.port(), "/metrics");
+  EXPECT_EQ(sample(body, "sshring_policy_source_misplaced_grants_total"), 3);
+  EXPECT_EQ(sample(body, "sshring_grant_decisions_restored_total"), 1);
+  policy.source_misplaced(5);
+  policy.source_misplaced(2);  // a source restarted from zero: no decrease
+  body = http_get("127.0.0.1", server.port(), "/metrics");
+  EXPECT_EQ(sample(body, "sshring_policy_source_misplaced_grants_total"), 5);
+}
+
 TEST(CatalogTest, PolicyAndAgentAfterKnownFlows) {
   Server server("127.0.0.1:0", "agent");
   auto policy = register_policy(server);
