@@ -119,7 +119,7 @@ void Reloader::reload_or_throw() {
     struct stat st {};
     if (::stat(store.c_str(), &st) == 0) {
       try {
-        grants = DirGrantStore(store, false).load();
+        grants = DirGrantStore(store, false, opts_.max_store_files).load();
       } catch (const std::exception& e) {
         // A store that cannot be read (flooded, broken permissions) must not hold back the policy
         // (a principal removed from it): the new policy goes out with the grants of the last
@@ -127,7 +127,16 @@ void Reloader::reload_or_throw() {
         auto last = cache_.current();
         if (!published_ || !last || store != watched_store_) throw;
         store_error = e.what();
-        for (const auto& c : last->checked_grants()) grants.push_back(c.object);
+        try {
+          // Each of them read again by its own name, which no flood of other files can hide: a
+          // revoke written since counts, and a grant whose file is gone is gone.
+          const DirGrantStore ds(store, false, opts_.max_store_files);
+          for (const auto& c : last->checked_grants())
+            if (auto g = ds.get(c.object.id())) grants.push_back(std::move(*g));
+        } catch (const std::exception&) {  // not even that (an unsafe directory): as they were
+          grants.clear();
+          for (const auto& c : last->checked_grants()) grants.push_back(c.object);
+        }
       }
     } else {
       common::log_warn("grant store missing; no grants loaded", {{"store", store}});

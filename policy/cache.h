@@ -21,6 +21,7 @@
 #include "common/unique_fd.h"
 #include "policy/decision_ledger.h"
 #include "policy/grant_memo.h"
+#include "policy/grant_store.h"
 #include "policy/snapshot.h"
 #include "policy/snapshot_cache.h"
 
@@ -153,6 +154,7 @@ struct ReloaderOptions {
   // Where the revocations and denials this reader verified are kept across restarts
   // (policy/decision_ledger.h); empty: in memory only.
   std::string ledger_path;
+  size_t max_store_files = kMaxStoreFiles;   // a directory store's name limit (tests lower it)
   std::shared_ptr<ReloadObserver> observer;  // optional
   bool watch = true;                         // inotify on the policy file's directory and the grant store
   bool handle_sighup = true;                 // install a SIGHUP handler that requests a reload

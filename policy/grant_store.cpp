@@ -166,7 +166,8 @@ std::string new_grant_id() {
   return id;
 }
 
-DirGrantStore::DirGrantStore(std::string dir, bool create) : dir_(std::move(dir)) {
+DirGrantStore::DirGrantStore(std::string dir, bool create, size_t max_files)
+    : dir_(std::move(dir)), max_files_(max_files) {
   while (dir_.size() > 1 && dir_.back() == '/') dir_.pop_back();
   if (dir_.empty()) throw common::UsageError("grant store: empty directory path");
   if (create) mkdirs(dir_);
@@ -195,9 +196,9 @@ std::vector<SignedGrant> DirGrantStore::load() const {
   // Only grants count toward kMaxGrants: files that are not one (planted by whoever can write the
   // store) are skipped with one warning per load, so junk cannot push the real grants over the
   // limit. The names read are bounded too, at a multiple of it.
-  auto names = list_names(dfd.get(), dir_, "", kSuffix, kMaxStoreFiles);
-  if (names.size() > kMaxStoreFiles) {
-    throw common::UsageError("grant store " + dir_ + " holds more than " + std::to_string(kMaxStoreFiles) +
+  auto names = list_names(dfd.get(), dir_, "", kSuffix, max_files_);
+  if (names.size() > max_files_) {
+    throw common::UsageError("grant store " + dir_ + " holds more than " + std::to_string(max_files_) +
                              " *.grant files; remove the ones that are not grants, or prune");
   }
   std::vector<SignedGrant> out;
@@ -265,6 +266,12 @@ void DirGrantStore::add(const SignedGrant& g) {
   if (::fstatat(dfd.get(), final_name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0)
     throw common::UsageError("grant " + g.id() + " already exists");
   write_locked(dfd.get(), g);
+}
+
+std::optional<SignedGrant> DirGrantStore::get(std::string_view id) const {
+  if (!valid_grant_id(id)) return std::nullopt;
+  UniqueFd dfd(open_dir());
+  return read_grant(dfd.get(), dir_, std::string(id) + std::string(kSuffix), true);
 }
 
 std::optional<SignedGrant> DirGrantStore::update(std::string_view id,

@@ -65,8 +65,12 @@ class DirGrantStore final : public GrantStore {
  public:
   // Creates the directory (0750) if missing when `create` is true. Throws common::SystemError, or
   // common::UsageError when the directory is unsafe (a symlink, writable by others, foreign owner).
-  explicit DirGrantStore(std::string dir, bool create = true);
+  // `max_files`: how many *.grant names load() reads at most (tests lower it).
+  explicit DirGrantStore(std::string dir, bool create = true, size_t max_files = kMaxStoreFiles);
   [[nodiscard]] std::vector<SignedGrant> load() const override;
+  // One grant by its id (<id>.grant), without listing the directory; nullopt if it is not there or
+  // not a readable grant.
+  [[nodiscard]] std::optional<SignedGrant> get(std::string_view id) const;
   void add(const SignedGrant& g) override;
   std::optional<SignedGrant> update(std::string_view id,
                                     const std::function<void(SignedGrant&)>& change) override;
@@ -77,6 +81,7 @@ class DirGrantStore final : public GrantStore {
   [[nodiscard]] int open_dir() const;  // O_DIRECTORY | O_NOFOLLOW, checked; caller owns the fd
   void write_locked(int dfd, const SignedGrant& g);
   std::string dir_;
+  size_t max_files_;
 };
 
 // "g-" + 12 random hex digits.

@@ -213,6 +213,39 @@ TEST(Reloader, AnUnreadableGrantStoreDoesNotHoldBackThePolicy) {
   ASSERT_EQ(::chmod(store.c_str(), 0750), 0);
 }
 
+// A store flooded past its name limit cannot be listed, but a revoke written into a grant the reader
+// already knew still counts: each known grant is read again by its own name.
+TEST(Reloader, AFloodedStoreCannotHideARevoke) {
+  sshring::testing::TempDir dir;
+  const std::string path = dir.file("policy.yaml");
+  const std::string store = dir.file("grants");
+  sshring::testing::write_file(path, policy_text(store, "10.0.0.0/28"));
+  DirGrantStore gs(store);
+  const UnixSeconds t0 = ::time(nullptr);
+  const SignedGrant g = ci_grant("g-0000000000ac", t0 - 10, 3600);
+  gs.add(g);
+  PolicyCache cache;
+  ReloaderOptions o;
+  o.policy_path = path;
+  o.handle_sighup = false;
+  o.watch = false;
+  o.max_store_files = 20;
+  Reloader rl(cache, o);
+  ASSERT_TRUE(rl.reload());
+  const auto client = *IpAddr::parse("10.2.9.9");
+  const auto dst = *IpAddr::parse("10.1.5.1");
+  ASSERT_EQ(cache.current()->classify_flow(client, dst, 22, t0).tag, FlowTag::kBypassApproved);
+  for (int i = 0; i < 25; ++i)
+    sshring::testing::write_file(store + "/junk" + std::to_string(i) + ".grant", "");
+  ASSERT_TRUE(gs.update(g.id(), [&](SignedGrant& s) {
+    testing::add_decision(s, ci_bot(), DecisionKind::kRevoke, t0 - 5, "done");
+  }));
+  rl.reload();
+  EXPECT_NE(rl.last_error().find("holds more than 20"), std::string::npos) << rl.last_error();
+  EXPECT_EQ(cache.current()->classify_flow(client, dst, 22, t0).tag, FlowTag::kBypassExpired)
+      << "the revoke written into the flooded store was not seen";
+}
+
 // A grant dated a little ahead of this reader's clock is pending until it starts. Nothing in the
 // store changes then, yet it must become active on its own.
 TEST(Reloader, AGrantDatedAheadStartsWithoutAStoreChange) {
