@@ -80,9 +80,14 @@ class Agent {
       }
       // Refusing to start would leave an older agent's programs attached everywhere with maps no
       // one syncs (revocations never arrive). Run on the rest, and take ours off this one.
-      const int removed = detach_tc(ifindex_of(name), false);
+      std::string removed;
+      try {
+        removed = std::to_string(detach_tc(ifindex_of(name), false));
+      } catch (const std::exception& e) {  // serving the others matters more than this cleanup
+        removed = std::string("failed: ") + e.what();
+      }
       common::log_error("agent: not attaching to an interface it cannot see into; serving the others",
-                        {{"iface", name}, {"filters_removed", std::to_string(removed)}, {"error", refused}});
+                        {{"iface", name}, {"filters_removed", removed}, {"error", refused}});
     }
     if (ifindexes.empty()) throw common::UsageError(refused);
     start_outputs();

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "common/sha256.h"
@@ -61,7 +62,8 @@ bool safe_dir(const std::string& dir, std::string* why) {
 
 }  // namespace
 
-DecisionLedger::DecisionLedger(std::string path) : path_(std::move(path)) {}
+DecisionLedger::DecisionLedger(std::string path, size_t max_entries)
+    : path_(std::move(path)), max_entries_(max_entries) {}
 
 std::string DecisionLedger::key_of(const GrantRequest& r) {
   std::string k = r.id;
@@ -88,22 +90,33 @@ size_t DecisionLedger::restore(SignedGrant& g) const {
   return added;
 }
 
-// Only the earliest counted revoke and the earliest counted deny of a request decide anything
-// (tally() uses those), so those are all that is kept: two decisions per request at most, however
-// many copies (the same decision in another armor, or more revokes) a store writer plants.
+// What decides a request is its earliest counted revoke (any principal may revoke) and its earliest
+// counted deny, and which deny counts depends on the policy (its signer must be an approver). So
+// the earliest counted revoke is kept, and the earliest counted deny of each signer: a handful per
+// request however many copies (the same decision in another armor, more of them) a writer plants.
 bool DecisionLedger::remember(const CheckedGrant& c) {
   if (c.status == GrantStatus::kRejected) return false;
   const SignedGrant& g = c.object;
   // check() lists one checked decision per stored one, in order, for every grant it did not reject.
   if (c.decisions.size() != g.decisions.size()) return false;
-  const GrantDecision* earliest[2] = {nullptr, nullptr};  // revoke, deny
+  const GrantDecision* revoke = nullptr;
+  std::vector<const GrantDecision*> denies;  // earliest per signer
   for (size_t i = 0; i < g.decisions.size(); ++i) {
     const GrantDecision& d = g.decisions[i];
     if (!remembered_kind(d.kind) || !c.decisions[i].counted) continue;
-    const GrantDecision*& e = earliest[d.kind == DecisionKind::kRevoke ? 0 : 1];
-    if (!e || d.at < e->at) e = &d;
+    if (d.kind == DecisionKind::kRevoke) {
+      if (!revoke || d.at < revoke->at) revoke = &d;
+      continue;
+    }
+    auto same = std::find_if(denies.begin(), denies.end(),
+                             [&](const GrantDecision* x) { return x->signer == d.signer; });
+    if (same == denies.end()) {
+      denies.push_back(&d);
+    } else if (d.at < (*same)->at) {
+      *same = &d;
+    }
   }
-  if (!earliest[0] && !earliest[1]) return false;
+  if (!revoke && denies.empty()) return false;
   auto [it, fresh] = map_.try_emplace(key_of(g.request));
   SignedGrant& kept = it->second;
   if (fresh) {
@@ -111,50 +124,60 @@ bool DecisionLedger::remember(const CheckedGrant& c) {
     kept.signature = g.signature;
   }
   bool learned = false;
-  for (const GrantDecision* d : earliest) {
-    if (!d) continue;
-    auto same_kind = std::find_if(kept.decisions.begin(), kept.decisions.end(),
-                                  [&](const GrantDecision& k) { return k.kind == d->kind; });
-    if (same_kind == kept.decisions.end()) {
-      kept.decisions.push_back(*d);
-    } else if (d->at < same_kind->at) {
-      *same_kind = *d;
+  auto keep = [&](const GrantDecision& d) {
+    auto same = std::find_if(kept.decisions.begin(), kept.decisions.end(), [&](const GrantDecision& k) {
+      return k.kind == d.kind && (d.kind == DecisionKind::kRevoke || k.signer == d.signer);
+    });
+    if (same == kept.decisions.end()) {
+      kept.decisions.push_back(d);
+    } else if (d.at < same->at) {
+      *same = d;
     } else {
-      continue;
+      return;
     }
     learned = true;
-  }
+  };
+  if (revoke) keep(*revoke);
+  for (const GrantDecision* d : denies) keep(*d);
   if (!learned) return false;
   versions_[g.id()] = next_version_++;
   learned_at_[it->first] = next_version_;
   dirty_ = true;
-  if (map_.size() > kMaxEntries) evict();
+  if (map_.size() > max_entries_) evict();
   return true;
 }
 
-// Over the cap, the requester holding the most entries loses its oldest one, so nobody can push
-// out another principal's revocations by minting and withdrawing requests of their own.
+// Over the cap, the requesters holding the most entries lose their oldest, so nobody can push out
+// another principal's revocations by minting and withdrawing requests of their own. It goes 1%
+// below the cap at once, so the sort is paid once per that many new entries, not on each one.
 void DecisionLedger::evict() {
-  std::unordered_map<std::string, size_t> per_requester;  // owns its keys: entries go below
-  for (const auto& [k, v] : map_) ++per_requester[v.request.requester];
-  while (map_.size() > kMaxEntries) {
-    auto top = std::max_element(per_requester.begin(), per_requester.end(),
-                                [](const auto& a, const auto& b) { return a.second < b.second; });
-    const std::string* victim = nullptr;
-    uint64_t oldest = UINT64_MAX;
-    for (const auto& [k, v] : map_) {
-      if (v.request.requester != top->first) continue;
-      const uint64_t at = learned_at_[k];
-      if (at < oldest) {
-        oldest = at;
-        victim = &k;
-      }
+  const size_t target = max_entries_ - max_entries_ / 100;
+  std::unordered_map<std::string, std::vector<std::pair<uint64_t, const std::string*>>> by_requester;
+  for (const auto& [k, v] : map_) by_requester[v.request.requester].emplace_back(learned_at_[k], &k);
+  // Newest last, so the oldest is popped from the back.
+  for (auto& [r, list] : by_requester) std::sort(list.begin(), list.end(), std::greater<>());
+  std::vector<std::pair<size_t, std::string>> heap;  // (entries, requester): the largest on top
+  heap.reserve(by_requester.size());
+  for (const auto& [r, list] : by_requester) heap.emplace_back(list.size(), r);
+  std::make_heap(heap.begin(), heap.end());
+  std::vector<std::string> drop;
+  size_t left = map_.size();
+  while (left > target && !heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end());
+    auto& [n, requester] = heap.back();
+    auto& list = by_requester[requester];
+    drop.push_back(*list.back().second);
+    list.pop_back();
+    --left;
+    if (--n == 0) {
+      heap.pop_back();
+    } else {
+      std::push_heap(heap.begin(), heap.end());
     }
-    if (!victim) break;
-    --top->second;
-    const std::string key = *victim;
-    learned_at_.erase(key);
-    map_.erase(key);
+  }
+  for (const auto& k : drop) {
+    learned_at_.erase(k);
+    map_.erase(k);
   }
 }
 

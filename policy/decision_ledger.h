@@ -36,8 +36,8 @@ inline std::string decision_ledger_path(const std::string& dir) {
 
 class DecisionLedger {
  public:
-  // Empty path: in memory only.
-  explicit DecisionLedger(std::string path = {});
+  // Empty path: in memory only. `max_entries`: see kMaxEntries (tests lower it).
+  explicit DecisionLedger(std::string path = {}, size_t max_entries = kMaxEntries);
 
   // Reads the file if there is one. A missing file is an empty ledger; an unreadable, malformed or
   // unsafe one (wrong owner, writable by others) is too, and the reason goes to *why (false).
@@ -59,9 +59,9 @@ class DecisionLedger {
   [[nodiscard]] size_t size() const noexcept { return map_.size(); }
   [[nodiscard]] const std::string& path() const noexcept { return path_; }
 
-  // More remembered requests than this and the requester with the most entries loses its oldest
+  // More remembered requests than this and the requesters with the most entries lose their oldest
   // (a store holds at most kMaxGrants grants; this leaves room for ones pruned from the store but
-  // not yet from here). An entry holds at most one revoke and one deny: ~2 KiB on disk.
+  // not yet from here). An entry holds one revoke and at most one deny per approver: ~2 KiB on disk.
   static constexpr size_t kMaxEntries = size_t{150} * 1000;
 
  private:
@@ -69,6 +69,7 @@ class DecisionLedger {
   static std::string key_of(const GrantRequest& r);
   void evict();
   std::string path_;
+  size_t max_entries_;
   std::unordered_map<std::string, SignedGrant> map_;      // the request, its signature and the decisions
   std::unordered_map<std::string, uint64_t> versions_;    // by grant id
   std::unordered_map<std::string, uint64_t> learned_at_;  // by key: when last learned (version order)

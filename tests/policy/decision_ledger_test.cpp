@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "policy/cache.h"
 #include "policy/decision_ledger.h"
@@ -256,6 +257,58 @@ TEST(DecisionLedger, AnUnreadableFileIsKeptAside) {
   EXPECT_FALSE(ledger.load(&why));
   EXPECT_NE(why.find("moved to"), std::string::npos) << why;
   EXPECT_EQ(sshring::testing::read_file(path + ".unreadable"), "{not json");
+}
+
+// A principal minting and withdrawing requests of their own fills the ledger past its cap: they
+// lose their own oldest entries, nobody else's.
+TEST(DecisionLedger, OverTheCapTheLargestRequesterLosesItsOldest) {
+  DecisionLedger ledger({}, 100);
+  auto revoked = [](const std::string& requester, int i) {
+    CheckedGrant c;
+    c.status = GrantStatus::kRevoked;
+    char id[16];
+    std::snprintf(id, sizeof id, "g-%012x", i);
+    c.object.request =
+        request_for(requester, "two", "10.9.0.0/24", "10.1.0.1/32", 3600, 1800000000, requester);
+    c.object.request.id = id;
+    c.object.decisions.push_back(
+        GrantDecision{DecisionKind::kRevoke, requester, 1800000010, "", "", "", "sig"});
+    c.decisions.push_back(CheckedApproval{DecisionKind::kRevoke, requester, "fp", 1800000010, "", true, {}});
+    return c;
+  };
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(ledger.remember(revoked("alice", i)));
+  for (int i = 0; i < 300; ++i) ASSERT_TRUE(ledger.remember(revoked("mallory", 1000 + i)));
+  EXPECT_LE(ledger.size(), 100u);
+  for (int i = 0; i < 5; ++i) {
+    SignedGrant g = revoked("alice", i).object;
+    g.decisions.clear();
+    EXPECT_EQ(ledger.restore(g), 1u) << "alice's revoke " << i << " was pushed out";
+  }
+  SignedGrant newest = revoked("mallory", 1299).object;
+  newest.decisions.clear();
+  EXPECT_EQ(ledger.restore(newest), 1u) << "the newest entry went first";
+}
+
+// Each approver's earliest deny is kept: which one counts depends on the policy of the day.
+TEST(DecisionLedger, KeepsTheEarliestDenyOfEachSigner) {
+  DecisionLedger ledger;
+  CheckedGrant c;
+  c.status = GrantStatus::kDenied;
+  c.object.request = request_for("alice", "two", "10.9.0.0/24", "10.1.0.1/32", 3600, 1800000000);
+  c.object.request.id = "g-0000000000dd";
+  for (const auto& [who, at] :
+       {std::pair{"carol", 1800000030}, {"dave", 1800000020}, {"carol", 1800000040}}) {
+    c.object.decisions.push_back(GrantDecision{DecisionKind::kDeny, who, at, "", "", "", "sig"});
+    c.decisions.push_back(CheckedApproval{DecisionKind::kDeny, who, "fp", at, "", true, {}});
+  }
+  ASSERT_TRUE(ledger.remember(c));
+  SignedGrant g = c.object;
+  g.decisions.clear();
+  EXPECT_EQ(ledger.restore(g), 2u);
+  std::set<std::pair<std::string, UnixSeconds>> kept;
+  for (const auto& d : g.decisions) kept.emplace(d.signer, d.at);
+  EXPECT_EQ(kept,
+            (std::set<std::pair<std::string, UnixSeconds>>{{"carol", 1800000030}, {"dave", 1800000020}}));
 }
 
 TEST(DecisionLedger, ForgetsRequestsThatCanNoLongerTakeEffect) {
