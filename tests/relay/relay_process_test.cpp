@@ -404,6 +404,8 @@ TEST(RelayProcessTest, SighupAfterTakeoverReloadsAndServes) {
   o.stderr_path = dir.file("old.log");
   Process old(argv, o);
   ASSERT_TRUE(testing::wait_for_port("127.0.0.1", port)) << testing::read_file(dir.file("old.log"));
+  // The control socket comes up just after the listeners.
+  ASSERT_TRUE(eventually([&] { return ::access(dir.file("ctl/relay.control").c_str(), F_OK) == 0; }));
   std::vector<std::string> take = argv;
   take.push_back("--takeover");
   o.stderr_path = dir.file("new.log");
@@ -546,6 +548,7 @@ TEST(RelayProcessTest, AHelloUsedBeforeATakeoverIsRefusedAfterIt) {
   ASSERT_TRUE(testing::wait_for_port("127.0.0.1", port)) << testing::read_file(dir.file("old.log"));
   EXPECT_TRUE(use()) << testing::read_file(dir.file("old.log"));
   EXPECT_FALSE(use()) << "replayed to the same process";
+  ASSERT_TRUE(eventually([&] { return ::access(dir.file("ctl/relay.control").c_str(), F_OK) == 0; }));
   std::vector<std::string> take = argv;
   take.push_back("--takeover");
   Process next(take, Process::Options{.stderr_path = dir.file("new.log")});
