@@ -16,6 +16,7 @@
 #include "common/sha256.h"
 #include "common/unique_fd.h"
 #include "policy/grant_store.h"
+#include "policy/snapshot_cache.h"
 
 namespace sshring::policy {
 namespace {
@@ -27,37 +28,15 @@ bool remembered_kind(DecisionKind k) noexcept {
   return k == DecisionKind::kRevoke || k == DecisionKind::kDeny;
 }
 
+std::string base_of(const std::string& path) {
+  const auto slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
 std::string dir_of(const std::string& path) {
   const auto slash = path.rfind('/');
   if (slash == std::string::npos) return ".";
   return slash == 0 ? "/" : path.substr(0, slash);
-}
-
-// Whoever can write the ledger can make a reader forget: it must be this user's (or root's) alone.
-bool safe(const struct stat& st, const std::string& what, std::string* why) {
-  if (st.st_uid != ::geteuid() && st.st_uid != 0) {
-    *why = what + " is owned by uid " + std::to_string(st.st_uid) + ", neither root nor this process's " +
-           std::to_string(::geteuid());
-    return false;
-  }
-  if (st.st_mode & (S_IWGRP | S_IWOTH)) {
-    *why = what + " is writable by group or others";
-    return false;
-  }
-  return true;
-}
-
-bool safe_dir(const std::string& dir, std::string* why) {
-  struct stat st {};
-  if (::lstat(dir.c_str(), &st) != 0) {
-    *why = dir + ": " + std::strerror(errno);
-    return false;
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    *why = dir + " is not a directory";
-    return false;
-  }
-  return safe(st, "directory " + dir, why);
 }
 
 }  // namespace
@@ -206,7 +185,13 @@ bool DecisionLedger::load(std::string* why) {
   map_.clear();
   learned_at_.clear();
   if (path_.empty()) return true;
-  common::UniqueFd fd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  // Whoever can write the ledger can make a reader forget: the cache directory's rule.
+  const std::string dir = dir_of(path_);
+  struct stat dst {};
+  if (::lstat(dir.c_str(), &dst) != 0 && errno == ENOENT) return true;  // nothing kept yet
+  common::UniqueFd dfd(open_cache_dir(dir, why));
+  if (!dfd) return false;
+  common::UniqueFd fd(::openat(dfd.get(), base_of(path_).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (!fd) {
     if (errno == ENOENT) return true;
     *why = path_ + ": " + std::strerror(errno);
@@ -221,7 +206,10 @@ bool DecisionLedger::load(std::string* why) {
     *why = path_ + " is not a regular file";
     return false;
   }
-  if (!safe_dir(dir_of(path_), why) || !safe(st, path_, why)) return false;
+  if (auto no = untrusted(st, path_); !no.empty()) {
+    *why = no;
+    return false;
+  }
   if (static_cast<uint64_t>(st.st_size) > kMaxFileBytes) {
     *why = path_ + " is larger than 512 MiB";
     return false;
@@ -279,7 +267,7 @@ bool DecisionLedger::save(std::string* why) {
     *why = "create " + dir + ": " + std::strerror(errno);
     return false;
   }
-  if (!safe_dir(dir, why)) return false;
+  if (common::UniqueFd dfd(open_cache_dir(dir, why)); !dfd) return false;
   nlohmann::json grants = nlohmann::json::array();
   for (const auto& [k, g] : map_) grants.push_back(signed_grant_to_json(g));
   const std::string text = nlohmann::json{{"format", kFormat}, {"grants", std::move(grants)}}.dump() + "\n";

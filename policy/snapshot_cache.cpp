@@ -34,40 +34,6 @@ void write_all(int fd, std::string_view data, const std::string& path) {
   }
 }
 
-// Who may have written `st`: this process's user or root, and nobody through group or other write
-// bits. The checksum only detects corruption; whoever can write the cache can rewrite it with a new
-// checksum (the policy and grants a consumer starts from while etcd is away), so ownership and mode
-// are what keep others out. Empty if trusted, else why not (with the fix).
-std::string untrusted(const struct stat& st, const std::string& what) {
-  if (st.st_uid != ::geteuid() && st.st_uid != 0)
-    return what + " is owned by uid " + std::to_string(st.st_uid) + ", neither us (uid " +
-           std::to_string(::geteuid()) + ") nor root; chown it to the service user";
-  if (st.st_mode & (S_IWGRP | S_IWOTH))
-    return what + " is writable by group or others; run chmod go-w " + what;
-  return {};
-}
-
-// The cache directory, opened without following a symlink and checked (untrusted); -1 with *why.
-int open_cache_dir(const std::string& dir, std::string* why) {
-  common::UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!fd) {
-    *why = errno == ENOTDIR || errno == ELOOP
-               ? "cache directory " + dir + " is not a directory (symlinks are refused)"
-               : "cache directory " + dir + ": " + std::strerror(errno);
-    return -1;
-  }
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) {
-    *why = "stat cache directory " + dir + ": " + std::strerror(errno);
-    return -1;
-  }
-  if (auto no = untrusted(st, "cache directory " + dir); !no.empty()) {
-    *why = no;
-    return -1;
-  }
-  return fd.release();
-}
-
 bool read_all(int dfd, const std::string& name, const std::string& path, std::string* out, std::string* why) {
   common::UniqueFd fd(::openat(dfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   if (!fd) {
@@ -114,6 +80,35 @@ nlohmann::json body(const std::string& source, const SourceData& d, UnixSeconds 
 }
 
 }  // namespace
+
+std::string untrusted(const struct stat& st, const std::string& what) {
+  if (st.st_uid != ::geteuid() && st.st_uid != 0)
+    return what + " is owned by uid " + std::to_string(st.st_uid) + ", neither us (uid " +
+           std::to_string(::geteuid()) + ") nor root; chown it to the service user";
+  if (st.st_mode & (S_IWGRP | S_IWOTH))
+    return what + " is writable by group or others; run chmod go-w " + what;
+  return {};
+}
+
+int open_cache_dir(const std::string& dir, std::string* why) {
+  common::UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) {
+    *why = errno == ENOTDIR || errno == ELOOP
+               ? "cache directory " + dir + " is not a directory (symlinks are refused)"
+               : "cache directory " + dir + ": " + std::strerror(errno);
+    return -1;
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    *why = "stat cache directory " + dir + ": " + std::strerror(errno);
+    return -1;
+  }
+  if (auto no = untrusted(st, "cache directory " + dir); !no.empty()) {
+    *why = no;
+    return -1;
+  }
+  return fd.release();
+}
 
 std::string cached_snapshot_path(const std::string& dir, const std::string& source) {
   return dir + "/snapshot-" + sha256_hex(source).substr(0, 16) + ".json";

@@ -11,6 +11,8 @@
 // root) and not writable by group or others, and neither may be a symlink.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -94,6 +96,15 @@ class SnapshotCacheWriter {
 };
 
 // The file save/load use for `source` in `dir`.
+// The trust rule of a cache directory and everything in it (the snapshot, the decision ledger):
+// written by this process's user or root, and by nobody through group or other write bits. A
+// checksum only detects corruption; whoever can write the directory can rewrite what a consumer
+// starts from, so ownership and mode are what keep others out. Empty if trusted, else why not
+// (with the fix).
+std::string untrusted(const struct stat& st, const std::string& what);
+// The cache directory, opened without following a symlink and checked (untrusted); -1 with *why.
+int open_cache_dir(const std::string& dir, std::string* why);
+
 std::string cached_snapshot_path(const std::string& dir, const std::string& source);
 
 }  // namespace sshring::policy
