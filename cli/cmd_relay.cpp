@@ -272,10 +272,13 @@ class RelayProcess {
 
     relay_ = std::make_unique<relay::Relay>(cfg_);
     stop_serving_.server = metrics_server_.get();
-    if (takeover_)
+    if (takeover_) {
       take_over();
-    else
+    } else {
+      // A plain start (after a restart or a crash) has no replay cache from the relay before it.
+      if (auth_) auth_->factory()->refuse_hellos_from_before_start();
       relay_->start();
+    }
     register_relay_metrics();
     for (const auto& a : relay_->listen_addresses())
       common::log_info("relay listening",

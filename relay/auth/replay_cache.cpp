@@ -137,6 +137,13 @@ bool ReplayCache::restore(const Snapshot& snap, uint64_t mono_now_ms) {
   return true;
 }
 
+void ReplayCache::forget_through(uint64_t wall_ms) {
+  for (auto& s : shards_) {
+    std::lock_guard lock(s->mu);
+    s->forgotten_ts = std::max(s->forgotten_ts, wall_ms);
+  }
+}
+
 size_t ReplayCache::size() const {
   size_t n = 0;
   for (const auto& s : shards_) {

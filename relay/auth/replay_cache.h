@@ -74,6 +74,9 @@ class ReplayCache {
   // each shard's forgotten timestamp and every live nonce (even past this cache's capacity: a live
   // nonce is never dropped). False, nothing changed, when the cache is not empty.
   bool restore(const Snapshot& snap, uint64_t mono_now_ms);
+  // A process that starts without its predecessor's cache cannot know which HELLOs that one
+  // accepted: treats every timestamp up to `wall_ms` as forgotten (refused kTooOld), in every shard.
+  void forget_through(uint64_t wall_ms);
 
  private:
   struct Entry {

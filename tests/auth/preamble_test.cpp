@@ -289,6 +289,29 @@ TEST(AuthReplayCache, RemembersForTheSkewWindowOnly) {
   EXPECT_EQ(c.check_and_insert(n, t + 30001, t + 30001), auth::ReplayCache::Result::kFresh);
 }
 
+// A relay started without its predecessor's cache: every timestamp up to its start counts as
+// forgotten in every shard, so none of them can be used (again), and later ones can.
+TEST(AuthReplayCache, ForgetThroughRefusesEveryEarlierTimestampInEveryShard) {
+  auth::ReplayCache c(30000, 1000);
+  const uint64_t start = 2'000'000;
+  c.forget_through(start);
+  size_t too_old = 0, fresh = 0;
+  for (int i = 0; i < 200; ++i) {  // random nonces: all 16 shards
+    auth::ReplayCache::Nonce n{};
+    protocol::random_bytes(n.data(), n.size());
+    too_old += c.check_and_insert(n, start - 1 - i % 2, start + 10) == auth::ReplayCache::Result::kTooOld;
+    n[0] ^= 1;
+    fresh += c.check_and_insert(n, start + 1, start + 10) == auth::ReplayCache::Result::kFresh;
+  }
+  EXPECT_EQ(too_old, 200u);
+  EXPECT_EQ(fresh, 200u);
+  auth::ReplayCache::Nonce at{};
+  at[0] = 7;
+  EXPECT_EQ(c.check_and_insert(at, start, start + 10), auth::ReplayCache::Result::kTooOld) << "at the start";
+  c.forget_through(start - 5000);  // never moves back
+  EXPECT_EQ(c.check_and_insert(at, start - 1, start + 10), auth::ReplayCache::Result::kTooOld);
+}
+
 TEST(AuthReplayCache, BoundedMemoryFailsClosed) {
   auth::ReplayCache c(30000, 160);  // 16 shards x 11
   uint64_t now = 5'000'000;

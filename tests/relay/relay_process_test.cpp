@@ -481,85 +481,150 @@ TEST(RelayProcessTest, TakeoverRefusesAControlSocketServedByAnotherUser) {
       << "the refused relay serves anyway";
 }
 
-// The replay cache moves with a live hand-over: a HELLO (captured from `sshring connect`) used with
-// the old relay is refused by the one that took over (`replayed`), inside the skew window; it used
-// to be accepted once more, as after a restart.
-TEST(RelayProcessTest, AHelloUsedBeforeATakeoverIsRefusedAfterIt) {
-  TempDir dir;
-  ASSERT_EQ(testing::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", dir.file("key")}), 0);
-  std::string pub = testing::read_file(dir.file("key.pub"));
-  while (!pub.empty() && (pub.back() == '\n' || pub.back() == '\r')) pub.pop_back();
-  auto target = test::listen_any();
-  const uint16_t tport = test::local_addr(target.get()).port();
-  testing::write_file(dir.file("policy.yaml"),
-                      "version: 1\nroles:\n  - name: ops\n    targets:\n"
-                      "      - cidrs: [127.0.0.1/32]\n        ports: [" +
-                          std::to_string(tport) +
-                          "]\nprincipals:\n  - name: tester\n    roles: [ops]\n"
-                          "    keys: [\"" +
-                          pub + "\"]\n");
-  // Capture a HELLO: `sshring connect` against a listener that only reads.
-  auto capture = test::listen_any();
-  Process client({testing::sshring_bin(), "connect", "--relay", test::local_addr(capture.get()).to_string(),
-                  "--relay-id", "rp", "--principal", "tester", "--identity", dir.file("key"), "127.0.0.1",
-                  std::to_string(tport)},
-                 Process::Options{.stderr_path = dir.file("connect.log")});
-  pollfd pc{capture.get(), POLLIN, 0};
-  ASSERT_EQ(::poll(&pc, 1, 10000), 1) << testing::read_file(dir.file("connect.log"));
-  common::UniqueFd cc(::accept4(capture.get(), nullptr, nullptr, SOCK_CLOEXEC));
-  std::string frame;
-  for (char buf[4096];;) {
-    pollfd q{cc.get(), POLLIN, 0};
-    if (::poll(&q, 1, frame.empty() ? 10000 : 300) != 1) break;
-    const ssize_t n = ::recv(cc.get(), buf, sizeof(buf), 0);
-    if (n <= 0) break;
-    frame.append(buf, static_cast<size_t>(n));
-  }
-  ASSERT_FALSE(frame.empty());
-  cc.reset();
-  client.signal(SIGTERM);
-  (void)client.wait(5s);
+// True when nothing listens on 127.0.0.1:port (TIME_WAIT left by closed sessions does not count).
+bool no_listener(uint16_t port) {
+  common::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  int one = 1;
+  (void)::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  const auto a = *common::SockAddr::parse("127.0.0.1:" + std::to_string(port));
+  return ::bind(fd.get(), a.get(), a.len()) == 0;
+}
 
-  const uint16_t port = testing::free_port();
-  const auto via = *common::SockAddr::parse("127.0.0.1:" + std::to_string(port));
-  const std::vector<std::string> argv = {testing::sshring_bin(),
-                                         "relay",
-                                         "--listen",
-                                         via.to_string(),
-                                         "--policy",
-                                         dir.file("policy.yaml"),
-                                         "--relay-id",
-                                         "rp",
-                                         "--workers",
-                                         "1",
-                                         "--control-socket",
-                                         dir.file("ctl/relay.control")};
-  // Sends the captured HELLO; true when the relay connected to the target.
-  auto use = [&] {
+// An authenticated relay (a process) and a HELLO captured from `sshring connect` by a listener that
+// only reads, to be sent again: what an attacker on the path replays.
+class ReplayedHello {
+ public:
+  ReplayedHello() {
+    EXPECT_EQ(testing::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", dir.file("key")}), 0);
+    std::string pub = testing::read_file(dir.file("key.pub"));
+    while (!pub.empty() && (pub.back() == '\n' || pub.back() == '\r')) pub.pop_back();
+    testing::write_file(dir.file("policy.yaml"),
+                        "version: 1\nroles:\n  - name: ops\n    targets:\n"
+                        "      - cidrs: [127.0.0.1/32]\n        ports: [" +
+                            std::to_string(tport) +
+                            "]\nprincipals:\n  - name: tester\n    roles: [ops]\n"
+                            "    keys: [\"" +
+                            pub + "\"]\n");
+    argv = {testing::sshring_bin(),
+            "relay",
+            "--listen",
+            via.to_string(),
+            "--policy",
+            dir.file("policy.yaml"),
+            "--relay-id",
+            "rp",
+            "--workers",
+            "1",
+            "--control-socket",
+            dir.file("ctl/relay.control")};
+  }
+
+  // The preamble `sshring connect` sends, as it sends it.
+  std::string capture() {
+    auto listener = test::listen_any();
+    Process client({testing::sshring_bin(), "connect", "--relay",
+                    test::local_addr(listener.get()).to_string(), "--relay-id", "rp", "--principal", "tester",
+                    "--identity", dir.file("key"), "127.0.0.1", std::to_string(tport)},
+                   Process::Options{.stderr_path = dir.file("connect.log")});
+    pollfd pc{listener.get(), POLLIN, 0};
+    EXPECT_EQ(::poll(&pc, 1, 10000), 1) << testing::read_file(dir.file("connect.log"));
+    common::UniqueFd cc(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    std::string frame;
+    for (char buf[4096]; cc;) {
+      pollfd q{cc.get(), POLLIN, 0};
+      if (::poll(&q, 1, frame.empty() ? 10000 : 300) != 1) break;
+      const ssize_t n = ::recv(cc.get(), buf, sizeof(buf), 0);
+      if (n <= 0) break;
+      frame.append(buf, static_cast<size_t>(n));
+    }
+    cc.reset();
+    client.signal(SIGTERM);
+    (void)client.wait(5s);
+    return frame;
+  }
+
+  // Sends `frame` to the relay; true when the relay connected to the target.
+  bool use(const std::string& frame) {
     auto c = test::tcp_connect(via);
     EXPECT_TRUE(c);
     EXPECT_TRUE(test::write_all(c.get(), frame.data(), frame.size()));
     pollfd p{target.get(), POLLIN, 0};
-    if (::poll(&p, 1, 2000) != 1) return false;
+    if (::poll(&p, 1, 2000) != 1) {
+      reply.clear();
+      for (char buf[512];;) {
+        pollfd q{c.get(), POLLIN, 0};
+        if (::poll(&q, 1, 1000) != 1) break;
+        const ssize_t n = ::recv(c.get(), buf, sizeof(buf), 0);
+        if (n <= 0) break;
+        reply.append(buf, static_cast<size_t>(n));
+      }
+      return false;
+    }
     common::UniqueFd up(::accept4(target.get(), nullptr, nullptr, SOCK_CLOEXEC));
     return true;
-  };
-  Process old(argv, Process::Options{.stderr_path = dir.file("old.log")});
-  ASSERT_TRUE(testing::wait_for_port("127.0.0.1", port)) << testing::read_file(dir.file("old.log"));
-  EXPECT_TRUE(use()) << testing::read_file(dir.file("old.log"));
-  EXPECT_FALSE(use()) << "replayed to the same process";
-  ASSERT_TRUE(eventually([&] { return ::access(dir.file("ctl/relay.control").c_str(), F_OK) == 0; }));
-  std::vector<std::string> take = argv;
+  }
+
+  bool logged(const std::string& file, const std::string& what) {
+    return eventually([&] { return testing::read_file(dir.file(file)).find(what) != std::string::npos; });
+  }
+
+  TempDir dir;
+  common::UniqueFd target = test::listen_any();
+  uint16_t tport = test::local_addr(target.get()).port();
+  uint16_t port = testing::free_port();
+  common::SockAddr via = *common::SockAddr::parse("127.0.0.1:" + std::to_string(port));
+  std::vector<std::string> argv;
+  std::string reply;  // what the relay answered the last refused use()
+};
+
+// The replay cache moves with a live hand-over: a HELLO used with the old relay is refused by the one
+// that took over (`replayed`), inside the skew window.
+TEST(RelayProcessTest, AHelloUsedBeforeATakeoverIsRefusedAfterIt) {
+  ReplayedHello t;
+  Process old(t.argv, Process::Options{.stderr_path = t.dir.file("old.log")});
+  ASSERT_TRUE(testing::wait_for_port("127.0.0.1", t.port)) << testing::read_file(t.dir.file("old.log"));
+  const std::string frame = t.capture();
+  ASSERT_FALSE(frame.empty());
+  EXPECT_TRUE(t.use(frame)) << testing::read_file(t.dir.file("old.log"));
+  EXPECT_FALSE(t.use(frame)) << "replayed to the same process";
+  ASSERT_TRUE(eventually([&] { return ::access(t.dir.file("ctl/relay.control").c_str(), F_OK) == 0; }));
+  std::vector<std::string> take = t.argv;
   take.push_back("--takeover");
-  Process next(take, Process::Options{.stderr_path = dir.file("new.log")});
-  ASSERT_EQ(old.wait(30s), 0) << testing::read_file(dir.file("old.log"));
-  ASSERT_TRUE(eventually(
-      [&] { return testing::read_file(dir.file("new.log")).find("took over") != std::string::npos; }));
-  EXPECT_FALSE(use()) << "a HELLO used before the takeover was accepted again after it";
-  EXPECT_TRUE(eventually([&] {
-    return testing::read_file(dir.file("new.log")).find("reason=replayed") != std::string::npos;
-  })) << testing::read_file(dir.file("new.log"));
+  Process next(take, Process::Options{.stderr_path = t.dir.file("new.log")});
+  ASSERT_EQ(old.wait(30s), 0) << testing::read_file(t.dir.file("old.log"));
+  ASSERT_TRUE(t.logged("new.log", "took over"));
+  EXPECT_FALSE(t.use(frame)) << "a HELLO used before the takeover was accepted again after it";
+  EXPECT_TRUE(t.logged("new.log", "reason=replayed")) << testing::read_file(t.dir.file("new.log"));
   EXPECT_TRUE(next.running());
+}
+
+// A plain restart has no replay cache to take over, whether the relay stopped cleanly or crashed: the
+// new process refuses every HELLO timestamped before it started (`stale`), so one the old process
+// accepted cannot be used again; a HELLO made after the start goes through.
+TEST(RelayProcessTest, AHelloUsedBeforeARestartOrACrashIsRefusedAfterIt) {
+  for (int sig : {SIGTERM, SIGKILL}) {
+    SCOPED_TRACE(sig == SIGTERM ? "stopped with SIGTERM" : "killed");
+    ReplayedHello t;
+    Process old(t.argv, Process::Options{.stderr_path = t.dir.file("old.log")});
+    ASSERT_TRUE(testing::wait_for_port("127.0.0.1", t.port)) << testing::read_file(t.dir.file("old.log"));
+    const std::string frame = t.capture();
+    ASSERT_FALSE(frame.empty());
+    EXPECT_TRUE(t.use(frame)) << testing::read_file(t.dir.file("old.log"));
+    old.signal(sig);
+    (void)old.wait(30s);
+    // A killed relay's listener outlives the process until the kernel has torn down its io_uring
+    // (a few ms to ~100 ms here, off the exit path); a relay started sooner shares the port with it
+    // (SO_REUSEPORT), and what lands there is reset. What is tested here is the replay, not that.
+    ASSERT_TRUE(eventually([&] { return no_listener(t.port); }));
+    Process next(t.argv, Process::Options{.stderr_path = t.dir.file("new.log")});
+    ASSERT_TRUE(testing::wait_for_port("127.0.0.1", t.port)) << testing::read_file(t.dir.file("new.log"));
+    EXPECT_FALSE(t.use(frame)) << "a HELLO used before the restart was accepted again after it";
+    EXPECT_TRUE(t.logged("new.log", "reason=stale"))
+        << testing::read_file(t.dir.file("new.log")) << "\nreply: " << t.reply;
+    const std::string fresh = t.capture();
+    EXPECT_TRUE(t.use(fresh)) << "a HELLO made after the restart: "
+                              << testing::read_file(t.dir.file("new.log"));
+  }
 }
 
 TEST(RelayProcessTest, OutOfDescriptorsIsSurvivedWithoutSpinning) {
