@@ -90,6 +90,7 @@ class Agent {
                         {{"iface", name}, {"filters_removed", removed}, {"error", refused}});
     }
     if (ifindexes.empty()) throw common::UsageError(refused);
+    stats_.interfaces_unwatched.set(static_cast<int64_t>(opts_.ifaces.size() - ifindexes.size()));
     start_outputs();
     load();
     attach(ifindexes);

@@ -270,6 +270,9 @@ static void append_agent_enforcement(const AgentStats& s, std::vector<prometheus
   gauge("sshring_agent_pins_private",
         "1 when the pin dir is on a bpffs private to the agent's mount namespace (pins die with it).",
         s.pins_private);
+  gauge("sshring_agent_interfaces_unwatched",
+        "--iface interfaces the agent did not attach to (not Ethernet: their traffic passes unseen).",
+        s.interfaces_unwatched);
 }
 
 void register_fleet(Server& server, std::function<std::optional<FleetStats>()> read) {

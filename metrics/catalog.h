@@ -139,6 +139,7 @@ struct AgentStats {
   LocalGauge policy_fits;             // sshring_agent_policy_fits (0/1)
   LocalGauge rules_not_loaded;        // sshring_agent_policy_rules_not_loaded
   LocalGauge pins_private;            // sshring_agent_pins_private (0/1)
+  LocalGauge interfaces_unwatched;    // sshring_agent_interfaces_unwatched
 };
 void register_agent(Server& server, const AgentStats* stats);
 

@@ -594,6 +594,7 @@ TEST_F(AgentIntegration, AttachingToAnL3InterfaceIsRefused) {
   std::string tun;
   host_->exec("tc filter show dev sshrtun0 ingress; tc filter show dev sshrtun0 egress", &tun);
   EXPECT_EQ(count(tun, "handle 0x5353"), 0u) << tun;
+  EXPECT_EQ(metric(*host_, "sshring_agent_interfaces_unwatched"), 1) << "what pages the operator";
   EXPECT_EQ(ssh(kUngranted, "true", "", "5") == 0, false) << "enforce mode runs on vh";
   stop_agent();
 }
@@ -1040,6 +1041,7 @@ TEST_F(AgentIntegration, PrivatePinsAreReported) {
   start_agent(false, "shared.log");
   EXPECT_EQ(read_file(dir_.file("shared.log")).find("PINS ARE PRIVATE"), std::string::npos);
   EXPECT_EQ(metric(*host_, "sshring_agent_pins_private"), 0);
+  EXPECT_EQ(metric(*host_, "sshring_agent_interfaces_unwatched"), 0);
   stop_agent();
   const std::string private_dir = "/sys/fs/bpf/sshring-test-private-" + std::to_string(::getpid());
   std::vector<std::string> argv = {
