@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -28,6 +29,7 @@
 #include "policy/etcd/client.h"
 #include "policy/etcd/store.h"
 #include "policy/grant_store.h"
+#include "policy/local_addresses.h"
 #include "policy/parser.h"
 #include "policy/snapshot.h"
 
@@ -224,6 +226,18 @@ int explain_session(const common::Flags& f, UnixSeconds now) {
       }
     }
   }
+  // The deciding relay's own addresses: a name that resolves to one is allowed only where an
+  // entry's cidrs list it, as for loopback. Default: this host's (explain runs where the relay does).
+  if (!name.empty() && req.target.valid()) {
+    std::vector<policy::IpAddr> relay;
+    for (const std::string& t : f.all("relay-addr")) {
+      auto a = policy::IpAddr::parse(t);
+      if (!a) throw UsageError("--relay-addr '" + t + "': expected an IP address");
+      relay.push_back(*a);
+    }
+    if (relay.empty()) relay = policy::local_addresses();
+    req.target_local = std::find(relay.begin(), relay.end(), req.target) != relay.end();
+  }
   auto snap = load_snapshot(f, false);
   policy::Decision d =
       req.target.valid() ? snap->authorize(req) : snap->name_allowed(principal, name, port, now);
@@ -237,6 +251,7 @@ int explain_session(const common::Flags& f, UnixSeconds now) {
          {"reason", std::string(policy::reason_name(d.reason))},
          {"rule", std::string(d.rule)},
          {"key_checked", !key.empty()},
+         {"address_is_relay", req.target_local},
          {"max_sessions", snap->max_sessions_for(principal)}};
   if (!f.flag("json")) {
     std::cout << "session " << principal << " from " << from->to_string() << " to " << host << ":" << port;
@@ -246,6 +261,10 @@ int explain_session(const common::Flags& f, UnixSeconds now) {
     if (!d.rule.empty()) std::cout << " by " << d.rule;
     std::cout << "\n";
     if (key.empty()) std::cout << "note: key not checked (give --key SHA256:...)\n";
+    if (req.target_local)
+      std::cout << "note: " << req.target.to_string()
+                << " is an address of the relay (this host, or --relay-addr): a name leads there only "
+                   "through an entry whose cidrs list it\n";
     if (d.allowed) std::cout << "max_sessions: " << snap->max_sessions_for(principal) << "\n";
     if (!req.target.valid()) std::cout << "note: " << host << " did not resolve; only the name was checked\n";
     return 0;
@@ -267,6 +286,9 @@ int explain(const std::vector<std::string>& args) {
   f.value("to", "HOST:PORT", "session: the target the client asks for (a name or an address)");
   f.value("addr", "IP", "session: the address HOST resolves to (default: resolve it now)");
   f.value("key", "FINGERPRINT", "session: the key's SHA256:... fingerprint (default: not checked)");
+  f.multi("relay-addr", "IP",
+          "session: an address of the relay that decides (repeatable; default: this host's addresses, "
+          "as a relay here sees them)");
   f.value("flow", "SRC", "flow: source address; the destination DST:PORT follows as an argument");
   f.value("at", "TIME", "decide at TIME (RFC 3339) instead of now");
   f.boolean("json", "print the decision as JSON");

@@ -140,6 +140,28 @@ TEST_F(PolicyCli, ExplainSessionsAndFlows) {
                "role:sre/targets[1]"),
       std::string::npos)
       << out;
+  // The same name answered with an address of the deciding relay (its own LAN address or VIP): the
+  // relay refuses a names-only entry there, as for loopback, and explain says the same.
+  ASSERT_EQ(cli({"policy", "explain", "--policy", policy_, "--principal", "alice", "--from", "10.2.3.4",
+                 "--to", "db1.prod.example.com:2222", "--addr", "10.7.7.7", "--at", "2026-12-07T09:00:00Z",
+                 "--relay-addr", "10.9.9.9", "--relay-addr", "10.7.7.7", "--json"},
+                &out),
+            0)
+      << out;
+  auto local = nlohmann::json::parse(out);
+  EXPECT_EQ(local["decision"], "deny") << out;
+  EXPECT_EQ(local["address_is_relay"], true) << out;
+  ASSERT_EQ(cli({"policy", "explain", "--policy", policy_, "--principal", "alice", "--from", "10.2.3.4",
+                 "--to", "db1.prod.example.com:2222", "--addr", "10.7.7.7", "--at", "2026-12-07T09:00:00Z",
+                 "--relay-addr", "10.7.7.7"},
+                &out),
+            0);
+  EXPECT_NE(out.find("note: 10.7.7.7 is an address of the relay"), std::string::npos) << out;
+  EXPECT_NE(cli({"policy", "explain", "--policy", policy_, "--principal", "alice", "--from", "10.2.3.4",
+                 "--to", "db1.prod.example.com:2222", "--addr", "10.7.7.7", "--relay-addr", "relay1"},
+                &out),
+            0);
+  EXPECT_NE(out.find("--relay-addr 'relay1': expected an IP address"), std::string::npos) << out;
   ASSERT_EQ(cli({"policy", "explain", "--policy", policy_, "--principal", "alice", "--from", "10.2.3.4",
                  "--to", "10.1.2.3:22", "--at", "2026-12-06T09:00:00Z", "--json"},
                 &out),
