@@ -353,7 +353,8 @@ class AuthHandshake : public Handshake {
         return s.deny(protocol::Reason::kOverloaded, "replay cache full");
       case ReplayCache::Result::kTooOld:
         return s.deny(protocol::Reason::kStale,
-                      "timestamp is older than what the replay cache still remembers");
+                      "timestamp is not newer than what this relay may already have accepted (it restarted "
+                      "just now, or its clock went back): check this host's clock and retry");
       case ReplayCache::Result::kPrincipalFull:
         return s.deny(protocol::Reason::kOverloaded, "replay cache share of '" + h.principal + "' full");
     }

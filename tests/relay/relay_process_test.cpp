@@ -619,8 +619,9 @@ TEST(RelayProcessTest, AHelloUsedBeforeARestartOrACrashIsRefusedAfterIt) {
     Process next(t.argv, Process::Options{.stderr_path = t.dir.file("new.log")});
     ASSERT_TRUE(testing::wait_for_port("127.0.0.1", t.port)) << testing::read_file(t.dir.file("new.log"));
     EXPECT_FALSE(t.use(frame)) << "a HELLO used before the restart was accepted again after it";
-    EXPECT_TRUE(t.logged("new.log", "reason=stale"))
-        << testing::read_file(t.dir.file("new.log")) << "\nreply: " << t.reply;
+    EXPECT_TRUE(t.logged("new.log", "reason=stale")) << testing::read_file(t.dir.file("new.log"));
+    EXPECT_NE(t.reply.find("it restarted just now"), std::string::npos)
+        << "the client is told why: " << t.reply;
     const std::string fresh = t.capture();
     EXPECT_TRUE(t.use(fresh)) << "a HELLO made after the restart: "
                               << testing::read_file(t.dir.file("new.log"));
