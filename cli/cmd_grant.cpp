@@ -457,6 +457,10 @@ common::Flags decide_flags(const DecisionSpec& spec, const std::string& help) {
   f.value(spec.note_flag, "TEXT",
           spec.note_required ? "why (required; signed and audited)" : "a note (signed and audited)");
   f.boolean("json", "print the grant and its new status as JSON");
+  if (spec.kind == policy::DecisionKind::kApprove)
+    f.boolean("yes",
+              "sign without asking (at a terminal, approve shows the terms and waits for 'y'; "
+              "without one it never asks)");
   f.epilog("Exit codes: 0 recorded, 1 refused or failed, 2 usage error.\n");
   return f;
 }
@@ -490,6 +494,23 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
   require_printable(d.os_user, "the login name ($SUDO_USER, $USER or $LOGNAME)");
   require_printable(d.host, "the host name");
   bool terms_shown = false;
+  // An approval at a terminal: the terms first, then a yes, read before the store is locked; the
+  // request signed below must still be the one confirmed.
+  std::optional<policy::GrantRequest> confirmed;
+  if (spec.kind == policy::DecisionKind::kApprove && !f.flag("yes") && ::isatty(0) == 1 && ::isatty(2) == 1) {
+    for (const policy::SignedGrant& g : c.store->load()) {
+      if (g.request.id != id) continue;
+      std::cerr << signing_terms(spec.name, g.request) << "sign this approval? [y/N] " << std::flush;
+      std::string answer;
+      if (!std::getline(std::cin, answer) || (answer != "y" && answer != "yes")) {
+        std::cerr << "sshring grant approve: not signed (answer y, or pass --yes)\n";
+        return 1;
+      }
+      confirmed = g.request;
+      terms_shown = true;
+      break;
+    }
+  }
   struct Refused : std::runtime_error {
     using std::runtime_error::runtime_error;
   };
@@ -505,6 +526,9 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
         refusal = decision_refusal(chk, c.pol().find_rule(g.request.rule), c.pol(), me, spec.kind);
         if (!refusal.empty()) throw Refused(refusal);
       }
+      if (confirmed && !(g.request == *confirmed))
+        throw Refused(
+            "the request changed after you confirmed it; run the command again and check the terms");
       if (g.decisions.size() >= policy::kMaxDecisions)
         throw UsageError("grant " + id + " holds 64 decisions already");
       if (!terms_shown) {  // what the signature is bound to, from the signed request itself

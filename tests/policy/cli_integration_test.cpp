@@ -307,6 +307,47 @@ TEST_F(PolicyCli, GrantRequestApproveRevokeWithAuditRecords) {
   EXPECT_EQ(recs[3]["seq"], 4);
 }
 
+// Runs sshring with args at a terminal (script(1) gives it a pty), typing `input`.
+int cli_at_tty(const std::vector<std::string>& args, const std::string& input, std::string* out) {
+  std::string cmd = "USER=tester " + quote(sshring::testing::sshring_bin());
+  for (const auto& a : args) cmd += " " + quote(a);
+  return sshring::testing::sh(
+      "printf %s " + quote(input) + " | script -qec " + quote(cmd) + " /dev/null 2>&1", out);
+}
+
+// At a terminal an approver sees the terms and signs only on 'y'; anything else signs nothing.
+// Without a terminal (scripts, these other tests) or with --yes it does not ask.
+TEST_F(PolicyCli, ApproveAtATerminalAsksBeforeSigning) {
+  std::string out;
+  ASSERT_EQ(cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3:22", "--ttl",
+                             "1h", "--reason", "kernel patch INC-43", "--json"}),
+                &out),
+            0)
+      << out;
+  const std::string id = nlohmann::json::parse(out)["id"];
+  auto approvals = [&] {  // decisions signed on the request (only approvals here)
+    std::string l;
+    EXPECT_EQ(cli(with({"grant", "list", "--json"}), &l), 0) << l;
+    for (const auto& g : nlohmann::json::parse(l))
+      if (g["id"] == id) return g["decisions"].size();
+    return size_t{99};
+  };
+  for (const char* no : {"n\n", "\n", "yes please\n", ""}) {
+    EXPECT_EQ(cli_at_tty(as("carol", {"grant", "approve", id}), no, &out), 1) << out;
+    EXPECT_NE(out.find("signing approve of " + id), std::string::npos) << out;
+    EXPECT_NE(out.find("reason:    kernel patch INC-43"), std::string::npos) << out;
+    EXPECT_NE(out.find("not signed (answer y, or pass --yes)"), std::string::npos) << out;
+  }
+  EXPECT_EQ(approvals(), 0u) << "a refused prompt signed something";
+  EXPECT_EQ(audit_records(audit_).size(), 1u) << "only the request is recorded";
+  ASSERT_EQ(cli_at_tty(as("carol", {"grant", "approve", id}), "y\n", &out), 0) << out;
+  EXPECT_NE(out.find(id + " pending"), std::string::npos) << out;
+  EXPECT_EQ(approvals(), 1u);
+  ASSERT_EQ(cli_at_tty(as("dave", {"grant", "approve", id, "--yes"}), "", &out), 0) << out;
+  EXPECT_EQ(out.find("sign this approval?"), std::string::npos) << "--yes asked: " << out;
+  EXPECT_NE(out.find(id + " active"), std::string::npos) << out;
+}
+
 TEST_F(PolicyCli, DeniedRequestsCanNotBeApproved) {
   std::string out;
   ASSERT_EQ(cli(as("bob", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3", "--ttl", "1h",
