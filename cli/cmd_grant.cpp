@@ -82,6 +82,7 @@ void common_flags(common::Flags& f) {
   f.boolean("audit-syslog", "also send each audit record to syslog/journald (for log shippers)");
   f.value("audit-key", "FILE", "Ed25519 key signing audit checkpoints (created 0600 if missing)");
   cli::add_etcd_flags(f);  // --etcd: policy and grants in etcd instead of the file and directory
+  cli::add_ledger_flag(f);
 }
 
 void signer_flags(common::Flags& f) {
@@ -200,6 +201,7 @@ Context open(const common::Flags& f, bool need_audit, bool allow_broken_policy =
     c.policy_error = e.what();
   }
   if (!c.store) c.store = cli::open_grant_store_without_policy(f);
+  c.store = cli::with_ledger(std::move(c.store), f);  // decisions this host verified, as its readers see them
   if (need_audit)
     c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"),
                          f.get_or("audit-key", ""));
@@ -641,7 +643,7 @@ int list(const std::vector<std::string>& args) {
   std::string dir = ps.etcd ? std::string() : f.get_or("grant-store", c.pol().grant_store);
   std::vector<policy::SignedGrant> grants;
   if (ps.store) {
-    c.store = std::move(ps.store);
+    c.store = cli::with_ledger(std::move(ps.store), f);
     // Readers without write access just read (etcd: list never writes; relays' roles are read-only).
     if (!ps.etcd && ::access(dir.c_str(), W_OK) == 0) {
       c.audit = open_audit(c, f.get_or("audit-log", kDefaultAuditLog), f.flag("audit-syslog"),

@@ -80,7 +80,7 @@ std::shared_ptr<const policy::Snapshot> load_snapshot(const common::Flags& f, bo
   auto ps = cli::open_policy_and_store(f, false);  // --etcd, or the policy file and its grant store
   auto pol = std::make_shared<policy::Policy>(std::move(ps.policy));
   std::vector<policy::SignedGrant> grants;
-  if (with_grants && ps.store) grants = ps.store->load();
+  if (with_grants && ps.store) grants = cli::with_ledger(std::move(ps.store), f)->load();
   // Grants are honoured only after their signatures and their rule check out, as in relay and agent.
   return policy::Snapshot::build_checked(std::move(pol), grants, now_or_at(f), nullptr);
 }
@@ -293,6 +293,7 @@ int explain(const std::vector<std::string>& args) {
   f.value("at", "TIME", "decide at TIME (RFC 3339) instead of now");
   f.boolean("json", "print the decision as JSON");
   cli::add_etcd_flags(f);
+  cli::add_ledger_flag(f);
   if (!f.parse(args)) return 0;
   const UnixSeconds now = now_or_at(f);
   return f.has("flow") ? explain_flow(f, now) : explain_session(f, now);

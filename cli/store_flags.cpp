@@ -4,9 +4,12 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
+#include <set>
 #include <sstream>
 
 #include "common/error.h"
+#include "policy/decision_ledger.h"
 #include "policy/etcd/client.h"
 #include "policy/etcd/nonce_claims.h"
 #include "policy/etcd/session_ledger.h"
@@ -196,6 +199,73 @@ std::optional<uint64_t> base_revision(const policy::GrantStore& s) {
   const int64_t r = s.base_revision();
   if (r <= 0) return std::nullopt;
   return static_cast<uint64_t>(r);
+}
+
+void add_ledger_flag(common::Flags& f) {
+  f.value("cache-dir", "DIR",
+          "cache directory of a relay or agent on this host: the revocations and denials it verified "
+          "count here too, also where someone removed them from the store (read only; default: " +
+              std::string(policy::kDefaultCacheDir) + " when it holds them)");
+}
+
+namespace {
+
+class LedgerView final : public policy::GrantStore {
+ public:
+  LedgerView(std::unique_ptr<policy::GrantStore> inner, std::unique_ptr<policy::DecisionLedger> ledger)
+      : inner_(std::move(inner)), ledger_(std::move(ledger)) {}
+
+  [[nodiscard]] std::vector<policy::SignedGrant> load() const override {
+    auto all = inner_->load();
+    for (auto& g : all) restore(g);
+    return all;
+  }
+  void add(const policy::SignedGrant& g) override { inner_->add(g); }
+  std::optional<policy::SignedGrant> update(
+      std::string_view id, const std::function<void(policy::SignedGrant&)>& change) override {
+    return inner_->update(id, [&](policy::SignedGrant& g) {
+      restore(g);
+      change(g);
+    });
+  }
+  size_t prune(policy::UnixSeconds now, int64_t retention_seconds) override {
+    return inner_->prune(now, retention_seconds);
+  }
+  [[nodiscard]] std::string location() const override { return inner_->location(); }
+  [[nodiscard]] int64_t base_revision() const noexcept override { return inner_->base_revision(); }
+
+ private:
+  void restore(policy::SignedGrant& g) const {
+    const size_t n = ledger_->restore(g);
+    if (n == 0 || !told_.insert(g.request.id).second) return;
+    std::cerr << "sshring: grant " << policy::printable_escape(g.request.id) << ": " << n
+              << " signed revoke/deny missing from " << inner_->location() << " restored from "
+              << ledger_->path() << " (this host verified it; someone removed it from the store)\n";
+  }
+
+  std::unique_ptr<policy::GrantStore> inner_;
+  std::unique_ptr<policy::DecisionLedger> ledger_;
+  mutable std::set<std::string> told_;
+};
+
+}  // namespace
+
+std::unique_ptr<policy::GrantStore> with_ledger(std::unique_ptr<policy::GrantStore> store,
+                                                const common::Flags& f) {
+  if (!store) return store;
+  const bool given = f.has("cache-dir");
+  const std::string path =
+      policy::decision_ledger_path(given ? *f.get("cache-dir") : std::string(policy::kDefaultCacheDir));
+  if (!given && ::access(path.c_str(), F_OK) != 0) return store;
+  auto ledger = std::make_unique<policy::DecisionLedger>(path);
+  std::string why;
+  if (!ledger->load(&why)) {
+    std::cerr << "sshring: warning: the remembered revocations in " << path << " are not applied: " << why
+              << "\n";
+    return store;
+  }
+  if (ledger->size() == 0) return store;
+  return std::make_unique<LedgerView>(std::move(store), std::move(ledger));
 }
 
 }  // namespace sshring::cli

@@ -67,4 +67,15 @@ std::unique_ptr<policy::GrantStore> open_grant_store_without_policy(const common
 // GrantStore::base_revision for an audit record: nullopt for a store without revisions.
 std::optional<uint64_t> base_revision(const policy::GrantStore& s);
 
+// For the `grant` commands and `policy explain`: `--cache-dir DIR`, a relay's or agent's cache
+// directory on this host, whose remembered revocations and denials (policy/decision_ledger.h) are
+// applied to what the store holds. Default: the packaged cache directory, when its ledger exists.
+void add_ledger_flag(common::Flags& f);
+// `store` as this host's relay or agent sees it: each grant read gets back the signed revokes and
+// denies the ledger remembers and the store lost (named on stderr, once per grant), and a grant
+// changed through update() is written with them (the store is repaired). Read only: the ledger
+// file is never written here. No ledger (none given, none at the default place): `store` as is.
+std::unique_ptr<policy::GrantStore> with_ledger(std::unique_ptr<policy::GrantStore> store,
+                                                const common::Flags& f);
+
 }  // namespace sshring::cli

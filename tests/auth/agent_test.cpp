@@ -26,11 +26,7 @@ class AuthAgent : public ::testing::Test {
     sock_ = dir_.file("agent.sock");
     agent_ = t::Process({"ssh-agent", "-D", "-a", sock_},
                         t::Process::Options{.stdout_path = dir_.file("agent.out")});
-    for (int i = 0; i < 200; ++i) {
-      struct stat st {};
-      if (::stat(sock_.c_str(), &st) == 0) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
+    ASSERT_TRUE(t::wait_for_unix_socket(sock_)) << "ssh-agent did not start";
     ASSERT_EQ(
         t::run({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "agent-key", "-f", dir_.file("k1")}), 0);
     ASSERT_EQ(t::run({"ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", dir_.file("ec")}), 0);

@@ -236,11 +236,7 @@ class AuthRelay : public ::testing::Test {
       agent_sock = dir.file("agent.sock");
       agent = t::Process({"ssh-agent", "-D", "-a", agent_sock},
                          t::Process::Options{.stdout_path = dir.file("a.out")});
-      for (int i = 0; i < 200; ++i) {
-        struct stat st {};
-        if (::stat(agent_sock.c_str(), &st) == 0) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
+      if (!t::wait_for_unix_socket(agent_sock)) throw std::runtime_error("ssh-agent did not start");
       if (t::sh("SSH_AUTH_SOCK=" + agent_sock + " ssh-add -q " + sshd.user_key() + " 2>&1") != 0)
         throw std::runtime_error("ssh-add failed");
       user_key = std::make_shared<protocol::Ed25519PrivateKey>(

@@ -6,10 +6,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sys/stat.h>
+
 #include <map>
 #include <sstream>
 #include <thread>
 
+#include "common/clock.h"
+#include "policy/decision_ledger.h"
+#include "policy/grant.h"
 #include "policy/grant_store.h"
 #include "policy/parser.h"
 #include "tests/policy/test_util.h"
@@ -307,6 +312,72 @@ TEST_F(PolicyCli, GrantRequestApproveRevokeWithAuditRecords) {
   EXPECT_EQ(recs[3]["seq"], 4);
 }
 
+// The attack the decision ledger stops, seen from the CLI: a store writer puts back the copy of a
+// grant from before its revoke. `grant list` and `policy explain` read the store as it is, so they
+// call it active, unless they are given (or find at the default place) the cache directory of a
+// relay or agent on this host that verified the revoke: then they show what that process enforces.
+TEST_F(PolicyCli, ARevokeRemovedFromTheStoreStillShowsWithThisHostsLedger) {
+  std::string out;
+  ASSERT_EQ(cli(as("alice", {"grant", "request", "--from", "10.9.0.0/24", "--to", "10.1.2.3:22", "--ttl",
+                             "1h", "--reason", "INC-44", "--json"}),
+                &out),
+            0)
+      << out;
+  const std::string id = nlohmann::json::parse(out)["id"];
+  ASSERT_EQ(cli(as("carol", {"grant", "approve", id}), &out), 0) << out;
+  ASSERT_EQ(cli(as("dave", {"grant", "approve", id}), &out), 0) << out;
+  const std::string file = dir_.file("grants") + "/" + id + ".grant";
+  const std::string before_revoke = sshring::testing::read_file(file);
+  ASSERT_FALSE(before_revoke.empty()) << file;
+  ASSERT_EQ(cli(as("alice", {"grant", "revoke", id, "--reason", "done"}), &out), 0) << out;
+
+  // A reader on this host (a relay or agent with --cache-dir) verified the revoke.
+  const std::string cache = dir_.file("cache");
+  ASSERT_EQ(::mkdir(cache.c_str(), 0700), 0);
+  {
+    const Policy pol = load_policy_file(policy_);
+    DirGrantStore store(dir_.file("grants"), false);
+    DecisionLedger ledger(decision_ledger_path(cache));
+    std::string why;
+    ASSERT_TRUE(ledger.load(&why)) << why;
+    for (const auto& g : store.load()) ledger.remember(check_grant(pol, g, common::unix_now_s(), nullptr));
+    ASSERT_TRUE(ledger.save(&why)) << why;
+  }
+  sshring::testing::write_file(file, before_revoke);  // the attack
+
+  auto status = [&](const std::vector<std::string>& extra) {
+    std::vector<std::string> args = {"grant", "list", "--policy", policy_, "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::string o;
+    EXPECT_EQ(cli(args, &o), 0) << o;
+    const auto at = o.find('[');
+    for (const auto& g : nlohmann::json::parse(o.substr(at == std::string::npos ? 0 : at)))
+      if (g["id"] == id)
+        return g["status"].get<std::string>() + (o.find("restored from") != std::string::npos ? "+told" : "");
+    return std::string("missing");
+  };
+  EXPECT_EQ(status({}), "active") << "without the ledger the store's word is all there is";
+  EXPECT_EQ(status({"--cache-dir", cache}), "revoked+told");
+  EXPECT_NE(explain_flow("10.9.0.7", "10.1.2.3:22").find("bypass_approved by grant " + id),
+            std::string::npos);
+  EXPECT_EQ(cli({"policy", "explain", "--policy", policy_, "--cache-dir", cache, "--flow", "10.9.0.7",
+                 "10.1.2.3:22"},
+                &out),
+            0);
+  EXPECT_EQ(out.find("bypass_approved"), std::string::npos) << out;
+  EXPECT_NE(out.find("restored from " + decision_ledger_path(cache)), std::string::npos) << out;
+  // The grant commands decide on the same view: revoking it again is refused as already done.
+  EXPECT_EQ(cli(as("alice", {"grant", "revoke", id, "--reason", "again", "--cache-dir", cache}), &out), 1)
+      << out;
+  EXPECT_NE(out.find("already revoked"), std::string::npos) << out;
+  // A ledger this user may not trust is not applied, and says so.
+  ASSERT_EQ(::chmod(cache.c_str(), 0777), 0);
+  std::string o;
+  EXPECT_EQ(cli({"grant", "list", "--policy", policy_, "--cache-dir", cache}, &o), 0) << o;
+  EXPECT_NE(o.find("are not applied"), std::string::npos) << o;
+  ASSERT_EQ(::chmod(cache.c_str(), 0700), 0);
+}
+
 // Runs sshring with args at a terminal (script(1) gives it a pty), typing `input`.
 int cli_at_tty(const std::vector<std::string>& args, const std::string& input, std::string* out) {
   std::string cmd = "USER=tester " + quote(sshring::testing::sshring_bin());
@@ -537,9 +608,7 @@ TEST_F(PolicyCli, SignsWithSshAgent) {
   sshring::testing::Process agent(
       {"ssh-agent", "-D", "-a", sock},
       sshring::testing::Process::Options{dir_.file("agent.out"), dir_.file("agent.err"), "", "", {}});
-  for (int i = 0; i < 100 && ::access(sock.c_str(), F_OK) != 0; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  ASSERT_EQ(::access(sock.c_str(), F_OK), 0) << "ssh-agent did not start";
+  ASSERT_TRUE(sshring::testing::wait_for_unix_socket(sock)) << "ssh-agent did not start";
   ASSERT_EQ(sshring::testing::sh("SSH_AUTH_SOCK=" + sock + " ssh-add -q " + dir_.file("ci-bot") + " 2>&1"),
             0);
   std::string out;

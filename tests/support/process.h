@@ -74,6 +74,10 @@ std::string read_file(const std::string& path);
 // process against other test processes (a lock file under /tmp/sshring-test-ports, held until exit).
 uint16_t free_port();
 // Polls until a TCP connect to host:port succeeds or the timeout passes.
+// True once a connect to the Unix socket at `path` succeeds (the file exists as soon as the server
+// binds, before it listens: waiting for the file alone races the first client).
+bool wait_for_unix_socket(const std::string& path,
+                          std::chrono::milliseconds timeout = std::chrono::seconds(10));
 bool wait_for_port(const std::string& host, uint16_t port,
                    std::chrono::milliseconds timeout = std::chrono::seconds(10),
                    const std::string& netns = "");
