@@ -171,6 +171,11 @@ class Agent {
 
   void attach(const std::vector<int>& ifindexes) {
     for (size_t i = 0; i < ifindexes.size(); i++) {
+      // By index: --iface may list interfaces that were skipped, so its positions do not match.
+      char name[IF_NAMESIZE] = {};
+      const std::string iface = ::if_indextoname(static_cast<unsigned>(ifindexes[i]), name)
+                                    ? std::string(name)
+                                    : "ifindex " + std::to_string(ifindexes[i]);
       for (bool ingress : {true, false}) {
         TcHook hook(ifindexes[i], ingress, ingress ? obj_->ingress_fd() : obj_->egress_fd());
         hook.keep();  // stays attached after exit: counting continues across restarts
@@ -179,7 +184,7 @@ class Agent {
           if (bpf_map_update_elem(obj_->map_fd("ifaces"), &key, &one, BPF_ANY) != 0)
             common::throw_errno("record created qdisc in ifaces map");
         }
-        log_info("agent: attached", {{"iface", opts_.ifaces[i]},
+        log_info("agent: attached", {{"iface", iface},
                                      {"hook", ingress ? "ingress" : "egress"},
                                      {"prog_id", std::to_string(hook.prog_id())},
                                      {"replaced_previous", hook.replaced() ? "true" : "false"}});

@@ -504,7 +504,7 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
       if (g.request.id != id) continue;
       std::cerr << signing_terms(spec.name, g.request) << "sign this approval? [y/N] " << std::flush;
       std::string answer;
-      if (!std::getline(std::cin, answer) || (answer != "y" && answer != "yes")) {
+      if (!std::getline(std::cin, answer) || (answer != "y" && answer != "Y" && answer != "yes")) {
         std::cerr << "sshring grant approve: not signed (answer y, or pass --yes)\n";
         return 1;
       }
@@ -512,6 +512,16 @@ int decide(const std::vector<std::string>& args, const DecisionSpec& spec, const
       terms_shown = true;
       break;
     }
+    // Never sign what was not shown (it may appear in the store meanwhile).
+    if (!confirmed) {
+      std::cerr << "sshring grant approve: no grant '" << shown(id) << "' in " << c.store->location()
+                << " (see sshring grant list)\n";
+      return 1;
+    }
+    // The approval is dated when it was given, and decided on that time (an answer after the
+    // request's approval window closed must not count as inside it).
+    c.now = unix_now();
+    d.at = c.now;
   }
   struct Refused : std::runtime_error {
     using std::runtime_error::runtime_error;

@@ -240,7 +240,9 @@ class LedgerView final : public policy::GrantStore {
     if (n == 0 || !told_.insert(g.request.id).second) return;
     std::cerr << "sshring: grant " << policy::printable_escape(g.request.id) << ": " << n
               << " signed revoke/deny missing from " << inner_->location() << " restored from "
-              << ledger_->path() << " (this host verified it; someone removed it from the store)\n";
+              << ledger_->path()
+              << " (this host verified it and someone removed it from the store; readers that never saw it "
+                 "follow the store: put it back from the audit log's grant records)\n";
   }
 
   std::unique_ptr<policy::GrantStore> inner_;
@@ -256,13 +258,18 @@ std::unique_ptr<policy::GrantStore> with_ledger(std::unique_ptr<policy::GrantSto
   const bool given = f.has("cache-dir");
   const std::string path =
       policy::decision_ledger_path(given ? *f.get("cache-dir") : std::string(policy::kDefaultCacheDir));
-  if (!given && ::access(path.c_str(), F_OK) != 0) return store;
+  if (::access(path.c_str(), F_OK) != 0) {
+    if (given)
+      std::cerr << "sshring: warning: no remembered revocations at " << path
+                << " (--cache-dir of a relay or agent on this host); reading the store as it is\n";
+    return store;
+  }
   auto ledger = std::make_unique<policy::DecisionLedger>(path);
   std::string why;
-  if (!ledger->load(&why)) {
-    std::cerr << "sshring: warning: the remembered revocations in " << path << " are not applied: " << why
-              << "\n";
-    return store;
+  if (!ledger->load(&why, true)) {  // read only: never moves the owner's file aside
+    std::cerr << "sshring: warning: " << (ledger->size() ? "some of " : "")
+              << "the remembered revocations in " << path << " are not applied: " << why
+              << " (run as the service's user or root; the directory must be writable by that user only)\n";
   }
   if (ledger->size() == 0) return store;
   return std::make_unique<LedgerView>(std::move(store), std::move(ledger));

@@ -181,7 +181,7 @@ void DecisionLedger::prune(UnixSeconds now) {
   versions_ = std::move(live);
 }
 
-bool DecisionLedger::load(std::string* why) {
+bool DecisionLedger::load(std::string* why, bool read_only) {
   map_.clear();
   learned_at_.clear();
   if (path_.empty()) return true;
@@ -232,6 +232,10 @@ bool DecisionLedger::load(std::string* why) {
         !j["grants"].is_array())
       throw std::runtime_error("not a " + std::string(kFormat) + " file");
   } catch (const std::exception& e) {
+    if (read_only) {
+      *why = path_ + ": " + e.what();
+      return false;
+    }
     // Kept for whoever investigates, and out of the way of the next save.
     const std::string aside = path_ + ".unreadable";
     (void)::rename(path_.c_str(), aside.c_str());

@@ -41,7 +41,9 @@ class DecisionLedger {
 
   // Reads the file if there is one. A missing file is an empty ledger; an unreadable, malformed or
   // unsafe one (wrong owner, writable by others) is too, and the reason goes to *why (false).
-  bool load(std::string* why);
+  // `read_only`: a file that does not parse stays where it is (a one-shot command reading another
+  // process's ledger must not move that process's file aside).
+  bool load(std::string* why, bool read_only = false);
   // Writes the file if anything changed since the last write. False (and why) on failure; the ledger
   // stays in memory and the next save tries again.
   bool save(std::string* why);

@@ -117,6 +117,10 @@ class HandshakeFactory {
   // ... and, in the process that takes over, before its first session: takes them. False when the
   // parts cannot be read (the hand-over is refused).
   virtual bool adopt_replay(const std::vector<std::string>& parts) { return parts.empty(); }
+  // No replay cache came from the process before this one (a plain start, or a hand-over from a
+  // relay that sends none): refuse what that process may have accepted. Nothing to do for routes
+  // without a handshake that keeps one.
+  virtual void refuse_hellos_from_before_start() {}
 };
 
 inline constexpr size_t kMaxReplayPartBytes = size_t{48} * 1024;

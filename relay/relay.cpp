@@ -276,10 +276,13 @@ void Relay::adopt_replay(const RelayExport& in) {
       throw common::UsageError("hand-over: cannot read the replay cache state of " + r.route);
     adopted.push_back(h);
   }
-  if (in.state_version < 2 && first_auth())
+  if (in.state_version < 2 && first_auth()) {
     common::log_warn(
-        "hand-over: the running relay hands over no replay cache (state version 1): a HELLO it accepted "
-        "within the skew window can be used once more here");
+        "hand-over: the running relay hands over no replay cache (state version 1): HELLOs timestamped "
+        "before now are refused (stale), as after a restart");
+    for (const Route& r : cfg_.routes)
+      if (r.handshake) r.handshake->refuse_hellos_from_before_start();
+  }
 }
 
 std::vector<common::SockAddr> Relay::listen_addresses() const {

@@ -352,9 +352,10 @@ class AuthHandshake : public Handshake {
       case ReplayCache::Result::kFull:
         return s.deny(protocol::Reason::kOverloaded, "replay cache full");
       case ReplayCache::Result::kTooOld:
-        return s.deny(protocol::Reason::kStale,
-                      "timestamp is not newer than what this relay may already have accepted (it restarted "
-                      "just now, or its clock went back): check this host's clock and retry");
+        return s.deny(
+            protocol::Reason::kStale,
+            "timestamp is not newer than what this relay may already have accepted (it restarted "
+            "just now, or its clock went back): check the client's and the relay's clocks, and retry");
       case ReplayCache::Result::kPrincipalFull:
         return s.deny(protocol::Reason::kOverloaded, "replay cache share of '" + h.principal + "' full");
     }

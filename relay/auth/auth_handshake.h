@@ -93,7 +93,7 @@ class AuthHandshakeFactory : public HandshakeFactory,
   // A start without hand-over: the previous process's replay cache is gone, so a HELLO it accepted
   // within the skew window would pass here once more. Refuses (stale) every HELLO timestamped at or
   // before this factory's clock now; call before the first HELLO.
-  void refuse_hellos_from_before_start() { replay_.forget_through(now_ms()); }
+  void refuse_hellos_from_before_start() override { replay_.forget_through(now_ms()); }
   // Sets the audit log after construction, before any session runs (`relay --takeover` opens the log
   // only once the old relay wrote its last record).
   void set_audit(metrics::AuditLog* audit) { opts_.audit = audit; }

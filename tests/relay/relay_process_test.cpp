@@ -579,23 +579,32 @@ class ReplayedHello {
 
 // The replay cache moves with a live hand-over: a HELLO used with the old relay is refused by the one
 // that took over (`replayed`), inside the skew window.
+// From a relay that hands over no replay cache (state version 1, an older release: the test hook
+// makes the old relay announce it), the new one refuses HELLOs from before it took over (`stale`).
 TEST(RelayProcessTest, AHelloUsedBeforeATakeoverIsRefusedAfterIt) {
-  ReplayedHello t;
-  Process old(t.argv, Process::Options{.stderr_path = t.dir.file("old.log")});
-  ASSERT_TRUE(testing::wait_for_port("127.0.0.1", t.port)) << testing::read_file(t.dir.file("old.log"));
-  const std::string frame = t.capture();
-  ASSERT_FALSE(frame.empty());
-  EXPECT_TRUE(t.use(frame)) << testing::read_file(t.dir.file("old.log"));
-  EXPECT_FALSE(t.use(frame)) << "replayed to the same process";
-  ASSERT_TRUE(eventually([&] { return ::access(t.dir.file("ctl/relay.control").c_str(), F_OK) == 0; }));
-  std::vector<std::string> take = t.argv;
-  take.push_back("--takeover");
-  Process next(take, Process::Options{.stderr_path = t.dir.file("new.log")});
-  ASSERT_EQ(old.wait(30s), 0) << testing::read_file(t.dir.file("old.log"));
-  ASSERT_TRUE(t.logged("new.log", "took over"));
-  EXPECT_FALSE(t.use(frame)) << "a HELLO used before the takeover was accepted again after it";
-  EXPECT_TRUE(t.logged("new.log", "reason=replayed")) << testing::read_file(t.dir.file("new.log"));
-  EXPECT_TRUE(next.running());
+  for (const char* version : {"", "1"}) {
+    SCOPED_TRACE(*version ? "from a state version 1 relay" : "replay cache handed over");
+    ReplayedHello t;
+    Process::Options oo{.stderr_path = t.dir.file("old.log")};
+    if (*version) oo.env.push_back(std::string("SSHRING_TEST_HANDOVER_STATE_VERSION=") + version);
+    Process old(t.argv, oo);
+    ASSERT_TRUE(testing::wait_for_port("127.0.0.1", t.port)) << testing::read_file(t.dir.file("old.log"));
+    const std::string frame = t.capture();
+    ASSERT_FALSE(frame.empty());
+    EXPECT_TRUE(t.use(frame)) << testing::read_file(t.dir.file("old.log"));
+    EXPECT_FALSE(t.use(frame)) << "replayed to the same process";
+    ASSERT_TRUE(eventually([&] { return ::access(t.dir.file("ctl/relay.control").c_str(), F_OK) == 0; }));
+    std::vector<std::string> take = t.argv;
+    take.push_back("--takeover");
+    Process next(take, Process::Options{.stderr_path = t.dir.file("new.log")});
+    ASSERT_EQ(old.wait(30s), 0) << testing::read_file(t.dir.file("old.log"));
+    ASSERT_TRUE(t.logged("new.log", "took over")) << testing::read_file(t.dir.file("new.log"));
+    EXPECT_FALSE(t.use(frame)) << "a HELLO used before the takeover was accepted again after it";
+    EXPECT_TRUE(t.logged("new.log", *version ? "reason=stale" : "reason=replayed"))
+        << testing::read_file(t.dir.file("new.log"));
+    EXPECT_TRUE(t.use(t.capture())) << "a fresh HELLO: " << testing::read_file(t.dir.file("new.log"));
+    EXPECT_TRUE(next.running());
+  }
 }
 
 // A plain restart has no replay cache to take over, whether the relay stopped cleanly or crashed: the
